@@ -1,0 +1,64 @@
+"""Task bodies of the ``retention_sweep`` DAG. Each is a thin call into the package."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from include.retention.errors import SafetyBrakeTripped
+from include.retention.ledger import RunRef
+from include.retention.policy import load_policy
+from include.retention.runtime import ConnInfo, Runtime, policy_path
+from include.retention.sweep import run_rule, summary_table
+
+log = logging.getLogger(__name__)
+
+
+def airflow_resolver(conn_id: str) -> ConnInfo:
+    """Look a connection up through Airflow (secrets backends, env, metadata DB via the API)."""
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
+    return ConnInfo(conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema,
+                    conn.extra_dejson or {})
+
+
+def list_rules(systems: list[str] | None) -> list[str]:
+    """Validate the policy file and return the rule ids to sweep (optionally only some systems)."""
+    policy = load_policy(policy_path())
+    unknown = sorted(set(systems or []) - set(policy.systems))
+    if unknown:
+        raise ValueError(f"unknown system(s) {', '.join(unknown)} in param 'systems'; known: "
+                         f"{', '.join(policy.systems)}")
+    rule_ids = policy.rule_ids(systems or None)
+    log.info("policy %s (digest %s): %d rules to sweep", policy.source, policy.digest[:12], len(rule_ids))
+    return rule_ids
+
+
+def apply_rule(rule_id: str, *, dry_run: bool, dag_id: str, run_id: str, brake_approved: bool = False
+               ) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    policy = load_policy(policy_path())
+    runtime = Runtime(policy, airflow_resolver)
+    try:
+        store = runtime.store(rule_id.split(".")[0])
+        return run_rule(policy, rule_id, store, runtime.ledger(), RunRef(dag_id, run_id), dry_run=dry_run,
+                        brake_approved=brake_approved)
+    except SafetyBrakeTripped as exc:
+        # Retrying cannot help: the data did not change. Fail now, visibly.
+        raise AirflowFailException(str(exc)) from None
+    finally:
+        runtime.close()
+
+
+def summarize(results: list[dict[str, Any]], expected: list[str]) -> str:
+    """Log the counts table; fail if a rule did not report (its task failed)."""
+    results = [r for r in results if r]
+    done = {r["rule_id"] for r in results}
+    missing = [r for r in expected if r not in done]
+    table = summary_table(results, missing)
+    log.info("retention sweep summary:\n%s", table)
+    if missing:
+        raise RuntimeError(f"{len(missing)} rule(s) did not complete: {', '.join(missing)}")
+    return table

@@ -1,0 +1,532 @@
+"""The data map and retention policy: YAML in git, validated into typed models.
+
+A policy file describes systems (by Airflow connection id), their collections
+(tables or S3 prefixes), identity fields, references between collections and
+retention rules. ``load_policy`` refuses a wrong file before anything runs and
+names the file, the path inside it and the problem.
+
+This module imports nothing from Airflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from dateutil.relativedelta import relativedelta
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from include.retention.errors import PolicyError
+
+_DURATION = re.compile(
+    r"^P(?!$)(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
+)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Action = Literal["lock", "anonymize", "delete"]
+# Later stages act first: rows past the delete period go before rows are locked.
+ACTION_ORDER = {"lock": 0, "anonymize": 1, "delete": 2}
+
+
+def parse_duration(text: str) -> relativedelta:
+    """Parse a non-negative ISO 8601 duration (``P12M``, ``P10Y``, ``P30D``, ``PT0S``)."""
+    if not isinstance(text, str):
+        raise ValueError(f"storage period must be an ISO 8601 duration string such as 'P12M', got {text!r}")
+    match = _DURATION.match(text.strip())
+    if not match:
+        hint = " (negative periods are not allowed)" if text.strip().startswith("-") else ""
+        raise ValueError(f"{text!r} is not an ISO 8601 duration such as 'P30D', 'P12M' or 'P10Y'{hint}")
+    parts = {k: int(v) for k, v in match.groupdict().items() if v}
+    weeks = parts.pop("weeks", 0)
+    return relativedelta(days=parts.pop("days", 0) + 7 * weeks, **parts)
+
+
+def _approx_days(delta: relativedelta) -> float:
+    return delta.years * 365.25 + delta.months * 30.44 + delta.days + delta.hours / 24 + delta.minutes / 1440
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Condition(_Model):
+    """A test on one column: ``equals`` a value, ``in`` a list, or ``is_null`` true/false."""
+
+    column: str
+    equals: Any = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    is_null: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        given = [name for name, value in (("equals", self.equals), ("in", self.in_), ("is_null", self.is_null))
+                 if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"a condition needs exactly one of 'equals', 'in', 'is_null' (got {given or 'none'})")
+        return self
+
+
+class Mask(_Model):
+    """A named masking strategy for one column (see ``include.retention.masking``)."""
+
+    strategy: str
+    value: str | None = None
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, strategy: str) -> str:
+        from include.retention.masking import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown masking strategy {strategy!r}; known: {', '.join(sorted(STRATEGIES))}")
+        return strategy
+
+
+class Stage(_Model):
+    """One step of a lifecycle: take ``action`` once the storage period ``after`` has ended."""
+
+    action: Action
+    after: str
+    mask: dict[str, Mask] = Field(default_factory=dict)
+
+    @field_validator("after")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def period(self) -> relativedelta:
+        return parse_duration(self.after)
+
+    @model_validator(mode="after")
+    def _mask_only_for_anonymize(self) -> Stage:
+        if self.action == "anonymize" and not self.mask:
+            raise ValueError("an 'anonymize' stage needs 'mask': column -> masking strategy")
+        if self.action != "anonymize" and self.mask:
+            raise ValueError(f"'mask' only applies to 'anonymize', not to {self.action!r}")
+        return self
+
+
+class Start(_Model):
+    """The event that starts the storage period: a column, optionally rounded up (``year``: end of that year)."""
+
+    column: str | None = None
+    round_up: Literal["year", "month"] | None = None
+    # S3 only: the object's LastModified, a date in the key, or a date in metadata/tags.
+    basis: Literal["column", "last_modified", "key_date", "metadata", "tag"] = "column"
+    name: str | None = None  # metadata / tag name holding the date
+
+    @model_validator(mode="after")
+    def _shape(self) -> Start:
+        if self.basis == "column" and not self.column:
+            raise ValueError("the start event needs 'column' (or another 'basis')")
+        if self.basis in ("metadata", "tag") and not self.name:
+            raise ValueError(f"basis {self.basis!r} needs 'name': the key holding the date")
+        return self
+
+
+class Rule(_Model):
+    """A retention rule: for rows matching ``when``, the lifecycle ``stages`` counted from ``start``.
+
+    ``action`` + ``period`` (+ ``mask``) is shorthand for a single stage.
+    """
+
+    name: str
+    category: str | None = None
+    start: Start
+    when: list[Condition] = Field(default_factory=list)
+    stages: list[Stage] = Field(default_factory=list)
+    action: Action | None = None
+    period: str | None = None
+    mask: dict[str, Mask] = Field(default_factory=dict)
+    max_fraction: float | None = Field(default=None, gt=0, le=1)
+    batch_size: int | None = Field(default=None, ge=1, le=100_000)
+    description: str | None = None
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start_shorthand(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _IDENT.match(value):
+            raise ValueError(f"rule name {value!r} must be letters, digits and underscores")
+        return value
+
+    @model_validator(mode="after")
+    def _normalise_stages(self) -> Rule:
+        if self.action or self.period or self.mask:
+            if self.stages:
+                raise ValueError("give either 'stages' or 'action' + 'period', not both")
+            if not (self.action and self.period):
+                raise ValueError("a single-stage rule needs both 'action' and 'period'")
+            stage = Stage(action=self.action, after=self.period, mask=self.mask)
+            object.__setattr__(self, "stages", [stage])
+        if not self.stages:
+            raise ValueError("a rule needs 'stages' or 'action' + 'period'")
+        actions = [s.action for s in self.stages]
+        if len(set(actions)) != len(actions):
+            raise ValueError(f"each action may appear once per rule, got {actions}")
+        ordered = sorted(self.stages, key=lambda s: _approx_days(s.period))
+        for earlier, later in zip(ordered, ordered[1:]):
+            if _approx_days(earlier.period) == _approx_days(later.period):
+                raise ValueError("two stages of one rule cannot end at the same period")
+            if ACTION_ORDER[earlier.action] > ACTION_ORDER[later.action]:
+                raise ValueError(
+                    f"stage {later.action!r} after {later.after} cannot follow the stronger "
+                    f"{earlier.action!r} after {earlier.after}"
+                )
+        object.__setattr__(self, "stages", ordered)
+        return self
+
+
+class Reference(_Model):
+    """This collection's ``column`` points at a row (or object) of collection ``to`` (``system.collection``).
+
+    ``on_delete`` says what happens to this row when the referenced one is deleted:
+    ``delete`` it too, or ``nullify`` the column. For S3 targets, ``key_template``
+    (e.g. ``cvs/{id}/``) or ``column`` (holding the key) name the objects this row owns.
+    """
+
+    to: str
+    column: str | None = None
+    to_column: str | None = None
+    on_delete: Literal["delete", "nullify"] | None = None
+    key_template: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Reference:
+        if not self.column and not self.key_template:
+            raise ValueError("a reference needs 'column' (or, to S3, 'key_template')")
+        return self
+
+
+class LockMarker(_Model):
+    """Columns that mark a row as restricted (GDPR Art. 18): time and reason."""
+
+    at: str = "restricted_at"
+    reason: str | None = "restriction_reason"
+
+
+class Collection(_Model):
+    """A table (SQL) or a bucket prefix (S3) and what it holds."""
+
+    table: str | None = None
+    primary_key: str | None = None
+    columns: list[str] = Field(default_factory=list)
+    bucket: str | None = None
+    prefix: str | None = None
+    key_template: str | None = None
+    identities: dict[str, str] = Field(default_factory=dict)
+    references: list[Reference] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    lock: LockMarker | None = None
+    anonymized_marker: str | None = None
+    legal_hold: list[Condition] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    # How a subject request erases this collection's data: delete the rows or mask them.
+    erasure: Literal["delete", "anonymize"] = "delete"
+    erasure_mask: dict[str, Mask] = Field(default_factory=dict)
+
+
+class System(_Model):
+    kind: Literal["sql", "s3"]
+    connection: str
+    collections: dict[str, Collection]
+
+
+class Defaults(_Model):
+    max_fraction: float = Field(default=0.5, gt=0, le=1)
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+
+class Policy(_Model):
+    version: Literal[1] = 1
+    name: str = "retention policy"
+    policy_version: str | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    categories: dict[str, str] = Field(default_factory=dict)
+    systems: dict[str, System]
+    # Set by load_policy: sha256 of the file's bytes, recorded in every ledger entry.
+    digest: str = ""
+    source: str = ""
+
+    # ---- navigation -------------------------------------------------------------
+    def collection(self, ref: str) -> Collection:
+        system, _, name = ref.partition(".")
+        return self.systems[system].collections[name]
+
+    def system_of(self, ref: str) -> System:
+        return self.systems[ref.partition(".")[0]]
+
+    def rule_ids(self, systems: list[str] | None = None) -> list[str]:
+        return [
+            f"{s}.{c}.{r.name}"
+            for s, system in self.systems.items()
+            if not systems or s in systems
+            for c, coll in system.collections.items()
+            for r in coll.rules
+        ]
+
+    def rule(self, rule_id: str) -> tuple[str, Collection, Rule]:
+        system, coll_name, rule_name = rule_id.split(".")
+        coll = self.systems[system].collections[coll_name]
+        for rule in coll.rules:
+            if rule.name == rule_name:
+                return f"{system}.{coll_name}", coll, rule
+        raise KeyError(rule_id)
+
+    def children(self, ref: str) -> list[tuple[str, Reference]]:
+        """Collections holding a reference to ``ref``: (child collection ref, the reference)."""
+        return [
+            (f"{s}.{c}", reference)
+            for s, system in self.systems.items()
+            for c, coll in system.collections.items()
+            for reference in coll.references
+            if reference.to == ref and reference.column and system.kind == "sql"
+            and self.system_of(ref).kind == "sql"
+        ]
+
+    def owned_objects(self, ref: str) -> list[Reference]:
+        """References from SQL collection ``ref`` to S3 collections: objects the row owns."""
+        coll = self.collection(ref)
+        return [r for r in coll.references if self.system_of(r.to).kind == "s3"]
+
+    def max_fraction(self, rule: Rule) -> float:
+        return rule.max_fraction if rule.max_fraction is not None else self.defaults.max_fraction
+
+    def batch_size(self, rule: Rule) -> int:
+        return rule.batch_size if rule.batch_size is not None else self.defaults.batch_size
+
+
+# ---- loading and cross-checks -----------------------------------------------------------
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; raise ``PolicyError`` naming file, path and problem."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror})") from None
+    return parse_policy(raw_bytes, source=str(path))
+
+
+def parse_policy(raw: bytes | str, source: str = "<policy>") -> Policy:
+    raw_bytes = raw.encode() if isinstance(raw, str) else raw
+    try:
+        data = yaml.safe_load(raw_bytes)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(f"{source}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the top level must be a mapping with 'systems'")
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise PolicyError(f"{source}: {_loc(err['loc'])}: {_message(err)}{more}") from None
+    problems = list(_cross_check(policy))
+    if problems:
+        where, problem = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise PolicyError(f"{source}: {where}: {problem}{more}")
+    digest = hashlib.sha256(raw_bytes).hexdigest()
+    return policy.model_copy(update={"digest": digest, "source": source})
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "tagged-union")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = err.get("msg", "invalid")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field (not part of the policy format)"
+    return msg
+
+
+def _cross_check(policy: Policy):
+    """Yield (path, problem) for what a field-by-field check cannot see."""
+    for s_name, system in policy.systems.items():
+        if not _IDENT.match(s_name):
+            yield f"systems.{s_name}", "system names must be letters, digits and underscores"
+        for c_name, coll in system.collections.items():
+            base = f"systems.{s_name}.collections.{c_name}"
+            if not _IDENT.match(c_name):
+                yield base, "collection names must be letters, digits and underscores"
+            yield from (_check_sql(policy, base, coll) if system.kind == "sql" else _check_s3(base, coll))
+            for i, ref in enumerate(coll.references):
+                where = f"{base}.references[{i}]"
+                target_sys, _, target_coll = ref.to.partition(".")
+                if target_sys not in policy.systems:
+                    yield f"{where}.to", f"unknown system {target_sys!r} (known: {', '.join(policy.systems)})"
+                    continue
+                if target_coll not in policy.systems[target_sys].collections:
+                    yield f"{where}.to", f"unknown collection {ref.to!r}"
+                    continue
+                target = policy.systems[target_sys].collections[target_coll]
+                if policy.systems[target_sys].kind == "s3":
+                    if system.kind != "sql":
+                        yield where, "only SQL collections can reference S3 objects"
+                    if ref.key_template:
+                        for field in _template_fields(ref.key_template):
+                            if field not in coll.columns:
+                                yield f"{where}.key_template", f"unknown column {field!r} in key template"
+                    continue
+                if ref.column is None:
+                    yield f"{where}.column", "a reference between tables needs 'column'"
+                if ref.to_column and ref.to_column not in target.columns:
+                    yield f"{where}.to_column", f"unknown column {ref.to_column!r} of {ref.to}"
+                has_delete = any(st.action == "delete" for r in target.rules for st in r.stages)
+                if ref.on_delete is None and (has_delete or target.erasure == "delete"):
+                    yield f"{where}.on_delete", (
+                        f"{ref.to} can have rows deleted; say what happens to these rows then "
+                        "('on_delete: delete' or 'on_delete: nullify')"
+                    )
+    cycle = _find_cycle(policy)
+    if cycle:
+        yield "references", f"reference cycle: {' -> '.join(cycle)}"
+
+
+def _check_sql(policy: Policy, base: str, coll: Collection):
+    if not coll.table:
+        yield f"{base}.table", "a SQL collection needs 'table'"
+    if not coll.primary_key:
+        yield f"{base}.primary_key", "a SQL collection needs 'primary_key'"
+    if not coll.columns:
+        yield f"{base}.columns", "a SQL collection lists its columns"
+        return
+    cols = set(coll.columns)
+
+    def col(where: str, name: str | None):
+        if name is not None and name not in cols:
+            yield where, f"unknown column {name!r} (columns of {coll.table}: {', '.join(coll.columns)})"
+
+    yield from col(f"{base}.primary_key", coll.primary_key)
+    for ident, name in coll.identities.items():
+        yield from col(f"{base}.identities.{ident}", name)
+    for i, ref in enumerate(coll.references):
+        yield from col(f"{base}.references[{i}].column", ref.column)
+    if coll.lock:
+        yield from col(f"{base}.lock.at", coll.lock.at)
+        yield from col(f"{base}.lock.reason", coll.lock.reason)
+    yield from col(f"{base}.anonymized_marker", coll.anonymized_marker)
+    for i, cond in enumerate(coll.legal_hold):
+        yield from col(f"{base}.legal_hold[{i}].column", cond.column)
+    for name in coll.erasure_mask:
+        yield from col(f"{base}.erasure_mask.{name}", name)
+    if coll.erasure == "anonymize" and not (coll.erasure_mask and coll.anonymized_marker):
+        yield f"{base}.erasure", "erasure by 'anonymize' needs 'erasure_mask' and 'anonymized_marker'"
+    for cat in coll.categories:
+        if policy.categories and cat not in policy.categories:
+            yield f"{base}.categories", f"unknown data category {cat!r}"
+    seen = set()
+    for r_i, rule in enumerate(coll.rules):
+        where = f"{base}.rules[{r_i}]"
+        if rule.name in seen:
+            yield f"{where}.name", f"duplicate rule name {rule.name!r}"
+        seen.add(rule.name)
+        if rule.start.basis != "column":
+            yield f"{where}.start.basis", f"basis {rule.start.basis!r} is for S3 collections; SQL rules use a column"
+        yield from col(f"{where}.start.column", rule.start.column)
+        if rule.category and rule.category not in coll.categories:
+            yield f"{where}.category", f"category {rule.category!r} is not among the collection's categories"
+        for i, cond in enumerate(rule.when):
+            yield from col(f"{where}.when[{i}].column", cond.column)
+        for s_i, stage in enumerate(rule.stages):
+            if stage.action == "lock" and coll.lock is None:
+                yield f"{where}.stages[{s_i}]", "a 'lock' stage needs the collection's 'lock' marker columns"
+            if stage.action == "anonymize":
+                if not coll.anonymized_marker:
+                    yield f"{where}.stages[{s_i}]", "an 'anonymize' stage needs the collection's 'anonymized_marker'"
+                for name in stage.mask:
+                    yield from col(f"{where}.stages[{s_i}].mask.{name}", name)
+                    if name == coll.primary_key:
+                        yield f"{where}.stages[{s_i}].mask.{name}", "the primary key cannot be masked"
+
+
+def _check_s3(base: str, coll: Collection):
+    if not coll.bucket:
+        yield f"{base}.bucket", "an S3 collection needs 'bucket'"
+    seen = set()
+    for r_i, rule in enumerate(coll.rules):
+        where = f"{base}.rules[{r_i}]"
+        if rule.name in seen:
+            yield f"{where}.name", f"duplicate rule name {rule.name!r}"
+        seen.add(rule.name)
+        if rule.start.basis == "column":
+            yield f"{where}.start", "S3 rules count from 'last_modified', 'key_date', 'metadata' or 'tag'"
+        if rule.start.basis == "key_date" and not (coll.key_template and "{yyyy}" in coll.key_template):
+            yield f"{where}.start", "basis 'key_date' needs a key_template with {yyyy}, {mm}, {dd}"
+        if rule.when:
+            yield f"{where}.when", "S3 rules do not support 'when' conditions"
+
+
+def _template_fields(template: str) -> list[str]:
+    return re.findall(r"{([A-Za-z_][A-Za-z0-9_]*)}", template)
+
+
+def _find_cycle(policy: Policy) -> list[str] | None:
+    edges: dict[str, list[str]] = {}
+    for s, system in policy.systems.items():
+        for c, coll in system.collections.items():
+            edges[f"{s}.{c}"] = [r.to for r in coll.references]
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in edges.get(node, []):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if state.get(nxt) is None and nxt in edges:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in edges:
+        if state.get(node) is None:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def cutoff(now: dt.datetime, stage: Stage, start: Start) -> dt.datetime:
+    """Rows whose start event is before the returned instant have passed the stage's storage period.
+
+    With ``round_up: year`` the period counts from the end of the start event's year, so
+    "ceil_year(start) + P <= now" becomes "start < floor_year(now - P)": still a plain
+    range test that an index on the column can serve.
+    """
+    edge = now - stage.period
+    if start.round_up == "year":
+        edge = edge.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    elif start.round_up == "month":
+        edge = edge.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return edge

@@ -1,0 +1,305 @@
+"""The SQL store: SQLAlchemy Core, the same statements on PostgreSQL, MariaDB/MySQL and SQLite.
+
+Every action is set-based: select one bounded batch of primary keys in key order
+(``pk > last ORDER BY pk LIMIT n``), act on exactly those keys with the full
+predicate repeated (so a row that changed in between is left alone), commit, move
+on. Memory holds one batch of keys, whatever the table size. The expiry predicate
+is a plain range test on the start column, which an index on it serves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from include.retention.errors import SchemaMismatch
+from include.retention.masking import STRATEGIES
+from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
+from include.retention.stores.base import Recorder, RulePlan, StageResult, Store
+
+log = logging.getLogger(__name__)
+
+# before_delete(collection_ref, rows): called inside the batch, before rows go, for what lives
+# elsewhere (objects in S3, rows in another database). Rows carry the primary key and the
+# columns named by the collection's references.
+BeforeDelete = Callable[[str, list[dict[str, Any]]], dict[str, int]]
+
+
+def make_engine(url: str) -> sa.Engine:
+    # hide_parameters: a failing statement's bound values (e-mails, keys) stay out of the message.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30}
+    return sa.create_engine(url, **kwargs)
+
+
+class SqlStore(Store):
+    kind = "sql"
+
+    def __init__(self, name: str, policy: Policy, engine: sa.Engine, *, mask_key: bytes = b"",
+                 before_delete: BeforeDelete | None = None, peers: dict[str, SqlStore] | None = None):
+        super().__init__(name, policy)
+        self.engine = engine
+        self.mask_key = mask_key
+        self.before_delete = before_delete
+        self._tables: dict[str, sa.Table] = {}
+
+    # ---- schema -------------------------------------------------------------------------
+    def coll(self, name: str) -> Collection:
+        return self.policy.systems[self.name].collections[name]
+
+    def table(self, name: str) -> sa.Table:
+        """The collection's table, reflected once (real column types make binds portable)."""
+        if name not in self._tables:
+            coll = self.coll(name)
+            try:
+                self._tables[name] = sa.Table(coll.table, sa.MetaData(), autoload_with=self.engine)
+            except sa.exc.NoSuchTableError:
+                raise SchemaMismatch(f"{self.name}: table {coll.table!r} does not exist") from None
+        return self._tables[name]
+
+    def check(self, collection_name: str) -> None:
+        coll = self.coll(collection_name)
+        present = set(self.table(collection_name).c.keys())
+        missing = [c for c in coll.columns if c not in present]
+        if missing:
+            raise SchemaMismatch(
+                f"{self.name}.{collection_name}: table {coll.table!r} lacks declared column(s) {', '.join(missing)}"
+            )
+
+    # ---- predicates ---------------------------------------------------------------------
+    def _cond(self, t: sa.Table, cond: Condition) -> sa.ColumnElement[bool]:
+        col = t.c[cond.column]
+        if cond.is_null is not None:
+            return col.is_(None) if cond.is_null else col.is_not(None)
+        if cond.in_ is not None:
+            return col.in_(cond.in_)
+        return col == cond.equals
+
+    def held(self, name: str, t: sa.Table | None = None) -> sa.ColumnElement[bool] | None:
+        """Legal hold of a row (NULL-safe: an unknown flag is not a hold)."""
+        coll, t = self.coll(name), t if t is not None else self.table(name)
+        if not coll.legal_hold:
+            return None
+        return sa.func.coalesce(sa.or_(*(self._cond(t, c) for c in coll.legal_hold)), sa.false())
+
+    def _held_dependents(self, name: str, t: sa.Table, depth: int = 0) -> list[sa.ColumnElement[bool]]:
+        """EXISTS tests for rows that a delete of ``t``'s rows would cascade onto and that are held."""
+        tests = []
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name or ref.on_delete != "delete":
+                continue
+            child = self.table(c_name).alias(f"held_{depth}_{c_name}")
+            parent_col = t.c[ref.to_column or self.coll(name).primary_key]
+            link = child.c[ref.column] == parent_col
+            inner = [self.held(c_name, child)] if self.coll(c_name).legal_hold else []
+            inner += self._held_dependents(c_name, child, depth + 1)
+            if inner:
+                tests.append(sa.exists().where(link, sa.or_(*inner)))
+        return tests
+
+    def _base(self, name: str, rule: Rule, t: sa.Table) -> list[sa.ColumnElement[bool]]:
+        return [self._cond(t, c) for c in rule.when]
+
+    def _band(self, name: str, rule: Rule, stage: Stage, now: dt.datetime, t: sa.Table) -> list[Any]:
+        """Start event past this stage's period but not yet past the next (stronger) stage's."""
+        col = t.c[rule.start.column]
+        idx = rule.stages.index(stage)
+        preds = [col < self._bind_time(col, cutoff(now, stage, rule.start))]
+        if idx + 1 < len(rule.stages):
+            preds.append(col >= self._bind_time(col, cutoff(now, rule.stages[idx + 1], rule.start)))
+        return preds
+
+    @staticmethod
+    def _bind_time(col: sa.Column, when: dt.datetime) -> dt.datetime:
+        aware = getattr(col.type, "timezone", False)
+        if aware:
+            return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+        return when.astimezone(dt.timezone.utc).replace(tzinfo=None) if when.tzinfo else when
+
+    def _not_done(self, name: str, stage: Stage, t: sa.Table) -> list[Any]:
+        coll = self.coll(name)
+        if stage.action == "lock":
+            return [t.c[coll.lock.at].is_(None)]
+        if stage.action == "anonymize":
+            return [t.c[coll.anonymized_marker].is_(None)]
+        return []
+
+    def eligible(self, name: str, rule: Rule, stage: Stage, now: dt.datetime, t: sa.Table | None = None) -> Any:
+        """The full predicate of rows this stage acts on now."""
+        t = t if t is not None else self.table(name)
+        preds = self._base(name, rule, t) + self._band(name, rule, stage, now, t) + self._not_done(name, stage, t)
+        held = self.held(name, t)
+        if held is not None:
+            preds.append(sa.not_(held))
+        if stage.action == "delete":
+            preds += [sa.not_(test) for test in self._held_dependents(name, t)]
+        return sa.and_(*preds)
+
+    # ---- plan ---------------------------------------------------------------------------
+    def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
+        t = self.table(collection_name)
+        scope = sa.and_(*self._base(collection_name, rule, t)) if rule.when else sa.true()
+        first = rule.stages[0]
+        start = t.c[rule.start.column]
+        past_first = start < self._bind_time(start, cutoff(now, first, rule.start))
+        cols = [
+            sa.func.count().label("total"),
+            sa.func.sum(sa.case((scope, 1), else_=0)).label("in_scope"),
+        ]
+        for stage in rule.stages:
+            cols.append(sa.func.sum(sa.case((self.eligible(collection_name, rule, stage, now, t), 1), else_=0))
+                        .label(stage.action))
+        held_tests = [h for h in [self.held(collection_name, t)] if h is not None]
+        if any(s.action == "delete" for s in rule.stages):
+            held_tests += self._held_dependents(collection_name, t)
+        held_expr = sa.and_(scope, past_first, sa.or_(*held_tests)) if held_tests else sa.false()
+        cols.append(sa.func.sum(sa.case((held_expr, 1), else_=0)).label("held"))
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*cols).select_from(t)).one()._mapping
+        return RulePlan(
+            total=int(row["total"] or 0),
+            in_scope=int(row["in_scope"] or 0),
+            eligible={s.action: int(row[s.action] or 0) for s in rule.stages},
+            held=int(row["held"] or 0),
+        )
+
+    # ---- act ----------------------------------------------------------------------------
+    def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
+                    reason: str, record: Recorder) -> StageResult:
+        return self.act_in_batches(
+            collection_name, lambda t: self.eligible(collection_name, rule, stage, now, t),
+            stage.action, batch_size, reason, record, mask=stage.mask, now=now,
+        )
+
+    def act_in_batches(self, collection_name: str, predicate: Callable[[sa.Table], Any], action: str,
+                       batch_size: int, reason: str, record: Recorder, *, mask: dict | None = None,
+                       now: dt.datetime | None = None) -> StageResult:
+        """Walk the primary key in batches of ``batch_size`` rows matching ``predicate``; act; record."""
+        t = self.table(collection_name)
+        coll = self.coll(collection_name)
+        pk = t.c[coll.primary_key]
+        now = now or dt.datetime.now(dt.timezone.utc)
+        result = StageResult(action=action)
+        last = None
+        while True:
+            where = predicate(t)
+            query = sa.select(pk).where(where)
+            if last is not None:
+                query = query.where(pk > last)
+            query = query.order_by(pk).limit(batch_size)
+            with self.engine.begin() as conn:
+                keys = list(conn.execute(query).scalars())
+                if not keys:
+                    break
+                cascaded: dict[str, int] = {}
+                if action == "delete":
+                    changed = self._delete(conn, collection_name, t, keys, where, cascaded)
+                elif action == "lock":
+                    changed = self._lock(conn, collection_name, t, keys, where, reason, now)
+                elif action == "anonymize":
+                    changed = self._anonymize(conn, collection_name, t, keys, where, mask or {}, now)
+                else:  # pragma: no cover - the policy model refuses other actions
+                    raise ValueError(action)
+            last = keys[-1]
+            result.changed += changed
+            result.batches += 1
+            for k, v in cascaded.items():
+                result.cascaded[k] = result.cascaded.get(k, 0) + v
+            record(action, changed, self._pk_digest(keys), {"batch": result.batches, "cascaded": cascaded})
+            if len(keys) < batch_size:
+                break
+        return result
+
+    def _pk_digest(self, keys: list[Any]) -> str:
+        from include.retention.masking import keyed_digest
+
+        return keyed_digest(self.mask_key, "\n".join(str(k) for k in keys))
+
+    def _lock(self, conn, name, t, keys, where, reason, now) -> int:
+        coll = self.coll(name)
+        values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], now)}
+        if coll.lock.reason:
+            values[coll.lock.reason] = reason[:200]
+        pk = t.c[coll.primary_key]
+        return conn.execute(t.update().where(pk.in_(keys), where, t.c[coll.lock.at].is_(None)).values(values)).rowcount
+
+    def _anonymize(self, conn, name, t, keys, where, mask, now) -> int:
+        coll = self.coll(name)
+        pk = t.c[coll.primary_key]
+        marker = {coll.anonymized_marker: self._bind_time(t.c[coll.anonymized_marker], now)}
+        in_sql = {c: STRATEGIES[m.strategy].sql(t.c[c], m.value) for c, m in mask.items()
+                  if STRATEGIES[m.strategy].in_sql}
+        in_python = {c: m for c, m in mask.items() if not STRATEGIES[m.strategy].in_sql}
+        if in_python:
+            # Keyed hashes are computed here, one bounded batch at a time, written back in one executemany.
+            rows = conn.execute(sa.select(pk, *(t.c[c] for c in in_python)).where(pk.in_(keys), where)).all()
+            if not rows:
+                return 0
+            params = [
+                {"_pk": r[0], **{f"_v_{c}": STRATEGIES[m.strategy].python(r[i + 1], m.value, self.mask_key)
+                                 for i, (c, m) in enumerate(in_python.items())}}
+                for r in rows
+            ]
+            stmt = t.update().where(pk == sa.bindparam("_pk")).values(
+                **in_sql, **marker, **{c: sa.bindparam(f"_v_{c}") for c in in_python})
+            conn.execute(stmt, params)
+            return len(rows)
+        return conn.execute(t.update().where(pk.in_(keys), where).values(**in_sql, **marker)).rowcount
+
+    def _delete(self, conn, name, t, keys, where, cascaded: dict[str, int]) -> int:
+        coll = self.coll(name)
+        pk = t.c[coll.primary_key]
+        # Re-select under the full predicate so only rows still eligible are handled.
+        keys = list(conn.execute(sa.select(pk).where(pk.in_(keys), where)).scalars())
+        if not keys:
+            return 0
+        self._delete_keys(conn, name, keys, cascaded)
+        return len(keys)
+
+    def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int]) -> None:
+        """Delete rows by key: dependents first (as the references say), then owned objects, then the rows."""
+        t, coll = self.table(name), self.coll(name)
+        pk = t.c[coll.primary_key]
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name:
+                continue  # other databases are handled by before_delete
+            child = self.table(c_name)
+            parent_vals = keys if not ref.to_column or ref.to_column == coll.primary_key else list(
+                conn.execute(sa.select(t.c[ref.to_column]).where(pk.in_(keys))).scalars())
+            fk = child.c[ref.column]
+            if ref.on_delete == "nullify":
+                n = conn.execute(child.update().where(fk.in_(parent_vals)).values({ref.column: None})).rowcount
+                cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
+            else:
+                child_pk = child.c[self.coll(c_name).primary_key]
+                child_keys = list(conn.execute(sa.select(child_pk).where(fk.in_(parent_vals))).scalars())
+                if child_keys:
+                    self._delete_keys(conn, c_name, child_keys, cascaded)
+                    cascaded[child_ref] = cascaded.get(child_ref, 0) + len(child_keys)
+        if self.before_delete and (self.policy.owned_objects(self.ref(name)) or self._foreign_children(name)):
+            cols = {coll.primary_key} | {c for r in coll.references for c in _template_cols(r, coll)}
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(*(t.c[c] for c in cols)).where(pk.in_(keys)))]
+            for k, v in self.before_delete(self.ref(name), rows).items():
+                cascaded[k] = cascaded.get(k, 0) + v
+        conn.execute(t.delete().where(pk.in_(keys)))
+
+    def _foreign_children(self, name: str) -> bool:
+        return any(not ref.startswith(self.name + ".") for ref, _ in self.policy.children(self.ref(name)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _template_cols(ref, coll: Collection) -> list[str]:
+    import re
+
+    cols = [ref.column] if ref.column else []
+    if ref.key_template:
+        cols += [c for c in re.findall(r"{([A-Za-z_][A-Za-z0-9_]*)}", ref.key_template) if c in coll.columns]
+    return cols

@@ -1,0 +1,99 @@
+"""A retention sweep of one rule: plan, safety brake, act stage by stage, record.
+
+Stages run strongest first (delete before lock), each acting only on rows in its own
+band of the storage period, so a row past the delete period is deleted, not locked
+first. Nothing here imports Airflow; the DAG calls ``run_rule`` once per mapped task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from include.retention.errors import SafetyBrakeTripped
+from include.retention.ledger import Ledger, RunRef
+from include.retention.policy import Policy
+from include.retention.stores.base import PAST_TENSE, Store
+
+log = logging.getLogger(__name__)
+
+COUNT_COLUMNS = ("locked", "anonymized", "deleted", "held", "kept")
+
+
+def run_rule(
+    policy: Policy,
+    rule_id: str,
+    store: Store,
+    ledger: Ledger,
+    run: RunRef,
+    *,
+    now: dt.datetime | None = None,
+    dry_run: bool = False,
+    brake_approved: bool = False,
+) -> dict[str, Any]:
+    """Enforce one rule; returns its counts (no personal data: numbers and names only)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    coll_ref, _coll, rule = policy.rule(rule_id)
+    system, _, coll_name = coll_ref.partition(".")
+    common = {"run": run, "rule_id": rule_id, "policy_digest": policy.digest, "system": system,
+              "collection": coll_ref}
+
+    store.check(coll_name)
+    plan = store.plan(coll_name, rule, now)
+    counts: dict[str, Any] = {
+        "rule_id": rule_id, "system": system, "collection": coll_ref, "dry_run": dry_run,
+        "total": plan.total, "in_scope": plan.in_scope, "held": plan.held, "kept": plan.kept,
+        "locked": 0, "anonymized": 0, "deleted": 0, "cascaded": {},
+        "would": {PAST_TENSE[a]: n for a, n in plan.eligible.items()},
+    }
+    limit = policy.max_fraction(rule)
+    if plan.affected and plan.affected > limit * plan.total and not brake_approved:
+        ledger.append(action="sweep", outcome="brake_tripped", count=plan.affected,
+                      details={"total": plan.total, "max_fraction": limit, "would": counts["would"]}, **common)
+        raise SafetyBrakeTripped(rule_id, plan.affected, plan.total, limit)
+
+    if dry_run:
+        counts.update(counts["would"])
+        ledger.append(action="sweep", outcome="dry_run", count=plan.affected, details=_details(counts), **common)
+        log.info("dry run of %s: would %s", rule_id, counts["would"])
+        return counts
+
+    def record(action: str, changed: int, pk_digest: str, details: dict[str, Any]) -> None:
+        ledger.append(action=action, outcome="done", count=changed, pk_digest=pk_digest, details=details, **common)
+
+    for stage in reversed(rule.stages):
+        if not plan.eligible.get(stage.action):
+            continue
+        result = store.apply_stage(coll_name, rule, stage, now, policy.batch_size(rule), f"retention:{rule_id}",
+                                   record)
+        counts[PAST_TENSE[stage.action]] += result.changed
+        for k, v in result.cascaded.items():
+            counts["cascaded"][k] = counts["cascaded"].get(k, 0) + v
+        log.info("%s: %s %d rows in %d batches", rule_id, PAST_TENSE[stage.action], result.changed, result.batches)
+    counts["kept"] = max(plan.in_scope - plan.held - counts["locked"] - counts["anonymized"] - counts["deleted"], 0)
+    ledger.append(action="sweep", outcome="complete",
+                  count=counts["locked"] + counts["anonymized"] + counts["deleted"], details=_details(counts),
+                  **common)
+    return counts
+
+
+def _details(counts: dict[str, Any]) -> dict[str, Any]:
+    return {k: counts[k] for k in ("total", "in_scope", *COUNT_COLUMNS, "cascaded", "would")}
+
+
+def summary_table(results: list[dict[str, Any]], missing: list[str] | None = None) -> str:
+    """A plain-text table of counts per rule, for task logs and the demo."""
+    header = ("rule", "mode", "locked", "anonymized", "deleted", "held", "kept", "cascaded")
+    rows = [header]
+    for r in sorted(results, key=lambda r: r["rule_id"]):
+        cascaded = sum(v for k, v in r.get("cascaded", {}).items() if not k.endswith(":nullified"))
+        rows.append((r["rule_id"], "dry-run" if r["dry_run"] else "applied", *(str(r[c]) for c in COUNT_COLUMNS),
+                     str(cascaded)))
+    for rule_id in missing or []:
+        rows.append((rule_id, "FAILED", "-", "-", "-", "-", "-", "-"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

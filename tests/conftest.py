@@ -1,0 +1,81 @@
+"""Shared fixtures: real databases (PostgreSQL, MariaDB, SQLite) and an isolated AIRFLOW_HOME.
+
+A database that cannot be reached is a skip on a developer machine and a failure under
+CI=true, where .ci/run has started them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration at import: set it before any test imports airflow.
+_AF_HOME = os.environ.setdefault("RETENTION_TEST_AIRFLOW_HOME", tempfile.mkdtemp(prefix="retention-airflow-"))
+os.environ["AIRFLOW_HOME"] = _AF_HOME
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ.setdefault("RETENTION_HMAC_KEY", "test-hmac-key-" + "x" * 32)
+
+PG_ADMIN = os.environ.get("RETENTION_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+MY_ADMIN = os.environ.get("RETENTION_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/mysql?charset=utf8mb4")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+KEY = b"k" * 32
+
+
+def _unavailable(what: str, exc: Exception):
+    msg = f"{what} is not reachable ({type(exc).__name__}); start it or run `make services`"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _fresh_database(kind: str, name: str) -> str:
+    """Create (or re-create) database ``name`` on the machine's server of ``kind``; return its URL."""
+    admin = PG_ADMIN if kind == "postgresql" else MY_ADMIN
+    try:
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            if kind == "postgresql":
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            else:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+                conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        engine.dispose()
+    except sa.exc.OperationalError as exc:
+        _unavailable(kind, exc)
+    url = sa.engine.make_url(admin).set(database=name)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty database on each of the three engines."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    name = f"rt_{uuid.uuid4().hex[:10]}"
+    url = _fresh_database(request.param, name)
+    yield url
+    admin = sa.create_engine(PG_ADMIN if request.param == "postgresql" else MY_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        if request.param == "postgresql":
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        else:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture
+def fresh_database():
+    """Factory: fresh_database('postgresql'|'mariadb', name) -> URL."""
+    return _fresh_database

@@ -1,0 +1,35 @@
+"""Every DAG imports cleanly, parses without touching a database, has retries and tags."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.airflow.conftest import load_dag
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.airflow
+
+EXPECTED = {"retention_sweep"}
+
+
+def test_dagbag_imports_without_errors():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert EXPECTED <= set(bag.dag_ids)
+    for dag_id, dag in bag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        for task in dag.tasks:
+            if task.task_id != "summarize":
+                assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+        assert dag.max_active_runs == 1 or dag_id != "retention_sweep"
+
+
+def test_retention_sweep_shape():
+    dag = load_dag("retention_sweep")
+    assert set(dag.task_ids) == {"plan_rules", "apply_rule", "summarize"}
+    assert dag.params["dry_run"] is False
+    apply = dag.get_task("apply_rule")
+    assert apply.retry_exponential_backoff
+    assert apply.map_index_template == "{{ rule_id }}"

@@ -1,0 +1,161 @@
+"""retention_sweep through Airflow's own runtime (dag.test) on PostgreSQL + MariaDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from include.retention.ledger import Ledger
+from include.retention.stores.sql import make_engine
+from tests.airflow.conftest import load_dag, task_states
+from tests.conftest import KEY
+from tests.integration import test_sql_sweep as fixture_data
+
+pytestmark = [pytest.mark.airflow, pytest.mark.integration]
+
+POLICY = """
+version: 1
+defaults: {max_fraction: 0.9, batch_size: 2}
+systems:
+  crm:
+    kind: sql
+    connection: crm_db
+    collections:
+      people:
+        table: t_people
+        primary_key: id
+        columns: [id, email, created_at, is_minor, legal_hold, restricted_at, restriction_reason]
+        legal_hold: [{column: legal_hold, equals: true}]
+        rules:
+          - {name: minors, start: created_at, when: [{column: is_minor, equals: true}], action: delete, period: P0D}
+      notes:
+        table: t_notes
+        primary_key: id
+        columns: [id, person_id, body, written_at, legal_hold]
+        references: [{column: person_id, to: crm.people, on_delete: delete}]
+        legal_hold: [{column: legal_hold, equals: true}]
+      tags:
+        table: t_tags
+        primary_key: id
+        columns: [id, person_id, label]
+        references: [{column: person_id, to: crm.people, on_delete: nullify}]
+      leads:
+        table: t_leads
+        primary_key: id
+        columns: [id, email, last_activity_at, legal_hold, restricted_at, restriction_reason]
+        lock: {at: restricted_at, reason: restriction_reason}
+        legal_hold: [{column: legal_hold, equals: true}]
+        rules:
+          - name: lifecycle
+            start: last_activity_at
+            max_fraction: __LEADS_FRACTION__
+            stages: [{action: lock, after: P24M}, {action: delete, after: P36M}]
+  mailing:
+    kind: sql
+    connection: mailing_db
+    collections:
+      visits:
+        table: t_visits
+        primary_key: id
+        columns: [id, ip, email, seen_at, anonymized_at]
+        anonymized_marker: anonymized_at
+        rules:
+          - name: mask_visitors
+            start: seen_at
+            action: anonymize
+            period: P30D
+            mask: {ip: {strategy: "null"}, email: {strategy: hmac}}
+"""
+
+
+def _af_uri(url: str) -> str:
+    u = sa.engine.make_url(url)
+    scheme = "postgres" if u.drivername.startswith("postgresql") else "mysql"
+    return f"{scheme}://{u.username}@{u.host}:{u.port}/{u.database}"
+
+
+@pytest.fixture
+def stores(airflow_db, fresh_database, tmp_path, monkeypatch):
+    suffix = uuid.uuid4().hex[:8]
+    crm_url = fresh_database("postgresql", f"rt_crm_{suffix}")
+    mailing_url = fresh_database("mariadb", f"rt_mail_{suffix}")
+    ledger_url = fresh_database("postgresql", f"rt_ledger_{suffix}")
+    crm, mailing = make_engine(crm_url), make_engine(mailing_url)
+    # The fixture rows are dated relative to a fixed NOW; shift them to the real clock.
+    monkeypatch.setattr(fixture_data, "NOW", dt.datetime.now(dt.timezone.utc))
+    fixture_data.seed(crm)
+    fixture_data.seed(mailing)
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", _af_uri(crm_url))
+    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", _af_uri(mailing_url))
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", _af_uri(ledger_url))
+
+    def use_policy(leads_fraction: float) -> None:
+        path = tmp_path / f"policy-{leads_fraction}.yaml"
+        path.write_text(POLICY.replace("__LEADS_FRACTION__", str(leads_fraction)))
+        monkeypatch.setenv("RETENTION_POLICY_PATH", str(path))
+
+    use_policy(0.9)
+    yield crm, mailing, Ledger(make_engine(ledger_url), KEY), use_policy
+    for engine in (crm, mailing):
+        engine.dispose()
+
+
+def ids(engine, table, where=None):
+    query = sa.select(table.c.id) if where is None else sa.select(table.c.id).where(where)
+    with engine.connect() as conn:
+        return set(conn.execute(query).scalars())
+
+
+def test_sweep_dry_run_then_real_then_idempotent(stores):
+    crm, mailing, ledger, _ = stores
+    dag = load_dag("retention_sweep")
+    before = fixture_data.snapshot(crm), fixture_data.snapshot(mailing)
+
+    dry = dag.test(run_conf={"dry_run": True})
+    assert dry.state == "success"
+    assert (fixture_data.snapshot(crm), fixture_data.snapshot(mailing)) == before
+
+    real = dag.test(run_conf={"dry_run": False})
+    assert real.state == "success", task_states(real)
+    assert task_states(real)["apply_rule"] == ["success"] * 3
+    assert ids(crm, fixture_data.people) == {1, 3, 4, 5, 6}
+    assert ids(crm, fixture_data.leads) == {31, 32, 33, 34, 35}
+    assert ids(crm, fixture_data.leads, fixture_data.leads.c.restricted_at.is_not(None)) == {31, 35}
+    assert ids(mailing, fixture_data.visits, fixture_data.visits.c.anonymized_at.is_not(None)) == set(range(50, 55))
+    # the other database's same-named tables were not touched by the other system's rules
+    assert ids(mailing, fixture_data.people) == {1, 2, 3, 4, 5, 6}
+
+    after = fixture_data.snapshot(crm), fixture_data.snapshot(mailing)
+    again = dag.test(run_conf={"dry_run": False})
+    assert again.state == "success"
+    assert (fixture_data.snapshot(crm), fixture_data.snapshot(mailing)) == after
+
+    rows = list(ledger.rows())
+    assert ledger.verify().ok
+    completes = [r for r in rows if r["action"] == "sweep" and r["outcome"] == "complete"]
+    assert len(completes) == 6 and {r["run_id"] for r in completes} == {real.run_id, again.run_id}
+    assert len([r for r in rows if r["outcome"] == "dry_run"]) == 3
+    assert "@example.org" not in repr(rows)
+
+
+def test_system_filter_and_safety_brake_fails_run_visibly(stores):
+    crm, mailing, ledger, use_policy = stores
+    use_policy(0.1)
+    dag = load_dag("retention_sweep")
+    before = fixture_data.snapshot(crm)
+    run = dag.test(run_conf={"dry_run": False, "systems": ["crm"]})
+    states = task_states(run)
+    assert run.state == "failed"
+    assert sorted(states["apply_rule"]) == ["failed", "success"]  # leads tripped; minors ran
+    assert states["summarize"] == ["failed"]
+    after = fixture_data.snapshot(crm)
+    assert after["t_leads"] == before["t_leads"]  # the tripped rule changed nothing
+    assert ids(crm, fixture_data.people) == {1, 3, 4, 5, 6}
+    assert ids(mailing, fixture_data.visits, fixture_data.visits.c.anonymized_at.is_not(None)) == set()
+    outcomes = [(r["rule_id"], r["outcome"]) for r in ledger.rows() if r["action"] == "sweep"]
+    assert ("crm.leads.lifecycle", "brake_tripped") in outcomes
+    assert ("crm.leads.lifecycle", "complete") not in outcomes

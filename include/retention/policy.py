@@ -225,13 +225,19 @@ class Collection(_Model):
     bucket: str | None = None
     prefix: str | None = None
     key_template: str | None = None
-    identities: dict[str, str] = Field(default_factory=dict)
+    # identity kind (email, phone, customer_ref) -> the column(s) holding it
+    identities: dict[str, str | list[str]] = Field(default_factory=dict)
     references: list[Reference] = Field(default_factory=list)
     categories: list[str] = Field(default_factory=list)
     lock: LockMarker | None = None
     anonymized_marker: str | None = None
     legal_hold: list[Condition] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+    def identity_columns(self) -> list[tuple[str, str]]:
+        """(identity kind, column) pairs, one per column."""
+        return [(kind, col) for kind, cols in self.identities.items()
+                for col in ([cols] if isinstance(cols, str) else cols)]
+
     # How a subject request erases this collection's data: delete the rows or mask them.
     erasure: Literal["delete", "anonymize"] = "delete"
     erasure_mask: dict[str, Mask] = Field(default_factory=dict)
@@ -393,6 +399,11 @@ def _cross_check(policy: Policy):
                         for field in _template_fields(ref.key_template):
                             if field not in coll.columns:
                                 yield f"{where}.key_template", f"unknown column {field!r} in key template"
+                        # A filled template must stay inside the target's prefix, or a row could reach other data.
+                        target_prefix = _s3_prefix(target)
+                        if not _literal_head(ref.key_template).startswith(target_prefix):
+                            yield f"{where}.key_template", (
+                                f"the key template must start with {ref.to}'s prefix {target_prefix!r}")
                     continue
                 if ref.column is None:
                     yield f"{where}.column", "a reference between tables needs 'column'"
@@ -424,7 +435,7 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
             yield where, f"unknown column {name!r} (columns of {coll.table}: {', '.join(coll.columns)})"
 
     yield from col(f"{base}.primary_key", coll.primary_key)
-    for ident, name in coll.identities.items():
+    for ident, name in coll.identity_columns():
         yield from col(f"{base}.identities.{ident}", name)
     for i, ref in enumerate(coll.references):
         yield from col(f"{base}.references[{i}].column", ref.column)
@@ -436,8 +447,12 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
         yield from col(f"{base}.legal_hold[{i}].column", cond.column)
     for name in coll.erasure_mask:
         yield from col(f"{base}.erasure_mask.{name}", name)
-    if coll.erasure == "anonymize" and not (coll.erasure_mask and coll.anonymized_marker):
-        yield f"{base}.erasure", "erasure by 'anonymize' needs 'erasure_mask' and 'anonymized_marker'"
+    if coll.erasure == "anonymize":
+        if not (coll.erasure_mask and coll.anonymized_marker):
+            yield f"{base}.erasure", "erasure by 'anonymize' needs 'erasure_mask' and 'anonymized_marker'"
+        unmasked = [c for _, c in coll.identity_columns() if c not in coll.erasure_mask]
+        if unmasked:
+            yield f"{base}.erasure_mask", f"identity column(s) {', '.join(unmasked)} must be masked on erasure"
     for cat in coll.categories:
         if policy.categories and cat not in policy.categories:
             yield f"{base}.categories", f"unknown data category {cat!r}"
@@ -466,9 +481,24 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
                         yield f"{where}.stages[{s_i}].mask.{name}", "the primary key cannot be masked"
 
 
+def _literal_head(template: str) -> str:
+    return re.split(r"\{|\.\.\.", template, maxsplit=1)[0]
+
+
+def _s3_prefix(coll: Collection) -> str:
+    """Where an S3 collection's keys start: its prefix, else the literal head of its key template."""
+    if coll.prefix is not None:
+        return coll.prefix
+    return _literal_head(coll.key_template) if coll.key_template else ""
+
+
 def _check_s3(base: str, coll: Collection):
+    from include.retention.masking import STRATEGIES
+
     if not coll.bucket:
         yield f"{base}.bucket", "an S3 collection needs 'bucket'"
+    if coll.key_template and coll.prefix is not None and not coll.key_template.startswith(coll.prefix):
+        yield f"{base}.key_template", f"the key template must start with the collection's prefix {coll.prefix!r}"
     seen = set()
     for r_i, rule in enumerate(coll.rules):
         where = f"{base}.rules[{r_i}]"
@@ -481,6 +511,23 @@ def _check_s3(base: str, coll: Collection):
             yield f"{where}.start", "basis 'key_date' needs a key_template with {yyyy}, {mm}, {dd}"
         if rule.when:
             yield f"{where}.when", "S3 rules do not support 'when' conditions"
+        for s_i, stage in enumerate(rule.stages):
+            if stage.action != "anonymize":
+                continue
+            if rule.start.basis == "last_modified":
+                yield f"{where}.start", ("an 'anonymize' stage rewrites objects, which resets LastModified; "
+                                         "count from 'key_date', 'metadata' or 'tag'")
+            # For S3 the mask's name only labels what is masked; the strategy rewrites each line.
+            for name, mask in stage.mask.items():
+                strategy = STRATEGIES[mask.strategy]
+                if not hasattr(strategy, "text"):
+                    yield f"{where}.stages[{s_i}].mask.{name}", (
+                        f"strategy {mask.strategy!r} cannot rewrite object content (S3 objects take 'truncate_ip')")
+                    continue
+                try:
+                    strategy.text("", mask.value)
+                except ValueError as exc:
+                    yield f"{where}.stages[{s_i}].mask.{name}.value", str(exc)
 
 
 def _template_fields(template: str) -> list[str]:

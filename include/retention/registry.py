@@ -1,0 +1,350 @@
+"""The request registry: subject requests, their status per system, receipts and the suppression list.
+
+It lives beside the ledger (its own connection). A subject's identities are stored only
+encrypted (Fernet, key derived from the product's secret) plus keyed HMAC digests for
+matching; nothing else in the registry names a person. Due dates follow GDPR Art. 12(3):
+one month from receipt.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from dateutil.relativedelta import relativedelta
+
+from include.retention.errors import RetentionError
+from include.retention.masking import keyed_digest, normalise_identity
+
+IDENTITY_KINDS = ("email", "phone", "customer_ref")
+OPEN_STATUSES = ("pending", "in_progress", "incomplete")
+NAMESPACE = uuid.UUID("8f6d8a52-1b7c-4c5e-9a4e-2f1f0b6c9d11")
+
+metadata = sa.MetaData()
+
+requests = sa.Table(
+    "subject_requests",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),  # erase | restrict
+    sa.Column("dry_run", sa.Boolean, nullable=False, default=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | in_progress | incomplete | complete
+    sa.Column("source", sa.String(32), nullable=False),  # form | api | intake
+    sa.Column("identity_enc", sa.Text, nullable=False),
+    sa.Column("email_digest", sa.String(64), index=True),
+    sa.Column("phone_digest", sa.String(64), index=True),
+    sa.Column("customer_ref_digest", sa.String(64), index=True),
+    sa.Column("external_ref_enc", sa.Text),
+    sa.Column("note_enc", sa.Text),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+    sa.Column("due_at", sa.DateTime, nullable=False, index=True),
+    sa.Column("completed_at", sa.DateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("policy_digest", sa.String(64)),
+    sa.Index("ix_requests_status", "status", "received_at"),
+)
+
+request_systems = sa.Table(
+    "request_systems",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("system", sa.String(100), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | acted | verified | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("counts", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("verified_at", sa.DateTime),
+)
+
+receipts = sa.Table(
+    "request_receipts",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("receipt", sa.Text, nullable=False),
+)
+
+suppression = sa.Table(
+    "suppression_list",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("request_id", sa.String(36)),
+    sa.Column("added_at", sa.DateTime, nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def encryption_key(secret: bytes) -> bytes:
+    """The registry's Fernet key, derived (HKDF) from the product secret: one secret to manage."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"retention-registry-v1").derive(secret)
+    return base64.urlsafe_b64encode(derived)
+
+
+@dataclass
+class Identities:
+    email: str | None = None
+    phone: str | None = None
+    customer_ref: str | None = None
+
+    def given(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+    def normalised(self) -> dict[str, str]:
+        return {k: normalise_identity(k, v) for k, v in self.given().items()}
+
+
+@dataclass
+class NewRequest:
+    identities: Identities
+    mode: str = "erase"
+    dry_run: bool = False
+    source: str = "form"
+    external_ref: str | None = None
+    note: str | None = None
+
+
+def validate_request(req: NewRequest) -> None:
+    """Refuse a malformed request with a message that names the field, never its value."""
+    import re
+
+    if req.mode not in ("erase", "restrict"):
+        raise RetentionError(f"mode must be 'erase' or 'restrict', got {req.mode!r}")
+    given = req.identities.given()
+    if not given:
+        raise RetentionError("a request needs at least one identity: email, phone or customer_ref")
+    email = given.get("email")
+    if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email.strip()):
+        raise RetentionError("email is not a valid e-mail address")
+    phone = given.get("phone")
+    if phone is not None and len(normalise_identity("phone", phone).lstrip("+")) < 6:
+        raise RetentionError("phone must have at least 6 digits")
+
+
+class Registry:
+    def __init__(self, engine: sa.Engine, secret: bytes):
+        self.engine = engine
+        self.secret = secret
+        self._fernet = Fernet(encryption_key(secret))
+        self._ready = False
+
+    def ensure_schema(self) -> None:
+        if not self._ready:
+            metadata.create_all(self.engine, checkfirst=True)
+            self._ready = True
+
+    # ---- identities -------------------------------------------------------------
+    def digest(self, kind: str, value: str) -> str:
+        return keyed_digest(self.secret, normalise_identity(kind, value))
+
+    def _enc(self, value: Any) -> str | None:
+        return None if value is None else self._fernet.encrypt(json.dumps(value).encode()).decode()
+
+    def _dec(self, token: str | None) -> Any:
+        if token is None:
+            return None
+        try:
+            return json.loads(self._fernet.decrypt(token.encode()))
+        except InvalidToken:
+            raise RetentionError("registry entry cannot be decrypted with the configured key") from None
+
+    def identities(self, request_id: str) -> Identities:
+        with self.engine.connect() as conn:
+            token = conn.execute(sa.select(requests.c.identity_enc).where(requests.c.request_id == request_id)
+                                 ).scalar_one_or_none()
+        if token is None:
+            raise RetentionError(f"unknown request {request_id}")
+        return Identities(**self._dec(token))
+
+    # ---- requests -------------------------------------------------------------
+    def request_id_for(self, dag_id: str, run_id: str) -> str:
+        """Stable id of the request a DAG run carries: re-running the run reuses it."""
+        return str(uuid.uuid5(NAMESPACE, f"{dag_id}/{run_id}"))
+
+    def register(self, req: NewRequest, *, request_id: str | None = None, dag_id: str | None = None,
+                 run_id: str | None = None, policy_digest: str | None = None,
+                 received_at: dt.datetime | None = None) -> str:
+        """Store a request (idempotent on ``request_id``); returns its id."""
+        validate_request(req)
+        self.ensure_schema()
+        request_id = request_id or str(uuid.uuid4())
+        received = received_at or utcnow()
+        digests = {f"{k}_digest": self.digest(k, v) for k, v in req.identities.given().items()}
+        row = {
+            "request_id": request_id, "mode": req.mode, "dry_run": req.dry_run, "source": req.source,
+            "status": "pending", "identity_enc": self._enc(req.identities.normalised()),
+            "external_ref_enc": self._enc(req.external_ref), "note_enc": self._enc(req.note),
+            "received_at": received, "due_at": received + relativedelta(months=1), "attempts": 0,
+            "dag_id": dag_id, "run_id": run_id, "policy_digest": policy_digest, **digests,
+        }
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(requests.c.request_id).where(requests.c.request_id == request_id)).first()
+            if exists is None:
+                conn.execute(requests.insert().values(**row))
+        return request_id
+
+    def register_many(self, reqs: Iterable[NewRequest], source: str = "intake") -> list[str]:
+        """Insert many requests in one statement (a web form's or a script's bulk intake)."""
+        self.ensure_schema()
+        rows, ids = [], []
+        now = utcnow()
+        for req in reqs:
+            validate_request(req)
+            request_id = str(uuid.uuid4())
+            ids.append(request_id)
+            rows.append({
+                "request_id": request_id, "mode": req.mode, "dry_run": req.dry_run, "source": source,
+                "status": "pending", "identity_enc": self._enc(req.identities.normalised()),
+                "external_ref_enc": self._enc(req.external_ref), "note_enc": self._enc(req.note),
+                "received_at": now, "due_at": now + relativedelta(months=1), "attempts": 0,
+                "dag_id": None, "run_id": None, "policy_digest": None,
+                **{f"{k}_digest": (self.digest(k, v) if v else None)
+                   for k, v in req.identities.__dict__.items()},
+            })
+        with self.engine.begin() as conn:
+            for i in range(0, len(rows), 500):
+                conn.execute(requests.insert(), rows[i:i + 500])
+        return ids
+
+    def claim_pending(self, limit: int, dag_id: str, run_id: str) -> list[str]:
+        """Take up to ``limit`` pending (or incomplete) requests for one intake run."""
+        self.ensure_schema()
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(
+                sa.select(requests.c.request_id).where(requests.c.status.in_(("pending", "incomplete")),
+                                                       requests.c.dag_id.is_(None) | (requests.c.dag_id == dag_id))
+                .order_by(requests.c.received_at, requests.c.request_id).limit(limit).with_for_update()
+            ).scalars())
+            if ids:
+                conn.execute(requests.update().where(requests.c.request_id.in_(ids))
+                             .values(status="in_progress", dag_id=dag_id, run_id=run_id,
+                                     attempts=requests.c.attempts + 1))
+        return ids
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).one()._mapping
+        return {k: v for k, v in row.items() if not k.endswith("_enc")}
+
+    def start(self, request_id: str, dag_id: str | None = None, run_id: str | None = None) -> None:
+        values: dict[str, Any] = {"status": "in_progress", "attempts": requests.c.attempts + 1}
+        if dag_id:
+            values.update(dag_id=dag_id, run_id=run_id)
+        with self.engine.begin() as conn:
+            conn.execute(requests.update().where(requests.c.request_id == request_id,
+                                                 requests.c.status != "complete").values(**values))
+
+    def set_system(self, request_ids: Iterable[str], system: str, status: str, *, counts: dict | None = None,
+                   error: str | None = None) -> None:
+        """Upsert the status of one system for several requests (portable: update, then insert missing)."""
+        ids = list(request_ids)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                have = set(conn.execute(sa.select(request_systems.c.request_id).where(
+                    request_systems.c.system == system, request_systems.c.request_id.in_(chunk))).scalars())
+                values: dict[str, Any] = {"status": status, "error": error, "updated_at": now,
+                                          "attempts": request_systems.c.attempts + 1}
+                if counts is not None:
+                    values["counts"] = json.dumps(counts, sort_keys=True)
+                if status == "verified":
+                    values["verified_at"] = now
+                if have:
+                    conn.execute(request_systems.update().where(request_systems.c.system == system,
+                                                                request_systems.c.request_id.in_(have)).values(values))
+                missing = [r for r in chunk if r not in have]
+                if missing:
+                    conn.execute(request_systems.insert(), [
+                        {"request_id": r, "system": system, "status": status, "error": error, "updated_at": now,
+                         "attempts": 1, "counts": values.get("counts"),
+                         "verified_at": now if status == "verified" else None} for r in missing])
+
+    def set_system_counts(self, per_request: dict[str, dict], system: str, status: str) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for request_id, counts in per_request.items():
+                conn.execute(request_systems.update().where(
+                    request_systems.c.request_id == request_id, request_systems.c.system == system).values(
+                    counts=json.dumps(counts, sort_keys=True), status=status, updated_at=now,
+                    verified_at=now if status == "verified" else None))
+
+    def systems(self, request_id: str) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(request_systems).where(request_systems.c.request_id == request_id)).all()
+        return {r.system: {"status": r.status, "attempts": r.attempts, "error": r.error,
+                           "counts": json.loads(r.counts) if r.counts else {},
+                           "verified_at": r.verified_at} for r in rows}
+
+    def finish(self, request_id: str, status: str, error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(requests.update().where(requests.c.request_id == request_id).values(
+                status=status, last_error=error, completed_at=utcnow() if status == "complete" else None))
+
+    # ---- receipts and suppression -----------------------------------------------------
+    def save_receipt(self, request_id: str, receipt: dict[str, Any]) -> None:
+        text = json.dumps(receipt, sort_keys=True, default=str)
+        with self.engine.begin() as conn:
+            conn.execute(receipts.delete().where(receipts.c.request_id == request_id))
+            conn.execute(receipts.insert().values(request_id=request_id, created_at=utcnow(), receipt=text))
+
+    def receipt(self, request_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            text = conn.execute(sa.select(receipts.c.receipt).where(receipts.c.request_id == request_id)
+                                ).scalar_one_or_none()
+        return json.loads(text) if text else None
+
+    def suppress(self, request_id: str) -> int:
+        """Keep the erased identities as keyed digests so they cannot come back."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).one()
+        now, added = utcnow(), 0
+        with self.engine.begin() as conn:
+            for kind in IDENTITY_KINDS:
+                digest = getattr(row, f"{kind}_digest")
+                if digest and conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest == digest)
+                                           ).first() is None:
+                    conn.execute(suppression.insert().values(digest=digest, kind=kind, request_id=request_id,
+                                                             added_at=now))
+                    added += 1
+        return added
+
+    def suppressed(self, kind: str, digests: Iterable[str]) -> set[str]:
+        digests = list(digests)
+        if not digests:
+            return set()
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(suppression.c.digest).where(
+                suppression.c.kind == kind, suppression.c.digest.in_(digests))).scalars())
+
+    def is_suppressed(self, kind: str, value: str) -> bool:
+        return bool(self.suppressed(kind, [self.digest(kind, value)]))
+
+    def open_requests(self) -> list[dict[str, Any]]:
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(requests.c.request_id, requests.c.mode, requests.c.status,
+                                          requests.c.received_at, requests.c.due_at, requests.c.dry_run)
+                                .where(requests.c.status.in_(OPEN_STATUSES)).order_by(requests.c.due_at)).all()
+        return [dict(r._mapping) for r in rows]
+
+
+def short_hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]

@@ -1,0 +1,296 @@
+"""The default policy loads; every kind of wrong file is refused naming file, path and problem."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from dateutil.relativedelta import relativedelta
+
+from include.retention.errors import PolicyError
+from include.retention.policy import ACTION_ORDER, Stage, Start, cutoff, load_policy, parse_duration
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "config" / "policy.yaml"
+RULE_ID = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_]\w*\.[A-Za-z_]\w*$")
+
+
+@pytest.fixture(scope="module")
+def default_data() -> dict:
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def _coll(data: dict, system: str, collection: str) -> dict:
+    return data["systems"][system]["collections"][collection]
+
+
+# ---- the default file ---------------------------------------------------------------------
+
+
+def test_default_policy_loads():
+    policy = load_policy(DEFAULT)
+    assert set(policy.systems) >= {"crm", "mailing"}
+    assert policy.systems["crm"].connection == "crm_db"
+    assert policy.systems["mailing"].connection == "mailing_db"
+    ids = policy.rule_ids(["crm", "mailing"])
+    assert len(ids) == 12
+    assert len(set(ids)) == len(ids)
+    assert all(RULE_ID.match(rule_id) for rule_id in policy.rule_ids())
+    assert {
+        "crm.contacts.minors", "crm.inquiries.after_last_contact", "crm.leads.inactivity",
+        "crm.applicants.recruitment_closed", "crm.applicants.future_recruitment_consent",
+        "crm.support_tickets.after_closed", "crm.client_accounts.contract_end",
+        "crm.social_messages.after_answered", "mailing.subscribers.unsubscribed",
+        "mailing.subscribers.no_engagement", "mailing.subscribers.never_engaged",
+        "mailing.campaign_events.mask_ip",
+    } <= set(ids)
+
+
+def test_default_policy_digest_is_sha256_of_the_file_bytes():
+    policy = load_policy(DEFAULT)
+    assert policy.digest == hashlib.sha256(DEFAULT.read_bytes()).hexdigest()
+    assert policy.source == str(DEFAULT)
+
+
+def test_default_policy_stages_are_ordered_weakest_first():
+    policy = load_policy(DEFAULT)
+    now = dt.datetime(2026, 11, 24)
+    for rule_id in policy.rule_ids():
+        _, _, rule = policy.rule(rule_id)
+        actions = [s.action for s in rule.stages]
+        assert actions == sorted(actions, key=ACTION_ORDER.__getitem__), rule_id
+        edges = [cutoff(now, s, rule.start) for s in rule.stages]
+        assert edges == sorted(edges, reverse=True), rule_id  # later stages reach further back
+
+
+def test_default_policy_two_stage_rules():
+    policy = load_policy(DEFAULT)
+    _, _, leads = policy.rule("crm.leads.inactivity")
+    assert [(s.action, s.after) for s in leads.stages] == [("lock", "P24M"), ("delete", "P36M")]
+    _, accounts, contract = policy.rule("crm.client_accounts.contract_end")
+    assert [(s.action, s.after) for s in contract.stages] == [("lock", "P0D"), ("delete", "P10Y")]
+    assert contract.start.column == "contract_end_at" and contract.start.round_up == "year"
+    assert accounts.lock is not None and accounts.lock.at == "restricted_at"
+
+
+def test_default_policy_references_cascade_from_parents():
+    policy = load_policy(DEFAULT)
+    children = {child for child, ref in policy.children("crm.contacts") if ref.on_delete == "delete"}
+    assert children >= {"crm.inquiries", "crm.leads", "crm.applicants", "crm.support_tickets"}
+    children = {child for child, ref in policy.children("mailing.subscribers") if ref.on_delete == "delete"}
+    assert children == {"mailing.list_memberships", "mailing.campaign_events"}
+
+
+def test_default_policy_declares_legal_hold_where_rules_delete_or_lock():
+    policy = load_policy(DEFAULT)
+    for rule_id in policy.rule_ids(["crm", "mailing"]):
+        _, coll, _ = policy.rule(rule_id)
+        if coll.table != "campaign_events":
+            assert [c.column for c in coll.legal_hold] == ["legal_hold"], rule_id
+        for category in coll.categories:
+            assert category in policy.categories
+
+
+# ---- refused files ------------------------------------------------------------------------
+
+
+def _unknown_column(d):
+    _coll(d, "crm", "inquiries")["rules"][0]["start"] = "last_contacted_at"
+
+
+def _unknown_system(d):
+    _coll(d, "crm", "inquiries")["references"][0]["to"] = "crmx.contacts"
+
+
+def _unknown_collection(d):
+    _coll(d, "crm", "inquiries")["references"][0]["to"] = "crm.contact"
+
+
+def _negative_period(d):
+    _coll(d, "crm", "leads")["rules"][0]["stages"][0]["after"] = "-P1D"
+
+
+def _negative_period_shorthand(d):
+    _coll(d, "crm", "inquiries")["rules"][0]["period"] = "-P1D"
+
+
+def _unparseable_period(d):
+    _coll(d, "crm", "inquiries")["rules"][0]["period"] = "12 months"
+
+
+def _reference_cycle(d):
+    _coll(d, "crm", "contacts")["references"] = [{"to": "crm.inquiries", "column": "id", "on_delete": "delete"}]
+
+
+def _no_on_delete(d):
+    del _coll(d, "crm", "inquiries")["references"][0]["on_delete"]
+
+
+def _typo(d):
+    rule = _coll(d, "crm", "inquiries")["rules"][0]
+    rule["perod"] = rule.pop("period")
+
+
+def _unknown_strategy(d):
+    _coll(d, "mailing", "campaign_events")["rules"][0]["mask"]["ip_address"]["strategy"] = "scramble"
+
+
+def _anonymize_without_mask(d):
+    del _coll(d, "mailing", "campaign_events")["rules"][0]["mask"]
+
+
+def _max_fraction_above_one(d):
+    _coll(d, "crm", "inquiries")["rules"][0]["max_fraction"] = 1.5
+
+
+def _duplicate_rule_name(d):
+    _coll(d, "crm", "applicants")["rules"][1]["name"] = "recruitment_closed"
+
+
+def _unknown_category(d):
+    _coll(d, "crm", "inquiries")["categories"] = ["inquiries", "telepathy"]
+
+
+INQUIRIES = "systems.crm.collections.inquiries"
+INVALID = [
+    (_unknown_column, f"{INQUIRIES}.rules[0].start.column", "unknown column 'last_contacted_at'"),
+    (_unknown_system, f"{INQUIRIES}.references[0].to", "unknown system 'crmx'"),
+    (_unknown_collection, f"{INQUIRIES}.references[0].to", "unknown collection 'crm.contact'"),
+    (_negative_period, "systems.crm.collections.leads.rules[0].stages[0].after", "negative periods are not allowed"),
+    (_negative_period_shorthand, f"{INQUIRIES}.rules[0]", "negative periods are not allowed"),
+    (_unparseable_period, f"{INQUIRIES}.rules[0]", "'12 months' is not an ISO 8601 duration"),
+    (_reference_cycle, "references", "reference cycle: crm.contacts -> crm.inquiries -> crm.contacts"),
+    (_no_on_delete, f"{INQUIRIES}.references[0].on_delete", "crm.contacts can have rows deleted"),
+    (_typo, f"{INQUIRIES}.rules[0].perod", "unknown field"),
+    (_unknown_strategy, "systems.mailing.collections.campaign_events.rules[0].mask.ip_address.strategy",
+     "unknown masking strategy 'scramble'"),
+    (_anonymize_without_mask, "systems.mailing.collections.campaign_events.rules[0]",
+     "an 'anonymize' stage needs 'mask'"),
+    (_max_fraction_above_one, f"{INQUIRIES}.rules[0].max_fraction", "less than or equal to 1"),
+    (_duplicate_rule_name, "systems.crm.collections.applicants.rules[1].name",
+     "duplicate rule name 'recruitment_closed'"),
+    (_unknown_category, f"{INQUIRIES}.categories", "unknown data category 'telepathy'"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "where", "problem"), INVALID, ids=[m.__name__.strip("_") for m, _, _ in INVALID])
+def test_invalid_policy_is_refused(tmp_path, default_data, mutate, where, problem):
+    data = copy.deepcopy(default_data)
+    mutate(data)
+    path = tmp_path / "broken-policy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert f": {where}" in message, message
+    assert problem in message, message
+
+
+def test_invalid_yaml_is_refused_with_line(tmp_path):
+    path = tmp_path / "broken-policy.yaml"
+    path.write_text("systems:\n  crm:\n    kind: sql\n   connection: crm_db\n")
+    with pytest.raises(PolicyError, match=r"broken-policy\.yaml: line 4, column \d+ not valid YAML"):
+        load_policy(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- systems\n")
+    with pytest.raises(PolicyError, match=r"list\.yaml: the top level must be a mapping"):
+        load_policy(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(PolicyError, match=r"nope\.yaml: cannot read the policy file"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_more_problems_are_counted(tmp_path, default_data):
+    data = copy.deepcopy(default_data)
+    _unknown_column(data)
+    _unknown_system(data)
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(PolicyError, match=r"and 1 more problems"):
+        load_policy(path)
+
+
+# ---- durations and cut-offs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("P12M", relativedelta(months=12)),
+    ("P10Y", relativedelta(years=10)),
+    ("P30D", relativedelta(days=30)),
+    ("P2W", relativedelta(days=14)),
+    ("P1Y6M", relativedelta(years=1, months=6)),
+    ("P0D", relativedelta()),
+    ("PT0S", relativedelta()),
+    ("PT36H", relativedelta(hours=36)),
+    ("P1DT12H30M", relativedelta(days=1, hours=12, minutes=30)),
+])
+def test_parse_duration(text, expected):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["P", "PT", "12 months", "P1.5Y", "1Y", "P1H", "", "-P1D"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(ValueError, match="not an ISO 8601 duration"):
+        parse_duration(text)
+
+
+def test_parse_duration_says_negative_is_not_allowed():
+    with pytest.raises(ValueError, match="negative periods are not allowed"):
+        parse_duration("-P1D")
+
+
+def test_parse_duration_refuses_non_strings():
+    with pytest.raises(ValueError, match="must be an ISO 8601 duration string"):
+        parse_duration(12)  # type: ignore[arg-type]
+
+
+def test_cutoff_plain():
+    now = dt.datetime(2026, 11, 24, 15, 30)
+    assert cutoff(now, Stage(action="delete", after="P12M"), Start(column="x")) == dt.datetime(2025, 11, 24, 15, 30)
+    assert cutoff(now, Stage(action="delete", after="P0D"), Start(column="x")) == now
+    # Month arithmetic clamps to the month's last day.
+    assert cutoff(dt.datetime(2026, 3, 31), Stage(action="delete", after="P1M"), Start(column="x")) == dt.datetime(
+        2026, 2, 28)
+
+
+def test_cutoff_round_up_year_counts_from_the_end_of_the_start_year():
+    now = dt.datetime(2026, 11, 24, 12)
+    stage, start = Stage(action="delete", after="P10Y"), Start(column="contract_end_at", round_up="year")
+    edge = cutoff(now, stage, start)
+    assert edge == dt.datetime(2016, 1, 1)
+    # Ended mid-2015: the year ended 2015-12-31, ten years later is 2025-12-31, before now.
+    assert dt.datetime(2015, 6, 1) < edge
+    assert dt.datetime(2015, 12, 31, 23, 59) < edge
+    # Ended in 2016: expires only at the end of 2026.
+    assert not dt.datetime(2016, 3, 1) < edge
+    assert not dt.datetime(2016, 1, 1) < edge
+
+
+def test_cutoff_round_up_year_applies_to_a_zero_period_too():
+    """A P0D stage with round_up: year acts on 1 January after the start event, not on the day."""
+    now = dt.datetime(2026, 11, 24, 12)
+    edge = cutoff(now, Stage(action="lock", after="P0D"), Start(column="contract_end_at", round_up="year"))
+    assert edge == dt.datetime(2026, 1, 1)
+
+
+def test_cutoff_round_up_month():
+    now = dt.datetime(2026, 11, 24, 12)
+    edge = cutoff(now, Stage(action="delete", after="P1M"), Start(column="x", round_up="month"))
+    assert edge == dt.datetime(2026, 10, 1)
+
+
+def test_cutoff_keeps_timezone():
+    now = dt.datetime(2026, 11, 24, 12, tzinfo=dt.UTC)
+    assert cutoff(now, Stage(action="delete", after="P30D"), Start(column="x")) == dt.datetime(
+        2026, 10, 25, 12, tzinfo=dt.UTC)

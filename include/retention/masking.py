@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import re
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -71,3 +73,82 @@ def normalise_identity(kind: str, value: str) -> str:
     if kind == "phone":
         return "".join(ch for ch in value if ch.isdigit() or ch == "+")
     return value
+
+
+# ---- IP addresses in free text (server access logs) ----------------------------------------
+
+# IPv4: four dotted numbers not glued to further digits or dots-with-digits (a version "1.2.3.4.5" is not one).
+_IPV4 = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9]|\.[0-9])")
+# IPv6 candidates: a run of hex digits, colons and dots holding a colon; ipaddress decides.
+_IPV6 = re.compile(r"(?<![0-9A-Za-z:.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+
+
+def parse_ip_prefixes(value: str | None) -> tuple[int, int]:
+    """``"24/48"`` -> (IPv4 prefix length, IPv6 prefix length); ``None`` gives the default /24 and /48."""
+    if value is None:
+        return 24, 48
+    v4, sep, v6 = str(value).partition("/")
+    try:
+        p4, p6 = int(v4), int(v6 if sep else 48)
+    except ValueError:
+        raise ValueError(f"truncate_ip takes 'IPv4 prefix/IPv6 prefix' such as '24/48', got {value!r}") from None
+    if not (0 <= p4 <= 32 and 0 <= p6 <= 128):
+        raise ValueError(f"truncate_ip prefixes must be 0-32 (IPv4) and 0-128 (IPv6), got {value!r}")
+    return p4, p6
+
+
+def truncate_ips(text: str, prefixes: tuple[int, int] = (24, 48)) -> str:
+    """Replace every IPv4 / IPv6 address in ``text`` by its network address; all other characters unchanged.
+
+    Anything that parses as an address is truncated, even where it is not one (say a version
+    number): erring towards masking is the safe side for personal data.
+    """
+    p4, p6 = prefixes
+
+    def v6(match: re.Match[str]) -> str:
+        token = match.group(0)
+        # A sentence may end in ".", a "host:port" in ":"; try the token, then without trailing punctuation.
+        for end in range(len(token), 1, -1):
+            head = token[:end]
+            if ":" not in head:
+                break
+            try:
+                addr = ipaddress.IPv6Address(head)
+            except ValueError:
+                if head[-1] not in ".:":
+                    break
+                continue
+            net = ipaddress.IPv6Network(f"{addr}/{p6}", strict=False).network_address
+            return str(net) + token[end:]
+        return token
+
+    def v4(match: re.Match[str]) -> str:
+        try:
+            addr = ipaddress.IPv4Address(match.group(0))
+        except ValueError:
+            return match.group(0)
+        return str(ipaddress.IPv4Network(f"{addr}/{p4}", strict=False).network_address)
+
+    return _IPV4.sub(v4, _IPV6.sub(v6, text))
+
+
+class TruncateIpStrategy(Strategy):
+    """Truncate IP addresses to their network: IPv4 to /24 and IPv6 to /48, or ``value`` ``"v4/v6"``.
+
+    Works on a column (computed in Python, one batch at a time) and, through ``text``, on
+    whole lines of a log object (the S3 store).
+    """
+
+    name = "truncate_ip"
+    in_sql = False
+
+    def python(self, raw, value, key):
+        if raw is None:
+            return None
+        return truncate_ips(str(raw), parse_ip_prefixes(value))
+
+    def text(self, line: str, value: str | None) -> str:
+        return truncate_ips(line, parse_ip_prefixes(value))
+
+
+STRATEGIES[TruncateIpStrategy.name] = TruncateIpStrategy()

@@ -93,6 +93,8 @@ class Stage(_Model):
     action: Action
     after: str
     mask: dict[str, Mask] = Field(default_factory=dict)
+    # Overrides the start's round_up for this stage ("none": count from the event itself).
+    round_up: Literal["year", "month", "none"] | None = None
 
     @field_validator("after")
     @classmethod
@@ -237,6 +239,10 @@ class Collection(_Model):
         """(identity kind, column) pairs, one per column."""
         return [(kind, col) for kind, cols in self.identities.items()
                 for col in ([cols] if isinstance(cols, str) else cols)]
+
+    # Keep a keyed digest of these identity kinds when rows are deleted (e.g. unsubscribed
+    # newsletter readers), so a re-import or re-subscribe cannot bring them back.
+    suppress_on_delete: list[str] = Field(default_factory=list)
 
     # How a subject request erases this collection's data: delete the rows or mask them.
     erasure: Literal["delete", "anonymize"] = "delete"
@@ -407,6 +413,9 @@ def _cross_check(policy: Policy):
                     continue
                 if ref.column is None:
                     yield f"{where}.column", "a reference between tables needs 'column'"
+                if target_sys != s_name:
+                    yield f"{where}.to", (f"references between tables of different databases ({s_name} -> "
+                                          f"{target_sys}) are not supported: nothing could cascade across them")
                 if ref.to_column and ref.to_column not in target.columns:
                     yield f"{where}.to_column", f"unknown column {ref.to_column!r} of {ref.to}"
                 has_delete = any(st.action == "delete" for r in target.rules for st in r.stages)
@@ -437,6 +446,9 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
     yield from col(f"{base}.primary_key", coll.primary_key)
     for ident, name in coll.identity_columns():
         yield from col(f"{base}.identities.{ident}", name)
+    for kind in coll.suppress_on_delete:
+        if kind not in coll.identities:
+            yield f"{base}.suppress_on_delete", f"{kind!r} is not among the collection's identities"
     for i, ref in enumerate(coll.references):
         yield from col(f"{base}.references[{i}].column", ref.column)
     if coll.lock:
@@ -572,8 +584,9 @@ def cutoff(now: dt.datetime, stage: Stage, start: Start) -> dt.datetime:
     range test that an index on the column can serve.
     """
     edge = now - stage.period
-    if start.round_up == "year":
+    round_up = stage.round_up or start.round_up
+    if round_up == "year":
         edge = edge.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
-    elif start.round_up == "month":
+    elif round_up == "month":
         edge = edge.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return edge

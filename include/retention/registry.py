@@ -325,6 +325,23 @@ class Registry:
                     added += 1
         return added
 
+    def suppress_values(self, values: list[tuple[str, str]], reason: str) -> int:
+        """Suppress (kind, plaintext) pairs by digest, set-based; returns how many were new."""
+        digests = {self.digest(kind, value): kind for kind, value in values}
+        if not digests:
+            return 0
+        self.ensure_schema()
+        now, added = utcnow(), 0
+        with self.engine.begin() as conn:
+            for kind in set(digests.values()):
+                mine = [d for d, k in digests.items() if k == kind]
+                have = self.suppressed(kind, mine)
+                new = [{"digest": d, "kind": kind, "request_id": None, "added_at": now} for d in mine if d not in have]
+                if new:
+                    conn.execute(suppression.insert(), new)
+                    added += len(new)
+        return added
+
     def suppressed(self, kind: str, digests: Iterable[str]) -> set[str]:
         digests = list(digests)
         if not digests:

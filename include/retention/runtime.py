@@ -142,10 +142,28 @@ class Runtime:
     def before_delete(self, coll_ref: str, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Called by a SQL store before it deletes rows: delete what they own elsewhere, first."""
         counts: dict[str, int] = {}
+        coll = self.policy.collection(coll_ref)
+        if coll.suppress_on_delete:
+            counts["suppressed"] = self.suppress_rows(coll_ref, rows)
         for reference in self.policy.owned_objects(coll_ref):
             store = self.store(reference.to.partition(".")[0])
             counts[reference.to] = counts.get(reference.to, 0) + store.delete_owned(coll_ref, reference, rows)
         return counts
+
+    def registry(self):
+        from include.retention.registry import Registry
+
+        if getattr(self, "_registry", None) is None:
+            self._registry = Registry(self.ledger().engine, self.key)
+            self._registry.ensure_schema()
+        return self._registry
+
+    def suppress_rows(self, coll_ref: str, rows: list[dict[str, Any]]) -> int:
+        """Add the keyed digests of rows' identities to the suppression list (before the rows go)."""
+        coll = self.policy.collection(coll_ref)
+        values = [(kind, row[col]) for kind, col in coll.identity_columns() if kind in coll.suppress_on_delete
+                  for row in rows if row.get(col)]
+        return self.registry().suppress_values(values, reason=f"retention:{coll_ref}")
 
     def close(self) -> None:
         for store in self._stores.values():

@@ -284,6 +284,12 @@ def test_cutoff_round_up_year_applies_to_a_zero_period_too():
     assert edge == dt.datetime(2026, 1, 1)
 
 
+def test_cutoff_stage_round_up_overrides_the_start():
+    now = dt.datetime(2026, 11, 24, 12)
+    stage = Stage(action="lock", after="P0D", round_up="none")
+    assert cutoff(now, stage, Start(column="contract_end_at", round_up="year")) == now
+
+
 def test_cutoff_round_up_month():
     now = dt.datetime(2026, 11, 24, 12)
     edge = cutoff(now, Stage(action="delete", after="P1M"), Start(column="x", round_up="month"))

@@ -40,7 +40,7 @@ class SqlStore(Store):
     kind = "sql"
 
     def __init__(self, name: str, policy: Policy, engine: sa.Engine, *, mask_key: bytes = b"",
-                 before_delete: BeforeDelete | None = None, peers: dict[str, SqlStore] | None = None):
+                 before_delete: BeforeDelete | None = None):
         super().__init__(name, policy)
         self.engine = engine
         self.mask_key = mask_key
@@ -155,9 +155,14 @@ class SqlStore(Store):
             cols.append(sa.func.sum(sa.case((self.eligible(collection_name, rule, stage, now, t), 1), else_=0))
                         .label(stage.action))
         held_tests = [h for h in [self.held(collection_name, t)] if h is not None]
-        if any(s.action == "delete" for s in rule.stages):
-            held_tests += self._held_dependents(collection_name, t)
-        held_expr = sa.and_(scope, past_first, sa.or_(*held_tests)) if held_tests else sa.false()
+        held_parts = [sa.and_(past_first, sa.or_(*held_tests))] if held_tests else []
+        delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
+        dependents = self._held_dependents(collection_name, t) if delete_stage else []
+        if dependents:
+            # a row kept because its dependents are held is "held" only where it would be deleted
+            in_band = sa.and_(*self._band(collection_name, rule, delete_stage, now, t))
+            held_parts.append(sa.and_(in_band, sa.or_(*dependents)))
+        held_expr = sa.and_(scope, sa.or_(*held_parts)) if held_parts else sa.false()
         cols.append(sa.func.sum(sa.case((held_expr, 1), else_=0)).label("held"))
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(*cols).select_from(t)).one()._mapping
@@ -267,8 +272,8 @@ class SqlStore(Store):
         pk = t.c[coll.primary_key]
         for child_ref, ref in self.policy.children(self.ref(name)):
             c_sys, _, c_name = child_ref.partition(".")
-            if c_sys != self.name:
-                continue  # other databases are handled by before_delete
+            if c_sys != self.name:  # pragma: no cover - the policy refuses cross-database references
+                continue
             child = self.table(c_name)
             parent_vals = keys if not ref.to_column or ref.to_column == coll.primary_key else list(
                 conn.execute(sa.select(t.c[ref.to_column]).where(pk.in_(keys))).scalars())
@@ -282,15 +287,13 @@ class SqlStore(Store):
                 if child_keys:
                     self._delete_keys(conn, c_name, child_keys, cascaded)
                     cascaded[child_ref] = cascaded.get(child_ref, 0) + len(child_keys)
-        if self.before_delete and (self.policy.owned_objects(self.ref(name)) or self._foreign_children(name)):
+        if self.before_delete and (self.policy.owned_objects(self.ref(name)) or coll.suppress_on_delete):
             cols = {coll.primary_key} | {c for r in coll.references for c in _template_cols(r, coll)}
+            cols |= {c for kind, c in coll.identity_columns() if kind in coll.suppress_on_delete}
             rows = [dict(r._mapping) for r in conn.execute(sa.select(*(t.c[c] for c in cols)).where(pk.in_(keys)))]
             for k, v in self.before_delete(self.ref(name), rows).items():
                 cascaded[k] = cascaded.get(k, 0) + v
         conn.execute(t.delete().where(pk.in_(keys)))
-
-    def _foreign_children(self, name: str) -> bool:
-        return any(not ref.startswith(self.name + ".") for ref, _ in self.policy.children(self.ref(name)))
 
     def close(self) -> None:
         self.engine.dispose()

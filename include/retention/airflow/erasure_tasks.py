@@ -1,0 +1,188 @@
+"""Task bodies of ``erasure_request`` and ``erasure_intake``. Only request ids cross XCom."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from include.retention.erasure import Subject, SubjectScanner
+from include.retention.errors import RetentionError
+from include.retention.ledger import RunRef
+from include.retention.policy import Policy, load_policy
+from include.retention.receipts import build_receipt, render_markdown
+from include.retention.registry import Identities, NewRequest, Registry
+from include.retention.runtime import Runtime, policy_path
+from include.retention.airflow.sweep_tasks import airflow_resolver
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """Policy, stores, ledger and registry for one task; closed at the end of it."""
+
+    def __init__(self) -> None:
+        self.policy: Policy = load_policy(policy_path())
+        self.runtime = Runtime(self.policy, airflow_resolver)
+        self.ledger = self.runtime.ledger()
+        self.registry = Registry(self.ledger.engine, self.runtime.key)
+        self.registry.ensure_schema()
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.runtime.close()
+
+    def subjects(self, request_ids: list[str]) -> list[Subject]:
+        return [Subject(rid, self.registry.identities(rid).normalised()) for rid in request_ids]
+
+    def scanner(self, system: str) -> SubjectScanner:
+        return SubjectScanner(self.policy, self.runtime.store(system))
+
+
+def _fail(message: str):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(message)
+
+
+def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
+    """Move the identities from the run's conf into the registry; return the request id."""
+    from airflow.sdk.log import mask_secret
+
+    for kind in ("email", "phone", "customer_ref"):
+        if params.get(kind):
+            mask_secret(params[kind])  # from here on, task logs show *** instead
+    req = NewRequest(
+        identities=Identities(email=params.get("email") or None, phone=params.get("phone") or None,
+                              customer_ref=params.get("customer_ref") or None),
+        mode=params.get("mode") or "erase", dry_run=bool(params.get("dry_run")),
+        source="form", external_ref=params.get("request_ref") or None, note=params.get("note") or None,
+    )
+    with Context() as ctx:
+        request_id = ctx.registry.request_id_for(dag_id, run_id)
+        try:
+            ctx.registry.register(req, request_id=request_id, dag_id=dag_id, run_id=run_id,
+                                  policy_digest=ctx.policy.digest)
+        except RetentionError as exc:
+            _fail(f"request refused: {exc}")  # a malformed request is not retried
+        ctx.registry.start(request_id)
+        log.info("request %s registered (mode %s, dry run %s), due %s", request_id, req.mode, req.dry_run,
+                 ctx.registry.get(request_id)["due_at"])
+    return request_id
+
+
+def systems() -> list[str]:
+    """Systems holding identities: one mapped task group each. S3 objects go with the rows that own them."""
+    policy = load_policy(policy_path())
+    return [name for name, system in policy.systems.items()
+            if system.kind == "sql" and any(c.identities for c in system.collections.values())]
+
+
+def _mode(ctx: Context, request_ids: list[str]) -> tuple[str, bool]:
+    first = ctx.registry.get(request_ids[0])
+    return first["mode"], bool(first["dry_run"])
+
+
+def discover(request_ids: list[str], system: str) -> dict[str, int]:
+    """Count what the request(s) will touch in this system (changes nothing)."""
+    with Context() as ctx:
+        mode, _ = _mode(ctx, request_ids)
+        outcome = ctx.scanner(system).act(ctx.subjects(request_ids), mode, dry_run=True)
+        totals: dict[str, int] = {}
+        for per_coll in outcome.per_request.values():
+            for counts in per_coll.values():
+                for key, n in counts.items():
+                    totals[key] = totals.get(key, 0) + n
+        ctx.registry.set_system(request_ids, system, "discovered")
+        log.info("%s: found for %d request(s): %s", system, len(request_ids), totals)
+        return totals
+
+
+def act(request_ids: list[str], system: str) -> dict[str, int]:
+    """Erase or restrict (or, for a dry run, only count) the subjects' data in this system."""
+    with Context() as ctx:
+        mode, dry_run = _mode(ctx, request_ids)
+        outcome = ctx.scanner(system).act(ctx.subjects(request_ids), mode, dry_run=dry_run)
+        for rid in request_ids:
+            counts = {"collections": outcome.per_request.get(rid, {}), "removed_along": outcome.totals
+                      if len(request_ids) == 1 else {}}
+            ctx.registry.set_system_counts({rid: counts}, system, "acted")
+        log.info("%s: %s%s for %d request(s); removed along: %s", system, mode, " (dry run)" if dry_run else "",
+                 len(request_ids), outcome.totals)
+        return {"requests": len(request_ids), **outcome.totals}
+
+
+def verify(request_ids: list[str], system: str) -> int:
+    """Fresh re-scan: nothing of the subjects may be left but restricted exceptions."""
+    with Context() as ctx:
+        mode, dry_run = _mode(ctx, request_ids)
+        if dry_run:
+            return 0
+        left = ctx.scanner(system).remaining(ctx.subjects(request_ids), mode)
+        failed = [rid for rid in request_ids if left.get(rid)]
+        ok = [rid for rid in request_ids if rid not in failed]
+        if ok:
+            ctx.registry.set_system(ok, system, "verified")
+        if failed:
+            ctx.registry.set_system(failed, system, "failed", error="verification found data left")
+            raise RetentionError(f"{system}: verification found data left for {len(failed)} request(s): "
+                                 f"{', '.join(failed[:5])}")
+        return len(ok)
+
+
+def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int:
+    """One ledger entry per request and system, written once even if the task is retried."""
+    with Context() as ctx:
+        mode, dry_run = _mode(ctx, request_ids)
+        written = 0
+        for rid in request_ids:
+            state = ctx.registry.systems(rid).get(system, {})
+            if state.get("status") == "recorded":
+                continue
+            digest = ctx.registry.get(rid)
+            subject = digest.get("email_digest") or digest.get("phone_digest") or digest.get("customer_ref_digest")
+            counts = state.get("counts", {})
+            total = sum(n for per in counts.get("collections", {}).values() for k, n in per.items()
+                        if k in ("deleted", "anonymized", "restricted"))
+            ctx.ledger.append(run=RunRef(dag_id, run_id), action=mode, outcome="dry_run" if dry_run else "verified",
+                              count=total, request_id=rid, policy_digest=ctx.policy.digest, system=system,
+                              subject_digest=subject, details=counts)
+            ctx.registry.set_system([rid], system, "recorded")
+            written += 1
+        return written
+
+
+def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[str, Any]]:
+    """Close the request(s): complete only when every system recorded; suppression and receipt."""
+    summaries, open_ids = [], []
+    with Context() as ctx:
+        for rid in request_ids:
+            req = ctx.registry.get(rid)
+            states = ctx.registry.systems(rid)
+            done = all(states.get(s, {}).get("status") == "recorded" for s in expected_systems)
+            if done:
+                if req["mode"] == "erase" and not req["dry_run"]:
+                    ctx.registry.suppress(rid)
+                ctx.registry.finish(rid, "complete")
+            else:
+                ctx.registry.finish(rid, "incomplete", error="not every system verified")
+                open_ids.append(rid)
+            receipt = build_receipt(ctx.registry.get(rid), ctx.registry.systems(rid), expected_systems,
+                                    ctx.policy.digest)
+            ctx.registry.save_receipt(rid, receipt)
+            if len(request_ids) == 1:
+                log.info("receipt:\n%s", render_markdown(receipt))
+            summaries.append({"request_id": rid, "status": receipt["status"]})
+    if open_ids:
+        raise RetentionError(f"{len(open_ids)} request(s) stay open (a system did not verify): "
+                             f"{', '.join(open_ids[:5])}")
+    return summaries
+
+
+def claim(limit: int, dag_id: str, run_id: str) -> list[str]:
+    """erasure_intake: take a batch of pending requests from the registry."""
+    with Context() as ctx:
+        ids = ctx.registry.claim_pending(limit, dag_id, run_id)
+        log.info("claimed %d pending request(s)", len(ids))
+        return ids

@@ -1,0 +1,154 @@
+"""Purge erasure runs' personal data from Airflow's metadata DB after ``RETENTION_PURGE_AFTER_DAYS``.
+
+A subject's identity reaches Airflow as the trigger conf of ``erasure_request`` and is copied
+into further tables (docs/adr/0003-identities-in-airflow-metadata.md). For every *finished* run
+of the given DAGs that ended more than N days ago, this
+
+- replaces ``dag_run.conf`` with ``PURGED_CONF`` (the run row, its id and state stay),
+- deletes the run's ``xcom``, ``rendered_task_instance_fields``, ``task_map``,
+  ``task_state_store``, ``dag_run_note`` and ``task_instance_note`` rows,
+- clears ``task_instance(_history).rendered_map_index`` and redacts the text and inputs of
+  human-in-the-loop requests (``hitl_detail(_history)``; who answered what, and when, stays),
+- deletes the audit-log (``log``) rows of the run, and the DAGs' audit-log rows older than
+  N days that belong to no kept run: the REST API's ``trigger_dag_run`` and the CLI's
+  ``cli_dag_trigger`` entries carry the conf and, when the run id was generated, no run id.
+
+It deletes in place, in one transaction: unlike ``airflow db clean`` (even with
+``--skip-archive``, which copies rows into an ``_airflow_deleted__*`` table and drops it
+afterwards), no copy of the rows is ever written. It needs the metadata DB, so it runs as a
+command (``purge_cli``), never inside task code. Runs that are still queued or running keep
+their conf.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+ERASURE_DAG_IDS = ("erasure_request", "erasure_intake")
+DEFAULT_PURGE_AFTER_DAYS = 7
+PURGED_CONF = {"purged": True}
+PURGED_TEXT = "[purged]"
+_FINISHED = ("success", "failed")
+_CHUNK = 500
+
+
+def purge_after_days() -> int:
+    """Days to keep a finished erasure run's personal data: ``RETENTION_PURGE_AFTER_DAYS`` (default 7)."""
+    raw = os.environ.get("RETENTION_PURGE_AFTER_DAYS", str(DEFAULT_PURGE_AFTER_DAYS))
+    try:
+        days = int(raw)
+    except ValueError:
+        raise ValueError(f"RETENTION_PURGE_AFTER_DAYS must be a whole number of days, not {raw!r}") from None
+    if days < 0:
+        raise ValueError(f"RETENTION_PURGE_AFTER_DAYS must not be negative, not {days}")
+    return days
+
+
+def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DAG_IDS,
+                       dry_run: bool = False) -> dict[str, int]:
+    """Purge personal data of the DAGs' runs that finished more than ``older_than_days`` ago.
+
+    Returns the number of rows changed (or, with ``dry_run``, that would change) per table.
+    ``older_than_days=0`` purges every finished run.
+    """
+    import sqlalchemy as sa
+
+    from airflow._shared.timezones import timezone
+    from airflow.models.dagrun import DagRun, DagRunNote
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.hitl_history import HITLDetailHistory
+    from airflow.models.log import Log
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.task_state_store import TaskStateStoreModel
+    from airflow.models.taskinstance import TaskInstance, TaskInstanceNote
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+    from airflow.models.taskmap import TaskMap
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must not be negative, not {older_than_days}")
+    dag_ids = tuple(dag_ids)
+    if not dag_ids:
+        raise ValueError("dag_ids is empty")
+    cutoff = timezone.utcnow() - dt.timedelta(days=older_than_days)
+
+    dr = DagRun.__table__
+    ti, tih = TaskInstance.__table__, TaskInstanceHistory.__table__
+    audit = Log.__table__
+
+    def purgeable(run):
+        """Runs of the DAGs that finished before the cutoff."""
+        return sa.and_(run.c.dag_id.in_(dag_ids),
+                       sa.func.coalesce(run.c.state, "").in_(_FINISHED),
+                       sa.func.coalesce(run.c.end_date, run.c.run_after) < cutoff)
+
+    def of_purged_run(table) -> sa.ColumnElement[bool]:
+        """Rows of ``table`` (with dag_id and run_id columns) that belong to a purgeable run."""
+        run = dr.alias("purged_run")
+        return sa.exists().where(run.c.dag_id == table.c.dag_id, run.c.run_id == table.c.run_id, purgeable(run))
+
+    purged_run_ids = sa.select(dr.c.id).where(purgeable(dr)).scalar_subquery()
+    purged_ti_ids = sa.select(ti.c.id).where(of_purged_run(ti)).scalar_subquery()
+    purged_tih_ids = sa.select(tih.c.task_instance_id).where(of_purged_run(tih)).scalar_subquery()
+    kept = dr.alias("kept_run")
+    audit_rows = sa.and_(
+        audit.c.dag_id.in_(dag_ids),
+        sa.or_(
+            of_purged_run(audit),
+            sa.and_(audit.c.dttm < cutoff,
+                    ~sa.exists().where(kept.c.dag_id == audit.c.dag_id, kept.c.run_id == audit.c.run_id,
+                                       ~purgeable(kept))),
+        ),
+    )
+
+    steps: list[tuple[str, sa.ColumnElement[bool], sa.Executable]] = []
+
+    def delete(model, where) -> None:
+        table = model.__table__
+        steps.append((table.name, where, sa.delete(table).where(where)))
+
+    def update(model, where, **values) -> None:
+        table = model.__table__
+        steps.append((table.name, where, sa.update(table).where(where).values(**values)))
+
+    delete(XComModel, XComModel.__table__.c.dag_run_id.in_(purged_run_ids))
+    delete(RenderedTaskInstanceFields, of_purged_run(RenderedTaskInstanceFields.__table__))
+    delete(TaskMap, of_purged_run(TaskMap.__table__))
+    delete(TaskStateStoreModel, TaskStateStoreModel.__table__.c.dag_run_id.in_(purged_run_ids))
+    delete(DagRunNote, DagRunNote.__table__.c.dag_run_id.in_(purged_run_ids))
+    delete(TaskInstanceNote, TaskInstanceNote.__table__.c.ti_id.in_(purged_ti_ids))
+    update(TaskInstance, sa.and_(of_purged_run(ti), ti.c.rendered_map_index.is_not(None)), rendered_map_index=None)
+    update(TaskInstanceHistory, sa.and_(of_purged_run(tih), tih.c.rendered_map_index.is_not(None)),
+           rendered_map_index=None)
+    for model, id_column, ids in ((HITLDetail, "ti_id", purged_ti_ids),
+                                  (HITLDetailHistory, "ti_history_id", purged_tih_ids)):
+        table = model.__table__
+        update(model, sa.and_(table.c[id_column].in_(ids), table.c.subject != PURGED_TEXT),
+               subject=PURGED_TEXT, body=None, params={}, params_input={})
+    delete(Log, audit_rows)
+
+    counts: dict[str, int] = {}
+    with create_session() as session:
+        # dag_run.conf: compared in Python, as JSON equality differs between the three databases.
+        runs = session.execute(sa.select(dr.c.id, dr.c.conf).where(purgeable(dr))).all()
+        to_redact = [run_id for run_id, conf in runs if conf != PURGED_CONF]
+        counts[dr.name] = len(to_redact)
+        for name, where, statement in steps:
+            counts[name] = counts.get(name, 0) + session.scalar(sa.select(sa.func.count()).where(where))
+            if not dry_run:
+                session.execute(statement, execution_options={"synchronize_session": False})
+        if not dry_run:
+            for start in range(0, len(to_redact), _CHUNK):
+                chunk = to_redact[start:start + _CHUNK]
+                session.execute(sa.update(dr).where(dr.c.id.in_(chunk)).values(conf=PURGED_CONF))
+        if dry_run:
+            session.rollback()
+    log.info("Erasure-run purge (dags=%s, older than %s days, dry_run=%s): %s",
+             ",".join(dag_ids), older_than_days, dry_run, counts)
+    return counts

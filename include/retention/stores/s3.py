@@ -1,0 +1,772 @@
+"""The S3 store: object retention, lock, log anonymization and deletion through boto3.
+
+A collection is a bucket plus a prefix, optionally with a key template that names the
+parts of a key (``cvs/{applicant_id}/...``, ``logs/{yyyy}/{mm}/{dd}/...``); the template
+is matched against the whole key, ``...`` matches any rest. Listing is paginated and
+handled one page (at most 1,000 keys) at a time, so memory never holds a bucket.
+
+Design decisions (see also the README of the data map):
+
+- **Delete** uses DeleteObjects with at most 1,000 entries per request. In a versioned
+  bucket every version and delete marker of the object goes, so nothing is recoverable;
+  a key whose current version is a delete marker but older versions remain is purged
+  by the delete stage too. Per-key errors of a response are recorded (what did go is
+  in the ledger) and then raised as ``ObjectsNotDeleted``; they are never swallowed.
+- **Lock** (restriction, Art. 18) always writes the tag ``retention-lock=<reason>@<date>``,
+  which the rest of the sweep and the company's jobs read (``is_locked``). Where the
+  bucket has Object Lock, the object version also gets a legal hold, which S3 itself
+  enforces. Without Object Lock the documented equivalent is a bucket policy that denies
+  reads of tagged objects to everyone but the retention role::
+
+      {"Effect": "Deny", "NotPrincipal": {"AWS": "<retention role arn>"},
+       "Action": ["s3:GetObject", "s3:GetObjectVersion"], "Resource": "arn:aws:s3:::<bucket>/*",
+       "Condition": {"StringLike": {"s3:ExistingObjectTag/retention-lock": "*"}}}
+
+  A later delete stage lifts its own legal hold before deleting; a legal hold set by
+  anyone else (no ``retention-lock`` tag) or an Object Lock retention date in the future
+  is a legal hold this store never overrides.
+- **Legal-hold conditions** of an S3 collection test object tags: a condition's
+  ``column`` is a tag name (``{column: legal-hold, equals: "true"}``).
+- **Anonymize** rewrites a text object line by line with the stage's masking strategies
+  (``truncate_ip``), streaming from GetObject into a multipart upload (or one PutObject
+  if it fits in one part), and replaces the object only when every byte was read and the
+  upload completed. The new object carries the metadata ``retention-anonymized=<date>``
+  (written atomically with the content), so the next run skips it; in a versioned bucket
+  the older versions, which still hold full addresses, are deleted afterwards.
+- Ledger entries and logs carry keyed digests of keys and counts, never keys: keys can
+  hold names and e-mail addresses. Errors name the system, bucket and endpoint only.
+
+This module imports nothing from Airflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from include.retention.errors import SchemaMismatch, StoreUnavailable
+from include.retention.masking import STRATEGIES, keyed_digest
+from include.retention.policy import Collection, Condition, Policy, Reference, Rule, Stage, cutoff
+from include.retention.stores.base import Recorder, RulePlan, StageResult, Store
+
+if TYPE_CHECKING:
+    from include.retention.runtime import ConnInfo
+
+log = logging.getLogger(__name__)
+
+LOCK_TAG = "retention-lock"
+ANONYMIZED_META = "retention-anonymized"
+MAX_DELETE = 1000  # S3's limit of entries per DeleteObjects request
+PART_SIZE = 8 * 1024 * 1024  # multipart part size of a rewrite; S3 needs >= 5 MiB for all but the last
+CHUNK = 64 * 1024
+MAX_LINE = 1024 * 1024  # a "line" longer than this is cut at a character no IP address contains
+_NOT_IN_ADDRESS = re.compile(rb"[^0-9A-Za-z:.]")
+_TAG_SAFE = re.compile(r"[^\w .:/=+\-@]")
+_UTC = dt.UTC
+
+# Short timeouts and few retries: an unreachable endpoint should fail a task in seconds, not hang it.
+CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+
+
+class ObjectsNotDeleted(StoreUnavailable):
+    """S3 refused to delete some object versions (per-key errors of a DeleteObjects response)."""
+
+
+# ---- key templates --------------------------------------------------------------------------
+
+_FIELD = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
+_DATE_FIELDS = {"yyyy": r"\d{4}", "mm": r"\d{2}", "dd": r"\d{2}", "hh": r"\d{2}"}
+
+
+def template_regex(template: str) -> re.Pattern[str]:
+    """The template as a regex over the whole key.
+
+    ``{yyyy}``/``{mm}``/``{dd}``/``{hh}`` are digits, any other ``{name}`` one path part, ``...`` any rest.
+    """
+    out, seen, pos = [], set(), 0
+    for match in re.finditer(r"{([A-Za-z_][A-Za-z0-9_]*)}|\.\.\.", template):
+        out.append(re.escape(template[pos:match.start()]))
+        name = match.group(1)
+        if name is None:
+            out.append(".*")
+        elif name in seen:
+            out.append(f"(?P={name})")
+        else:
+            seen.add(name)
+            out.append(f"(?P<{name}>{_DATE_FIELDS.get(name, '[^/]+')})")
+        pos = match.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def template_prefix(template: str) -> str:
+    """The literal head of a template: where listing starts."""
+    cut = [i for i in (template.find("{"), template.find("...")) if i >= 0]
+    return template[:min(cut)] if cut else template
+
+
+def key_date(match: re.Match[str]) -> dt.datetime | None:
+    """The date a key names through ``{yyyy}``/``{mm}``/``{dd}``/``{hh}`` (midnight UTC of that day)."""
+    parts = match.groupdict()
+    if not parts.get("yyyy"):
+        return None
+    try:
+        return dt.datetime(int(parts["yyyy"]), int(parts.get("mm") or 1), int(parts.get("dd") or 1),
+                           int(parts.get("hh") or 0), tzinfo=_UTC)
+    except ValueError:  # "2024/13/45": not a date, so no storage period can be counted
+        return None
+
+
+def parse_date(text: str | None) -> dt.datetime | None:
+    """An ISO 8601 date or timestamp from metadata or a tag; naive values are UTC."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=_UTC)
+
+
+# ---- objects ------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Object:
+    """One key of a listing: its current data version, and every version when the bucket is versioned."""
+
+    key: str
+    last_modified: dt.datetime
+    version_id: str | None = None  # the data version acted on; None in an unversioned bucket
+    live: bool = True  # False: a delete marker is current and only older versions remain
+    versions: list[str] = field(default_factory=list)  # every version id incl. delete markers
+    data_versions: list[str] = field(default_factory=list)  # versions with content, newest first
+    head: dict[str, Any] | None = None
+    tags: dict[str, str] | None = None
+    gone: bool = False  # vanished between listing and a per-object call
+
+    def vid(self) -> dict[str, str]:
+        return {"VersionId": self.version_id} if self.version_id else {}
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    versioned: bool
+    object_lock: bool
+
+
+def _tag_text(value: Any) -> str:
+    if isinstance(value, bool):  # YAML ``true`` against a tag value "true"
+        return "true" if value else "false"
+    return str(value)
+
+
+def tag_matches(cond: Condition, tags: dict[str, str]) -> bool:
+    """A legal-hold condition against object tags: ``column`` names the tag."""
+    value = tags.get(cond.column)
+    if cond.is_null is not None:
+        return (value is None) == cond.is_null
+    if value is None:
+        return False
+    if cond.in_ is not None:
+        return value in {_tag_text(v) for v in cond.in_}
+    return value == _tag_text(cond.equals)
+
+
+class S3Store(Store):
+    kind = "s3"
+
+    def __init__(self, name: str, policy: Policy, client: Any, *, key: bytes = b"", endpoint: str | None = None,
+                 part_size: int = PART_SIZE):
+        super().__init__(name, policy)
+        self.client = client
+        self.key = key
+        self.endpoint = endpoint or client.meta.endpoint_url
+        self.part_size = part_size
+        self._buckets: dict[str, BucketInfo] = {}
+
+    @classmethod
+    def from_conn(cls, name: str, policy: Policy, info: ConnInfo, *, key: bytes = b"", **kwargs: Any) -> S3Store:
+        """Build from an Airflow ``aws`` connection: login/password are the key pair; extra has
+        ``endpoint_url`` (MinIO, moto) and ``region_name``."""
+        extra = dict(info.extra or {})
+        endpoint = extra.get("endpoint_url") or (info.host if info.host and "://" in info.host else None)
+        options: dict[str, Any] = {}
+        if endpoint:
+            # S3-compatible servers generally want path-style addressing.
+            options["config"] = CLIENT_CONFIG.merge(Config(s3={"addressing_style": "path"}))
+        else:
+            options["config"] = CLIENT_CONFIG
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=extra.get("region_name") or "us-east-1",
+            aws_access_key_id=info.login or extra.get("aws_access_key_id"),
+            aws_secret_access_key=info.password or extra.get("aws_secret_access_key"),
+            aws_session_token=extra.get("aws_session_token"),
+            **options,
+        )
+        return cls(name, policy, client, key=key, endpoint=endpoint or "AWS S3", **kwargs)
+
+    # ---- calls ----------------------------------------------------------------------------
+    def _fail(self, operation: str, exc: Exception) -> StoreUnavailable:
+        # Never str(exc): botocore puts the request URL, and so the object key, into some messages.
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = err.get("Code", "error")
+            return StoreUnavailable(
+                f"{self.name}: S3 {operation} at {self.endpoint} failed with {code} (HTTP {status})")
+        return StoreUnavailable(
+            f"{self.name}: S3 endpoint {self.endpoint} is unreachable or failed during {operation} "
+            f"({type(exc).__name__})")
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(operation, exc) from None
+
+    def _pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        pages = iter(self.client.get_paginator(operation).paginate(**kwargs, PaginationConfig={"PageSize": 1000}))
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration:
+                return
+            except (ClientError, BotoCoreError) as exc:
+                raise self._fail(operation, exc) from None
+            yield page
+
+    @staticmethod
+    def _missing(exc: ClientError) -> bool:
+        code = exc.response.get("Error", {}).get("Code", "")
+        return code in ("404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed")
+
+    def digest(self, keys: list[str]) -> str:
+        """Keyed digest of a batch of object keys: proves which objects without naming them."""
+        return keyed_digest(self.key, "\n".join(keys))
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- schema ---------------------------------------------------------------------------
+    def coll(self, name: str) -> Collection:
+        return self.policy.systems[self.name].collections[name]
+
+    @staticmethod
+    def prefix(coll: Collection) -> str:
+        if coll.prefix is not None:
+            return coll.prefix
+        return template_prefix(coll.key_template) if coll.key_template else ""
+
+    def bucket_info(self, bucket: str) -> BucketInfo:
+        if bucket not in self._buckets:
+            status = self._call("get_bucket_versioning", Bucket=bucket).get("Status")
+            try:
+                conf = self.client.get_object_lock_configuration(Bucket=bucket)
+                locked = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                    raise self._fail("GetObjectLockConfiguration", exc) from None
+                locked = False
+            except BotoCoreError as exc:
+                raise self._fail("GetObjectLockConfiguration", exc) from None
+            # A suspended bucket still holds old versions: treat it as versioned.
+            self._buckets[bucket] = BucketInfo(versioned=status in ("Enabled", "Suspended"), object_lock=locked)
+        return self._buckets[bucket]
+
+    def check(self, collection_name: str) -> None:
+        coll = self.coll(collection_name)
+        try:
+            self.client.head_bucket(Bucket=coll.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket"):
+                raise SchemaMismatch(f"{self.name}.{collection_name}: bucket {coll.bucket!r} does not exist "
+                                     f"at {self.endpoint}") from None
+            raise self._fail("HeadBucket", exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("HeadBucket", exc) from None
+        self.bucket_info(coll.bucket)
+
+    # ---- listing --------------------------------------------------------------------------
+    def objects(self, bucket: str, prefix: str) -> Iterator[list[S3Object]]:
+        """The keys under ``prefix``, one listing page at a time."""
+        if not self.bucket_info(bucket).versioned:
+            for page in self._pages("list_objects_v2", Bucket=bucket, Prefix=prefix):
+                yield [S3Object(o["Key"], o["LastModified"]) for o in page.get("Contents", [])]
+            return
+        carry: S3Object | None = None  # the last key of a page may continue on the next one
+        for page in self._pages("list_object_versions", Bucket=bucket, Prefix=prefix):
+            entries = [(v, False) for v in page.get("Versions", [])]
+            entries += [(m, True) for m in page.get("DeleteMarkers", [])]
+            # Stable sort by key only: S3 lists each key's versions newest first.
+            entries.sort(key=lambda e: e[0]["Key"])
+            out: list[S3Object] = [carry] if carry else []
+            for entry, is_marker in entries:
+                if not out or out[-1].key != entry["Key"]:
+                    out.append(S3Object(entry["Key"], entry["LastModified"], live=False))
+                obj = out[-1]
+                obj.versions.append(entry["VersionId"])
+                if is_marker:
+                    continue
+                obj.data_versions.append(entry["VersionId"])
+                if entry.get("IsLatest"):
+                    obj.live, obj.version_id, obj.last_modified = True, entry["VersionId"], entry["LastModified"]
+                elif obj.version_id is None:  # newest data version so far
+                    obj.version_id, obj.last_modified = entry["VersionId"], entry["LastModified"]
+            carry = out.pop() if page.get("IsTruncated") and out else None
+            yield out
+        if carry:
+            yield [carry]
+
+    def head(self, bucket: str, obj: S3Object) -> dict[str, Any] | None:
+        if obj.head is None and not obj.gone:
+            try:
+                obj.head = self.client.head_object(Bucket=bucket, Key=obj.key, **obj.vid())
+            except ClientError as exc:
+                if not self._missing(exc):
+                    raise self._fail("HeadObject", exc) from None
+                obj.gone = True
+            except BotoCoreError as exc:
+                raise self._fail("HeadObject", exc) from None
+        return obj.head
+
+    def tags(self, bucket: str, obj: S3Object) -> dict[str, str] | None:
+        if obj.tags is None and not obj.gone:
+            try:
+                tag_set = self.client.get_object_tagging(Bucket=bucket, Key=obj.key, **obj.vid())["TagSet"]
+            except ClientError as exc:
+                if not self._missing(exc):
+                    raise self._fail("GetObjectTagging", exc) from None
+                obj.gone = True
+                return None
+            except BotoCoreError as exc:
+                raise self._fail("GetObjectTagging", exc) from None
+            obj.tags = {t["Key"]: t["Value"] for t in tag_set}
+        return obj.tags
+
+    def is_locked(self, bucket: str, key: str, version_id: str | None = None) -> bool:
+        """Is the object restricted (locked)? The ``retention-lock`` tag, or a legal hold under Object Lock.
+
+        What the company's jobs call before processing an object.
+        """
+        obj = S3Object(key, dt.datetime.now(_UTC), version_id=version_id)
+        tags = self.tags(bucket, obj)
+        if tags is None:
+            return False
+        if LOCK_TAG in tags:
+            return True
+        if self.bucket_info(bucket).object_lock:
+            return (self.head(bucket, obj) or {}).get("ObjectLockLegalHoldStatus") == "ON"
+        return False
+
+    # ---- classification -------------------------------------------------------------------
+    def _start(self, bucket: str, rule: Rule, obj: S3Object, match: re.Match[str] | None) -> dt.datetime | None:
+        basis = rule.start.basis
+        if basis == "key_date":
+            return key_date(match) if match else None
+        if basis == "metadata":
+            if not obj.version_id and not obj.live:
+                return None  # only delete markers: no object to read metadata from
+            head = self.head(bucket, obj) or {}
+            meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+            return parse_date(meta.get((rule.start.name or "").lower()))
+        if basis == "tag":
+            if not obj.version_id and not obj.live:
+                return None
+            return parse_date((self.tags(bucket, obj) or {}).get(rule.start.name or ""))
+        lm = obj.last_modified
+        return lm if lm.tzinfo else lm.replace(tzinfo=_UTC)
+
+    def _held(self, bucket: str, coll: Collection, obj: S3Object, now: dt.datetime) -> bool:
+        """Legal hold: a tag condition of the collection, or S3's own legal hold / retention we did not set."""
+        if not obj.version_id and not obj.live:
+            return False  # only delete markers: nothing to hold
+        if coll.legal_hold:
+            tags = self.tags(bucket, obj) or {}
+            if any(tag_matches(c, tags) for c in coll.legal_hold):
+                return True
+        if self.bucket_info(bucket).object_lock:
+            head = self.head(bucket, obj) or {}
+            if head.get("ObjectLockLegalHoldStatus") == "ON" and LOCK_TAG not in (self.tags(bucket, obj) or {}):
+                return True
+            until = head.get("ObjectLockRetainUntilDate")
+            if until is not None and until > now:
+                return True
+        return False
+
+    def _done(self, bucket: str, action: str, obj: S3Object) -> bool:
+        if action == "lock":
+            if LOCK_TAG not in (self.tags(bucket, obj) or {}):
+                return False
+            # Under Object Lock a lock is complete only with the legal hold (a failed hold is retried).
+            return not self.bucket_info(bucket).object_lock or (
+                (self.head(bucket, obj) or {}).get("ObjectLockLegalHoldStatus") == "ON")
+        if action == "anonymize":
+            meta = (self.head(bucket, obj) or {}).get("Metadata", {})
+            return any(k.lower() == ANONYMIZED_META for k in meta)
+        return False
+
+    def classify(self, collection_name: str, rule: Rule, obj: S3Object, now: dt.datetime,
+                 pattern: re.Pattern[str] | None) -> tuple[str | None, str]:
+        """(stage action, state) of one object; state is out / kept / no_date / held / done / due."""
+        coll = self.coll(collection_name)
+        match = pattern.fullmatch(obj.key) if pattern else None
+        if pattern and not match:
+            return None, "out"
+        start = self._start(coll.bucket, rule, obj, match)
+        if obj.gone:
+            return None, "kept"
+        if start is None:
+            return None, "no_date"
+        # Stages are ordered by period; the strongest one whose period has ended applies.
+        action = next((s.action for s in reversed(rule.stages) if start < cutoff(now, s, rule.start)), None)
+        if action is None or (not obj.live and action != "delete"):
+            return action, "kept"
+        if self._held(coll.bucket, coll, obj, now):
+            return action, "held"
+        if self._done(coll.bucket, action, obj):
+            return action, "done"
+        return action, ("kept" if obj.gone else "due")
+
+    def _walk(self, collection_name: str, rule: Rule, now: dt.datetime):
+        coll = self.coll(collection_name)
+        pattern = template_regex(coll.key_template) if coll.key_template else None
+        for page in self.objects(coll.bucket, self.prefix(coll)):
+            for obj in page:
+                yield obj, *self.classify(collection_name, rule, obj, now, pattern)
+
+    # ---- plan -----------------------------------------------------------------------------
+    def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
+        now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        total = in_scope = held = already = no_date = 0
+        eligible = {s.action: 0 for s in rule.stages}
+        for _obj, action, state in self._walk(collection_name, rule, now):
+            total += 1
+            if state == "out":
+                continue
+            in_scope += 1
+            if state == "held":
+                held += 1
+            elif state == "done":
+                already += 1
+            elif state == "due":
+                eligible[action] += 1
+            elif state == "no_date":
+                no_date += 1
+        if no_date:
+            log.warning("%s.%s: %d objects carry no readable %s date and are kept", self.name, collection_name,
+                        no_date, rule.start.basis)
+        return RulePlan(total=total, in_scope=in_scope, eligible=eligible, held=held, already=already)
+
+    # ---- act ------------------------------------------------------------------------------
+    def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
+                    reason: str, record: Recorder) -> StageResult:
+        now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        coll = self.coll(collection_name)
+        bucket = coll.bucket
+        result = StageResult(action=stage.action)
+        if stage.action == "delete":
+            def on_batch(keys: list[str], versions: int, errors: int) -> None:
+                result.batches += 1
+                result.changed += len(keys)
+                record("delete", len(keys), self.digest(keys),
+                       {"batch": result.batches, "versions": versions, "errors": errors})
+
+            purger = Purger(self, bucket, min(batch_size, MAX_DELETE), on_batch)
+            for obj, action, state in self._walk(collection_name, rule, now):
+                if state == "due" and action == "delete":
+                    self._release_own_hold(bucket, obj)
+                    purger.add(obj)
+            purger.flush()
+        else:
+            done: list[str] = []
+
+            def flush() -> None:
+                if done:
+                    result.batches += 1
+                    result.changed += len(done)
+                    record(stage.action, len(done), self.digest(done), {"batch": result.batches})
+                    done.clear()
+
+            for obj, action, state in self._walk(collection_name, rule, now):
+                if state != "due" or action != stage.action:
+                    continue
+                acted = (self._lock(bucket, obj, reason, now) if stage.action == "lock"
+                         else self._anonymize(bucket, obj, stage, now))
+                if acted:
+                    done.append(obj.key)
+                if len(done) >= batch_size:
+                    flush()
+            flush()
+        log.info("%s.%s: %s %d objects in %d batches", self.name, collection_name, stage.action, result.changed,
+                 result.batches)
+        return result
+
+    def _lock(self, bucket: str, obj: S3Object, reason: str, now: dt.datetime) -> bool:
+        tags = self.tags(bucket, obj)
+        if tags is None:
+            return False
+        if LOCK_TAG not in tags:
+            value = _TAG_SAFE.sub("_", f"{reason}@{now:%Y-%m-%d}")[:256]
+            tag_set = [{"Key": k, "Value": v} for k, v in {**tags, LOCK_TAG: value}.items()]
+            # PutObjectTagging replaces the whole set, so existing tags are written back with ours.
+            self._call("put_object_tagging", Bucket=bucket, Key=obj.key, Tagging={"TagSet": tag_set}, **obj.vid())
+            obj.tags = {**tags, LOCK_TAG: value}
+        # Tag first: a failed legal hold then leaves a visibly locked object that the next run completes.
+        if self.bucket_info(bucket).object_lock and (self.head(bucket, obj) or {}).get(
+                "ObjectLockLegalHoldStatus") != "ON":
+            self._call("put_object_legal_hold", Bucket=bucket, Key=obj.key, LegalHold={"Status": "ON"}, **obj.vid())
+        return True
+
+    def _release_own_hold(self, bucket: str, obj: S3Object) -> None:
+        """Before deleting: lift a legal hold this store set as a lock (tagged ``retention-lock``)."""
+        if not (self.bucket_info(bucket).object_lock and obj.version_id):
+            return
+        head = self.head(bucket, obj) or {}
+        if head.get("ObjectLockLegalHoldStatus") == "ON" and LOCK_TAG in (self.tags(bucket, obj) or {}):
+            self._call("put_object_legal_hold", Bucket=bucket, Key=obj.key, LegalHold={"Status": "OFF"},
+                       VersionId=obj.version_id)
+
+    # ---- anonymize ------------------------------------------------------------------------
+    def _anonymize(self, bucket: str, obj: S3Object, stage: Stage, now: dt.datetime) -> bool:
+        head = self.head(bucket, obj)
+        tags = self.tags(bucket, obj)
+        if head is None or tags is None:
+            return False
+        masks = [(STRATEGIES[m.strategy], m.value) for m in stage.mask.values()]
+
+        def rewrite(block: bytes) -> bytes:
+            # latin-1 maps each byte to one character and back: every byte outside an address survives.
+            text = block.decode("latin-1")
+            for strategy, value in masks:
+                text = strategy.text(text, value)
+            return text.encode("latin-1")
+
+        extra: dict[str, Any] = {
+            "Metadata": {**head.get("Metadata", {}), ANONYMIZED_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        for name in ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl"):
+            if head.get(name):
+                extra[name] = head[name]
+        if tags:
+            extra["Tagging"] = urlencode(tags)
+        # Read exactly the version that was classified (or fail if it changed in between).
+        source = {"VersionId": obj.version_id} if obj.version_id else {"IfMatch": head["ETag"]}
+        body = self._call("get_object", Bucket=bucket, Key=obj.key, **source)["Body"]
+        upload = Upload(self, bucket, obj.key, extra, self.part_size)
+        try:
+            read, carry = 0, b""
+            for chunk in body.iter_chunks(CHUNK):
+                read += len(chunk)
+                carry += chunk
+                cut = carry.rfind(b"\n") + 1
+                if not cut and len(carry) > MAX_LINE:
+                    cut = _safe_cut(carry)
+                if cut:
+                    upload.write(rewrite(carry[:cut]))
+                    carry = carry[cut:]
+            upload.write(rewrite(carry))
+            if read != head.get("ContentLength", read):
+                raise StoreUnavailable(f"{self.name}: S3 object read short during anonymization "
+                                       f"({read} of {head.get('ContentLength')} bytes); object left unchanged")
+            new_version = upload.complete()
+        except BaseException as exc:
+            upload.abort()
+            if isinstance(exc, (ClientError, BotoCoreError)):
+                raise self._fail("GetObject", exc) from None
+            raise
+        finally:
+            body.close()
+        if self.bucket_info(bucket).versioned:
+            self._drop_old_versions(bucket, obj.key, keep=new_version)
+        return True
+
+    def _drop_old_versions(self, bucket: str, key: str, keep: str | None) -> None:
+        """After a rewrite in a versioned bucket: older versions still hold the original content."""
+        purger = Purger(self, bucket, MAX_DELETE, None)
+        for page in self.objects(bucket, key):
+            for obj in page:
+                if obj.key != key:
+                    continue
+                if keep not in obj.data_versions:
+                    log.warning("%s: rewritten object not found among its versions in bucket %s; older versions "
+                                "kept for the next run", self.name, bucket)
+                    return
+                # Versions are listed newest first: only those older than the rewrite hold original content
+                # (a newer one would be somebody else's write after ours).
+                purger.add_versions(key, obj.data_versions[obj.data_versions.index(keep) + 1:], counts=False)
+        purger.flush()
+
+    # ---- references from SQL rows ---------------------------------------------------------
+    def delete_owned(self, coll_ref: str, reference: Reference, rows: list[dict[str, Any]]) -> int:
+        """Delete the objects (all versions) that ``rows`` of ``coll_ref`` reference; return how many.
+
+        ``reference.key_template`` filled from a row names an exact key, or a prefix when it ends
+        in ``/`` or ``...``; otherwise ``reference.column`` holds the exact key. Objects under a
+        legal hold stay (and are counted in the log); keys outside the collection's prefix are refused.
+        """
+        target = reference.to.partition(".")[2]
+        coll = self.coll(target)
+        bucket, base = coll.bucket, self.prefix(coll)
+        now = dt.datetime.now(_UTC)
+        purger = Purger(self, bucket, MAX_DELETE, None)
+        held = outside = 0
+        for row in rows:
+            key, is_prefix = owned_key(reference, row)
+            if key is None:
+                continue
+            if not key.startswith(base):
+                outside += 1
+                continue
+            for page in self.objects(bucket, key):
+                for obj in page:
+                    if not is_prefix and obj.key != key:
+                        continue
+                    if self._held(bucket, coll, obj, now):
+                        held += 1
+                        continue
+                    self._release_own_hold(bucket, obj)
+                    purger.add(obj)
+        purger.flush()
+        if held or outside:
+            log.warning("%s: %d objects referenced from %s kept under legal hold, %d references outside prefix "
+                        "of %s ignored", self.name, held, coll_ref, outside, reference.to)
+        log.info("%s: deleted %d objects (%d versions) owned by %d rows of %s", self.name, purger.objects,
+                 purger.versions, len(rows), coll_ref)
+        return purger.objects
+
+
+def owned_key(reference: Reference, row: dict[str, Any]) -> tuple[str | None, bool]:
+    """(key or prefix, is it a prefix) a row references; (None, False) if the row names none."""
+    if reference.key_template:
+        values = {}
+        for name in _FIELD.findall(reference.key_template):
+            value = row.get(name)
+            # An empty value or one with "/" would widen the prefix beyond the row's own objects.
+            if value is None or str(value) == "" or "/" in str(value):
+                return None, False
+            values[name] = str(value)
+        key = _FIELD.sub(lambda m: values[m.group(1)], reference.key_template)
+        if key.endswith("..."):
+            return key[:-3], True
+        return key, key.endswith("/")
+    value = row.get(reference.column) if reference.column else None
+    return (str(value), False) if value not in (None, "") else (None, False)
+
+
+def _safe_cut(data: bytes) -> int:
+    """Where to cut a very long line: after the last character that no IP address contains."""
+    ends = [m.end() for m in _NOT_IN_ADDRESS.finditer(data[-4096:])]
+    return len(data) - 4096 + ends[-1] if ends else len(data)
+
+
+class Purger:
+    """Collects object versions and deletes them with DeleteObjects, at most ``limit`` entries per request.
+
+    ``on_batch(keys, versions, errors)`` is called after each request with the keys of the objects
+    that went (each object counted once), before per-key errors are raised.
+    """
+
+    def __init__(self, store: S3Store, bucket: str, limit: int,
+                 on_batch: Callable[[list[str], int, int], None] | None):
+        self.store, self.bucket, self.limit, self.on_batch = store, bucket, min(limit, MAX_DELETE), on_batch
+        self.versioned = store.bucket_info(bucket).versioned
+        self.buffer: list[tuple[dict[str, str], bool]] = []
+        self.objects = self.versions = self.calls = 0
+
+    def add(self, obj: S3Object) -> None:
+        if self.versioned:
+            self.add_versions(obj.key, obj.versions, counts=True)
+        else:
+            self._push({"Key": obj.key}, True)
+
+    def add_versions(self, key: str, versions: list[str], *, counts: bool) -> None:
+        for i, version in enumerate(versions):
+            self._push({"Key": key, "VersionId": version}, counts and i == 0)
+
+    def _push(self, entry: dict[str, str], counts: bool) -> None:
+        self.buffer.append((entry, counts))
+        if len(self.buffer) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        batch, self.buffer = self.buffer, []
+        resp = self.store._call("delete_objects", Bucket=self.bucket,
+                                Delete={"Objects": [e for e, _ in batch], "Quiet": True})
+        self.calls += 1
+        errors = resp.get("Errors", [])
+        failed = {e.get("Key") for e in errors}
+        keys = [e["Key"] for e, counts in batch if counts and e["Key"] not in failed]
+        self.objects += len(keys)
+        self.versions += len(batch) - len(errors)
+        if self.on_batch:
+            self.on_batch(keys, len(batch) - len(errors), len(errors))
+        if errors:
+            codes: dict[str, int] = {}
+            for e in errors:
+                codes[e.get("Code", "error")] = codes.get(e.get("Code", "error"), 0) + 1
+            first = keyed_digest(self.store.key, errors[0].get("Key", ""))[:16]
+            raise ObjectsNotDeleted(
+                f"{self.store.name}: S3 refused to delete {len(errors)} of {len(batch)} object versions in bucket "
+                f"{self.bucket!r} ({', '.join(f'{c} x{n}' for c, n in sorted(codes.items()))}); "
+                f"first key digest {first}")
+
+
+class Upload:
+    """The rewritten object: one PutObject if it fits in one part, else a multipart upload."""
+
+    def __init__(self, store: S3Store, bucket: str, key: str, extra: dict[str, Any], part_size: int):
+        self.store, self.bucket, self.key, self.extra, self.part_size = store, bucket, key, extra, part_size
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) > self.part_size:  # ">": the last part may hold the rest whole
+            self._part(bytes(self.buffer[:self.part_size]))
+            del self.buffer[:self.part_size]
+
+    def _part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.store._call("create_multipart_upload", Bucket=self.bucket, Key=self.key,
+                                              **self.extra)["UploadId"]
+        number = len(self.parts) + 1
+        resp = self.store._call("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                PartNumber=number, Body=data)
+        self.parts.append({"ETag": resp["ETag"], "PartNumber": number})
+
+    def complete(self) -> str | None:
+        """Make the new content the object; returns its version id (versioned buckets)."""
+        if self.upload_id is None:
+            resp = self.store._call("put_object", Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
+                                    **self.extra)
+        else:
+            if self.buffer:
+                self._part(bytes(self.buffer))
+            resp = self.store._call("complete_multipart_upload", Bucket=self.bucket, Key=self.key,
+                                    UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        self.upload_id = None
+        self.buffer = bytearray()
+        return resp.get("VersionId")
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            try:
+                self.store.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            except (ClientError, BotoCoreError):  # the original failure is what matters; S3 expires parts
+                log.warning("%s: could not abort a multipart upload in bucket %s", self.store.name, self.bucket)
+            self.upload_id = None

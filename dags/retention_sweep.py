@@ -44,14 +44,25 @@ def retention_sweep():
         return sweep_tasks.apply_rule(rule_id, dry_run=bool(context["params"]["dry_run"]),
                                       dag_id=context["dag"].dag_id, run_id=context["run_id"])
 
-    @task(trigger_rule="all_done", retries=0)
+    @task(trigger_rule="all_done")
     def summarize(results, expected: list[str]) -> str:
         from include.retention.airflow import sweep_tasks
 
         return sweep_tasks.summarize(list(results), expected)
 
+    @task
+    def enforce_suppression() -> dict:
+        """Subscribers whose e-mail digest is suppressed (erased or unsubscribed) are removed again."""
+        from include.retention.airflow import sweep_tasks
+
+        context = get_current_context()
+        return sweep_tasks.enforce_suppression(dry_run=bool(context["params"]["dry_run"]),
+                                               dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                                               systems=context["params"]["systems"] or None)
+
     rules = plan_rules()
     summarize(apply_rule.expand(rule_id=rules), rules)
+    rules >> enforce_suppression()
 
 
 retention_sweep()

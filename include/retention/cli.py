@@ -1,4 +1,4 @@
-"""Command line: ``python -m include.retention.cli {validate,verify,export}``.
+"""Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit}``.
 
 Connections come from the same ``AIRFLOW_CONN_*`` variables Airflow uses.
 """
@@ -52,6 +52,50 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _runtime():
+    from include.retention.runtime import Runtime
+
+    return Runtime(load_policy(policy_path()), env_resolver)
+
+
+def cmd_replay(args) -> int:
+    """Re-apply every completed erasure to a store restored from a backup."""
+    from include.retention.erasure import SubjectScanner
+    from include.retention.ledger import RunRef
+    from include.retention.suppression import enforce_system
+
+    runtime = _runtime()
+    try:
+        scanner = SubjectScanner(runtime.policy, runtime.store(args.system))
+        counts = enforce_system(scanner, runtime.registry(), replay=True, dry_run=args.dry_run)
+        runtime.ledger().append(run=RunRef("cli", "replay"), action="replay",
+                                outcome="dry_run" if args.dry_run else "done", count=sum(counts.values()),
+                                system=args.system, policy_digest=runtime.policy.digest, details=counts)
+    finally:
+        runtime.close()
+    for coll, n in counts.items():
+        print(f"{coll}: {n} row(s) of erased subjects {'found' if args.dry_run else 'removed again'}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    """Queue erasure requests for erasure_intake: a CSV with columns email, phone, customer_ref, mode."""
+    from include.retention.registry import Identities, NewRequest
+
+    runtime = _runtime()
+    try:
+        with open(args.csv, newline="") as handle:
+            reqs = [NewRequest(Identities(email=r.get("email") or None, phone=r.get("phone") or None,
+                                          customer_ref=r.get("customer_ref") or None),
+                               mode=r.get("mode") or "erase", source="intake")
+                    for r in csv.DictReader(handle)]
+        ids = runtime.registry().register_many(reqs)
+    finally:
+        runtime.close()
+    print(f"queued {len(ids)} request(s) for erasure_intake")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retention", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("export", help="export the ledger as CSV")
     p.add_argument("--out", default="-")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("replay", help="re-apply completed erasures to a restored backup of a system")
+    p.add_argument("--system", required=True)
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("submit", help="queue erasure requests from a CSV for erasure_intake")
+    p.add_argument("csv")
+    p.set_defaults(func=cmd_submit)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -174,61 +174,63 @@ class SubjectScanner:
         for s in subjects:
             outcome.per_request[s.request_id]  # every request gets an entry, even with nothing found
         for name in self.identity_collections():
-            coll = self.store.coll(name)
-            ref = self.store.ref(name)
             with self.store.engine.begin() as conn:
                 matches = self.match(name, subjects, conn)
-                if not matches:
-                    continue
-                keys = sorted(matches)
-                if mode == "restrict":
-                    reason = "restriction-request"
-                    already = set()
-                    if coll.lock is not None:
-                        t = self.store.table(name)
-                        pk = t.c[coll.primary_key]
-                        for i in range(0, len(keys), CHUNK):
-                            already |= set(conn.execute(sa.select(pk).where(
-                                pk.in_(keys[i:i + CHUNK]), t.c[coll.lock.at].is_not(None))).scalars())
-                    if not dry_run:
-                        self._restrict(conn, name, keys, reason)
-                    for key, rids in matches.items():
-                        for rid in rids:
-                            outcome.add(rid, ref, "already_restricted" if key in already else "restricted")
-                    continue
-                exceptions = self._exceptions(conn, name, keys)
-                kept = [k for k in keys if k in exceptions]
-                gone = [k for k in keys if k not in exceptions]
-                for key in kept:
-                    for rid in matches[key]:
-                        outcome.add(rid, ref, f"exception:{exceptions[key]}")
-                if not dry_run:
-                    self._restrict(conn, name, kept, "erasure-exception")
-                if coll.erasure == "anonymize":
-                    if not dry_run and gone:
-                        t = self.store.table(name)
-                        pk = t.c[coll.primary_key]
-                        for i in range(0, len(gone), CHUNK):
-                            self.store._anonymize(conn, name, t, gone[i:i + CHUNK], pk.in_(gone[i:i + CHUNK]),
-                                                  coll.erasure_mask, utcnow())
-                    for key in gone:
-                        for rid in matches[key]:
-                            outcome.add(rid, ref, "anonymized")
-                    continue
-                children = self._child_counts(conn, name, gone)
-                for key in gone:
-                    for rid in matches[key]:
-                        outcome.add(rid, ref, "deleted")
-                        for child_ref, n in children.get(key, {}).items():
-                            outcome.add(rid, child_ref, "deleted_with_parent", n)
-                if not dry_run:
-                    cascaded: dict[str, int] = {}
-                    for i in range(0, len(gone), CHUNK):
-                        self.store._delete_keys(conn, name, gone[i:i + CHUNK], cascaded)
-                    for target, n in cascaded.items():
-                        outcome.totals[target] = outcome.totals.get(target, 0) + n
-            log.info("%s: %s handled for %d rows", ref, mode, len(keys))
+                if matches:
+                    self.handle(conn, name, matches, mode, dry_run, outcome)
+            log.info("%s: %s handled for %d rows", self.store.ref(name), mode, len(matches))
         return outcome
+
+    def handle(self, conn, name: str, matches: dict[Any, set[str]], mode: str, dry_run: bool,
+               outcome: SystemOutcome) -> None:
+        """Erase or restrict the matched rows of one collection inside ``conn``'s transaction."""
+        coll, ref = self.store.coll(name), self.store.ref(name)
+        keys = sorted(matches)
+        if mode == "restrict":
+            already: set[Any] = set()
+            if coll.lock is not None:
+                t = self.store.table(name)
+                pk = t.c[coll.primary_key]
+                for i in range(0, len(keys), CHUNK):
+                    already |= set(conn.execute(sa.select(pk).where(
+                        pk.in_(keys[i:i + CHUNK]), t.c[coll.lock.at].is_not(None))).scalars())
+            if not dry_run:
+                self._restrict(conn, name, keys, "restriction-request")
+            for key, rids in matches.items():
+                for rid in rids:
+                    outcome.add(rid, ref, "already_restricted" if key in already else "restricted")
+            return
+        exceptions = self._exceptions(conn, name, keys)
+        kept = [k for k in keys if k in exceptions]
+        gone = [k for k in keys if k not in exceptions]
+        for key in kept:
+            for rid in matches[key]:
+                outcome.add(rid, ref, f"exception:{exceptions[key]}")
+        if not dry_run:
+            self._restrict(conn, name, kept, "erasure-exception")
+        if coll.erasure == "anonymize":
+            if not dry_run and gone:
+                t = self.store.table(name)
+                pk = t.c[coll.primary_key]
+                for i in range(0, len(gone), CHUNK):
+                    chunk = gone[i:i + CHUNK]
+                    self.store._anonymize(conn, name, t, chunk, pk.in_(chunk), coll.erasure_mask, utcnow())
+            for key in gone:
+                for rid in matches[key]:
+                    outcome.add(rid, ref, "anonymized")
+            return
+        children = self._child_counts(conn, name, gone)
+        for key in gone:
+            for rid in matches[key]:
+                outcome.add(rid, ref, "deleted")
+                for child_ref, n in children.get(key, {}).items():
+                    outcome.add(rid, child_ref, "deleted_with_parent", n)
+        if not dry_run:
+            cascaded: dict[str, int] = {}
+            for i in range(0, len(gone), CHUNK):
+                self.store._delete_keys(conn, name, gone[i:i + CHUNK], cascaded)
+            for target, n in cascaded.items():
+                outcome.totals[target] = outcome.totals.get(target, 0) + n
 
     def remaining(self, subjects: list[Subject], mode: str) -> dict[str, dict[str, int]]:
         """Verification re-scan: per request, rows of the subject still present and not allowed to be."""

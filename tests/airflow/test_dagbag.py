@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.airflow
 
-EXPECTED = {"retention_sweep"}
+EXPECTED = {"retention_sweep", "erasure_request", "erasure_intake"}
 
 
 def test_dagbag_imports_without_errors():
@@ -21,15 +21,31 @@ def test_dagbag_imports_without_errors():
     for dag_id, dag in bag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
         for task in dag.tasks:
-            if task.task_id != "summarize":
-                assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
         assert dag.max_active_runs == 1 or dag_id != "retention_sweep"
 
 
 def test_retention_sweep_shape():
     dag = load_dag("retention_sweep")
-    assert set(dag.task_ids) == {"plan_rules", "apply_rule", "summarize"}
+    assert set(dag.task_ids) == {"plan_rules", "apply_rule", "summarize", "enforce_suppression"}
     assert dag.params["dry_run"] is False
     apply = dag.get_task("apply_rule")
     assert apply.retry_exponential_backoff
     assert apply.map_index_template == "{{ rule_id }}"
+
+
+def test_erasure_request_form_params():
+    dag = load_dag("erasure_request")
+    params = dag.params
+    assert set(params.keys()) == {"email", "phone", "customer_ref", "mode", "dry_run", "request_ref", "note"}
+    assert params.get_param("mode").schema["enum"] == ["erase", "restrict"]
+    email = params.get_param("email")
+    assert email.resolve("Person.Name@example.org") == "Person.Name@example.org"
+    assert email.resolve(None) is None  # optional when a phone or customer reference is given
+    with pytest.raises(Exception, match="does not match"):
+        email.resolve("not-an-address")
+    with pytest.raises(Exception, match="is not one of"):
+        params.get_param("mode").resolve("delete-everything")
+    groups = {t.task_id for t in dag.tasks}
+    assert {"register", "list_systems", "system.discover", "system.act", "system.verify", "system.record",
+            "finalize"} == groups

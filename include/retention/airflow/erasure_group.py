@@ -62,7 +62,7 @@ def list_systems() -> list[str]:
     return erasure_tasks.systems()
 
 
-@task(trigger_rule="all_done", retries=0)
+@task(trigger_rule="all_done")
 def finalize(request_ids: list[str], systems: list[str]) -> list[dict]:
     from include.retention.airflow import erasure_tasks
 

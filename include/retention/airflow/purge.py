@@ -57,8 +57,6 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
     ``older_than_days=0`` purges every finished run.
     """
     import sqlalchemy as sa
-
-    from airflow._shared.timezones import timezone
     from airflow.models.dagrun import DagRun, DagRunNote
     from airflow.models.hitl import HITLDetail
     from airflow.models.hitl_history import HITLDetailHistory
@@ -76,7 +74,7 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
     dag_ids = tuple(dag_ids)
     if not dag_ids:
         raise ValueError("dag_ids is empty")
-    cutoff = timezone.utcnow() - dt.timedelta(days=older_than_days)
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=older_than_days)
 
     dr = DagRun.__table__
     ti, tih = TaskInstance.__table__, TaskInstanceHistory.__table__
@@ -93,9 +91,9 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
         run = dr.alias("purged_run")
         return sa.exists().where(run.c.dag_id == table.c.dag_id, run.c.run_id == table.c.run_id, purgeable(run))
 
-    purged_run_ids = sa.select(dr.c.id).where(purgeable(dr)).scalar_subquery()
-    purged_ti_ids = sa.select(ti.c.id).where(of_purged_run(ti)).scalar_subquery()
-    purged_tih_ids = sa.select(tih.c.task_instance_id).where(of_purged_run(tih)).scalar_subquery()
+    purged_run_ids = sa.select(dr.c.id).where(purgeable(dr))
+    purged_ti_ids = sa.select(ti.c.id).where(of_purged_run(ti))
+    purged_tih_ids = sa.select(tih.c.task_instance_id).where(of_purged_run(tih))
     kept = dr.alias("kept_run")
     audit_rows = sa.and_(
         audit.c.dag_id.in_(dag_ids),
@@ -107,15 +105,15 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
         ),
     )
 
-    steps: list[tuple[str, sa.ColumnElement[bool], sa.Executable]] = []
+    steps: list[tuple[sa.Table, sa.ColumnElement[bool], sa.Executable]] = []
 
     def delete(model, where) -> None:
         table = model.__table__
-        steps.append((table.name, where, sa.delete(table).where(where)))
+        steps.append((table, where, sa.delete(table).where(where)))
 
     def update(model, where, **values) -> None:
         table = model.__table__
-        steps.append((table.name, where, sa.update(table).where(where).values(**values)))
+        steps.append((table, where, sa.update(table).where(where).values(**values)))
 
     delete(XComModel, XComModel.__table__.c.dag_run_id.in_(purged_run_ids))
     delete(RenderedTaskInstanceFields, of_purged_run(RenderedTaskInstanceFields.__table__))
@@ -139,8 +137,9 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
         runs = session.execute(sa.select(dr.c.id, dr.c.conf).where(purgeable(dr))).all()
         to_redact = [run_id for run_id, conf in runs if conf != PURGED_CONF]
         counts[dr.name] = len(to_redact)
-        for name, where, statement in steps:
-            counts[name] = counts.get(name, 0) + session.scalar(sa.select(sa.func.count()).where(where))
+        for table, where, statement in steps:
+            found = session.scalar(sa.select(sa.func.count()).select_from(table).where(where))
+            counts[table.name] = counts.get(table.name, 0) + found
             if not dry_run:
                 session.execute(statement, execution_options={"synchronize_session": False})
         if not dry_run:

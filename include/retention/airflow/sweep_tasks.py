@@ -60,5 +60,34 @@ def summarize(results: list[dict[str, Any]], expected: list[str]) -> str:
     table = summary_table(results, missing)
     log.info("retention sweep summary:\n%s", table)
     if missing:
-        raise RuntimeError(f"{len(missing)} rule(s) did not complete: {', '.join(missing)}")
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{len(missing)} rule(s) did not complete: {', '.join(missing)}")
     return table
+
+
+def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: list[str] | None = None
+                        ) -> dict[str, int]:
+    """Remove re-subscribed or re-imported suppressed identities (collections with suppress_on_delete)."""
+    from include.retention.erasure import SubjectScanner
+    from include.retention.suppression import enforce_system
+
+    policy = load_policy(policy_path())
+    runtime = Runtime(policy, airflow_resolver)
+    counts: dict[str, int] = {}
+    try:
+        for name, system in policy.systems.items():
+            if system.kind != "sql" or (systems and name not in systems):
+                continue
+            if not any(c.suppress_on_delete for c in system.collections.values()):
+                continue
+            scanner = SubjectScanner(policy, runtime.store(name))
+            for coll_ref, n in enforce_system(scanner, runtime.registry(), replay=False, dry_run=dry_run).items():
+                counts[coll_ref] = n
+                runtime.ledger().append(run=RunRef(dag_id, run_id), action="suppress",
+                                        outcome="dry_run" if dry_run else "done", count=n, system=name,
+                                        collection=coll_ref, policy_digest=policy.digest)
+        log.info("suppression enforced: %s", counts)
+        return counts
+    finally:
+        runtime.close()

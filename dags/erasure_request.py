@@ -1,0 +1,52 @@
+"""erasure_request: erase or restrict one person in every system, from the Airflow UI form or REST API.
+
+The first task moves the identities from the run's conf into the request registry
+(encrypted); every later task sees only the request id. One task group per system
+discovers, acts, verifies and records; the request is complete only when all verified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.erasure_group import fan_out
+
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+@dag(
+    dag_id="erasure_request",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["privacy", "erasure"],
+    doc_md=__doc__,
+    params={
+        "email": Param(None, type=["null", "string"], pattern=EMAIL, title="E-mail address",
+                       description="The person's e-mail. Required unless a phone or customer reference is given."),
+        "phone": Param(None, type=["null", "string"], pattern=r"^\+?[0-9 ()./-]{6,25}$", title="Phone (optional)"),
+        "customer_ref": Param(None, type=["null", "string"], maxLength=64, title="Customer reference (optional)"),
+        "mode": Param("erase", type="string", enum=["erase", "restrict"], title="Mode",
+                      description="erase: delete (or anonymize) everywhere. restrict: lock, GDPR Art. 18."),
+        "dry_run": Param(False, type="boolean", title="Dry run", description="Find and count only; change nothing."),
+        "request_ref": Param(None, type=["null", "string"], maxLength=100, title="External request reference"),
+        "note": Param(None, type=["null", "string"], maxLength=2000, title="Note",
+                      description="Free text for the receipt trail; stored encrypted."),
+    },
+)
+def erasure_request():
+    @task
+    def register() -> list[str]:
+        from include.retention.airflow import erasure_tasks
+
+        context = get_current_context()
+        return [erasure_tasks.register(dict(context["params"]), context["dag"].dag_id, context["run_id"])]
+
+    fan_out(register())
+
+
+erasure_request()

@@ -23,6 +23,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("RETENTION_HMAC_KEY", "test-hmac-key-" + "x" * 32)
+os.environ.setdefault("RETENTION_RETRY_DELAY_SECONDS", "1")
 
 PG_ADMIN = os.environ.get("RETENTION_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 MY_ADMIN = os.environ.get("RETENTION_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/mysql?charset=utf8mb4")
@@ -79,3 +80,15 @@ def db_url(request, tmp_path) -> str:
 def fresh_database():
     """Factory: fresh_database('postgresql'|'mariadb', name) -> URL."""
     return _fresh_database
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    """S3 through moto's threaded server over real HTTP (not the in-process mock)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -186,6 +186,15 @@ class Ledger:
             yield from batch
             last = batch[-1]["seq"]
 
+    def has_entry(self, **where: Any) -> bool:
+        """Whether an entry with these field values exists (the ledger as the idempotency check)."""
+        self.ensure_schema()
+        query = sa.select(entries.c.seq).limit(1)
+        for name, value in where.items():
+            query = query.where(entries.c[name] == value)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def verify(self, record: bool = True) -> VerifyResult:
         """Walk the chain; report the first entry that is missing, edited or out of place."""
         self.ensure_schema()

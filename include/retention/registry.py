@@ -277,9 +277,14 @@ class Registry:
                          "verified_at": now if status == "verified" else None} for r in missing])
 
     def set_system_counts(self, per_request: dict[str, dict], system: str, status: str) -> None:
+        """Add counts to what earlier attempts recorded: rows already gone are not found again,
+        so the sum over attempts is the true count and a re-run adds nothing."""
         now = utcnow()
         with self.engine.begin() as conn:
-            for request_id, counts in per_request.items():
+            for request_id, new in per_request.items():
+                old = conn.execute(sa.select(request_systems.c.counts).where(
+                    request_systems.c.request_id == request_id, request_systems.c.system == system)).scalar()
+                counts = _merge(json.loads(old) if old else {}, new)
                 conn.execute(request_systems.update().where(
                     request_systems.c.request_id == request_id, request_systems.c.system == system).values(
                     counts=json.dumps(counts, sort_keys=True), status=status, updated_at=now,
@@ -361,6 +366,17 @@ class Registry:
                                           requests.c.received_at, requests.c.due_at, requests.c.dry_run)
                                 .where(requests.c.status.in_(OPEN_STATUSES)).order_by(requests.c.due_at)).all()
         return [dict(r._mapping) for r in rows]
+
+
+def _merge(old: Any, new: Any) -> Any:
+    """Sum nested count dictionaries."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {k: _merge(old.get(k), new.get(k)) for k in old.keys() | new.keys()}
+    if old is None:
+        return new
+    if new is None:
+        return old
+    return old + new if isinstance(old, int) and isinstance(new, int) else new
 
 
 def short_hash(value: str) -> str:

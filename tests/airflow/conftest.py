@@ -41,3 +41,8 @@ def task_states(dag_run) -> dict[str, list[str]]:
         for ti in sorted(tis, key=lambda t: (t.task_id, t.map_index)):
             out.setdefault(ti.task_id, []).append(str(ti.state))
         return out
+
+
+def run_dag(dag_id: str, conf: dict):
+    """dag.test() on a freshly parsed DAG: an in-process DAG object keeps the params of its last run."""
+    return load_dag(dag_id).test(run_conf=conf)

@@ -21,7 +21,8 @@ def test_dagbag_imports_without_errors():
     for dag_id, dag in bag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
         for task in dag.tasks:
-            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+            if task.task_id != "watcher":  # the watcher only turns a failure elsewhere into a failed run
+                assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
         assert dag.max_active_runs == 1 or dag_id != "retention_sweep"
 
 
@@ -48,4 +49,4 @@ def test_erasure_request_form_params():
         params.get_param("mode").resolve("delete-everything")
     groups = {t.task_id for t in dag.tasks}
     assert {"register", "list_systems", "system.discover", "system.act", "system.verify", "system.record",
-            "finalize"} == groups
+            "finalize", "watcher"} == groups

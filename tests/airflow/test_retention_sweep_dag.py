@@ -11,11 +11,12 @@ import sqlalchemy as sa
 
 from include.retention.ledger import Ledger
 from include.retention.stores.sql import make_engine
-from tests.airflow.conftest import load_dag, task_states
+from tests.airflow.conftest import run_dag, task_states
 from tests.conftest import KEY
 from tests.integration import test_sql_sweep as fixture_data
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
+DAG_ID = "retention_sweep"
 
 POLICY = """
 version: 1
@@ -112,14 +113,13 @@ def ids(engine, table, where=None):
 
 def test_sweep_dry_run_then_real_then_idempotent(stores):
     crm, mailing, ledger, _ = stores
-    dag = load_dag("retention_sweep")
     before = fixture_data.snapshot(crm), fixture_data.snapshot(mailing)
 
-    dry = dag.test(run_conf={"dry_run": True})
+    dry = run_dag(DAG_ID, {"dry_run": True})
     assert dry.state == "success"
     assert (fixture_data.snapshot(crm), fixture_data.snapshot(mailing)) == before
 
-    real = dag.test(run_conf={"dry_run": False})
+    real = run_dag(DAG_ID, {"dry_run": False})
     assert real.state == "success", task_states(real)
     assert task_states(real)["apply_rule"] == ["success"] * 3
     assert ids(crm, fixture_data.people) == {1, 3, 4, 5, 6}
@@ -130,7 +130,7 @@ def test_sweep_dry_run_then_real_then_idempotent(stores):
     assert ids(mailing, fixture_data.people) == {1, 2, 3, 4, 5, 6}
 
     after = fixture_data.snapshot(crm), fixture_data.snapshot(mailing)
-    again = dag.test(run_conf={"dry_run": False})
+    again = run_dag(DAG_ID, {"dry_run": False})
     assert again.state == "success"
     assert (fixture_data.snapshot(crm), fixture_data.snapshot(mailing)) == after
 
@@ -145,9 +145,8 @@ def test_sweep_dry_run_then_real_then_idempotent(stores):
 def test_system_filter_and_safety_brake_fails_run_visibly(stores):
     crm, mailing, ledger, use_policy = stores
     use_policy(0.1)
-    dag = load_dag("retention_sweep")
     before = fixture_data.snapshot(crm)
-    run = dag.test(run_conf={"dry_run": False, "systems": ["crm"]})
+    run = run_dag(DAG_ID, {"dry_run": False, "systems": ["crm"]})
     states = task_states(run)
     assert run.state == "failed"
     assert sorted(states["apply_rule"]) == ["failed", "success"]  # leads tripped; minors ran

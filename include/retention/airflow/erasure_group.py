@@ -69,10 +69,19 @@ def finalize(request_ids: list[str], systems: list[str]) -> list[dict]:
     return erasure_tasks.finalize(request_ids, systems) if request_ids else []
 
 
+@task(trigger_rule="one_failed", retries=0)
+def watcher() -> None:
+    """Fails the run when any task failed: finalize runs on all_done and would otherwise hide it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException("a task of this run failed; the request stays open")
+
+
 def fan_out(request_ids):
     """Wire the systems' groups in parallel and the final step after all of them."""
     systems = list_systems()
     groups = per_system.partial(request_ids=request_ids).expand(system=systems)
     done = finalize(request_ids, systems)
     groups >> done
+    [request_ids, systems, groups, done] >> watcher()
     return done

@@ -138,7 +138,8 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
         written = 0
         for rid in request_ids:
             state = ctx.registry.systems(rid).get(system, {})
-            if state.get("status") == "recorded":
+            if ctx.ledger.has_entry(request_id=rid, system=system, action=mode):
+                ctx.registry.set_system([rid], system, "recorded")  # a retry or a re-run: already proven
                 continue
             digest = ctx.registry.get(rid)
             subject = digest.get("email_digest") or digest.get("phone_digest") or digest.get("customer_ref_digest")

@@ -4,7 +4,7 @@ A subject's identity reaches Airflow as the trigger conf of ``erasure_request`` 
 into further tables (docs/adr/0003-identities-in-airflow-metadata.md). For every *finished* run
 of the given DAGs that ended more than N days ago, this
 
-- replaces ``dag_run.conf`` with ``PURGED_CONF`` (the run row, its id and state stay),
+- replaces a non-empty ``dag_run.conf`` with ``PURGED_CONF`` (the run row, its id and state stay),
 - deletes the run's ``xcom``, ``rendered_task_instance_fields``, ``task_map``,
   ``task_state_store``, ``dag_run_note`` and ``task_instance_note`` rows,
 - clears ``task_instance(_history).rendered_map_index`` and redacts the text and inputs of
@@ -133,15 +133,16 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
 
     counts: dict[str, int] = {}
     with create_session() as session:
-        # dag_run.conf: compared in Python, as JSON equality differs between the three databases.
+        # dag_run.conf: compared in Python, as JSON equality differs between databases. Empty confs
+        # (scheduled runs) stay as they are.
         runs = session.execute(sa.select(dr.c.id, dr.c.conf).where(purgeable(dr))).all()
-        to_redact = [run_id for run_id, conf in runs if conf != PURGED_CONF]
+        to_redact = [run_id for run_id, conf in runs if conf and conf != PURGED_CONF]
         counts[dr.name] = len(to_redact)
         for table, where, statement in steps:
             found = session.scalar(sa.select(sa.func.count()).select_from(table).where(where))
             counts[table.name] = counts.get(table.name, 0) + found
             if not dry_run:
-                session.execute(statement, execution_options={"synchronize_session": False})
+                session.execute(statement)
         if not dry_run:
             for start in range(0, len(to_redact), _CHUNK):
                 chunk = to_redact[start:start + _CHUNK]

@@ -112,7 +112,11 @@ def main() -> int:
     write_env_file(env)
     os.environ.update(env)
 
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
 
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
     s3.start()

@@ -18,7 +18,7 @@ from include.retention.airflow.erasure_group import fan_out
 @dag(
     dag_id="erasure_intake",
     schedule=os.environ.get("RETENTION_INTAKE_SCHEDULE", "*/30 * * * *"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

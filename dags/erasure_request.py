@@ -20,7 +20,7 @@ EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 @dag(
     dag_id="erasure_request",
     schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     default_args=DEFAULT_ARGS,
     tags=["privacy", "erasure"],

@@ -15,7 +15,7 @@ SCHEDULE = os.environ.get("RETENTION_SWEEP_SCHEDULE", "@daily")
 @dag(
     dag_id="retention_sweep",
     schedule=SCHEDULE,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

@@ -123,7 +123,7 @@ def main() -> int:
     try:
         print("demo: migrating Airflow's metadata DB (SQLite) in .demo/airflow ...", flush=True)
         airflow(env, "db", "migrate")
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         print("demo: seeding the CRM, the mailing list and S3 ...", flush=True)
         seeded = seed(env, now)
         print("demo: seeded " + ", ".join(f"{system}: {sum(v.values()) if isinstance(v, dict) else v} items"

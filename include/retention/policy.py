@@ -178,7 +178,7 @@ class Rule(_Model):
         if len(set(actions)) != len(actions):
             raise ValueError(f"each action may appear once per rule, got {actions}")
         ordered = sorted(self.stages, key=lambda s: _approx_days(s.period))
-        for earlier, later in zip(ordered, ordered[1:]):
+        for earlier, later in zip(ordered, ordered[1:], strict=False):
             if _approx_days(earlier.period) == _approx_days(later.period):
                 raise ValueError("two stages of one rule cannot end at the same period")
             if ACTION_ORDER[earlier.action] > ACTION_ORDER[later.action]:

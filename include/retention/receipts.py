@@ -67,7 +67,8 @@ def render_markdown(receipt: dict[str, Any]) -> str:
             text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing found"
             lines.append(f"| {name} | {system['status']} | {coll} | {text} |")
         for target, n in (system.get("removed_along") or {}).items():
-            lines.append(f"| {name} | {system['status']} | {target} | removed with their rows {n} |")
+            what = "digests kept (suppression)" if target == "suppression_list" else "removed with their rows"
+            lines.append(f"| {name} | {system['status']} | {target} | {what} {n} |")
     if receipt["exceptions"]:
         lines += ["", "## Exceptions (kept, restricted)", ""]
         lines += [f"- {e['system']} / {e['collection']}: {e['rows']} row(s), {e['reason']}, {e['handled_as']}"

@@ -13,8 +13,9 @@ import datetime as dt
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
@@ -88,7 +89,7 @@ suppression = sa.Table(
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def encryption_key(secret: bytes) -> bytes:
@@ -323,11 +324,16 @@ class Registry:
         with self.engine.begin() as conn:
             for kind in IDENTITY_KINDS:
                 digest = getattr(row, f"{kind}_digest")
-                if digest and conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest == digest)
-                                           ).first() is None:
+                if not digest:
+                    continue
+                if conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest == digest)).first() is None:
                     conn.execute(suppression.insert().values(digest=digest, kind=kind, request_id=request_id,
                                                              added_at=now))
                     added += 1
+                else:  # already suppressed by a delete (e.g. an unsubscribe): mark it as an erasure too
+                    conn.execute(suppression.update().where(suppression.c.digest == digest,
+                                                            suppression.c.request_id.is_(None))
+                                 .values(request_id=request_id))
         return added
 
     def suppress_values(self, values: list[tuple[str, str]], reason: str) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
-from urllib.parse import quote, unquote, urlsplit, parse_qsl
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from include.retention.errors import RetentionError
 from include.retention.ledger import Ledger
@@ -144,7 +145,7 @@ class Runtime:
         counts: dict[str, int] = {}
         coll = self.policy.collection(coll_ref)
         if coll.suppress_on_delete:
-            counts["suppressed"] = self.suppress_rows(coll_ref, rows)
+            counts["suppression_list"] = self.suppress_rows(coll_ref, rows)
         for reference in self.policy.owned_objects(coll_ref):
             store = self.store(reference.to.partition(".")[0])
             counts[reference.to] = counts.get(reference.to, 0) + store.delete_owned(coll_ref, reference, rows)

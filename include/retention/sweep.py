@@ -33,7 +33,7 @@ def run_rule(
     brake_approved: bool = False,
 ) -> dict[str, Any]:
     """Enforce one rule; returns its counts (no personal data: numbers and names only)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     coll_ref, _coll, rule = policy.rule(rule_id)
     system, _, coll_name = coll_ref.partition(".")
     common = {"run": run, "rule_id": rule_id, "policy_digest": policy.digest, "system": system,
@@ -93,7 +93,7 @@ def summary_table(results: list[dict[str, Any]], missing: list[str] | None = Non
     for rule_id in missing or []:
         rows.append((rule_id, "FAILED", "-", "-", "-", "-", "-", "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

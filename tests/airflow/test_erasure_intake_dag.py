@@ -17,7 +17,7 @@ N = 200
 
 
 def add_many(world, n):
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     emails = [f"bulk.person{i}@example.org" for i in range(n)]
     with world["crm"].begin() as conn:
         conn.execute(schema.contacts.insert(), [

@@ -19,7 +19,8 @@ from include.retention.demo import schema
 from include.retention.demo.seed import seed_crm, seed_mailing
 from include.retention.ledger import Ledger
 from include.retention.policy import load_policy
-from include.retention.registry import Registry, requests as requests_table
+from include.retention.registry import Registry
+from include.retention.registry import requests as requests_table
 from include.retention.stores.sql import make_engine
 from include.retention.suppression import Suppressed, guard_subscribe
 from tests.airflow.conftest import run_dag, task_states
@@ -93,7 +94,7 @@ def s3_targets():
 
 
 def add_subject(crm, mailing, email: str) -> dict:
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     ids = {}
     with crm.begin() as conn:
         cid = conn.execute(schema.contacts.insert().values(
@@ -149,7 +150,8 @@ def snapshot(crm, mailing, subject_ids):
                     m = r._mapping
                     if any(str(v).lower() == SUBJECT_LC for v in m.values()):
                         continue
-                    if t.name in ("list_memberships", "campaign_events") and m["subscriber_id"] == subject_ids["subscriber"]:
+                    by_subscriber = t.name in ("list_memberships", "campaign_events")
+                    if by_subscriber and m["subscriber_id"] == subject_ids["subscriber"]:
                         continue
                     if "contact_id" in m and m["contact_id"] == subject_ids["contact"]:
                         continue
@@ -165,7 +167,7 @@ def world(airflow_db, fresh_database, moto_url, monkeypatch):
     mailing_url = fresh_database("mariadb", f"rt_mail_{suffix}")
     ledger_url = fresh_database("postgresql", f"rt_ledger_{suffix}")
     crm, mailing = make_engine(crm_url), make_engine(mailing_url)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     seed_crm(crm, now)
     seed_mailing(mailing, now)
     ids = add_subject(crm, mailing, SUBJECT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 
 import pytest
@@ -87,7 +86,7 @@ def stores(airflow_db, fresh_database, tmp_path, monkeypatch):
     ledger_url = fresh_database("postgresql", f"rt_ledger_{suffix}")
     crm, mailing = make_engine(crm_url), make_engine(mailing_url)
     # The fixture rows are dated relative to a fixed NOW; shift them to the real clock.
-    monkeypatch.setattr(fixture_data, "NOW", dt.datetime.now(dt.timezone.utc))
+    monkeypatch.setattr(fixture_data, "NOW", dt.datetime.now(dt.UTC))
     fixture_data.seed(crm)
     fixture_data.seed(mailing)
     monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", _af_uri(crm_url))

@@ -10,9 +10,10 @@ import sqlalchemy as sa
 
 from include.retention.demo import schema
 from include.retention.erasure import Subject, SubjectScanner, collection_order
-from include.retention.policy import load_policy
-from include.retention.registry import Identities, NewRequest, Registry, requests as requests_table
 from include.retention.errors import RetentionError
+from include.retention.policy import load_policy
+from include.retention.registry import Identities, NewRequest, Registry
+from include.retention.registry import requests as requests_table
 from include.retention.stores.sql import SqlStore, make_engine
 from tests.conftest import KEY, ROOT
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_verify_cli_exit_codes(ledger, db_url):
     env = {**os.environ, "AIRFLOW_CONN_RETENTION_LEDGER": db_url.replace("+psycopg2", "").replace("+pymysql", "")
            .replace("postgresql", "postgres").replace("?charset=utf8mb4", ""), "PYTHONPATH": str(ROOT)}
     if db_url.startswith("sqlite"):
-        env["AIRFLOW_CONN_RETENTION_LEDGER"] = '{"conn_type": "sqlite", "host": "%s"}' % db_url[len("sqlite:///"):]
+        env["AIRFLOW_CONN_RETENTION_LEDGER"] = json.dumps({"conn_type": "sqlite", "host": db_url[len("sqlite:///"):]})
     ok = subprocess.run([sys.executable, "-m", "include.retention.cli", "verify"], env=env, capture_output=True,
                         text=True)
     assert ok.returncode == 0 and "ledger OK: 5 entries" in ok.stdout, ok.stderr

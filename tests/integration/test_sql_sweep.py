@@ -17,7 +17,7 @@ from tests.conftest import KEY
 
 pytestmark = pytest.mark.integration
 
-NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 
 POLICY = """
 version: 1
@@ -125,7 +125,8 @@ def seed(engine: sa.Engine) -> None:
             {"id": 14, "person_id": 4, "body": "new", "written_at": ago(months=11), "legal_hold": None},
             {"id": 15, "person_id": 6, "body": "old", "written_at": ago(months=14), "legal_hold": None},
         ])
-        conn.execute(tags.insert(), [{"id": 20, "person_id": 2, "label": "a"}, {"id": 21, "person_id": 1, "label": "b"}])
+        conn.execute(tags.insert(), [{"id": 20, "person_id": 2, "label": "a"},
+                                     {"id": 21, "person_id": 1, "label": "b"}])
         conn.execute(leads.insert(), [{"restricted_at": None, "restriction_reason": None, **row} for row in [
             {"id": 30, "email": "l30@example.org", "last_activity_at": ago(months=40), "legal_hold": False},  # delete
             {"id": 31, "email": "l31@example.org", "last_activity_at": ago(months=30), "legal_hold": False},  # lock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.erasure import Subject, SubjectScanner
 from include.retention.errors import RetentionError
 from include.retention.ledger import RunRef
@@ -12,7 +13,6 @@ from include.retention.policy import Policy, load_policy
 from include.retention.receipts import build_receipt, render_markdown
 from include.retention.registry import Identities, NewRequest, Registry
 from include.retention.runtime import Runtime, policy_path
-from include.retention.airflow.sweep_tasks import airflow_resolver
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from include.retention.policy import Collection, Policy, Rule, Stage
 
@@ -69,7 +70,7 @@ class Store(abc.ABC):
     ) -> StageResult:
         """Act on items past ``stage``'s storage period in bounded batches, recording each batch."""
 
-    def close(self) -> None:  # pragma: no cover - trivial
+    def close(self) -> None:  # noqa: B027 - optional hook: stores with connections override it
         pass
 
     @staticmethod

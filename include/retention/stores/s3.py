@@ -45,6 +45,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -68,6 +69,7 @@ ANONYMIZED_META = "retention-anonymized"
 MAX_DELETE = 1000  # S3's limit of entries per DeleteObjects request
 PART_SIZE = 8 * 1024 * 1024  # multipart part size of a rewrite; S3 needs >= 5 MiB for all but the last
 CHUNK = 64 * 1024
+PREFETCH_THREADS = 16  # parallel HEAD / GetObjectTagging requests per page
 MAX_LINE = 1024 * 1024  # a "line" longer than this is cut at a character no IP address contains
 _NOT_IN_ADDRESS = re.compile(rb"[^0-9A-Za-z:.]")
 _TAG_SAFE = re.compile(r"[^\w .:/=+\-@]")
@@ -193,29 +195,13 @@ class S3Store(Store):
         self.endpoint = endpoint or client.meta.endpoint_url
         self.part_size = part_size
         self._buckets: dict[str, BucketInfo] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_conn(cls, name: str, policy: Policy, info: ConnInfo, *, key: bytes = b"", **kwargs: Any) -> S3Store:
-        """Build from an Airflow ``aws`` connection: login/password are the key pair; extra has
-        ``endpoint_url`` (MinIO, moto) and ``region_name``."""
-        extra = dict(info.extra or {})
-        endpoint = extra.get("endpoint_url") or (info.host if info.host and "://" in info.host else None)
-        options: dict[str, Any] = {}
-        if endpoint:
-            # S3-compatible servers generally want path-style addressing.
-            options["config"] = CLIENT_CONFIG.merge(Config(s3={"addressing_style": "path"}))
-        else:
-            options["config"] = CLIENT_CONFIG
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=extra.get("region_name") or "us-east-1",
-            aws_access_key_id=info.login or extra.get("aws_access_key_id"),
-            aws_secret_access_key=info.password or extra.get("aws_secret_access_key"),
-            aws_session_token=extra.get("aws_session_token"),
-            **options,
-        )
-        return cls(name, policy, client, key=key, endpoint=endpoint or "AWS S3", **kwargs)
+        """Build from an Airflow ``aws`` connection (see ``make_client``)."""
+        client, endpoint = make_client(info)
+        return cls(name, policy, client, key=key, endpoint=endpoint, **kwargs)
 
     # ---- calls ----------------------------------------------------------------------------
     def _fail(self, operation: str, exc: Exception) -> StoreUnavailable:
@@ -257,6 +243,8 @@ class S3Store(Store):
         return keyed_digest(self.key, "\n".join(keys))
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.client.close()
 
     # ---- schema ---------------------------------------------------------------------------
@@ -418,9 +406,17 @@ class S3Store(Store):
             return any(k.lower() == ANONYMIZED_META for k in meta)
         return False
 
+    @staticmethod
+    def _action(rule: Rule, start: dt.datetime, now: dt.datetime) -> str | None:
+        # Stages are ordered by period; the strongest one whose period has ended applies.
+        return next((s.action for s in reversed(rule.stages) if start < cutoff(now, s, rule.start)), None)
+
     def classify(self, collection_name: str, rule: Rule, obj: S3Object, now: dt.datetime,
-                 pattern: re.Pattern[str] | None) -> tuple[str | None, str]:
-        """(stage action, state) of one object; state is out / kept / no_date / held / done / due."""
+                 pattern: re.Pattern[str] | None, only: str | None = None) -> tuple[str | None, str]:
+        """(stage action, state) of one object; state is out / kept / no_date / held / done / due.
+
+        With ``only``, objects due for another stage are not examined further (state ``other``).
+        """
         coll = self.coll(collection_name)
         match = pattern.fullmatch(obj.key) if pattern else None
         if pattern and not match:
@@ -430,22 +426,62 @@ class S3Store(Store):
             return None, "kept"
         if start is None:
             return None, "no_date"
-        # Stages are ordered by period; the strongest one whose period has ended applies.
-        action = next((s.action for s in reversed(rule.stages) if start < cutoff(now, s, rule.start)), None)
+        action = self._action(rule, start, now)
         if action is None or (not obj.live and action != "delete"):
             return action, "kept"
+        if only and action != only:
+            return action, "other"
         if self._held(coll.bucket, coll, obj, now):
             return action, "held"
         if self._done(coll.bucket, action, obj):
             return action, "done"
         return action, ("kept" if obj.gone else "due")
 
-    def _walk(self, collection_name: str, rule: Rule, now: dt.datetime):
+    def _prefetch(self, coll: Collection, rule: Rule, page: list[S3Object], now: dt.datetime,
+                  pattern: re.Pattern[str] | None, only: str | None) -> None:
+        """Fetch the per-object facts ``classify`` will need for a page, many requests at a time.
+
+        S3 has no batch HEAD or tagging call; one request after another would make a sweep of
+        a large prefix take hours, so up to ``PREFETCH_THREADS`` run in parallel.
+        """
+        bucket, basis = coll.bucket, rule.start.basis
+        locked_bucket = self.bucket_info(bucket).object_lock
+        scoped = [(o, pattern.fullmatch(o.key) if pattern else None) for o in page]
+        scoped = [(o, m) for o, m in scoped if m or not pattern]
+        if basis in ("metadata", "tag"):  # the date itself is per-object
+            self._fetch(bucket, [o for o, _ in scoped if o.version_id or o.live], head=basis == "metadata",
+                        tags=basis == "tag")
+        wanted: dict[str, list[S3Object]] = {"head": [], "tags": []}
+        for obj, match in scoped:
+            start = self._start(bucket, rule, obj, match)  # cached or free by now
+            action = None if start is None or obj.gone else self._action(rule, start, now)
+            if action is None or (only and action != only) or (not obj.live and action != "delete"):
+                continue
+            # (An anonymize rewrite reads tags too, but only for the few objects not done yet: lazily.)
+            if coll.legal_hold or locked_bucket or action == "lock":
+                wanted["tags"].append(obj)
+            if locked_bucket or action == "anonymize":
+                wanted["head"].append(obj)
+        self._fetch(bucket, wanted["head"], head=True)
+        self._fetch(bucket, wanted["tags"], tags=True)
+
+    def _fetch(self, bucket: str, objs: list[S3Object], *, head: bool = False, tags: bool = False) -> None:
+        todo = [(self.head if head else self.tags, o) for o in objs
+                if not o.gone and ((head and o.head is None) or (tags and o.tags is None))]
+        if len(todo) < 2:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix=f"s3-{self.name}")
+        for future in [self._pool.submit(fn, bucket, o) for fn, o in todo]:
+            future.result()  # re-raises StoreUnavailable from the worker
+
+    def _walk(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None):
         coll = self.coll(collection_name)
         pattern = template_regex(coll.key_template) if coll.key_template else None
         for page in self.objects(coll.bucket, self.prefix(coll)):
+            self._prefetch(coll, rule, page, now, pattern, only)
             for obj in page:
-                yield obj, *self.classify(collection_name, rule, obj, now, pattern)
+                yield obj, *self.classify(collection_name, rule, obj, now, pattern, only)
 
     # ---- plan -----------------------------------------------------------------------------
     def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
@@ -485,7 +521,7 @@ class S3Store(Store):
                        {"batch": result.batches, "versions": versions, "errors": errors})
 
             purger = Purger(self, bucket, min(batch_size, MAX_DELETE), on_batch)
-            for obj, action, state in self._walk(collection_name, rule, now):
+            for obj, action, state in self._walk(collection_name, rule, now, only="delete"):
                 if state == "due" and action == "delete":
                     self._release_own_hold(bucket, obj)
                     purger.add(obj)
@@ -500,16 +536,18 @@ class S3Store(Store):
                     record(stage.action, len(done), self.digest(done), {"batch": result.batches})
                     done.clear()
 
-            for obj, action, state in self._walk(collection_name, rule, now):
-                if state != "due" or action != stage.action:
-                    continue
-                acted = (self._lock(bucket, obj, reason, now) if stage.action == "lock"
-                         else self._anonymize(bucket, obj, stage, now))
-                if acted:
-                    done.append(obj.key)
-                if len(done) >= batch_size:
-                    flush()
-            flush()
+            try:
+                for obj, action, state in self._walk(collection_name, rule, now, only=stage.action):
+                    if state != "due" or action != stage.action:
+                        continue
+                    acted = (self._lock(bucket, obj, reason, now) if stage.action == "lock"
+                             else self._anonymize(bucket, obj, stage, now))
+                    if acted:
+                        done.append(obj.key)
+                    if len(done) >= batch_size:
+                        flush()
+            finally:
+                flush()  # what changed before a failure is recorded too
         log.info("%s.%s: %s %d objects in %d batches", self.name, collection_name, stage.action, result.changed,
                  result.batches)
         return result
@@ -645,6 +683,27 @@ class S3Store(Store):
         log.info("%s: deleted %d objects (%d versions) owned by %d rows of %s", self.name, purger.objects,
                  purger.versions, len(rows), coll_ref)
         return purger.objects
+
+
+def make_client(info: ConnInfo) -> tuple[Any, str]:
+    """A boto3 S3 client for an Airflow ``aws`` connection, and the endpoint to name in errors.
+
+    login/password are the key pair; extra holds ``endpoint_url`` (MinIO, moto) and ``region_name``.
+    """
+    extra = dict(info.extra or {})
+    endpoint = extra.get("endpoint_url") or (info.host if info.host and "://" in info.host else None)
+    # S3-compatible servers generally want path-style addressing.
+    config = CLIENT_CONFIG.merge(Config(s3={"addressing_style": "path"})) if endpoint else CLIENT_CONFIG
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=extra.get("region_name") or "us-east-1",
+        aws_access_key_id=info.login or extra.get("aws_access_key_id"),
+        aws_secret_access_key=info.password or extra.get("aws_secret_access_key"),
+        aws_session_token=extra.get("aws_session_token"),
+        config=config,
+    )
+    return client, endpoint or "AWS S3"
 
 
 def owned_key(reference: Reference, row: dict[str, Any]) -> tuple[str | None, bool]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -118,8 +119,8 @@ class SqlStore(Store):
     def _bind_time(col: sa.Column, when: dt.datetime) -> dt.datetime:
         aware = getattr(col.type, "timezone", False)
         if aware:
-            return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-        return when.astimezone(dt.timezone.utc).replace(tzinfo=None) if when.tzinfo else when
+            return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return when.astimezone(dt.UTC).replace(tzinfo=None) if when.tzinfo else when
 
     def _not_done(self, name: str, stage: Stage, t: sa.Table) -> list[Any]:
         coll = self.coll(name)
@@ -188,7 +189,7 @@ class SqlStore(Store):
         t = self.table(collection_name)
         coll = self.coll(collection_name)
         pk = t.c[coll.primary_key]
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         result = StageResult(action=action)
         last = None
         while True:
@@ -201,13 +202,17 @@ class SqlStore(Store):
                 keys = list(conn.execute(query).scalars())
                 if not keys:
                     break
+                # The batch is every eligible row in (last, keys[-1]]: acting on that key range with the
+                # full predicate repeated touches the same rows without a long IN list.
+                in_batch = sa.and_(pk <= keys[-1], *([pk > last] if last is not None else []))
                 cascaded: dict[str, int] = {}
                 if action == "delete":
-                    changed = self._delete(conn, collection_name, t, keys, where, cascaded)
+                    changed = self._delete(conn, collection_name, t, keys, in_batch, where, cascaded)
                 elif action == "lock":
-                    changed = self._lock(conn, collection_name, t, keys, where, reason, now)
+                    changed = self._lock(conn, collection_name, t, in_batch, where, reason, now)
                 elif action == "anonymize":
-                    changed = self._anonymize(conn, collection_name, t, keys, where, mask or {}, now)
+                    changed = self._anonymize(conn, collection_name, t, keys, sa.and_(in_batch, where),
+                                              mask or {}, now)
                 else:  # pragma: no cover - the policy model refuses other actions
                     raise ValueError(action)
             last = keys[-1]
@@ -225,15 +230,15 @@ class SqlStore(Store):
 
         return keyed_digest(self.mask_key, "\n".join(str(k) for k in keys))
 
-    def _lock(self, conn, name, t, keys, where, reason, now) -> int:
+    def _lock(self, conn, name, t, in_batch, where, reason, now) -> int:
         coll = self.coll(name)
         values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], now)}
         if coll.lock.reason:
             values[coll.lock.reason] = reason[:200]
-        pk = t.c[coll.primary_key]
-        return conn.execute(t.update().where(pk.in_(keys), where, t.c[coll.lock.at].is_(None)).values(values)).rowcount
+        return conn.execute(t.update().where(in_batch, where, t.c[coll.lock.at].is_(None)).values(values)).rowcount
 
     def _anonymize(self, conn, name, t, keys, where, mask, now) -> int:
+        """Mask the rows of ``keys`` that still match ``where`` (which bounds them)."""
         coll = self.coll(name)
         pk = t.c[coll.primary_key]
         marker = {coll.anonymized_marker: self._bind_time(t.c[coll.anonymized_marker], now)}
@@ -242,7 +247,7 @@ class SqlStore(Store):
         in_python = {c: m for c, m in mask.items() if not STRATEGIES[m.strategy].in_sql}
         if in_python:
             # Keyed hashes are computed here, one bounded batch at a time, written back in one executemany.
-            rows = conn.execute(sa.select(pk, *(t.c[c] for c in in_python)).where(pk.in_(keys), where)).all()
+            rows = conn.execute(sa.select(pk, *(t.c[c] for c in in_python)).where(where)).all()
             if not rows:
                 return 0
             params = [
@@ -254,17 +259,25 @@ class SqlStore(Store):
                 **in_sql, **marker, **{c: sa.bindparam(f"_v_{c}") for c in in_python})
             conn.execute(stmt, params)
             return len(rows)
-        return conn.execute(t.update().where(pk.in_(keys), where).values(**in_sql, **marker)).rowcount
+        return conn.execute(t.update().where(where).values(**in_sql, **marker)).rowcount
 
-    def _delete(self, conn, name, t, keys, where, cascaded: dict[str, int]) -> int:
+    def _delete(self, conn, name, t, keys, in_batch, where, cascaded: dict[str, int]) -> int:
         coll = self.coll(name)
         pk = t.c[coll.primary_key]
+        if not self._takes_along(name):
+            return conn.execute(t.delete().where(in_batch, where)).rowcount
         # Re-select under the full predicate so only rows still eligible are handled.
-        keys = list(conn.execute(sa.select(pk).where(pk.in_(keys), where)).scalars())
+        keys = list(conn.execute(sa.select(pk).where(in_batch, where)).scalars())
         if not keys:
             return 0
         self._delete_keys(conn, name, keys, cascaded)
         return len(keys)
+
+    def _takes_along(self, name: str) -> bool:
+        """Whether deleting this collection's rows involves anything else (dependents, objects, digests)."""
+        coll = self.coll(name)
+        return bool(self.policy.children(self.ref(name)) or self.policy.owned_objects(self.ref(name))
+                    or coll.suppress_on_delete)
 
     def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int]) -> None:
         """Delete rows by key: dependents first (as the references say), then owned objects, then the rows."""

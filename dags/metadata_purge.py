@@ -1,0 +1,49 @@
+"""erasure_metadata_purge: daily, remove data subjects' identities from Airflow's metadata DB.
+
+Finished runs of `erasure_request` and `erasure_intake` older than `days` (default
+`RETENTION_PURGE_AFTER_DAYS`, 7) lose their conf (replaced by `{"purged": true}`), XComs,
+rendered template fields, notes and audit-log rows, without an archive table
+(docs/adr/0003-identities-in-airflow-metadata.md). Run ids, states and dates stay.
+
+The task runs `python -m include.retention.airflow.purge_cli`, a command that opens the metadata
+DB itself, as `airflow db clean` does; task code cannot. The worker therefore needs the metadata
+DB's URL in `RETENTION_METADATA_DB_CONN` (Airflow replaces `AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`
+with `airflow-db-not-allowed:///` in task processes, and child processes inherit that) and the
+project on its `PYTHONPATH`. In the compose stack `PYTHONPATH` is set and
+`RETENTION_METADATA_DB_CONN` goes into `x-airflow-common`'s environment (the same URL as
+`AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`); without it the task fails with exit code 2 and says so.
+Elsewhere, set it on the workers or run the same command from cron instead.
+`days` is an integer Param, so a manual trigger's conf cannot inject shell text.
+Parsing this file opens no database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Param
+
+from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.purge import purge_after_days
+
+with DAG(
+    dag_id="erasure_metadata_purge",
+    schedule=os.environ.get("RETENTION_PURGE_SCHEDULE", "@daily"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["privacy", "maintenance"],
+    doc_md=__doc__,
+    params={
+        "days": Param(purge_after_days(), type="integer", minimum=0, title="Keep days",
+                      description="Purge erasure runs that finished more than this many days ago (0: all finished)."),
+    },
+):
+    BashOperator(
+        task_id="purge_erasure_runs",
+        bash_command="python -m include.retention.airflow.purge_cli --days {{ params.days }}",
+        doc_md="Prints the rows changed per table; that JSON line becomes the task's XCom.",
+    )

@@ -93,7 +93,7 @@ def summary_table(results: list[dict[str, Any]], missing: list[str] | None = Non
     for rule_id in missing or []:
         rows.append((rule_id, "FAILED", "-", "-", "-", "-", "-", "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
+    lines = ["  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                       for i, (v, w) in enumerate(zip(row, widths, strict=True))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

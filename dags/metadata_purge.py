@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
+import sys
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
@@ -44,6 +46,7 @@ with DAG(
 ):
     BashOperator(
         task_id="purge_erasure_runs",
-        bash_command="python -m include.retention.airflow.purge_cli --days {{ params.days }}",
+        # the interpreter that runs Airflow, not whatever `python` is first on PATH
+        bash_command=f"{shlex.quote(sys.executable)} -m include.retention.airflow.purge_cli --days {{{{ params.days }}}}",
         doc_md="Prints the rows changed per table; that JSON line becomes the task's XCom.",
     )

@@ -1,10 +1,16 @@
-"""retention_sweep: enforce every retention rule of the data map, one mapped task per rule."""
+"""retention_sweep: enforce every retention rule of the data map, one mapped task per rule.
+
+A rule whose safety brake trips changes nothing and fails its task. A person can then approve
+the tripped rules in the Airflow UI (Required actions, human-in-the-loop); approved rules run
+again with the brake released, rejected ones leave the run failed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import DEFAULT_ARGS
@@ -35,20 +41,47 @@ def retention_sweep():
 
         return sweep_tasks.list_rules(get_current_context()["params"]["systems"])
 
-    @task(map_index_template="{{ rule_id }}")
-    def apply_rule(rule_id: str) -> dict:
+    def _apply(rule_id: str, brake_approved: bool) -> dict:
         from include.retention.airflow import sweep_tasks
 
         context = get_current_context()
         context["rule_id"] = rule_id
         return sweep_tasks.apply_rule(rule_id, dry_run=bool(context["params"]["dry_run"]),
-                                      dag_id=context["dag"].dag_id, run_id=context["run_id"])
+                                      dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                                      brake_approved=brake_approved)
 
-    @task(trigger_rule="all_done")
-    def summarize(results, expected: list[str]) -> str:
+    @task(map_index_template="{{ rule_id }}")
+    def apply_rule(rule_id: str) -> dict:
+        return _apply(rule_id, brake_approved=False)
+
+    @task.short_circuit(trigger_rule="all_done", ignore_downstream_trigger_rules=False)
+    def brake_tripped() -> list[str]:
+        """The rules of this run whose safety brake tripped; nothing to approve skips the approval."""
         from include.retention.airflow import sweep_tasks
 
-        return sweep_tasks.summarize(list(results), expected)
+        context = get_current_context()
+        return sweep_tasks.tripped_rules(context["dag"].dag_id, context["run_id"])
+
+    approve = ApprovalOperator(
+        task_id="approve_brake",
+        subject="Safety brake tripped in retention_sweep",
+        body="These rules would touch more of their collection than their max_fraction allows and "
+             "changed nothing: {{ ti.xcom_pull(task_ids='brake_tripped') | join(', ') }}. "
+             "Approve to apply them once with the brake released.",
+        defaults=["Reject"],
+        response_timeout=dt.timedelta(hours=20),
+        retries=0,
+    )
+
+    @task(map_index_template="{{ rule_id }}")
+    def apply_approved(rule_id: str) -> dict:
+        return _apply(rule_id, brake_approved=True)
+
+    @task(trigger_rule="all_done")
+    def summarize(results, approved, expected: list[str]) -> str:
+        from include.retention.airflow import sweep_tasks
+
+        return sweep_tasks.summarize([*(results or []), *(approved or [])], expected)
 
     @task
     def enforce_suppression() -> dict:
@@ -61,7 +94,12 @@ def retention_sweep():
                                                systems=context["params"]["systems"] or None)
 
     rules = plan_rules()
-    summarize(apply_rule.expand(rule_id=rules), rules)
+    results = apply_rule.expand(rule_id=rules)
+    tripped = brake_tripped()
+    results >> tripped >> approve
+    approved = apply_approved.expand(rule_id=tripped)
+    approve >> approved
+    summarize(results, approved, rules)
     rules >> enforce_suppression()
 
 

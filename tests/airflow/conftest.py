@@ -46,3 +46,55 @@ def task_states(dag_run) -> dict[str, list[str]]:
 def run_dag(dag_id: str, conf: dict):
     """dag.test() on a freshly parsed DAG: an in-process DAG object keeps the params of its last run."""
     return load_dag(dag_id).test(run_conf=conf)
+
+
+RESPONDER = """
+import sys, time
+from airflow.models.hitl import HITLDetail, HITLUser
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.trigger import handle_event_submit
+from airflow.triggers.base import TriggerEvent
+from airflow.sdk import timezone
+from airflow.utils.session import create_session
+from airflow.utils.state import TaskInstanceState
+
+dag_id, task_id, option, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+deadline = time.monotonic() + timeout
+parked = None
+try:
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            ti = (session.query(TaskInstance)
+                  .filter(TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id,
+                          TaskInstance.state == TaskInstanceState.AWAITING_INPUT).first())
+            detail = ti and session.query(HITLDetail).filter(HITLDetail.ti_id == ti.id).one_or_none()
+            if detail is not None:
+                parked = ti.id
+                detail.responded_by = HITLUser(id="dpo", name="dpo")
+                detail.responded_at = timezone.utcnow()
+                detail.chosen_options = [option]
+                detail.params_input = {}
+                session.add(detail)
+                handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
+                                    session=session)
+        if parked is not None:  # committed when the session block closed
+            break
+        time.sleep(0.5)
+finally:
+    if parked is None:
+        # never leave dag.test() waiting forever on a broken responder: fail the parked task
+        with create_session() as session:
+            for ti in session.query(TaskInstance).filter(
+                    TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id,
+                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT):
+                ti.state = TaskInstanceState.FAILED
+sys.exit(0 if parked is not None else 1)
+"""
+
+
+def answer_approval(dag_id: str, task_id: str, option: str, timeout: float = 120.0):
+    """Answer a parked human-in-the-loop task from another process, as the REST API handler does
+    (``PATCH /api/v2/hitlDetails/...``): record the chosen option, then resume the task instance.
+    Returns the process; ``returncode == 0`` once it answered."""
+    return subprocess.Popen([sys.executable, "-c", RESPONDER, dag_id, task_id, option, str(timeout)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})

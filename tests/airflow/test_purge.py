@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -82,6 +83,9 @@ def api(dags):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+        # The app's execution API needs a JWT secret; airflow.cfg only has one if `airflow db migrate`
+        # wrote it before this process loaded Airflow's configuration.
+        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
         from airflow.api_fastapi.app import create_app
 
         with TestClient(create_app()) as client:

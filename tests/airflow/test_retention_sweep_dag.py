@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from include.retention.ledger import Ledger
 from include.retention.stores.sql import make_engine
-from tests.airflow.conftest import run_dag, task_states
+from tests.airflow.conftest import answer_approval, run_dag, task_states
 from tests.conftest import KEY
 from tests.integration import test_sql_sweep as fixture_data
 
@@ -141,19 +141,28 @@ def test_sweep_dry_run_then_real_then_idempotent(stores):
     assert "@example.org" not in repr(rows)
 
 
-def test_system_filter_and_safety_brake_fails_run_visibly(stores):
+@pytest.mark.parametrize("answer", ["Reject", "Approve"])
+def test_safety_brake_waits_for_a_person(stores, answer):
+    """A tripped brake changes nothing; rejected, the run fails; approved, the rule runs once."""
     crm, mailing, ledger, use_policy = stores
     use_policy(0.1)
     before = fixture_data.snapshot(crm)
+    responder = answer_approval(DAG_ID, "approve_brake", answer)
     run = run_dag(DAG_ID, {"dry_run": False, "systems": ["crm"]})
+    assert responder.wait(timeout=30) == 0
     states = task_states(run)
-    assert run.state == "failed"
     assert sorted(states["apply_rule"]) == ["failed", "success"]  # leads tripped; minors ran
-    assert states["summarize"] == ["failed"]
-    after = fixture_data.snapshot(crm)
-    assert after["t_leads"] == before["t_leads"]  # the tripped rule changed nothing
     assert ids(crm, fixture_data.people) == {1, 3, 4, 5, 6}
     assert ids(mailing, fixture_data.visits, fixture_data.visits.c.anonymized_at.is_not(None)) == set()
     outcomes = [(r["rule_id"], r["outcome"]) for r in ledger.rows() if r["action"] == "sweep"]
     assert ("crm.leads.lifecycle", "brake_tripped") in outcomes
-    assert ("crm.leads.lifecycle", "complete") not in outcomes
+    if answer == "Reject":
+        assert run.state == "failed" and states["summarize"] == ["failed"]
+        assert fixture_data.snapshot(crm)["t_leads"] == before["t_leads"]  # the tripped rule changed nothing
+        assert ("crm.leads.lifecycle", "complete") not in outcomes
+    else:
+        assert run.state == "success", states
+        assert states["apply_approved"] == ["success"]
+        assert ids(crm, fixture_data.leads) == {31, 32, 33, 34, 35}
+        assert ("crm.leads.lifecycle", "complete") in outcomes
+    assert ledger.verify().ok

@@ -52,9 +52,29 @@ def apply_rule(rule_id: str, *, dry_run: bool, dag_id: str, run_id: str, brake_a
         runtime.close()
 
 
+def tripped_rules(dag_id: str, run_id: str) -> list[str]:
+    """Rules of this run whose brake tripped and that did not complete since (from the ledger)."""
+    from include.retention.ledger import Ledger
+    from include.retention.runtime import LEDGER_CONN_ID, hmac_key, sqlalchemy_url
+    from include.retention.stores.sql import make_engine
+
+    ledger = Ledger(make_engine(sqlalchemy_url(airflow_resolver(LEDGER_CONN_ID))), hmac_key(airflow_resolver))
+    try:
+        state: dict[str, str] = {}
+        for row in ledger.rows(run_id=run_id, action="sweep"):
+            if row["dag_id"] == dag_id:
+                state[row["rule_id"]] = row["outcome"]
+    finally:
+        ledger.engine.dispose()
+    tripped = sorted(rule for rule, outcome in state.items() if outcome == "brake_tripped")
+    if tripped:
+        log.warning("safety brake tripped for %s: waiting for approval", ", ".join(tripped))
+    return tripped
+
+
 def summarize(results: list[dict[str, Any]], expected: list[str]) -> str:
     """Log the counts table; fail if a rule did not report (its task failed)."""
-    results = [r for r in results if r]
+    results = [r for r in results if isinstance(r, dict)]
     done = {r["rule_id"] for r in results}
     missing = [r for r in expected if r not in done]
     table = summary_table(results, missing)

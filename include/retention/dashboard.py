@@ -1,0 +1,184 @@
+"""What the data-retention page shows, read from the ledger / registry database.
+
+Pure functions over a SQLAlchemy engine that return JSON-ready dicts (the Airflow plugin in
+``plugins/retention_page.py`` renders them). Only request ids, statuses, dates and counts are
+read: no identity column and no ``*_enc`` column is ever selected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+
+from include.retention import registry as reg
+from include.retention.ledger import Ledger
+from include.retention.ledger import entries as ledger_entries
+from include.retention.ledger import verifications as ledger_verifications
+
+log = logging.getLogger(__name__)
+
+CHART_ACTIONS = ("lock", "anonymize", "delete", "erase", "restrict")
+CHART_OUTCOMES = ("done", "verified")
+SWEEP_COUNTS = ("locked", "anonymized", "deleted", "held", "kept")
+CHART_DAYS = 90
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create the ledger and registry tables if the database is new (an empty page, not an error)."""
+    Ledger(engine, b"").ensure_schema()  # the page computes no digests: no key needed
+    reg.metadata.create_all(engine, checkfirst=True)  # what Registry.ensure_schema does, without a secret
+
+
+def open_requests(engine: sa.Engine, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Open subject requests, overdue first, then by due date; status per system."""
+    now = now or _utcnow()
+    t, s = reg.requests, reg.request_systems
+    query = (sa.select(t.c.request_id, t.c.mode, t.c.status, t.c.dry_run, t.c.source, t.c.received_at,
+                       t.c.due_at, t.c.attempts, t.c.dag_id, t.c.run_id)
+             .where(t.c.status.in_(reg.OPEN_STATUSES)).order_by(t.c.due_at, t.c.request_id))
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+        systems: dict[str, dict[str, str]] = {}
+        ids = [r["request_id"] for r in rows]
+        for i in range(0, len(ids), 500):
+            for r in conn.execute(sa.select(s.c.request_id, s.c.system, s.c.status)
+                                  .where(s.c.request_id.in_(ids[i:i + 500])).order_by(s.c.system)):
+                systems.setdefault(r.request_id, {})[r.system] = r.status
+    out = []
+    for r in rows:
+        due = r["due_at"]
+        out.append({
+            "request_id": r["request_id"], "mode": r["mode"], "status": r["status"], "dry_run": bool(r["dry_run"]),
+            "source": r["source"], "received_at": _iso(r["received_at"]), "due_at": _iso(due),
+            "days_left": (due.date() - now.date()).days, "overdue": due < now, "attempts": r["attempts"],
+            "dag_id": r["dag_id"], "run_id": r["run_id"], "systems": systems.get(r["request_id"], {}),
+        })
+    out.sort(key=lambda r: (not r["overdue"], r["due_at"], r["request_id"]))
+    return out
+
+
+def last_sweeps(engine: sa.Engine) -> list[dict[str, Any]]:
+    """The latest ``sweep`` ledger entry of each rule with its counts (would-be counts if not applied)."""
+    e = ledger_entries
+    latest = (sa.select(e.c.rule_id, sa.func.max(e.c.seq).label("seq"))
+              .where(e.c.action == "sweep", e.c.rule_id.is_not(None)).group_by(e.c.rule_id).subquery())
+    query = (sa.select(e.c.seq, e.c.rule_id, e.c.system, e.c.collection, e.c.outcome, e.c.count, e.c.recorded_at,
+                       e.c.dag_id, e.c.run_id, e.c.details)
+             .join(latest, e.c.seq == latest.c.seq).order_by(e.c.rule_id))
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    out = []
+    for r in rows:
+        details = _details(r["details"])
+        would = details.get("would") if isinstance(details.get("would"), dict) else {}
+        counts = {k: _int(details.get(k, would.get(k))) for k in SWEEP_COUNTS}
+        out.append({
+            "rule_id": r["rule_id"], "system": r["system"], "collection": r["collection"], "outcome": r["outcome"],
+            "dry_run": r["outcome"] == "dry_run", "applied": r["outcome"] == "complete", "counts": counts,
+            "total": _int(details.get("total")), "recorded_at": r["recorded_at"], "dag_id": r["dag_id"],
+            "run_id": r["run_id"], "seq": r["seq"],
+        })
+    return out
+
+
+def actions_per_day(engine: sa.Engine, now: dt.datetime | None = None, days: int = CHART_DAYS) -> dict[str, Any]:
+    """Rows / subjects acted on per day and action over the last ``days`` days (today included)."""
+    now = now or _utcnow()
+    first = now.date() - dt.timedelta(days=days - 1)
+    e = ledger_entries
+    # recorded_at is an ISO 8601 string: its first 10 characters are the (UTC) day
+    day = sa.func.substr(e.c.recorded_at, sa.literal_column("1"), sa.literal_column("10"))
+    query = (sa.select(day.label("day"), e.c.action, sa.func.sum(e.c.count).label("n"))
+             .where(e.c.action.in_(CHART_ACTIONS), e.c.outcome.in_(CHART_OUTCOMES),
+                    e.c.recorded_at >= f"{first.isoformat()}T00:00:00")
+             .group_by(day, e.c.action))
+    per_day = {(first + dt.timedelta(days=i)).isoformat(): dict.fromkeys(CHART_ACTIONS, 0) for i in range(days)}
+    with engine.connect() as conn:
+        for r in conn.execute(query):
+            if r.day in per_day:
+                per_day[r.day][r.action] += int(r.n or 0)
+    series = [{"day": d, "counts": c, "total": sum(c.values())} for d, c in per_day.items()]
+    totals = {a: sum(p["counts"][a] for p in series) for a in CHART_ACTIONS}
+    return {"days": days, "from": first.isoformat(), "to": now.date().isoformat(), "actions": list(CHART_ACTIONS),
+            "series": series, "totals": totals, "max": max((p["total"] for p in series), default=0)}
+
+
+def latest_verification(engine: sa.Engine) -> dict[str, Any] | None:
+    """The most recent recorded ledger verification, or None if the ledger was never verified."""
+    v = ledger_verifications
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(v.c.verified_at, v.c.ok, v.c.entries, v.c.problem)
+                           .order_by(v.c.id.desc()).limit(1)).first()
+    return None if row is None else {"verified_at": row.verified_at, "ok": bool(row.ok), "entries": row.entries,
+                                     "problem": row.problem}
+
+
+def verify_now(engine: sa.Engine) -> dict[str, Any]:
+    """Walk the ledger's hash chain now and record the result; returns it as the latest verification."""
+    ensure_schema(engine)
+    result = Ledger(engine, b"").verify(record=True)
+    log.info("ledger verified from the data-retention page: %s", result)
+    latest = latest_verification(engine) or {}
+    return {**latest, "ok": result.ok, "entries": result.entries, "first_broken_seq": result.first_broken_seq,
+            "problem": result.problem}
+
+
+def summary(engine: sa.Engine, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Everything the page shows, as one JSON-ready dict."""
+    now = now or _utcnow()
+    ensure_schema(engine)
+    requests = open_requests(engine, now)
+    return {
+        "generated_at": _iso(now),
+        "requests": {"open": len(requests), "overdue": sum(r["overdue"] for r in requests),
+                     "due_within_7_days": sum(not r["overdue"] and r["days_left"] <= 7 for r in requests),
+                     "items": requests},
+        "sweeps": last_sweeps(engine),
+        "chart": actions_per_day(engine, now),
+        "verification": latest_verification(engine),
+    }
+
+
+def chart_bars(chart: dict[str, Any], width: int = 900, height: int = 200) -> dict[str, Any]:
+    """Geometry of the stacked bar chart (one bar per day, one segment per action) for an SVG."""
+    series, top = chart["series"], max(chart["max"], 1)
+    slot = width / max(len(series), 1)
+    bars = []
+    for i, point in enumerate(series):
+        y, segments = float(height), []
+        for action in chart["actions"]:
+            n = point["counts"][action]
+            if n:
+                h = max(n / top * height, 1.0)
+                y -= h
+                segments.append({"action": action, "n": n, "x": round(i * slot + 1, 2), "y": round(y, 2),
+                                 "w": round(max(slot - 2, 1), 2), "h": round(h, 2)})
+        last = i == len(series) - 1
+        bars.append({"day": point["day"], "total": point["total"], "counts": point["counts"], "segments": segments,
+                     "x": round(i * slot, 2), "w": round(slot, 2), "label": i % 15 == 0 or last,
+                     "label_x": round((i + 1) * slot if last else i * slot, 2), "anchor": "end" if last else "start"})
+    return {"width": width, "height": height, "max": chart["max"], "bars": bars}
+
+
+def _details(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,230 @@
+"""Airflow UI plugin: the data-retention page (``/retention/``) and its JSON (``/retention/api/summary``).
+
+A FastAPI app mounted by the API server plus an external view in the navigation, which shows the
+page inside the Airflow UI. Airflow does not protect plugin apps: every route here depends on
+Airflow's ``get_user`` (the UI's ``_token`` cookie or an ``Authorization: Bearer`` JWT). Data comes
+from the ``retention_ledger`` connection (``include.retention.dashboard``), never from Airflow's
+metadata DB, and holds no personal data: request ids, statuses, dates and counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import jinja2
+import sqlalchemy as sa
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.core_api.security import get_user
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from include.retention import dashboard
+from include.retention.errors import RetentionError
+from include.retention.runtime import LEDGER_CONN_ID, env_resolver, sqlalchemy_url
+from include.retention.stores.sql import make_engine
+
+log = logging.getLogger(__name__)
+
+URL_PREFIX = "/retention"
+PAGE_NAME = "Data retention"
+COLORS = {"lock": "#8e6ccf", "anonymize": "#2f8fce", "delete": "#d9534f", "erase": "#e8912d", "restrict": "#5cb85c"}
+
+
+@functools.lru_cache(maxsize=4)
+def _engine_for(url: str) -> sa.Engine:
+    return make_engine(url)
+
+
+def ledger_engine() -> sa.Engine:
+    """The ledger / registry database of connection ``retention_ledger`` (``AIRFLOW_CONN_RETENTION_LEDGER``)."""
+    try:
+        return _engine_for(sqlalchemy_url(env_resolver(LEDGER_CONN_ID)))
+    except RetentionError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a cross-site form post (the ``_token`` cookie is SameSite=Lax; this is a second check)."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(status_code=403, detail="cross-origin request refused")
+
+
+app = FastAPI(title=PAGE_NAME, docs_url=None, redoc_url=None, openapi_url=None,
+              dependencies=[Depends(get_user)])
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _unauthenticated(request: Request, exc: StarletteHTTPException) -> Response:
+    """A browser without a session goes to Airflow's login page; API clients get the 401."""
+    if exc.status_code == 401 and request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+        try:
+            from airflow.api_fastapi.app import get_auth_manager
+
+            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+        except Exception:  # noqa: BLE001 - no auth manager (not served by Airflow): plain 401
+            log.debug("no auth manager to redirect to", exc_info=True)
+    return await http_exception_handler(request, exc)
+
+
+def _read(call: Callable[[sa.Engine], dict[str, Any]], engine: sa.Engine) -> dict[str, Any]:
+    """Run one dashboard call; an unreachable database is a 503 that names the connection, not a trace."""
+    try:
+        return call(engine)
+    except sa.exc.SQLAlchemyError:
+        log.exception("cannot read the retention ledger / registry database")
+        raise HTTPException(status_code=503, detail=f"ledger database of connection {LEDGER_CONN_ID!r} "
+                                                    "is not reachable (see the API server log)") from None
+
+
+@app.get("/", response_class=HTMLResponse)
+def page(request: Request, user: BaseUser = Depends(get_user), engine: sa.Engine = Depends(ledger_engine)):
+    """The data-retention page."""
+    data = _read(dashboard.summary, engine)
+    ui = request.scope.get("root_path", "").removesuffix(URL_PREFIX)  # the UI's base path ("" at /)
+    return HTMLResponse(_TEMPLATE.render(
+        data=data, chart=dashboard.chart_bars(data["chart"]), colors=COLORS, user=user.get_name(),
+        run_url=lambda dag_id, run_id: f"{ui}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"))
+
+
+@app.get("/api/summary")
+def api_summary(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
+    """The page's data as JSON."""
+    return JSONResponse(_read(dashboard.summary, engine))
+
+
+@app.post("/verify", dependencies=[Depends(_same_origin)])
+def verify(engine: sa.Engine = Depends(ledger_engine)) -> RedirectResponse:
+    """The page's "verify now" button: walk the hash chain, record the result, show the page again."""
+    _read(dashboard.verify_now, engine)
+    return RedirectResponse("./#verification", status_code=303)
+
+
+@app.post("/api/verify", dependencies=[Depends(_same_origin)])
+def api_verify(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
+    """Verify the ledger now; returns the recorded verification."""
+    return JSONResponse(_read(dashboard.verify_now, engine))
+
+
+class RetentionPagePlugin(AirflowPlugin):
+    """Registers the page's FastAPI app and its entry in the UI navigation."""
+
+    name = "retention_page"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": PAGE_NAME}]
+    # url_route: the UI shows the page in its own frame at /plugin/data-retention
+    external_views = [{"name": PAGE_NAME, "href": f"{URL_PREFIX}/", "destination": "nav",
+                       "url_route": "data-retention"}]
+
+
+_TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""\
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Data retention</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ :root { color-scheme: light dark; --muted: #6b7280; --line: #d1d5db; --bad: #b91c1c; --badbg: #fde8e8; }
+ body { font: 14px/1.4 system-ui, sans-serif; margin: 1.2rem; }
+ h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem; }
+ table { border-collapse: collapse; width: 100%; } th, td { border-bottom: 1px solid var(--line);
+ padding: .3rem .5rem; text-align: left; vertical-align: top; } td.n, th.n { text-align: right; }
+ tr.overdue td { background: var(--badbg); color: var(--bad); } .muted { color: var(--muted); }
+ .badge { display: inline-block; padding: 0 .4rem; border-radius: .6rem; font-size: .8rem; border: 1px solid; }
+ .bad { color: var(--bad); } .ok { color: #15803d; } code { font-size: .9em; }
+ .legend span { margin-right: 1rem; } .legend i { display: inline-block; width: .8rem; height: .8rem;
+ margin-right: .3rem; vertical-align: -1px; }
+ svg text { font-size: 11px; fill: currentColor; } button { font: inherit; padding: .2rem .8rem; }
+</style></head>
+<body>
+<h1>Data retention</h1>
+<p class="muted">Request ids, statuses and counts only: this page shows no personal data.
+ Signed in as {{ user }} &middot; generated {{ data.generated_at }}</p>
+
+<h2 id="requests">Open requests ({{ data.requests.open }}, overdue {{ data.requests.overdue }},
+ due within 7 days {{ data.requests.due_within_7_days }})</h2>
+{% if data.requests["items"] %}
+<table><thead><tr><th>request id</th><th>mode</th><th>status</th><th>due</th><th class="n">days left</th>
+ <th>systems</th><th>run</th></tr></thead><tbody>
+{% for r in data.requests["items"] %}
+<tr class="{{ 'overdue' if r.overdue else '' }}" data-request-id="{{ r.request_id }}">
+ <td><code>{{ r.request_id }}</code></td>
+ <td>{{ r.mode }}{% if r.dry_run %} (dry run){% endif %}</td>
+ <td>{{ r.status }}</td><td>{{ r.due_at[:10] }}</td>
+ <td class="n days-left">{{ r.days_left }}{% if r.overdue %} <span class="badge">overdue</span>{% endif %}</td>
+ <td>{% for system, status in r.systems.items() %}{{ system }}: {{ status }}{% if not loop.last %}, {% endif %}
+ {% else %}<span class="muted">not started</span>{% endfor %}</td>
+ <td>{% if r.dag_id and r.run_id %}<a data-ui-link href="{{ run_url(r.dag_id, r.run_id) }}">{{ r.dag_id }}</a>
+ {% endif %}</td>
+</tr>
+{% endfor %}
+</tbody></table>
+{% else %}<p class="muted">No open requests.</p>{% endif %}
+
+<h2 id="sweeps">Last sweep per rule</h2>
+{% if data.sweeps %}
+<table><thead><tr><th>rule</th><th>mode</th><th>outcome</th>
+{% for c in ["locked", "anonymized", "deleted", "held", "kept"] %}<th class="n">{{ c }}</th>{% endfor %}
+<th>time (UTC)</th><th>run</th></tr></thead><tbody>
+{% for s in data.sweeps %}
+<tr data-rule-id="{{ s.rule_id }}">
+ <td><code>{{ s.rule_id }}</code></td>
+ <td>{{ 'dry run' if s.dry_run else ('applied' if s.applied else 'not applied') }}</td>
+ <td class="{{ 'bad' if s.outcome == 'brake_tripped' else '' }}">{{ s.outcome }}</td>
+ {% for c in ["locked", "anonymized", "deleted", "held", "kept"] %}
+ <td class="n">{{ '' if s.counts[c] is none else s.counts[c] }}</td>{% endfor %}
+ <td>{{ s.recorded_at[:19] | replace('T', ' ') }}</td>
+ <td>{% if s.dag_id and s.run_id and s.dag_id != 'manual' %}
+ <a data-ui-link href="{{ run_url(s.dag_id, s.run_id) }}">{{ s.run_id }}</a>{% else %}{{ s.dag_id }}{% endif %}</td>
+</tr>
+{% endfor %}
+</tbody></table>
+<p class="muted">Dry runs and tripped safety brakes show what the rule would have done.</p>
+{% else %}<p class="muted">No sweep recorded yet.</p>{% endif %}
+
+<h2 id="chart">Actions per day, last {{ data.chart.days }} days ({{ data.chart["from"] }} to {{ data.chart.to }})</h2>
+<svg id="actions-chart" role="img" aria-label="actions per day" viewBox="-40 -10 {{ chart.width + 50 }}
+ {{ chart.height + 40 }}" width="100%" style="max-width: {{ chart.width + 50 }}px">
+ <line x1="0" y1="{{ chart.height }}" x2="{{ chart.width }}" y2="{{ chart.height }}" stroke="#9ca3af"/>
+ <line x1="0" y1="0" x2="0" y2="{{ chart.height }}" stroke="#9ca3af"/>
+ <text x="-6" y="4" text-anchor="end">{{ chart.max }}</text>
+ <text x="-6" y="{{ chart.height }}" text-anchor="end">0</text>
+ {% for b in chart.bars %}<g><title>{{ b.day }}: {{ b.total }}{% for a, n in b.counts.items() if n %}
+ {{ a }} {{ n }}{% endfor %}</title>
+ <rect x="{{ b.x }}" y="0" width="{{ b.w }}" height="{{ chart.height }}" fill="transparent"/>
+ {% for s in b.segments %}<rect class="bar bar-{{ s.action }}" x="{{ s.x }}" y="{{ s.y }}" width="{{ s.w }}"
+ height="{{ s.h }}" fill="{{ colors[s.action] }}"/>{% endfor %}
+ {% if b.label %}<text x="{{ b.label_x }}" y="{{ chart.height + 16 }}"
+ text-anchor="{{ b.anchor }}">{{ b.day[5:] }}</text>{% endif %}</g>
+ {% endfor %}
+</svg>
+<p class="legend">{% for a in data.chart.actions %}<span><i style="background: {{ colors[a] }}"></i>{{ a }}
+ {{ data.chart.totals[a] }}</span>{% endfor %}</p>
+
+<h2 id="verification">Ledger verification</h2>
+{% set v = data.verification %}
+{% if v %}
+<p id="verification-status" class="{{ 'ok' if v.ok else 'bad' }}">
+ {% if v.ok %}Chain intact{% else %}Chain BROKEN: {{ v.problem }}{% endif %}: {{ v.entries }} entries checked,
+ last verified at {{ v.verified_at[:19] | replace('T', ' ') }} UTC.</p>
+{% else %}<p id="verification-status" class="muted">Never verified.</p>{% endif %}
+<form method="post" action="verify"><button type="submit">Verify now</button></form>
+
+<script>
+// Links to DAG runs: when shown inside the Airflow UI's frame, open them in the UI itself.
+document.addEventListener("click", function (ev) {
+  var a = ev.target.closest && ev.target.closest("a[data-ui-link]");
+  if (!a || window.top === window) return;
+  try {
+    window.top.history.pushState(null, "", a.getAttribute("href"));
+    window.top.dispatchEvent(new PopStateEvent("popstate", {state: null}));
+    ev.preventDefault();
+  } catch (e) { /* not the same origin: follow the link in the frame */ }
+});
+</script>
+</body></html>
+""")

@@ -1,0 +1,190 @@
+"""Headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium) against the real
+api-server of the LocalExecutor stack:
+
+- an unauthenticated visit of the data-retention page lands on Airflow's login form; logging in there
+  (simple auth manager) works;
+- the trigger form of ``erasure_request`` renders its fields, and submitting it (a dry run) starts a
+  run with exactly the form's values that succeeds and changes nothing;
+- the data-retention page (``/retention/``, and inside the UI at ``/plugin/data-retention``) lists the
+  open requests we registered, overdue first, with their days left and status.
+
+Screenshots go to ``artifacts/e2e/browser-*.png``. Under CI=true a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from include.retention.registry import Identities, NewRequest, Registry
+from tests.airflow.test_erasure_request_dag import SECRET, SUBJECT, snapshot
+from tests.conftest import IN_CI
+from tests.e2e.conftest import ADMIN, ARTIFACTS, Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+TRIGGER_FIELDS = {  # param -> label of erasure_request's trigger form
+    "email": "E-mail address", "phone": "Phone (optional)", "customer_ref": "Customer reference (optional)",
+    "mode": "Mode", "dry_run": "Dry run", "request_ref": "External request reference", "note": "Note",
+}
+
+
+def _missing(what: str):
+    msg = f"{what}; install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("selenium is not installed (pip install -r requirements.txt)")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not (Path(path).exists() or shutil.which(Path(path).name)):
+            _missing(f"{path} not found")
+    profile = tempfile.mkdtemp(prefix="retention-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    service = Service(CHROMEDRIVER if Path(CHROMEDRIVER).exists() else shutil.which("chromedriver"),
+                      log_output=str(ARTIFACTS / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def shot(driver, name: str) -> Path:
+    path = ARTIFACTS / f"browser-{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def test_login_trigger_form_and_retention_page(browser, local_stack: Stack):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    stack, world = local_stack, local_stack.world
+    wait = WebDriverWait(browser, 60)
+    registry = Registry(world.ledger_engine, SECRET)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    # Two open requests as the intake path leaves them (erasure_intake is paused here): one overdue.
+    overdue = registry.register(NewRequest(Identities(email="late.person@example.org"), source="api"),
+                                received_at=now - dt.timedelta(days=40))
+    fresh = registry.register(NewRequest(Identities(email="new.person@example.org"), source="api"),
+                              received_at=now - dt.timedelta(days=3))
+
+    try:
+        # 1. Not logged in: the data-retention page sends the browser to Airflow's login form.
+        browser.get(f"{stack.base_url}/retention/")
+        user = wait.until(EC.visibility_of_element_located((By.NAME, "username")))
+        assert "/auth/login" in browser.current_url
+        shot(browser, "1-login")
+        user.send_keys(ADMIN)
+        browser.find_element(By.NAME, "password").send_keys(stack.password)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda d: "/auth/login" not in d.current_url)
+        assert any(c["name"] == "_token" for c in browser.get_cookies())
+
+        # 2. The trigger form of erasure_request renders every field of the DAG's params.
+        browser.get(f"{stack.base_url}/dags/erasure_request")
+        wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"))).click()
+        email = wait.until(EC.visibility_of_element_located((By.ID, "element_email")))
+        modal = next(m for m in browser.find_elements(By.CSS_SELECTOR, "[role=dialog]") if "E-mail address" in m.text)
+        text = modal.text
+        assert "erasure_request" in text
+        for label in TRIGGER_FIELDS.values():
+            assert label in text, f"trigger form lacks {label!r}:\n{text}"
+        for param in ("email", "phone", "customer_ref", "request_ref", "note", "dry_run", "mode"):
+            assert browser.find_elements(By.NAME, f"element_{param}"), f"no input for param {param}"
+        assert "erase" in modal.find_element(By.XPATH, ".//*[normalize-space(text())='Mode']/ancestor::*[.//input"
+                                                         "[@name='element_mode']][1]").text
+        shot(browser, "2-trigger-form")
+
+        # ... and submitting it (a dry run for the subject) starts a run with the form's values.
+        before = snapshot(world.crm, world.mailing, {"contact": -1, "subscriber": -1})
+        email.send_keys(SUBJECT)
+        dry_run = browser.find_element(By.NAME, "element_dry_run")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", dry_run)
+        dry_run.find_element(By.XPATH, "./ancestor::label[1]").click()
+        assert dry_run.is_selected()
+        shot(browser, "3-trigger-form-filled")
+        submit = next(b for b in modal.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
+        submit.click()
+        wait.until(lambda d: "/runs/" in d.current_url)
+        run_id = unquote(browser.current_url.rsplit("/runs/", 1)[1].split("?")[0])
+        run = stack.wait_run("erasure_request", run_id, timeout=300)
+        assert run["conf"]["email"] == SUBJECT and run["conf"]["dry_run"] is True and run["conf"]["mode"] == "erase"
+        assert all(run["conf"][p] is None for p in ("phone", "customer_ref", "request_ref", "note"))
+        assert run["triggering_user_name"] == ADMIN
+        triggered = registry.request_id_for("erasure_request", run_id)
+        request = registry.get(triggered)
+        assert request["status"] == "complete" and request["dry_run"]
+        assert registry.receipt(triggered)["verification"].startswith("dry run")
+        assert snapshot(world.crm, world.mailing, {"contact": -1, "subscriber": -1}) == before  # nothing changed
+        shot(browser, "4-triggered-run")
+
+        # 3. The data-retention page: our open requests, overdue first, days left and status.
+        browser.get(f"{stack.base_url}/retention/")
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-request-id='{fresh}']")))
+        today = dt.datetime.now(dt.UTC).date()
+        rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-request-id]")
+        ids = [r.get_attribute("data-request-id") for r in rows]
+        assert ids.index(overdue) < ids.index(fresh), "overdue requests come first"
+        assert triggered not in ids, "a completed request is not open"
+        for rid, is_overdue in ((overdue, True), (fresh, False)):
+            row = rows[ids.index(rid)]
+            cells = row.find_elements(By.TAG_NAME, "td")
+            days_left = (registry.get(rid)["due_at"].date() - today).days
+            assert cells[0].text == rid
+            assert cells[1].text == "erase"
+            assert cells[2].text == "pending"
+            assert row.find_element(By.CSS_SELECTOR, "td.days-left").text.split()[0] == str(days_left)
+            assert ("overdue" in row.find_element(By.CSS_SELECTOR, "td.days-left").text) is is_overdue
+            assert ("overdue" in (row.get_attribute("class") or "")) is is_overdue
+        assert (registry.get(fresh)["due_at"].date() - today).days > 0
+        assert (registry.get(overdue)["due_at"].date() - today).days < 0
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert "Signed in as admin" in page
+        for address in ("late.person@example.org", "new.person@example.org", SUBJECT.lower()):
+            assert address not in browser.page_source.lower(), "the page must show no personal data"
+        shot(browser, "5-retention-page")
+
+        # 4. The same page inside the Airflow UI (navigation entry, shown in a frame).
+        browser.get(f"{stack.base_url}/plugin/data-retention")
+        frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
+        nav = browser.execute_script("return document.body.textContent")
+        assert "Data retention" in nav, "no navigation entry for the data-retention page"
+        browser.switch_to.frame(frame)
+        row = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-request-id='{overdue}']")))
+        assert "pending" in row.text and "overdue" in row.text
+        browser.switch_to.default_content()
+        time.sleep(0.5)
+        shot(browser, "6-retention-in-ui")
+    except BaseException:
+        try:
+            shot(browser, "failure")
+        except Exception:  # noqa: BLE001 - the browser itself may be gone
+            pass
+        raise

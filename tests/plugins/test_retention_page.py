@@ -1,0 +1,411 @@
+"""The data-retention page (plugins/retention_page.py) on a real PostgreSQL ledger / registry database.
+
+Two ways in:
+
+* the plugin's own FastAPI app through ``TestClient``. Content tests replace Airflow's ``get_user``
+  dependency with ``app.dependency_overrides[get_user] = lambda: <user>`` (the ``page`` fixture):
+  the page's content, not Airflow's JWT handling, is under test there. The override is removed after
+  each test; without it the same app answers 401 (``test_no_credentials_no_page``).
+* Airflow's real API server app (``create_app()``, plugins discovered from ``plugins/``): the real
+  ``get_user`` decides, with real JWTs from Airflow's auth manager, in a cookie or a Bearer header.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import importlib
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from include.retention import dashboard
+from include.retention.ledger import Ledger, RunRef, entries
+from include.retention.registry import Identities, NewRequest, Registry
+from include.retention.stores.sql import make_engine
+from tests.airflow.conftest import airflow_db  # noqa: F401 - fixture
+from tests.conftest import KEY, PG_ADMIN, ROOT
+
+pytestmark = pytest.mark.integration
+
+OVERDUE_EMAIL = "erin.overdue-person@example.org"
+EMAILS = (OVERDUE_EMAIL, "frank.open@example.org", "gina.done@example.org")
+RUN_ID = "manual__2025-01-01T00:00:00+00:00"
+RULE = "crm.leads.inactivity"
+DRY_RULE = "mailing.subscribers.unsubscribed"
+BRAKE_RULE = "objects.access_logs.server_logs"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _conn_json(url: str) -> str:
+    """The URL as an AIRFLOW_CONN_* JSON value, as an operator would write it."""
+    u = sa.engine.make_url(url)
+    return json.dumps({"conn_type": "postgres", "host": u.host, "port": u.port, "login": u.username,
+                       "password": u.password, "schema": u.database})
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    """The plugin module, imported on first use: importing Airflow while tests are collected would load its
+    configuration before ``airflow db migrate`` wrote one (tests/airflow/test_purge.py then lacks a JWT secret)."""
+    return importlib.import_module("plugins.retention_page")
+
+
+@pytest.fixture
+def ledger_db(fresh_database, monkeypatch, plugin):
+    """A fresh PostgreSQL database named by AIRFLOW_CONN_RETENTION_LEDGER; dropped afterwards."""
+    name = f"rt_page_{uuid.uuid4().hex[:10]}"
+    url = fresh_database("postgresql", name)
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", _conn_json(url))
+    yield url
+    plugin._engine_for.cache_clear()
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def seeded(ledger_db):
+    """Requests (one overdue, one open, one complete) and ledger entries (sweeps, actions, erasures)."""
+    engine = make_engine(ledger_db)
+    registry, ledger = Registry(engine, KEY), Ledger(engine, KEY)
+    now = _utcnow()
+    overdue = registry.register(NewRequest(Identities(email=OVERDUE_EMAIL), mode="erase"),
+                                received_at=now - dt.timedelta(days=40), dag_id="erasure_request", run_id=RUN_ID)
+    open_ = registry.register(NewRequest(Identities(email=EMAILS[1]), mode="restrict", source="api"),
+                              received_at=now - dt.timedelta(days=10))
+    done = registry.register(NewRequest(Identities(email=EMAILS[2])), received_at=now - dt.timedelta(days=5))
+    registry.start(open_)
+    registry.set_system([overdue], "crm", "failed", error=f"could not reach {OVERDUE_EMAIL}'s rows")
+    registry.set_system([open_], "crm", "verified")
+    registry.set_system([open_], "mailing", "acted")
+    registry.finish(done, "complete")
+
+    sweep = RunRef("retention_sweep", "scheduled__2025-06-01T00:00:00+00:00")
+    ledger.append(run=RunRef("retention_sweep", "scheduled__old"), action="sweep", outcome="complete", rule_id=RULE,
+                  count=9, details={"locked": 9, "anonymized": 0, "deleted": 0, "held": 0, "kept": 1})
+    ledger.append(run=sweep, action="lock", outcome="done", count=3, rule_id=RULE)
+    ledger.append(run=sweep, action="delete", outcome="done", count=7, rule_id=RULE)
+    ledger.append(run=sweep, action="sweep", outcome="complete", rule_id=RULE, count=10, system="crm",
+                  details={"total": 52, "in_scope": 52, "locked": 3, "anonymized": 0, "deleted": 7, "held": 2,
+                           "kept": 40, "cascaded": {}, "would": {"locked": 3, "deleted": 7}})
+    ledger.append(run=sweep, action="sweep", outcome="dry_run", rule_id=DRY_RULE, count=4,
+                  details={"total": 20, "in_scope": 14, "locked": 0, "anonymized": 4, "deleted": 0, "held": 0,
+                           "kept": 10, "cascaded": {}, "would": {"anonymized": 4}})
+    ledger.append(run=sweep, action="sweep", outcome="brake_tripped", rule_id=BRAKE_RULE, count=80,
+                  details={"total": 100, "max_fraction": 0.5, "would": {"deleted": 80}})
+    subject = registry.digest("email", OVERDUE_EMAIL)
+    ledger.append(run=RunRef("erasure_request", RUN_ID), action="erase", outcome="verified", count=2,
+                  request_id=overdue, system="crm", subject_digest=subject)
+    ledger.append(run=RunRef("erasure_request", RUN_ID), action="restrict", outcome="dry_run", count=1,
+                  request_id=open_, system="crm")
+    ledger.append(run=sweep, action="suppress", outcome="done", count=5, system="mailing")
+    yield {"engine": engine, "registry": registry, "overdue": overdue, "open": open_, "done": done,
+           "subject": subject}
+    engine.dispose()
+
+
+@pytest.fixture
+def page(seeded, plugin):
+    """The plugin's app with ``get_user`` overridden by a signed-in viewer (see the module docstring)."""
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: SimpleAuthManagerUser(username="dpo", role="viewer")
+    try:
+        yield TestClient(plugin.app)
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+
+
+def _days_left(engine: sa.Engine, request_id: str) -> set[int]:
+    """Days left as the page computes them (both sides of a midnight that may pass during the test)."""
+    with engine.connect() as conn:
+        due = conn.execute(sa.text("SELECT due_at FROM subject_requests WHERE request_id = :r"), {"r": request_id}
+                           ).scalar_one()
+    return {(due.date() - _utcnow().date()).days, (due.date() - (_utcnow() - dt.timedelta(minutes=5)).date()).days}
+
+
+def _row(text: str, attr: str, value: str) -> list[str]:
+    """The cells (tags stripped, whitespace collapsed) of the table row with ``attr="value"``."""
+    match = re.search(rf'<tr[^>]*{attr}="{re.escape(value)}"[^>]*>(.*?)</tr>', text, re.S)
+    assert match, f"no row {attr}={value}"
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", match.group(1), re.S)
+    return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", c)).split()) for c in cells]
+
+
+def _no_personal_data(text: str, seeded) -> None:
+    for email in EMAILS:
+        assert email not in text
+        assert email.split("@")[0] not in text
+    assert seeded["subject"] not in text  # not even the keyed digest is needed on the page
+
+
+# ---- access ---------------------------------------------------------------------------------
+
+
+def test_no_credentials_no_page(seeded, plugin):
+    """Without a token (no override here): 401 for every route, and nothing is read or written."""
+    client = TestClient(plugin.app)
+    for method, path in (("GET", "/"), ("GET", "/api/summary"), ("POST", "/verify"), ("POST", "/api/verify")):
+        resp = client.request(method, path)
+        assert resp.status_code == 401, (method, path, resp.text)
+        assert resp.json() == {"detail": "Not authenticated"}
+    with seeded["engine"].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 0
+
+
+# ---- the page ------------------------------------------------------------------------------
+
+
+def test_page_lists_open_requests_overdue_first(page, seeded):
+    resp = page.get("/")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/html")
+    text = resp.text
+    overdue, open_ = seeded["overdue"], seeded["open"]
+    assert overdue in text and open_ in text
+    assert seeded["done"] not in text  # complete: not open any more
+    assert text.index(f'data-request-id="{overdue}"') < text.index(f'data-request-id="{open_}"')
+
+    cells = _row(text, "data-request-id", overdue)
+    assert cells[:3] == [overdue, "erase", "pending"]
+    days, badge = cells[4].split(" ", 1)
+    assert int(days) in _days_left(seeded["engine"], overdue) and int(days) < 0
+    assert badge == "overdue"
+    assert cells[5] == "crm: failed"
+    assert cells[6] == "erasure_request"
+    assert f'href="/dags/erasure_request/runs/{RUN_ID.replace(":", "%3A").replace("+", "%2B")}"' in text
+    assert 'class="overdue"' in text.split(f'data-request-id="{overdue}"')[0].rsplit("<tr", 1)[1]
+
+    cells = _row(text, "data-request-id", open_)
+    assert cells[:3] == [open_, "restrict", "in_progress"]
+    assert int(cells[4]) in _days_left(seeded["engine"], open_) and int(cells[4]) > 0
+    assert cells[5] == "crm: verified, mailing: acted"
+    assert "Open requests (2, overdue 1" in text
+    _no_personal_data(text, seeded)
+
+
+def test_page_shows_last_sweep_per_rule(page, seeded):
+    text = page.get("/").text
+    cells = _row(text, "data-rule-id", RULE)  # the newer of its two sweeps
+    assert cells[:8] == [RULE, "applied", "complete", "3", "0", "7", "2", "40"]
+    assert cells[9] == "scheduled__2025-06-01T00:00:00+00:00"
+    assert 'href="/dags/retention_sweep/runs/scheduled__2025-06-01T00%3A00%3A00%2B00%3A00"' in text
+    assert _row(text, "data-rule-id", DRY_RULE)[:8] == [DRY_RULE, "dry run", "dry_run", "0", "4", "0", "0", "10"]
+    assert _row(text, "data-rule-id", BRAKE_RULE)[:6] == [BRAKE_RULE, "not applied", "brake_tripped", "", "", "80"]
+    assert "scheduled__old" not in text
+
+
+def test_page_draws_actions_chart(page, seeded):
+    text = page.get("/").text
+    svg = re.search(r'<svg id="actions-chart".*?</svg>', text, re.S).group(0)
+    today = _utcnow().date().isoformat()
+    for action in ("lock", "delete", "erase"):
+        assert f'class="bar bar-{action}"' in svg
+    assert 'class="bar bar-anonymize"' not in svg and 'class="bar bar-restrict"' not in svg  # dry runs don't count
+    assert f"<title>{today}: 12" in svg  # lock 3 + delete 7 + erase 2 (suppress and sweep are not actions)
+    assert svg.count("<g>") == 90
+    assert "lock 3" in text and "delete 7" in text and "erase 2" in text
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing from elsewhere
+
+
+def test_verify_now_records_and_shows_the_time(page, seeded):
+    assert "Never verified." in page.get("/").text
+    resp = page.post("/verify", follow_redirects=False)
+    assert resp.status_code == 303 and resp.headers["location"] == "./#verification"
+    text = page.get("/").text
+    with seeded["engine"].connect() as conn:
+        row = conn.execute(sa.text("SELECT verified_at, ok, entries FROM ledger_verifications")).one()
+    assert row.ok and row.entries == 9
+    status = re.search(r'<p id="verification-status"[^>]*>(.*?)</p>', text, re.S).group(1)
+    assert "Chain intact" in status and "9 entries" in status
+    assert f"last verified at {row.verified_at[:19].replace('T', ' ')} UTC" in " ".join(status.split())
+
+    with seeded["engine"].begin() as conn:  # someone edits an entry behind the ledger's back
+        conn.execute(entries.update().where(entries.c.action == "delete").values(count=1))
+    result = page.post("/api/verify").json()
+    assert result["ok"] is False and result["first_broken_seq"] == 3
+    assert "Chain BROKEN" in page.get("/").text
+    assert page.post("/verify", headers={"Origin": "http://elsewhere.example"}).status_code == 403
+
+
+def test_summary_json_is_the_page_data(page, seeded):
+    data = page.get("/api/summary").json()
+    items = data["requests"]["items"]
+    assert [r["request_id"] for r in items] == [seeded["overdue"], seeded["open"]]
+    assert items[0]["overdue"] is True and items[0]["days_left"] in _days_left(seeded["engine"], seeded["overdue"])
+    assert items[1]["systems"] == {"crm": "verified", "mailing": "acted"}
+    assert set(items[0]) == {"request_id", "mode", "status", "dry_run", "source", "received_at", "due_at",
+                             "days_left", "overdue", "attempts", "dag_id", "run_id", "systems"}
+    sweeps = {s["rule_id"]: s for s in data["sweeps"]}
+    assert sweeps[RULE]["counts"] == {"locked": 3, "anonymized": 0, "deleted": 7, "held": 2, "kept": 40}
+    assert sweeps[RULE]["dry_run"] is False and sweeps[DRY_RULE]["dry_run"] is True
+    assert sweeps[BRAKE_RULE]["outcome"] == "brake_tripped" and sweeps[BRAKE_RULE]["counts"]["deleted"] == 80
+    assert len(data["chart"]["series"]) == 90
+    assert data["chart"]["totals"] == {"lock": 3, "anonymize": 0, "delete": 7, "erase": 2, "restrict": 0}
+    assert data["verification"] is None
+    text = json.dumps(data)
+    assert "_enc" not in text and "digest" not in text
+    _no_personal_data(text, seeded)
+
+
+def test_reads_no_identity_columns(page, seeded, plugin):
+    """Every statement the page sends: no ``*_enc`` or digest column, no ``SELECT *``."""
+    statements: list[str] = []
+    engine = plugin.ledger_engine()
+    listener = lambda conn, cursor, statement, *args: statements.append(statement)  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert page.get("/").status_code == 200 and page.get("/api/summary").status_code == 200
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+    assert any("subject_requests" in s for s in statements)
+    for statement in statements:
+        assert "_enc" not in statement and "_digest" not in statement and "*" not in statement.split("FROM")[0]
+
+
+def test_chart_window_is_ninety_days(seeded):
+    later = dashboard.actions_per_day(seeded["engine"], now=_utcnow() + dt.timedelta(days=90))
+    assert later["max"] == 0 and len(later["series"]) == 90
+    assert dashboard.actions_per_day(seeded["engine"], now=_utcnow() + dt.timedelta(days=89))["max"] == 12
+
+
+def test_empty_database_shows_an_empty_page(ledger_db, plugin):
+    """A ledger database nobody wrote to yet: tables are created, the page says there is nothing."""
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: SimpleAuthManagerUser(username="dpo", role="viewer")
+    try:
+        client = TestClient(plugin.app)
+        text = client.get("/").text
+        assert "No open requests." in text and "No sweep recorded yet." in text and "Never verified." in text
+        assert "<svg" in text
+        assert client.post("/api/verify").json()["ok"] is True
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+    engine = make_engine(ledger_db)
+    assert {"ledger_entries", "ledger_verifications", "subject_requests", "request_systems"} <= set(
+        sa.inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_missing_connection_is_a_clear_503(monkeypatch, plugin):
+    monkeypatch.delenv("AIRFLOW_CONN_RETENTION_LEDGER", raising=False)
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: object()
+    try:
+        resp = TestClient(plugin.app).get("/api/summary")
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+    assert resp.status_code == 503
+    assert "AIRFLOW_CONN_RETENTION_LEDGER" in resp.json()["detail"]
+
+
+# ---- in Airflow ----------------------------------------------------------------------------
+
+
+def _clear_plugin_caches(plugins_manager) -> None:
+    for value in vars(plugins_manager).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+
+
+@pytest.fixture
+def airflow_plugins(monkeypatch):
+    """Airflow's plugins manager reading this repository's plugins/ (its caches cleared around the test)."""
+    from airflow import plugins_manager, settings
+
+    monkeypatch.setattr(settings, "PLUGINS_FOLDER", str(ROOT / "plugins"))
+    _clear_plugin_caches(plugins_manager)
+    yield plugins_manager
+    _clear_plugin_caches(plugins_manager)
+
+
+def test_plugins_manager_discovers_the_page(airflow_plugins):
+    airflow_plugins.ensure_plugins_loaded()
+    assert not {k: v for k, v in airflow_plugins.get_import_errors().items() if "retention_page" in k}
+    info = {p["name"]: p for p in airflow_plugins.get_plugin_info()}["retention_page"]
+    assert str(info["source"]) == "$PLUGINS_FOLDER/retention_page.py"
+    assert info["fastapi_apps"] == [{"app": "fastapi.applications.FastAPI", "url_prefix": "/retention",
+                                     "name": "Data retention"}]
+    apps, _ = airflow_plugins.get_fastapi_plugins()
+    assert [a["url_prefix"] for a in apps if a["name"] == "Data retention"] == ["/retention"]
+    external_views, _ = airflow_plugins._get_ui_plugins()  # what the UI's navigation is built from
+    assert {"name": "Data retention", "href": "/retention/", "destination": "nav",
+            "url_route": "data-retention"} in external_views
+
+
+def test_airflow_cli_lists_the_plugin_from_the_plugins_folder(tmp_path):
+    """``airflow plugins`` with AIRFLOW__CORE__PLUGINS_FOLDER pointing at plugins/, as a deployment sets it."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+           "AIRFLOW_HOME": str(tmp_path)}
+    proc = subprocess.run([str(Path(sys.executable).parent / "airflow"), "plugins", "--output", "json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert listed["retention_page"]["external_views"][0]["href"] == "/retention/"
+    assert listed["retention_page"]["fastapi_apps"][0]["url_prefix"] == "/retention"
+
+
+@pytest.fixture
+def airflow_api(airflow_db, airflow_plugins, seeded, monkeypatch):
+    """Airflow's API server app in-process, with the plugin mounted by Airflow itself, and its auth manager."""
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+    from airflow.api_fastapi.app import create_app, get_auth_manager, purge_cached_app
+
+    app = create_app()
+    assert any(getattr(r, "path", None) == "/retention" for r in app.routes)
+    yield TestClient(app), get_auth_manager()
+    purge_cached_app()
+
+
+def test_real_auth_cookie_and_bearer(airflow_api, seeded):
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    client, auth_manager = airflow_api
+    token = auth_manager.generate_jwt(SimpleAuthManagerUser(username="dpo", role="viewer"))
+
+    resp = client.get("/retention/", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200 and seeded["overdue"] in resp.text and "Signed in as dpo" in resp.text
+    client.cookies.set("_token", token)  # what the UI's login leaves in the browser
+    try:
+        resp = client.get("/retention/")
+        assert resp.status_code == 200 and seeded["overdue"] in resp.text
+        assert client.get("/retention/api/summary").json()["requests"]["overdue"] == 1
+        assert client.post("/retention/verify", follow_redirects=False).status_code == 303
+    finally:
+        client.cookies.clear()
+    _no_personal_data(resp.text, seeded)
+
+
+def test_real_auth_rejects_missing_invalid_and_expired_tokens(airflow_api, seeded):
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    client, auth_manager = airflow_api
+    assert client.get("/retention/api/summary").status_code == 401
+    assert client.post("/retention/verify").status_code == 401
+    assert client.get("/retention/", headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
+    forged = auth_manager.generate_jwt(SimpleAuthManagerUser(username="dpo", role="viewer"))[:-4] + "AAAA"
+    assert client.get("/retention/", headers={"Authorization": f"Bearer {forged}"}).status_code == 403
+    expired = auth_manager.generate_jwt(SimpleAuthManagerUser(username="dpo", role="viewer"),
+                                        expiration_time_in_seconds=-3600)
+    resp = client.get("/retention/", headers={"Authorization": f"Bearer {expired}"})
+    assert resp.status_code == 401 and seeded["overdue"] not in resp.text
+    # a browser without a session is sent to Airflow's login page, and back here afterwards
+    resp = client.get("/retention/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert resp.status_code == 303
+    assert resp.headers["location"].startswith("/auth/login?next=") and "%2Fretention%2F" in resp.headers["location"]
+    with seeded["engine"].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 0

@@ -47,6 +47,7 @@ with DAG(
     BashOperator(
         task_id="purge_erasure_runs",
         # the interpreter that runs Airflow, not whatever `python` is first on PATH
-        bash_command=f"{shlex.quote(sys.executable)} -m include.retention.airflow.purge_cli --days {{{{ params.days }}}}",
+        bash_command=(f"{shlex.quote(sys.executable)} -m include.retention.airflow.purge_cli"
+                      " --days {{ params.days }}"),
         doc_md="Prints the rows changed per table; that JSON line becomes the task's XCom.",
     )

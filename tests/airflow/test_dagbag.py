@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.airflow
 
-EXPECTED = {"retention_sweep", "erasure_request", "erasure_intake"}
+EXPECTED = {"retention_sweep", "erasure_request", "erasure_intake", "erasure_deadlines", "erasure_metadata_purge"}
 
 
 def test_dagbag_imports_without_errors():

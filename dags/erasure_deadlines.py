@@ -1,0 +1,38 @@
+"""erasure_deadlines: alert when subject requests come near or past their one-month due date.
+
+The check task fails (the run turns red in the UI) and its on-failure notifier records the
+alert in the ledger and posts it to RETENTION_ALERT_WEBHOOK when set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import dag, task
+
+from include.retention.airflow.deadlines import DueDateNotifier
+from include.retention.airflow.defaults import DEFAULT_ARGS
+
+
+@dag(
+    dag_id="erasure_deadlines",
+    schedule=os.environ.get("RETENTION_DEADLINE_SCHEDULE", "@hourly"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["privacy", "erasure", "monitoring"],
+    doc_md=__doc__,
+)
+def erasure_deadlines():
+    @task(on_failure_callback=DueDateNotifier())
+    def check_due_dates() -> int:
+        from include.retention.airflow import deadlines
+
+        return deadlines.check_due_dates()
+
+    check_due_dates()
+
+
+erasure_deadlines()

@@ -1,0 +1,82 @@
+"""Due-date checks of subject requests (GDPR Art. 12(3): one month) and the notifier that raises the alert."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import urllib.request
+from typing import Any
+
+from airflow.sdk.bases.notifier import BaseNotifier
+
+from include.retention.airflow.sweep_tasks import airflow_resolver
+from include.retention.ledger import Ledger, RunRef
+from include.retention.registry import Registry, utcnow
+from include.retention.runtime import LEDGER_CONN_ID, hmac_key, sqlalchemy_url
+
+log = logging.getLogger(__name__)
+WARN_DAYS = float(os.environ.get("RETENTION_DUE_WARNING_DAYS", "5"))
+
+
+def _open() -> tuple[Ledger, Registry]:
+    from include.retention.stores.sql import make_engine
+
+    key = hmac_key(airflow_resolver)
+    ledger = Ledger(make_engine(sqlalchemy_url(airflow_resolver(LEDGER_CONN_ID))), key)
+    return ledger, Registry(ledger.engine, key)
+
+
+def due_soon(registry: Registry, warn_days: float = WARN_DAYS) -> list[dict[str, Any]]:
+    """Open requests due within ``warn_days`` or overdue: request id, status, days left (no identities)."""
+    now = utcnow()
+    out = []
+    for req in registry.open_requests():
+        days_left = (req["due_at"] - now) / dt.timedelta(days=1)
+        if days_left <= warn_days:
+            out.append({"request_id": req["request_id"], "status": req["status"], "days_left": round(days_left, 1)})
+    return sorted(out, key=lambda r: r["days_left"])
+
+
+def check_due_dates() -> int:
+    """Fail (and so alert) when a request is near or past its due date; return how many are open."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    ledger, registry = _open()
+    try:
+        late = due_soon(registry)
+        open_count = len(registry.open_requests())
+    finally:
+        ledger.engine.dispose()
+    if late:
+        overdue = [r for r in late if r["days_left"] < 0]
+        raise AirflowFailException(
+            f"{len(overdue)} request(s) overdue, {len(late) - len(overdue)} due within {WARN_DAYS:g} days: "
+            + ", ".join(f"{r['request_id']} ({r['days_left']:+g} days)" for r in late[:20]))
+    log.info("%d open request(s), none due within %s days", open_count, WARN_DAYS)
+    return open_count
+
+
+class DueDateNotifier(BaseNotifier):
+    """Records the alert in the ledger and, if ``RETENTION_ALERT_WEBHOOK`` is set, posts it there.
+
+    The payload holds request ids and days left only.
+    """
+
+    template_fields = ()
+
+    def notify(self, context: dict[str, Any]) -> None:
+        ledger, registry = _open()
+        try:
+            late = due_soon(registry)
+            ledger.append(run=RunRef(context["dag"].dag_id, context["run_id"]), action="alert",
+                          outcome="due_date", count=len(late), details={"requests": late})
+        finally:
+            ledger.engine.dispose()
+        log.error("ALERT: %d subject request(s) near or past their due date", len(late))
+        url = os.environ.get("RETENTION_ALERT_WEBHOOK")
+        if url:
+            body = json.dumps({"alert": "subject requests due", "requests": late}).encode()
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 - operator-configured URL

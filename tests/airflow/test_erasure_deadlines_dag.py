@@ -38,8 +38,9 @@ def test_no_request_due_means_no_alert(registry):
 def test_overdue_request_raises_alert_without_personal_data(registry):
     reg, ledger = registry
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    late = reg.register(NewRequest(Identities(email="late.request@example.org")), received_at=now - dt.timedelta(days=40))
-    soon = reg.register(NewRequest(Identities(email="soon.request@example.org")), received_at=now - dt.timedelta(days=28))
+    ago = lambda days: now - dt.timedelta(days=days)  # noqa: E731
+    late = reg.register(NewRequest(Identities(email="late.request@example.org")), received_at=ago(40))
+    soon = reg.register(NewRequest(Identities(email="soon.request@example.org")), received_at=ago(28))
     fine = reg.register(NewRequest(Identities(email="fine.request@example.org")))
     run = run_dag("erasure_deadlines", {})
     assert run.state == "failed" and task_states(run)["check_due_dates"] == ["failed"]

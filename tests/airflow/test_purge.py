@@ -276,5 +276,7 @@ def test_maintenance_dag_parses_without_a_database(monkeypatch):
     assert set(dag.tags) == {"privacy", "maintenance"}
     assert dag.params["days"] == 3
     (task,) = dag.tasks
-    assert task.bash_command == "python -m include.retention.airflow.purge_cli --days {{ params.days }}"
+    # the interpreter that parsed the DAG (the one with Airflow), not a bare `python` from PATH
+    assert task.bash_command.endswith(" -m include.retention.airflow.purge_cli --days {{ params.days }}")
+    assert task.bash_command.split()[0] == sys.executable
     assert task.retries >= 1 and task.retry_exponential_backoff

@@ -166,3 +166,16 @@ def test_safety_brake_waits_for_a_person(stores, answer):
         assert ids(crm, fixture_data.leads) == {31, 32, 33, 34, 35}
         assert ("crm.leads.lifecycle", "complete") in outcomes
     assert ledger.verify().ok
+
+
+def test_bad_policy_file_fails_first_task_and_touches_nothing(stores, tmp_path, monkeypatch):
+    crm, mailing, ledger, _ = stores
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.replace("__LEADS_FRACTION__", "0.9").replace("period: P30D", "period: -P30D"))
+    monkeypatch.setenv("RETENTION_POLICY_PATH", str(bad))
+    before = fixture_data.snapshot(crm), fixture_data.snapshot(mailing)
+    run = run_dag(DAG_ID, {"dry_run": False})
+    states = task_states(run)
+    assert run.state == "failed" and states["plan_rules"] == ["failed"]
+    assert (fixture_data.snapshot(crm), fixture_data.snapshot(mailing)) == before
+    assert list(ledger.rows()) == []

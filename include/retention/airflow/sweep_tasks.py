@@ -24,12 +24,22 @@ def airflow_resolver(conn_id: str) -> ConnInfo:
 
 
 def list_rules(systems: list[str] | None) -> list[str]:
-    """Validate the policy file and return the rule ids to sweep (optionally only some systems)."""
-    policy = load_policy(policy_path())
+    """Validate the policy file and return the rule ids to sweep (optionally only some systems).
+
+    A wrong file or parameter fails at once: retrying cannot fix it, and nothing has been touched.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.retention.errors import PolicyError
+
+    try:
+        policy = load_policy(policy_path())
+    except PolicyError as exc:
+        raise AirflowFailException(str(exc)) from None
     unknown = sorted(set(systems or []) - set(policy.systems))
     if unknown:
-        raise ValueError(f"unknown system(s) {', '.join(unknown)} in param 'systems'; known: "
-                         f"{', '.join(policy.systems)}")
+        raise AirflowFailException(f"unknown system(s) {', '.join(unknown)} in param 'systems'; known: "
+                                   f"{', '.join(policy.systems)}")
     rule_ids = policy.rule_ids(systems or None)
     log.info("policy %s (digest %s): %d rules to sweep", policy.source, policy.digest[:12], len(rule_ids))
     return rule_ids

@@ -58,6 +58,13 @@ def _fresh_database(kind: str, name: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def airflow_uri(url: str, port: int | None = None) -> str:
+    """The ``AIRFLOW_CONN_*`` URI of a PostgreSQL / MariaDB SQLAlchemy URL (optionally via another port)."""
+    u = sa.engine.make_url(url)
+    scheme = "postgres" if u.drivername.startswith("postgresql") else "mysql"
+    return f"{scheme}://{u.username}@{u.host}:{port or u.port}/{u.database}"
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def db_url(request, tmp_path) -> str:
     """A fresh, empty database on each of the three engines."""

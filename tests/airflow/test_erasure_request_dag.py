@@ -24,7 +24,7 @@ from include.retention.registry import requests as requests_table
 from include.retention.stores.sql import make_engine
 from include.retention.suppression import Suppressed, guard_subscribe
 from tests.airflow.conftest import run_dag, task_states
-from tests.conftest import ROOT
+from tests.conftest import ROOT, airflow_uri
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
 DAG_ID = "erasure_request"
@@ -34,11 +34,6 @@ SUBJECT_LC = SUBJECT.lower()
 SECRET = os.environ["RETENTION_HMAC_KEY"].encode()
 POLICY = load_policy(ROOT / "config" / "policy.yaml")
 
-
-def _af_uri(url: str, port: int | None = None) -> str:
-    u = sa.engine.make_url(url)
-    scheme = "postgres" if u.drivername.startswith("postgresql") else "mysql"
-    return f"{scheme}://{u.username}@{u.host}:{port or u.port}/{u.database}"
 
 
 class FlakyProxy:
@@ -180,9 +175,9 @@ def world(airflow_db, fresh_database, moto_url, monkeypatch):
             pass
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     keys = put_objects(s3, crm)
-    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", _af_uri(crm_url))
-    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", _af_uri(mailing_url))
-    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", _af_uri(ledger_url))
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", airflow_uri(crm_url))
+    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", airflow_uri(mailing_url))
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", airflow_uri(ledger_url))
     monkeypatch.setenv("AIRFLOW_CONN_OBJECTS_S3", json.dumps({
         "conn_type": "aws", "login": "t", "password": "t",
         "extra": {"endpoint_url": moto_url, "region_name": "eu-central-1"}}))
@@ -302,7 +297,7 @@ def test_restrict_locks_and_dry_run_changes_nothing(world):
 
 def test_failing_system_recovers_on_retry_without_double_entries(world, monkeypatch):
     proxy = FlakyProxy(3306, fail=1)
-    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", _af_uri(world["mailing_url"], port=proxy.port))
+    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", airflow_uri(world["mailing_url"], port=proxy.port))
     run = run_dag(DAG_ID, {"email": SUBJECT})
     assert run.state == "success", task_states(run)
     assert proxy.refused == 1

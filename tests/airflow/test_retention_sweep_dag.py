@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from include.retention.ledger import Ledger
 from include.retention.stores.sql import make_engine
 from tests.airflow.conftest import answer_approval, run_dag, task_states
-from tests.conftest import KEY
+from tests.conftest import KEY, airflow_uri
 from tests.integration import test_sql_sweep as fixture_data
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
@@ -72,11 +72,6 @@ systems:
 """
 
 
-def _af_uri(url: str) -> str:
-    u = sa.engine.make_url(url)
-    scheme = "postgres" if u.drivername.startswith("postgresql") else "mysql"
-    return f"{scheme}://{u.username}@{u.host}:{u.port}/{u.database}"
-
 
 @pytest.fixture
 def stores(airflow_db, fresh_database, tmp_path, monkeypatch):
@@ -89,9 +84,9 @@ def stores(airflow_db, fresh_database, tmp_path, monkeypatch):
     monkeypatch.setattr(fixture_data, "NOW", dt.datetime.now(dt.UTC))
     fixture_data.seed(crm)
     fixture_data.seed(mailing)
-    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", _af_uri(crm_url))
-    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", _af_uri(mailing_url))
-    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", _af_uri(ledger_url))
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", airflow_uri(crm_url))
+    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", airflow_uri(mailing_url))
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", airflow_uri(ledger_url))
 
     def use_policy(leads_fraction: float) -> None:
         path = tmp_path / f"policy-{leads_fraction}.yaml"

@@ -42,7 +42,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import IN_CI, ROOT, _fresh_database
+from tests.conftest import IN_CI, ROOT, _fresh_database, airflow_uri
 
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -162,7 +162,7 @@ def make_world(suffix: str, moto_url: str) -> World:
                  control_ids, now)
 
 
-def _af_uri(url: str) -> str:
+def airflow_uri(url: str) -> str:
     """A SQLAlchemy URL as an Airflow connection URI (AIRFLOW_CONN_*)."""
     u = sa.engine.make_url(url)
     scheme = "postgres" if u.drivername.startswith("postgresql") else "mysql"
@@ -408,9 +408,9 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW_CONN_CRM_DB": _af_uri(world.crm_url),
-        "AIRFLOW_CONN_MAILING_DB": _af_uri(world.mailing_url),
-        "AIRFLOW_CONN_RETENTION_LEDGER": _af_uri(world.ledger_url),
+        "AIRFLOW_CONN_CRM_DB": airflow_uri(world.crm_url),
+        "AIRFLOW_CONN_MAILING_DB": airflow_uri(world.mailing_url),
+        "AIRFLOW_CONN_RETENTION_LEDGER": airflow_uri(world.ledger_url),
         "AIRFLOW_CONN_OBJECTS_S3": json.dumps({
             "conn_type": "aws", "login": "t", "password": "t",
             "extra": {"endpoint_url": moto_url, "region_name": "eu-central-1"}}),

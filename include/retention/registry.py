@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import uuid
 from collections.abc import Iterable
@@ -384,6 +383,3 @@ def _merge(old: Any, new: Any) -> Any:
         return old
     return old + new if isinstance(old, int) and isinstance(new, int) else new
 
-
-def short_hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()[:12]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.retention.policy import Collection, Policy, Rule, Stage
+from include.retention.policy import Policy, Rule, Stage
 
 # record(action, count, pk_digest, details): write one ledger entry for a committed batch.
 Recorder = Callable[[str, int, str, dict[str, Any]], None]
@@ -72,7 +72,3 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook: stores with connections override it
         pass
-
-    @staticmethod
-    def collection_of(policy: Policy, ref: str) -> Collection:
-        return policy.collection(ref)

@@ -1,0 +1,129 @@
+"""Connections: Airflow connection ids -> ``ConnInfo`` -> SQLAlchemy engines, the ledger and the key.
+
+The one low module every other one may import (it imports no store, no Airflow). Inside
+Airflow the resolver is Airflow's own ``Connection.get`` (``include.retention.airflow.sweep_tasks``);
+outside it (CLI, scripts, tests) ``env_resolver`` parses the same ``AIRFLOW_CONN_*`` values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import sqlalchemy as sa
+
+from include.retention.errors import RetentionError
+
+if TYPE_CHECKING:
+    from include.retention.ledger import Ledger
+
+LEDGER_CONN_ID = os.environ.get("RETENTION_LEDGER_CONN_ID", "retention_ledger")
+KEY_CONN_ID = os.environ.get("RETENTION_KEY_CONN_ID", "retention_keys")
+DEFAULT_POLICY = os.path.join(os.path.dirname(__file__), "..", "..", "config", "policy.yaml")
+
+
+def policy_path() -> str:
+    return os.environ.get("RETENTION_POLICY_PATH", os.path.abspath(DEFAULT_POLICY))
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    conn_type: str
+    host: str | None = None
+    port: int | None = None
+    login: str | None = None
+    password: str | None = None
+    schema: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Resolver = Callable[[str], ConnInfo]
+
+_DRIVERS = {
+    "postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2",
+    "mysql": "mysql+pymysql", "mariadb": "mysql+pymysql", "sqlite": "sqlite",
+}
+
+
+def sqlalchemy_url(info: ConnInfo) -> str:
+    """A SQLAlchemy URL for a SQL connection (an explicit ``extra.sqlalchemy_url`` wins)."""
+    if info.extra.get("sqlalchemy_url"):
+        return info.extra["sqlalchemy_url"]
+    driver = _DRIVERS.get(info.conn_type)
+    if driver is None:
+        raise RetentionError(f"connection type {info.conn_type!r} is not a SQL database this product supports")
+    if driver == "sqlite":
+        return f"sqlite:///{info.host or info.schema}"
+    auth = ""
+    if info.login:
+        auth = quote(info.login, safe="") + (f":{quote(info.password, safe='')}" if info.password else "") + "@"
+    port = f":{info.port}" if info.port else ""
+    url = f"{driver}://{auth}{info.host or 'localhost'}{port}/{info.schema or ''}"
+    if driver.startswith("mysql"):
+        url += "?charset=utf8mb4"
+    return url
+
+
+def parse_conn(value: str) -> ConnInfo:
+    """Parse an ``AIRFLOW_CONN_*`` value (JSON or URI form) like Airflow does."""
+    value = value.strip()
+    if value.startswith("{"):
+        data = json.loads(value)
+        extra = data.get("extra") or {}
+        return ConnInfo(data.get("conn_type", ""), data.get("host"), data.get("port"), data.get("login"),
+                        data.get("password"), data.get("schema"),
+                        json.loads(extra) if isinstance(extra, str) else extra)
+    parts = urlsplit(value)
+    extra = dict(parse_qsl(parts.query))
+    if "__extra__" in extra:
+        extra = json.loads(extra["__extra__"])
+    return ConnInfo(parts.scheme.replace("-", "_"), unquote(parts.hostname or "") or None, parts.port,
+                    unquote(parts.username) if parts.username else None,
+                    unquote(parts.password) if parts.password else None,
+                    unquote(parts.path.lstrip("/")) or None, extra)
+
+
+def env_resolver(conn_id: str) -> ConnInfo:
+    value = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if not value:
+        raise RetentionError(f"connection {conn_id!r} is not defined (set AIRFLOW_CONN_{conn_id.upper()})")
+    return parse_conn(value)
+
+
+def make_engine(url: str) -> sa.Engine:
+    # hide_parameters: a failing statement's bound values (e-mails, keys) stay out of the message.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30}
+    return sa.create_engine(url, **kwargs)
+
+
+def engine_for(resolver: Resolver, conn_id: str) -> sa.Engine:
+    return make_engine(sqlalchemy_url(resolver(conn_id)))
+
+
+def hmac_key(resolver: Resolver) -> bytes:
+    """The keyed-digest key: ``RETENTION_HMAC_KEY`` or the password of connection ``retention_keys``."""
+    key = os.environ.get("RETENTION_HMAC_KEY")
+    if not key:
+        try:
+            key = resolver(KEY_CONN_ID).password
+        except Exception:  # noqa: BLE001 - any lookup failure means "not configured"
+            key = None
+    if not key or len(key) < 16:
+        raise RetentionError(
+            f"no HMAC key of at least 16 characters: set RETENTION_HMAC_KEY or the password of connection "
+            f"{KEY_CONN_ID!r}"
+        )
+    return key.encode()
+
+
+def open_ledger(resolver: Resolver, key: bytes | None = None) -> Ledger:
+    """The audit ledger on connection ``retention_ledger`` (the one place that opens it)."""
+    from include.retention.ledger import Ledger
+
+    return Ledger(engine_for(resolver, LEDGER_CONN_ID), key if key is not None else hmac_key(resolver))

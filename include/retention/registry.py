@@ -22,10 +22,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from dateutil.relativedelta import relativedelta
 
+from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
-from include.retention.masking import keyed_digest, normalise_identity
+from include.retention.identity import IDENTITY_KINDS, IdentityError, normalise
+from include.retention.identity import validate as validate_identity
+from include.retention.masking import keyed_digest
 
-IDENTITY_KINDS = ("email", "phone", "customer_ref")
+# Kinds with a digest column of their own in subject_requests (others: request_digests).
+DIGEST_COLUMNS = ("email", "phone", "customer_ref")
+# Text fields of a request besides identities: longest accepted value.
+TEXT_LIMITS = {"external_ref": 100, "note": 2000}
 OPEN_STATUSES = ("pending", "in_progress", "incomplete")
 NAMESPACE = uuid.UUID("8f6d8a52-1b7c-4c5e-9a4e-2f1f0b6c9d11")
 
@@ -87,27 +93,35 @@ suppression = sa.Table(
 )
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
 def encryption_key(secret: bytes) -> bytes:
     """The registry's Fernet key, derived (HKDF) from the product secret: one secret to manage."""
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"retention-registry-v1").derive(secret)
     return base64.urlsafe_b64encode(derived)
 
 
-@dataclass
 class Identities:
-    email: str | None = None
-    phone: str | None = None
-    customer_ref: str | None = None
+    """The identities a request carries: kind (``IDENTITY_KINDS``) -> value as given."""
+
+    def __init__(self, values: dict[str, str | None] | None = None, **kinds: str | None):
+        merged = {**(values or {}), **kinds}
+        self.values = {k: v for k, v in merged.items() if v is not None and v != ""}
 
     def given(self) -> dict[str, str]:
-        return {k: v for k, v in self.__dict__.items() if v}
+        return dict(self.values)
 
     def normalised(self) -> dict[str, str]:
-        return {k: normalise_identity(k, v) for k, v in self.given().items()}
+        return {k: n for k, v in self.values.items() if (n := normalise(k, v)) is not None}
+
+    def __getattr__(self, kind: str) -> str | None:  # identities.email, identities.phone ...
+        if kind in IDENTITY_KINDS:
+            return self.__dict__.get("values", {}).get(kind)
+        raise AttributeError(kind)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Identities) and other.values == self.values
+
+    def __repr__(self) -> str:  # never the values
+        return f"Identities({', '.join(sorted(self.values))})"
 
 
 @dataclass
@@ -120,21 +134,28 @@ class NewRequest:
     note: str | None = None
 
 
+MODES = ("erase", "restrict")
+
+
 def validate_request(req: NewRequest) -> None:
     """Refuse a malformed request with a message that names the field, never its value."""
-    import re
-
-    if req.mode not in ("erase", "restrict"):
-        raise RetentionError(f"mode must be 'erase' or 'restrict', got {req.mode!r}")
+    if req.mode not in MODES:
+        raise RetentionError(f"mode must be one of {', '.join(MODES)}, got {str(req.mode)[:20]!r}")
     given = req.identities.given()
     if not given:
-        raise RetentionError("a request needs at least one identity: email, phone or customer_ref")
-    email = given.get("email")
-    if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email.strip()):
-        raise RetentionError("email is not a valid e-mail address")
-    phone = given.get("phone")
-    if phone is not None and len(normalise_identity("phone", phone).lstrip("+")) < 6:
-        raise RetentionError("phone must have at least 6 digits")
+        raise RetentionError(f"a request needs at least one identity: {', '.join(IDENTITY_KINDS)}")
+    for kind, value in given.items():
+        validate_identity(kind, value)
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise IdentityError(f"{name} must be a string")
+        if len(value) > limit:
+            raise IdentityError(f"{name} is longer than {limit} characters")
+        if "\x00" in value:
+            raise IdentityError(f"{name} contains a NUL character")
 
 
 class Registry:
@@ -151,7 +172,7 @@ class Registry:
 
     # ---- identities -------------------------------------------------------------
     def digest(self, kind: str, value: str) -> str:
-        return keyed_digest(self.secret, normalise_identity(kind, value))
+        return keyed_digest(self.secret, normalise(kind, value) or "")
 
     def _enc(self, value: Any) -> str | None:
         return None if value is None else self._fernet.encrypt(json.dumps(value).encode()).decode()
@@ -185,7 +206,8 @@ class Registry:
         self.ensure_schema()
         request_id = request_id or str(uuid.uuid4())
         received = received_at or utcnow()
-        digests = {f"{k}_digest": self.digest(k, v) for k, v in req.identities.given().items()}
+        digests = {f"{k}_digest": self.digest(k, v) for k, v in req.identities.given().items()
+                   if k in DIGEST_COLUMNS}
         row = {
             "request_id": request_id, "mode": req.mode, "dry_run": req.dry_run, "source": req.source,
             "status": "pending", "identity_enc": self._enc(req.identities.normalised()),
@@ -215,7 +237,7 @@ class Registry:
                 "received_at": now, "due_at": now + relativedelta(months=1), "attempts": 0,
                 "dag_id": None, "run_id": None, "policy_digest": None,
                 **{f"{k}_digest": (self.digest(k, v) if v else None)
-                   for k, v in req.identities.__dict__.items()},
+                   for k, v in req.identities.given().items() if k in DIGEST_COLUMNS},
             })
         with self.engine.begin() as conn:
             for i in range(0, len(rows), 500):

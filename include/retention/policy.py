@@ -21,12 +21,19 @@ from dateutil.relativedelta import relativedelta
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from include.retention.errors import PolicyError
+from include.retention.identity import IDENTITY_KINDS
 
 _DURATION = re.compile(
     r"^P(?!$)(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
 )
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Longest storage period a data map may state: a longer one is a typo (P9999Y) that would only fail at run time.
+MAX_PERIOD_YEARS = 100
+_MAX_DAYS = MAX_PERIOD_YEARS * 365.2425
+# A policy file is a few kilobytes; these bound what a wrong or hostile file can make the loader do.
+MAX_POLICY_BYTES = 2_000_000
+MAX_DEPTH = 40
 
 Action = Literal["lock", "anonymize", "delete"]
 # Later stages act first: rows past the delete period go before rows are locked.
@@ -40,18 +47,33 @@ def parse_duration(text: str) -> relativedelta:
     match = _DURATION.match(text.strip())
     if not match:
         hint = " (negative periods are not allowed)" if text.strip().startswith("-") else ""
-        raise ValueError(f"{text!r} is not an ISO 8601 duration such as 'P30D', 'P12M' or 'P10Y'{hint}")
+        raise ValueError(f"{_short(text)!r} is not an ISO 8601 duration such as 'P30D', 'P12M' or 'P10Y'{hint}")
+    too_long = (f"{_short(text)!r} is longer than {MAX_PERIOD_YEARS} years, "
+                "the longest storage period a data map may state")
+    if any(len(v) > 9 for v in match.groupdict().values() if v):
+        raise ValueError(too_long)
     parts = {k: int(v) for k, v in match.groupdict().items() if v}
     weeks = parts.pop("weeks", 0)
-    return relativedelta(days=parts.pop("days", 0) + 7 * weeks, **parts)
+    days = parts.pop("days", 0) + 7 * weeks
+    approx = (parts.get("years", 0) * 365.2425 + parts.get("months", 0) * 365.2425 / 12 + days
+              + parts.get("hours", 0) / 24 + parts.get("minutes", 0) / 1440 + parts.get("seconds", 0) / 86400)
+    if approx > _MAX_DAYS + 1e-6:
+        raise ValueError(too_long)
+    return relativedelta(days=days, **parts)
+
+
+def _short(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _approx_days(delta: relativedelta) -> float:
-    return delta.years * 365.25 + delta.months * 30.44 + delta.days + delta.hours / 24 + delta.minutes / 1440
+    return (delta.years * 365.2425 + delta.months * 365.2425 / 12 + delta.days + delta.hours / 24
+            + delta.minutes / 1440 + delta.seconds / 86400)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: YAML's own types only. 'true' is not a number, "0.5" is not a fraction, "yes" is not a boolean.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False)
 
 
 class Condition(_Model):
@@ -68,6 +90,16 @@ class Condition(_Model):
                  if value is not None]
         if len(given) != 1:
             raise ValueError(f"a condition needs exactly one of 'equals', 'in', 'is_null' (got {given or 'none'})")
+        if isinstance(self.equals, (list, dict)):
+            raise ValueError("'equals' takes one value (text, number, boolean or date); use 'in' for a list")
+        if self.in_ is not None:
+            if not self.in_:
+                raise ValueError("'in' needs at least one value (an empty list matches nothing)")
+            for value in self.in_:
+                if value is None:
+                    raise ValueError("'in' cannot hold null (it never matches); use 'is_null: true'")
+                if isinstance(value, (list, dict)):
+                    raise ValueError("'in' lists single values (text, number, boolean or date), not lists or mappings")
         return self
 
 
@@ -211,6 +243,30 @@ class Reference(_Model):
         return self
 
 
+class IdentityField(_Model):
+    """Where a collection holds one identity kind, and what erasing the person does to it.
+
+    ``erase: row`` (default): the item is the person's and goes (or is anonymized) as a whole.
+    ``erase: mask``: the item belongs to someone else and only mentions the person (an organisation
+    admin's address on a user's account): the field is masked with ``mask`` and the item kept.
+    """
+
+    column: str
+    erase: Literal["row", "mask"] = "row"
+    mask: Mask | None = None
+
+    @model_validator(mode="after")
+    def _mask(self) -> IdentityField:
+        if self.erase == "mask" and self.mask is None:
+            raise ValueError("'erase: mask' needs 'mask': the masking strategy for the field")
+        if self.erase == "row" and self.mask is not None:
+            raise ValueError("'mask' applies only with 'erase: mask'")
+        return self
+
+
+S3_IDENTITY_SOURCES = ("key", "metadata", "tag")
+
+
 class LockMarker(_Model):
     """Columns that mark a row as restricted (GDPR Art. 18): time and reason."""
 
@@ -227,18 +283,27 @@ class Collection(_Model):
     bucket: str | None = None
     prefix: str | None = None
     key_template: str | None = None
-    # identity kind (email, phone, customer_ref) -> the column(s) holding it
-    identities: dict[str, str | list[str]] = Field(default_factory=dict)
+    # identity kind (email, phone, customer_ref, social_handle) -> the field(s) holding it: a column
+    # (SQL), or "key:<template field>" / "metadata:<name>" / "tag:<name>" (S3)
+    identities: dict[str, str | IdentityField | list[str | IdentityField]] = Field(default_factory=dict)
     references: list[Reference] = Field(default_factory=list)
     categories: list[str] = Field(default_factory=list)
     lock: LockMarker | None = None
     anonymized_marker: str | None = None
     legal_hold: list[Condition] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+
+    def identity_fields(self) -> list[tuple[str, IdentityField]]:
+        """(identity kind, field) pairs, one per column / key part / metadata / tag."""
+        out = []
+        for kind, spec in self.identities.items():
+            for item in spec if isinstance(spec, list) else [spec]:
+                out.append((kind, IdentityField(column=item) if isinstance(item, str) else item))
+        return out
+
     def identity_columns(self) -> list[tuple[str, str]]:
         """(identity kind, column) pairs, one per column."""
-        return [(kind, col) for kind, cols in self.identities.items()
-                for col in ([cols] if isinstance(cols, str) else cols)]
+        return [(kind, f.column) for kind, f in self.identity_fields()]
 
     # Keep a keyed digest of these identity kinds when rows are deleted (e.g. unsubscribed
     # newsletter readers), so a re-import or re-subscribe cannot bring them back.
@@ -267,9 +332,18 @@ class Policy(_Model):
     defaults: Defaults = Field(default_factory=Defaults)
     categories: dict[str, str] = Field(default_factory=dict)
     systems: dict[str, System]
+    # Identity kinds a subject request may carry (form fields); default: every kind a collection declares.
+    request_fields: list[str] | None = None
     # Set by load_policy: sha256 of the file's bytes, recorded in every ledger entry.
     digest: str = ""
     source: str = ""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 in Python; a data map says 1
+            raise ValueError("version must be the number 1")
+        return value
 
     # ---- navigation -------------------------------------------------------------
     def collection(self, ref: str) -> Collection:
@@ -312,6 +386,15 @@ class Policy(_Model):
         coll = self.collection(ref)
         return [r for r in coll.references if self.system_of(r.to).kind == "s3"]
 
+    def declared_kinds(self) -> set[str]:
+        """Identity kinds some collection of the data map holds."""
+        return {kind for system in self.systems.values() for coll in system.collections.values()
+                for kind in coll.identities}
+
+    def request_kinds(self) -> list[str]:
+        """Identity kinds a subject request may carry."""
+        return list(self.request_fields) if self.request_fields is not None else sorted(self.declared_kinds())
+
     def max_fraction(self, rule: Rule) -> float:
         return rule.max_fraction if rule.max_fraction is not None else self.defaults.max_fraction
 
@@ -326,20 +409,123 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file; raise ``PolicyError`` naming file, path and problem."""
     path = Path(path)
     try:
+        if path.is_dir():
+            raise PolicyError(f"{path}: is a directory, not a policy file")
+        if path.stat().st_size > MAX_POLICY_BYTES:
+            raise PolicyError(f"{path}: the policy file is larger than {MAX_POLICY_BYTES // 1_000_000} MB")
         raw_bytes = path.read_bytes()
     except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror})") from None
+        raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror or type(exc).__name__})") from None
     return parse_policy(raw_bytes, source=str(path))
 
 
-def parse_policy(raw: bytes | str, source: str = "<policy>") -> Policy:
-    raw_bytes = raw.encode() if isinstance(raw, str) else raw
+class _Refused(Exception):
+    def __init__(self, mark: Any, path: str, problem: str):
+        super().__init__(problem)
+        self.mark, self.path, self.problem = mark, path, problem
+
+
+_SCALAR_NAMES = {
+    "tag:yaml.org,2002:bool": "a boolean", "tag:yaml.org,2002:int": "a number", "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:null": "null", "tag:yaml.org,2002:timestamp": "a date",
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader without the features a data map does not need and a wrong file can abuse:
+    aliases (``*x``, the billion-laughs bomb and silently shared values), merge keys (``<<``) and
+    unbounded nesting. Duplicate keys and non-text keys are refused by ``_check_tree``."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(event.start_mark, "", f"alias '*{event.anchor}' is not supported in a data map; "
+                                                 "write the value out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(self.peek_event().start_mark, "", f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _join(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else str(part)
+
+
+def _check_tree(loader: _Loader, root: yaml.Node) -> None:
+    """Walk the composed document: refuse duplicate keys, non-text keys and unreadable scalars, naming
+    the line and the key path."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise _Refused(key_node.start_mark, path, "a key must be a name, not a list or mapping")
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise _Refused(key_node.start_mark, path, "merge keys ('<<') are not supported in a data map")
+                if key_node.tag != "tag:yaml.org,2002:str":
+                    kind = _SCALAR_NAMES.get(key_node.tag, key_node.tag)
+                    raise _Refused(key_node.start_mark, path,
+                                   f"key {key_node.value[:40]!r} is read as {kind}; keys are names (quote it)")
+                key = key_node.value
+                where = _join(path, key)
+                if key in seen:
+                    raise _Refused(key_node.start_mark, where,
+                                   f"duplicate key {key!r} (first given on line {seen[key]}); "
+                                   "a second value would silently replace the first")
+                seen[key] = key_node.start_mark.line + 1
+                stack.append((value_node, where))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, _join(path, i)) for i, item in enumerate(node.value))
+        elif node.tag != "tag:yaml.org,2002:str":
+            try:
+                loader.construct_object(node, deep=True)
+            except (ValueError, TypeError, OverflowError, yaml.YAMLError) as exc:
+                problem = getattr(exc, "problem", None) or str(exc)
+                raise _Refused(node.start_mark, path, f"value {node.value[:40]!r} cannot be read ({problem})") from None
+
+
+def _read_yaml(raw_bytes: bytes, source: str) -> Any:
+    loader = None
     try:
-        data = yaml.safe_load(raw_bytes)
+        loader = _Loader(raw_bytes)
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_tree(loader, root)
+        return loader.construct_document(root)
+    except _Refused as exc:
+        line = f"line {exc.mark.line + 1}" if exc.mark else ""
+        where = f"{exc.path} ({line})" if exc.path else line
+        raise PolicyError(f"{source}: {where}: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:
+        raise PolicyError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.position})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PolicyError(f"{source}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise PolicyError(f"{source}:{where} not valid YAML: {problem}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: nested too deeply to be a data map") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def parse_policy(raw: bytes | str, source: str = "<policy>") -> Policy:
+    """Validate a policy given as bytes or text; raise ``PolicyError`` naming source, path and problem."""
+    raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if len(raw_bytes) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{source}: the policy file is larger than {MAX_POLICY_BYTES // 1_000_000} MB")
+    data = _read_yaml(raw_bytes, source)
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: the top level must be a mapping with 'systems'")
     try:
@@ -375,6 +561,13 @@ def _message(err: dict[str, Any]) -> str:
         msg = msg[len("Value error, "):]
     if err.get("type") == "extra_forbidden":
         msg = "unknown field (not part of the policy format)"
+    value = err.get("input")
+    if isinstance(value, bool) and err.get("type") in ("string_type", "float_type", "int_type", "literal_error"):
+        msg += " (got a boolean: YAML reads true/false/yes/no/on/off unquoted as booleans; quote the text)"
+    elif isinstance(value, (int, float)) and err.get("type") == "string_type":
+        msg += " (got a number; quote it if it is text)"
+    elif isinstance(value, str) and err.get("type") in ("float_type", "int_type", "bool_type"):
+        msg += " (got quoted text; write the value without quotes)"
     return msg
 
 
@@ -387,6 +580,10 @@ def _cross_check(policy: Policy):
             base = f"systems.{s_name}.collections.{c_name}"
             if not _IDENT.match(c_name):
                 yield base, "collection names must be letters, digits and underscores"
+            for kind in coll.identities:
+                if kind not in IDENTITY_KINDS:
+                    yield f"{base}.identities.{kind}", (
+                        f"unknown identity kind {kind!r}; known: {', '.join(IDENTITY_KINDS)}")
             yield from (_check_sql(policy, base, coll) if system.kind == "sql" else _check_s3(base, coll))
             for i, ref in enumerate(coll.references):
                 where = f"{base}.references[{i}]"
@@ -424,9 +621,41 @@ def _cross_check(policy: Policy):
                         f"{ref.to} can have rows deleted; say what happens to these rows then "
                         "('on_delete: delete' or 'on_delete: nullify')"
                     )
+    yield from _check_identities(policy)
     cycle = _find_cycle(policy)
     if cycle:
         yield "references", f"reference cycle: {' -> '.join(cycle)}"
+
+
+def _check_identities(policy: Policy):
+    """Identity kinds the request fields know, fields that exist, request fields something holds."""
+    from include.retention.identity import IDENTITY_KINDS
+
+    for s_name, system in policy.systems.items():
+        for c_name, coll in system.collections.items():
+            base = f"systems.{s_name}.collections.{c_name}.identities"
+            for kind, fld in coll.identity_fields():
+                if kind not in IDENTITY_KINDS:
+                    yield f"{base}.{kind}", (f"identity kind {kind!r} is not a field a request can carry "
+                                             f"(request fields: {', '.join(IDENTITY_KINDS)})")
+                if system.kind == "s3":
+                    source, _, name = fld.column.partition(":")
+                    if source not in S3_IDENTITY_SOURCES or not name:
+                        yield f"{base}.{kind}", (f"S3 identities are 'key:<template field>', 'metadata:<name>' or "
+                                                 f"'tag:<name>', got {fld.column!r}")
+                    elif source == "key" and name not in _template_fields(coll.key_template or ""):
+                        yield f"{base}.{kind}", f"the key template has no field {{{name}}}"
+                    if fld.erase != "row":
+                        yield f"{base}.{kind}", "S3 objects are erased whole ('erase: mask' is for SQL columns)"
+                elif fld.erase == "mask" and fld.column == coll.primary_key:
+                    yield f"{base}.{kind}", "the primary key cannot be masked"
+    declared = policy.declared_kinds()
+    for i, kind in enumerate(policy.request_fields or []):
+        if kind not in IDENTITY_KINDS:
+            yield f"request_fields[{i}]", f"unknown request field {kind!r} (known: {', '.join(IDENTITY_KINDS)})"
+        elif kind not in declared:
+            yield f"request_fields[{i}]", (f"request field {kind!r} matches no collection's identities: a request "
+                                           "could never find anything by it")
 
 
 def _check_sql(policy: Policy, base: str, coll: Collection):

@@ -16,14 +16,14 @@ class SchemaMismatch(RetentionError):
 
 
 class SafetyBrakeTripped(RetentionError):
-    """A rule would touch a larger fraction of its collection than its ``max_fraction`` allows."""
+    """A rule would touch ``max_fraction`` of its collection or more (``max_fraction: 1`` disables the brake)."""
 
     def __init__(self, rule_id: str, affected: int, total: int, max_fraction: float):
         self.rule_id, self.affected, self.total, self.max_fraction = rule_id, affected, total, max_fraction
         share = affected / total if total else 1.0
         super().__init__(
             f"safety brake: rule {rule_id} would touch {affected} of {total} rows "
-            f"({share:.1%}), more than its max_fraction {max_fraction:.1%}; nothing was changed"
+            f"({share:.1%}), at or above its max_fraction {max_fraction:.1%}; nothing was changed"
         )
 
 

@@ -48,7 +48,9 @@ def run_rule(
         "would": {PAST_TENSE[a]: n for a, n in plan.eligible.items()},
     }
     limit = policy.max_fraction(rule)
-    if plan.affected and plan.affected > limit * plan.total and not brake_approved:
+    # At or above max_fraction, in integers (0.1 * 30 is 3.0000000000000004 in floats); 1 means no brake.
+    if plan.affected and limit < 1 and plan.affected * 10**6 >= round(limit * 10**6) * plan.total \
+            and not brake_approved:
         ledger.append(action="sweep", outcome="brake_tripped", count=plan.affected,
                       details={"total": plan.total, "max_fraction": limit, "would": counts["would"]}, **common)
         raise SafetyBrakeTripped(rule_id, plan.affected, plan.total, limit)

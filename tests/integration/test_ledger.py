@@ -49,7 +49,7 @@ def test_edited_entry_with_recomputed_hash_breaks_the_next_link(ledger):
     row = next(r for r in ledger.rows() if r["seq"] == 2)
     row["count"] = 0
     with ledger.engine.begin() as conn:
-        conn.execute(entries.update().where(entries.c.seq == 2).values(count=0, entry_hash=entry_hash(row)))
+        conn.execute(entries.update().where(entries.c.seq == 2).values(count=0, entry_hash=entry_hash(row, KEY)))
     result = ledger.verify()
     assert not result.ok and result.first_broken_seq == 3 and "link" in result.problem
 
@@ -72,7 +72,8 @@ def test_removed_tail_is_found(ledger):
 
 def test_verify_cli_exit_codes(ledger, db_url):
     env = {**os.environ, "AIRFLOW_CONN_RETENTION_LEDGER": db_url.replace("+psycopg2", "").replace("+pymysql", "")
-           .replace("postgresql", "postgres").replace("?charset=utf8mb4", ""), "PYTHONPATH": str(ROOT)}
+           .replace("postgresql", "postgres").replace("?charset=utf8mb4", ""), "PYTHONPATH": str(ROOT),
+           "RETENTION_HMAC_KEY": KEY.decode()}
     if db_url.startswith("sqlite"):
         env["AIRFLOW_CONN_RETENTION_LEDGER"] = json.dumps({"conn_type": "sqlite", "host": db_url[len("sqlite:///"):]})
     ok = subprocess.run([sys.executable, "-m", "include.retention.cli", "verify"], env=env, capture_output=True,

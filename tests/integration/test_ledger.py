@@ -84,3 +84,104 @@ def test_verify_cli_exit_codes(ledger, db_url):
     bad = subprocess.run([sys.executable, "-m", "include.retention.cli", "verify"], env=env, capture_output=True,
                          text=True)
     assert bad.returncode == 1 and "BROKEN at entry 4" in bad.stdout
+
+
+# ---- intent first, outcome after ----------------------------------------------------------------
+
+
+def test_intent_then_outcome_with_the_real_count(ledger):
+    run = RunRef("retention_sweep", "r2")
+    intent = ledger.intend(run=run, action="delete", count=500, rule_id="crm.x.y", system="crm",
+                           pk_digest=ledger.pk_digest(range(500)))
+    result = ledger.verify(record=False)
+    assert result.ok and result.unreconciled == [intent] and "1 unreconciled intent(s): seq 6" in str(result)
+    assert [r["seq"] for r in ledger.open_intents()] == [intent]
+    done = ledger.settle(intent, count=480, details={"batch": 1})
+    assert ledger.settle(intent, count=480) == done  # a retried settle writes nothing twice
+    outcome = next(r for r in ledger.rows() if r["seq"] == done)
+    assert (outcome["ref_seq"], outcome["count"], outcome["outcome"], outcome["action"]) == (intent, 480, "done",
+                                                                                              "delete")
+    assert (outcome["rule_id"], outcome["run_id"], outcome["system"]) == ("crm.x.y", "r2", "crm")
+    assert json.loads(outcome["details"]) == {"batch": 1, "planned": 500}
+    result = ledger.verify(record=False)
+    assert result.ok and result.unreconciled == [] and "unreconciled" not in str(result)
+    assert ledger.open_intents() == []
+
+
+def test_settle_refuses_a_second_different_outcome_and_non_intents(ledger):
+    from include.retention.errors import RetentionError
+
+    intent = ledger.intend(action="delete", count=3)
+    ledger.settle(intent, count=3)
+    with pytest.raises(RetentionError, match="already settled"):
+        ledger.settle(intent, count=2)
+    with pytest.raises(RetentionError, match="already settled"):
+        ledger.reconcile(intent, 3, "late")
+    with pytest.raises(RetentionError, match="not an intent"):
+        ledger.settle(1, count=1)
+    with pytest.raises(RetentionError, match="not an intent"):
+        ledger.settle(999, count=1)
+    assert ledger.verify(record=False).ok
+
+
+def test_crash_between_change_and_outcome_is_reported_then_reconciled(ledger):
+    """The store committed, the process died before ``settle``: the next run finds and reconciles it."""
+    lost = ledger.intend(run=RunRef("retention_sweep", "r3"), action="delete", count=200, rule_id="crm.x.y")
+    later = ledger.intend(run=RunRef("retention_sweep", "r3"), action="lock", count=4, rule_id="crm.x.z")
+    ledger.settle(later, count=4)
+    result = ledger.verify(record=False)
+    assert result.ok and result.unreconciled == [lost] and result.unreconciled_count == 1
+    assert [r["rule_id"] for r in ledger.open_intents(rule_id="crm.x.y")] == ["crm.x.y"]
+    seq = ledger.reconcile(lost, 200, "rows absent on re-count by the next run")
+    row = next(r for r in ledger.rows() if r["seq"] == seq)
+    assert row["outcome"] == "reconciled" and row["ref_seq"] == lost and row["count"] == 200
+    assert ledger.verify(record=False).unreconciled == []
+
+
+def test_outcome_pointing_elsewhere_breaks_verification(ledger):
+    """An outcome must settle an earlier open intent (forged only with the key: the software refuses it)."""
+    from include.retention.ledger import head
+
+    with ledger.engine.begin() as conn:
+        current = conn.execute(sa.select(head.c.seq, head.c.entry_hash)).one()
+    row = {k: None for k in ("rule_id", "request_id", "policy_digest", "system", "collection", "subject_digest",
+                             "pk_digest", "details")}
+    from include.retention.ledger import entry_hash
+
+    row.update(seq=current.seq + 1, recorded_at="2026-01-01T00:00:00.000000Z", dag_id="x", run_id="x",
+               action="delete", outcome="done", count=1, ref_seq=2, prev_hash=current.entry_hash)
+    row["entry_hash"] = entry_hash(row, KEY)
+    with ledger.engine.begin() as conn:
+        conn.execute(entries.insert().values(**row))
+        conn.execute(head.update().values(seq=row["seq"], entry_hash=row["entry_hash"]))
+    result = ledger.verify(record=False)
+    assert not result.ok and result.first_broken_seq == 6 and "not an open intent" in result.problem
+
+
+def test_old_ledger_table_gets_ref_seq(db_url):
+    """A ledger created before intents existed gains the column on first use."""
+    engine = make_engine(db_url)
+    old = sa.MetaData()
+    sa.Table("ledger_entries", old, *[sa.Column(c.name, c.type, primary_key=c.primary_key)
+                                       for c in entries.columns if c.name != "ref_seq"])
+    old.create_all(engine)
+    led = Ledger(engine, KEY)
+    intent = led.intend(action="delete", count=1)
+    led.settle(intent, count=1)
+    assert led.verify(record=False).ok
+    engine.dispose()
+
+
+def test_dashboard_queries_are_ledger_methods(ledger):
+    import datetime as dt
+
+    ledger.append(run=RunRef("retention_sweep", "s1"), action="sweep", outcome="complete", rule_id="crm.x.y",
+                  count=3, details={"deleted": 3})
+    assert [(s["rule_id"], s["count"]) for s in ledger.last_sweeps()] == [("crm.x.y", 3)]
+    intent = ledger.intend(action="delete", count=9, rule_id="crm.x.y")
+    ledger.settle(intent, count=7)
+    today = dt.datetime.now(dt.UTC).date()
+    per_day = ledger.actions_per_day(today - dt.timedelta(days=1))
+    assert per_day[(today.isoformat(), "delete")] == 0 + 1 + 2 + 3 + 4 + 7  # intents are plans, not changes
+    ledger.verify()
+    assert ledger.verification_history()[0]["ok"] is True

@@ -1,16 +1,20 @@
 """Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit}``.
 
-Connections come from the same ``AIRFLOW_CONN_*`` variables Airflow uses.
+Connections come from the same ``AIRFLOW_CONN_*`` variables Airflow uses. Every refusal is one
+line on stderr naming the file (and the CSV row), with exit status 2; no traceback, no personal data.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
+import os
 import sys
+from pathlib import Path
 
 from include.retention.errors import RetentionError
-from include.retention.policy import load_policy
+from include.retention.policy import Policy, load_policy
 from include.retention.runtime import LEDGER_CONN_ID, env_resolver, hmac_key, policy_path, sqlalchemy_url
 
 
@@ -52,10 +56,24 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _runtime():
+def _runtime(policy: Policy | None = None):
     from include.retention.runtime import Runtime
 
-    return Runtime(load_policy(policy_path()), env_resolver)
+    return Runtime(policy or load_policy(policy_path()), env_resolver)
+
+
+def _replayable(policy: Policy, system: str) -> None:
+    """Refuse a system that replay cannot act on, before anything is opened."""
+    if system not in policy.systems:
+        raise RetentionError(f"{policy.source}: systems: unknown system {system!r}; known: "
+                             f"{', '.join(policy.systems)}")
+    spec = policy.systems[system]
+    if spec.kind != "sql":
+        raise RetentionError(f"{policy.source}: systems.{system}: nothing to replay: replay re-applies erasures "
+                             f"to restored SQL databases and {system!r} is of kind {spec.kind!r}")
+    if not any(coll.identities for coll in spec.collections.values()):
+        raise RetentionError(f"{policy.source}: systems.{system}: nothing to replay: no collection of {system!r} "
+                             "declares identities")
 
 
 def cmd_replay(args) -> int:
@@ -64,7 +82,9 @@ def cmd_replay(args) -> int:
     from include.retention.ledger import RunRef
     from include.retention.suppression import enforce_system
 
-    runtime = _runtime()
+    policy = load_policy(policy_path())
+    _replayable(policy, args.system)
+    runtime = _runtime(policy)
     try:
         scanner = SubjectScanner(runtime.policy, runtime.store(args.system))
         counts = enforce_system(scanner, runtime.registry(), replay=True, dry_run=args.dry_run)
@@ -78,17 +98,94 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def cmd_submit(args) -> int:
-    """Queue erasure requests for erasure_intake: a CSV with columns email, phone, customer_ref, mode."""
-    from include.retention.registry import Identities, NewRequest
+SUBMIT_EXTRA_COLUMNS = ("mode", "request_ref", "note")
 
+
+def _submit_columns() -> tuple[str, ...]:
+    from include.retention.identity import IDENTITY_KINDS
+
+    return (*IDENTITY_KINDS, *SUBMIT_EXTRA_COLUMNS)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 text (an Excel byte-order mark is dropped), or a refusal naming the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise RetentionError(f"{path}: line {line}: not UTF-8 text (save the CSV as 'CSV UTF-8')") from None
+
+
+def read_requests(path: str | Path) -> list:
+    """Parse and validate a submit CSV; every row is checked before anything is written.
+
+    Columns: the identity kinds (``IDENTITY_KINDS``), ``mode`` (erase | restrict, default erase),
+    ``request_ref`` and ``note``. Row numbers count the header as row 1, as a spreadsheet shows them.
+    """
+    from include.retention.identity import IDENTITY_KINDS
+    from include.retention.registry import Identities, NewRequest, validate_request
+
+    path = Path(path)
+    text = _decode(path, _read_bytes(path))
+    if not text.strip():
+        raise RetentionError(f"{path}: empty file: expected a header row with {', '.join(_submit_columns())}")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reqs: list = []
+    problems: list[str] = []
+    try:
+        header = [name.strip() for name in next(reader)]
+        known = _submit_columns()
+        unknown = [name for name in header if name not in known]
+        if unknown:
+            shown = ", ".join(repr(name[:40]) for name in unknown[:5])
+            raise RetentionError(f"{path}: row 1: unknown column(s) {shown}; known: {', '.join(known)}")
+        doubled = sorted({name for name in header if header.count(name) > 1})
+        if doubled:
+            raise RetentionError(f"{path}: row 1: column(s) {', '.join(doubled)} given twice")
+        if not any(name in IDENTITY_KINDS for name in header):
+            raise RetentionError(f"{path}: row 1: no identity column; give one of {', '.join(IDENTITY_KINDS)}")
+        row_no = 1
+        for fields in reader:
+            row_no += 1
+            if not any(field.strip() for field in fields):
+                continue  # a blank line between rows
+            if len(fields) > len(header):
+                problems.append(f"row {row_no}: {len(fields)} fields but the header has {len(header)} columns")
+                continue
+            row = {name: (value if value.strip() else None) for name, value in zip(header, fields, strict=False)}
+            mode = (row.get("mode") or "erase").strip()
+            req = NewRequest(Identities({k: row.get(k) for k in IDENTITY_KINDS}), mode=mode, source="intake",
+                             external_ref=row.get("request_ref"), note=row.get("note"))
+            try:
+                validate_request(req)
+            except RetentionError as exc:
+                problems.append(f"row {row_no}: {exc}")
+                continue
+            reqs.append(req)
+    except csv.Error as exc:
+        raise RetentionError(f"{path}: row {reader.line_num}: not a readable CSV row ({exc})") from None
+    if problems:
+        more = f" (and {len(problems) - 1} more rows with problems)" if len(problems) > 1 else ""
+        raise RetentionError(f"{path}: {problems[0]}{more}; nothing was queued")
+    if not reqs:
+        raise RetentionError(f"{path}: no requests: the file has a header but no rows")
+    return reqs
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise RetentionError(f"{path}: is a directory, not a file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RetentionError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+def cmd_submit(args) -> int:
+    """Queue erasure requests for erasure_intake from a CSV (see ``read_requests``): all rows or none."""
+    reqs = read_requests(args.csv)
     runtime = _runtime()
     try:
-        with open(args.csv, newline="") as handle:
-            reqs = [NewRequest(Identities(email=r.get("email") or None, phone=r.get("phone") or None,
-                                          customer_ref=r.get("customer_ref") or None),
-                               mode=r.get("mode") or "erase", source="intake")
-                    for r in csv.DictReader(handle)]
         ids = runtime.registry().register_many(reqs)
     finally:
         runtime.close()
@@ -96,8 +193,19 @@ def cmd_submit(args) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one line on stderr and status 2 (``main`` prints it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="retention", description=__doc__)
+    parser = _Parser(prog="retention", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="validate a policy file")
     p.add_argument("policy", nargs="?")
@@ -113,12 +221,23 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("submit", help="queue erasure requests from a CSV for erasure_intake")
     p.add_argument("csv")
     p.set_defaults(func=cmd_submit)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.func(args)
-    except RetentionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (_UsageError, RetentionError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:  # e.g. export --out into a missing directory
+        name = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{name}{exc.strerror or type(exc).__name__}")
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback: driver messages can hold personal data
+        if os.environ.get("RETENTION_DEBUG"):
+            raise
+        return _fail(f"unexpected {type(exc).__name__} (set RETENTION_DEBUG=1 for the traceback)", status=1)
+
+
+def _fail(message: str, status: int = 2) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.retention import dashboard
 from include.retention.errors import RetentionError
-from include.retention.runtime import LEDGER_CONN_ID, env_resolver, sqlalchemy_url
+from include.retention.runtime import LEDGER_CONN_ID, env_resolver, hmac_key, sqlalchemy_url
 from include.retention.stores.sql import make_engine
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,19 @@ def ledger_engine() -> sa.Engine:
         return _engine_for(sqlalchemy_url(env_resolver(LEDGER_CONN_ID)))
     except RetentionError as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
+
+
+def ledger_key() -> bytes | None:
+    """The key the chain is verified with; None (status "cannot verify", not an error page) when unset."""
+    try:
+        return hmac_key(env_resolver)
+    except RetentionError:
+        return None
+
+
+def _with_ledger(call: Callable[..., dict[str, Any]]) -> Callable[[sa.Engine], dict[str, Any]]:
+    """A dashboard call given the key and the anchors, so the ledger status is verified afresh."""
+    return functools.partial(call, key=ledger_key(), anchors=dashboard.anchors_location())
 
 
 def _same_origin(request: Request) -> None:
@@ -87,7 +100,7 @@ def _read(call: Callable[[sa.Engine], dict[str, Any]], engine: sa.Engine) -> dic
 @app.get("/", response_class=HTMLResponse)
 def page(request: Request, user: BaseUser = Depends(get_user), engine: sa.Engine = Depends(ledger_engine)):
     """The data-retention page."""
-    data = _read(dashboard.summary, engine)
+    data = _read(_with_ledger(dashboard.summary), engine)
     ui = request.scope.get("root_path", "").removesuffix(URL_PREFIX)  # the UI's base path ("" at /)
     return HTMLResponse(_TEMPLATE.render(
         data=data, chart=dashboard.chart_bars(data["chart"]), colors=COLORS, user=user.get_name(),
@@ -97,20 +110,20 @@ def page(request: Request, user: BaseUser = Depends(get_user), engine: sa.Engine
 @app.get("/api/summary")
 def api_summary(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
     """The page's data as JSON."""
-    return JSONResponse(_read(dashboard.summary, engine))
+    return JSONResponse(_read(_with_ledger(dashboard.summary), engine))
 
 
 @app.post("/verify", dependencies=[Depends(_same_origin)])
 def verify(engine: sa.Engine = Depends(ledger_engine)) -> RedirectResponse:
-    """The page's "verify now" button: walk the hash chain, record the result, show the page again."""
-    _read(dashboard.verify_now, engine)
+    """The page's "verify now" button: walk the chain, add the result to the history, show the page again."""
+    _read(_with_ledger(dashboard.verify_now), engine)
     return RedirectResponse("./#verification", status_code=303)
 
 
 @app.post("/api/verify", dependencies=[Depends(_same_origin)])
 def api_verify(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
-    """Verify the ledger now; returns the recorded verification."""
-    return JSONResponse(_read(dashboard.verify_now, engine))
+    """Verify the ledger now (recorded in the history); returns the result."""
+    return JSONResponse(_read(_with_ledger(dashboard.verify_now), engine))
 
 
 class RetentionPagePlugin(AirflowPlugin):
@@ -207,11 +220,19 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
 
 <h2 id="verification">Ledger verification</h2>
 {% set v = data.verification %}
-{% if v %}
-<p id="verification-status" class="{{ 'ok' if v.ok else 'bad' }}">
- {% if v.ok %}Chain intact{% else %}Chain BROKEN: {{ v.problem }}{% endif %}: {{ v.entries }} entries checked,
- last verified at {{ v.verified_at[:19] | replace('T', ' ') }} UTC.</p>
-{% else %}<p id="verification-status" class="muted">Never verified.</p>{% endif %}
+<p id="verification-status" class="{{ 'muted' if v.ok is none else ('ok' if v.ok else 'bad') }}">
+ {% if v.ok is none %}Not verified: {{ v.problem }}.
+ {% elif v.ok %}Chain intact: {{ v.entries }} entries checked{% if v.anchors_checked %},
+ {{ v.anchors_checked }} anchor(s) match{% endif %}, verified at {{ v.verified_at[:19] | replace('T', ' ') }} UTC
+ (on this page load).
+ {% elif v.first_broken_seq is not none %}Chain BROKEN at entry {{ v.first_broken_seq }}: {{ v.problem }}
+ ({{ v.entries }} entries checked, verified at {{ v.verified_at[:19] | replace('T', ' ') }} UTC).
+ {% else %}Chain not verified: {{ v.problem }}.{% endif %}</p>
+{% if v.unreconciled_count %}<p id="unreconciled" class="bad">{{ v.unreconciled_count }} intent(s) without
+ outcome (a change that may have happened; the next run reconciles it): entries
+ {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.</p>{% endif %}
+{% if not v.anchors %}<p class="muted">No anchor location configured (RETENTION_LEDGER_ANCHORS): a truncated
+ ledger with a moved head cannot be told apart from a shorter one.</p>{% endif %}
 <form method="post" action="verify"><button type="submit">Verify now</button></form>
 
 <script>

@@ -2,7 +2,10 @@
 
 Pure functions over a SQLAlchemy engine that return JSON-ready dicts (the Airflow plugin in
 ``plugins/retention_page.py`` renders them). Only request ids, statuses, dates and counts are
-read: no identity column and no ``*_enc`` column is ever selected.
+shown: no identity column and no ``*_enc`` column is ever selected. Ledger data comes through
+``Ledger`` methods only; the ledger status is a fresh ``Ledger.verify`` on every call (the chain
+is walked in chunks, digests are hashed but never returned), never the writable
+``ledger_verifications`` history (see docs/adr/0006-keyed-anchored-ledger.md).
 """
 
 from __future__ import annotations
@@ -10,19 +13,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from typing import Any
 
 import sqlalchemy as sa
 
 from include.retention import registry as reg
-from include.retention.ledger import Ledger
-from include.retention.ledger import entries as ledger_entries
-from include.retention.ledger import verifications as ledger_verifications
+from include.retention.errors import RetentionError
+from include.retention.ledger import CHART_ACTIONS, Ledger
 
 log = logging.getLogger(__name__)
 
-CHART_ACTIONS = ("lock", "anonymize", "delete", "erase", "restrict")
-CHART_OUTCOMES = ("done", "verified")
+ANCHORS_ENV = "RETENTION_LEDGER_ANCHORS"  # a directory or s3://bucket/prefix holding the ledger's anchors
 SWEEP_COUNTS = ("locked", "anonymized", "deleted", "held", "kept")
 CHART_DAYS = 90
 
@@ -71,16 +73,8 @@ def open_requests(engine: sa.Engine, now: dt.datetime | None = None) -> list[dic
 
 def last_sweeps(engine: sa.Engine) -> list[dict[str, Any]]:
     """The latest ``sweep`` ledger entry of each rule with its counts (would-be counts if not applied)."""
-    e = ledger_entries
-    latest = (sa.select(e.c.rule_id, sa.func.max(e.c.seq).label("seq"))
-              .where(e.c.action == "sweep", e.c.rule_id.is_not(None)).group_by(e.c.rule_id).subquery())
-    query = (sa.select(e.c.seq, e.c.rule_id, e.c.system, e.c.collection, e.c.outcome, e.c.count, e.c.recorded_at,
-                       e.c.dag_id, e.c.run_id, e.c.details)
-             .join(latest, e.c.seq == latest.c.seq).order_by(e.c.rule_id))
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(query)]
     out = []
-    for r in rows:
+    for r in Ledger(engine, b"").last_sweeps():
         details = _details(r["details"])
         would = details.get("would") if isinstance(details.get("would"), dict) else {}
         counts = {k: _int(details.get(k, would.get(k))) for k in SWEEP_COUNTS}
@@ -97,46 +91,51 @@ def actions_per_day(engine: sa.Engine, now: dt.datetime | None = None, days: int
     """Rows / subjects acted on per day and action over the last ``days`` days (today included)."""
     now = now or _utcnow()
     first = now.date() - dt.timedelta(days=days - 1)
-    e = ledger_entries
-    # recorded_at is an ISO 8601 string: its first 10 characters are the (UTC) day
-    day = sa.func.substr(e.c.recorded_at, sa.literal_column("1"), sa.literal_column("10"))
-    query = (sa.select(day.label("day"), e.c.action, sa.func.sum(e.c.count).label("n"))
-             .where(e.c.action.in_(CHART_ACTIONS), e.c.outcome.in_(CHART_OUTCOMES),
-                    e.c.recorded_at >= f"{first.isoformat()}T00:00:00")
-             .group_by(day, e.c.action))
     per_day = {(first + dt.timedelta(days=i)).isoformat(): dict.fromkeys(CHART_ACTIONS, 0) for i in range(days)}
-    with engine.connect() as conn:
-        for r in conn.execute(query):
-            if r.day in per_day:
-                per_day[r.day][r.action] += int(r.n or 0)
+    for (day, action), n in Ledger(engine, b"").actions_per_day(first, CHART_ACTIONS).items():
+        if day in per_day:
+            per_day[day][action] += n
     series = [{"day": d, "counts": c, "total": sum(c.values())} for d, c in per_day.items()]
     totals = {a: sum(p["counts"][a] for p in series) for a in CHART_ACTIONS}
     return {"days": days, "from": first.isoformat(), "to": now.date().isoformat(), "actions": list(CHART_ACTIONS),
             "series": series, "totals": totals, "max": max((p["total"] for p in series), default=0)}
 
 
-def latest_verification(engine: sa.Engine) -> dict[str, Any] | None:
-    """The most recent recorded ledger verification, or None if the ledger was never verified."""
-    v = ledger_verifications
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(v.c.verified_at, v.c.ok, v.c.entries, v.c.problem)
-                           .order_by(v.c.id.desc()).limit(1)).first()
-    return None if row is None else {"verified_at": row.verified_at, "ok": bool(row.ok), "entries": row.entries,
-                                     "problem": row.problem}
+def anchors_location() -> str | None:
+    """Where the ledger's anchors are (``RETENTION_LEDGER_ANCHORS``), if configured."""
+    return os.environ.get(ANCHORS_ENV) or None
 
 
-def verify_now(engine: sa.Engine) -> dict[str, Any]:
-    """Walk the ledger's hash chain now and record the result; returns it as the latest verification."""
+def verification(engine: sa.Engine, key: bytes | None, anchors: str | None = None,
+                 record: bool = False) -> dict[str, Any]:
+    """A fresh walk of the chain (and its anchors): the only source of the page's ledger status.
+
+    Without the key the chain cannot be checked: the status says so (``ok`` None), never "intact".
+    """
+    if not key:
+        return {"ok": None, "entries": 0, "first_broken_seq": None, "unreconciled": [], "unreconciled_count": 0,
+                "anchors_checked": 0, "head_seq": None, "verified_at": None, "anchors": anchors,
+                "problem": "cannot verify: no HMAC key (RETENTION_HMAC_KEY or connection 'retention_keys')"}
+    try:
+        result = Ledger(engine, key).verify(record=record, anchors=anchors).as_dict()
+    except RetentionError as exc:  # an unreadable anchor or anchor location
+        log.warning("ledger verification failed: %s", exc)
+        return {"ok": False, "entries": 0, "first_broken_seq": None, "unreconciled": [], "unreconciled_count": 0,
+                "anchors_checked": 0, "head_seq": None, "verified_at": None, "anchors": anchors, "problem": str(exc)}
+    return {**result, "anchors": anchors}
+
+
+def verify_now(engine: sa.Engine, key: bytes | None = None, anchors: str | None = None) -> dict[str, Any]:
+    """Walk the ledger's hash chain now and record it in the history; returns the result."""
     ensure_schema(engine)
-    result = Ledger(engine, b"").verify(record=True)
-    log.info("ledger verified from the data-retention page: %s", result)
-    latest = latest_verification(engine) or {}
-    return {**latest, "ok": result.ok, "entries": result.entries, "first_broken_seq": result.first_broken_seq,
-            "problem": result.problem}
+    result = verification(engine, key, anchors, record=bool(key))
+    log.info("ledger verified from the data-retention page: ok=%s, %s entries", result["ok"], result["entries"])
+    return result
 
 
-def summary(engine: sa.Engine, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Everything the page shows, as one JSON-ready dict."""
+def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | None = None,
+            anchors: str | None = None) -> dict[str, Any]:
+    """Everything the page shows, as one JSON-ready dict (the ledger status verified afresh)."""
     now = now or _utcnow()
     ensure_schema(engine)
     requests = open_requests(engine, now)
@@ -147,7 +146,7 @@ def summary(engine: sa.Engine, now: dt.datetime | None = None) -> dict[str, Any]
                      "items": requests},
         "sweeps": last_sweeps(engine),
         "chart": actions_per_day(engine, now),
-        "verification": latest_verification(engine),
+        "verification": verification(engine, key, anchors),
     }
 
 

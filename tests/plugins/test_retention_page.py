@@ -67,6 +67,8 @@ def ledger_db(fresh_database, monkeypatch, plugin):
     name = f"rt_page_{uuid.uuid4().hex[:10]}"
     url = fresh_database("postgresql", name)
     monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", _conn_json(url))
+    monkeypatch.setenv("RETENTION_HMAC_KEY", KEY.decode())  # the key the seeded chain is keyed with
+    monkeypatch.delenv("RETENTION_LEDGER_ANCHORS", raising=False)
     yield url
     plugin._engine_for.cache_clear()
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
@@ -220,24 +222,67 @@ def test_page_draws_actions_chart(page, seeded):
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing from elsewhere
 
 
-def test_verify_now_records_and_shows_the_time(page, seeded):
-    assert "Never verified." in page.get("/").text
-    resp = page.post("/verify", follow_redirects=False)
+def _status(text: str) -> str:
+    return " ".join(re.search(r'<p id="verification-status"[^>]*>(.*?)</p>', text, re.S).group(1).split())
+
+
+def test_status_is_a_fresh_verify_not_the_history_table(page, seeded):
+    status = _status(page.get("/").text)
+    assert status.startswith("Chain intact: 9 entries checked, verified at ") and "(on this page load)" in status
+    with seeded["engine"].connect() as conn:  # showing the page records nothing
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 0
+
+    resp = page.post("/verify", follow_redirects=False)  # "Verify now": adds to the history
     assert resp.status_code == 303 and resp.headers["location"] == "./#verification"
-    text = page.get("/").text
     with seeded["engine"].connect() as conn:
         row = conn.execute(sa.text("SELECT verified_at, ok, entries FROM ledger_verifications")).one()
     assert row.ok and row.entries == 9
-    status = re.search(r'<p id="verification-status"[^>]*>(.*?)</p>', text, re.S).group(1)
-    assert "Chain intact" in status and "9 entries" in status
-    assert f"last verified at {row.verified_at[:19].replace('T', ' ')} UTC" in " ".join(status.split())
 
-    with seeded["engine"].begin() as conn:  # someone edits an entry behind the ledger's back
+    with seeded["engine"].begin() as conn:  # someone edits an entry behind the ledger's back ...
         conn.execute(entries.update().where(entries.c.action == "delete").values(count=1))
+        # ... and rewrites the history so that it says "intact"
+        conn.execute(sa.text("UPDATE ledger_verifications SET ok = TRUE, problem = NULL"))
+    status = _status(page.get("/").text)
+    assert status.startswith("Chain BROKEN at entry 3: content does not match its keyed hash"), status
+    assert page.get("/api/summary").json()["verification"]["first_broken_seq"] == 3
     result = page.post("/api/verify").json()
     assert result["ok"] is False and result["first_broken_seq"] == 3
-    assert "Chain BROKEN" in page.get("/").text
     assert page.post("/verify", headers={"Origin": "http://elsewhere.example"}).status_code == 403
+
+
+def test_status_shows_intents_without_outcome(page, seeded):
+    ledger = Ledger(seeded["engine"], KEY)
+    intent = ledger.intend(run=RunRef("retention_sweep", "r"), action="delete", count=4, rule_id=RULE)
+    text = page.get("/").text
+    assert _status(text).startswith("Chain intact: 10 entries")
+    assert re.search(r'<p id="unreconciled" class="bad">1 intent\(s\) without\s+outcome', text)
+    assert re.search(rf"entries\s+{intent}\.", text)
+    ledger.settle(intent, count=4)
+    assert 'id="unreconciled"' not in page.get("/").text
+
+
+def test_status_without_key_is_not_intact(page, seeded, monkeypatch):
+    monkeypatch.delenv("RETENTION_HMAC_KEY")
+    monkeypatch.delenv("AIRFLOW_CONN_RETENTION_KEYS", raising=False)
+    status = _status(page.get("/").text)
+    assert status.startswith("Not verified: cannot verify: no HMAC key") and "intact" not in status
+    assert page.get("/api/summary").json()["verification"]["ok"] is None
+
+
+def test_status_checks_anchors(page, seeded, monkeypatch, tmp_path):
+    ledger = Ledger(seeded["engine"], KEY)
+    ledger.anchor(tmp_path)
+    monkeypatch.setenv("RETENTION_LEDGER_ANCHORS", str(tmp_path))
+    assert "1 anchor(s) match" in _status(page.get("/").text)
+    with seeded["engine"].begin() as conn:  # truncate and move the head back
+        last = conn.execute(sa.text("SELECT entry_hash FROM ledger_entries WHERE seq = 7")).scalar_one()
+        conn.execute(sa.text("DELETE FROM ledger_entries WHERE seq > 7"))
+        conn.execute(sa.text("UPDATE ledger_head SET seq = 7, entry_hash = :h"), {"h": last})
+    monkeypatch.delenv("RETENTION_LEDGER_ANCHORS")
+    text = page.get("/").text
+    assert _status(text).startswith("Chain intact: 7 entries") and "No anchor location configured" in text
+    monkeypatch.setenv("RETENTION_LEDGER_ANCHORS", str(tmp_path))
+    assert _status(page.get("/").text).startswith("Chain BROKEN at entry 8: entries after 7 were removed")
 
 
 def test_summary_json_is_the_page_data(page, seeded):
@@ -254,7 +299,8 @@ def test_summary_json_is_the_page_data(page, seeded):
     assert sweeps[BRAKE_RULE]["outcome"] == "brake_tripped" and sweeps[BRAKE_RULE]["counts"]["deleted"] == 80
     assert len(data["chart"]["series"]) == 90
     assert data["chart"]["totals"] == {"lock": 3, "anonymize": 0, "delete": 7, "erase": 2, "restrict": 0}
-    assert data["verification"] is None
+    assert data["verification"]["ok"] is True and data["verification"]["entries"] == 9
+    assert data["verification"]["unreconciled"] == [] and data["verification"]["verified_at"]
     text = json.dumps(data)
     assert "_enc" not in text and "digest" not in text
     _no_personal_data(text, seeded)
@@ -272,7 +318,10 @@ def test_reads_no_identity_columns(page, seeded, plugin):
         sa.event.remove(engine, "before_cursor_execute", listener)
     assert any("subject_requests" in s for s in statements)
     for statement in statements:
-        assert "_enc" not in statement and "_digest" not in statement and "*" not in statement.split("FROM")[0]
+        assert "_enc" not in statement and "*" not in statement.split("FROM")[0]
+        if "_digest" in statement:  # only the chain walk of the fresh verification reads digests (to hash them)
+            assert re.search(r"FROM ledger_entries (WHERE ledger_entries.seq > \S+ )?ORDER BY ledger_entries.seq",
+                             " ".join(statement.split())), statement
 
 
 def test_chart_window_is_ninety_days(seeded):
@@ -289,7 +338,8 @@ def test_empty_database_shows_an_empty_page(ledger_db, plugin):
     try:
         client = TestClient(plugin.app)
         text = client.get("/").text
-        assert "No open requests." in text and "No sweep recorded yet." in text and "Never verified." in text
+        assert "No open requests." in text and "No sweep recorded yet." in text
+        assert _status(text).startswith("Chain intact: 0 entries checked")
         assert "<svg" in text
         assert client.post("/api/verify").json()["ok"] is True
     finally:

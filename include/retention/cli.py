@@ -33,8 +33,20 @@ def cmd_validate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    result = _ledger().verify()
+    """Walk the chain (and the anchors, if any); exit 1 when broken. Unreconciled intents are listed."""
+    import os
+
+    from include.retention.ledger import anchor_sink
+
+    where = args.anchors or os.environ.get("RETENTION_LEDGER_ANCHORS")
+    ledger = _ledger()
+    result = ledger.verify(anchors=anchor_sink(where) if where else None)
     print(result)
+    if result.ok and args.anchor:
+        if not where:
+            raise RetentionError("--anchor needs --anchors DIR_OR_S3URL (or RETENTION_LEDGER_ANCHORS)")
+        anchor = ledger.anchor(anchor_sink(where), check=False)  # just verified, anchors included
+        print(f"anchored head {anchor.seq} at {anchor.where}")
     return 0 if result.ok else 1
 
 
@@ -210,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="validate a policy file")
     p.add_argument("policy", nargs="?")
     p.set_defaults(func=cmd_validate)
-    sub.add_parser("verify", help="verify the audit ledger's hash chain").set_defaults(func=cmd_verify)
+    p = sub.add_parser("verify", help="verify the audit ledger's hash chain")
+    p.add_argument("--anchors", metavar="DIR_OR_S3URL",
+                   help="anchors to check the chain against (default: $RETENTION_LEDGER_ANCHORS)")
+    p.add_argument("--anchor", action="store_true", help="after a good verification, anchor the head there")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("export", help="export the ledger as CSV")
     p.add_argument("--out", default="-")
     p.set_defaults(func=cmd_export)

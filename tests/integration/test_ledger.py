@@ -70,12 +70,18 @@ def test_removed_tail_is_found(ledger):
         assert conn.execute(sa.select(head.c.seq)).scalar() == 5
 
 
-def test_verify_cli_exit_codes(ledger, db_url):
+def _cli_env(db_url: str) -> dict[str, str]:
     env = {**os.environ, "AIRFLOW_CONN_RETENTION_LEDGER": db_url.replace("+psycopg2", "").replace("+pymysql", "")
            .replace("postgresql", "postgres").replace("?charset=utf8mb4", ""), "PYTHONPATH": str(ROOT),
            "RETENTION_HMAC_KEY": KEY.decode()}
     if db_url.startswith("sqlite"):
         env["AIRFLOW_CONN_RETENTION_LEDGER"] = json.dumps({"conn_type": "sqlite", "host": db_url[len("sqlite:///"):]})
+    env.pop("RETENTION_LEDGER_ANCHORS", None)
+    return env
+
+
+def test_verify_cli_exit_codes(ledger, db_url):
+    env = _cli_env(db_url)
     ok = subprocess.run([sys.executable, "-m", "include.retention.cli", "verify"], env=env, capture_output=True,
                         text=True)
     assert ok.returncode == 0 and "ledger OK: 5 entries" in ok.stdout, ok.stderr
@@ -185,3 +191,25 @@ def test_dashboard_queries_are_ledger_methods(ledger):
     assert per_day[(today.isoformat(), "delete")] == 0 + 1 + 2 + 3 + 4 + 7  # intents are plans, not changes
     ledger.verify()
     assert ledger.verification_history()[0]["ok"] is True
+
+
+def test_verify_cli_with_anchors(ledger, db_url, tmp_path):
+    env = _cli_env(db_url)
+    anchors = tmp_path / "anchors"
+    cli = [sys.executable, "-m", "include.retention.cli", "verify", "--anchors", str(anchors)]
+    first = subprocess.run([*cli, "--anchor"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and "anchored head 5 at" in first.stdout, first.stderr
+    assert len(list(anchors.glob("*.json"))) == 1
+    ok = subprocess.run(cli, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "1 anchor(s) match" in ok.stdout
+    ledger.intend(action="delete", count=3)
+    with ledger.engine.begin() as conn:  # truncate entries 4.. and move the head back to 3
+        h3 = conn.execute(sa.select(entries.c.entry_hash).where(entries.c.seq == 3)).scalar_one()
+        conn.execute(entries.delete().where(entries.c.seq > 3))
+        conn.execute(head.update().values(seq=3, entry_hash=h3))
+    assert subprocess.run(cli[:-2], env=env, capture_output=True, text=True).returncode == 0  # no anchors: unseen
+    bad = subprocess.run(cli, env={**env, "RETENTION_LEDGER_ANCHORS": str(anchors)}, capture_output=True, text=True)
+    assert bad.returncode == 1 and "BROKEN at entry 4: entries after 3 were removed" in bad.stdout
+    env_only = subprocess.run(cli[:-2], env={**env, "RETENTION_LEDGER_ANCHORS": str(anchors)}, capture_output=True,
+                              text=True)
+    assert env_only.returncode == 1

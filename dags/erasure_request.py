@@ -13,8 +13,13 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import DEFAULT_ARGS
 from include.retention.airflow.erasure_group import fan_out
+from include.retention.identity import EMAIL_PATTERN, IDENTITY_KINDS, PHONE_PATTERN
 
-EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+NO_CONTROL = r"^[^\u0000-\u001f\u007f]*$"  # no NUL, tab or line break: refused by the form, again by register
+
+
+def _limit(kind: str) -> int:
+    return IDENTITY_KINDS[kind][1]
 
 
 @dag(
@@ -26,15 +31,23 @@ EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
     tags=["privacy", "erasure"],
     doc_md=__doc__,
     params={
-        "email": Param(None, type=["null", "string"], pattern=EMAIL, title="E-mail address",
-                       description="The person's e-mail. Required unless a phone or customer reference is given."),
-        "phone": Param(None, type=["null", "string"], pattern=r"^\+?[0-9 ()./-]{6,25}$", title="Phone (optional)"),
-        "customer_ref": Param(None, type=["null", "string"], maxLength=64, title="Customer reference (optional)"),
+        "email": Param(None, type=["null", "string"], pattern=EMAIL_PATTERN, maxLength=_limit("email"),
+                       title="E-mail address",
+                       description="The person's e-mail. Give at least one identity: e-mail, phone, customer "
+                                   "reference or social-media handle."),
+        "phone": Param(None, type=["null", "string"], pattern=PHONE_PATTERN, maxLength=_limit("phone"),
+                       title="Phone (optional)"),
+        "customer_ref": Param(None, type=["null", "string"], pattern=NO_CONTROL, maxLength=_limit("customer_ref"),
+                              title="Customer reference (optional)"),
+        "social_handle": Param(None, type=["null", "string"], pattern=NO_CONTROL,
+                               maxLength=_limit("social_handle"), title="Social-media handle (optional)",
+                               description="e.g. @zoe_m (direct messages received on social media)"),
         "mode": Param("erase", type="string", enum=["erase", "restrict"], title="Mode",
                       description="erase: delete (or anonymize) everywhere. restrict: lock, GDPR Art. 18."),
         "dry_run": Param(False, type="boolean", title="Dry run", description="Find and count only; change nothing."),
-        "request_ref": Param(None, type=["null", "string"], maxLength=100, title="External request reference"),
-        "note": Param(None, type=["null", "string"], maxLength=2000, title="Note",
+        "request_ref": Param(None, type=["null", "string"], maxLength=100, pattern=NO_CONTROL,
+                             title="External request reference"),
+        "note": Param(None, type=["null", "string"], maxLength=2000, pattern=r"^[^\u0000]*$", title="Note",
                       description="Free text for the receipt trail; stored encrypted."),
     },
 )

@@ -21,7 +21,8 @@ IDENTITY_KINDS: dict[str, tuple[str, int]] = {
     "social_handle": ("Social-media handle", 100),
 }
 # The e-mail shape checked by the trigger form (JSON schema) and by ``validate``.
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# (\u escapes: the same pattern works in Python's re and in the browser's JavaScript.)
+EMAIL_PATTERN = r"^[^@\s\u0000-\u001f\u007f]+@[^@\s\u0000-\u001f\u007f]+\.[^@\s\u0000-\u001f\u007f]+$"
 PHONE_PATTERN = r"^\+?[0-9 ()./-]{6,32}$"
 _EMAIL = re.compile(EMAIL_PATTERN)
 _PHONE = re.compile(PHONE_PATTERN)
@@ -45,7 +46,7 @@ def normalise(kind: str, value: object) -> str | None:
       ``zoë`` is not ``zoe``, a Cyrillic ``а`` is not a Latin ``a``.
     - phone: digits only (any script's decimal digits as 0-9), a leading ``+`` or ``00`` as ``+``.
     - customer_ref: NFC, surrounding white space removed, case kept.
-    - social_handle: NFC, white space and one leading ``@`` removed, lower-case.
+    - social_handle: NFC, white space and leading ``@`` removed, lower-case.
     """
     if value is None:
         return None
@@ -66,7 +67,7 @@ def normalise(kind: str, value: object) -> str | None:
         else:
             out = digits
     elif kind == "social_handle":
-        out = text[1:].strip().lower() if text.startswith("@") else text.lower()
+        out = text.lstrip("@").strip().lower()
     elif kind == "customer_ref":
         out = text
     else:

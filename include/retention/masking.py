@@ -67,16 +67,6 @@ def keyed_digest(key: bytes, value: str, *, normalise: Callable[[str], str] | No
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def normalise_identity(kind: str, value: str) -> str:
-    """Canonical form of an identity before hashing, so ``A@X.org`` and ``a@x.org `` match."""
-    value = value.strip()
-    if kind == "email":
-        return value.lower()
-    if kind == "phone":
-        return "".join(ch for ch in value if ch.isdigit() or ch == "+")
-    return value
-
-
 # ---- IP addresses in free text (server access logs) ----------------------------------------
 
 # IPv4: four dotted numbers not glued to further digits or dots-with-digits (a version "1.2.3.4.5" is not one).

@@ -20,7 +20,7 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
             for key, n in per.items():
                 if key.startswith("exception:"):
                     exceptions.append({"system": name, "collection": coll, "reason": key.split(":", 1)[1],
-                                       "rows": n, "handled_as": "restricted (GDPR Art. 17(3))"})
+                                       "items": n, "handled_as": "kept and restricted (GDPR Art. 17(3))"})
         out_systems[name] = {
             "status": state.get("status"),
             "verified": state.get("status") in ("verified", "recorded"),
@@ -28,6 +28,8 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
             "attempts": state.get("attempts"),
             "collections": counts.get("collections") or {},
             "removed_along": counts.get("removed_along") or {},
+            # what was looked for where: a system never claims "nothing left" for what it did not search
+            "searched": counts.get("searched") or {},
         }
     all_verified = all(s["verified"] for s in out_systems.values())
     return {
@@ -71,6 +73,11 @@ def render_markdown(receipt: dict[str, Any]) -> str:
             lines.append(f"| {name} | {system['status']} | {target} | {what} {n} |")
     if receipt["exceptions"]:
         lines += ["", "## Exceptions (kept, restricted)", ""]
-        lines += [f"- {e['system']} / {e['collection']}: {e['rows']} row(s), {e['reason']}, {e['handled_as']}"
+        lines += [f"- {e['system']} / {e['collection']}: {e['items']} item(s), {e['reason']}, {e['handled_as']}"
                   for e in receipt["exceptions"]]
+    searched = [(name, coll, kinds) for name, system in receipt["systems"].items()
+                for coll, kinds in (system.get("searched") or {}).items()]
+    if searched:
+        lines += ["", "## Searched", ""]
+        lines += [f"- {coll}: {', '.join(kinds)}" for _name, coll, kinds in searched]
     return "\n".join(lines) + "\n"

@@ -337,16 +337,18 @@ class Registry:
                                 ).scalar_one_or_none()
         return json.loads(text) if text else None
 
+    def subject_digest(self, request_id: str) -> str | None:
+        """The keyed digest the ledger names a request's subject by (its first identity, by kind order)."""
+        given = self.identities(request_id).normalised()
+        kind = next((k for k in IDENTITY_KINDS if k in given), None)
+        return None if kind is None else self.digest(kind, given[kind])
+
     def suppress(self, request_id: str) -> int:
         """Keep the erased identities as keyed digests so they cannot come back."""
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).one()
+        digests = {self.digest(kind, value): kind for kind, value in self.identities(request_id).normalised().items()}
         now, added = utcnow(), 0
         with self.engine.begin() as conn:
-            for kind in IDENTITY_KINDS:
-                digest = getattr(row, f"{kind}_digest")
-                if not digest:
-                    continue
+            for digest, kind in sorted(digests.items()):
                 if conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest == digest)).first() is None:
                     conn.execute(suppression.insert().values(digest=digest, kind=kind, request_id=request_id,
                                                              added_at=now))
@@ -374,14 +376,21 @@ class Registry:
                     added += len(new)
         return added
 
-    def suppressed(self, kind: str, digests: Iterable[str]) -> set[str]:
+    def suppressed(self, kind: str, digests: Iterable[str], *, erasures_only: bool = False) -> set[str]:
+        """Which of these digests are on the suppression list (``erasures_only``: put there by an erasure)."""
         digests = list(digests)
         if not digests:
             return set()
         self.ensure_schema()
+        out: set[str] = set()
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(suppression.c.digest).where(
-                suppression.c.kind == kind, suppression.c.digest.in_(digests))).scalars())
+            for i in range(0, len(digests), 500):
+                query = sa.select(suppression.c.digest).where(suppression.c.kind == kind,
+                                                              suppression.c.digest.in_(digests[i:i + 500]))
+                if erasures_only:
+                    query = query.where(suppression.c.request_id.is_not(None))
+                out |= set(conn.execute(query).scalars())
+        return out
 
     def is_suppressed(self, kind: str, value: str) -> bool:
         return bool(self.suppressed(kind, [self.digest(kind, value)]))

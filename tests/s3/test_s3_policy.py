@@ -9,7 +9,10 @@ import pytest
 
 from include.retention.errors import PolicyError
 from include.retention.policy import Reference
-from include.retention.stores.s3 import key_date, owned_key, template_prefix, template_regex
+from include.retention.keytemplate import key_date
+from include.retention.keytemplate import literal_head as template_prefix
+from include.retention.keytemplate import regex as template_regex
+from include.retention.stores.s3 import owned_key
 from tests.s3.conftest import s3_policy
 
 CRM = """

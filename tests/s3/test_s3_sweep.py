@@ -165,7 +165,7 @@ def test_a_deleted_crm_row_takes_its_objects_with_it(s3, conn_info, ledger, crm)
     assert keys(s3, PLAIN) == ["attachments/100/d.pdf", "attachments/11/c.pdf"]
 
 
-def test_delete_owned_refuses_keys_that_would_widen_or_leave_the_prefix(s3, make_store):
+def test_delete_referenced_refuses_keys_that_would_widen_or_leave_the_prefix(s3, make_store):
     policy = s3_policy(OBJECTS, CRM)
     store = make_store(policy)
     put(s3, PLAIN, "attachments/10/a.pdf")
@@ -173,7 +173,7 @@ def test_delete_owned_refuses_keys_that_would_widen_or_leave_the_prefix(s3, make
     refs = {r.to: r for r in policy.collection("crm.inquiries").references}
     cv_ref = policy.collection("crm.applicants").references[0]
 
-    assert store.delete_owned("crm.inquiries", refs["objects.attachments"], [{"id": ""}, {"id": "10/.."}]) == 0
-    assert store.delete_owned("crm.applicants", cv_ref, [{"id": 1, "cv_key": "elsewhere/x.pdf"}]) == 0
-    assert store.delete_owned("crm.inquiries", refs["objects.attachments"], [{"id": 10}]) == 1
+    assert store.delete_referenced("crm.inquiries", refs["objects.attachments"], [{"id": ""}, {"id": "10/.."}]) == 0
+    assert store.delete_referenced("crm.applicants", cv_ref, [{"id": 1, "cv_key": "elsewhere/x.pdf"}]) == 0
+    assert store.delete_referenced("crm.inquiries", refs["objects.attachments"], [{"id": 10}]) == 1
     assert keys(s3, PLAIN) == ["elsewhere/x.pdf"]

@@ -12,20 +12,18 @@ from typing import Any
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from include.retention.airflow.sweep_tasks import airflow_resolver
+from include.retention.clock import utcnow
+from include.retention.connections import open_ledger
 from include.retention.ledger import Ledger, RunRef
-from include.retention.registry import Registry, utcnow
-from include.retention.runtime import LEDGER_CONN_ID, hmac_key, sqlalchemy_url
+from include.retention.registry import Registry
 
 log = logging.getLogger(__name__)
 WARN_DAYS = float(os.environ.get("RETENTION_DUE_WARNING_DAYS", "5"))
 
 
 def _open() -> tuple[Ledger, Registry]:
-    from include.retention.stores.sql import make_engine
-
-    key = hmac_key(airflow_resolver)
-    ledger = Ledger(make_engine(sqlalchemy_url(airflow_resolver(LEDGER_CONN_ID))), key)
-    return ledger, Registry(ledger.engine, key)
+    ledger = open_ledger(airflow_resolver)
+    return ledger, Registry(ledger.engine, ledger.key)
 
 
 def due_soon(registry: Registry, warn_days: float = WARN_DAYS) -> list[dict[str, Any]]:

@@ -6,13 +6,15 @@ import logging
 from typing import Any
 
 from include.retention.airflow.sweep_tasks import airflow_resolver
+from include.retention.connections import policy_path
 from include.retention.erasure import Subject, SubjectScanner
 from include.retention.errors import RetentionError
+from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
 from include.retention.policy import Policy, load_policy
 from include.retention.receipts import build_receipt, render_markdown
 from include.retention.registry import Identities, NewRequest, Registry
-from include.retention.runtime import Runtime, policy_path
+from include.retention.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +52,18 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
     """Move the identities from the run's conf into the registry; return the request id."""
     from airflow.sdk.log import mask_secret
 
-    for kind in ("email", "phone", "customer_ref"):
-        if params.get(kind):
+    for kind in IDENTITY_KINDS:
+        if isinstance(params.get(kind), str) and params[kind]:
             mask_secret(params[kind])  # from here on, task logs show *** instead
     req = NewRequest(
-        identities=Identities(email=params.get("email") or None, phone=params.get("phone") or None,
-                              customer_ref=params.get("customer_ref") or None),
+        identities=Identities({kind: params.get(kind) or None for kind in IDENTITY_KINDS}),
         mode=params.get("mode") or "erase", dry_run=bool(params.get("dry_run")),
         source="form", external_ref=params.get("request_ref") or None, note=params.get("note") or None,
     )
     with Context() as ctx:
         request_id = ctx.registry.request_id_for(dag_id, run_id)
         try:
+            check_kinds(ctx.policy, req.identities.given())
             ctx.registry.register(req, request_id=request_id, dag_id=dag_id, run_id=run_id,
                                   policy_digest=ctx.policy.digest)
         except RetentionError as exc:
@@ -72,11 +74,18 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
     return request_id
 
 
+def check_kinds(policy: Policy, given: dict[str, str]) -> None:
+    """Refuse identities the data map cannot search: a request by them could never find anything."""
+    unknown = sorted(set(given) - set(policy.request_kinds()))
+    if unknown:
+        raise RetentionError(f"no collection of the data map holds {', '.join(unknown)}; searchable: "
+                             f"{', '.join(policy.request_kinds())}")
+
+
 def systems() -> list[str]:
-    """Systems holding identities: one mapped task group each. S3 objects go with the rows that own them."""
+    """Systems holding identities (tables, buckets): one mapped task group each."""
     policy = load_policy(policy_path())
-    return [name for name, system in policy.systems.items()
-            if system.kind == "sql" and any(c.identities for c in system.collections.values())]
+    return [name for name, system in policy.systems.items() if any(c.identities for c in system.collections.values())]
 
 
 def _mode(ctx: Context, request_ids: list[str]) -> tuple[str, bool]:
@@ -103,10 +112,12 @@ def act(request_ids: list[str], system: str) -> dict[str, int]:
     """Erase or restrict (or, for a dry run, only count) the subjects' data in this system."""
     with Context() as ctx:
         mode, dry_run = _mode(ctx, request_ids)
-        outcome = ctx.scanner(system).act(ctx.subjects(request_ids), mode, dry_run=dry_run)
+        scanner = ctx.scanner(system)
+        outcome = scanner.act(ctx.subjects(request_ids), mode, dry_run=dry_run)
+        searched = scanner.searched()
         for rid in request_ids:
             counts = {"collections": outcome.per_request.get(rid, {}), "removed_along": outcome.totals
-                      if len(request_ids) == 1 else {}}
+                      if len(request_ids) == 1 else {}, "searched": searched}
             ctx.registry.set_system_counts({rid: counts}, system, "acted")
         log.info("%s: %s%s for %d request(s); removed along: %s", system, mode, " (dry run)" if dry_run else "",
                  len(request_ids), outcome.totals)
@@ -141,11 +152,10 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
             if ctx.ledger.has_entry(request_id=rid, system=system, action=mode):
                 ctx.registry.set_system([rid], system, "recorded")  # a retry or a re-run: already proven
                 continue
-            digest = ctx.registry.get(rid)
-            subject = digest.get("email_digest") or digest.get("phone_digest") or digest.get("customer_ref_digest")
+            subject = ctx.registry.subject_digest(rid)
             counts = state.get("counts", {})
             total = sum(n for per in counts.get("collections", {}).values() for k, n in per.items()
-                        if k in ("deleted", "anonymized", "restricted"))
+                        if k in ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent"))
             ctx.ledger.append(run=RunRef(dag_id, run_id), action=mode, outcome="dry_run" if dry_run else "verified",
                               count=total, request_id=rid, policy_digest=ctx.policy.digest, system=system,
                               subject_digest=subject, details=counts)

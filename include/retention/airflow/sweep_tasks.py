@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from include.retention.connections import ConnInfo, open_ledger, policy_path
 from include.retention.errors import SafetyBrakeTripped
 from include.retention.ledger import RunRef
 from include.retention.policy import load_policy
-from include.retention.runtime import ConnInfo, Runtime, policy_path
+from include.retention.runtime import Runtime
 from include.retention.sweep import run_rule, summary_table
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,7 @@ def apply_rule(rule_id: str, *, dry_run: bool, dag_id: str, run_id: str, brake_a
 
 def tripped_rules(dag_id: str, run_id: str) -> list[str]:
     """Rules of this run whose brake tripped and that did not complete since (from the ledger)."""
-    from include.retention.ledger import Ledger
-    from include.retention.runtime import LEDGER_CONN_ID, hmac_key, sqlalchemy_url
-    from include.retention.stores.sql import make_engine
-
-    ledger = Ledger(make_engine(sqlalchemy_url(airflow_resolver(LEDGER_CONN_ID))), hmac_key(airflow_resolver))
+    ledger = open_ledger(airflow_resolver)
     try:
         state: dict[str, str] = {}
         for row in ledger.rows(run_id=run_id, action="sweep"):
@@ -107,9 +104,8 @@ def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: lis
     counts: dict[str, int] = {}
     try:
         for name, system in policy.systems.items():
-            if system.kind != "sql" or (systems and name not in systems):
-                continue
-            if not any(c.suppress_on_delete for c in system.collections.values()):
+            if (systems and name not in systems) or not any(c.suppress_on_delete for c in
+                                                            system.collections.values()):
                 continue
             scanner = SubjectScanner(policy, runtime.store(name))
             for coll_ref, n in enforce_system(scanner, runtime.registry(), replay=False, dry_run=dry_run).items():

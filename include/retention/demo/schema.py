@@ -126,6 +126,7 @@ client_accounts = sa.Table(
     sa.Column("admin_email", sa.String(EMAIL), nullable=False),
     sa.Column("user_email", sa.String(EMAIL), nullable=False),
     sa.Column("user_name", sa.String(NAME), nullable=False),
+    sa.Column("customer_ref", sa.String(64), nullable=True),  # the account's customer number
     sa.Column("contract_end_at", sa.DateTime, nullable=True),
     _flag("legal_hold"),
     *_restriction(),

@@ -334,7 +334,7 @@ def _client_accounts(rng: random.Random, clock: _Clock, scale: int) -> list[dict
         full_name, _, first = _person(10_000 + i)
         locked = label == "lock_done"
         rows.append({
-            "id": i, "org_name": org, "admin_email": f"admin@{domain}",
+            "id": i, "org_name": org, "admin_email": f"admin@{domain}", "customer_ref": f"C-{10_000 + i}",
             "user_email": f"{first}.{full_name.split()[-1].lower()}{i}@{domain}", "user_name": full_name,
             "contract_end_at": end, "legal_hold": label.endswith("held"),
             "restricted_at": clock.after(dt.datetime(end.year + 1, 1, 1), 10) if locked else None,

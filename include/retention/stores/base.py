@@ -1,13 +1,22 @@
-"""The interface every store kind implements (SQL, S3), and the values it returns."""
+"""The interface every store kind implements (SQL, S3), and the values it returns.
+
+Two families of operations: retention rules (``check`` / ``plan`` / ``apply_stage``) and
+subject operations (``subject_collections`` / ``scan`` / ``find`` / ``read`` / ``erase`` /
+``restrict`` / ``remaining``), the way a privacy connector retrieves and masks. Callers never
+branch on the kind of store.
+"""
 
 from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from include.retention.errors import RetentionError
+from include.retention.masking import keyed_digest
 from include.retention.policy import Policy, Rule, Stage
 
 # record(action, count, pk_digest, details): write one ledger entry for a committed batch.
@@ -43,6 +52,85 @@ class StageResult:
     cascaded: dict[str, int] = field(default_factory=dict)
 
 
+# ---- subjects --------------------------------------------------------------------------------
+
+# Lock reasons a subject request writes: "<prefix>:<token>", token = subject_token(...) of the identity
+# that claimed the item. A later erasure of the same subject may lift exactly these (ADR 0005).
+RESTRICTION = "restriction"
+ERASURE_EXCEPTION = "erasure-exception"
+
+
+def subject_token(key: bytes, kind: str, normalised: str) -> str:
+    """A short keyed digest naming one identity in a lock reason (never the identity itself)."""
+    return keyed_digest(key, f"{kind}:{normalised}")[:16]
+
+
+@dataclass
+class Subject:
+    """One request's person: identities already normalised (``include.retention.identity.normalise``)."""
+
+    request_id: str
+    identities: dict[str, str]
+
+    def tokens(self, key: bytes) -> set[str]:
+        return {subject_token(key, kind, value) for kind, value in self.identities.items()}
+
+
+class Claims(dict):
+    """Item key (primary key, object key) -> request ids whose identities the item carries."""
+
+    def add(self, key: Any, request_id: str) -> None:
+        self.setdefault(key, set()).add(request_id)
+
+
+def index_subjects(subjects: list[Subject]) -> dict[str, dict[str, set[str]]]:
+    """kind -> normalised value -> request ids: what a scan looks values up in."""
+    out: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for s in subjects:
+        for kind, value in s.identities.items():
+            out[kind][value].add(s.request_id)
+    return out
+
+
+def own_lock_reasons(subjects: list[Subject], key: bytes) -> set[str]:
+    """Lock reasons that these subjects' own earlier requests wrote (and a later erasure may lift)."""
+    return {f"{prefix}:{t}" for s in subjects for t in s.tokens(key) for prefix in (RESTRICTION, ERASURE_EXCEPTION)}
+
+
+@dataclass
+class SubjectOutcome:
+    """What a subject operation did in one system: per request, per collection ref, counts by outcome.
+
+    Outcomes: deleted, anonymized, masked (a column naming the person cleared, the row kept),
+    restricted, already_restricted, lifted (an own restriction lifted by an erasure),
+    deleted_with_parent, exception:<reason> (kept, GDPR Art. 17(3)).
+    """
+
+    per_request: dict[str, dict[str, dict[str, int]]] = field(default_factory=lambda: defaultdict(dict))
+    # What deletes took along for all requests together: dependents, objects, suppression digests.
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def add(self, request_id: str, coll_ref: str, key: str, n: int = 1) -> None:
+        counts = self.per_request[request_id].setdefault(coll_ref, {})
+        counts[key] = counts.get(key, 0) + n
+
+    def add_total(self, target: str, n: int) -> None:
+        if n:
+            self.totals[target] = self.totals.get(target, 0) + n
+
+    def merge(self, other: SubjectOutcome) -> None:
+        for rid, per in other.per_request.items():
+            for coll, counts in per.items():
+                for k, n in counts.items():
+                    self.add(rid, coll, k, n)
+        for k, n in other.totals.items():
+            self.add_total(k, n)
+
+
+class UnclaimedItem(RetentionError):
+    """A store was asked to act on an item no request claims: a bug, refused before anything changes."""
+
+
 class Store(abc.ABC):
     """One system of the data map. Implementations: ``SqlStore``, ``S3Store``."""
 
@@ -70,5 +158,77 @@ class Store(abc.ABC):
     ) -> StageResult:
         """Act on items past ``stage``'s storage period in bounded batches, recording each batch."""
 
+    def delete_referenced(self, coll_ref: str, reference: Any, rows: list[dict[str, Any]]) -> int:
+        """Delete what ``rows`` of another store's ``coll_ref`` reference here (objects a CRM row owns)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")
+
+    # ---- subjects ---------------------------------------------------------------------------
+    def subject_collections(self) -> list[str]:
+        """Collections that declare identities, in the order a subject request handles them (children first)."""
+        colls = self.policy.systems[self.name].collections
+        return [name for name in collection_order(self.policy, self.name) if colls[name].identities]
+
+    def searched_kinds(self) -> dict[str, list[str]]:
+        """Per collection ref, the identity kinds a subject request looks for there (for the receipt)."""
+        colls = self.policy.systems[self.name].collections
+        return {self.ref(n): sorted(colls[n].identities) for n in self.subject_collections()}
+
+    @abc.abstractmethod
+    def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Every item of the collection with its normalised identities, one bounded batch at a time:
+        ``[(key, {kind: {normalised values}}), ...]``. Python decides equality, not the store's collation."""
+
+    def find(self, collection_name: str, subjects: list[Subject]) -> Claims:
+        """The items of these subjects, each with the request ids that claim it."""
+        wanted = index_subjects(subjects)
+        claims = Claims()
+        for batch in self.scan(collection_name):
+            for key, found in batch:
+                for kind, values in found.items():
+                    for value in values & wanted.get(kind, {}).keys():
+                        for rid in wanted[kind][value]:
+                            claims.add(key, rid)
+        return claims
+
+    @abc.abstractmethod
+    def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
+        """The claimed items' content (rows, object metadata), in bounded batches, for an access request."""
+
+    @abc.abstractmethod
+    def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+              ) -> SubjectOutcome:
+        """Delete (or anonymize, per the data map) the claimed items, except those that must be kept
+        (legal hold, a lock that is not the subject's own): those are listed as exceptions."""
+
+    @abc.abstractmethod
+    def restrict(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+                 ) -> SubjectOutcome:
+        """Lock (GDPR Art. 18) the claimed items."""
+
+    @abc.abstractmethod
+    def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
+        """Verification re-scan: per request, items of the subject still present that may not be."""
+
     def close(self) -> None:  # noqa: B027 - optional hook: stores with connections override it
         pass
+
+
+def collection_order(policy: Policy, system: str) -> list[str]:
+    """Collection names of ``system``, children before parents (references point child -> parent)."""
+    colls = policy.systems[system].collections
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        for child_ref, _ in policy.children(f"{system}.{name}"):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys == system:
+                visit(c_name)
+        order.append(name)
+
+    for name in colls:
+        visit(name)
+    return order

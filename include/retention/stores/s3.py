@@ -44,147 +44,48 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from include.retention import keytemplate
 from include.retention.errors import SchemaMismatch, StoreUnavailable
 from include.retention.masking import STRATEGIES, keyed_digest
-from include.retention.policy import Collection, Condition, Policy, Reference, Rule, Stage, cutoff
+from include.retention.policy import Collection, Policy, Reference, Rule, Stage, cutoff
 from include.retention.stores.base import Recorder, RulePlan, StageResult, Store
+from include.retention.stores.s3_objects import (
+    _TAG_SAFE,
+    _UTC,
+    ANONYMIZED_META,
+    CHUNK,
+    LOCK_TAG,
+    MAX_DELETE,
+    MAX_LINE,
+    PART_SIZE,
+    PREFETCH_THREADS,
+    BucketInfo,
+    ObjectsNotDeleted,
+    S3Object,
+    make_client,
+    owned_key,
+    parse_date,
+    tag_matches,
+)
+from include.retention.stores.s3_subjects import S3Subjects
+from include.retention.stores.s3_writes import Purger, Upload, _safe_cut
 
 if TYPE_CHECKING:
-    from include.retention.runtime import ConnInfo
+    from include.retention.connections import ConnInfo
+
+__all__ = ["ANONYMIZED_META", "LOCK_TAG", "ObjectsNotDeleted", "S3Store", "make_client", "owned_key"]
 
 log = logging.getLogger(__name__)
 
-LOCK_TAG = "retention-lock"
-ANONYMIZED_META = "retention-anonymized"
-MAX_DELETE = 1000  # S3's limit of entries per DeleteObjects request
-PART_SIZE = 8 * 1024 * 1024  # multipart part size of a rewrite; S3 needs >= 5 MiB for all but the last
-CHUNK = 64 * 1024
-PREFETCH_THREADS = 16  # parallel HEAD / GetObjectTagging requests per page
-MAX_LINE = 1024 * 1024  # a "line" longer than this is cut at a character no IP address contains
-_NOT_IN_ADDRESS = re.compile(rb"[^0-9A-Za-z:.]")
-_TAG_SAFE = re.compile(r"[^\w .:/=+\-@]")
-_UTC = dt.UTC
 
-# Short timeouts and few retries: an unreachable endpoint should fail a task in seconds, not hang it.
-CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
-
-
-class ObjectsNotDeleted(StoreUnavailable):
-    """S3 refused to delete some object versions (per-key errors of a DeleteObjects response)."""
-
-
-# ---- key templates --------------------------------------------------------------------------
-
-_FIELD = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
-_DATE_FIELDS = {"yyyy": r"\d{4}", "mm": r"\d{2}", "dd": r"\d{2}", "hh": r"\d{2}"}
-
-
-def template_regex(template: str) -> re.Pattern[str]:
-    """The template as a regex over the whole key.
-
-    ``{yyyy}``/``{mm}``/``{dd}``/``{hh}`` are digits, any other ``{name}`` one path part, ``...`` any rest.
-    """
-    out, seen, pos = [], set(), 0
-    for match in re.finditer(r"{([A-Za-z_][A-Za-z0-9_]*)}|\.\.\.", template):
-        out.append(re.escape(template[pos:match.start()]))
-        name = match.group(1)
-        if name is None:
-            out.append(".*")
-        elif name in seen:
-            out.append(f"(?P={name})")
-        else:
-            seen.add(name)
-            out.append(f"(?P<{name}>{_DATE_FIELDS.get(name, '[^/]+')})")
-        pos = match.end()
-    out.append(re.escape(template[pos:]))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def template_prefix(template: str) -> str:
-    """The literal head of a template: where listing starts."""
-    cut = [i for i in (template.find("{"), template.find("...")) if i >= 0]
-    return template[:min(cut)] if cut else template
-
-
-def key_date(match: re.Match[str]) -> dt.datetime | None:
-    """The date a key names through ``{yyyy}``/``{mm}``/``{dd}``/``{hh}`` (midnight UTC of that day)."""
-    parts = match.groupdict()
-    if not parts.get("yyyy"):
-        return None
-    try:
-        return dt.datetime(int(parts["yyyy"]), int(parts.get("mm") or 1), int(parts.get("dd") or 1),
-                           int(parts.get("hh") or 0), tzinfo=_UTC)
-    except ValueError:  # "2024/13/45": not a date, so no storage period can be counted
-        return None
-
-
-def parse_date(text: str | None) -> dt.datetime | None:
-    """An ISO 8601 date or timestamp from metadata or a tag; naive values are UTC."""
-    if not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=_UTC)
-
-
-# ---- objects ------------------------------------------------------------------------------
-
-
-@dataclass
-class S3Object:
-    """One key of a listing: its current data version, and every version when the bucket is versioned."""
-
-    key: str
-    last_modified: dt.datetime
-    version_id: str | None = None  # the data version acted on; None in an unversioned bucket
-    live: bool = True  # False: a delete marker is current and only older versions remain
-    versions: list[str] = field(default_factory=list)  # every version id incl. delete markers
-    data_versions: list[str] = field(default_factory=list)  # versions with content, newest first
-    head: dict[str, Any] | None = None
-    tags: dict[str, str] | None = None
-    gone: bool = False  # vanished between listing and a per-object call
-
-    def vid(self) -> dict[str, str]:
-        return {"VersionId": self.version_id} if self.version_id else {}
-
-
-@dataclass(frozen=True)
-class BucketInfo:
-    versioned: bool
-    object_lock: bool
-
-
-def _tag_text(value: Any) -> str:
-    if isinstance(value, bool):  # YAML ``true`` against a tag value "true"
-        return "true" if value else "false"
-    return str(value)
-
-
-def tag_matches(cond: Condition, tags: dict[str, str]) -> bool:
-    """A legal-hold condition against object tags: ``column`` names the tag."""
-    value = tags.get(cond.column)
-    if cond.is_null is not None:
-        return (value is None) == cond.is_null
-    if value is None:
-        return False
-    if cond.in_ is not None:
-        return value in {_tag_text(v) for v in cond.in_}
-    return value == _tag_text(cond.equals)
-
-
-class S3Store(Store):
+class S3Store(S3Subjects, Store):
     kind = "s3"
 
     def __init__(self, name: str, policy: Policy, client: Any, *, key: bytes = b"", endpoint: str | None = None,
@@ -255,7 +156,7 @@ class S3Store(Store):
     def prefix(coll: Collection) -> str:
         if coll.prefix is not None:
             return coll.prefix
-        return template_prefix(coll.key_template) if coll.key_template else ""
+        return keytemplate.literal_head(coll.key_template) if coll.key_template else ""
 
     def bucket_info(self, bucket: str) -> BucketInfo:
         if bucket not in self._buckets:
@@ -363,7 +264,7 @@ class S3Store(Store):
     def _start(self, bucket: str, rule: Rule, obj: S3Object, match: re.Match[str] | None) -> dt.datetime | None:
         basis = rule.start.basis
         if basis == "key_date":
-            return key_date(match) if match else None
+            return keytemplate.key_date(match) if match else None
         if basis == "metadata":
             if not obj.version_id and not obj.live:
                 return None  # only delete markers: no object to read metadata from
@@ -477,7 +378,7 @@ class S3Store(Store):
 
     def _walk(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None):
         coll = self.coll(collection_name)
-        pattern = template_regex(coll.key_template) if coll.key_template else None
+        pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
         for page in self.objects(coll.bucket, self.prefix(coll)):
             self._prefetch(coll, rule, page, now, pattern, only)
             for obj in page:
@@ -647,7 +548,7 @@ class S3Store(Store):
         purger.flush()
 
     # ---- references from SQL rows ---------------------------------------------------------
-    def delete_owned(self, coll_ref: str, reference: Reference, rows: list[dict[str, Any]]) -> int:
+    def delete_referenced(self, coll_ref: str, reference: Reference, rows: list[dict[str, Any]]) -> int:
         """Delete the objects (all versions) that ``rows`` of ``coll_ref`` reference; return how many.
 
         ``reference.key_template`` filled from a row names an exact key, or a prefix when it ends
@@ -685,147 +586,3 @@ class S3Store(Store):
         return purger.objects
 
 
-def make_client(info: ConnInfo) -> tuple[Any, str]:
-    """A boto3 S3 client for an Airflow ``aws`` connection, and the endpoint to name in errors.
-
-    login/password are the key pair; extra holds ``endpoint_url`` (MinIO, moto) and ``region_name``.
-    """
-    extra = dict(info.extra or {})
-    endpoint = extra.get("endpoint_url") or (info.host if info.host and "://" in info.host else None)
-    # S3-compatible servers generally want path-style addressing.
-    config = CLIENT_CONFIG.merge(Config(s3={"addressing_style": "path"})) if endpoint else CLIENT_CONFIG
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=extra.get("region_name") or "us-east-1",
-        aws_access_key_id=info.login or extra.get("aws_access_key_id"),
-        aws_secret_access_key=info.password or extra.get("aws_secret_access_key"),
-        aws_session_token=extra.get("aws_session_token"),
-        config=config,
-    )
-    return client, endpoint or "AWS S3"
-
-
-def owned_key(reference: Reference, row: dict[str, Any]) -> tuple[str | None, bool]:
-    """(key or prefix, is it a prefix) a row references; (None, False) if the row names none."""
-    if reference.key_template:
-        values = {}
-        for name in _FIELD.findall(reference.key_template):
-            value = row.get(name)
-            # An empty value or one with "/" would widen the prefix beyond the row's own objects.
-            if value is None or str(value) == "" or "/" in str(value):
-                return None, False
-            values[name] = str(value)
-        key = _FIELD.sub(lambda m: values[m.group(1)], reference.key_template)
-        if key.endswith("..."):
-            return key[:-3], True
-        return key, key.endswith("/")
-    value = row.get(reference.column) if reference.column else None
-    return (str(value), False) if value not in (None, "") else (None, False)
-
-
-def _safe_cut(data: bytes) -> int:
-    """Where to cut a very long line: after the last character that no IP address contains."""
-    ends = [m.end() for m in _NOT_IN_ADDRESS.finditer(data[-4096:])]
-    return len(data) - 4096 + ends[-1] if ends else len(data)
-
-
-class Purger:
-    """Collects object versions and deletes them with DeleteObjects, at most ``limit`` entries per request.
-
-    ``on_batch(keys, versions, errors)`` is called after each request with the keys of the objects
-    that went (each object counted once), before per-key errors are raised.
-    """
-
-    def __init__(self, store: S3Store, bucket: str, limit: int,
-                 on_batch: Callable[[list[str], int, int], None] | None):
-        self.store, self.bucket, self.limit, self.on_batch = store, bucket, min(limit, MAX_DELETE), on_batch
-        self.versioned = store.bucket_info(bucket).versioned
-        self.buffer: list[tuple[dict[str, str], bool]] = []
-        self.objects = self.versions = self.calls = 0
-
-    def add(self, obj: S3Object) -> None:
-        if self.versioned:
-            self.add_versions(obj.key, obj.versions, counts=True)
-        else:
-            self._push({"Key": obj.key}, True)
-
-    def add_versions(self, key: str, versions: list[str], *, counts: bool) -> None:
-        for i, version in enumerate(versions):
-            self._push({"Key": key, "VersionId": version}, counts and i == 0)
-
-    def _push(self, entry: dict[str, str], counts: bool) -> None:
-        self.buffer.append((entry, counts))
-        if len(self.buffer) >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        batch, self.buffer = self.buffer, []
-        resp = self.store._call("delete_objects", Bucket=self.bucket,
-                                Delete={"Objects": [e for e, _ in batch], "Quiet": True})
-        self.calls += 1
-        errors = resp.get("Errors", [])
-        failed = {e.get("Key") for e in errors}
-        keys = [e["Key"] for e, counts in batch if counts and e["Key"] not in failed]
-        self.objects += len(keys)
-        self.versions += len(batch) - len(errors)
-        if self.on_batch:
-            self.on_batch(keys, len(batch) - len(errors), len(errors))
-        if errors:
-            codes: dict[str, int] = {}
-            for e in errors:
-                codes[e.get("Code", "error")] = codes.get(e.get("Code", "error"), 0) + 1
-            first = keyed_digest(self.store.key, errors[0].get("Key", ""))[:16]
-            raise ObjectsNotDeleted(
-                f"{self.store.name}: S3 refused to delete {len(errors)} of {len(batch)} object versions in bucket "
-                f"{self.bucket!r} ({', '.join(f'{c} x{n}' for c, n in sorted(codes.items()))}); "
-                f"first key digest {first}")
-
-
-class Upload:
-    """The rewritten object: one PutObject if it fits in one part, else a multipart upload."""
-
-    def __init__(self, store: S3Store, bucket: str, key: str, extra: dict[str, Any], part_size: int):
-        self.store, self.bucket, self.key, self.extra, self.part_size = store, bucket, key, extra, part_size
-        self.buffer = bytearray()
-        self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
-
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) > self.part_size:  # ">": the last part may hold the rest whole
-            self._part(bytes(self.buffer[:self.part_size]))
-            del self.buffer[:self.part_size]
-
-    def _part(self, data: bytes) -> None:
-        if self.upload_id is None:
-            self.upload_id = self.store._call("create_multipart_upload", Bucket=self.bucket, Key=self.key,
-                                              **self.extra)["UploadId"]
-        number = len(self.parts) + 1
-        resp = self.store._call("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                PartNumber=number, Body=data)
-        self.parts.append({"ETag": resp["ETag"], "PartNumber": number})
-
-    def complete(self) -> str | None:
-        """Make the new content the object; returns its version id (versioned buckets)."""
-        if self.upload_id is None:
-            resp = self.store._call("put_object", Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
-                                    **self.extra)
-        else:
-            if self.buffer:
-                self._part(bytes(self.buffer))
-            resp = self.store._call("complete_multipart_upload", Bucket=self.bucket, Key=self.key,
-                                    UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
-        self.upload_id = None
-        self.buffer = bytearray()
-        return resp.get("VersionId")
-
-    def abort(self) -> None:
-        if self.upload_id is not None:
-            try:
-                self.store.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-            except (ClientError, BotoCoreError):  # the original failure is what matters; S3 expires parts
-                log.warning("%s: could not abort a multipart upload in bucket %s", self.store.name, self.bucket)
-            self.upload_id = None

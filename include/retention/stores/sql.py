@@ -16,10 +16,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from include.retention import keytemplate
+from include.retention.connections import make_engine
 from include.retention.errors import SchemaMismatch
 from include.retention.masking import STRATEGIES
 from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
 from include.retention.stores.base import Recorder, RulePlan, StageResult, Store
+from include.retention.stores.sql_subjects import SqlSubjects
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +32,33 @@ log = logging.getLogger(__name__)
 BeforeDelete = Callable[[str, list[dict[str, Any]]], dict[str, int]]
 
 
-def make_engine(url: str) -> sa.Engine:
-    # hide_parameters: a failing statement's bound values (e-mails, keys) stay out of the message.
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
-    return sa.create_engine(url, **kwargs)
+__all__ = ["SqlStore", "make_engine"]
 
 
-class SqlStore(Store):
+def serialize_sqlite_writers(engine: sa.Engine) -> None:
+    """SQLite has no SELECT ... FOR UPDATE: make every transaction BEGIN IMMEDIATE so that what a
+    transaction reads cannot change before it writes (another writer waits, up to the busy timeout)."""
+    if engine.dialect.name != "sqlite" or getattr(engine, "_retention_immediate", False):
+        return
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine._retention_immediate = True
+
+
+class SqlStore(SqlSubjects, Store):
     kind = "sql"
 
     def __init__(self, name: str, policy: Policy, engine: sa.Engine, *, mask_key: bytes = b"",
                  before_delete: BeforeDelete | None = None):
         super().__init__(name, policy)
+        serialize_sqlite_writers(engine)
         self.engine = engine
         self.mask_key = mask_key
         self.before_delete = before_delete
@@ -53,13 +69,22 @@ class SqlStore(Store):
         return self.policy.systems[self.name].collections[name]
 
     def table(self, name: str) -> sa.Table:
-        """The collection's table, reflected once (real column types make binds portable)."""
+        """The collection's table, reflected once (real column types make binds portable).
+
+        The first call reflects every table of the system, so no reflection (a second connection)
+        happens inside a transaction later: on SQLite that connection would wait for the first.
+        """
         if name not in self._tables:
-            coll = self.coll(name)
-            try:
-                self._tables[name] = sa.Table(coll.table, sa.MetaData(), autoload_with=self.engine)
-            except sa.exc.NoSuchTableError:
-                raise SchemaMismatch(f"{self.name}: table {coll.table!r} does not exist") from None
+            for other, coll in self.policy.systems[self.name].collections.items():
+                if other in self._tables:
+                    continue
+                try:
+                    self._tables[other] = sa.Table(coll.table, sa.MetaData(), autoload_with=self.engine)
+                except sa.exc.NoSuchTableError:
+                    if other == name:
+                        raise SchemaMismatch(f"{self.name}: table {coll.table!r} does not exist") from None
+        if name not in self._tables:  # pragma: no cover - raised above
+            raise SchemaMismatch(f"{self.name}: table {self.coll(name).table!r} does not exist")
         return self._tables[name]
 
     def check(self, collection_name: str) -> None:
@@ -247,7 +272,7 @@ class SqlStore(Store):
         in_python = {c: m for c, m in mask.items() if not STRATEGIES[m.strategy].in_sql}
         if in_python:
             # Keyed hashes are computed here, one bounded batch at a time, written back in one executemany.
-            rows = conn.execute(sa.select(pk, *(t.c[c] for c in in_python)).where(where)).all()
+            rows = conn.execute(sa.select(pk, *(t.c[c] for c in in_python)).where(where).with_for_update()).all()
             if not rows:
                 return 0
             params = [
@@ -262,16 +287,16 @@ class SqlStore(Store):
         return conn.execute(t.update().where(where).values(**in_sql, **marker)).rowcount
 
     def _delete(self, conn, name, t, keys, in_batch, where, cascaded: dict[str, int]) -> int:
-        coll = self.coll(name)
-        pk = t.c[coll.primary_key]
+        """Delete the batch's rows that still match ``where``; returns the rows the statement deleted."""
         if not self._takes_along(name):
             return conn.execute(t.delete().where(in_batch, where)).rowcount
-        # Re-select under the full predicate so only rows still eligible are handled.
-        keys = list(conn.execute(sa.select(pk).where(in_batch, where)).scalars())
+        pk = t.c[self.coll(name).primary_key]
+        # Lock what will go before anything else goes with it (objects, digests, dependents): a legal hold
+        # committed meanwhile waits for this transaction and cannot be overtaken.
+        keys = list(conn.execute(sa.select(pk).where(in_batch, where).with_for_update()).scalars())
         if not keys:
             return 0
-        self._delete_keys(conn, name, keys, cascaded)
-        return len(keys)
+        return self._delete_keys(conn, name, keys, cascaded, guard=where)
 
     def _takes_along(self, name: str) -> bool:
         """Whether deleting this collection's rows involves anything else (dependents, objects, digests)."""
@@ -279,10 +304,33 @@ class SqlStore(Store):
         return bool(self.policy.children(self.ref(name)) or self.policy.owned_objects(self.ref(name))
                     or coll.suppress_on_delete)
 
-    def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int]) -> None:
-        """Delete rows by key: dependents first (as the references say), then owned objects, then the rows."""
+    def _child_counts(self, conn, name: str, keys: list[Any]) -> dict[Any, dict[str, int]]:
+        """Direct dependents per parent key, counted before a delete takes them along."""
+        out: dict[Any, dict[str, int]] = {}
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name or ref.on_delete != "delete":
+                continue
+            fk = self.table(c_name).c[ref.column]
+            for i in range(0, len(keys), 500):
+                for parent, n in conn.execute(sa.select(fk, sa.func.count()).where(fk.in_(keys[i:i + 500]))
+                                              .group_by(fk)):
+                    out.setdefault(parent, {})[child_ref] = n
+        return out
+
+    def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int],
+                     guard: Any | None = None) -> int:
+        """Delete rows by key: dependents first (as the references say), then owned objects, then the rows.
+
+        ``guard`` (the predicate that selected them) is repeated in every statement, so a row that stopped
+        qualifying is neither deleted nor has its dependents or objects removed. Returns the rows deleted.
+        """
         t, coll = self.table(name), self.coll(name)
         pk = t.c[coll.primary_key]
+        if guard is not None:
+            keys = list(conn.execute(sa.select(pk).where(pk.in_(keys), guard).with_for_update()).scalars())
+        if not keys:
+            return 0
         for child_ref, ref in self.policy.children(self.ref(name)):
             c_sys, _, c_name = child_ref.partition(".")
             if c_sys != self.name:  # pragma: no cover - the policy refuses cross-database references
@@ -296,26 +344,25 @@ class SqlStore(Store):
                 cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
             else:
                 child_pk = child.c[self.coll(c_name).primary_key]
-                child_keys = list(conn.execute(sa.select(child_pk).where(fk.in_(parent_vals))).scalars())
+                child_keys = list(conn.execute(sa.select(child_pk).where(fk.in_(parent_vals))
+                                               .with_for_update()).scalars())
                 if child_keys:
-                    self._delete_keys(conn, c_name, child_keys, cascaded)
-                    cascaded[child_ref] = cascaded.get(child_ref, 0) + len(child_keys)
+                    n = self._delete_keys(conn, c_name, child_keys, cascaded)
+                    cascaded[child_ref] = cascaded.get(child_ref, 0) + n
         if self.before_delete and (self.policy.owned_objects(self.ref(name)) or coll.suppress_on_delete):
             cols = {coll.primary_key} | {c for r in coll.references for c in _template_cols(r, coll)}
             cols |= {c for kind, c in coll.identity_columns() if kind in coll.suppress_on_delete}
             rows = [dict(r._mapping) for r in conn.execute(sa.select(*(t.c[c] for c in cols)).where(pk.in_(keys)))]
             for k, v in self.before_delete(self.ref(name), rows).items():
                 cascaded[k] = cascaded.get(k, 0) + v
-        conn.execute(t.delete().where(pk.in_(keys)))
+        return conn.execute(t.delete().where(pk.in_(keys))).rowcount
 
     def close(self) -> None:
         self.engine.dispose()
 
 
 def _template_cols(ref, coll: Collection) -> list[str]:
-    import re
-
     cols = [ref.column] if ref.column else []
     if ref.key_template:
-        cols += [c for c in re.findall(r"{([A-Za-z_][A-Za-z0-9_]*)}", ref.key_template) if c in coll.columns]
+        cols += [c for c in keytemplate.fields(ref.key_template) if c in coll.columns]
     return cols

@@ -1,0 +1,129 @@
+"""S3 objects as the store sees them: listing entries, bucket facts, tags, dates, clients, owned keys.
+
+This module imports nothing from Airflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from include.retention import keytemplate
+from include.retention.errors import StoreUnavailable
+from include.retention.policy import Condition, Reference
+
+if TYPE_CHECKING:
+    from include.retention.connections import ConnInfo
+
+log = logging.getLogger(__name__)
+
+LOCK_TAG = "retention-lock"
+ANONYMIZED_META = "retention-anonymized"
+MAX_DELETE = 1000  # S3's limit of entries per DeleteObjects request
+PART_SIZE = 8 * 1024 * 1024  # multipart part size of a rewrite; S3 needs >= 5 MiB for all but the last
+CHUNK = 64 * 1024
+PREFETCH_THREADS = 16  # parallel HEAD / GetObjectTagging requests per page
+MAX_LINE = 1024 * 1024  # a "line" longer than this is cut at a character no IP address contains
+_NOT_IN_ADDRESS = re.compile(rb"[^0-9A-Za-z:.]")
+_TAG_SAFE = re.compile(r"[^\w .:/=+\-@]")
+_UTC = dt.UTC
+
+# Short timeouts and few retries: an unreachable endpoint should fail a task in seconds, not hang it.
+CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+
+
+
+
+class ObjectsNotDeleted(StoreUnavailable):
+    """S3 refused to delete some object versions (per-key errors of a DeleteObjects response)."""
+
+
+def parse_date(text: str | None) -> dt.datetime | None:
+    """An ISO 8601 date or timestamp from metadata or a tag; naive values are UTC."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=_UTC)
+
+
+# ---- objects ------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Object:
+    """One key of a listing: its current data version, and every version when the bucket is versioned."""
+
+    key: str
+    last_modified: dt.datetime
+    version_id: str | None = None  # the data version acted on; None in an unversioned bucket
+    live: bool = True  # False: a delete marker is current and only older versions remain
+    versions: list[str] = field(default_factory=list)  # every version id incl. delete markers
+    data_versions: list[str] = field(default_factory=list)  # versions with content, newest first
+    head: dict[str, Any] | None = None
+    tags: dict[str, str] | None = None
+    gone: bool = False  # vanished between listing and a per-object call
+
+    def vid(self) -> dict[str, str]:
+        return {"VersionId": self.version_id} if self.version_id else {}
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    versioned: bool
+    object_lock: bool
+
+
+def _tag_text(value: Any) -> str:
+    if isinstance(value, bool):  # YAML ``true`` against a tag value "true"
+        return "true" if value else "false"
+    return str(value)
+
+
+def tag_matches(cond: Condition, tags: dict[str, str]) -> bool:
+    """A legal-hold condition against object tags: ``column`` names the tag."""
+    value = tags.get(cond.column)
+    if cond.is_null is not None:
+        return (value is None) == cond.is_null
+    if value is None:
+        return False
+    if cond.in_ is not None:
+        return value in {_tag_text(v) for v in cond.in_}
+    return value == _tag_text(cond.equals)
+
+
+def make_client(info: ConnInfo) -> tuple[Any, str]:
+    """A boto3 S3 client for an Airflow ``aws`` connection, and the endpoint to name in errors.
+
+    login/password are the key pair; extra holds ``endpoint_url`` (MinIO, moto) and ``region_name``.
+    """
+    extra = dict(info.extra or {})
+    endpoint = extra.get("endpoint_url") or (info.host if info.host and "://" in info.host else None)
+    # S3-compatible servers generally want path-style addressing.
+    config = CLIENT_CONFIG.merge(Config(s3={"addressing_style": "path"})) if endpoint else CLIENT_CONFIG
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=extra.get("region_name") or "us-east-1",
+        aws_access_key_id=info.login or extra.get("aws_access_key_id"),
+        aws_secret_access_key=info.password or extra.get("aws_secret_access_key"),
+        aws_session_token=extra.get("aws_session_token"),
+        config=config,
+    )
+    return client, endpoint or "AWS S3"
+
+
+def owned_key(reference: Reference, row: dict[str, Any]) -> tuple[str | None, bool]:
+    """(key or prefix, is it a prefix) a row references; (None, False) if the row names none."""
+    if reference.key_template:
+        return keytemplate.fill(reference.key_template, row)
+    value = row.get(reference.column) if reference.column else None
+    return (str(value), False) if value not in (None, "") else (None, False)

@@ -1,0 +1,241 @@
+"""Subject operations of the S3 store: objects that carry a person's identity in the key,
+in object metadata or in a tag (``identities: {email: "key:email" | "metadata:subject-email" | "tag:..."}``).
+
+As in SQL, Python decides equality (``include.retention.identity.normalise``). Acting re-lists
+each claimed key and re-reads its tags and head first, so an object that changed since it was
+found is judged as it is now. Erase deletes every version (and delete marker) of the object;
+restrict writes the ``retention-lock`` tag (plus an Object Lock legal hold where the bucket has
+Object Lock). Kept as exceptions: tag legal holds, Object Lock holds or retention dates not set by
+this product, and locks that are not the subject's own restriction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from include.retention import keytemplate
+from include.retention.identity import normalise
+from include.retention.stores.base import (
+    ERASURE_EXCEPTION,
+    RESTRICTION,
+    Claims,
+    Subject,
+    SubjectOutcome,
+    UnclaimedItem,
+    index_subjects,
+    own_lock_reasons,
+    subject_token,
+)
+from include.retention.stores.s3_objects import LOCK_TAG, S3Object
+
+if TYPE_CHECKING:
+    from include.retention.policy import Collection
+
+log = logging.getLogger(__name__)
+
+
+def lock_reason(tags: dict[str, str] | None) -> str | None:
+    """The reason part of a ``retention-lock`` tag value (``<reason>@<date>``)."""
+    value = (tags or {}).get(LOCK_TAG)
+    return None if value is None else value.rsplit("@", 1)[0]
+
+
+class S3Subjects:
+    """Mixin of ``S3Store``: the subject half of the store interface."""
+
+    key: bytes
+    name: str
+
+    def _sources(self, coll: Collection) -> tuple[bool, bool]:
+        """Whether identities need the object's head (metadata) / tags."""
+        sources = {f.column.partition(":")[0] for _, f in coll.identity_fields()}
+        return "metadata" in sources, "tag" in sources
+
+    def _identities(self, coll: Collection, obj: S3Object, match: Any) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for kind, f in coll.identity_fields():
+            source, _, name = f.column.partition(":")
+            raw: Any = None
+            if source == "key":
+                # a key part is URL-safe text: "zoe%40example.org" is the address it encodes
+                raw = unquote(match.group(name)) if match is not None and name in match.groupdict() else None
+            elif source == "metadata":
+                meta = {k.lower(): v for k, v in ((self.head(coll.bucket, obj) or {}).get("Metadata") or {}).items()}
+                raw = meta.get(name.lower())
+            elif source == "tag":
+                raw = (self.tags(coll.bucket, obj) or {}).get(name)
+            value = normalise(kind, raw)
+            if value is not None:
+                found.setdefault(kind, set()).add(value)
+        return found
+
+    def _scoped(self, coll: Collection, page: list[S3Object]) -> list[tuple[S3Object, Any]]:
+        pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
+        out = []
+        for obj in page:
+            if not obj.version_id and not obj.live:
+                continue  # only delete markers: no content, nobody's data
+            match = pattern.fullmatch(obj.key) if pattern else None
+            if pattern is not None and match is None:
+                continue
+            out.append((obj, match))
+        need_head, need_tags = self._sources(coll)
+        objs = [o for o, _ in out]
+        if need_head:
+            self._fetch(coll.bucket, objs, head=True)
+        if need_tags:
+            self._fetch(coll.bucket, objs, tags=True)
+        return out
+
+    def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        coll = self.coll(collection_name)
+        for page in self.objects(coll.bucket, self.prefix(coll)):
+            yield [(obj.key, self._identities(coll, obj, m)) for obj, m in self._scoped(coll, page)]
+
+    def _current(self, coll: Collection, key: str) -> tuple[S3Object, Any] | None:
+        """The object under exactly ``key`` as it is now (a fresh listing), or None if it is gone."""
+        for page in self.objects(coll.bucket, key):
+            for obj, match in self._scoped(coll, [o for o in page if o.key == key]):
+                return obj, match
+        return None
+
+    def _claimed_now(self, coll: Collection, key: str, wanted: dict[str, dict[str, set[str]]]
+                     ) -> tuple[S3Object | None, dict[str, str]]:
+        """The object and, per claiming request, the identity it is claimed by (``kind\\0value``)."""
+        current = self._current(coll, key)
+        if current is None:
+            return None, {}
+        obj, match = current
+        token_of: dict[str, str] = {}
+        for kind, values in self._identities(coll, obj, match).items():
+            for value in values:
+                for rid in wanted.get(kind, {}).get(value, set()):
+                    token_of.setdefault(rid, f"{kind}\x00{value}")
+        return obj, token_of
+
+    def _reason(self, prefix: str, token_source: str) -> str:
+        kind, _, value = token_source.partition("\x00")
+        return f"{prefix}:{subject_token(self.key, kind, value)}"
+
+    def _exception(self, coll: Collection, obj: S3Object, own: set[str], now: dt.datetime) -> str | None:
+        if self._held(coll.bucket, coll, obj, now):
+            return "legal_hold"
+        reason = lock_reason(self.tags(coll.bucket, obj))
+        if reason is not None and reason not in own:
+            return "statutory_lock" if reason.startswith("retention:") else "locked_for_another_reason"
+        return None
+
+    @staticmethod
+    def _check_claimed(name: str, claims: Claims) -> list[str]:
+        unclaimed = [k for k, rids in claims.items() if not rids]
+        if unclaimed:
+            raise UnclaimedItem(f"{name}: {len(unclaimed)} object(s) matched without a request claiming them; "
+                                "nothing was changed")
+        return sorted(claims)
+
+    # ---- read / erase / restrict / verify ---------------------------------------------------
+    def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
+        coll = self.coll(collection_name)
+        batch: list[dict[str, Any]] = []
+        for key in sorted(claims):
+            current = self._current(coll, key)
+            if current is None:
+                continue
+            obj, _ = current
+            head = self.head(coll.bucket, obj) or {}
+            batch.append({"bucket": coll.bucket, "key": key, "version_id": obj.version_id,
+                          "size": head.get("ContentLength"), "last_modified": obj.last_modified,
+                          "content_type": head.get("ContentType")})
+            if len(batch) >= 100:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+              ) -> SubjectOutcome:
+        from include.retention.stores.s3_writes import Purger
+
+        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        outcome = SubjectOutcome()
+        keys = self._check_claimed(ref, claims)
+        wanted = index_subjects(subjects)
+        own = own_lock_reasons(subjects, self.key)
+        now = dt.datetime.now(dt.UTC)
+        deleted_by_key: dict[str, set[str]] = {}
+
+        def on_batch(gone: list[str], _versions: int, _errors: int) -> None:
+            for key in gone:
+                for rid in deleted_by_key.get(key, set()):
+                    outcome.add(rid, ref, "deleted")
+
+        purger = Purger(self, coll.bucket, 1000, on_batch)
+        for key in keys:
+            obj, token_of = self._claimed_now(coll, key, wanted)
+            if obj is None or not token_of:
+                continue  # gone or changed since it was found: not ours to touch
+            reason = self._exception(coll, obj, own, now)
+            if reason is not None:
+                for rid in token_of:
+                    outcome.add(rid, ref, f"exception:{reason}")
+                if not dry_run and LOCK_TAG not in (self.tags(coll.bucket, obj) or {}):
+                    self._lock(coll.bucket, obj, self._reason(ERASURE_EXCEPTION, token_of[min(token_of)]), now)
+                continue
+            if lock_reason(self.tags(coll.bucket, obj)) is not None:
+                for rid in token_of:
+                    outcome.add(rid, ref, "lifted")
+            if dry_run:
+                for rid in token_of:
+                    outcome.add(rid, ref, "deleted")
+                continue
+            deleted_by_key[key] = set(token_of)
+            self._release_own_hold(coll.bucket, obj)
+            purger.add(obj)
+        purger.flush()  # raises ObjectsNotDeleted for what S3 refused: the request stays open
+        return outcome
+
+    def restrict(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+                 ) -> SubjectOutcome:
+        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        outcome = SubjectOutcome()
+        wanted = index_subjects(subjects)
+        now = dt.datetime.now(dt.UTC)
+        for key in self._check_claimed(ref, claims):
+            obj, token_of = self._claimed_now(coll, key, wanted)
+            if obj is None or not token_of:
+                continue
+            if self._done(coll.bucket, "lock", obj):
+                what = "already_restricted"
+            else:
+                what = "restricted"
+                if not dry_run:
+                    reason = lock_reason(self.tags(coll.bucket, obj)) or self._reason(
+                        RESTRICTION, token_of[min(token_of)])
+                    self._lock(coll.bucket, obj, reason, now)
+            for rid in token_of:
+                outcome.add(rid, ref, what)
+        return outcome
+
+    def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
+        coll = self.coll(collection_name)
+        claims = self.find(collection_name, subjects)
+        own = own_lock_reasons(subjects, self.key)
+        now = dt.datetime.now(dt.UTC)
+        left: dict[str, int] = {}
+        for key in sorted(claims):
+            current = self._current(coll, key)
+            if current is None:
+                continue
+            obj, _ = current
+            if mode == "restrict":
+                allowed = self._done(coll.bucket, "lock", obj)
+            else:
+                allowed = self._exception(coll, obj, own, now) is not None
+            if not allowed:
+                for rid in claims[key]:
+                    left[rid] = left.get(rid, 0) + 1
+        return left

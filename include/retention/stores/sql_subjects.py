@@ -1,0 +1,351 @@
+"""Subject operations of the SQL store: find, read, erase, restrict and re-scan one person's rows.
+
+Equality is Python's (``include.retention.identity.normalise``): a scan reads the identity
+columns in primary-key batches and compares normalised values, so no collation, ``lower()``
+or ``trim()`` of any database can widen (or narrow) a match (ADR 0005). Acting is done per
+chunk of claimed keys in one transaction that first locks the rows (``SELECT ... FOR UPDATE``;
+SQLite transactions are ``BEGIN IMMEDIATE``), re-reads their identities and hold state and
+acts only on rows a request still claims, with the guard repeated in the final statement.
+
+Exceptions (GDPR Art. 17(3)) are kept and listed, never deleted: a legal hold, held
+dependents a delete would cascade onto, and any lock that is not the subject's own earlier
+restriction (a sweep's statutory lock, somebody else's reason). The subject's own restriction
+is lifted by the erasure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from include.retention.clock import utcnow
+from include.retention.identity import normalise
+from include.retention.masking import STRATEGIES
+from include.retention.stores.base import (
+    ERASURE_EXCEPTION,
+    RESTRICTION,
+    Claims,
+    Subject,
+    SubjectOutcome,
+    UnclaimedItem,
+    index_subjects,
+    own_lock_reasons,
+    subject_token,
+)
+
+if TYPE_CHECKING:
+    from include.retention.policy import Collection, IdentityField
+
+log = logging.getLogger(__name__)
+
+SCAN_BATCH = 5000  # rows per identity scan query
+CHUNK = 500  # keys per act transaction (bounded IN lists, bounded locks)
+
+
+def _chunks(items: list[Any], n: int = CHUNK) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+class SqlSubjects:
+    """Mixin of ``SqlStore``: the subject half of the store interface."""
+
+    # provided by SqlStore
+    engine: sa.Engine
+    mask_key: bytes
+    name: str
+
+    # ---- reading identities ---------------------------------------------------------------
+    def _identity_cols(self, coll: Collection) -> list[str]:
+        return sorted({f.column for _, f in coll.identity_fields()})
+
+    def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        coll, t = self.coll(collection_name), self.table(collection_name)
+        pk = t.c[coll.primary_key]
+        cols = self._identity_cols(coll)
+        fields = coll.identity_fields()
+        last = None
+        while True:
+            query = sa.select(pk, *(t.c[c] for c in cols)).order_by(pk).limit(SCAN_BATCH)
+            if last is not None:
+                query = query.where(pk > last)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            batch = []
+            for row in rows:
+                values = dict(zip(cols, row[1:], strict=True))
+                found: dict[str, set[str]] = {}
+                for kind, f in fields:
+                    value = normalise(kind, values[f.column])
+                    if value is not None:
+                        found.setdefault(kind, set()).add(value)
+                batch.append((row[0], found))
+            yield batch
+            last = rows[-1][0]
+            if len(rows) < SCAN_BATCH:
+                return
+
+    @staticmethod
+    def _row_claims(row: dict[str, Any], fields: list[tuple[str, IdentityField]],
+                    wanted: dict[str, dict[str, set[str]]]) -> tuple[set[str], set[str], dict[str, str]]:
+        """(request ids claiming the row as theirs, columns that only mention a subject, rid -> token source)."""
+        whole: set[str] = set()
+        mention_cols: set[str] = set()
+        token_of: dict[str, str] = {}
+        for kind, f in fields:
+            value = normalise(kind, row[f.column])
+            rids = wanted.get(kind, {}).get(value, set()) if value is not None else set()
+            if not rids:
+                continue
+            for rid in rids:
+                token_of.setdefault(rid, f"{kind}\x00{value}")
+            if f.erase == "row":
+                whole |= rids
+            else:
+                mention_cols.add(f.column)
+        return whole, mention_cols, token_of
+
+    def _state_columns(self, name: str, t: sa.Table, *, dependents: bool) -> list[Any]:
+        """Hold and lock state of a row, evaluated by the database in the same statement that locks it."""
+        coll = self.coll(name)
+        cols: list[Any] = []
+        held = self.held(name, t)
+        cols.append((held if held is not None else sa.false()).label("_held"))
+        deps = self._held_dependents(name, t) if dependents else []
+        cols.append((sa.or_(*deps) if deps else sa.false()).label("_deps_held"))
+        if coll.lock is not None:
+            cols.append(t.c[coll.lock.at].label("_locked_at"))
+            cols.append((t.c[coll.lock.reason] if coll.lock.reason else sa.null()).label("_lock_reason"))
+        return cols
+
+    def _locked_rows(self, conn, name: str, keys: list[Any], *, dependents: bool, lock: bool = True
+                     ) -> list[dict[str, Any]]:
+        coll, t = self.coll(name), self.table(name)
+        pk = t.c[coll.primary_key]
+        query = (sa.select(pk.label("_pk"), *(t.c[c] for c in self._identity_cols(coll)),
+                           *self._state_columns(name, t, dependents=dependents)).where(pk.in_(keys)))
+        return [dict(r._mapping) for r in conn.execute(query.with_for_update() if lock else query)]
+
+    def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
+        coll, t = self.coll(collection_name), self.table(collection_name)
+        pk = t.c[coll.primary_key]
+        cols = [t.c[c] for c in coll.columns]
+        for chunk in _chunks(sorted(claims)):
+            with self.engine.connect() as conn:
+                yield [dict(r._mapping) for r in conn.execute(sa.select(*cols).where(pk.in_(chunk)).order_by(pk))]
+
+    # ---- classification -------------------------------------------------------------------
+    @staticmethod
+    def _exception(row: dict[str, Any], own: set[str], *, deleting: bool) -> str | None:
+        """Why a claimed row must be kept, or None."""
+        if row["_held"]:
+            return "legal_hold"
+        if deleting and row["_deps_held"]:
+            return "legal_hold_of_dependents"
+        if row.get("_locked_at") is not None and row.get("_lock_reason") not in own:
+            reason = row.get("_lock_reason") or ""
+            return "statutory_lock" if reason.startswith("retention:") else "locked_for_another_reason"
+        return None
+
+    def _check_claimed(self, claims: Claims) -> list[Any]:
+        unclaimed = [k for k, rids in claims.items() if not rids]
+        if unclaimed:
+            raise UnclaimedItem(f"{self.name}: {len(unclaimed)} item(s) matched without a request claiming them; "
+                                "nothing was changed")
+        return sorted(claims)
+
+    def _reason(self, prefix: str, token_source: str) -> str:
+        kind, _, value = token_source.partition("\x00")
+        return f"{prefix}:{subject_token(self.mask_key, kind, value)}"
+
+    # ---- erase ----------------------------------------------------------------------------
+    def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+              ) -> SubjectOutcome:
+        name = collection_name
+        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
+        outcome = SubjectOutcome()
+        keys = self._check_claimed(claims)
+        wanted = index_subjects(subjects)
+        own = own_lock_reasons(subjects, self.mask_key)
+        fields = coll.identity_fields()
+        deleting = coll.erasure == "delete"
+        changed_since = 0
+        for chunk in _chunks(keys):
+            with self.engine.begin() as conn:
+                rows = self._locked_rows(conn, name, chunk, dependents=deleting)
+                whole_rows, mention_rows, kept_rows = [], [], []
+                for row in rows:
+                    whole, mention_cols, token_of = self._row_claims(row, fields, wanted)
+                    rids = whole or {rid for rid in token_of}
+                    if not rids:
+                        changed_since += 1  # no longer carries the identity: not ours to touch
+                        continue
+                    reason = self._exception(row, own, deleting=bool(whole) and deleting)
+                    if reason is not None:
+                        for rid in rids:
+                            outcome.add(rid, ref, f"exception:{reason}")
+                        kept_rows.append((row, token_of[min(rids)]))
+                    elif whole:
+                        whole_rows.append((row, whole))
+                    else:
+                        mention_rows.append((row, mention_cols, set(token_of)))
+                if not dry_run:
+                    self._restrict_exceptions(conn, name, kept_rows)
+                self._erase_mentions(conn, name, mention_rows, outcome, dry_run)
+                if not whole_rows:
+                    continue
+                gone = [r["_pk"] for r, _ in whole_rows]
+                lifted = {r["_pk"] for r, _ in whole_rows if r.get("_locked_at") is not None}
+                for row, rids in whole_rows:
+                    for rid in rids:
+                        if row["_pk"] in lifted:
+                            outcome.add(rid, ref, "lifted")
+                if not deleting:
+                    n = len(gone) if dry_run else self._anonymize_subject_rows(conn, name, gone, own)
+                    self._count(outcome, whole_rows, ref, "anonymized", n)
+                    continue
+                children = self._child_counts(conn, name, gone)
+                for row, rids in whole_rows:
+                    for rid in rids:
+                        for child_ref, n in children.get(row["_pk"], {}).items():
+                            outcome.add(rid, child_ref, "deleted_with_parent", n)
+                if dry_run:
+                    self._count(outcome, whole_rows, ref, "deleted", len(gone))
+                    continue
+                cascaded: dict[str, int] = {}
+                guard = self._erasable(name, t, own)
+                n = self._delete_keys(conn, name, gone, cascaded, guard=guard)
+                self._count(outcome, whole_rows, ref, "deleted", n)
+                for target, c in cascaded.items():
+                    outcome.add_total(target, c)
+        if changed_since:
+            log.warning("%s: %d claimed row(s) no longer carried the identity when acted on; left alone", ref,
+                        changed_since)
+        return outcome
+
+    @staticmethod
+    def _count(outcome: SubjectOutcome, rows: list[tuple[dict[str, Any], set[str]]], ref: str, what: str,
+               real: int) -> None:
+        """Per-request counts of an action whose statement changed ``real`` rows (the truth for the ledger)."""
+        for _row, rids in rows:
+            for rid in rids:
+                outcome.add(rid, ref, what)
+        if real != len(rows):
+            outcome.add_total(f"{ref}:{what}:changed_meanwhile", len(rows) - real)
+
+    def _erasable(self, name: str, t: sa.Table, own: set[str]) -> sa.ColumnElement[bool]:
+        """The guard repeated in the final statement: not held, no held dependents, unlocked or own lock."""
+        coll = self.coll(name)
+        preds = []
+        held = self.held(name, t)
+        if held is not None:
+            preds.append(sa.not_(held))
+        preds += [sa.not_(d) for d in self._held_dependents(name, t)]
+        if coll.lock is not None:
+            free = t.c[coll.lock.at].is_(None)
+            if coll.lock.reason and own:
+                free = sa.or_(free, t.c[coll.lock.reason].in_(sorted(own)))
+            preds.append(free)
+        return sa.and_(*preds) if preds else sa.true()
+
+    def _restrict_exceptions(self, conn, name: str, kept: list[tuple[dict[str, Any], str]]) -> None:
+        """Kept rows are restricted (used for nothing else) unless they already carry a lock."""
+        coll, t = self.coll(name), self.table(name)
+        if coll.lock is None:
+            return
+        pk = t.c[coll.primary_key]
+        for row, token_source in kept:
+            if row.get("_locked_at") is not None:
+                continue
+            values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], utcnow())}
+            if coll.lock.reason:
+                values[coll.lock.reason] = self._reason(ERASURE_EXCEPTION, token_source)
+            conn.execute(t.update().where(pk == row["_pk"], t.c[coll.lock.at].is_(None)).values(values))
+
+    def _erase_mentions(self, conn, name: str, rows: list[tuple[dict[str, Any], set[str], set[str]]],
+                        outcome: SubjectOutcome, dry_run: bool) -> None:
+        """Rows that only mention a subject (``erase: mask`` fields): mask those fields, keep the row."""
+        if not rows:
+            return
+        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
+        pk = t.c[coll.primary_key]
+        masks = {f.column: f.mask for _, f in coll.identity_fields() if f.erase == "mask"}
+        for row, cols, rids in rows:
+            if not dry_run:
+                values = {}
+                for c in cols:
+                    strategy = STRATEGIES[masks[c].strategy]
+                    values[c] = (strategy.sql(t.c[c], masks[c].value) if strategy.in_sql
+                                 else strategy.python(row[c], masks[c].value, self.mask_key))
+                conn.execute(t.update().where(pk == row["_pk"]).values(values))
+            for rid in rids:
+                outcome.add(rid, ref, "masked")
+
+    def _anonymize_subject_rows(self, conn, name: str, keys: list[Any], own: set[str]) -> int:
+        coll, t = self.coll(name), self.table(name)
+        pk = t.c[coll.primary_key]
+        where = sa.and_(pk.in_(keys), self._erasable(name, t, own))
+        n = self._anonymize(conn, name, t, keys, where, coll.erasure_mask, utcnow())
+        if coll.lock is not None and own and coll.lock.reason:
+            # an anonymized row names nobody: the subject's own restriction of it has no object any more
+            conn.execute(t.update().where(pk.in_(keys), t.c[coll.lock.reason].in_(sorted(own)))
+                         .values({coll.lock.at: None, coll.lock.reason: None}))
+        return n
+
+    # ---- restrict -------------------------------------------------------------------------
+    def restrict(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+                 ) -> SubjectOutcome:
+        name = collection_name
+        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
+        pk = t.c[coll.primary_key]
+        outcome = SubjectOutcome()
+        keys = self._check_claimed(claims)
+        wanted = index_subjects(subjects)
+        fields = coll.identity_fields()
+        for chunk in _chunks(keys):
+            with self.engine.begin() as conn:
+                for row in self._locked_rows(conn, name, chunk, dependents=False):
+                    _whole, _mention, token_of = self._row_claims(row, fields, wanted)
+                    if not token_of:
+                        continue
+                    if coll.lock is None:
+                        what = "not_restrictable"  # verification reports it: the data map gives no lock marker
+                    elif row.get("_locked_at") is not None:
+                        what = "already_restricted"
+                    else:
+                        what = "restricted"
+                        if not dry_run:
+                            values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], utcnow())}
+                            if coll.lock.reason:
+                                values[coll.lock.reason] = self._reason(RESTRICTION, token_of[min(token_of)])
+                            n = conn.execute(t.update().where(pk == row["_pk"], t.c[coll.lock.at].is_(None))
+                                             .values(values)).rowcount
+                            what = "restricted" if n else "already_restricted"
+                    for rid in token_of:
+                        outcome.add(rid, ref, what)
+        return outcome
+
+    # ---- verify ---------------------------------------------------------------------------
+    def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
+        name = collection_name
+        claims = self.find(name, subjects)
+        own = own_lock_reasons(subjects, self.mask_key)
+        deleting = self.coll(name).erasure == "delete"
+        left: dict[str, int] = {}
+        for chunk in _chunks(sorted(claims)):
+            with self.engine.connect() as conn:
+                rows = self._locked_rows(conn, name, chunk, dependents=deleting, lock=False)
+            for row in rows:
+                if mode == "restrict":
+                    allowed = row.get("_locked_at") is not None
+                else:
+                    allowed = self._exception(row, own, deleting=deleting) is not None
+                if not allowed:
+                    for rid in claims[row["_pk"]]:
+                        left[rid] = left.get(rid, 0) + 1
+        return left

@@ -1,18 +1,26 @@
 # The two commands: `make demo` (embedded default, end to end) and `make test` (the whole suite).
+# Every target works from a shell that never activated the virtualenv: the venv's bin comes first on
+# PATH for every recipe (`airflow standalone` starts its components as `airflow ...` found on PATH).
 SHELL := /bin/bash
 VENV ?= .venv
-PY := $(VENV)/bin/python
+VENV_BIN := $(abspath $(VENV))/bin
+PY := $(VENV_BIN)/python
+export PATH := $(VENV_BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)
+export VENV
 
-.PHONY: venv services demo ui test test-fast lint validate verify bench clean
+.PHONY: venv services demo ui test test-fast test-slow lint validate verify bench clean
 
-venv: $(VENV)/.installed
-
-$(VENV)/.installed: requirements.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt
-	touch $@
+# The stamp is a copy of the requirements it installed: a fresh clone (new file times, same
+# content) reuses the venv, a changed requirements.txt reinstalls.
+venv:
+	@if [ -x $(PY) ] && cmp -s requirements.txt $(VENV)/.installed; then :; else \
+	  set -e; test -x $(PY) || python3 -m venv $(VENV); \
+	  echo "venv: installing requirements.txt into $(VENV) ..."; \
+	  $(VENV_BIN)/pip install -q --upgrade pip; \
+	  $(VENV_BIN)/pip install -q -r requirements.txt; \
+	  cp requirements.txt $(VENV)/.installed; \
+	fi
 
 services:
 	bash scripts/services.sh
@@ -23,14 +31,19 @@ demo: venv
 ui: venv
 	bash scripts/ui.sh
 
+# The slow tier (marker `slow`: the README's commands in a fresh clone) runs last.
 test: venv services
-	$(VENV)/bin/pytest -q -ra
+	$(VENV_BIN)/pytest -q -ra -m "not slow"
+	$(VENV_BIN)/pytest -q -ra -m slow
 
 test-fast: venv
-	$(VENV)/bin/pytest -q tests/unit
+	$(VENV_BIN)/pytest -q tests/unit
+
+test-slow: venv services
+	$(VENV_BIN)/pytest -q -ra -m slow
 
 lint: venv
-	$(VENV)/bin/ruff check .
+	$(VENV_BIN)/ruff check .
 
 validate: venv
 	$(PY) -m include.retention.cli validate

@@ -300,3 +300,48 @@ def test_cutoff_keeps_timezone():
     now = dt.datetime(2026, 11, 24, 12, tzinfo=dt.UTC)
     assert cutoff(now, Stage(action="delete", after="P30D"), Start(column="x")) == dt.datetime(
         2026, 10, 25, 12, tzinfo=dt.UTC)
+
+
+# ---- loader holes: duplicate keys, periods over 100 years, lax types ------------------------
+
+
+def test_duplicate_key_is_refused_with_line_and_key_path(tmp_path):
+    once = "            period: P0D\n"
+    text = DEFAULT.read_text().replace(once, once + "            period: P36M\n", 1)
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert str(info.value).startswith(
+        f"{path}: systems.crm.collections.contacts.rules[0].period (line 50): duplicate key 'period' "
+        "(first given on line 49)")
+
+
+@pytest.mark.parametrize("text", ["P100Y", "P1200M", "P36524D", "P5217W", "P99Y11M30D"])
+def test_periods_up_to_100_years_are_accepted(text):
+    assert parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["P101Y", "P9999Y", "P1201M", "P36525D", "P5218W", "P100YT24H", "P" + "9" * 40 + "Y"])
+def test_periods_over_100_years_are_refused(text):
+    with pytest.raises(ValueError, match="is longer than 100 years"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("max_fraction: 0.5", "max_fraction: true", "Input should be a valid number (got a boolean"),
+    ("max_fraction: 0.5", "max_fraction: .nan", "Input should be a finite number"),
+    ("batch_size: 1000", "batch_size: '1000'", "Input should be a valid integer (got quoted text"),
+    ("connection: crm_db", "connection: off", "Input should be a valid string (got a boolean"),
+    ("version: 1\n", "version: true\n", "version must be the number 1"),
+    ("legal_hold: [{column: legal_hold, equals: true}]", "legal_hold: [{column: legal_hold, is_null: 1}]",
+     "Input should be a valid boolean"),
+    ("identities: {email: email, phone: phone}", "identities: {email: email, 3: phone}", "key '3' is read as a number"),
+])
+def test_lax_types_are_refused(tmp_path, old, new, problem):
+    text = DEFAULT.read_text()
+    assert old in text
+    path = tmp_path / "lax.yaml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(PolicyError, match=re.escape(problem)):
+        load_policy(path)

@@ -111,16 +111,23 @@ def chain_key(key: bytes) -> bytes:
     return hmac.new(key, _CHAIN_KEY_LABEL, hashlib.sha256).digest()
 
 
+_CANONICAL_KEYS = tuple(sorted((*HASHED_FIELDS, "format")))
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # keys are inserted sorted: same bytes as sort_keys=True
+
+
 def canonical(row: dict[str, Any]) -> bytes:
     """The bytes an entry's hash covers: every hashed field plus the chain format, as sorted JSON."""
-    content = {k: row.get(k) for k in HASHED_FIELDS}
-    content["format"] = CHAIN_FORMAT
-    return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    content = {k: CHAIN_FORMAT if k == "format" else row.get(k) for k in _CANONICAL_KEYS}
+    return _ENCODER.encode(content).encode()
+
+
+def _mac(ckey: bytes, row: dict[str, Any]) -> str:
+    return hmac.digest(ckey, canonical(row), "sha256").hex()
 
 
 def entry_hash(row: dict[str, Any], key: bytes) -> str:
     """HMAC-SHA256 of the entry under the chain key derived from ``key``."""
-    return hmac.new(chain_key(key), canonical(row), hashlib.sha256).hexdigest()
+    return _mac(chain_key(key), row)
 
 
 @dataclass(frozen=True)
@@ -621,8 +628,7 @@ class Ledger:
             if seq != expected_seq:
                 result = broken(expected_seq, f"entry {expected_seq} is missing")
                 break
-            if not hmac.compare_digest(hmac.new(ckey, canonical(row), hashlib.sha256).hexdigest(),
-                                       row["entry_hash"] or ""):
+            if not hmac.compare_digest(_mac(ckey, row), row["entry_hash"] or ""):
                 result = broken(seq, "content does not match its keyed hash (edited, inserted, moved or "
                                      "rehashed without the key)")
                 break

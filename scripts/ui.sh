@@ -74,8 +74,7 @@ setsid python - >>"$S3_LOG" 2>&1 <<'PY' &
 import datetime as dt, json, logging, os, time, urllib.parse
 from moto.server import ThreadedMotoServer
 from include.retention.demo.s3_seed import seed_demo_objects
-from include.retention.runtime import parse_conn, sqlalchemy_url
-from include.retention.stores.sql import make_engine
+from include.retention.connections import make_engine, parse_conn, sqlalchemy_url
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
 conn = parse_conn(os.environ["AIRFLOW_CONN_OBJECTS_S3"])
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=urllib.parse.urlsplit(conn.extra["endpoint_url"]).port)

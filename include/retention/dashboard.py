@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from include.retention import registry as reg
 from include.retention.errors import RetentionError
-from include.retention.ledger import CHART_ACTIONS, Ledger
+from include.retention.ledger import CHART_ACTIONS, Ledger, anchor_sink
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +112,21 @@ def verification(engine: sa.Engine, key: bytes | None, anchors: str | None = Non
 
     Without the key the chain cannot be checked: the status says so (``ok`` None), never "intact".
     """
+    empty = {"entries": 0, "first_broken_seq": None, "unreconciled": [], "unreconciled_count": 0,
+             "anchors_checked": 0, "head_seq": None, "verified_at": None, "anchors": anchors}
     if not key:
-        return {"ok": None, "entries": 0, "first_broken_seq": None, "unreconciled": [], "unreconciled_count": 0,
-                "anchors_checked": 0, "head_seq": None, "verified_at": None, "anchors": anchors,
+        return {**empty, "ok": None,
                 "problem": "cannot verify: no HMAC key (RETENTION_HMAC_KEY or connection 'retention_keys')"}
-    try:
-        result = Ledger(engine, key).verify(record=record, anchors=anchors).as_dict()
-    except RetentionError as exc:  # an unreadable anchor or anchor location
-        log.warning("ledger verification failed: %s", exc)
-        return {"ok": False, "entries": 0, "first_broken_seq": None, "unreconciled": [], "unreconciled_count": 0,
-                "anchors_checked": 0, "head_seq": None, "verified_at": None, "anchors": anchors, "problem": str(exc)}
-    return {**result, "anchors": anchors}
+    try:  # anchors first: an unreachable or unreadable anchor store is a failed check, not an error page
+        found = list(anchor_sink(anchors).anchors()) if anchors else None
+    except RetentionError as exc:
+        log.warning("ledger anchors unreadable: %s", exc)
+        return {**empty, "ok": False, "problem": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - S3 / file system errors of any kind
+        log.warning("ledger anchors at %s unreachable: %s", anchors, type(exc).__name__)
+        return {**empty, "ok": False, "problem": f"cannot read the anchors at {anchors} ({type(exc).__name__})"}
+    result = Ledger(engine, key).verify(record=record, anchors=found)
+    return {**result.as_dict(), "anchors": anchors}
 
 
 def verify_now(engine: sa.Engine, key: bytes | None = None, anchors: str | None = None) -> dict[str, Any]:

@@ -283,6 +283,9 @@ def test_status_checks_anchors(page, seeded, monkeypatch, tmp_path):
     assert _status(text).startswith("Chain intact: 7 entries") and "No anchor location configured" in text
     monkeypatch.setenv("RETENTION_LEDGER_ANCHORS", str(tmp_path))
     assert _status(page.get("/").text).startswith("Chain BROKEN at entry 8: entries after 7 were removed")
+    (tmp_path / "000000000000009-x.json").write_text("{not an anchor")
+    status = _status(page.get("/").text)
+    assert status.startswith("Chain not verified: anchor ") and "is not a ledger anchor" in status
 
 
 def test_summary_json_is_the_page_data(page, seeded):

@@ -195,9 +195,12 @@ def _read_bytes(path: Path) -> bytes:
 
 def cmd_submit(args) -> int:
     """Queue erasure requests for erasure_intake from a CSV (see ``read_requests``): all rows or none."""
+    from include.retention.erasure import check_request_kinds
+
     reqs = read_requests(args.csv)
     runtime = _runtime()
     try:
+        check_request_kinds(runtime.policy, {kind for req in reqs for kind in req.identities.given()})
         ids = runtime.registry().register_many(reqs)
     finally:
         runtime.close()

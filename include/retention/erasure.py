@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import logging
 
+from include.retention.errors import RetentionError
 from include.retention.policy import Policy
 from include.retention.stores.base import Store, Subject, SubjectOutcome, collection_order
 
-__all__ = ["MODES", "Subject", "SubjectOutcome", "SubjectScanner", "collection_order"]
+__all__ = ["MODES", "Subject", "SubjectOutcome", "SubjectScanner", "check_request_kinds", "collection_order"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("erase", "restrict")
 # Backwards-compatible name of the per-system outcome.
 SystemOutcome = SubjectOutcome
+
+
+def check_request_kinds(policy: Policy, kinds: set[str] | list[str]) -> None:
+    """Refuse identities the data map cannot search: a request by them could never find anything,
+    and its receipt would claim "nothing left" for what was never looked at."""
+    unknown = sorted(set(kinds) - set(policy.request_kinds()))
+    if unknown:
+        raise RetentionError(f"no collection of the data map holds {', '.join(unknown)}; searchable: "
+                             f"{', '.join(policy.request_kinds())}")
 
 
 class SubjectScanner:

@@ -286,6 +286,28 @@ class Collection(_Model):
     # identity kind (email, phone, customer_ref, social_handle) -> the field(s) holding it: a column
     # (SQL), or "key:<template field>" / "metadata:<name>" / "tag:<name>" (S3)
     identities: dict[str, str | IdentityField | list[str | IdentityField]] = Field(default_factory=dict)
+
+    @field_validator("identities", mode="before")
+    @classmethod
+    def _identity_fields(cls, value: Any) -> Any:
+        """Read ``{column: ..., erase: mask, mask: ...}`` items here, so a wrong one gets its own message."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for kind, spec in value.items():
+            items = spec if isinstance(spec, list) else [spec]
+            parsed = []
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    try:
+                        item = IdentityField.model_validate(item)
+                    except ValidationError as exc:
+                        err = exc.errors()[0]
+                        where = f"{kind}[{i}]" if isinstance(spec, list) else str(kind)
+                        raise ValueError(f"{where}: {_loc(err['loc'])}: {_message(err)}") from None
+                parsed.append(item)
+            out[kind] = parsed if isinstance(spec, list) else parsed[0]
+        return out
     references: list[Reference] = Field(default_factory=list)
     categories: list[str] = Field(default_factory=list)
     lock: LockMarker | None = None
@@ -551,7 +573,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
         elif part in ("function-after", "function-before") or str(part).startswith(("function-", "tagged-union")):
             continue
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not re.fullmatch(r"[\w\-. :]{1,80}", text):  # a key with line breaks, quotes ...: shown quoted
+                text = repr(text[:80])
+            out += ("." if out else "") + text
     return out or "(top level)"
 
 

@@ -236,8 +236,9 @@ class Registry:
                 "external_ref_enc": self._enc(req.external_ref), "note_enc": self._enc(req.note),
                 "received_at": now, "due_at": now + relativedelta(months=1), "attempts": 0,
                 "dag_id": None, "run_id": None, "policy_digest": None,
-                **{f"{k}_digest": (self.digest(k, v) if v else None)
-                   for k, v in req.identities.given().items() if k in DIGEST_COLUMNS},
+                # every digest column in every row: an executemany takes its columns from the first row
+                **{f"{k}_digest": (self.digest(k, req.identities.given()[k]) if k in req.identities.given() else None)
+                   for k in DIGEST_COLUMNS},
             })
         with self.engine.begin() as conn:
             for i in range(0, len(rows), 500):

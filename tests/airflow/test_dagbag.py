@@ -40,7 +40,8 @@ def test_retention_sweep_shape():
 def test_erasure_request_form_params():
     dag = load_dag("erasure_request")
     params = dag.params
-    assert set(params.keys()) == {"email", "phone", "customer_ref", "mode", "dry_run", "request_ref", "note"}
+    assert set(params.keys()) == {"email", "phone", "customer_ref", "social_handle", "mode", "dry_run", "request_ref",
+                                  "note"}
     assert params.get_param("mode").schema["enum"] == ["erase", "restrict"]
     email = params.get_param("email")
     assert email.resolve("Person.Name@example.org") == "Person.Name@example.org"
@@ -49,6 +50,14 @@ def test_erasure_request_form_params():
         email.resolve("not-an-address")
     with pytest.raises(Exception, match="is not one of"):
         params.get_param("mode").resolve("delete-everything")
+    # limits and characters are checked by the form already (and again when the request is registered)
+    with pytest.raises(Exception, match="too long|is longer"):
+        email.resolve("a" * 250 + "@example.org")
+    with pytest.raises(Exception, match="does not match"):
+        email.resolve("person\x00@example.org")
+    with pytest.raises(Exception, match="does not match"):
+        params.get_param("social_handle").resolve("@zoe\nnext")
+    assert params.get_param("social_handle").resolve("@zoe_m") == "@zoe_m"
     groups = {t.task_id for t in dag.tasks}
     assert {"register", "list_systems", "system.discover", "system.act", "system.verify", "system.record",
             "finalize", "watcher"} == groups

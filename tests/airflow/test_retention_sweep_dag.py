@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 
 import pytest
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from include.retention.ledger import Ledger
 from include.retention.stores.sql import make_engine
 from tests.airflow.conftest import answer_approval, run_dag, task_states
-from tests.conftest import KEY, airflow_uri
+from tests.conftest import airflow_uri
 from tests.integration import test_sql_sweep as fixture_data
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
@@ -94,7 +95,8 @@ def stores(airflow_db, fresh_database, tmp_path, monkeypatch):
         monkeypatch.setenv("RETENTION_POLICY_PATH", str(path))
 
     use_policy(0.9)
-    yield crm, mailing, Ledger(make_engine(ledger_url), KEY), use_policy
+    # the ledger is keyed: verify with the key the DAG's tasks write with
+    yield crm, mailing, Ledger(make_engine(ledger_url), os.environ["RETENTION_HMAC_KEY"].encode()), use_policy
     for engine in (crm, mailing):
         engine.dispose()
 

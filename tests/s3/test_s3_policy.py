@@ -8,10 +8,10 @@ import re
 import pytest
 
 from include.retention.errors import PolicyError
-from include.retention.policy import Reference
 from include.retention.keytemplate import key_date
 from include.retention.keytemplate import literal_head as template_prefix
 from include.retention.keytemplate import regex as template_regex
+from include.retention.policy import Reference
 from include.retention.stores.s3 import owned_key
 from tests.s3.conftest import s3_policy
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.connections import policy_path
-from include.retention.erasure import Subject, SubjectScanner
+from include.retention.erasure import Subject, SubjectScanner, check_request_kinds
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
@@ -63,7 +63,7 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
     with Context() as ctx:
         request_id = ctx.registry.request_id_for(dag_id, run_id)
         try:
-            check_kinds(ctx.policy, req.identities.given())
+            check_request_kinds(ctx.policy, req.identities.given())
             ctx.registry.register(req, request_id=request_id, dag_id=dag_id, run_id=run_id,
                                   policy_digest=ctx.policy.digest)
         except RetentionError as exc:
@@ -72,14 +72,6 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
         log.info("request %s registered (mode %s, dry run %s), due %s", request_id, req.mode, req.dry_run,
                  ctx.registry.get(request_id)["due_at"])
     return request_id
-
-
-def check_kinds(policy: Policy, given: dict[str, str]) -> None:
-    """Refuse identities the data map cannot search: a request by them could never find anything."""
-    unknown = sorted(set(given) - set(policy.request_kinds()))
-    if unknown:
-        raise RetentionError(f"no collection of the data map holds {', '.join(unknown)}; searchable: "
-                             f"{', '.join(policy.request_kinds())}")
 
 
 def systems() -> list[str]:

@@ -20,7 +20,6 @@ from urllib.parse import unquote
 from include.retention import keytemplate
 from include.retention.identity import normalise
 from include.retention.stores.base import (
-    ERASURE_EXCEPTION,
     RESTRICTION,
     Claims,
     Subject,
@@ -36,6 +35,18 @@ if TYPE_CHECKING:
     from include.retention.policy import Collection
 
 log = logging.getLogger(__name__)
+
+
+def _decode_metadata(value: str | None) -> str | None:
+    """S3 metadata is ASCII: non-ASCII values arrive RFC 2047-encoded (``=?utf-8?b?...?=``)."""
+    if value is None or "=?" not in value:
+        return value
+    from email.header import decode_header, make_header
+
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError):
+        return value
 
 
 def lock_reason(tags: dict[str, str] | None) -> str | None:
@@ -65,7 +76,7 @@ class S3Subjects:
                 raw = unquote(match.group(name)) if match is not None and name in match.groupdict() else None
             elif source == "metadata":
                 meta = {k.lower(): v for k, v in ((self.head(coll.bucket, obj) or {}).get("Metadata") or {}).items()}
-                raw = meta.get(name.lower())
+                raw = _decode_metadata(meta.get(name.lower()))
             elif source == "tag":
                 raw = (self.tags(coll.bucket, obj) or {}).get(name)
             value = normalise(kind, raw)
@@ -182,8 +193,8 @@ class S3Subjects:
             if reason is not None:
                 for rid in token_of:
                     outcome.add(rid, ref, f"exception:{reason}")
-                if not dry_run and LOCK_TAG not in (self.tags(coll.bucket, obj) or {}):
-                    self._lock(coll.bucket, obj, self._reason(ERASURE_EXCEPTION, token_of[min(token_of)]), now)
+                # Not tagged as restricted: under a foreign Object Lock hold our tag would later make that
+                # hold look like our own, and an erasure lifts its own holds.
                 continue
             if lock_reason(self.tags(coll.bucket, obj)) is not None:
                 for rid in token_of:

@@ -80,9 +80,6 @@ def _replayable(policy: Policy, system: str) -> None:
         raise RetentionError(f"{policy.source}: systems: unknown system {system!r}; known: "
                              f"{', '.join(policy.systems)}")
     spec = policy.systems[system]
-    if spec.kind != "sql":
-        raise RetentionError(f"{policy.source}: systems.{system}: nothing to replay: replay re-applies erasures "
-                             f"to restored SQL databases and {system!r} is of kind {spec.kind!r}")
     if not any(coll.identities for coll in spec.collections.values()):
         raise RetentionError(f"{policy.source}: systems.{system}: nothing to replay: no collection of {system!r} "
                              "declares identities")

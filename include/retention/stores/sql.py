@@ -63,6 +63,7 @@ class SqlStore(SqlSubjects, Store):
         self.mask_key = mask_key
         self.before_delete = before_delete
         self._tables: dict[str, sa.Table] = {}
+        self._checked: set[str] = set()
 
     # ---- schema -------------------------------------------------------------------------
     def coll(self, name: str) -> Collection:
@@ -88,22 +89,46 @@ class SqlStore(SqlSubjects, Store):
         return self._tables[name]
 
     def check(self, collection_name: str) -> None:
+        """The table has the declared columns, and every condition's values fit its column's type.
+
+        A quoted ``"true"`` against a boolean column would compare as text on some databases and select
+        exactly the rows it meant to spare: refused here, before anything runs, naming file, path and type.
+        """
+        if collection_name in self._checked:
+            return
+        from include.retention.conditions import check_condition
+        from include.retention.errors import PolicyError
+
         coll = self.coll(collection_name)
-        present = set(self.table(collection_name).c.keys())
+        t = self.table(collection_name)
+        present = set(t.c.keys())
         missing = [c for c in coll.columns if c not in present]
         if missing:
             raise SchemaMismatch(
                 f"{self.name}.{collection_name}: table {coll.table!r} lacks declared column(s) {', '.join(missing)}"
             )
+        base = f"systems.{self.name}.collections.{collection_name}"
+        tests = [(f"{base}.legal_hold[{i}]", c) for i, c in enumerate(coll.legal_hold)]
+        tests += [(f"{base}.rules[{r}].when[{i}]", c) for r, rule in enumerate(coll.rules)
+                  for i, c in enumerate(rule.when)]
+        for where, cond in tests:
+            problem = check_condition(cond, t.c[cond.column].type, where)
+            if problem:
+                raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
+        self._checked.add(collection_name)
 
     # ---- predicates ---------------------------------------------------------------------
     def _cond(self, t: sa.Table, cond: Condition) -> sa.ColumnElement[bool]:
+        from include.retention.conditions import bind_condition
+
         col = t.c[cond.column]
         if cond.is_null is not None:
             return col.is_(None) if cond.is_null else col.is_not(None)
+        # values converted to the column's own type (checked against it in ``check``)
+        value = bind_condition(cond, col.type)
         if cond.in_ is not None:
-            return col.in_(cond.in_)
-        return col == cond.equals
+            return col.in_(value)
+        return col == value
 
     def held(self, name: str, t: sa.Table | None = None) -> sa.ColumnElement[bool] | None:
         """Legal hold of a row (NULL-safe: an unknown flag is not a hold)."""

@@ -63,6 +63,7 @@ class SqlSubjects:
         return sorted({f.column for _, f in coll.identity_fields()})
 
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        self.check(collection_name)  # holds and conditions typed before any row is judged by them
         coll, t = self.coll(collection_name), self.table(collection_name)
         pk = t.c[coll.primary_key]
         cols = self._identity_cols(coll)

@@ -8,7 +8,8 @@
 # of waiting. Moto and airflow standalone each run in a process group of their own; Ctrl-C or SIGTERM
 # stops both groups (SIGTERM, then SIGKILL after RETENTION_UI_STOP_GRACE seconds): nothing is left running.
 #
-# Environment: RETENTION_UI_PORT (8080), RETENTION_UI_START_TIMEOUT (240 s), RETENTION_UI_STOP_GRACE (20 s).
+# Environment: RETENTION_UI_PORT (8080), RETENTION_UI_START_TIMEOUT (240 s), RETENTION_UI_STOP_GRACE (20 s),
+# AIRFLOW__API__HOST (127.0.0.1), AIRFLOW__CORE__PARALLELISM (4).
 # The S3 port is the one `make demo` wrote into .demo/env.sh (RETENTION_DEMO_S3_PORT, 5055).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,7 @@ STOP_GRACE=${RETENTION_UI_STOP_GRACE:-20}
 LOG=.demo/ui.log
 S3_LOG=.demo/ui-s3.log
 export AIRFLOW__API__PORT="$PORT"
+export AIRFLOW__API__HOST="${AIRFLOW__API__HOST:-127.0.0.1}"  # this machine only (0.0.0.0 to share it)
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"
 export PYTHONUNBUFFERED=1  # live logs
 # A demo on a small machine: 4 LocalExecutor workers instead of 32.

@@ -240,9 +240,10 @@ def test_readme_commands_in_a_fresh_clone(clone: Path):
     assert re.search(r"ledger OK: \d+ entries, chain intact", out), out[-4000:]
     # receipts: erase (dry run, then for real) and restrict, with their systems and counts
     assert out.count("# Receipt for request ") == 3, out[-6000:]
-    assert "- mode: **erase** (dry run)" in out and "- mode: **erase**\n" in out and "- mode: **restrict**" in out
+    modes = re.findall(r"mode: \**(erase|restrict)\**( \(dry run\))?", out)
+    assert sorted(modes) == [("erase", ""), ("erase", " (dry run)"), ("restrict", "")], modes
     assert "| system | status | collection | counts |" in out
-    assert "Exceptions" in out, "the erased demo person has a row under legal hold: an exception is expected"
+    assert "exception" in out.lower(), "the erased demo person has a row under legal hold: an exception is expected"
     assert "queued 1 request(s) for erasure_intake" in out
     assert not EMAIL.findall(out), f"personal data in the demo's output: {EMAIL.findall(out)[:3]}"
 

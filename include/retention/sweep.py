@@ -61,8 +61,7 @@ def run_rule(
         log.info("dry run of %s: would %s", rule_id, counts["would"])
         return counts
 
-    def record(action: str, changed: int, pk_digest: str, details: dict[str, Any]) -> None:
-        ledger.append(action=action, outcome="done", count=changed, pk_digest=pk_digest, details=details, **common)
+    record = LedgerRecorder(ledger, common)
 
     for stage in reversed(rule.stages):
         if not plan.eligible.get(stage.action):
@@ -78,6 +77,24 @@ def run_rule(
                   count=counts["locked"] + counts["anonymized"] + counts["deleted"], details=_details(counts),
                   **common)
     return counts
+
+
+class LedgerRecorder:
+    """Batches of a stage in the ledger: an intent before the store commits, the real count after."""
+
+    def __init__(self, ledger: Ledger, common: dict[str, Any]):
+        self.ledger, self.common = ledger, common
+
+    def intend(self, action: str, planned: int, pk_digest: str) -> int:
+        return self.ledger.intend(action=action, count=planned, pk_digest=pk_digest, **self.common)
+
+    def __call__(self, action: str, count: int, pk_digest: str, details: dict[str, Any],
+                 intent: int | None = None) -> None:
+        if intent is None:
+            self.ledger.append(action=action, outcome="done", count=count, pk_digest=pk_digest, details=details,
+                               **self.common)
+        else:
+            self.ledger.settle(intent, count=count, details=details)
 
 
 def _details(counts: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,25 @@ from include.retention.errors import RetentionError
 from include.retention.masking import keyed_digest
 from include.retention.policy import Policy, Rule, Stage
 
-# record(action, count, pk_digest, details): write one ledger entry for a committed batch.
-Recorder = Callable[[str, int, str, dict[str, Any]], None]
+# record(action, count, pk_digest, details): write one ledger entry for a committed batch. A recorder may
+# also have ``intend(action, planned, pk_digest) -> token``, called before the batch commits; the token then
+# comes back as ``record(..., intent=token)`` (see ``include.retention.sweep.LedgerRecorder``).
+Recorder = Callable[..., None]
+
+
+def begin_record(record: Recorder, action: str, planned: int, pk_digest: str) -> Any:
+    """Write the intent of a batch (if the recorder keeps intents) before the store change commits."""
+    intend = getattr(record, "intend", None)
+    return intend(action, planned, pk_digest) if intend is not None else None
+
+
+def end_record(record: Recorder, intent: Any, action: str, count: int, pk_digest: str,
+               details: dict[str, Any]) -> None:
+    """Record what a committed batch really changed (settling its intent, if there is one)."""
+    if intent is None:
+        record(action, count, pk_digest, details)
+    else:
+        record(action, count, pk_digest, details, intent=intent)
 
 PAST_TENSE = {"lock": "locked", "anonymize": "anonymized", "delete": "deleted"}
 

@@ -55,7 +55,7 @@ from include.retention import keytemplate
 from include.retention.errors import SchemaMismatch, StoreUnavailable
 from include.retention.masking import STRATEGIES, keyed_digest
 from include.retention.policy import Collection, Policy, Reference, Rule, Stage, cutoff
-from include.retention.stores.base import Recorder, RulePlan, StageResult, Store
+from include.retention.stores.base import Recorder, RulePlan, StageResult, Store, begin_record, end_record
 from include.retention.stores.s3_objects import (
     _TAG_SAFE,
     _UTC,
@@ -415,13 +415,18 @@ class S3Store(S3Subjects, Store):
         bucket = coll.bucket
         result = StageResult(action=stage.action)
         if stage.action == "delete":
+            intent: list[Any] = [None]
+
+            def before_batch(keys: list[str]) -> None:
+                intent[0] = begin_record(record, "delete", len(keys), self.digest(keys))
+
             def on_batch(keys: list[str], versions: int, errors: int) -> None:
                 result.batches += 1
                 result.changed += len(keys)
-                record("delete", len(keys), self.digest(keys),
-                       {"batch": result.batches, "versions": versions, "errors": errors})
+                end_record(record, intent[0], "delete", len(keys), self.digest(keys),
+                           {"batch": result.batches, "versions": versions, "errors": errors})
 
-            purger = Purger(self, bucket, min(batch_size, MAX_DELETE), on_batch)
+            purger = Purger(self, bucket, min(batch_size, MAX_DELETE), on_batch, before_batch)
             for obj, action, state in self._walk(collection_name, rule, now, only="delete"):
                 if state == "due" and action == "delete":
                     self._release_own_hold(bucket, obj)

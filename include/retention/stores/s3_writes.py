@@ -36,8 +36,10 @@ class Purger:
     """
 
     def __init__(self, store: S3Store, bucket: str, limit: int,
-                 on_batch: Callable[[list[str], int, int], None] | None):
+                 on_batch: Callable[[list[str], int, int], None] | None,
+                 before_batch: Callable[[list[str]], None] | None = None):
         self.store, self.bucket, self.limit, self.on_batch = store, bucket, min(limit, MAX_DELETE), on_batch
+        self.before_batch = before_batch  # called with the objects about to go, before the request
         self.versioned = store.bucket_info(bucket).versioned
         self.buffer: list[tuple[dict[str, str], bool]] = []
         self.objects = self.versions = self.calls = 0
@@ -61,6 +63,8 @@ class Purger:
         if not self.buffer:
             return
         batch, self.buffer = self.buffer, []
+        if self.before_batch:
+            self.before_batch([e["Key"] for e, counts in batch if counts])
         resp = self.store._call("delete_objects", Bucket=self.bucket,
                                 Delete={"Objects": [e for e, _ in batch], "Quiet": True})
         self.calls += 1

@@ -21,7 +21,7 @@ from include.retention.connections import make_engine
 from include.retention.errors import SchemaMismatch
 from include.retention.masking import STRATEGIES
 from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
-from include.retention.stores.base import Recorder, RulePlan, StageResult, Store
+from include.retention.stores.base import Recorder, RulePlan, StageResult, Store, begin_record, end_record
 from include.retention.stores.sql_subjects import SqlSubjects
 
 log = logging.getLogger(__name__)
@@ -248,10 +248,14 @@ class SqlStore(SqlSubjects, Store):
             if last is not None:
                 query = query.where(pk > last)
             query = query.order_by(pk).limit(batch_size)
+            intent = None
             with self.engine.begin() as conn:
                 keys = list(conn.execute(query).scalars())
                 if not keys:
                     break
+                # Intent first: the ledger says what may happen before the store commits it, so a crash
+                # between the two leaves an entry that says so (verify reports it until reconciled).
+                intent = begin_record(record, action, len(keys), self._pk_digest(keys))
                 # The batch is every eligible row in (last, keys[-1]]: acting on that key range with the
                 # full predicate repeated touches the same rows without a long IN list.
                 in_batch = sa.and_(pk <= keys[-1], *([pk > last] if last is not None else []))
@@ -270,7 +274,8 @@ class SqlStore(SqlSubjects, Store):
             result.batches += 1
             for k, v in cascaded.items():
                 result.cascaded[k] = result.cascaded.get(k, 0) + v
-            record(action, changed, self._pk_digest(keys), {"batch": result.batches, "cascaded": cascaded})
+            end_record(record, intent, action, changed, self._pk_digest(keys),
+                       {"batch": result.batches, "cascaded": cascaded})
             if len(keys) < batch_size:
                 break
         return result

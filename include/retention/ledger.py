@@ -535,10 +535,10 @@ class Ledger:
         return Anchor(anchor.seq, anchor.entry_hash, anchor.anchored_at, where)
 
     # ---- reading ------------------------------------------------------------------------------
-    def rows(self, chunk: int = 5000, **where: Any) -> Iterator[dict[str, Any]]:
-        """Entries in sequence order, read in bounded chunks."""
+    def rows(self, chunk: int = 5000, *, after: int | None = None, **where: Any) -> Iterator[dict[str, Any]]:
+        """Entries in sequence order (after seq ``after``), read in bounded chunks."""
         self.ensure_schema()
-        last: int | None = None  # no lower bound at first: an entry slipped in before seq 1 is read too
+        last = after  # None: no lower bound, so an entry slipped in before seq 1 is read too
         while True:
             query = sa.select(entries).order_by(entries.c.seq).limit(chunk)
             if last is not None:
@@ -603,83 +603,108 @@ class Ledger:
         disagrees with an anchor, and the intents that have no outcome yet.
 
         ``anchors``: a sink, a directory / ``s3://`` location, or a list of those or of ``Anchor``.
+        Safe while others append: entries written during the walk are walked too before the head is
+        compared, so a live ledger is never reported as truncated.
         """
         self.ensure_schema()
-        ckey = chain_key(self.key)
-        pending = _collect_anchors(anchors)
-        expected_seq, prev, count, result = 1, GENESIS, 0, None
-        intents: set[int] = set()  # open intents seen so far
-        checked = 0
-
-        def broken(seq: int, problem: str) -> VerifyResult:
-            return VerifyResult(False, count, seq, problem)
-
-        while pending and pending[0].seq <= 0:  # an anchor of the empty ledger
-            a = pending.pop(0)
-            if a.seq < 0 or a.entry_hash != GENESIS:
-                result = broken(0, f"anchor {a.where} records no entry of this ledger")
-            checked += 1
-        for row in ([] if result else self.rows(chunk=chunk)):
-            count += 1
-            seq = row["seq"]
-            if seq < expected_seq:
-                result = broken(seq, f"entry {seq} was put before entry {expected_seq}")
-                break
-            if seq != expected_seq:
-                result = broken(expected_seq, f"entry {expected_seq} is missing")
-                break
-            if not hmac.compare_digest(_mac(ckey, row), row["entry_hash"] or ""):
-                result = broken(seq, "content does not match its keyed hash (edited, inserted, moved or "
-                                     "rehashed without the key)")
-                break
-            if row["prev_hash"] != prev:
-                result = broken(seq, "does not link to the entry before it")
-                break
-            while pending and pending[0].seq <= seq:
-                a = pending.pop(0)
-                if a.seq == seq and not hmac.compare_digest(a.entry_hash, row["entry_hash"]):
-                    result = broken(seq, f"differs from anchor {a.where} (rewritten with the key at or before "
-                                         f"this entry)")
-                    break
-                checked += 1
+        walk = _Walk(chain_key(self.key), _collect_anchors(anchors))
+        result = walk.start()
+        last = None
+        for _ in range(1000):  # catch up with writers: the head only moves forward
+            if result is None:
+                for row in self.rows(chunk=chunk, after=last):
+                    result = walk.step(row)
+                    if result is not None:
+                        break
             if result is not None:
                 break
-            if row["outcome"] == INTENT:
-                intents.add(seq)
-            if row["ref_seq"] is not None:
-                ref = int(row["ref_seq"])
-                if ref not in intents:
-                    result = broken(seq, f"settles entry {ref}, which is not an open intent before it")
-                    break
-                intents.discard(ref)
-            prev, expected_seq = row["entry_hash"], expected_seq + 1
-        last_seq = expected_seq - 1
-        head_seq = None
-        if result is None:
-            with self.engine.connect() as conn:
-                current = conn.execute(sa.select(head.c.seq, head.c.entry_hash).where(head.c.id == 1)).one()
-            head_seq = int(current.seq)
-            beyond = [a for a in pending if a.seq > last_seq]
-            if beyond:
-                result = broken(last_seq + 1, f"entries after {last_seq} were removed (anchor {beyond[0].where} "
-                                              f"records entry {beyond[0].seq})")
-            elif head_seq > last_seq:
-                result = broken(last_seq + 1, f"entries after {last_seq} were removed (the head says {head_seq})")
-            elif head_seq < last_seq:
-                result = broken(head_seq + 1, f"entries after the head ({head_seq}) were added behind its back")
-            elif not hmac.compare_digest(current.entry_hash, prev):
-                result = broken(last_seq, "the head does not match the last entry")
-            else:
-                result = VerifyResult(True, count)
-        result.head_seq = head_seq
-        result.anchors_checked = checked
-        open_ = sorted(intents)
+            last = walk.expected_seq - 1
+            head_seq, head_hash = self.current_head()
+            walk.head_seq = head_seq
+            if head_seq > last and self.has_entry_after(last):
+                continue  # appended while we walked: walk those too
+            result = walk.finish(head_seq, head_hash)
+            break
+        else:
+            result = walk.broken(walk.expected_seq, "the ledger kept growing during verification; try again")
+        open_ = sorted(walk.intents)
+        result.head_seq = walk.head_seq
+        result.anchors_checked = walk.checked
         result.unreconciled, result.unreconciled_count = open_[:1000], len(open_)
         if record:
             with self.engine.begin() as conn:
                 conn.execute(verifications.insert().values(
                     verified_at=result.verified_at, ok=result.ok, entries=result.entries, problem=result.problem))
         return result
+
+    def has_entry_after(self, seq: int) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(entries.c.seq).where(entries.c.seq > seq).limit(1)).first() is not None
+
+
+class _Walk:
+    """The state of one verification: where the chain is, which anchors and intents are still open."""
+
+    def __init__(self, ckey: bytes, anchors: list[Anchor]):
+        self.ckey, self.pending = ckey, anchors
+        self.expected_seq, self.prev, self.count, self.checked = 1, GENESIS, 0, 0
+        self.intents: set[int] = set()
+        self.head_seq: int | None = None
+
+    def broken(self, seq: int, problem: str) -> VerifyResult:
+        return VerifyResult(False, self.count, seq, problem)
+
+    def start(self) -> VerifyResult | None:
+        while self.pending and self.pending[0].seq <= 0:  # an anchor of the empty ledger
+            a = self.pending.pop(0)
+            if a.seq < 0 or a.entry_hash != GENESIS:
+                return self.broken(0, f"anchor {a.where} records no entry of this ledger")
+            self.checked += 1
+        return None
+
+    def step(self, row: dict[str, Any]) -> VerifyResult | None:
+        """Check one entry; the first problem found ends the walk."""
+        self.count += 1
+        seq, expected = row["seq"], self.expected_seq
+        if seq < expected:
+            return self.broken(seq, f"entry {seq} was put before entry {expected}")
+        if seq != expected:
+            return self.broken(expected, f"entry {expected} is missing")
+        if not hmac.compare_digest(_mac(self.ckey, row), row["entry_hash"] or ""):
+            return self.broken(seq, "content does not match its keyed hash (edited, inserted, moved or "
+                                    "rehashed without the key)")
+        if row["prev_hash"] != self.prev:
+            return self.broken(seq, "does not link to the entry before it")
+        while self.pending and self.pending[0].seq <= seq:
+            a = self.pending.pop(0)
+            if a.seq == seq and not hmac.compare_digest(a.entry_hash, row["entry_hash"]):
+                return self.broken(seq, f"differs from anchor {a.where} (rewritten with the key at or before "
+                                        f"this entry)")
+            self.checked += 1
+        if row["outcome"] == INTENT:
+            self.intents.add(seq)
+        if row["ref_seq"] is not None:
+            ref = int(row["ref_seq"])
+            if ref not in self.intents:
+                return self.broken(seq, f"settles entry {ref}, which is not an open intent before it")
+            self.intents.discard(ref)
+        self.prev, self.expected_seq = row["entry_hash"], expected + 1
+        return None
+
+    def finish(self, head_seq: int, head_hash: str) -> VerifyResult:
+        """After the last entry: the head and the anchors must agree with where the chain ended."""
+        last = self.expected_seq - 1
+        beyond = [a for a in self.pending if a.seq > last]
+        if beyond:
+            return self.broken(last + 1, f"entries after {last} were removed (anchor {beyond[0].where} "
+                                         f"records entry {beyond[0].seq})")
+        if head_seq > last:
+            return self.broken(last + 1, f"entries after {last} were removed (the head says {head_seq})")
+        if head_seq < last:
+            return self.broken(head_seq + 1, f"entries after the head ({head_seq}) were added behind its back")
+        if not hmac.compare_digest(head_hash, self.prev):
+            return self.broken(last, "the head does not match the last entry")
+        return VerifyResult(True, self.count)
 
 
 def _details_text(details: dict[str, Any] | None) -> str | None:

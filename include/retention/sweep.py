@@ -14,7 +14,7 @@ from typing import Any
 from include.retention.errors import SafetyBrakeTripped
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import Policy
-from include.retention.stores.base import PAST_TENSE, Store
+from include.retention.stores.base import PAST_TENSE, RulePlan, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,12 @@ def run_rule(
         "would": {PAST_TENSE[a]: n for a, n in plan.eligible.items()},
     }
     limit = policy.max_fraction(rule)
-    # At or above max_fraction, in integers (0.1 * 30 is 3.0000000000000004 in floats); 1 means no brake.
-    if plan.affected and limit < 1 and plan.affected * 10**6 >= round(limit * 10**6) * plan.total \
-            and not brake_approved:
+    tripped = brake(rule_id, plan, limit)
+    if tripped is not None and not brake_approved:
         ledger.append(action="sweep", outcome="brake_tripped", count=plan.affected,
-                      details={"total": plan.total, "max_fraction": limit, "would": counts["would"]}, **common)
-        raise SafetyBrakeTripped(rule_id, plan.affected, plan.total, limit)
+                      details={"total": plan.total, "max_fraction": limit, "would": counts["would"],
+                               "cascaded": {k: n for k, (n, _) in plan.cascaded.items()}}, **common)
+        raise tripped
 
     if dry_run:
         counts.update(counts["would"])
@@ -77,6 +77,22 @@ def run_rule(
                   count=counts["locked"] + counts["anonymized"] + counts["deleted"], details=_details(counts),
                   **common)
     return counts
+
+
+def _at_or_above(n: int, total: int, limit: float) -> bool:
+    # In integers (0.1 * 30 is 3.0000000000000004 in floats); max_fraction 1 means no brake.
+    return bool(n) and limit < 1 and n * 10**6 >= round(limit * 10**6) * total
+
+
+def brake(rule_id: str, plan: RulePlan, limit: float) -> SafetyBrakeTripped | None:
+    """The safety brake: the rule's own share of its collection, and the share of each dependent collection
+    its deletes would take along (a small share of parents can be most of their children)."""
+    if _at_or_above(plan.affected, plan.total, limit):
+        return SafetyBrakeTripped(rule_id, plan.affected, plan.total, limit)
+    for child_ref, (n, total) in sorted(plan.cascaded.items()):
+        if _at_or_above(n, total, limit):
+            return SafetyBrakeTripped(rule_id, n, total, limit, cascaded_to=child_ref)
+    return None
 
 
 class LedgerRecorder:

@@ -54,7 +54,8 @@ def test_a_second_run_changes_nothing_more(s3, make_store, ledger, logs):
     entries = list(ledger.rows())
     # a delete batch writes its intent before DeleteObjects, and the real count after
     assert [(e["run_id"], e["action"], e["outcome"], e["count"]) for e in entries] == [
-        ("1", "delete", "intent", 3), ("1", "delete", "done", 3), ("1", "anonymize", "done", 11), ("1", "sweep", "complete", 14),
+        ("1", "delete", "intent", 3), ("1", "delete", "done", 3), ("1", "anonymize", "done", 11),
+        ("1", "sweep", "complete", 14),
         ("2", "sweep", "complete", 0),
     ]
     # The ledger proves which objects by keyed digest only: no key, no path in any entry.

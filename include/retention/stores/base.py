@@ -51,6 +51,8 @@ class RulePlan:
     eligible: dict[str, int]  # per action: items past that stage's storage period, not held
     held: int  # past the first storage period but under legal hold
     already: int = 0  # past the period but already locked / anonymized
+    # per dependent collection: (rows its delete stage would take along, rows in that collection)
+    cascaded: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def affected(self) -> int:

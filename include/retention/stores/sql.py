@@ -217,12 +217,34 @@ class SqlStore(SqlSubjects, Store):
         cols.append(sa.func.sum(sa.case((held_expr, 1), else_=0)).label("held"))
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(*cols).select_from(t)).one()._mapping
+            cascaded = {}
+            if delete_stage is not None and row[delete_stage.action]:
+                cascaded = self._cascade_counts(conn, collection_name, rule, delete_stage, now)
         return RulePlan(
             total=int(row["total"] or 0),
             in_scope=int(row["in_scope"] or 0),
             eligible={s.action: int(row[s.action] or 0) for s in rule.stages},
             held=int(row["held"] or 0),
+            cascaded=cascaded,
         )
+
+    def _cascade_counts(self, conn, name: str, rule: Rule, stage: Stage, now: dt.datetime
+                        ) -> dict[str, tuple[int, int]]:
+        """Direct dependents a delete stage would take along, and each dependent table's size (for the brake)."""
+        t = self.table(name)
+        out = {}
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name or ref.on_delete != "delete":
+                continue
+            child = self.table(c_name)
+            parent_col = t.c[ref.to_column or self.coll(name).primary_key]
+            going = sa.select(parent_col).where(self.eligible(name, rule, stage, now, t))
+            n = conn.execute(sa.select(sa.func.count()).select_from(child)
+                             .where(child.c[ref.column].in_(going))).scalar() or 0
+            total = conn.execute(sa.select(sa.func.count()).select_from(child)).scalar() or 0
+            out[child_ref] = (int(n), int(total))
+        return out
 
     # ---- act ----------------------------------------------------------------------------
     def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,

@@ -19,18 +19,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.retention import registry as reg
+from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
 from include.retention.ledger import CHART_ACTIONS, Ledger, anchor_sink
+from include.retention.sweep import COUNT_COLUMNS
 
 log = logging.getLogger(__name__)
 
 ANCHORS_ENV = "RETENTION_LEDGER_ANCHORS"  # a directory or s3://bucket/prefix holding the ledger's anchors
-SWEEP_COUNTS = ("locked", "anonymized", "deleted", "held", "kept")
+SWEEP_COUNTS = COUNT_COLUMNS
 CHART_DAYS = 90
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -40,35 +38,32 @@ def _iso(value: dt.datetime | None) -> str | None:
 def ensure_schema(engine: sa.Engine) -> None:
     """Create the ledger and registry tables if the database is new (an empty page, not an error)."""
     Ledger(engine, b"").ensure_schema()  # the page computes no digests: no key needed
-    reg.metadata.create_all(engine, checkfirst=True)  # what Registry.ensure_schema does, without a secret
+    reg.Registry(engine, None).ensure_schema()  # the page reads statuses only: no key needed
+
+
+def _request_view(r: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    due = r["due_at"]
+    return {
+        "request_id": r["request_id"], "mode": r["mode"], "status": r["status"], "dry_run": bool(r["dry_run"]),
+        "source": r["source"], "received_at": _iso(r["received_at"]), "due_at": _iso(due),
+        "completed_at": _iso(r.get("completed_at")),
+        "days_left": (due.date() - now.date()).days, "overdue": due < now and r["status"] in reg.OPEN_STATUSES,
+        "attempts": r["attempts"], "dag_id": r["dag_id"], "run_id": r["run_id"], "systems": r["systems"],
+    }
 
 
 def open_requests(engine: sa.Engine, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Open subject requests, overdue first, then by due date; status per system."""
-    now = now or _utcnow()
-    t, s = reg.requests, reg.request_systems
-    query = (sa.select(t.c.request_id, t.c.mode, t.c.status, t.c.dry_run, t.c.source, t.c.received_at,
-                       t.c.due_at, t.c.attempts, t.c.dag_id, t.c.run_id)
-             .where(t.c.status.in_(reg.OPEN_STATUSES)).order_by(t.c.due_at, t.c.request_id))
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(query)]
-        systems: dict[str, dict[str, str]] = {}
-        ids = [r["request_id"] for r in rows]
-        for i in range(0, len(ids), 500):
-            for r in conn.execute(sa.select(s.c.request_id, s.c.system, s.c.status)
-                                  .where(s.c.request_id.in_(ids[i:i + 500])).order_by(s.c.system)):
-                systems.setdefault(r.request_id, {})[r.system] = r.status
-    out = []
-    for r in rows:
-        due = r["due_at"]
-        out.append({
-            "request_id": r["request_id"], "mode": r["mode"], "status": r["status"], "dry_run": bool(r["dry_run"]),
-            "source": r["source"], "received_at": _iso(r["received_at"]), "due_at": _iso(due),
-            "days_left": (due.date() - now.date()).days, "overdue": due < now, "attempts": r["attempts"],
-            "dag_id": r["dag_id"], "run_id": r["run_id"], "systems": systems.get(r["request_id"], {}),
-        })
+    now = now or utcnow()
+    out = [_request_view(r, now) for r in reg.Registry(engine, None).listing(open_only=True)]
     out.sort(key=lambda r: (not r["overdue"], r["due_at"], r["request_id"]))
     return out
+
+
+def recent_requests(engine: sa.Engine, now: dt.datetime | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest closed requests (complete, rejected ...), newest first: what was done, not who."""
+    now = now or utcnow()
+    return [_request_view(r, now) for r in reg.Registry(engine, None).listing(open_only=False, limit=limit)]
 
 
 def last_sweeps(engine: sa.Engine) -> list[dict[str, Any]]:
@@ -89,7 +84,7 @@ def last_sweeps(engine: sa.Engine) -> list[dict[str, Any]]:
 
 def actions_per_day(engine: sa.Engine, now: dt.datetime | None = None, days: int = CHART_DAYS) -> dict[str, Any]:
     """Rows / subjects acted on per day and action over the last ``days`` days (today included)."""
-    now = now or _utcnow()
+    now = now or utcnow()
     first = now.date() - dt.timedelta(days=days - 1)
     per_day = {(first + dt.timedelta(days=i)).isoformat(): dict.fromkeys(CHART_ACTIONS, 0) for i in range(days)}
     for (day, action), n in Ledger(engine, b"").actions_per_day(first, CHART_ACTIONS).items():
@@ -140,7 +135,7 @@ def verify_now(engine: sa.Engine, key: bytes | None = None, anchors: str | None 
 def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | None = None,
             anchors: str | None = None) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready dict (the ledger status verified afresh)."""
-    now = now or _utcnow()
+    now = now or utcnow()
     ensure_schema(engine)
     requests = open_requests(engine, now)
     return {
@@ -148,6 +143,7 @@ def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | N
         "requests": {"open": len(requests), "overdue": sum(r["overdue"] for r in requests),
                      "due_within_7_days": sum(not r["overdue"] and r["days_left"] <= 7 for r in requests),
                      "items": requests},
+        "recent_requests": recent_requests(engine, now),
         "sweeps": last_sweeps(engine),
         "chart": actions_per_day(engine, now),
         "verification": verification(engine, key, anchors),

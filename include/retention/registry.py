@@ -159,10 +159,11 @@ def validate_request(req: NewRequest) -> None:
 
 
 class Registry:
-    def __init__(self, engine: sa.Engine, secret: bytes):
+    def __init__(self, engine: sa.Engine, secret: bytes | None):
+        """``secret`` None: a read-only view for pages and reports (statuses, dates, counts; never identities)."""
         self.engine = engine
-        self.secret = secret
-        self._fernet = Fernet(encryption_key(secret))
+        self.secret = secret or b""
+        self._fernet = Fernet(encryption_key(secret)) if secret else None
         self._ready = False
 
     def ensure_schema(self) -> None:
@@ -172,16 +173,23 @@ class Registry:
 
     # ---- identities -------------------------------------------------------------
     def digest(self, kind: str, value: str) -> str:
+        if not self.secret:
+            raise RetentionError("this registry view has no key: no digest can be computed")
         return keyed_digest(self.secret, normalise(kind, value) or "")
 
+    def _need_key(self) -> Fernet:
+        if self._fernet is None:
+            raise RetentionError("this registry view has no key: identities can be neither stored nor read")
+        return self._fernet
+
     def _enc(self, value: Any) -> str | None:
-        return None if value is None else self._fernet.encrypt(json.dumps(value).encode()).decode()
+        return None if value is None else self._need_key().encrypt(json.dumps(value).encode()).decode()
 
     def _dec(self, token: str | None) -> Any:
         if token is None:
             return None
         try:
-            return json.loads(self._fernet.decrypt(token.encode()))
+            return json.loads(self._need_key().decrypt(token.encode()))
         except InvalidToken:
             raise RetentionError("registry entry cannot be decrypted with the configured key") from None
 
@@ -403,6 +411,34 @@ class Registry:
                                           requests.c.received_at, requests.c.due_at, requests.c.dry_run)
                                 .where(requests.c.status.in_(OPEN_STATUSES)).order_by(requests.c.due_at)).all()
         return [dict(r._mapping) for r in rows]
+
+    # ---- what pages and reports show: statuses, dates, counts; never identities ---------------
+    _LISTED = ("request_id", "mode", "status", "dry_run", "source", "received_at", "due_at", "completed_at",
+               "attempts", "dag_id", "run_id")
+
+    def listing(self, *, open_only: bool, limit: int | None = None) -> list[dict[str, Any]]:
+        """Requests with their status per system: open ones by due date, or the latest closed ones first."""
+        self.ensure_schema()
+        t, s = requests, request_systems
+        query = sa.select(*(t.c[c] for c in self._LISTED))
+        if open_only:
+            query = query.where(t.c.status.in_(OPEN_STATUSES)).order_by(t.c.due_at, t.c.request_id)
+        else:
+            query = query.where(t.c.status.not_in(OPEN_STATUSES)).order_by(
+                t.c.completed_at.desc(), t.c.received_at.desc(), t.c.request_id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+            systems: dict[str, dict[str, str]] = {}
+            ids = [r["request_id"] for r in rows]
+            for i in range(0, len(ids), 500):
+                for r in conn.execute(sa.select(s.c.request_id, s.c.system, s.c.status)
+                                      .where(s.c.request_id.in_(ids[i:i + 500])).order_by(s.c.system)):
+                    systems.setdefault(r.request_id, {})[r.system] = r.status
+        for r in rows:
+            r["systems"] = systems.get(r["request_id"], {})
+        return rows
 
 
 def _merge(old: Any, new: Any) -> Any:

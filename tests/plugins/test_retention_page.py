@@ -295,7 +295,7 @@ def test_summary_json_is_the_page_data(page, seeded):
     assert items[0]["overdue"] is True and items[0]["days_left"] in _days_left(seeded["engine"], seeded["overdue"])
     assert items[1]["systems"] == {"crm": "verified", "mailing": "acted"}
     assert set(items[0]) == {"request_id", "mode", "status", "dry_run", "source", "received_at", "due_at",
-                             "days_left", "overdue", "attempts", "dag_id", "run_id", "systems"}
+                             "completed_at", "days_left", "overdue", "attempts", "dag_id", "run_id", "systems"}
     sweeps = {s["rule_id"]: s for s in data["sweeps"]}
     assert sweeps[RULE]["counts"] == {"locked": 3, "anonymized": 0, "deleted": 7, "held": 2, "kept": 40}
     assert sweeps[RULE]["dry_run"] is False and sweeps[DRY_RULE]["dry_run"] is True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import sqlalchemy as sa
 
 from include.retention.errors import RetentionError
+from include.retention.masking import LEGACY_KID, KeyRing
 
 if TYPE_CHECKING:
     from include.retention.ledger import Ledger
@@ -106,20 +108,74 @@ def engine_for(resolver: Resolver, conn_id: str) -> sa.Engine:
     return make_engine(sqlalchemy_url(resolver(conn_id)))
 
 
-def hmac_key(resolver: Resolver) -> bytes:
-    """The keyed-digest key: ``RETENTION_HMAC_KEY`` or the password of connection ``retention_keys``."""
-    key = os.environ.get("RETENTION_HMAC_KEY")
-    if not key:
+MIN_KEY_BYTES = 32
+HOW_TO_MAKE_A_KEY = ("make one with `make secrets` (writes .env) or "
+                     "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
+# Every placeholder secret that ever appeared in this repository (compose defaults, examples):
+# anyone can read them, so a digest under one of them can be reversed by hashing a list of addresses.
+PLACEHOLDER_KEYS = frozenset({
+    "change-me-to-a-long-random-secret", "change-me-in-production", "change-me", "changeme",
+    "minio-secret", "demo-secret", "testing", "secret", "root", "airflow", "ledger", "crm", "mailing",
+})
+_KID = re.compile(r"[A-Za-z0-9_.-]{1,16}")
+
+
+def check_key(secret: str, where: str) -> bytes:
+    """Refuse a key that is short or public, naming where it came from and how to make one."""
+    raw = secret.encode()
+    lowered = secret.strip().lower()
+    if lowered in PLACEHOLDER_KEYS or "change-me" in lowered or "changeme" in lowered:
+        raise RetentionError(f"{where} is a placeholder published in this repository, not a secret; "
+                             f"{HOW_TO_MAKE_A_KEY}")
+    if len(raw) < MIN_KEY_BYTES:
+        raise RetentionError(f"{where} is {len(raw)} bytes; an HMAC key needs at least {MIN_KEY_BYTES}; "
+                             f"{HOW_TO_MAKE_A_KEY}")
+    return raw
+
+
+def _parse_keys(text: str) -> list[tuple[str, bytes]]:
+    """``RETENTION_HMAC_KEYS``: ``kid:secret`` pairs separated by commas, the current key first."""
+    out: list[tuple[str, bytes]] = []
+    for n, part in enumerate(p.strip() for p in text.split(",")):
+        kid, sep, secret = part.partition(":")
+        where = f"RETENTION_HMAC_KEYS entry {n + 1}"
+        if not sep or not _KID.fullmatch(kid):
+            raise RetentionError(f"{where} is not 'kid:secret' (kid: 1-16 of A-Z a-z 0-9 _ . -); "
+                                 "example: RETENTION_HMAC_KEYS=k2:<new secret>,k1:<old secret>")
+        if any(kid == k for k, _ in out):
+            raise RetentionError(f"{where}: key id {kid!r} is given twice")
+        out.append((kid, check_key(secret, f"{where} ({kid})")))
+    return out
+
+
+def hmac_key(resolver: Resolver) -> KeyRing:
+    """The keys for keyed digests and registry encryption, current first (docs/adr/0007-key-rotation.md).
+
+    ``RETENTION_HMAC_KEYS`` (``kid:secret,...``, first = current) and/or one key without an id, id
+    ``k0``: ``RETENTION_HMAC_KEY`` or the password of connection ``retention_keys`` (it then comes
+    last, as the oldest). As ``bytes`` the result is the current key.
+    """
+    ring = _parse_keys(os.environ["RETENTION_HMAC_KEYS"]) if os.environ.get("RETENTION_HMAC_KEYS", "").strip() else []
+    single, where = os.environ.get("RETENTION_HMAC_KEY"), "RETENTION_HMAC_KEY"
+    if not single:
+        where = f"the password of connection {KEY_CONN_ID!r}"
         try:
-            key = resolver(KEY_CONN_ID).password
+            single = resolver(KEY_CONN_ID).password
         except Exception:  # noqa: BLE001 - any lookup failure means "not configured"
-            key = None
-    if not key or len(key) < 16:
+            single = None
+    if single:
+        raw = check_key(single, where)
+        if not any(secret == raw for _, secret in ring):
+            if any(kid == LEGACY_KID for kid, _ in ring):
+                raise RetentionError(f"RETENTION_HMAC_KEYS names a key {LEGACY_KID!r} that differs from {where}; "
+                                     f"{LEGACY_KID!r} is the id of {where}")
+            ring.append((LEGACY_KID, raw))
+    if not ring:
         raise RetentionError(
-            f"no HMAC key of at least 16 characters: set RETENTION_HMAC_KEY or the password of connection "
-            f"{KEY_CONN_ID!r}"
+            f"no HMAC key: set RETENTION_HMAC_KEYS (kid:secret,... current first), RETENTION_HMAC_KEY or the "
+            f"password of connection {KEY_CONN_ID!r} (at least {MIN_KEY_BYTES} bytes); {HOW_TO_MAKE_A_KEY}"
         )
-    return key.encode()
+    return KeyRing(ring)
 
 
 def open_ledger(resolver: Resolver, key: bytes | None = None) -> Ledger:

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from include.retention.clock import utcnow_iso
 from include.retention.errors import LedgerBroken, RetentionError
-from include.retention.masking import keyed_digest
+from include.retention.masking import keyed_digest, keys_of
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +607,8 @@ class Ledger:
         compared, so a live ledger is never reported as truncated.
         """
         self.ensure_schema()
-        walk = _Walk(chain_key(self.key), _collect_anchors(anchors))
+        # every active key, current first: entries written before a rotation verify under their key
+        walk = _Walk([(kid, chain_key(secret)) for kid, secret in keys_of(self.key)], _collect_anchors(anchors))
         result = walk.start()
         last = None
         for _ in range(1000):  # catch up with writers: the head only moves forward
@@ -645,8 +646,12 @@ class Ledger:
 class _Walk:
     """The state of one verification: where the chain is, which anchors and intents are still open."""
 
-    def __init__(self, ckey: bytes, anchors: list[Anchor]):
-        self.ckey, self.pending = ckey, anchors
+    def __init__(self, ckeys: list[tuple[str, bytes]], anchors: list[Anchor]):
+        # ckeys: (key id, chain key), newest first. ``level`` is the index of the key the last entry
+        # verified under: a later entry may use that key or a newer one, never an older one (a
+        # retired key, leaked or not, cannot append after the first entry under its successor).
+        self.ckeys, self.pending = ckeys, anchors
+        self.level = len(ckeys) - 1
         self.expected_seq, self.prev, self.count, self.checked = 1, GENESIS, 0, 0
         self.intents: set[int] = set()
         self.head_seq: int | None = None
@@ -670,9 +675,14 @@ class _Walk:
             return self.broken(seq, f"entry {seq} was put before entry {expected}")
         if seq != expected:
             return self.broken(expected, f"entry {expected} is missing")
-        if not hmac.compare_digest(_mac(self.ckey, row), row["entry_hash"] or ""):
+        used = self._key_index(row)
+        if used is None:
             return self.broken(seq, "content does not match its keyed hash (edited, inserted, moved or "
                                     "rehashed without the key)")
+        if used > self.level:
+            return self.broken(seq, f"keyed with {self.ckeys[used][0]!r} after the chain moved on to key "
+                                    f"{self.ckeys[self.level][0]!r} (an older key cannot append after a rotation)")
+        self.level = used
         if row["prev_hash"] != self.prev:
             return self.broken(seq, "does not link to the entry before it")
         while self.pending and self.pending[0].seq <= seq:
@@ -689,6 +699,15 @@ class _Walk:
                 return self.broken(seq, f"settles entry {ref}, which is not an open intent before it")
             self.intents.discard(ref)
         self.prev, self.expected_seq = row["entry_hash"], expected + 1
+        return None
+
+    def _key_index(self, row: dict[str, Any]) -> int | None:
+        """Index of the active key the entry's hash was made with (the current level's first), or None."""
+        canon = canonical(row)
+        order = [self.level, *(i for i in range(len(self.ckeys)) if i != self.level)]
+        for i in order:
+            if hmac.compare_digest(hmac.digest(self.ckeys[i][1], canon, "sha256").hex(), row["entry_hash"] or ""):
+                return i
         return None
 
     def finish(self, head_seq: int, head_hash: str) -> VerifyResult:

@@ -67,6 +67,50 @@ def keyed_digest(key: bytes, value: str, *, normalise: Callable[[str], str] | No
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+# ---- key ids (docs/adr/0007-key-rotation.md) ------------------------------------------------
+
+LEGACY_KID = "k0"  # the id of a single key given without one (RETENTION_HMAC_KEY, connection retention_keys)
+
+
+class KeyRing(bytes):
+    """The active keys, newest first. As ``bytes`` it IS the current key, so every caller that
+    digests, encrypts or chains under one key keeps working; ``ring`` adds the older keys (by id)
+    that lookups and verification still accept."""
+
+    kid: str
+    ring: tuple[tuple[str, bytes], ...]
+
+    def __new__(cls, keys: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> KeyRing:
+        if not keys:
+            raise ValueError("a key ring needs at least one key")
+        obj = super().__new__(cls, keys[0][1])
+        obj.kid = keys[0][0]
+        obj.ring = tuple((kid, bytes(secret)) for kid, secret in keys)
+        return obj
+
+    def __repr__(self) -> str:  # never the secrets
+        return f"KeyRing({', '.join(kid for kid, _ in self.ring)})"
+
+
+def keys_of(key: bytes) -> tuple[tuple[str, bytes], ...]:
+    """Every active (key id, secret), current first; a plain ``bytes`` key is the one key ``k0``."""
+    return key.ring if isinstance(key, KeyRing) else ((LEGACY_KID, bytes(key)),)
+
+
+def current_kid(key: bytes) -> str:
+    return keys_of(key)[0][0]
+
+
+def keyed_digests(key: bytes, value: str) -> list[str]:
+    """``keyed_digest`` of ``value`` under every active key, current first: what a lookup must try."""
+    out: list[str] = []
+    for _, secret in keys_of(key):
+        digest = keyed_digest(secret, value)
+        if digest not in out:
+            out.append(digest)
+    return out
+
+
 # ---- IP addresses in free text (server access logs) ----------------------------------------
 
 # IPv4: four dotted numbers not glued to further digits or dots-with-digits (a version "1.2.3.4.5" is not one).

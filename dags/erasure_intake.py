@@ -13,6 +13,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import DEFAULT_ARGS
 from include.retention.airflow.erasure_group import fan_out
+from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 
 
 @dag(
@@ -23,6 +24,7 @@ from include.retention.airflow.erasure_group import fan_out
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["privacy", "erasure"],
+    access_control=PRIVACY_ACCESS_CONTROL,  # FAB: only the Privacy role (and Admin); see roles.py
     doc_md=__doc__,
     params={"batch_size": Param(500, type="integer", minimum=1, maximum=5000, title="Requests per run")},
 )

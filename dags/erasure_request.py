@@ -13,6 +13,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import DEFAULT_ARGS
 from include.retention.airflow.erasure_group import fan_out
+from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 from include.retention.identity import EMAIL_PATTERN, IDENTITY_KINDS, PHONE_PATTERN
 
 NO_CONTROL = r"^[^\u0000-\u001f\u007f]*$"  # no NUL, tab or line break: refused by the form, again by register
@@ -29,6 +30,7 @@ def _limit(kind: str) -> int:
     catchup=False,
     default_args=DEFAULT_ARGS,
     tags=["privacy", "erasure"],
+    access_control=PRIVACY_ACCESS_CONTROL,  # FAB: only the Privacy role (and Admin); see roles.py
     doc_md=__doc__,
     params={
         "email": Param(None, type=["null", "string"], pattern=EMAIL_PATTERN, maxLength=_limit("email"),

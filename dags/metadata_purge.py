@@ -15,6 +15,11 @@ project on its `PYTHONPATH`. In the compose stack `PYTHONPATH` is set and
 Elsewhere, set it on the workers or run the same command from cron instead.
 `days` is an integer Param, so a manual trigger's conf cannot inject shell text.
 Parsing this file opens no database.
+
+erasure_run_purge: the same, right after each run. A successful `finalize` of `erasure_request` or
+`erasure_intake` emits the asset `retention_erasure_run_done`; this DAG is scheduled on it and
+purges exactly the runs that emitted the events (passed as JSON in `RETENTION_PURGE_RUNS`, never
+as shell text), after waiting for them to finish. A failed run keeps its conf until the daily purge.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
 from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.erasure_group import ERASURE_RUN_DONE
 from include.retention.airflow.purge import purge_after_days
+from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
+
+PYTHON = shlex.quote(sys.executable)  # the interpreter that runs Airflow, not whatever `python` is first on PATH
 
 with DAG(
     dag_id="erasure_metadata_purge",
@@ -38,6 +47,7 @@ with DAG(
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["privacy", "maintenance"],
+    access_control=PRIVACY_ACCESS_CONTROL,
     doc_md=__doc__,
     params={
         "days": Param(purge_after_days(), type="integer", minimum=0, title="Keep days",
@@ -46,8 +56,28 @@ with DAG(
 ):
     BashOperator(
         task_id="purge_erasure_runs",
-        # the interpreter that runs Airflow, not whatever `python` is first on PATH
-        bash_command=(f"{shlex.quote(sys.executable)} -m include.retention.airflow.purge_cli"
-                      " --days {{ params.days }}"),
+        bash_command=f"{PYTHON} -m include.retention.airflow.purge_cli" " --days {{ params.days }}",
         doc_md="Prints the rows changed per table; that JSON line becomes the task's XCom.",
+    )
+
+with DAG(
+    dag_id="erasure_run_purge",
+    schedule=[ERASURE_RUN_DONE],
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["privacy", "maintenance"],
+    access_control=PRIVACY_ACCESS_CONTROL,
+    doc_md=__doc__,
+):
+    BashOperator(
+        task_id="purge_finished_run",
+        bash_command=f"{PYTHON} -m include.retention.airflow.purge_cli --runs-from-env --wait 300",
+        # the runs whose finalize emitted the events; JSON in the environment, not in the command line
+        env={"RETENTION_PURGE_RUNS": (
+            "{%- set ns = namespace(runs=[]) -%}{%- for events in triggering_asset_events.values() -%}"
+            "{%- for e in events -%}{%- set ns.runs = ns.runs + [[e.source_dag_id, e.source_run_id]] -%}"
+            "{%- endfor -%}{%- endfor -%}{{ ns.runs | tojson }}")},
+        append_env=True,
+        doc_md="Prints the purged runs and the rows changed per table; that JSON line becomes the task's XCom.",
     )

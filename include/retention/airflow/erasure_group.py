@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from airflow.sdk import get_current_context, task, task_group
+from airflow.sdk import Asset, get_current_context, task, task_group
+
+# Emitted by a successful finalize: erasure_run_purge (dags/metadata_purge.py) then removes the run's
+# conf, XComs and audit-log rows from Airflow's metadata DB right away (include/retention/airflow/purge.py).
+ERASURE_RUN_DONE = Asset(name="retention_erasure_run_done", uri="retention://erasure-runs/done",
+                         group="privacy")
 
 
 def _named(system: str) -> dict:
@@ -62,7 +67,7 @@ def list_systems() -> list[str]:
     return erasure_tasks.systems()
 
 
-@task(trigger_rule="all_done")
+@task(trigger_rule="all_done", outlets=[ERASURE_RUN_DONE])
 def finalize(request_ids: list[str], systems: list[str]) -> list[dict]:
     from include.retention.airflow import erasure_tasks
 

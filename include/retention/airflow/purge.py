@@ -18,6 +18,11 @@ It deletes in place, in one transaction: unlike ``airflow db clean`` (even with
 afterwards), no copy of the rows is ever written. It needs the metadata DB, so it runs as a
 command (``purge_cli``), never inside task code. Runs that are still queued or running keep
 their conf.
+
+Right after each run: the erasure DAGs' last task (``release_metadata``, erasure_group.py)
+emits the asset ``ERASURE_RUN_DONE``; ``erasure_run_purge`` (dags/metadata_purge.py) is scheduled
+on it and purges exactly the runs that emitted the events (``runs=``, ``older_than_days=0``),
+after waiting for them to finish (``wait_finished``). The daily purge stays as the safety net.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +55,38 @@ def purge_after_days() -> int:
     return days
 
 
+def wait_finished(runs: Sequence[tuple[str, str]], timeout: float, poll: float = 2.0) -> list[tuple[str, str]]:
+    """Wait up to ``timeout`` seconds until every run is finished; return those that are (unknown runs count
+    as not finished)."""
+    import sqlalchemy as sa
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    dr = DagRun.__table__
+    deadline = time.monotonic() + timeout
+    while True:
+        with create_session() as session:
+            done = {(d, r) for d, r, state in session.execute(
+                sa.select(dr.c.dag_id, dr.c.run_id, dr.c.state).where(_run_in(dr, runs)))
+                if state in _FINISHED}
+        if len(done) == len(set(runs)) or time.monotonic() >= deadline:
+            return [run for run in runs if run in done]
+        time.sleep(poll)
+
+
+def _run_in(table, runs: Sequence[tuple[str, str]]):
+    import sqlalchemy as sa
+
+    return sa.or_(*(sa.and_(table.c.dag_id == d, table.c.run_id == r) for d, r in runs))
+
+
 def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DAG_IDS,
-                       dry_run: bool = False) -> dict[str, int]:
+                       dry_run: bool = False, runs: Sequence[tuple[str, str]] | None = None) -> dict[str, int]:
     """Purge personal data of the DAGs' runs that finished more than ``older_than_days`` ago.
 
     Returns the number of rows changed (or, with ``dry_run``, that would change) per table.
-    ``older_than_days=0`` purges every finished run.
+    ``older_than_days=0`` purges every finished run. ``runs`` (``(dag_id, run_id)`` pairs) narrows
+    the purge to those runs (finished ones only) and their DAGs' audit rows that name no run.
     """
     import sqlalchemy as sa
     from airflow.models.dagrun import DagRun, DagRunNote
@@ -71,6 +103,11 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
 
     if older_than_days < 0:
         raise ValueError(f"older_than_days must not be negative, not {older_than_days}")
+    if runs is not None:
+        runs = [(str(d), str(r)) for d, r in runs]
+        if not runs:
+            return {}
+        dag_ids = tuple(sorted({d for d, _ in runs}))
     dag_ids = tuple(dag_ids)
     if not dag_ids:
         raise ValueError("dag_ids is empty")
@@ -81,8 +118,8 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
     audit = Log.__table__
 
     def purgeable(run):
-        """Runs of the DAGs that finished before the cutoff."""
-        return sa.and_(run.c.dag_id.in_(dag_ids),
+        """Runs of the DAGs that finished before the cutoff (and, with ``runs``, are one of them)."""
+        return sa.and_(run.c.dag_id.in_(dag_ids), _run_in(run, runs) if runs else sa.true(),
                        sa.func.coalesce(run.c.state, "").in_(_FINISHED),
                        sa.func.coalesce(run.c.end_date, run.c.run_after) < cutoff)
 
@@ -149,6 +186,6 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
                 session.execute(sa.update(dr).where(dr.c.id.in_(chunk)).values(conf=PURGED_CONF))
         if dry_run:
             session.rollback()
-    log.info("Erasure-run purge (dags=%s, older than %s days, dry_run=%s): %s",
-             ",".join(dag_ids), older_than_days, dry_run, counts)
+    log.info("Erasure-run purge (dags=%s, runs=%s, older than %s days, dry_run=%s): %s",
+             ",".join(dag_ids), len(runs) if runs is not None else "all", older_than_days, dry_run, counts)
     return counts

@@ -7,6 +7,11 @@ Inside an Airflow task (the ``erasure_metadata_purge`` DAG), the Task SDK's supe
 ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` at ``airflow-db-not-allowed:///`` before task code runs,
 and a BashOperator's child process inherits that. So when ``RETENTION_METADATA_DB_CONN`` is set
 it is used as the metadata DB URL instead; without it, a blocked URL is an error (exit code 2).
+
+``--run DAG_ID/RUN_ID`` (repeatable) or ``--runs-from-env`` (``RETENTION_PURGE_RUNS``: a JSON list
+of ``[dag_id, run_id]``, how ``erasure_run_purge`` passes the runs of its triggering asset events
+without putting run ids into a shell command) purges just those runs, right after they finish
+(``--wait`` seconds at most; a run not finished by then is left to the daily purge).
 """
 
 from __future__ import annotations
@@ -44,7 +49,38 @@ def _parser(default_days: int) -> argparse.ArgumentParser:
     parser.add_argument("--dag-id", dest="dag_ids", action="append",
                         help="DAG whose runs to purge (repeatable; default: erasure_request and erasure_intake)")
     parser.add_argument("--dry-run", action="store_true", help="count what would change; change nothing")
+    parser.add_argument("--run", dest="runs", action="append", default=[], metavar="DAG_ID/RUN_ID",
+                        help="purge only this run (repeatable); implies --days 0")
+    parser.add_argument("--runs-from-env", action="store_true",
+                        help=f"purge only the runs listed in {RUNS_ENV} (JSON list of [dag_id, run_id])")
+    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="with --run: wait this long for the runs to finish")
     return parser
+
+
+RUNS_ENV = "RETENTION_PURGE_RUNS"
+
+
+def _runs(args) -> list[tuple[str, str]] | None:
+    """The runs named on the command line or in RETENTION_PURGE_RUNS; None: no selection (all finished runs)."""
+    if not args.runs and not args.runs_from_env:
+        return None
+    runs = []
+    for item in args.runs:
+        dag_id, sep, run_id = item.partition("/")
+        if not sep or not dag_id or not run_id:
+            raise ValueError(f"--run must be DAG_ID/RUN_ID, not {item[:80]!r}")
+        runs.append((dag_id, run_id))
+    if args.runs_from_env:
+        try:
+            listed = json.loads(os.environ.get(RUNS_ENV) or "[]")
+            if not isinstance(listed, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x for x in p) for p in listed):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{RUNS_ENV} must be a JSON list of [dag_id, run_id] pairs") from None
+        runs.extend((d, r) for d, r in listed)
+    return list(dict.fromkeys(runs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +95,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.days < 0:
         print("error: --days must not be negative", file=sys.stderr)
         return 2
+    try:
+        runs = _runs(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     problem = _point_at_metadata_db()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
-    from include.retention.airflow.purge import purge_erasure_runs
+    from include.retention.airflow.purge import purge_erasure_runs, wait_finished
 
-    counts = purge_erasure_runs(args.days, dag_ids=tuple(args.dag_ids or ERASURE_DAG_IDS), dry_run=args.dry_run)
-    print(json.dumps({"dry_run": args.dry_run, "older_than_days": args.days, "rows": counts}, sort_keys=True))
+    if runs is None:
+        counts = purge_erasure_runs(args.days, dag_ids=tuple(args.dag_ids or ERASURE_DAG_IDS), dry_run=args.dry_run)
+        print(json.dumps({"dry_run": args.dry_run, "older_than_days": args.days, "rows": counts}, sort_keys=True))
+        return 0
+    allowed = set(args.dag_ids or ERASURE_DAG_IDS)
+    refused = [f"{d}/{r}" for d, r in runs if d not in allowed]
+    if refused:
+        print(f"error: not an erasure DAG's run: {', '.join(refused)[:200]}", file=sys.stderr)
+        return 2
+    finished = wait_finished(runs, args.wait) if runs else []
+    counts = purge_erasure_runs(0, dry_run=args.dry_run, runs=finished) if finished else {}
+    print(json.dumps({"dry_run": args.dry_run, "runs": [f"{d}/{r}" for d, r in finished],
+                      "not_finished": [f"{d}/{r}" for d, r in runs if (d, r) not in finished], "rows": counts},
+                     sort_keys=True))
     return 0
 
 

@@ -55,6 +55,10 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
     for kind in IDENTITY_KINDS:
         if isinstance(params.get(kind), str) and params[kind]:
             mask_secret(params[kind])  # from here on, task logs show *** instead
+    if not any(params.get(kind) for kind in IDENTITY_KINDS):  # conf {"request_id": ...} or a purged conf
+        registered = _registered(params.get("request_id"), dag_id, run_id)
+        if registered:
+            return registered
     req = NewRequest(
         identities=Identities({kind: params.get(kind) or None for kind in IDENTITY_KINDS}),
         mode=params.get("mode") or "erase", dry_run=bool(params.get("dry_run")),
@@ -72,6 +76,25 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
         log.info("request %s registered (mode %s, dry run %s), due %s", request_id, req.mode, req.dry_run,
                  ctx.registry.get(request_id)["due_at"])
     return request_id
+
+
+def _registered(request_id: str | None, dag_id: str, run_id: str) -> str | None:
+    """A request registered for this run before it started (the retention page's intake form) or by an earlier
+    try of it: the run's conf then holds no identity (roles/purge work, plugins/retention_page.py)."""
+    import sqlalchemy as sa
+
+    with Context() as ctx:
+        rid = str(request_id or ctx.registry.request_id_for(dag_id, run_id))
+        try:
+            req = ctx.registry.get(rid)
+        except sa.exc.NoResultFound:
+            return _fail(f"request refused: unknown request {rid}") if request_id else None
+        if (req["dag_id"], req["run_id"]) != (dag_id, run_id):
+            _fail(f"request refused: request {rid} was registered for another run")
+        ctx.registry.start(rid)
+        log.info("request %s (registered before the run, mode %s, dry run %s), due %s", rid, req["mode"],
+                 req["dry_run"], req["due_at"])
+    return rid
 
 
 def systems() -> list[str]:

@@ -93,14 +93,23 @@ def retention_sweep():
                                                dag_id=context["dag"].dag_id, run_id=context["run_id"],
                                                systems=context["params"]["systems"] or None)
 
+    @task(trigger_rule="all_done")
+    def anchor_ledger() -> dict:
+        """Anchor the ledger's head outside its database (RETENTION_LEDGER_ANCHORS), after the run's entries."""
+        from include.retention.airflow import sweep_tasks
+
+        return sweep_tasks.anchor_ledger()
+
     rules = plan_rules()
     results = apply_rule.expand(rule_id=rules)
     tripped = brake_tripped()
     results >> tripped >> approve
     approved = apply_approved.expand(rule_id=tripped)
     approve >> approved
-    summarize(results, approved, rules)
-    rules >> enforce_suppression()
+    summary = summarize(results, approved, rules)
+    suppressed = enforce_suppression()
+    rules >> suppressed
+    [summary, suppressed] >> anchor_ledger()
 
 
 retention_sweep()

@@ -50,6 +50,8 @@ def demo_env() -> dict[str, str]:
         }),
         "RETENTION_HMAC_KEY": key_file.read_text().strip(),
         "RETENTION_POLICY_PATH": str(ROOT / "config" / "policy.yaml"),
+        # the ledger head is anchored here after every sweep (a directory stands in for an Object Lock bucket)
+        "RETENTION_LEDGER_ANCHORS": str(DEMO / "anchors"),
     }
 
 

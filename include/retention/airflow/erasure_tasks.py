@@ -128,6 +128,8 @@ def act(request_ids: list[str], system: str) -> dict[str, int]:
     with Context() as ctx:
         mode, dry_run = _mode(ctx, request_ids)
         scanner = ctx.scanner(system)
+        if not dry_run:
+            _intent(ctx, request_ids, system, mode)  # in the ledger before anything changes
         outcome = scanner.act(ctx.subjects(request_ids), mode, dry_run=dry_run)
         searched = scanner.searched()
         for rid in request_ids:
@@ -137,6 +139,23 @@ def act(request_ids: list[str], system: str) -> dict[str, int]:
         log.info("%s: %s%s for %d request(s); removed along: %s", system, mode, " (dry run)" if dry_run else "",
                  len(request_ids), outcome.totals)
         return {"requests": len(request_ids), **outcome.totals}
+
+
+def _batch_digest(ctx: Context, request_ids: list[str]) -> str:
+    return ctx.ledger.digest("\n".join(sorted(request_ids)))
+
+
+def _intent(ctx: Context, request_ids: list[str], system: str, mode: str) -> int:
+    """One intent per system and batch of requests, written before the stores change (reused on retry)."""
+    digest = _batch_digest(ctx, request_ids)
+    open_ = ctx.ledger.open_intents(system=system, action=mode, pk_digest=digest)
+    if open_:
+        return int(open_[0]["seq"])
+    first = ctx.registry.get(request_ids[0])
+    return ctx.ledger.intend(action=mode, count=len(request_ids), run=RunRef(first.get("dag_id") or "manual",
+                                                                             first.get("run_id") or "manual"),
+                             system=system, policy_digest=ctx.policy.digest, pk_digest=digest,
+                             details={"requests": len(request_ids)})
 
 
 def verify(request_ids: list[str], system: str) -> int:
@@ -161,10 +180,11 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
     """One ledger entry per request and system, written once even if the task is retried."""
     with Context() as ctx:
         mode, dry_run = _mode(ctx, request_ids)
-        written = 0
+        written, settled = 0, 0
         for rid in request_ids:
             state = ctx.registry.systems(rid).get(system, {})
-            if ctx.ledger.has_entry(request_id=rid, system=system, action=mode):
+            if ctx.ledger.has_entry(request_id=rid, system=system, action=mode,
+                                    outcome="dry_run" if dry_run else "verified"):
                 ctx.registry.set_system([rid], system, "recorded")  # a retry or a re-run: already proven
                 continue
             subject = ctx.registry.subject_digest(rid)
@@ -176,6 +196,12 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
                               subject_digest=subject, details=counts)
             ctx.registry.set_system([rid], system, "recorded")
             written += 1
+            settled += total
+        if not dry_run:
+            for intent in ctx.ledger.open_intents(system=system, action=mode,
+                                                  pk_digest=_batch_digest(ctx, request_ids)):
+                ctx.ledger.settle(int(intent["seq"]), count=settled, outcome="verified",
+                                  details={"requests": len(request_ids), "recorded": written})
         return written
 
 

@@ -117,3 +117,31 @@ def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: lis
         return counts
     finally:
         runtime.close()
+
+
+def anchor_ledger() -> dict[str, Any]:
+    """Write the ledger head to the anchor store named by ``RETENTION_LEDGER_ANCHORS`` (a directory, or
+    ``s3://bucket/prefix`` through the ``RETENTION_ANCHOR_CONN_ID`` aws connection); skipped when unset.
+
+    The anchor is written only for an intact chain, so a tampered ledger fails this task loudly.
+    """
+    import os
+
+    from include.retention.ledger import anchor_sink
+
+    target = os.environ.get("RETENTION_LEDGER_ANCHORS")
+    if not target:
+        log.warning("RETENTION_LEDGER_ANCHORS is not set: the ledger head is not anchored outside its database")
+        return {"anchored": False}
+    client = None
+    if target.startswith("s3://"):
+        from include.retention.stores.s3_objects import make_client
+
+        client, _ = make_client(airflow_resolver(os.environ.get("RETENTION_ANCHOR_CONN_ID", "objects_s3")))
+    ledger = open_ledger(airflow_resolver)
+    try:
+        anchor = ledger.anchor(anchor_sink(target, client))
+    finally:
+        ledger.engine.dispose()
+    log.info("ledger anchored at entry %s", anchor.seq)
+    return {"anchored": True, "seq": anchor.seq}

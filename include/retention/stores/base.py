@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.retention.errors import RetentionError
-from include.retention.masking import keyed_digest
+from include.retention.masking import keyed_digest, keys_of
 from include.retention.policy import Policy, Rule, Stage
 
 # record(action, count, pk_digest, details): write one ledger entry for a committed batch. A recorder may
@@ -84,6 +84,12 @@ def subject_token(key: bytes, kind: str, normalised: str) -> str:
     return keyed_digest(key, f"{kind}:{normalised}")[:16]
 
 
+def lock_reason_for(prefix: str, claimed_by: str, key: bytes) -> str:
+    """``<prefix>:<token>`` for an item claimed by the identity ``claimed_by`` (``kind\\0value``)."""
+    kind, _, value = claimed_by.partition("\x00")
+    return f"{prefix}:{subject_token(key, kind, value)}"
+
+
 @dataclass
 class Subject:
     """One request's person: identities already normalised (``include.retention.identity.normalise``)."""
@@ -92,7 +98,9 @@ class Subject:
     identities: dict[str, str]
 
     def tokens(self, key: bytes) -> set[str]:
-        return {subject_token(key, kind, value) for kind, value in self.identities.items()}
+        """Under every active key: a lock written before a key rotation is still this subject's own."""
+        return {subject_token(secret, kind, value) for _, secret in keys_of(key)
+                for kind, value in self.identities.items()}
 
 
 class Claims(dict):
@@ -148,6 +156,15 @@ class SubjectOutcome:
 
 class UnclaimedItem(RetentionError):
     """A store was asked to act on an item no request claims: a bug, refused before anything changes."""
+
+
+def claimed_keys(where: str, claims: Claims) -> list[Any]:
+    """The claimed keys in order; raises ``UnclaimedItem`` if any key has no claiming request."""
+    unclaimed = [k for k, rids in claims.items() if not rids]
+    if unclaimed:
+        raise UnclaimedItem(f"{where}: {len(unclaimed)} item(s) matched without a request claiming them; "
+                            "nothing was changed")
+    return sorted(claims)
 
 
 class Store(abc.ABC):

@@ -24,10 +24,10 @@ from include.retention.stores.base import (
     Claims,
     Subject,
     SubjectOutcome,
-    UnclaimedItem,
+    claimed_keys,
     index_subjects,
+    lock_reason_for,
     own_lock_reasons,
-    subject_token,
 )
 from include.retention.stores.s3_objects import LOCK_TAG, S3Object
 
@@ -128,9 +128,6 @@ class S3Subjects:
                     token_of.setdefault(rid, f"{kind}\x00{value}")
         return obj, token_of
 
-    def _reason(self, prefix: str, token_source: str) -> str:
-        kind, _, value = token_source.partition("\x00")
-        return f"{prefix}:{subject_token(self.key, kind, value)}"
 
     def _exception(self, coll: Collection, obj: S3Object, own: set[str], now: dt.datetime) -> str | None:
         if self._held(coll.bucket, coll, obj, now):
@@ -140,13 +137,6 @@ class S3Subjects:
             return "statutory_lock" if reason.startswith("retention:") else "locked_for_another_reason"
         return None
 
-    @staticmethod
-    def _check_claimed(name: str, claims: Claims) -> list[str]:
-        unclaimed = [k for k, rids in claims.items() if not rids]
-        if unclaimed:
-            raise UnclaimedItem(f"{name}: {len(unclaimed)} object(s) matched without a request claiming them; "
-                                "nothing was changed")
-        return sorted(claims)
 
     # ---- read / erase / restrict / verify ---------------------------------------------------
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
@@ -173,7 +163,7 @@ class S3Subjects:
 
         coll, ref = self.coll(collection_name), self.ref(collection_name)
         outcome = SubjectOutcome()
-        keys = self._check_claimed(ref, claims)
+        keys = claimed_keys(ref, claims)
         wanted = index_subjects(subjects)
         own = own_lock_reasons(subjects, self.key)
         now = dt.datetime.now(dt.UTC)
@@ -215,7 +205,7 @@ class S3Subjects:
         outcome = SubjectOutcome()
         wanted = index_subjects(subjects)
         now = dt.datetime.now(dt.UTC)
-        for key in self._check_claimed(ref, claims):
+        for key in claimed_keys(ref, claims):
             obj, token_of = self._claimed_now(coll, key, wanted)
             if obj is None or not token_of:
                 continue
@@ -224,8 +214,8 @@ class S3Subjects:
             else:
                 what = "restricted"
                 if not dry_run:
-                    reason = lock_reason(self.tags(coll.bucket, obj)) or self._reason(
-                        RESTRICTION, token_of[min(token_of)])
+                    reason = lock_reason(self.tags(coll.bucket, obj)) or lock_reason_for(
+                        RESTRICTION, token_of[min(token_of)], self.key)
                     self._lock(coll.bucket, obj, reason, now)
             for rid in token_of:
                 outcome.add(rid, ref, what)

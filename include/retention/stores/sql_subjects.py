@@ -30,10 +30,10 @@ from include.retention.stores.base import (
     Claims,
     Subject,
     SubjectOutcome,
-    UnclaimedItem,
+    claimed_keys,
     index_subjects,
+    lock_reason_for,
     own_lock_reasons,
-    subject_token,
 )
 
 if TYPE_CHECKING:
@@ -153,16 +153,7 @@ class SqlSubjects:
             return "statutory_lock" if reason.startswith("retention:") else "locked_for_another_reason"
         return None
 
-    def _check_claimed(self, claims: Claims) -> list[Any]:
-        unclaimed = [k for k, rids in claims.items() if not rids]
-        if unclaimed:
-            raise UnclaimedItem(f"{self.name}: {len(unclaimed)} item(s) matched without a request claiming them; "
-                                "nothing was changed")
-        return sorted(claims)
 
-    def _reason(self, prefix: str, token_source: str) -> str:
-        kind, _, value = token_source.partition("\x00")
-        return f"{prefix}:{subject_token(self.mask_key, kind, value)}"
 
     # ---- erase ----------------------------------------------------------------------------
     def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
@@ -170,7 +161,7 @@ class SqlSubjects:
         name = collection_name
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
         outcome = SubjectOutcome()
-        keys = self._check_claimed(claims)
+        keys = claimed_keys(self.name, claims)
         wanted = index_subjects(subjects)
         own = own_lock_reasons(subjects, self.mask_key)
         fields = coll.identity_fields()
@@ -265,7 +256,7 @@ class SqlSubjects:
                 continue
             values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], utcnow())}
             if coll.lock.reason:
-                values[coll.lock.reason] = self._reason(ERASURE_EXCEPTION, token_source)
+                values[coll.lock.reason] = lock_reason_for(ERASURE_EXCEPTION, token_source, self.mask_key)
             conn.execute(t.update().where(pk == row["_pk"], t.c[coll.lock.at].is_(None)).values(values))
 
     def _erase_mentions(self, conn, name: str, rows: list[tuple[dict[str, Any], set[str], set[str]]],
@@ -305,7 +296,7 @@ class SqlSubjects:
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
         pk = t.c[coll.primary_key]
         outcome = SubjectOutcome()
-        keys = self._check_claimed(claims)
+        keys = claimed_keys(self.name, claims)
         wanted = index_subjects(subjects)
         fields = coll.identity_fields()
         for chunk in _chunks(keys):
@@ -323,7 +314,8 @@ class SqlSubjects:
                         if not dry_run:
                             values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], utcnow())}
                             if coll.lock.reason:
-                                values[coll.lock.reason] = self._reason(RESTRICTION, token_of[min(token_of)])
+                                values[coll.lock.reason] = lock_reason_for(
+                                    RESTRICTION, token_of[min(token_of)], self.mask_key)
                             n = conn.execute(t.update().where(pk == row["_pk"], t.c[coll.lock.at].is_(None))
                                              .values(values)).rowcount
                             what = "restricted" if n else "already_restricted"

@@ -9,7 +9,7 @@ export PATH := $(VENV_BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)
 export VENV
 
-.PHONY: venv services demo ui test test-fast test-slow lint validate verify bench clean
+.PHONY: venv services system-packages demo ui test test-fast test-slow lint validate verify bench clean
 
 # The stamp is a copy of the requirements it installed: a fresh clone (new file times, same
 # content) reuses the venv, a changed requirements.txt reinstalls.
@@ -25,6 +25,9 @@ venv:
 services:
 	bash scripts/services.sh
 
+system-packages:
+	bash scripts/system_packages.sh
+
 demo: venv
 	$(PY) scripts/demo.py
 
@@ -33,7 +36,7 @@ ui: venv
 
 # The slow tier (marker `slow`: the README's commands in a fresh clone) runs last, also when the
 # rest failed; the target fails if either did.
-test: venv services
+test: venv services system-packages
 	@status=0; \
 	$(VENV_BIN)/pytest -q -ra -m "not slow" || status=$$?; \
 	$(VENV_BIN)/pytest -q -ra -m slow || status=$$?; \

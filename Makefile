@@ -9,18 +9,23 @@ export PATH := $(VENV_BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)
 export VENV
 
-.PHONY: venv services system-packages demo ui test test-fast test-slow lint validate verify bench clean
+.PHONY: venv secrets services system-packages demo ui test test-fast test-slow lint validate verify bench clean
 
 # The stamp is a copy of the requirements it installed: a fresh clone (new file times, same
-# content) reuses the venv, a changed requirements.txt reinstalls.
+# content) reuses the venv, a changed requirements.txt or requirements-dev.txt reinstalls.
+# requirements-dev.txt = requirements.txt (production, the image) + test and demo tooling.
 venv:
-	@if [ -x $(PY) ] && cmp -s requirements.txt $(VENV)/.installed; then :; else \
+	@if [ -x $(PY) ] && cat requirements.txt requirements-dev.txt | cmp -s - $(VENV)/.installed; then :; else \
 	  set -e; test -x $(PY) || python3 -m venv $(VENV); \
-	  echo "venv: installing requirements.txt into $(VENV) ..."; \
+	  echo "venv: installing requirements-dev.txt into $(VENV) ..."; \
 	  $(VENV_BIN)/pip install -q --upgrade pip; \
-	  $(VENV_BIN)/pip install -q -r requirements.txt; \
-	  cp requirements.txt $(VENV)/.installed; \
+	  $(VENV_BIN)/pip install -q -r requirements-dev.txt; \
+	  cat requirements.txt requirements-dev.txt > $(VENV)/.installed; \
 	fi
+
+# .env for docker compose with fresh random secrets; an existing .env is never overwritten.
+secrets:
+	python3 scripts/secrets.py
 
 services:
 	bash scripts/services.sh

@@ -5,12 +5,21 @@ page inside the Airflow UI. Airflow does not protect plugin apps: every route he
 Airflow's ``get_user`` (the UI's ``_token`` cookie or an ``Authorization: Bearer`` JWT). Data comes
 from the ``retention_ledger`` connection (``include.retention.dashboard``), never from Airflow's
 metadata DB, and holds no personal data: request ids, statuses, dates and counts.
+
+Writes are for the privacy role (``Privacy`` with the FAB auth manager, or ``Admin``/``admin``):
+"Verify now" (a ledger verification is recorded) and the request intake (``POST /retention/requests``,
+form or JSON). The intake stores the identity encrypted in the request registry and triggers
+``erasure_request`` with ``{"request_id": ...}`` only, so no identity reaches Airflow's metadata DB
+(no trigger conf, no audit-log row with it); the auth manager must also allow the user to trigger
+``erasure_request``. Every form post passes an origin check (``Origin: null`` refused).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -26,7 +35,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from include.retention import dashboard
+from include.retention.airflow.roles import ROLES_WITH_PAGE_ACTIONS
 from include.retention.errors import RetentionError
+from include.retention.identity import IDENTITY_KINDS
 from include.retention.runtime import LEDGER_CONN_ID, env_resolver, hmac_key, sqlalchemy_url
 from include.retention.stores.sql import make_engine
 
@@ -64,10 +75,39 @@ def _with_ledger(call: Callable[..., dict[str, Any]]) -> Callable[[sa.Engine], d
 
 
 def _same_origin(request: Request) -> None:
-    """Refuse a cross-site form post (the ``_token`` cookie is SameSite=Lax; this is a second check)."""
+    """Refuse a cross-site form post (the ``_token`` cookie is SameSite=Lax; this is a second check).
+
+    ``Origin: null`` (sandboxed frames, ``data:`` pages, some redirects) is refused like any other
+    foreign origin; without an Origin header the Referer, when present, must be ours;
+    ``Sec-Fetch-Site: cross-site`` is refused too."""
+    host = request.headers.get("host")
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+    if origin is not None and (origin.strip().lower() == "null" or urlsplit(origin).netloc != host):
         raise HTTPException(status_code=403, detail="cross-origin request refused")
+    referer = request.headers.get("referer")
+    if origin is None and referer and urlsplit(referer).netloc != host:
+        raise HTTPException(status_code=403, detail="cross-origin request refused")
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        raise HTTPException(status_code=403, detail="cross-origin request refused")
+
+
+def role_names(user: Any) -> set[str]:
+    """The user's role names, lower case: FAB users carry ``roles``, the simple auth manager's one ``role``."""
+    names = {getattr(r, "name", r) for r in (getattr(user, "roles", None) or ())}
+    if getattr(user, "role", None):
+        names.add(user.role)
+    return {str(n).lower() for n in names if n}
+
+
+def may_act(user: Any) -> bool:
+    return bool(role_names(user) & {r.lower() for r in ROLES_WITH_PAGE_ACTIONS})
+
+
+def privacy_user(user: BaseUser = Depends(get_user)) -> BaseUser:
+    """Only the privacy role (or admin) verifies the ledger or submits requests here."""
+    if not may_act(user):
+        raise HTTPException(status_code=403, detail=f"only the {' or '.join(ROLES_WITH_PAGE_ACTIONS)} role may do this")
+    return user
 
 
 app = FastAPI(title=PAGE_NAME, docs_url=None, redoc_url=None, openapi_url=None,
@@ -104,6 +144,7 @@ def page(request: Request, user: BaseUser = Depends(get_user), engine: sa.Engine
     ui = request.scope.get("root_path", "").removesuffix(URL_PREFIX)  # the UI's base path ("" at /)
     return HTMLResponse(_TEMPLATE.render(
         data=data, chart=dashboard.chart_bars(data["chart"]), colors=COLORS, user=user.get_name(),
+        may_act=may_act(user), submitted=request.query_params.get("submitted", "")[:36],
         run_url=lambda dag_id, run_id: f"{ui}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"))
 
 
@@ -113,17 +154,125 @@ def api_summary(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
     return JSONResponse(_read(_with_ledger(dashboard.summary), engine))
 
 
-@app.post("/verify", dependencies=[Depends(_same_origin)])
+@app.post("/verify", dependencies=[Depends(_same_origin), Depends(privacy_user)])
 def verify(engine: sa.Engine = Depends(ledger_engine)) -> RedirectResponse:
     """The page's "verify now" button: walk the chain, add the result to the history, show the page again."""
     _read(_with_ledger(dashboard.verify_now), engine)
     return RedirectResponse("./#verification", status_code=303)
 
 
-@app.post("/api/verify", dependencies=[Depends(_same_origin)])
+@app.post("/api/verify", dependencies=[Depends(_same_origin), Depends(privacy_user)])
 def api_verify(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
     """Verify the ledger now (recorded in the history); returns the result."""
     return JSONResponse(_read(_with_ledger(dashboard.verify_now), engine))
+
+
+REQUEST_DAG_ID = "erasure_request"
+_FORM_FIELDS = (*IDENTITY_KINDS, "mode", "dry_run", "request_ref", "note")
+
+
+def may_trigger(user: BaseUser, dag_id: str) -> bool:
+    """What the auth manager says about triggering ``dag_id`` (FAB: the DAG's access_control)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    return get_auth_manager().is_authorized_dag(method="POST", access_entity=DagAccessEntity.RUN,
+                                                details=DagDetails(id=dag_id), user=user)
+
+
+def trigger_run(dag_id: str, run_id: str, conf: dict[str, Any], user: BaseUser) -> None:
+    """Create the DAG run in the API server's own process (it has the metadata DB), as the REST API does."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.utils.types import DagRunTriggeredByType
+
+    trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.UI, run_id=run_id, conf=conf,
+                triggering_user_name=user.get_name(), run_after=dt.datetime.now(dt.UTC))
+
+
+async def _submitted(request: Request) -> tuple[dict[str, Any], bool]:
+    """The request's fields from a JSON body or a form post; True when it came as JSON."""
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(status_code=400, detail="the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPException(status_code=400, detail="the body must be a JSON object")
+        return body, True
+    form = await request.form()
+    return {k: form.get(k) for k in _FORM_FIELDS if k in form}, False
+
+
+def _new_request(fields: dict[str, Any]):
+    from include.retention.registry import Identities, NewRequest
+
+    unknown = sorted(set(fields) - set(_FORM_FIELDS))
+    if unknown:
+        raise RetentionError(f"unknown field(s): {', '.join(u[:40] for u in unknown[:5])}")
+    for name in _FORM_FIELDS:
+        value = fields.get(name)
+        if name != "dry_run" and value is not None and not isinstance(value, str):
+            raise RetentionError(f"{name} must be a string")
+    dry_run = fields.get("dry_run")
+    if isinstance(dry_run, str):
+        dry_run = dry_run.lower() in ("1", "true", "on", "yes")
+    return NewRequest(Identities({k: (fields.get(k) or "").strip() or None for k in IDENTITY_KINDS}),
+                      mode=fields.get("mode") or "erase", dry_run=bool(dry_run), source="page",
+                      external_ref=fields.get("request_ref") or None, note=fields.get("note") or None)
+
+
+@app.post("/requests", dependencies=[Depends(_same_origin)])
+async def submit_request(request: Request, user: BaseUser = Depends(privacy_user),
+                         engine: sa.Engine = Depends(ledger_engine)) -> Response:
+    """Register a subject request (identity encrypted in the registry) and trigger erasure_request with its id.
+
+    Form posts are answered with a redirect to the page, JSON with ``{"request_id", "dag_id", "run_id"}`` (201).
+    Refusals (400) name the field, never its value."""
+    from starlette.concurrency import run_in_threadpool
+
+    from include.retention.connections import policy_path
+    from include.retention.erasure import check_request_kinds
+    from include.retention.policy import load_policy
+    from include.retention.registry import Registry
+
+    fields, as_json = await _submitted(request)
+    if not await run_in_threadpool(may_trigger, user, REQUEST_DAG_ID):
+        raise HTTPException(status_code=403, detail=f"not allowed to trigger {REQUEST_DAG_ID}")
+    key = ledger_key()
+    if key is None:
+        raise HTTPException(status_code=503, detail="no HMAC key configured: identities cannot be stored")
+    try:
+        req = _new_request(fields)
+        policy = load_policy(policy_path())
+        check_request_kinds(policy, req.identities.given())
+    except RetentionError as exc:
+        raise HTTPException(status_code=400, detail=f"request refused: {exc}") from None
+    request_id = str(uuid.uuid4())
+    run_id = f"retention_page__{dt.datetime.now(dt.UTC).isoformat()}_{request_id[:8]}"
+
+    def register_and_trigger() -> None:
+        registry = Registry(engine, key)
+        registry.register(req, request_id=request_id, dag_id=REQUEST_DAG_ID, run_id=run_id,
+                          policy_digest=policy.digest)
+        try:
+            trigger_run(REQUEST_DAG_ID, run_id, {"request_id": request_id}, user)
+        except Exception:
+            registry.finish(request_id, "incomplete", error="the erasure_request run could not be created")
+            raise
+
+    try:
+        await run_in_threadpool(register_and_trigger)
+    except RetentionError as exc:
+        raise HTTPException(status_code=400, detail=f"request refused: {exc}") from None
+    except sa.exc.SQLAlchemyError:
+        log.exception("cannot register the request")
+        raise HTTPException(status_code=503, detail=f"ledger database of connection {LEDGER_CONN_ID!r} "
+                                                    "is not reachable (see the API server log)") from None
+    log.info("request %s registered by %s, %s run %s triggered", request_id, user.get_name(), REQUEST_DAG_ID,
+             run_id)
+    if as_json:
+        return JSONResponse({"request_id": request_id, "dag_id": REQUEST_DAG_ID, "run_id": run_id}, status_code=201)
+    return RedirectResponse(f"./?submitted={request_id}#requests", status_code=303)
 
 
 class RetentionPagePlugin(AirflowPlugin):
@@ -233,7 +382,23 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
  {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.</p>{% endif %}
 {% if not v.anchors %}<p class="muted">No anchor location configured (RETENTION_LEDGER_ANCHORS): a truncated
  ledger with a moved head cannot be told apart from a shorter one.</p>{% endif %}
-<form method="post" action="verify"><button type="submit">Verify now</button></form>
+{% if may_act %}<form method="post" action="verify"><button type="submit">Verify now</button></form>
+{% else %}<p class="muted">Verifying now and submitting requests are for the privacy role.</p>{% endif %}
+
+{% if may_act %}
+<h2 id="new-request">New request</h2>
+{% if submitted %}<p id="submitted" class="ok">Request <code>{{ submitted }}</code> registered;
+ erasure_request runs with its id only.</p>{% endif %}
+<form id="request-form" method="post" action="requests" autocomplete="off">
+ <p class="muted">The identity goes encrypted into the request registry; the DAG run gets the request id only.</p>
+ <label>E-mail <input name="email" type="email" maxlength="254"></label>
+ <label>Phone <input name="phone" maxlength="32"></label>
+ <label>Customer reference <input name="customer_ref" maxlength="64"></label>
+ <label>Mode <select name="mode"><option>erase</option><option>restrict</option></select></label>
+ <label><input name="dry_run" type="checkbox" value="true"> Dry run</label>
+ <button type="submit">Submit request</button>
+</form>
+{% endif %}
 
 <script>
 // Links to DAG runs: when shown inside the Airflow UI's frame, open them in the UI itself.

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -130,6 +131,20 @@ def page(seeded, plugin):
         plugin.app.dependency_overrides.pop(plugin.get_user, None)
 
 
+class FabLikeUser:
+    """What the FAB auth manager's get_user returns, as far as the page looks at it: a name and roles."""
+
+    def __init__(self, name: str, *roles: str):
+        self.username, self.roles = name, [SimpleNamespace(name=r) for r in roles]
+
+    def get_name(self) -> str:
+        return self.username
+
+
+def as_privacy(plugin, role: str = "Privacy") -> None:
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: FabLikeUser("pia", role)
+
+
 def _days_left(engine: sa.Engine, request_id: str) -> set[int]:
     """Days left as the page computes them (both sides of a midnight that may pass during the test)."""
     with engine.connect() as conn:
@@ -226,13 +241,14 @@ def _status(text: str) -> str:
     return " ".join(re.search(r'<p id="verification-status"[^>]*>(.*?)</p>', text, re.S).group(1).split())
 
 
-def test_status_is_a_fresh_verify_not_the_history_table(page, seeded):
+def test_status_is_a_fresh_verify_not_the_history_table(page, seeded, plugin):
     status = _status(page.get("/").text)
     assert status.startswith("Chain intact: 9 entries checked, verified at ") and "(on this page load)" in status
     with seeded["engine"].connect() as conn:  # showing the page records nothing
         assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 0
 
-    resp = page.post("/verify", follow_redirects=False)  # "Verify now": adds to the history
+    as_privacy(plugin)
+    resp = page.post("/verify", follow_redirects=False)  # "Verify now" (privacy role): adds to the history
     assert resp.status_code == 303 and resp.headers["location"] == "./#verification"
     with seeded["engine"].connect() as conn:
         row = conn.execute(sa.text("SELECT verified_at, ok, entries FROM ledger_verifications")).one()
@@ -248,6 +264,7 @@ def test_status_is_a_fresh_verify_not_the_history_table(page, seeded):
     result = page.post("/api/verify").json()
     assert result["ok"] is False and result["first_broken_seq"] == 3
     assert page.post("/verify", headers={"Origin": "http://elsewhere.example"}).status_code == 403
+    assert page.post("/verify", headers={"Origin": "null"}).status_code == 403
 
 
 def test_status_shows_intents_without_outcome(page, seeded):
@@ -344,6 +361,8 @@ def test_empty_database_shows_an_empty_page(ledger_db, plugin):
         assert "No open requests." in text and "No sweep recorded yet." in text
         assert _status(text).startswith("Chain intact: 0 entries checked")
         assert "<svg" in text
+        assert client.post("/api/verify").status_code == 403  # a viewer does not verify
+        as_privacy(plugin)
         assert client.post("/api/verify").json()["ok"] is True
     finally:
         plugin.app.dependency_overrides.pop(plugin.get_user, None)
@@ -437,7 +456,10 @@ def test_real_auth_cookie_and_bearer(airflow_api, seeded):
         resp = client.get("/retention/")
         assert resp.status_code == 200 and seeded["overdue"] in resp.text
         assert client.get("/retention/api/summary").json()["requests"]["overdue"] == 1
+        assert client.post("/retention/verify", follow_redirects=False).status_code == 403  # viewer
+        client.cookies.set("_token", auth_manager.generate_jwt(SimpleAuthManagerUser(username="boss", role="admin")))
         assert client.post("/retention/verify", follow_redirects=False).status_code == 303
+        assert client.post("/retention/verify", headers={"Origin": "null"}).status_code == 403
     finally:
         client.cookies.clear()
     _no_personal_data(resp.text, seeded)
@@ -463,3 +485,151 @@ def test_real_auth_rejects_missing_invalid_and_expired_tokens(airflow_api, seede
     assert resp.headers["location"].startswith("/auth/login?next=") and "%2Fretention%2F" in resp.headers["location"]
     with seeded["engine"].connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 0
+
+
+# ---- roles, origin check and the request intake (issue 9, item 5) ---------------------------
+
+VIEWERS = (("dpo", "viewer"), ("u", "user"), ("o", "op"))  # simple auth manager roles without page actions
+
+
+@pytest.mark.parametrize("who", [FabLikeUser("dpo", "Viewer"), FabLikeUser("u", "User"), FabLikeUser("o", "Op"),
+                                 *VIEWERS])
+def test_only_the_privacy_role_verifies_or_submits(seeded, plugin, who):
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    user = who if isinstance(who, FabLikeUser) else SimpleAuthManagerUser(username=who[0], role=who[1])
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: user
+    try:
+        client = TestClient(plugin.app)
+        text = client.get("/").text
+        assert "Verify now" not in text and 'id="request-form"' not in text
+        assert "for the privacy role" in text
+        for path in ("/verify", "/api/verify"):
+            resp = client.post(path)
+            assert resp.status_code == 403 and "Privacy or Admin" in resp.json()["detail"], (path, resp.text)
+        resp = client.post("/requests", json={"email": "x.person@example.org"})
+        assert resp.status_code == 403
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+    with seeded["engine"].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3  # the seeded ones
+
+
+@pytest.mark.parametrize("role", ["Privacy", "Admin", "admin"])
+def test_privacy_role_and_admin_verify(seeded, plugin, role):
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: FabLikeUser("pia", role)
+    try:
+        client = TestClient(plugin.app)
+        text = client.get("/").text
+        assert "Verify now" in text and 'id="request-form"' in text
+        assert client.post("/api/verify").json()["ok"] is True
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "null"}, {"Origin": "NULL"}, {"Origin": "http://evil.example"},
+                                     {"Referer": "http://evil.example/x"}, {"Sec-Fetch-Site": "cross-site"}])
+def test_origin_check_refuses_null_and_foreign_origins(seeded, plugin, headers):
+    as_privacy(plugin)
+    try:
+        client = TestClient(plugin.app)
+        for path in ("/verify", "/api/verify", "/requests"):
+            resp = client.post(path, headers=headers, data={"email": "x.person@example.org"})
+            assert resp.status_code == 403 and resp.json()["detail"] == "cross-origin request refused", (path, headers)
+        ok = client.post("/api/verify", headers={"Origin": "http://testserver", "Referer": "http://testserver/"})
+        assert ok.status_code == 200
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+    with seeded["engine"].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3
+
+
+@pytest.fixture
+def intake(seeded, plugin, monkeypatch):
+    """A privacy user on the page; triggering is recorded instead of creating a DAG run (the e2e test does that)."""
+    triggered: list[tuple] = []
+    allowed = {"erasure_request": True}
+    monkeypatch.setattr(plugin, "may_trigger", lambda user, dag_id: allowed.get(dag_id, False))
+    monkeypatch.setattr(plugin, "trigger_run", lambda dag_id, run_id, conf, user: triggered.append(
+        (dag_id, run_id, conf, user.get_name())))
+    as_privacy(plugin)
+    try:
+        yield SimpleNamespace(client=TestClient(plugin.app), triggered=triggered, allowed=allowed, **seeded)
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+
+
+def test_intake_form_registers_encrypted_and_triggers_with_the_id_only(intake):
+    address = "Zoe.Intake@example.org"
+    resp = intake.client.post("/requests", data={"email": address, "mode": "restrict", "dry_run": "true"},
+                              headers={"Origin": "http://testserver"}, follow_redirects=False)
+    assert resp.status_code == 303, resp.text
+    request_id = resp.headers["location"].split("submitted=")[1].split("#")[0]
+    [(dag_id, run_id, conf, who)] = intake.triggered
+    assert (dag_id, conf, who) == ("erasure_request", {"request_id": request_id}, "pia")
+    assert address.lower() not in json.dumps(intake.triggered).lower()
+    registry = Registry(intake.engine, KEY)
+    req = registry.get(request_id)
+    assert (req["dag_id"], req["run_id"], req["mode"], req["dry_run"], req["source"], req["status"]) == (
+        "erasure_request", run_id, "restrict", True, "page", "pending")
+    assert registry.identities(request_id).email.lower() == address.lower()
+    with intake.engine.connect() as conn:  # encrypted at rest: the address appears in no column
+        row = conn.execute(sa.text("SELECT * FROM subject_requests WHERE request_id = :r"), {"r": request_id}).one()
+    assert address.lower() not in repr(tuple(row)).lower()
+    page = intake.client.get(resp.headers["location"].split("#")[0]).text
+    assert f"Request <code>{request_id}</code> registered" in page and request_id in page
+    assert address.lower() not in page.lower()
+
+
+def test_intake_json(intake):
+    resp = intake.client.post("/requests", json={"email": "json.person@example.org", "phone": "+49 30 1234567"})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert set(body) == {"request_id", "dag_id", "run_id"} and body["dag_id"] == "erasure_request"
+    assert intake.triggered == [("erasure_request", body["run_id"], {"request_id": body["request_id"]}, "pia")]
+    assert Registry(intake.engine, KEY).get(body["request_id"])["mode"] == "erase"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "a request needs at least one identity"),
+    ({"email": "not-an-address"}, "email"),
+    ({"email": "a@example.org", "mode": "delete-everything"}, "mode must be one of erase, restrict"),
+    ({"email": "a@example.org", "shoe_size": "44"}, "unknown field(s): shoe_size"),
+    ({"email": ["a@example.org"]}, "email must be a string"),
+    ({"email": "a\x00b@example.org"}, "email"),
+    ({"email": "a" * 300 + "@example.org"}, "email"),
+])
+def test_intake_refuses_bad_requests_naming_the_field_not_the_value(intake, body, message):
+    resp = intake.client.post("/requests", json=body)
+    assert resp.status_code == 400, resp.text
+    detail = resp.json()["detail"]
+    assert detail.startswith("request refused: ") and message in detail, detail
+    for kind in ("email", "phone"):  # identities are never echoed
+        if isinstance(body.get(kind), str):
+            assert body[kind] not in detail
+    assert intake.triggered == []
+    with intake.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3
+
+
+def test_intake_needs_the_auth_managers_permission_to_trigger(intake):
+    intake.allowed["erasure_request"] = False  # FAB: a Privacy role without the DAG's access_control
+    resp = intake.client.post("/requests", json={"email": "p@example.org"})
+    assert resp.status_code == 403 and "not allowed to trigger erasure_request" in resp.json()["detail"]
+    assert intake.triggered == []
+    with intake.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3
+
+
+def test_intake_trigger_failure_leaves_the_request_open_not_lost(intake, plugin, monkeypatch):
+    def fail(*args):
+        raise RuntimeError("dag not found")
+
+    monkeypatch.setattr(plugin, "trigger_run", fail)
+    with pytest.raises(RuntimeError):
+        intake.client.post("/requests", json={"email": "lost.person@example.org"})
+    with intake.engine.connect() as conn:
+        status = conn.execute(sa.text("SELECT status FROM subject_requests WHERE source = 'page'")).scalar_one()
+    assert status == "incomplete"  # listed on the page as open; no DAG run holds the identity

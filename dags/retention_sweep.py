@@ -106,10 +106,10 @@ def retention_sweep():
     results >> tripped >> approve
     approved = apply_approved.expand(rule_id=tripped)
     approve >> approved
-    summary = summarize(results, approved, rules)
+    summarize(results, approved, rules)  # a leaf: a rule that did not complete fails the run
     suppressed = enforce_suppression()
     rules >> suppressed
-    [summary, suppressed] >> anchor_ledger()
+    [results, approved, suppressed] >> anchor_ledger()  # also a leaf, after every entry of the run
 
 
 retention_sweep()

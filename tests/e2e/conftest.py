@@ -17,6 +17,12 @@ that legitimately changes the seeded data cannot blur the "everybody else untouc
 ``RETENTION_SWEEP_SCHEDULE`` is every minute, so the scheduler starts a sweep by itself as soon as
 the DAG is unpaused. ``erasure_metadata_purge`` is unpaused and triggered by its own test;
 ``erasure_intake`` stays paused (the browser test's open requests must stay open).
+
+Auth: the FAB auth manager (``apache-airflow-providers-fab``) with ``[fab] update_fab_perms`` off;
+after ``airflow db migrate`` and before any component starts, ``python -m
+include.retention.airflow.roles`` strips the default roles' all-DAG permissions, creates the
+``Privacy`` role and the users ``USERS`` (role per user, random passwords): the subject-request DAGs
+are then visible and triggerable only by ``privacy`` and ``admin`` (tests/e2e/test_roles.py).
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ ARTIFACTS = ROOT / "artifacts" / "e2e"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 REDIS_URL = os.environ.get("RETENTION_TEST_REDIS", "redis://127.0.0.1:6379/7")
 ADMIN = "admin"
+# user -> FAB role; ``dpo`` is a Viewer (reads the retention page, not the erasure runs)
+USERS = {ADMIN: "Admin", "dpo": "Viewer", "user": "User", "op": "Op", "privacy": "Privacy"}
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 SWEEP_SCHEDULE = "* * * * *"
 START_TIMEOUT = float(os.environ.get("RETENTION_E2E_START_TIMEOUT", "300"))
@@ -185,6 +194,7 @@ class Stack:
     password: str = ""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     _token: str | None = None
+    passwords: dict[str, str] = field(default_factory=dict)  # user -> password (USERS)
 
     @property
     def base_url(self) -> str:
@@ -249,6 +259,17 @@ class Stack:
             assert r.status_code in (200, 201), r.text
             self._token = r.json()["access_token"]
         return self._token
+
+    def token_for(self, username: str) -> str:
+        """A fresh JWT for one of ``USERS`` from ``POST /auth/token``."""
+        r = httpx.post(f"{self.base_url}/auth/token",
+                       json={"username": username, "password": self.passwords[username]}, timeout=30)
+        assert r.status_code in (200, 201), r.text
+        return r.json()["access_token"]
+
+    def api_as(self, username: str, method: str, path: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token_for(username)}"}
+        return httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=60, **kwargs)
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token()}"}
@@ -376,9 +397,7 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
         _drop_database("postgresql", metadata_url)
         raise
     port = free_port()
-    password = secrets.token_urlsafe(12)
-    # The simple auth manager keeps generated passwords in this file; an existing entry is kept.
-    (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({ADMIN: password}) + "\n")
+    passwords = {user: secrets.token_urlsafe(12) for user in USERS}
     from cryptography.fernet import Fernet
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETENTION_"))}
@@ -395,7 +414,9 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+        # FAB would re-add the default roles' all-DAG permissions at every api-server start (roles.py)
+        "AIRFLOW__FAB__UPDATE_FAB_PERMS": "False",
         "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
         "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -430,11 +451,14 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
             # Our own queue: another test session on the same Redis cannot take our tasks.
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"e2e-{suffix}",
         })
-    stack = Stack(executor, home, logs, port, env, world, metadata_url, password)
+    stack = Stack(executor, home, logs, port, env, world, metadata_url, passwords[ADMIN], passwords=passwords)
     try:
         t0 = time.monotonic()
         stack.run("db", "migrate")
         (logs / "timings.txt").write_text(f"db migrate: {time.monotonic() - t0:.1f}s\n")
+        setup_roles(stack)
+        with open(logs / "timings.txt", "a") as f:
+            f.write(f"db migrate + roles and users: {time.monotonic() - t0:.1f}s\n")
         stack.spawn("api-server", "api-server", "--port", str(port))
         stack.spawn("scheduler", "scheduler")
         stack.spawn("dag-processor", "dag-processor")
@@ -442,7 +466,6 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
         if executor == "celery":
             stack.spawn("celery-worker", "celery", "worker", "--queues", f"e2e-{suffix}", "--concurrency", "4",
                         "--celery-hostname", f"e2e-{suffix}@%h", "--without-gossip", "--without-mingle")
-        stack.password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())[ADMIN]
         _wait_ready(stack)
         with open(logs / "timings.txt", "a") as f:
             f.write(f"ready (migrate + start + parse): {time.monotonic() - t0:.1f}s\n")
@@ -450,6 +473,23 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
         teardown_stack(stack)
         raise
     return stack
+
+
+def setup_roles(stack: Stack) -> None:
+    """The Privacy role, the default roles without all-DAG permissions, and one user per role (roles.py)."""
+    users = stack.home / "users.json"
+    users.write_text(json.dumps([{"username": u, "role": r, "password": stack.passwords[u]}
+                                 for u, r in USERS.items()]))
+    users.chmod(0o600)
+    try:
+        with open(stack.logs / "roles.log", "ab") as out:
+            proc = subprocess.run([sys.executable, "-m", "include.retention.airflow.roles", "--users-file",
+                                   str(users)], env=stack.env, stdout=out, stderr=subprocess.STDOUT, timeout=300,
+                                  cwd=stack.home)
+    finally:
+        users.unlink()
+    if proc.returncode != 0:
+        raise RuntimeError(f"roles setup failed ({proc.returncode}):\n{_tail(stack.logs / 'roles.log')}")
 
 
 def teardown_stack(stack: Stack) -> None:

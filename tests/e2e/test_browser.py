@@ -2,7 +2,7 @@
 api-server of the LocalExecutor stack:
 
 - an unauthenticated visit of the data-retention page lands on Airflow's login form; logging in there
-  (simple auth manager) works;
+  (FAB auth manager) works;
 - the trigger form of ``erasure_request`` renders its fields, and submitting it (a dry run) starts a
   run with exactly the form's values that succeeds and changes nothing;
 - the data-retention page (``/retention/``, and inside the UI at ``/plugin/data-retention``) lists the
@@ -102,7 +102,8 @@ def test_login_trigger_form_and_retention_page(browser, local_stack: Stack):
         shot(browser, "1-login")
         user.send_keys(ADMIN)
         browser.find_element(By.NAME, "password").send_keys(stack.password)
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        # FAB's login form (the e2e stack runs the FAB auth manager): an <input type=submit>
+        browser.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
         wait.until(lambda d: "/auth/login" not in d.current_url)
         assert any(c["name"] == "_token" for c in browser.get_cookies())
 

@@ -109,9 +109,28 @@ def test_erasure_request_via_rest_api(airflow_stack: Stack):
     assert files_containing(component_logs, SUBJECT_LC) == []
 
 
+def wait_asset_purge(stack: Stack, request_run_id: str, timeout: float = 300) -> dict:
+    """The erasure_run_purge run that the request run's finalize (asset event) started; waits for its success."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = stack.api("GET", "/api/v2/dags/erasure_run_purge/dagRuns", params={"limit": 100})
+        assert r.status_code == 200, r.text
+        for run in r.json()["dag_runs"]:
+            if run["run_type"] == "asset_triggered":
+                run = stack.wait_run("erasure_run_purge", run["dag_run_id"], timeout=timeout)
+                quoted = httpx.URL(f"/{request_run_id}").raw_path.decode()[1:]
+                conf = stack.api("GET", f"/api/v2/dags/erasure_request/dagRuns/{quoted}").json()["conf"]
+                if conf == {"purged": True}:
+                    return run
+        stack.check_alive()
+        assert time.monotonic() < deadline, f"no asset-triggered erasure_run_purge purged {request_run_id}"
+        time.sleep(2)
+
+
 def test_metadata_purge_removes_identities_from_airflow(airflow_stack: Stack):
-    """erasure_metadata_purge (days=0) clears the run's conf and the audit-log rows that carry the
-    address (docs/adr/0003): before, the REST API shows them; after, nothing names the person."""
+    """Right after a request run succeeds, erasure_run_purge (scheduled on the asset its finalize emits)
+    clears the run's conf and the audit-log rows that carry the address (docs/adr/0003); the daily
+    erasure_metadata_purge (days=0) finds nothing left of it."""
     stack = airflow_stack
     address = "purge.me@example.org"
 
@@ -122,18 +141,26 @@ def test_metadata_purge_removes_identities_from_airflow(airflow_stack: Stack):
         return (runs.text + events.text).lower()
 
     stack.unpause("erasure_request")
-    run_id = stack.trigger("erasure_request", {"email": address, "mode": "erase", "dry_run": True})
-    stack.wait_run("erasure_request", run_id)
-    assert address in traces()  # what the purge is for: Airflow keeps the trigger conf and its audit row
+    stack.unpause("erasure_run_purge")
+    try:
+        run_id = stack.trigger("erasure_request", {"email": address, "mode": "erase", "dry_run": True})
+        started = time.monotonic()
+        stack.wait_run("erasure_request", run_id)
+        wait_asset_purge(stack, run_id)
+        print(f"\n[{stack.executor}] request run {run_id} purged {time.monotonic() - started:.1f}s after trigger")
+    finally:
+        stack.pause("erasure_run_purge", settle=None)  # the browser test reads its run's conf afterwards
+    left = traces()
+    assert address not in left, "the run's conf or its trigger audit row still names the person"
+    quoted = httpx.URL(f"/{run_id}").raw_path.decode()[1:]
+    run = stack.api("GET", f"/api/v2/dags/erasure_request/dagRuns/{quoted}").json()
+    assert run["state"] == "success" and run["conf"] == {"purged": True}
 
     stack.unpause("erasure_metadata_purge")
     purge = stack.trigger("erasure_metadata_purge", {"days": 0})
     stack.wait_run("erasure_metadata_purge", purge)
     left = traces()
     assert address not in left and SUBJECT_LC not in left
-    quoted = httpx.URL(f"/{run_id}").raw_path.decode()[1:]
-    run = stack.api("GET", f"/api/v2/dags/erasure_request/dagRuns/{quoted}").json()
-    assert run["state"] == "success" and run["conf"] == {"purged": True}
 
 
 def test_scheduler_starts_retention_sweep(airflow_stack: Stack):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit}``.
+"""Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit,rotate-keys}``.
 
 Connections come from the same ``AIRFLOW_CONN_*`` variables Airflow uses. Every refusal is one
 line on stderr naming the file (and the CSV row), with exit status 2; no traceback, no personal data.
@@ -104,6 +104,35 @@ def cmd_replay(args) -> int:
         runtime.close()
     for coll, n in counts.items():
         print(f"{coll}: {n} row(s) of erased subjects {'found' if args.dry_run else 'removed again'}")
+    return 0
+
+
+def cmd_rotate_keys(args) -> int:
+    """Move the registry to the current key (first of RETENTION_HMAC_KEYS), audited by one ledger entry.
+
+    The ledger must verify first (under every active key): the entry written under the new key
+    seals what came before, and a broken chain is not sealed.
+    """
+    from include.retention.ledger import RunRef
+    from include.retention.masking import keys_of
+    from include.retention.registry import Registry
+
+    ledger = _ledger()
+    result = ledger.verify(record=False)
+    if not result.ok:
+        raise RetentionError(f"not rotating keys: {result}")
+    ring = keys_of(ledger.key)
+    done = Registry(ledger.engine, ledger.key).rotate()
+    older = [kid for kid, _ in ring[1:]]
+    ledger.append(run=RunRef("cli", "rotate-keys"), action="rotate_keys", outcome="done",
+                  count=done["requests"] + done["suppression"], details={**done, "older_keys": older})
+    print(f"rotated to key {done['key_id']!r}: {done['requests']} request(s) re-encrypted and re-digested, "
+          f"{done['suppression']} suppression entr(y/ies) re-digested ({done['merged']} merged); ledger entry written")
+    for kid, n in sorted(done["kept"].items()):
+        print(f"key {kid!r}: {n} suppression digest(s) of deleted rows stay under it (no plaintext to re-digest)")
+    if older:
+        print(f"keep {', '.join(map(repr, older))} in RETENTION_HMAC_KEYS: ledger entries and digests made "
+              "under them verify and match only with them (docs/adr/0007-key-rotation.md)")
     return 0
 
 
@@ -234,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system", required=True)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("rotate-keys", help="re-encrypt the registry and re-digest the suppression list under "
+                                           "the current key (first of RETENTION_HMAC_KEYS); one ledger entry")
+    p.set_defaults(func=cmd_rotate_keys)
     p = sub.add_parser("submit", help="queue erasure requests from a CSV for erasure_intake")
     p.add_argument("csv")
     p.set_defaults(func=cmd_submit)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from dateutil.relativedelta import relativedelta
@@ -26,7 +26,7 @@ from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS, IdentityError, normalise
 from include.retention.identity import validate as validate_identity
-from include.retention.masking import keyed_digest
+from include.retention.masking import current_kid, keyed_digest, keyed_digests, keys_of
 
 # Kinds with a digest column of their own in subject_requests (others: request_digests).
 DIGEST_COLUMNS = ("email", "phone", "customer_ref")
@@ -59,6 +59,7 @@ requests = sa.Table(
     sa.Column("dag_id", sa.String(250)),
     sa.Column("run_id", sa.String(250)),
     sa.Column("policy_digest", sa.String(64)),
+    sa.Column("key_id", sa.String(16)),  # the key of the digest columns; NULL: written before key ids (k0)
     sa.Index("ix_requests_status", "status", "received_at"),
 )
 
@@ -90,6 +91,7 @@ suppression = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("request_id", sa.String(36)),
     sa.Column("added_at", sa.DateTime, nullable=False),
+    sa.Column("key_id", sa.String(16)),  # the key of the digest; NULL: written before key ids (k0)
 )
 
 
@@ -163,13 +165,26 @@ class Registry:
         """``secret`` None: a read-only view for pages and reports (statuses, dates, counts; never identities)."""
         self.engine = engine
         self.secret = secret or b""
-        self._fernet = Fernet(encryption_key(secret)) if secret else None
+        # Tokens are "<key id>:<Fernet token>" (a Fernet token has no ':'); older ones, without an id,
+        # are tried under every active key (docs/adr/0007-key-rotation.md).
+        self.kid = current_kid(secret) if secret else None
+        self._fernets = {kid: Fernet(encryption_key(key)) for kid, key in keys_of(secret)} if secret else {}
+        self._fernet = self._fernets[self.kid] if secret else None
         self._ready = False
 
     def ensure_schema(self) -> None:
         if not self._ready:
             metadata.create_all(self.engine, checkfirst=True)
+            self._add_missing_columns()
             self._ready = True
+
+    def _add_missing_columns(self) -> None:
+        """Registries created before key ids lack ``key_id``: add it (NULL = the one key of then, k0)."""
+        inspector = sa.inspect(self.engine)
+        for table in (requests, suppression):
+            if "key_id" not in {c["name"] for c in inspector.get_columns(table.name)}:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN key_id VARCHAR(16)")
 
     # ---- identities -------------------------------------------------------------
     def digest(self, kind: str, value: str) -> str:
@@ -177,19 +192,32 @@ class Registry:
             raise RetentionError("this registry view has no key: no digest can be computed")
         return keyed_digest(self.secret, normalise(kind, value) or "")
 
+    def digests(self, kind: str, value: str) -> list[str]:
+        """The digests under every active key, current first (what a lookup must try)."""
+        self.digest(kind, value)  # the same refusal without a key
+        return keyed_digests(self.secret, normalise(kind, value) or "")
+
     def _need_key(self) -> Fernet:
         if self._fernet is None:
             raise RetentionError("this registry view has no key: identities can be neither stored nor read")
         return self._fernet
 
     def _enc(self, value: Any) -> str | None:
-        return None if value is None else self._need_key().encrypt(json.dumps(value).encode()).decode()
+        if value is None:
+            return None
+        return f"{self.kid}:{self._need_key().encrypt(json.dumps(value).encode()).decode()}"
 
     def _dec(self, token: str | None) -> Any:
         if token is None:
             return None
+        self._need_key()
+        kid, sep, body = token.rpartition(":")
+        fernet = self._fernets.get(kid) if sep else MultiFernet(list(self._fernets.values()))
+        if fernet is None:
+            raise RetentionError(f"registry entry is encrypted under key {kid!r}, which is not an active key "
+                                 "(put it back in RETENTION_HMAC_KEYS)")
         try:
-            return json.loads(self._need_key().decrypt(token.encode()))
+            return json.loads(fernet.decrypt(body.encode()))
         except InvalidToken:
             raise RetentionError("registry entry cannot be decrypted with the configured key") from None
 
@@ -221,7 +249,7 @@ class Registry:
             "status": "pending", "identity_enc": self._enc(req.identities.normalised()),
             "external_ref_enc": self._enc(req.external_ref), "note_enc": self._enc(req.note),
             "received_at": received, "due_at": received + relativedelta(months=1), "attempts": 0,
-            "dag_id": dag_id, "run_id": run_id, "policy_digest": policy_digest, **digests,
+            "dag_id": dag_id, "run_id": run_id, "policy_digest": policy_digest, "key_id": self.kid, **digests,
         }
         with self.engine.begin() as conn:
             exists = conn.execute(sa.select(requests.c.request_id).where(requests.c.request_id == request_id)).first()
@@ -243,7 +271,7 @@ class Registry:
                 "status": "pending", "identity_enc": self._enc(req.identities.normalised()),
                 "external_ref_enc": self._enc(req.external_ref), "note_enc": self._enc(req.note),
                 "received_at": now, "due_at": now + relativedelta(months=1), "attempts": 0,
-                "dag_id": None, "run_id": None, "policy_digest": None,
+                "dag_id": None, "run_id": None, "policy_digest": None, "key_id": self.kid,
                 # every digest column in every row: an executemany takes its columns from the first row
                 **{f"{k}_digest": (self.digest(k, req.identities.given()[k]) if k in req.identities.given() else None)
                    for k in DIGEST_COLUMNS},
@@ -354,32 +382,37 @@ class Registry:
 
     def suppress(self, request_id: str) -> int:
         """Keep the erased identities as keyed digests so they cannot come back."""
-        digests = {self.digest(kind, value): kind for kind, value in self.identities(request_id).normalised().items()}
+        self.ensure_schema()  # key_id column on registries created before key ids
+        candidates = {self.digest(kind, value): (kind, self.digests(kind, value))
+                      for kind, value in self.identities(request_id).normalised().items()}
         now, added = utcnow(), 0
         with self.engine.begin() as conn:
-            for digest, kind in sorted(digests.items()):
-                if conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest == digest)).first() is None:
+            for digest, (kind, every) in sorted(candidates.items()):
+                # under any active key: an address suppressed before a rotation is not added twice
+                found = conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest.in_(every))).first()
+                if found is None:
                     conn.execute(suppression.insert().values(digest=digest, kind=kind, request_id=request_id,
-                                                             added_at=now))
+                                                             added_at=now, key_id=self.kid))
                     added += 1
                 else:  # already suppressed by a delete (e.g. an unsubscribe): mark it as an erasure too
-                    conn.execute(suppression.update().where(suppression.c.digest == digest,
+                    conn.execute(suppression.update().where(suppression.c.digest == found.digest,
                                                             suppression.c.request_id.is_(None))
                                  .values(request_id=request_id))
         return added
 
     def suppress_values(self, values: list[tuple[str, str]], reason: str) -> int:
         """Suppress (kind, plaintext) pairs by digest, set-based; returns how many were new."""
-        digests = {self.digest(kind, value): kind for kind, value in values}
-        if not digests:
+        every = {self.digest(kind, value): (kind, self.digests(kind, value)) for kind, value in values}
+        if not every:
             return 0
         self.ensure_schema()
         now, added = utcnow(), 0
         with self.engine.begin() as conn:
-            for kind in set(digests.values()):
-                mine = [d for d, k in digests.items() if k == kind]
-                have = self.suppressed(kind, mine)
-                new = [{"digest": d, "kind": kind, "request_id": None, "added_at": now} for d in mine if d not in have]
+            for kind in {k for k, _ in every.values()}:
+                mine = {d: cands for d, (k, cands) in every.items() if k == kind}
+                have = self.suppressed(kind, [c for cands in mine.values() for c in cands])
+                new = [{"digest": d, "kind": kind, "request_id": None, "added_at": now, "key_id": self.kid}
+                       for d, cands in mine.items() if not have.intersection(cands)]
                 if new:
                     conn.execute(suppression.insert(), new)
                     added += len(new)
@@ -402,7 +435,73 @@ class Registry:
         return out
 
     def is_suppressed(self, kind: str, value: str) -> bool:
-        return bool(self.suppressed(kind, [self.digest(kind, value)]))
+        return bool(self.suppressed(kind, self.digests(kind, value)))
+
+    # ---- key rotation (docs/adr/0007-key-rotation.md) ---------------------------------------
+    def rotate(self, chunk: int = 500) -> dict[str, Any]:
+        """Re-encrypt every request and re-digest its digest columns and its suppression entries under
+        the current key, ``chunk`` rows per transaction (a crash leaves a consistent mix: run it again).
+        Digests of deletes (no request: the address itself is gone) cannot be re-digested; they stay
+        under their key, counted in ``kept`` per key id: that key must stay active."""
+        self._need_key()
+        self.ensure_schema()
+        kid = self.kid
+        done: dict[str, Any] = {"key_id": kid, "requests": 0, "suppression": 0, "merged": 0}
+        while True:  # requests not under the current key (a rotated row leaves the selection)
+            with self.engine.begin() as conn:
+                rows = conn.execute(sa.select(requests.c.request_id, requests.c.identity_enc,
+                                              requests.c.external_ref_enc, requests.c.note_enc)
+                                    .where(self._not_current(requests.c.key_id)).order_by(requests.c.request_id)
+                                    .limit(chunk)).all()
+                for row in rows:
+                    given = self._dec(row.identity_enc)
+                    conn.execute(requests.update().where(requests.c.request_id == row.request_id).values(
+                        identity_enc=self._enc(given), external_ref_enc=self._enc(self._dec(row.external_ref_enc)),
+                        note_enc=self._enc(self._dec(row.note_enc)), key_id=kid,
+                        **{f"{k}_digest": (self.digest(k, given[k]) if k in given else None) for k in DIGEST_COLUMNS}))
+                done["requests"] += len(rows)
+            if len(rows) < chunk:
+                break
+        last = ""
+        while True:  # suppression entries of erasures: their request holds the identity to re-digest
+            with self.engine.begin() as conn:
+                rows = conn.execute(sa.select(suppression.c.digest, suppression.c.kind, suppression.c.request_id)
+                                    .where(suppression.c.request_id.is_not(None), suppression.c.digest > last,
+                                           self._not_current(suppression.c.key_id))
+                                    .order_by(suppression.c.digest).limit(chunk)).all()
+                for entry in rows:
+                    given = self.identities(entry.request_id).normalised() if self._known(conn, entry) else {}
+                    if entry.kind not in given:
+                        continue
+                    new = self.digest(entry.kind, given[entry.kind])
+                    if conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest == new)).first():
+                        # already there under the current key (a delete since the key was added): keep that one
+                        conn.execute(suppression.update().where(suppression.c.digest == new,
+                                                                suppression.c.request_id.is_(None))
+                                     .values(request_id=entry.request_id))
+                        conn.execute(suppression.delete().where(suppression.c.digest == entry.digest))
+                        done["merged"] += 1
+                    else:
+                        conn.execute(suppression.update().where(suppression.c.digest == entry.digest)
+                                     .values(digest=new, key_id=kid))
+                    done["suppression"] += 1
+            if len(rows) < chunk:
+                break
+            last = rows[-1].digest
+        key_col = sa.func.coalesce(suppression.c.key_id, sa.literal("k0"))
+        with self.engine.connect() as conn:
+            kept = conn.execute(sa.select(key_col, sa.func.count()).where(self._not_current(suppression.c.key_id))
+                                .group_by(key_col)).all()
+        done["kept"] = {k: int(n) for k, n in kept}
+        return done
+
+    def _not_current(self, column: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.or_(column.is_(None), column != self.kid)
+
+    @staticmethod
+    def _known(conn: sa.Connection, entry: Any) -> bool:
+        return conn.execute(sa.select(requests.c.request_id).where(requests.c.request_id == entry.request_id)
+                            ).first() is not None
 
     def open_requests(self) -> list[dict[str, Any]]:
         self.ensure_schema()

@@ -38,16 +38,23 @@ def enforce(scanner: SubjectScanner, registry: Registry, name: str, *, only_eras
     store = scanner.store
     outcome, handled = SubjectOutcome(), 0
     for batch in store.scan(name):
+        # every value under every active key (digests made before a key rotation still match)
         by_digest: dict[tuple[str, str], tuple[str, list]] = {}
         for key, found in batch:
             for kind, values in found.items():
                 for value in values:
-                    digest = registry.digest(kind, value)
-                    by_digest.setdefault((kind, digest), (value, []))[1].append(key)
+                    current, *older = registry.digests(kind, value)
+                    by_digest.setdefault((kind, current), (value, []))[1].append(key)
+                    for digest in older:
+                        by_digest.setdefault((kind, digest), (current, []))
         claims, subjects = Claims(), []
         for kind in {k for k, _ in by_digest}:
             digests = [d for k, d in by_digest if k == kind]
+            hits = set()
             for digest in registry.suppressed(kind, digests, erasures_only=only_erasures):
+                value, keys = by_digest[(kind, digest)]
+                hits.add(digest if keys else value)  # an older key's digest stands for the current one
+            for digest in sorted(hits):
                 value, keys = by_digest[(kind, digest)]
                 subject = Subject(f"suppressed:{digest[:12]}", {kind: value})
                 subjects.append(subject)

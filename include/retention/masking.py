@@ -91,6 +91,9 @@ class KeyRing(bytes):
     def __repr__(self) -> str:  # never the secrets
         return f"KeyRing({', '.join(kid for kid, _ in self.ring)})"
 
+    def __reduce__(self):  # copy / pickle keep the ring
+        return (KeyRing, (self.ring,))
+
 
 def keys_of(key: bytes) -> tuple[tuple[str, bytes], ...]:
     """Every active (key id, secret), current first; a plain ``bytes`` key is the one key ``k0``."""

@@ -1,4 +1,5 @@
-"""Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit,rotate-keys}``.
+"""Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit,rotate-keys,concept,
+forecast,diff,verify-receipt}``.
 
 Connections come from the same ``AIRFLOW_CONN_*`` variables Airflow uses. Every refusal is one
 line on stderr naming the file (and the CSV row), with exit status 2; no traceback, no personal data.
@@ -29,6 +30,11 @@ def cmd_validate(args) -> int:
     policy = load_policy(args.policy or policy_path())
     print(f"{policy.source}: valid; {len(policy.rule_ids())} rules in {len(policy.systems)} systems; "
           f"digest {policy.digest}")
+    from include.retention.concept import personal_without_rule
+
+    for ref, note in personal_without_rule(policy):  # a warning, not a refusal: the file is valid
+        print(f"warning: {policy.source}: {ref} holds personal data (identities) but no rule ends it{note}",
+              file=sys.stderr)
     return 0
 
 
@@ -134,6 +140,125 @@ def cmd_rotate_keys(args) -> int:
         print(f"keep {', '.join(map(repr, older))} in RETENTION_HMAC_KEYS: ledger entries and digests made "
               "under them verify and match only with them (docs/adr/0007-key-rotation.md)")
     return 0
+
+
+def _at(text: str | None):
+    """``--now``: an ISO 8601 date or time (UTC unless it says otherwise); default: now."""
+    import datetime as dt
+
+    if not text:
+        return dt.datetime.now(dt.UTC)
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise RetentionError(f"--now: {text[:40]!r} is not an ISO 8601 date or time such as 2026-11-24T12:00") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _store_runtime(policy: Policy):
+    """Stores for read-only planning: the keyed digest is not needed, so a missing key is no refusal."""
+    from include.retention.runtime import Runtime
+
+    try:
+        key = hmac_key(env_resolver)
+    except RetentionError:
+        key = b""
+    return Runtime(policy, env_resolver, key=key)
+
+
+def cmd_concept(args) -> int:
+    """The deletion concept (Markdown on stdout, or .md/.csv/.html in --out), with the ledger's evidence."""
+    from include.retention.concept import ledger_evidence, write_concept
+
+    policy = load_policy(args.policy or policy_path())
+    try:
+        ledger = _ledger()
+        evidence = ledger_evidence(ledger)
+        note = f"audit ledger, {sum(e.get('entries', 0) for e in evidence.values())} rule entries"
+        ledger.engine.dispose()
+    except RetentionError as exc:
+        evidence, note = {}, f"none (the ledger is not available: {exc})"
+        print(f"warning: no evidence from the ledger: {exc}", file=sys.stderr)
+    written = write_concept(policy, args.out, evidence, note)
+    if args.out is None:
+        sys.stdout.write(written["md"])
+    else:
+        for path in written.values():
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_forecast(args) -> int:
+    """What each rule will lock / anonymize / delete within the given days (read-only); exit 1 if a rule failed."""
+    import json
+
+    from include.retention.forecast import forecast, forecast_table, parse_days
+
+    days = parse_days(args.days)
+    policy = load_policy(args.policy or policy_path())
+    runtime = _store_runtime(policy)
+    try:
+        result = forecast(policy, runtime.store, _at(args.now), days, per_day=args.json)
+    finally:
+        runtime.close()
+    print(json.dumps(result, indent=2) if args.json else forecast_table(result))
+    for r in result["rules"]:
+        if r["error"]:
+            print(f"error: {r['rule_id']}: {r['error']}", file=sys.stderr)
+    return 1 if result["errors"] else 0
+
+
+DIFF_REFUSED = 3
+
+
+def cmd_diff(args) -> int:
+    """Forecast OLD and NEW against the same stores; exit 3 when NEW would newly delete more than --threshold."""
+    import json
+
+    from include.retention.forecast import diff_policies, diff_table
+
+    if args.threshold < 0:
+        raise RetentionError(f"--threshold: {args.threshold} is negative; give a number of records (0: none)")
+    old, new = load_policy(args.old), load_policy(args.new)
+    now = _at(args.now)
+    r_old, r_new = _store_runtime(old), _store_runtime(new)
+    try:
+        diff = diff_policies(old, new, r_old.store, r_new.store, now)
+    finally:
+        r_old.close()
+        r_new.close()
+    print(json.dumps(diff, indent=2) if args.json else diff_table(diff))
+    if diff["errors"]:
+        failed = [r["rule_id"] for r in diff["rules"] if r["error"]]
+        raise RetentionError(f"{len(failed)} rule(s) could not be forecast ({', '.join(failed[:5])}): "
+                             "the diff is incomplete")
+    worst = max(diff["newly_deleted_now"], diff["newly_deleted_within_30_days"])
+    if worst > args.threshold:
+        print(f"refused: {args.new} would newly delete {worst} record(s) within 30 days, more than the "
+              f"threshold {args.threshold}", file=sys.stderr)
+        return DIFF_REFUSED
+    return 0
+
+
+def cmd_verify_receipt(args) -> int:
+    """Check a receipt (JSON) against the ledger and its anchors; exit 1 when it does not hold."""
+    import json
+
+    from include.retention.ledger import anchor_sink
+    from include.retention.receipts import verify_receipt
+
+    path = Path(args.file)
+    try:
+        receipt = json.loads(_read_bytes(path).decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        raise RetentionError(f"{path}: not a JSON receipt") from None
+    where = args.anchors or os.environ.get("RETENTION_LEDGER_ANCHORS")
+    ledger = _ledger()
+    check = verify_receipt(receipt, ledger, anchors=anchor_sink(where) if where else None)
+    print(check)
+    for note in check.notes:
+        print(f"note: {note}")
+    return 0 if check.ok else 1
 
 
 SUBMIT_EXTRA_COLUMNS = ("mode", "request_ref", "note")
@@ -266,6 +391,30 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rotate-keys", help="re-encrypt the registry and re-digest the suppression list under "
                                            "the current key (first of RETENTION_HMAC_KEYS); one ledger entry")
     p.set_defaults(func=cmd_rotate_keys)
+    p = sub.add_parser("concept", help="the deletion concept (Markdown, CSV, HTML) with the ledger's evidence")
+    p.add_argument("--out", metavar="DIR", help="write deletion-concept.md/.csv/.html here (default: Markdown on "
+                                                 "stdout)")
+    p.add_argument("--policy", help="policy file (default: $RETENTION_POLICY_PATH or config/policy.yaml)")
+    p.set_defaults(func=cmd_concept)
+    p = sub.add_parser("forecast", help="what each rule will lock/anonymize/delete in the next days (read-only)")
+    p.add_argument("--days", default="7,30,90", help="horizons in days, comma-separated (default 7,30,90)")
+    p.add_argument("--now", help="forecast from this ISO 8601 time (default: now)")
+    p.add_argument("--policy", help="policy file (default: $RETENTION_POLICY_PATH or config/policy.yaml)")
+    p.add_argument("--json", action="store_true", help="JSON with the per-day series")
+    p.set_defaults(func=cmd_forecast)
+    p = sub.add_parser("diff", help="what a policy change would newly lock/delete; exit 3 above --threshold")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--threshold", type=int, default=0,
+                   help="records the change may newly delete within 30 days before it is refused (default 0)")
+    p.add_argument("--now", help="compare as of this ISO 8601 time (default: now)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
+    p = sub.add_parser("verify-receipt", help="check a receipt (JSON) against the audit ledger and its anchors")
+    p.add_argument("file")
+    p.add_argument("--anchors", metavar="DIR_OR_S3URL",
+                   help="anchors to check the chain against (default: $RETENTION_LEDGER_ANCHORS)")
+    p.set_defaults(func=cmd_verify_receipt)
     p = sub.add_parser("submit", help="queue erasure requests from a CSV for erasure_intake")
     p.add_argument("csv")
     p.set_defaults(func=cmd_submit)

@@ -342,3 +342,15 @@ def write_concept(policy: Policy, out_dir: str | Path | None, evidence: dict[str
     df.rename(columns=HEADINGS).to_csv(paths["csv"], index=False)
     paths["html"].write_text(render_html(policy, df, generated_at), encoding="utf-8")
     return {k: str(v) for k, v in paths.items()}
+
+
+def personal_without_rule(policy: Policy) -> list[tuple[str, str]]:
+    """Collections holding identities (personal data) with no rule of their own: (ref, how they may still end)."""
+    out = []
+    for s_name, system in policy.systems.items():
+        for c_name, coll in system.collections.items():
+            if coll.identities and not coll.rules:
+                ref = f"{s_name}.{c_name}"
+                ends = _ends_with(policy, ref, coll)
+                out.append((ref, f" (only {ends})" if ends else ""))
+    return out

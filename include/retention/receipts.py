@@ -1,17 +1,47 @@
-"""Receipts of subject requests: JSON for machines, Markdown for people. No identity beyond the request id."""
+"""Receipts of subject requests: JSON for machines, Markdown for people. No identity beyond the request id.
+
+A receipt proves itself: per system it names the ledger entry (sequence number and keyed entry
+hash) that recorded the action, and ``verify_receipt`` checks it against the ledger: the entry
+exists, is this request's and this system's, holds the same counts, carries the same hash, and
+the chain (and its anchors) verifies up to it. Counts and digests only: no personal data.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from dataclasses import dataclass, field
 from typing import Any
+
+# What ``record()`` counts into a ledger entry's ``count`` (include/retention/airflow/erasure_tasks.py).
+COUNTED = ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent")
+PROOF_FORMAT = "retention-receipt-proof/1"
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() + "Z" if isinstance(value, dt.datetime) else value
 
 
+def counted_total(collections: dict[str, dict[str, int]]) -> int:
+    """The ledger entry's ``count`` for these per-collection counts."""
+    return sum(n for per in collections.values() for k, n in per.items() if k in COUNTED)
+
+
+def ledger_proof(ledger: Any, request_id: str, mode: str, dry_run: bool) -> dict[str, dict[str, Any]]:
+    """Per system: the latest ledger entry that recorded this request's action there (``record()``)."""
+    outcome = "dry_run" if dry_run else "verified"
+    found: dict[str, dict[str, Any]] = {}
+    for row in ledger.rows(request_id=request_id):
+        if row["action"] == mode and row["outcome"] == outcome and row["system"]:
+            found[row["system"]] = {"seq": int(row["seq"]), "entry_hash": row["entry_hash"],
+                                    "count": int(row["count"]), "outcome": outcome,
+                                    "recorded_at": row["recorded_at"]}
+    return found
+
+
 def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], expected: list[str],
-                  policy_digest: str) -> dict[str, Any]:
+                  policy_digest: str, ledger_entries: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The receipt; ``ledger_entries`` (from ``ledger_proof``) adds each system's ledger seq and entry hash."""
     out_systems, exceptions = {}, []
     for name in expected:
         state = systems.get(name, {"status": "not started", "counts": {}})
@@ -31,8 +61,10 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
             # what was looked for where: a system never claims "nothing left" for what it did not search
             "searched": counts.get("searched") or {},
         }
+        if ledger_entries is not None:
+            out_systems[name]["ledger"] = ledger_entries.get(name)
     all_verified = all(s["verified"] for s in out_systems.values())
-    return {
+    receipt = {
         "request_id": request["request_id"],
         "mode": request["mode"],
         "dry_run": bool(request["dry_run"]),
@@ -48,6 +80,10 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
                          "dry run: nothing was changed" if request["dry_run"] else
                          "not every system verified: the request stays open and is retried"),
     }
+    if ledger_entries is not None:
+        receipt["proof"] = {"format": PROOF_FORMAT, "how": "python -m include.retention.cli verify-receipt FILE",
+                            "ledger_seqs": sorted(e["seq"] for e in ledger_entries.values() if e)}
+    return receipt
 
 
 def render_markdown(receipt: dict[str, Any]) -> str:
@@ -75,9 +111,106 @@ def render_markdown(receipt: dict[str, Any]) -> str:
         lines += ["", "## Exceptions (kept, restricted)", ""]
         lines += [f"- {e['system']} / {e['collection']}: {e['items']} item(s), {e['reason']}, {e['handled_as']}"
                   for e in receipt["exceptions"]]
+    proofs = [(name, system["ledger"]) for name, system in receipt["systems"].items() if system.get("ledger")]
+    if proofs:
+        lines += ["", "## Ledger entries", ""]
+        lines += [f"- {name}: entry {p['seq']}, {p['outcome']}, count {p['count']}, hash `{p['entry_hash']}`"
+                  for name, p in proofs]
     searched = [(name, coll, kinds) for name, system in receipt["systems"].items()
                 for coll, kinds in (system.get("searched") or {}).items()]
     if searched:
         lines += ["", "## Searched", ""]
         lines += [f"- {coll}: {', '.join(kinds)}" for _name, coll, kinds in searched]
     return "\n".join(lines) + "\n"
+
+
+# ---- verification --------------------------------------------------------------------------------
+
+
+@dataclass
+class ReceiptCheck:
+    """Outcome of ``verify_receipt``: problems fail the receipt; notes are said but do not."""
+
+    request_id: str
+    checked: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and bool(self.checked)
+
+    def __str__(self) -> str:
+        if self.ok:
+            seqs = ", ".join(map(str, self.checked))
+            return f"receipt {self.request_id} OK: ledger entries {seqs} match and the chain verifies up to them"
+        return f"receipt {self.request_id} FAILED: " + "; ".join(self.problems or ["it names no ledger entry"])
+
+
+def _entry(ledger: Any, seq: int) -> dict[str, Any] | None:
+    import sqlalchemy as sa
+
+    from include.retention.ledger import entries
+
+    with ledger.engine.connect() as conn:
+        row = conn.execute(sa.select(entries).where(entries.c.seq == seq)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def verify_receipt(receipt: Any, ledger: Any, anchors: Any = None) -> ReceiptCheck:
+    """Check a receipt against the ledger (and its anchors); reads counts and hashes only."""
+    if not isinstance(receipt, dict) or not isinstance(receipt.get("systems"), dict):
+        return ReceiptCheck("?", problems=["not a receipt (no 'systems')"])
+    rid = str(receipt.get("request_id") or "?")
+    check = ReceiptCheck(rid)
+    mode = receipt.get("mode")
+    for name, system in sorted(receipt["systems"].items()):
+        proof = system.get("ledger") if isinstance(system, dict) else None
+        if not proof:
+            if isinstance(system, dict) and system.get("verified"):
+                check.problems.append(f"system {name}: says verified but names no ledger entry")
+            continue
+        try:
+            seq, claimed_hash, claimed_count = int(proof["seq"]), str(proof["entry_hash"]), int(proof["count"])
+        except (KeyError, TypeError, ValueError):
+            check.problems.append(f"system {name}: the ledger reference is incomplete (seq, entry_hash, count)")
+            continue
+        row = _entry(ledger, seq)
+        if row is None:
+            check.problems.append(f"system {name}: ledger entry {seq} does not exist")
+            continue
+        check.checked.append(seq)
+        if row["entry_hash"] != claimed_hash:
+            check.problems.append(f"system {name}: entry {seq}'s hash differs from the receipt's")
+        for what, want, got in (("request", rid, row["request_id"]), ("system", name, row["system"]),
+                                ("action", mode, row["action"])):
+            if want != got:
+                check.problems.append(f"system {name}: entry {seq} records another {what}")
+        if row["outcome"] != ("dry_run" if receipt.get("dry_run") else "verified"):
+            check.problems.append(f"system {name}: entry {seq} has outcome {row['outcome']!r}")
+        try:
+            details = json.loads(row["details"]) if row["details"] else {}
+        except ValueError:
+            details = {}
+        collections = system.get("collections") or {}
+        if claimed_count != row["count"] or counted_total(collections) != row["count"]:
+            check.problems.append(f"system {name}: the receipt's count differs from entry {seq} "
+                                  f"(ledger {row['count']})")
+        if (details.get("collections") or {}) != collections:
+            check.problems.append(f"system {name}: the receipt's counts per collection differ from entry {seq}")
+        if (details.get("removed_along") or {}) != (system.get("removed_along") or {}):
+            check.problems.append(f"system {name}: what was removed along differs from entry {seq}")
+    if not check.checked:
+        if not check.problems:
+            check.problems.append("the receipt names no ledger entry (made before receipts carried proofs?)")
+        return check
+    result = ledger.verify(record=False, anchors=anchors)
+    if result.anchors_checked:
+        check.notes.append(f"{result.anchors_checked} anchor(s) checked")
+    if not result.ok:
+        broken = result.first_broken_seq
+        if broken is None or broken <= max(check.checked):
+            check.problems.append(f"the ledger does not verify up to the receipt's entries: {result}")
+        else:
+            check.notes.append(f"the chain verifies up to the receipt's entries but breaks later: {result}")
+    return check

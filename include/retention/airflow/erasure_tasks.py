@@ -12,7 +12,7 @@ from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
 from include.retention.policy import Policy, load_policy
-from include.retention.receipts import build_receipt, render_markdown
+from include.retention.receipts import build_receipt, ledger_proof, render_markdown
 from include.retention.registry import Identities, NewRequest, Registry
 from include.retention.runtime import Runtime
 
@@ -220,8 +220,10 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
             else:
                 ctx.registry.finish(rid, "incomplete", error="not every system verified")
                 open_ids.append(rid)
+            # each system's ledger entry (seq + keyed hash): `cli verify-receipt` checks the receipt against it
+            proof = ledger_proof(ctx.ledger, rid, req["mode"], bool(req["dry_run"]))
             receipt = build_receipt(ctx.registry.get(rid), ctx.registry.systems(rid), expected_systems,
-                                    ctx.policy.digest)
+                                    ctx.policy.digest, ledger_entries=proof)
             ctx.registry.save_receipt(rid, receipt)
             if len(request_ids) == 1:
                 log.info("receipt:\n%s", render_markdown(receipt))

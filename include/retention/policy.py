@@ -264,6 +264,33 @@ class IdentityField(_Model):
         return self
 
 
+class CategoryInfo(_Model):
+    """A data category as an access request explains it (GDPR Art. 15(1)(a)-(h)). In ``categories:`` a
+    category is its description (text) or this mapping."""
+
+    description: str
+    purpose: str | None = None
+    legal_basis: str | None = None
+    recipients: list[str] = Field(default_factory=list)
+    source: str | None = None  # where the data came from, when not from the person (Art. 15(1)(g))
+
+
+class Consent(_Model):
+    """A consent a person can withdraw: ``column`` is set to ``withdrawn`` (a value, or ``now``: the time
+    of the withdrawal); the collection's retention rules then act on the row as usual."""
+
+    name: str
+    column: str
+    withdrawn: Any = "now"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _IDENT.match(value):
+            raise ValueError(f"consent name {value!r} must be letters, digits and underscores")
+        return value
+
+
 S3_IDENTITY_SOURCES = ("key", "metadata", "tag")
 
 
@@ -314,6 +341,8 @@ class Collection(_Model):
     anonymized_marker: str | None = None
     legal_hold: list[Condition] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+    # Consents the person may withdraw here (``withdraw`` requests): name, column, value once withdrawn.
+    consent: list[Consent] = Field(default_factory=list)
 
     def identity_fields(self) -> list[tuple[str, IdentityField]]:
         """(identity kind, field) pairs, one per column / key part / metadata / tag."""
@@ -352,8 +381,11 @@ class Policy(_Model):
     name: str = "retention policy"
     policy_version: str | None = None
     defaults: Defaults = Field(default_factory=Defaults)
-    categories: dict[str, str] = Field(default_factory=dict)
+    # name -> description, or {description, purpose, legal_basis, recipients, source} (access packages explain it)
+    categories: dict[str, str | CategoryInfo] = Field(default_factory=dict)
     systems: dict[str, System]
+    # The S3 collection (``system.collection``) access packages are written to; its own rules delete them.
+    exports: str | None = None
     # Identity kinds a subject request may carry (form fields); default: every kind a collection declares.
     request_fields: list[str] | None = None
     # Set by load_policy: sha256 of the file's bytes, recorded in every ledger entry.
@@ -416,6 +448,11 @@ class Policy(_Model):
     def request_kinds(self) -> list[str]:
         """Identity kinds a subject request may carry."""
         return list(self.request_fields) if self.request_fields is not None else sorted(self.declared_kinds())
+
+    def category_info(self, name: str) -> CategoryInfo:
+        """A category's description, purpose, legal basis and recipients (what the data map says of it)."""
+        value = self.categories.get(name)
+        return value if isinstance(value, CategoryInfo) else CategoryInfo(description=value or name)
 
     def max_fraction(self, rule: Rule) -> float:
         return rule.max_fraction if rule.max_fraction is not None else self.defaults.max_fraction
@@ -647,9 +684,33 @@ def _cross_check(policy: Policy):
                         "('on_delete: delete' or 'on_delete: nullify')"
                     )
     yield from _check_identities(policy)
+    yield from _check_consent_and_exports(policy)
     cycle = _find_cycle(policy)
     if cycle:
         yield "references", f"reference cycle: {' -> '.join(cycle)}"
+
+
+def _check_consent_and_exports(policy: Policy):
+    """Consent columns a SQL collection has; an exports collection that is an S3 collection of the map."""
+    for s_name, system in policy.systems.items():
+        for c_name, coll in system.collections.items():
+            for i, consent in enumerate(coll.consent):
+                where = f"systems.{s_name}.collections.{c_name}.consent[{i}]"
+                if system.kind != "sql":
+                    yield where, "consents are SQL columns"
+                elif consent.column not in coll.columns:
+                    yield f"{where}.column", f"unknown column {consent.column!r} (columns of {coll.table}: " \
+                                             f"{', '.join(coll.columns)})"
+                elif not coll.identities:
+                    yield where, "a consent needs a collection with identities (whose consent it is)"
+    if policy.exports is not None:
+        s_name, _, c_name = policy.exports.partition(".")
+        if s_name not in policy.systems or c_name not in policy.systems[s_name].collections:
+            yield "exports", f"unknown collection {policy.exports!r} (write system.collection)"
+        elif policy.systems[s_name].kind != "s3":
+            yield "exports", f"{policy.exports} is not an S3 collection: access packages are S3 objects"
+        elif not policy.systems[s_name].collections[c_name].rules:
+            yield "exports", f"{policy.exports} needs a retention rule: an access package must not stay forever"
 
 
 def _check_identities(policy: Policy):

@@ -84,6 +84,16 @@ receipts = sa.Table(
     sa.Column("receipt", sa.Text, nullable=False),
 )
 
+# Per request, what its type needs besides identities (access: format; rectify: the new values; the identity
+# check's decision and reason), as one encrypted JSON document: nothing in it is readable without the key.
+request_details = sa.Table(
+    "request_details",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("details_enc", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
 suppression = sa.Table(
     "suppression_list",
     metadata,
@@ -136,7 +146,9 @@ class NewRequest:
     note: str | None = None
 
 
-MODES = ("erase", "restrict")
+MODES = ("erase", "restrict", "access", "rectify", "withdraw")
+# Modes erasure_intake takes from the queue; access_request takes the others (ADR 0008).
+ERASURE_MODES = ("erase", "restrict")
 
 
 def validate_request(req: NewRequest) -> None:
@@ -281,12 +293,14 @@ class Registry:
                 conn.execute(requests.insert(), rows[i:i + 500])
         return ids
 
-    def claim_pending(self, limit: int, dag_id: str, run_id: str) -> list[str]:
-        """Take up to ``limit`` pending (or incomplete) requests for one intake run."""
+    def claim_pending(self, limit: int, dag_id: str, run_id: str, modes: Iterable[str] = ERASURE_MODES
+                      ) -> list[str]:
+        """Take up to ``limit`` pending (or incomplete) requests of ``modes`` for one intake run."""
         self.ensure_schema()
         with self.engine.begin() as conn:
             ids = list(conn.execute(
                 sa.select(requests.c.request_id).where(requests.c.status.in_(("pending", "incomplete")),
+                                                       requests.c.mode.in_(tuple(modes)),
                                                        requests.c.dag_id.is_(None) | (requests.c.dag_id == dag_id))
                 .order_by(requests.c.received_at, requests.c.request_id).limit(limit).with_for_update()
             ).scalars())
@@ -360,6 +374,24 @@ class Registry:
         with self.engine.begin() as conn:
             conn.execute(requests.update().where(requests.c.request_id == request_id).values(
                 status=status, last_error=error, completed_at=utcnow() if status == "complete" else None))
+
+    # ---- request details (encrypted) --------------------------------------------------
+    def details(self, request_id: str) -> dict[str, Any]:
+        """What the request's type needs besides identities (decrypted); {} if nothing was stored."""
+        with self.engine.connect() as conn:
+            token = conn.execute(sa.select(request_details.c.details_enc)
+                                 .where(request_details.c.request_id == request_id)).scalar_one_or_none()
+        return self._dec(token) if token else {}
+
+    def update_details(self, request_id: str, **values: Any) -> dict[str, Any]:
+        """Merge ``values`` into the request's details, stored encrypted only."""
+        self.ensure_schema()
+        merged = {**self.details(request_id), **values}
+        with self.engine.begin() as conn:
+            conn.execute(request_details.delete().where(request_details.c.request_id == request_id))
+            conn.execute(request_details.insert().values(request_id=request_id, details_enc=self._enc(merged),
+                                                         updated_at=utcnow()))
+        return merged
 
     # ---- receipts and suppression -----------------------------------------------------
     def save_receipt(self, request_id: str, receipt: dict[str, Any]) -> None:

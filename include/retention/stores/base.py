@@ -248,6 +248,27 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook: stores with connections override it
         pass
 
+    # ---- the other rights (access, rectification, consent withdrawal; ADR 0008) ------------------
+    def owned_keys(self, collection_name: str, key: str, is_prefix: bool) -> list[str]:
+        """Keys of the objects here that another store's row references (a key, or a prefix of keys)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores hold no objects other systems' rows reference")
+
+    def stream_object(self, collection_name: str, key: str) -> Iterator[bytes]:
+        """An object's bytes, in bounded chunks, exactly as stored (an access package copies them in)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores hold no objects to stream")
+
+    def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
+                *, dry_run: bool) -> SubjectOutcome:
+        """Replace the subjects' identity values of the kinds in ``new_values`` (kind -> new value as given)
+        with the new ones in the claimed items; counted as ``rectified`` per request."""
+        raise RetentionError(f"{self.name}: {self.kind} stores cannot rectify identities")
+
+    def withdraw(self, collection_name: str, claims: Claims, subjects: list[Subject], consents: list[str] | None,
+                 *, dry_run: bool) -> SubjectOutcome:
+        """Set the collection's consent columns (all, or those named in ``consents``) to their withdrawn value
+        on the claimed items the subjects own; the retention rules then act on them as on anybody's."""
+        raise RetentionError(f"{self.name}: {self.kind} stores hold no consents")
+
 
 def collection_order(policy: Policy, system: str) -> list[str]:
     """Collection names of ``system``, children before parents (references point child -> parent)."""

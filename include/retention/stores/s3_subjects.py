@@ -240,3 +240,107 @@ class S3Subjects:
                 for rid in claims[key]:
                     left[rid] = left.get(rid, 0) + 1
         return left
+
+    # ---- the other rights: access copies, rectify (ADR 0008) ---------------------------------
+    def owned_keys(self, collection_name: str, key: str, is_prefix: bool) -> list[str]:
+        """Live keys a SQL row references: the key itself, or every key under the prefix; only inside the
+        collection's prefix (a row cannot reach other data)."""
+        coll = self.coll(collection_name)
+        if not key.startswith(self.prefix(coll)):
+            return []
+        out = []
+        for page in self.objects(coll.bucket, key):
+            out += [o.key for o in page if o.live and (is_prefix or o.key == key)]
+        return sorted(set(out))
+
+    def stream_object(self, collection_name: str, key: str) -> Iterator[bytes]:
+        """The current version's bytes, in 1 MiB chunks, exactly as stored."""
+        coll = self.coll(collection_name)
+        body = self._call("get_object", Bucket=coll.bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_chunks(1024 * 1024)
+        finally:
+            body.close()
+
+    def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
+                *, dry_run: bool) -> SubjectOutcome:
+        """Objects carrying an old value: a metadata field is rewritten (copy in place), a tag re-tagged, a key
+        part moved (copy to the new key, then every version of the old key deleted)."""
+        from urllib.parse import quote
+
+        from include.retention.stores.s3_writes import Purger
+
+        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        outcome = SubjectOutcome()
+        old = {s.request_id: s.identities for s in subjects}
+        fields = [(kind, f) for kind, f in coll.identity_fields() if kind in new_values]
+        for key in claimed_keys(ref, claims):
+            current = self._current(coll, key)
+            if current is None:
+                continue
+            obj, match = current
+            meta_changes: dict[str, str] = {}
+            tag_changes: dict[str, str] = {}
+            new_key = key
+            rids: set[str] = set()
+            for kind, f in fields:
+                source, _, fname = f.column.partition(":")
+                if source == "key":
+                    raw = unquote(match.group(fname)) if match is not None and fname in match.groupdict() else None
+                elif source == "metadata":
+                    stored = (self.head(coll.bucket, obj) or {}).get("Metadata") or {}
+                    raw = _decode_metadata({k.lower(): v for k, v in stored.items()}.get(fname.lower()))
+                else:
+                    raw = (self.tags(coll.bucket, obj) or {}).get(fname)
+                value = normalise(kind, raw)
+                owners = {rid for rid, ids in old.items() if value is not None and ids.get(kind) == value}
+                if not owners:
+                    continue
+                rids |= owners
+                if source == "key":
+                    start, end = match.span(fname)
+                    new_key = key[:start] + quote(new_values[kind], safe="@+") + key[end:]
+                elif source == "metadata":
+                    meta_changes[fname.lower()] = new_values[kind]
+                else:
+                    tag_changes[fname] = new_values[kind]
+            if not rids:
+                continue
+            if not dry_run:
+                head = self.head(coll.bucket, obj) or {}
+                metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+                metadata.update({k: _ascii_header(v) for k, v in meta_changes.items()})
+                tags = dict(self.tags(coll.bucket, obj) or {})
+                tags.update(tag_changes)
+                if new_key != key or meta_changes:
+                    copied = self._call("copy_object", Bucket=coll.bucket, Key=new_key,
+                                        CopySource={"Bucket": coll.bucket, "Key": key, **obj.vid()},
+                                        Metadata=metadata, MetadataDirective="REPLACE",
+                                        **({"ContentType": head["ContentType"]} if head.get("ContentType") else {}))
+                    if tags:
+                        self._call("put_object_tagging", Bucket=coll.bucket, Key=new_key,
+                                   Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+                    if new_key != key:  # every version of the old key goes: they all carry the old value
+                        purger = Purger(self, coll.bucket, 1000, None)
+                        for page in self.objects(coll.bucket, key):
+                            for o in page:
+                                if o.key == key:
+                                    purger.add(o)
+                        purger.flush()
+                    elif obj.version_id:  # older versions still hold the old metadata
+                        self._drop_old_versions(coll.bucket, key, copied.get("VersionId"))
+                elif tag_changes:
+                    self._call("put_object_tagging", Bucket=coll.bucket, Key=key, **obj.vid(),
+                               Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+            for rid in rids:
+                outcome.add(rid, ref, "rectified")
+        return outcome
+
+
+def _ascii_header(value: str) -> str:
+    """S3 metadata is ASCII: a non-ASCII value is written RFC 2047-encoded (what ``_decode_metadata`` reads)."""
+    if value.isascii():
+        return value
+    from email.header import Header
+
+    return Header(value, "utf-8").encode()

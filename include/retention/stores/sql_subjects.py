@@ -342,3 +342,74 @@ class SqlSubjects:
                     for rid in claims[row["_pk"]]:
                         left[rid] = left.get(rid, 0) + 1
         return left
+
+    # ---- the other rights: rectify, withdraw (ADR 0008) ------------------------------------
+    def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
+                *, dry_run: bool) -> SubjectOutcome:
+        """Replace the subjects' old identity values (the kinds in ``new_values``) with the new ones, in exactly
+        the identity columns that hold an old value, of exactly the claimed rows (locked, re-read first)."""
+        name = collection_name
+        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
+        pk = t.c[coll.primary_key]
+        outcome = SubjectOutcome()
+        keys = claimed_keys(self.name, claims)
+        old = {s.request_id: s.identities for s in subjects}
+        fields = [(kind, f) for kind, f in coll.identity_fields() if kind in new_values]
+        for chunk in _chunks(keys):
+            with self.engine.begin() as conn:
+                for row in self._locked_rows(conn, name, chunk, dependents=False):
+                    values: dict[str, str] = {}
+                    rids: set[str] = set()
+                    for kind, f in fields:
+                        value = normalise(kind, row[f.column])
+                        owners = {rid for rid, ids in old.items() if value is not None and ids.get(kind) == value}
+                        if owners:
+                            values[f.column] = new_values[kind]
+                            rids |= owners
+                    if not values:
+                        continue  # no longer carries the old value: not ours to touch
+                    if not dry_run:
+                        conn.execute(t.update().where(pk == row["_pk"]).values(values))
+                    for rid in rids:
+                        outcome.add(rid, ref, "rectified")
+        return outcome
+
+    def withdraw(self, collection_name: str, claims: Claims, subjects: list[Subject], consents: list[str] | None,
+                 *, dry_run: bool) -> SubjectOutcome:
+        """Set the consent columns of the subjects' own rows (not rows that only mention them) to their
+        withdrawn value; a consent already withdrawn (column already set) is counted, not rewritten."""
+        name = collection_name
+        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
+        pk = t.c[coll.primary_key]
+        outcome = SubjectOutcome()
+        chosen = [c for c in coll.consent if consents is None or c.name in consents]
+        if not chosen:
+            return outcome
+        keys = claimed_keys(self.name, claims)
+        wanted = index_subjects(subjects)
+        fields = coll.identity_fields()
+        now = utcnow()
+        for chunk in _chunks(keys):
+            with self.engine.begin() as conn:
+                rows = {r["_pk"]: r for r in self._locked_rows(conn, name, chunk, dependents=False)}
+                current = {r[0]: r for r in conn.execute(
+                    sa.select(pk, *(t.c[c.column] for c in chosen)).where(pk.in_(list(rows))))} if rows else {}
+                for key, row in rows.items():
+                    whole, _mention, _tokens = self._row_claims(row, fields, wanted)
+                    if not whole:
+                        continue  # only mentions the subject: somebody else's consent
+                    for i, consent in enumerate(chosen, start=1):
+                        col = t.c[consent.column]
+                        target = self._bind_time(col, now) if consent.withdrawn == "now" else consent.withdrawn
+                        have = current[key][i]
+                        done = have is not None if consent.withdrawn == "now" else have == consent.withdrawn
+                        what = f"already_withdrawn:{consent.name}" if done else f"withdrawn:{consent.name}"
+                        if not done and not dry_run:
+                            guard = col.is_(None) if consent.withdrawn == "now" else sa.or_(
+                                col.is_(None), col != consent.withdrawn)
+                            n = conn.execute(t.update().where(pk == key, guard).values({consent.column: target})
+                                             ).rowcount
+                            what = f"withdrawn:{consent.name}" if n else f"already_withdrawn:{consent.name}"
+                        for rid in whole:
+                            outcome.add(rid, ref, what)
+        return outcome

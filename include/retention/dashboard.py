@@ -96,6 +96,67 @@ def actions_per_day(engine: sa.Engine, now: dt.datetime | None = None, days: int
             "series": series, "totals": totals, "max": max((p["total"] for p in series), default=0)}
 
 
+FORECAST_DAYS = 90  # the forecast chart: as many days ahead as the actions chart shows behind
+FORECAST_HORIZONS = (7, 30, 90)
+FORECAST_TTL_ENV = "RETENTION_FORECAST_CACHE_SECONDS"  # how long a forecast is reused (default 900 s)
+_forecast_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+
+def forecast(now: dt.datetime | None = None, days: int = FORECAST_DAYS, *, policy: Any = None,
+             store_for: Any = None) -> dict[str, Any]:
+    """What the rules will lock, anonymize and delete per day over the next ``days`` days (the chart
+    beside the past 90 days) and within 7 / 30 / 90 days per rule, from the stores, read-only
+    (``include.retention.forecast``). Counts and rule ids only. Cached per policy and day for
+    ``RETENTION_FORECAST_CACHE_SECONDS``; a store that cannot be planned is named in ``problems``,
+    and a forecast that cannot run at all is ``ok: False`` with the reason, never an error page.
+    """
+    import time
+
+    from include.retention import forecast as fc
+
+    now = now or utcnow()
+    now = now if now.tzinfo else now.replace(tzinfo=dt.UTC)
+    runtime = None
+    try:
+        if policy is None:
+            from include.retention.policy import load_policy
+            from include.retention.runtime import policy_path
+
+            policy = load_policy(policy_path())
+        cache_key = (policy.digest, f"{now.date().isoformat()}/{days}")
+        ttl = float(os.environ.get(FORECAST_TTL_ENV) or 900)
+        cached = _forecast_cache.get(cache_key)
+        if store_for is None and cached and time.monotonic() - cached[0] < ttl:
+            return cached[1]
+        if store_for is None:
+            from include.retention.runtime import Runtime, env_resolver
+
+            runtime = Runtime(policy, env_resolver, key=b"")  # planning computes no digest: no key needed
+            store_for = runtime.store
+        horizons = sorted({*(h for h in FORECAST_HORIZONS if h <= days), days})
+        result = fc.forecast(policy, store_for, now, horizons, per_day=True)
+    except Exception as exc:  # noqa: BLE001 - the page shows the reason; driver text can hold data: name only
+        problem = str(exc) if isinstance(exc, RetentionError) else type(exc).__name__
+        log.warning("forecast for the data-retention page failed: %s", problem)
+        return {"ok": False, "problem": f"no forecast: {problem}", "days": days, "series": [], "rules": []}
+    finally:
+        if runtime is not None:
+            runtime.close()
+    view = {
+        "ok": not result["errors"], "days": days, "from": (now + dt.timedelta(days=1)).date().isoformat(),
+        "to": (now + dt.timedelta(days=days)).date().isoformat(), "actions": list(fc.ACTIONS),
+        "series": result["series"], "max": result["max"], "backlog": result["backlog"],
+        "totals": result["totals"],
+        "rules": [{"rule_id": r["rule_id"], "collection": r["collection"], "category": r["category"],
+                   "now": r.get("now"), "horizons": r.get("horizons", []), "error": r["error"]}
+                  for r in result["rules"]],
+        "problems": [f"{r['rule_id']}: {r['error']}" for r in result["rules"] if r["error"]],
+    }
+    if runtime is not None:
+        _forecast_cache[cache_key] = (time.monotonic(), view)
+    return view
+
+
 def anchors_location() -> str | None:
     """Where the ledger's anchors are (``RETENTION_LEDGER_ANCHORS``), if configured."""
     return os.environ.get(ANCHORS_ENV) or None
@@ -146,6 +207,7 @@ def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | N
         "recent_requests": recent_requests(engine, now),
         "sweeps": last_sweeps(engine),
         "chart": actions_per_day(engine, now),
+        "forecast": forecast(now),
         "verification": verification(engine, key, anchors),
     }
 

@@ -244,7 +244,7 @@ CHANGE_ORDER = {"removed": 0, "shortened": 1, "added": 2, "changed": 3, "lengthe
 
 def _counts_at(fc: dict[str, Any] | None, which: str) -> dict[str, int]:
     if fc is None or fc.get("error"):
-        return _zero()
+        return {**_zero(), "cascaded": 0}
     if which == "now":
         return {a: fc["now"][a] for a in ACTIONS} | {"cascaded": fc["now"]["cascaded"]}
     h = next(h for h in fc["horizons"] if h["days"] == DIFF_DAYS)

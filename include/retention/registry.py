@@ -471,7 +471,7 @@ class Registry:
 
     # ---- key rotation (docs/adr/0007-key-rotation.md) ---------------------------------------
     def rotate(self, chunk: int = 500) -> dict[str, Any]:
-        """Re-encrypt every request and re-digest its digest columns and its suppression entries under
+        """Re-encrypt every request (and its details) and re-digest its digest columns and its suppression entries under
         the current key, ``chunk`` rows per transaction (a crash leaves a consistent mix: run it again).
         Digests of deletes (no request: the address itself is gone) cannot be re-digested; they stay
         under their key, counted in ``kept`` per key id: that key must stay active."""
@@ -494,6 +494,21 @@ class Registry:
                 done["requests"] += len(rows)
             if len(rows) < chunk:
                 break
+        done["details"] = 0
+        last = ""
+        while True:  # request details: encrypted only, no digests
+            with self.engine.begin() as conn:
+                rows = conn.execute(sa.select(request_details.c.request_id, request_details.c.details_enc)
+                                    .where(request_details.c.request_id > last).order_by(request_details.c.request_id)
+                                    .limit(chunk)).all()
+                for row in rows:
+                    if not row.details_enc.startswith(f"{kid}:"):
+                        conn.execute(request_details.update().where(request_details.c.request_id == row.request_id)
+                                     .values(details_enc=self._enc(self._dec(row.details_enc))))
+                        done["details"] += 1
+            if len(rows) < chunk:
+                break
+            last = rows[-1].request_id
         last = ""
         while True:  # suppression entries of erasures: their request holds the identity to re-digest
             with self.engine.begin() as conn:

@@ -35,6 +35,7 @@ def _history(engine) -> str:
     registry = Registry(engine, OLD.encode())
     rid = registry.register(NewRequest(Identities(email=SUBJECT, phone="+48 500 100 200"), note="by phone"))
     registry.suppress(rid)
+    registry.update_details(rid, channel="letter")
     registry.suppress_values([("email", GONE)], reason="retention:mailing.subscribers")
     ledger = Ledger(engine, OLD.encode())
     seq = ledger.intend(action="erase", count=1, request_id=rid, subject_digest=registry.subject_digest(rid))
@@ -72,6 +73,7 @@ def test_rotation_keeps_suppression_registry_and_ledger(db_url, monkeypatch, cap
     only_new = Registry(engine, NEW_ONLY)
     assert only_new.identities(rid).email == SUBJECT.lower()
     assert only_new.identities(rid).phone == "+48500100200"
+    assert only_new.details(rid)["channel"] == "letter"
     assert only_new.is_suppressed("email", SUBJECT) and only_new.is_suppressed("phone", "+48 500 100 200")
     assert only_new.get(rid)["email_digest"] == keyed_digest(NEW.encode(), SUBJECT.lower())
     with engine.connect() as conn:

@@ -398,8 +398,10 @@ def test_replay_of_a_system_without_identities_says_so(world, capsys, monkeypatc
     system = next((s for s, spec in policy.systems.items() if spec.kind == "sql"
                    and not any(c.identities for c in spec.collections.values())), None)
     if system is None:  # make one: a system whose only collection has no identities
-        text += ("  archive:\n    kind: sql\n    connection: crm_db\n    collections:\n      notes:\n"
-                 "        table: notes\n        primary_key: id\n        columns: [id]\n")
+        archive = ("  archive:\n    kind: sql\n    connection: crm_db\n    collections:\n      notes:\n"
+                   "        table: notes\n        primary_key: id\n        columns: [id]\n")
+        assert "\nsystems:\n" in text
+        text = text.replace("\nsystems:\n", "\nsystems:\n" + archive, 1)  # first under systems, wherever it ends
         path.write_text(text)
         system = "archive"
     monkeypatch.setenv("RETENTION_POLICY_PATH", str(path))

@@ -76,7 +76,7 @@ def start_event(rule: Rule) -> str:
 
 
 def period_text(after: str) -> str:
-    """``P36M`` -> ``36 months (3 years)``, ``P0D`` -> ``immediately``."""
+    """``P36M`` -> ``3 years``, ``P18M`` -> ``1 year, 6 months``, ``P0D`` -> ``immediately``."""
     d = parse_duration(after)
     parts = []
     for unit, n in (("year", d.years), ("month", d.months), ("day", d.days), ("hour", d.hours)):
@@ -84,10 +84,7 @@ def period_text(after: str) -> str:
             parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
     if not parts:
         return "immediately"
-    text = ", ".join(parts)
-    if d.months and not d.years and not d.days and d.months % 12 == 0:
-        text += f" ({d.months // 12} year{'s' if d.months != 12 else ''})"
-    return text
+    return ", ".join(parts)
 
 
 def _stage_text(action: str, after: str) -> str:

@@ -155,7 +155,7 @@ def forecast(policy: Policy, store_for: StoreFor, now: dt.datetime | None = None
             rules.append(forecast_rule(policy, rule_id, store_for(rule_id.partition(".")[0]), now, days,
                                        per_day=per_day))
         except RetentionError as exc:
-            log.warning("forecast of %s failed: %s", rule_id, exc)
+            log.info("forecast of %s failed: %s", rule_id, exc)
             coll_ref, _coll, rule = policy.rule(rule_id)
             rules.append({"rule_id": rule_id, "system": coll_ref.partition(".")[0], "collection": coll_ref,
                           "category": rule.category, "stages": _stages(rule), "error": str(exc)})

@@ -253,6 +253,11 @@ class Store(abc.ABC):
         """Keys of the objects here that another store's row references (a key, or a prefix of keys)."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold no objects other systems' rows reference")
 
+    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
+        """Keys of the items of ``collection_name`` whose ``column`` references one of ``parent_keys`` (the rows
+        that belong to a subject through their parent: list memberships, campaign events)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+
     def stream_object(self, collection_name: str, key: str) -> Iterator[bytes]:
         """An object's bytes, in bounded chunks, exactly as stored (an access package copies them in)."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold no objects to stream")

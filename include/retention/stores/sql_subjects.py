@@ -413,3 +413,12 @@ class SqlSubjects:
                         for rid in whole:
                             outcome.add(rid, ref, what)
         return outcome
+
+    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
+        coll, t = self.coll(collection_name), self.table(collection_name)
+        pk, fk = t.c[coll.primary_key], t.c[column]
+        out: list[Any] = []
+        for chunk in _chunks(sorted(parent_keys)):
+            with self.engine.connect() as conn:
+                out += list(conn.execute(sa.select(pk).where(fk.in_(chunk))).scalars())
+        return sorted(set(out))

@@ -1,0 +1,114 @@
+"""access_request: the other rights of one person, from the Airflow UI form, the REST API or the intake queue.
+
+- **access** (GDPR Art. 15; ``format: portable`` for Art. 20): every system searched, one zip written to
+  the data map's exports collection (deleted by its own retention rule); the receipt carries an expiring
+  link, the file's SHA-256 and counts.
+- **rectify** (Art. 16): one identity value (e-mail, phone) replaced by a new one everywhere.
+- **withdraw** (Art. 7(3)): the data map's consent columns set; the retention rules then act as usual.
+
+Access and rectify requests wait for a person to confirm the requester's identity (Required actions,
+``verify_identity``) unless ``RETENTION_VERIFY_IDENTITY`` leaves their type out or the intake path
+queued them as verified. The first task moves the identities into the registry (encrypted); later tasks
+see only the request id. See docs/adr/0008-access-package.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, get_current_context, task
+
+from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.params import identity_params, limit, trail_params
+from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
+from include.retention.identity import EMAIL_PATTERN, PHONE_PATTERN
+
+
+@dag(
+    dag_id="access_request",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["privacy", "access"],
+    access_control=PRIVACY_ACCESS_CONTROL,  # FAB: only the Privacy role (and Admin); see roles.py
+    doc_md=__doc__,
+    params={
+        **identity_params(),
+        "mode": Param("access", type="string", enum=["access", "rectify", "withdraw"], title="Request",
+                      description="access: a copy of the person's data. rectify: replace an e-mail or phone. "
+                                  "withdraw: withdraw consents (newsletter, future recruitment)."),
+        "format": Param("human", type="string", enum=["human", "portable"], title="Package format (access)",
+                        description="human: CSV and JSON per collection with a README. portable (Art. 20): "
+                                    "JSON per collection and one flat CSV."),
+        "new_email": Param(None, type=["null", "string"], pattern=EMAIL_PATTERN, maxLength=limit("email"),
+                           title="New e-mail (rectify)", description="Replaces the e-mail given above."),
+        "new_phone": Param(None, type=["null", "string"], pattern=PHONE_PATTERN, maxLength=limit("phone"),
+                           title="New phone (rectify)", description="Replaces the phone given above."),
+        "consents": Param(None, type=["null", "array"], items={"type": "string"}, title="Consents (withdraw)",
+                          description="Names from the data map (newsletter, future_recruitment). Empty: all."),
+        **trail_params(),
+    },
+)
+def access_request():
+    @task
+    def register() -> str:
+        from include.retention.airflow import access_tasks
+
+        context = get_current_context()
+        return access_tasks.register(dict(context["params"]), context["dag"].dag_id, context["run_id"])
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def needs_identity_check(request_id: str) -> bool:
+        from include.retention.airflow import access_tasks
+
+        return access_tasks.needs_check(request_id)
+
+    verify_identity = ApprovalOperator(
+        task_id="verify_identity",
+        subject="Identity verified? (access_request)",
+        body="Request {{ ti.xcom_pull(task_ids='register') }} ({{ params.mode }}): approve only once the "
+             "requester has proven to be the person (e.g. a reply from the registered address). Reject closes "
+             "the request; give the reason.",
+        defaults=["Reject"],
+        params={"reason": Param("", type="string", maxLength=2000, title="Reason")},
+        response_timeout=dt.timedelta(days=7),
+        retries=0,
+    )
+
+    @task(trigger_rule="none_failed")
+    def act(request_id: str) -> dict:
+        from include.retention.airflow import access_tasks
+
+        context = get_current_context()
+        approval = context["ti"].xcom_pull(task_ids="verify_identity")
+        return access_tasks.act(request_id, approval, context["dag"].dag_id, context["run_id"])
+
+    @task(trigger_rule="all_done")
+    def finalize(request_id: str) -> dict:
+        from include.retention.airflow import access_tasks
+
+        context = get_current_context()
+        ti = context["ti"]
+        acted = ti.xcom_pull(task_ids="act") is not None
+        return access_tasks.finalize(request_id, ti.xcom_pull(task_ids="verify_identity"), acted,
+                                     context["dag"].dag_id, context["run_id"])
+
+    @task(trigger_rule="one_failed", retries=0)
+    def watcher() -> None:
+        """Fails the run when any task failed: finalize runs on all_done and would otherwise hide it."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("a task of this run failed; the request stays open")
+
+    request_id = register()
+    check = needs_identity_check(request_id)
+    acted = act(request_id)
+    check >> verify_identity >> acted
+    done = finalize(request_id)
+    acted >> done
+    [check, acted, done] >> watcher()
+
+
+access_request()

@@ -1,0 +1,352 @@
+"""Access packages (GDPR Art. 15 and 20): one person's data from every system, as one zip.
+
+Kind-agnostic over the store interface: ``subject_collections`` / ``find`` find the person's items,
+``dependents`` adds the rows that are theirs through a parent (list memberships, campaign events),
+``read`` yields the rows in bounded batches, ``owned_keys`` / ``stream_object`` copy the S3 objects a
+row owns (CVs, attachments) byte for byte. Rows go through pandas chunk by chunk into temporary
+files and from there into a zip on disk, so memory stays bounded by one chunk whatever the number
+of rows; the zip is then uploaded in parts (``include.retention.stores.s3_writes.Upload``).
+
+Layout (``format`` human): ``README.md``, ``manifest.json``, ``data/<system>.<collection>.csv`` and
+``.json`` per collection, ``objects/<system>.<collection>/<key>``. ``format`` portable (Art. 20):
+``data/<system>.<collection>.json`` per collection and one flat ``data.csv`` (collection, record,
+field, value). Column names are the data map's; dates ISO 8601; bytes base64 (``base64:`` prefix).
+
+Nothing of the content is logged or returned: callers get counts, the file's size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from include.retention.policy import Collection, Policy, Rule
+from include.retention.stores.base import Claims, Store, Subject, collection_order
+from include.retention.stores.s3_objects import owned_key
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("human", "portable")
+COPY_CHUNK = 1024 * 1024
+
+
+@dataclass
+class PackageResult:
+    path: str
+    size: int
+    sha256: str
+    rows: dict[str, int] = field(default_factory=dict)  # per collection ref
+    objects: dict[str, int] = field(default_factory=dict)  # per S3 collection ref: objects copied in
+    searched: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # system -> collection -> kinds
+    files: int = 0
+
+
+def cell(value: Any) -> Any:
+    """A value as the package writes it: ISO 8601 dates, base64 bytes, exact decimals; the rest as is."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "base64:" + base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame([[cell(r.get(c)) for c in columns] for r in rows], columns=columns, dtype=object)
+
+
+def storage_periods(policy: Policy, ref: str) -> list[str]:
+    """What the data map says about how long a collection's items stay, and from which event."""
+    coll = policy.collection(ref)
+    out = [describe_rule(rule) for rule in coll.rules]
+    for reference in coll.references:
+        if reference.on_delete == "delete":
+            out.append(f"deleted together with the {reference.to} item it belongs to")
+    if not out:
+        owners = [f"{s}.{c}" for s, system in policy.systems.items() for c, other in system.collections.items()
+                  for r in other.references if r.to == ref]
+        out += [f"deleted together with the {o} item that references it" for o in owners]
+    return out or ["no storage period of its own in the data map"]
+
+
+def describe_rule(rule: Rule) -> str:
+    start = rule.start
+    event = (start.column if start.basis == "column" else
+             {"last_modified": "the object's last modification", "key_date": "the date in the object's key"}
+             .get(start.basis, f"the {start.basis} field {start.name}"))
+    if start.round_up:
+        event += f" (counted from the end of that {start.round_up})"
+    stages = ", then ".join(f"{s.action} after {s.after}" for s in rule.stages)
+    when = ""
+    if rule.when:
+        when = " where " + " and ".join(
+            f"{c.column} {'is null' if c.is_null else 'is not null' if c.is_null is False else '= ' + repr(c.equals)}"
+            if c.in_ is None else f"{c.column} in {c.in_}" for c in rule.when)
+    return f"{rule.name}: {stages}, counted from {event}{when}"
+
+
+class PackageBuilder:
+    """Builds one request's zip in a temporary directory; ``store_of(system)`` gives the stores."""
+
+    def __init__(self, policy: Policy, store_of: Callable[[str], Store], subjects: list[Subject], *,
+                 request_id: str, fmt: str = "human", now: dt.datetime | None = None, workdir: str | None = None):
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+        self.policy, self.store_of, self.subjects = policy, store_of, subjects
+        self.request_id, self.fmt = request_id, fmt
+        self.now = now or dt.datetime.now(dt.UTC)
+        self.dir = tempfile.mkdtemp(prefix="access-", dir=workdir)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---- finding -----------------------------------------------------------------------------
+    def systems(self) -> list[str]:
+        return [name for name, system in self.policy.systems.items()
+                if any(c.identities for c in system.collections.values())]
+
+    def claims(self, system: str) -> dict[str, Claims]:
+        """Per collection of ``system``: the person's items (by identity, or through a parent that is theirs)."""
+        store = self.store_of(system)
+        out: dict[str, Claims] = {name: store.find(name, self.subjects) for name in store.subject_collections()}
+        if self.policy.systems[system].kind != "sql":
+            return out
+        for name in reversed(collection_order(self.policy, system)):  # parents first
+            parent = out.get(name)
+            if not parent:
+                continue
+            for child_ref, reference in self.policy.children(f"{system}.{name}"):
+                c_sys, _, c_name = child_ref.partition(".")
+                if c_sys != system or reference.to_column:
+                    continue
+                rids = sorted({rid for ids in parent.values() for rid in ids})
+                child = out.setdefault(c_name, Claims())
+                for key in store.dependents(c_name, reference.column, list(parent)):
+                    for rid in rids:
+                        child.add(key, rid)
+        return out
+
+    # ---- writing -----------------------------------------------------------------------------
+    def build(self) -> PackageResult:
+        path = os.path.join(self.dir, f"{self.request_id}.zip")
+        result = PackageResult(path=path, size=0, sha256="")
+        manifest: dict[str, Any] = {"request_id": self.request_id, "format": self.fmt,
+                                    "created_at": self.now.isoformat(), "policy_version": self.policy.policy_version,
+                                    "policy_digest": self.policy.digest, "systems": {}, "categories": {}}
+        flat = None
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            if self.fmt == "portable":
+                flat = open(os.path.join(self.dir, "data.csv"), "w", encoding="utf-8", newline="")  # noqa: SIM115
+                flat.write("collection,record,field,value\n")
+            for system in self.systems():
+                store = self.store_of(system)
+                searched = store.searched_kinds()
+                result.searched[system] = searched
+                per_coll = self.claims(system)
+                sys_entry: dict[str, Any] = {"kind": self.policy.systems[system].kind, "collections": {}}
+                for name in collection_order(self.policy, system):
+                    ref = store.ref(name)
+                    coll = self.policy.collection(ref)
+                    claims = per_coll.get(name)
+                    if claims is None and ref not in searched:
+                        continue
+                    entry = {"categories": coll.categories, "identities_searched": searched.get(ref, []),
+                             "found_through": "identity" if ref in searched else "parent", "rows": 0, "files": []}
+                    if claims:
+                        entry["rows"], entry["files"] = self._collection(zf, store, name, claims, flat, result)
+                    result.rows[ref] = entry["rows"]
+                    sys_entry["collections"][ref] = entry
+                manifest["systems"][system] = sys_entry
+            if flat is not None:
+                flat.close()
+                zf.write(flat.name, "data.csv")
+                os.unlink(flat.name)
+                result.files += 1
+            manifest["objects"] = result.objects
+            manifest["categories"] = self._categories(manifest)
+            zf.writestr("manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True))
+            zf.writestr("README.md", render_readme(manifest))
+            result.files += 2
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(COPY_CHUNK):
+                digest.update(block)
+        result.size, result.sha256 = os.path.getsize(path), digest.hexdigest()
+        log.info("access package for request %s: %d file(s), %d row(s), %d object(s), %d bytes", self.request_id,
+                 result.files, sum(result.rows.values()), sum(result.objects.values()), result.size)
+        return result
+
+    def _collection(self, zf: zipfile.ZipFile, store: Store, name: str, claims: Claims, flat: Any,
+                    result: PackageResult) -> tuple[int, list[str]]:
+        ref = store.ref(name)
+        coll = self.policy.collection(ref)
+        kind = self.policy.systems[store.name].kind
+        columns = coll.columns if kind == "sql" else ["bucket", "key", "version_id", "size", "last_modified",
+                                                        "content_type"]
+        csv_path = os.path.join(self.dir, f"{ref}.csv")
+        json_path = os.path.join(self.dir, f"{ref}.json")
+        rows = 0
+        write_csv = self.fmt == "human"
+        with open(json_path, "w", encoding="utf-8") as js, \
+                open(csv_path, "w", encoding="utf-8", newline="") as cs:
+            js.write("[")
+            for batch in store.read(name, claims):
+                if not batch:
+                    continue
+                frame = _frame(batch, columns)
+                if write_csv:
+                    frame.to_csv(cs, header=rows == 0, index=False, lineterminator="\n")
+                text = frame.to_json(orient="records", force_ascii=False, date_format="iso")
+                js.write(("," if rows else "") + text[1:-1])
+                if flat is not None:
+                    self._flat(flat, ref, frame, rows)
+                rows += len(batch)
+                self._objects(zf, store, name, coll, batch, result)
+            js.write("]")
+        files = []
+        for path, suffix, wanted in ((csv_path, "csv", write_csv), (json_path, "json", True)):
+            if wanted:
+                arc = f"data/{ref}.{suffix}"
+                zf.write(path, arc)
+                files.append(arc)
+                result.files += 1
+            os.unlink(path)
+        return rows, files
+
+    @staticmethod
+    def _flat(flat: Any, ref: str, frame: Any, offset: int) -> None:
+        import pandas as pd
+
+        long = frame.reset_index(drop=True)
+        long.index = long.index + offset
+        melted = long.astype(object).reset_index(names="record").melt(id_vars="record", var_name="field",
+                                                                        value_name="value")
+        melted.insert(0, "collection", ref)
+        melted = melted.sort_values(["record"], kind="stable")
+        melted["value"] = melted["value"].map(lambda v: json.dumps(v, ensure_ascii=False) if isinstance(v, bool)
+                                              else v)
+        pd.DataFrame(melted).to_csv(flat, header=False, index=False, lineterminator="\n")
+
+    def _objects(self, zf: zipfile.ZipFile, store: Store, name: str, coll: Collection,
+                 batch: list[dict[str, Any]], result: PackageResult) -> None:
+        """Copy in the objects these items are or own, byte for byte."""
+        ref = store.ref(name)
+        if self.policy.systems[store.name].kind == "s3":
+            for row in batch:
+                self._copy(zf, store, name, row["key"], result)
+            return
+        for reference in self.policy.owned_objects(ref):
+            target_sys, _, target = reference.to.partition(".")
+            target_store = self.store_of(target_sys)
+            for row in batch:
+                key, is_prefix = owned_key(reference, row)
+                if key is None:
+                    continue
+                for found in target_store.owned_keys(target, key, is_prefix):
+                    self._copy(zf, target_store, target, found, result)
+
+    @staticmethod
+    def _copy(zf: zipfile.ZipFile, store: Store, name: str, key: str, result: PackageResult) -> None:
+        ref = store.ref(name)
+        arc = f"objects/{ref}/{key.lstrip('/')}"
+        if arc in zf.NameToInfo:
+            return
+        with zf.open(arc, "w", force_zip64=True) as out:
+            for chunk in store.stream_object(name, key):
+                out.write(chunk)
+        result.objects[ref] = result.objects.get(ref, 0) + 1
+        result.files += 1
+
+    def _categories(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Per category found or searched: description, purpose, legal basis, recipients, source, where, how long."""
+        out: dict[str, Any] = {}
+        refs = [ref for system in manifest["systems"].values() for ref in system["collections"]]
+        refs += [ref for ref in manifest["objects"] if ref not in refs]
+        for ref in refs:
+            system = ref.partition(".")[0]
+            for cat in self.policy.collection(ref).categories:
+                info = self.policy.category_info(cat)
+                entry = out.setdefault(cat, {
+                    "description": info.description, "purpose": info.purpose, "legal_basis": info.legal_basis,
+                    "recipients": list(info.recipients), "source": info.source or "the person themselves",
+                    "systems": [], "collections": {}})
+                if system not in entry["systems"]:
+                    entry["systems"].append(system)
+                rows = manifest["systems"].get(system, {}).get("collections", {}).get(ref, {}).get("rows")
+                entry["collections"][ref] = {"storage": storage_periods(self.policy, ref),
+                                             "items": rows if rows is not None else manifest["objects"].get(ref, 0)}
+        return out
+
+
+def render_readme(manifest: dict[str, Any]) -> str:
+    """The package's README: what is in it and, per category, why, where from, how long, to whom."""
+    lines = [
+        f"# Your data: request {manifest['request_id']}",
+        "",
+        f"Created {manifest['created_at']} (format: {manifest['format']}), data map version "
+        f"{manifest.get('policy_version') or '-'}.",
+        "",
+        "This package holds a copy of the personal data we keep about you (GDPR Art. 15"
+        + (", in a machine-readable form for Art. 20" if manifest["format"] == "portable" else "") + "):",
+        "",
+        "- `data/`: one file per collection (table) of each system, column names as in our data map, "
+        "dates in ISO 8601, binary values as `base64:` text"
+        + ("; `data.csv`: every value as one line (collection, record, field, value)"
+           if manifest["format"] == "portable" else "; each collection as CSV and as JSON"),
+        "- `objects/`: files you gave us (e.g. CVs, attachments), exactly as stored",
+        "- `manifest.json`: the same as this README, for machines",
+        "",
+        "## Categories of data",
+        "",
+    ]
+    for name, cat in sorted(manifest["categories"].items()):
+        lines += [f"### {name}: {cat['description']}", ""]
+        lines.append(f"- purpose: {cat.get('purpose') or 'see our privacy policy'}")
+        if cat.get("legal_basis"):
+            lines.append(f"- legal basis: {cat['legal_basis']}")
+        lines.append(f"- recipients: {', '.join(cat.get('recipients') or []) or 'nobody outside the company'}")
+        lines.append(f"- source: {cat.get('source')}")
+        lines.append(f"- systems: {', '.join(cat['systems'])}")
+        for ref, coll in sorted(cat["collections"].items()):
+            lines.append(f"- {ref}: {coll['items']} item(s); storage: {'; '.join(coll['storage'])}")
+        lines.append("")
+    lines += ["## Where we looked", ""]
+    for system, entry in manifest["systems"].items():
+        for ref, coll in entry["collections"].items():
+            how = (f"searched by {', '.join(coll['identities_searched'])}" if coll["identities_searched"]
+                   else "rows belonging to your items above")
+            lines.append(f"- {system} / {ref}: {coll['rows']} row(s) ({how})")
+    lines += [
+        "",
+        "## Your rights",
+        "",
+        "You may ask us to correct (Art. 16) or erase (Art. 17) this data or restrict its use (Art. 18), object "
+        "to its use (Art. 21), withdraw a consent at any time, and complain to a data-protection supervisory "
+        "authority (Art. 77). We make no automated decisions about you (Art. 22).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def iter_file(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while block := fh.read(COPY_CHUNK):
+            yield block

@@ -1,0 +1,366 @@
+"""Task bodies of ``access_request``: access (Art. 15/20), rectify (Art. 16), withdraw (consent, Art. 7(3)).
+
+Only the request id and counts cross XCom; identities, new values, the package's content and the
+download link stay in the registry (encrypted where they name the person) and the exports bucket.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+from include.retention.airflow.erasure_tasks import Context, _fail
+from include.retention.erasure import check_request_kinds
+from include.retention.errors import RetentionError
+from include.retention.identity import IDENTITY_KINDS, normalise
+from include.retention.identity import validate as validate_identity
+from include.retention.ledger import RunRef
+from include.retention.registry import Identities, NewRequest
+
+log = logging.getLogger(__name__)
+
+OTHER_MODES = ("access", "rectify", "withdraw")
+RECTIFIABLE = ("email", "phone")
+VERIFY_ENV = "RETENTION_VERIFY_IDENTITY"
+DEFAULT_VERIFY = ("access", "rectify", "erase")
+LINK_ENV = "RETENTION_EXPORT_LINK_SECONDS"
+
+
+def verify_modes() -> set[str]:
+    """Request types that wait for a person to confirm the requester's identity (``none``: no type)."""
+    raw = os.environ.get(VERIFY_ENV)
+    if raw is None:
+        return set(DEFAULT_VERIFY)
+    modes = {m.strip() for m in raw.split(",") if m.strip()}
+    return set() if modes <= {"none"} else modes
+
+
+# ---- register ------------------------------------------------------------------------------------
+def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
+    """Identities (and new values) from the run's conf into the registry, encrypted; returns the request id.
+
+    ``identity_verified`` is honoured only for a request the intake path queued before the run (conf
+    ``{"request_id": ..., "identity_verified": true}``): a form or REST trigger with identities cannot set it.
+    """
+    from airflow.sdk.log import mask_secret
+
+    for kind in (*IDENTITY_KINDS, "new_email", "new_phone"):
+        if isinstance(params.get(kind), str) and params[kind]:
+            mask_secret(params[kind])
+    mode = params.get("mode") or "access"
+    if mode not in OTHER_MODES:
+        _fail(f"request refused: mode must be one of {', '.join(OTHER_MODES)}")
+    if not any(params.get(kind) for kind in IDENTITY_KINDS):
+        return _queued(params, dag_id, run_id)
+    if params.get("identity_verified"):
+        _fail("request refused: identity_verified may only come with a request queued by the intake path")
+    details = _details(params, mode)
+    req = NewRequest(identities=Identities({kind: params.get(kind) or None for kind in IDENTITY_KINDS}),
+                     mode=mode, dry_run=bool(params.get("dry_run")), source="form",
+                     external_ref=params.get("request_ref") or None, note=params.get("note") or None)
+    with Context() as ctx:
+        request_id = ctx.registry.request_id_for(dag_id, run_id)
+        try:
+            check_request_kinds(ctx.policy, req.identities.given())
+            ctx.registry.register(req, request_id=request_id, dag_id=dag_id, run_id=run_id,
+                                  policy_digest=ctx.policy.digest)
+        except RetentionError as exc:
+            _fail(f"request refused: {exc}")
+        ctx.registry.update_details(request_id, **details)
+        ctx.registry.start(request_id)
+        log.info("request %s registered (mode %s, dry run %s), due %s", request_id, mode, req.dry_run,
+                 ctx.registry.get(request_id)["due_at"])
+    return request_id
+
+
+def _details(params: dict[str, Any], mode: str) -> dict[str, Any]:
+    """What the request type needs besides identities; refused (naming the field, never its value) if wrong."""
+    details: dict[str, Any] = {"format": params.get("format") or "human"}
+    if details["format"] not in ("human", "portable"):
+        _fail("request refused: format must be human or portable")
+    if mode == "rectify":
+        new = {kind: params.get(f"new_{kind}") for kind in RECTIFIABLE if params.get(f"new_{kind}")}
+        if not new:
+            _fail("request refused: rectify needs new_email or new_phone")
+        for kind, value in new.items():
+            if not params.get(kind):
+                _fail(f"request refused: new_{kind} needs the old {kind} (the value to replace)")
+            try:
+                validate_identity(kind, value)
+            except RetentionError as exc:
+                _fail(f"request refused: new_{kind}: {exc}")
+            if normalise(kind, value) == normalise(kind, params[kind]):
+                _fail(f"request refused: new_{kind} equals the old value")
+        details["new_values"] = new
+    if mode == "withdraw":
+        consents = params.get("consents") or None
+        if consents is not None and (not isinstance(consents, list) or not all(isinstance(c, str) for c in consents)):
+            _fail("request refused: consents must be a list of consent names")
+        details["consents"] = consents
+    return details
+
+
+def _queued(params: dict[str, Any], dag_id: str, run_id: str) -> str:
+    """A request queued by the intake path (CLI submit, retention page) and handed to this run by id."""
+    import sqlalchemy as sa
+
+    with Context() as ctx:
+        rid = str(params.get("request_id") or ctx.registry.request_id_for(dag_id, run_id))
+        try:
+            req = ctx.registry.get(rid)
+        except sa.exc.NoResultFound:
+            return _fail(f"request refused: unknown request {rid}" if params.get("request_id") else
+                         "request refused: a request needs at least one identity")
+        if req["mode"] not in OTHER_MODES:
+            _fail(f"request refused: request {rid} is a {req['mode']} request (erasure_request handles it)")
+        if req["dag_id"] not in (None, dag_id) or (req["dag_id"] == dag_id and req["run_id"] not in (None, run_id)
+                                                    and req["source"] != "intake"):
+            _fail(f"request refused: request {rid} was registered for another run")
+        verified = bool(params.get("identity_verified")) and req["source"] == "intake"
+        if params.get("identity_verified") and not verified:
+            _fail("request refused: identity_verified may only come with a request queued by the intake path")
+        details = ctx.registry.details(rid)
+        ctx.registry.update_details(rid, format=details.get("format") or params.get("format") or "human",
+                                    identity_verified=verified or bool(details.get("identity_verified")))
+        ctx.registry.start(rid, dag_id, run_id)
+        log.info("request %s (queued before the run, mode %s), due %s", rid, req["mode"], req["due_at"])
+    return rid
+
+
+# ---- identity check ------------------------------------------------------------------------------
+def needs_check(request_id: str) -> bool:
+    """Whether a person must confirm the requester's identity before anything leaves or changes."""
+    with Context() as ctx:
+        req = ctx.registry.get(request_id)
+        if req["dry_run"] or req["mode"] not in verify_modes():
+            reason = "dry run" if req["dry_run"] else f"{VERIFY_ENV} does not list {req['mode']}"
+            ctx.registry.update_details(request_id, identity_check={"decision": "not required", "why": reason})
+            log.info("request %s: no identity check (%s)", request_id, reason)
+            return False
+        if ctx.registry.details(request_id).get("identity_verified"):
+            ctx.registry.update_details(request_id, identity_check={"decision": "verified at intake"})
+            log.info("request %s: identity verified at intake", request_id)
+            return False
+        log.info("request %s waits for the identity check", request_id)
+        return True
+
+
+def decision(answer: dict[str, Any] | None) -> tuple[str, str | None, str | None]:
+    """(approved | rejected | none, reason, responder) from the approval task's result."""
+    if not answer:
+        return "none", None, None
+    chosen = (answer.get("chosen_options") or [None])[0]
+    reason = (answer.get("params_input") or {}).get("reason") or None
+    user = answer.get("responded_by_user") or answer.get("responded_by") or {}
+    who = user.get("name") if isinstance(user, dict) else None
+    return ("approved" if chosen == "Approve" else "rejected"), reason, who
+
+
+# ---- act -----------------------------------------------------------------------------------------
+def act(request_id: str, approval: dict[str, Any] | None, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Do what the request asks, in every system; returns counts only."""
+    verdict, reason, who = decision(approval)
+    with Context() as ctx:
+        if verdict == "approved":
+            ctx.registry.update_details(request_id, identity_check={"decision": "approved", "reason": reason,
+                                                                    "by": who})
+        req = ctx.registry.get(request_id)
+        if req["mode"] == "access":
+            return _access(ctx, request_id, req, dag_id, run_id)
+        return _change(ctx, request_id, req, dag_id, run_id)
+
+
+def _subjects(ctx: Context, request_id: str):
+    from include.retention.stores.base import Subject
+
+    return [Subject(request_id, ctx.registry.identities(request_id).normalised())]
+
+
+def _exports(ctx: Context):
+    if not ctx.policy.exports:
+        _fail("the data map names no exports collection (top-level 'exports: system.collection')")
+    system, _, name = ctx.policy.exports.partition(".")
+    return ctx.runtime.store(system), name
+
+
+def _access(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run_id: str) -> dict[str, Any]:
+    from include.retention.access import PackageBuilder
+
+    details = ctx.registry.details(request_id)
+    builder = PackageBuilder(ctx.policy, ctx.runtime.store, _subjects(ctx, request_id), request_id=request_id,
+                             fmt=details.get("format") or "human")
+    try:
+        result = builder.build()
+        package: dict[str, Any] = {"sha256": result.sha256, "size": result.size, "files": result.files,
+                                   "format": builder.fmt}
+        if not req["dry_run"]:
+            package.update(_upload(ctx, request_id, result.path, builder.now))
+    finally:
+        builder.close()
+    for system in builder.systems():
+        per = {ref: {"rows": n} for ref, n in result.rows.items() if ref.startswith(f"{system}.")}
+        for ref, n in result.objects.items():
+            if ref.startswith(f"{system}."):
+                per.setdefault(ref, {})["objects"] = n
+        ctx.registry.set_system([request_id], system, "recorded", counts={
+            "collections": per, "searched": result.searched.get(system, {})})
+        _ledger(ctx, request_id, system, "access", sum(v.get("rows", 0) for v in per.values()), req, dag_id, run_id,
+                {"collections": {ref: v for ref, v in per.items()}})
+    link = package.pop("link", None)
+    ctx.registry.update_details(request_id, package=package, link=link)
+    log.info("request %s: package %s, %d bytes, sha256 %s", request_id, package.get("key", "(dry run)"),
+             result.size, result.sha256)
+    return {"rows": sum(result.rows.values()), "objects": sum(result.objects.values()), "bytes": result.size}
+
+
+def _upload(ctx: Context, request_id: str, path: str, now: dt.datetime) -> dict[str, Any]:
+    """The zip into the exports collection, in parts; an expiring presigned link to it."""
+    from include.retention.access import iter_file
+    from include.retention.stores.s3_writes import Upload
+
+    store, name = _exports(ctx)
+    coll = ctx.policy.collection(ctx.policy.exports)
+    key = f"{store.prefix(coll)}{now:%Y/%m/%d}/{request_id}.zip"
+    upload = Upload(store, coll.bucket, key, {"ContentType": "application/zip"}, store.part_size)
+    try:
+        for block in iter_file(path):
+            upload.write(block)
+        version = upload.complete()
+    except BaseException:
+        upload.abort()
+        raise
+    seconds = int(os.environ.get(LINK_ENV, str(7 * 24 * 3600)))
+    params = {"Bucket": coll.bucket, "Key": key, **({"VersionId": version} if version else {})}
+    link = store.client.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
+    expires = (now + dt.timedelta(seconds=seconds)).isoformat()
+    return {"bucket": coll.bucket, "key": key, "version_id": version, "link": link, "link_expires_at": expires,
+            "collection": ctx.policy.exports}
+
+
+def _change(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run_id: str) -> dict[str, Any]:
+    """rectify / withdraw in every system holding identities, with a re-scan for rectify."""
+    from include.retention.airflow.erasure_tasks import systems as identity_systems
+
+    details = ctx.registry.details(request_id)
+    subjects = _subjects(ctx, request_id)
+    mode, dry_run = req["mode"], bool(req["dry_run"])
+    totals: dict[str, int] = {}
+    for system in identity_systems():
+        store = ctx.runtime.store(system)
+        per: dict[str, dict[str, int]] = {}
+        for name in store.subject_collections():
+            coll = ctx.policy.collection(store.ref(name))
+            if mode == "withdraw" and not coll.consent:
+                continue
+            if mode == "rectify" and not set(details["new_values"]) & set(coll.identities):
+                continue
+            claims = store.find(name, subjects)
+            if not claims:
+                continue
+            if mode == "rectify":
+                out = store.rectify(name, claims, subjects, details["new_values"], dry_run=dry_run)
+            else:
+                out = store.withdraw(name, claims, subjects, details.get("consents"), dry_run=dry_run)
+            for ref, counts in out.per_request.get(request_id, {}).items():
+                per[ref] = counts
+        left = 0
+        if mode == "rectify" and not dry_run:  # nothing may still carry the old value of a rectified kind
+            old = [type(s)(s.request_id, {k: v for k, v in s.identities.items() if k in details["new_values"]})
+                   for s in subjects]
+            left = sum(len(store.find(n, old)) for n in store.subject_collections()
+                       if set(details["new_values"]) & set(ctx.policy.collection(store.ref(n)).identities))
+        status = "recorded" if not left else "failed"
+        ctx.registry.set_system([request_id], system, status, counts={
+            "collections": per, "searched": store.searched_kinds()},
+            error="old value still found" if left else None)
+        n = sum(c for counts in per.values() for k, c in counts.items() if not k.startswith("already"))
+        _ledger(ctx, request_id, system, mode, n, req, dag_id, run_id, {"collections": per})
+        totals[system] = n
+        if left:
+            raise RetentionError(f"{system}: {left} item(s) still carry the old value after rectify")
+    log.info("request %s: %s%s, changed per system: %s", request_id, mode, " (dry run)" if dry_run else "", totals)
+    return {"changed": totals}
+
+
+def _ledger(ctx: Context, request_id: str, system: str, action: str, count: int, req: dict[str, Any],
+            dag_id: str, run_id: str, details: dict[str, Any]) -> None:
+    outcome = "dry_run" if req["dry_run"] else "done"
+    if ctx.ledger.has_entry(request_id=request_id, system=system, action=action, outcome=outcome):
+        return
+    ctx.ledger.append(run=RunRef(dag_id, run_id), action=action, outcome=outcome, count=count,
+                      request_id=request_id, policy_digest=ctx.policy.digest, system=system,
+                      subject_digest=ctx.registry.subject_digest(request_id), details=details)
+
+
+# ---- finalize ------------------------------------------------------------------------------------
+def finalize(request_id: str, approval: dict[str, Any] | None, acted: bool, dag_id: str, run_id: str
+             ) -> dict[str, Any]:
+    """Close the request: complete, rejected (identity not verified) or incomplete; save the receipt."""
+    from include.retention.airflow.erasure_tasks import systems as identity_systems
+
+    verdict, reason, who = decision(approval)
+    expected = identity_systems()
+    with Context() as ctx:
+        if verdict == "rejected":
+            ctx.registry.update_details(request_id, identity_check={"decision": "rejected", "reason": reason,
+                                                                    "by": who})
+            ctx.registry.finish(request_id, "rejected", error="identity not verified")
+            ctx.ledger.append(run=RunRef(dag_id, run_id), action="identity_check", outcome="rejected", count=0,
+                              request_id=request_id, policy_digest=ctx.policy.digest,
+                              subject_digest=ctx.registry.subject_digest(request_id), details={})
+        else:
+            states = ctx.registry.systems(request_id)
+            done = acted and all(states.get(s, {}).get("status") == "recorded" for s in expected)
+            ctx.registry.finish(request_id, "complete" if done else "incomplete",
+                                error=None if done else "not every system was handled")
+        receipt = build_receipt(ctx, request_id, expected)
+        ctx.registry.save_receipt(request_id, receipt)
+        log.info("receipt:\n%s", render_markdown(receipt))
+    if receipt["status"] == "incomplete":
+        _fail(f"request {request_id} stays open: not every system was handled")
+    return {"request_id": request_id, "status": receipt["status"]}
+
+
+def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[str, Any]:
+    """The erasure receipt's shape plus what these request types add: identity check, package, no identity."""
+    from include.retention.receipts import build_receipt as base_receipt
+
+    req = ctx.registry.get(request_id)
+    details = ctx.registry.details(request_id)
+    receipt = base_receipt(req, ctx.registry.systems(request_id), expected, ctx.policy.digest)
+    check = details.get("identity_check") or {}
+    receipt["identity_check"] = {"decision": check.get("decision", "none"),
+                                 "reason_recorded": bool(check.get("reason"))}
+    if req["status"] == "rejected":
+        receipt["verification"] = ("identity not verified: the request was rejected and closed; nothing was "
+                                   "read, changed or handed out (the reason is kept, encrypted, in the registry)")
+    elif req["mode"] == "access":
+        receipt["package"] = {k: v for k, v in (details.get("package") or {}).items()}
+        if details.get("link"):
+            receipt["package"]["link"] = details["link"]
+        receipt["verification"] = ("dry run: counted, no package written" if req["dry_run"] else
+                                   "every system searched; the package holds what was found")
+    elif req["mode"] == "rectify":
+        receipt["rectified_kinds"] = sorted(details.get("new_values") or {})
+        receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
+                                   "every system re-scanned: no item carries the old value any more")
+    elif req["mode"] == "withdraw":
+        receipt["consents"] = details.get("consents") or "all"
+        receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
+                                   "consents withdrawn; the retention rules act on the items as usual")
+    return receipt
+
+
+def render_markdown(receipt: dict[str, Any]) -> str:
+    """The erasure receipt's Markdown plus the identity check and the package (never the link)."""
+    from include.retention.receipts import render_markdown as base_markdown
+
+    text = base_markdown(receipt)
+    extra = [f"- identity check: {receipt['identity_check']['decision']}"]
+    package = receipt.get("package") or {}
+    if package:
+        extra.append(f"- package: {package.get('key', '(not written)')}, {package.get('size')} bytes, "
+                     f"sha256 `{package.get('sha256')}`, link expires {package.get('link_expires_at', '-')}")
+    return text + "\n" + "\n".join(extra) + "\n"

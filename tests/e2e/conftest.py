@@ -269,7 +269,7 @@ class Stack:
 
     def api_as(self, username: str, method: str, path: str, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token_for(username)}"}
-        return httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=60, **kwargs)
+        return httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=120, **kwargs)
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token()}"}

@@ -197,3 +197,27 @@ def test_s3_seven_day_forecast_is_what_a_sweep_at_now_plus_7_days_does(s3, make_
     assert (week["delete"], week["anonymize"]) == (2, 3)
     counts = run_rule(policy, RULE, make_store(policy), ledger, RunRef("test", "week"), now=S3_NOW + WEEK)
     assert (counts["deleted"], counts["anonymized"]) == (week["delete"], week["anonymize"])
+
+
+def test_page_data_has_the_next_90_days_and_never_fails(tmp_path):
+    from include.retention import dashboard
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    seed(engine)
+    policy = parse_policy(POLICY, source="test-policy.yaml")
+    store = SqlStore("crm", policy, engine, mask_key=b"")
+
+    view = dashboard.forecast(NOW, policy=policy, store_for=lambda _system: store)
+
+    assert view["ok"] is True and view["problems"] == []
+    assert len(view["series"]) == 90 and view["series"][0]["day"] == "2026-11-25"
+    assert [t["days"] for t in view["totals"]] == [7, 30, 90]
+    assert view["totals"][0]["counts"] == {"lock": 2, "anonymize": 5, "delete": 6}
+    assert set(view["actions"]) == {"lock", "anonymize", "delete"} and "@" not in str(view)
+
+    def unreachable(_system):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused for someone@example.org"))
+
+    broken = dashboard.forecast(NOW, policy=policy, store_for=unreachable)
+    assert broken["ok"] is False and broken["problem"] == "no forecast: OperationalError"
+    engine.dispose()

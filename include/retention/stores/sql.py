@@ -1,16 +1,21 @@
 """The SQL store: SQLAlchemy Core, the same statements on PostgreSQL, MariaDB/MySQL and SQLite.
 
-Every action is set-based: select one bounded batch of primary keys in key order
-(``pk > last ORDER BY pk LIMIT n``), act on exactly those keys with the full
-predicate repeated (so a row that changed in between is left alone), commit, move
-on. Memory holds one batch of keys, whatever the table size. The expiry predicate
-is a plain range test on the start column, which an index on it serves.
+Every action is set-based and walks the table once, in bounded batches (one transaction, one
+ledger intent + outcome each), acting with the full predicate repeated so that a row that
+changed in between is left alone. PostgreSQL walks heap block ranges (``ctid``) with one
+``DELETE``/``UPDATE ... RETURNING`` per batch, or the start column's index when the table lies
+in that order; the other databases walk ``(start column, pk)`` (or the primary key when no index
+leads with the start column): select the next keys, act on exactly that key range. Batches
+grow or shrink to take about ``BATCH_SECONDS``. Memory holds one batch of keys, whatever the
+table size. The expiry predicate is a plain range test on the start column, which an index on
+it serves.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +30,16 @@ from include.retention.stores.base import Recorder, RulePlan, StageResult, Store
 from include.retention.stores.sql_subjects import SqlSubjects
 
 log = logging.getLogger(__name__)
+
+# A batch is one transaction: at most MAX_BATCH rows (the policy's own ceiling for batch_size), sized to take
+# about BATCH_SECONDS once the first batch has measured the rate, and not below MIN_BATCH (or batch_size).
+MAX_BATCH = 100_000
+MIN_BATCH = 100
+BATCH_SECONDS = 0.5
+# A block-range batch (PostgreSQL) spans the blocks holding about ``size`` matching rows at the density seen so
+# far, but never more than SCAN_FACTOR x ``size`` rows of the table: it changes at most that many.
+SCAN_FACTOR = 4
+CORRELATED = 0.9  # |pg_stats.correlation| from which the start column's index order is the heap's order
 
 # before_delete(collection_ref, rows): called inside the batch, before rows go, for what lives
 # elsewhere (objects in S3, rows in another database). Rows carry the primary key and the
@@ -251,68 +266,191 @@ class SqlStore(SqlSubjects, Store):
                     reason: str, record: Recorder) -> StageResult:
         return self.act_in_batches(
             collection_name, lambda t: self.eligible(collection_name, rule, stage, now, t),
-            stage.action, batch_size, reason, record, mask=stage.mask, now=now,
+            stage.action, batch_size, reason, record, mask=stage.mask, now=now, walk=rule.start.column,
         )
+
+    def walk_order(self, collection_name: str, walk: str | None) -> list[sa.Column]:
+        """The key batches walk: ``(walk, pk)`` when an index leads with ``walk`` (the start column, whose range
+        the predicate is: each batch is then an index range right after the previous one, whatever the table
+        size), else the primary key alone (without such an index a ``(walk, pk)`` order would sort the table
+        once per batch)."""
+        t, coll = self.table(collection_name), self.coll(collection_name)
+        pk = t.c[coll.primary_key]
+        if walk is None or walk == coll.primary_key:
+            return [pk]
+        leading = {list(ix.columns)[0].name for ix in t.indexes if ix.columns}
+        leading |= {list(c.columns)[0].name for c in t.constraints
+                    if isinstance(c, sa.UniqueConstraint) and c.columns}
+        return [t.c[walk], pk] if walk in leading else [pk]
+
+    @staticmethod
+    def _after(order: list[sa.Column], last: tuple | None) -> list[Any]:
+        """Rows strictly after ``last`` in walk order (a range an index on ``order[0]`` serves)."""
+        if last is None:
+            return []
+        if len(order) == 1:
+            return [order[0] > last[0]]
+        (col, pk), (lc, lp) = order, last
+        return [col >= lc, sa.or_(col > lc, pk > lp)]
+
+    @staticmethod
+    def _upto(order: list[sa.Column], bound: tuple) -> list[Any]:
+        if len(order) == 1:
+            return [order[0] <= bound[0]]
+        (col, pk), (bc, bp) = order, bound
+        return [col <= bc, sa.or_(col < bc, pk <= bp)]
+
+    def _by_block(self, collection_name: str, action: str, mask: dict | None) -> bool:
+        """PostgreSQL walks the heap by block ranges (``ctid``) with one statement per batch, when the batch's
+        statement is all there is to it: not for deletes that take something along (their rows are locked first
+        and go by key), nor for masks computed in Python (keyed hashes read the rows first)."""
+        if self.engine.dialect.name != "postgresql":
+            return False
+        if action == "delete":
+            return not self._takes_along(collection_name)
+        if action == "anonymize":
+            return all(STRATEGIES[m.strategy].in_sql for m in (mask or {}).values())
+        return action == "lock"
+
+    def _in_index_order(self, t: sa.Table, order: list[sa.Column]) -> bool:
+        """PostgreSQL: the table's rows lie in the order of the indexed start column (``pg_stats.correlation``
+        near 1, e.g. an append-only event table): the index walk then reads only the expired range, in physical
+        order, where a block walk would read the whole table."""
+        if len(order) < 2:
+            return False
+        with self.engine.connect() as conn:
+            corr = conn.execute(sa.text(
+                "SELECT correlation FROM pg_stats WHERE schemaname = current_schema() AND tablename = :t "
+                "AND attname = :c"), {"t": t.name, "c": order[0].name}).scalar()
+        return corr is not None and abs(corr) >= CORRELATED
 
     def act_in_batches(self, collection_name: str, predicate: Callable[[sa.Table], Any], action: str,
                        batch_size: int, reason: str, record: Recorder, *, mask: dict | None = None,
-                       now: dt.datetime | None = None) -> StageResult:
-        """Walk the primary key in batches of ``batch_size`` rows matching ``predicate``; act; record."""
+                       now: dt.datetime | None = None, walk: str | None = None) -> StageResult:
+        """Act on the rows matching ``predicate`` in bounded batches, one transaction and one ledger intent +
+        outcome each.
+
+        Two walks, both linear in the table (no batch re-reads what an earlier one passed):
+
+        - PostgreSQL, when one statement does the batch: block ranges of the heap, ``DELETE``/``UPDATE ...
+          WHERE ctid >= (b, 0) AND ctid < (b + k, 0) AND <predicate> RETURNING pk`` (a TID range scan, in
+          physical order like the raw statement's scan, no sort). The blocks that existed when the stage began
+          are walked; a row a concurrent ``UPDATE`` moves behind the walk meanwhile is acted on by the next run.
+        - otherwise a keyset walk on ``walk_order`` (``(start column, pk)`` where an index leads with the start
+          column): select the next keys, then act on exactly that range with the predicate repeated.
+
+        Sizes: the first batch covers ``batch_size`` rows, the next ones about ``BATCH_SECONDS`` each at the
+        rate just measured (``_BatchSizer``), never more than ``MAX_BATCH`` rows.
+        """
         t = self.table(collection_name)
-        coll = self.coll(collection_name)
-        pk = t.c[coll.primary_key]
         now = now or dt.datetime.now(dt.UTC)
+        order = self.walk_order(collection_name, walk)
+        by_block = self._by_block(collection_name, action, mask) and not self._in_index_order(t, order)
+        sizer = _BatchSizer(batch_size)
         result = StageResult(action=action)
-        last = None
+        if by_block:
+            with self.engine.connect() as conn:
+                blocks, per_block = conn.execute(sa.text(
+                    "SELECT pg_relation_size(c.oid) / current_setting('block_size')::int, "
+                    "CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages END "
+                    "FROM pg_class c WHERE c.oid = CAST(:name AS regclass)"), {"name": t.name}).one()
+            # an unanalysed table: assume full pages of narrow rows (small ranges, the sizer widens them)
+            per_block = float(per_block or 200)
+            density = per_block  # matching rows per block: all of them until a batch has measured it
+        last: tuple | None = None
+        block = 0
         while True:
             where = predicate(t)
-            query = sa.select(pk).where(where)
-            if last is not None:
-                query = query.where(pk > last)
-            query = query.order_by(pk).limit(batch_size)
+            size = sizer.size
+            started = time.perf_counter()
             intent = None
+            cascaded: dict[str, int] = {}
             with self.engine.begin() as conn:
-                keys = list(conn.execute(query).scalars())
-                if not keys:
-                    break
-                # Intent first: the ledger says what may happen before the store commits it, so a crash
-                # between the two leaves an entry that says so (verify reports it until reconciled).
-                intent = begin_record(record, action, len(keys), self._pk_digest(keys))
-                # The batch is every eligible row in (last, keys[-1]]: acting on that key range with the
-                # full predicate repeated touches the same rows without a long IN list.
-                in_batch = sa.and_(pk <= keys[-1], *([pk > last] if last is not None else []))
-                cascaded: dict[str, int] = {}
-                if action == "delete":
-                    changed = self._delete(conn, collection_name, t, keys, in_batch, where, cascaded)
-                elif action == "lock":
-                    changed = self._lock(conn, collection_name, t, in_batch, where, reason, now)
-                elif action == "anonymize":
-                    changed = self._anonymize(conn, collection_name, t, keys, sa.and_(in_batch, where),
-                                              mask or {}, now)
-                else:  # pragma: no cover - the policy model refuses other actions
-                    raise ValueError(action)
-            last = keys[-1]
-            result.changed += changed
-            result.batches += 1
-            for k, v in cascaded.items():
-                result.cascaded[k] = result.cascaded.get(k, 0) + v
-            end_record(record, intent, action, changed, self._pk_digest(keys),
-                       {"batch": result.batches, "cascaded": cascaded})
-            if len(keys) < batch_size:
+                if by_block:
+                    if block >= blocks:
+                        break
+                    # about ``size`` matching rows at the density seen so far, at most 4x ``size`` rows scanned
+                    span = max(1, int(min(size / density, SCAN_FACTOR * size / per_block)))
+                    upto = min(blocks, block + span)
+                    keys = sorted(self._act_by_block(conn, collection_name, t, action, where, block, upto,
+                                                     reason, now, mask or {}))
+                    changed = len(keys)
+                    density = max(changed / (upto - block), per_block / 100, 1e-3)
+                    block = upto
+                    if keys:  # before the commit, as below: the statement has run, the batch is not yet durable
+                        intent = begin_record(record, action, changed, self._pk_digest(keys))
+                    done = block >= blocks
+                    covered = size if changed >= size // 2 else 0
+                else:
+                    query = sa.select(*order).where(where, *self._after(order, last)).order_by(*order).limit(size)
+                    rows = conn.execute(query).all()
+                    if not rows:
+                        break
+                    keys = sorted(r[-1] for r in rows) if len(order) > 1 else [r[-1] for r in rows]
+                    bound = tuple(rows[-1])
+                    done, covered = len(rows) < size, len(rows)
+                    # Intent first: the ledger says what may happen before the store commits it, so a crash
+                    # between the two leaves an entry that says so (verify reports it until reconciled).
+                    intent = begin_record(record, action, len(keys), self._pk_digest(keys))
+                    # The batch is every eligible row in (last, bound] of the walk: acting on that key range
+                    # with the full predicate repeated touches the same rows without a long IN list.
+                    in_batch = sa.and_(*self._after(order, last), *self._upto(order, bound))
+                    if action == "delete":
+                        changed = self._delete(conn, collection_name, t, keys, in_batch, where, cascaded)
+                    elif action == "lock":
+                        changed = self._lock(conn, collection_name, t, in_batch, where, reason, now)
+                    elif action == "anonymize":
+                        changed = self._anonymize(conn, collection_name, t, keys, sa.and_(in_batch, where),
+                                                  mask or {}, now)
+                    else:  # pragma: no cover - the policy model refuses other actions
+                        raise ValueError(action)
+                    last = bound
+            sizer.took(covered, time.perf_counter() - started)
+            if keys:
+                result.changed += changed
+                result.batches += 1
+                for k, v in cascaded.items():
+                    result.cascaded[k] = result.cascaded.get(k, 0) + v
+                end_record(record, intent, action, changed, self._pk_digest(keys),
+                           {"batch": result.batches, "cascaded": cascaded})
+            if done:
                 break
         return result
+
+    def _act_by_block(self, conn, name: str, t: sa.Table, action: str, where: Any, first: int, end: int,
+                      reason: str, now: dt.datetime, mask: dict) -> list[Any]:
+        """PostgreSQL: act on the rows of heap blocks [first, end) that match ``where``; their keys."""
+        ctid = sa.literal_column("ctid")
+        in_blocks = sa.and_(ctid >= sa.cast(sa.literal(f"({first},0)"), _TID),
+                            ctid < sa.cast(sa.literal(f"({end},0)"), _TID))
+        coll = self.coll(name)
+        if action == "delete":
+            stmt = t.delete().where(in_blocks, where)
+        elif action == "lock":
+            stmt = t.update().where(in_blocks, where, t.c[coll.lock.at].is_(None)).values(
+                self._lock_values(name, t, reason, now))
+        else:
+            marker = {coll.anonymized_marker: self._bind_time(t.c[coll.anonymized_marker], now)}
+            stmt = t.update().where(in_blocks, where).values(
+                **{c: STRATEGIES[m.strategy].sql(t.c[c], m.value) for c, m in mask.items()}, **marker)
+        return list(conn.execute(stmt.returning(t.c[coll.primary_key])).scalars())
 
     def _pk_digest(self, keys: list[Any]) -> str:
         from include.retention.masking import keyed_digest
 
-        return keyed_digest(self.mask_key, "\n".join(str(k) for k in keys))
+        return keyed_digest(self.mask_key, "\n".join(map(str, keys)))
 
-    def _lock(self, conn, name, t, in_batch, where, reason, now) -> int:
+    def _lock_values(self, name, t, reason, now) -> dict[str, Any]:
         coll = self.coll(name)
         values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], now)}
         if coll.lock.reason:
             values[coll.lock.reason] = reason[:200]
-        return conn.execute(t.update().where(in_batch, where, t.c[coll.lock.at].is_(None)).values(values)).rowcount
+        return values
+
+    def _lock(self, conn, name, t, in_batch, where, reason, now) -> int:
+        coll = self.coll(name)
+        return conn.execute(t.update().where(in_batch, where, t.c[coll.lock.at].is_(None))
+                            .values(self._lock_values(name, t, reason, now))).rowcount
 
     def _anonymize(self, conn, name, t, keys, where, mask, now) -> int:
         """Mask the rows of ``keys`` that still match ``where`` (which bounds them)."""
@@ -411,6 +549,33 @@ class SqlStore(SqlSubjects, Store):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class _TID(sa.types.UserDefinedType):
+    """PostgreSQL's ``tid`` (a row's block and offset), for block-range batches."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw):
+        return "tid"
+
+
+_TID = _TID()
+
+
+class _BatchSizer:
+    """Rows per batch: ``batch_size`` first, then what takes about ``BATCH_SECONDS`` at the rate just measured
+    (at most 8x more or 4x fewer than the last batch), never more than ``MAX_BATCH``."""
+
+    def __init__(self, first: int):
+        self.size = max(1, min(first, MAX_BATCH))
+        self.floor = min(self.size, MIN_BATCH)
+
+    def took(self, rows: int, seconds: float) -> None:
+        if rows < self.size // 2:  # a short batch (the end of the walk) says nothing about the rate
+            return
+        wanted = int(self.size * BATCH_SECONDS / max(seconds, 1e-4))
+        self.size = max(self.floor, min(wanted, self.size * 8, MAX_BATCH), self.size // 4)
 
 
 def _template_cols(ref, coll: Collection) -> list[str]:

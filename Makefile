@@ -60,7 +60,7 @@ validate: venv
 	$(PY) -m include.retention.cli validate
 
 bench: venv services
-	$(PY) scripts/bench_sweep.py
+	$(PY) scripts/bench_sweep.py $(BENCH_ROWS)  # default 1,000,000; make bench BENCH_ROWS=5000000
 
 clean:
 	rm -rf .demo artifacts

@@ -25,6 +25,18 @@ from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 from include.retention.identity import EMAIL_PATTERN, PHONE_PATTERN
 
 
+class IdentityCheck(ApprovalOperator):
+    """"Identity verified?": records the answer (and the reason typed in) in the registry before Approve lets
+    ``act`` run or Reject skips it; ``finalize`` then closes a rejected request with a receipt saying so."""
+
+    def execute_complete(self, context, event):  # noqa: ANN001 - the operator's signature
+        from include.retention.airflow import access_tasks
+
+        if "error" not in event:
+            access_tasks.record_decision(context["ti"].xcom_pull(task_ids="register"), event)
+        return super().execute_complete(context=context, event=event)
+
+
 @dag(
     dag_id="access_request",
     schedule=None,
@@ -65,7 +77,7 @@ def access_request():
 
         return access_tasks.needs_check(request_id)
 
-    verify_identity = ApprovalOperator(
+    verify_identity = IdentityCheck(
         task_id="verify_identity",
         subject="Identity verified? (access_request)",
         body="Request {{ ti.xcom_pull(task_ids='register') }} ({{ params.mode }}): approve only once the "
@@ -82,18 +94,15 @@ def access_request():
         from include.retention.airflow import access_tasks
 
         context = get_current_context()
-        approval = context["ti"].xcom_pull(task_ids="verify_identity")
-        return access_tasks.act(request_id, approval, context["dag"].dag_id, context["run_id"])
+        return access_tasks.act(request_id, context["dag"].dag_id, context["run_id"])
 
     @task(trigger_rule="all_done")
     def finalize(request_id: str) -> dict:
         from include.retention.airflow import access_tasks
 
         context = get_current_context()
-        ti = context["ti"]
-        acted = ti.xcom_pull(task_ids="act") is not None
-        return access_tasks.finalize(request_id, ti.xcom_pull(task_ids="verify_identity"), acted,
-                                     context["dag"].dag_id, context["run_id"])
+        acted = context["ti"].xcom_pull(task_ids="act") is not None
+        return access_tasks.finalize(request_id, acted, context["dag"].dag_id, context["run_id"])
 
     @task(trigger_rule="one_failed", retries=0)
     def watcher() -> None:

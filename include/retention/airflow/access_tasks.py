@@ -147,25 +147,27 @@ def needs_check(request_id: str) -> bool:
         return True
 
 
-def decision(answer: dict[str, Any] | None) -> tuple[str, str | None, str | None]:
-    """(approved | rejected | none, reason, responder) from the approval task's result."""
-    if not answer:
-        return "none", None, None
-    chosen = (answer.get("chosen_options") or [None])[0]
-    reason = (answer.get("params_input") or {}).get("reason") or None
-    user = answer.get("responded_by_user") or answer.get("responded_by") or {}
-    who = user.get("name") if isinstance(user, dict) else None
-    return ("approved" if chosen == "Approve" else "rejected"), reason, who
+def record_decision(request_id: str, event: dict[str, Any]) -> str:
+    """The identity check's answer (from the approval task's resume event) into the registry, encrypted:
+    approved | rejected, the reason typed into the form and who answered. Returns the decision."""
+    chosen = (event.get("chosen_options") or [None])[0]
+    verdict = "approved" if chosen == "Approve" else "rejected"
+    reason = (event.get("params_input") or {}).get("reason") or None
+    user = event.get("responded_by_user") or {}
+    who = user.get("name") if isinstance(user, dict) else getattr(user, "name", None)
+    with Context() as ctx:
+        ctx.registry.update_details(request_id, identity_check={"decision": verdict, "reason": reason, "by": who})
+    log.info("request %s: identity check %s", request_id, verdict)
+    return verdict
 
 
 # ---- act -----------------------------------------------------------------------------------------
-def act(request_id: str, approval: dict[str, Any] | None, dag_id: str, run_id: str) -> dict[str, Any]:
+def act(request_id: str, dag_id: str, run_id: str) -> dict[str, Any]:
     """Do what the request asks, in every system; returns counts only."""
-    verdict, reason, who = decision(approval)
     with Context() as ctx:
-        if verdict == "approved":
-            ctx.registry.update_details(request_id, identity_check={"decision": "approved", "reason": reason,
-                                                                    "by": who})
+        check = ctx.registry.details(request_id).get("identity_check") or {}
+        if check.get("decision") not in ("approved", "verified at intake", "not required"):
+            _fail(f"request {request_id}: the requester's identity was not confirmed; nothing was done")
         req = ctx.registry.get(request_id)
         if req["mode"] == "access":
             return _access(ctx, request_id, req, dag_id, run_id)
@@ -295,17 +297,14 @@ def _ledger(ctx: Context, request_id: str, system: str, action: str, count: int,
 
 
 # ---- finalize ------------------------------------------------------------------------------------
-def finalize(request_id: str, approval: dict[str, Any] | None, acted: bool, dag_id: str, run_id: str
-             ) -> dict[str, Any]:
+def finalize(request_id: str, acted: bool, dag_id: str, run_id: str) -> dict[str, Any]:
     """Close the request: complete, rejected (identity not verified) or incomplete; save the receipt."""
     from include.retention.airflow.erasure_tasks import systems as identity_systems
 
-    verdict, reason, who = decision(approval)
     expected = identity_systems()
     with Context() as ctx:
-        if verdict == "rejected":
-            ctx.registry.update_details(request_id, identity_check={"decision": "rejected", "reason": reason,
-                                                                    "by": who})
+        check = ctx.registry.details(request_id).get("identity_check") or {}
+        if check.get("decision") == "rejected":
             ctx.registry.finish(request_id, "rejected", error="identity not verified")
             ctx.ledger.append(run=RunRef(dag_id, run_id), action="identity_check", outcome="rejected", count=0,
                               request_id=request_id, policy_digest=ctx.policy.digest,

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CV_BUCKET = "crm-cvs"
 ATTACHMENT_BUCKET = "crm-attachments"
 LOG_BUCKET = "server-logs"
+EXPORTS_BUCKET = "retention-exports"  # config/policy.yaml objects.exports
 DEFAULT_SEED = 20260101
 LOG_DAYS = 14 * 31  # more than a year and a month of daily logs
 ANONYMIZED_AFTER_DAYS = 40  # older logs were anonymized by earlier sweeps (the rule's period is 30 days)
@@ -89,6 +90,7 @@ def seed_objects(s3: Any, now: dt.datetime, *, cv_keys: Iterable[str], attachmen
     _create_bucket(s3, cv_bucket, versioned=True)
     _create_bucket(s3, attachment_bucket)
     _create_bucket(s3, log_bucket)
+    _create_bucket(s3, EXPORTS_BUCKET)  # access packages (access_request); their own rule deletes them
 
     puts: list[dict[str, Any]] = []
     cvs = list(cv_keys)

@@ -86,7 +86,7 @@ def access_request():
         defaults=["Reject"],
         params={"reason": Param("", type="string", maxLength=2000, title="Reason")},
         response_timeout=dt.timedelta(days=7),
-        retries=0,
+        # a failed try (e.g. the registry unreachable while recording the answer) asks again
     )
 
     @task(trigger_rule="none_failed")

@@ -327,6 +327,24 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
 </tbody></table>
 {% else %}<p class="muted">No open requests.</p>{% endif %}
 
+<h2 id="recent-requests">Recently closed requests</h2>
+{% if data.recent_requests %}
+<table><thead><tr><th>request id</th><th>mode</th><th>status</th><th>received</th><th>closed</th>
+ <th>systems</th><th>run</th></tr></thead><tbody>
+{% for r in data.recent_requests %}
+<tr data-request-id="{{ r.request_id }}">
+ <td><code>{{ r.request_id }}</code></td>
+ <td>{{ r.mode }}{% if r.dry_run %} (dry run){% endif %}</td>
+ <td>{{ r.status }}</td><td>{{ (r.received_at or '')[:10] }}</td><td>{{ (r.completed_at or '-')[:10] }}</td>
+ <td>{% for system, status in r.systems.items() %}{{ system }}: {{ status }}{% if not loop.last %}, {% endif %}
+ {% endfor %}</td>
+ <td>{% if r.dag_id and r.run_id %}<a data-ui-link href="{{ run_url(r.dag_id, r.run_id) }}">{{ r.dag_id }}</a>
+ {% endif %}</td>
+</tr>
+{% endfor %}
+</tbody></table>
+{% else %}<p class="muted">No closed requests yet.</p>{% endif %}
+
 <h2 id="sweeps">Last sweep per rule</h2>
 {% if data.sweeps %}
 <table><thead><tr><th>rule</th><th>mode</th><th>outcome</th>
@@ -366,6 +384,24 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
 </svg>
 <p class="legend">{% for a in data.chart.actions %}<span><i style="background: {{ colors[a] }}"></i>{{ a }}
  {{ data.chart.totals[a] }}</span>{% endfor %}</p>
+
+<h2 id="forecast">Forecast: what the rules will do in the next 7, 30 and 90 days</h2>
+{% set fc = data.forecast %}
+{% if fc.rules %}
+<table><thead><tr><th>rule</th><th>category</th><th class="n">due now</th>
+ {% for h in fc.rules[0].get("horizons", []) %}<th class="n">within {{ h.days }} days</th>{% endfor %}</tr>
+</thead><tbody>
+{% for r in fc.rules %}
+<tr data-forecast-rule="{{ r.rule_id }}"><td><code>{{ r.rule_id }}</code></td><td>{{ r.category or '' }}</td>
+ {% if r.error %}<td colspan="4" class="muted">{{ r.error }}</td>{% else %}
+ <td class="n">{% for a in fc.actions if (r.now or {}).get(a) %}{{ a }} {{ r.now[a] }} {% endfor %}</td>
+ {% for h in r.horizons %}<td class="n">{% for a in fc.actions if h.counts.get(a) %}{{ a }} {{ h.counts[a] }}
+ {% endfor %}</td>
+ {% endfor %}{% endif %}</tr>
+{% endfor %}
+</tbody></table>
+{% endif %}
+{% if fc.get("problem") %}<p class="muted">{{ fc.problem }}</p>{% endif %}
 
 <h2 id="verification">Ledger verification</h2>
 {% set v = data.verification %}

@@ -157,6 +157,36 @@ def forecast(now: dt.datetime | None = None, days: int = FORECAST_DAYS, *, polic
     return view
 
 
+_forecast_lock = __import__("threading").Lock()
+_forecast_worker: Any = None
+
+
+def forecast_for_page(now: dt.datetime | None = None, wait: float | None = None) -> dict[str, Any]:
+    """The forecast without holding the page up: computed in the background (one at a time), waited for
+    ``wait`` seconds (``RETENTION_FORECAST_WAIT_SECONDS``, default 5); until then the page says it is coming."""
+    import threading
+    import time
+
+    global _forecast_worker
+    wait = float(os.environ.get("RETENTION_FORECAST_WAIT_SECONDS") or 5) if wait is None else wait
+    ttl = float(os.environ.get(FORECAST_TTL_ENV) or 900)
+    day = f"{(now or utcnow()).date().isoformat()}/{FORECAST_DAYS}"
+    fresh = [v for (_digest, d), (at, v) in list(_forecast_cache.items()) if d == day and time.monotonic() - at < ttl]
+    with _forecast_lock:
+        if _forecast_worker is None or not _forecast_worker.is_alive():
+            _forecast_worker = threading.Thread(target=forecast, args=(now,), name="retention-forecast", daemon=True)
+            _forecast_worker.start()
+        worker = _forecast_worker
+    if fresh and worker is not None:
+        return fresh[-1]  # the worker refreshes the cache only when the policy or the day changed
+    worker.join(wait)
+    fresh = [v for (_digest, d), (at, v) in list(_forecast_cache.items()) if d == day and time.monotonic() - at < ttl]
+    if fresh:
+        return fresh[-1]
+    return {"ok": None, "pending": True, "problem": "the forecast is being computed: reload the page in a moment",
+            "days": FORECAST_DAYS, "series": [], "rules": [], "problems": []}
+
+
 def anchors_location() -> str | None:
     """Where the ledger's anchors are (``RETENTION_LEDGER_ANCHORS``), if configured."""
     return os.environ.get(ANCHORS_ENV) or None
@@ -207,7 +237,7 @@ def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | N
         "recent_requests": recent_requests(engine, now),
         "sweeps": last_sweeps(engine),
         "chart": actions_per_day(engine, now),
-        "forecast": forecast(now),
+        "forecast": forecast_for_page(now),
         "verification": verification(engine, key, anchors),
     }
 

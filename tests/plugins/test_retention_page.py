@@ -192,7 +192,10 @@ def test_page_lists_open_requests_overdue_first(page, seeded):
     text = resp.text
     overdue, open_ = seeded["overdue"], seeded["open"]
     assert overdue in text and open_ in text
-    assert seeded["done"] not in text  # complete: not open any more
+    open_part, closed_part = text.split('id="recent-requests"', 1)
+    assert seeded["done"] not in open_part  # complete: not open any more ...
+    assert _row(closed_part, "data-request-id", seeded["done"])[:3] == [seeded["done"], "erase", "complete"]
+    assert overdue not in closed_part and open_ not in closed_part  # ... but listed as recently closed
     assert text.index(f'data-request-id="{overdue}"') < text.index(f'data-request-id="{open_}"')
 
     cells = _row(text, "data-request-id", overdue)
@@ -210,6 +213,7 @@ def test_page_lists_open_requests_overdue_first(page, seeded):
     assert int(cells[4]) in _days_left(seeded["engine"], open_) and int(cells[4]) > 0
     assert cells[5] == "crm: verified, mailing: acted"
     assert "Open requests (2, overdue 1" in text
+    assert 'id="forecast"' in text and 'id="recent-requests"' in text
     _no_personal_data(text, seeded)
 
 

@@ -275,6 +275,28 @@ class CategoryInfo(_Model):
     source: str | None = None  # where the data came from, when not from the person (Art. 15(1)(g))
 
 
+RECIPIENT_CHANNELS = ("email", "webhook", "manual")
+# What a notice may say about the person (docs/adr/0010-notifying-recipients.md): nothing (the request id only),
+# the plaintext identities (e-mail channel only) or keyed digests under a key the recipient shares.
+RECIPIENT_IDENTITY = ("none", "plain", "digest")
+NOTICE_FIELDS = ("request_id", "action", "recipient")
+
+
+class Recipient(_Model):
+    """A processor or other recipient of a system's data (GDPR Art. 19) and how it is told of a request:
+    ``email`` (an address template), ``webhook`` (an Airflow HTTP connection) or ``manual`` (a person confirms
+    in the Airflow UI)."""
+
+    description: str
+    channel: Literal["email", "webhook", "manual"]
+    address: str | None = None  # email: e.g. "privacy@processor.example" or "dpa+{request_id}@processor.example"
+    connection: str | None = None  # email: the SMTP connection (default smtp_default); webhook: the HTTP connection
+    endpoint: str | None = None  # webhook: path below the connection's host (default: the connection's own path)
+    identity: Literal["none", "plain", "digest"] = "none"
+    digest_key: str | None = None  # identity: digest -> the connection whose password is the shared key
+    processor: bool = True  # an Art. 28 processor (False: another recipient, e.g. an auditor)
+
+
 class Consent(_Model):
     """A consent a person can withdraw: ``column`` is set to ``withdrawn`` (a value, or ``now``: the time
     of the withdrawal); the collection's retention rules then act on the row as usual."""
@@ -343,6 +365,8 @@ class Collection(_Model):
     rules: list[Rule] = Field(default_factory=list)
     # Consents the person may withdraw here (``withdraw`` requests): name, column, value once withdrawn.
     consent: list[Consent] = Field(default_factory=list)
+    # Recipients (names from ``recipients:``) told of each erasure, restriction or correction here (Art. 19).
+    notify: list[str] = Field(default_factory=list)
 
     def identity_fields(self) -> list[tuple[str, IdentityField]]:
         """(identity kind, field) pairs, one per column / key part / metadata / tag."""
@@ -369,6 +393,8 @@ class System(_Model):
     kind: Literal["sql", "s3"]
     connection: str
     collections: dict[str, Collection]
+    # Recipients of every collection's data in this system (names from ``recipients:``), told as above.
+    notify: list[str] = Field(default_factory=list)
 
 
 class Defaults(_Model):
@@ -384,6 +410,9 @@ class Policy(_Model):
     # name -> description, or {description, purpose, legal_basis, recipients, source} (access packages explain it)
     categories: dict[str, str | CategoryInfo] = Field(default_factory=dict)
     systems: dict[str, System]
+    # Processors and other recipients (Art. 19): name -> how they are told; systems and collections
+    # name them in ``notify:``.
+    recipients: dict[str, Recipient] = Field(default_factory=dict)
     # The S3 collection (``system.collection``) access packages are written to; its own rules delete them.
     exports: str | None = None
     # Identity kinds a subject request may carry (form fields); default: every kind a collection declares.
@@ -448,6 +477,15 @@ class Policy(_Model):
     def request_kinds(self) -> list[str]:
         """Identity kinds a subject request may carry."""
         return list(self.request_fields) if self.request_fields is not None else sorted(self.declared_kinds())
+
+    def recipients_of(self, system: str, collection: str | None = None) -> list[str]:
+        """Recipient names told of a change in ``system`` (and, if given, in that collection of it)."""
+        sys_ = self.systems[system]
+        names = list(sys_.notify)
+        colls = [sys_.collections[collection]] if collection else list(sys_.collections.values())
+        for coll in colls:
+            names += [n for n in coll.notify if n not in names]
+        return names
 
     def category_info(self, name: str) -> CategoryInfo:
         """A category's description, purpose, legal basis and recipients (what the data map says of it)."""
@@ -685,6 +723,7 @@ def _cross_check(policy: Policy):
                     )
     yield from _check_identities(policy)
     yield from _check_consent_and_exports(policy)
+    yield from _check_recipients(policy)
     cycle = _find_cycle(policy)
     if cycle:
         yield "references", f"reference cycle: {' -> '.join(cycle)}"
@@ -711,6 +750,61 @@ def _check_consent_and_exports(policy: Policy):
             yield "exports", f"{policy.exports} is not an S3 collection: access packages are S3 objects"
         elif not policy.systems[s_name].collections[c_name].rules:
             yield "exports", f"{policy.exports} needs a retention rule: an access package must not stay forever"
+
+
+def _check_recipients(policy: Policy):
+    """Recipients named in ``notify:`` exist; each channel has what it needs; identities only where allowed."""
+    for name, rcp in policy.recipients.items():
+        where = f"recipients.{name}"
+        if not _IDENT.match(name):
+            yield where, "recipient names must be letters, digits and underscores"
+        if rcp.channel == "email":
+            if not rcp.address:
+                yield f"{where}.address", "an e-mail recipient needs 'address' (an address or address template)"
+            else:
+                unknown = [f for f in _template_fields(rcp.address) if f not in NOTICE_FIELDS]
+                if unknown:
+                    yield f"{where}.address", (f"unknown field {{{unknown[0]}}} in the address template (known: "
+                                               f"{', '.join(NOTICE_FIELDS)})")
+                elif "@" not in rcp.address or any(c in rcp.address for c in " ,;<>\r\n"):
+                    yield f"{where}.address", "not one e-mail address (write local@domain, one per recipient)"
+            if rcp.endpoint:
+                yield f"{where}.endpoint", "'endpoint' is for webhook recipients"
+        elif rcp.channel == "webhook":
+            if not rcp.connection:
+                yield f"{where}.connection", "a webhook recipient needs 'connection' (an Airflow HTTP connection id)"
+            if rcp.address:
+                yield f"{where}.address", "'address' is for e-mail recipients"
+            if rcp.endpoint and (rcp.endpoint.startswith(("http:", "https:")) or "//" in rcp.endpoint):
+                yield f"{where}.endpoint", ("a path below the connection's host, not a URL "
+                                                    "(the host is the connection's)")
+        else:
+            for field in ("address", "connection", "endpoint"):
+                if getattr(rcp, field):
+                    yield f"{where}.{field}", (f"a manual recipient has no {field!r}: a person "
+                                                              "confirms in the Airflow UI")
+        if rcp.identity == "plain" and rcp.channel != "email":
+            yield f"{where}.identity", ("plaintext identities go only by e-mail (never in webhook payloads or "
+                                        "the Airflow UI); use 'digest' or 'none'")
+        if rcp.identity == "digest" and not rcp.digest_key:
+            yield f"{where}.digest_key", "identity 'digest' needs 'digest_key': the connection holding the shared key"
+        if rcp.digest_key and rcp.identity != "digest":
+            yield f"{where}.digest_key", "'digest_key' applies only with 'identity: digest'"
+    used: set[str] = set()
+    for s_name, system in policy.systems.items():
+        places = [(f"systems.{s_name}.notify", system.notify)] + [
+            (f"systems.{s_name}.collections.{c}.notify", coll.notify) for c, coll in system.collections.items()]
+        for where, names in places:
+            for i, name in enumerate(names):
+                used.add(name)
+                if name not in policy.recipients:
+                    known = ", ".join(policy.recipients) or "none declared"
+                    yield f"{where}[{i}]", f"unknown recipient {name!r} (recipients: {known})"
+                elif names.index(name) != i:
+                    yield f"{where}[{i}]", f"recipient {name!r} is listed twice"
+    for name in policy.recipients:
+        if name not in used:
+            yield f"recipients.{name}", "declared but no system or collection names it in 'notify'"
 
 
 def _check_identities(policy: Policy):

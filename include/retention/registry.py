@@ -105,6 +105,27 @@ suppression = sa.Table(
 )
 
 
+# Per request, each recipient of the data told of it (GDPR Art. 19: docs/adr/0010-notifying-recipients.md): status
+# pending | sent | confirmed | waived | failed, the channel's last response (an SMTP or HTTP status, never a body).
+RECIPIENT_SETTLED = ("sent", "confirmed", "waived")
+request_recipients = sa.Table(
+    "request_recipients",
+    metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("recipient", sa.String(100), primary_key=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("systems", sa.Text, nullable=False),  # JSON list
+    sa.Column("categories", sa.Text, nullable=False),  # JSON list
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("response", sa.String(200)),
+    sa.Column("note", sa.String(500)),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("settled_at", sa.DateTime),
+)
+
+
 def encryption_key(secret: bytes) -> bytes:
     """The registry's Fernet key, derived (HKDF) from the product secret: one secret to manage."""
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"retention-registry-v1").derive(secret)
@@ -585,6 +606,96 @@ class Registry:
         for r in rows:
             r["systems"] = systems.get(r["request_id"], {})
         return rows
+
+    # ---- recipients told of a request (Art. 19) and the due-date extension (Art. 12(3)) ----------------
+    def plan_recipients(self, request_id: str, planned: dict[str, dict[str, Any]]) -> None:
+        """Record the recipients a request concerns (name -> channel, action, systems, categories); a recipient
+        already recorded keeps its status (a retry or a re-run does not tell it twice)."""
+        self.ensure_schema()
+        now = utcnow()
+        with self.engine.begin() as conn:
+            have = set(conn.execute(sa.select(request_recipients.c.recipient)
+                                    .where(request_recipients.c.request_id == request_id)).scalars())
+            for name, info in sorted(planned.items()):
+                if name in have:
+                    continue
+                conn.execute(request_recipients.insert().values(
+                    request_id=request_id, recipient=name, channel=info["channel"], status="pending",
+                    action=info["action"], systems=json.dumps(sorted(info["systems"])),
+                    categories=json.dumps(sorted(info["categories"])), attempts=0, updated_at=now))
+
+    def recipients(self, request_id: str) -> dict[str, dict[str, Any]]:
+        """The request's recipients: name -> channel, status, action, systems, categories, attempts, response."""
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(request_recipients).where(request_recipients.c.request_id == request_id)
+                                .order_by(request_recipients.c.recipient)).all()
+        return {r.recipient: {"channel": r.channel, "status": r.status, "action": r.action,
+                              "systems": json.loads(r.systems), "categories": json.loads(r.categories),
+                              "attempts": r.attempts, "response": r.response, "note": r.note,
+                              "settled_at": r.settled_at} for r in rows}
+
+    def set_recipient(self, request_ids: Iterable[str], recipient: str, status: str, *, response: str | None = None,
+                      note: str | None = None, attempt: bool = False) -> None:
+        """Move a recipient's status (``attempt``: count one try of its channel); ``response``: a status code."""
+        now = utcnow()
+        values: dict[str, Any] = {"status": status, "updated_at": now,
+                                  "settled_at": now if status in RECIPIENT_SETTLED else None}
+        if response is not None:
+            values["response"] = response[:200]
+        if note is not None:
+            values["note"] = note[:500]
+        if attempt:
+            values["attempts"] = request_recipients.c.attempts + 1
+        with self.engine.begin() as conn:
+            t = request_recipients
+            conn.execute(t.update().where(t.c.request_id.in_(list(request_ids)), t.c.recipient == recipient)
+                         .values(**values))
+
+    def waive_recipient(self, request_id: str, recipient: str, reason: str) -> None:
+        """Close a recipient without telling it (e.g. it no longer holds the data): the reason is kept."""
+        if recipient not in self.recipients(request_id):
+            raise RetentionError(f"request {request_id} has no recipient {recipient!r}")
+        self.set_recipient([request_id], recipient, "waived", note=reason)
+
+    def recipients_settled(self, request_id: str) -> bool:
+        return all(r["status"] in RECIPIENT_SETTLED for r in self.recipients(request_id).values())
+
+    def unconfirmed_recipients(self) -> dict[str, list[str]]:
+        """Open requests -> their recipients not yet confirmed or waived (for pages and alerts; names only)."""
+        self.ensure_schema()
+        t, r = requests, request_recipients
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(r.c.request_id, r.c.recipient).join(t, t.c.request_id == r.c.request_id)
+                                .where(t.c.status.in_(OPEN_STATUSES), r.c.status.not_in(RECIPIENT_SETTLED))
+                                .order_by(r.c.request_id, r.c.recipient)).all()
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            out.setdefault(row.request_id, []).append(row.recipient)
+        return out
+
+    def extend(self, request_id: str, months: int, reason: str) -> dict[str, Any]:
+        """Extend the due date by ``months`` (1 or 2; GDPR Art. 12(3)), once per request, with a reason.
+        Returns the old and new due dates."""
+        if months not in (1, 2):
+            raise RetentionError("an extension is 1 or 2 months (GDPR Art. 12(3): at most two further months)")
+        reason = (reason or "").strip()
+        if not reason or len(reason) > TEXT_LIMITS["note"] or "\x00" in reason:
+            raise RetentionError(f"an extension needs a reason (1 to {TEXT_LIMITS['note']} characters)")
+        self.ensure_schema()
+        req = self.get(request_id)
+        if req["status"] not in OPEN_STATUSES:
+            raise RetentionError(f"request {request_id} is {req['status']}: only an open request can be extended")
+        if self.details(request_id).get("extension"):
+            raise RetentionError(f"request {request_id} was already extended: the due date can be extended "
+                                 "only once (GDPR Art. 12(3))")
+        old = req["due_at"]
+        new = old + relativedelta(months=months)
+        with self.engine.begin() as conn:
+            conn.execute(requests.update().where(requests.c.request_id == request_id).values(due_at=new))
+        self.update_details(request_id, extension={"months": months, "reason": reason, "at": utcnow().isoformat(),
+                                                   "old_due_at": old.isoformat(), "new_due_at": new.isoformat()})
+        return {"request_id": request_id, "months": months, "old_due_at": old, "new_due_at": new}
 
 
 def _merge(old: Any, new: Any) -> Any:

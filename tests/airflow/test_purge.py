@@ -186,10 +186,12 @@ def test_purge_removes_every_copy_of_the_conf_and_nothing_else(dags, api):
     assert runs[api_run] == ("failed", PURGED_CONF) and runs[run.run_id] == ("success", PURGED_CONF)
     assert runs[scheduled.run_id] == ("success", {})
     from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
-    with create_session() as session:
-        hitl = session.execute(sa.select(HITLDetail.__table__)).mappings().one()
+    with create_session() as session:  # this DAG's request only: other tests' DAGs ask for approvals too
+        ti_ids = sa.select(TaskInstance.id).where(TaskInstance.dag_id == TEST_DAG)
+        hitl = session.execute(sa.select(HITLDetail.__table__).where(HITLDetail.ti_id.in_(ti_ids))).mappings().one()
     assert hitl["subject"] == PURGED_TEXT and hitl["chosen_options"] == ["Approve"]
     assert hitl["responded_by"] == {"id": "dpo", "name": "dpo"}
 

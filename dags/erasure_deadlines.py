@@ -1,7 +1,9 @@
 """erasure_deadlines: alert when subject requests come near or past their one-month due date.
 
 The check task fails (the run turns red in the UI) and its on-failure notifier records the
-alert in the ledger and posts it to RETENTION_ALERT_WEBHOOK when set.
+alert in the ledger and tells the DPO through Airflow's notifier classes: the SMTP provider's
+SmtpNotifier (connection ``retention_alert_smtp``, extra.to = the DPO) and a chat webhook
+(HTTP connection ``retention_alert_webhook``). Configured by connection; unconfigured ones are skipped.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit,rotate-keys,concept,
-forecast,diff,verify-receipt}``.
+forecast,diff,verify-receipt,extend}``.
 
 Connections come from the same ``AIRFLOW_CONN_*`` variables Airflow uses. Every refusal is one
 line on stderr naming the file (and the CSV row), with exit status 2; no traceback, no personal data.
@@ -359,6 +359,37 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_extend(args) -> int:
+    """GDPR Art. 12(3): extend an open request's due date by one or two months, once, and tell the requester why."""
+    import sqlalchemy as sa
+
+    from include.retention import notify
+    from include.retention.ledger import RunRef
+
+    runtime = _runtime()
+    try:
+        registry = runtime.registry()
+        try:
+            registry.get(args.request_id)
+        except sa.exc.NoResultFound:
+            raise RetentionError(f"unknown request {args.request_id}") from None
+        out = registry.extend(args.request_id, args.months, args.reason)
+        req = registry.get(args.request_id)
+        subject, body = notify.extension_notice(req, args.months, args.reason.strip(), out["new_due_at"])
+        from include.retention.airflow.notify_tasks import tell_requester  # the SMTP provider's hook
+
+        outcome = tell_requester(registry, args.request_id, subject, body, "extension")
+        # the reason stays in the registry (encrypted): it may name the person's circumstances
+        runtime.ledger().append(run=RunRef("cli", "extend"), action="extend", outcome="extended", count=1,
+                                request_id=args.request_id, details={"months": args.months,
+                                                                    "new_due_at": out["new_due_at"].isoformat()})
+    finally:
+        runtime.close()
+    print(f"request {args.request_id}: due {out['old_due_at']:%Y-%m-%d} -> {out['new_due_at']:%Y-%m-%d} "
+          f"(+{args.months} month(s)); notice to the requester: {outcome}")
+    return 0
+
+
 class _UsageError(Exception):
     pass
 
@@ -418,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("submit", help="queue erasure requests from a CSV for erasure_intake")
     p.add_argument("csv")
     p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("extend", help="extend a request's due date by 1 or 2 months (once, Art. 12(3)) and tell "
+                                      "the requester")
+    p.add_argument("request_id")
+    p.add_argument("--months", type=int, choices=(1, 2), required=True)
+    p.add_argument("--reason", required=True, help="why more time is needed (sent to the requester)")
+    p.set_defaults(func=cmd_extend)
     try:
         args = parser.parse_args(argv)
         return args.func(args)

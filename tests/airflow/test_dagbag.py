@@ -60,4 +60,5 @@ def test_erasure_request_form_params():
     assert params.get_param("social_handle").resolve("@zoe_m") == "@zoe_m"
     groups = {t.task_id for t in dag.tasks}
     assert {"register", "list_systems", "system.discover", "system.act", "system.verify", "system.record",
-            "finalize", "watcher"} == groups
+            "finalize", "watcher", "plan_notices", "send_notice", "manual_recipients", "confirm_recipients",
+            "record_confirmations", "tell_requester"} == groups

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
-import urllib.request
 from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
@@ -57,24 +55,39 @@ def check_due_dates() -> int:
 
 
 class DueDateNotifier(BaseNotifier):
-    """Records the alert in the ledger and, if ``RETENTION_ALERT_WEBHOOK`` is set, posts it there.
-
-    The payload holds request ids and days left only.
+    """Records the alert in the ledger, then tells the DPO through Airflow's notifier classes: the SMTP provider's
+    ``SmtpNotifier`` (connection ``retention_alert_smtp``) and ``WebhookNotifier`` (HTTP connection
+    ``retention_alert_webhook``, or the older ``RETENTION_ALERT_WEBHOOK`` URL). Configured by connection; an
+    unconfigured channel is skipped. The alert holds request ids, days left and recipient names only.
     """
 
     template_fields = ()
 
     def notify(self, context: dict[str, Any]) -> None:
+        from include.retention.airflow.notify_tasks import DpoMailNotifier, WebhookNotifier
+
         ledger, registry = _open()
         try:
             late = due_soon(registry)
+            waiting = registry.unconfirmed_recipients()
             ledger.append(run=RunRef(context["dag"].dag_id, context["run_id"]), action="alert",
                           outcome="due_date", count=len(late), details={"requests": late})
         finally:
             ledger.engine.dispose()
         log.error("ALERT: %d subject request(s) near or past their due date", len(late))
-        url = os.environ.get("RETENTION_ALERT_WEBHOOK")
-        if url:
-            body = json.dumps({"alert": "subject requests due", "requests": late}).encode()
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-            urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 - operator-configured URL
+        text = alert_text(late, waiting)
+        for notifier in (DpoMailNotifier(subject=f"[retention] {len(late)} subject request(s) due", message=text),
+                         WebhookNotifier(message=text, payload={"alert": "subject requests due", "requests": late})):
+            try:
+                notifier.notify(context)
+            except Exception as exc:  # noqa: BLE001 - one channel down must not silence the other
+                log.error("alert channel %s failed: %s", type(notifier).__name__, type(exc).__name__)
+
+
+def alert_text(late: list[dict[str, Any]], waiting: dict[str, list[str]] | None = None) -> str:
+    lines = [f"{len(late)} subject request(s) near or past their due date (GDPR Art. 12(3)):"]
+    lines += [f"- {r['request_id']}: {r['status']}, {r['days_left']:+g} days" for r in late[:50]]
+    if waiting:
+        lines.append(f"{len(waiting)} open request(s) wait for recipients to confirm (Art. 19):")
+        lines += [f"- {rid}: {', '.join(names)}" for rid, names in list(waiting.items())[:50]]
+    return "\n".join(lines)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, get_current_context, task, task_group
+
+from include.retention.airflow.notify_tasks import failure_alert
+
+# How long a manual recipient's confirmation may take before the step alerts the DPO (then waits once more).
+CONFIRM_HOURS = float(os.environ.get("RETENTION_RECIPIENT_CONFIRM_HOURS", "72"))
 
 # Emitted by a successful finalize: erasure_run_purge (dags/metadata_purge.py) then removes the run's
 # conf, XComs and audit-log rows from Airflow's metadata DB right away (include/retention/airflow/purge.py).
@@ -74,7 +83,65 @@ def finalize(request_ids: list[str], systems: list[str]) -> list[dict]:
     return erasure_tasks.finalize(request_ids, systems) if request_ids else []
 
 
-@task(trigger_rule="one_failed", retries=0)
+@task
+def plan_notices(request_ids: list[str]) -> list[str]:
+    """Art. 19: record the recipients each request concerns; the ones told automatically, mapped below."""
+    from include.retention.airflow import notify_tasks
+
+    return notify_tasks.plan_notices(request_ids) if request_ids else []
+
+
+@task(map_index_template="{{ recipient_name }}")
+def send_notice(request_ids: list[str], recipient: str) -> dict:
+    """One recipient (e-mail or webhook); a failed delivery raises and the task retries with backoff."""
+    from include.retention.airflow import notify_tasks
+
+    get_current_context()["recipient_name"] = recipient
+    return notify_tasks.send_notice(request_ids, recipient)
+
+
+@task.short_circuit(ignore_downstream_trigger_rules=False)
+def manual_recipients(request_ids: list[str]) -> list[str]:
+    """Recipients a person tells (and confirms here); none skips the approval."""
+    from include.retention.airflow import notify_tasks
+
+    return notify_tasks.manual_pending(request_ids) if request_ids else []
+
+
+@task
+def record_confirmations(request_ids: list[str], names: list[str]) -> int:
+    from include.retention.airflow import notify_tasks
+
+    return notify_tasks.confirm_manual(request_ids, names)
+
+
+@task
+def tell_requester(request_ids: list[str]) -> dict:
+    """Art. 12: the requester hears back (completion notice) once the request is complete."""
+    from include.retention.airflow import notify_tasks
+
+    return notify_tasks.completion_notices(request_ids) if request_ids else {}
+
+
+def _confirm_step() -> ApprovalOperator:
+    overdue = failure_alert("a recipient's confirmation is overdue")
+    return ApprovalOperator(
+        task_id="confirm_recipients",
+        subject="Tell the recipients of the data (GDPR Art. 19)",
+        body="These recipients must be told by hand of this run's request(s): "
+             "{{ ti.xcom_pull(task_ids='manual_recipients') | join(', ') }}. Request id(s): "
+             "{{ ti.xcom_pull(task_ids=('claim' if dag.dag_id == 'erasure_intake' else 'register')) | join(', ') }}. "
+             "Tell each of them (request id, action, categories: see the run's receipt and the data map), then "
+             "Approve. Reject leaves the request open.",
+        response_timeout=dt.timedelta(hours=CONFIRM_HOURS),
+        retries=1,  # the timeout alerts the DPO (on retry) and waits once more before the run fails
+        retry_delay=dt.timedelta(seconds=1),
+        on_retry_callback=overdue,
+        on_failure_callback=overdue,
+    )
+
+
+@task(trigger_rule="one_failed", retries=0, on_failure_callback=failure_alert("an erasure run failed"))
 def watcher() -> None:
     """Fails the run when any task failed: finalize runs on all_done and would otherwise hide it."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -86,7 +153,19 @@ def fan_out(request_ids):
     """Wire the systems' groups in parallel and the final step after all of them."""
     systems = list_systems()
     groups = per_system.partial(request_ids=request_ids).expand(system=systems)
+    # Art. 19: after every system recorded, each concerned recipient is told (one mapped task per recipient);
+    # recipients told by hand wait in the approval step; finalize counts them all.
+    planned = plan_notices(request_ids)
+    groups >> planned
+    sent = send_notice.partial(request_ids=request_ids).expand(recipient=planned)
+    manual = manual_recipients(request_ids)
+    planned >> manual
+    confirm = _confirm_step()
+    confirmed = record_confirmations(request_ids, manual)
+    manual >> confirm >> confirmed
     done = finalize(request_ids, systems)
-    groups >> done
-    [request_ids, systems, groups, done] >> watcher()
+    [groups, sent, confirmed] >> done
+    told = tell_requester(request_ids)
+    done >> told
+    [request_ids, systems, groups, planned, sent, confirm, done, told] >> watcher()
     return done

@@ -213,23 +213,28 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
             req = ctx.registry.get(rid)
             states = ctx.registry.systems(rid)
             done = all(states.get(s, {}).get("status") == "recorded" for s in expected_systems)
-            if done:
+            told = ctx.registry.recipients_settled(rid)  # Art. 19: every recipient confirmed or waived
+            if done and told:
                 if req["mode"] == "erase" and not req["dry_run"]:
                     ctx.registry.suppress(rid)
                 ctx.registry.finish(rid, "complete")
             else:
-                ctx.registry.finish(rid, "incomplete", error="not every system verified")
+                ctx.registry.finish(rid, "incomplete", error="not every system verified" if not done else
+                                    "not every recipient confirmed or waived")
                 open_ids.append(rid)
             # each system's ledger entry (seq + keyed hash): `cli verify-receipt` checks the receipt against it
             proof = ledger_proof(ctx.ledger, rid, req["mode"], bool(req["dry_run"]))
             receipt = build_receipt(ctx.registry.get(rid), ctx.registry.systems(rid), expected_systems,
                                     ctx.policy.digest, ledger_entries=proof)
+            receipt["recipients"] = {name: {k: info[k] for k in ("channel", "status", "systems", "categories",
+                                                                 "response", "note")}
+                                     for name, info in ctx.registry.recipients(rid).items()}
             ctx.registry.save_receipt(rid, receipt)
             if len(request_ids) == 1:
                 log.info("receipt:\n%s", render_markdown(receipt))
             summaries.append({"request_id": rid, "status": receipt["status"]})
     if open_ids:  # not worth retrying this task: the failed system's own retries are what helps
-        _fail(f"{len(open_ids)} request(s) stay open (a system did not verify): "
+        _fail(f"{len(open_ids)} request(s) stay open (a system did not verify or a recipient is not confirmed): "
                              f"{', '.join(open_ids[:5])}")
     return summaries
 

@@ -1,0 +1,333 @@
+"""Telling the ones who must know, with Airflow's parts: recipients (Art. 19), the requester (Art. 12) and the DPO.
+
+Mail goes through the SMTP provider (``SmtpHook`` / ``SmtpNotifier``, connection ``smtp_default`` or the
+recipient's ``connection``), webhooks through an Airflow HTTP connection (host, port, scheme, login/password,
+``extra.headers``). A channel whose connection is not configured records the notice as "recorded, not sent"
+(status ``waived``, the reason in the receipt) unless ``RETENTION_NOTIFY_STRICT`` is set, when it fails instead.
+Logs, XComs and exceptions carry request ids, recipient names and status codes only.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from typing import Any
+
+from airflow.sdk.bases.notifier import BaseNotifier
+
+from include.retention import notify
+from include.retention.errors import RetentionError
+
+log = logging.getLogger(__name__)
+
+SMTP_CONN_ID = os.environ.get("RETENTION_SMTP_CONN_ID", "smtp_default")  # recipients' and requesters' mail
+ALERT_SMTP_CONN_ID = "retention_alert_smtp"  # the DPO's alerts: extra.to = the DPO's address
+ALERT_WEBHOOK_CONN_ID = "retention_alert_webhook"  # chat alerts (an HTTP connection)
+WEBHOOK_TIMEOUT = float(os.environ.get("RETENTION_WEBHOOK_TIMEOUT_SECONDS", "10"))
+
+
+def strict() -> bool:
+    return os.environ.get("RETENTION_NOTIFY_STRICT", "").lower() in ("1", "true", "yes")
+
+
+def connection(conn_id: str | None):
+    """The Airflow connection ``conn_id`` or None when it is not configured."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    if not conn_id:
+        return None
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def _html(body: str) -> str:
+    """The SMTP hook sends HTML: the plain-text template, kept as it is."""
+    return f'<pre style="font-family: inherit; white-space: pre-wrap">{html.escape(body)}</pre>'
+
+
+def send_mail(conn_id: str, to: str, subject: str, body: str) -> None:
+    """One message through the SMTP provider's hook (TLS, login and sender from the connection)."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    with SmtpHook(smtp_conn_id=conn_id) as hook:
+        sender = os.environ.get("RETENTION_MAIL_FROM") or hook.from_email
+        if not sender:
+            raise RetentionError(f"connection {conn_id!r} has no from_email (extra) and RETENTION_MAIL_FROM is unset")
+        hook.send_email_smtp(to=to, from_email=sender, subject=subject, html_content=_html(body),
+                             mime_subtype="mixed", custom_headers={"X-Retention-Notice": "1"})
+
+
+def _webhook_url(conn: Any, endpoint: str | None) -> str:
+    scheme = (conn.schema or "").lower() if (conn.schema or "").lower() in ("http", "https") else (
+        "https" if conn.conn_type == "https" else "http")
+    host = conn.host or ""
+    if "://" in host:  # a host written as a URL
+        scheme, _, host = host.partition("://")
+    base = f"{scheme}://{host.rstrip('/')}" + (f":{conn.port}" if conn.port else "")
+    path = endpoint or (conn.extra_dejson or {}).get("endpoint") or ""
+    return base + ("/" + path.lstrip("/") if path else "")
+
+
+def post_json(conn: Any, endpoint: str | None, payload: dict[str, Any]) -> int:
+    """POST ``payload`` through an Airflow HTTP connection; returns the response status."""
+    import requests
+
+    extra = conn.extra_dejson or {}
+    headers = {"Content-Type": "application/json", **(extra.get("headers") or {})}
+    auth = (conn.login, conn.password or "") if conn.login else None
+    response = requests.post(_webhook_url(conn, endpoint), json=payload, headers=headers, auth=auth,
+                             timeout=WEBHOOK_TIMEOUT)
+    response.close()
+    return response.status_code
+
+
+# ---- recipients (Art. 19) ----------------------------------------------------------------------
+
+
+def plan_notices(request_ids: list[str]) -> list[str]:
+    """Record, per request, the recipients it concerns; return those told automatically (e-mail, webhook)."""
+    from include.retention.airflow.erasure_tasks import Context
+
+    names: set[str] = set()
+    with Context() as ctx:
+        for rid in request_ids:
+            planned = notify.plan(ctx.policy, ctx.registry.get(rid), ctx.registry.systems(rid))
+            ctx.registry.plan_recipients(rid, planned)
+            for name, info in ctx.registry.recipients(rid).items():
+                if info["status"] not in ("sent", "confirmed", "waived") and info["channel"] != "manual":
+                    names.add(name)
+        log.info("%d request(s): recipients to tell automatically: %s", len(request_ids), sorted(names) or "none")
+    return sorted(names)
+
+
+def _identity_for(ctx: Any, rid: str, rcp: Any) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """(plaintext identities, keyed digests) the recipient may receive: at most one of them."""
+    from airflow.sdk.log import mask_secret
+
+    if rcp.identity == "none":
+        return None, None
+    given = ctx.registry.identities(rid).normalised()
+    for value in given.values():
+        mask_secret(value)  # should anything print it, the task log shows ***
+    if rcp.identity == "plain":
+        return given, None
+    key_conn = connection(rcp.digest_key)
+    if key_conn is None or not key_conn.password:
+        raise RetentionError(f"connection {rcp.digest_key!r} (the key shared with this recipient) is not configured")
+    return None, notify.subject_digests(key_conn.password.encode(), given)
+
+
+def send_notice(request_ids: list[str], name: str) -> dict[str, int]:
+    """Tell recipient ``name`` of every request of the batch that concerns it and is not settled yet.
+
+    A failing channel records its status and raises: the task's retries (exponential backoff) try again.
+    """
+    from include.retention.airflow.erasure_tasks import Context
+
+    counts = {"sent": 0, "confirmed": 0, "recorded_not_sent": 0}
+    with Context() as ctx:
+        rcp = ctx.policy.recipients[name]
+        conn_id = rcp.connection or (SMTP_CONN_ID if rcp.channel == "email" else None)
+        conn = connection(conn_id)
+        failed = []
+        for rid in request_ids:
+            planned = ctx.registry.recipients(rid).get(name)
+            if planned is None or planned["status"] in ("sent", "confirmed", "waived"):
+                continue
+            if conn is None:
+                if strict():
+                    raise RetentionError(f"recipient {name}: connection {conn_id!r} is not configured "
+                                         "(RETENTION_NOTIFY_STRICT)")
+                ctx.registry.set_recipient([rid], name, "waived",
+                                           note=f"recorded, not sent: connection {conn_id!r} is not configured")
+                counts["recorded_not_sent"] += 1
+                log.warning("request %s: %s recorded, not sent (no connection %s)", rid, name, conn_id)
+                continue
+            plain, digests = _identity_for(ctx, rid, rcp)
+            if rcp.channel == "email":
+                subject, body = notify.recipient_notice(ctx.policy, name, rid, planned, identities=plain,
+                                                        digests=digests)
+                try:
+                    send_mail(conn_id, notify.address_for(rcp, rid, planned["action"], name), subject, body)
+                except Exception as exc:  # noqa: BLE001 - recorded by type only (a server's reply may echo the body)
+                    ctx.registry.set_recipient([rid], name, "failed", response=f"smtp {type(exc).__name__}",
+                                               attempt=True)
+                    failed.append(rid)
+                    continue
+                ctx.registry.set_recipient([rid], name, "sent", response="smtp accepted", attempt=True)
+                counts["sent"] += 1
+                log.info("request %s: %s told by e-mail", rid, name)
+            else:
+                payload = notify.recipient_payload(name, rid, planned, digests=digests)
+                try:
+                    status = post_json(conn, rcp.endpoint, payload)
+                except Exception as exc:  # noqa: BLE001 - connection errors: type only
+                    ctx.registry.set_recipient([rid], name, "failed", response=f"http {type(exc).__name__}",
+                                               attempt=True)
+                    failed.append(rid)
+                    continue
+                ok = 200 <= status < 300
+                ctx.registry.set_recipient([rid], name, "confirmed" if ok else "failed", response=f"http {status}",
+                                           attempt=True)
+                log.info("request %s: %s webhook answered %s", rid, name, status)
+                if ok:
+                    counts["confirmed"] += 1
+                else:
+                    failed.append(rid)
+        if failed:
+            raise RetentionError(f"recipient {name}: {len(failed)} notice(s) not delivered (retried with backoff): "
+                                 f"{', '.join(failed[:5])}")
+    return counts
+
+
+def manual_pending(request_ids: list[str]) -> list[str]:
+    """Manual recipients some request of the batch still waits for (names only)."""
+    from include.retention.airflow.erasure_tasks import Context
+
+    with Context() as ctx:
+        return sorted({name for rid in request_ids for name, info in ctx.registry.recipients(rid).items()
+                       if info["channel"] == "manual" and info["status"] not in ("confirmed", "waived")})
+
+
+def confirm_manual(request_ids: list[str], names: list[str]) -> int:
+    """The approval of ``confirm_recipients``: every listed manual recipient of the batch is confirmed."""
+    from include.retention.airflow.erasure_tasks import Context
+
+    done = 0
+    with Context() as ctx:
+        for rid in request_ids:
+            for name, info in ctx.registry.recipients(rid).items():
+                if name in names and info["channel"] == "manual" and info["status"] not in ("confirmed", "waived"):
+                    ctx.registry.set_recipient([rid], name, "confirmed", response="approved in the Airflow UI",
+                                               attempt=True)
+                    done += 1
+    log.info("%d manual recipient notice(s) confirmed", done)
+    return done
+
+
+# ---- the requester (Art. 12) -----------------------------------------------------------------------------
+
+
+def tell_requester(registry: Any, request_id: str, subject: str, body: str, what: str) -> str:
+    """Mail the requester at the address in the (encrypted) registry; returns what happened (no address)."""
+    email = registry.identities(request_id).normalised().get("email")
+    if not email:
+        outcome = "recorded, not sent: the request has no e-mail address"
+    elif connection(SMTP_CONN_ID) is None:
+        if strict():
+            raise RetentionError(f"connection {SMTP_CONN_ID!r} is not configured (RETENTION_NOTIFY_STRICT)")
+        outcome = f"recorded, not sent: connection {SMTP_CONN_ID!r} is not configured"
+    else:
+        send_mail(SMTP_CONN_ID, email, subject, body)
+        outcome = "sent"
+    from include.retention.clock import utcnow
+
+    notices = registry.details(request_id).get("requester_notices") or []
+    registry.update_details(request_id, requester_notices=[*notices, {"notice": what, "outcome": outcome,
+                                                                      "at": utcnow().isoformat()}])
+    log.info("request %s: %s notice to the requester: %s", request_id, what, outcome)
+    return outcome
+
+
+def completion_notices(request_ids: list[str]) -> dict[str, str]:
+    """After finalize: each completed (not dry-run) request's requester hears back; the receipt says so."""
+    from include.retention.airflow.erasure_tasks import Context
+
+    out = {}
+    with Context() as ctx:
+        for rid in request_ids:
+            req = ctx.registry.get(rid)
+            if req["dry_run"] or req["status"] != "complete":
+                continue
+            if any(n.get("notice") == "completion" for n in ctx.registry.details(rid).get("requester_notices") or []):
+                continue  # a retry: told already
+            details = ctx.registry.details(rid)
+            receipt = ctx.registry.receipt(rid)
+            subject, body = notify.completion_notice(req, receipt, link=details.get("link"),
+                                                     link_expires_at=(details.get("package") or {}).get(
+                                                         "link_expires_at"))
+            out[rid] = tell_requester(ctx.registry, rid, subject, body, "completion")
+            if receipt is not None:
+                receipt["requester_notice"] = out[rid]
+                ctx.registry.save_receipt(rid, receipt)
+    return out
+
+
+# ---- the DPO: alerts through Airflow's notifier classes ----------------------------------------------------
+
+
+class WebhookNotifier(BaseNotifier):
+    """Posts ``{"text": message, ...}`` to a chat webhook through an Airflow HTTP connection
+    (``retention_alert_webhook``; a Slack/Teams/Mattermost incoming-webhook URL as host + endpoint).
+    Unconfigured: nothing is posted (``RETENTION_ALERT_WEBHOOK``, a plain URL, is still honoured)."""
+
+    template_fields = ("message",)
+
+    def __init__(self, message: str, http_conn_id: str = ALERT_WEBHOOK_CONN_ID, endpoint: str | None = None,
+                 payload: dict[str, Any] | None = None, attempts: int = 3):
+        super().__init__()
+        self.message, self.http_conn_id, self.endpoint = message, http_conn_id, endpoint
+        self.payload, self.attempts = payload or {}, attempts
+
+    def notify(self, context: dict[str, Any]) -> None:
+        import time
+
+        import requests
+
+        body = {"text": self.message, **self.payload}
+        conn = connection(self.http_conn_id)
+        legacy = os.environ.get("RETENTION_ALERT_WEBHOOK")
+        if conn is None and not legacy:
+            log.info("no connection %s: chat alert not posted", self.http_conn_id)
+            return
+        for attempt in range(self.attempts):
+            try:
+                if conn is not None:
+                    status = post_json(conn, self.endpoint, body)
+                else:
+                    response = requests.post(legacy, json=body, timeout=WEBHOOK_TIMEOUT)
+                    response.close()
+                    status = response.status_code
+            except requests.RequestException as exc:
+                status, error = 0, type(exc).__name__
+            else:
+                error = ""
+            if 200 <= status < 300:
+                return
+            log.warning("alert webhook: %s (try %d of %d)", error or f"http {status}", attempt + 1, self.attempts)
+            time.sleep(min(2 ** attempt, 30))
+        log.error("alert webhook: not delivered after %d tries", self.attempts)
+
+
+class DpoMailNotifier(BaseNotifier):
+    """Mails the DPO through the SMTP provider's ``SmtpNotifier`` on connection ``retention_alert_smtp`` (its
+    ``extra.to`` is the DPO's address, ``extra.from_email`` the sender). Unconfigured: nothing is mailed."""
+
+    template_fields = ("subject", "message")
+
+    def __init__(self, subject: str, message: str, smtp_conn_id: str = ALERT_SMTP_CONN_ID):
+        super().__init__()
+        self.subject, self.message, self.smtp_conn_id = subject, message, smtp_conn_id
+
+    def notify(self, context: dict[str, Any]) -> None:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        conn = connection(self.smtp_conn_id)
+        to = conn and (conn.extra_dejson or {}).get("to")
+        if not to:
+            log.info("no connection %s with extra.to: DPO alert not mailed", self.smtp_conn_id)
+            return
+        SmtpNotifier(to=to, from_email=(conn.extra_dejson or {}).get("from_email"), smtp_conn_id=self.smtp_conn_id,
+                     subject=self.subject, html_content=_html(self.message)).notify(context)
+
+
+def failure_alert(what: str = "a task failed") -> list[BaseNotifier]:
+    """The DPO's on-failure notifiers for any task: mail and chat, request ids and task names only."""
+    text = (f"{what}: {{{{ dag.dag_id }}}} / {{{{ ti.task_id }}}} (run {{{{ run_id }}}}). "
+            "Open the run in the Airflow UI; the retention page lists the open requests.")
+    return [DpoMailNotifier(subject=f"[retention] {what}: {{{{ dag.dag_id }}}}", message=text),
+            WebhookNotifier(message=text)]

@@ -132,8 +132,8 @@ def test_default_map_names_the_processors_of_the_privacy_policy():
 @pytest.mark.parametrize("edit, where, problem", [
     (("notify: [hosting, it_maintenance]", "notify: [hosting, cloud]"), "systems.crm.notify[1]",
      "unknown recipient 'cloud'"),
-    (("    channel: webhook\n", "    channel: webhook\n    address: x@y.example\n"), "recipients.marketing_tools.address",
-     "'address' is for e-mail recipients"),
+    (("    channel: webhook\n", "    channel: webhook\n    address: x@y.example\n"),
+     "recipients.marketing_tools.address", "'address' is for e-mail recipients"),
     (("    identity: digest  ", "    identity: plain  "), "recipients.marketing_tools.identity",
      "plaintext identities go only by e-mail"),
     (('address: "privacy@hosting.example"', 'address: "privacy+{email}@hosting.example"'),
@@ -271,7 +271,8 @@ def test_unconfigured_alert_channels_are_skipped(registry, monkeypatch):
     from include.retention.airflow import deadlines
     from include.retention.connections import env_resolver
 
-    for name in ("AIRFLOW_CONN_RETENTION_ALERT_SMTP", "AIRFLOW_CONN_RETENTION_ALERT_WEBHOOK", "RETENTION_ALERT_WEBHOOK"):
+    for name in ("AIRFLOW_CONN_RETENTION_ALERT_SMTP", "AIRFLOW_CONN_RETENTION_ALERT_WEBHOOK",
+                 "RETENTION_ALERT_WEBHOOK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(deadlines, "airflow_resolver", env_resolver)
     deadlines.DueDateNotifier().notify({"dag": SimpleNamespace(dag_id="erasure_deadlines"), "run_id": "r1"})

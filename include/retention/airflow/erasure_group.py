@@ -167,5 +167,6 @@ def fan_out(request_ids):
     [groups, sent, confirmed] >> done
     told = tell_requester(request_ids)
     done >> told
-    [request_ids, systems, groups, planned, sent, confirm, done, told] >> watcher()
+    [request_ids, systems, groups, planned, sent, done, told] >> watcher()  # not the approval: Reject skips its
+    # direct downstream tasks; finalize then fails (the request stays open) and that wakes the watcher
     return done

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.base import SyntaxExtension
 
 from include.retention import keytemplate
 from include.retention.connections import make_engine
@@ -346,6 +348,7 @@ class SqlStore(SqlSubjects, Store):
         now = now or dt.datetime.now(dt.UTC)
         order = self.walk_order(collection_name, walk)
         by_block = self._by_block(collection_name, action, mask) and not self._in_index_order(t, order)
+        by_order = not by_block and self._by_order(collection_name, action)
         sizer = _BatchSizer(batch_size)
         result = StageResult(action=action)
         if by_block:
@@ -372,15 +375,28 @@ class SqlStore(SqlSubjects, Store):
                     # about ``size`` matching rows at the density seen so far, at most 4x ``size`` rows scanned
                     span = max(1, int(min(size / density, SCAN_FACTOR * size / per_block)))
                     upto = min(blocks, block + span)
-                    keys = sorted(self._act_by_block(conn, collection_name, t, action, where, block, upto,
-                                                     reason, now, mask or {}))
-                    changed = len(keys)
+                    changed, digest = self._act_by_block(conn, collection_name, t, action, where, block, upto,
+                                                         reason, now, mask or {})
+                    keys = changed  # truthy when the batch acted (the keys stay in the database)
                     density = max(changed / (upto - block), per_block / 100, 1e-3)
                     block = upto
-                    if keys:  # before the commit, as below: the statement has run, the batch is not yet durable
-                        intent = begin_record(record, action, changed, self._pk_digest(keys))
+                    if changed:  # before the commit, as below: the statement has run, the batch is not yet durable
+                        intent = begin_record(record, action, changed, digest)
                     done = block >= blocks
                     covered = size if changed >= size // 2 else 0
+                elif by_order:
+                    # MariaDB, a delete that takes nothing along: one DELETE ... ORDER BY <walk> LIMIT n RETURNING
+                    # per batch, the next n eligible rows after the previous batch in index order.
+                    rows = self._delete_in_order(conn, t, order, where, last, size)
+                    if not rows:
+                        break
+                    keys = sorted(r[-1] for r in rows)
+                    changed = len(keys)
+                    digest = self._pk_digest(keys)
+                    last = max(tuple(r) for r in rows)
+                    done, covered = changed < size, changed
+                    # before the commit: the statement has run, the batch is not yet durable
+                    intent = begin_record(record, action, changed, digest)
                 else:
                     query = sa.select(*order).where(where, *self._after(order, last)).order_by(*order).limit(size)
                     rows = conn.execute(query).all()
@@ -389,9 +405,10 @@ class SqlStore(SqlSubjects, Store):
                     keys = sorted(r[-1] for r in rows) if len(order) > 1 else [r[-1] for r in rows]
                     bound = tuple(rows[-1])
                     done, covered = len(rows) < size, len(rows)
+                    digest = self._pk_digest(keys)
                     # Intent first: the ledger says what may happen before the store commits it, so a crash
                     # between the two leaves an entry that says so (verify reports it until reconciled).
-                    intent = begin_record(record, action, len(keys), self._pk_digest(keys))
+                    intent = begin_record(record, action, len(keys), digest)
                     # The batch is every eligible row in (last, bound] of the walk: acting on that key range
                     # with the full predicate repeated touches the same rows without a long IN list.
                     in_batch = sa.and_(*self._after(order, last), *self._upto(order, bound))
@@ -411,15 +428,15 @@ class SqlStore(SqlSubjects, Store):
                 result.batches += 1
                 for k, v in cascaded.items():
                     result.cascaded[k] = result.cascaded.get(k, 0) + v
-                end_record(record, intent, action, changed, self._pk_digest(keys),
-                           {"batch": result.batches, "cascaded": cascaded})
+                end_record(record, intent, action, changed, digest, {"batch": result.batches, "cascaded": cascaded})
             if done:
                 break
         return result
 
     def _act_by_block(self, conn, name: str, t: sa.Table, action: str, where: Any, first: int, end: int,
-                      reason: str, now: dt.datetime, mask: dict) -> list[Any]:
-        """PostgreSQL: act on the rows of heap blocks [first, end) that match ``where``; their keys."""
+                      reason: str, now: dt.datetime, mask: dict) -> tuple[int, str]:
+        """PostgreSQL: act on the rows of heap blocks [first, end) that match ``where``; how many, and their
+        ``_pk_digest`` (computed from the keys the statement returns, aggregated in the database)."""
         ctid = sa.literal_column("ctid")
         in_blocks = sa.and_(ctid >= sa.cast(sa.literal(f"({first},0)"), _TID),
                             ctid < sa.cast(sa.literal(f"({end},0)"), _TID))
@@ -433,7 +450,43 @@ class SqlStore(SqlSubjects, Store):
             marker = {coll.anonymized_marker: self._bind_time(t.c[coll.anonymized_marker], now)}
             stmt = t.update().where(in_blocks, where).values(
                 **{c: STRATEGIES[m.strategy].sql(t.c[c], m.value) for c, m in mask.items()}, **marker)
-        return list(conn.execute(stmt.returning(t.c[coll.primary_key])).scalars())
+        return self._returned_digest(conn, stmt, t.c[coll.primary_key])
+
+    def _returned_digest(self, conn, stmt, pk: sa.Column) -> tuple[int, str]:
+        """Run ``stmt ... RETURNING pk``: (rows, ``_pk_digest`` of their keys). For integer keys on PostgreSQL the
+        statement runs in a CTE whose keys the database sorts and joins (``string_agg(pk::text, E'\\n' ORDER BY
+        pk)``, the very text ``_pk_digest`` hashes), so no key crosses the wire; otherwise the keys come back."""
+        stmt = stmt.returning(pk)
+        if conn.dialect.name == "postgresql" and isinstance(pk.type, sa.Integer):
+            from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+            acted = stmt.cte("acted")
+            key = acted.c[pk.name]
+            n, text = conn.execute(sa.select(
+                sa.func.count(),
+                sa.func.string_agg(sa.cast(key, sa.Text), aggregate_order_by(sa.literal("\n"), key)))).one()
+            return int(n), self._digest_text(text or "")
+        keys = sorted(conn.execute(stmt).scalars())
+        return len(keys), self._pk_digest(keys)
+
+    def _delete_in_order(self, conn, t: sa.Table, order: list[sa.Column], where: Any, last: tuple | None,
+                         size: int) -> list[tuple]:
+        """MariaDB: ``DELETE ... WHERE <where> AND <after last> ORDER BY <order> LIMIT size RETURNING <order>``:
+        the next ``size`` eligible rows of the walk (an index range when an index leads with ``order[0]``)."""
+        stmt = t.delete().where(where, *self._after(order, last)).ext(_OrderedLimit(order, size))
+        return [tuple(r) for r in conn.execute(stmt.returning(*order))]
+
+    def _by_order(self, collection_name: str, action: str) -> bool:
+        """MariaDB acts and returns the batch's keys in one ``DELETE ... ORDER BY ... LIMIT ... RETURNING`` when
+        the delete takes nothing along (MySQL has no ``RETURNING``, and updates have none on MariaDB)."""
+        dialect = self.engine.dialect
+        return (dialect.name == "mysql" and bool(getattr(dialect, "is_mariadb", False))
+                and action == "delete" and not self._takes_along(collection_name))
+
+    def _digest_text(self, text: str) -> str:
+        from include.retention.masking import keyed_digest
+
+        return keyed_digest(self.mask_key, text)
 
     def _pk_digest(self, keys: list[Any]) -> str:
         from include.retention.masking import keyed_digest
@@ -561,6 +614,24 @@ class _TID(sa.types.UserDefinedType):
 
 
 _TID = _TID()
+
+
+class _OrderedLimit(SyntaxExtension, sa.sql.ClauseElement):
+    """``ORDER BY <columns> LIMIT n`` after a MariaDB ``DELETE``'s WHERE clause (SQLAlchemy has only the LIMIT)."""
+
+    __visit_name__ = "retention_ordered_limit"
+    inherit_cache = False  # n varies per batch; a statement is compiled once per batch anyway
+
+    def __init__(self, order: list[sa.Column], n: int):
+        self.order, self.n = list(order), int(n)
+
+    def apply_to_delete(self, delete_stmt) -> None:
+        delete_stmt.apply_syntax_extension_point(self.append_replacing_same_type, "post_criteria")
+
+
+@compiles(_OrderedLimit)
+def _compile_ordered_limit(element: _OrderedLimit, compiler, **kw) -> str:
+    return f"ORDER BY {', '.join(compiler.process(c, **kw) for c in element.order)} LIMIT {element.n:d}"
 
 
 class _BatchSizer:

@@ -150,10 +150,12 @@ def test_login_trigger_form_and_retention_page(browser, local_stack: Stack):
         browser.get(f"{stack.base_url}/retention/")
         wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-request-id='{fresh}']")))
         today = dt.datetime.now(dt.UTC).date()
-        rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-request-id]")
+        rows = browser.find_elements(By.CSS_SELECTOR, "h2#requests + table tr[data-request-id]")
         ids = [r.get_attribute("data-request-id") for r in rows]
         assert ids.index(overdue) < ids.index(fresh), "overdue requests come first"
         assert triggered not in ids, "a completed request is not open"
+        closed = browser.find_elements(By.CSS_SELECTOR, "h2#recent-requests + table tr[data-request-id]")
+        assert triggered in [r.get_attribute("data-request-id") for r in closed], "... it is recently closed"
         for rid, is_overdue in ((overdue, True), (fresh, False)):
             row = rows[ids.index(rid)]
             cells = row.find_elements(By.TAG_NAME, "td")

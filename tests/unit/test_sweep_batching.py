@@ -1,0 +1,240 @@
+"""Batching of the SQL sweep: the batch sizer, the choice of walk, and what each walk records.
+
+The sizer and the walk choice need no database. The last tests run ``act_in_batches`` on each engine
+(``db_url``: SQLite, PostgreSQL, MariaDB) and check that every walk acts on exactly the eligible rows,
+never more than a batch per transaction, and records per batch the same key digest the product computes
+in Python (PostgreSQL aggregates it in the database, MariaDB returns the keys of its ordered DELETE).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from include.retention.masking import STRATEGIES
+from include.retention.policy import parse_policy
+from include.retention.stores import sql as sqlmod
+from include.retention.stores.sql import MAX_BATCH, SqlStore, _BatchSizer, _OrderedLimit
+
+NOW = dt.datetime(2026, 11, 24)
+KEY = b"k" * 32
+
+POLICY = """
+systems:
+  db:
+    kind: sql
+    connection: db
+    collections:
+      events:
+        table: events
+        primary_key: id
+        columns: [id, email, created_at, legal_hold, restricted_at, restriction_reason, anonymized_at]
+        legal_hold: [{column: legal_hold, equals: true}]
+        lock: {at: restricted_at, reason: restriction_reason}
+        anonymized_marker: anonymized_at
+        rules:
+          - {name: old_delete, start: created_at, action: delete, period: P30D, max_fraction: 1}
+          - {name: old_lock, start: created_at, action: lock, period: P30D, max_fraction: 1}
+          - name: old_anonymize
+            start: created_at
+            action: anonymize
+            period: P30D
+            max_fraction: 1
+            mask: {email: {strategy: redact}}
+          - name: old_hash
+            start: created_at
+            action: anonymize
+            period: P30D
+            max_fraction: 1
+            mask: {email: {strategy: hmac}}
+"""
+
+
+def events_table(md: sa.MetaData, index: bool = True) -> sa.Table:
+    t = sa.Table(
+        "events", md,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String(200)), sa.Column("created_at", sa.DateTime),
+        sa.Column("legal_hold", sa.Boolean), sa.Column("restricted_at", sa.DateTime),
+        sa.Column("restriction_reason", sa.String(200)),
+        sa.Column("anonymized_at", sa.DateTime),
+    )
+    if index:
+        sa.Index("ix_events_created_at", t.c.created_at)
+    return t
+
+
+def offline_store(url: str, *, mariadb: bool = False, index: bool = True) -> SqlStore:
+    engine = sa.create_engine(url)  # never connected
+    if mariadb:
+        engine.dialect.is_mariadb = True
+    store = SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine)
+    store._tables["events"] = events_table(sa.MetaData(), index)
+    return store
+
+
+# ---- the sizer -------------------------------------------------------------------------------------------
+def test_first_batch_is_the_policy_batch_size_capped():
+    assert _BatchSizer(1000).size == 1000
+    assert _BatchSizer(10 * MAX_BATCH).size == MAX_BATCH
+
+
+def test_batches_grow_at_most_8x_towards_the_time_target():
+    sizer = _BatchSizer(1000)
+    sizer.took(1000, 0.001)  # far faster than BATCH_SECONDS: grows, but only 8x
+    assert sizer.size == 8000
+    sizer.took(8000, sqlmod.BATCH_SECONDS / 2)  # twice as fast as wanted: doubles
+    assert sizer.size == 16000
+    for _ in range(10):
+        sizer.took(sizer.size, 0.001)
+    assert sizer.size == MAX_BATCH  # never above the ceiling: every batch a bounded transaction
+
+
+def test_batches_shrink_at_most_4x_and_not_below_the_floor():
+    sizer = _BatchSizer(1000)
+    sizer.took(1000, 100.0)
+    assert sizer.size == 250
+    for _ in range(5):
+        sizer.took(sizer.size, 100.0)
+    assert sizer.size == sqlmod.MIN_BATCH
+    small = _BatchSizer(10)  # a policy batch below MIN_BATCH is its own floor
+    small.took(10, 100.0)
+    assert small.size == 10
+
+
+def test_a_short_batch_says_nothing_about_the_rate():
+    sizer = _BatchSizer(1000)
+    sizer.took(10, 100.0)  # the end of the walk
+    assert sizer.size == 1000
+
+
+# ---- the walk choice -------------------------------------------------------------------------------------
+PG = "postgresql+psycopg2://u@127.0.0.1:1/x"
+MY = "mysql+pymysql://u@127.0.0.1:1/x"
+
+
+def test_walk_order_follows_an_index_on_the_start_column():
+    store = offline_store("sqlite://")
+    t = store.table("events")
+    assert store.walk_order("events", "created_at") == [t.c.created_at, t.c.id]
+    assert store.walk_order("events", None) == [t.c.id]
+    bare = offline_store("sqlite://", index=False)
+    assert bare.walk_order("events", "created_at") == [bare.table("events").c.id]
+
+
+def test_postgresql_walks_blocks_when_one_statement_does_the_batch():
+    store = offline_store(PG)
+    assert store._by_block("events", "delete", None)
+    assert store._by_block("events", "lock", None)
+    assert store._by_block("events", "anonymize", {"email": _mask("redact")})
+    assert not store._by_block("events", "anonymize", {"email": _mask("hmac")})  # keyed hash: Python reads rows
+    assert not store._by_order("events", "delete")
+    for url in ("sqlite://", MY):
+        assert not offline_store(url)._by_block("events", "delete", None)
+
+
+def test_mariadb_deletes_in_one_ordered_statement_but_mysql_and_updates_do_not():
+    maria = offline_store(MY, mariadb=True)
+    assert maria._by_order("events", "delete")
+    assert not maria._by_order("events", "lock")
+    assert not maria._by_order("events", "anonymize")
+    assert not offline_store(MY)._by_order("events", "delete")  # MySQL: no DELETE ... RETURNING
+    assert not offline_store("sqlite://")._by_order("events", "delete")
+
+
+def test_deletes_that_take_something_along_never_use_a_one_statement_walk(monkeypatch):
+    for store in (offline_store(PG), offline_store(MY, mariadb=True)):
+        monkeypatch.setattr(store, "_takes_along", lambda name: True)
+        assert not store._by_block("events", "delete", None)
+        assert not store._by_order("events", "delete")
+
+
+def test_ordered_limit_renders_after_where_and_before_returning():
+    t = events_table(sa.MetaData())
+    stmt = (t.delete().where(t.c.created_at < sa.bindparam("cut"))
+            .ext(_OrderedLimit([t.c.created_at, t.c.id], 500)).returning(t.c.created_at, t.c.id))
+    text = " ".join(str(stmt.compile(dialect=mysql.dialect(is_mariadb=True))).split())
+    assert text == ("DELETE FROM events WHERE events.created_at < %s ORDER BY events.created_at, events.id "
+                    "LIMIT 500 RETURNING events.created_at, events.id")
+
+
+def _mask(strategy: str):
+    from include.retention.policy import Mask
+
+    return Mask(strategy=strategy)
+
+
+# ---- the walks on real databases -------------------------------------------------------------------------
+class Recorder:
+    """Intents and outcomes as the ledger would get them; checks an intent precedes each outcome."""
+
+    def __init__(self):
+        self.intents: list[tuple[str, int, str]] = []
+        self.outcomes: list[tuple[str, int, str]] = []
+
+    def intend(self, action, planned, pk_digest):
+        self.intents.append((action, planned, pk_digest))
+        return len(self.intents)
+
+    def __call__(self, action, count, pk_digest, details, intent=None):
+        assert intent == len(self.intents)  # settles the latest intent
+        self.outcomes.append((action, count, pk_digest))
+
+
+def seeded(url: str, n: int = 240) -> tuple[SqlStore, set[int]]:
+    engine = sqlmod.make_engine(url)
+    t = events_table(sa.MetaData())
+    t.metadata.create_all(engine)
+    rows, eligible = [], set()
+    for i in range(n):
+        old = i % 3 == 0  # interleaved: every third row past the period
+        held = i % 21 == 0
+        rows.append({"id": i * 7 + 1, "email": f"p{i}@example.org", "legal_hold": held,
+                     "created_at": NOW - dt.timedelta(days=40 + i % 50 if old else i % 20)})
+        if old and not held:
+            eligible.add(i * 7 + 1)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), rows)
+    return SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY), eligible
+
+
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock", "old_anonymize", "old_hash"])
+def test_every_walk_acts_on_exactly_the_eligible_rows_in_bounded_batches(db_url, rule):
+    store, eligible = seeded(db_url)
+    policy = store.policy
+    _, _, r = policy.rule(f"db.events.{rule}")
+    stage = r.stages[0]
+    rec = Recorder()
+    result = store.apply_stage("events", r, stage, NOW, 7, "test", rec)
+    t = store.table("events")
+    assert result.changed == len(eligible) == sum(c for _, c, _ in rec.outcomes)
+    assert result.batches == len(rec.intents) == len(rec.outcomes) > 1
+    assert all(planned <= sqlmod.MAX_BATCH for _, planned, _ in rec.intents)
+    with store.engine.connect() as conn:
+        if stage.action == "delete":
+            left = set(conn.execute(sa.select(t.c.id)).scalars())
+            assert not (left & eligible) and len(left) == 240 - len(eligible)
+        else:
+            marker = t.c.restricted_at if stage.action == "lock" else t.c.anonymized_at
+            done = set(conn.execute(sa.select(t.c.id).where(marker.is_not(None))).scalars())
+            assert done == eligible
+    store.close()
+
+
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock", "old_anonymize"])
+def test_one_batch_records_the_python_digest_of_its_keys(db_url, rule):
+    store, eligible = seeded(db_url)
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    rec = Recorder()
+    store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
+    expected = store._pk_digest(sorted(eligible))
+    assert rec.intents == [(r.stages[0].action, len(eligible), expected)]
+    assert rec.outcomes == [(r.stages[0].action, len(eligible), expected)]
+    store.close()
+
+
+def test_sql_masks_are_the_ones_the_walk_choice_knows():
+    assert STRATEGIES["redact"].in_sql and not STRATEGIES["hmac"].in_sql

@@ -286,7 +286,7 @@ def read_requests(path: str | Path) -> list:
     ``request_ref`` and ``note``. Row numbers count the header as row 1, as a spreadsheet shows them.
     """
     from include.retention.identity import IDENTITY_KINDS
-    from include.retention.registry import Identities, NewRequest, validate_request
+    from include.retention.registry import ERASURE_MODES, Identities, NewRequest, validate_request
 
     path = Path(path)
     text = _decode(path, _read_bytes(path))
@@ -317,6 +317,11 @@ def read_requests(path: str | Path) -> list:
                 continue
             row = {name: (value if value.strip() else None) for name, value in zip(header, fields, strict=False)}
             mode = (row.get("mode") or "erase").strip()
+            if mode not in ERASURE_MODES:
+                # only erasure_intake takes from the queue: another mode would wait there forever
+                problems.append(f"row {row_no}: mode must be one of {', '.join(ERASURE_MODES)} for the queue "
+                                f"(access, rectify and withdraw are requested through access_request)")
+                continue
             req = NewRequest(Identities({k: row.get(k) for k in IDENTITY_KINDS}), mode=mode, source="intake",
                              external_ref=row.get("request_ref"), note=row.get("note"))
             try:

@@ -323,6 +323,8 @@ BAD_CSVS = [
     ("no_identity_column", b"mode,note\nerase,hi\n", "row 1: no identity column"),
     ("bad_mode", ("email,phone,mode\n" + GOOD_ROW + "ok2@example.com,,nuke\n").encode(),
      "row 3: mode must be one of erase, restrict"),
+    ("access_mode_in_queue", ("email,phone,mode\n" + GOOD_ROW + "ok2@example.com,,access\n").encode(),
+     "row 3: mode must be one of erase, restrict for the queue"),
     ("bad_email_after_good_row", ("email,phone,mode\n" + GOOD_ROW + "not-an-address,,erase\n").encode(),
      "row 3: email is not a valid e-mail address; nothing was queued"),
     ("bad_phone", b"email,phone\nok@example.com,call me maybe\n", "row 2: phone must be 6 to 32 digits"),

@@ -232,6 +232,10 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
             ctx.registry.save_receipt(rid, receipt)
             if len(request_ids) == 1:
                 log.info("receipt:\n%s", render_markdown(receipt))
+                if receipt["recipients"]:  # Art. 19: who was told (names, statuses; "recorded, not sent" said so)
+                    log.info("recipients told:\n%s", "\n".join(
+                        f"- {name}: {r['status']} ({r['note'] or r['response'] or r['channel']})"
+                        for name, r in receipt["recipients"].items()))
             summaries.append({"request_id": rid, "status": receipt["status"]})
     if open_ids:  # not worth retrying this task: the failed system's own retries are what helps
         _fail(f"{len(open_ids)} request(s) stay open (a system did not verify or a recipient is not confirmed): "

@@ -25,7 +25,7 @@ venv:
 
 # .env for docker compose with fresh random secrets; an existing .env is never overwritten.
 secrets:
-	python3 scripts/secrets.py
+	python3 scripts/make_secrets.py
 
 services:
 	bash scripts/services.sh

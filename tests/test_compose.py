@@ -35,7 +35,7 @@ def _compose_config(env_file) -> subprocess.CompletedProcess:
 
 
 def _secrets_script():
-    spec = importlib.util.spec_from_file_location("make_secrets", ROOT / "scripts" / "secrets.py")
+    spec = importlib.util.spec_from_file_location("make_secrets", ROOT / "scripts" / "make_secrets.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

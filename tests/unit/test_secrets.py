@@ -1,5 +1,5 @@
 """Secrets: the HMAC key refuses short and published values with how to make one; RETENTION_HMAC_KEYS
-carries key ids; `make secrets` (scripts/secrets.py) writes fresh values and never overwrites a .env."""
+carries key ids; `make secrets` (scripts/make_secrets.py) writes fresh values and never overwrites a .env."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ HOW = re.compile(r"make one with `make secrets`.*token_hex\(32\)")
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("make_secrets", ROOT / "scripts" / "secrets.py")
+    spec = importlib.util.spec_from_file_location("make_secrets", ROOT / "scripts" / "make_secrets.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -114,7 +114,7 @@ def test_k0_in_the_list_must_be_the_single_key(env):
 
 def test_secrets_script_writes_fresh_values_and_never_overwrites(tmp_path, env):
     target = tmp_path / ".env"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "secrets.py"), "--env-file", str(target)],
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_secrets.py"), "--env-file", str(target)],
                           capture_output=True, text=True, check=True)
     assert "written with fresh secrets" in proc.stdout
     first = target.read_text()
@@ -127,7 +127,7 @@ def test_secrets_script_writes_fresh_values_and_never_overwrites(tmp_path, env):
     assert hmac_key(_no_connection).kid == "k1"  # accepted by the code
     for name, value in values.items():
         assert len(value) >= 32 and "$" not in value, name
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "secrets.py"), "--env-file", str(target)],
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_secrets.py"), "--env-file", str(target)],
                           capture_output=True, text=True, check=True)
     assert "exists, left unchanged" in proc.stdout and target.read_text() == first
     other = tmp_path / "other.env"
@@ -138,4 +138,4 @@ def test_secrets_script_writes_fresh_values_and_never_overwrites(tmp_path, env):
 
 def test_makefile_has_the_secrets_target():
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^secrets:\n\tpython3 scripts/secrets.py$", makefile, re.M)
+    assert re.search(r"^secrets:\n\tpython3 scripts/make_secrets.py$", makefile, re.M)

@@ -2,7 +2,7 @@
 
 ``docker compose`` reads ``.env`` beside ``docker-compose.yaml``; every secret there is required
 (``${VAR:?...}``), so the stack does not start without this file. Standard library only: it runs
-before any virtualenv exists. Usage: ``python3 scripts/secrets.py [--env-file PATH]``.
+before any virtualenv exists. Usage: ``python3 scripts/make_secrets.py [--env-file PATH]``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ SECRETS: dict[str, tuple[str, Callable[[], str]]] = {
 
 
 def render() -> str:
-    lines = ["# Secrets of the compose stack, written by `make secrets` (scripts/secrets.py).",
+    lines = ["# Secrets of the compose stack, written by `make secrets` (scripts/make_secrets.py).",
              "# Keep this file out of version control and back it up with the databases: without",
              "# RETENTION_HMAC_KEYS the registry cannot be decrypted and the ledger cannot be verified."]
     for name, (what, make) in SECRETS.items():

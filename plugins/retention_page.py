@@ -311,7 +311,7 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
  due within 7 days {{ data.requests.due_within_7_days }})</h2>
 {% if data.requests["items"] %}
 <table><thead><tr><th>request id</th><th>mode</th><th>status</th><th>due</th><th class="n">days left</th>
- <th>systems</th><th>run</th></tr></thead><tbody>
+ <th>systems</th><th>run</th><th>recipients not yet confirmed</th></tr></thead><tbody>
 {% for r in data.requests["items"] %}
 <tr class="{{ 'overdue' if r.overdue else '' }}" data-request-id="{{ r.request_id }}">
  <td><code>{{ r.request_id }}</code></td>
@@ -322,6 +322,7 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
  {% else %}<span class="muted">not started</span>{% endfor %}</td>
  <td>{% if r.dag_id and r.run_id %}<a data-ui-link href="{{ run_url(r.dag_id, r.run_id) }}">{{ r.dag_id }}</a>
  {% endif %}</td>
+ <td class="recipients">{{ r.get("unconfirmed_recipients", []) | join(", ") }}</td>
 </tr>
 {% endfor %}
 </tbody></table>

@@ -55,7 +55,10 @@ def _request_view(r: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
 def open_requests(engine: sa.Engine, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Open subject requests, overdue first, then by due date; status per system."""
     now = now or utcnow()
-    out = [_request_view(r, now) for r in reg.Registry(engine, None).listing(open_only=True)]
+    registry = reg.Registry(engine, None)
+    waiting = registry.unconfirmed_recipients()
+    out = [{**_request_view(r, now), "unconfirmed_recipients": waiting.get(r["request_id"], [])}
+           for r in registry.listing(open_only=True)]
     out.sort(key=lambda r: (not r["overdue"], r["due_at"], r["request_id"]))
     return out
 

@@ -94,6 +94,10 @@ def seeded(ledger_db):
     registry.set_system([open_], "crm", "verified")
     registry.set_system([open_], "mailing", "acted")
     registry.finish(done, "complete")
+    registry.plan_recipients(overdue, {
+        name: {"channel": channel, "action": "erase", "systems": ["crm"], "categories": ["contact_data"]}
+        for name, channel in (("hosting", "email"), ("it_maintenance", "manual"))})
+    registry.set_recipient([overdue], "hosting", "sent")
 
     sweep = RunRef("retention_sweep", "scheduled__2025-06-01T00:00:00+00:00")
     ledger.append(run=RunRef("retention_sweep", "scheduled__old"), action="sweep", outcome="complete", rule_id=RULE,
@@ -208,6 +212,7 @@ def test_page_lists_open_requests_overdue_first(page, seeded):
     assert f'href="/dags/erasure_request/runs/{RUN_ID.replace(":", "%3A").replace("+", "%2B")}"' in text
     assert 'class="overdue"' in text.split(f'data-request-id="{overdue}"')[0].rsplit("<tr", 1)[1]
 
+    assert cells[7] == "it_maintenance"  # the recipient still to confirm (hosting was told)
     cells = _row(text, "data-request-id", open_)
     assert cells[:3] == [open_, "restrict", "in_progress"]
     assert int(cells[4]) in _days_left(seeded["engine"], open_) and int(cells[4]) > 0
@@ -316,7 +321,8 @@ def test_summary_json_is_the_page_data(page, seeded):
     assert items[0]["overdue"] is True and items[0]["days_left"] in _days_left(seeded["engine"], seeded["overdue"])
     assert items[1]["systems"] == {"crm": "verified", "mailing": "acted"}
     assert set(items[0]) == {"request_id", "mode", "status", "dry_run", "source", "received_at", "due_at",
-                             "completed_at", "days_left", "overdue", "attempts", "dag_id", "run_id", "systems"}
+                             "completed_at", "days_left", "overdue", "attempts", "dag_id", "run_id", "systems",
+                             "unconfirmed_recipients"}
     sweeps = {s["rule_id"]: s for s in data["sweeps"]}
     assert sweeps[RULE]["counts"] == {"locked": 3, "anonymized": 0, "deleted": 7, "held": 2, "kept": 40}
     assert sweeps[RULE]["dry_run"] is False and sweeps[DRY_RULE]["dry_run"] is True

@@ -121,6 +121,11 @@ def render_markdown(receipt: dict[str, Any]) -> str:
     if searched:
         lines += ["", "## Searched", ""]
         lines += [f"- {coll}: {', '.join(kinds)}" for _name, coll, kinds in searched]
+    recipients = receipt.get("recipients") or {}
+    if recipients:  # GDPR Art. 19: who was told, and how it went ("recorded, not sent" says so)
+        lines += ["", "## Recipients told", ""]
+        lines += [f"- {name}: {r.get('status')} via {r.get('channel')}"
+                  + (f" ({r['note']})" if r.get("note") else "") for name, r in sorted(recipients.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -52,3 +52,12 @@ def test_dry_run_receipt():
                             "d" * 64)
     assert receipt["verification"] == "dry run: nothing was changed"
     assert "(dry run)" in render_markdown(receipt)
+
+
+def test_markdown_lists_the_recipients_told():
+    receipt = build_receipt(REQUEST, {"crm": SYSTEMS["crm"]}, ["crm"], "d" * 64)
+    receipt["recipients"] = {"hosting": {"channel": "email", "status": "sent", "note": None},
+                             "it_maintenance": {"channel": "manual", "status": "waived", "note": "recorded, not sent"}}
+    text = render_markdown(receipt)
+    assert "## Recipients told" in text
+    assert "- hosting: sent via email" in text and "- it_maintenance: waived via manual (recorded, not sent)" in text

@@ -222,12 +222,22 @@ def test_no_identity_left_anywhere_after_the_run_and_its_purge(world, capfd, cap
     assert world["registry"].receipt(rid)["status"] == "complete"
     assert world["registry"].is_suppressed("email", who["email"])  # the digest is on the suppression list
 
+    # the audit row an operator's `airflow dags trigger -c '{...}'` writes (the CLI's action logger), conf and all
+    from airflow.utils.cli_action_loggers import default_action_log
+
+    default_action_log(sub_command="dag_trigger", user="ops", task_id=None, dag_id=DAG_ID, logical_date=None,
+                       host_name="ops-host", full_command=str(["airflow", "dags", "trigger", DAG_ID, "-c",
+                                                               json.dumps(who)]))
+    from airflow.settings import engine as metadata_engine
+
+    audit = Scan(who)
+    audit.database("Airflow metadata DB tables", metadata_engine)
+    assert {place.rsplit(".", 1)[-1] for _, place, _ in audit.hits} >= {"log", "dag_run"}
+
     report = purge_after_run(run.run_id)
     assert report["rows"].get("dag_run") == 1, report
 
     # 1. Airflow's metadata DB, table by table
-    from airflow.settings import engine as metadata_engine
-
     airflow_tables = scan.database("Airflow metadata DB tables", metadata_engine)
     assert {"log", "dag_run", "xcom", "rendered_task_instance_fields", "task_instance"} <= set(airflow_tables)
     # 2. every file under AIRFLOW_HOME: task logs, and the SQLite metadata DB with its WAL / journal, raw bytes

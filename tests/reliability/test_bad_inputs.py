@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -152,13 +153,13 @@ def raw(text: str):
 
 BAD_POLICIES = [
     ("duplicate_period", sub("            period: P0D\n", "            period: P0D\n            period: P36M\n"),
-     f"{CONTACTS}.rules[0].period (line 50): duplicate key 'period' (first given on line 49)"),
+     (f"{CONTACTS}.rules[0].period (line ", "): duplicate key 'period' (first given on line")),
     ("duplicate_system", sub("systems:\n  crm:\n", "systems:\n  mailing: {kind: sql, connection: x, collections: {}}\n"
                                                   "  crm:\n"),
-     "systems.mailing (line 184): duplicate key 'mailing' (first given on line 27)"),
+     ("systems.mailing (line ", "): duplicate key 'mailing' (first given on line 27)")),
     ("duplicate_in_flow_mapping", sub("identities: {email: email, phone: phone}",
                                       "identities: {email: email, email: phone}"),
-     f"{CONTACTS}.identities.email (line 36): duplicate key 'email'"),
+     (f"{CONTACTS}.identities.email (line ", "): duplicate key 'email'")),
     ("period_9999_years", sub("period: P0D", "period: P9999Y"), "'P9999Y' is longer than 100 years"),
     ("period_101_years", sub("period: P0D", "period: P101Y"), "'P101Y' is longer than 100 years"),
     ("period_1201_months", sub("period: P0D", "period: P1201M"), "'P1201M' is longer than 100 years"),
@@ -257,7 +258,11 @@ def test_bad_data_map_is_refused_and_nothing_runs(world, capsys, monkeypatch, mu
         load_policy(path)
     message = str(info.value)
     assert message.startswith(f"{path}: "), message
-    assert fragment in message, message
+    if isinstance(fragment, tuple):  # several parts, in order (line numbers between them move with the map)
+        assert re.search(".*".join(re.escape(f) for f in fragment), message), message
+        fragment = fragment[-1]
+    else:
+        assert fragment in message, message
     assert "\n" not in message
     # The same file behind the CLI: refused before any store or the ledger is opened.
     monkeypatch.setenv("RETENTION_POLICY_PATH", str(path))

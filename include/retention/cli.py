@@ -35,6 +35,10 @@ def cmd_validate(args) -> int:
     for ref, note in personal_without_rule(policy):  # a warning, not a refusal: the file is valid
         print(f"warning: {policy.source}: {ref} holds personal data (identities) but no rule ends it{note}",
               file=sys.stderr)
+    from include.retention.policy import policy_warnings
+
+    for where, note in policy_warnings(policy):
+        print(f"warning: {policy.source}: {where}: {note}", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,10 @@ against the reflected column type before anything runs:
 - UUID columns take a UUID as text; anything else (untyped SQLite columns, JSON, binary ...)
   cannot carry a condition.
 
+Range tests (``lt``, ``le``, ``gt``, ``ge``) take number, date, timestamp and time columns only (an order
+on text would be a collation's), with values checked as for ``equals``; ``older_than`` /
+``younger_than`` take date and timestamp columns.
+
 ``check_condition`` is pure (no database); ``bind_value`` turns an accepted value into what
 the driver needs. Messages name the path in the data map, the column type and the problem.
 """
@@ -31,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.types import NullType, TypeEngine
 
-from include.retention.policy import Condition
+from include.retention.policy import AGE_OPS, RANGE_OPS, Condition
 
 KINDS = ("boolean", "integer", "numeric", "date", "datetime", "time", "string", "uuid")
 
@@ -206,8 +210,20 @@ def check_condition(cond: Condition, column_type: TypeEngine, where: str) -> str
             if problem:
                 return f"{where}.in[{i}]: {problem}"
         return None
-    problem = check_value(cond.equals, column_type)
-    return f"{where}.equals: {problem}" if problem else None
+    test = cond.test
+    if test in RANGE_OPS + AGE_OPS:
+        kind = column_kind(column_type)
+        allowed = ("date", "datetime") if test in AGE_OPS else ("integer", "numeric", "date", "datetime", "time")
+        if kind not in allowed:
+            what = "dates or timestamps" if test in AGE_OPS else "numbers, dates, timestamps or times"
+            held = {"string": "text", "boolean": "booleans", "uuid": "UUIDs", "integer": "whole numbers",
+                    "numeric": "numbers", "time": "times of day"}.get(kind or "", kind or "values of no known kind")
+            why = " (an order on text follows a collation, not a value)" if kind == "string" else ""
+            return f"{where}.{test}: {test!r} compares {what}; column type {type_name(column_type)} holds {held}{why}"
+        if test in AGE_OPS:
+            return None  # the period was parsed with the data map
+    problem = check_value(cond.value, column_type)
+    return f"{where}.{test}: {problem}" if problem else None
 
 
 def bind_value(cond_value: Any, column_type: TypeEngine) -> Any:
@@ -246,9 +262,10 @@ def bind_value(cond_value: Any, column_type: TypeEngine) -> Any:
 
 
 def bind_condition(cond: Condition, column_type: TypeEngine) -> Any:
-    """``bind_value`` of ``equals``, or the list of ``in`` values (None for an ``is_null`` test)."""
-    if cond.is_null is not None:
+    """``bind_value`` of ``equals`` or a range bound, or the list of ``in`` values (None for an ``is_null``
+    test and for ``older_than`` / ``younger_than``, whose bound the store computes from its now)."""
+    if cond.is_null is not None or cond.test in AGE_OPS:
         return None
     if cond.in_ is not None:
         return [bind_value(v, column_type) for v in cond.in_]
-    return bind_value(cond.equals, column_type)
+    return bind_value(cond.value, column_type)

@@ -143,7 +143,7 @@ def truncate_ips(text: str, prefixes: tuple[int, int] = (24, 48)) -> str:
     number): erring towards masking is the safe side for personal data.
     """
     p4, p6 = prefixes
-    text = _IPV6.sub(lambda m: _truncate_v6(m.group(0), p6), text)
+    text = _IPV6.sub(lambda m: _truncate_v6(m.group(0), p6, p4), text)
     return _IPV4.sub(lambda m: _truncate_v4(m.group(0), p4), text)
 
 
@@ -157,7 +157,7 @@ def _truncate_v4(token: str, prefix: int) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _truncate_v6(token: str, prefix: int) -> str:
+def _truncate_v6(token: str, prefix: int, prefix4: int = 24) -> str:
     # A sentence may end in ".", a "host:port" in ":"; try the token, then without trailing punctuation.
     for end in range(len(token), 1, -1):
         head = token[:end]
@@ -174,12 +174,24 @@ def _truncate_v6(token: str, prefix: int) -> str:
             if head[-1] not in ".:":
                 break
             continue
-        return str(ipaddress.IPv6Network(f"{addr}/{prefix}", strict=False).network_address) + token[end:]
+        return _mask_v6(addr, prefix, prefix4) + token[end:]
     return token
+
+
+def _mask_v6(addr: ipaddress.IPv6Address, prefix: int, prefix4: int) -> str:
+    """An IPv6 address's network; an IPv4-mapped one (``::ffff:192.0.2.33`` or ``::ffff:c000:221``, as dual-stack
+    servers log IPv4 clients) is an IPv4 address: it is masked with the IPv4 prefix and written in the mapped
+    dotted form (``::ffff:192.0.2.0`` at /24), so its network stays for statistics."""
+    mapped = addr.ipv4_mapped
+    if mapped is not None:
+        return f"::ffff:{_truncate_v4(str(mapped), prefix4)}"
+    return str(ipaddress.IPv6Network(f"{addr}/{prefix}", strict=False).network_address)
 
 
 class TruncateIpStrategy(Strategy):
     """Truncate IP addresses to their network: IPv4 to /24 and IPv6 to /48, or ``value`` ``"v4/v6"``.
+    An IPv4-mapped IPv6 address (``::ffff:192.0.2.33``) is an IPv4 address and is masked as one
+    (``::ffff:192.0.2.0``).
 
     Works on a column (computed in Python, one batch at a time) and, through ``text``, on
     whole lines of a log object (the S3 store).

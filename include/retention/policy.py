@@ -76,22 +76,61 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False)
 
 
+RANGE_OPS = ("lt", "le", "gt", "ge")
+AGE_OPS = ("older_than", "younger_than")
+CONDITION_TESTS = ("equals", "in", "is_null", *RANGE_OPS, *AGE_OPS)
+
+
 class Condition(_Model):
-    """A test on one column: ``equals`` a value, ``in`` a list, or ``is_null`` true/false."""
+    """A test on one column: ``equals`` a value, ``in`` a list, ``is_null`` true/false, a range
+    (``lt``/``le``/``gt``/``ge`` a number, date or date-time) or an age relative to the sweep's now
+    (``older_than``/``younger_than`` an ISO period: ``younger_than: P18Y`` is ``column > now - 18 years``,
+    ``older_than: P18Y`` is ``column < now - 18 years``; a row exactly at ``now - P`` matches neither; a date
+    counts as its midnight UTC). NULL matches no range or age test."""
 
     column: str
     equals: Any = None
     in_: list[Any] | None = Field(default=None, alias="in")
     is_null: bool | None = None
+    lt: Any = None
+    le: Any = None
+    gt: Any = None
+    ge: Any = None
+    older_than: str | None = None
+    younger_than: str | None = None
+
+    @property
+    def test(self) -> str:
+        """The one test this condition makes (``equals``, ``in``, ``is_null``, ``lt`` ... ``younger_than``)."""
+        return next(name for name in CONDITION_TESTS if self._value(name) is not None)
+
+    @property
+    def value(self) -> Any:
+        return self._value(self.test)
+
+    def _value(self, name: str) -> Any:
+        return self.in_ if name == "in" else getattr(self, name)
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
-        given = [name for name, value in (("equals", self.equals), ("in", self.in_), ("is_null", self.is_null))
-                 if value is not None]
+        given = [name for name in CONDITION_TESTS if self._value(name) is not None]
         if len(given) != 1:
-            raise ValueError(f"a condition needs exactly one of 'equals', 'in', 'is_null' (got {given or 'none'})")
+            raise ValueError(f"a condition needs exactly one of {', '.join(repr(t) for t in CONDITION_TESTS)} "
+                             f"(got {given or 'none'})")
         if isinstance(self.equals, (list, dict)):
             raise ValueError("'equals' takes one value (text, number, boolean or date); use 'in' for a list")
+        for op in RANGE_OPS:
+            value = getattr(self, op)
+            if value is not None and (isinstance(value, (list, dict, bool)) or
+                                      not isinstance(value, (int, float, str, dt.date))):
+                raise ValueError(f"{op!r} takes one number, date or date-time (got {_short(repr(value))})")
+        for op in AGE_OPS:
+            value = getattr(self, op)
+            if value is not None:
+                try:
+                    parse_duration(value)
+                except ValueError as exc:
+                    raise ValueError(f"{op!r}: {exc}") from None
         if self.in_ is not None:
             if not self.in_:
                 raise ValueError("'in' needs at least one value (an empty list matches nothing)")
@@ -127,6 +166,9 @@ class Stage(_Model):
     mask: dict[str, Mask] = Field(default_factory=dict)
     # Overrides the start's round_up for this stage ("none": count from the event itself).
     round_up: Literal["year", "month", "none"] | None = None
+    # Identity kinds whose keyed digests go on the suppression list when this (delete) stage deletes a row;
+    # overrides the rule's ``suppress`` (``[]``: this stage suppresses nothing).
+    suppress: list[str] | None = None
 
     @field_validator("after")
     @classmethod
@@ -144,13 +186,27 @@ class Stage(_Model):
             raise ValueError("an 'anonymize' stage needs 'mask': column -> masking strategy")
         if self.action != "anonymize" and self.mask:
             raise ValueError(f"'mask' only applies to 'anonymize', not to {self.action!r}")
+        if self.suppress and self.action != "delete":
+            raise ValueError(f"'suppress' applies to 'delete' stages, not to {self.action!r}")
         return self
 
 
+MAX_START_COLUMNS = 8
+
+
 class Start(_Model):
-    """The event that starts the storage period: a column, optionally rounded up (``year``: end of that year)."""
+    """The event that starts the storage period: a column, optionally rounded up (``year``: end of that year).
+
+    Computed from several columns (SQL): ``latest: [a, b]`` is the later of the non-NULL columns,
+    ``earliest: [a, b]`` the earlier; ``fallback: c`` is used when all of them are NULL (without a
+    fallback such a row has no start and is never due). Columns are compared as stored (naive
+    timestamps are UTC); all must be of one type (docs/adr/0011-computed-starts-and-ranges.md).
+    """
 
     column: str | None = None
+    latest: list[str] | None = None
+    earliest: list[str] | None = None
+    fallback: str | None = None
     round_up: Literal["year", "month"] | None = None
     # S3 only: the object's LastModified, a date in the key, or a date in metadata/tags.
     basis: Literal["column", "last_modified", "key_date", "metadata", "tag"] = "column"
@@ -158,11 +214,50 @@ class Start(_Model):
 
     @model_validator(mode="after")
     def _shape(self) -> Start:
-        if self.basis == "column" and not self.column:
-            raise ValueError("the start event needs 'column' (or another 'basis')")
+        given = [k for k in ("column", "latest", "earliest") if getattr(self, k) is not None]
+        if self.basis == "column" and len(given) != 1:
+            if not given:
+                raise ValueError("the start event needs 'column', 'latest' or 'earliest' (or another 'basis')")
+            raise ValueError(f"give one of 'column', 'latest', 'earliest' (got {', '.join(given)})")
+        if self.basis != "column" and (self.latest is not None or self.earliest is not None):
+            raise ValueError(f"'latest' / 'earliest' compute a start from columns; basis {self.basis!r} has none")
+        computed = self.latest if self.latest is not None else self.earliest
+        if self.fallback is not None and computed is None:
+            raise ValueError("'fallback' applies to a computed start ('latest' or 'earliest')")
+        if computed is not None:
+            op = "latest" if self.latest is not None else "earliest"
+            if not computed:
+                raise ValueError(f"{op!r} needs at least one column")
+            if len(computed) > MAX_START_COLUMNS:
+                raise ValueError(f"{op!r} takes at most {MAX_START_COLUMNS} columns")
+            named = computed + ([self.fallback] if self.fallback else [])
+            twice = sorted({c for c in named if named.count(c) > 1})
+            if twice:
+                raise ValueError(f"column {twice[0]!r} is named twice in the start event")
         if self.basis in ("metadata", "tag") and not self.name:
             raise ValueError(f"basis {self.basis!r} needs 'name': the key holding the date")
         return self
+
+    @property
+    def computed(self) -> bool:
+        """Whether the start is computed from several columns (``latest`` / ``earliest``)."""
+        return self.latest is not None or self.earliest is not None
+
+    def columns(self) -> list[str]:
+        """Every column the start event reads (in order: the compared ones, then the fallback)."""
+        if self.column is not None:
+            return [self.column]
+        cols = list(self.latest if self.latest is not None else self.earliest or [])
+        return cols + ([self.fallback] if self.fallback else [])
+
+    def describe(self) -> str:
+        """The start event in words: ``column``, or ``the later of a, b (else c)``."""
+        if not self.computed:
+            return self.column or self.basis
+        which = "later" if self.latest is not None else "earlier"
+        cols = self.latest if self.latest is not None else self.earliest or []
+        text = f"the {which} of {', '.join(cols)}" if len(cols) > 1 else cols[0]
+        return text + (f" (else {self.fallback})" if self.fallback else "")
 
 
 class Rule(_Model):
@@ -182,6 +277,9 @@ class Rule(_Model):
     max_fraction: float | None = Field(default=None, gt=0, le=1)
     batch_size: int | None = Field(default=None, ge=1, le=100_000)
     description: str | None = None
+    # Identity kinds whose keyed digests go on the suppression list when this rule deletes a row (an
+    # unsubscribe: the address must not come back); a stage's own ``suppress`` overrides it.
+    suppress: list[str] = Field(default_factory=list)
 
     @field_validator("start", mode="before")
     @classmethod
@@ -219,7 +317,15 @@ class Rule(_Model):
                     f"{earlier.action!r} after {earlier.after}"
                 )
         object.__setattr__(self, "stages", ordered)
+        if self.suppress and "delete" not in actions:
+            raise ValueError("'suppress' applies to deletes, and this rule deletes nothing")
         return self
+
+    def suppress_kinds(self, stage: Stage) -> list[str]:
+        """Identity kinds a delete by ``stage`` suppresses (the stage's own list, else the rule's)."""
+        if stage.action != "delete":
+            return []
+        return list(stage.suppress if stage.suppress is not None else self.suppress)
 
 
 class Reference(_Model):
@@ -383,6 +489,15 @@ class Collection(_Model):
     # Keep a keyed digest of these identity kinds when rows are deleted (e.g. unsubscribed
     # newsletter readers), so a re-import or re-subscribe cannot bring them back.
     suppress_on_delete: list[str] = Field(default_factory=list)
+
+    def suppress_kinds(self) -> list[str]:
+        """Identity kinds any delete here may suppress: ``suppress_on_delete`` (deprecated) and every rule's or
+        stage's ``suppress``. The sweep's suppression enforcement runs on collections with any."""
+        kinds = list(self.suppress_on_delete)
+        for rule in self.rules:
+            for stage in rule.stages:
+                kinds += [k for k in rule.suppress_kinds(stage) if k not in kinds]
+        return kinds
 
     # How a subject request erases this collection's data: delete the rows or mask them.
     erasure: Literal["delete", "anonymize"] = "delete"
@@ -886,6 +1001,17 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
         if rule.start.basis != "column":
             yield f"{where}.start.basis", f"basis {rule.start.basis!r} is for S3 collections; SQL rules use a column"
         yield from col(f"{where}.start.column", rule.start.column)
+        for op in ("latest", "earliest"):
+            for i, name in enumerate(getattr(rule.start, op) or []):
+                yield from col(f"{where}.start.{op}[{i}]", name)
+        yield from col(f"{where}.start.fallback", rule.start.fallback)
+        for kind in rule.suppress:
+            if kind not in coll.identities:
+                yield f"{where}.suppress", f"{kind!r} is not among the collection's identities"
+        for s_i, stage in enumerate(rule.stages):
+            for kind in stage.suppress or []:
+                if kind not in coll.identities:
+                    yield f"{where}.stages[{s_i}].suppress", f"{kind!r} is not among the collection's identities"
         if rule.category and rule.category not in coll.categories:
             yield f"{where}.category", f"category {rule.category!r} is not among the collection's categories"
         for i, cond in enumerate(rule.when):
@@ -900,6 +1026,19 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
                     yield from col(f"{where}.stages[{s_i}].mask.{name}", name)
                     if name == coll.primary_key:
                         yield f"{where}.stages[{s_i}].mask.{name}", "the primary key cannot be masked"
+
+
+def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
+    """(path, warning) for what is valid but deprecated: ``cli validate`` prints them."""
+    out = []
+    for s_name, system in policy.systems.items():
+        for c_name, coll in system.collections.items():
+            if coll.suppress_on_delete:
+                out.append((f"systems.{s_name}.collections.{c_name}.suppress_on_delete",
+                            "deprecated: it suppresses every deleted row (inactive ones too); say 'suppress: "
+                            f"[{', '.join(coll.suppress_on_delete)}]' on the rules or stages whose deletes must "
+                            "suppress (erasures always do)"))
+    return out
 
 
 def _literal_head(template: str) -> str:
@@ -918,6 +1057,10 @@ def _check_s3(base: str, coll: Collection):
 
     if not coll.bucket:
         yield f"{base}.bucket", "an S3 collection needs 'bucket'"
+    for i, cond in enumerate(coll.legal_hold):
+        if cond.test not in ("equals", "in", "is_null"):
+            yield f"{base}.legal_hold[{i}].{cond.test}", ("an S3 legal hold tests a tag's text with 'equals', 'in' "
+                                                         "or 'is_null'; range and age tests are for SQL columns")
     if coll.key_template and coll.prefix is not None and not coll.key_template.startswith(coll.prefix):
         yield f"{base}.key_template", f"the key template must start with the collection's prefix {coll.prefix!r}"
     seen = set()
@@ -932,6 +1075,8 @@ def _check_s3(base: str, coll: Collection):
             yield f"{where}.start", "basis 'key_date' needs a key_template with {yyyy}, {mm}, {dd}"
         if rule.when:
             yield f"{where}.when", "S3 rules do not support 'when' conditions"
+        if rule.suppress or any(stage.suppress for stage in rule.stages):
+            yield f"{where}.suppress", "suppression keeps digests of SQL identity columns; S3 rules have none"
         for s_i, stage in enumerate(rule.stages):
             if stage.action != "anonymize":
                 continue

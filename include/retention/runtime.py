@@ -58,12 +58,15 @@ class Runtime:
                 self._stores[system] = S3Store.from_conn(system, self.policy, info, key=self.key)
         return self._stores[system]
 
-    def before_delete(self, coll_ref: str, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Called by a SQL store before it deletes rows: delete what they own elsewhere, first."""
+    def before_delete(self, coll_ref: str, rows: list[dict[str, Any]], suppress: list[str] | None = None
+                      ) -> dict[str, int]:
+        """Called by a SQL store before it deletes rows: keep the digests the deleting rule (``suppress``, else
+        the collection's deprecated ``suppress_on_delete``) asks for, and delete what they own elsewhere, first."""
         counts: dict[str, int] = {}
         coll = self.policy.collection(coll_ref)
-        if coll.suppress_on_delete:
-            counts["suppression_list"] = self.suppress_rows(coll_ref, rows)
+        kinds = list(suppress) if suppress is not None else list(coll.suppress_on_delete)
+        if kinds:
+            counts["suppression_list"] = self.suppress_rows(coll_ref, rows, kinds)
         for reference in self.policy.owned_objects(coll_ref):
             store = self.store(reference.to.partition(".")[0])
             counts[reference.to] = counts.get(reference.to, 0) + store.delete_referenced(coll_ref, reference, rows)
@@ -77,10 +80,12 @@ class Runtime:
             self._registry.ensure_schema()
         return self._registry
 
-    def suppress_rows(self, coll_ref: str, rows: list[dict[str, Any]]) -> int:
-        """Add the keyed digests of rows' identities to the suppression list (before the rows go)."""
+    def suppress_rows(self, coll_ref: str, rows: list[dict[str, Any]], kinds: list[str] | None = None) -> int:
+        """Add the keyed digests of rows' identities of ``kinds`` (default: the collection's
+        ``suppress_on_delete``) to the suppression list (before the rows go)."""
         coll = self.policy.collection(coll_ref)
-        values = [(kind, row[col]) for kind, col in coll.identity_columns() if kind in coll.suppress_on_delete
+        kinds = list(kinds) if kinds is not None else list(coll.suppress_on_delete)
+        values = [(kind, row[col]) for kind, col in coll.identity_columns() if kind in kinds
                   for row in rows if row.get(col)]
         return self.registry().suppress_values(values, reason=f"retention:{coll_ref}")
 

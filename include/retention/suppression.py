@@ -3,8 +3,9 @@
 ``enforce`` walks a collection's items in bounded batches (``Store.scan``), computes the digests
 of their normalised identities and erases items whose digest is suppressed, through the same
 ``Store.erase`` as a subject request (so the same exceptions apply: held or locked items are
-kept). The retention sweep runs it on collections with ``suppress_on_delete`` (a re-subscribe or
-re-import is removed); ``replay`` runs it on every identity collection of a restored backup with
+kept). The retention sweep runs it on collections where a delete suppresses (a rule's or stage's
+``suppress``, or the deprecated ``suppress_on_delete``: a re-subscribe or re-import is removed);
+``replay`` runs it on every identity collection of a restored backup with
 the digests of completed erasures, so a restore cannot bring a person back.
 
 ``guard_subscribe`` is the check a sign-up form calls before inserting a subscriber.
@@ -70,10 +71,11 @@ def enforce(scanner: SubjectScanner, registry: Registry, name: str, *, only_eras
 
 def enforce_system(scanner: SubjectScanner, registry: Registry, *, replay: bool, dry_run: bool = False
                    ) -> dict[str, int]:
-    """Sweep (collections with ``suppress_on_delete``) or replay (every identity collection) one system."""
+    """Sweep (collections whose deletes suppress: ``Collection.suppress_kinds``) or replay (every identity
+    collection) one system."""
     counts = {}
     for name in scanner.identity_collections():
         coll = scanner.policy.systems[scanner.system].collections[name]
-        if replay or coll.suppress_on_delete:
+        if replay or coll.suppress_kinds():
             counts[scanner.store.ref(name)] = enforce(scanner, registry, name, only_erasures=replay, dry_run=dry_run)
     return counts

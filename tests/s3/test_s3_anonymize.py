@@ -28,7 +28,7 @@ TRUNCATED = {
     b"2001:db8:abcd:12::5": b"2001:db8:abcd::",
     b"198.51.100.250": b"198.51.100.0",
     b"2001:DB8:1234:5678::abcd": b"2001:db8:1234::",
-    b"::ffff:203.0.113.9": b"::",
+    b"::ffff:203.0.113.9": b"::ffff:203.0.113.0",  # an IPv4-mapped address is masked as the IPv4 it is
     b"198.51.100.7": b"198.51.100.0",
     b"203.0.113.77": b"203.0.113.0",
 }
@@ -80,6 +80,20 @@ def test_truncate_ips_oracle_agrees():
     assert truncate_ips("10.1.2.3 2001:db8:1:2::1", parse_ip_prefixes("16/32")) == "10.1.0.0 2001:db8::"
     with pytest.raises(ValueError, match="24/48"):
         parse_ip_prefixes("24/abc")
+
+
+@pytest.mark.parametrize(("text", "prefixes", "masked"), [
+    ("::ffff:192.0.2.33", "24/48", "::ffff:192.0.2.0"),
+    ("::FFFF:192.0.2.33", "24/48", "::ffff:192.0.2.0"),
+    ("::ffff:c000:221", "24/48", "::ffff:192.0.2.0"),            # the same address in hex
+    ("[::ffff:198.51.100.7]:443 ok", "24/48", "[::ffff:198.51.100.0]:443 ok"),
+    ("client ::ffff:203.0.113.200.", "16/48", "client ::ffff:203.0.0.0."),
+    ("::ffff:10.9.8.7", "32/0", "::ffff:10.9.8.7"),                # the IPv4 prefix applies, not the IPv6 one
+    ("::ffff:0:192.0.2.33", "24/48", "::"),                       # IPv4-translated (not mapped): plain IPv6
+    ("64:ff9b::192.0.2.33", "24/48", "64:ff9b::"),
+])
+def test_ipv4_mapped_ipv6_is_masked_as_ipv4(text, prefixes, masked):
+    assert truncate_ips(text, parse_ip_prefixes(prefixes)) == masked
 
 
 def test_logs_are_rewritten_exactly_and_marked(s3, make_store):

@@ -38,7 +38,7 @@ def test_default_policy_loads():
     assert policy.systems["crm"].connection == "crm_db"
     assert policy.systems["mailing"].connection == "mailing_db"
     ids = policy.rule_ids(["crm", "mailing"])
-    assert len(ids) == 12
+    assert len(ids) == 11
     assert len(set(ids)) == len(ids)
     assert all(RULE_ID.match(rule_id) for rule_id in policy.rule_ids())
     assert {
@@ -46,7 +46,7 @@ def test_default_policy_loads():
         "crm.applicants.recruitment_closed", "crm.applicants.future_recruitment_consent",
         "crm.support_tickets.after_closed", "crm.client_accounts.contract_end",
         "crm.social_messages.after_answered", "mailing.subscribers.unsubscribed",
-        "mailing.subscribers.no_engagement", "mailing.subscribers.never_engaged",
+        "mailing.subscribers.no_engagement",
         "mailing.campaign_events.mask_ip",
     } <= set(ids)
 
@@ -156,8 +156,71 @@ def _unknown_category(d):
     _coll(d, "crm", "inquiries")["categories"] = ["inquiries", "telepathy"]
 
 
+def _computed_start_missing_column(d):
+    _coll(d, "mailing", "subscribers")["rules"][1]["start"] = {"latest": ["last_engaged_at", "last_click_at"],
+                                                               "fallback": "subscribed_at"}
+
+
+def _computed_start_missing_fallback(d):
+    _coll(d, "mailing", "subscribers")["rules"][1]["start"]["fallback"] = "signed_up_at"
+
+
+def _computed_start_and_column(d):
+    _coll(d, "mailing", "subscribers")["rules"][1]["start"]["column"] = "subscribed_at"
+
+
+def _fallback_without_computed_start(d):
+    _coll(d, "crm", "inquiries")["rules"][0]["start"] = {"column": "last_contact_at", "fallback": "last_contact_at"}
+
+
+def _range_with_a_list(d):
+    _coll(d, "crm", "contacts")["rules"][0]["when"] = [{"column": "birth_date", "lt": ["2008-01-01"]}]
+
+
+def _age_not_a_period(d):
+    _coll(d, "crm", "contacts")["rules"][0]["when"] = [{"column": "birth_date", "younger_than": "18 years"}]
+
+
+def _two_tests(d):
+    _coll(d, "crm", "contacts")["rules"][0]["when"] = [{"column": "birth_date", "younger_than": "P18Y",
+                                                        "gt": "2000-01-01"}]
+
+
+def _suppress_unknown_kind(d):
+    _coll(d, "mailing", "subscribers")["rules"][0]["suppress"] = ["phone"]
+
+
+def _suppress_without_delete(d):
+    _coll(d, "mailing", "campaign_events")["rules"][0]["suppress"] = ["email"]
+
+
+def _suppress_on_lock_stage(d):
+    _coll(d, "crm", "leads")["rules"][0]["stages"][0]["suppress"] = ["email"]
+
+
+def _s3_legal_hold_range(d):
+    _coll(d, "objects", "cvs")["legal_hold"] = [{"column": "legal-hold", "gt": 1}]
+
+
+SUBSCRIBERS = "systems.mailing.collections.subscribers"
 INQUIRIES = "systems.crm.collections.inquiries"
 INVALID = [
+    (_computed_start_missing_column, f"{SUBSCRIBERS}.rules[1].start.latest[1]", "unknown column 'last_click_at'"),
+    (_computed_start_missing_fallback, f"{SUBSCRIBERS}.rules[1].start.fallback", "unknown column 'signed_up_at'"),
+    (_computed_start_and_column, f"{SUBSCRIBERS}.rules[1].start",
+     "give one of 'column', 'latest', 'earliest' (got column, latest)"),
+    (_fallback_without_computed_start, f"{INQUIRIES}.rules[0].start", "'fallback' applies to a computed start"),
+    (_range_with_a_list, "systems.crm.collections.contacts.rules[0].when[0]",
+     "'lt' takes one number, date or date-time"),
+    (_age_not_a_period, "systems.crm.collections.contacts.rules[0].when[0]",
+     "'younger_than': '18 years' is not an ISO 8601 duration"),
+    (_two_tests, "systems.crm.collections.contacts.rules[0].when[0]", "a condition needs exactly one of"),
+    (_suppress_unknown_kind, f"{SUBSCRIBERS}.rules[0].suppress", "'phone' is not among the collection's identities"),
+    (_suppress_without_delete, "systems.mailing.collections.campaign_events.rules[0]",
+     "'suppress' applies to deletes, and this rule deletes nothing"),
+    (_suppress_on_lock_stage, "systems.crm.collections.leads.rules[0].stages[0]",
+     "'suppress' applies to 'delete' stages, not to 'lock'"),
+    (_s3_legal_hold_range, "systems.objects.collections.cvs.legal_hold[0].gt", "an S3 legal hold tests a tag's text"),
     (_unknown_column, f"{INQUIRIES}.rules[0].start.column", "unknown column 'last_contacted_at'"),
     (_unknown_system, f"{INQUIRIES}.references[0].to", "unknown system 'crmx'"),
     (_unknown_collection, f"{INQUIRIES}.references[0].to", "unknown collection 'crm.contact'"),
@@ -345,3 +408,86 @@ def test_lax_types_are_refused(tmp_path, old, new, problem):
     path.write_text(text.replace(old, new, 1))
     with pytest.raises(PolicyError, match=re.escape(problem)):
         load_policy(path)
+
+
+# ---- computed starts, ranges, per-rule suppression (issue 15) ----------------------------------
+
+
+def test_default_policy_suppresses_unsubscribes_not_inactivity():
+    policy = load_policy(DEFAULT)
+    _, subscribers, unsub = policy.rule("mailing.subscribers.unsubscribed")
+    _, _, inactive = policy.rule("mailing.subscribers.no_engagement")
+    assert subscribers.suppress_on_delete == []
+    assert unsub.suppress_kinds(unsub.stages[0]) == ["email"]
+    assert inactive.suppress_kinds(inactive.stages[0]) == []
+    assert subscribers.suppress_kinds() == ["email"]  # the sweep still enforces the suppression list here
+    assert inactive.start.latest == ["last_engaged_at"] and inactive.start.fallback == "subscribed_at"
+    assert inactive.start.columns() == ["last_engaged_at", "subscribed_at"]
+    _, _, minors = policy.rule("crm.contacts.minors")
+    assert [(c.column, c.test, c.value) for c in minors.when] == [("birth_date", "younger_than", "P18Y")]
+    from include.retention.policy import policy_warnings
+
+    assert policy_warnings(policy) == []
+
+
+def test_stage_suppress_overrides_the_rules(default_data):
+    from include.retention.policy import parse_policy
+
+    data = copy.deepcopy(default_data)
+    rule = _coll(data, "crm", "leads")["rules"][0]
+    rule["suppress"] = ["email"]
+    rule["stages"][1]["suppress"] = []
+    policy = parse_policy(yaml.safe_dump(data, sort_keys=False))
+    _, _, leads = policy.rule("crm.leads.inactivity")
+    assert [leads.suppress_kinds(s) for s in leads.stages] == [[], []]
+    rule["stages"][1]["suppress"] = None
+    policy = parse_policy(yaml.safe_dump(data, sort_keys=False))
+    _, _, leads = policy.rule("crm.leads.inactivity")
+    assert [leads.suppress_kinds(s) for s in leads.stages] == [[], ["email"]]
+
+
+def test_suppress_on_delete_still_loads_and_warns(tmp_path, default_data, capsys):
+    """Existing maps keep working (and their digests stay valid); ``cli validate`` says it is deprecated."""
+    from include.retention import cli
+
+    data = copy.deepcopy(default_data)
+    _coll(data, "mailing", "subscribers")["suppress_on_delete"] = ["email"]
+    path = tmp_path / "old-policy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    policy = load_policy(path)
+    assert policy.systems["mailing"].collections["subscribers"].suppress_kinds() == ["email"]
+    assert cli.main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}: {SUBSCRIBERS}.suppress_on_delete: deprecated" in err, err
+
+
+@pytest.mark.parametrize(("start", "columns", "text"), [
+    ({"latest": ["a", "b"], "fallback": "c"}, ["a", "b", "c"], "the later of a, b (else c)"),
+    ({"earliest": ["a", "b"]}, ["a", "b"], "the earlier of a, b"),
+    ({"latest": ["a"], "fallback": "c", "round_up": "month"}, ["a", "c"], "a (else c)"),
+    ({"column": "a"}, ["a"], "a"),
+])
+def test_computed_start_model(start, columns, text):
+    s = Start(**start)
+    assert s.columns() == columns and s.describe() == text
+    assert s.computed == ("column" not in start)
+
+
+@pytest.mark.parametrize(("start", "problem"), [
+    ({"latest": []}, "needs at least one column"),
+    ({"latest": ["a", "a"]}, "named twice"),
+    ({"latest": ["a"], "fallback": "a"}, "named twice"),
+    ({"earliest": ["a"], "latest": ["b"]}, "give one of"),
+    ({"basis": "last_modified", "latest": ["a"]}, "basis 'last_modified' has none"),
+    ({"latest": [f"c{i}" for i in range(9)]}, "at most 8 columns"),
+])
+def test_computed_start_refused(start, problem):
+    with pytest.raises(ValueError, match=problem):
+        Start(**start)
+
+
+def test_computed_start_cutoff_rounds_like_a_column():
+    now = dt.datetime(2026, 11, 24, 12)
+    stage = Stage(action="delete", after="P36M")
+    assert cutoff(now, stage, Start(latest=["a", "b"], round_up="year")) == dt.datetime(2023, 1, 1)
+    assert cutoff(now, stage, Start(earliest=["a", "b"], round_up="month")) == dt.datetime(2023, 11, 1)

@@ -70,8 +70,6 @@ ALL_RULE_STAGES = [
     ("crm.client_accounts.contract_end", "delete", "client_accounts.contract_end_at"),
     ("crm.social_messages.after_answered", "delete", "social_messages.answered_at"),
     ("mailing.subscribers.unsubscribed", "delete", "subscribers.unsubscribed_at"),
-    ("mailing.subscribers.no_engagement", "delete", "subscribers.last_engaged_at"),
-    ("mailing.subscribers.never_engaged", "delete", "subscribers.subscribed_at"),
     ("mailing.campaign_events.mask_ip", "anonymize", "campaign_events.occurred_at"),
 ]
 
@@ -145,10 +143,11 @@ def test_round_up_year_binds_first_of_january(stores, policy, dialect):
 def test_when_conditions_are_part_of_the_predicate(stores, policy, dialect):
     sql, params = compiled(stores, policy, "crm.applicants.recruitment_closed", "delete", dialect)
     assert re.search(r"applicants\.future_consent = ", sql) or "applicants.future_consent IS false" in sql, sql
-    sql, _ = compiled(stores, policy, "mailing.subscribers.never_engaged", "delete", dialect)
-    assert "subscribers.last_engaged_at IS NULL" in sql
     sql, _ = compiled(stores, policy, "mailing.subscribers.no_engagement", "delete", dialect)
-    assert "subscribers.last_engaged_at IS NOT NULL" in sql
+    assert "subscribers.unsubscribed_at IS NULL" in sql
+    # a computed start (latest engagement, else the subscription) is a CASE, not GREATEST/LEAST
+    assert re.search(r"CASE WHEN \(?subscribers\.last_engaged_at IS NOT NULL\)? THEN subscribers\.last_engaged_at "
+                     r"ELSE subscribers\.subscribed_at END < ", sql), sql
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

@@ -95,7 +95,7 @@ def summarize(results: list[dict[str, Any]], expected: list[str]) -> str:
 
 def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: list[str] | None = None
                         ) -> dict[str, int]:
-    """Remove re-subscribed or re-imported suppressed identities (collections with suppress_on_delete)."""
+    """Remove re-subscribed or re-imported suppressed identities (collections whose rules suppress)."""
     from include.retention.erasure import SubjectScanner
     from include.retention.suppression import enforce_system
 
@@ -104,7 +104,7 @@ def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: lis
     counts: dict[str, int] = {}
     try:
         for name, system in policy.systems.items():
-            if (systems and name not in systems) or not any(c.suppress_on_delete for c in
+            if (systems and name not in systems) or not any(c.suppress_kinds() for c in
                                                             system.collections.values()):
                 continue
             scanner = SubjectScanner(policy, runtime.store(name))

@@ -45,8 +45,9 @@ CORRELATED = 0.9  # |pg_stats.correlation| from which the start column's index o
 
 # before_delete(collection_ref, rows): called inside the batch, before rows go, for what lives
 # elsewhere (objects in S3, rows in another database). Rows carry the primary key and the
-# columns named by the collection's references.
-BeforeDelete = Callable[[str, list[dict[str, Any]]], dict[str, int]]
+# columns named by the collection's references (and the identity columns to suppress: when a rule's or
+# stage's ``suppress`` adds kinds, they are passed as ``suppress=[kinds]``).
+BeforeDelete = Callable[..., dict[str, int]]
 
 
 __all__ = ["SqlStore", "make_engine"]
@@ -81,6 +82,8 @@ class SqlStore(SqlSubjects, Store):
         self.before_delete = before_delete
         self._tables: dict[str, sa.Table] = {}
         self._checked: set[str] = set()
+        # collection -> identity kinds the delete stage now running there suppresses (Rule.suppress_kinds)
+        self._suppressing: dict[str, list[str]] = {}
 
     # ---- schema -------------------------------------------------------------------------
     def coll(self, name: str) -> Collection:
@@ -132,29 +135,78 @@ class SqlStore(SqlSubjects, Store):
             problem = check_condition(cond, t.c[cond.column].type, where)
             if problem:
                 raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
+        for r, rule in enumerate(coll.rules):
+            problem = self._check_start(rule, t, f"{base}.rules[{r}].start")
+            if problem:
+                raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
         self._checked.add(collection_name)
 
+    @staticmethod
+    def _check_start(rule: Rule, t: sa.Table, where: str) -> str | None:
+        """A computed start compares its columns with each other: all dates, or all timestamps with (or all
+        without) time zone; anything else would compare by each database's own conversion rules."""
+        from include.retention.conditions import column_kind, type_name
+
+        if not rule.start.computed:
+            return None
+        seen: tuple[str, Any] | None = None
+        for name in rule.start.columns():
+            ctype = t.c[name].type
+            kind = column_kind(ctype)
+            op = "fallback" if name == rule.start.fallback else (
+                "latest" if rule.start.latest is not None else "earliest")
+            at = f"{where}.{op}" if op == "fallback" else f"{where}.{op}[{rule.start.columns().index(name)}]"
+            if kind not in ("date", "datetime"):
+                return (f"{at}: column {name!r} has type {type_name(ctype)}; a computed start compares dates or "
+                        "timestamps")
+            this = (kind, bool(getattr(ctype, "timezone", False)))
+            if seen is not None and this != seen[0]:
+                return (f"{at}: column {name!r} has type {type_name(ctype)}, {seen[1]!r} another; the columns of a "
+                        "computed start must be of one type (all dates, or all timestamps with or all without time "
+                        "zone)")
+            seen = seen or (this, name)
+        return None
+
     # ---- predicates ---------------------------------------------------------------------
-    def _cond(self, t: sa.Table, cond: Condition) -> sa.ColumnElement[bool]:
-        from include.retention.conditions import bind_condition
+    def _cond(self, t: sa.Table, cond: Condition, now: dt.datetime | None = None) -> sa.ColumnElement[bool]:
+        """One condition as SQL. ``older_than`` / ``younger_than`` count back from ``now`` (default: the current
+        time): ``younger_than: P`` is ``column > now - P``, ``older_than: P`` is ``column < now - P``, a date
+        being its midnight UTC (so a birth date exactly 18 years before today is not ``younger_than: P18Y``)."""
+        from include.retention.conditions import bind_condition, column_kind
+        from include.retention.policy import parse_duration
 
         col = t.c[cond.column]
         if cond.is_null is not None:
             return col.is_(None) if cond.is_null else col.is_not(None)
+        test = cond.test
+        if test in ("older_than", "younger_than"):
+            edge = (now or dt.datetime.now(dt.UTC)) - parse_duration(cond.value)
+            if column_kind(col.type) == "date":
+                edge = edge.astimezone(dt.UTC).replace(tzinfo=None) if edge.tzinfo else edge
+                day = edge.date()
+                if test == "younger_than":  # col > edge  <=>  col > the edge's day
+                    return col > day
+                # col < edge  <=>  col < the edge's day, or also that day when the edge is past its midnight
+                return col <= day if edge.time() != dt.time(0) else col < day
+            bound = self._bind_time(col, edge)
+            return col > bound if test == "younger_than" else col < bound
         # values converted to the column's own type (checked against it in ``check``)
         value = bind_condition(cond, col.type)
         if cond.in_ is not None:
             return col.in_(value)
-        return col == value
+        return {"equals": col.__eq__, "lt": col.__lt__, "le": col.__le__, "gt": col.__gt__,
+                "ge": col.__ge__}[test](value)
 
-    def held(self, name: str, t: sa.Table | None = None) -> sa.ColumnElement[bool] | None:
+    def held(self, name: str, t: sa.Table | None = None, now: dt.datetime | None = None
+             ) -> sa.ColumnElement[bool] | None:
         """Legal hold of a row (NULL-safe: an unknown flag is not a hold)."""
         coll, t = self.coll(name), t if t is not None else self.table(name)
         if not coll.legal_hold:
             return None
-        return sa.func.coalesce(sa.or_(*(self._cond(t, c) for c in coll.legal_hold)), sa.false())
+        return sa.func.coalesce(sa.or_(*(self._cond(t, c, now) for c in coll.legal_hold)), sa.false())
 
-    def _held_dependents(self, name: str, t: sa.Table, depth: int = 0) -> list[sa.ColumnElement[bool]]:
+    def _held_dependents(self, name: str, t: sa.Table, depth: int = 0, now: dt.datetime | None = None
+                         ) -> list[sa.ColumnElement[bool]]:
         """EXISTS tests for rows that a delete of ``t``'s rows would cascade onto and that are held."""
         tests = []
         for child_ref, ref in self.policy.children(self.ref(name)):
@@ -164,18 +216,37 @@ class SqlStore(SqlSubjects, Store):
             child = self.table(c_name).alias(f"held_{depth}_{c_name}")
             parent_col = t.c[ref.to_column or self.coll(name).primary_key]
             link = child.c[ref.column] == parent_col
-            inner = [self.held(c_name, child)] if self.coll(c_name).legal_hold else []
-            inner += self._held_dependents(c_name, child, depth + 1)
+            inner = [self.held(c_name, child, now)] if self.coll(c_name).legal_hold else []
+            inner += self._held_dependents(c_name, child, depth + 1, now)
             if inner:
                 tests.append(sa.exists().where(link, sa.or_(*inner)))
         return tests
 
-    def _base(self, name: str, rule: Rule, t: sa.Table) -> list[sa.ColumnElement[bool]]:
-        return [self._cond(t, c) for c in rule.when]
+    def _base(self, name: str, rule: Rule, t: sa.Table, now: dt.datetime | None = None
+              ) -> list[sa.ColumnElement[bool]]:
+        return [self._cond(t, c, now) for c in rule.when]
+
+    @staticmethod
+    def start_expr(rule: Rule, t: sa.Table) -> sa.ColumnElement[Any]:
+        """The rule's start event: its column (a plain range test an index serves), or for ``latest`` /
+        ``earliest`` a portable CASE over the columns (GREATEST/LEAST treat NULL differently on PostgreSQL,
+        MariaDB and SQLite): the first non-NULL column that is >= (<=) every other non-NULL one, else
+        ``fallback`` (else NULL: never due)."""
+        start = rule.start
+        if not start.computed:
+            return t.c[start.column]
+        later = start.latest is not None
+        cols = [t.c[c] for c in (start.latest if later else start.earliest)]
+        whens = []
+        for i, col in enumerate(cols):
+            beats = [sa.or_(other.is_(None), col >= other if later else col <= other) for other in cols[i + 1:]]
+            whens.append((sa.and_(col.is_not(None), *beats), col))
+        fallback = t.c[start.fallback] if start.fallback else sa.null()
+        return sa.case(*whens, else_=fallback)
 
     def _band(self, name: str, rule: Rule, stage: Stage, now: dt.datetime, t: sa.Table) -> list[Any]:
         """Start event past this stage's period but not yet past the next (stronger) stage's."""
-        col = t.c[rule.start.column]
+        col = self.start_expr(rule, t)
         idx = rule.stages.index(stage)
         preds = [col < self._bind_time(col, cutoff(now, stage, rule.start))]
         if idx + 1 < len(rule.stages):
@@ -200,20 +271,21 @@ class SqlStore(SqlSubjects, Store):
     def eligible(self, name: str, rule: Rule, stage: Stage, now: dt.datetime, t: sa.Table | None = None) -> Any:
         """The full predicate of rows this stage acts on now."""
         t = t if t is not None else self.table(name)
-        preds = self._base(name, rule, t) + self._band(name, rule, stage, now, t) + self._not_done(name, stage, t)
-        held = self.held(name, t)
+        preds = (self._base(name, rule, t, now) + self._band(name, rule, stage, now, t)
+                 + self._not_done(name, stage, t))
+        held = self.held(name, t, now)
         if held is not None:
             preds.append(sa.not_(held))
         if stage.action == "delete":
-            preds += [sa.not_(test) for test in self._held_dependents(name, t)]
+            preds += [sa.not_(test) for test in self._held_dependents(name, t, now=now)]
         return sa.and_(*preds)
 
     # ---- plan ---------------------------------------------------------------------------
     def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
         t = self.table(collection_name)
-        scope = sa.and_(*self._base(collection_name, rule, t)) if rule.when else sa.true()
+        scope = sa.and_(*self._base(collection_name, rule, t, now)) if rule.when else sa.true()
         first = rule.stages[0]
-        start = t.c[rule.start.column]
+        start = self.start_expr(rule, t)
         past_first = start < self._bind_time(start, cutoff(now, first, rule.start))
         cols = [
             sa.func.count().label("total"),
@@ -222,10 +294,10 @@ class SqlStore(SqlSubjects, Store):
         for stage in rule.stages:
             cols.append(sa.func.sum(sa.case((self.eligible(collection_name, rule, stage, now, t), 1), else_=0))
                         .label(stage.action))
-        held_tests = [h for h in [self.held(collection_name, t)] if h is not None]
+        held_tests = [h for h in [self.held(collection_name, t, now)] if h is not None]
         held_parts = [sa.and_(past_first, sa.or_(*held_tests))] if held_tests else []
         delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
-        dependents = self._held_dependents(collection_name, t) if delete_stage else []
+        dependents = self._held_dependents(collection_name, t, now=now) if delete_stage else []
         if dependents:
             # a row kept because its dependents are held is "held" only where it would be deleted
             in_band = sa.and_(*self._band(collection_name, rule, delete_stage, now, t))
@@ -266,10 +338,18 @@ class SqlStore(SqlSubjects, Store):
     # ---- act ----------------------------------------------------------------------------
     def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
                     reason: str, record: Recorder) -> StageResult:
-        return self.act_in_batches(
-            collection_name, lambda t: self.eligible(collection_name, rule, stage, now, t),
-            stage.action, batch_size, reason, record, mask=stage.mask, now=now, walk=rule.start.column,
-        )
+        # A computed start has no column an index could walk (start.column is None): batches walk the key.
+        # The stage's suppression kinds reach ``_delete_keys`` through ``_suppressing`` while it runs.
+        kinds = rule.suppress_kinds(stage)
+        if kinds:
+            self._suppressing[collection_name] = kinds
+        try:
+            return self.act_in_batches(
+                collection_name, lambda t: self.eligible(collection_name, rule, stage, now, t),
+                stage.action, batch_size, reason, record, mask=stage.mask, now=now, walk=rule.start.column,
+            )
+        finally:
+            self._suppressing.pop(collection_name, None)
 
     def walk_order(self, collection_name: str, walk: str | None) -> list[sa.Column]:
         """The key batches walk: ``(walk, pk)`` when an index leads with ``walk`` (the start column, whose range
@@ -545,7 +625,7 @@ class SqlStore(SqlSubjects, Store):
         """Whether deleting this collection's rows involves anything else (dependents, objects, digests)."""
         coll = self.coll(name)
         return bool(self.policy.children(self.ref(name)) or self.policy.owned_objects(self.ref(name))
-                    or coll.suppress_on_delete)
+                    or coll.suppress_on_delete or self._suppressing.get(name))
 
     def _child_counts(self, conn, name: str, keys: list[Any]) -> dict[Any, dict[str, int]]:
         """Direct dependents per parent key, counted before a delete takes them along."""
@@ -562,11 +642,13 @@ class SqlStore(SqlSubjects, Store):
         return out
 
     def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int],
-                     guard: Any | None = None) -> int:
+                     guard: Any | None = None, suppress: list[str] | None = None) -> int:
         """Delete rows by key: dependents first (as the references say), then owned objects, then the rows.
 
         ``guard`` (the predicate that selected them) is repeated in every statement, so a row that stopped
-        qualifying is neither deleted nor has its dependents or objects removed. Returns the rows deleted.
+        qualifying is neither deleted nor has its dependents or objects removed. ``suppress``: identity kinds
+        whose digests ``before_delete`` keeps (default: those of the delete stage running on this collection),
+        besides the collection's deprecated ``suppress_on_delete``. Returns the rows deleted.
         """
         t, coll = self.table(name), self.coll(name)
         pk = t.c[coll.primary_key]
@@ -592,11 +674,16 @@ class SqlStore(SqlSubjects, Store):
                 if child_keys:
                     n = self._delete_keys(conn, c_name, child_keys, cascaded)
                     cascaded[child_ref] = cascaded.get(child_ref, 0) + n
-        if self.before_delete and (self.policy.owned_objects(self.ref(name)) or coll.suppress_on_delete):
+        extra = suppress if suppress is not None else self._suppressing.get(name, [])
+        kinds = list(coll.suppress_on_delete) + [k for k in extra if k not in coll.suppress_on_delete]
+        if self.before_delete and (self.policy.owned_objects(self.ref(name)) or kinds):
             cols = {coll.primary_key} | {c for r in coll.references for c in _template_cols(r, coll)}
-            cols |= {c for kind, c in coll.identity_columns() if kind in coll.suppress_on_delete}
+            cols |= {c for kind, c in coll.identity_columns() if kind in kinds}
             rows = [dict(r._mapping) for r in conn.execute(sa.select(*(t.c[c] for c in cols)).where(pk.in_(keys)))]
-            for k, v in self.before_delete(self.ref(name), rows).items():
+            # the kinds go along only when a rule adds some (a callback of two arguments keeps working)
+            told = self.before_delete(self.ref(name), rows, suppress=kinds) if len(kinds) > len(
+                coll.suppress_on_delete) else self.before_delete(self.ref(name), rows)
+            for k, v in told.items():
                 cascaded[k] = cascaded.get(k, 0) + v
         return conn.execute(t.delete().where(pk.in_(keys))).rowcount
 

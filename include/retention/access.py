@@ -89,7 +89,7 @@ def storage_periods(policy: Policy, ref: str) -> list[str]:
 
 def describe_rule(rule: Rule) -> str:
     start = rule.start
-    event = (start.column if start.basis == "column" else
+    event = (start.describe() if start.basis == "column" else
              {"last_modified": "the object's last modification", "key_date": "the date in the object's key"}
              .get(start.basis, f"the {start.basis} field {start.name}"))
     if start.round_up:

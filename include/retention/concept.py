@@ -66,7 +66,8 @@ def start_event(rule: Rule) -> str:
     explicit = getattr(rule, "start_event", None)
     if isinstance(explicit, str) and explicit in START_EVENTS:
         return explicit
-    name = (rule.start.column or rule.start.name or rule.start.basis or "").lower()
+    name = (rule.start.describe() if rule.start.basis == "column" else (rule.start.name or rule.start.basis or "")
+            ).lower()
     if rule.start.basis in ("key_date", "last_modified"):
         name = rule.start.basis
     for event, pattern in _EVENT_WORDS:
@@ -106,7 +107,7 @@ def _conditions(conds: list[Any]) -> str:
 
 def _start_text(rule: Rule) -> str:
     s = rule.start
-    text = s.column if s.basis == "column" else (f"{s.basis}:{s.name}" if s.name else s.basis)
+    text = s.describe() if s.basis == "column" else (f"{s.basis}:{s.name}" if s.name else s.basis)
     if s.round_up:
         text += f" (from the end of that {s.round_up})"
     return text or "-"

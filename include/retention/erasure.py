@@ -10,6 +10,7 @@ counts per request. Which item belongs to whom, and what must be kept, is the st
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from include.retention.errors import RetentionError
 from include.retention.policy import Policy
@@ -48,8 +49,13 @@ class SubjectScanner:
         """Per collection ref, the identity kinds looked for (the receipt says what was, and was not, searched)."""
         return self.store.searched_kinds()
 
-    def act(self, subjects: list[Subject], mode: str, dry_run: bool) -> SubjectOutcome:
-        """Erase (or restrict) every item of these subjects in this system, children first."""
+    def act(self, subjects: list[Subject], mode: str, dry_run: bool,
+            on_collection: Callable[[SubjectOutcome], None] | None = None) -> SubjectOutcome:
+        """Erase (or restrict) every item of these subjects in this system, children first.
+
+        ``on_collection`` gets each collection's outcome as soon as it is done, so a try that fails in a
+        later collection does not lose the counts of what it already changed (a retry finds those gone).
+        """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         outcome = SubjectOutcome()
@@ -59,7 +65,10 @@ class SubjectScanner:
             claims = self.store.find(name, subjects)
             if claims:
                 operation = self.store.erase if mode == "erase" else self.store.restrict
-                outcome.merge(operation(name, claims, subjects, dry_run=dry_run))
+                part = operation(name, claims, subjects, dry_run=dry_run)
+                outcome.merge(part)
+                if on_collection is not None:
+                    on_collection(part)
             log.info("%s: %s%s handled for %d item(s)", self.store.ref(name), mode, " (dry run)" if dry_run else "",
                      len(claims))
         return outcome

@@ -7,7 +7,7 @@ from typing import Any
 
 from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.connections import policy_path
-from include.retention.erasure import Subject, SubjectScanner, check_request_kinds
+from include.retention.erasure import Subject, SubjectOutcome, SubjectScanner, check_request_kinds
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
@@ -130,12 +130,18 @@ def act(request_ids: list[str], system: str) -> dict[str, int]:
         scanner = ctx.scanner(system)
         if not dry_run:
             _intent(ctx, request_ids, system, mode)  # in the ledger before anything changes
-        outcome = scanner.act(ctx.subjects(request_ids), mode, dry_run=dry_run)
         searched = scanner.searched()
-        for rid in request_ids:
-            counts = {"collections": outcome.per_request.get(rid, {}), "removed_along": outcome.totals
-                      if len(request_ids) == 1 else {}, "searched": searched}
-            ctx.registry.set_system_counts({rid: counts}, system, "acted")
+
+        def save(part, status: str = "acting") -> None:
+            # counts are added to what earlier tries recorded: a retry finds gone what a failed try removed
+            per = {rid: {"collections": part.per_request.get(rid, {}),
+                         "removed_along": part.totals if len(request_ids) == 1 else {}, "searched": searched}
+                   for rid in request_ids if rid in part.per_request or status != "acting"}
+            if per:
+                ctx.registry.set_system_counts(per, system, status)
+
+        outcome = scanner.act(ctx.subjects(request_ids), mode, dry_run=dry_run, on_collection=save)
+        save(SubjectOutcome(), "acted")  # every collection done: the status, nothing more to add
         log.info("%s: %s%s for %d request(s); removed along: %s", system, mode, " (dry run)" if dry_run else "",
                  len(request_ids), outcome.totals)
         return {"requests": len(request_ids), **outcome.totals}

@@ -238,3 +238,31 @@ def test_one_batch_records_the_python_digest_of_its_keys(db_url, rule):
 
 def test_sql_masks_are_the_ones_the_walk_choice_knows():
     assert STRATEGIES["redact"].in_sql and not STRATEGIES["hmac"].in_sql
+
+
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock", "old_anonymize"])
+def test_postgresql_index_walk_in_one_statement_for_a_table_in_date_order(db_url, rule, monkeypatch):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's walk")
+    store, eligible = seeded(db_url)
+    monkeypatch.setattr(store, "_in_index_order", lambda t, order: True)  # as pg_stats.correlation >= 0.9 says
+    calls = []
+    real = store._act_by_index
+    monkeypatch.setattr(store, "_act_by_index", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    rec = Recorder()
+    result = store.apply_stage("events", r, r.stages[0], NOW, 7, "test", rec)
+    assert calls and result.changed == len(eligible) == sum(c for _, c, _ in rec.outcomes)
+    assert result.batches == len(rec.intents) > 1
+    store.close()
+    # one batch: the database's digest is the Python digest of the eligible keys
+    engine = sqlmod.make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE events"))
+    engine.dispose()
+    store, eligible = seeded(db_url)
+    monkeypatch.setattr(store, "_in_index_order", lambda t, order: True)
+    one = Recorder()
+    store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", one)
+    assert one.intents == [(r.stages[0].action, len(eligible), store._pk_digest(sorted(eligible)))]
+    store.close()

@@ -427,7 +427,11 @@ class SqlStore(SqlSubjects, Store):
         t = self.table(collection_name)
         now = now or dt.datetime.now(dt.UTC)
         order = self.walk_order(collection_name, walk)
-        by_block = self._by_block(collection_name, action, mask) and not self._in_index_order(t, order)
+        one_statement = self._by_block(collection_name, action, mask)
+        by_block = one_statement and not self._in_index_order(t, order)
+        # PostgreSQL, a table in start-column order: the index walk, but one statement per batch as well
+        by_index = (one_statement and not by_block and len(order) > 1
+                    and isinstance(order[-1].type, sa.Integer))
         by_order = not by_block and self._by_order(collection_name, action)
         sizer = _BatchSizer(batch_size)
         result = StageResult(action=action)
@@ -464,6 +468,16 @@ class SqlStore(SqlSubjects, Store):
                         intent = begin_record(record, action, changed, digest)
                     done = block >= blocks
                     covered = size if changed >= size // 2 else 0
+                elif by_index:
+                    picked, bound, changed, digest = self._act_by_index(
+                        conn, collection_name, t, action, where, order, last, size, reason, now, mask or {})
+                    if not picked:
+                        break
+                    keys = changed  # truthy when the batch acted (the keys stay in the database)
+                    last = bound
+                    done, covered = picked < size, picked
+                    if changed:  # before the commit: the statement has run, the batch is not yet durable
+                        intent = begin_record(record, action, changed, digest)
                 elif by_order:
                     # MariaDB, a delete that takes nothing along: one DELETE ... ORDER BY <walk> LIMIT n RETURNING
                     # per batch, the next n eligible rows after the previous batch in index order.
@@ -520,17 +534,48 @@ class SqlStore(SqlSubjects, Store):
         ctid = sa.literal_column("ctid")
         in_blocks = sa.and_(ctid >= sa.cast(sa.literal(f"({first},0)"), _TID),
                             ctid < sa.cast(sa.literal(f"({end},0)"), _TID))
+        stmt = self._one_statement(name, t, action, [in_blocks, where], reason, now, mask)
+        return self._returned_digest(conn, stmt, t.c[self.coll(name).primary_key])
+
+    def _one_statement(self, name: str, t: sa.Table, action: str, conds: list[Any], reason: str, now: dt.datetime,
+                       mask: dict) -> Any:
+        """The ``DELETE``/``UPDATE`` that does a whole batch (``_by_block`` says when one can) on ``conds``."""
         coll = self.coll(name)
         if action == "delete":
-            stmt = t.delete().where(in_blocks, where)
-        elif action == "lock":
-            stmt = t.update().where(in_blocks, where, t.c[coll.lock.at].is_(None)).values(
-                self._lock_values(name, t, reason, now))
-        else:
-            marker = {coll.anonymized_marker: self._bind_time(t.c[coll.anonymized_marker], now)}
-            stmt = t.update().where(in_blocks, where).values(
-                **{c: STRATEGIES[m.strategy].sql(t.c[c], m.value) for c, m in mask.items()}, **marker)
-        return self._returned_digest(conn, stmt, t.c[coll.primary_key])
+            return t.delete().where(*conds)
+        if action == "lock":
+            return t.update().where(*conds, t.c[coll.lock.at].is_(None)).values(self._lock_values(name, t, reason, now))
+        marker = {coll.anonymized_marker: self._bind_time(t.c[coll.anonymized_marker], now)}
+        return t.update().where(*conds).values(
+            **{c: STRATEGIES[m.strategy].sql(t.c[c], m.value) for c, m in mask.items()}, **marker)
+
+    def _act_by_index(self, conn, name: str, t: sa.Table, action: str, where: Any, order: list[sa.Column],
+                      last: tuple | None, size: int, reason: str, now: dt.datetime, mask: dict
+                      ) -> tuple[int, tuple | None, int, str]:
+        """PostgreSQL, integer keys, the index walk in one statement: ``WITH picked AS (SELECT start, pk ... AND
+        (start, pk) > last ORDER BY start, pk LIMIT n), acted AS (DELETE/UPDATE ... WHERE (start, pk) in (last,
+        last of picked] AND <where> RETURNING pk)`` and one row back: how many were picked, the last of them
+        (the next batch starts after it), how many were acted on and their ``_pk_digest`` (aggregated in the
+        database, as in ``_returned_digest``). No key crosses the wire."""
+        from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+        start, pk = order
+        picked = (sa.select(start.label("s"), pk.label("k")).where(where, *self._after(order, last))
+                  .order_by(*order).limit(size).cte("picked"))
+        last_picked = (sa.select(picked.c.s, picked.c.k).order_by(picked.c.s.desc(), picked.c.k.desc()).limit(1)
+                       .cte("last_picked"))
+        bound_s = sa.select(last_picked.c.s).scalar_subquery()
+        bound_k = sa.select(last_picked.c.k).scalar_subquery()
+        in_batch = [*self._after(order, last), *self._upto(order, (bound_s, bound_k)), where]
+        acted = self._one_statement(name, t, action, in_batch, reason, now, mask).returning(pk).cte("acted")
+        key = acted.c[pk.name]
+        done = sa.select(sa.func.count().label("n"), sa.func.string_agg(
+            sa.cast(key, sa.Text), aggregate_order_by(sa.literal("\n"), key)).label("text")).subquery("done")
+        row = conn.execute(sa.select(
+            sa.select(sa.func.count()).select_from(picked).scalar_subquery(), bound_s, bound_k,
+            done.c.n, done.c.text)).one()
+        n_picked, b_s, b_k, n_acted, text = row
+        return int(n_picked), (b_s, b_k) if n_picked else None, int(n_acted), self._digest_text(text or "")
 
     def _returned_digest(self, conn, stmt, pk: sa.Column) -> tuple[int, str]:
         """Run ``stmt ... RETURNING pk``: (rows, ``_pk_digest`` of their keys). For integer keys on PostgreSQL the

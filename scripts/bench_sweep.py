@@ -209,7 +209,7 @@ def sweep(url: str, action: str, explain: bool) -> tuple[dict, float]:
 def explain(kind: str, engine: sa.Engine, statements: list) -> list[str]:
     """EXPLAIN ANALYZE of the act loop's second batch (the first one after a plan and a first batch)."""
     out = []
-    acting = [(s, p) for s, p in statements if s.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE"))
+    acting = [(s, p) for s, p in statements if s.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE", "WITH"))
               and "bench_events" in s and "count(" not in s.lower() and "information_schema" not in s.lower()]
     # statements repeat per batch (same text, new values): take each one's second run when there is one
     chosen: dict[str, object] = {}

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
-ERASURE_DAG_IDS = ("erasure_request", "erasure_intake")
+ERASURE_DAG_IDS = ("erasure_request", "erasure_intake", "access_request")  # every DAG whose conf names a person
 DEFAULT_PURGE_AFTER_DAYS = 7
 PURGED_CONF = {"purged": True}
 PURGED_TEXT = "[purged]"

@@ -22,6 +22,8 @@ os.environ["AIRFLOW_HOME"] = _AF_HOME
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+# SQLite metadata DB: wait for another writer (e.g. an approval responder process) instead of failing after 5 s
+os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "tests.airflow_db_args.CONNECT_ARGS")
 os.environ.setdefault("RETENTION_HMAC_KEY", "test-hmac-key-" + "x" * 32)
 os.environ.setdefault("RETENTION_RETRY_DELAY_SECONDS", "1")
 

@@ -61,8 +61,10 @@ from airflow.utils.state import TaskInstanceState
 dag_id, task_id, option, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 deadline = time.monotonic() + timeout
 parked = None
+from sqlalchemy.exc import OperationalError
 try:
     while time.monotonic() < deadline:
+      try:
         with create_session() as session:
             ti = (session.query(TaskInstance)
                   .filter(TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id,
@@ -77,9 +79,11 @@ try:
                 session.add(detail)
                 handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
                                     session=session)
-        if parked is not None:  # committed when the session block closed
-            break
-        time.sleep(0.5)
+      except OperationalError:  # the run's own writer holds the SQLite file: try again, never give up early
+        parked = None
+      if parked is not None:  # committed when the session block closed
+        break
+      time.sleep(0.5)
 finally:
     if parked is None:
         # never leave dag.test() waiting forever on a broken responder: fail the parked task

@@ -101,4 +101,5 @@ def answer_approval(dag_id: str, task_id: str, option: str, timeout: float = 120
     (``PATCH /api/v2/hitlDetails/...``): record the chosen option, then resume the task instance.
     Returns the process; ``returncode == 0`` once it answered."""
     return subprocess.Popen([sys.executable, "-c", RESPONDER, dag_id, task_id, option, str(timeout)],
+                            stderr=open(os.environ.get("RETENTION_RESPONDER_LOG", os.devnull), "a"),
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -211,6 +211,22 @@ class Start(_Model):
     # S3 only: the object's LastModified, a date in the key, or a date in metadata/tags.
     basis: Literal["column", "last_modified", "key_date", "metadata", "tag"] = "column"
     name: str | None = None  # metadata / tag name holding the date
+    # Only items nothing refers to any more (docs/adr/0013-orphaned-start-event.md). SQL: the marker column the
+    # sweep stamps with the time it first found the row unreferenced (and clears once it is referenced again);
+    # the period counts from that stamp. S3: ``last_modified`` (objects no row references, counted from upload).
+    orphaned: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _orphaned_column(cls, value: Any) -> Any:
+        """``orphaned: marker`` counts from the marker column: it is the start column too."""
+        if isinstance(value, dict) and isinstance(value.get("orphaned"), str):
+            others = [k for k in ("column", "latest", "earliest", "fallback", "basis", "name") if k in value
+                      and not (k == "column" and value[k] == value["orphaned"])]
+            if others:
+                raise ValueError(f"'orphaned' names the column the period counts from; give no {others[0]!r}")
+            value = {**value, "column": value["orphaned"]}
+        return value
 
     @model_validator(mode="after")
     def _shape(self) -> Start:
@@ -252,6 +268,8 @@ class Start(_Model):
 
     def describe(self) -> str:
         """The start event in words: ``column``, or ``the later of a, b (else c)``."""
+        if self.orphaned is not None:
+            return f"no longer referenced ({self.orphaned})"
         if not self.computed:
             return self.column or self.basis
         which = "later" if self.latest is not None else "earlier"
@@ -800,6 +818,7 @@ def _cross_check(policy: Policy):
                     yield f"{base}.identities.{kind}", (
                         f"unknown identity kind {kind!r}; known: {', '.join(IDENTITY_KINDS)}")
             yield from (_check_sql(policy, base, coll) if system.kind == "sql" else _check_s3(base, coll))
+            yield from _check_orphaned(policy, s_name, c_name)
             for i, ref in enumerate(coll.references):
                 where = f"{base}.references[{i}]"
                 target_sys, _, target_coll = ref.to.partition(".")
@@ -1028,6 +1047,47 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
                         yield f"{where}.stages[{s_i}].mask.{name}", "the primary key cannot be masked"
 
 
+def referrers(policy: Policy, ref: str) -> list[tuple[str, Reference]]:
+    """Every (collection ref, reference) of the data map whose reference points at ``ref`` (SQL rows at rows or
+    at objects): what decides whether an item of ``ref`` is still referenced."""
+    return [(f"{s}.{c}", r) for s, system in policy.systems.items() for c, coll in system.collections.items()
+            for r in coll.references if r.to == ref]
+
+
+def _check_orphaned(policy: Policy, s_name: str, c_name: str):
+    """An ``orphaned`` start needs something that can refer to the items, checkable where they are deleted."""
+    system, coll = policy.systems[s_name], policy.systems[s_name].collections[c_name]
+    ref = f"{s_name}.{c_name}"
+    for r_i, rule in enumerate(coll.rules):
+        marker = rule.start.orphaned
+        if marker is None:
+            continue
+        where = f"systems.{s_name}.collections.{c_name}.rules[{r_i}].start.orphaned"
+        owners = referrers(policy, ref)
+        if not owners:
+            yield where, (f"no collection's 'references' point at {ref}: every item would count as orphaned "
+                          "(add the references that keep an item, or use another start)")
+        if system.kind == "s3":
+            if marker != "last_modified":
+                yield where, ("S3 objects count from their upload: write 'orphaned: last_modified' (there is no "
+                              "column to stamp)")
+            for owner, _reference in owners:
+                if policy.systems[owner.partition(".")[0]].kind != "sql":
+                    yield where, f"{owner} is not a SQL collection; only rows can own objects"
+            continue
+        if marker == coll.primary_key:
+            yield where, "the marker column cannot be the primary key (the sweep writes it)"
+        if coll.lock and marker in (coll.lock.at, coll.lock.reason) or marker == coll.anonymized_marker:
+            yield where, f"column {marker!r} already marks something else; give the orphan marker its own column"
+        for owner, reference in owners:
+            o_sys = owner.partition(".")[0]
+            if o_sys != s_name:
+                yield where, (f"{owner} (another database) refers to {ref}: 'orphaned' checks references in the "
+                              "statement that deletes, so they must be tables of the same database")
+            elif reference.column is None:
+                yield where, f"{owner} refers to {ref} without a 'column'"
+
+
 def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
     """(path, warning) for what is valid but deprecated: ``cli validate`` prints them."""
     out = []
@@ -1069,7 +1129,7 @@ def _check_s3(base: str, coll: Collection):
         if rule.name in seen:
             yield f"{where}.name", f"duplicate rule name {rule.name!r}"
         seen.add(rule.name)
-        if rule.start.basis == "column":
+        if rule.start.basis == "column" and rule.start.orphaned is None:
             yield f"{where}.start", "S3 rules count from 'last_modified', 'key_date', 'metadata' or 'tag'"
         if rule.start.basis == "key_date" and not (coll.key_template and "{yyyy}" in coll.key_template):
             yield f"{where}.start", "basis 'key_date' needs a key_template with {yyyy}, {mm}, {dd}"

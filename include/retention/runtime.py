@@ -56,6 +56,7 @@ class Runtime:
                 from include.retention.stores.s3 import S3Store
 
                 self._stores[system] = S3Store.from_conn(system, self.policy, info, key=self.key)
+                self._stores[system].referenced = self.referenced_keys  # orphan rules look owners up
         return self._stores[system]
 
     def before_delete(self, coll_ref: str, rows: list[dict[str, Any]], suppress: list[str] | None = None
@@ -71,6 +72,16 @@ class Runtime:
             store = self.store(reference.to.partition(".")[0])
             counts[reference.to] = counts.get(reference.to, 0) + store.delete_referenced(coll_ref, reference, rows)
         return counts
+
+    def referenced_keys(self, coll_ref: str, keys: list[str]) -> set[str]:
+        """Which of ``keys`` (objects of S3 collection ``coll_ref``) a row of any referencing collection names."""
+        from include.retention.policy import referrers
+
+        found: set[str] = set()
+        for owner, reference in referrers(self.policy, coll_ref):
+            system, _, name = owner.partition(".")
+            found |= self.store(system).referenced_keys(name, reference, [k for k in keys if k not in found])
+        return found
 
     def registry(self):
         from include.retention.registry import Registry

@@ -40,6 +40,8 @@ def run_rule(
               "collection": coll_ref}
 
     store.check(coll_name)
+    if not dry_run:  # e.g. the orphan marker an 'orphaned' start counts from (a dry run changes nothing)
+        store.prepare_rule(coll_name, rule, now, policy.batch_size(rule), LedgerRecorder(ledger, common))
     plan = store.plan(coll_name, rule, now)
     counts: dict[str, Any] = {
         "rule_id": rule_id, "system": system, "collection": coll_ref, "dry_run": dry_run,

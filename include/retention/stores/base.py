@@ -194,6 +194,16 @@ class Store(abc.ABC):
     ) -> StageResult:
         """Act on items past ``stage``'s storage period in bounded batches, recording each batch."""
 
+    def prepare_rule(self, collection_name: str, rule: Rule, now: dt.datetime, batch_size: int,
+                     record: Recorder) -> dict[str, int]:
+        """Before a sweep plans ``rule``: bring up to date what its start event reads (SQL: the ``orphaned``
+        marker, stamped and cleared in bounded batches, each recorded). Nothing by default."""
+        return {}
+
+    def referenced_keys(self, collection_name: str, reference: Any, keys: list[str]) -> set[str]:
+        """Which of ``keys`` (objects of ``reference.to``) an item of ``collection_name`` still references."""
+        raise RetentionError(f"{self.name}: {self.kind} stores hold nothing that references objects")
+
     def delete_referenced(self, coll_ref: str, reference: Any, rows: list[dict[str, Any]]) -> int:
         """Delete what ``rows`` of another store's ``coll_ref`` reference here (objects a CRM row owns)."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")

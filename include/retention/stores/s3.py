@@ -74,6 +74,7 @@ from include.retention.stores.s3_objects import (
     parse_date,
     tag_matches,
 )
+from include.retention.stores.s3_orphans import S3Orphans
 from include.retention.stores.s3_subjects import S3Subjects
 from include.retention.stores.s3_writes import Purger, Upload, _safe_cut
 
@@ -85,7 +86,7 @@ __all__ = ["ANONYMIZED_META", "LOCK_TAG", "ObjectsNotDeleted", "S3Store", "make_
 log = logging.getLogger(__name__)
 
 
-class S3Store(S3Subjects, Store):
+class S3Store(S3Orphans, S3Subjects, Store):
     kind = "s3"
 
     def __init__(self, name: str, policy: Policy, client: Any, *, key: bytes = b"", endpoint: str | None = None,
@@ -377,12 +378,18 @@ class S3Store(S3Subjects, Store):
             future.result()  # re-raises StoreUnavailable from the worker
 
     def _walk(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None):
+        for page in self._walk_pages(collection_name, rule, now, only):
+            yield from page
+
+    def _walk_pages(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None):
+        """(object, action, state) per object, one listing page at a time; an orphan rule's due objects that a
+        row still references are ``referenced`` (looked up once per page)."""
         coll = self.coll(collection_name)
         pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
         for page in self.objects(coll.bucket, self.prefix(coll)):
             self._prefetch(coll, rule, page, now, pattern, only)
-            for obj in page:
-                yield obj, *self.classify(collection_name, rule, obj, now, pattern, only)
+            classified = [(obj, *self.classify(collection_name, rule, obj, now, pattern, only)) for obj in page]
+            yield self.unowned(collection_name, classified) if rule.start.orphaned is not None else classified
 
     # ---- plan -----------------------------------------------------------------------------
     def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
@@ -427,10 +434,13 @@ class S3Store(S3Subjects, Store):
                            {"batch": result.batches, "versions": versions, "errors": errors})
 
             purger = Purger(self, bucket, min(batch_size, MAX_DELETE), on_batch, before_batch)
-            for obj, action, state in self._walk(collection_name, rule, now, only="delete"):
-                if state == "due" and action == "delete":
-                    self._release_own_hold(bucket, obj)
-                    purger.add(obj)
+            for page in self._walk_pages(collection_name, rule, now, only="delete"):
+                for obj, action, state in page:
+                    if state == "due" and action == "delete":
+                        self._release_own_hold(bucket, obj)
+                        purger.add(obj)
+                if rule.start.orphaned is not None:  # right after the page's owners were looked up
+                    purger.flush()
             purger.flush()
         else:
             done: list[str] = []

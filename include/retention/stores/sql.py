@@ -29,6 +29,7 @@ from include.retention.errors import SchemaMismatch
 from include.retention.masking import STRATEGIES
 from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
 from include.retention.stores.base import Recorder, RulePlan, StageResult, Store, begin_record, end_record
+from include.retention.stores.sql_orphans import SqlOrphans
 from include.retention.stores.sql_subjects import SqlSubjects
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def serialize_sqlite_writers(engine: sa.Engine) -> None:
     engine._retention_immediate = True
 
 
-class SqlStore(SqlSubjects, Store):
+class SqlStore(SqlOrphans, SqlSubjects, Store):
     kind = "sql"
 
     def __init__(self, name: str, policy: Policy, engine: sa.Engine, *, mask_key: bytes = b"",
@@ -84,6 +85,9 @@ class SqlStore(SqlSubjects, Store):
         self._checked: set[str] = set()
         # collection -> identity kinds the delete stage now running there suppresses (Rule.suppress_kinds)
         self._suppressing: dict[str, list[str]] = {}
+        # collections whose running delete stage is an orphan rule's: no dependents to take along (the predicate
+        # says there are none), and the guard goes into the final DELETE itself
+        self._orphan_stage: set[str] = set()
 
     # ---- schema -------------------------------------------------------------------------
     def coll(self, name: str) -> Collection:
@@ -224,7 +228,10 @@ class SqlStore(SqlSubjects, Store):
 
     def _base(self, name: str, rule: Rule, t: sa.Table, now: dt.datetime | None = None
               ) -> list[sa.ColumnElement[bool]]:
-        return [self._cond(t, c, now) for c in rule.when]
+        preds = [self._cond(t, c, now) for c in rule.when]
+        if rule.start.orphaned is not None:  # only rows nothing refers to (in the acting statement itself)
+            preds.append(self.unreferenced(name, t))
+        return preds
 
     @staticmethod
     def start_expr(rule: Rule, t: sa.Table) -> sa.ColumnElement[Any]:
@@ -343,6 +350,8 @@ class SqlStore(SqlSubjects, Store):
         kinds = rule.suppress_kinds(stage)
         if kinds:
             self._suppressing[collection_name] = kinds
+        if rule.start.orphaned is not None and stage.action == "delete":
+            self._orphan_stage.add(collection_name)
         try:
             return self.act_in_batches(
                 collection_name, lambda t: self.eligible(collection_name, rule, stage, now, t),
@@ -350,6 +359,7 @@ class SqlStore(SqlSubjects, Store):
             )
         finally:
             self._suppressing.pop(collection_name, None)
+            self._orphan_stage.discard(collection_name)
 
     def walk_order(self, collection_name: str, walk: str | None) -> list[sa.Column]:
         """The key batches walk: ``(walk, pk)`` when an index leads with ``walk`` (the start column, whose range
@@ -669,7 +679,8 @@ class SqlStore(SqlSubjects, Store):
     def _takes_along(self, name: str) -> bool:
         """Whether deleting this collection's rows involves anything else (dependents, objects, digests)."""
         coll = self.coll(name)
-        return bool(self.policy.children(self.ref(name)) or self.policy.owned_objects(self.ref(name))
+        children = self.policy.children(self.ref(name)) if name not in self._orphan_stage else []
+        return bool(children or self.policy.owned_objects(self.ref(name))
                     or coll.suppress_on_delete or self._suppressing.get(name))
 
     def _child_counts(self, conn, name: str, keys: list[Any]) -> dict[Any, dict[str, int]]:
@@ -701,7 +712,8 @@ class SqlStore(SqlSubjects, Store):
             keys = list(conn.execute(sa.select(pk).where(pk.in_(keys), guard).with_for_update()).scalars())
         if not keys:
             return 0
-        for child_ref, ref in self.policy.children(self.ref(name)):
+        orphans = guard is not None and name in self._orphan_stage
+        for child_ref, ref in self.policy.children(self.ref(name)) if not orphans else []:
             c_sys, _, c_name = child_ref.partition(".")
             if c_sys != self.name:  # pragma: no cover - the policy refuses cross-database references
                 continue
@@ -730,7 +742,8 @@ class SqlStore(SqlSubjects, Store):
                 coll.suppress_on_delete) else self.before_delete(self.ref(name), rows)
             for k, v in told.items():
                 cascaded[k] = cascaded.get(k, 0) + v
-        return conn.execute(t.delete().where(pk.in_(keys))).rowcount
+        # an orphan rule's rows are deleted only if still unreferenced in this very statement
+        return conn.execute(t.delete().where(pk.in_(keys), *([guard] if orphans else []))).rowcount
 
     def close(self) -> None:
         self.engine.dispose()

@@ -140,7 +140,8 @@ def test_dry_run_stamps_nothing(arranged):
     assert counts["deleted"] == 2 and _state(engine) == before
 
 
-REFERRER = "      refs: {table: r, primary_key: id, columns: [id, lonely_id], references: [{to: crm.lonely, column: lonely_id}]}\n"
+REFERRER = ("      refs: {table: r, primary_key: id, columns: [id, lonely_id],\n"
+            "             references: [{to: crm.lonely, column: lonely_id}]}\n")
 
 
 @pytest.mark.parametrize("start, referrer, problem", [
@@ -152,7 +153,8 @@ REFERRER = "      refs: {table: r, primary_key: id, columns: [id, lonely_id], re
 ])
 def test_validation_names_file_path_and_problem(start, referrer, problem):
     text = ("version: 1\nsystems:\n  crm:\n    kind: sql\n    connection: c\n    collections:\n"
-            "      lonely:\n        table: lonely\n        primary_key: id\n        columns: [id, orphaned_since, seen_at]\n"
+            "      lonely:\n        table: lonely\n        primary_key: id\n"
+            "        columns: [id, orphaned_since, seen_at]\n"
             f"        rules: [{{name: gone, start: {start}, action: delete, period: P6M}}]\n" + referrer)
     with pytest.raises(PolicyError) as err:
         parse_policy(text, source="bad.yaml")

@@ -66,6 +66,8 @@ def start_event(rule: Rule) -> str:
     explicit = getattr(rule, "start_event", None)
     if isinstance(explicit, str) and explicit in START_EVENTS:
         return explicit
+    if rule.start.orphaned not in (None, "last_modified"):  # S3 orphans count from their upload (collection)
+        return "end_of_relationship"  # nothing refers to the record any more
     name = (rule.start.describe() if rule.start.basis == "column" else (rule.start.name or rule.start.basis or "")
             ).lower()
     if rule.start.basis in ("key_date", "last_modified"):

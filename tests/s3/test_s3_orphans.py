@@ -133,3 +133,38 @@ def test_without_the_owner_lookup_nothing_is_deleted(arranged, s3, make_store):
     with pytest.raises(Exception, match="look keys up"):
         store.apply_stage("cvs", rule, rule.stages[0], now, 1000, "retention:test", lambda *a, **k: None)
     assert len(_keys(s3, VERSIONED)) == 5
+
+
+def test_default_rules_act_on_exactly_the_orphaned_demo_objects(db_url, s3, conn_info, tmp_path):
+    """objects.cvs.orphaned and objects.inquiry_attachments.orphaned on the demo: every CV and attachment a demo
+    row names stays, exactly the extra objects no row names go, and none before a week after their upload."""
+    from pathlib import Path
+
+    from include.retention.demo import s3_seed, seed
+    from include.retention.policy import load_policy
+
+    engine = make_engine(db_url)
+    seed.seed_crm(engine, dt.datetime.now(dt.UTC), reset=True)
+    keys = seed.crm_object_keys(engine)
+    extra_cvs = ["cvs/9999/cv.pdf", "cvs/1/old-cv.pdf"]  # no applicant 9999; applicant 1 names cvs/1/cv.pdf only
+    extra_atts = ["inquiries/9999/file.pdf", "inquiries/1/other.pdf"]
+    s3_seed.seed_objects(s3, dt.datetime.now(dt.UTC), cv_keys=keys["applicants.cv_key"] + extra_cvs,
+                         attachment_keys=keys["inquiries.attachment_key"] + extra_atts, log_days=1)
+    policy = load_policy(Path(__file__).resolve().parents[2] / "config" / "policy.yaml")
+    conns = {"crm_db": ConnInfo("sqlite", extra={"sqlalchemy_url": db_url}), "objects_s3": conn_info,
+             "retention_ledger": ConnInfo("sqlite", host=str(tmp_path / "ledger.db"))}
+    runtime = Runtime(policy, conns.__getitem__, key=KEY)
+    try:
+        store, ledger = runtime.store("objects"), runtime.ledger()
+        soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=6)
+        for rule_id in ("objects.cvs.orphaned", "objects.inquiry_attachments.orphaned"):
+            assert run_rule(policy, rule_id, store, ledger, RunRef("t", "early"), now=soon)["deleted"] == 0
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
+        cvs = run_rule(policy, "objects.cvs.orphaned", store, ledger, RunRef("t", "r"), now=later)
+        atts = run_rule(policy, "objects.inquiry_attachments.orphaned", store, ledger, RunRef("t", "r"), now=later)
+    finally:
+        runtime.close()
+        engine.dispose()
+    assert cvs["deleted"] == 2 and atts["deleted"] == 2
+    assert set(_keys(s3, s3_seed.CV_BUCKET)) == set(keys["applicants.cv_key"])
+    assert set(_keys(s3, s3_seed.ATTACHMENT_BUCKET)) == set(keys["inquiries.attachment_key"])

@@ -90,13 +90,16 @@ def test_every_rule_acts_keeps_and_stays_under_the_brake(seeded, days_later):
     # The exact demo expectations at scale 1 (README / demo output rely on them).
     assert {r: (p.eligible, p.held) for r, p in plans.items()} == {
         "crm.contacts.minors": ({"delete": 20}, 3),
+        # stamped more than six months ago by an earlier sweep and still referenced by nothing
+        "crm.contacts.orphaned": ({"delete": 5}, 1),
         "crm.inquiries.after_last_contact": ({"delete": 36}, 6),
         "crm.leads.inactivity": ({"lock": 12, "delete": 8}, 5),
         "crm.applicants.recruitment_closed": ({"delete": 14}, 4),
         "crm.applicants.future_recruitment_consent": ({"delete": 5}, 2),
         "crm.support_tickets.after_closed": ({"delete": 22}, 5),
         "crm.client_accounts.contract_end": ({"lock": 24, "delete": 10}, 5),
-        "crm.social_messages.after_answered": ({"delete": 22}, 4),
+        "crm.social_messages.after_answered": ({"delete": 14}, 3),
+        "crm.social_messages.unanswered": ({"delete": 10}, 2),
         "mailing.subscribers.unsubscribed": ({"delete": 45}, 4),
         # dormant (last engagement 36-60 months ago) and never engaged (subscribed 36-72 months ago): one rule
         # counting from the later engagement, else the subscription

@@ -38,14 +38,15 @@ def test_default_policy_loads():
     assert policy.systems["crm"].connection == "crm_db"
     assert policy.systems["mailing"].connection == "mailing_db"
     ids = policy.rule_ids(["crm", "mailing"])
-    assert len(ids) == 11
+    assert len(ids) == 13
     assert len(set(ids)) == len(ids)
     assert all(RULE_ID.match(rule_id) for rule_id in policy.rule_ids())
     assert {
         "crm.contacts.minors", "crm.inquiries.after_last_contact", "crm.leads.inactivity",
         "crm.applicants.recruitment_closed", "crm.applicants.future_recruitment_consent",
         "crm.support_tickets.after_closed", "crm.client_accounts.contract_end",
-        "crm.social_messages.after_answered", "mailing.subscribers.unsubscribed",
+        "crm.social_messages.after_answered", "crm.social_messages.unanswered", "crm.contacts.orphaned",
+        "mailing.subscribers.unsubscribed",
         "mailing.subscribers.no_engagement",
         "mailing.campaign_events.mask_ip",
     } <= set(ids)

@@ -57,7 +57,9 @@ contacts = sa.Table(
     sa.Column("last_contact_at", sa.DateTime, nullable=False),
     *_restriction(),
     sa.Column("anonymized_at", sa.DateTime, nullable=True),
-    *_indexes("contacts", "email", "phone", "created_at", "last_contact_at"),
+    # when a sweep first found nothing referring to the contact (crm.contacts.orphaned stamps and clears it)
+    sa.Column("orphaned_since", sa.DateTime, nullable=True),
+    *_indexes("contacts", "email", "phone", "created_at", "last_contact_at", "orphaned_since"),
 )
 
 inquiries = sa.Table(
@@ -140,10 +142,11 @@ social_messages = sa.Table(
     _pk(),
     sa.Column("handle", sa.String(100), nullable=False),
     sa.Column("body", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
     sa.Column("answered_at", sa.DateTime, nullable=True),
     _flag("legal_hold"),
     *_restriction(),
-    *_indexes("social_messages", "handle", "answered_at"),
+    *_indexes("social_messages", "handle", "received_at", "answered_at"),
 )
 
 # ---- mailing list ---------------------------------------------------------------------------

@@ -262,6 +262,7 @@ def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[d
         (inquiries, "last_contact_at"), (leads, "last_activity_at"),
         (applicants, "recruitment_closed_at"), (tickets, "closed_at"),
     ])
+    _stamp_orphans(clock, contacts, [inquiries, leads, applicants, tickets], scale)
     return {
         "contacts": contacts, "inquiries": inquiries, "leads": leads, "applicants": applicants,
         "support_tickets": tickets, "client_accounts": _client_accounts(rng, clock, scale),
@@ -289,11 +290,33 @@ def _contacts(rng: random.Random, clock: _Clock, scale: int) -> tuple[list[dict[
             "full_name": full_name, "birth_date": birth, "is_minor": minor,
             "legal_hold": label in ("minor_held", "adult_held"),
             "created_at": created, "last_contact_at": created,
-            "restricted_at": None, "restriction_reason": None, "anonymized_at": None,
+            "restricted_at": None, "restriction_reason": None, "anonymized_at": None, "orphaned_since": None,
         })
         if label == "minor_held_child":
             held_child.add(n)
     return contacts, held_child
+
+
+def _stamp_orphans(clock: _Clock, contacts: list[dict[str, Any]], children: list[list[dict[str, Any]]],
+                   scale: int) -> None:
+    """``orphaned_since`` as earlier sweeps of crm.contacts.orphaned would have left it: of the contacts nothing
+    refers to, a third stamped more than six months ago (the rule deletes them; the first one is under legal
+    hold), a third stamped since, a third not yet (the next sweep stamps them); two referenced contacts carry a
+    stale stamp (the next sweep clears it). Its own random stream: the other tables stay as they were."""
+    orng = random.Random(f"orphans:{scale}")
+    oclock = _Clock(orng, clock.now)
+    edge = clock.ago(months=6)
+    referenced = {row["contact_id"] for rows in children for row in rows}
+    orphans = [c for c in contacts if c["id"] not in referenced]
+    for i, contact in enumerate(orphans):
+        last = contact["last_contact_at"]
+        if i % 3 == 0 and last < edge - 2 * MARGIN:
+            contact["orphaned_since"] = oclock.between(max(last, clock.ago(months=24)), edge)
+            contact["legal_hold"] = contact["legal_hold"] or i == 0
+        elif i % 3 != 2:
+            contact["orphaned_since"] = oclock.between(max(last, edge), clock.now)
+    for contact in [c for c in contacts if c["id"] in referenced][:2 * scale]:
+        contact["orphaned_since"] = oclock.between(clock.ago(months=24), edge)
 
 
 def _settle_contact_times(clock: _Clock, contacts: list[dict[str, Any]],
@@ -344,21 +367,25 @@ def _client_accounts(rng: random.Random, clock: _Clock, scale: int) -> list[dict
 
 
 def _social_messages(rng: random.Random, clock: _Clock, scale: int) -> list[dict[str, Any]]:
+    """Answered messages go at the next sweep (crm.social_messages.after_answered), unanswered ones three months
+    after they came in (crm.social_messages.unanswered)."""
     now = clock.now
     rows = []
-    for i, label in enumerate(_labels(rng, {"unanswered": 14, "recent": 40, "expired": 22, "expired_held": 4},
-                                      scale), start=1):
-        if label == "unanswered":
-            answered = None
-        elif label.startswith("expired"):
-            answered = clock.between(clock.ago(months=24), clock.ago(days=30))
+    spec = {"answered": 14, "answered_held": 3, "unanswered": 30, "unanswered_expired": 10,
+            "unanswered_expired_held": 2}
+    for i, label in enumerate(_labels(rng, spec, scale), start=1):
+        if label.startswith("unanswered_expired"):
+            received = clock.between(clock.ago(months=12), clock.ago(months=3))
+        elif label == "unanswered":
+            received = clock.between(clock.ago(months=3), now)
         else:
-            answered = clock.between(clock.ago(days=30), now)
+            received = clock.between(clock.ago(months=24), clock.ago(days=1))
+        answered = clock.after(received, 3) if label.startswith("answered") else None
         _, _, first = _person(20_000 + i)
         rows.append({
             "id": i, "handle": f"@{first}_{rng.randint(100, 9999)}",
             "body": rng.choice(SOCIAL_TEXTS).format(topic=rng.choice(TOPICS)),
-            "answered_at": answered, "legal_hold": label.endswith("held"),
+            "received_at": received, "answered_at": answered, "legal_hold": label.endswith("held"),
             "restricted_at": None, "restriction_reason": None,
         })
     return rows

@@ -192,6 +192,7 @@ class Stage(_Model):
 
 
 MAX_START_COLUMNS = 8
+MAX_KEY_COLUMNS = 8
 
 
 class Start(_Model):
@@ -451,7 +452,8 @@ class Collection(_Model):
     """A table (SQL) or a bucket prefix (S3) and what it holds."""
 
     table: str | None = None
-    primary_key: str | None = None
+    # one column, or a list of columns for a composite key (e.g. [subscriber_id, list_id])
+    primary_key: str | list[str] | None = None
     columns: list[str] = Field(default_factory=list)
     bucket: str | None = None
     prefix: str | None = None
@@ -491,6 +493,12 @@ class Collection(_Model):
     consent: list[Consent] = Field(default_factory=list)
     # Recipients (names from ``recipients:``) told of each erasure, restriction or correction here (Art. 19).
     notify: list[str] = Field(default_factory=list)
+
+    def key_columns(self) -> list[str]:
+        """The primary key's columns (one, or several for a composite key)."""
+        if isinstance(self.primary_key, str):
+            return [self.primary_key]
+        return list(self.primary_key or [])
 
     def identity_fields(self) -> list[tuple[str, IdentityField]]:
         """(identity kind, field) pairs, one per column / key part / metadata / tag."""
@@ -844,11 +852,12 @@ def _cross_check(policy: Policy):
                     continue
                 if ref.column is None:
                     yield f"{where}.column", "a reference between tables needs 'column'"
-                if target_sys != s_name:
-                    yield f"{where}.to", (f"references between tables of different databases ({s_name} -> "
-                                          f"{target_sys}) are not supported: nothing could cascade across them")
                 if ref.to_column and ref.to_column not in target.columns:
                     yield f"{where}.to_column", f"unknown column {ref.to_column!r} of {ref.to}"
+                if not ref.to_column and len(target.key_columns()) > 1:
+                    yield f"{where}.to_column", (f"{ref.to} has a composite primary key "
+                                                 f"({', '.join(target.key_columns())}); a reference holds one "
+                                                 "column: name the referenced column with 'to_column'")
                 has_delete = any(st.action == "delete" for r in target.rules for st in r.stages)
                 if ref.on_delete is None and (has_delete or target.erasure == "delete"):
                     yield f"{where}.on_delete", (
@@ -860,7 +869,13 @@ def _cross_check(policy: Policy):
     yield from _check_recipients(policy)
     cycle = _find_cycle(policy)
     if cycle:
-        yield "references", f"reference cycle: {' -> '.join(cycle)}"
+        first, nxt = cycle[0], cycle[1]
+        s, _, c = first.partition(".")
+        i = next(i for i, r in enumerate(policy.collection(first).references) if r.to == nxt)
+        systems = {node.partition(".")[0] for node in cycle}
+        across = " across databases" if len(systems) > 1 else ""
+        yield (f"systems.{s}.collections.{c}.references[{i}].to",
+               f"reference cycle{across}: {' -> '.join(cycle)} (a delete could never take children first)")
 
 
 def _check_consent_and_exports(policy: Policy):
@@ -961,7 +976,7 @@ def _check_identities(policy: Policy):
                         yield f"{base}.{kind}", f"the key template has no field {{{name}}}"
                     if fld.erase != "row":
                         yield f"{base}.{kind}", "S3 objects are erased whole ('erase: mask' is for SQL columns)"
-                elif fld.erase == "mask" and fld.column == coll.primary_key:
+                elif fld.erase == "mask" and fld.column in coll.key_columns():
                     yield f"{base}.{kind}", "the primary key cannot be masked"
     declared = policy.declared_kinds()
     for i, kind in enumerate(policy.request_fields or []):
@@ -986,7 +1001,16 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
         if name is not None and name not in cols:
             yield where, f"unknown column {name!r} (columns of {coll.table}: {', '.join(coll.columns)})"
 
-    yield from col(f"{base}.primary_key", coll.primary_key)
+    if isinstance(coll.primary_key, list):
+        names = coll.primary_key
+        if len(names) > MAX_KEY_COLUMNS:
+            yield f"{base}.primary_key", f"a composite key has at most {MAX_KEY_COLUMNS} columns"
+        for i, name in enumerate(names):
+            yield from col(f"{base}.primary_key[{i}]", name)
+            if names.index(name) != i:
+                yield f"{base}.primary_key[{i}]", f"column {name!r} is named twice in the key"
+    else:
+        yield from col(f"{base}.primary_key", coll.primary_key)
     for ident, name in coll.identity_columns():
         yield from col(f"{base}.identities.{ident}", name)
     for kind in coll.suppress_on_delete:
@@ -1043,7 +1067,7 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
                     yield f"{where}.stages[{s_i}]", "an 'anonymize' stage needs the collection's 'anonymized_marker'"
                 for name in stage.mask:
                     yield from col(f"{where}.stages[{s_i}].mask.{name}", name)
-                    if name == coll.primary_key:
+                    if name in coll.key_columns():
                         yield f"{where}.stages[{s_i}].mask.{name}", "the primary key cannot be masked"
 
 
@@ -1075,7 +1099,7 @@ def _check_orphaned(policy: Policy, s_name: str, c_name: str):
                 if policy.systems[owner.partition(".")[0]].kind != "sql":
                     yield where, f"{owner} is not a SQL collection; only rows can own objects"
             continue
-        if marker == coll.primary_key:
+        if marker in coll.key_columns():
             yield where, "the marker column cannot be the primary key (the sweep writes it)"
         if coll.lock and marker in (coll.lock.at, coll.lock.reason) or marker == coll.anonymized_marker:
             yield where, f"column {marker!r} already marks something else; give the orphan marker its own column"

@@ -128,6 +128,26 @@ def _reference_cycle(d):
     _coll(d, "crm", "contacts")["references"] = [{"to": "crm.inquiries", "column": "id", "on_delete": "delete"}]
 
 
+def _cross_database_cycle(d):
+    _coll(d, "mailing", "subscribers")["references"] = [
+        {"to": "crm.contacts", "column": "id", "to_column": "id", "on_delete": "delete"}]
+    _coll(d, "crm", "contacts")["references"] = [{"to": "mailing.subscribers", "column": "id", "on_delete": "delete"}]
+
+
+def _composite_key_missing_column(d):
+    _coll(d, "mailing", "list_memberships")["primary_key"] = ["subscriber_id", "list_idx"]
+
+
+def _composite_key_named_twice(d):
+    _coll(d, "mailing", "list_memberships")["primary_key"] = ["subscriber_id", "subscriber_id"]
+
+
+def _reference_to_composite_key(d):
+    _coll(d, "mailing", "list_memberships")["primary_key"] = ["subscriber_id", "list_name"]
+    _coll(d, "mailing", "campaign_events")["references"] = [
+        {"to": "mailing.list_memberships", "column": "subscriber_id", "on_delete": "delete"}]
+
+
 def _no_on_delete(d):
     del _coll(d, "crm", "inquiries")["references"][0]["on_delete"]
 
@@ -228,7 +248,16 @@ INVALID = [
     (_negative_period, "systems.crm.collections.leads.rules[0].stages[0].after", "negative periods are not allowed"),
     (_negative_period_shorthand, f"{INQUIRIES}.rules[0]", "negative periods are not allowed"),
     (_unparseable_period, f"{INQUIRIES}.rules[0]", "'12 months' is not an ISO 8601 duration"),
-    (_reference_cycle, "references", "reference cycle: crm.contacts -> crm.inquiries -> crm.contacts"),
+    (_reference_cycle, "systems.crm.collections.contacts.references[0].to",
+     "reference cycle: crm.contacts -> crm.inquiries -> crm.contacts"),
+    (_cross_database_cycle, "systems.crm.collections.contacts.references[0].to",
+     "reference cycle across databases: crm.contacts -> mailing.subscribers -> crm.contacts"),
+    (_composite_key_missing_column, "systems.mailing.collections.list_memberships.primary_key[1]",
+     "unknown column 'list_idx'"),
+    (_composite_key_named_twice, "systems.mailing.collections.list_memberships.primary_key[1]",
+     "column 'subscriber_id' is named twice in the key"),
+    (_reference_to_composite_key, "systems.mailing.collections.campaign_events.references[0].to_column",
+     "mailing.list_memberships has a composite primary key"),
     (_no_on_delete, f"{INQUIRIES}.references[0].on_delete", "crm.contacts can have rows deleted"),
     (_typo, f"{INQUIRIES}.rules[0].perod", "unknown field"),
     (_unknown_strategy, "systems.mailing.collections.campaign_events.rules[0].mask.ip_address.strategy",

@@ -29,6 +29,7 @@ from include.retention.errors import SchemaMismatch
 from include.retention.masking import STRATEGIES
 from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
 from include.retention.stores.base import Recorder, RulePlan, StageResult, Store, begin_record, end_record
+from include.retention.stores.sql_keys import after, has_row_values, key_in, key_of, key_text, upto
 from include.retention.stores.sql_orphans import SqlOrphans
 from include.retention.stores.sql_subjects import SqlSubjects
 
@@ -218,7 +219,7 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name).alias(f"held_{depth}_{c_name}")
-            parent_col = t.c[ref.to_column or self.coll(name).primary_key]
+            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
             link = child.c[ref.column] == parent_col
             inner = [self.held(c_name, child, now)] if self.coll(c_name).legal_hold else []
             inner += self._held_dependents(c_name, child, depth + 1, now)
@@ -334,7 +335,7 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name)
-            parent_col = t.c[ref.to_column or self.coll(name).primary_key]
+            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
             going = sa.select(parent_col).where(self.eligible(name, rule, stage, now, t))
             n = conn.execute(sa.select(sa.func.count()).select_from(child)
                              .where(child.c[ref.column].in_(going))).scalar() or 0
@@ -366,31 +367,22 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         the predicate is: each batch is then an index range right after the previous one, whatever the table
         size), else the primary key alone (without such an index a ``(walk, pk)`` order would sort the table
         once per batch)."""
-        t, coll = self.table(collection_name), self.coll(collection_name)
-        pk = t.c[coll.primary_key]
-        if walk is None or walk == coll.primary_key:
-            return [pk]
+        t = self.table(collection_name)
+        pk = self.key_cols(collection_name, t)
+        if walk is None or walk == pk[0].name:
+            return pk
         leading = {list(ix.columns)[0].name for ix in t.indexes if ix.columns}
         leading |= {list(c.columns)[0].name for c in t.constraints
                     if isinstance(c, sa.UniqueConstraint) and c.columns}
-        return [t.c[walk], pk] if walk in leading else [pk]
+        return [t.c[walk], *pk] if walk in leading else pk
 
-    @staticmethod
-    def _after(order: list[sa.Column], last: tuple | None) -> list[Any]:
-        """Rows strictly after ``last`` in walk order (a range an index on ``order[0]`` serves)."""
-        if last is None:
-            return []
-        if len(order) == 1:
-            return [order[0] > last[0]]
-        (col, pk), (lc, lp) = order, last
-        return [col >= lc, sa.or_(col > lc, pk > lp)]
+    def _after(self, order: list[Any], last: tuple | None) -> list[Any]:
+        """Rows strictly after ``last`` in walk order (a range an index on ``order[0]`` serves): a row-value
+        comparison where the dialect has one, else its expansion (``sql_keys.after``)."""
+        return after(order, last, has_row_values(self.engine.dialect))
 
-    @staticmethod
-    def _upto(order: list[sa.Column], bound: tuple) -> list[Any]:
-        if len(order) == 1:
-            return [order[0] <= bound[0]]
-        (col, pk), (bc, bp) = order, bound
-        return [col <= bc, sa.or_(col < bc, pk <= bp)]
+    def _upto(self, order: list[Any], bound: tuple) -> list[Any]:
+        return upto(order, bound, has_row_values(self.engine.dialect))
 
     def _by_block(self, collection_name: str, action: str, mask: dict | None) -> bool:
         """PostgreSQL walks the heap by block ranges (``ctid``) with one statement per batch, when the batch's
@@ -440,7 +432,8 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         one_statement = self._by_block(collection_name, action, mask)
         by_block = one_statement and not self._in_index_order(t, order)
         # PostgreSQL, a table in start-column order: the index walk, but one statement per batch as well
-        by_index = (one_statement and not by_block and len(order) > 1
+        n_pk = len(self.coll(collection_name).key_columns())
+        by_index = (one_statement and not by_block and len(order) == 2 and n_pk == 1
                     and isinstance(order[-1].type, sa.Integer))
         by_order = not by_block and self._by_order(collection_name, action)
         sizer = _BatchSizer(batch_size)
@@ -494,7 +487,7 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
                     rows = self._delete_in_order(conn, t, order, where, last, size)
                     if not rows:
                         break
-                    keys = sorted(r[-1] for r in rows)
+                    keys = sorted(key_of(r[-n_pk:]) for r in rows)
                     changed = len(keys)
                     digest = self._pk_digest(keys)
                     last = max(tuple(r) for r in rows)
@@ -506,7 +499,8 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
                     rows = conn.execute(query).all()
                     if not rows:
                         break
-                    keys = sorted(r[-1] for r in rows) if len(order) > 1 else [r[-1] for r in rows]
+                    keys = [key_of(r[-n_pk:]) for r in rows]
+                    keys = sorted(keys) if len(order) > 1 else keys
                     bound = tuple(rows[-1])
                     done, covered = len(rows) < size, len(rows)
                     digest = self._pk_digest(keys)
@@ -545,7 +539,7 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         in_blocks = sa.and_(ctid >= sa.cast(sa.literal(f"({first},0)"), _TID),
                             ctid < sa.cast(sa.literal(f"({end},0)"), _TID))
         stmt = self._one_statement(name, t, action, [in_blocks, where], reason, now, mask)
-        return self._returned_digest(conn, stmt, t.c[self.coll(name).primary_key])
+        return self._returned_digest(conn, stmt, self.key_cols(name, t))
 
     def _one_statement(self, name: str, t: sa.Table, action: str, conds: list[Any], reason: str, now: dt.datetime,
                        mask: dict) -> Any:
@@ -587,12 +581,13 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         n_picked, b_s, b_k, n_acted, text = row
         return int(n_picked), (b_s, b_k) if n_picked else None, int(n_acted), self._digest_text(text or "")
 
-    def _returned_digest(self, conn, stmt, pk: sa.Column) -> tuple[int, str]:
+    def _returned_digest(self, conn, stmt, cols: list[sa.Column]) -> tuple[int, str]:
         """Run ``stmt ... RETURNING pk``: (rows, ``_pk_digest`` of their keys). For integer keys on PostgreSQL the
         statement runs in a CTE whose keys the database sorts and joins (``string_agg(pk::text, E'\\n' ORDER BY
         pk)``, the very text ``_pk_digest`` hashes), so no key crosses the wire; otherwise the keys come back."""
-        stmt = stmt.returning(pk)
-        if conn.dialect.name == "postgresql" and isinstance(pk.type, sa.Integer):
+        stmt = stmt.returning(*cols)
+        pk = cols[0]
+        if conn.dialect.name == "postgresql" and len(cols) == 1 and isinstance(pk.type, sa.Integer):
             from sqlalchemy.dialects.postgresql import aggregate_order_by
 
             acted = stmt.cte("acted")
@@ -601,7 +596,7 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
                 sa.func.count(),
                 sa.func.string_agg(sa.cast(key, sa.Text), aggregate_order_by(sa.literal("\n"), key)))).one()
             return int(n), self._digest_text(text or "")
-        keys = sorted(conn.execute(stmt).scalars())
+        keys = sorted(key_of(r) for r in conn.execute(stmt))
         return len(keys), self._pk_digest(keys)
 
     def _delete_in_order(self, conn, t: sa.Table, order: list[sa.Column], where: Any, last: tuple | None,
@@ -626,7 +621,7 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
     def _pk_digest(self, keys: list[Any]) -> str:
         from include.retention.masking import keyed_digest
 
-        return keyed_digest(self.mask_key, "\n".join(map(str, keys)))
+        return keyed_digest(self.mask_key, key_text(keys))
 
     def _lock_values(self, name, t, reason, now) -> dict[str, Any]:
         coll = self.coll(name)
@@ -643,22 +638,24 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
     def _anonymize(self, conn, name, t, keys, where, mask, now) -> int:
         """Mask the rows of ``keys`` that still match ``where`` (which bounds them)."""
         coll = self.coll(name)
-        pk = t.c[coll.primary_key]
+        pk = self.key_cols(name, t)
+        n = len(pk)
         marker = {coll.anonymized_marker: self._bind_time(t.c[coll.anonymized_marker], now)}
         in_sql = {c: STRATEGIES[m.strategy].sql(t.c[c], m.value) for c, m in mask.items()
                   if STRATEGIES[m.strategy].in_sql}
         in_python = {c: m for c, m in mask.items() if not STRATEGIES[m.strategy].in_sql}
         if in_python:
             # Keyed hashes are computed here, one bounded batch at a time, written back in one executemany.
-            rows = conn.execute(sa.select(pk, *(t.c[c] for c in in_python)).where(where).with_for_update()).all()
+            rows = conn.execute(sa.select(*pk, *(t.c[c] for c in in_python)).where(where).with_for_update()).all()
             if not rows:
                 return 0
             params = [
-                {"_pk": r[0], **{f"_v_{c}": STRATEGIES[m.strategy].python(r[i + 1], m.value, self.mask_key)
-                                 for i, (c, m) in enumerate(in_python.items())}}
+                {**{f"_pk{j}": r[j] for j in range(n)},
+                 **{f"_v_{c}": STRATEGIES[m.strategy].python(r[n + i], m.value, self.mask_key)
+                    for i, (c, m) in enumerate(in_python.items())}}
                 for r in rows
             ]
-            stmt = t.update().where(pk == sa.bindparam("_pk")).values(
+            stmt = t.update().where(*(c == sa.bindparam(f"_pk{j}") for j, c in enumerate(pk))).values(
                 **in_sql, **marker, **{c: sa.bindparam(f"_v_{c}") for c in in_python})
             conn.execute(stmt, params)
             return len(rows)
@@ -668,10 +665,10 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         """Delete the batch's rows that still match ``where``; returns the rows the statement deleted."""
         if not self._takes_along(name):
             return conn.execute(t.delete().where(in_batch, where)).rowcount
-        pk = t.c[self.coll(name).primary_key]
+        pk = self.key_cols(name, t)
         # Lock what will go before anything else goes with it (objects, digests, dependents): a legal hold
         # committed meanwhile waits for this transaction and cannot be overtaken.
-        keys = list(conn.execute(sa.select(pk).where(in_batch, where).with_for_update()).scalars())
+        keys = [key_of(r) for r in conn.execute(sa.select(*pk).where(in_batch, where).with_for_update())]
         if not keys:
             return 0
         return self._delete_keys(conn, name, keys, cascaded, guard=where)
@@ -691,11 +688,27 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             fk = self.table(c_name).c[ref.column]
-            for i in range(0, len(keys), 500):
-                for parent, n in conn.execute(sa.select(fk, sa.func.count()).where(fk.in_(keys[i:i + 500]))
+            owners: dict[Any, list[Any]] = {}
+            for key, value in self._referenced(conn, name, ref, keys):
+                owners.setdefault(value, []).append(key)
+            values = list(owners)
+            for i in range(0, len(values), 500):
+                for parent, n in conn.execute(sa.select(fk, sa.func.count()).where(fk.in_(values[i:i + 500]))
                                               .group_by(fk)):
-                    out.setdefault(parent, {})[child_ref] = n
+                    for key in owners.get(parent, []):
+                        out.setdefault(key, {})[child_ref] = n
         return out
+
+    def _referenced(self, conn, name: str, ref: Any, keys: list[Any]) -> list[tuple[Any, Any]]:
+        """(key, the value a child's ``ref.column`` holds for that row) for the rows of ``keys``: the key itself,
+        or the row's ``to_column`` (rows where it is NULL have no children)."""
+        coll, t = self.coll(name), self.table(name)
+        target = ref.to_column or coll.key_columns()[0]
+        if [target] == coll.key_columns():
+            return [(k, k) for k in keys]
+        pk = self.key_cols(name, t)
+        rows = conn.execute(sa.select(*pk, t.c[target]).where(key_in(pk, keys)))
+        return [(key_of(r[:-1]), r[-1]) for r in rows if r[-1] is not None]
 
     def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int],
                      guard: Any | None = None, suppress: list[str] | None = None) -> int:
@@ -707,9 +720,9 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         besides the collection's deprecated ``suppress_on_delete``. Returns the rows deleted.
         """
         t, coll = self.table(name), self.coll(name)
-        pk = t.c[coll.primary_key]
+        pk = self.key_cols(name, t)
         if guard is not None:
-            keys = list(conn.execute(sa.select(pk).where(pk.in_(keys), guard).with_for_update()).scalars())
+            keys = [key_of(r) for r in conn.execute(sa.select(*pk).where(key_in(pk, keys), guard).with_for_update())]
         if not keys:
             return 0
         orphans = guard is not None and name in self._orphan_stage
@@ -718,32 +731,32 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
             if c_sys != self.name:  # pragma: no cover - the policy refuses cross-database references
                 continue
             child = self.table(c_name)
-            parent_vals = keys if not ref.to_column or ref.to_column == coll.primary_key else list(
-                conn.execute(sa.select(t.c[ref.to_column]).where(pk.in_(keys))).scalars())
+            parent_vals = sorted({v for _, v in self._referenced(conn, name, ref, keys)})
             fk = child.c[ref.column]
             if ref.on_delete == "nullify":
                 n = conn.execute(child.update().where(fk.in_(parent_vals)).values({ref.column: None})).rowcount
                 cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
             else:
-                child_pk = child.c[self.coll(c_name).primary_key]
-                child_keys = list(conn.execute(sa.select(child_pk).where(fk.in_(parent_vals))
-                                               .with_for_update()).scalars())
+                child_pk = self.key_cols(c_name, child)
+                child_keys = [key_of(r) for r in conn.execute(sa.select(*child_pk).where(fk.in_(parent_vals))
+                                                              .with_for_update())]
                 if child_keys:
                     n = self._delete_keys(conn, c_name, child_keys, cascaded)
                     cascaded[child_ref] = cascaded.get(child_ref, 0) + n
         extra = suppress if suppress is not None else self._suppressing.get(name, [])
         kinds = list(coll.suppress_on_delete) + [k for k in extra if k not in coll.suppress_on_delete]
         if self.before_delete and (self.policy.owned_objects(self.ref(name)) or kinds):
-            cols = {coll.primary_key} | {c for r in coll.references for c in _template_cols(r, coll)}
+            cols = set(coll.key_columns()) | {c for r in coll.references for c in _template_cols(r, coll)}
             cols |= {c for kind, c in coll.identity_columns() if kind in kinds}
-            rows = [dict(r._mapping) for r in conn.execute(sa.select(*(t.c[c] for c in cols)).where(pk.in_(keys)))]
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(*(t.c[c] for c in cols))
+                                                           .where(key_in(pk, keys)))]
             # the kinds go along only when a rule adds some (a callback of two arguments keeps working)
             told = self.before_delete(self.ref(name), rows, suppress=kinds) if len(kinds) > len(
                 coll.suppress_on_delete) else self.before_delete(self.ref(name), rows)
             for k, v in told.items():
                 cascaded[k] = cascaded.get(k, 0) + v
         # an orphan rule's rows are deleted only if still unreferenced in this very statement
-        return conn.execute(t.delete().where(pk.in_(keys), *([guard] if orphans else []))).rowcount
+        return conn.execute(t.delete().where(key_in(pk, keys), *([guard] if orphans else []))).rowcount
 
     def close(self) -> None:
         self.engine.dispose()

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from include.retention import keytemplate
 from include.retention.policy import Reference, Rule, referrers
 from include.retention.stores.base import Recorder
+from include.retention.stores.sql_keys import key_of
 
 IN_CHUNK = 500  # values per IN list
 
@@ -35,7 +36,7 @@ class SqlOrphans:
         tests = []
         for i, (owner, ref) in enumerate(referrers(self.policy, self.ref(name))):
             child = self.table(owner.partition(".")[2]).alias(f"orphan_ref_{i}")
-            tests.append(sa.not_(sa.exists().where(child.c[ref.column] == t.c[ref.to_column or coll.primary_key])))
+            tests.append(sa.not_(sa.exists().where(child.c[ref.column] == t.c[ref.to_column or coll.key_columns()[0]])))
         return sa.and_(*tests) if tests else sa.true()
 
     def prepare_rule(self, collection_name: str, rule: Rule, now: dt.datetime, batch_size: int,
@@ -65,16 +66,18 @@ class SqlOrphans:
                          batch_size: int, record: Recorder) -> int:
         """``UPDATE ... SET values WHERE where`` over the primary key, ``batch_size`` keys per transaction: select
         the next keys, update that key range with ``where`` repeated (a row that changed meanwhile is left)."""
-        pk = t.c[self.coll(name).primary_key]
+        pk = self.key_cols(name, t)  # one column, or a composite key (walked as a row value)
         last, total, batch = None, 0, 0
         while True:
             with self.engine.begin() as conn:
-                after = [pk > last] if last is not None else []
-                keys = list(conn.execute(sa.select(pk).where(where, *after).order_by(pk).limit(batch_size)).scalars())
-                if not keys:
+                rows = conn.execute(sa.select(*pk).where(where, *self._after(pk, last)).order_by(*pk)
+                                    .limit(batch_size)).all()
+                if not rows:
                     break
-                n = conn.execute(t.update().where(pk >= keys[0], pk <= keys[-1], where).values(values)).rowcount
-            last = keys[-1]
+                keys = [key_of(r) for r in rows]
+                n = conn.execute(t.update().where(*self._after(pk, last), *self._upto(pk, tuple(rows[-1])), where)
+                                 .values(values)).rowcount
+            last = tuple(rows[-1])
             if n:
                 batch += 1
                 total += n

@@ -35,6 +35,7 @@ from include.retention.stores.base import (
     lock_reason_for,
     own_lock_reasons,
 )
+from include.retention.stores.sql_keys import after, has_row_values, key_eq, key_in, key_of
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection, IdentityField
@@ -58,6 +59,12 @@ class SqlSubjects:
     mask_key: bytes
     name: str
 
+    # ---- keys -----------------------------------------------------------------------------
+    def key_cols(self, name: str, t: sa.Table | None = None) -> list[sa.Column]:
+        """The primary key's columns of ``t`` (default: the collection's table): one, or several."""
+        t = t if t is not None else self.table(name)
+        return [t.c[c] for c in self.coll(name).key_columns()]
+
     # ---- reading identities ---------------------------------------------------------------
     def _identity_cols(self, coll: Collection) -> list[str]:
         return sorted({f.column for _, f in coll.identity_fields()})
@@ -65,29 +72,29 @@ class SqlSubjects:
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         self.check(collection_name)  # holds and conditions typed before any row is judged by them
         coll, t = self.coll(collection_name), self.table(collection_name)
-        pk = t.c[coll.primary_key]
+        keys = self.key_cols(collection_name, t)
+        n = len(keys)
         cols = self._identity_cols(coll)
         fields = coll.identity_fields()
         last = None
         while True:
-            query = sa.select(pk, *(t.c[c] for c in cols)).order_by(pk).limit(SCAN_BATCH)
-            if last is not None:
-                query = query.where(pk > last)
+            query = (sa.select(*keys, *(t.c[c] for c in cols)).order_by(*keys).limit(SCAN_BATCH)
+                     .where(*after(keys, last, has_row_values(self.engine.dialect))))
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
             if not rows:
                 return
             batch = []
             for row in rows:
-                values = dict(zip(cols, row[1:], strict=True))
+                values = dict(zip(cols, row[n:], strict=True))
                 found: dict[str, set[str]] = {}
                 for kind, f in fields:
                     value = normalise(kind, values[f.column])
                     if value is not None:
                         found.setdefault(kind, set()).add(value)
-                batch.append((row[0], found))
+                batch.append((key_of(row[:n]), found))
             yield batch
-            last = rows[-1][0]
+            last = tuple(rows[-1][:n])
             if len(rows) < SCAN_BATCH:
                 return
 
@@ -127,18 +134,25 @@ class SqlSubjects:
     def _locked_rows(self, conn, name: str, keys: list[Any], *, dependents: bool, lock: bool = True
                      ) -> list[dict[str, Any]]:
         coll, t = self.coll(name), self.table(name)
-        pk = t.c[coll.primary_key]
-        query = (sa.select(pk.label("_pk"), *(t.c[c] for c in self._identity_cols(coll)),
-                           *self._state_columns(name, t, dependents=dependents)).where(pk.in_(keys)))
-        return [dict(r._mapping) for r in conn.execute(query.with_for_update() if lock else query)]
+        cols = self.key_cols(name, t)
+        query = (sa.select(*(c.label(f"_pk{i}") for i, c in enumerate(cols)),
+                           *(t.c[c] for c in self._identity_cols(coll)),
+                           *self._state_columns(name, t, dependents=dependents)).where(key_in(cols, keys)))
+        out = []
+        for r in conn.execute(query.with_for_update() if lock else query):
+            row = dict(r._mapping)
+            row["_pk"] = key_of([row.pop(f"_pk{i}") for i in range(len(cols))])
+            out.append(row)
+        return out
 
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
         coll, t = self.coll(collection_name), self.table(collection_name)
-        pk = t.c[coll.primary_key]
+        keys = self.key_cols(collection_name, t)
         cols = [t.c[c] for c in coll.columns]
         for chunk in _chunks(sorted(claims)):
             with self.engine.connect() as conn:
-                yield [dict(r._mapping) for r in conn.execute(sa.select(*cols).where(pk.in_(chunk)).order_by(pk))]
+                yield [dict(r._mapping) for r in conn.execute(sa.select(*cols).where(key_in(keys, chunk))
+                                                              .order_by(*keys))]
 
     # ---- classification -------------------------------------------------------------------
     @staticmethod
@@ -250,14 +264,14 @@ class SqlSubjects:
         coll, t = self.coll(name), self.table(name)
         if coll.lock is None:
             return
-        pk = t.c[coll.primary_key]
+        keys = self.key_cols(name, t)
         for row, token_source in kept:
             if row.get("_locked_at") is not None:
                 continue
             values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], utcnow())}
             if coll.lock.reason:
                 values[coll.lock.reason] = lock_reason_for(ERASURE_EXCEPTION, token_source, self.mask_key)
-            conn.execute(t.update().where(pk == row["_pk"], t.c[coll.lock.at].is_(None)).values(values))
+            conn.execute(t.update().where(key_eq(keys, row["_pk"]), t.c[coll.lock.at].is_(None)).values(values))
 
     def _erase_mentions(self, conn, name: str, rows: list[tuple[dict[str, Any], set[str], set[str]]],
                         outcome: SubjectOutcome, dry_run: bool) -> None:
@@ -265,7 +279,7 @@ class SqlSubjects:
         if not rows:
             return
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        pk = t.c[coll.primary_key]
+        keys = self.key_cols(name, t)
         masks = {f.column: f.mask for _, f in coll.identity_fields() if f.erase == "mask"}
         for row, cols, rids in rows:
             if not dry_run:
@@ -274,18 +288,18 @@ class SqlSubjects:
                     strategy = STRATEGIES[masks[c].strategy]
                     values[c] = (strategy.sql(t.c[c], masks[c].value) if strategy.in_sql
                                  else strategy.python(row[c], masks[c].value, self.mask_key))
-                conn.execute(t.update().where(pk == row["_pk"]).values(values))
+                conn.execute(t.update().where(key_eq(keys, row["_pk"])).values(values))
             for rid in rids:
                 outcome.add(rid, ref, "masked")
 
     def _anonymize_subject_rows(self, conn, name: str, keys: list[Any], own: set[str]) -> int:
         coll, t = self.coll(name), self.table(name)
-        pk = t.c[coll.primary_key]
-        where = sa.and_(pk.in_(keys), self._erasable(name, t, own))
+        mine = key_in(self.key_cols(name, t), keys)
+        where = sa.and_(mine, self._erasable(name, t, own))
         n = self._anonymize(conn, name, t, keys, where, coll.erasure_mask, utcnow())
         if coll.lock is not None and own and coll.lock.reason:
             # an anonymized row names nobody: the subject's own restriction of it has no object any more
-            conn.execute(t.update().where(pk.in_(keys), t.c[coll.lock.reason].in_(sorted(own)))
+            conn.execute(t.update().where(mine, t.c[coll.lock.reason].in_(sorted(own)))
                          .values({coll.lock.at: None, coll.lock.reason: None}))
         return n
 
@@ -294,7 +308,7 @@ class SqlSubjects:
                  ) -> SubjectOutcome:
         name = collection_name
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        pk = t.c[coll.primary_key]
+        pk = self.key_cols(name, t)
         outcome = SubjectOutcome()
         keys = claimed_keys(self.name, claims)
         wanted = index_subjects(subjects)
@@ -316,7 +330,7 @@ class SqlSubjects:
                             if coll.lock.reason:
                                 values[coll.lock.reason] = lock_reason_for(
                                     RESTRICTION, token_of[min(token_of)], self.mask_key)
-                            n = conn.execute(t.update().where(pk == row["_pk"], t.c[coll.lock.at].is_(None))
+                            n = conn.execute(t.update().where(key_eq(pk, row["_pk"]), t.c[coll.lock.at].is_(None))
                                              .values(values)).rowcount
                             what = "restricted" if n else "already_restricted"
                     for rid in token_of:
@@ -350,7 +364,7 @@ class SqlSubjects:
         the identity columns that hold an old value, of exactly the claimed rows (locked, re-read first)."""
         name = collection_name
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        pk = t.c[coll.primary_key]
+        pk = self.key_cols(name, t)
         outcome = SubjectOutcome()
         keys = claimed_keys(self.name, claims)
         old = {s.request_id: s.identities for s in subjects}
@@ -369,7 +383,7 @@ class SqlSubjects:
                     if not values:
                         continue  # no longer carries the old value: not ours to touch
                     if not dry_run:
-                        conn.execute(t.update().where(pk == row["_pk"]).values(values))
+                        conn.execute(t.update().where(key_eq(pk, row["_pk"])).values(values))
                     for rid in rids:
                         outcome.add(rid, ref, "rectified")
         return outcome
@@ -380,7 +394,8 @@ class SqlSubjects:
         withdrawn value; a consent already withdrawn (column already set) is counted, not rewritten."""
         name = collection_name
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        pk = t.c[coll.primary_key]
+        pk = self.key_cols(name, t)
+        n_pk = len(pk)
         outcome = SubjectOutcome()
         chosen = [c for c in coll.consent if consents is None or c.name in consents]
         if not chosen:
@@ -392,13 +407,13 @@ class SqlSubjects:
         for chunk in _chunks(keys):
             with self.engine.begin() as conn:
                 rows = {r["_pk"]: r for r in self._locked_rows(conn, name, chunk, dependents=False)}
-                current = {r[0]: r for r in conn.execute(
-                    sa.select(pk, *(t.c[c.column] for c in chosen)).where(pk.in_(list(rows))))} if rows else {}
+                current = {key_of(r[:n_pk]): r[n_pk:] for r in conn.execute(
+                    sa.select(*pk, *(t.c[c.column] for c in chosen)).where(key_in(pk, list(rows))))} if rows else {}
                 for key, row in rows.items():
                     whole, _mention, _tokens = self._row_claims(row, fields, wanted)
                     if not whole:
                         continue  # only mentions the subject: somebody else's consent
-                    for i, consent in enumerate(chosen, start=1):
+                    for i, consent in enumerate(chosen):
                         col = t.c[consent.column]
                         target = self._bind_time(col, now) if consent.withdrawn == "now" else consent.withdrawn
                         have = current[key][i]
@@ -407,7 +422,7 @@ class SqlSubjects:
                         if not done and not dry_run:
                             guard = col.is_(None) if consent.withdrawn == "now" else sa.or_(
                                 col.is_(None), col != consent.withdrawn)
-                            n = conn.execute(t.update().where(pk == key, guard).values({consent.column: target})
+                            n = conn.execute(t.update().where(key_eq(pk, key), guard).values({consent.column: target})
                                              ).rowcount
                             what = f"withdrawn:{consent.name}" if n else f"already_withdrawn:{consent.name}"
                         for rid in whole:
@@ -415,10 +430,10 @@ class SqlSubjects:
         return outcome
 
     def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
-        coll, t = self.coll(collection_name), self.table(collection_name)
-        pk, fk = t.c[coll.primary_key], t.c[column]
+        t = self.table(collection_name)
+        pk, fk = self.key_cols(collection_name, t), t.c[column]
         out: list[Any] = []
         for chunk in _chunks(sorted(parent_keys)):
             with self.engine.connect() as conn:
-                out += list(conn.execute(sa.select(pk).where(fk.in_(chunk))).scalars())
+                out += [key_of(r) for r in conn.execute(sa.select(*pk).where(fk.in_(chunk)))]
         return sorted(set(out))

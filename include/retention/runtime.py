@@ -51,7 +51,8 @@ class Runtime:
                 from include.retention.stores.sql import SqlStore
 
                 self._stores[system] = SqlStore(system, self.policy, make_engine(sqlalchemy_url(info)),
-                                                mask_key=self.key, before_delete=self.before_delete)
+                                                mask_key=self.key, before_delete=self.before_delete,
+                                                stores=self.store)
             else:
                 from include.retention.stores.s3 import S3Store
 

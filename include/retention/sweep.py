@@ -103,6 +103,10 @@ class LedgerRecorder:
     def __init__(self, ledger: Ledger, common: dict[str, Any]):
         self.ledger, self.common = ledger, common
 
+    def for_collection(self, system: str, collection: str) -> LedgerRecorder:
+        """The recorder of a cascade into another system: same run and rule, that system's own entries."""
+        return LedgerRecorder(self.ledger, {**self.common, "system": system, "collection": collection})
+
     def intend(self, action: str, planned: int, pk_digest: str) -> int:
         return self.ledger.intend(action=action, count=planned, pk_digest=pk_digest, **self.common)
 

@@ -268,6 +268,25 @@ class Store(abc.ABC):
         that belong to a subject through their parent: list memberships, campaign events)."""
         raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
 
+    # ---- cascades from another system's rows (docs/adr/0012) ------------------------------------
+    def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
+        """Of ``values``, those that a held item here references through ``column`` (their parents stay)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+
+    def delete_dependents(self, collection_name: str, reference: Any, values: list[Any], *,
+                          record: Recorder | None = None, parent: str = "") -> tuple[dict[str, int], set[Any]]:
+        """Delete (or nullify) the items here referencing ``values``, children first, in bounded batches (each
+        recorded with ``record``); returns the counts and the values that still have items here."""
+        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+
+    def count_dependents(self, collection_name: str, column: str, values: list[Any]) -> int:
+        """Items here whose ``column`` references one of ``values`` (for the safety brake)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+
+    def count_rows(self, collection_name: str) -> int:
+        """Items in the collection (for the safety brake)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores do not count their items here")
+
     def stream_object(self, collection_name: str, key: str) -> Iterator[bytes]:
         """An object's bytes, in bounded chunks, exactly as stored (an access package copies them in)."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold no objects to stream")

@@ -29,6 +29,7 @@ from include.retention.errors import SchemaMismatch
 from include.retention.masking import STRATEGIES
 from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
 from include.retention.stores.base import Recorder, RulePlan, StageResult, Store, begin_record, end_record
+from include.retention.stores.sql_cascade import SqlCascade
 from include.retention.stores.sql_keys import after, has_row_values, key_in, key_of, key_text, upto
 from include.retention.stores.sql_orphans import SqlOrphans
 from include.retention.stores.sql_subjects import SqlSubjects
@@ -72,16 +73,19 @@ def serialize_sqlite_writers(engine: sa.Engine) -> None:
     engine._retention_immediate = True
 
 
-class SqlStore(SqlOrphans, SqlSubjects, Store):
+class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
     kind = "sql"
 
     def __init__(self, name: str, policy: Policy, engine: sa.Engine, *, mask_key: bytes = b"",
-                 before_delete: BeforeDelete | None = None):
+                 before_delete: BeforeDelete | None = None, stores: Callable[[str], Store] | None = None):
         super().__init__(name, policy)
         serialize_sqlite_writers(engine)
         self.engine = engine
         self.mask_key = mask_key
         self.before_delete = before_delete
+        # system name -> its store: children in other databases are deleted through it (``SqlCascade``)
+        self.stores = stores
+        self._recording: Recorder | None = None  # the running stage's recorder (child systems' entries)
         self._tables: dict[str, sa.Table] = {}
         self._checked: set[str] = set()
         # collection -> identity kinds the delete stage now running there suppresses (Rule.suppress_kinds)
@@ -341,6 +345,8 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
                              .where(child.c[ref.column].in_(going))).scalar() or 0
             total = conn.execute(sa.select(sa.func.count()).select_from(child)).scalar() or 0
             out[child_ref] = (int(n), int(total))
+        going = sa.select(*self.key_cols(name, t)).where(self.eligible(name, rule, stage, now, t))
+        out.update(self._other_cascade_counts(conn, name, going))
         return out
 
     # ---- act ----------------------------------------------------------------------------
@@ -426,6 +432,16 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         Sizes: the first batch covers ``batch_size`` rows, the next ones about ``BATCH_SECONDS`` each at the
         rate just measured (``_BatchSizer``), never more than ``MAX_BATCH`` rows.
         """
+        self._recording = record
+        try:
+            return self._act_in_batches(collection_name, predicate, action, batch_size, reason, record, mask, now,
+                                        walk)
+        finally:
+            self._recording = None
+
+    def _act_in_batches(self, collection_name: str, predicate: Callable[[sa.Table], Any], action: str,
+                        batch_size: int, reason: str, record: Recorder, mask: dict | None, now: dt.datetime | None,
+                        walk: str | None) -> StageResult:
         t = self.table(collection_name)
         now = now or dt.datetime.now(dt.UTC)
         order = self.walk_order(collection_name, walk)
@@ -723,12 +739,14 @@ class SqlStore(SqlOrphans, SqlSubjects, Store):
         pk = self.key_cols(name, t)
         if guard is not None:
             keys = [key_of(r) for r in conn.execute(sa.select(*pk).where(key_in(pk, keys), guard).with_for_update())]
+        # children in other databases first (their own batches and ledger entries); parents they hold stay
+        keys = self._delete_other_children(conn, name, keys, cascaded) if keys else keys
         if not keys:
             return 0
         orphans = guard is not None and name in self._orphan_stage
         for child_ref, ref in self.policy.children(self.ref(name)) if not orphans else []:
             c_sys, _, c_name = child_ref.partition(".")
-            if c_sys != self.name:  # pragma: no cover - the policy refuses cross-database references
+            if c_sys != self.name:  # done above, through the other system's store
                 continue
             child = self.table(c_name)
             parent_vals = sorted({v for _, v in self._referenced(conn, name, ref, keys)})

@@ -1,0 +1,190 @@
+"""References across databases: a parent's delete in one SQL system takes its children in another along.
+
+The parent's batch (its rows locked, ``SELECT ... FOR UPDATE``) hands the values the children reference to
+the child system's store, children first (docs/adr/0012-composite-keys-and-cross-database-cascades.md):
+
+1. ``held_dependents``: parent values with a child under legal hold (or with held dependents of its own) in
+   the other system: those parents are kept, and so are all their children (as in one database).
+2. ``delete_dependents``: the other system deletes (or nullifies) the children of the remaining values in
+   bounded batches of its own, each one transaction there and one ledger entry of that system (intent before,
+   real count after). Values are compared exactly in Python (the other database's collation may call ``abc``
+   and ``ABC `` equal: that would widen the delete). It returns the values that still have children (a hold
+   placed meanwhile): those parents are kept too.
+3. The parent's own statement deletes the rest and commits.
+
+A failure in the other system raises before the parent's statement: the parent batch rolls back and keeps its
+rows; children already deleted in committed child batches are gone and recorded, and a retry deletes the
+rest: every child and parent counted once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from include.retention.errors import RetentionError
+from include.retention.stores.base import Recorder, begin_record, end_record
+from include.retention.stores.sql_keys import key_in, key_of
+from include.retention.stores.sql_subjects import _chunks
+
+if TYPE_CHECKING:
+    from include.retention.policy import Reference
+    from include.retention.stores.base import Store
+
+CHILD_BATCH = 1000  # child rows per transaction of the other system
+
+
+class SqlCascade:
+    """Mixin of ``SqlStore``: the cross-database half of a delete (both the parent's and the child's side)."""
+
+    # provided by SqlStore
+    engine: sa.Engine
+    name: str
+    stores: Callable[[str], Store] | None
+    _recording: Recorder | None
+
+    # ---- the parent's side ------------------------------------------------------------------------
+    def _other_children(self, name: str) -> list[tuple[str, Reference, Store]]:
+        """(child ref, reference, the child system's store) for children in other databases."""
+        out = []
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys = child_ref.partition(".")[0]
+            if c_sys == self.name:
+                continue
+            if self.stores is None:
+                raise RetentionError(f"{self.ref(name)}: {child_ref} references it from another database, and this "
+                                     "store was opened without the other systems' stores (use Runtime)")
+            out.append((child_ref, ref, self.stores(c_sys)))
+        return out
+
+    def _delete_other_children(self, conn, name: str, keys: list[Any], cascaded: dict[str, int]) -> list[Any]:
+        """Children in other databases first; returns the parent keys that may go now (the others are kept)."""
+        others = self._other_children(name)
+        if not others:
+            return keys
+        links = [(child_ref, ref, store, self._referenced(conn, name, ref, keys)) for child_ref, ref, store in others]
+        kept: set[Any] = set()
+        for child_ref, ref, store, pairs in links:
+            if ref.on_delete == "delete":
+                held = store.held_dependents(child_ref.partition(".")[2], ref.column, sorted({v for _, v in pairs}))
+                kept |= {k for k, v in pairs if v in held}
+        for child_ref, ref, store, pairs in links:
+            values = sorted({v for k, v in pairs if k not in kept})
+            if not values:
+                continue
+            counts, left = store.delete_dependents(child_ref.partition(".")[2], ref, values, record=self._recording,
+                                                   parent=self.ref(name))
+            kept |= {k for k, v in pairs if v in left}
+            for k, n in counts.items():
+                cascaded[k] = cascaded.get(k, 0) + n
+        if kept:
+            what = f"{self.ref(name)}:kept_for_held_dependents"
+            cascaded[what] = cascaded.get(what, 0) + len(kept)
+        return [k for k in keys if k not in kept]
+
+    def _other_cascade_counts(self, conn, name: str, going: sa.Select) -> dict[str, tuple[int, int]]:
+        """Rows in other databases a delete of ``going``'s parents (one column: the referenced values) would take
+        along, and each child collection's size: the brake weighs them like same-database dependents."""
+        out = {}
+        for child_ref, ref, store in self._other_children(name):
+            if ref.on_delete != "delete":
+                continue
+            c_name = child_ref.partition(".")[2]
+            t = self.table(name)
+            col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
+            n = 0
+            result = conn.execution_options(stream_results=True, yield_per=5000).execute(
+                going.with_only_columns(col).distinct())
+            for part in result.partitions():
+                n += store.count_dependents(c_name, ref.column, [r[0] for r in part if r[0] is not None])
+            out[child_ref] = (n, store.count_rows(c_name))
+        return out
+
+    # ---- the child's side ---------------------------------------------------------------------------
+    def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
+        """Of ``values``, those held by a row here whose ``column`` holds exactly that value (legal hold, or held
+        dependents of its own): their parents must stay."""
+        t = self.table(collection_name)
+        held = self.held(collection_name, t)
+        tests = ([held] if held is not None else []) + self._held_dependents(collection_name, t)
+        if not tests or not values:
+            return set()
+        fk, wanted, out = t.c[column], set(values), set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(values):
+                found = conn.execute(sa.select(fk).distinct().where(fk.in_(chunk), sa.or_(*tests))).scalars()
+                out |= {v for v in found if v in wanted}
+        return out
+
+    def count_dependents(self, collection_name: str, column: str, values: list[Any]) -> int:
+        """Rows here whose ``column`` holds one of ``values`` (for the brake: a collation that widens the match
+        only makes it stricter)."""
+        fk = self.table(collection_name).c[column]
+        n = 0
+        with self.engine.connect() as conn:
+            for chunk in _chunks(values):
+                n += conn.execute(sa.select(sa.func.count()).where(fk.in_(chunk))).scalar() or 0
+        return int(n)
+
+    def count_rows(self, collection_name: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self.table(collection_name))).scalar())
+
+    def delete_dependents(self, collection_name: str, reference: Reference, values: list[Any], *,
+                          record: Recorder | None = None, parent: str = "") -> tuple[dict[str, int], set[Any]]:
+        """Delete (``on_delete: delete``) or clear the reference of (``nullify``) the rows here whose
+        ``reference.column`` holds exactly one of ``values``, in bounded batches, each one transaction here and
+        (with ``record``) one ledger entry of this system. Returns the counts (this collection's, and what its
+        deletes took along) and the values that still have rows here afterwards (held: their parents stay)."""
+        name, t = collection_name, self.table(collection_name)
+        pk, fk = self.key_cols(name, t), t.c[reference.column]
+        n_pk, ref = len(pk), self.ref(name)
+        deleting = reference.on_delete == "delete"
+        guard = self._not_held(name, t) if deleting else fk.is_not(None)
+        sub = getattr(record, "for_collection", None)
+        rec = sub(self.name, ref) if sub is not None else None
+        counts: dict[str, int] = {}
+        left: set[Any] = set()
+        for chunk in _chunks(sorted(values)):
+            exact = set(chunk)
+            last = None
+            while True:
+                intent, digest, cascaded = None, "", {}
+                with self.engine.begin() as conn:
+                    rows = conn.execute(sa.select(*pk, fk).where(fk.in_(chunk), guard, *self._after(pk, last))
+                                        .order_by(*pk).limit(CHILD_BATCH).with_for_update()).all()
+                    if not rows:
+                        break
+                    last = tuple(rows[-1][:n_pk])
+                    keys = sorted(key_of(r[:n_pk]) for r in rows if r[n_pk] in exact)
+                    if keys:
+                        digest = self._pk_digest(keys)
+                        if deleting:
+                            if rec is not None:
+                                intent = begin_record(rec, "delete", len(keys), digest)
+                            changed = self._delete_keys(conn, name, keys, cascaded, guard=guard)
+                        else:
+                            changed = conn.execute(t.update().where(key_in(pk, keys), guard)
+                                                   .values({reference.column: None})).rowcount
+                if keys:
+                    what = ref if deleting else f"{ref}:nullified"
+                    counts[what] = counts.get(what, 0) + changed
+                    for k, v in cascaded.items():
+                        counts[k] = counts.get(k, 0) + v
+                    if rec is not None and deleting:
+                        end_record(rec, intent, "delete", changed, digest,
+                                   {"cascaded_from": parent, "cascaded": cascaded})
+                if len(rows) < CHILD_BATCH:
+                    break
+            if deleting:
+                with self.engine.connect() as conn:
+                    left |= {v for v in conn.execute(sa.select(fk).distinct().where(fk.in_(chunk))).scalars()
+                             if v in exact}
+        return counts, left
+
+    def _not_held(self, name: str, t: sa.Table) -> sa.ColumnElement[bool]:
+        held = self.held(name, t)
+        preds = ([sa.not_(held)] if held is not None else []) + [sa.not_(d) for d in self._held_dependents(name, t)]
+        return sa.and_(*preds) if preds else sa.true()

@@ -129,9 +129,8 @@ def _reference_cycle(d):
 
 
 def _cross_database_cycle(d):
-    _coll(d, "mailing", "subscribers")["references"] = [
-        {"to": "crm.contacts", "column": "id", "to_column": "id", "on_delete": "delete"}]
-    _coll(d, "crm", "contacts")["references"] = [{"to": "mailing.subscribers", "column": "id", "on_delete": "delete"}]
+    _coll(d, "mailing", "subscribers")["references"] = [{"to": "crm.leads", "column": "id", "on_delete": "delete"}]
+    _coll(d, "crm", "leads")["references"] = [{"to": "mailing.subscribers", "column": "id", "on_delete": "delete"}]
 
 
 def _composite_key_missing_column(d):
@@ -250,8 +249,8 @@ INVALID = [
     (_unparseable_period, f"{INQUIRIES}.rules[0]", "'12 months' is not an ISO 8601 duration"),
     (_reference_cycle, "systems.crm.collections.contacts.references[0].to",
      "reference cycle: crm.contacts -> crm.inquiries -> crm.contacts"),
-    (_cross_database_cycle, "systems.crm.collections.contacts.references[0].to",
-     "reference cycle across databases: crm.contacts -> mailing.subscribers -> crm.contacts"),
+    (_cross_database_cycle, "systems.crm.collections.leads.references[0].to",
+     "reference cycle across databases: crm.leads -> mailing.subscribers -> crm.leads"),
     (_composite_key_missing_column, "systems.mailing.collections.list_memberships.primary_key[1]",
      "unknown column 'list_idx'"),
     (_composite_key_named_twice, "systems.mailing.collections.list_memberships.primary_key[1]",

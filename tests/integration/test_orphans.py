@@ -180,3 +180,43 @@ systems:
     msg = str(err.value)
     assert "s3.yaml" in msg and "systems.objects.collections.cvs.rules[0].start.orphaned" in msg
     assert "no collection's 'references' point at objects.cvs" in msg or "orphaned: last_modified" in msg
+
+
+OWNING = POLICY.replace("columns: [id, name, orphaned_since, legal_hold]",
+                        "columns: [id, name, orphaned_since, legal_hold]\n"
+                        "        references: [{to: files.photos, key_template: \"photos/{id}/\"}]") + """
+  files:
+    kind: s3
+    connection: files_s3
+    collections:
+      photos: {bucket: photos, prefix: photos/}
+"""
+
+
+def test_an_orphan_rule_whose_rows_own_objects_locks_rechecks_and_deletes_exactly(db_url):
+    """Rows that own objects go by key (locked, re-checked, the objects first): still only the unreferenced ones,
+    and the objects of exactly those rows."""
+    engine = make_engine(db_url)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(people.insert(), [{"id": i, "name": f"p{i}", "orphaned_since": s, "legal_hold": h}
+                                       for i, (s, h) in ROWS.items()])
+        conn.execute(orders.insert(), [{"id": 1, "person_id": 1}, {"id": 2, "person_id": 7}])
+        conn.execute(notes.insert(), [{"id": 1, "author": 2}])
+    policy = parse_policy(OWNING, source="owning.yaml")
+    told: list[int] = []
+
+    def before_delete(coll_ref, rows, **_):
+        told.extend(r["id"] for r in rows)
+        return {"files.photos": len(rows)}
+
+    store = SqlStore("crm", policy, engine, mask_key=KEY, before_delete=before_delete)
+    _, _, rule = policy.rule("crm.people.orphaned")
+    try:
+        store.check("people")
+        result = store.apply_stage("people", rule, rule.stages[0], NOW, 1, "retention:test", lambda *a, **k: None)
+    finally:
+        store.close()
+    assert result.changed == 2 and sorted(told) == [4, 9] and result.cascaded == {"files.photos": 2}
+    assert set(_state(engine)) == set(ROWS) - {4, 9}
+    engine.dispose()

@@ -95,8 +95,13 @@ def _stage_text(action: str, after: str) -> str:
     return f"{action} {text}" if text == "immediately" else f"{action} after {text}"
 
 
-def _conditions(conds: list[Any]) -> str:
+def _conditions(conds: list[Any], policy: Policy | None = None, ref: str = "", rule: Rule | None = None) -> str:
     out = []
+    if policy is not None and rule is not None and rule.start.orphaned is not None:
+        from include.retention.policy import referrers
+
+        owners = sorted({owner for owner, _ in referrers(policy, ref)})
+        out.append(f"nothing in {', '.join(owners)} refers to it")
     for c in conds:
         if c.is_null is not None:
             out.append(f"{c.column} is {'' if c.is_null else 'not '}null")
@@ -213,7 +218,7 @@ def concept_rows(policy: Policy, evidence: dict[str, dict[str, Any]] | None = No
                         "standard_period": period_text(last.after), "period_days": _approx_days(last.period),
                         "rule": rule_id, "start": _start_text(rule),
                         "stages": "; ".join(_stage_text(s.action, s.after) for s in rule.stages),
-                        "action": last.action, "conditions": _conditions(rule.when),
+                        "action": last.action, "conditions": _conditions(rule.when, policy, ref, rule),
                         "recipients": _listing(rule, coll, system, name="recipients") or info["recipients"],
                         "purpose": _listing(rule, coll, name="purpose") or info["purpose"],
                         "legal_basis": info["legal_basis"],

@@ -127,3 +127,14 @@ def test_default_map_leaves_no_category_without_an_end():
         for c_name, coll in system.collections.items():
             if coll.categories and not coll.rules:
                 assert any(r.on_delete == "delete" for r in coll.references), f"{s_name}.{c_name}"
+
+
+def test_concept_explains_the_orphan_rules():
+    from include.retention.concept import START_EVENTS, concept_frame
+
+    df = concept_frame(POLICY, None).set_index("rule")
+    contacts = df.loc["crm.contacts.orphaned"]
+    assert contacts["start_event"] == START_EVENTS["end_of_relationship"]
+    assert contacts["conditions"] == ("nothing in crm.applicants, crm.inquiries, crm.leads, crm.support_tickets "
+                                      "refers to it")
+    assert df.loc["objects.cvs.orphaned"]["conditions"] == "nothing in crm.applicants refers to it"

@@ -29,7 +29,7 @@ from tests.reliability.test_fault_injection import _backend_id, _kill, reconcile
 pytestmark = pytest.mark.integration
 
 NOW = dt.datetime(2026, 11, 1)
-OLD, RECENT = NOW - dt.timedelta(days=5), NOW - dt.timedelta(hours=1)
+OLD, RECENT, EDGE = NOW - dt.timedelta(days=5), NOW - dt.timedelta(hours=1), NOW - dt.timedelta(days=1)
 RULE = "mailing.subscribers.gone"
 
 POLICY = textwrap.dedent("""\
@@ -71,11 +71,12 @@ notes = sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True, auto
 deals = sa.Table("deals", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
                  sa.Column("subscriber_id", sa.String(20)))
 
-# a1..a5 expired (a3 has a held note), k1 recent
-SUBSCRIBERS = [("a1", OLD), ("a2", OLD), ("a3", OLD), ("a4", OLD), ("a5", OLD), ("k1", RECENT)]
+# a1..a5 expired (a3 has a held note), e1 exactly at the edge (kept), k1 recent
+SUBSCRIBERS = [("a1", OLD), ("a2", OLD), ("a3", OLD), ("a4", OLD), ("a5", OLD), ("e1", EDGE), ("k1", RECENT)]
 # (note id, subscriber_id, held): 'A1' and 'a1 ' are not a1's (MariaDB's collation would say they are)
 NOTES = [(1, "a1", False), (2, "a1", False), (3, "a2", False), (4, "a3", False), (5, "a3", True), (6, "a4", False),
-         (7, "a5", False), (8, "a5", False), (9, "k1", False), (10, "A1", False), (11, "a1 ", False), (12, None, False)]
+         (7, "a5", False), (8, "a5", False), (9, "k1", False), (10, "A1", False), (11, "a1 ", False), (12, None, False),
+         (13, "e1", False)]
 DEALS = [(1, "a1"), (2, "a4"), (3, "A4"), (4, "k1")]
 GONE_PARENTS = {"a1", "a2", "a4", "a5"}  # a3 stays: its note 5 is held
 GONE_NOTES = {1, 2, 3, 6, 7, 8}
@@ -176,7 +177,7 @@ def test_sweep_deletes_the_other_databases_children_first_exactly(dbs, tmp_path)
 
 
 def test_brake_counts_the_other_databases_dependents(dbs, tmp_path):
-    """One subscriber of six expires (17 %), but 12 of the 22 notes in the other database are theirs (55 %)."""
+    """One subscriber of seven expires (14 %), but 12 of the 23 notes in the other database are theirs (52 %)."""
     with make_engine(dbs["mailing"]).begin() as conn:
         conn.execute(subscribers.update().where(subscribers.c.id != "a5").values(created_at=RECENT))
     crm = make_engine(dbs["crm"])
@@ -188,9 +189,9 @@ def test_brake_counts_the_other_databases_dependents(dbs, tmp_path):
     store = rt.store("mailing")
     with pytest.raises(SafetyBrakeTripped) as info:
         run_rule(rt.policy, RULE, store, rt.ledger(), RunRef("t", "1"), now=NOW)
-    assert info.value.cascaded_to == "crm.notes" and (info.value.affected, info.value.total) == (12, 22)
+    assert info.value.cascaded_to == "crm.notes" and (info.value.affected, info.value.total) == (12, 23)
     parents, kids, _ = state(dbs)
-    assert parents == {i for i, _ in SUBSCRIBERS} and len(kids) == 22  # nothing went, in either database
+    assert parents == {i for i, _ in SUBSCRIBERS} and len(kids) == 23  # nothing went, in either database
     rt.close()
 
 
@@ -200,14 +201,17 @@ def test_erasure_takes_the_other_databases_children_along(dbs, tmp_path):
     subject = Subject("r1", {"email": "a1@example.org"})
     outcome = store.erase("subscribers", store.find("subscribers", [subject]), [subject], dry_run=False)
     assert outcome.per_request["r1"]["mailing.subscribers"] == {"deleted": 1}
+    assert outcome.per_request["r1"]["crm.notes"] == {"deleted_with_parent": 2}  # neither 'A1' nor 'a1 '
     assert outcome.totals["crm.notes"] == 2 and outcome.totals["crm.deals:nullified"] == 1
     parents, kids, linked = state(dbs)
     assert "a1" not in parents and kids == {i for i, *_ in NOTES} - {1, 2}
     assert linked[1] is None and linked[3] == "A4"
-    held = Subject("r2", {"email": "a3@example.org"})  # a3's note is held: a3 and both notes stay
-    store.erase("subscribers", store.find("subscribers", [held]), [held], dry_run=False)
+    held = Subject("r2", {"email": "a3@example.org"})  # a3's note is held: a3 and both notes stay, an exception
+    out = store.erase("subscribers", store.find("subscribers", [held]), [held], dry_run=False)
+    assert out.per_request["r2"]["mailing.subscribers"] == {"exception:legal_hold_of_dependents": 1}
     parents, kids, _ = state(dbs)
     assert "a3" in parents and {4, 5} <= kids
+    assert store.remaining("subscribers", [held], "erase") == {}  # verification accepts the kept row
     rt.close()
 
 

@@ -283,6 +283,10 @@ class Store(abc.ABC):
         """Items here whose ``column`` references one of ``values`` (for the safety brake)."""
         raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
 
+    def dependents_of(self, collection_name: str, column: str, values: list[Any]) -> dict[Any, int]:
+        """Per value, the items here whose ``column`` references exactly it (an erasure's per-request counts)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+
     def count_rows(self, collection_name: str) -> int:
         """Items in the collection (for the safety brake)."""
         raise RetentionError(f"{self.name}: {self.kind} stores do not count their items here")

@@ -713,6 +713,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                                               .group_by(fk)):
                     for key in owners.get(parent, []):
                         out.setdefault(key, {})[child_ref] = n
+        self._other_child_counts(conn, name, keys, out)
         return out
 
     def _referenced(self, conn, name: str, ref: Any, keys: list[Any]) -> list[tuple[Any, Any]]:

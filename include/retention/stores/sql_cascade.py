@@ -64,12 +64,8 @@ class SqlCascade:
         others = self._other_children(name)
         if not others:
             return keys
+        kept = self._held_elsewhere(conn, name, keys)
         links = [(child_ref, ref, store, self._referenced(conn, name, ref, keys)) for child_ref, ref, store in others]
-        kept: set[Any] = set()
-        for child_ref, ref, store, pairs in links:
-            if ref.on_delete == "delete":
-                held = store.held_dependents(child_ref.partition(".")[2], ref.column, sorted({v for _, v in pairs}))
-                kept |= {k for k, v in pairs if v in held}
         for child_ref, ref, store, pairs in links:
             values = sorted({v for k, v in pairs if k not in kept})
             if not values:
@@ -83,6 +79,29 @@ class SqlCascade:
             what = f"{self.ref(name)}:kept_for_held_dependents"
             cascaded[what] = cascaded.get(what, 0) + len(kept)
         return [k for k in keys if k not in kept]
+
+    def _held_elsewhere(self, conn, name: str, keys: list[Any]) -> set[Any]:
+        """Of ``keys``, the rows a held row of another database references (through an ``on_delete: delete``
+        reference): they are kept, as rows with held dependents in the same database are."""
+        kept: set[Any] = set()
+        for child_ref, ref, store in self._other_children(name):
+            if ref.on_delete != "delete" or not keys:
+                continue
+            pairs = self._referenced(conn, name, ref, keys)
+            held = store.held_dependents(child_ref.partition(".")[2], ref.column, sorted({v for _, v in pairs}))
+            kept |= {k for k, v in pairs if v in held}
+        return kept
+
+    def _other_child_counts(self, conn, name: str, keys: list[Any], out: dict[Any, dict[str, int]]) -> None:
+        """Add to ``out`` (parent key -> child ref -> rows) the direct dependents in other databases."""
+        for child_ref, ref, store in self._other_children(name):
+            if ref.on_delete != "delete":
+                continue
+            pairs = self._referenced(conn, name, ref, keys)
+            per = store.dependents_of(child_ref.partition(".")[2], ref.column, sorted({v for _, v in pairs}))
+            for key, value in pairs:
+                if per.get(value):
+                    out.setdefault(key, {})[child_ref] = per[value]
 
     def _other_cascade_counts(self, conn, name: str, going: sa.Select) -> dict[str, tuple[int, int]]:
         """Rows in other databases a delete of ``going``'s parents (one column: the referenced values) would take
@@ -106,6 +125,7 @@ class SqlCascade:
     def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
         """Of ``values``, those held by a row here whose ``column`` holds exactly that value (legal hold, or held
         dependents of its own): their parents must stay."""
+        self.check(collection_name)  # the child's holds typed against its columns before they decide anything
         t = self.table(collection_name)
         held = self.held(collection_name, t)
         tests = ([held] if held is not None else []) + self._held_dependents(collection_name, t)
@@ -128,6 +148,17 @@ class SqlCascade:
                 n += conn.execute(sa.select(sa.func.count()).where(fk.in_(chunk))).scalar() or 0
         return int(n)
 
+    def dependents_of(self, collection_name: str, column: str, values: list[Any]) -> dict[Any, int]:
+        """Per value of ``values``, the rows here whose ``column`` holds exactly that value (compared in Python:
+        the per-request counts of an erasure)."""
+        fk, wanted, out = self.table(collection_name).c[column], set(values), {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(values):
+                for v in conn.execute(sa.select(fk).where(fk.in_(chunk))).scalars():
+                    if v in wanted:
+                        out[v] = out.get(v, 0) + 1
+        return out
+
     def count_rows(self, collection_name: str) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self.table(collection_name))).scalar())
@@ -138,6 +169,7 @@ class SqlCascade:
         ``reference.column`` holds exactly one of ``values``, in bounded batches, each one transaction here and
         (with ``record``) one ledger entry of this system. Returns the counts (this collection's, and what its
         deletes took along) and the values that still have rows here afterwards (held: their parents stay)."""
+        self.check(collection_name)
         name, t = collection_name, self.table(collection_name)
         pk, fk = self.key_cols(name, t), t.c[reference.column]
         n_pk, ref = len(pk), self.ref(name)

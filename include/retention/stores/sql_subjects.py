@@ -143,6 +143,10 @@ class SqlSubjects:
             row = dict(r._mapping)
             row["_pk"] = key_of([row.pop(f"_pk{i}") for i in range(len(cols))])
             out.append(row)
+        if dependents and out:  # held dependents in other databases keep a row too
+            elsewhere = self._held_elsewhere(conn, name, [r["_pk"] for r in out])
+            for row in out:
+                row["_deps_held"] = row["_deps_held"] or row["_pk"] in elsewhere
         return out
 
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:

@@ -29,13 +29,20 @@ def counted_total(collections: dict[str, dict[str, int]]) -> int:
 
 def ledger_proof(ledger: Any, request_id: str, mode: str, dry_run: bool) -> dict[str, dict[str, Any]]:
     """Per system: the latest ledger entry that recorded this request's action there (``record()``)."""
+    return ledger_proofs(ledger, [request_id], mode, dry_run).get(request_id, {})
+
+
+def ledger_proofs(ledger: Any, request_ids: list[str], mode: str, dry_run: bool
+                  ) -> dict[str, dict[str, dict[str, Any]]]:
+    """``ledger_proof`` of many requests (request id -> system -> proof), read in one SELECT per 500 requests."""
     outcome = "dry_run" if dry_run else "verified"
-    found: dict[str, dict[str, Any]] = {}
-    for row in ledger.rows(request_id=request_id):
-        if row["action"] == mode and row["outcome"] == outcome and row["system"]:
-            found[row["system"]] = {"seq": int(row["seq"]), "entry_hash": row["entry_hash"],
-                                    "count": int(row["count"]), "outcome": outcome,
-                                    "recorded_at": row["recorded_at"]}
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for rid, rows in ledger.requests_with_entry(request_ids, action=mode, outcome=outcome).items():
+        for row in rows:  # oldest first: the latest entry of a system wins
+            if row["system"]:
+                found.setdefault(rid, {})[row["system"]] = {
+                    "seq": int(row["seq"]), "entry_hash": row["entry_hash"], "count": int(row["count"]),
+                    "outcome": outcome, "recorded_at": row["recorded_at"]}
     return found
 
 

@@ -255,12 +255,20 @@ class Registry:
             raise RetentionError("registry entry cannot be decrypted with the configured key") from None
 
     def identities(self, request_id: str) -> Identities:
+        return self.identities_many([request_id])[request_id]
+
+    def identities_many(self, request_ids: Iterable[str]) -> dict[str, Identities]:
+        """Request id -> its identities (decrypted), one SELECT per chunk of 500; an unknown id is refused."""
+        ids = list(dict.fromkeys(request_ids))
+        tokens: dict[str, str] = {}
         with self.engine.connect() as conn:
-            token = conn.execute(sa.select(requests.c.identity_enc).where(requests.c.request_id == request_id)
-                                 ).scalar_one_or_none()
-        if token is None:
-            raise RetentionError(f"unknown request {request_id}")
-        return Identities(**self._dec(token))
+            for chunk in _chunks(ids):
+                tokens.update(conn.execute(sa.select(requests.c.request_id, requests.c.identity_enc)
+                                           .where(requests.c.request_id.in_(chunk))).all())
+        missing = [rid for rid in ids if rid not in tokens]
+        if missing:
+            raise RetentionError(f"unknown request {missing[0]}")
+        return {rid: Identities(**self._dec(tokens[rid])) for rid in ids}
 
     # ---- requests -------------------------------------------------------------
     def request_id_for(self, dag_id: str, run_id: str) -> str:
@@ -316,25 +324,43 @@ class Registry:
 
     def claim_pending(self, limit: int, dag_id: str, run_id: str, modes: Iterable[str] = ERASURE_MODES
                       ) -> list[str]:
-        """Take up to ``limit`` pending (or incomplete) requests of ``modes`` for one intake run."""
+        """Take up to ``limit`` pending (or incomplete) requests of ``modes`` for one intake run.
+
+        A batch is acted on in one mode: it holds only requests of the oldest open request's mode and
+        dry-run flag (an erasure never runs as a restriction's batch, a dry run never with real ones);
+        the others wait for the next run."""
         self.ensure_schema()
+        t = requests
+        open_ = (t.c.status.in_(("pending", "incomplete")), t.c.mode.in_(tuple(modes)),
+                 t.c.dag_id.is_(None) | (t.c.dag_id == dag_id))
         with self.engine.begin() as conn:
+            first = conn.execute(sa.select(t.c.mode, t.c.dry_run).where(*open_)
+                                 .order_by(t.c.received_at, t.c.request_id).limit(1)).first()
+            if first is None:
+                return []
             ids = list(conn.execute(
-                sa.select(requests.c.request_id).where(requests.c.status.in_(("pending", "incomplete")),
-                                                       requests.c.mode.in_(tuple(modes)),
-                                                       requests.c.dag_id.is_(None) | (requests.c.dag_id == dag_id))
-                .order_by(requests.c.received_at, requests.c.request_id).limit(limit).with_for_update()
+                sa.select(t.c.request_id).where(*open_, t.c.mode == first.mode, t.c.dry_run == first.dry_run)
+                .order_by(t.c.received_at, t.c.request_id).limit(limit).with_for_update()
             ).scalars())
             if ids:
-                conn.execute(requests.update().where(requests.c.request_id.in_(ids))
-                             .values(status="in_progress", dag_id=dag_id, run_id=run_id,
-                                     attempts=requests.c.attempts + 1))
+                conn.execute(t.update().where(t.c.request_id.in_(ids))
+                             .values(status="in_progress", dag_id=dag_id, run_id=run_id, attempts=t.c.attempts + 1))
         return ids
 
     def get(self, request_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(requests).where(requests.c.request_id == request_id)).one()._mapping
         return {k: v for k, v in row.items() if not k.endswith("_enc")}
+
+    def get_many(self, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Request id -> its row without the encrypted fields (what ``get`` returns), one SELECT per chunk."""
+        cols = [c for c in requests.c if not c.name.endswith("_enc")]
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(request_ids)):
+                for row in conn.execute(sa.select(*cols).where(requests.c.request_id.in_(chunk))):
+                    out[row.request_id] = dict(row._mapping)
+        return out
 
     def start(self, request_id: str, dag_id: str | None = None, run_id: str | None = None) -> None:
         values: dict[str, Any] = {"status": "in_progress", "attempts": requests.c.attempts + 1}
@@ -372,29 +398,48 @@ class Registry:
 
     def set_system_counts(self, per_request: dict[str, dict], system: str, status: str) -> None:
         """Add counts to what earlier attempts recorded: rows already gone are not found again,
-        so the sum over attempts is the true count and a re-run adds nothing."""
+        so the sum over attempts is the true count and a re-run adds nothing. Set-based: per chunk of
+        500 requests one SELECT of the stored rows, one DELETE and one multi-row INSERT of the merged ones."""
         now = utcnow()
+        t = request_systems
         with self.engine.begin() as conn:
-            for request_id, new in per_request.items():
-                old = conn.execute(sa.select(request_systems.c.counts).where(
-                    request_systems.c.request_id == request_id, request_systems.c.system == system)).scalar()
-                counts = _merge(json.loads(old) if old else {}, new)
-                conn.execute(request_systems.update().where(
-                    request_systems.c.request_id == request_id, request_systems.c.system == system).values(
-                    counts=json.dumps(counts, sort_keys=True), status=status, updated_at=now,
-                    verified_at=now if status == "verified" else None))
+            for chunk in _chunks(list(per_request)):
+                where = (t.c.system == system, t.c.request_id.in_(chunk))
+                old = {r.request_id: dict(r._mapping) for r in conn.execute(sa.select(t).where(*where))}
+                rows = []
+                for rid in chunk:
+                    row = old.get(rid) or {"request_id": rid, "system": system, "attempts": 1, "error": None}
+                    counts = _merge(json.loads(row["counts"]) if row.get("counts") else {}, per_request[rid])
+                    rows.append({**row, "counts": json.dumps(counts, sort_keys=True), "status": status,
+                                 "updated_at": now, "verified_at": now if status == "verified" else None})
+                if old:
+                    conn.execute(t.delete().where(*where))
+                conn.execute(t.insert(), rows)
 
     def systems(self, request_id: str) -> dict[str, dict[str, Any]]:
+        return self.systems_many([request_id]).get(request_id, {})
+
+    def systems_many(self, request_ids: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """Request id -> system -> status, attempts, error, counts, verified_at; one SELECT per chunk of 500."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(request_systems).where(request_systems.c.request_id == request_id)).all()
-        return {r.system: {"status": r.status, "attempts": r.attempts, "error": r.error,
-                           "counts": json.loads(r.counts) if r.counts else {},
-                           "verified_at": r.verified_at} for r in rows}
+            for chunk in _chunks(list(request_ids)):
+                for r in conn.execute(sa.select(request_systems).where(request_systems.c.request_id.in_(chunk))
+                                      .order_by(request_systems.c.request_id, request_systems.c.system)):
+                    out.setdefault(r.request_id, {})[r.system] = {
+                        "status": r.status, "attempts": r.attempts, "error": r.error,
+                        "counts": json.loads(r.counts) if r.counts else {}, "verified_at": r.verified_at}
+        return out
 
     def finish(self, request_id: str, status: str, error: str | None = None) -> None:
+        self.finish_many([request_id], status, error)
+
+    def finish_many(self, request_ids: Iterable[str], status: str, error: str | None = None) -> None:
+        """Close requests with one status (and error): one UPDATE per chunk of 500."""
         with self.engine.begin() as conn:
-            conn.execute(requests.update().where(requests.c.request_id == request_id).values(
-                status=status, last_error=error, completed_at=utcnow() if status == "complete" else None))
+            for chunk in _chunks(list(request_ids)):
+                conn.execute(requests.update().where(requests.c.request_id.in_(chunk)).values(
+                    status=status, last_error=error, completed_at=utcnow() if status == "complete" else None))
 
     # ---- request details (encrypted) --------------------------------------------------
     def details(self, request_id: str) -> dict[str, Any]:
@@ -416,10 +461,17 @@ class Registry:
 
     # ---- receipts and suppression -----------------------------------------------------
     def save_receipt(self, request_id: str, receipt: dict[str, Any]) -> None:
-        text = json.dumps(receipt, sort_keys=True, default=str)
+        self.save_receipts({request_id: receipt})
+
+    def save_receipts(self, receipts_by_id: dict[str, dict[str, Any]]) -> None:
+        """Store (replace) receipts: per chunk of 500 one DELETE and one multi-row INSERT."""
+        now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(receipts.delete().where(receipts.c.request_id == request_id))
-            conn.execute(receipts.insert().values(request_id=request_id, created_at=utcnow(), receipt=text))
+            for chunk in _chunks(list(receipts_by_id)):
+                conn.execute(receipts.delete().where(receipts.c.request_id.in_(chunk)))
+                conn.execute(receipts.insert(), [
+                    {"request_id": rid, "created_at": now,
+                     "receipt": json.dumps(receipts_by_id[rid], sort_keys=True, default=str)} for rid in chunk])
 
     def receipt(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -429,28 +481,55 @@ class Registry:
 
     def subject_digest(self, request_id: str) -> str | None:
         """The keyed digest the ledger names a request's subject by (its first identity, by kind order)."""
-        given = self.identities(request_id).normalised()
-        kind = next((k for k in IDENTITY_KINDS if k in given), None)
-        return None if kind is None else self.digest(kind, given[kind])
+        return self.subject_digests([request_id])[request_id]
+
+    def subject_digests(self, request_ids: Iterable[str],
+                        identities: dict[str, Identities] | None = None) -> dict[str, str | None]:
+        """``subject_digest`` of many requests (their identities read in one SELECT unless given)."""
+        identities = identities if identities is not None else self.identities_many(request_ids)
+        out: dict[str, str | None] = {}
+        for rid in request_ids:
+            given = identities[rid].normalised()
+            kind = next((k for k in IDENTITY_KINDS if k in given), None)
+            out[rid] = None if kind is None else self.digest(kind, given[kind])
+        return out
 
     def suppress(self, request_id: str) -> int:
         """Keep the erased identities as keyed digests so they cannot come back."""
+        return self.suppress_many([request_id])
+
+    def suppress_many(self, request_ids: Iterable[str], identities: dict[str, Identities] | None = None) -> int:
+        """``suppress`` for many requests, set-based: one SELECT of the digests already listed (under any
+        active key: an address suppressed before a rotation is not added twice), one multi-row INSERT of the
+        new ones; an entry a delete put there (an unsubscribe) is marked as this erasure's too."""
         self.ensure_schema()  # key_id column on registries created before key ids
-        candidates = {self.digest(kind, value): (kind, self.digests(kind, value))
-                      for kind, value in self.identities(request_id).normalised().items()}
+        ids = list(request_ids)
+        identities = identities if identities is not None else self.identities_many(ids)
+        candidates: dict[str, tuple[str, str, list[str]]] = {}  # digest -> (kind, request, every key's digest)
+        for rid in ids:
+            for kind, value in identities[rid].normalised().items():
+                digest = self.digest(kind, value)
+                candidates.setdefault(digest, (kind, rid, self.digests(kind, value)))  # first request wins
         now, added = utcnow(), 0
         with self.engine.begin() as conn:
-            for digest, (kind, every) in sorted(candidates.items()):
-                # under any active key: an address suppressed before a rotation is not added twice
-                found = conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest.in_(every))).first()
+            every = [d for _kind, _rid, cands in candidates.values() for d in cands]
+            listed: dict[str, str | None] = {}
+            for chunk in _chunks(every):
+                listed.update(conn.execute(sa.select(suppression.c.digest, suppression.c.request_id)
+                                           .where(suppression.c.digest.in_(chunk))).all())
+            new = []
+            for digest, (kind, rid, cands) in sorted(candidates.items()):
+                found = next((c for c in cands if c in listed), None)
                 if found is None:
-                    conn.execute(suppression.insert().values(digest=digest, kind=kind, request_id=request_id,
-                                                             added_at=now, key_id=self.kid))
-                    added += 1
-                else:  # already suppressed by a delete (e.g. an unsubscribe): mark it as an erasure too
-                    conn.execute(suppression.update().where(suppression.c.digest == found.digest,
+                    new.append({"digest": digest, "kind": kind, "request_id": rid, "added_at": now,
+                                "key_id": self.kid})
+                elif listed[found] is None:  # already suppressed by a delete: mark it as an erasure too
+                    conn.execute(suppression.update().where(suppression.c.digest == found,
                                                             suppression.c.request_id.is_(None))
-                                 .values(request_id=request_id))
+                                 .values(request_id=rid))
+            for chunk in _chunks(new):
+                conn.execute(suppression.insert(), chunk)
+            added = len(new)
         return added
 
     def suppress_values(self, values: list[tuple[str, str]], reason: str) -> int:
@@ -626,14 +705,22 @@ class Registry:
 
     def recipients(self, request_id: str) -> dict[str, dict[str, Any]]:
         """The request's recipients: name -> channel, status, action, systems, categories, attempts, response."""
+        return self.recipients_many([request_id]).get(request_id, {})
+
+    def recipients_many(self, request_ids: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """``recipients`` of many requests: request id -> name -> ...; one SELECT per chunk of 500."""
         self.ensure_schema()
+        t = request_recipients
+        out: dict[str, dict[str, dict[str, Any]]] = {}
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(request_recipients).where(request_recipients.c.request_id == request_id)
-                                .order_by(request_recipients.c.recipient)).all()
-        return {r.recipient: {"channel": r.channel, "status": r.status, "action": r.action,
-                              "systems": json.loads(r.systems), "categories": json.loads(r.categories),
-                              "attempts": r.attempts, "response": r.response, "note": r.note,
-                              "settled_at": r.settled_at} for r in rows}
+            for chunk in _chunks(list(request_ids)):
+                for r in conn.execute(sa.select(t).where(t.c.request_id.in_(chunk))
+                                      .order_by(t.c.request_id, t.c.recipient)):
+                    out.setdefault(r.request_id, {})[r.recipient] = {
+                        "channel": r.channel, "status": r.status, "action": r.action,
+                        "systems": json.loads(r.systems), "categories": json.loads(r.categories),
+                        "attempts": r.attempts, "response": r.response, "note": r.note, "settled_at": r.settled_at}
+        return out
 
     def set_recipient(self, request_ids: Iterable[str], recipient: str, status: str, *, response: str | None = None,
                       note: str | None = None, attempt: bool = False) -> None:
@@ -696,6 +783,12 @@ class Registry:
         self.update_details(request_id, extension={"months": months, "reason": reason, "at": utcnow().isoformat(),
                                                    "old_due_at": old.isoformat(), "new_due_at": new.isoformat()})
         return {"request_id": request_id, "months": months, "old_due_at": old, "new_due_at": new}
+
+
+def _chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:
+    """Bounded IN lists and multi-row INSERTs: ``size`` items at a time."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _merge(old: Any, new: Any) -> Any:

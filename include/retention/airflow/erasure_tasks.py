@@ -12,8 +12,8 @@ from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
 from include.retention.policy import Policy, load_policy
-from include.retention.receipts import build_receipt, ledger_proof, render_markdown
-from include.retention.registry import Identities, NewRequest, Registry
+from include.retention.receipts import build_receipt, counted_total, ledger_proofs, render_markdown
+from include.retention.registry import RECIPIENT_SETTLED, Identities, NewRequest, Registry
 from include.retention.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ class Context:
         self.runtime.close()
 
     def subjects(self, request_ids: list[str]) -> list[Subject]:
-        return [Subject(rid, self.registry.identities(rid).normalised()) for rid in request_ids]
+        """The requests' subjects, their identities read (and decrypted) in one SELECT per 500 requests."""
+        identities = self.registry.identities_many(request_ids)
+        return [Subject(rid, identities[rid].normalised()) for rid in request_ids]
 
     def scanner(self, system: str) -> SubjectScanner:
         return SubjectScanner(self.policy, self.runtime.store(system))
@@ -104,8 +106,12 @@ def systems() -> list[str]:
 
 
 def _mode(ctx: Context, request_ids: list[str]) -> tuple[str, bool]:
-    first = ctx.registry.get(request_ids[0])
-    return first["mode"], bool(first["dry_run"])
+    """The batch's one mode and dry-run flag (``claim_pending`` never mixes them; refused if they are mixed)."""
+    found = {(r["mode"], bool(r["dry_run"])) for r in ctx.registry.get_many(request_ids).values()}
+    if len(found) != 1:
+        raise RetentionError(f"a batch of {len(request_ids)} request(s) must share one mode and dry-run flag; "
+                             f"found {sorted(found) or 'none'}")
+    return next(iter(found))
 
 
 def discover(request_ids: list[str], system: str) -> dict[str, int]:
@@ -183,69 +189,85 @@ def verify(request_ids: list[str], system: str) -> int:
 
 
 def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int:
-    """One ledger entry per request and system, written once even if the task is retried."""
+    """One ledger entry per request and system, written once even if the task is retried. Set-based: the
+    batch's entries are chained in one write transaction, states and digests read in one SELECT per 500."""
     with Context() as ctx:
         mode, dry_run = _mode(ctx, request_ids)
-        written, settled = 0, 0
-        for rid in request_ids:
-            state = ctx.registry.systems(rid).get(system, {})
-            if ctx.ledger.has_entry(request_id=rid, system=system, action=mode,
-                                    outcome="dry_run" if dry_run else "verified"):
-                ctx.registry.set_system([rid], system, "recorded")  # a retry or a re-run: already proven
-                continue
-            subject = ctx.registry.subject_digest(rid)
-            counts = state.get("counts", {})
-            total = sum(n for per in counts.get("collections", {}).values() for k, n in per.items()
-                        if k in ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent"))
-            ctx.ledger.append(run=RunRef(dag_id, run_id), action=mode, outcome="dry_run" if dry_run else "verified",
-                              count=total, request_id=rid, policy_digest=ctx.policy.digest, system=system,
-                              subject_digest=subject, details=counts)
-            ctx.registry.set_system([rid], system, "recorded")
-            written += 1
+        outcome = "dry_run" if dry_run else "verified"
+        # a retry or a re-run: requests already proven in the ledger are not written again
+        proven = ctx.ledger.requests_with_entry(request_ids, system=system, action=mode, outcome=outcome)
+        todo = [rid for rid in request_ids if rid not in proven]
+        states = ctx.registry.systems_many(todo)
+        subjects = ctx.registry.subject_digests(todo)
+        items, settled = [], 0
+        for rid in todo:
+            counts = states.get(rid, {}).get(system, {}).get("counts", {})
+            total = counted_total(counts.get("collections", {}))
+            items.append({"run": RunRef(dag_id, run_id), "action": mode, "outcome": outcome, "count": total,
+                          "request_id": rid, "policy_digest": ctx.policy.digest, "system": system,
+                          "subject_digest": subjects[rid], "details": counts})
             settled += total
+        ctx.ledger.append_many(items)
+        ctx.registry.set_system(request_ids, system, "recorded")
         if not dry_run:
             for intent in ctx.ledger.open_intents(system=system, action=mode,
                                                   pk_digest=_batch_digest(ctx, request_ids)):
                 ctx.ledger.settle(int(intent["seq"]), count=settled, outcome="verified",
-                                  details={"requests": len(request_ids), "recorded": written})
-        return written
+                                  details={"requests": len(request_ids), "recorded": len(items)})
+        return len(items)
 
 
 def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[str, Any]]:
-    """Close the request(s): complete only when every system recorded; suppression and receipt."""
-    summaries, open_ids = [], []
+    """Close the request(s): complete only when every system recorded; suppression and receipt.
+    Set-based: each step reads or writes the whole batch at once (one statement per 500 requests)."""
     with Context() as ctx:
+        reqs = ctx.registry.get_many(request_ids)
+        states = ctx.registry.systems_many(request_ids)
+        recipients = ctx.registry.recipients_many(request_ids)
+        complete, still_open = [], {}
         for rid in request_ids:
-            req = ctx.registry.get(rid)
-            states = ctx.registry.systems(rid)
-            done = all(states.get(s, {}).get("status") == "recorded" for s in expected_systems)
-            told = ctx.registry.recipients_settled(rid)  # Art. 19: every recipient confirmed or waived
+            done = all(states.get(rid, {}).get(s, {}).get("status") == "recorded" for s in expected_systems)
+            # Art. 19: every recipient confirmed or waived
+            told = all(r["status"] in RECIPIENT_SETTLED for r in recipients.get(rid, {}).values())
             if done and told:
-                if req["mode"] == "erase" and not req["dry_run"]:
-                    ctx.registry.suppress(rid)
-                ctx.registry.finish(rid, "complete")
+                complete.append(rid)
             else:
-                ctx.registry.finish(rid, "incomplete", error="not every system verified" if not done else
-                                    "not every recipient confirmed or waived")
-                open_ids.append(rid)
-            # each system's ledger entry (seq + keyed hash): `cli verify-receipt` checks the receipt against it
-            proof = ledger_proof(ctx.ledger, rid, req["mode"], bool(req["dry_run"]))
-            receipt = build_receipt(ctx.registry.get(rid), ctx.registry.systems(rid), expected_systems,
-                                    ctx.policy.digest, ledger_entries=proof)
+                error = "not every system verified" if not done else "not every recipient confirmed or waived"
+                still_open.setdefault(error, []).append(rid)
+        erased = [rid for rid in complete if reqs[rid]["mode"] == "erase" and not reqs[rid]["dry_run"]]
+        if erased:
+            ctx.registry.suppress_many(erased)
+        ctx.registry.finish_many(complete, "complete")
+        for error, ids in still_open.items():
+            ctx.registry.finish_many(ids, "incomplete", error=error)
+        reqs = ctx.registry.get_many(request_ids)  # as finished: status, completed_at
+        # each system's ledger entry (seq + keyed hash): `cli verify-receipt` checks the receipt against it
+        proofs: dict[str, dict[str, Any]] = {}
+        for mode, dry_run in {(r["mode"], bool(r["dry_run"])) for r in reqs.values()}:
+            proofs.update(ledger_proofs(ctx.ledger, [rid for rid, r in reqs.items()
+                                                     if (r["mode"], bool(r["dry_run"])) == (mode, dry_run)],
+                                        mode, dry_run))
+        receipts = {}
+        for rid in request_ids:
+            receipt = build_receipt(reqs[rid], states.get(rid, {}), expected_systems, ctx.policy.digest,
+                                    ledger_entries=proofs.get(rid, {}))
             receipt["recipients"] = {name: {k: info[k] for k in ("channel", "status", "systems", "categories",
                                                                  "response", "note")}
-                                     for name, info in ctx.registry.recipients(rid).items()}
-            ctx.registry.save_receipt(rid, receipt)
-            if len(request_ids) == 1:
-                log.info("receipt:\n%s", render_markdown(receipt))
-                if receipt["recipients"]:  # Art. 19: who was told (names, statuses; "recorded, not sent" said so)
-                    log.info("recipients told:\n%s", "\n".join(
-                        f"- {name}: {r['status']} ({r['note'] or r['response'] or r['channel']})"
-                        for name, r in receipt["recipients"].items()))
-            summaries.append({"request_id": rid, "status": receipt["status"]})
+                                     for name, info in recipients.get(rid, {}).items()}
+            receipts[rid] = receipt
+        ctx.registry.save_receipts(receipts)
+        if len(request_ids) == 1:
+            receipt = receipts[request_ids[0]]
+            log.info("receipt:\n%s", render_markdown(receipt))
+            if receipt["recipients"]:  # Art. 19: who was told (names, statuses; "recorded, not sent" said so)
+                log.info("recipients told:\n%s", "\n".join(
+                    f"- {name}: {r['status']} ({r['note'] or r['response'] or r['channel']})"
+                    for name, r in receipt["recipients"].items()))
+        summaries = [{"request_id": rid, "status": receipts[rid]["status"]} for rid in request_ids]
+    open_ids = [rid for ids in still_open.values() for rid in ids]
     if open_ids:  # not worth retrying this task: the failed system's own retries are what helps
         _fail(f"{len(open_ids)} request(s) stay open (a system did not verify or a recipient is not confirmed): "
-                             f"{', '.join(open_ids[:5])}")
+              f"{', '.join(open_ids[:5])}")
     return summaries
 
 

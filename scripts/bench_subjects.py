@@ -134,9 +134,10 @@ class World:
             drop(kind, name)
 
 
-def make_world(moto_url: str, seed_demo: bool = True) -> World:
+def make_world(moto_url: str, seed_demo: bool = True, setenv: Any = os.environ.__setitem__) -> World:
     """Fresh CRM (PostgreSQL), mailing list (MariaDB), registry + ledger (PostgreSQL) and S3 buckets;
-    ``AIRFLOW_CONN_*`` point the product at them (the task bodies resolve connections as in Airflow)."""
+    ``AIRFLOW_CONN_*`` point the product at them (the task bodies resolve connections as in Airflow;
+    ``setenv``: how, e.g. pytest's ``monkeypatch.setenv``)."""
     import boto3
 
     suffix = uuid.uuid4().hex[:8]
@@ -149,11 +150,11 @@ def make_world(moto_url: str, seed_demo: bool = True) -> World:
     else:
         schema.create_crm(crm)
         schema.create_mailing(mailing)
-    os.environ["AIRFLOW_CONN_CRM_DB"] = airflow_uri(crm_url)
-    os.environ["AIRFLOW_CONN_MAILING_DB"] = airflow_uri(mailing_url)
-    os.environ["AIRFLOW_CONN_RETENTION_LEDGER"] = airflow_uri(ledger_url)
-    os.environ["AIRFLOW_CONN_OBJECTS_S3"] = json.dumps({
-        "conn_type": "aws", "login": "t", "password": "t", "extra": {"endpoint_url": moto_url, "region_name": REGION}})
+    setenv("AIRFLOW_CONN_CRM_DB", airflow_uri(crm_url))
+    setenv("AIRFLOW_CONN_MAILING_DB", airflow_uri(mailing_url))
+    setenv("AIRFLOW_CONN_RETENTION_LEDGER", airflow_uri(ledger_url))
+    setenv("AIRFLOW_CONN_OBJECTS_S3", json.dumps({
+        "conn_type": "aws", "login": "t", "password": "t", "extra": {"endpoint_url": moto_url, "region_name": REGION}}))
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name=REGION, aws_access_key_id="t",
                       aws_secret_access_key="t")
     policy = load_policy(os.environ["RETENTION_POLICY_PATH"])

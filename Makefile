@@ -61,6 +61,7 @@ validate: venv
 
 bench: venv services
 	$(PY) scripts/bench_sweep.py $(BENCH_ROWS)  # default 1,000,000; make bench BENCH_ROWS=5000000
+	$(PY) scripts/bench_subjects.py $(BENCH_SUBJECTS)  # erasure requests, default 1,000 subjects; BENCH_SUBJECTS=200
 
 clean:
 	rm -rf .demo artifacts

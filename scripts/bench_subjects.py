@@ -11,10 +11,11 @@ with a list membership and campaign events; and one lookalike per person (anothe
 rows and objects) that must survive. Timed:
 
 - intake: the erasure_intake DAG's task bodies in-process, in the DAG's order (claim, then per system
-  discover, act, verify, record, then finalize), batches of ``--batch-size`` (the DAG's default, 500),
-  for the first group (registered beforehand with ``register_many``, timed apart);
-- single (a): the second group, one erasure_request each (register, then per system discover, act,
-  verify, record, then finalize): ``--sample`` people (default 50), extrapolated to SUBJECTS;
+  discover, act, verify, record, then the recipients' notices, finalize and the requesters' notices; no
+  Airflow scheduler), batches of ``--batch-size`` (the DAG's default, 500), for the first group
+  (registered beforehand with ``register_many``, timed apart);
+- single (a): the second group, one erasure_request each (register, then the same task bodies for one
+  request): ``--sample`` people (default 50), extrapolated to SUBJECTS;
 - row-by-row (b): the third group in the style of a row-by-row DSR tool, no ledger or registry: per
   person and identity column one SELECT, per row one DELETE (its dependants found and deleted one
   row at a time first), per owned object one list of its versions and one DELETE per version.
@@ -252,8 +253,29 @@ def left_of(world: World, addresses: list[str], keys: dict[str, list[str]]) -> d
 # ---- the three ways ------------------------------------------------------------------------------
 
 
+def run_batch(ids: list[str], dag_id: str, run_id: str) -> None:
+    """Everything after claim / register, in the DAG's order: per system discover, act, verify, record (the DAG
+    runs the systems' groups in parallel; here one after the other); the recipients told (no mail connection
+    here: "recorded, not sent"), manual ones confirmed as the approval step would; finalize; the requesters told."""
+    from include.retention.airflow import erasure_tasks, notify_tasks
+
+    systems = erasure_tasks.systems()
+    for system in systems:
+        erasure_tasks.discover(ids, system)
+        erasure_tasks.act(ids, system)
+        erasure_tasks.verify(ids, system)
+        erasure_tasks.record(ids, system, dag_id, run_id)
+    for name in notify_tasks.plan_notices(ids):
+        notify_tasks.send_notice(ids, name)
+    manual = notify_tasks.manual_pending(ids)
+    if manual:
+        notify_tasks.confirm_manual(ids, manual)
+    erasure_tasks.finalize(ids, systems)
+    notify_tasks.completion_notices(ids)
+
+
 def intake(batch_size: int, run_id: str = "bench") -> list[str]:
-    """erasure_intake's task bodies, in the DAG's order, until nothing is pending; returns the request ids."""
+    """erasure_intake's task bodies until nothing is pending; returns the request ids."""
     from include.retention.airflow import erasure_tasks
 
     done: list[str] = []
@@ -261,29 +283,17 @@ def intake(batch_size: int, run_id: str = "bench") -> list[str]:
         ids = erasure_tasks.claim(batch_size, "erasure_intake", f"{run_id}_{n}")
         if not ids:
             break
-        systems = erasure_tasks.systems()
-        for system in systems:  # the DAG runs the systems' groups in parallel; here one after the other
-            erasure_tasks.discover(ids, system)
-            erasure_tasks.act(ids, system)
-            erasure_tasks.verify(ids, system)
-            erasure_tasks.record(ids, system, "erasure_intake", f"{run_id}_{n}")
-        erasure_tasks.finalize(ids, systems)
+        run_batch(ids, "erasure_intake", f"{run_id}_{n}")
         done += ids
     return done
 
 
 def single(email: str, run_id: str) -> str:
-    """One erasure_request's task bodies, in the DAG's order; returns the request id."""
+    """One erasure_request's task bodies; returns the request id."""
     from include.retention.airflow import erasure_tasks
 
     rid = erasure_tasks.register({"email": email, "mode": "erase"}, "erasure_request", run_id)
-    systems = erasure_tasks.systems()
-    for system in systems:
-        erasure_tasks.discover([rid], system)
-        erasure_tasks.act([rid], system)
-        erasure_tasks.verify([rid], system)
-        erasure_tasks.record([rid], system, "erasure_request", run_id)
-    erasure_tasks.finalize([rid], systems)
+    run_batch([rid], "erasure_request", run_id)
     return rid
 
 

@@ -444,20 +444,34 @@ class Registry:
     # ---- request details (encrypted) --------------------------------------------------
     def details(self, request_id: str) -> dict[str, Any]:
         """What the request's type needs besides identities (decrypted); {} if nothing was stored."""
+        return self.details_many([request_id]).get(request_id, {})
+
+    def details_many(self, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``details`` of many requests (those with any), one SELECT per chunk of 500."""
+        out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            token = conn.execute(sa.select(request_details.c.details_enc)
-                                 .where(request_details.c.request_id == request_id)).scalar_one_or_none()
-        return self._dec(token) if token else {}
+            for chunk in _chunks(list(request_ids)):
+                for rid, token in conn.execute(sa.select(request_details.c.request_id, request_details.c.details_enc)
+                                               .where(request_details.c.request_id.in_(chunk))):
+                    out[rid] = self._dec(token) if token else {}
+        return out
 
     def update_details(self, request_id: str, **values: Any) -> dict[str, Any]:
         """Merge ``values`` into the request's details, stored encrypted only."""
+        return self.update_details_many({request_id: values})[request_id]
+
+    def update_details_many(self, values_by_request: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``update_details`` for many requests: per chunk of 500 one SELECT, one DELETE, one multi-row INSERT."""
         self.ensure_schema()
-        merged = {**self.details(request_id), **values}
-        with self.engine.begin() as conn:
-            conn.execute(request_details.delete().where(request_details.c.request_id == request_id))
-            conn.execute(request_details.insert().values(request_id=request_id, details_enc=self._enc(merged),
-                                                         updated_at=utcnow()))
-        return merged
+        ids, out, now = list(values_by_request), {}, utcnow()
+        for chunk in _chunks(ids):
+            old = self.details_many(chunk)
+            out.update({rid: {**old.get(rid, {}), **values_by_request[rid]} for rid in chunk})
+            with self.engine.begin() as conn:
+                conn.execute(request_details.delete().where(request_details.c.request_id.in_(chunk)))
+                conn.execute(request_details.insert(), [{"request_id": rid, "details_enc": self._enc(out[rid]),
+                                                         "updated_at": now} for rid in chunk])
+        return out
 
     # ---- receipts and suppression -----------------------------------------------------
     def save_receipt(self, request_id: str, receipt: dict[str, Any]) -> None:
@@ -474,10 +488,17 @@ class Registry:
                      "receipt": json.dumps(receipts_by_id[rid], sort_keys=True, default=str)} for rid in chunk])
 
     def receipt(self, request_id: str) -> dict[str, Any] | None:
+        return self.receipts_many([request_id]).get(request_id)
+
+    def receipts_many(self, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored receipts of these requests (those with one), one SELECT per chunk of 500."""
+        out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            text = conn.execute(sa.select(receipts.c.receipt).where(receipts.c.request_id == request_id)
-                                ).scalar_one_or_none()
-        return json.loads(text) if text else None
+            for chunk in _chunks(list(request_ids)):
+                for rid, text in conn.execute(sa.select(receipts.c.request_id, receipts.c.receipt)
+                                              .where(receipts.c.request_id.in_(chunk))):
+                    out[rid] = json.loads(text)
+        return out
 
     def subject_digest(self, request_id: str) -> str | None:
         """The keyed digest the ledger names a request's subject by (its first identity, by kind order)."""
@@ -690,18 +711,23 @@ class Registry:
     def plan_recipients(self, request_id: str, planned: dict[str, dict[str, Any]]) -> None:
         """Record the recipients a request concerns (name -> channel, action, systems, categories); a recipient
         already recorded keeps its status (a retry or a re-run does not tell it twice)."""
+        self.plan_recipients_many({request_id: planned})
+
+    def plan_recipients_many(self, planned_by_request: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """``plan_recipients`` for many requests: per chunk of 500 one SELECT and one multi-row INSERT."""
         self.ensure_schema()
-        now = utcnow()
+        now, t = utcnow(), request_recipients
         with self.engine.begin() as conn:
-            have = set(conn.execute(sa.select(request_recipients.c.recipient)
-                                    .where(request_recipients.c.request_id == request_id)).scalars())
-            for name, info in sorted(planned.items()):
-                if name in have:
-                    continue
-                conn.execute(request_recipients.insert().values(
-                    request_id=request_id, recipient=name, channel=info["channel"], status="pending",
-                    action=info["action"], systems=json.dumps(sorted(info["systems"])),
-                    categories=json.dumps(sorted(info["categories"])), attempts=0, updated_at=now))
+            for chunk in _chunks(list(planned_by_request)):
+                have = {(r.request_id, r.recipient) for r in conn.execute(
+                    sa.select(t.c.request_id, t.c.recipient).where(t.c.request_id.in_(chunk)))}
+                rows = [{"request_id": rid, "recipient": name, "channel": info["channel"], "status": "pending",
+                         "action": info["action"], "systems": json.dumps(sorted(info["systems"])),
+                         "categories": json.dumps(sorted(info["categories"])), "attempts": 0, "updated_at": now}
+                        for rid in chunk for name, info in sorted(planned_by_request[rid].items())
+                        if (rid, name) not in have]
+                if rows:
+                    conn.execute(t.insert(), rows)
 
     def recipients(self, request_id: str) -> dict[str, dict[str, Any]]:
         """The request's recipients: name -> channel, status, action, systems, categories, attempts, response."""

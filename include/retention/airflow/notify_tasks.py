@@ -9,6 +9,7 @@ Logs, XComs and exceptions carry request ids, recipient names and status codes o
 
 from __future__ import annotations
 
+import collections
 import html
 import logging
 import os
@@ -89,28 +90,30 @@ def post_json(conn: Any, endpoint: str | None, payload: dict[str, Any]) -> int:
 
 
 def plan_notices(request_ids: list[str]) -> list[str]:
-    """Record, per request, the recipients it concerns; return those told automatically (e-mail, webhook)."""
+    """Record, per request, the recipients it concerns; return those told automatically (e-mail, webhook).
+    Set-based: the batch's requests, states and recipients are read and written a chunk of 500 at a time."""
     from include.retention.airflow.erasure_tasks import Context
 
     names: set[str] = set()
     with Context() as ctx:
-        for rid in request_ids:
-            planned = notify.plan(ctx.policy, ctx.registry.get(rid), ctx.registry.systems(rid))
-            ctx.registry.plan_recipients(rid, planned)
-            for name, info in ctx.registry.recipients(rid).items():
+        reqs, states = ctx.registry.get_many(request_ids), ctx.registry.systems_many(request_ids)
+        ctx.registry.plan_recipients_many({rid: notify.plan(ctx.policy, reqs[rid], states.get(rid, {}))
+                                           for rid in request_ids})
+        for recipients in ctx.registry.recipients_many(request_ids).values():
+            for name, info in recipients.items():
                 if info["status"] not in ("sent", "confirmed", "waived") and info["channel"] != "manual":
                     names.add(name)
         log.info("%d request(s): recipients to tell automatically: %s", len(request_ids), sorted(names) or "none")
     return sorted(names)
 
 
-def _identity_for(ctx: Any, rid: str, rcp: Any) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+def _identity_for(identities: Any, rcp: Any) -> tuple[dict[str, str] | None, dict[str, str] | None]:
     """(plaintext identities, keyed digests) the recipient may receive: at most one of them."""
     from airflow.sdk.log import mask_secret
 
     if rcp.identity == "none":
         return None, None
-    given = ctx.registry.identities(rid).normalised()
+    given = identities.normalised()
     for value in given.values():
         mask_secret(value)  # should anything print it, the task log shows ***
     if rcp.identity == "plain":
@@ -133,21 +136,23 @@ def send_notice(request_ids: list[str], name: str) -> dict[str, int]:
         rcp = ctx.policy.recipients[name]
         conn_id = rcp.connection or (SMTP_CONN_ID if rcp.channel == "email" else None)
         conn = connection(conn_id)
+        recipients = ctx.registry.recipients_many(request_ids)
+        due = [rid for rid in request_ids if recipients.get(rid, {}).get(name, {}).get("status") not in
+               (None, "sent", "confirmed", "waived")]
+        if due and conn is None:
+            if strict():
+                raise RetentionError(f"recipient {name}: connection {conn_id!r} is not configured "
+                                     "(RETENTION_NOTIFY_STRICT)")
+            ctx.registry.set_recipient(due, name, "waived",
+                                       note=f"recorded, not sent: connection {conn_id!r} is not configured")
+            counts["recorded_not_sent"] = len(due)
+            log.warning("%d request(s): %s recorded, not sent (no connection %s)", len(due), name, conn_id)
+            return counts
+        identities = ctx.registry.identities_many(due) if due and rcp.identity != "none" else {}
         failed = []
-        for rid in request_ids:
-            planned = ctx.registry.recipients(rid).get(name)
-            if planned is None or planned["status"] in ("sent", "confirmed", "waived"):
-                continue
-            if conn is None:
-                if strict():
-                    raise RetentionError(f"recipient {name}: connection {conn_id!r} is not configured "
-                                         "(RETENTION_NOTIFY_STRICT)")
-                ctx.registry.set_recipient([rid], name, "waived",
-                                           note=f"recorded, not sent: connection {conn_id!r} is not configured")
-                counts["recorded_not_sent"] += 1
-                log.warning("request %s: %s recorded, not sent (no connection %s)", rid, name, conn_id)
-                continue
-            plain, digests = _identity_for(ctx, rid, rcp)
+        for rid in due:
+            planned = recipients[rid][name]
+            plain, digests = _identity_for(identities.get(rid), rcp)
             if rcp.channel == "email":
                 subject, body = notify.recipient_notice(ctx.policy, name, rid, planned, identities=plain,
                                                         digests=digests)
@@ -189,7 +194,8 @@ def manual_pending(request_ids: list[str]) -> list[str]:
     from include.retention.airflow.erasure_tasks import Context
 
     with Context() as ctx:
-        return sorted({name for rid in request_ids for name, info in ctx.registry.recipients(rid).items()
+        return sorted({name for recipients in ctx.registry.recipients_many(request_ids).values()
+                       for name, info in recipients.items()
                        if info["channel"] == "manual" and info["status"] not in ("confirmed", "waived")})
 
 
@@ -199,12 +205,14 @@ def confirm_manual(request_ids: list[str], names: list[str]) -> int:
 
     done = 0
     with Context() as ctx:
-        for rid in request_ids:
-            for name, info in ctx.registry.recipients(rid).items():
+        waiting: dict[str, list[str]] = {}
+        for rid, recipients in ctx.registry.recipients_many(request_ids).items():
+            for name, info in recipients.items():
                 if name in names and info["channel"] == "manual" and info["status"] not in ("confirmed", "waived"):
-                    ctx.registry.set_recipient([rid], name, "confirmed", response="approved in the Airflow UI",
-                                               attempt=True)
-                    done += 1
+                    waiting.setdefault(name, []).append(rid)
+        for name, rids in sorted(waiting.items()):
+            ctx.registry.set_recipient(rids, name, "confirmed", response="approved in the Airflow UI", attempt=True)
+            done += len(rids)
     log.info("%d manual recipient notice(s) confirmed", done)
     return done
 
@@ -212,48 +220,66 @@ def confirm_manual(request_ids: list[str], names: list[str]) -> int:
 # ---- the requester (Art. 12) -----------------------------------------------------------------------------
 
 
-def tell_requester(registry: Any, request_id: str, subject: str, body: str, what: str) -> str:
-    """Mail the requester at the address in the (encrypted) registry; returns what happened (no address)."""
-    email = registry.identities(request_id).normalised().get("email")
+def _to_requester(email: str | None, subject: str, body: str) -> str:
+    """Mail the requester (at ``email``, from the encrypted registry); returns what happened (no address)."""
     if not email:
-        outcome = "recorded, not sent: the request has no e-mail address"
-    elif connection(SMTP_CONN_ID) is None:
+        return "recorded, not sent: the request has no e-mail address"
+    if connection(SMTP_CONN_ID) is None:
         if strict():
             raise RetentionError(f"connection {SMTP_CONN_ID!r} is not configured (RETENTION_NOTIFY_STRICT)")
-        outcome = f"recorded, not sent: connection {SMTP_CONN_ID!r} is not configured"
-    else:
-        send_mail(SMTP_CONN_ID, email, subject, body)
-        outcome = "sent"
+        return f"recorded, not sent: connection {SMTP_CONN_ID!r} is not configured"
+    send_mail(SMTP_CONN_ID, email, subject, body)
+    return "sent"
+
+
+def _noted(details: dict[str, Any], what: str, outcome: str) -> dict[str, Any]:
+    """The request's ``requester_notices`` with this one added (what the registry's details keep)."""
     from include.retention.clock import utcnow
 
-    notices = registry.details(request_id).get("requester_notices") or []
-    registry.update_details(request_id, requester_notices=[*notices, {"notice": what, "outcome": outcome,
-                                                                      "at": utcnow().isoformat()}])
+    return {"requester_notices": [*(details.get("requester_notices") or []),
+                                  {"notice": what, "outcome": outcome, "at": utcnow().isoformat()}]}
+
+
+def tell_requester(registry: Any, request_id: str, subject: str, body: str, what: str) -> str:
+    """Mail the requester at the address in the (encrypted) registry; returns what happened (no address)."""
+    outcome = _to_requester(registry.identities(request_id).normalised().get("email"), subject, body)
+    registry.update_details(request_id, **_noted(registry.details(request_id), what, outcome))
     log.info("request %s: %s notice to the requester: %s", request_id, what, outcome)
     return outcome
 
 
-def completion_notices(request_ids: list[str]) -> dict[str, str]:
-    """After finalize: each completed (not dry-run) request's requester hears back; the receipt says so."""
+def completion_notices(request_ids: list[str], chunk: int = 50) -> dict[str, str]:
+    """After finalize: each completed (not dry-run) request's requester hears back; the receipt says so.
+    Read for the whole batch at once; what was sent is recorded after every ``chunk`` requests (a retry after
+    a crash resends at most that many)."""
     from include.retention.airflow.erasure_tasks import Context
 
-    out = {}
+    out: dict[str, str] = {}
     with Context() as ctx:
-        for rid in request_ids:
-            req = ctx.registry.get(rid)
-            if req["dry_run"] or req["status"] != "complete":
-                continue
-            if any(n.get("notice") == "completion" for n in ctx.registry.details(rid).get("requester_notices") or []):
-                continue  # a retry: told already
-            details = ctx.registry.details(rid)
-            receipt = ctx.registry.receipt(rid)
-            subject, body = notify.completion_notice(req, receipt, link=details.get("link"),
-                                                     link_expires_at=(details.get("package") or {}).get(
-                                                         "link_expires_at"))
-            out[rid] = tell_requester(ctx.registry, rid, subject, body, "completion")
-            if receipt is not None:
-                receipt["requester_notice"] = out[rid]
-                ctx.registry.save_receipt(rid, receipt)
+        reqs = ctx.registry.get_many(request_ids)
+        ready = [rid for rid in request_ids if not reqs[rid]["dry_run"] and reqs[rid]["status"] == "complete"]
+        details = ctx.registry.details_many(ready)
+        ready = [rid for rid in ready if not any(n.get("notice") == "completion"  # a retry: told already
+                                                 for n in details.get(rid, {}).get("requester_notices") or [])]
+        for i in range(0, len(ready), chunk):
+            part = ready[i:i + chunk]
+            receipts = ctx.registry.receipts_many(part)
+            identities = ctx.registry.identities_many(part)
+            noted = {}
+            for rid in part:
+                mine = details.get(rid, {})
+                subject, body = notify.completion_notice(reqs[rid], receipts.get(rid), link=mine.get("link"),
+                                                         link_expires_at=(mine.get("package") or {}).get(
+                                                             "link_expires_at"))
+                out[rid] = _to_requester(identities[rid].normalised().get("email"), subject, body)
+                noted[rid] = _noted(mine, "completion", out[rid])
+                if rid in receipts:
+                    receipts[rid]["requester_notice"] = out[rid]
+            ctx.registry.update_details_many(noted)
+            ctx.registry.save_receipts(receipts)
+        if out:
+            log.info("%d request(s): completion notice to the requester: %s", len(out),
+                     dict(collections.Counter(out.values())))
     return out
 
 

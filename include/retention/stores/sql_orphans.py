@@ -13,6 +13,7 @@ time on unreferenced rows that have none, and clears it on rows referenced again
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,34 +58,50 @@ class SqlOrphans:
                               f"{collection_name}.rules[{r_i}].start.orphaned: column {marker!r} has type "
                               f"{type_name(col.type)}; the orphan marker holds a timestamp")
         free = self.unreferenced(collection_name, t)
-        steps = (("orphan_stamp", sa.and_(col.is_(None), free), self._bind_time(col, now)),
-                 ("orphan_clear", sa.and_(col.is_not(None), sa.not_(free)), None))
-        return {action: self._mark_in_batches(collection_name, t, action, where, {marker: value}, batch_size, record)
-                for action, where, value in steps}
+        steps = [("orphan_stamp", sa.and_(col.is_(None), free), {marker: self._bind_time(col, now)}),
+                 ("orphan_clear", sa.and_(col.is_not(None), sa.not_(free)), {marker: None})]
+        return self._mark_in_batches(collection_name, t, steps, batch_size, record)
 
-    def _mark_in_batches(self, name: str, t: sa.Table, action: str, where: Any, values: dict[str, Any],
-                         batch_size: int, record: Recorder) -> int:
-        """``UPDATE ... SET values WHERE where`` over the primary key, ``batch_size`` keys per transaction: select
-        the next keys, update that key range with ``where`` repeated (a row that changed meanwhile is left)."""
-        pk = self.key_cols(name, t)  # one column, or a composite key (walked as a row value)
-        last, total, batch = None, 0, 0
+    def _mark_in_batches(self, name: str, t: sa.Table, steps: list[tuple[str, Any, dict[str, Any]]],
+                         batch_size: int, record: Recorder) -> dict[str, int]:
+        """Walk the table by primary-key ranges (one column, or a composite key as a row value) of about
+        ``size`` rows, one transaction per range: for each step ``(action, where, values)`` select the keys in
+        the range matching ``where`` and ``UPDATE ... SET values WHERE <range> AND where`` (repeated, so a row
+        that changed meanwhile is left), one ledger entry per step that changed rows. The range bound comes
+        from the key index alone, so each batch's ``NOT EXISTS`` tests only that range's rows (an index on the
+        reference serves it) and the walk reads the table once. Sizes adapt like the sweep's (``_BatchSizer``)."""
+        from include.retention.stores.sql import _BatchSizer  # sql.py imports this module
+
+        pk = self.key_cols(name, t)
+        sizer = _BatchSizer(batch_size)
+        totals = {action: 0 for action, _, _ in steps}
+        last: tuple | None = None
+        batch = 0
         while True:
+            started = time.perf_counter()
+            size = sizer.size
+            changed = []
             with self.engine.begin() as conn:
-                rows = conn.execute(sa.select(*pk).where(where, *self._after(pk, last)).order_by(*pk)
-                                    .limit(batch_size)).all()
-                if not rows:
-                    break
-                keys = [key_of(r) for r in rows]
-                n = conn.execute(t.update().where(*self._after(pk, last), *self._upto(pk, tuple(rows[-1])), where)
-                                 .values(values)).rowcount
-            last = tuple(rows[-1])
-            if n:
-                batch += 1
-                total += n
-                record(action, n, self._pk_digest(keys), {"batch": batch})
-            if len(keys) < batch_size:
-                break
-        return total
+                bound = conn.execute(sa.select(*pk).where(*self._after(pk, last)).order_by(*pk)
+                                     .offset(size - 1).limit(1)).first()
+                in_range = [*self._after(pk, last), *(self._upto(pk, tuple(bound)) if bound else [])]
+                for action, where, values in steps:
+                    stmt = t.update().where(*in_range, where).values(values)
+                    if conn.dialect.update_returning:  # PostgreSQL, SQLite: the keys come back from the UPDATE
+                        changed.append((action, *self._returned_digest(conn, stmt, pk)))
+                        continue
+                    keys = sorted(key_of(r) for r in conn.execute(sa.select(*pk).where(*in_range, where)))
+                    if keys:  # MariaDB: no UPDATE ... RETURNING; the same range and predicate, locked by the UPDATE
+                        changed.append((action, conn.execute(stmt).rowcount, self._pk_digest(keys)))
+            sizer.took(size if bound else 0, time.perf_counter() - started)
+            batch += 1
+            for action, n, digest in changed:
+                if n:
+                    totals[action] += n
+                    record(action, n, digest, {"batch": batch})
+            if bound is None:
+                return totals
+            last = tuple(bound)
 
     # ---- S3 objects no row owns -------------------------------------------------------------
     def referenced_keys(self, collection_name: str, reference: Reference, keys: list[str]) -> set[str]:

@@ -30,11 +30,14 @@ def cmd_validate(args) -> int:
     policy = load_policy(args.policy or policy_path())
     print(f"{policy.source}: valid; {len(policy.rule_ids())} rules in {len(policy.systems)} systems; "
           f"digest {policy.digest}")
-    from include.retention.concept import personal_without_rule
+    from include.retention.concept import categories_without_end, personal_without_rule
 
     for ref, note in personal_without_rule(policy):  # a warning, not a refusal: the file is valid
         print(f"warning: {policy.source}: {ref} holds personal data (identities) but no rule ends it{note}",
               file=sys.stderr)
+    for ref, cats in categories_without_end(policy):
+        print(f"warning: {policy.source}: {ref} holds {', '.join(cats)} data but nothing ends it (no rule, and no "
+              "row it belongs to)", file=sys.stderr)
     from include.retention.policy import policy_warnings
 
     for where, note in policy_warnings(policy):

@@ -349,6 +349,15 @@ def write_concept(policy: Policy, out_dir: str | Path | None, evidence: dict[str
     return {k: str(v) for k, v in paths.items()}
 
 
+def categories_without_end(policy: Policy) -> list[tuple[str, list[str]]]:
+    """Collections declaring data categories (but no identities, which ``personal_without_rule`` covers) that
+    nothing ends: no rule of their own and no row they belong to. (ref, their categories)."""
+    return [(f"{s}.{c}", list(coll.categories)) for s, system in policy.systems.items()
+            for c, coll in system.collections.items()
+            if coll.categories and not coll.identities and not coll.rules
+            and not _ends_with(policy, f"{s}.{c}", coll)]
+
+
 def personal_without_rule(policy: Policy) -> list[tuple[str, str]]:
     """Collections holding identities (personal data) with no rule of their own: (ref, how they may still end)."""
     out = []

@@ -138,3 +138,30 @@ def test_concept_explains_the_orphan_rules():
     assert contacts["conditions"] == ("nothing in crm.applicants, crm.inquiries, crm.leads, crm.support_tickets "
                                       "refers to it")
     assert df.loc["objects.cvs.orphaned"]["conditions"] == "nothing in crm.applicants refers to it"
+
+
+def test_validate_names_a_category_collection_nothing_ends(tmp_path, capsys):
+    from include.retention import cli
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("""
+version: 1
+categories: {applications: job applications}
+systems:
+  objects:
+    kind: s3
+    connection: s
+    collections:
+      cvs: {bucket: b, prefix: cvs/, categories: [applications]}
+      logs:
+        bucket: l
+        prefix: logs/
+        categories: [applications]
+        rules: [{name: old, start: {basis: last_modified}, action: delete, period: P30D}]
+""")
+    assert cli.main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}: objects.cvs holds applications data but nothing ends it" in err
+    assert "objects.logs" not in err
+    assert cli.main(["validate", str(ROOT / "config" / "policy.yaml")]) == 0
+    assert "warning" not in capsys.readouterr().err

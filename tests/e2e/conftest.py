@@ -1,28 +1,35 @@
-"""Real Airflow components as processes: api-server, scheduler, dag-processor, triggerer (and a Celery worker).
+"""docker-compose.yaml's Airflow services as processes: airflow-init, api-server, scheduler, dag-processor,
+triggerer (and the Celery worker), each started with the ``command``, ``environment`` and healthcheck
+the compose file itself defines (tests/e2e/compose_stack.py), so a change to the compose file is
+what these tests run.
 
 Each stack gets a fresh AIRFLOW_HOME, a fresh metadata database on the machine's PostgreSQL, and
 fresh stores for the data map (CRM on PostgreSQL, mailing list on MariaDB, ledger/registry on
-PostgreSQL, objects in moto's S3 server over HTTP), seeded with the demo data plus two people
-of our own: the subject to erase and a control person who must stay untouched.
+PostgreSQL, objects in moto's S3 server over HTTP standing in for MinIO): compose's host names
+(``postgres``, ``crm-db``, ``mailing-db``, ``redis``, ``minio``, ``airflow-apiserver``) point at them.
+airflow-init migrates, makes the roles and users and seeds the demo data as in compose; then the
+test adds two people of its own (the subject to erase and a control person who must stay untouched)
+and known passwords for its users (tests/e2e/set_users.py). The LocalExecutor variant is the same
+stack with ``AIRFLOW__CORE__EXECUTOR=LocalExecutor`` and without the Celery worker; the Celery
+variant is compose's own executor.
 
 Only one stack runs at a time (two sets of Airflow components do not fit a 2-core CI machine):
 asking for the other executor stops the running stack first. Every process runs in its own
 process group and is stopped (SIGTERM, then SIGKILL for the group) at teardown, even when a test
-or the start-up failed. Process output goes to ``artifacts/e2e/<executor>/*.log``; the task logs
-are copied to ``artifacts/e2e/<executor>/task-logs`` at teardown.
+or the start-up failed. Process output goes to ``artifacts/e2e/<executor>/<service>.log`` (and
+``<service>.health.log``); the task logs are copied to ``artifacts/e2e/<executor>/task-logs`` at teardown.
 
-DAGs are paused at creation here (unlike the compose stack): the tests unpause ``erasure_request``
+DAGs are paused at creation (as in the compose stack): the tests unpause ``erasure_request``
 before triggering it and ``retention_sweep`` only after the erasure has been checked, so a sweep
 that legitimately changes the seeded data cannot blur the "everybody else untouched" comparison.
 ``RETENTION_SWEEP_SCHEDULE`` is every minute, so the scheduler starts a sweep by itself as soon as
 the DAG is unpaused. ``erasure_metadata_purge`` is unpaused and triggered by its own test;
 ``erasure_intake`` stays paused (the browser test's open requests must stay open).
 
-Auth: the FAB auth manager (``apache-airflow-providers-fab``) with ``[fab] update_fab_perms`` off;
-after ``airflow db migrate`` and before any component starts, ``python -m
-include.retention.airflow.roles`` strips the default roles' all-DAG permissions, creates the
-``Privacy`` role and the users ``USERS`` (role per user, random passwords): the subject-request DAGs
-are then visible and triggerable only by ``privacy`` and ``admin`` (tests/e2e/test_roles.py).
+Auth: the FAB auth manager with ``[fab] update_fab_perms`` off, as in compose; airflow-init's
+``python -m include.retention.airflow.roles`` strips the default roles' all-DAG permissions and
+creates the ``Privacy`` role: the subject-request DAGs are then visible and triggerable only by
+``privacy`` and ``admin`` (tests/e2e/test_roles.py).
 """
 
 from __future__ import annotations
@@ -48,19 +55,30 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import IN_CI, ROOT, _fresh_database, airflow_uri
+from tests.conftest import IN_CI, ROOT, _fresh_database
+from tests.e2e import compose_stack
+from tests.e2e.compose_stack import COMPOSE, Endpoints, Process
 
 ARTIFACTS = ROOT / "artifacts" / "e2e"
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 REDIS_URL = os.environ.get("RETENTION_TEST_REDIS", "redis://127.0.0.1:6379/7")
 ADMIN = "admin"
 # user -> FAB role; ``dpo`` is a Viewer (reads the retention page, not the erasure runs)
 USERS = {ADMIN: "Admin", "dpo": "Viewer", "user": "User", "op": "Op", "privacy": "Privacy"}
-FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 SWEEP_SCHEDULE = "* * * * *"
 START_TIMEOUT = float(os.environ.get("RETENTION_E2E_START_TIMEOUT", "300"))
 STOP_GRACE = 15.0
+# compose checks every 30 s with a 10 s limit; here every 2 s until it passes, with room for a slow CLI start
+HEALTH_INTERVAL = 2.0
+HEALTH_TIMEOUT = 120.0
+# The test's own settings over docker-compose.yaml's (and the executor: LocalExecutor or compose's Celery).
+TEST_SETTINGS = {
+    "AIRFLOW__CORE__PARALLELISM": "8",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
+    "RETENTION_RETRY_DELAY_SECONDS": "1",
+    "RETENTION_SWEEP_SCHEDULE": SWEEP_SCHEDULE,
+}
 PARSED_DAGS = ("erasure_request", "retention_sweep")
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
@@ -143,39 +161,35 @@ def reset_moto(moto_url: str) -> None:
 
 
 def make_world(suffix: str, moto_url: str) -> World:
-    import boto3
-
-    from include.retention.demo.s3_seed import seed_demo_objects
-    from include.retention.demo.seed import seed_crm, seed_mailing
-    from include.retention.runtime import ConnInfo
+    """Fresh, empty stores: airflow-init (docker-compose.yaml) creates and seeds them, ``add_people`` adds ours."""
     from include.retention.stores.sql import make_engine
-    from tests.airflow.test_erasure_request_dag import SUBJECT, add_subject
 
     crm_url = _fresh_database("postgresql", f"rt_e2e_crm_{suffix}")
     mailing_url = _fresh_database("mariadb", f"rt_e2e_mail_{suffix}")
     ledger_url = _fresh_database("postgresql", f"rt_e2e_ledger_{suffix}")
-    crm, mailing = make_engine(crm_url), make_engine(mailing_url)
-    now = dt.datetime.now(dt.UTC)
-    seed_crm(crm, now)
-    seed_mailing(mailing, now)
-    ids = add_subject(crm, mailing, SUBJECT)
-    control_ids = add_subject(crm, mailing, CONTROL)
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="eu-central-1", aws_access_key_id="t",
-                      aws_secret_access_key="t")
     reset_moto(moto_url)
-    # Every object the CRM rows reference (the subject's and the control person's included),
-    # two versions of each CV, and 14 months of server access logs.
-    seed_demo_objects(ConnInfo("aws", login="t", password="t",
-                               extra={"endpoint_url": moto_url, "region_name": "eu-central-1"}), crm, now)
-    return World(crm_url, mailing_url, ledger_url, moto_url, crm, mailing, make_engine(ledger_url), s3, ids,
-                 control_ids, now)
+    s3 = boto3_client(moto_url)
+    return World(crm_url, mailing_url, ledger_url, moto_url, make_engine(crm_url), make_engine(mailing_url),
+                 make_engine(ledger_url), s3, {}, {}, dt.datetime.now(dt.UTC))
 
 
-def airflow_uri(url: str) -> str:
-    """A SQLAlchemy URL as an Airflow connection URI (AIRFLOW_CONN_*)."""
-    u = sa.engine.make_url(url)
-    scheme = "postgres" if u.drivername.startswith("postgresql") else "mysql"
-    return u.set(drivername=scheme, query={}).render_as_string(hide_password=False)
+def boto3_client(moto_url: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_url, region_name="eu-central-1", aws_access_key_id="t",
+                        aws_secret_access_key="t")
+
+
+def add_people(world: World) -> None:
+    """The subject to erase and the control person, with their objects (a CV in two versions, an attachment)."""
+    from include.retention.demo.s3_seed import seed_objects
+    from tests.airflow.test_erasure_request_dag import SUBJECT, add_subject
+
+    world.ids = add_subject(world.crm, world.mailing, SUBJECT)
+    world.control_ids = add_subject(world.crm, world.mailing, CONTROL)
+    ids = (world.ids, world.control_ids)
+    seed_objects(world.s3, world.seeded_at, cv_keys=[f"cvs/{i['applicant']}/cv.pdf" for i in ids],
+                 attachment_keys=[f"inquiries/{i['inquiry']}/file.pdf" for i in ids], log_days=0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,31 +209,83 @@ class Stack:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     _token: str | None = None
     passwords: dict[str, str] = field(default_factory=dict)  # user -> password (USERS)
+    processes: list[Process] = field(default_factory=list)  # docker-compose.yaml's services, as started
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    # ---- processes -----------------------------------------------------------------------------
-    def run(self, *args: str, timeout: float = 300) -> None:
-        name = "-".join(args[:2])
-        with open(self.logs / f"{name}.log", "ab") as out:
-            proc = subprocess.run([AIRFLOW, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=timeout, cwd=self.home)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`airflow {' '.join(args)}` failed ({proc.returncode}):\n"
-                               f"{_tail(self.logs / f'{name}.log')}")
+    # ---- processes (docker-compose.yaml's services) ----------------------------------------------
+    def _output(self, name: str):
+        return open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
 
-    def spawn(self, name: str, *args: str) -> None:
-        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen([AIRFLOW, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                            cwd=self.home, start_new_session=True)
+    def run_to_end(self, proc: Process, timeout: float = 900) -> None:
+        """A service others wait for with ``service_completed_successfully`` (airflow-init)."""
+        with self._output(proc.name) as out:
+            done = subprocess.run(proc.argv, env=proc.env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                                  cwd=self.home)
+        if done.returncode != 0:
+            raise RuntimeError(f"{proc.name} (`{' '.join(proc.argv[:3])} ...`) exited with {done.returncode}:\n"
+                               f"{_tail(self.logs / f'{proc.name}.log')}")
+
+    def spawn(self, proc: Process) -> None:
+        out = self._output(proc.name)
+        self.procs[proc.name] = subprocess.Popen(proc.argv, env=proc.env, stdout=out, stderr=subprocess.STDOUT,
+                                                 cwd=self.home, start_new_session=True)
         out.close()  # the child holds its own descriptor
+
+    def wait_healthy(self, proc: Process, deadline: float) -> None:
+        """The service's compose healthcheck, retried until it passes (compose: every ``interval``)."""
+        env = {**proc.env, "HOSTNAME": socket.gethostname()}
+        while True:
+            self.check_alive()
+            with open(self.logs / f"{proc.name}.health.log", "ab") as out:
+                try:
+                    ok = subprocess.run(proc.health, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.home,
+                                        timeout=HEALTH_TIMEOUT).returncode == 0
+                except subprocess.TimeoutExpired:
+                    ok = False
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} not healthy after {START_TIMEOUT:.0f}s ({' '.join(proc.health)}):\n"
+                                   f"{_tail(self.logs / f'{proc.name}.health.log')}\n"
+                                   f"{_tail(self.logs / f'{proc.name}.log')}")
+            time.sleep(HEALTH_INTERVAL)
+
+    def start(self, processes: list[Process], after_oneshots) -> None:
+        """compose's order: one-shot services to the end, then each service once its dependencies are healthy."""
+        deadline = time.monotonic() + START_TIMEOUT
+        by_name = {p.name: p for p in processes}
+        for proc in processes:
+            if proc.oneshot:
+                assert all(by_name[d].oneshot for d in proc.depends_on if d in by_name), proc.depends_on
+                self.run_to_end(proc)
+                self.timing(f"{proc.name} done")
+        after_oneshots()
+        healthy: set[str] = set()
+        for proc in processes:
+            if proc.oneshot:
+                continue
+            for dep, condition in proc.depends_on.items():
+                if dep in by_name and condition == "service_healthy" and dep not in healthy:
+                    self.wait_healthy(by_name[dep], deadline)
+                    healthy.add(dep)
+            self.spawn(proc)
+        for proc in processes:
+            if not proc.oneshot and proc.name not in healthy and proc.health:
+                self.wait_healthy(proc, deadline)
+        self.timing("every service healthy")
+
+    def timing(self, what: str) -> None:
+        with open(self.logs / "timings.txt", "a") as f:
+            f.write(f"{what}: {time.monotonic() - self.started:.1f}s\n")
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n"
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n"
                                    f"{_tail(self.logs / f'{name}.log')}")
 
     def stop(self) -> None:
@@ -351,34 +417,47 @@ def _pids_of_stack(marker: str, home: Path) -> list[int]:
     return out
 
 
-def _wait_ready(stack: Stack) -> None:
-    """Health of every component, then the DAGs parsed and visible through the REST API."""
+def _wait_parsed(stack: Stack) -> None:
+    """The DAGs parsed and visible through the REST API."""
     deadline = time.monotonic() + START_TIMEOUT
-    last = ""
-    while True:
-        stack.check_alive()
-        try:
-            r = httpx.get(f"{stack.base_url}/api/v2/monitor/health", timeout=10)
-            health = r.json() if r.status_code == 200 else {}
-            parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-            last = json.dumps({p: (health.get(p) or {}).get("status") for p in parts})
-            if all((health.get(p) or {}).get("status") == "healthy" for p in parts):
-                break
-        except (httpx.HTTPError, ValueError) as exc:
-            last = repr(exc)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Airflow ({stack.executor}) not healthy after {START_TIMEOUT:.0f}s: {last}")
-        time.sleep(1)
     while True:
         stack.check_alive()
         missing = [d for d in PARSED_DAGS if stack.api("GET", f"/api/v2/dags/{d}").status_code != 200]
         if not missing:
-            break
+            return
         if time.monotonic() > deadline:
             errors = stack.api("GET", "/api/v2/importErrors").text
             raise RuntimeError(f"DAGs {missing} not parsed after {START_TIMEOUT:.0f}s; import errors: {errors}\n"
-                               f"{_tail(stack.logs / 'dag-processor.log')}")
+                               f"{_tail(stack.logs / 'airflow-dag-processor.log')}")
         time.sleep(1)
+
+
+def compose_processes(executor: str, *, home: Path, world: World, metadata_url: str, api_port: int,
+                      marker: str) -> list[Process]:
+    """docker-compose.yaml's Airflow services, rendered with fresh ``make secrets`` values, pointed at this
+    machine (tests/e2e/compose_stack.py); the LocalExecutor variant runs them without the Celery worker."""
+    env_file = home / ".env"
+    compose_stack.secrets_script().write_env(env_file)
+    # The HMAC key is the session's (tests read the ledger and registry with it), as k0: the id of a lone key.
+    spec = compose_stack.render(COMPOSE, env_file, {"RETENTION_HMAC_KEYS": f"k0:{os.environ['RETENTION_HMAC_KEY']}"})
+    api = f"http://127.0.0.1:{api_port}"
+    health_port = free_port()
+    endpoints = Endpoints({
+        "postgres/airflow": metadata_url, "postgres/ledger": world.ledger_url, "crm-db/crm": world.crm_url,
+        "mailing-db/mailing": world.mailing_url, "redis": REDIS_URL, "minio:9000": world.moto_url,
+        "airflow-apiserver:8080": api, "localhost:8080": api, "localhost:8974": f"http://127.0.0.1:{health_port}",
+    })
+    mounts = compose_stack.bind_mounts(spec["services"]["airflow-scheduler"])
+    settings = compose_stack.machine_settings(
+        home=home, bin_dir=Path(sys.executable).parent, api_port=api_port, health_port=health_port,
+        log_ports=(free_port(), free_port()), queue=f"e2e-{marker}", mounts=mounts)
+    settings.update(TEST_SETTINGS)
+    settings.update({"RETENTION_E2E_STACK": marker,  # lets teardown find every process of this stack
+                     "AIRFLOW__CORE__EXECUTOR": EXECUTORS[executor]})
+    skip = frozenset() if executor == "celery" else compose_stack.celery_services(spec)
+    # the machine's environment without its own Airflow/retention settings (a container starts clean too)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETENTION_"))}
+    return compose_stack.plan(spec, endpoints, settings, skip=skip, base=base)
 
 
 def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
@@ -398,98 +477,35 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
         raise
     port = free_port()
     passwords = {user: secrets.token_urlsafe(12) for user in USERS}
-    from cryptography.fernet import Fernet
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETENTION_"))}
-    env.update({
-        "PYTHONPATH": str(ROOT),
-        # As with an activated venv: `python` in a BashOperator (erasure_metadata_purge) is this one.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RETENTION_E2E_STACK": suffix,  # marker: lets teardown find every process of this stack
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
-        "AIRFLOW__CORE__EXECUTOR": EXECUTORS[executor],
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
-        # FAB would re-add the default roles' all-DAG permissions at every api-server start (roles.py)
-        "AIRFLOW__FAB__UPDATE_FAB_PERMS": "False",
-        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW__CORE__PARALLELISM": "8",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__EXPOSE_CONFIG": "False",
-        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW_CONN_CRM_DB": airflow_uri(world.crm_url),
-        "AIRFLOW_CONN_MAILING_DB": airflow_uri(world.mailing_url),
-        "AIRFLOW_CONN_RETENTION_LEDGER": airflow_uri(world.ledger_url),
-        "AIRFLOW_CONN_OBJECTS_S3": json.dumps({
-            "conn_type": "aws", "login": "t", "password": "t",
-            "extra": {"endpoint_url": moto_url, "region_name": "eu-central-1"}}),
-        "RETENTION_HMAC_KEY": os.environ["RETENTION_HMAC_KEY"],
-        "RETENTION_POLICY_PATH": str(ROOT / "config" / "policy.yaml"),
-        "RETENTION_RETRY_DELAY_SECONDS": "1",
-        "RETENTION_SWEEP_SCHEDULE": SWEEP_SCHEDULE,
-        "RETENTION_METADATA_DB_CONN": metadata_url,
-    })
-    if executor == "celery":
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed: name the driver.
-        backend = sa.engine.make_url(metadata_url).set(drivername="postgresql+psycopg2")
-        env.update({
-            "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + backend.render_as_string(hide_password=False),
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
-            # Our own queue: another test session on the same Redis cannot take our tasks.
-            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"e2e-{suffix}",
-        })
-    stack = Stack(executor, home, logs, port, env, world, metadata_url, passwords[ADMIN], passwords=passwords)
+    stack = Stack(executor, home, logs, port, {}, world, metadata_url, passwords[ADMIN], passwords=passwords)
     try:
-        t0 = time.monotonic()
-        stack.run("db", "migrate")
-        (logs / "timings.txt").write_text(f"db migrate: {time.monotonic() - t0:.1f}s\n")
-        setup_roles(stack)
-        with open(logs / "timings.txt", "a") as f:
-            f.write(f"db migrate + roles and users: {time.monotonic() - t0:.1f}s\n")
-        stack.spawn("api-server", "api-server", "--port", str(port))
-        stack.spawn("scheduler", "scheduler")
-        stack.spawn("dag-processor", "dag-processor")
-        stack.spawn("triggerer", "triggerer")
-        if executor == "celery":
-            stack.spawn("celery-worker", "celery", "worker", "--queues", f"e2e-{suffix}", "--concurrency", "4",
-                        "--celery-hostname", f"e2e-{suffix}@%h", "--without-gossip", "--without-mingle")
-        _wait_ready(stack)
-        with open(logs / "timings.txt", "a") as f:
-            f.write(f"ready (migrate + start + parse): {time.monotonic() - t0:.1f}s\n")
+        stack.processes = compose_processes(executor, home=home, world=world, metadata_url=metadata_url,
+                                            api_port=port, marker=suffix)
+        stack.env = next(p.env for p in stack.processes if p.name == "airflow-apiserver")
+        stack.start(stack.processes, after_oneshots=lambda: (add_people(world), set_users(stack)))
+        _wait_parsed(stack)
+        stack.timing("ready (init + start + parse)")
     except BaseException:
         teardown_stack(stack)
         raise
     return stack
 
 
-def setup_roles(stack: Stack) -> None:
-    """The Privacy role, the default roles without all-DAG permissions, and one user per role (roles.py)."""
+def set_users(stack: Stack) -> None:
+    """Known passwords for the users airflow-init made with random ones, plus ``user`` and ``op`` (USERS)."""
     users = stack.home / "users.json"
     users.write_text(json.dumps([{"username": u, "role": r, "password": stack.passwords[u]}
                                  for u, r in USERS.items()]))
     users.chmod(0o600)
     try:
-        with open(stack.logs / "roles.log", "ab") as out:
-            proc = subprocess.run([sys.executable, "-m", "include.retention.airflow.roles", "--users-file",
-                                   str(users)], env=stack.env, stdout=out, stderr=subprocess.STDOUT, timeout=300,
-                                  cwd=stack.home)
+        with open(stack.logs / "users.log", "ab") as out:
+            proc = subprocess.run([sys.executable, "-m", "tests.e2e.set_users", str(users)], env=stack.env,
+                                  stdout=out, stderr=subprocess.STDOUT, timeout=300, cwd=ROOT)
     finally:
         users.unlink()
     if proc.returncode != 0:
-        raise RuntimeError(f"roles setup failed ({proc.returncode}):\n{_tail(stack.logs / 'roles.log')}")
+        raise RuntimeError(f"setting the users failed ({proc.returncode}):\n{_tail(stack.logs / 'users.log')}")
+    stack.timing("users set")
 
 
 def teardown_stack(stack: Stack) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -12,6 +11,8 @@ import pytest
 import yaml
 
 from tests.conftest import IN_CI, ROOT
+from tests.e2e import compose_stack
+from tests.e2e.compose_stack import ComposeError, Endpoints
 
 COMPOSE = ROOT / "docker-compose.yaml"
 AIRFLOW_PARTS = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
@@ -34,11 +35,7 @@ def _compose_config(env_file) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env={**env, "COMPOSE_INTERACTIVE_NO_CLI": "1"})
 
 
-def _secrets_script():
-    spec = importlib.util.spec_from_file_location("make_secrets", ROOT / "scripts" / "make_secrets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_secrets_script = compose_stack.secrets_script
 
 
 def test_compose_file_validates_against_the_schema(tmp_path):
@@ -155,3 +152,113 @@ def test_compose_stack_has_every_part_with_health_checks():
     mounts = {v.split(":")[1] for v in services["airflow-worker"]["volumes"]}
     assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
     assert services["airflow-worker"]["environment"]["PYTHONPATH"] == "/opt/airflow"
+
+
+# ---- the e2e stack runs the compose file's own services (tests/e2e/compose_stack.py) --------------
+
+# Every host a URL of the compose file may name, as the e2e stack maps it (the values are made up here).
+ENDPOINTS = {
+    "postgres/airflow": "postgresql://postgres@127.0.0.1:5432/rt_af", "postgres/ledger": "postgresql://postgres@127.0.0.1:5432/rt_ledger",
+    "crm-db/crm": "postgresql://postgres@127.0.0.1:5432/rt_crm", "mailing-db/mailing": "mysql://root@127.0.0.1:3306/rt_mail",
+    "redis": "redis://127.0.0.1:6379/7", "minio:9000": "http://127.0.0.1:5999",
+    "airflow-apiserver:8080": "http://127.0.0.1:18080", "localhost:8080": "http://127.0.0.1:18080",
+    "localhost:8974": "http://127.0.0.1:18974",
+}
+
+
+def _plan(compose=COMPOSE, tmp_path=None, render=compose_stack.render, skip=frozenset()):
+    env_file = tmp_path / ".env"
+    if not env_file.exists():
+        _secrets_script().write_env(env_file)
+    if render is compose_stack.render:
+        _compose_exe()
+    spec = render(compose, env_file, {"RETENTION_HMAC_KEYS": "k0:" + "a" * 64})
+    settings = {"AIRFLOW_HOME": str(tmp_path), "E2E_MARKER": "x"}
+    return {p.name: p for p in compose_stack.plan(spec, Endpoints(dict(ENDPOINTS)), settings, skip=skip)}, spec
+
+
+def test_the_e2e_stack_starts_every_airflow_service_of_the_compose_file(tmp_path):
+    """No service silently skipped: every Airflow service runs with compose's command, environment,
+    healthcheck and order; the rest are the machine's services and MinIO (moto), nothing else."""
+    processes, spec = _plan(tmp_path=tmp_path)
+    services = spec["services"]
+    assert set(processes) == AIRFLOW_PARTS
+    assert set(services) - AIRFLOW_PARTS == compose_stack.MACHINE_SERVICES | {compose_stack.MINIO}
+    order = list(processes)
+    assert order[0] == "airflow-init" and processes["airflow-init"].oneshot
+    assert order.index("airflow-worker") > order.index("airflow-apiserver")
+    for name, proc in processes.items():
+        command = services[name]["command"]
+        if name == "airflow-init":  # entrypoint /bin/bash, command [-c, script]
+            assert proc.argv[:2] == ["bash", "-c"] and proc.health is None
+            assert "airflow db migrate" in proc.argv[2] and "include.retention.demo.s3_seed" in proc.argv[2]
+            assert "http://127.0.0.1:5999" in proc.argv[2] and "@127.0.0.1:5432/rt_crm" in proc.argv[2]
+        else:  # the image's entrypoint: airflow <command>
+            assert proc.argv == ["airflow", *command.split()]
+            assert proc.health, name
+        # compose's environment, every value, with only the container names mapped to the machine
+        compose_env = services[name]["environment"]
+        assert set(proc.env) == set(compose_env) | {"AIRFLOW_HOME", "E2E_MARKER"}
+        for key, value in compose_env.items():
+            mapped = proc.env[key]
+            assert not compose_stack.container_references(mapped, spec), (name, key, mapped)
+            if compose_stack.container_references(value, spec):
+                assert mapped != value
+            else:
+                assert mapped == value, (name, key)
+        assert proc.depends_on == {d: c["condition"] for d, c in services[name]["depends_on"].items()}
+    assert processes["airflow-scheduler"].env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == \
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/rt_af"
+    assert processes["airflow-worker"].env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6379/7"
+    assert processes["airflow-apiserver"].health == ["curl", "--fail", "http://127.0.0.1:18080/api/v2/version"]
+    assert processes["airflow-worker"].env["PYTHONPATH"] == str(ROOT)
+    assert compose_stack.celery_services(spec) == {"airflow-worker"}  # what the LocalExecutor variant leaves out
+
+
+@pytest.mark.parametrize("old, new, check", [
+    ("    command: scheduler\n", "    command: scheduler --skip-serve-logs\n",
+     lambda ps: ps["airflow-scheduler"].argv == ["airflow", "scheduler", "--skip-serve-logs"]),
+    ('RETENTION_PURGE_AFTER_DAYS: "7"', 'RETENTION_PURGE_AFTER_DAYS: "30"',
+     lambda ps: all(p.env["RETENTION_PURGE_AFTER_DAYS"] == "30" for p in ps.values())),
+    ("http://localhost:8080/api/v2/version", "http://localhost:8080/api/v2/monitor/health",
+     lambda ps: ps["airflow-apiserver"].health[-1] == "http://127.0.0.1:18080/api/v2/monitor/health"),
+    ("      DUMB_INIT_SETSID: \"0\"\n", "      DUMB_INIT_SETSID: \"0\"\n      EXTRA_DB: mysql://u:p@mailing-db:3306/mailing\n",
+     lambda ps: ps["airflow-worker"].env.get("EXTRA_DB") == "mysql://root@127.0.0.1:3306/rt_mail"),
+    ("python -m include.retention.cli validate &&", "python -m include.retention.cli validate --strict &&",
+     lambda ps: "include.retention.cli validate --strict &&" in ps["airflow-init"].argv[2]),
+])
+def test_a_change_to_the_compose_file_is_what_the_e2e_stack_runs(tmp_path, old, new, check):
+    text = COMPOSE.read_text()
+    assert old in text
+    before, _ = _plan(tmp_path=tmp_path)
+    assert not check(before)
+    changed = tmp_path / "docker-compose.yaml"
+    changed.write_text(text.replace(old, new, 1))
+    after, _ = _plan(changed, tmp_path)
+    assert check(after)
+
+
+@pytest.mark.parametrize("old, new, named", [
+    ("volumes:\n  postgres-db:", "  flower:\n    image: mher/flower\n\nvolumes:\n  postgres-db:", "flower"),
+    ("endpoint_url\": \"http://minio:9000", "endpoint_url\": \"http://minio:9100", "minio"),
+    ("AIRFLOW__CELERY__BROKER_URL: redis://:@redis:6379/0",
+     "AIRFLOW__CELERY__BROKER_URL: redis://:@valkey:6379/0\n    X: http://airflow-worker:8793", "airflow-worker"),
+])
+def test_a_service_or_host_the_e2e_stack_cannot_map_is_an_error(tmp_path, old, new, named):
+    text = COMPOSE.read_text()
+    assert old in text
+    changed = tmp_path / "docker-compose.yaml"
+    changed.write_text(text.replace(old, new, 1))
+    with pytest.raises(ComposeError, match=named):
+        _plan(changed, tmp_path)
+
+
+def test_rendering_without_docker_compose_gives_what_docker_compose_gives(tmp_path):
+    """The fallback for a machine without docker-compose (never under CI) resolves the same processes."""
+    with_cli, _ = _plan(tmp_path=tmp_path)
+    without, _ = _plan(tmp_path=tmp_path, render=compose_stack.render_natively)
+    assert without == with_cli
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    with pytest.raises(ComposeError, match=r"AIRFLOW_DB_PASSWORD is not set - .* run make secrets"):
+        compose_stack.render_natively(COMPOSE, empty)

@@ -203,6 +203,13 @@ class Endpoints:
         return URL.sub(sub, text)
 
 
+def container_references(text: str, spec: dict[str, Any]) -> list[str]:
+    """URLs naming a compose service (or a container's ``localhost``) and paths inside the image, in ``text``."""
+    hosts = set(spec["services"]) | {"localhost"}
+    urls = [m.group(0) for m in URL.finditer(text) if m.group("host") in hosts]
+    return urls + re.findall(rf"(?<![\w/.-]){re.escape(IMAGE_HOME)}(?![\w.-])\S*", text)
+
+
 def bind_mounts(service: dict[str, Any]) -> dict[str, str]:
     """Container path -> host path of the service's bind mounts (named volumes are the AIRFLOW_HOME's)."""
     mounts = {}

@@ -5,6 +5,9 @@ then CeleryExecutor with a Celery worker on the machine's Redis), driven only th
   mailing list (MariaDB) and S3 (every version of their objects), everybody else is untouched, the
   request is complete in the registry, the ledger holds one verified entry per system, and no task
   log (nor any component's output) holds the subject's e-mail address in plain text.
+- the stack is docker-compose.yaml's: every Airflow service of the compose file (but the Celery worker
+  with the LocalExecutor) runs with the compose command, and with exactly the environment planned from
+  the compose file's (tests/e2e/compose_stack.py);
 - ``retention_sweep`` started by the scheduler on its own schedule: the run succeeds and the ledger
   has a completed "sweep" entry for every rule of the policy from exactly that run.
 """
@@ -12,6 +15,7 @@ then CeleryExecutor with a Celery worker on the machine's Redis), driven only th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +27,7 @@ from include.retention.policy import load_policy
 from include.retention.registry import Registry
 from tests.airflow.test_erasure_request_dag import SECRET, SUBJECT, SUBJECT_LC, object_keys, snapshot, subject_rows
 from tests.conftest import ROOT
+from tests.e2e import compose_stack
 from tests.e2e.conftest import CONTROL, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -58,6 +63,39 @@ def bucket_keys(world) -> dict[str, set[str]]:
 def files_containing(paths, needle: str) -> list[str]:
     needle = needle.lower()
     return [str(p) for p in paths if p.is_file() and needle in p.read_text(errors="ignore").lower()]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_the_running_stack_is_the_compose_files(airflow_stack: Stack):
+    stack = airflow_stack
+    spec = compose_stack.render(compose_stack.COMPOSE, stack.home / ".env",
+                                {"RETENTION_HMAC_KEYS": stack.env["RETENTION_HMAC_KEYS"]})
+    services = spec["services"]
+    expected = set(compose_stack.airflow_services(spec))
+    if stack.executor == "local":
+        expected -= compose_stack.celery_services(spec)
+    assert {p.name for p in stack.processes} == expected
+    assert set(stack.procs) == expected - {"airflow-init"}  # the one-shot service ran to its end first
+    assert (stack.logs / "airflow-init.log").stat().st_size > 0
+    for proc in stack.processes:
+        if proc.oneshot:
+            continue
+        running = stack.procs[proc.name]
+        assert running.poll() is None, proc.name
+        assert running.args == proc.argv == ["airflow", *services[proc.name]["command"].split()]
+        environ = _environ(running.pid)
+        assert environ == proc.env
+        for key, value in services[proc.name]["environment"].items():
+            if key == "AIRFLOW__CORE__EXECUTOR" and stack.executor == "local":
+                assert environ[key] == "LocalExecutor"
+            elif compose_stack.container_references(value, spec):  # a container's URL or path: the machine's
+                assert environ[key] != value and not compose_stack.container_references(environ[key], spec), key
+            else:  # compose's value as it is
+                assert environ[key] == value, (proc.name, key)
 
 
 def test_erasure_request_via_rest_api(airflow_stack: Stack):

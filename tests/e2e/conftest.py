@@ -238,6 +238,8 @@ class Stack:
     def wait_healthy(self, proc: Process, deadline: float) -> None:
         """The service's compose healthcheck, retried until it passes (compose: every ``interval``)."""
         env = {**proc.env, "HOSTNAME": socket.gethostname()}
+        if shutil.which(proc.health[0], path=env["PATH"]) is None:
+            raise RuntimeError(f"{proc.name}'s healthcheck runs {proc.health[0]!r}, which is not on PATH: install it")
         while True:
             self.check_alive()
             with open(self.logs / f"{proc.name}.health.log", "ab") as out:

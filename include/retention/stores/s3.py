@@ -68,6 +68,8 @@ from include.retention.stores.s3_objects import (
     PREFETCH_THREADS,
     BucketInfo,
     ObjectsNotDeleted,
+    OwnedKeys,
+    Page,
     S3Object,
     make_client,
     owned_key,
@@ -190,16 +192,29 @@ class S3Store(S3Orphans, S3Subjects, Store):
         self.bucket_info(coll.bucket)
 
     # ---- listing --------------------------------------------------------------------------
-    def objects(self, bucket: str, prefix: str) -> Iterator[list[S3Object]]:
-        """The keys under ``prefix``, one listing page at a time."""
+    def objects(self, bucket: str, prefix: str, after: str = "") -> Iterator[Page]:
+        """The keys under ``prefix`` (and after the key ``after``), one listing page at a time."""
         if not self.bucket_info(bucket).versioned:
-            for page in self._pages("list_objects_v2", Bucket=bucket, Prefix=prefix):
-                yield [S3Object(o["Key"], o["LastModified"]) for o in page.get("Contents", [])]
+            start = {"StartAfter": after} if after else {}
+            for page in self._pages("list_objects_v2", Bucket=bucket, Prefix=prefix, **start):
+                yield Page((S3Object(o["Key"], o["LastModified"]) for o in page.get("Contents", [])),
+                           more=bool(page.get("IsTruncated")))
             return
         carry: S3Object | None = None  # the last key of a page may continue on the next one
-        for page in self._pages("list_object_versions", Bucket=bucket, Prefix=prefix):
+        checked, relisted = not after, None  # after a KeyMarker: the first key's versions (see _first_key)
+        for page in self._pages("list_object_versions", Bucket=bucket, Prefix=prefix,
+                                **({"KeyMarker": after} if after else {})):
             entries = [(v, False) for v in page.get("Versions", [])]
             entries += [(m, True) for m in page.get("DeleteMarkers", [])]
+            if relisted is not None:
+                entries = [e for e in entries if e[0]["Key"] != relisted]
+            elif not checked and entries:
+                checked = True
+                first = min(e["Key"] for e, _ in entries)
+                whole = self._first_key(bucket, first, entries)
+                if whole is not None:
+                    relisted = first
+                    entries = [e for e in entries if e[0]["Key"] != first] + whole
             # Stable sort by key only: S3 lists each key's versions newest first.
             entries.sort(key=lambda e: e[0]["Key"])
             out: list[S3Object] = [carry] if carry else []
@@ -216,9 +231,26 @@ class S3Store(S3Orphans, S3Subjects, Store):
                 elif obj.version_id is None:  # newest data version so far
                     obj.version_id, obj.last_modified = entry["VersionId"], entry["LastModified"]
             carry = out.pop() if page.get("IsTruncated") and out else None
-            yield out
+            yield Page(out, more=bool(page.get("IsTruncated")))
         if carry:
-            yield [carry]
+            yield Page([carry])
+
+    def _first_key(self, bucket: str, key: str, entries: list[tuple[dict[str, Any], bool]]
+                   ) -> list[tuple[dict[str, Any], bool]] | None:
+        """Every version of the first key of a listing that started after a KeyMarker, if the page lacks some.
+
+        S3 starts such a listing with the key after the marker, all its versions; some S3-compatible
+        servers (moto 5) leave out that key's newest version. A key always has exactly one latest
+        entry: if the page shows none, the key is listed again on its own, so no version is missed.
+        None: the page is whole.
+        """
+        if any(e.get("IsLatest") for e, _ in entries if e["Key"] == key):
+            return None
+        own = []
+        for page in self._pages("list_object_versions", Bucket=bucket, Prefix=key):
+            own += [(v, False) for v in page.get("Versions", []) if v["Key"] == key]
+            own += [(m, True) for m in page.get("DeleteMarkers", []) if m["Key"] == key]
+        return own
 
     def head(self, bucket: str, obj: S3Object) -> dict[str, Any] | None:
         if obj.head is None and not obj.gone:
@@ -569,6 +601,9 @@ class S3Store(S3Orphans, S3Subjects, Store):
         ``reference.key_template`` filled from a row names an exact key, or a prefix when it ends
         in ``/`` or ``...``; otherwise ``reference.column`` holds the exact key. Objects under a
         legal hold stay (and are counted in the log); keys outside the collection's prefix are refused.
+
+        The whole batch of rows is found with one forward listing (``owned_objects``), not one per row;
+        tags and HEADs are read only where a legal-hold condition or Object Lock needs them, a page at a time.
         """
         target = reference.to.partition(".")[2]
         coll = self.coll(target)
@@ -576,6 +611,7 @@ class S3Store(S3Orphans, S3Subjects, Store):
         now = dt.datetime.now(_UTC)
         purger = Purger(self, bucket, MAX_DELETE, None)
         held = outside = 0
+        wanted: list[tuple[str, bool]] = []
         for row in rows:
             key, is_prefix = owned_key(reference, row)
             if key is None:
@@ -583,15 +619,20 @@ class S3Store(S3Orphans, S3Subjects, Store):
             if not key.startswith(base):
                 outside += 1
                 continue
-            for page in self.objects(bucket, key):
-                for obj in page:
-                    if not is_prefix and obj.key != key:
-                        continue
-                    if self._held(bucket, coll, obj, now):
-                        held += 1
-                        continue
-                    self._release_own_hold(bucket, obj)
-                    purger.add(obj)
+            wanted.append((key, is_prefix))
+        locked_bucket = self.bucket_info(bucket).object_lock
+        for page in self.owned_objects(bucket, OwnedKeys(wanted)):
+            holdable = [o for o in page if o.version_id or o.live]
+            if coll.legal_hold or locked_bucket:
+                self._fetch(bucket, holdable, tags=True)
+            if locked_bucket:
+                self._fetch(bucket, holdable, head=True)
+            for obj in page:
+                if self._held(bucket, coll, obj, now):
+                    held += 1
+                    continue
+                self._release_own_hold(bucket, obj)
+                purger.add(obj)
         purger.flush()
         if held or outside:
             log.warning("%s: %d objects referenced from %s kept under legal hold, %d references outside prefix "
@@ -600,4 +641,24 @@ class S3Store(S3Orphans, S3Subjects, Store):
                  purger.versions, len(rows), coll_ref)
         return purger.objects
 
+    def owned_objects(self, bucket: str, wanted: OwnedKeys) -> Iterator[list[S3Object]]:
+        """The objects of ``wanted``, a page at a time, from one forward listing of their common prefix.
 
+        When the next wanted key lies beyond a page, the listing jumps there (a new request starting just
+        before it) instead of paging through the keys in between: at most one request per wanted key, and
+        at most one per 1,000 keys between the first and the last wanted one plus one per jump.
+        """
+        prefix = wanted.common_prefix()
+        while not wanted.done():
+            jumped = False
+            for page in self.objects(bucket, prefix, after=wanted.seek()):
+                found = [obj for obj in page if wanted.match(obj.key)]
+                if found:
+                    yield found
+                if wanted.done():
+                    return
+                if page.more and page and page[-1].key < wanted.seek():
+                    jumped = True  # the next wanted key is further on than the next page would start
+                    break
+            if not jumped:
+                return

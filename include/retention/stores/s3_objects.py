@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +78,14 @@ class S3Object:
         return {"VersionId": self.version_id} if self.version_id else {}
 
 
+class Page(list):
+    """One listing page of objects; ``more``: the listing continues after it."""
+
+    def __init__(self, objects: Iterable[S3Object] = (), more: bool = False):
+        super().__init__(objects)
+        self.more = more
+
+
 @dataclass(frozen=True)
 class BucketInfo:
     versioned: bool
@@ -119,6 +129,49 @@ def make_client(info: ConnInfo) -> tuple[Any, str]:
         config=config,
     )
     return client, endpoint or "AWS S3"
+
+
+class OwnedKeys:
+    """The keys and prefixes a batch of rows owns, matched against one ascending listing.
+
+    Sorted, with what lies inside a wanted prefix dropped, the targets are disjoint ranges of
+    keys (an exact key, or every key starting with a prefix) in listing order, so a listing is
+    matched by one forward pointer. ``seek`` is where a new listing should start to reach the
+    next target unseen: a listing may jump over keys between targets instead of paging through
+    them. (S3 lists keys in UTF-8 byte order, which is code point order: Python's order.)
+    """
+
+    def __init__(self, wanted: list[tuple[str, bool]]):
+        targets: list[tuple[str, bool]] = []
+        for key, is_prefix in sorted(set(wanted)):
+            if targets and targets[-1][1] and key.startswith(targets[-1][0]):
+                continue  # inside a prefix already wanted
+            targets.append((key, is_prefix))
+        self.targets, self.i = targets, 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def common_prefix(self) -> str:
+        return os.path.commonprefix([t for t, _ in self.targets]) if self.targets else ""
+
+    def done(self) -> bool:
+        return self.i >= len(self.targets)
+
+    def seek(self) -> str:
+        """A key just before the next target (listing starts after it): the target without its last character."""
+        return self.targets[self.i][0][:-1] if not self.done() else ""
+
+    def match(self, key: str) -> bool:
+        """Is ``key`` owned? Keys must be given in ascending order."""
+        while self.i < len(self.targets):
+            target, is_prefix = self.targets[self.i]
+            if key == target or (is_prefix and key.startswith(target)):
+                return True
+            if key < target:
+                return False
+            self.i += 1  # the listing is past this target
+        return False
 
 
 def owned_key(reference: Reference, row: dict[str, Any]) -> tuple[str | None, bool]:

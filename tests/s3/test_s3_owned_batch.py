@@ -1,0 +1,128 @@
+"""Objects owned by a batch of deleted rows are found with a bounded number of listings, not one per row.
+
+Each test arranges owned objects among neighbours that are not owned (``cvs/1/`` next to ``cvs/10/``,
+a key that merely starts like an owned exact key), counts the requests the store's client sends
+(botocore's ``before-call`` event) and checks exactly which objects and versions went.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from include.retention.stores.s3_objects import OwnedKeys
+from tests.s3.conftest import PLAIN, VERSIONED, keys, put, put_many, s3_policy, versions
+
+CRM = """
+  crm:
+    kind: sql
+    connection: crm_db
+    collections:
+      applicants:
+        table: applicants
+        primary_key: id
+        columns: [id, cv_key]
+        references: [{to: objects.cvs, key_template: "cvs/{id}/"}]
+      letters:
+        table: letters
+        primary_key: id
+        columns: [id, letter_key]
+        references: [{to: objects.cvs, column: letter_key}]
+"""
+
+
+def objects_yaml(bucket: str, legal_hold: bool = False) -> str:
+    hold = '\n  legal_hold: [{column: legal-hold, equals: "true"}]' if legal_hold else ""
+    return f"cvs:\n  bucket: {bucket}\n  prefix: cvs/{hold}\n"
+
+
+def count_calls(store: Any) -> Counter:
+    calls: Counter = Counter()
+
+    def sent(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    store.client.meta.events.register("before-call.s3", sent)
+    return calls
+
+
+def refs(policy: Any) -> tuple[Any, Any]:
+    return (policy.collection("crm.applicants").references[0], policy.collection("crm.letters").references[0])
+
+
+@pytest.mark.parametrize("n", [40, 400])
+def test_listings_per_batch_do_not_grow_with_the_rows(s3, make_store, n):
+    policy = s3_policy(objects_yaml(PLAIN), CRM)
+    store = make_store(policy)
+    owned = [i * 2 for i in range(n)]  # every second applicant's row goes
+    put_many(PLAIN, [f"cvs/{i}/cv.pdf" for i in range(2 * n)] + [f"cvs/{i}/cover.pdf" for i in owned]
+             + [f"cvs/{i}0/cv.pdf" for i in range(2 * n, 2 * n + 5)] + ["cvs/other.pdf"])
+    before = keys(s3, PLAIN)
+    calls = count_calls(store)
+
+    deleted = store.delete_referenced("crm.applicants", refs(policy)[0], [{"id": i} for i in owned])
+
+    gone = {f"cvs/{i}/cv.pdf" for i in owned} | {f"cvs/{i}/cover.pdf" for i in owned}
+    assert deleted == len(gone) == 2 * n
+    assert keys(s3, PLAIN) == sorted(set(before) - gone)
+    # A page lists up to 1,000 keys: the bucket's pages at most, not one listing per row (40 or 400).
+    assert 1 <= calls["ListObjectsV2"] <= -(-len(before) // 1000) <= 2
+    assert calls["DeleteObjects"] == -(-len(gone) // 1000)
+    assert calls["GetObjectTagging"] == calls["HeadObject"] == 0  # no rule condition reads tags here
+
+
+def test_versioned_bucket_loses_every_version_of_owned_keys_only(s3, make_store):
+    policy = s3_policy(objects_yaml(VERSIONED), CRM)
+    store = make_store(policy)
+    # 1,500 unowned keys between the two groups of owned ones: the listing jumps over them (KeyMarker).
+    put_many(VERSIONED, [f"cvs/a{i:05d}/cv.pdf" for i in range(1500)])
+    owned_ids = ["0001", "0002", "0003", "b001", "b002"]
+    for i in owned_ids:
+        put(s3, VERSIONED, f"cvs/{i}/cv.pdf", b"draft")
+        put(s3, VERSIONED, f"cvs/{i}/cv.pdf", b"final")
+    s3.delete_object(Bucket=VERSIONED, Key="cvs/0003/cv.pdf")  # only a delete marker is current
+    put(s3, VERSIONED, "cvs/0004/cv.pdf")  # a row that is not deleted
+    put(s3, VERSIONED, "cvs/b0010/cv.pdf")  # starts like an owned prefix, is not under it
+    kept_before = [v for v in versions(s3, VERSIONED) if v[0].split("/")[1] not in owned_ids]
+    calls = count_calls(store)
+
+    deleted = store.delete_referenced("crm.applicants", refs(policy)[0], [{"id": i} for i in owned_ids])
+
+    assert deleted == 5
+    assert versions(s3, VERSIONED) == kept_before  # every version and marker of the owned keys is gone
+    # A listing from the first owned key (one page) and a jump over the 1,500 to the next group; each may
+    # list its first key again (moto leaves out the newest version of the first key after a KeyMarker).
+    assert 2 <= calls["ListObjectVersions"] <= 4
+
+
+def test_exact_keys_and_legal_hold_tags(s3, make_store):
+    policy = s3_policy(objects_yaml(PLAIN, legal_hold=True), CRM)
+    store = make_store(policy)
+    put(s3, PLAIN, "cvs/1/letter.pdf")
+    put(s3, PLAIN, "cvs/1/letter.pdf.bak")  # begins with an owned exact key: not owned
+    put(s3, PLAIN, "cvs/2/letter.pdf", Tagging="legal-hold=true")
+    put(s3, PLAIN, "cvs/3/letter.pdf")
+    put(s3, PLAIN, "cvs/3/other.pdf")
+    calls = count_calls(store)
+
+    deleted = store.delete_referenced("crm.letters", refs(policy)[1], [
+        {"id": 1, "letter_key": "cvs/1/letter.pdf"}, {"id": 2, "letter_key": "cvs/2/letter.pdf"},
+        {"id": 3, "letter_key": "cvs/3/letter.pdf"}, {"id": 4, "letter_key": "cvs/4/missing.pdf"},
+        {"id": 5, "letter_key": None}])
+
+    assert deleted == 2
+    assert keys(s3, PLAIN) == ["cvs/1/letter.pdf.bak", "cvs/2/letter.pdf", "cvs/3/other.pdf"]
+    assert calls["ListObjectsV2"] == 1
+    assert calls["GetObjectTagging"] == 3  # the condition needs the tags of the owned objects only
+
+
+def test_owned_keys_match_a_listing_in_one_pass():
+    wanted = OwnedKeys([("cvs/1/", True), ("cvs/1/a.pdf", False), ("cvs/10", False), ("cvs/2/", True),
+                        ("cvs/2/", True)])
+    assert wanted.targets == [("cvs/1/", True), ("cvs/10", False), ("cvs/2/", True)]
+    assert wanted.common_prefix() == "cvs/"
+    listing = ["cvs/0", "cvs/1/", "cvs/1/a.pdf", "cvs/10", "cvs/10/x", "cvs/100", "cvs/2/b", "cvs/3/c"]
+    assert [k for k in listing if wanted.match(k)] == ["cvs/1/", "cvs/1/a.pdf", "cvs/10", "cvs/2/b"]
+    assert wanted.done()

@@ -126,3 +126,14 @@ def test_owned_keys_match_a_listing_in_one_pass():
     listing = ["cvs/0", "cvs/1/", "cvs/1/a.pdf", "cvs/10", "cvs/10/x", "cvs/100", "cvs/2/b", "cvs/3/c"]
     assert [k for k in listing if wanted.match(k)] == ["cvs/1/", "cvs/1/a.pdf", "cvs/10", "cvs/2/b"]
     assert wanted.done()
+
+
+def test_timestamps_of_listings_parse_like_botocore():
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    from include.retention.stores.s3_objects import parse_timestamp
+
+    for text in ("2026-11-25T03:55:08.000Z", "2026-11-25T03:55:08Z", "2026-11-25T03:55:08.123456+02:00",
+                 "Wed, 25 Nov 2026 03:55:08 GMT", "1700000000"):
+        assert parse_timestamp(text) == botocore_parse(text), text
+        assert parse_timestamp(text).tzinfo is not None

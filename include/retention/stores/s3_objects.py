@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from include.retention import keytemplate
 from include.retention.errors import StoreUnavailable
@@ -55,6 +56,16 @@ def parse_date(text: str | None) -> dt.datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo else value.replace(tzinfo=_UTC)
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    """A timestamp of an S3 response: ISO 8601 in XML bodies (``2026-11-25T03:55:08.000Z``) parsed directly,
+    anything else (HTTP dates of headers, epoch seconds) by botocore's own parser."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return botocore_parse_timestamp(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_UTC)
 
 
 # ---- objects ------------------------------------------------------------------------------
@@ -119,7 +130,11 @@ def make_client(info: ConnInfo) -> tuple[Any, str]:
     endpoint = extra.get("endpoint_url") or (info.host if info.host and "://" in info.host else None)
     # S3-compatible servers generally want path-style addressing.
     config = CLIENT_CONFIG.merge(Config(s3={"addressing_style": "path"})) if endpoint else CLIENT_CONFIG
-    client = boto3.session.Session().client(
+    session = boto3.session.Session()
+    # A listing page holds 1,000 LastModified values; botocore's generic (dateutil) parser of them cost
+    # a third of a listing's client time (docs/benchmarks.md, "S3 (target 3)").
+    session._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    client = session.client(
         "s3",
         endpoint_url=endpoint,
         region_name=extra.get("region_name") or "us-east-1",

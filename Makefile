@@ -62,6 +62,8 @@ validate: venv
 bench: venv services
 	$(PY) scripts/bench_sweep.py $(BENCH_ROWS)  # default 1,000,000; make bench BENCH_ROWS=5000000
 	$(PY) scripts/bench_subjects.py $(BENCH_SUBJECTS)  # erasure requests, default 1,000 subjects; BENCH_SUBJECTS=200
+	$(PY) scripts/bench_s3.py $(BENCH_OBJECTS)  # default 20,000 objects, 10,000 CRM rows with CVs
+	$(PY) scripts/bench_airflow.py  # DAG parse time vs an empty DAG with the same imports
 
 clean:
 	rm -rf .demo artifacts

@@ -100,6 +100,7 @@ class S3Store(S3Orphans, S3Subjects, Store):
         self.part_size = part_size
         self._buckets: dict[str, BucketInfo] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._bands: tuple[Any, ...] = (None, None, [])  # (rule, now, [(cutoff, action), ...]) of _action
 
     @classmethod
     def from_conn(cls, name: str, policy: Policy, info: ConnInfo, *, key: bytes = b"", **kwargs: Any) -> S3Store:
@@ -340,10 +341,12 @@ class S3Store(S3Orphans, S3Subjects, Store):
             return any(k.lower() == ANONYMIZED_META for k in meta)
         return False
 
-    @staticmethod
-    def _action(rule: Rule, start: dt.datetime, now: dt.datetime) -> str | None:
-        # Stages are ordered by period; the strongest one whose period has ended applies.
-        return next((s.action for s in reversed(rule.stages) if start < cutoff(now, s, rule.start)), None)
+    def _action(self, rule: Rule, start: dt.datetime, now: dt.datetime) -> str | None:
+        # Stages are ordered by period; the strongest one whose period has ended applies. The cutoffs are
+        # computed once per rule and instant, not per object (parsing the periods was a tenth of a sweep).
+        if self._bands[0] is not rule or self._bands[1] != now:
+            self._bands = (rule, now, [(cutoff(now, s, rule.start), s.action) for s in reversed(rule.stages)])
+        return next((action for edge, action in self._bands[2] if start < edge), None)
 
     def classify(self, collection_name: str, rule: Rule, obj: S3Object, now: dt.datetime,
                  pattern: re.Pattern[str] | None, only: str | None = None) -> tuple[str | None, str]:

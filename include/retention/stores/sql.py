@@ -452,7 +452,10 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         by_index = (one_statement and not by_block and len(order) == 2 and n_pk == 1
                     and isinstance(order[-1].type, sa.Integer))
         by_order = not by_block and self._by_order(collection_name, action)
-        sizer = _BatchSizer(batch_size)
+        # Rows owning S3 objects: a batch's objects cost one listing and one DeleteObjects per 1,000 whatever the
+        # batch's size, so such batches keep at least batch_size rows (time-based shrinking would multiply calls).
+        owns = bool(self.policy.owned_objects(self.ref(collection_name)))
+        sizer = _BatchSizer(batch_size, floor=batch_size if owns else MIN_BATCH)
         result = StageResult(action=action)
         if by_block:
             with self.engine.connect() as conn:
@@ -815,9 +818,9 @@ class _BatchSizer:
     """Rows per batch: ``batch_size`` first, then what takes about ``BATCH_SECONDS`` at the rate just measured
     (at most 8x more or 4x fewer than the last batch), never more than ``MAX_BATCH``."""
 
-    def __init__(self, first: int):
+    def __init__(self, first: int, floor: int = MIN_BATCH):
         self.size = max(1, min(first, MAX_BATCH))
-        self.floor = min(self.size, MIN_BATCH)
+        self.floor = min(self.size, floor)
 
     def took(self, rows: int, seconds: float) -> None:
         if rows < self.size // 2:  # a short batch (the end of the walk) says nothing about the rate

@@ -16,8 +16,12 @@ parsed alternately with Airflow's ``DagBag`` on that one file, two ways:
 
 Medians are compared: ratio = DAG file / empty twin, target < 1.5 (cold).
 
-The orchestration tax (a 13-rule ``retention_sweep`` under the real scheduler) is not measured here;
-see docs/benchmarks.md, "Airflow overhead (target 5)".
+``--tax``: the orchestration tax. The e2e launcher (tests/e2e/conftest.py: api-server, scheduler,
+dag-processor, triggerer with LocalExecutor, metadata DB on PostgreSQL, the demo data in PostgreSQL,
+MariaDB and moto's S3 server) runs one scheduled ``retention_sweep`` (all rules of config/policy.yaml);
+its wall time (the run's start to end) is compared with the sum of the same rules' ``run_rule`` times
+measured in one plain process on a second, identically seeded copy of the data. Takes several minutes
+(start-up, migration), so ``make bench`` leaves it out.
 """
 
 from __future__ import annotations
@@ -79,7 +83,93 @@ def child(path: str) -> None:
     print(json.dumps({"seconds": seconds, "dags": len(bag.dags)}))
 
 
+def tax(executor: str = "local") -> None:
+    """One scheduled retention_sweep under the real scheduler vs the sum of its rules run in one process."""
+    import datetime as dt
+    import uuid
+
+    from moto.server import ThreadedMotoServer
+
+    sys.path.insert(0, str(ROOT))
+    from include.retention.connections import parse_conn
+    from include.retention.ledger import RunRef
+    from include.retention.policy import load_policy
+    from include.retention.runtime import Runtime
+    from include.retention.sweep import run_rule
+    from tests.e2e.conftest import _drop_database, airflow_uri, make_world, start_stack, teardown_stack
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    moto_url = f"http://{host}:{port}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.monotonic()
+            stack = start_stack(executor, moto_url, Path(tmp))
+            print(f"stack ({executor}) ready in {time.monotonic() - t0:.0f}s", flush=True)
+            try:
+                stack.unpause("retention_sweep")  # schedule "* * * * *": the scheduler starts a run itself
+                run = None
+                while run is None:
+                    r = stack.api("GET", "/api/v2/dags/retention_sweep/dagRuns",
+                                  params={"run_type": "scheduled", "order_by": "run_after", "limit": 1})
+                    run = (r.json()["dag_runs"] or [None])[0]
+                    stack.check_alive()
+                    time.sleep(2)
+                try:
+                    run = stack.wait_run("retention_sweep", run["dag_run_id"], timeout=900)
+                finally:
+                    stack.pause("retention_sweep", settle=None)
+                quoted = run["dag_run_id"].replace("+", "%2B").replace(":", "%3A")
+                tis = stack.api("GET", f"/api/v2/dags/retention_sweep/dagRuns/{quoted}/taskInstances",
+                                params={"limit": 100}).json()["task_instances"]
+            finally:
+                teardown_stack(stack)
+        started, ended = (dt.datetime.fromisoformat(run[k]) for k in ("start_date", "end_date"))
+        wall = (ended - started).total_seconds()
+        applied = [ti for ti in tis if ti["task_id"] == "apply_rule"]
+        in_tasks = sum(ti["duration"] or 0 for ti in applied)
+        others = {ti["task_id"]: ti["duration"] or 0 for ti in tis if ti["task_id"] != "apply_rule"}
+
+        # the same rules, one after the other in this process, on an identically seeded copy of the data
+        world = make_world(uuid.uuid4().hex[:8], moto_url)
+        try:
+            conns = {"crm_db": airflow_uri(world.crm_url), "mailing_db": airflow_uri(world.mailing_url),
+                     "retention_ledger": airflow_uri(world.ledger_url),
+                     "objects_s3": json.dumps({"conn_type": "aws", "login": "t", "password": "t",
+                                               "extra": {"endpoint_url": moto_url, "region_name": "eu-central-1"}})}
+            policy = load_policy(str(ROOT / "config" / "policy.yaml"))
+            runtime = Runtime(policy, lambda conn_id: parse_conn(conns[conn_id]))
+            times = {}
+            try:
+                for rule_id in policy.rule_ids():
+                    t = time.perf_counter()
+                    run_rule(policy, rule_id, runtime.store(rule_id.split(".")[0]), runtime.ledger(),
+                             RunRef("bench", "bench"))
+                    times[rule_id] = time.perf_counter() - t
+            finally:
+                runtime.close()
+        finally:
+            world.dispose()
+            for kind, url in (("postgresql", world.crm_url), ("mariadb", world.mailing_url),
+                              ("postgresql", world.ledger_url)):
+                _drop_database(kind, url)
+    finally:
+        server.stop()
+    rules = sum(times.values())
+    print(f"retention_sweep under the scheduler ({executor}): {len(applied)} rules, run wall {wall:.1f}s; "
+          f"apply_rule task durations sum {in_tasks:.1f}s; other tasks "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(others.items())))
+    print(f"the same {len(times)} rules in one process: sum {rules:.2f}s (slowest "
+          + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(times.items(), key=lambda kv: -kv[1])[:3]) + ")")
+    print(f"orchestration tax: run wall - rules = {wall - rules:.1f}s ({wall / rules:.1f}x the rules' own time); "
+          f"per mapped task {(in_tasks - rules) / max(len(applied), 1):.2f}s over its rule")
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--tax":
+        tax(sys.argv[2] if len(sys.argv) > 2 else "local")
+        return 0
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(sys.argv[2])
         return 0

@@ -137,3 +137,13 @@ def test_timestamps_of_listings_parse_like_botocore():
                  "Wed, 25 Nov 2026 03:55:08 GMT", "1700000000"):
         assert parse_timestamp(text) == botocore_parse(text), text
         assert parse_timestamp(text).tzinfo is not None
+
+
+def test_batches_of_rows_owning_objects_do_not_shrink_below_batch_size():
+    from include.retention.stores.sql import _BatchSizer
+
+    plain, owning = _BatchSizer(1000), _BatchSizer(1000, floor=1000)
+    for sizer in (plain, owning):
+        sizer.took(1000, 10.0)  # a slow batch (its objects' S3 calls): 20x over the time a batch should take
+    assert plain.size == 250  # shrinks by 4x at most
+    assert owning.size == 1000  # one listing and one DeleteObjects per batch either way: no more calls

@@ -84,22 +84,31 @@ GONE_NOTES = {1, 2, 3, 6, 7, 8}
 PAIRS = [("mariadb", "postgresql"), ("postgresql", "mariadb"), ("sqlite", "mariadb"), ("postgresql", "sqlite")]
 
 
-def _database(kind: str, tmp_path, fresh_database) -> tuple[str, str | None]:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / f'{uuid.uuid4().hex[:6]}.db'}", None
-    name = f"rt_{uuid.uuid4().hex[:10]}"
-    return fresh_database(kind, name), name
+@pytest.fixture
+def server_db(fresh_database, tmp_path):
+    """Factory: a fresh database on ``kind``'s server (or a SQLite file), dropped after the test."""
+    made = []
+
+    def make(kind: str) -> str:
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path / f'{uuid.uuid4().hex[:6]}.db'}"
+        name = f"rt_{uuid.uuid4().hex[:10]}"
+        made.append((kind, name))
+        return fresh_database(kind, name)
+
+    yield make
+    for kind, name in made:
+        admin = sa.create_engine(PG_ADMIN if kind == "postgresql" else MY_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' if kind == "postgresql"
+                                 else f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{p}-to-{c}" for p, c in PAIRS])
-def dbs(request, tmp_path, fresh_database):
+def dbs(request, server_db):
     parent_kind, child_kind = request.param
-    urls, made = {}, []
-    for system, kind in (("mailing", parent_kind), ("crm", child_kind)):
-        url, name = _database(kind, tmp_path, fresh_database)
-        urls[system] = url
-        if name:
-            made.append((kind, name))
+    urls = {"mailing": server_db(parent_kind), "crm": server_db(child_kind)}
     mailing, crm = make_engine(urls["mailing"]), make_engine(urls["crm"])
     subscribers.create(mailing)
     notes.create(crm)
@@ -112,13 +121,7 @@ def dbs(request, tmp_path, fresh_database):
         conn.execute(deals.insert(), [{"id": i, "subscriber_id": s} for i, s in DEALS])
     mailing.dispose()
     crm.dispose()
-    yield urls
-    for kind, name in made:
-        admin = sa.create_engine(PG_ADMIN if kind == "postgresql" else MY_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' if kind == "postgresql"
-                                 else f"DROP DATABASE IF EXISTS `{name}`"))
-        admin.dispose()
+    return urls
 
 
 def runtime(urls: dict[str, str], tmp_path) -> Runtime:
@@ -234,11 +237,8 @@ class ChildKiller:
 
 @pytest.mark.parametrize("pair", [("postgresql", "mariadb"), ("mariadb", "postgresql")],
                          ids=["postgresql-to-mariadb", "mariadb-to-postgresql"])
-def test_child_database_failing_mid_batch_keeps_the_parents_and_the_retry_completes(pair, tmp_path,
-                                                                                   fresh_database):
-    urls = {}
-    for system, kind in zip(("mailing", "crm"), pair, strict=True):
-        urls[system] = fresh_database(kind, f"rt_{uuid.uuid4().hex[:10]}")
+def test_child_database_failing_mid_batch_keeps_the_parents_and_the_retry_completes(pair, tmp_path, server_db):
+    urls = {system: server_db(kind) for system, kind in zip(("mailing", "crm"), pair, strict=True)}
     mailing, crm = make_engine(urls["mailing"]), make_engine(urls["crm"])
     subscribers.create(mailing)
     notes.create(crm)
@@ -277,3 +277,53 @@ def test_child_database_failing_mid_batch_keeps_the_parents_and_the_retry_comple
     final = ledger.verify()
     assert final.ok and final.unreconciled_count == 0
     retry.close()
+
+
+def test_a_cascade_through_three_databases_records_each_system(tmp_path, server_db):
+    """Subscribers (MariaDB) <- notes (PostgreSQL) <- attachments (SQLite): grandchildren first, one ledger entry
+    per system and batch, exactly the rows of the expired subscriber."""
+    urls = {"mailing": server_db("mariadb"), "crm": server_db("postgresql"), "files": server_db("sqlite")}
+    attachments = sa.Table("attachments", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True,
+                                                                   autoincrement=False),
+                           sa.Column("note_id", sa.Integer))
+    engines = {k: make_engine(u) for k, u in urls.items()}
+    subscribers.create(engines["mailing"])
+    notes.create(engines["crm"])
+    deals.create(engines["crm"])
+    attachments.create(engines["files"])
+    with engines["mailing"].begin() as conn:
+        conn.execute(subscribers.insert(), [{"id": "a1", "email": "a1@example.org", "created_at": OLD},
+                                            {"id": "k1", "email": "k1@example.org", "created_at": RECENT}])
+    with engines["crm"].begin() as conn:
+        conn.execute(notes.insert(), [{"id": 1, "subscriber_id": "a1", "legal_hold": False},
+                                      {"id": 2, "subscriber_id": "k1", "legal_hold": False}])
+    with engines["files"].begin() as conn:
+        conn.execute(attachments.insert(), [{"id": 10, "note_id": 1}, {"id": 11, "note_id": 1},
+                                            {"id": 12, "note_id": 2}])
+    for engine in engines.values():
+        engine.dispose()
+    policy = POLICY + textwrap.indent(textwrap.dedent("""\
+        files:
+          kind: sql
+          connection: files_db
+          collections:
+            attachments:
+              table: attachments
+              primary_key: id
+              columns: [id, note_id]
+              references: [{to: crm.notes, column: note_id, on_delete: delete}]
+        """), "  ")
+    from include.retention.policy import parse_policy
+
+    conns = {f"{k}_db": ConnInfo("sql", extra={"sqlalchemy_url": u}) for k, u in urls.items()}
+    conns["retention_ledger"] = ConnInfo("sqlite", host=str(tmp_path / "ledger.db"))
+    rt = Runtime(parse_policy(policy, source="three.yaml"), conns.__getitem__, key=KEY)
+    counts = run_rule(rt.policy, RULE, rt.store("mailing"), rt.ledger(), RunRef("t", "1"), now=NOW)
+    assert counts["deleted"] == 1
+    assert counts["cascaded"]["crm.notes"] == 1 and counts["cascaded"]["files.attachments"] == 2
+    with make_engine(urls["files"]).connect() as conn:
+        assert set(conn.execute(sa.select(attachments.c.id)).scalars()) == {12}
+    assert state(urls)[:2] == ({"k1"}, {2})
+    assert settled_per_system(rt.ledger()) == {"mailing": 1, "crm": 1, "files": 2}
+    assert rt.ledger().verify().ok
+    rt.close()

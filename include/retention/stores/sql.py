@@ -382,13 +382,19 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     if isinstance(c, sa.UniqueConstraint) and c.columns}
         return [t.c[walk], *pk] if walk in leading else pk
 
+    def _row_values(self, order: list[Any]) -> bool:
+        """A walk with a composite key compares row values where the dialect has them; the ``(start, pk)`` walk of
+        a one-column key keeps its expansion ``start >= x AND (start > x OR pk > y)``, which PostgreSQL's planner
+        serves from the index in the one-statement batches (a row value of scalar subqueries it does not)."""
+        composite = len(order) > 2 or (len(order) == 2 and all(getattr(c, "primary_key", False) for c in order))
+        return composite and has_row_values(self.engine.dialect)
+
     def _after(self, order: list[Any], last: tuple | None) -> list[Any]:
-        """Rows strictly after ``last`` in walk order (a range an index on ``order[0]`` serves): a row-value
-        comparison where the dialect has one, else its expansion (``sql_keys.after``)."""
-        return after(order, last, has_row_values(self.engine.dialect))
+        """Rows strictly after ``last`` in walk order (a range an index on ``order[0]`` serves): ``sql_keys.after``."""
+        return after(order, last, self._row_values(order))
 
     def _upto(self, order: list[Any], bound: tuple) -> list[Any]:
-        return upto(order, bound, has_row_values(self.engine.dialect))
+        return upto(order, bound, self._row_values(order))
 
     def _by_block(self, collection_name: str, action: str, mask: dict | None) -> bool:
         """PostgreSQL walks the heap by block ranges (``ctid``) with one statement per batch, when the batch's

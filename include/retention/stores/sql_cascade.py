@@ -171,50 +171,59 @@ class SqlCascade:
         deletes took along) and the values that still have rows here afterwards (held: their parents stay)."""
         self.check(collection_name)
         name, t = collection_name, self.table(collection_name)
-        pk, fk = self.key_cols(name, t), t.c[reference.column]
-        n_pk, ref = len(pk), self.ref(name)
-        deleting = reference.on_delete == "delete"
-        guard = self._not_held(name, t) if deleting else fk.is_not(None)
+        ref = self.ref(name)
+        guard = self._not_held(name, t) if reference.on_delete == "delete" else t.c[reference.column].is_not(None)
         sub = getattr(record, "for_collection", None)
         rec = sub(self.name, ref) if sub is not None else None
         counts: dict[str, int] = {}
         left: set[Any] = set()
-        for chunk in _chunks(sorted(values)):
-            exact = set(chunk)
-            last = None
-            while True:
-                intent, digest, cascaded = None, "", {}
-                with self.engine.begin() as conn:
-                    rows = conn.execute(sa.select(*pk, fk).where(fk.in_(chunk), guard, *self._after(pk, last))
-                                        .order_by(*pk).limit(CHILD_BATCH).with_for_update()).all()
-                    if not rows:
-                        break
-                    last = tuple(rows[-1][:n_pk])
-                    keys = sorted(key_of(r[:n_pk]) for r in rows if r[n_pk] in exact)
-                    if keys:
-                        digest = self._pk_digest(keys)
-                        if deleting:
-                            if rec is not None:
-                                intent = begin_record(rec, "delete", len(keys), digest)
-                            changed = self._delete_keys(conn, name, keys, cascaded, guard=guard)
-                        else:
-                            changed = conn.execute(t.update().where(key_in(pk, keys), guard)
-                                                   .values({reference.column: None})).rowcount
-                if keys:
-                    what = ref if deleting else f"{ref}:nullified"
-                    counts[what] = counts.get(what, 0) + changed
-                    for k, v in cascaded.items():
-                        counts[k] = counts.get(k, 0) + v
-                    if rec is not None and deleting:
-                        end_record(rec, intent, "delete", changed, digest,
-                                   {"cascaded_from": parent, "cascaded": cascaded})
-                if len(rows) < CHILD_BATCH:
-                    break
-            if deleting:
-                with self.engine.connect() as conn:
-                    left |= {v for v in conn.execute(sa.select(fk).distinct().where(fk.in_(chunk))).scalars()
-                             if v in exact}
+        outer, self._recording = self._recording, record  # a cascade further on records its own entries too
+        try:
+            for chunk in _chunks(sorted(values)):
+                left |= self._delete_dependents_of(name, t, reference, chunk, guard, rec, parent, counts)
+        finally:
+            self._recording = outer
         return counts, left
+
+    def _delete_dependents_of(self, name: str, t: sa.Table, reference: Reference, chunk: list[Any], guard: Any,
+                              rec: Recorder | None, parent: str, counts: dict[str, int]) -> set[Any]:
+        """``delete_dependents`` for one chunk of values, walking the rows here by key in batches of
+        ``CHILD_BATCH``; returns the values still referenced afterwards."""
+        pk, fk = self.key_cols(name, t), t.c[reference.column]
+        n_pk, ref = len(pk), self.ref(name)
+        deleting = reference.on_delete == "delete"
+        exact, last = set(chunk), None
+        while True:
+            intent, digest, cascaded, changed = None, "", {}, 0
+            with self.engine.begin() as conn:
+                rows = conn.execute(sa.select(*pk, fk).where(fk.in_(chunk), guard, *self._after(pk, last))
+                                    .order_by(*pk).limit(CHILD_BATCH).with_for_update()).all()
+                if not rows:
+                    break
+                last = tuple(rows[-1][:n_pk])
+                keys = sorted(key_of(r[:n_pk]) for r in rows if r[n_pk] in exact)
+                if keys:
+                    digest = self._pk_digest(keys)
+                    if deleting:
+                        if rec is not None:
+                            intent = begin_record(rec, "delete", len(keys), digest)
+                        changed = self._delete_keys(conn, name, keys, cascaded, guard=guard)
+                    else:
+                        changed = conn.execute(t.update().where(key_in(pk, keys), guard)
+                                               .values({reference.column: None})).rowcount
+            if keys:  # committed: the real count
+                what = ref if deleting else f"{ref}:nullified"
+                counts[what] = counts.get(what, 0) + changed
+                for k, v in cascaded.items():
+                    counts[k] = counts.get(k, 0) + v
+                if rec is not None and deleting:
+                    end_record(rec, intent, "delete", changed, digest, {"cascaded_from": parent, "cascaded": cascaded})
+            if len(rows) < CHILD_BATCH:
+                break
+        if not deleting:
+            return set()
+        with self.engine.connect() as conn:
+            return {v for v in conn.execute(sa.select(fk).distinct().where(fk.in_(chunk))).scalars() if v in exact}
 
     def _not_held(self, name: str, t: sa.Table) -> sa.ColumnElement[bool]:
         held = self.held(name, t)

@@ -327,3 +327,25 @@ def test_a_cascade_through_three_databases_records_each_system(tmp_path, server_
     assert settled_per_system(rt.ledger()) == {"mailing": 1, "crm": 1, "files": 2}
     assert rt.ledger().verify().ok
     rt.close()
+
+
+@pytest.mark.parametrize("dbs", [("postgresql", "mariadb")], indirect=True, ids=["postgresql-to-mariadb"])
+def test_erasure_whose_child_database_fails_keeps_the_parent_and_the_retry_completes(dbs, tmp_path):
+    rt = runtime(dbs, tmp_path)
+    store = rt.store("mailing")
+    subject = Subject("r1", {"email": "a1@example.org"})
+    killer = ChildKiller(rt.store("crm").engine, 1)
+    with pytest.raises(sa.exc.DBAPIError):
+        store.erase("subscribers", store.find("subscribers", [subject]), [subject], dry_run=False)
+    assert killer.killed == 1
+    parents, kids, _ = state(dbs)
+    assert "a1" in parents and {1, 2} <= kids  # the child batch rolled back, the parent stayed
+    rt.close()
+    retry = runtime(dbs, tmp_path)
+    store = retry.store("mailing")
+    outcome = store.erase("subscribers", store.find("subscribers", [subject]), [subject], dry_run=False)
+    assert outcome.per_request["r1"]["mailing.subscribers"] == {"deleted": 1}
+    assert outcome.totals["crm.notes"] == 2
+    parents, kids, _ = state(dbs)
+    assert "a1" not in parents and kids == {i for i, *_ in NOTES} - {1, 2}
+    retry.close()

@@ -220,3 +220,56 @@ def test_an_orphan_rule_whose_rows_own_objects_locks_rechecks_and_deletes_exactl
     assert result.changed == 2 and sorted(told) == [4, 9] and result.cascaded == {"files.photos": 2}
     assert set(_state(engine)) == set(ROWS) - {4, 9}
     engine.dispose()
+
+
+TEXT_KEYS = """
+version: 1
+defaults: {max_fraction: 1.0, batch_size: 1}
+systems:
+  crm:
+    kind: sql
+    connection: crm_db
+    collections:
+      tags:
+        table: o_tags
+        primary_key: code
+        columns: [code, orphaned_since]
+        rules: [{name: orphaned, start: {orphaned: orphaned_since}, action: delete, period: P1D}]
+      uses:
+        table: o_uses
+        primary_key: id
+        columns: [id, tag_code]
+        references: [{to: crm.tags, column: tag_code, on_delete: nullify}]
+"""
+
+
+def test_text_keys_compare_as_the_database_does_and_never_delete_a_referenced_row(db_url, tmp_path):
+    """A child naming 'ABC' keeps parent 'abc' where the collation says they are equal (MariaDB's default) and
+    not elsewhere; 'abc ' (trailing space) likewise on MariaDB (PAD SPACE). A row referenced byte for byte is
+    kept everywhere."""
+    meta = sa.MetaData()
+    tags = sa.Table("o_tags", meta, sa.Column("code", sa.String(20), primary_key=True),
+                    sa.Column("orphaned_since", sa.DateTime))
+    uses = sa.Table("o_uses", meta, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                    sa.Column("tag_code", sa.String(20)))
+    engine = make_engine(db_url)
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(tags.insert(), [{"code": c, "orphaned_since": OLD} for c in ("abc", "same", "gone", "pad")])
+        conn.execute(uses.insert(), [{"id": 1, "tag_code": "ABC"}, {"id": 2, "tag_code": "same"},
+                                     {"id": 3, "tag_code": "pad "}])
+    policy = parse_policy(TEXT_KEYS, source="text.yaml")
+    ledger = Ledger(make_engine(f"sqlite:///{tmp_path / 'ledger.db'}"), KEY)
+    ledger.ensure_schema()
+    store = SqlStore("crm", policy, engine, mask_key=KEY)
+    try:
+        run_rule(policy, "crm.tags.orphaned", store, ledger, RunRef("t", "x"), now=NOW)
+        with engine.connect() as conn:
+            left = set(conn.execute(sa.select(tags.c.code)).scalars())
+    finally:
+        store.close()
+        ledger.engine.dispose()
+    if engine.dialect.name == "mysql":
+        assert left == {"abc", "same", "pad"}
+    else:
+        assert left == {"same"}

@@ -159,6 +159,7 @@ def test_sweep_deletes_the_other_databases_children_first_exactly(dbs, tmp_path)
     plan = store.plan("subscribers", rule, NOW)
     # the brake sees the other database's notes (a3's two are counted: the plan cannot see the hold there;
     # MariaDB's collation also counts 'A1' and 'a1 ': the brake errs on the strict side)
+    assert plan.eligible == {"delete": len(GONE_PARENTS)} and plan.held == 1  # a3: its note is held there
     n, total = plan.cascaded["crm.notes"]
     assert total == len(NOTES) and n >= len(GONE_NOTES) + 2
     counts = run_rule(rt.policy, RULE, store, ledger, RunRef("t", "1"), now=NOW)

@@ -319,13 +319,20 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(*cols).select_from(t)).one()._mapping
             cascaded = {}
+            eligible = {s.action: int(row[s.action] or 0) for s in rule.stages}
+            held = int(row["held"] or 0)
             if delete_stage is not None and row[delete_stage.action]:
                 cascaded = self._cascade_counts(conn, collection_name, rule, delete_stage, now)
+                # parents a held row of another database keeps: held, as with held dependents in this one
+                kept = self._held_elsewhere_count(conn, collection_name,
+                                                  self.eligible(collection_name, rule, delete_stage, now, t))
+                eligible[delete_stage.action] -= kept
+                held += kept
         return RulePlan(
             total=int(row["total"] or 0),
             in_scope=int(row["in_scope"] or 0),
-            eligible={s.action: int(row[s.action] or 0) for s in rule.stages},
-            held=int(row["held"] or 0),
+            eligible=eligible,
+            held=held,
             cascaded=cascaded,
         )
 

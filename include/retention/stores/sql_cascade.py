@@ -103,6 +103,28 @@ class SqlCascade:
                 if per.get(value):
                     out.setdefault(key, {})[child_ref] = per[value]
 
+    def _held_elsewhere_count(self, conn, name: str, where: Any) -> int:
+        """Rows matching ``where`` that a held row of another database references (the plan's ``held``). The
+        rows stream in parts; each part's referenced values go to the child store (its own connection)."""
+        refs = [(child_ref, ref, store) for child_ref, ref, store in self._other_children(name)
+                if ref.on_delete == "delete"]
+        if not refs:
+            return 0
+        t, coll = self.table(name), self.coll(name)
+        pk = self.key_cols(name, t)
+        cols = [t.c[ref.to_column or coll.key_columns()[0]] for _, ref, _ in refs]
+        n, width = 0, len(pk)
+        result = conn.execution_options(stream_results=True, yield_per=5000).execute(
+            sa.select(*pk, *cols).where(where))
+        for part in result.partitions():
+            kept: set[Any] = set()
+            for i, (child_ref, ref, store) in enumerate(refs):
+                values = sorted({r[width + i] for r in part if r[width + i] is not None})
+                held = store.held_dependents(child_ref.partition(".")[2], ref.column, values)
+                kept |= {key_of(r[:width]) for r in part if r[width + i] in held}
+            n += len(kept)
+        return n
+
     def _other_cascade_counts(self, conn, name: str, going: sa.Select) -> dict[str, tuple[int, int]]:
         """Rows in other databases a delete of ``going``'s parents (one column: the referenced values) would take
         along, and each child collection's size: the brake weighs them like same-database dependents."""

@@ -273,3 +273,20 @@ def test_text_keys_compare_as_the_database_does_and_never_delete_a_referenced_ro
         assert left == {"abc", "same", "pad"}
     else:
         assert left == {"same"}
+
+
+def test_the_forecast_of_a_week_is_what_a_sweep_a_week_later_does(arranged):
+    """Forecasting changes nothing (no stamps); a sweep at now + 7 days stamps the new orphan with its own now (not
+    due), clears the stale stamps and deletes exactly the forecast's rows."""
+    from include.retention.forecast import forecast
+
+    policy, store, ledger, engine = arranged
+    before = _state(engine)
+    result = forecast(policy, lambda _system: store, NOW, [7])
+    week = next(h["counts"] for h in result["rules"][0]["horizons"] if h["days"] == 7)
+    assert _state(engine) == before
+    assert result["rules"][0]["now"]["delete"] == 2 and week["delete"] == 4  # 4, 9; then 5 and 8
+    counts = run_rule(policy, "crm.people.orphaned", store, ledger, RunRef("t", "week"),
+                      now=NOW + dt.timedelta(days=7))
+    assert counts["deleted"] == week["delete"]
+    assert set(_state(engine)) == set(ROWS) - {4, 5, 8, 9}

@@ -4,7 +4,8 @@ The parent's batch (its rows locked, ``SELECT ... FOR UPDATE``) hands the values
 the child system's store, children first (docs/adr/0012-composite-keys-and-cross-database-cascades.md):
 
 1. ``held_dependents``: parent values with a child under legal hold (or with held dependents of its own) in
-   the other system: those parents are kept, and so are all their children (as in one database).
+   the other system: those parents are kept, and so are all their children (as in one database; the plan
+   counts them as held).
 2. ``delete_dependents``: the other system deletes (or nullifies) the children of the remaining values in
    bounded batches of its own, each one transaction there and one ledger entry of that system (intent before,
    real count after). Values are compared exactly in Python (the other database's collation may call ``abc``
@@ -75,9 +76,6 @@ class SqlCascade:
             kept |= {k for k, v in pairs if v in left}
             for k, n in counts.items():
                 cascaded[k] = cascaded.get(k, 0) + n
-        if kept:
-            what = f"{self.ref(name)}:kept_for_held_dependents"
-            cascaded[what] = cascaded.get(what, 0) + len(kept)
         return [k for k in keys if k not in kept]
 
     def _held_elsewhere(self, conn, name: str, keys: list[Any]) -> set[Any]:

@@ -64,8 +64,8 @@ ROWS = {1: (None, False), 2: (OLD, False), 3: (None, False), 4: (OLD, False), 5:
         6: (OLD, True), 7: (OLD, False), 8: (NEW, False), 9: (OLD, False)}
 
 
-@pytest.fixture
-def arranged(db_url, tmp_path):
+def _people(db_url: str) -> sa.Engine:
+    """The tables of ROWS, orders of persons 1 and 7, a note by person 2."""
     engine = make_engine(db_url)
     md.create_all(engine)
     with engine.begin() as conn:
@@ -73,6 +73,12 @@ def arranged(db_url, tmp_path):
                                        for i, (s, h) in ROWS.items()])
         conn.execute(orders.insert(), [{"id": 1, "person_id": 1}, {"id": 2, "person_id": 7}])
         conn.execute(notes.insert(), [{"id": 1, "author": 2}])
+    return engine
+
+
+@pytest.fixture
+def arranged(db_url, tmp_path):
+    engine = _people(db_url)
     policy = parse_policy(POLICY, source="orphans.yaml")
     ledger = Ledger(make_engine(f"sqlite:///{tmp_path / 'ledger.db'}"), KEY)
     ledger.ensure_schema()
@@ -196,13 +202,7 @@ OWNING = POLICY.replace("columns: [id, name, orphaned_since, legal_hold]",
 def test_an_orphan_rule_whose_rows_own_objects_locks_rechecks_and_deletes_exactly(db_url):
     """Rows that own objects go by key (locked, re-checked, the objects first): still only the unreferenced ones,
     and the objects of exactly those rows."""
-    engine = make_engine(db_url)
-    md.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(people.insert(), [{"id": i, "name": f"p{i}", "orphaned_since": s, "legal_hold": h}
-                                       for i, (s, h) in ROWS.items()])
-        conn.execute(orders.insert(), [{"id": 1, "person_id": 1}, {"id": 2, "person_id": 7}])
-        conn.execute(notes.insert(), [{"id": 1, "author": 2}])
+    engine = _people(db_url)
     policy = parse_policy(OWNING, source="owning.yaml")
     told: list[int] = []
 

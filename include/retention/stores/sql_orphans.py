@@ -90,8 +90,10 @@ class SqlOrphans:
                     if conn.dialect.update_returning:  # PostgreSQL, SQLite: the keys come back from the UPDATE
                         changed.append((action, *self._returned_digest(conn, stmt, pk)))
                         continue
-                    keys = sorted(key_of(r) for r in conn.execute(sa.select(*pk).where(*in_range, where)))
-                    if keys:  # MariaDB: no UPDATE ... RETURNING; the same range and predicate, locked by the UPDATE
+                    # MariaDB: no UPDATE ... RETURNING; the keys are locked first, so the UPDATE changes exactly them
+                    keys = sorted(key_of(r) for r in conn.execute(sa.select(*pk).where(*in_range, where)
+                                                                  .with_for_update()))
+                    if keys:
                         changed.append((action, conn.execute(stmt).rowcount, self._pk_digest(keys)))
             sizer.took(size if bound else 0, time.perf_counter() - started)
             batch += 1

@@ -131,9 +131,14 @@ def tax(executor: str = "local") -> None:
         in_tasks = sum(ti["duration"] or 0 for ti in applied)
         others = {ti["task_id"]: ti["duration"] or 0 for ti in tis if ti["task_id"] != "apply_rule"}
 
-        # the same rules, one after the other in this process, on an identically seeded copy of the data
+        # the same rules, one after the other in this process, on a copy of the data seeded as airflow-init does
         world = make_world(uuid.uuid4().hex[:8], moto_url)
         try:
+            subprocess.run([sys.executable, "-m", "include.retention.demo.seed", "--crm-url", world.crm_url,
+                            "--mailing-url", world.mailing_url], cwd=ROOT, check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "include.retention.demo.s3_seed", "--endpoint-url", moto_url,
+                            "--region", "eu-central-1", "--access-key", "t", "--secret-key", "t",
+                            "--crm-url", world.crm_url], cwd=ROOT, check=True, capture_output=True)
             conns = {"crm_db": airflow_uri(world.crm_url), "mailing_db": airflow_uri(world.mailing_url),
                      "retention_ledger": airflow_uri(world.ledger_url),
                      "objects_s3": json.dumps({"conn_type": "aws", "login": "t", "password": "t",

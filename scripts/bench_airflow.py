@@ -96,7 +96,8 @@ def tax(executor: str = "local") -> None:
     from include.retention.policy import load_policy
     from include.retention.runtime import Runtime
     from include.retention.sweep import run_rule
-    from tests.e2e.conftest import _drop_database, airflow_uri, make_world, start_stack, teardown_stack
+    from tests.conftest import airflow_uri
+    from tests.e2e.conftest import _drop_database, make_world, start_stack, teardown_stack
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

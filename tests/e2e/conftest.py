@@ -556,6 +556,22 @@ class Stacks:
             teardown_stack(stack)
 
 
+def _stack_of(item: pytest.Item) -> str | None:
+    if "local_stack" in item.fixturenames:
+        return "local"
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("executor") if callspec and "airflow_stack" in item.fixturenames else None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Every test on the local stack before any on the Celery one, so each stack starts once (a stack start
+    is the slowest part of these tests); other tests keep their places."""
+    places = [i for i, item in enumerate(items) if _stack_of(item)]
+    ordered = sorted((items[i] for i in places), key=lambda item: _stack_of(item) != "local")
+    for i, item in zip(places, ordered, strict=True):
+        items[i] = item
+
+
 @pytest.fixture(scope="session")
 def stacks(moto_url, tmp_path_factory) -> Iterator[Stacks]:
     manager = Stacks(moto_url, tmp_path_factory.mktemp("e2e"))

@@ -8,7 +8,10 @@
 
 Access and rectify requests wait for a person to confirm the requester's identity (Required actions,
 ``verify_identity``) unless ``RETENTION_VERIFY_IDENTITY`` leaves their type out or the intake path
-queued them as verified. The first task moves the identities into the registry (encrypted); later tasks
+queued them as verified (include/retention/airflow/identity_check.py). After a correction, every recipient
+of the changed systems is told (GDPR Art. 19, one mapped ``send_notice`` per recipient, as after an
+erasure); the request is complete only when each is confirmed or waived, and then the requester hears
+back (``tell_requester``). The first task moves the identities into the registry (encrypted); later tasks
 see only the request id. See docs/adr/0008-access-package.md.
 """
 
@@ -16,25 +19,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.erasure_group import tell_recipients
+from include.retention.airflow.erasure_group import tell_requester as completion_notice
+from include.retention.airflow.identity_check import identity_check_step
 from include.retention.airflow.params import identity_params, limit, trail_params
 from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 from include.retention.identity import EMAIL_PATTERN, PHONE_PATTERN
-
-
-class IdentityCheck(ApprovalOperator):
-    """"Identity verified?": records the answer (and the reason typed in) in the registry before Approve lets
-    ``act`` run or Reject skips it; ``finalize`` then closes a rejected request with a receipt saying so."""
-
-    def execute_complete(self, context, event):  # noqa: ANN001 - the operator's signature
-        from include.retention.airflow import access_tasks
-
-        if "error" not in event:
-            access_tasks.record_decision(context["ti"].xcom_pull(task_ids="register"), event)
-        return super().execute_complete(context=context, event=event)
 
 
 @dag(
@@ -73,21 +66,11 @@ def access_request():
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def needs_identity_check(request_id: str) -> bool:
-        from include.retention.airflow import access_tasks
+        from include.retention.airflow import identity_check
 
-        return access_tasks.needs_check(request_id)
+        return identity_check.needs_check(request_id)
 
-    verify_identity = IdentityCheck(
-        task_id="verify_identity",
-        subject="Identity verified? (access_request)",
-        body="Request {{ ti.xcom_pull(task_ids='register') }} ({{ params.mode }}): approve only once the "
-             "requester has proven to be the person (e.g. a reply from the registered address). Reject closes "
-             "the request; give the reason.",
-        defaults=["Reject"],
-        params={"reason": Param("", type="string", maxLength=2000, title="Reason")},
-        response_timeout=dt.timedelta(days=7),
-        # a failed try (e.g. the registry unreachable while recording the answer) asks again
-    )
+    verify_identity = identity_check_step("access_request", "{{ params.mode }}")
 
     @task(trigger_rule="none_failed")
     def act(request_id: str) -> dict:
@@ -115,9 +98,13 @@ def access_request():
     check = needs_identity_check(request_id)
     acted = act(request_id)
     check >> verify_identity >> acted
+    # Art. 19 after a correction (access and withdraw concern no recipient: plan_notices finds none)
+    planned, sent, confirmed = tell_recipients(request_id, after=acted)
     done = finalize(request_id)
-    acted >> done
-    [check, acted, done] >> watcher()
+    [acted, sent, confirmed] >> done
+    told = completion_notice(request_id)  # the requester hears back once the request is complete
+    done >> told
+    [check, acted, planned, sent, done, told] >> watcher()
 
 
 access_request()

@@ -1,7 +1,10 @@
 """erasure_request: erase or restrict one person in every system, from the Airflow UI form or REST API.
 
 The first task moves the identities from the run's conf into the request registry
-(encrypted); every later task sees only the request id. One task group per system
+(encrypted); every later task sees only the request id. Erasures (the types listed in
+``RETENTION_VERIFY_IDENTITY``, default ``access,rectify,erase``) first wait for a person to confirm the
+requester's identity (Required actions, ``verify_identity``, with a reason); Reject changes nothing and
+closes the request as rejected (include/retention/airflow/identity_check.py). One task group per system
 discovers, acts, verifies and records; the request is complete only when all verified.
 """
 
@@ -9,10 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import DEFAULT_ARGS
 from include.retention.airflow.erasure_group import fan_out
+from include.retention.airflow.identity_check import identity_check_step
 from include.retention.airflow.params import identity_params, trail_params
 from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 
@@ -41,7 +46,29 @@ def erasure_request():
         context = get_current_context()
         return [erasure_tasks.register(dict(context["params"]), context["dag"].dag_id, context["run_id"])]
 
-    fan_out(register())
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def needs_identity_check(request_ids: list[str]) -> bool:
+        from include.retention.airflow import identity_check
+
+        return identity_check.needs_check(request_ids)
+
+    @task(trigger_rule="none_failed")
+    def identity_gate(request_ids: list[str]) -> list[str]:
+        """The request if it may proceed (approved, verified at intake, not required); [] once closed as rejected."""
+        from include.retention.airflow import identity_check
+
+        context = get_current_context()
+        return identity_check.gate(request_ids, context["dag"].dag_id, context["run_id"])
+
+    request_ids = register()
+    check = needs_identity_check(request_ids)
+    verify = identity_check_step("erasure_request", "{{ params.mode }}")
+    # Reject skips the task right after the approval (identity_confirmed); the gate runs on none_failed and closes
+    # the request as rejected, so the systems' groups get no request and change nothing
+    confirmed = EmptyOperator(task_id="identity_confirmed")
+    gate = identity_gate(request_ids)
+    check >> verify >> confirmed >> gate
+    fan_out(gate)
 
 
 erasure_request()

@@ -170,6 +170,8 @@ class NewRequest:
 MODES = ("erase", "restrict", "access", "rectify", "withdraw")
 # Modes erasure_intake takes from the queue; access_request takes the others (ADR 0008).
 ERASURE_MODES = ("erase", "restrict")
+# `cli submit --identity-verified`: queued with the requester's identity verified (no identity check; ADR 0012)
+INTAKE_VERIFIED = "intake-verified"
 
 
 def validate_request(req: NewRequest) -> None:
@@ -322,17 +324,19 @@ class Registry:
                 conn.execute(requests.insert(), rows[i:i + 500])
         return ids
 
-    def claim_pending(self, limit: int, dag_id: str, run_id: str, modes: Iterable[str] = ERASURE_MODES
-                      ) -> list[str]:
-        """Take up to ``limit`` pending (or incomplete) requests of ``modes`` for one intake run.
+    def claim_pending(self, limit: int, dag_id: str, run_id: str, modes: Iterable[str] = ERASURE_MODES,
+                      verified_only: Iterable[str] = (), verified_source: str = INTAKE_VERIFIED) -> list[str]:
+        """Take up to ``limit`` pending (or incomplete) requests of ``modes`` for one intake run; those of
+        ``verified_only`` modes only if queued as verified (source ``verified_source``).
 
         A batch is acted on in one mode: it holds only requests of the oldest open request's mode and
         dry-run flag (an erasure never runs as a restriction's batch, a dry run never with real ones);
         the others wait for the next run."""
         self.ensure_schema()
         t = requests
+        unchecked = t.c.mode.not_in(tuple(verified_only)) if verified_only else sa.true()
         open_ = (t.c.status.in_(("pending", "incomplete")), t.c.mode.in_(tuple(modes)),
-                 t.c.dag_id.is_(None) | (t.c.dag_id == dag_id))
+                 t.c.dag_id.is_(None) | (t.c.dag_id == dag_id), unchecked | (t.c.source == verified_source))
         with self.engine.begin() as conn:
             first = conn.execute(sa.select(t.c.mode, t.c.dry_run).where(*open_)
                                  .order_by(t.c.received_at, t.c.request_id).limit(1)).first()

@@ -178,6 +178,10 @@ def world(airflow_db, fresh_database, moto_url, monkeypatch):
         "conn_type": "aws", "login": "t", "password": "t",
         "extra": {"endpoint_url": moto_url, "region_name": REGION}}))
     monkeypatch.setenv("RETENTION_POLICY_PATH", str(ROOT / "config" / "policy.yaml"))
+    # explicit, as for the demo: no identity check (tests of the check set their own), and a recipient whose
+    # channel has no connection is recorded, not sent (tests of notices configure theirs; the default is strict)
+    monkeypatch.setenv("RETENTION_VERIFY_IDENTITY", "none")
+    monkeypatch.setenv("RETENTION_NOTIFY_RECORD_ONLY", "1")
     ledger = Ledger(make_engine(ledger_url), SECRET)
     yield {"crm": crm, "mailing": mailing, "s3": s3, "ledger": ledger, "who": who,
            "registry": Registry(ledger.engine, SECRET)}

@@ -78,6 +78,9 @@ TEST_SETTINGS = {
     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
     "RETENTION_RETRY_DELAY_SECONDS": "1",
     "RETENTION_SWEEP_SCHEDULE": SWEEP_SCHEDULE,
+    # unattended, like the demo (ADR 0014): no identity check; recipients without a connection recorded, not sent
+    "RETENTION_VERIFY_IDENTITY": "none",
+    "RETENTION_NOTIFY_RECORD_ONLY": "1",
 }
 PARSED_DAGS = ("erasure_request", "retention_sweep")
 

@@ -227,14 +227,20 @@ def test_extension_limits(registry, smtp_server, monkeypatch, capsys):
     assert "only an open request" in capsys.readouterr().err
 
 
-def test_extension_without_mail_connection_is_recorded_not_sent(registry, monkeypatch, capsys):
+def test_extension_without_mail_connection_says_not_sent(registry, monkeypatch, capsys):
     from include.retention import cli
 
     monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+    monkeypatch.delenv("RETENTION_NOTIFY_RECORD_ONLY", raising=False)
     rid = registry.register(NewRequest(Identities(email="someone@example.org")))
     assert cli.main(["extend", rid, "--months", "1", "--reason", "more time"]) == 0
-    assert "recorded, not sent: connection 'smtp_default' is not configured" in capsys.readouterr().out
+    assert "notice to the requester: not sent: no connection 'smtp_default' configured" in capsys.readouterr().out
     assert registry.details(rid)["requester_notices"][0]["notice"] == "extension"
+    # the demo's opt-in says it recorded the notice instead
+    monkeypatch.setenv("RETENTION_NOTIFY_RECORD_ONLY", "1")
+    rid = registry.register(NewRequest(Identities(email="someone.else@example.org")))
+    assert cli.main(["extend", rid, "--months", "1", "--reason", "more time"]) == 0
+    assert "recorded, not sent: no connection 'smtp_default' configured" in capsys.readouterr().out
 
 
 # ---- the DPO: the due-date alert through SmtpNotifier and the webhook notifier -------------------------------

@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any
 
+from include.retention.airflow import identity_check
 from include.retention.airflow.erasure_tasks import Context, _fail
 from include.retention.erasure import check_request_kinds
 from include.retention.errors import RetentionError
@@ -23,18 +24,7 @@ log = logging.getLogger(__name__)
 
 OTHER_MODES = ("access", "rectify", "withdraw")
 RECTIFIABLE = ("email", "phone")
-VERIFY_ENV = "RETENTION_VERIFY_IDENTITY"
-DEFAULT_VERIFY = ("access", "rectify", "erase")
 LINK_ENV = "RETENTION_EXPORT_LINK_SECONDS"
-
-
-def verify_modes() -> set[str]:
-    """Request types that wait for a person to confirm the requester's identity (``none``: no type)."""
-    raw = os.environ.get(VERIFY_ENV)
-    if raw is None:
-        return set(DEFAULT_VERIFY)
-    modes = {m.strip() for m in raw.split(",") if m.strip()}
-    return set() if modes <= {"none"} else modes
 
 
 # ---- register ------------------------------------------------------------------------------------
@@ -54,8 +44,7 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
         _fail(f"request refused: mode must be one of {', '.join(OTHER_MODES)}")
     if not any(params.get(kind) for kind in IDENTITY_KINDS):
         return _queued(params, dag_id, run_id)
-    if params.get("identity_verified"):
-        _fail("request refused: identity_verified may only come with a request queued by the intake path")
+    identity_check.refuse_self_verified(params)
     details = _details(params, mode)
     req = NewRequest(identities=Identities({kind: params.get(kind) or None for kind in IDENTITY_KINDS}),
                      mode=mode, dry_run=bool(params.get("dry_run")), source="form",
@@ -116,11 +105,9 @@ def _queued(params: dict[str, Any], dag_id: str, run_id: str) -> str:
         if req["mode"] not in OTHER_MODES:
             _fail(f"request refused: request {rid} is a {req['mode']} request (erasure_request handles it)")
         if req["dag_id"] not in (None, dag_id) or (req["dag_id"] == dag_id and req["run_id"] not in (None, run_id)
-                                                    and req["source"] != "intake"):
+                                                    and req["source"] not in identity_check.INTAKE_SOURCES):
             _fail(f"request refused: request {rid} was registered for another run")
-        verified = bool(params.get("identity_verified")) and req["source"] == "intake"
-        if params.get("identity_verified") and not verified:
-            _fail("request refused: identity_verified may only come with a request queued by the intake path")
+        verified = identity_check.arrived_verified(params, req)
         details = ctx.registry.details(rid)
         ctx.registry.update_details(rid, format=details.get("format") or params.get("format") or "human",
                                     identity_verified=verified or bool(details.get("identity_verified")))
@@ -129,44 +116,12 @@ def _queued(params: dict[str, Any], dag_id: str, run_id: str) -> str:
     return rid
 
 
-# ---- identity check ------------------------------------------------------------------------------
-def needs_check(request_id: str) -> bool:
-    """Whether a person must confirm the requester's identity before anything leaves or changes."""
-    with Context() as ctx:
-        req = ctx.registry.get(request_id)
-        if req["dry_run"] or req["mode"] not in verify_modes():
-            reason = "dry run" if req["dry_run"] else f"{VERIFY_ENV} does not list {req['mode']}"
-            ctx.registry.update_details(request_id, identity_check={"decision": "not required", "why": reason})
-            log.info("request %s: no identity check (%s)", request_id, reason)
-            return False
-        if ctx.registry.details(request_id).get("identity_verified"):
-            ctx.registry.update_details(request_id, identity_check={"decision": "verified at intake"})
-            log.info("request %s: identity verified at intake", request_id)
-            return False
-        log.info("request %s waits for the identity check", request_id)
-        return True
-
-
-def record_decision(request_id: str, event: dict[str, Any]) -> str:
-    """The identity check's answer (from the approval task's resume event) into the registry, encrypted:
-    approved | rejected, the reason typed into the form and who answered. Returns the decision."""
-    chosen = (event.get("chosen_options") or [None])[0]
-    verdict = "approved" if chosen == "Approve" else "rejected"
-    reason = (event.get("params_input") or {}).get("reason") or None
-    user = event.get("responded_by_user") or {}
-    who = user.get("name") if isinstance(user, dict) else getattr(user, "name", None)
-    with Context() as ctx:
-        ctx.registry.update_details(request_id, identity_check={"decision": verdict, "reason": reason, "by": who})
-    log.info("request %s: identity check %s", request_id, verdict)
-    return verdict
-
-
 # ---- act -----------------------------------------------------------------------------------------
 def act(request_id: str, dag_id: str, run_id: str) -> dict[str, Any]:
     """Do what the request asks, in every system; returns counts only."""
     with Context() as ctx:
         check = ctx.registry.details(request_id).get("identity_check") or {}
-        if check.get("decision") not in ("approved", "verified at intake", "not required"):
+        if check.get("decision") not in identity_check.PROCEED:
             _fail(f"request {request_id}: the requester's identity was not confirmed; nothing was done")
         req = ctx.registry.get(request_id)
         if req["mode"] == "access":
@@ -305,37 +260,36 @@ def finalize(request_id: str, acted: bool, dag_id: str, run_id: str) -> dict[str
     with Context() as ctx:
         check = ctx.registry.details(request_id).get("identity_check") or {}
         if check.get("decision") == "rejected":
-            ctx.registry.finish(request_id, "rejected", error="identity not verified")
-            ctx.ledger.append(run=RunRef(dag_id, run_id), action="identity_check", outcome="rejected", count=0,
-                              request_id=request_id, policy_digest=ctx.policy.digest,
-                              subject_digest=ctx.registry.subject_digest(request_id), details={})
+            identity_check.close_rejected(ctx, request_id, dag_id, run_id)
         else:
             states = ctx.registry.systems(request_id)
             done = acted and all(states.get(s, {}).get("status") == "recorded" for s in expected)
-            ctx.registry.finish(request_id, "complete" if done else "incomplete",
-                                error=None if done else "not every system was handled")
+            told = ctx.registry.recipients_settled(request_id)  # Art. 19: every recipient confirmed or waived
+            ctx.registry.finish(request_id, "complete" if done and told else "incomplete",
+                                error=None if done and told else "not every system was handled" if not done else
+                                "not every recipient confirmed or waived")
         receipt = build_receipt(ctx, request_id, expected)
         ctx.registry.save_receipt(request_id, receipt)
         log.info("receipt:\n%s", render_markdown(receipt))
+        error = ctx.registry.get(request_id)["last_error"]
     if receipt["status"] == "incomplete":
-        _fail(f"request {request_id} stays open: not every system was handled")
+        _fail(f"request {request_id} stays open: {error}")
     return {"request_id": request_id, "status": receipt["status"]}
 
 
 def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[str, Any]:
     """The erasure receipt's shape plus what these request types add: identity check, package, no identity."""
+    from include.retention.airflow.notify_tasks import recipients_in_receipt
     from include.retention.receipts import build_receipt as base_receipt
 
     req = ctx.registry.get(request_id)
     details = ctx.registry.details(request_id)
     receipt = base_receipt(req, ctx.registry.systems(request_id), expected, ctx.policy.digest)
-    check = details.get("identity_check") or {}
-    receipt["identity_check"] = {"decision": check.get("decision", "none"),
-                                 "reason_recorded": bool(check.get("reason"))}
+    identity_check.add_to_receipt(receipt, req, details)
+    receipt["recipients"] = recipients_in_receipt(ctx.registry.recipients(request_id))
     if req["status"] == "rejected":
-        receipt["verification"] = ("identity not verified: the request was rejected and closed; nothing was "
-                                   "read, changed or handed out (the reason is kept, encrypted, in the registry)")
-    elif req["mode"] == "access":
+        return receipt  # add_to_receipt says why: nothing was read, changed or handed out
+    if req["mode"] == "access":
         receipt["package"] = {k: v for k, v in (details.get("package") or {}).items()}
         if details.get("link"):
             receipt["package"]["link"] = details["link"]

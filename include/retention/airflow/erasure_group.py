@@ -130,7 +130,8 @@ def _confirm_step() -> ApprovalOperator:
         subject="Tell the recipients of the data (GDPR Art. 19)",
         body="These recipients must be told by hand of this run's request(s): "
              "{{ ti.xcom_pull(task_ids='manual_recipients') | join(', ') }}. Request id(s): "
-             "{{ ti.xcom_pull(task_ids=('claim' if dag.dag_id == 'erasure_intake' else 'register')) | join(', ') }}. "
+             "{% set ids = ti.xcom_pull(task_ids=('claim' if dag.dag_id == 'erasure_intake' else 'register')) %}"
+             "{{ ids if ids is string else ids | join(', ') }}. "
              "Tell each of them (request id, action, categories: see the run's receipt and the data map), then "
              "Approve. Reject leaves the request open.",
         response_timeout=dt.timedelta(hours=CONFIRM_HOURS),
@@ -149,20 +150,28 @@ def watcher() -> None:
     raise AirflowFailException("a task of this run failed; the request stays open")
 
 
-def fan_out(request_ids):
-    """Wire the systems' groups in parallel and the final step after all of them."""
-    systems = list_systems()
-    groups = per_system.partial(request_ids=request_ids).expand(system=systems)
-    # Art. 19: after every system recorded, each concerned recipient is told (one mapped task per recipient);
-    # recipients told by hand wait in the approval step; finalize counts them all.
+def tell_recipients(request_ids, after):
+    """Art. 19 after ``after`` changed the systems: plan, one mapped notice task per recipient, and the approval
+    step for recipients told by hand. ``request_ids``: one id (access_request) or a batch. Returns the tasks
+    the request's finalize waits for: (planned, sent, confirmed)."""
     planned = plan_notices(request_ids)
-    groups >> planned
+    after >> planned
     sent = send_notice.partial(request_ids=request_ids).expand(recipient=planned)
     manual = manual_recipients(request_ids)
     planned >> manual
     confirm = _confirm_step()
     confirmed = record_confirmations(request_ids, manual)
     manual >> confirm >> confirmed
+    return planned, sent, confirmed
+
+
+def fan_out(request_ids):
+    """Wire the systems' groups in parallel and the final step after all of them."""
+    systems = list_systems()
+    groups = per_system.partial(request_ids=request_ids).expand(system=systems)
+    # Art. 19: after every system recorded, each concerned recipient is told (one mapped task per recipient);
+    # recipients told by hand wait in the approval step; finalize counts them all.
+    planned, sent, confirmed = tell_recipients(request_ids, after=groups)
     done = finalize(request_ids, systems)
     [groups, sent, confirmed] >> done
     told = tell_requester(request_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from include.retention.airflow import identity_check
 from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.connections import policy_path
 from include.retention.erasure import Subject, SubjectOutcome, SubjectScanner, check_request_kinds
@@ -13,7 +14,7 @@ from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
 from include.retention.policy import Policy, load_policy
 from include.retention.receipts import build_receipt, counted_total, ledger_proofs, render_markdown
-from include.retention.registry import RECIPIENT_SETTLED, Identities, NewRequest, Registry
+from include.retention.registry import ERASURE_MODES, RECIPIENT_SETTLED, Identities, NewRequest, Registry
 from include.retention.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
         if isinstance(params.get(kind), str) and params[kind]:
             mask_secret(params[kind])  # from here on, task logs show *** instead
     if not any(params.get(kind) for kind in IDENTITY_KINDS):  # conf {"request_id": ...} or a purged conf
-        registered = _registered(params.get("request_id"), dag_id, run_id)
+        registered = _registered(params.get("request_id"), dag_id, run_id, params)
         if registered:
             return registered
+    identity_check.refuse_self_verified(params)  # only a request queued by the intake path may arrive verified
     req = NewRequest(
         identities=Identities({kind: params.get(kind) or None for kind in IDENTITY_KINDS}),
         mode=params.get("mode") or "erase", dry_run=bool(params.get("dry_run")),
@@ -80,9 +82,10 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
     return request_id
 
 
-def _registered(request_id: str | None, dag_id: str, run_id: str) -> str | None:
-    """A request registered for this run before it started (the retention page's intake form) or by an earlier
-    try of it: the run's conf then holds no identity (roles/purge work, plugins/retention_page.py)."""
+def _registered(request_id: str | None, dag_id: str, run_id: str, params: dict[str, Any]) -> str | None:
+    """A request registered for this run before it started (the retention page's intake form), by an earlier
+    try of it, or queued by the intake path and handed to this run by id (it then asks for the identity check
+    unless it arrived verified): the run's conf then holds no identity (roles/purge work, retention_page.py)."""
     import sqlalchemy as sa
 
     with Context() as ctx:
@@ -91,9 +94,13 @@ def _registered(request_id: str | None, dag_id: str, run_id: str) -> str | None:
             req = ctx.registry.get(rid)
         except sa.exc.NoResultFound:
             return _fail(f"request refused: unknown request {rid}") if request_id else None
-        if (req["dag_id"], req["run_id"]) != (dag_id, run_id):
+        queued = req["dag_id"] is None and req["source"] in identity_check.INTAKE_SOURCES and req["mode"] in \
+            ERASURE_MODES and req["status"] == "pending"
+        if (req["dag_id"], req["run_id"]) != (dag_id, run_id) and not queued:
             _fail(f"request refused: request {rid} was registered for another run")
-        ctx.registry.start(rid)
+        if identity_check.arrived_verified(params, req):
+            ctx.registry.update_details(rid, identity_verified=True)
+        ctx.registry.start(rid, dag_id, run_id)
         log.info("request %s (registered before the run, mode %s, dry run %s), due %s", rid, req["mode"],
                  req["dry_run"], req["due_at"])
     return rid
@@ -220,6 +227,8 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
 def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[str, Any]]:
     """Close the request(s): complete only when every system recorded; suppression and receipt.
     Set-based: each step reads or writes the whole batch at once (one statement per 500 requests)."""
+    from include.retention.airflow.notify_tasks import recipients_in_receipt
+
     with Context() as ctx:
         reqs = ctx.registry.get_many(request_ids)
         states = ctx.registry.systems_many(request_ids)
@@ -251,9 +260,7 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
         for rid in request_ids:
             receipt = build_receipt(reqs[rid], states.get(rid, {}), expected_systems, ctx.policy.digest,
                                     ledger_entries=proofs.get(rid, {}))
-            receipt["recipients"] = {name: {k: info[k] for k in ("channel", "status", "systems", "categories",
-                                                                 "response", "note")}
-                                     for name, info in recipients.get(rid, {}).items()}
+            receipt["recipients"] = recipients_in_receipt(recipients.get(rid, {}))
             receipts[rid] = receipt
         ctx.registry.save_receipts(receipts)
         if len(request_ids) == 1:
@@ -274,6 +281,9 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
 def claim(limit: int, dag_id: str, run_id: str) -> list[str]:
     """erasure_intake: take a batch of pending requests from the registry."""
     with Context() as ctx:
-        ids = ctx.registry.claim_pending(limit, dag_id, run_id)
+        # types that need the identity check are claimed only when verified at intake; the others stay pending
+        # (handed to erasure_request by id, they wait for the check there; docs/adr/0012-identity-check.md)
+        ids = ctx.registry.claim_pending(limit, dag_id, run_id, verified_only=identity_check.verify_modes(),
+                                         verified_source=identity_check.VERIFIED_SOURCE)
         log.info("claimed %d pending request(s)", len(ids))
         return ids

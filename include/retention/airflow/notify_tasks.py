@@ -2,9 +2,12 @@
 
 Mail goes through the SMTP provider (``SmtpHook`` / ``SmtpNotifier``, connection ``smtp_default`` or the
 recipient's ``connection``), webhooks through an Airflow HTTP connection (host, port, scheme, login/password,
-``extra.headers``). A channel whose connection is not configured records the notice as "recorded, not sent"
-(status ``waived``, the reason in the receipt) unless ``RETENTION_NOTIFY_STRICT`` is set, when it fails instead.
-Logs, XComs and exceptions carry request ids, recipient names and status codes only.
+``extra.headers``). A channel whose connection is not configured sends nothing and the recipient stays
+unconfirmed (status ``failed``, note "not sent: no connection '<id>' configured"): the request stays open, on
+the retention page, until the connection exists and the run is repeated or the recipient is waived. Only
+``RETENTION_NOTIFY_RECORD_ONLY=1`` (the demo, which has no mail server) records such a notice as "recorded, not
+sent" (status ``waived``, the reason in the receipt). Logs, XComs and exceptions carry request ids, recipient
+names and status codes only.
 """
 
 from __future__ import annotations
@@ -28,8 +31,24 @@ ALERT_WEBHOOK_CONN_ID = "retention_alert_webhook"  # chat alerts (an HTTP connec
 WEBHOOK_TIMEOUT = float(os.environ.get("RETENTION_WEBHOOK_TIMEOUT_SECONDS", "10"))
 
 
-def strict() -> bool:
-    return os.environ.get("RETENTION_NOTIFY_STRICT", "").lower() in ("1", "true", "yes")
+RECORD_ONLY_ENV = "RETENTION_NOTIFY_RECORD_ONLY"
+
+
+def record_only() -> bool:
+    """Whether a channel without its connection may count as told ("recorded, not sent"): the demo's opt-in."""
+    return os.environ.get(RECORD_ONLY_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _ids(request_ids: str | list[str]) -> list[str]:
+    """One request (access_request's register) or a batch (erasure_request, erasure_intake)."""
+    return [request_ids] if isinstance(request_ids, str) else list(request_ids or [])
+
+
+def recipients_in_receipt(recipients: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A request's recipients (``Registry.recipients``) as its receipt lists them: channel, status, systems,
+    categories, last response and note (names only)."""
+    return {name: {k: info[k] for k in ("channel", "status", "systems", "categories", "response", "note")}
+            for name, info in recipients.items()}
 
 
 def connection(conn_id: str | None):
@@ -89,12 +108,13 @@ def post_json(conn: Any, endpoint: str | None, payload: dict[str, Any]) -> int:
 # ---- recipients (Art. 19) ----------------------------------------------------------------------
 
 
-def plan_notices(request_ids: list[str]) -> list[str]:
+def plan_notices(request_ids: str | list[str]) -> list[str]:
     """Record, per request, the recipients it concerns; return those told automatically (e-mail, webhook).
     Set-based: the batch's requests, states and recipients are read and written a chunk of 500 at a time."""
     from include.retention.airflow.erasure_tasks import Context
 
     names: set[str] = set()
+    request_ids = _ids(request_ids)
     with Context() as ctx:
         reqs, states = ctx.registry.get_many(request_ids), ctx.registry.systems_many(request_ids)
         ctx.registry.plan_recipients_many({rid: notify.plan(ctx.policy, reqs[rid], states.get(rid, {}))
@@ -124,14 +144,15 @@ def _identity_for(identities: Any, rcp: Any) -> tuple[dict[str, str] | None, dic
     return None, notify.subject_digests(key_conn.password.encode(), given)
 
 
-def send_notice(request_ids: list[str], name: str) -> dict[str, int]:
+def send_notice(request_ids: str | list[str], name: str) -> dict[str, int]:
     """Tell recipient ``name`` of every request of the batch that concerns it and is not settled yet.
 
     A failing channel records its status and raises: the task's retries (exponential backoff) try again.
     """
     from include.retention.airflow.erasure_tasks import Context
 
-    counts = {"sent": 0, "confirmed": 0, "recorded_not_sent": 0}
+    counts = {"sent": 0, "confirmed": 0, "recorded_not_sent": 0, "not_sent": 0}
+    request_ids = _ids(request_ids)
     with Context() as ctx:
         rcp = ctx.policy.recipients[name]
         conn_id = rcp.connection or (SMTP_CONN_ID if rcp.channel == "email" else None)
@@ -140,13 +161,7 @@ def send_notice(request_ids: list[str], name: str) -> dict[str, int]:
         due = [rid for rid in request_ids if recipients.get(rid, {}).get(name, {}).get("status") not in
                (None, "sent", "confirmed", "waived")]
         if due and conn is None:
-            if strict():
-                raise RetentionError(f"recipient {name}: connection {conn_id!r} is not configured "
-                                     "(RETENTION_NOTIFY_STRICT)")
-            ctx.registry.set_recipient(due, name, "waived",
-                                       note=f"recorded, not sent: connection {conn_id!r} is not configured")
-            counts["recorded_not_sent"] = len(due)
-            log.warning("%d request(s): %s recorded, not sent (no connection %s)", len(due), name, conn_id)
+            _unsent(ctx, due, name, conn_id, counts)
             return counts
         identities = ctx.registry.identities_many(due) if due and rcp.identity != "none" else {}
         failed = []
@@ -189,21 +204,40 @@ def send_notice(request_ids: list[str], name: str) -> dict[str, int]:
     return counts
 
 
-def manual_pending(request_ids: list[str]) -> list[str]:
+def _unsent(ctx: Any, due: list[str], name: str, conn_id: str | None, counts: dict[str, int]) -> None:
+    """No connection for the recipient's channel: nothing is sent. The recipient stays unconfirmed (the requests
+    open, the reason on the retention page) unless the deployment opted into recording only (the demo)."""
+    if record_only():
+        ctx.registry.set_recipient(due, name, "waived",
+                                   note=f"recorded, not sent: no connection {conn_id!r} configured "
+                                        f"({RECORD_ONLY_ENV})")
+        counts["recorded_not_sent"] = len(due)
+        log.warning("%d request(s): %s recorded, not sent (no connection %s; %s)", len(due), name, conn_id,
+                    RECORD_ONLY_ENV)
+        return
+    ctx.registry.set_recipient(due, name, "failed", note=f"not sent: no connection {conn_id!r} configured")
+    counts["not_sent"] = len(due)
+    log.error("%d request(s): %s NOT told: no connection %s configured; the request(s) stay open", len(due), name,
+              conn_id)
+
+
+def manual_pending(request_ids: str | list[str]) -> list[str]:
     """Manual recipients some request of the batch still waits for (names only)."""
     from include.retention.airflow.erasure_tasks import Context
 
+    request_ids = _ids(request_ids)
     with Context() as ctx:
         return sorted({name for recipients in ctx.registry.recipients_many(request_ids).values()
                        for name, info in recipients.items()
                        if info["channel"] == "manual" and info["status"] not in ("confirmed", "waived")})
 
 
-def confirm_manual(request_ids: list[str], names: list[str]) -> int:
+def confirm_manual(request_ids: str | list[str], names: list[str]) -> int:
     """The approval of ``confirm_recipients``: every listed manual recipient of the batch is confirmed."""
     from include.retention.airflow.erasure_tasks import Context
 
     done = 0
+    request_ids = _ids(request_ids)
     with Context() as ctx:
         waiting: dict[str, list[str]] = {}
         for rid, recipients in ctx.registry.recipients_many(request_ids).items():
@@ -225,9 +259,8 @@ def _to_requester(email: str | None, subject: str, body: str) -> str:
     if not email:
         return "recorded, not sent: the request has no e-mail address"
     if connection(SMTP_CONN_ID) is None:
-        if strict():
-            raise RetentionError(f"connection {SMTP_CONN_ID!r} is not configured (RETENTION_NOTIFY_STRICT)")
-        return f"recorded, not sent: connection {SMTP_CONN_ID!r} is not configured"
+        return (f"recorded, not sent: no connection {SMTP_CONN_ID!r} configured ({RECORD_ONLY_ENV})"
+                if record_only() else f"not sent: no connection {SMTP_CONN_ID!r} configured")
     send_mail(SMTP_CONN_ID, email, subject, body)
     return "sent"
 
@@ -248,19 +281,22 @@ def tell_requester(registry: Any, request_id: str, subject: str, body: str, what
     return outcome
 
 
-def completion_notices(request_ids: list[str], chunk: int = 50) -> dict[str, str]:
+def completion_notices(request_ids: str | list[str], chunk: int = 50) -> dict[str, str]:
     """After finalize: each completed (not dry-run) request's requester hears back; the receipt says so.
     Read for the whole batch at once; what was sent is recorded after every ``chunk`` requests (a retry after
-    a crash resends at most that many)."""
+    a crash resends at most that many). A notice not sent for want of a connection fails the task (the run
+    shows it; a retry tries again) unless recording only was chosen."""
     from include.retention.airflow.erasure_tasks import Context
 
     out: dict[str, str] = {}
+    request_ids = _ids(request_ids)
     with Context() as ctx:
         reqs = ctx.registry.get_many(request_ids)
         ready = [rid for rid in request_ids if not reqs[rid]["dry_run"] and reqs[rid]["status"] == "complete"]
         details = ctx.registry.details_many(ready)
-        ready = [rid for rid in ready if not any(n.get("notice") == "completion"  # a retry: told already
-                                                 for n in details.get(rid, {}).get("requester_notices") or [])]
+        ready = [rid for rid in ready if not any(  # a retry: told already (or recorded, by choice)
+            n.get("notice") == "completion" and not n.get("outcome", "").startswith("not sent")
+            for n in details.get(rid, {}).get("requester_notices") or [])]
         for i in range(0, len(ready), chunk):
             part = ready[i:i + chunk]
             receipts = ctx.registry.receipts_many(part)
@@ -280,6 +316,10 @@ def completion_notices(request_ids: list[str], chunk: int = 50) -> dict[str, str
         if out:
             log.info("%d request(s): completion notice to the requester: %s", len(out),
                      dict(collections.Counter(out.values())))
+    unsent = [rid for rid, outcome in out.items() if outcome.startswith("not sent")]
+    if unsent:
+        raise RetentionError(f"completion notice not sent (no connection {SMTP_CONN_ID!r} configured) for "
+                             f"{len(unsent)} request(s): {', '.join(unsent[:5])}")
     return out
 
 

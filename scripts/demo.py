@@ -52,8 +52,12 @@ def demo_env() -> dict[str, str]:
         "RETENTION_POLICY_PATH": str(ROOT / "config" / "policy.yaml"),
         # the ledger head is anchored here after every sweep (a directory stands in for an Object Lock bucket)
         "RETENTION_LEDGER_ANCHORS": str(DEMO / "anchors"),
-        # unattended: no request waits for a person to confirm the requester's identity (access_request)
+        # unattended: no request waits for a person to confirm the requester's identity (erasure_request,
+        # erasure_intake, access_request)
         "RETENTION_VERIFY_IDENTITY": "none",
+        # no mail server or webhook endpoints here: a recipient's notice is recorded, not sent (in production a
+        # channel without its connection leaves the recipient unconfirmed and the request open)
+        "RETENTION_NOTIFY_RECORD_ONLY": "1",
     }
 
 
@@ -213,8 +217,9 @@ def queue_request(env: dict[str, str], email: str) -> None:
 def subject_requests(env: dict[str, str]) -> None:
     erase, restrict, queued = pick_people()
     print("\ndemo: identity checks are off (RETENTION_VERIFY_IDENTITY=none) so the demo runs unattended; "
-          "in production access, rectify and erasure requests wait for a person to confirm the requester",
-          flush=True)
+          "in production access, rectify and erasure requests wait for a person to confirm the requester. "
+          "Notices to recipients are recorded, not sent (RETENTION_NOTIFY_RECORD_ONLY=1: no mail server here); in "
+          "production a channel without its connection keeps the request open", flush=True)
     print(f"\ndemo: erasure_request, erase a demo person ({describe(erase)}), dry run ...", flush=True)
     subject_request(env, {"email": erase["email"], "mode": "erase", "dry_run": True,
                           "request_ref": "DEMO-1-DRY", "note": "make demo: dry run"}, "erase, dry run")

@@ -56,7 +56,7 @@ def open_requests(engine: sa.Engine, now: dt.datetime | None = None) -> list[dic
     """Open subject requests, overdue first, then by due date; status per system."""
     now = now or utcnow()
     registry = reg.Registry(engine, None)
-    waiting = registry.unconfirmed_recipients()
+    waiting = registry.unconfirmed_recipients(with_notes=True)  # the reason, e.g. no connection configured
     out = [{**_request_view(r, now), "unconfirmed_recipients": waiting.get(r["request_id"], [])}
            for r in registry.listing(open_only=True)]
     out.sort(key=lambda r: (not r["overdue"], r["due_at"], r["request_id"]))

@@ -170,7 +170,7 @@ class NewRequest:
 MODES = ("erase", "restrict", "access", "rectify", "withdraw")
 # Modes erasure_intake takes from the queue; access_request takes the others (ADR 0008).
 ERASURE_MODES = ("erase", "restrict")
-# `cli submit --identity-verified`: queued with the requester's identity verified (no identity check; ADR 0012)
+# `cli submit --identity-verified`: queued with the requester's identity verified (no identity check; ADR 0014)
 INTAKE_VERIFIED = "intake-verified"
 
 
@@ -778,17 +778,20 @@ class Registry:
     def recipients_settled(self, request_id: str) -> bool:
         return all(r["status"] in RECIPIENT_SETTLED for r in self.recipients(request_id).values())
 
-    def unconfirmed_recipients(self) -> dict[str, list[str]]:
-        """Open requests -> their recipients not yet confirmed or waived (for pages and alerts; names only)."""
+    def unconfirmed_recipients(self, with_notes: bool = False) -> dict[str, list[str]]:
+        """Open requests -> their recipients not yet confirmed or waived (for pages and alerts; names only, with
+        ``with_notes`` followed by why, e.g. "hosting (not sent: no connection 'smtp_default' configured)")."""
         self.ensure_schema()
         t, r = requests, request_recipients
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(r.c.request_id, r.c.recipient).join(t, t.c.request_id == r.c.request_id)
+            rows = conn.execute(sa.select(r.c.request_id, r.c.recipient, r.c.note)
+                                .join(t, t.c.request_id == r.c.request_id)
                                 .where(t.c.status.in_(OPEN_STATUSES), r.c.status.not_in(RECIPIENT_SETTLED))
                                 .order_by(r.c.request_id, r.c.recipient)).all()
         out: dict[str, list[str]] = {}
         for row in rows:
-            out.setdefault(row.request_id, []).append(row.recipient)
+            name = f"{row.recipient} ({row.note})" if with_notes and row.note else row.recipient
+            out.setdefault(row.request_id, []).append(name)
         return out
 
     def extend(self, request_id: str, months: int, reason: str) -> dict[str, Any]:

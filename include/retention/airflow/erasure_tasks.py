@@ -282,7 +282,7 @@ def claim(limit: int, dag_id: str, run_id: str) -> list[str]:
     """erasure_intake: take a batch of pending requests from the registry."""
     with Context() as ctx:
         # types that need the identity check are claimed only when verified at intake; the others stay pending
-        # (handed to erasure_request by id, they wait for the check there; docs/adr/0012-identity-check.md)
+        # (handed to erasure_request by id, they wait for the check there; ADR 0014)
         ids = ctx.registry.claim_pending(limit, dag_id, run_id, verified_only=identity_check.verify_modes(),
                                          verified_source=identity_check.VERIFIED_SOURCE)
         log.info("claimed %d pending request(s)", len(ids))

@@ -175,10 +175,10 @@ def send_notice(request_ids: str | list[str], name: str) -> dict[str, int]:
                     send_mail(conn_id, notify.address_for(rcp, rid, planned["action"], name), subject, body)
                 except Exception as exc:  # noqa: BLE001 - recorded by type only (a server's reply may echo the body)
                     ctx.registry.set_recipient([rid], name, "failed", response=f"smtp {type(exc).__name__}",
-                                               attempt=True)
+                                               attempt=True, note="")
                     failed.append(rid)
                     continue
-                ctx.registry.set_recipient([rid], name, "sent", response="smtp accepted", attempt=True)
+                ctx.registry.set_recipient([rid], name, "sent", response="smtp accepted", attempt=True, note="")
                 counts["sent"] += 1
                 log.info("request %s: %s told by e-mail", rid, name)
             else:
@@ -187,12 +187,12 @@ def send_notice(request_ids: str | list[str], name: str) -> dict[str, int]:
                     status = post_json(conn, rcp.endpoint, payload)
                 except Exception as exc:  # noqa: BLE001 - connection errors: type only
                     ctx.registry.set_recipient([rid], name, "failed", response=f"http {type(exc).__name__}",
-                                               attempt=True)
+                                               attempt=True, note="")
                     failed.append(rid)
                     continue
                 ok = 200 <= status < 300
                 ctx.registry.set_recipient([rid], name, "confirmed" if ok else "failed", response=f"http {status}",
-                                           attempt=True)
+                                           attempt=True, note="")
                 log.info("request %s: %s webhook answered %s", rid, name, status)
                 if ok:
                     counts["confirmed"] += 1

@@ -64,6 +64,7 @@ bench: venv services
 	$(PY) scripts/bench_subjects.py $(BENCH_SUBJECTS)  # erasure requests, default 1,000 subjects; BENCH_SUBJECTS=200
 	$(PY) scripts/bench_s3.py $(BENCH_OBJECTS)  # default 20,000 objects, 10,000 CRM rows with CVs
 	$(PY) scripts/bench_airflow.py  # DAG parse time vs an empty DAG with the same imports
+	$(PY) scripts/bench_access.py  # access package memory: one subject with 10,000 and 100,000 rows
 
 clean:
 	rm -rf .demo artifacts

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +48,11 @@ from include.retention.runtime import ConnInfo, Runtime  # noqa: E402
 from include.retention.stores.s3 import S3Store  # noqa: E402
 from include.retention.stores.sql import make_engine  # noqa: E402
 from include.retention.sweep import run_rule  # noqa: E402
+from scripts.bench_sweep import drop, fresh  # noqa: E402  (a throwaway database on the machine's server)
 
 TARGET = 0.8
 KEY = b"k" * 32
 NOW = dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 PLAIN, VERSIONED, CVS = "bench-plain", "bench-versioned", "bench-cvs"
 POLICY = f"""
 defaults: {{max_fraction: 1.0, batch_size: 1000}}
@@ -242,22 +241,6 @@ def sweep_part(moto: Moto, n: int) -> Iterator[dict[str, Any]]:
 
 
 # ---- owned: CRM rows and their CVs ------------------------------------------------------------------
-def fresh_db() -> tuple[str, str]:
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return name, sa.engine.make_url(PG).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_db(name: str) -> None:
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
-
-
 def fill_crm(engine: sa.Engine, moto: Moto, rows: int) -> tuple[set[int], set[int]]:
     """rows expired applicants and rows/10 recent ones, ids interleaved, each with a CV; also CVs no row owns."""
     total = rows + rows // 10
@@ -321,7 +304,7 @@ def product_owned(url: str, moto: Moto, policy: Any) -> tuple[float, Counter, di
 
 def owned_part(moto: Moto, rows: int) -> Iterator[dict[str, Any]]:
     policy = parse_policy(POLICY, source="bench_s3.yaml")
-    name, url = fresh_db()
+    name, url = fresh("postgresql")
     engine = make_engine(url)
     try:
         expired, kept = fill_crm(engine, moto, rows)
@@ -333,7 +316,7 @@ def owned_part(moto: Moto, rows: int) -> Iterator[dict[str, Any]]:
         assert counts["deleted"] == len(expired) and counts["cascaded"] == {"objects.cvs": len(expired)}, counts
     finally:
         engine.dispose()
-        drop_db(name)
+        drop("postgresql", name)
     yield {"case": "CRM rows + CVs", "n": len(expired), "raw_s": raw_s, "raw_calls": raw_calls, "prod_s": prod_s,
            "prod_calls": prod_calls, "act_s": None}
 

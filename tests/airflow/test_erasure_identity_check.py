@@ -65,6 +65,7 @@ def test_approve_proceeds(checked):
     rid = registry.request_id_for(DAG_ID, run.run_id)
     assert registry.get(rid)["status"] == "complete"
     assert registry.details(rid)["identity_check"]["decision"] == "approved"
+    assert registry.receipt(rid)["identity_check"] == {"decision": "approved", "reason_recorded": False}
     assert world["ledger"].verify(record=False).ok
 
 
@@ -119,6 +120,7 @@ def test_intake_takes_only_verified_rows_and_an_unverified_one_waits_for_the_che
     run = run_dag("erasure_intake", {"batch_size": 500})
     assert run.state == "success", task_states(run)
     assert registry.get(verified)["status"] == "complete"
+    assert registry.receipt(verified)["identity_check"]["decision"] == "verified at intake"
     assert registry.get(unverified)["status"] == "pending"  # waits: its identity was not verified at intake
     assert any(subject_rows(world).values()) and all_keys(world) == keys
 

@@ -257,9 +257,11 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
                                                      if (r["mode"], bool(r["dry_run"])) == (mode, dry_run)],
                                         mode, dry_run))
         receipts = {}
+        details = ctx.registry.details_many(request_ids)
         for rid in request_ids:
             receipt = build_receipt(reqs[rid], states.get(rid, {}), expected_systems, ctx.policy.digest,
                                     ledger_entries=proofs.get(rid, {}))
+            identity_check.add_to_receipt(receipt, reqs[rid], details.get(rid, {}))  # decision, never the reason
             receipt["recipients"] = recipients_in_receipt(recipients.get(rid, {}))
             receipts[rid] = receipt
         ctx.registry.save_receipts(receipts)

@@ -155,7 +155,8 @@ def close_rejected(ctx: Any, request_id: str, dag_id: str, run_id: str) -> None:
 
 def add_to_receipt(receipt: dict[str, Any], req: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
     """The identity check's decision (never its reason) in a receipt; a rejected request's receipt says so."""
-    check = details.get("identity_check") or {}
+    check = details.get("identity_check") or (
+        {"decision": "verified at intake"} if req.get("source") == VERIFIED_SOURCE else {})
     receipt["identity_check"] = {"decision": check.get("decision", "none"),
                                  "reason_recorded": bool(check.get("reason"))}
     if req["status"] == "rejected":

@@ -381,11 +381,15 @@ def main() -> int:
     ap.add_argument("subjects", nargs="?", type=int, default=1000)
     ap.add_argument("--sample", type=int, default=50, help="people timed one at a time (extrapolated)")
     ap.add_argument("--batch-size", type=int, default=500, help="requests per intake run (the DAG's default)")
+    ap.add_argument("--count-only", action="store_true",
+                    help="only the intake's SQL statements per subject, by database (no baselines)")
     args = ap.parse_args()
     n = args.subjects
     import logging
+    import signal
 
     logging.disable(logging.INFO)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still drops its databases
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -394,7 +398,9 @@ def main() -> int:
     world = make_world(f"http://{host}:{port}")
     registry_db = world.ledger.engine.url.database
     try:
-        groups = {"intake": emails("intake", n), "single": emails("single", args.sample), "rows": emails("rows", n)}
+        groups = {"intake": emails("intake", n)}
+        if not args.count_only:
+            groups.update(single=emails("single", args.sample), rows=emails("rows", n))
         keys, lookalike_keys = {}, {}
         t0 = time.perf_counter()
         for name, addresses in groups.items():
@@ -413,6 +419,13 @@ def main() -> int:
             t_intake = time.perf_counter() - t0
         assert len(ids) == n, f"intake processed {len(ids)} of {n} requests"
         intake_stmts = statements_per_subject(stats, registry_db, n)
+        if args.count_only:
+            names = {world.crm.url.database: "crm", world.mailing.url.database: "mailing",
+                     registry_db: "registry+ledger"}
+            print(f"intake of {n} subjects, batches of {args.batch_size}, {t_intake:.1f} s: SQL statements "
+                  + ", ".join(f"{names.get(db, db)} {c} ({c / n:.2f}/subject)"
+                              for db, c in sorted(stats.counts.items())))
+            return 0
 
         # (a) one erasure_request per person (a sample)
         single_ids = []

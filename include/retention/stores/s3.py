@@ -650,7 +650,17 @@ class S3Store(S3Orphans, S3Subjects, Store):
         When the next wanted key lies beyond a page, the listing jumps there (a new request starting just
         before it) instead of paging through the keys in between: at most one request per wanted key, and
         at most one per 1,000 keys between the first and the last wanted one plus one per jump.
+        In a versioned bucket a wanted key the listing did not show is listed once more on its own, without a
+        marker: moto 5 drops the first version after a KeyMarker (a key with one version vanishes from the
+        page); on S3 these are keys that do not exist (one request each).
         """
+        yield from self._owned_listing(bucket, wanted)
+        for key, is_prefix in wanted.unseen() if self.bucket_info(bucket).versioned else []:
+            own = [obj for page in self.objects(bucket, key) for obj in page if is_prefix or obj.key == key]
+            if own:
+                yield own
+
+    def _owned_listing(self, bucket: str, wanted: OwnedKeys) -> Iterator[list[S3Object]]:
         prefix = wanted.common_prefix()
         while not wanted.done():
             jumped = False

@@ -163,6 +163,7 @@ class OwnedKeys:
                 continue  # inside a prefix already wanted
             targets.append((key, is_prefix))
         self.targets, self.i = targets, 0
+        self.seen: set[int] = set()  # targets some listed key matched
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -182,11 +183,16 @@ class OwnedKeys:
         while self.i < len(self.targets):
             target, is_prefix = self.targets[self.i]
             if key == target or (is_prefix and key.startswith(target)):
+                self.seen.add(self.i)
                 return True
             if key < target:
                 return False
             self.i += 1  # the listing is past this target
         return False
+
+    def unseen(self) -> list[tuple[str, bool]]:
+        """The targets no listed key matched."""
+        return [t for i, t in enumerate(self.targets) if i not in self.seen]
 
 
 def owned_key(reference: Reference, row: dict[str, Any]) -> tuple[str | None, bool]:

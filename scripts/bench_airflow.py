@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import statistics
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,11 +85,79 @@ def child(path: str) -> None:
     print(json.dumps({"seconds": seconds, "dags": len(bag.dags)}))
 
 
+def sweep_on_stack(executor: str, moto_url: str, **stack_options: int) -> tuple[dict, list[dict]]:
+    """Start the e2e stack (``stack_options``: ``start_stack``'s ``workers``, ``concurrency``), let the
+    scheduler start one ``retention_sweep`` run, wait for its end and return it with its task instances."""
+    sys.path.insert(0, str(ROOT))
+    from tests.e2e.conftest import start_stack, teardown_stack
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.monotonic()
+        stack = start_stack(executor, moto_url, Path(tmp), **stack_options)
+        print(f"stack ({executor}{' ' + str(stack_options) if stack_options else ''}) ready in "
+              f"{time.monotonic() - t0:.0f}s", flush=True)
+        try:
+            stack.unpause("retention_sweep")  # schedule "* * * * *": the scheduler starts a run itself
+            run = None
+            while run is None:
+                r = stack.api("GET", "/api/v2/dags/retention_sweep/dagRuns",
+                              params={"run_type": "scheduled", "order_by": "run_after", "limit": 1})
+                run = (r.json()["dag_runs"] or [None])[0]
+                stack.check_alive()
+                time.sleep(2)
+            try:
+                run = stack.wait_run("retention_sweep", run["dag_run_id"], timeout=900)
+            finally:
+                stack.pause("retention_sweep", settle=None)
+            quoted = run["dag_run_id"].replace("+", "%2B").replace(":", "%3A")
+            tis = stack.api("GET", f"/api/v2/dags/retention_sweep/dagRuns/{quoted}/taskInstances",
+                            params={"limit": 100}).json()["task_instances"]
+        finally:
+            teardown_stack(stack)
+    return run, tis
+
+
+def run_wall(run: dict) -> float:
+    import datetime as dt
+
+    started, ended = (dt.datetime.fromisoformat(run[k]) for k in ("start_date", "end_date"))
+    return (ended - started).total_seconds()
+
+
+def scale_out(counts: list[int]) -> None:
+    """``--celery``: one scheduled retention_sweep on compose's Celery variant with N workers of one slot each."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    results = {}
+    try:
+        for n in counts:
+            run, tis = sweep_on_stack("celery", f"http://{host}:{port}", workers=n, concurrency=1)
+            results[n] = (run, tis)
+    finally:
+        server.stop()
+    for n, (run, tis) in results.items():
+        mapped = sorted((ti for ti in tis if ti["task_id"] == "apply_rule"), key=lambda ti: ti["start_date"] or "")
+        per_host: dict[str, list[str]] = {}
+        for ti in tis:
+            per_host.setdefault(ti["hostname"] or "?", []).append(
+                ti["rendered_map_index"] if ti["task_id"] == "apply_rule" else ti["task_id"])
+        states = sorted({ti["state"] for ti in mapped})
+        print(f"{n} worker(s) x 1 slot: run {run['state']}, wall {run_wall(run):.1f}s, {len(mapped)} mapped "
+              f"apply_rule ({', '.join(states)}), their durations sum "
+              f"{sum(ti['duration'] or 0 for ti in mapped):.1f}s")
+        for hostname, ran in sorted(per_host.items()):
+            print(f"    {hostname}: {len(ran)} task(s): {', '.join(ran)}")
+    if len(results) == 2:
+        (a, (run_a, _)), (b, (run_b, _)) = results.items()
+        print(f"scale-out ratio: wall with {a} worker(s) / wall with {b} = "
+              f"{run_wall(run_a):.1f}s / {run_wall(run_b):.1f}s = {run_wall(run_a) / run_wall(run_b):.2f}")
+
+
 def tax(executor: str = "local") -> None:
     """One scheduled retention_sweep under the real scheduler vs the sum of its rules run in one process."""
-    import datetime as dt
-    import uuid
-
     from moto.server import ThreadedMotoServer
 
     sys.path.insert(0, str(ROOT))
@@ -96,54 +166,20 @@ def tax(executor: str = "local") -> None:
     from include.retention.policy import load_policy
     from include.retention.runtime import Runtime
     from include.retention.sweep import run_rule
-    from tests.conftest import airflow_uri
-    from tests.e2e.conftest import _drop_database, make_world, start_stack, teardown_stack
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     moto_url = f"http://{host}:{port}"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.monotonic()
-            stack = start_stack(executor, moto_url, Path(tmp))
-            print(f"stack ({executor}) ready in {time.monotonic() - t0:.0f}s", flush=True)
-            try:
-                stack.unpause("retention_sweep")  # schedule "* * * * *": the scheduler starts a run itself
-                run = None
-                while run is None:
-                    r = stack.api("GET", "/api/v2/dags/retention_sweep/dagRuns",
-                                  params={"run_type": "scheduled", "order_by": "run_after", "limit": 1})
-                    run = (r.json()["dag_runs"] or [None])[0]
-                    stack.check_alive()
-                    time.sleep(2)
-                try:
-                    run = stack.wait_run("retention_sweep", run["dag_run_id"], timeout=900)
-                finally:
-                    stack.pause("retention_sweep", settle=None)
-                quoted = run["dag_run_id"].replace("+", "%2B").replace(":", "%3A")
-                tis = stack.api("GET", f"/api/v2/dags/retention_sweep/dagRuns/{quoted}/taskInstances",
-                                params={"limit": 100}).json()["task_instances"]
-            finally:
-                teardown_stack(stack)
-        started, ended = (dt.datetime.fromisoformat(run[k]) for k in ("start_date", "end_date"))
-        wall = (ended - started).total_seconds()
+        run, tis = sweep_on_stack(executor, moto_url)
+        wall = run_wall(run)
         applied = [ti for ti in tis if ti["task_id"] == "apply_rule"]
         in_tasks = sum(ti["duration"] or 0 for ti in applied)
         others = {ti["task_id"]: ti["duration"] or 0 for ti in tis if ti["task_id"] != "apply_rule"}
 
         # the same rules, one after the other in this process, on a copy of the data seeded as airflow-init does
-        world = make_world(uuid.uuid4().hex[:8], moto_url)
-        try:
-            subprocess.run([sys.executable, "-m", "include.retention.demo.seed", "--crm-url", world.crm_url,
-                            "--mailing-url", world.mailing_url], cwd=ROOT, check=True, capture_output=True)
-            subprocess.run([sys.executable, "-m", "include.retention.demo.s3_seed", "--endpoint-url", moto_url,
-                            "--region", "eu-central-1", "--access-key", "t", "--secret-key", "t",
-                            "--crm-url", world.crm_url], cwd=ROOT, check=True, capture_output=True)
-            conns = {"crm_db": airflow_uri(world.crm_url), "mailing_db": airflow_uri(world.mailing_url),
-                     "retention_ledger": airflow_uri(world.ledger_url),
-                     "objects_s3": json.dumps({"conn_type": "aws", "login": "t", "password": "t",
-                                               "extra": {"endpoint_url": moto_url, "region_name": "eu-central-1"}})}
+        with seeded_copy(moto_url) as conns:
             policy = load_policy(str(ROOT / "config" / "policy.yaml"))
             runtime = Runtime(policy, lambda conn_id: parse_conn(conns[conn_id]))
             times = {}
@@ -155,11 +191,6 @@ def tax(executor: str = "local") -> None:
                     times[rule_id] = time.perf_counter() - t
             finally:
                 runtime.close()
-        finally:
-            world.dispose()
-            for kind, url in (("postgresql", world.crm_url), ("mariadb", world.mailing_url),
-                              ("postgresql", world.ledger_url)):
-                _drop_database(kind, url)
     finally:
         server.stop()
     rules = sum(times.values())
@@ -172,9 +203,127 @@ def tax(executor: str = "local") -> None:
           f"per mapped task {(in_tasks - rules) / max(len(applied), 1):.2f}s over its rule")
 
 
+@contextlib.contextmanager
+def seeded_copy(moto_url: str) -> Iterator[dict[str, str]]:
+    """Fresh CRM, mailing and ledger databases and moto's S3, seeded as airflow-init does; yields the
+    ``AIRFLOW_CONN_*`` values of the data map's connections (dropped again afterwards)."""
+    import uuid
+
+    from tests.conftest import airflow_uri
+    from tests.e2e.conftest import _drop_database, make_world
+
+    world = make_world(uuid.uuid4().hex[:8], moto_url)
+    try:
+        subprocess.run([sys.executable, "-m", "include.retention.demo.seed", "--crm-url", world.crm_url,
+                        "--mailing-url", world.mailing_url], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "include.retention.demo.s3_seed", "--endpoint-url", moto_url,
+                        "--region", "eu-central-1", "--access-key", "t", "--secret-key", "t",
+                        "--crm-url", world.crm_url], cwd=ROOT, check=True, capture_output=True)
+        yield {"crm_db": airflow_uri(world.crm_url), "mailing_db": airflow_uri(world.mailing_url),
+               "retention_ledger": airflow_uri(world.ledger_url),
+               "objects_s3": json.dumps({"conn_type": "aws", "login": "t", "password": "t",
+                                         "extra": {"endpoint_url": moto_url, "region_name": "eu-central-1"}})}
+    finally:
+        world.dispose()
+        for kind, url in (("postgresql", world.crm_url), ("mariadb", world.mailing_url),
+                          ("postgresql", world.ledger_url)):
+            _drop_database(kind, url)
+
+
+PHASES = ("import", "load_policy", "Runtime()", "store()", "ledger()", "run_rule", "run_rule again")
+
+
+def phases(rule_ids: list[str]) -> None:
+    """A mapped ``apply_rule`` task's body, phase by phase, each rule in a fresh process (``--phases``).
+
+    The process imports ``airflow.sdk`` before the clock starts (a task process has it, and with it
+    SQLAlchemy, pydantic and PyYAML); connections come from ``AIRFLOW_CONN_*`` as in a task, the data
+    from a fresh copy seeded as airflow-init does (each rule's first run does the real work).
+    """
+    from moto.server import ThreadedMotoServer
+
+    sys.path.insert(0, str(ROOT))
+    import tests.conftest  # noqa: F401  (the session's HMAC key, as the stack's)
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        with seeded_copy(f"http://{host}:{port}") as conns:
+            if not rule_ids:
+                from include.retention.policy import load_policy
+
+                rule_ids = load_policy(str(ROOT / "config" / "policy.yaml")).rule_ids()
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")},
+                   **{f"AIRFLOW_CONN_{k.upper()}": v for k, v in conns.items()}, "PYTHONWARNINGS": "ignore",
+                   "RETENTION_POLICY_PATH": str(ROOT / "config" / "policy.yaml")}
+            rows = {}
+            for rule_id in rule_ids:
+                out = subprocess.run([sys.executable, __file__, "--phase-child", rule_id], env=env, cwd=ROOT,
+                                     capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"{rule_id}: {out.stderr[-3000:]}")
+                rows[rule_id] = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        server.stop()
+    print(f"{'rule':<48} " + " ".join(f"{p:>14}" for p in PHASES) + f" {'set-up':>7}  modules")
+    for rule_id, row in rows.items():
+        setup = sum(row[p] for p in PHASES[:5])
+        print(f"{rule_id:<48} " + " ".join(f"{row[p]:>14.3f}" for p in PHASES) + f" {setup:>7.3f}  "
+              + ", ".join(row["modules"]))
+    setups = [sum(row[p] for p in PHASES[:5]) + row["run_rule"] - row["run_rule again"] for row in rows.values()]
+    print(f"set-up of a fresh task body over its rule (all phases + first run_rule - second run_rule): "
+          f"median {statistics.median(setups):.3f}s, sum {sum(setups):.2f}s over {len(setups)} rules")
+
+
+def phase_child(rule_id: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    import airflow.sdk  # noqa: F401  (a task process has it before our code runs)
+
+    heavy = ("boto3", "botocore", "pandas", "numpy")
+    t = {}
+    t0 = time.perf_counter()
+    from include.retention.airflow import sweep_tasks
+    from include.retention.connections import env_resolver, policy_path
+    from include.retention.ledger import RunRef
+    from include.retention.policy import load_policy
+    from include.retention.runtime import Runtime
+    from include.retention.sweep import run_rule
+
+    assert sweep_tasks
+    t["import"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    policy = load_policy(policy_path())
+    t["load_policy"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runtime = Runtime(policy, env_resolver)
+    t["Runtime()"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store = runtime.store(rule_id.split(".")[0])
+    t["store()"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ledger = runtime.ledger()
+    t["ledger()"] = time.perf_counter() - t0
+    for phase in ("run_rule", "run_rule again"):
+        t0 = time.perf_counter()
+        run_rule(policy, rule_id, store, ledger, RunRef("bench", f"phases-{phase}"))
+        t[phase] = time.perf_counter() - t0
+    runtime.close()
+    print(json.dumps({**t, "modules": [m for m in heavy if m in sys.modules]}))
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--tax":
         tax(sys.argv[2] if len(sys.argv) > 2 else "local")
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--celery":
+        scale_out([int(n) for n in sys.argv[2:]] or [1, 2])
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--phases":
+        phases(sys.argv[2:])
+        return 0
+    if len(sys.argv) > 2 and sys.argv[1] == "--phase-child":
+        phase_child(sys.argv[2])
         return 0
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(sys.argv[2])

@@ -36,8 +36,9 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -241,6 +242,7 @@ class Process:
     health: list[str] | None  # argv of the healthcheck; None: the service runs to completion (airflow-init)
     depends_on: dict[str, str]  # compose service -> condition
     oneshot: bool = False  # another service waits for it with service_completed_successfully
+    hostname: str | None = None  # a container's own host name ($HOSTNAME); None: the machine's
 
 
 def airflow_services(spec: dict[str, Any]) -> list[str]:
@@ -315,6 +317,32 @@ def plan(spec: dict[str, Any], endpoints: Endpoints, settings: Mapping[str, str]
         processes[name] = Process(name, [native(a) for a in service_argv(service)], env,
                                   [native(a) for a in health] if health else None, depends, name in oneshots)
     return _start_order(processes)
+
+
+def scale_workers(processes: list[Process], workers: frozenset[str], replicas: int, concurrency: int,
+                  free_port: Callable[[], int]) -> list[Process]:
+    """Each Celery worker service as ``replicas`` processes, as ``docker compose up --scale airflow-worker=N``
+    makes containers: each its own host name (``$HOSTNAME``, Celery's node name ``celery@<host>`` that the
+    healthcheck pings, the hostname its task instances record) and log-server port, and ``concurrency`` task
+    slots each. The copies are named ``<service>-1`` ... ``<service>-N``."""
+    out: list[Process] = []
+    for proc in processes:
+        if proc.name not in workers:
+            out.append(proc)
+            continue
+        for n in range(1, replicas + 1):
+            host = f"{proc.name}-{n}"
+            env = {**proc.env, "HOSTNAME": host, "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+                   "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.container_hostname",
+                   "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+            out.append(Process(host, [*proc.argv, "--celery-hostname", f"celery@{host}"], env, proc.health,
+                               proc.depends_on, proc.oneshot, hostname=host))
+    return out
+
+
+def container_hostname() -> str:
+    """``[core] hostname_callable`` of a scaled worker (and its task processes): ``$HOSTNAME``, as in a container."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def _start_order(processes: dict[str, Process]) -> list[Process]:

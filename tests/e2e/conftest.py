@@ -240,7 +240,7 @@ class Stack:
 
     def wait_healthy(self, proc: Process, deadline: float) -> None:
         """The service's compose healthcheck, retried until it passes (compose: every ``interval``)."""
-        env = {**proc.env, "HOSTNAME": socket.gethostname()}
+        env = {**proc.env, "HOSTNAME": proc.hostname or socket.gethostname()}
         if shutil.which(proc.health[0], path=env["PATH"]) is None:
             raise RuntimeError(f"{proc.name}'s healthcheck runs {proc.health[0]!r}, which is not on PATH: install it")
         while True:
@@ -438,9 +438,11 @@ def _wait_parsed(stack: Stack) -> None:
 
 
 def compose_processes(executor: str, *, home: Path, world: World, metadata_url: str, api_port: int,
-                      marker: str) -> list[Process]:
+                      marker: str, workers: int | None = None, concurrency: int = 1) -> list[Process]:
     """docker-compose.yaml's Airflow services, rendered with fresh ``make secrets`` values, pointed at this
-    machine (tests/e2e/compose_stack.py); the LocalExecutor variant runs them without the Celery worker."""
+    machine (tests/e2e/compose_stack.py); the LocalExecutor variant runs them without the Celery worker.
+    ``workers``: the Celery variant with that many worker processes of ``concurrency`` slots each
+    (``compose_stack.scale_workers``; scripts/bench_airflow.py --celery); None: compose's one worker."""
     env_file = home / ".env"
     compose_stack.secrets_script().write_env(env_file)
     # The HMAC key is the session's (tests read the ledger and registry with it), as k0: the id of a lone key.
@@ -462,10 +464,15 @@ def compose_processes(executor: str, *, home: Path, world: World, metadata_url: 
     skip = frozenset() if executor == "celery" else compose_stack.celery_services(spec)
     # the machine's environment without its own Airflow/retention settings (a container starts clean too)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETENTION_"))}
-    return compose_stack.plan(spec, endpoints, settings, skip=skip, base=base)
+    processes = compose_stack.plan(spec, endpoints, settings, skip=skip, base=base)
+    if workers is not None and executor == "celery":
+        processes = compose_stack.scale_workers(processes, compose_stack.celery_services(spec), workers,
+                                                concurrency, free_port)
+    return processes
 
 
-def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
+def start_stack(executor: str, moto_url: str, tmp_root: Path, *, workers: int | None = None,
+                concurrency: int = 1) -> Stack:
     if executor == "celery":
         _redis_reachable()
     suffix = uuid.uuid4().hex[:8]
@@ -485,7 +492,7 @@ def start_stack(executor: str, moto_url: str, tmp_root: Path) -> Stack:
     stack = Stack(executor, home, logs, port, {}, world, metadata_url, passwords[ADMIN], passwords=passwords)
     try:
         stack.processes = compose_processes(executor, home=home, world=world, metadata_url=metadata_url,
-                                            api_port=port, marker=suffix)
+                                            api_port=port, marker=suffix, workers=workers, concurrency=concurrency)
         stack.env = next(p.env for p in stack.processes if p.name == "airflow-apiserver")
         stack.start(stack.processes, after_oneshots=lambda: (add_people(world), set_users(stack)))
         _wait_parsed(stack)

@@ -292,3 +292,31 @@ def test_no_personal_data_in_ledger(env):
         sweep(env, rule_id)
     text = repr(list(ledger.rows()))
     assert "@example.org" not in text and "203.0.113" not in text
+
+
+def test_tables_reflected_together_and_a_view_or_missing_table_on_its_own(env):
+    """A system's tables are reflected in one go; a collection on a view still gets its columns, and a
+    missing table fails only the collection that names it."""
+    _, _, _, engine = env
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE VIEW v_people AS SELECT id, email, created_at FROM t_people"))
+    policy = parse_policy("""
+version: 1
+systems:
+  crm:
+    kind: sql
+    connection: crm_db
+    collections:
+      people: {table: t_people, primary_key: id, columns: [id, email, created_at]}
+      people_view: {table: v_people, primary_key: id, columns: [id, email, created_at]}
+      gone: {table: t_gone, primary_key: id, columns: [id]}
+""", source="view-policy.yaml")
+    store = SqlStore("crm", policy, engine, mask_key=KEY)
+    try:
+        assert {"id", "email", "created_at", "is_minor"} <= set(store.table("people").c.keys())
+        assert set(store.table("people_view").c.keys()) == {"id", "email", "created_at"}
+        with pytest.raises(SchemaMismatch, match="'t_gone' does not exist"):
+            store.table("gone")
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP VIEW v_people"))

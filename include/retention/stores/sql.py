@@ -102,17 +102,26 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         """The collection's table, reflected once (real column types make binds portable).
 
         The first call reflects every table of the system, so no reflection (a second connection)
-        happens inside a transaction later: on SQLite that connection would wait for the first.
+        happens inside a transaction later: on SQLite that connection would wait for the first. They are
+        reflected together (one set of catalogue queries where the dialect batches them, as PostgreSQL's
+        does); a table the catalogue lists under another spelling (case-folding servers) or a view is
+        then reflected on its own, as before.
         """
         if name not in self._tables:
-            for other, coll in self.policy.systems[self.name].collections.items():
-                if other in self._tables:
+            pending = {other: coll.table for other, coll in self.policy.systems[self.name].collections.items()
+                       if other not in self._tables}
+            together = sa.MetaData()
+            wanted = set(pending.values())
+            together.reflect(self.engine, only=lambda table, _metadata: table in wanted)
+            for other, table_name in pending.items():
+                if table_name in together.tables:
+                    self._tables[other] = together.tables[table_name]
                     continue
                 try:
-                    self._tables[other] = sa.Table(coll.table, sa.MetaData(), autoload_with=self.engine)
+                    self._tables[other] = sa.Table(table_name, sa.MetaData(), autoload_with=self.engine)
                 except sa.exc.NoSuchTableError:
                     if other == name:
-                        raise SchemaMismatch(f"{self.name}: table {coll.table!r} does not exist") from None
+                        raise SchemaMismatch(f"{self.name}: table {table_name!r} does not exist") from None
         if name not in self._tables:  # pragma: no cover - raised above
             raise SchemaMismatch(f"{self.name}: table {self.coll(name).table!r} does not exist")
         return self._tables[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -213,6 +214,35 @@ def test_the_e2e_stack_starts_every_airflow_service_of_the_compose_file(tmp_path
     assert processes["airflow-apiserver"].health == ["curl", "--fail", "http://127.0.0.1:18080/api/v2/version"]
     assert processes["airflow-worker"].env["PYTHONPATH"] == str(ROOT)
     assert compose_stack.celery_services(spec) == {"airflow-worker"}  # what the LocalExecutor variant leaves out
+
+
+def test_the_celery_worker_scaled_out_is_n_copies_of_its_service_each_its_own_host(tmp_path, monkeypatch):
+    """scripts/bench_airflow.py --celery: compose's worker as N processes (``--scale``), each with its own host
+    name (Celery node, healthcheck, task instances' hostname), log-server port and one task slot."""
+    processes, spec = _plan(tmp_path=tmp_path)
+    ports = iter(range(20001, 20010))
+    scaled = compose_stack.scale_workers(list(processes.values()), compose_stack.celery_services(spec), 2, 1,
+                                         lambda: next(ports))
+    names = [p.name for p in scaled]
+    worker = processes["airflow-worker"]
+    assert "airflow-worker" not in names and {"airflow-worker-1", "airflow-worker-2"} <= set(names)
+    assert names.index("airflow-worker-1") > names.index("airflow-apiserver")
+    copies = [p for p in scaled if p.name.startswith("airflow-worker-")]
+    for n, copy in enumerate(copies, 1):
+        host = f"airflow-worker-{n}"
+        assert copy.argv == [*worker.argv, "--celery-hostname", f"celery@{host}"]
+        assert copy.hostname == copy.env["HOSTNAME"] == host and copy.health == worker.health
+        assert copy.env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "1"
+        own = {"HOSTNAME", "AIRFLOW__CELERY__WORKER_CONCURRENCY", "AIRFLOW__CORE__HOSTNAME_CALLABLE",
+               "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"}
+        assert {k: v for k, v in copy.env.items() if k not in own} == {k: v for k, v in worker.env.items()
+                                                                         if k not in own}
+    assert len({c.env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] for c in copies}) == 2
+    monkeypatch.setenv("HOSTNAME", "airflow-worker-2")  # as in that worker's task processes
+    module, _, func = copies[1].env["AIRFLOW__CORE__HOSTNAME_CALLABLE"].rpartition(".")
+    assert getattr(importlib.import_module(module), func)() == "airflow-worker-2"
+    assert [p for p in scaled if not p.name.startswith("airflow-worker")] == \
+        [p for p in processes.values() if p.name != "airflow-worker"]
 
 
 @pytest.mark.parametrize("old, new, check", [

@@ -706,6 +706,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         """Delete the batch's rows that still match ``where``; returns the rows the statement deleted."""
         if not self._takes_along(name):
             return conn.execute(t.delete().where(in_batch, where)).rowcount
+        if self._set_cascade(name):
+            return self._delete_set(conn, name, t, sa.and_(in_batch, where), cascaded)
         pk = self.key_cols(name, t)
         # Lock what will go before anything else goes with it (objects, digests, dependents): a legal hold
         # committed meanwhile waits for this transaction and cannot be overtaken.
@@ -713,6 +715,60 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         if not keys:
             return 0
         return self._delete_keys(conn, name, keys, cascaded, guard=where)
+
+    def _set_cascade(self, name: str, above: tuple[str, ...] = ()) -> bool:
+        """Whether a delete here takes along only rows of this database, in a tree of distinct tables (no objects,
+        no digests, no other database, no table twice): ``_delete_set`` then does a batch in a few set-based
+        statements instead of carrying its keys back and forth."""
+        coll = self.coll(name)
+        if (name in above or self.policy.owned_objects(self.ref(name)) or coll.suppress_on_delete
+                or self._suppressing.get(name)):
+            return False
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name or c_name in (*above, name):
+                return False
+            if ref.on_delete != "nullify" and not self._set_cascade(c_name, (*above, name)):
+                return False
+        return True
+
+    def _delete_set(self, conn, name: str, t: sa.Table, rows: Any, cascaded: dict[str, int]) -> int:
+        """Delete the rows ``rows`` selects (the batch's range and the full predicate) and their dependents
+        (``_set_cascade``): lock them, then per dependent table one ``DELETE``/``UPDATE ... WHERE fk IN (SELECT
+        ... WHERE rows)`` (deepest first), then the rows; returns the rows deleted.
+
+        The lock comes first, so a legal hold committed meanwhile waits and cannot be overtaken. On PostgreSQL
+        (read committed: a row inserted into the range later would be seen by the next statement) the locked
+        keys themselves then select the rows, as one array (``pk = ANY(:keys)``); MariaDB's locking read holds
+        the range it scanned (next-key locks: nothing can be inserted into it before the commit) and SQLite's
+        ``BEGIN IMMEDIATE`` the database, so there the predicate selects the same rows in every statement."""
+        pk = self.key_cols(name, t)
+        if conn.dialect.name == "postgresql" and len(pk) == 1:
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            keys = conn.execute(sa.select(pk[0]).where(rows).with_for_update()).scalars().all()
+            if not keys:
+                return 0
+            rows = pk[0] == sa.any_(sa.bindparam("locked_keys", list(keys), type_=ARRAY(pk[0].type)))
+        elif not conn.execute(sa.select(sa.func.count()).select_from(t).where(rows).with_for_update()).scalar():
+            return 0
+        self._delete_dependents(conn, name, t, rows, cascaded)
+        return conn.execute(t.delete().where(rows)).rowcount
+
+    def _delete_dependents(self, conn, name: str, t: sa.Table, rows: Any, cascaded: dict[str, int]) -> None:
+        """The dependents (in this database) of ``t``'s rows that ``rows`` selects: set-based, deepest first."""
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_name = child_ref.partition(".")[2]
+            child = self.table(c_name)
+            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
+            mine = child.c[ref.column].in_(sa.select(parent_col).where(rows, parent_col.is_not(None)))
+            if ref.on_delete == "nullify":
+                n = conn.execute(child.update().where(mine).values({ref.column: None})).rowcount
+                cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
+                continue
+            self._delete_dependents(conn, c_name, child, mine, cascaded)
+            n = conn.execute(child.delete().where(mine)).rowcount
+            cascaded[child_ref] = cascaded.get(child_ref, 0) + n
 
     def _takes_along(self, name: str) -> bool:
         """Whether deleting this collection's rows involves anything else (dependents, objects, digests)."""

@@ -172,7 +172,7 @@ def test_a_row_inserted_into_a_running_batch_is_not_deleted_by_it(db_url, monkey
     new_id, attempts = 999_999, []
     original = store._delete_dependents
 
-    def insert_meanwhile(conn, name, t, rows, cascaded):
+    def insert_meanwhile(conn, name, t, rows, cascaded, *keys):
         if name == "events" and not attempts:  # first batch: older than every row, so inside its range
             attempts.append(1)
             try:
@@ -185,7 +185,7 @@ def test_a_row_inserted_into_a_running_batch_is_not_deleted_by_it(db_url, monkey
                 attempts.append("committed")
             except sa.exc.OperationalError:
                 attempts.append("waited")
-        return original(conn, name, t, rows, cascaded)
+        return original(conn, name, t, rows, cascaded, *keys)
 
     monkeypatch.setattr(store, "_delete_dependents", insert_meanwhile)
     result, rec = _sweep(store, 7)

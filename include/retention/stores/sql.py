@@ -743,25 +743,31 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         the range it scanned (next-key locks: nothing can be inserted into it before the commit) and SQLite's
         ``BEGIN IMMEDIATE`` the database, so there the predicate selects the same rows in every statement."""
         pk = self.key_cols(name, t)
+        keys = None
         if conn.dialect.name == "postgresql" and len(pk) == 1:
-            from sqlalchemy.dialects.postgresql import ARRAY
-
             keys = conn.execute(sa.select(pk[0]).where(rows).with_for_update()).scalars().all()
             if not keys:
                 return 0
-            rows = pk[0] == sa.any_(sa.bindparam("locked_keys", list(keys), type_=ARRAY(pk[0].type)))
+            # the range and predicate stay: they lead the planner to the batch's index range, the keys recheck it
+            rows = sa.and_(rows, _any(pk[0], keys))
         elif not conn.execute(sa.select(sa.func.count()).select_from(t).where(rows).with_for_update()).scalar():
             return 0
-        self._delete_dependents(conn, name, t, rows, cascaded)
+        self._delete_dependents(conn, name, t, rows, cascaded, keys)
         return conn.execute(t.delete().where(rows)).rowcount
 
-    def _delete_dependents(self, conn, name: str, t: sa.Table, rows: Any, cascaded: dict[str, int]) -> None:
-        """The dependents (in this database) of ``t``'s rows that ``rows`` selects: set-based, deepest first."""
+    def _delete_dependents(self, conn, name: str, t: sa.Table, rows: Any, cascaded: dict[str, int],
+                           keys: list[Any] | None = None) -> None:
+        """The dependents (in this database) of ``t``'s rows that ``rows`` selects: set-based, deepest first.
+        ``keys``: those rows' keys (PostgreSQL), matched directly by a reference to the key (an index on the
+        referencing column then serves it, as for the raw statement)."""
         for child_ref, ref in self.policy.children(self.ref(name)):
             c_name = child_ref.partition(".")[2]
             child = self.table(c_name)
             parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
-            mine = child.c[ref.column].in_(sa.select(parent_col).where(rows, parent_col.is_not(None)))
+            if keys is not None and parent_col.primary_key and len(self.key_cols(name, t)) == 1:
+                mine = _any(child.c[ref.column], keys, parent_col.type)
+            else:
+                mine = child.c[ref.column].in_(sa.select(parent_col).where(rows, parent_col.is_not(None)))
             if ref.on_delete == "nullify":
                 n = conn.execute(child.update().where(mine).values({ref.column: None})).rowcount
                 cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
@@ -860,6 +866,14 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _any(col: Any, values: list[Any], type_: Any = None) -> sa.ColumnElement[bool]:
+    """PostgreSQL: ``col = ANY(:values)``, one array parameter however many values (no statement text that grows
+    with the batch, no per-value bind for SQLAlchemy to render)."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    return col == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(type_ if type_ is not None else col.type)))
 
 
 class _TID(sa.types.UserDefinedType):

@@ -275,7 +275,7 @@ def explain(kind: str, engine: sa.Engine, statements: list) -> list[str]:
     """EXPLAIN ANALYZE of the act loop's second batch (the first one after a plan and a first batch)."""
     out = []
     acting = [(s, p) for s, p in statements if s.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE", "WITH"))
-              and "bench_events" in s and "information_schema" not in s.lower()
+              and ("bench_events" in s or "bench_children" in s) and "information_schema" not in s.lower()
               and ("count(" not in s.lower() or s.lstrip().upper().startswith("WITH"))]  # not the plan query
     # statements repeat per batch (same text, new values): take each one's second run when there is one
     chosen: dict[str, object] = {}

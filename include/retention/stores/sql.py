@@ -766,6 +766,14 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
             if keys is not None and parent_col.primary_key and len(self.key_cols(name, t)) == 1:
                 mine = _any(child.c[ref.column], keys, parent_col.type)
+            elif conn.dialect.name == "mysql":
+                # a join with the batch's values as a derived table (``DELETE FROM child USING child, (SELECT DISTINCT
+                # ...) AS b WHERE child.fk = b.k``: the index on the referencing column serves it): MariaDB before 11.1
+                # runs a single-table ``DELETE ... IN (SELECT ...)`` as a dependent subquery per child row, a scan of
+                # the child table per batch. DISTINCT keeps the derived table materialized (merged, the predicate's
+                # tests on held children would name the table being deleted from: error 1093).
+                batch = sa.select(parent_col.label("k")).where(rows, parent_col.is_not(None)).distinct().subquery()
+                mine = child.c[ref.column] == batch.c.k
             else:
                 mine = child.c[ref.column].in_(sa.select(parent_col).where(rows, parent_col.is_not(None)))
             if ref.on_delete == "nullify":

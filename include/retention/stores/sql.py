@@ -759,7 +759,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                            keys: list[Any] | None = None) -> None:
         """The dependents (in this database) of ``t``'s rows that ``rows`` selects: set-based, deepest first.
         ``keys``: those rows' keys (PostgreSQL), matched directly by a reference to the key (an index on the
-        referencing column then serves it, as for the raw statement)."""
+        referencing column can serve it, as for the raw statement)."""
         for child_ref, ref in self.policy.children(self.ref(name)):
             c_name = child_ref.partition(".")[2]
             child = self.table(c_name)

@@ -22,6 +22,16 @@ MariaDB and moto's S3 server) runs one scheduled ``retention_sweep`` (all rules 
 its wall time (the run's start to end) is compared with the sum of the same rules' ``run_rule`` times
 measured in one plain process on a second, identically seeded copy of the data. Takes several minutes
 (start-up, migration), so ``make bench`` leaves it out.
+
+``--phases [rule ...]``: a mapped ``apply_rule`` task's body (``sweep_tasks.apply_rule``) phase by
+phase, each rule in a fresh process that has imported ``airflow.sdk`` first, on freshly seeded demo
+data; wall seconds per phase and the body's own CPU seconds.
+
+``--celery [N ...]`` (default 1 2): target 6, scaling out. The same launcher starts compose's Celery
+variant with N copies of the ``airflow-worker`` service (each its own host name and one task slot,
+``compose_stack.scale_workers``), one scheduled ``retention_sweep`` runs, and its wall time and the
+worker each task instance ran on (its ``hostname`` from the REST API) are printed; with two counts,
+the ratio of their wall times. Several minutes per stack; not in ``make bench``.
 """
 
 from __future__ import annotations
@@ -142,7 +152,7 @@ def scale_out(counts: list[int]) -> None:
         mapped = sorted((ti for ti in tis if ti["task_id"] == "apply_rule"), key=lambda ti: ti["start_date"] or "")
         per_host: dict[str, list[str]] = {}
         for ti in tis:
-            per_host.setdefault(ti["hostname"] or "?", []).append(
+            per_host.setdefault(ti["hostname"] or f"(no worker: {ti['state']})", []).append(
                 ti["rendered_map_index"] if ti["task_id"] == "apply_rule" else ti["task_id"])
         states = sorted({ti["state"] for ti in mapped})
         print(f"{n} worker(s) x 1 slot: run {run['state']}, wall {run_wall(run):.1f}s, {len(mapped)} mapped "
@@ -266,14 +276,18 @@ def phases(rule_ids: list[str]) -> None:
                 rows[rule_id] = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
-    print(f"{'rule':<48} " + " ".join(f"{p:>14}" for p in PHASES) + f" {'set-up':>7}  modules")
+    print(f"{'rule':<48} " + " ".join(f"{p:>14}" for p in PHASES) + f" {'set-up':>7} {'cpu':>6}  modules")
     for rule_id, row in rows.items():
         setup = sum(row[p] for p in PHASES[:5])
-        print(f"{rule_id:<48} " + " ".join(f"{row[p]:>14.3f}" for p in PHASES) + f" {setup:>7.3f}  "
-              + ", ".join(row["modules"]))
-    setups = [sum(row[p] for p in PHASES[:5]) + row["run_rule"] - row["run_rule again"] for row in rows.values()]
-    print(f"set-up of a fresh task body over its rule (all phases + first run_rule - second run_rule): "
-          f"median {statistics.median(setups):.3f}s, sum {sum(setups):.2f}s over {len(setups)} rules")
+        print(f"{rule_id:<48} " + " ".join(f"{row[p]:>14.3f}" for p in PHASES) + f" {setup:>7.3f} "
+              f"{row['cpu']:>6.3f}  " + ", ".join(row["modules"]))
+    print(f"{'median':<48} " + " ".join(f"{statistics.median(r[p] for r in rows.values()):>14.3f}" for p in PHASES)
+          + f" {statistics.median(sum(r[p] for p in PHASES[:5]) for r in rows.values()):>7.3f} "
+          f"{statistics.median(r['cpu'] for r in rows.values()):>6.3f}")
+    cpu = sum(r["cpu"] for r in rows.values())
+    print(f"cpu: the body's own CPU seconds (all phases and the first run_rule), sum {cpu:.2f}s "
+          f"over {len(rows)} rules; wall of the body up to the first run_rule's end, sum "
+          f"{sum(sum(r[p] for p in PHASES[:6]) for r in rows.values()):.2f}s")
 
 
 def phase_child(rule_id: str) -> None:
@@ -282,6 +296,7 @@ def phase_child(rule_id: str) -> None:
 
     heavy = ("boto3", "botocore", "pandas", "numpy")
     t = {}
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     from include.retention.airflow import sweep_tasks
     from include.retention.connections import env_resolver, policy_path
@@ -308,6 +323,8 @@ def phase_child(rule_id: str) -> None:
         t0 = time.perf_counter()
         run_rule(policy, rule_id, store, ledger, RunRef("bench", f"phases-{phase}"))
         t[phase] = time.perf_counter() - t0
+        if phase == "run_rule":
+            t["cpu"] = time.process_time() - cpu0  # this process's CPU for the whole body (a task's share)
     runtime.close()
     print(json.dumps({**t, "modules": [m for m in heavy if m in sys.modules]}))
 

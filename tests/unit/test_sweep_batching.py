@@ -272,3 +272,55 @@ def test_postgresql_index_walk_in_one_statement_for_a_table_in_date_order(pg_url
     store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", one)
     assert one.intents == [(r.stages[0].action, len(eligible), store._pk_digest(sorted(eligible)))]
     store.close()
+
+
+# keys whose code-point order differs from a natural-language collation's ("B" < "a" < "Ä" < "ß" < "é")
+TEXT_KEYS = ["a", "B", "Z", "_x", "a b", "ab", "Äpfel", "éclair", "zz", "ß", "k-1", "K-2", "日本", "emoji-😀"]
+
+
+@pytest.mark.parametrize("walk", ["blocks", "index"])
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock"])
+def test_postgresql_text_keys_digest_in_the_database_equals_the_python_one(pg_url, rule, walk, monkeypatch):
+    """Text keys on PostgreSQL: the database builds the digest's text (``COLLATE "C"``: code-point order, as
+    Python's ``sorted``) instead of returning the keys; one batch's digest is the Python digest of its keys, and
+    several batches act on exactly the eligible rows."""
+    engine = sqlmod.make_engine(pg_url)
+    md = sa.MetaData()
+    # a natural-language collation on the key (the server default here is C.UTF-8, which orders as Python does)
+    t = sa.Table("events", md, sa.Column("id", sa.String(40, collation="und-x-icu"), primary_key=True),
+                 sa.Column("email", sa.String(200)), sa.Column("created_at", sa.DateTime),
+                 sa.Column("legal_hold", sa.Boolean), sa.Column("restricted_at", sa.DateTime),
+                 sa.Column("restriction_reason", sa.String(200)), sa.Column("anonymized_at", sa.DateTime))
+    sa.Index("ix_events_created_at", t.c.created_at)
+    md.create_all(engine)
+    keys = [f"{k}{i}" for i in range(12) for k in TEXT_KEYS]
+    eligible = {k for i, k in enumerate(keys) if i % 3 == 0 and i % 21 != 0}
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": k, "email": "x", "legal_hold": i % 21 == 0,
+                                   "created_at": NOW - dt.timedelta(days=40 + i % 50 if i % 3 == 0 else i % 20)}
+                                  for i, k in enumerate(keys)])
+    store = SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY)
+    assert store._digest_in_db(store.table("events").c.id)
+    monkeypatch.setattr(store, "_in_index_order", lambda tab, order: walk == "index")
+    monkeypatch.setattr(sqlmod, "key_of", lambda r: pytest.fail("a key came back to Python"))
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    one = Recorder()
+    store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", one)
+    assert one.intents == [(r.stages[0].action, len(eligible), store._pk_digest(sorted(eligible)))]
+    with engine.connect() as conn:
+        if rule == "old_delete":
+            assert set(conn.execute(sa.select(t.c.id)).scalars()) == set(keys) - eligible
+        else:
+            assert set(conn.execute(sa.select(t.c.id).where(t.c.restricted_at.is_not(None))).scalars()) == eligible
+    store.close()
+
+
+def test_text_keys_that_postgresql_cannot_order_like_python_come_back():
+    store = offline_store("postgresql+psycopg2://u@h/db")
+    store._server_utf8 = True
+    assert store._digest_in_db(sa.Column("k", sa.Text())) and store._digest_in_db(sa.Column("k", sa.BigInteger()))
+    assert not store._digest_in_db(sa.Column("k", sa.CHAR(8)))  # padding: Python sees it, ::text drops it
+    assert not store._digest_in_db(sa.Column("k", sa.Enum("b", "a", name="e")))  # ordered by declaration
+    store._server_utf8 = False
+    assert not store._digest_in_db(sa.Column("k", sa.Text()))
+    assert not offline_store("sqlite://")._digest_in_db(sa.Column("k", sa.BigInteger()))

@@ -87,6 +87,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         self.stores = stores
         self._recording: Recorder | None = None  # the running stage's recorder (child systems' entries)
         self._tables: dict[str, sa.Table] = {}
+        self._server_utf8: bool | None = None  # PostgreSQL's server_encoding is UTF8 (``_digest_in_db``)
         self._checked: set[str] = set()
         # collection -> identity kinds the delete stage now running there suppresses (Rule.suppress_kinds)
         self._suppressing: dict[str, list[str]] = {}
@@ -472,7 +473,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         # PostgreSQL, a table in start-column order: the index walk, but one statement per batch as well
         n_pk = len(self.coll(collection_name).key_columns())
         by_index = (one_statement and not by_block and len(order) == 2 and n_pk == 1
-                    and isinstance(order[-1].type, sa.Integer))
+                    and self._digest_in_db(order[-1]))
         by_order = not by_block and self._by_order(collection_name, action)
         # Rows owning S3 objects: a batch's objects cost one listing and one DeleteObjects per 1,000 whatever the
         # batch's size, so such batches keep at least batch_size rows (time-based shrinking would multiply calls).
@@ -597,11 +598,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
     def _act_by_index(self, conn, name: str, t: sa.Table, action: str, where: Any, order: list[sa.Column],
                       last: tuple | None, size: int, reason: str, now: dt.datetime, mask: dict
                       ) -> tuple[int, tuple | None, int, str]:
-        """PostgreSQL, integer keys, the index walk in one statement: ``WITH picked AS (SELECT start, pk ... AND
-        (start, pk) > last ORDER BY start, pk LIMIT n), acted AS (DELETE/UPDATE ... WHERE (start, pk) in (last,
-        last of picked] AND <where> RETURNING pk)`` and one row back: how many were picked, the last of them
-        (the next batch starts after it), how many were acted on and their ``_pk_digest`` (aggregated in the
-        database, as in ``_returned_digest``). No key crosses the wire."""
+        """PostgreSQL, integer or text keys (``_digest_in_db``), the index walk in one statement: ``WITH picked AS
+        (SELECT start, pk ... AND (start, pk) > last ORDER BY start, pk LIMIT n), acted AS (DELETE/UPDATE ... WHERE
+        (start, pk) in (last, last of picked] AND <where> RETURNING pk)`` and one row back: how many were picked,
+        the last of them (the next batch starts after it), how many were acted on and their ``_pk_digest``
+        (aggregated in the database, as in ``_returned_digest``). No key crosses the wire."""
         from sqlalchemy.dialects.postgresql import aggregate_order_by
 
         start, pk = order
@@ -615,7 +616,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         acted = self._one_statement(name, t, action, in_batch, reason, now, mask).returning(pk).cte("acted")
         key = acted.c[pk.name]
         done = sa.select(sa.func.count().label("n"), sa.func.string_agg(
-            sa.cast(key, sa.Text), aggregate_order_by(sa.literal("\n"), key)).label("text")).subquery("done")
+            sa.cast(key, sa.Text), aggregate_order_by(sa.literal("\n"), _code_point_order(key))).label("text")
+        ).subquery("done")
         row = conn.execute(sa.select(
             sa.select(sa.func.count()).select_from(picked).scalar_subquery(), bound_s, bound_k,
             done.c.n, done.c.text)).one()
@@ -623,22 +625,40 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         return int(n_picked), (b_s, b_k) if n_picked else None, int(n_acted), self._digest_text(text or "")
 
     def _returned_digest(self, conn, stmt, cols: list[sa.Column]) -> tuple[int, str]:
-        """Run ``stmt ... RETURNING pk``: (rows, ``_pk_digest`` of their keys). For integer keys on PostgreSQL the
-        statement runs in a CTE whose keys the database sorts and joins (``string_agg(pk::text, E'\\n' ORDER BY
-        pk)``, the very text ``_pk_digest`` hashes), so no key crosses the wire; otherwise the keys come back."""
+        """Run ``stmt ... RETURNING pk``: (rows, ``_pk_digest`` of their keys). For integer and text keys on PostgreSQL
+        (``_digest_in_db``) the statement runs in a CTE whose keys the database sorts and joins (``string_agg(pk::text,
+        E'\\n' ORDER BY pk)``, text ``COLLATE "C"``: the very text ``_pk_digest`` hashes), so no key crosses the wire;
+        otherwise the keys come back."""
         stmt = stmt.returning(*cols)
         pk = cols[0]
-        if conn.dialect.name == "postgresql" and len(cols) == 1 and isinstance(pk.type, sa.Integer):
+        if conn.dialect.name == "postgresql" and len(cols) == 1 and self._digest_in_db(pk):
             from sqlalchemy.dialects.postgresql import aggregate_order_by
 
             acted = stmt.cte("acted")
             key = acted.c[pk.name]
             n, text = conn.execute(sa.select(
                 sa.func.count(),
-                sa.func.string_agg(sa.cast(key, sa.Text), aggregate_order_by(sa.literal("\n"), key)))).one()
+                sa.func.string_agg(sa.cast(key, sa.Text),
+                                   aggregate_order_by(sa.literal("\n"), _code_point_order(key))))).one()
             return int(n), self._digest_text(text or "")
         keys = sorted(key_of(r) for r in conn.execute(stmt))
         return len(keys), self._pk_digest(keys)
+
+    def _digest_in_db(self, col: sa.Column) -> bool:
+        """PostgreSQL can build the text ``_pk_digest`` hashes for keys of this column, in ``sorted()`` order:
+        integers, and text in a UTF-8 database (``COLLATE "C"`` compares the UTF-8 bytes, whose order is the code
+        points' order, Python's order of ``str``; not ``char(n)``, whose padding Python sees and ``::text`` drops,
+        nor enums, ordered by declaration)."""
+        if self.engine.dialect.name != "postgresql":
+            return False
+        if isinstance(col.type, sa.Integer):
+            return True
+        if not isinstance(col.type, sa.String) or isinstance(col.type, (sa.CHAR, sa.Enum)):
+            return False
+        if self._server_utf8 is None:
+            with self.engine.connect() as conn:
+                self._server_utf8 = conn.exec_driver_sql("SHOW server_encoding").scalar() == "UTF8"
+        return self._server_utf8
 
     def _delete_in_order(self, conn, t: sa.Table, order: list[sa.Column], where: Any, last: tuple | None,
                          size: int) -> list[tuple]:
@@ -874,6 +894,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _code_point_order(key: Any) -> Any:
+    """A key as ``string_agg`` orders it for the digest: integers as they are, text by code point."""
+    return key if isinstance(key.type, sa.Integer) else key.collate("C")
 
 
 def _any(col: Any, values: list[Any], type_: Any = None) -> sa.ColumnElement[bool]:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import sqlalchemy as sa
 
@@ -136,6 +136,20 @@ class RunRef:
 
     dag_id: str = "manual"
     run_id: str = "manual"
+
+
+class EntryFields(TypedDict, total=False):
+    """The optional fields of a ledger entry, as ``append`` and ``intend`` take them by keyword."""
+
+    count: int
+    rule_id: str | None
+    request_id: str | None
+    policy_digest: str | None
+    system: str | None
+    collection: str | None
+    subject_digest: str | None
+    pk_digest: str | None
+    details: dict[str, Any] | None
 
 
 # ---- anchors -------------------------------------------------------------------------------
@@ -401,27 +415,11 @@ class Ledger:
         return keyed_digest(self.key, "\n".join(str(pk) for pk in pks))
 
     # ---- writing ------------------------------------------------------------------------------
-    def append(
-        self,
-        *,
-        run: RunRef,
-        action: str,
-        outcome: str,
-        count: int = 0,
-        rule_id: str | None = None,
-        request_id: str | None = None,
-        policy_digest: str | None = None,
-        system: str | None = None,
-        collection: str | None = None,
-        subject_digest: str | None = None,
-        pk_digest: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> int:
+    def append(self, *, run: RunRef, action: str, outcome: str, **fields: Unpack[EntryFields]) -> int:
         """Append one entry, chained to the current head; returns its sequence number."""
-        return self.append_many([dict(run=run, action=action, outcome=outcome, count=count, rule_id=rule_id,
-                                      request_id=request_id, policy_digest=policy_digest, system=system,
-                                      collection=collection, subject_digest=subject_digest, pk_digest=pk_digest,
-                                      details=details)])[0]
+        if unknown := fields.keys() - EntryFields.__optional_keys__:
+            raise TypeError(f"append() got unexpected keyword arguments: {sorted(unknown)}")
+        return self.append_many([dict(run=run, action=action, outcome=outcome, **fields)])[0]
 
     def append_many(self, items: list[dict[str, Any]]) -> list[int]:
         """Append entries (each: ``append``'s keyword arguments) in one write transaction, chained in order:
@@ -463,31 +461,13 @@ class Ledger:
         conn.execute(head.update().where(head.c.id == 1).values(seq=seq, entry_hash=prev))
         return [r["seq"] for r in rows]
 
-    def intend(
-        self,
-        *,
-        action: str,
-        count: int = 0,
-        run: RunRef | None = None,
-        rule_id: str | None = None,
-        request_id: str | None = None,
-        policy_digest: str | None = None,
-        system: str | None = None,
-        collection: str | None = None,
-        subject_digest: str | None = None,
-        pk_digest: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> int:
+    def intend(self, *, action: str, run: RunRef | None = None, **fields: Unpack[EntryFields]) -> int:
         """Say what may happen before the store change commits (``count``: planned); returns the intent's seq.
 
         A crash between this and ``settle`` leaves an intent that ``verify`` reports and ``reconcile``
         settles later: the ledger never lacks an entry for a change that committed.
         """
-        run = run or RunRef()
-        return self.append(run=run, action=action, outcome=INTENT, count=count, rule_id=rule_id,
-                           request_id=request_id, policy_digest=policy_digest, system=system,
-                           collection=collection, subject_digest=subject_digest, pk_digest=pk_digest,
-                           details=details)
+        return self.append(run=run or RunRef(), action=action, outcome=INTENT, **fields)
 
     def settle(self, intent_seq: int, *, count: int, outcome: str = "done",
                details: dict[str, Any] | None = None) -> int:

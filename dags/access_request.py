@@ -17,27 +17,19 @@ see only the request id. See docs/adr/0008-access-package.md.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import Param, dag, get_current_context, task
 
-from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import tell_recipients
 from include.retention.airflow.erasure_group import tell_requester as completion_notice
 from include.retention.airflow.identity_check import identity_check_step
 from include.retention.airflow.params import identity_params, limit, trail_params
-from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 from include.retention.identity import EMAIL_PATTERN, PHONE_PATTERN
 
 
 @dag(
-    dag_id="access_request",
+    **dag_args("access_request", "access"),
     schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    default_args=DEFAULT_ARGS,
-    tags=["privacy", "access"],
-    access_control=PRIVACY_ACCESS_CONTROL,  # FAB: only the Privacy role (and Admin); see roles.py
     doc_md=__doc__,
     params={
         **identity_params(),

@@ -8,23 +8,18 @@ SmtpNotifier (connection ``retention_alert_smtp``, extra.to = the DPO) and a cha
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 
 from airflow.sdk import dag, task
 
 from include.retention.airflow.deadlines import DueDateNotifier
-from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.defaults import dag_args
 
 
 @dag(
-    dag_id="erasure_deadlines",
+    **dag_args("erasure_deadlines", "erasure", "monitoring"),
     schedule=os.environ.get("RETENTION_DEADLINE_SCHEDULE", "@hourly"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["privacy", "erasure", "monitoring"],
     doc_md=__doc__,
 )
 def erasure_deadlines():

@@ -6,25 +6,18 @@ Requests arrive in the registry from a web form, a script or the REST API
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import fan_out
-from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 
 
 @dag(
-    dag_id="erasure_intake",
+    **dag_args("erasure_intake", "erasure"),
     schedule=os.environ.get("RETENTION_INTAKE_SCHEDULE", "*/30 * * * *"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["privacy", "erasure"],
-    access_control=PRIVACY_ACCESS_CONTROL,  # FAB: only the Privacy role (and Admin); see roles.py
     doc_md=__doc__,
     params={"batch_size": Param(500, type="integer", minimum=1, maximum=5000, title="Requests per run")},
 )

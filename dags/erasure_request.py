@@ -10,26 +10,18 @@ discovers, acts, verifies and records; the request is complete only when all ver
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
-from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import fan_out
 from include.retention.airflow.identity_check import identity_check_step
 from include.retention.airflow.params import identity_params, trail_params
-from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 
 
 @dag(
-    dag_id="erasure_request",
+    **dag_args("erasure_request", "erasure"),
     schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    default_args=DEFAULT_ARGS,
-    tags=["privacy", "erasure"],
-    access_control=PRIVACY_ACCESS_CONTROL,  # FAB: only the Privacy role (and Admin); see roles.py
     doc_md=__doc__,
     params={
         **identity_params(),

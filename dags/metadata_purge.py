@@ -24,7 +24,6 @@ as shell text), after waiting for them to finish. A failed run keeps its conf un
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shlex
 import sys
@@ -32,22 +31,16 @@ import sys
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import ERASURE_RUN_DONE
 from include.retention.airflow.purge import purge_after_days
-from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL
 
 PYTHON = shlex.quote(sys.executable)  # the interpreter that runs Airflow, not whatever `python` is first on PATH
 
 with DAG(
-    dag_id="erasure_metadata_purge",
+    **dag_args("erasure_metadata_purge", "maintenance"),
     schedule=os.environ.get("RETENTION_PURGE_SCHEDULE", "@daily"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["privacy", "maintenance"],
-    access_control=PRIVACY_ACCESS_CONTROL,
     doc_md=__doc__,
     params={
         "days": Param(purge_after_days(), type="integer", minimum=0, title="Keep days",
@@ -61,13 +54,8 @@ with DAG(
     )
 
 with DAG(
-    dag_id="erasure_run_purge",
+    **dag_args("erasure_run_purge", "maintenance"),
     schedule=[ERASURE_RUN_DONE],
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    default_args=DEFAULT_ARGS,
-    tags=["privacy", "maintenance"],
-    access_control=PRIVACY_ACCESS_CONTROL,
     doc_md=__doc__,
 ):
     BashOperator(

@@ -13,19 +13,15 @@ import os
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
-from include.retention.airflow.defaults import DEFAULT_ARGS
+from include.retention.airflow.defaults import dag_args
 
 SCHEDULE = os.environ.get("RETENTION_SWEEP_SCHEDULE", "@daily")
 
 
 @dag(
-    dag_id="retention_sweep",
+    **dag_args("retention_sweep", "retention"),
     schedule=SCHEDULE,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["privacy", "retention"],
     doc_md=__doc__,
     params={
         "dry_run": Param(False, type="boolean", title="Dry run",

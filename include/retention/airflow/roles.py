@@ -5,7 +5,8 @@ all-DAG permissions ``can_read`` / ``can_edit`` / ``can_delete`` on the resource
 DAG's ``access_control`` only adds per-DAG permissions on top of those. So
 
 1. the DAGs that carry identities (``PRIVACY_DAG_IDS``) declare ``access_control =
-   PRIVACY_ACCESS_CONTROL`` (Airflow 3 format: role -> resource -> actions); the dag-processor
+   PRIVACY_ACCESS_CONTROL`` (Airflow 3 format: role -> resource -> actions; ``defaults.dag_args``
+   adds it by DAG id); the dag-processor
    syncs it and revokes every other non-Admin role's permission on those DAGs;
 2. ``python -m include.retention.airflow.roles`` (run after ``airflow db migrate`` and before the
    dag-processor starts, again whenever it is convenient: it is idempotent) syncs FAB's default
@@ -20,7 +21,8 @@ Audit logs (``/api/v2/eventLogs``, where a REST trigger's conf lands) stay Admin
 defaults. Admin keeps everything. The simple auth manager has no per-DAG permissions at all: any
 ``user`` or ``op`` can trigger any DAG and any ``viewer`` reads every run's conf (README, "Roles").
 
-Importing this module imports nothing from Airflow (DAG files use ``PRIVACY_ACCESS_CONTROL``).
+Importing this module imports nothing from Airflow (DAG files get ``PRIVACY_ACCESS_CONTROL`` via
+``defaults.dag_args``).
 """
 
 from __future__ import annotations

@@ -130,3 +130,45 @@ def test_exceptions_are_kept_and_listed(s3, make_store):
     # kept objects are exceptions, not failures: the request completes with them listed
     assert scanner.remaining([zoe()], "erase") == {}
     assert tags(s3, bucket, "tickets/t1.txt")["retention-lock"] == "litigation-2026@2026-01-01"
+
+
+def test_erase_reads_claimed_objects_a_page_at_a_time(s3, make_store):
+    """Many subjects' objects: one listing for all claimed keys (not one per key), one tag read per claimed object
+    (the ``retention-lock`` tag and the tag legal hold need it), no HEAD without Object Lock or metadata
+    identities; a tag-held and a statutorily locked object are still kept, lookalikes untouched."""
+    n = 40
+    for i in range(n):
+        put(s3, VERSIONED, f"exports/p{i}@example.org/a.zip", b"theirs")
+        put(s3, VERSIONED, f"exports/q{i}@example.org/a.zip", b"a lookalike's")
+    s3.put_object_tagging(Bucket=VERSIONED, Key="exports/p0@example.org/a.zip",
+                          Tagging={"TagSet": [{"Key": "legal-hold", "Value": "true"}]})
+    s3.put_object_tagging(Bucket=VERSIONED, Key="exports/p1@example.org/a.zip",
+                          Tagging={"TagSet": [{"Key": "retention-lock", "Value": "retention:tax@2026-01-01"}]})
+    store = make_store(s3_policy("""\
+        by_key:
+          bucket: versioned-bucket
+          prefix: exports/
+          key_template: "exports/{email}/..."
+          identities: {email: "key:email"}
+          legal_hold: [{column: legal-hold, equals: "true"}]
+        """))
+    scanner = SubjectScanner(store.policy, store)
+    subjects = [Subject(f"r{i}", {"email": f"p{i}@example.org"}) for i in range(n)]
+    claims = store.find("by_key", subjects)
+    assert len(claims) == n
+
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    outcome = store.erase("by_key", claims, subjects, dry_run=False)
+    counted = {op: calls.count(op) for op in set(calls)}
+    assert counted.get("GetObjectTagging") == n
+    assert "HeadObject" not in counted
+    assert counted.get("ListObjectVersions", 0) <= 3  # was one per claimed key
+    assert outcome.per_request["r0"] == {"objects.by_key": {"exception:legal_hold": 1}}
+    assert outcome.per_request["r1"] == {"objects.by_key": {"exception:statutory_lock": 1}}
+    assert all(outcome.per_request[f"r{i}"] == {"objects.by_key": {"deleted": 1}} for i in range(2, n))
+    left = keys(s3, VERSIONED)
+    assert left == sorted(["exports/p0@example.org/a.zip", "exports/p1@example.org/a.zip"]
+                          + [f"exports/q{i}@example.org/a.zip" for i in range(n)])
+    assert not [v for v in versions(s3, VERSIONED) if v[0].startswith("exports/p") and v[0] not in left]
+    assert scanner.remaining(subjects, "erase") == {}

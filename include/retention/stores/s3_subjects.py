@@ -29,7 +29,7 @@ from include.retention.stores.base import (
     lock_reason_for,
     own_lock_reasons,
 )
-from include.retention.stores.s3_objects import LOCK_TAG, S3Object
+from include.retention.stores.s3_objects import LOCK_TAG, OwnedKeys, S3Object
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection
@@ -107,27 +107,41 @@ class S3Subjects:
         for page in self.objects(coll.bucket, self.prefix(coll)):
             yield [(obj.key, self._identities(coll, obj, m)) for obj, m in self._scoped(coll, page)]
 
+    def _now(self, coll: Collection, keys: list[str], *, facts: bool = False
+             ) -> Iterator[list[tuple[S3Object, Any]]]:
+        """The objects under exactly ``keys`` as they are now, a page at a time from one forward listing
+        (``owned_objects``, as ``delete_referenced`` reads owned objects), not one listing per key. With
+        ``facts``, what ``_exception`` / ``_done`` read is fetched for the page in parallel first: tags (the
+        ``retention-lock`` tag and tag legal holds) and, where the bucket has Object Lock, heads."""
+        if not keys:
+            return
+        locked_bucket = self.bucket_info(coll.bucket).object_lock
+        for page in self.owned_objects(coll.bucket, OwnedKeys([(k, False) for k in keys])):
+            scoped = self._scoped(coll, page)
+            if facts:
+                objs = [o for o, _ in scoped]
+                self._fetch(coll.bucket, objs, tags=True)
+                if locked_bucket:
+                    self._fetch(coll.bucket, objs, head=True)
+            yield scoped
+
     def _current(self, coll: Collection, key: str) -> tuple[S3Object, Any] | None:
         """The object under exactly ``key`` as it is now (a fresh listing), or None if it is gone."""
-        for page in self.objects(coll.bucket, key):
-            for obj, match in self._scoped(coll, [o for o in page if o.key == key]):
-                return obj, match
-        return None
+        return next((pair for page in self._now(coll, [key]) for pair in page), None)
 
-    def _claimed_now(self, coll: Collection, key: str, wanted: dict[str, dict[str, set[str]]]
-                     ) -> tuple[S3Object | None, dict[str, str]]:
-        """The object and, per claiming request, the identity it is claimed by (``kind\\0value``)."""
-        current = self._current(coll, key)
-        if current is None:
-            return None, {}
-        obj, match = current
-        token_of: dict[str, str] = {}
-        for kind, values in self._identities(coll, obj, match).items():
-            for value in values:
-                for rid in wanted.get(kind, {}).get(value, set()):
-                    token_of.setdefault(rid, f"{kind}\x00{value}")
-        return obj, token_of
-
+    def _claimed_now(self, coll: Collection, keys: list[str], wanted: dict[str, dict[str, set[str]]]
+                     ) -> Iterator[tuple[S3Object, dict[str, str]]]:
+        """The claimed objects still there and, per claiming request, the identity each is claimed by now
+        (``kind\\0value``); an object gone or no longer carrying a wanted identity is left out."""
+        for page in self._now(coll, keys, facts=True):
+            for obj, match in page:
+                token_of: dict[str, str] = {}
+                for kind, values in self._identities(coll, obj, match).items():
+                    for value in values:
+                        for rid in wanted.get(kind, {}).get(value, set()):
+                            token_of.setdefault(rid, f"{kind}\x00{value}")
+                if token_of:
+                    yield obj, token_of
 
     def _exception(self, coll: Collection, obj: S3Object, own: set[str], now: dt.datetime) -> str | None:
         if self._held(coll.bucket, coll, obj, now):
@@ -142,18 +156,16 @@ class S3Subjects:
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
         coll = self.coll(collection_name)
         batch: list[dict[str, Any]] = []
-        for key in sorted(claims):
-            current = self._current(coll, key)
-            if current is None:
-                continue
-            obj, _ = current
-            head = self.head(coll.bucket, obj) or {}
-            batch.append({"bucket": coll.bucket, "key": key, "version_id": obj.version_id,
-                          "size": head.get("ContentLength"), "last_modified": obj.last_modified,
-                          "content_type": head.get("ContentType")})
-            if len(batch) >= 100:
-                yield batch
-                batch = []
+        for page in self._now(coll, sorted(claims)):
+            self._fetch(coll.bucket, [o for o, _ in page], head=True)
+            for obj, _ in page:
+                head = self.head(coll.bucket, obj) or {}
+                batch.append({"bucket": coll.bucket, "key": obj.key, "version_id": obj.version_id,
+                              "size": head.get("ContentLength"), "last_modified": obj.last_modified,
+                              "content_type": head.get("ContentType")})
+                if len(batch) >= 100:
+                    yield batch
+                    batch = []
         if batch:
             yield batch
 
@@ -175,10 +187,8 @@ class S3Subjects:
                     outcome.add(rid, ref, "deleted")
 
         purger = Purger(self, coll.bucket, 1000, on_batch)
-        for key in keys:
-            obj, token_of = self._claimed_now(coll, key, wanted)
-            if obj is None or not token_of:
-                continue  # gone or changed since it was found: not ours to touch
+        # an object gone or changed since it was found is not listed: not ours to touch
+        for obj, token_of in self._claimed_now(coll, keys, wanted):
             reason = self._exception(coll, obj, own, now)
             if reason is not None:
                 for rid in token_of:
@@ -193,7 +203,7 @@ class S3Subjects:
                 for rid in token_of:
                     outcome.add(rid, ref, "deleted")
                 continue
-            deleted_by_key[key] = set(token_of)
+            deleted_by_key[obj.key] = set(token_of)
             self._release_own_hold(coll.bucket, obj)
             purger.add(obj)
         purger.flush()  # raises ObjectsNotDeleted for what S3 refused: the request stays open
@@ -205,10 +215,7 @@ class S3Subjects:
         outcome = SubjectOutcome()
         wanted = index_subjects(subjects)
         now = dt.datetime.now(dt.UTC)
-        for key in claimed_keys(ref, claims):
-            obj, token_of = self._claimed_now(coll, key, wanted)
-            if obj is None or not token_of:
-                continue
+        for obj, token_of in self._claimed_now(coll, claimed_keys(ref, claims), wanted):
             if self._done(coll.bucket, "lock", obj):
                 what = "already_restricted"
             else:
@@ -227,18 +234,15 @@ class S3Subjects:
         own = own_lock_reasons(subjects, self.key)
         now = dt.datetime.now(dt.UTC)
         left: dict[str, int] = {}
-        for key in sorted(claims):
-            current = self._current(coll, key)
-            if current is None:
-                continue
-            obj, _ = current
-            if mode == "restrict":
-                allowed = self._done(coll.bucket, "lock", obj)
-            else:
-                allowed = self._exception(coll, obj, own, now) is not None
-            if not allowed:
-                for rid in claims[key]:
-                    left[rid] = left.get(rid, 0) + 1
+        for page in self._now(coll, sorted(claims), facts=True):
+            for obj, _ in page:
+                if mode == "restrict":
+                    allowed = self._done(coll.bucket, "lock", obj)
+                else:
+                    allowed = self._exception(coll, obj, own, now) is not None
+                if not allowed:
+                    for rid in claims[obj.key]:
+                        left[rid] = left.get(rid, 0) + 1
         return left
 
     # ---- the other rights: access copies, rectify (ADR 0008) ---------------------------------

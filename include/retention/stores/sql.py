@@ -726,7 +726,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         """Delete the batch's rows that still match ``where``; returns the rows the statement deleted."""
         if not self._takes_along(name):
             return conn.execute(t.delete().where(in_batch, where)).rowcount
-        if self._set_cascade(name):
+        # PostgreSQL selects the locked rows by their key afterwards (``_delete_set``): a one-column key
+        if self._set_cascade(name) and (conn.dialect.name != "postgresql" or len(self.key_cols(name, t)) == 1):
             return self._delete_set(conn, name, t, sa.and_(in_batch, where), cascaded)
         pk = self.key_cols(name, t)
         # Lock what will go before anything else goes with it (objects, digests, dependents): a legal hold

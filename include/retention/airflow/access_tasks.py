@@ -12,13 +12,11 @@ import os
 from typing import Any
 
 from include.retention.airflow import identity_check
-from include.retention.airflow.erasure_tasks import Context, _fail
-from include.retention.erasure import check_request_kinds
+from include.retention.airflow.erasure_tasks import Context, _fail, register_form_request
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS, normalise
 from include.retention.identity import validate as validate_identity
 from include.retention.ledger import RunRef
-from include.retention.registry import Identities, NewRequest
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +44,8 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
         return _queued(params, dag_id, run_id)
     identity_check.refuse_self_verified(params)
     details = _details(params, mode)
-    req = NewRequest(identities=Identities({kind: params.get(kind) or None for kind in IDENTITY_KINDS}),
-                     mode=mode, dry_run=bool(params.get("dry_run")), source="form",
-                     external_ref=params.get("request_ref") or None, note=params.get("note") or None)
-    with Context() as ctx:
-        request_id = ctx.registry.request_id_for(dag_id, run_id)
-        try:
-            check_request_kinds(ctx.policy, req.identities.given())
-            ctx.registry.register(req, request_id=request_id, dag_id=dag_id, run_id=run_id,
-                                  policy_digest=ctx.policy.digest)
-        except RetentionError as exc:
-            _fail(f"request refused: {exc}")
-        ctx.registry.update_details(request_id, **details)
-        ctx.registry.start(request_id)
-        log.info("request %s registered (mode %s, dry run %s), due %s", request_id, mode, req.dry_run,
-                 ctx.registry.get(request_id)["due_at"])
+    request_id, dry_run, due_at = register_form_request(params, mode, dag_id, run_id, details)
+    log.info("request %s registered (mode %s, dry run %s), due %s", request_id, mode, dry_run, due_at)
     return request_id
 
 

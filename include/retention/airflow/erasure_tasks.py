@@ -63,9 +63,20 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
         if registered:
             return registered
     identity_check.refuse_self_verified(params)  # only a request queued by the intake path may arrive verified
+    mode = params.get("mode") or "erase"
+    request_id, dry_run, due_at = register_form_request(params, mode, dag_id, run_id)
+    log.info("request %s registered (mode %s, dry run %s), due %s", request_id, mode, dry_run, due_at)
+    return request_id
+
+
+def register_form_request(params: dict[str, Any], mode: str, dag_id: str, run_id: str,
+                          details: dict[str, Any] | None = None) -> tuple[str, bool, Any]:
+    """Register the request a form or REST trigger put in the run's conf (its identities, encrypted; ``details``
+    with it) and start it; refused (the run fails, no retry) if the policy cannot take its identity kinds.
+    Returns the request id, whether it is a dry run, and when it is due."""
     req = NewRequest(
         identities=Identities({kind: params.get(kind) or None for kind in IDENTITY_KINDS}),
-        mode=params.get("mode") or "erase", dry_run=bool(params.get("dry_run")),
+        mode=mode, dry_run=bool(params.get("dry_run")),
         source="form", external_ref=params.get("request_ref") or None, note=params.get("note") or None,
     )
     with Context() as ctx:
@@ -76,10 +87,10 @@ def register(params: dict[str, Any], dag_id: str, run_id: str) -> str:
                                   policy_digest=ctx.policy.digest)
         except RetentionError as exc:
             _fail(f"request refused: {exc}")  # a malformed request is not retried
+        if details is not None:
+            ctx.registry.update_details(request_id, **details)
         ctx.registry.start(request_id)
-        log.info("request %s registered (mode %s, dry run %s), due %s", request_id, req.mode, req.dry_run,
-                 ctx.registry.get(request_id)["due_at"])
-    return request_id
+        return request_id, req.dry_run, ctx.registry.get(request_id)["due_at"]
 
 
 def _registered(request_id: str | None, dag_id: str, run_id: str, params: dict[str, Any]) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -987,6 +988,14 @@ def _check_identities(policy: Policy):
                                            "could never find anything by it")
 
 
+def _each_rule(base: str, coll: Collection) -> Iterator[tuple[str, Rule, bool]]:
+    """Each rule of ``coll`` with its path, and whether an earlier rule has its name."""
+    seen: set[str] = set()
+    for r_i, rule in enumerate(coll.rules):
+        yield f"{base}.rules[{r_i}]", rule, rule.name in seen
+        seen.add(rule.name)
+
+
 def _check_sql(policy: Policy, base: str, coll: Collection):
     if not coll.table:
         yield f"{base}.table", "a SQL collection needs 'table'"
@@ -1035,12 +1044,9 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
     for cat in coll.categories:
         if policy.categories and cat not in policy.categories:
             yield f"{base}.categories", f"unknown data category {cat!r}"
-    seen = set()
-    for r_i, rule in enumerate(coll.rules):
-        where = f"{base}.rules[{r_i}]"
-        if rule.name in seen:
+    for where, rule, repeated in _each_rule(base, coll):
+        if repeated:
             yield f"{where}.name", f"duplicate rule name {rule.name!r}"
-        seen.add(rule.name)
         if rule.start.basis != "column":
             yield f"{where}.start.basis", f"basis {rule.start.basis!r} is for S3 collections; SQL rules use a column"
         yield from col(f"{where}.start.column", rule.start.column)
@@ -1147,12 +1153,9 @@ def _check_s3(base: str, coll: Collection):
                                                          "or 'is_null'; range and age tests are for SQL columns")
     if coll.key_template and coll.prefix is not None and not coll.key_template.startswith(coll.prefix):
         yield f"{base}.key_template", f"the key template must start with the collection's prefix {coll.prefix!r}"
-    seen = set()
-    for r_i, rule in enumerate(coll.rules):
-        where = f"{base}.rules[{r_i}]"
-        if rule.name in seen:
+    for where, rule, repeated in _each_rule(base, coll):
+        if repeated:
             yield f"{where}.name", f"duplicate rule name {rule.name!r}"
-        seen.add(rule.name)
         if rule.start.basis == "column" and rule.start.orphaned is None:
             yield f"{where}.start", "S3 rules count from 'last_modified', 'key_date', 'metadata' or 'tag'"
         if rule.start.basis == "key_date" and not (coll.key_template and "{yyyy}" in coll.key_template):

@@ -3,29 +3,13 @@ queued without it stay pending while their type needs the identity check, and ar
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from include.retention import cli
 from include.retention.airflow.identity_check import VERIFIED_SOURCE, verify_modes
-from include.retention.registry import Registry
-from include.retention.stores.sql import make_engine
-from tests.conftest import ROOT
+from tests.integration.test_notify import registry  # noqa: F401 - the fixture (SQLite registry, env set)
 
 pytestmark = pytest.mark.integration
-KEY = b"submit-verified-key-" + b"x" * 32
-
-
-@pytest.fixture
-def registry(tmp_path, monkeypatch):
-    db = tmp_path / "ledger.db"
-    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", json.dumps({"conn_type": "sqlite", "host": str(db)}))
-    monkeypatch.setenv("RETENTION_HMAC_KEY", KEY.decode())
-    monkeypatch.setenv("RETENTION_POLICY_PATH", str(ROOT / "config" / "policy.yaml"))
-    engine = make_engine(f"sqlite:///{db}")
-    yield Registry(engine, KEY)
-    engine.dispose()
 
 
 def submit(tmp_path, capsys, name: str, rows: str, *flags: str) -> str:

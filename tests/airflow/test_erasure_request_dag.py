@@ -155,17 +155,22 @@ def snapshot(crm, mailing, subject_ids):
     return out
 
 
-@pytest.fixture
-def world(airflow_db, fresh_database, moto_url, monkeypatch):
+def demo_databases(fresh_database, prefix: str):
+    """Fresh CRM (PostgreSQL), mailing (MariaDB) and ledger (PostgreSQL) databases, CRM and mailing seeded
+    with the demo data: their URLs and the CRM and mailing engines."""
     suffix = uuid.uuid4().hex[:8]
-    crm_url = fresh_database("postgresql", f"rt_crm_{suffix}")
-    mailing_url = fresh_database("mariadb", f"rt_mail_{suffix}")
-    ledger_url = fresh_database("postgresql", f"rt_ledger_{suffix}")
+    crm_url = fresh_database("postgresql", f"{prefix}_crm_{suffix}")
+    mailing_url = fresh_database("mariadb", f"{prefix}_mail_{suffix}")
+    ledger_url = fresh_database("postgresql", f"{prefix}_ledger_{suffix}")
     crm, mailing = make_engine(crm_url), make_engine(mailing_url)
     now = dt.datetime.now(dt.UTC)
     seed_crm(crm, now)
     seed_mailing(mailing, now)
-    ids = add_subject(crm, mailing, SUBJECT)
+    return crm_url, mailing_url, ledger_url, crm, mailing
+
+
+def demo_buckets(moto_url):
+    """An S3 client on the moto server, with the policy's buckets made (versioned)."""
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name="eu-central-1", aws_access_key_id="t",
                       aws_secret_access_key="t")
     for bucket in set(s3_targets().values()):
@@ -174,7 +179,11 @@ def world(airflow_db, fresh_database, moto_url, monkeypatch):
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    keys = put_objects(s3, crm)
+    return s3
+
+
+def point_airflow_at(monkeypatch, crm_url, mailing_url, ledger_url, moto_url):
+    """The connections and settings the DAGs read, as the demo has them."""
     monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", airflow_uri(crm_url))
     monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", airflow_uri(mailing_url))
     monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", airflow_uri(ledger_url))
@@ -186,6 +195,15 @@ def world(airflow_db, fresh_database, moto_url, monkeypatch):
     # channel has no connection is recorded, not sent (tests of notices configure theirs; the default is strict)
     monkeypatch.setenv("RETENTION_VERIFY_IDENTITY", "none")
     monkeypatch.setenv("RETENTION_NOTIFY_RECORD_ONLY", "1")
+
+
+@pytest.fixture
+def world(airflow_db, fresh_database, moto_url, monkeypatch):
+    crm_url, mailing_url, ledger_url, crm, mailing = demo_databases(fresh_database, "rt")
+    ids = add_subject(crm, mailing, SUBJECT)
+    s3 = demo_buckets(moto_url)
+    keys = put_objects(s3, crm)
+    point_airflow_at(monkeypatch, crm_url, mailing_url, ledger_url, moto_url)
     ledger = Ledger(make_engine(ledger_url), SECRET)
     yield {"crm": crm, "mailing": mailing, "s3": s3, "keys": keys, "ids": ids, "ledger": ledger,
            "registry": Registry(ledger.engine, SECRET), "mailing_url": mailing_url}

@@ -20,24 +20,27 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 import sqlalchemy as sa
 
 from include.retention.demo import schema
-from include.retention.demo.seed import seed_crm, seed_mailing
 from include.retention.identity import normalise
 from include.retention.ledger import Ledger
 from include.retention.registry import Registry
 from include.retention.stores.sql import make_engine
 from tests.airflow.conftest import run_dag, task_states
-from tests.airflow.test_erasure_request_dag import put_objects, s3_targets
-from tests.conftest import ROOT, airflow_uri
+from tests.airflow.test_erasure_request_dag import (
+    demo_buckets,
+    demo_databases,
+    point_airflow_at,
+    put_objects,
+    s3_targets,
+)
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
 DAG_ID = "erasure_request"
 SECRET = os.environ["RETENTION_HMAC_KEY"].encode()
-REGION = "eu-central-1"
 
 
 def identity() -> dict[str, str]:
@@ -141,24 +144,10 @@ def add_person(crm, mailing, who: dict[str, str]) -> dict[str, int]:
 
 @pytest.fixture
 def world(airflow_db, fresh_database, moto_url, monkeypatch):
-    suffix = uuid.uuid4().hex[:8]
-    crm_url = fresh_database("postgresql", f"rt_leak_crm_{suffix}")
-    mailing_url = fresh_database("mariadb", f"rt_leak_mail_{suffix}")
-    ledger_url = fresh_database("postgresql", f"rt_leak_ledger_{suffix}")
-    crm, mailing = make_engine(crm_url), make_engine(mailing_url)
-    now = dt.datetime.now(dt.UTC)
-    seed_crm(crm, now)
-    seed_mailing(mailing, now)
+    crm_url, mailing_url, ledger_url, crm, mailing = demo_databases(fresh_database, "rt_leak")
     who = identity()
     ids = add_person(crm, mailing, who)
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name=REGION, aws_access_key_id="t",
-                      aws_secret_access_key="t")
-    for bucket in set(s3_targets().values()):
-        try:
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3 = demo_buckets(moto_url)
     put_objects(s3, crm)  # every object a CRM row references, two versions each (everybody else's stay)
     # the person's CV and attachment hold their identities in body, metadata and tags, in two versions each
     targets = {"inquiry_attachments": f"inquiries/{ids['inquiry']}/file.pdf",
@@ -171,17 +160,7 @@ def world(airflow_db, fresh_database, moto_url, monkeypatch):
                           Body=f"{version}: {who['email']} {who['phone']} {who['social_handle']}".encode(),
                           Metadata={"owner": who["email"]},
                           Tagging=urllib.parse.urlencode({"phone": who["phone"]}))
-    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", airflow_uri(crm_url))
-    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", airflow_uri(mailing_url))
-    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", airflow_uri(ledger_url))
-    monkeypatch.setenv("AIRFLOW_CONN_OBJECTS_S3", json.dumps({
-        "conn_type": "aws", "login": "t", "password": "t",
-        "extra": {"endpoint_url": moto_url, "region_name": REGION}}))
-    monkeypatch.setenv("RETENTION_POLICY_PATH", str(ROOT / "config" / "policy.yaml"))
-    # explicit, as for the demo: no identity check (tests of the check set their own), and a recipient whose
-    # channel has no connection is recorded, not sent (tests of notices configure theirs; the default is strict)
-    monkeypatch.setenv("RETENTION_VERIFY_IDENTITY", "none")
-    monkeypatch.setenv("RETENTION_NOTIFY_RECORD_ONLY", "1")
+    point_airflow_at(monkeypatch, crm_url, mailing_url, ledger_url, moto_url)
     ledger = Ledger(make_engine(ledger_url), SECRET)
     yield {"crm": crm, "mailing": mailing, "s3": s3, "ledger": ledger, "who": who,
            "registry": Registry(ledger.engine, SECRET)}

@@ -28,14 +28,8 @@ from include.retention.identity import normalise
 from include.retention.ledger import Ledger
 from include.retention.registry import Registry
 from include.retention.stores.sql import make_engine
+from tests.airflow import test_erasure_request_dag as demo
 from tests.airflow.conftest import run_dag, task_states
-from tests.airflow.test_erasure_request_dag import (
-    demo_buckets,
-    demo_databases,
-    point_airflow_at,
-    put_objects,
-    s3_targets,
-)
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
@@ -144,23 +138,23 @@ def add_person(crm, mailing, who: dict[str, str]) -> dict[str, int]:
 
 @pytest.fixture
 def world(airflow_db, fresh_database, moto_url, monkeypatch):
-    crm_url, mailing_url, ledger_url, crm, mailing = demo_databases(fresh_database, "rt_leak")
+    crm_url, mailing_url, ledger_url, crm, mailing = demo.demo_databases(fresh_database, "rt_leak")
     who = identity()
     ids = add_person(crm, mailing, who)
-    s3 = demo_buckets(moto_url)
-    put_objects(s3, crm)  # every object a CRM row references, two versions each (everybody else's stay)
+    s3 = demo.demo_buckets(moto_url)
+    demo.put_objects(s3, crm)  # every object a CRM row references, two versions each (everybody else's stay)
     # the person's CV and attachment hold their identities in body, metadata and tags, in two versions each
     targets = {"inquiry_attachments": f"inquiries/{ids['inquiry']}/file.pdf",
                "cvs": f"cvs/{ids['applicant']}/cv.pdf"}
     buckets = {"inquiry_attachments": "crm-attachments", "cvs": "crm-cvs"}
-    assert set(buckets.values()) <= set(s3_targets().values())
+    assert set(buckets.values()) <= set(demo.s3_targets().values())
     for name, key in targets.items():
         for version in ("v1", "v2"):
             s3.put_object(Bucket=buckets[name], Key=key,
                           Body=f"{version}: {who['email']} {who['phone']} {who['social_handle']}".encode(),
                           Metadata={"owner": who["email"]},
                           Tagging=urllib.parse.urlencode({"phone": who["phone"]}))
-    point_airflow_at(monkeypatch, crm_url, mailing_url, ledger_url, moto_url)
+    demo.point_airflow_at(monkeypatch, crm_url, mailing_url, ledger_url, moto_url)
     ledger = Ledger(make_engine(ledger_url), SECRET)
     yield {"crm": crm, "mailing": mailing, "s3": s3, "ledger": ledger, "who": who,
            "registry": Registry(ledger.engine, SECRET)}

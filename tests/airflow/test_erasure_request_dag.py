@@ -88,19 +88,21 @@ def s3_targets():
     return out
 
 
-def add_subject(crm, mailing, email: str) -> dict:
+def add_subject(crm, mailing, email: str, phone: str = "+48 500 600 700", name: str = "Erase Me",
+                message: str = "please call") -> dict:
+    """A person's contact, inquiry, application, ticket (CRM) and subscription (mailing): their ids."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     ids = {}
     with crm.begin() as conn:
         cid = conn.execute(schema.contacts.insert().values(
-            email=email, phone="+48 500 600 700", full_name="Erase Me", created_at=now, last_contact_at=now)
+            email=email, phone=phone, full_name=name, created_at=now, last_contact_at=now)
         ).inserted_primary_key[0]
         iid = conn.execute(schema.inquiries.insert().values(
-            contact_id=cid, email=email, message="please call", last_contact_at=now)).inserted_primary_key[0]
+            contact_id=cid, email=email, message=message, last_contact_at=now)).inserted_primary_key[0]
         conn.execute(schema.inquiries.update().where(schema.inquiries.c.id == iid)
                      .values(attachment_key=f"inquiries/{iid}/file.pdf"))
         aid = conn.execute(schema.applicants.insert().values(
-            contact_id=cid, email=email, full_name="Erase Me", recruitment_closed_at=None)).inserted_primary_key[0]
+            contact_id=cid, email=email, full_name=name, recruitment_closed_at=None)).inserted_primary_key[0]
         conn.execute(schema.applicants.update().where(schema.applicants.c.id == aid).values(cv_key=f"cvs/{aid}/cv.pdf"))
         conn.execute(schema.support_tickets.insert().values(contact_id=cid, email=email, subject="help"))
         ids.update(contact=cid, inquiry=iid, applicant=aid)

@@ -10,7 +10,6 @@ case, percent-encoded or JSON-escaped.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import random
@@ -112,28 +111,11 @@ class Scan:
 
 
 def add_person(crm, mailing, who: dict[str, str]) -> dict[str, int]:
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     email, phone, handle = who["email"], who["phone"], who["social_handle"]
+    ids = demo.add_subject(crm, mailing, email, phone=phone, name="Leak Scan", message=f"call me on {phone}")
     with crm.begin() as conn:
-        cid = conn.execute(schema.contacts.insert().values(
-            email=email, phone=phone, full_name="Leak Scan", created_at=now, last_contact_at=now)
-        ).inserted_primary_key[0]
-        iid = conn.execute(schema.inquiries.insert().values(
-            contact_id=cid, email=email, message=f"call me on {phone}", last_contact_at=now)).inserted_primary_key[0]
-        conn.execute(schema.inquiries.update().where(schema.inquiries.c.id == iid)
-                     .values(attachment_key=f"inquiries/{iid}/file.pdf"))
-        aid = conn.execute(schema.applicants.insert().values(
-            contact_id=cid, email=email, full_name="Leak Scan", recruitment_closed_at=None)).inserted_primary_key[0]
-        conn.execute(schema.applicants.update().where(schema.applicants.c.id == aid).values(cv_key=f"cvs/{aid}/cv.pdf"))
-        conn.execute(schema.support_tickets.insert().values(contact_id=cid, email=email, subject="help"))
         conn.execute(schema.social_messages.insert().values(handle=handle, body=f"I am {email}", answered_at=None))
-    with mailing.begin() as conn:
-        sid = conn.execute(schema.subscribers.insert().values(email=email, subscribed_at=now, last_engaged_at=now)
-                           ).inserted_primary_key[0]
-        conn.execute(schema.list_memberships.insert().values(subscriber_id=sid, list_name="blog", joined_at=now))
-        conn.execute(schema.campaign_events.insert().values(subscriber_id=sid, campaign="c1", kind="open",
-                                                            occurred_at=now, ip_address="198.51.100.7"))
-    return {"inquiry": iid, "applicant": aid}
+    return ids
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -137,6 +138,28 @@ def _fix_sequences(conn: sa.Connection, tables: list[sa.Table]) -> None:
         ))
 
 
+def _begin(engine: sa.Engine, now: dt.datetime, seed: int, reset: bool, part: str,
+           drop: Callable[[sa.Engine], None], create: Callable[[sa.Engine], None]) -> tuple[random.Random, _Clock]:
+    """The part's tables ready (created if missing; dropped first with ``reset``); its generator and clock."""
+    if reset:
+        drop(engine)
+    create(engine)
+    rng = random.Random(f"{part}:{seed}")
+    return rng, _Clock(rng, _naive_utc(now))
+
+
+def _write(engine: sa.Engine, metadata: sa.MetaData, rows: dict[str, list[dict[str, Any]]],
+           what: str) -> dict[str, int]:
+    """Insert ``rows`` (per table of ``metadata``) in one transaction, sequences moved past them; rows per table."""
+    with engine.begin() as conn:
+        for name, table_rows in rows.items():
+            _insert(conn, metadata.tables[name], table_rows)
+        _fix_sequences(conn, [metadata.tables[name] for name in rows])
+    counts = {name: len(table_rows) for name, table_rows in rows.items()}
+    log.info("seeded %s: %s", what, counts)
+    return counts
+
+
 # ---- CRM -----------------------------------------------------------------------------------
 
 
@@ -146,19 +169,9 @@ def seed_crm(engine: sa.Engine, now: dt.datetime, scale: int = 1, seed: int = DE
 
     Returns rows per table.
     """
-    if reset:
-        schema.drop_crm(engine)
-    schema.create_crm(engine)
-    rng = random.Random(f"crm:{seed}")
-    clock = _Clock(rng, _naive_utc(now))
+    rng, clock = _begin(engine, now, seed, reset, "crm", schema.drop_crm, schema.create_crm)
     rows = _crm_rows(rng, clock, scale)
-    with engine.begin() as conn:
-        for name, table_rows in rows.items():
-            _insert(conn, schema.crm_metadata.tables[name], table_rows)
-        _fix_sequences(conn, [schema.crm_metadata.tables[name] for name in rows])
-    counts = {name: len(table_rows) for name, table_rows in rows.items()}
-    log.info("seeded CRM: %s", counts)
-    return counts
+    return _write(engine, schema.crm_metadata, rows, "CRM")
 
 
 def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[dict[str, Any]]]:
@@ -400,22 +413,12 @@ def seed_mailing(engine: sa.Engine, now: dt.datetime, scale: int = 1, seed: int 
 
     Returns rows per table.
     """
-    if reset:
-        schema.drop_mailing(engine)
-    schema.create_mailing(engine)
-    rng = random.Random(f"mailing:{seed}")
-    clock = _Clock(rng, _naive_utc(now))
+    rng, clock = _begin(engine, now, seed, reset, "mailing", schema.drop_mailing, schema.create_mailing)
     subscribers = _subscribers(rng, clock, scale)
     memberships = _memberships(rng, clock, subscribers)
     events = _campaign_events(rng, clock, subscribers)
     rows = {"subscribers": subscribers, "list_memberships": memberships, "campaign_events": events}
-    with engine.begin() as conn:
-        for name, table_rows in rows.items():
-            _insert(conn, schema.mailing_metadata.tables[name], table_rows)
-        _fix_sequences(conn, [schema.mailing_metadata.tables[name] for name in rows])
-    counts = {name: len(table_rows) for name, table_rows in rows.items()}
-    log.info("seeded mailing list: %s", counts)
-    return counts
+    return _write(engine, schema.mailing_metadata, rows, "mailing list")
 
 
 def _subscribers(rng: random.Random, clock: _Clock, scale: int) -> list[dict[str, Any]]:

@@ -60,6 +60,16 @@ def _fresh_database(kind: str, name: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def fresh_tables(db_url: str, metadata: sa.MetaData) -> sa.Engine:
+    """An engine on ``db_url`` with ``metadata``'s tables dropped and created again, empty."""
+    from include.retention.connections import make_engine
+
+    engine = make_engine(db_url)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    return engine
+
+
 def airflow_uri(url: str, port: int | None = None) -> str:
     """The ``AIRFLOW_CONN_*`` URI of a PostgreSQL / MariaDB SQLAlchemy URL (optionally via another port)."""
     u = sa.engine.make_url(url)

@@ -14,7 +14,7 @@ from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import parse_policy
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
-from tests.conftest import KEY
+from tests.conftest import KEY, fresh_tables
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +50,7 @@ def policy(max_fraction: float):
 
 @pytest.fixture
 def engine(db_url):
-    engine = make_engine(db_url)
-    md.drop_all(engine)
-    md.create_all(engine)
+    engine = fresh_tables(db_url, md)
     with engine.begin() as conn:
         # 1 of 10 people is expired, but 9 of 10 orders are that person's
         conn.execute(people.insert(), [{"id": i, "created_at": NOW - dt.timedelta(days=5 if i == 1 else 0)}

@@ -21,7 +21,7 @@ from include.retention.policy import parse_policy
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
-from tests.conftest import KEY
+from tests.conftest import KEY, fresh_tables
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +104,7 @@ EVENTS = [(lst, seq, _at(seq)) for lst in ("news", "NEWS2", "offers") for seq in
 
 @pytest.fixture
 def env(db_url, tmp_path):
-    engine = make_engine(db_url)
-    md.drop_all(engine)
-    md.create_all(engine)
+    engine = fresh_tables(db_url, md)
     with engine.begin() as conn:
         conn.execute(subscribers.insert(), [{"id": i, "email": f"s{i}@example.org", "created_at": NOW}
                                             for i in range(1, 6)])

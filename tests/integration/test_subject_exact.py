@@ -16,7 +16,7 @@ from include.retention.erasure import SubjectScanner
 from include.retention.policy import load_policy, parse_policy
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
-from tests.conftest import KEY, ROOT
+from tests.conftest import KEY, ROOT, fresh_tables
 
 pytestmark = pytest.mark.integration
 
@@ -165,9 +165,7 @@ notes = sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True, auto
 
 
 def test_exceptions_complete_and_own_restriction_is_lifted(db_url):
-    engine = make_engine(db_url)
-    md.drop_all(engine)
-    md.create_all(engine)
+    engine = fresh_tables(db_url, md)
     with engine.begin() as conn:
         conn.execute(people.insert(), [
             # (every dict with every key: an executemany takes its columns from the first row)
@@ -214,9 +212,7 @@ def test_exceptions_complete_and_own_restriction_is_lifted(db_url):
 
 
 def test_restriction_without_lock_marker_is_reported_left(db_url):
-    engine = make_engine(db_url)
-    md.drop_all(engine)
-    md.create_all(engine)
+    engine = fresh_tables(db_url, md)
     with engine.begin() as conn:
         conn.execute(notes.insert(), [{"id": 1, "email": ZOE, "body": "x", "legal_hold": False}])
     policy = parse_policy(EXCEPTIONS_POLICY, source="exceptions.yaml")
@@ -229,9 +225,7 @@ def test_restriction_without_lock_marker_is_reported_left(db_url):
 
 def test_admin_email_is_masked_not_the_users_account(db_url):
     """An identity field with ``erase: mask``: the row mentions the person but is someone else's."""
-    engine = make_engine(db_url)
-    schema.crm_metadata.drop_all(engine)
-    schema.crm_metadata.create_all(engine)
+    engine = fresh_tables(db_url, schema.crm_metadata)
     with engine.begin() as conn:
         conn.execute(schema.client_accounts.insert(), [
             {"id": 1, "org_name": "Org", "admin_email": "Admin@Org.example", "user_email": "user1@org.example",

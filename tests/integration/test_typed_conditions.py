@@ -17,7 +17,7 @@ from include.retention.policy import parse_policy
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
-from tests.conftest import KEY
+from tests.conftest import KEY, fresh_tables
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +50,7 @@ def policy(hold: str, when: str = "[]"):
 
 @pytest.fixture
 def engine(db_url):
-    engine = make_engine(db_url)
-    md.drop_all(engine)
-    md.create_all(engine)
+    engine = fresh_tables(db_url, md)
     with engine.begin() as conn:
         conn.execute(notes.insert(), [
             {"id": i, "email": "zoe@example.org", "legal_hold": i % 2 == 0, "score": i,

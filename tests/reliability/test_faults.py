@@ -18,7 +18,7 @@ from include.retention.policy import parse_policy
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
-from tests.conftest import KEY
+from tests.conftest import KEY, fresh_tables
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +56,7 @@ POLICY = parse_policy(textwrap.dedent("""\
 
 @pytest.fixture
 def engine(db_url):
-    engine = make_engine(db_url)
-    md.drop_all(engine)
-    md.create_all(engine)
+    engine = fresh_tables(db_url, md)
     with engine.begin() as conn:
         conn.execute(people.insert(), [{"id": i, "email": f"p{i % 7}@example.org", "legal_hold": False,
                                         "created_at": NOW - dt.timedelta(days=5)} for i in range(1, 31)])

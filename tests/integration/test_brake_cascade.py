@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +14,7 @@ from include.retention.policy import parse_policy
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
 from tests.conftest import KEY, fresh_tables
+from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration
 
@@ -27,25 +27,18 @@ orders = sa.Table("orders", md, sa.Column("id", sa.Integer, primary_key=True, au
 
 
 def policy(max_fraction: float):
-    return parse_policy(textwrap.dedent(f"""\
-        version: 1
-        defaults: {{max_fraction: {max_fraction}}}
-        systems:
-          crm:
-            kind: sql
-            connection: crm_db
-            collections:
+    return parse_policy(crm_policy("""\
               people:
                 table: people
                 primary_key: id
                 columns: [id, created_at]
-                rules: [{{name: old, start: created_at, action: delete, period: P1D}}]
+                rules: [{name: old, start: created_at, action: delete, period: P1D}]
               orders:
                 table: orders
                 primary_key: id
                 columns: [id, person_id]
-                references: [{{to: crm.people, column: person_id, on_delete: delete}}]
-        """), source="brake.yaml")
+                references: [{to: crm.people, column: person_id, on_delete: delete}]
+        """, defaults=f"{{max_fraction: {max_fraction}}}"), source="brake.yaml")
 
 
 @pytest.fixture

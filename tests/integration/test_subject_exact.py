@@ -4,7 +4,6 @@ collation included), exceptions complete, and receipt counts equal what left the
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 import unicodedata
 
 import pytest
@@ -17,6 +16,7 @@ from include.retention.policy import load_policy, parse_policy
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from tests.conftest import KEY, ROOT, fresh_tables
+from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration
 
@@ -133,13 +133,7 @@ def test_many_subjects_claim_only_their_own_rows(crm):
 
 # ---- exceptions -------------------------------------------------------------------------------
 
-EXCEPTIONS_POLICY = textwrap.dedent("""\
-    version: 1
-    systems:
-      crm:
-        kind: sql
-        connection: crm_db
-        collections:
+EXCEPTIONS_POLICY = crm_policy("""\
           people:
             table: people
             primary_key: id

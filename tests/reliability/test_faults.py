@@ -5,7 +5,6 @@ ledger accounts for every change or says which intent is open."""
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 import threading
 
 import pytest
@@ -19,6 +18,7 @@ from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
 from tests.conftest import KEY, fresh_tables
+from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +30,7 @@ people = sa.Table("people", md, sa.Column("id", sa.Integer, primary_key=True, au
 notes = sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
                  sa.Column("person_id", sa.Integer), sa.Column("body", sa.String(50)))
 
-POLICY = parse_policy(textwrap.dedent("""\
-    version: 1
-    defaults: {max_fraction: 1.0, batch_size: 10}
-    systems:
-      crm:
-        kind: sql
-        connection: crm_db
-        collections:
+POLICY = parse_policy(crm_policy("""\
           people:
             table: people
             primary_key: id
@@ -51,7 +44,7 @@ POLICY = parse_policy(textwrap.dedent("""\
             primary_key: id
             columns: [id, person_id, body]
             references: [{to: crm.people, column: person_id, on_delete: delete}]
-    """), source="faults.yaml")
+    """, defaults="{max_fraction: 1.0, batch_size: 10}"), source="faults.yaml")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ as Markdown, CSV and HTML, with the ledger's evidence; ``cli validate`` warns fo
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pandas as pd
 import pytest
@@ -16,6 +15,7 @@ from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import load_policy, parse_policy
 from include.retention.stores.sql import make_engine
 from tests.conftest import ROOT
+from tests.policy_text import crm_policy
 
 POLICY = ROOT / "config" / "policy.yaml"
 
@@ -92,13 +92,7 @@ def test_terms():
     assert start_event(policy.rule("crm.client_accounts.contract_end")[2]) == "end_of_relationship"
 
 
-WITHOUT_RULE = textwrap.dedent("""\
-    version: 1
-    systems:
-      crm:
-        kind: sql
-        connection: crm_db
-        collections:
+WITHOUT_RULE = crm_policy("""\
           people:
             table: people
             primary_key: id

@@ -11,6 +11,7 @@ from include.retention.errors import PolicyError
 from include.retention.identity import IdentityError, normalise, validate
 from include.retention.policy import load_policy, parse_policy
 from tests.conftest import ROOT
+from tests.policy_text import crm_policy
 
 
 @pytest.mark.parametrize("kind, a, b, same", [
@@ -63,19 +64,13 @@ def test_validate_refuses_without_repeating_the_value(kind, value, message):
         assert value.strip("\x00\n") not in str(exc.value)
 
 
-BASE = textwrap.dedent("""\
-    version: 1
-    systems:
-      crm:
-        kind: sql
-        connection: crm_db
-        collections:
+BASE = crm_policy("""\
           people:
             table: people
             primary_key: id
             columns: [id, email, passport_no]
             identities: {IDENTITIES}
-    {EXTRA}""")
+    """) + "{EXTRA}"
 
 
 def policy(identities: str, extra: str = "") -> str:

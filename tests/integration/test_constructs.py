@@ -21,6 +21,7 @@ from include.retention.runtime import Runtime
 from include.retention.stores.sql import SqlStore, make_engine
 from include.retention.sweep import run_rule
 from tests.conftest import KEY
+from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +29,7 @@ NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 EDGE = dt.datetime(2024, 11, 24, 12, 0, 0)  # NOW - P24M, naive UTC
 OLD, NEW, BEFORE = EDGE - dt.timedelta(days=1), EDGE + dt.timedelta(days=1), EDGE - dt.timedelta(seconds=1)
 
-POLICY = """
-version: 1
-defaults: {max_fraction: 1.0, batch_size: 3}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+POLICY = crm_policy("""\
       subs:
         table: c_subs
         primary_key: id
@@ -93,7 +87,7 @@ systems:
              period: P0D}
           - {name: seen_since, start: seen_at, when: [{column: seen_at, ge: "2026-11-23T12:00:00"}],
              action: delete, period: P0D}
-"""
+""", defaults="{max_fraction: 1.0, batch_size: 3}")
 
 md = sa.MetaData()
 

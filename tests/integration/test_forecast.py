@@ -16,6 +16,7 @@ from include.retention.policy import parse_policy
 from include.retention.stores.sql import SqlStore, make_engine
 from include.retention.sweep import run_rule
 from tests.conftest import KEY
+from tests.policy_text import crm_policy
 from tests.s3.conftest import PLAIN, conn_info, make_store, put, s3, s3_policy, snapshot  # noqa: F401 - fixtures
 from tests.s3.test_s3_anonymize import LOG, LOGS
 
@@ -25,14 +26,7 @@ NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 WEEK = dt.timedelta(days=7)
 PAST = {"lock": "locked", "anonymize": "anonymized", "delete": "deleted"}
 
-POLICY = """
-version: 1
-defaults: {max_fraction: 1.0, batch_size: 2}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+POLICY = crm_policy("""\
       people:
         table: f_people
         primary_key: id
@@ -63,7 +57,7 @@ systems:
         anonymized_marker: anonymized_at
         rules:
           - {name: mask_ip, start: seen_at, action: anonymize, period: P30D, mask: {ip: {strategy: "null"}}}
-"""
+""", defaults="{max_fraction: 1.0, batch_size: 2}")
 
 md = sa.MetaData()
 people = sa.Table("f_people", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),

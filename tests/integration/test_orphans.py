@@ -16,6 +16,7 @@ from include.retention.policy import parse_policy
 from include.retention.stores.sql import SqlStore, make_engine
 from include.retention.sweep import LedgerRecorder, run_rule
 from tests.conftest import KEY
+from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +24,7 @@ NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 EDGE = dt.datetime(2026, 5, 24, 12, 0, 0)  # NOW - P6M, naive UTC
 OLD, NEW = EDGE - dt.timedelta(seconds=1), EDGE + dt.timedelta(days=1)
 
-POLICY = """
-version: 1
-defaults: {max_fraction: 1.0, batch_size: 2}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+POLICY = crm_policy("""\
       people:
         table: o_people
         primary_key: id
@@ -48,7 +42,7 @@ systems:
         primary_key: id
         columns: [id, author]
         references: [{to: crm.people, column: author, on_delete: nullify}]
-"""
+""", defaults="{max_fraction: 1.0, batch_size: 2}")
 
 md = sa.MetaData()
 people = sa.Table("o_people", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),

@@ -14,19 +14,13 @@ from include.retention.policy import parse_policy
 from include.retention.stores.sql import SqlStore, make_engine
 from include.retention.sweep import run_rule
 from tests.conftest import KEY
+from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
 
-POLICY = """
-version: 1
-defaults: {max_fraction: 0.9, batch_size: 2}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+POLICY = crm_policy("""\
       people:
         table: t_people
         primary_key: id
@@ -79,7 +73,7 @@ systems:
             action: anonymize
             period: P30D
             mask: {ip: {strategy: "null"}, email: {strategy: hmac}}
-"""
+""", defaults="{max_fraction: 0.9, batch_size: 2}")
 
 md = sa.MetaData()
 people = sa.Table("t_people", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),

@@ -10,17 +10,11 @@ import sqlalchemy as sa
 from tests.airflow.conftest import run_dag, task_states
 from tests.airflow.test_retention_sweep_dag import DAG_ID, ids, stores  # noqa: F401 - the fixture
 from tests.integration import test_sql_sweep as fixture_data
+from tests.policy_text import crm_policy
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
 
-POLICY = """
-version: 1
-defaults: {max_fraction: 0.9, batch_size: 2}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+POLICY = crm_policy("""\
       people:
         table: t_people
         primary_key: id
@@ -28,17 +22,14 @@ systems:
         legal_hold: [{column: legal_hold, equals: true}]
         rules:
           - {name: minors, start: created_at, when: [{column: is_minor, equals: true}], action: delete, period: P0D}
-  mailing:
-    kind: sql
-    connection: mailing_db
-    collections:
+""", defaults="{max_fraction: 0.9, batch_size: 2}", mailing="""\
       notes:
         table: t_notes
         primary_key: id
         columns: [id, person_id, body, written_at, legal_hold]
         references: [{column: person_id, to: crm.people, on_delete: delete}]
         legal_hold: [{column: legal_hold, equals: true}]
-"""
+""")
 
 
 def test_sweep_cascades_into_the_other_database(stores, tmp_path, monkeypatch):  # noqa: F811

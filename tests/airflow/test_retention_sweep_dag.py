@@ -14,18 +14,12 @@ from include.retention.stores.sql import make_engine
 from tests.airflow.conftest import answer_approval, run_dag, task_states
 from tests.conftest import airflow_uri
 from tests.integration import test_sql_sweep as fixture_data
+from tests.policy_text import crm_policy
 
 pytestmark = [pytest.mark.airflow, pytest.mark.integration]
 DAG_ID = "retention_sweep"
 
-POLICY = """
-version: 1
-defaults: {max_fraction: 0.9, batch_size: 2}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+POLICY = crm_policy("""\
       people:
         table: t_people
         primary_key: id
@@ -55,10 +49,7 @@ systems:
             start: last_activity_at
             max_fraction: __LEADS_FRACTION__
             stages: [{action: lock, after: P24M}, {action: delete, after: P36M}]
-  mailing:
-    kind: sql
-    connection: mailing_db
-    collections:
+""", defaults="{max_fraction: 0.9, batch_size: 2}", mailing="""\
       visits:
         table: t_visits
         primary_key: id
@@ -70,7 +61,7 @@ systems:
             action: anonymize
             period: P30D
             mask: {ip: {strategy: "null"}, email: {strategy: hmac}}
-"""
+""")
 
 
 

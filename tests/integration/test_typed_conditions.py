@@ -4,7 +4,6 @@ type before anything runs (sweep and erasure), on SQLite, PostgreSQL and MariaDB
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +17,7 @@ from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
 from tests.conftest import KEY, fresh_tables
+from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,7 @@ notes = sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True, auto
 
 
 def policy(hold: str, when: str = "[]"):
-    return parse_policy(textwrap.dedent(f"""\
-        version: 1
-        defaults: {{max_fraction: 1.0}}
-        systems:
-          crm:
-            kind: sql
-            connection: crm_db
-            collections:
+    return parse_policy(crm_policy(f"""\
               notes:
                 table: notes
                 primary_key: id
@@ -45,7 +38,7 @@ def policy(hold: str, when: str = "[]"):
                 legal_hold: [{hold}]
                 rules:
                   - {{name: old, start: created_at, action: delete, period: P1D, when: {when}}}
-        """), source="typed.yaml")
+        """, defaults="{max_fraction: 1.0}"), source="typed.yaml")
 
 
 @pytest.fixture

@@ -13,17 +13,11 @@ from dateutil.relativedelta import relativedelta
 from include.retention import cli
 from include.retention.forecast import rule_change
 from include.retention.policy import parse_policy
+from tests.policy_text import crm_policy
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
-POLICY = """\
-version: 1
-defaults: {{max_fraction: 1.0}}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+POLICY = crm_policy("""\
       applicants:
         table: applicants
         primary_key: id
@@ -32,7 +26,7 @@ systems:
         legal_hold: [{{column: legal_hold, equals: true}}]
         rules:
           - {{name: recruitment_closed, start: recruitment_closed_at, action: delete, period: {period}}}
-{extra}"""
+""", defaults="{{max_fraction: 1.0}}") + "{extra}"
 
 TICKETS_RULE = """\
       tickets:

@@ -13,13 +13,10 @@ from typing import Any
 import pytest
 
 from include.retention.stores.s3_objects import OwnedKeys
+from tests.policy_text import sql_system
 from tests.s3.conftest import PLAIN, VERSIONED, keys, put, put_many, s3_policy, versions
 
-CRM = """
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+CRM = sql_system("crm", "crm_db", """\
       applicants:
         table: applicants
         primary_key: id
@@ -30,7 +27,7 @@ CRM = """
         primary_key: id
         columns: [id, letter_key]
         references: [{to: objects.cvs, column: letter_key}]
-"""
+""")
 
 
 def objects_yaml(bucket: str, legal_hold: bool = False) -> str:

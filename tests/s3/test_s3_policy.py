@@ -13,19 +13,16 @@ from include.retention.keytemplate import literal_head as template_prefix
 from include.retention.keytemplate import regex as template_regex
 from include.retention.policy import Reference
 from include.retention.stores.s3 import owned_key
+from tests.policy_text import sql_system
 from tests.s3.conftest import s3_policy
 
-CRM = """
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+CRM = sql_system("crm", "crm_db", """\
       applicants:
         table: applicants
         primary_key: id
         columns: [id, cv_key]
         references: [{ref}]
-"""
+""")
 CVS = """\
 cvs:
   bucket: cvs

@@ -13,6 +13,7 @@ from include.retention.errors import StoreUnavailable
 from include.retention.ledger import RunRef
 from include.retention.runtime import ConnInfo, Runtime
 from include.retention.sweep import run_rule
+from tests.policy_text import sql_system
 from tests.s3.conftest import KEY, NOW, PLAIN, VERSIONED, keys, put, s3_policy, snapshot, sqlite_rows, versions
 from tests.s3.test_s3_anonymize import LOG, LOGS, log_keys
 
@@ -78,11 +79,7 @@ def test_unreachable_endpoint_fails_clearly_and_leaves_no_false_done(make_store,
     assert [e for e in ledger.rows() if e["outcome"] in ("complete", "done")] == []
 
 
-CRM = """
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
+CRM = sql_system("crm", "crm_db", """\
       applicants:
         table: applicants
         primary_key: id
@@ -98,7 +95,7 @@ CRM = """
         references: [{to: objects.attachments, key_template: "attachments/{id}/"}]
         rules:
           - {name: after_last_contact, start: last_contact_at, action: delete, period: P12M}
-"""
+""")
 OBJECTS = f"""\
 cvs:
   bucket: {VERSIONED}

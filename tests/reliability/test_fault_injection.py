@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.parse
@@ -36,6 +35,7 @@ from include.retention.stores.s3 import S3Store
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
 from tests.conftest import KEY, MY_ADMIN, PG_ADMIN, ROOT
+from tests.policy_text import crm_policy, policy_text, system
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,7 @@ people = sa.Table("people", md, sa.Column("id", sa.Integer, primary_key=True, au
 notes = sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
                  sa.Column("person_id", sa.Integer), sa.Column("body", sa.String(50)))
 
+_DEFAULTS = "{max_fraction: 1.0, batch_size: 10}"
 _PEOPLE = """\
           people:
             table: people
@@ -65,18 +66,10 @@ _NOTES = """\
             columns: [id, person_id, body]
             references: [{to: crm.people, column: person_id, on_delete: delete}]
 """
-_HEAD = """\
-version: 1
-defaults: {max_fraction: 1.0, batch_size: 10}
-systems:
-  crm:
-    kind: sql
-    connection: crm_db
-    collections:
-"""
 # cascade: the delete takes the notes along (rows locked, keyset walk, intent before the statements);
 # plain: one statement per batch (PostgreSQL heap blocks, MariaDB DELETE ... ORDER BY ... LIMIT ... RETURNING)
-POLICY_TEXT = {"cascade": _HEAD + _PEOPLE + _NOTES, "plain": _HEAD + _PEOPLE}
+POLICY_TEXT = {"cascade": crm_policy(_PEOPLE + _NOTES, defaults=_DEFAULTS),
+               "plain": crm_policy(_PEOPLE, defaults=_DEFAULTS)}
 POLICIES = {name: parse_policy(text, source=f"faults-{name}.yaml") for name, text in POLICY_TEXT.items()}
 RULE = "crm.people.old"
 
@@ -378,21 +371,14 @@ def info(url: str) -> ConnInfo:
 
 
 def exports_policy(bucket: str):
-    return parse_policy(textwrap.dedent(f"""\
-        version: 1
-        defaults: {{max_fraction: 1.0, batch_size: 10}}
-        systems:
-          objects:
-            kind: s3
-            connection: objects_s3
-            collections:
+    return parse_policy(policy_text(system("objects", "s3", "objects_s3", f"""\
               exports:
                 bucket: {bucket}
                 prefix: exports/
                 key_template: "exports/{{yyyy}}/{{mm}}/{{dd}}/..."
                 rules:
                   - {{name: expire, start: {{basis: key_date}}, action: delete, period: P12M}}
-        """), source="s3-faults.yaml")
+        """), defaults=_DEFAULTS), source="s3-faults.yaml")
 
 
 # (fault, DeleteObjects answered with an error, runs needed): boto3's standard retry mode makes 3 attempts
@@ -457,14 +443,7 @@ def test_s3_subject_erasure_survives_slowdown(s3, moto_url, tmp_path, monkeypatc
     zoe = "zoe.fault@example.org"
     bucket = VERSIONED
     policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(textwrap.dedent(f"""\
-        version: 1
-        defaults: {{max_fraction: 1.0, batch_size: 10}}
-        systems:
-          objects:
-            kind: s3
-            connection: objects_s3
-            collections:
+    policy_file.write_text(policy_text(system("objects", "s3", "objects_s3", f"""\
               by_key:
                 bucket: {bucket}
                 prefix: exports/
@@ -478,7 +457,7 @@ def test_s3_subject_erasure_survives_slowdown(s3, moto_url, tmp_path, monkeypatc
                 bucket: {bucket}
                 prefix: tickets/
                 identities: {{customer_ref: "tag:customer"}}
-        """))
+        """), defaults=_DEFAULTS))
     mine = [f"exports/{zoe}/a.zip", f"exports/{zoe}/b.zip", "uploads/z.pdf", "tickets/t1.txt"]
     others = ["exports/someone@example.org/a.zip", "uploads/o.pdf", "tickets/t2.txt"]
     for key in mine + others:

@@ -20,6 +20,7 @@ from include.retention.policy import Policy, parse_policy
 from include.retention.runtime import ConnInfo
 from include.retention.stores.s3 import S3Store
 from include.retention.stores.sql import make_engine
+from tests.policy_text import policy_text, system
 
 KEY = b"k" * 32
 PLAIN, VERSIONED, LOCKED = "plain-bucket", "versioned-bucket", "lock-bucket"
@@ -52,15 +53,8 @@ def s3(moto_url: str) -> Any:
 
 def s3_policy(collections: str, extra_systems: str = "") -> Policy:
     """A policy with one S3 system ``objects`` (connection ``objects_s3``) holding ``collections``."""
-    text = textwrap.dedent("""\
-        version: 1
-        defaults: {max_fraction: 1.0, batch_size: 1000}
-        systems:
-          objects:
-            kind: s3
-            connection: objects_s3
-            collections:
-        """) + textwrap.indent(textwrap.dedent(collections), " " * 6)
+    text = policy_text(system("objects", "s3", "objects_s3", collections),
+                       defaults="{max_fraction: 1.0, batch_size: 1000}")
     text += textwrap.indent(textwrap.dedent(extra_systems), "  ")
     return parse_policy(text, source="test-policy.yaml")
 

@@ -203,6 +203,14 @@ def screenshots(base_url: str, password: str) -> None:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: SIGINT and SIGQUIT as a terminal's shell leaves them. A test run started in the background
+    of a non-interactive shell (`nohup bash .ci/run &`) inherits them ignored, and a signal ignored on entry
+    cannot be trapped by bash: `make ui` would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def stop(proc: subprocess.Popen) -> float:
     """Ctrl-C, as a terminal sends it (SIGINT to the foreground process group); seconds until it ended."""
     started = time.monotonic()
@@ -254,7 +262,7 @@ def test_readme_commands_in_a_fresh_clone(clone: Path):
     started = time.monotonic()
     with open(ui_log, "w") as log:
         ui = subprocess.Popen(["bash", "-c", ui_cmd], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=_as_from_a_terminal)
     try:
         while "ui: ready" not in ui_log.read_text():
             assert ui.poll() is None, f"`{ui_cmd}` ended ({ui.returncode}):\n{ui_log.read_text()[-3000:]}"

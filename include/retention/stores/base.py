@@ -272,29 +272,33 @@ class Store(abc.ABC):
         """Keys of the objects here that another store's row references (a key, or a prefix of keys)."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold no objects other systems' rows reference")
 
+    def _no_references(self) -> RetentionError:
+        """What the reference methods below raise in a store whose items reference nothing (S3)."""
+        return RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+
     def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
         """Keys of the items of ``collection_name`` whose ``column`` references one of ``parent_keys`` (the rows
         that belong to a subject through their parent: list memberships, campaign events)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+        raise self._no_references()
 
     # ---- cascades from another system's rows (docs/adr/0012) ------------------------------------
     def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
         """Of ``values``, those that a held item here references through ``column`` (their parents stay)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+        raise self._no_references()
 
     def delete_dependents(self, collection_name: str, reference: Any, values: list[Any], *,
                           record: Recorder | None = None, parent: str = "") -> tuple[dict[str, int], set[Any]]:
         """Delete (or nullify) the items here referencing ``values``, children first, in bounded batches (each
         recorded with ``record``); returns the counts and the values that still have items here."""
-        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+        raise self._no_references()
 
     def count_dependents(self, collection_name: str, column: str, values: list[Any]) -> int:
         """Items here whose ``column`` references one of ``values`` (for the safety brake)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+        raise self._no_references()
 
     def dependents_of(self, collection_name: str, column: str, values: list[Any]) -> dict[Any, int]:
         """Per value, the items here whose ``column`` references exactly it (an erasure's per-request counts)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
+        raise self._no_references()
 
     def count_rows(self, collection_name: str) -> int:
         """Items in the collection (for the safety brake)."""

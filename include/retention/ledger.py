@@ -424,14 +424,7 @@ class Ledger:
     def append_many(self, items: list[dict[str, Any]]) -> list[int]:
         """Append entries (each: ``append``'s keyword arguments) in one write transaction, chained in order:
         one head read, one multi-row INSERT per 1,000 entries and one head update, whatever their number."""
-        rows = []
-        for item in items:
-            run = item.get("run") or RunRef()
-            rows.append({"dag_id": run.dag_id, "run_id": run.run_id,
-                         **{k: item.get(k) for k in ("rule_id", "request_id", "policy_digest", "system",
-                                                     "collection", "action", "outcome", "subject_digest",
-                                                     "pk_digest")},
-                         "count": int(item.get("count") or 0), "details": _details_text(item.get("details"))})
+        rows = [_entry_fields(item) for item in items]
         if not rows:
             return []
         self.ensure_schema()
@@ -470,20 +463,31 @@ class Ledger:
         return self.append(run=run or RunRef(), action=action, outcome=INTENT, **fields)
 
     def settle(self, intent_seq: int, *, count: int, outcome: str = "done",
-               details: dict[str, Any] | None = None) -> int:
+               details: dict[str, Any] | None = None, then_intend: dict[str, Any] | None = None) -> int:
         """Record the outcome of intent ``intent_seq`` with the REAL count; returns the outcome's seq.
 
         Idempotent for a retried call (same count): the existing outcome's seq is returned.
+
+        ``then_intend`` (``intend``'s keyword arguments): the next intent, written right after the outcome in the
+        same transaction, and its seq is returned instead. A sweep settles a committed batch together with the
+        intent of the next one (written, as every intent, before that batch commits): one durable ledger write
+        per batch instead of two, and the outcome is still written only after its batch committed.
         """
         if outcome == INTENT:
             raise RetentionError("an outcome cannot be another intent")
-        return self._settle(intent_seq, count=count, outcome=outcome, details=details)
+        following = None
+        if then_intend is not None:
+            if unknown := then_intend.keys() - EntryFields.__optional_keys__ - {"action", "run"}:
+                raise TypeError(f"then_intend got unexpected keys: {sorted(unknown)}")
+            following = _entry_fields({"run": RunRef(), **then_intend, "outcome": INTENT})
+        return self._settle(intent_seq, count=count, outcome=outcome, details=details, following=following)
 
     def reconcile(self, intent_seq: int, count: int, note: str) -> int:
         """Settle an intent left open by a crash, with the count found afterwards (``note``: how it was found)."""
         return self._settle(intent_seq, count=count, outcome=RECONCILED, details={"note": note})
 
-    def _settle(self, intent_seq: int, *, count: int, outcome: str, details: dict[str, Any] | None) -> int:
+    def _settle(self, intent_seq: int, *, count: int, outcome: str, details: dict[str, Any] | None,
+                following: dict[str, Any] | None = None) -> int:
         self.ensure_schema()
         with self._writing() as conn:
             # head first: it serialises writers, so the "already settled" check below cannot race
@@ -495,7 +499,7 @@ class Ledger:
                                 .where(entries.c.ref_seq == intent_seq)).first()
             if done is not None:
                 if done.count == int(count) and done.outcome == outcome:
-                    return int(done.seq)
+                    return self._chain(conn, following) if following is not None else int(done.seq)
                 raise RetentionError(f"intent {intent_seq} was already settled by entry {done.seq} "
                                      f"({done.outcome}, count {done.count})")
             fields = {k: getattr(intent, k) for k in ("dag_id", "run_id", "rule_id", "request_id", "policy_digest",
@@ -503,7 +507,7 @@ class Ledger:
                                                       "pk_digest")}
             merged = {"planned": int(intent.count), **(details or {})}
             fields.update(outcome=outcome, count=int(count), ref_seq=int(intent_seq), details=_details_text(merged))
-            return self._chain(conn, fields)
+            return self._chain_many(conn, [fields, *([following] if following is not None else [])])[-1]
 
     def open_intents(self, **where: Any) -> list[dict[str, Any]]:
         """Intents without an outcome entry (oldest first), e.g. for the next run to reconcile."""
@@ -741,6 +745,15 @@ class _Walk:
         if not hmac.compare_digest(head_hash, self.prev):
             return self.broken(last, "the head does not match the last entry")
         return VerifyResult(True, self.count)
+
+
+def _entry_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """The stored fields of an entry from ``append``'s keyword arguments (``run`` split into DAG and run id)."""
+    run = item.get("run") or RunRef()
+    return {"dag_id": run.dag_id, "run_id": run.run_id,
+            **{k: item.get(k) for k in ("rule_id", "request_id", "policy_digest", "system", "collection", "action",
+                                        "outcome", "subject_digest", "pk_digest")},
+            "count": int(item.get("count") or 0), "details": _details_text(item.get("details"))}
 
 
 def _details_text(details: dict[str, Any] | None) -> str | None:

@@ -110,6 +110,15 @@ class LedgerRecorder:
     def intend(self, action: str, planned: int, pk_digest: str) -> int:
         return self.ledger.intend(action=action, count=planned, pk_digest=pk_digest, **self.common)
 
+    def intend_after(self, settled: tuple[int, int, dict[str, Any]], action: str, planned: int, pk_digest: str
+                     ) -> int:
+        """Settle a committed batch's intent (``settled``: intent, real count, details) and write the next
+        batch's intent, in one ledger transaction (``stores.base.DeferredOutcomes``)."""
+        intent, count, details = settled
+        return self.ledger.settle(intent, count=count, details=details,
+                                  then_intend={"action": action, "count": planned, "pk_digest": pk_digest,
+                                               **self.common})
+
     def __call__(self, action: str, count: int, pk_digest: str, details: dict[str, Any],
                  intent: int | None = None) -> None:
         if intent is None:

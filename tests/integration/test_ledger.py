@@ -114,6 +114,36 @@ def test_intent_then_outcome_with_the_real_count(ledger):
     assert ledger.open_intents() == []
 
 
+def test_settle_then_intend_writes_both_in_one_transaction(ledger, monkeypatch):
+    """A sweep batch's outcome and the next batch's intent: one write transaction, outcome first, chained."""
+    run = RunRef("retention_sweep", "r4")
+    first = ledger.intend(run=run, action="delete", count=10, rule_id="crm.x.y", pk_digest=ledger.pk_digest([1]))
+    writes = []
+    real = Ledger._writing
+    monkeypatch.setattr(Ledger, "_writing", lambda self: writes.append(1) or real(self))
+    second = ledger.settle(first, count=9, details={"batch": 1},
+                           then_intend={"run": run, "action": "delete", "count": 20, "rule_id": "crm.x.y",
+                                        "pk_digest": ledger.pk_digest([2])})
+    assert writes == [1] and second == first + 2
+    outcome, intent = [r for r in ledger.rows() if r["seq"] > first]
+    assert (outcome["outcome"], outcome["ref_seq"], outcome["count"]) == ("done", first, 9)
+    assert json.loads(outcome["details"]) == {"batch": 1, "planned": 10}
+    assert (intent["outcome"], intent["ref_seq"], intent["count"], intent["run_id"], intent["pk_digest"]) == (
+        "intent", None, 20, "r4", ledger.pk_digest([2]))
+    result = ledger.verify(record=False)
+    assert result.ok and result.unreconciled == [second]
+    # a retried call (the outcome already written) writes only the next intent, once more
+    third = ledger.settle(first, count=9, then_intend={"run": run, "action": "delete", "count": 20})
+    assert third == second + 1 and ledger.verify(record=False).unreconciled == [second, third]
+    from include.retention.errors import RetentionError
+
+    with pytest.raises(RetentionError, match="already settled"):  # a different count: nothing written
+        ledger.settle(first, count=8, then_intend={"run": run, "action": "delete", "count": 20})
+    with pytest.raises(TypeError, match="unexpected"):
+        ledger.settle(second, count=20, then_intend={"action": "delete", "outcome": "done"})
+    assert ledger.verify(record=False).unreconciled == [second, third]
+
+
 def test_settle_refuses_a_second_different_outcome_and_non_intents(ledger):
     from include.retention.errors import RetentionError
 

@@ -324,3 +324,75 @@ def test_text_keys_that_postgresql_cannot_order_like_python_come_back():
     store._server_utf8 = False
     assert not store._digest_in_db(sa.Column("k", sa.Text()))
     assert not offline_store("sqlite://")._digest_in_db(sa.Column("k", sa.BigInteger()))
+
+
+# ---- the ledger: a batch's outcome shares the next batch's intent's transaction ----------------------------
+def _ledger_recorder(tmp_path, rule: str):
+    from include.retention.ledger import Ledger, RunRef
+    from include.retention.sweep import LedgerRecorder
+
+    ledger = Ledger(sqlmod.make_engine(f"sqlite:///{tmp_path / 'ledger.db'}"), KEY)
+    ledger.ensure_schema()
+    return ledger, LedgerRecorder(ledger, {"run": RunRef("t", "1"), "rule_id": f"db.events.{rule}", "system": "db",
+                                           "collection": "db.events"})
+
+
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock", "old_hash"])
+def test_a_stage_writes_the_ledger_once_per_batch_plus_once(db_url, rule, tmp_path, monkeypatch):
+    """n batches: n + 1 ledger write transactions (each outcome with the next intent), the entries as before:
+    intent, outcome, intent, outcome ... each outcome settling the intent right before it."""
+    from include.retention.ledger import Ledger
+
+    store, eligible = seeded(db_url)
+    ledger, rec = _ledger_recorder(tmp_path, rule)
+    writes = []
+    real = Ledger._writing
+    monkeypatch.setattr(Ledger, "_writing", lambda self: writes.append(1) or real(self))
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    result = store.apply_stage("events", r, r.stages[0], NOW, 7, "test", rec)
+    rows = list(ledger.rows())
+    assert result.batches > 2 and len(writes) == result.batches + 1
+    assert [row["outcome"] for row in rows] == ["intent", "done"] * result.batches
+    assert all(rows[i + 1]["ref_seq"] == rows[i]["seq"] for i in range(0, len(rows), 2))
+    assert sum(row["count"] for row in rows if row["outcome"] == "done") == result.changed == len(eligible)
+    verified = ledger.verify(record=False)
+    assert verified.ok and verified.unreconciled_count == 0
+    store.close()
+
+
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock"])
+def test_a_failure_after_a_committed_batch_still_records_its_outcome(db_url, rule, tmp_path):
+    """The store committed batch 1, then its next statement fails: batch 1's outcome (waiting for batch 2's
+    intent) is written before the error goes on, with the real count; nothing is left open."""
+    store, eligible = seeded(db_url)
+    ledger, rec = _ledger_recorder(tmp_path, rule)
+    armed = []
+
+    @sa.event.listens_for(store.engine, "commit")
+    def _committed(conn):
+        if ledger.open_intents():  # the commit of a batch whose intent is written
+            armed.append(1)
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _fail(conn, cursor, statement, parameters, context, executemany):
+        if armed:
+            raise RuntimeError("the store went away")
+
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    with pytest.raises(RuntimeError, match="went away"):
+        store.apply_stage("events", r, r.stages[0], NOW, 7, "test", rec)
+    assert armed
+    sa.event.remove(store.engine, "before_cursor_execute", _fail)
+    t = store.table("events")
+    with store.engine.connect() as conn:
+        if rule == "old_delete":
+            changed = len(eligible) - conn.execute(
+                sa.select(sa.func.count()).where(t.c.id.in_(sorted(eligible)))).scalar()
+        else:
+            changed = conn.execute(sa.select(sa.func.count()).where(t.c.restricted_at.is_not(None))).scalar()
+    rows = list(ledger.rows())
+    assert [row["outcome"] for row in rows] == ["intent", "done"]
+    assert rows[1]["ref_seq"] == rows[0]["seq"] and rows[1]["count"] == changed > 0
+    verified = ledger.verify(record=False)
+    assert verified.ok and verified.unreconciled_count == 0
+    store.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -644,18 +645,42 @@ class Policy(_Model):
 # ---- loading and cross-checks -----------------------------------------------------------
 
 
+# Parsed policies of this process, by (path as given, mtime, size, sha256 of the bytes read): a process that
+# runs many task bodies (the bench, a long-lived page, a worker running tasks in-process) parses a data map once.
+# The file is read and hashed on every call, so a changed file is parsed again, whatever its mtime says.
+_PARSED: dict[tuple[str, int, int, str], Policy] = {}
+_PARSED_MAX = 8
+_PARSED_LOCK = threading.Lock()
+
+
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; raise ``PolicyError`` naming file, path and problem."""
+    """Read and validate a policy file; raise ``PolicyError`` naming file, path and problem.
+
+    The file is read every time; when its bytes (and path, mtime, size) are those of a file this process
+    already parsed, that parse is returned (the same frozen ``Policy``: callers never change it). A file
+    that fails validation is not remembered: it is refused again, with the same message, on every call.
+    """
     path = Path(path)
     try:
         if path.is_dir():
             raise PolicyError(f"{path}: is a directory, not a policy file")
-        if path.stat().st_size > MAX_POLICY_BYTES:
+        stat = path.stat()
+        if stat.st_size > MAX_POLICY_BYTES:
             raise PolicyError(f"{path}: the policy file is larger than {MAX_POLICY_BYTES // 1_000_000} MB")
         raw_bytes = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror or type(exc).__name__})") from None
-    return parse_policy(raw_bytes, source=str(path))
+    key = (str(path), stat.st_mtime_ns, len(raw_bytes), hashlib.sha256(raw_bytes).hexdigest())
+    with _PARSED_LOCK:
+        policy = _PARSED.get(key)
+    if policy is not None:
+        return policy
+    policy = parse_policy(raw_bytes, source=str(path))
+    with _PARSED_LOCK:
+        _PARSED[key] = policy
+        while len(_PARSED) > _PARSED_MAX:  # the oldest parse goes first
+            _PARSED.pop(next(iter(_PARSED)))
+    return policy
 
 
 class _Refused(Exception):

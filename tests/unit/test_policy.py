@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -295,6 +296,71 @@ def test_top_level_must_be_a_mapping(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- systems\n")
     with pytest.raises(PolicyError, match=r"list\.yaml: the top level must be a mapping"):
+        load_policy(path)
+
+
+# ---- the parse cache (load_policy parses a file once per process while its bytes stay the same) -----------
+
+
+def _count_parses(monkeypatch) -> list[str]:
+    from include.retention import policy as policy_module
+
+    parsed: list[str] = []
+    real = policy_module.parse_policy
+
+    def counting(raw, source="<policy>"):
+        parsed.append(source)
+        return real(raw, source=source)
+
+    monkeypatch.setattr(policy_module, "parse_policy", counting)
+    return parsed
+
+
+def test_an_unchanged_policy_file_is_parsed_once(tmp_path, monkeypatch):
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(DEFAULT.read_bytes())
+    parsed = _count_parses(monkeypatch)
+    first = load_policy(path)
+    assert load_policy(str(path)) is first and load_policy(path) is first
+    assert parsed == [str(path)]
+    assert first.digest == hashlib.sha256(DEFAULT.read_bytes()).hexdigest() and first.source == str(path)
+    # the same bytes under another path: its own parse (the source names that file)
+    other = tmp_path / "copy.yaml"
+    other.write_bytes(DEFAULT.read_bytes())
+    assert load_policy(other).source == str(other) and parsed == [str(path), str(other)]
+
+
+def test_a_changed_policy_file_is_read_again_even_with_the_same_size_and_mtime(tmp_path, monkeypatch):
+    path = tmp_path / "policy.yaml"
+    text = DEFAULT.read_text()
+    assert "name: default retention policy\n" in text
+    path.write_text(text)
+    parsed = _count_parses(monkeypatch)
+    before = load_policy(path)
+    stat = path.stat()
+    # an edit within the file system's mtime granularity: same size, mtime put back
+    path.write_text(text.replace("name: default retention policy\n", "name: changed retention policy\n"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    after = load_policy(path)
+    assert after is not before and len(parsed) == 2
+    assert (before.name, after.name) == ("default retention policy", "changed retention policy")
+    assert after.digest == hashlib.sha256(path.read_bytes()).hexdigest() != before.digest
+    # and back: the first text's policy again (its digest), not the second's
+    path.write_text(text)
+    assert load_policy(path).digest == before.digest
+
+
+def test_a_refused_policy_file_is_refused_on_every_load_until_fixed(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("- systems\n")
+    for _ in range(2):
+        with pytest.raises(PolicyError, match=r"the top level must be a mapping"):
+            load_policy(path)
+    path.write_bytes(DEFAULT.read_bytes())
+    assert load_policy(path).name == "default retention policy"
+    path.write_text("- systems\n")  # broken again after a good load: refused, not the cached good one
+    with pytest.raises(PolicyError, match=r"the top level must be a mapping"):
         load_policy(path)
 
 

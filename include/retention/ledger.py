@@ -356,6 +356,10 @@ class Ledger:
         """Create tables and the head row once; safe when several first runs do it at the same time."""
         if self._ready:
             return
+        if self.engine.dialect.name == "sqlite":
+            self._ensure_sqlite_schema()
+            self._ready = True
+            return
         attempts = 8
         for attempt in range(attempts):
             try:
@@ -381,15 +385,39 @@ class Ledger:
                     raise
         self._ready = True
 
-    def _add_missing_columns(self) -> None:
-        """Ledgers created before intents existed lack ``ref_seq``: add it (and its index)."""
-        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("ledger_entries")}
+    def _ensure_sqlite_schema(self) -> None:
+        """SQLite: tables, indexes, the missing ``ref_seq`` and the head row in ONE write transaction (``BEGIN
+        IMMEDIATE``): one durable commit instead of one per statement (pysqlite runs DDL outside a transaction
+        of its own, each ``CREATE`` a commit), and a concurrent first run waits for it and then finds it all. A
+        ledger that has it all already is only read (no write lock: readers of a read-only file keep working)."""
+        with self.engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if (all(inspector.has_table(t.name) for t in metadata.sorted_tables)
+                    and "ref_seq" in {c["name"] for c in inspector.get_columns("ledger_entries")}
+                    and conn.execute(sa.select(head.c.id)).first() is not None):
+                return
+        with self._writing() as conn:
+            metadata.create_all(conn, checkfirst=True)
+            self._add_missing_columns(conn)
+            if conn.execute(sa.select(head.c.id)).first() is None:
+                conn.execute(head.insert().values(id=1, seq=0, entry_hash=GENESIS))
+
+    def _add_missing_columns(self, conn: sa.Connection | None = None) -> None:
+        """Ledgers created before intents existed lack ``ref_seq``: add it (and its index); inside ``conn``'s
+        transaction when given."""
+        columns = {c["name"] for c in sa.inspect(conn if conn is not None else self.engine)
+                   .get_columns("ledger_entries")}
         if "ref_seq" in columns:
             return
         type_ = "INTEGER" if self.engine.dialect.name == "sqlite" else "BIGINT"
+        index = next(i for i in entries.indexes if i.name == "ix_ledger_ref")
+        if conn is not None:
+            conn.exec_driver_sql(f"ALTER TABLE ledger_entries ADD COLUMN ref_seq {type_}")
+            index.create(conn, checkfirst=True)
+            return
         with self.engine.begin() as conn:
             conn.exec_driver_sql(f"ALTER TABLE ledger_entries ADD COLUMN ref_seq {type_}")
-        next(i for i in entries.indexes if i.name == "ix_ledger_ref").create(self.engine, checkfirst=True)
+        index.create(self.engine, checkfirst=True)
 
     @contextmanager
     def _writing(self) -> Iterator[sa.Connection]:

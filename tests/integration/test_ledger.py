@@ -243,3 +243,24 @@ def test_verify_cli_with_anchors(ledger, db_url, tmp_path):
     env_only = subprocess.run(cli[:-2], env={**env, "RETENTION_LEDGER_ANCHORS": str(anchors)}, capture_output=True,
                               text=True)
     assert env_only.returncode == 1
+
+
+def test_a_new_sqlite_ledger_is_created_in_one_transaction_and_an_existing_one_only_read(tmp_path):
+    """SQLite: tables, indexes and head row in one commit (pysqlite would commit each CREATE on its own); a ledger
+    that exists is only read by the next process's first use."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    commits, statements = [], []
+    sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+    sa.event.listen(engine, "before_cursor_execute", lambda conn, cur, stmt, *a: statements.append(stmt.split()[0]))
+    Ledger(engine, KEY).ensure_schema()
+    assert commits == [1] and statements.count("CREATE") == 6
+    assert {"ledger_entries", "ledger_head", "ledger_verifications"} <= set(sa.inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(head.c.seq, head.c.entry_hash)).one() == (0, "0" * 64)
+    commits.clear(), statements.clear()
+    again = Ledger(engine, KEY)  # the next process
+    again.ensure_schema()
+    assert commits == [] and not {"BEGIN", "CREATE", "INSERT", "ALTER"} & set(statements)
+    again.append(run=RunRef("t", "1"), action="delete", outcome="done", count=1)
+    assert again.verify(record=False).ok
+    engine.dispose()

@@ -11,7 +11,8 @@ the same way, a child that only imports (pandas too) and connects: what every pa
 
 Prints, per size: rows in the package, the zip's size, the child's seconds and peak RSS, and the peak above
 the baseline; then the ratio of the largest size's peak to the smallest's next to its target (<= 1.2: ten
-times the rows, within 20% of the memory).
+times the rows, within 20% of the memory); exits 1 when it is missed. ``--results FILE``: the ratio and its
+target as JSON for scripts/bench_summary.py.
 """
 
 from __future__ import annotations
@@ -133,7 +134,9 @@ def main() -> int:
     parser.add_argument("--server", default=SERVER, help="PostgreSQL admin URL (a database is created and dropped)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--results", help="write the ratio and its target to this file (scripts/bench_summary.py)")
     args = parser.parse_args()
+    started = time.time()
     if args.child:
         child(args.child, args.baseline)
         return 0
@@ -156,9 +159,12 @@ def main() -> int:
               f"peak RSS {peak:6.1f} MiB (baseline, import and connect only: {base:6.1f} MiB; "
               f"above it: {peak - base:6.1f} MiB)")
     if len(sizes) > 1:
+        from scripts.bench_summary import result, verdict, write_results
+
         ratio = peaks[sizes[-1]] / peaks[sizes[0]]
-        verdict = "ok" if ratio <= TARGET else "ABOVE TARGET"
-        print(f"  peak RSS ratio {sizes[-1]:,} / {sizes[0]:,} rows: {ratio:.2f} (target <= {TARGET}: {verdict})")
+        print(f"  peak RSS {sizes[-1]:,} / {sizes[0]:,} rows: {verdict(ratio, '<=', TARGET)}")
+        write_results(args.results, "bench_access.py", [
+            result(f"access package peak RSS, {sizes[-1]:,} / {sizes[0]:,} rows", ratio, "<=", TARGET)], started)
         return 0 if ratio <= TARGET else 1
     return 0
 

@@ -14,7 +14,9 @@ parsed alternately with Airflow's ``DagBag`` on that one file, two ways:
   dropped from ``sys.modules`` before each, every other module already imported: the cost of the
   file's own body, DAG construction included, with little import time around it.
 
-Medians are compared: ratio = DAG file / empty twin, target < 1.5 (cold).
+Medians are compared: ratio = DAG file / empty twin, target < 1.5 (cold). ``--files a.py,b.py``: only
+these files of dags/. ``--results FILE`` (also with ``--tax`` and ``--celery``, whose ratios have no
+target: reported): the ratios as JSON for scripts/bench_summary.py.
 
 ``--tax``: the orchestration tax. The e2e launcher (tests/e2e/conftest.py: api-server, scheduler,
 dag-processor, triggerer with LocalExecutor, metadata DB on PostgreSQL, the demo data in PostgreSQL,
@@ -134,7 +136,7 @@ def run_wall(run: dict) -> float:
     return (ended - started).total_seconds()
 
 
-def scale_out(counts: list[int]) -> None:
+def scale_out(counts: list[int]) -> dict[int, float]:
     """``--celery``: one scheduled retention_sweep on compose's Celery variant with N workers of one slot each."""
     from moto.server import ThreadedMotoServer
 
@@ -164,9 +166,10 @@ def scale_out(counts: list[int]) -> None:
         (a, (run_a, _)), (b, (run_b, _)) = results.items()
         print(f"scale-out ratio: wall with {a} worker(s) / wall with {b} = "
               f"{run_wall(run_a):.1f}s / {run_wall(run_b):.1f}s = {run_wall(run_a) / run_wall(run_b):.2f}")
+    return {n: run_wall(run) for n, (run, _) in results.items()}
 
 
-def tax(executor: str = "local") -> None:
+def tax(executor: str = "local") -> tuple[float, float]:
     """One scheduled retention_sweep under the real scheduler vs the sum of its rules run in one process."""
     from moto.server import ThreadedMotoServer
 
@@ -211,6 +214,7 @@ def tax(executor: str = "local") -> None:
           + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(times.items(), key=lambda kv: -kv[1])[:3]) + ")")
     print(f"orchestration tax: run wall - rules = {wall - rules:.1f}s ({wall / rules:.1f}x the rules' own time); "
           f"per mapped task {(in_tasks - rules) / max(len(applied), 1):.2f}s over its rule")
+    return wall, rules
 
 
 @contextlib.contextmanager
@@ -329,12 +333,42 @@ def phase_child(rule_id: str) -> None:
     print(json.dumps({**t, "modules": [m for m in heavy if m in sys.modules]}))
 
 
+def bench_summary():
+    """scripts/bench_summary.py, loaded by its path (sys.path is left as the parses find it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_summary", Path(__file__).with_name("bench_summary.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reported(results: str | None, option: str, what: str, ratio: float, started: float) -> None:
+    """``--tax`` / ``--celery``: a ratio the issue asks to report (no target), for scripts/bench_summary.py."""
+    write_results = bench_summary().write_results
+    print(f"{what}: ratio {ratio:.2f} (reported, no target)")
+    write_results(results, f"bench_airflow.py {option}", [{"what": what, "ratio": round(ratio, 4), "op": None,
+                                                 "target": None, "met": None}], started)
+
+
 def main() -> int:
+    started = time.time()
+    results = None
+    if "--results" in sys.argv:  # --results FILE, with any of the forms below
+        i = sys.argv.index("--results")
+        results = sys.argv[i + 1]
+        del sys.argv[i:i + 2]
     if len(sys.argv) > 1 and sys.argv[1] == "--tax":
-        tax(sys.argv[2] if len(sys.argv) > 2 else "local")
+        wall, rules = tax(sys.argv[2] if len(sys.argv) > 2 else "local")
+        reported(results, "--tax", "orchestration tax: retention_sweep run wall / sum of its rules", wall / rules,
+                 started)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--celery":
-        scale_out([int(n) for n in sys.argv[2:]] or [1, 2])
+        walls = scale_out([int(n) for n in sys.argv[2:]] or [1, 2])
+        if len(walls) == 2:
+            (a, wall_a), (b, wall_b) = walls.items()
+            reported(results, "--celery", f"Celery scale-out: run wall with {a} worker(s) / with {b}", wall_a / wall_b,
+                     started)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--phases":
         phases(sys.argv[2:])
@@ -347,8 +381,12 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=15, help="warm parses of each file")
+    ap.add_argument("--results", default=results, help="write the ratios and their targets to this file")
     ap.add_argument("--cold", type=int, default=5, help="cold parses (fresh processes) of each file")
+    ap.add_argument("--files", help="comma-separated DAG file names (default: every file in dags/)")
     args = ap.parse_args()
+    summary_module = bench_summary()
+    summary, result, write_results = [], summary_module.result, summary_module.write_results
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("AIRFLOW_HOME", tmp)
         os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
@@ -360,6 +398,8 @@ def main() -> int:
         import airflow  # noqa: F401  (imported once, as in the dag-processor)
 
         files = sorted(p for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
+        if args.files:
+            files = [ROOT / "dags" / name for name in args.files.split(",")]
         print(f"{'DAG file':<22} {'dags':>4} {'cold ms':>8} {'empty ms':>8} {'ratio':>5} {'target':>6}  "
               f"{'warm ms':>8} {'empty ms':>8} {'ratio':>5}", flush=True)
         worst = 0.0
@@ -382,12 +422,15 @@ def main() -> int:
             m, e = statistics.median(mine), statistics.median(empty)
             ratio = cm / ce
             worst = max(worst, ratio)
-            print(f"{path.name:<22} {n_dags:>4} {cm * 1000:>8.1f} {ce * 1000:>8.1f} {ratio:>5.2f} "
+            print(f"{path.name:<22} {n_dags:>4} {cm * 1000:>8.1f} {ce * 1000:>8.1f} "
+                  f"{summary_module.shown(ratio, '<', TARGET):>5} "
                   f"{'<' + str(TARGET):>6}  {m * 1000:>8.1f} {e * 1000:>8.1f} {m / e:>5.2f}"
-                  f"{'' if ratio < TARGET else '  MISSED'}", flush=True)
+                  f"  {'met' if ratio < TARGET else 'MISSED'}", flush=True)
+            summary.append(result(f"parse {path.name} / empty DAG, same imports (cold)", ratio, "<", TARGET))
         print(f"ratio = median DagBag parse of the file / of an empty DAG with the same imports; cold: {args.cold} "
               f"fresh processes each (the target), warm: {args.repeat} parses each in one process; worst cold "
               f"{worst:.2f}")
+    write_results(args.results, "bench_airflow.py", summary, started)
     return 0
 
 

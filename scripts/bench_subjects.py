@@ -24,6 +24,7 @@ Prints subjects/s of each, the ratios intake/(a) and intake/(b) next to their ta
 SQL statements per subject of the intake by database (registry and ledger vs each store), and checks
 the outcome: every subject's rows and objects gone, every lookalike's kept, the ledger verifies,
 every receipt verifies against it. Runs the intake's statement count at two batch sizes too.
+``--results FILE``: the two ratios, their targets and the outcome check as JSON for scripts/bench_summary.py.
 """
 
 from __future__ import annotations
@@ -225,8 +226,11 @@ def add_people(world: World, addresses: list[str]) -> dict[str, list[str]]:
     return keys
 
 
-def left_of(world: World, addresses: list[str], keys: dict[str, list[str]]) -> dict[str, int]:
-    """Rows of these people per table and object versions of these keys still present."""
+def left_of(world: World, addresses: list[str], keys: dict[str, list[str]],
+            listed: dict[str, list[str]] | None = None) -> dict[str, int]:
+    """Rows of these people per table and object versions of these keys still present. ``listed``: bucket ->
+    the keys of its versions, filled on first use and reused by later calls given the same dict (nothing may
+    change in between: moto lists a bucket's versions in time quadratic in their number)."""
     out: dict[str, int] = {}
     lowered = [e.lower() for e in addresses]
     for engine, tables in ((world.crm, (schema.contacts, schema.inquiries, schema.applicants,
@@ -247,9 +251,12 @@ def left_of(world: World, addresses: list[str], keys: dict[str, list[str]]) -> d
                 t.c.subscriber_id.in_(ids[i:i + 1000]))).scalar() for i in range(0, len(ids), 1000))
     wanted = {(b, k) for b, names in keys.items() for k in names}
     present = 0
+    listed = {} if listed is None else listed
     for bucket in {b for b, _ in wanted}:
-        for page in world.s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-            present += sum((bucket, v["Key"]) in wanted for v in page.get("Versions", []))
+        if bucket not in listed:
+            listed[bucket] = [v["Key"] for page in world.s3.get_paginator("list_object_versions").paginate(
+                Bucket=bucket) for v in page.get("Versions", [])]
+        present += sum((bucket, key) in wanted for key in listed[bucket])
     out["s3 object versions"] = present
     return out
 
@@ -381,7 +388,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=500, help="requests per intake run (the DAG's default)")
     ap.add_argument("--count-only", action="store_true",
                     help="only the intake's SQL statements per subject, by database (no baselines)")
+    ap.add_argument("--results", help="write the ratios and their targets to this file (scripts/bench_summary.py)")
     args = ap.parse_args()
+    started = time.time()
     n = args.subjects
     import logging
     import signal
@@ -450,8 +459,10 @@ def main() -> int:
         rows_stmts = sum(stats.counts.values()) / n
 
         # outcome
-        gone = {name: left_of(world, groups[name], keys[name]) for name in groups}
-        kept = {name: left_of(world, [lookalike(e) for e in groups[name]], lookalike_keys[name]) for name in groups}
+        listed: dict[str, list[str]] = {}  # every bucket listed once: nothing changes while the outcome is read
+        gone = {name: left_of(world, groups[name], keys[name], listed) for name in groups}
+        kept = {name: left_of(world, [lookalike(e) for e in groups[name]], lookalike_keys[name], listed)
+                for name in groups}
         ledger_ok, receipts_failed = verify_all(world, ids + single_ids)
         statuses = collections.Counter(r["status"] for r in world.registry.get_many(ids + single_ids).values())
 
@@ -464,10 +475,10 @@ def main() -> int:
               f"   -> {n} extrapolated: {n / rate_single:.0f} s")
         print(f"{'(b) row by row, no ledger':<44}{n:>9}{t_rows:>9.2f}{rate_rows:>12.1f}")
         print(f"register_many of the intake's {n} requests (before the run): {t_register:.2f} s")
-        print(f"ratio intake / (a): {r_single:6.1f}x   target >= {TARGET_SINGLE:.0f}x   "
-              f"{'MET' if r_single >= TARGET_SINGLE else 'MISSED'}")
-        print(f"ratio intake / (b): {r_rows:6.1f}x   target >= {TARGET_ROWS:.0f}x   "
-              f"{'MET' if r_rows >= TARGET_ROWS else 'MISSED'}")
+        from scripts.bench_summary import result, verdict, write_results
+
+        print(f"intake / (a) one erasure_request each: {verdict(r_single, '>=', TARGET_SINGLE)}")
+        print(f"intake / (b) row by row:               {verdict(r_rows, '>=', TARGET_ROWS)}")
         print("SQL statements per subject: "
               f"intake {intake_stmts['registry+ledger']:.2f} registry+ledger, {intake_stmts['stores']:.2f} stores; "
               f"(a) {single_stmts['registry+ledger']:.1f} registry+ledger, {single_stmts['stores']:.1f} stores; "
@@ -483,6 +494,10 @@ def main() -> int:
                 and kept["rows"] == expect_kept and ledger_ok and not receipts_failed
                 and statuses == {"complete": n + args.sample})
         print("outcome check:", "OK" if good else f"FAILED: left {gone}, kept {kept}")
+        write_results(args.results, "bench_subjects.py", [
+            result(f"{n:,} subjects: intake / (a) one erasure_request each", r_single, ">=", TARGET_SINGLE),
+            result(f"{n:,} subjects: intake / (b) row by row", r_rows, ">=", TARGET_ROWS)], started,
+            [f"outcome check (subjects gone, lookalikes kept, receipts verify): {'OK' if good else 'FAILED'}"])
         return 0 if good else 1
     finally:
         world.close()

@@ -1,6 +1,6 @@
 """`make bench`: the SQL sweep against the raw statement, measured in the same run.
 
-    scripts/bench_sweep.py [ROWS] [--servers postgresql,mariadb] [--actions delete,lock,anonymize]
+    scripts/bench_sweep.py [ROWS ...] [--servers postgresql,mariadb] [--actions delete,lock,anonymize]
                            [--layouts interleaved,clustered] [--shapes base,...] [--explain]
 
 For each server, layout and action a table of ROWS rows (default 1,000,000) is generated on the
@@ -22,7 +22,11 @@ key follows the date, the expired rows are the oldest 30%), with an index on the
   inside the child; the parent reads the child's peak RSS (``os.wait4``).
 
 Prints rows/s of both, the ratio sweep/raw next to its target (>= 0.7: the sweep at least 0.7x the
-raw statement's rows per second) and the sweep process's peak RSS. ``--explain`` prints
+raw statement's rows per second) and the sweep process's peak RSS. With two or more ROWS (``1000000
+5000000``) every case runs at each size, and then: each case's ratio at the largest size over the
+smallest (target >= 1: the ratio must not fall as the table grows) and per server the sweeps' peak RSS at
+the largest size over the smallest (target <= 1.2). ``--results FILE``: those ratios and targets as JSON
+for ``scripts/bench_summary.py``. ``--explain`` prints
 ``EXPLAIN (ANALYZE, BUFFERS)`` (PostgreSQL) / ``ANALYZE`` (MariaDB) of the statements of the
 sweep's second batch, each inside a rolled-back transaction.
 """
@@ -326,36 +330,63 @@ def main() -> int:
         child(sys.argv[2], sys.argv[3], "--explain" in sys.argv, sys.argv[4])
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("rows", nargs="?", type=int, default=1_000_000)
+    ap.add_argument("rows", nargs="*", type=int, default=[1_000_000],
+                    help="table sizes (default 1,000,000); two or more add targets 1 (scaling) and 2 (memory)")
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--actions", default="delete,lock,anonymize")
     ap.add_argument("--layouts", default="interleaved,clustered")
     ap.add_argument("--shapes", default="base", help=f"comma-separated, of {', '.join(SHAPES)} (or 'all')")
     ap.add_argument("--explain", action="store_true")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--results", help="write the ratios and their targets to this file (scripts/bench_summary.py)")
     args = ap.parse_args()
+    started = time.time()
     shapes = SHAPES if args.shapes == "all" else args.shapes.split(",")
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         ap.error(f"unknown shape {unknown[0]!r}; one of {', '.join(SHAPES)}")
+    from scripts.bench_summary import result, shown, verdict, write_results
+
     print(f"{'server':<10} {'rows':>9} {'shape':<10} {'layout':<11} {'action':<9} {'changed':>8} {'raw r/s':>9} "
           f"{'sweep r/s':>9} {'batches':>7} {'ratio':>5} {'target':>6} {'RSS MB':>7}", flush=True)
-    results = []
+    results, summary = [], []
     cases = [(k, sh, la, a) for sh in shapes for k in args.servers.split(",") for la in args.layouts.split(",")
              for a in args.actions.split(",")]
-    for kind, shape, layout, action in cases:
-        r = run(kind, args.rows, layout, action, args.explain, shape)
-        results.append(r)
-        ratio = r["raw_s"] / r["sweep_s"]
-        print(f"{kind:<10} {args.rows:>9} {shape:<10} {layout:<11} {action:<9} {r['changed']:>8} "
-              f"{r['changed'] / r['raw_s']:>9.0f} {r['changed'] / r['sweep_s']:>9.0f} {r['batches']:>7} "
-              f"{ratio:>5.2f} {'>=' + str(TARGET):>6} {r['rss_mb']:>7.1f}"
-              f"{'' if ratio >= TARGET else '  MISSED'}", flush=True)
-        for plan in r["plans"]:
-            print(plan, flush=True)
+    for rows in args.rows:
+        for kind, shape, layout, action in cases:
+            r = run(kind, rows, layout, action, args.explain, shape)
+            results.append(r)
+            ratio = r["raw_s"] / r["sweep_s"]
+            r["ratio"] = ratio
+            print(f"{kind:<10} {rows:>9} {shape:<10} {layout:<11} {action:<9} {r['changed']:>8} "
+                  f"{r['changed'] / r['raw_s']:>9.0f} {r['changed'] / r['sweep_s']:>9.0f} {r['batches']:>7} "
+                  f"{shown(ratio, '>=', TARGET):>5} {'>=' + str(TARGET):>6} {r['rss_mb']:>7.1f}"
+                  f"  {'met' if ratio >= TARGET else 'MISSED'}", flush=True)
+            summary.append(result(f"{kind} {rows:,} {'' if shape == 'base' else shape + ' '}{layout} {action}",
+                                  ratio, ">=", TARGET, rss_mb=round(r["rss_mb"], 1)))
+            for plan in r["plans"]:
+                print(plan, flush=True)
     print("ratio = sweep rows/s / raw statement rows/s (same rows, same run); RSS = peak of the sweep process")
+    if len(args.rows) > 1:  # target 1's "must not grow" and target 2, between the smallest and largest size
+        small, big = min(args.rows), max(args.rows)
+        at = {(r["rows"], r["server"], r["shape"], r["layout"], r["action"]): r for r in results}
+        print(f"\nfrom {small:,} to {big:,} rows (the sweep/raw ratio must not fall as the table grows; the peak RSS "
+              f"within 20%):")
+        for kind, shape, layout, action in cases:
+            a, b = at[small, kind, shape, layout, action], at[big, kind, shape, layout, action]
+            what = f"{kind} {'' if shape == 'base' else shape + ' '}{layout} {action}, ratio {big:,} / {small:,}"
+            print(f"  {what}: {verdict(b['ratio'] / a['ratio'], '>=', 1.0, '')}")
+            summary.append(result(what, b["ratio"] / a["ratio"], ">=", 1.0))
+        for kind in args.servers.split(","):
+            peak = {n: max(r["rss_mb"] for r in results if r["server"] == kind and r["rows"] == n)
+                    for n in (small, big)}
+            what = f"{kind} sweep peak RSS {big:,} / {small:,}"
+            print(f"  {what} ({peak[big]:.1f} / {peak[small]:.1f} MB): "
+                  f"{verdict(peak[big] / peak[small], '<=', 1.2, '')}")
+            summary.append(result(what, peak[big] / peak[small], "<=", 1.2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    write_results(args.results, "bench_sweep.py", summary, started)
     return 0
 
 

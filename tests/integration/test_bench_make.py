@@ -15,7 +15,9 @@ import pytest
 from scripts.bench_summary import shown
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+# 33-67 s here depending on the machine's load (five scripts, two fresh Airflow imports, the demo seeded): the
+# slow tier, which `make test` runs last (alone: `make test-slow`)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # per script: its results file and how many targets it reports at these sizes
 EXPECTED = {

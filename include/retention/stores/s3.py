@@ -77,6 +77,7 @@ from include.retention.stores.s3_objects import (
     tag_matches,
 )
 from include.retention.stores.s3_orphans import S3Orphans
+from include.retention.stores.s3_spool import Spool
 from include.retention.stores.s3_subjects import S3Subjects
 from include.retention.stores.s3_writes import Purger, Upload, _safe_cut
 
@@ -101,6 +102,7 @@ class S3Store(S3Orphans, S3Subjects, Store):
         self._buckets: dict[str, BucketInfo] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._bands: tuple[Any, ...] = (None, None, [])  # (rule, now, [(cutoff, action), ...]) of _action
+        self._spool: Spool | None = None  # the last plan's due objects, for its delete stage (s3_spool)
 
     @classmethod
     def from_conn(cls, name: str, policy: Policy, info: ConnInfo, *, key: bytes = b"", **kwargs: Any) -> S3Store:
@@ -148,6 +150,7 @@ class S3Store(S3Orphans, S3Subjects, Store):
         return keyed_digest(self.key, "\n".join(keys))
 
     def close(self) -> None:
+        self._drop_spool()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.client.close()
@@ -416,34 +419,59 @@ class S3Store(S3Orphans, S3Subjects, Store):
         for page in self._walk_pages(collection_name, rule, now, only):
             yield from page
 
-    def _walk_pages(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None):
-        """(object, action, state) per object, one listing page at a time; an orphan rule's due objects that a
-        row still references are ``referenced`` (looked up once per page)."""
+    def _walk_pages(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None,
+                    pages: Iterator[list[S3Object]] | None = None):
+        """(object, action, state) per object, one listing page at a time (or one page of ``pages``, a plan's
+        spool); an orphan rule's due objects that a row still references are ``referenced`` (looked up once per
+        page)."""
         coll = self.coll(collection_name)
         pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
-        for page in self.objects(coll.bucket, self.prefix(coll)):
+        for page in pages if pages is not None else self.objects(coll.bucket, self.prefix(coll)):
             self._prefetch(coll, rule, page, now, pattern, only)
             classified = [(obj, *self.classify(collection_name, rule, obj, now, pattern, only)) for obj in page]
             yield self.unowned(collection_name, classified) if rule.start.orphaned is not None else classified
 
     # ---- plan -----------------------------------------------------------------------------
+    def spools(self, collection_name: str, rule: Rule) -> bool:
+        """Does the plan of ``rule`` keep its due objects for the delete stage (``s3_spool``)?
+
+        Where the act stage would classify a kept object exactly as a fresh listing would show it: in a
+        versioned bucket (the planned versions are deleted by version id, their dates never change), and in
+        an unversioned one when the date comes from the key or is read again at act time (metadata, tag).
+        Not for an unversioned bucket dated by ``last_modified``: an object overwritten after the plan would be
+        deleted by its key on the plan's old date; there the delete stage lists the bucket again.
+        """
+        if not any(s.action == "delete" for s in rule.stages):
+            return False
+        return self.bucket_info(self.coll(collection_name).bucket).versioned or rule.start.basis != "last_modified"
+
     def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
         now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        self._drop_spool()
+        spool = Spool(collection_name, rule, now) if self.spools(collection_name, rule) else None
         total = in_scope = held = already = no_date = 0
         eligible = {s.action: 0 for s in rule.stages}
-        for _obj, action, state in self._walk(collection_name, rule, now):
-            total += 1
-            if state == "out":
-                continue
-            in_scope += 1
-            if state == "held":
-                held += 1
-            elif state == "done":
-                already += 1
-            elif state == "due":
-                eligible[action] += 1
-            elif state == "no_date":
-                no_date += 1
+        try:
+            for obj, action, state in self._walk(collection_name, rule, now):
+                total += 1
+                if state == "out":
+                    continue
+                in_scope += 1
+                if state == "held":
+                    held += 1
+                elif state == "done":
+                    already += 1
+                elif state == "due":
+                    eligible[action] += 1
+                    if spool is not None and action == "delete":
+                        spool.add(obj)
+                elif state == "no_date":
+                    no_date += 1
+        except BaseException:
+            if spool is not None:
+                spool.close()
+            raise
+        self._spool = spool
         if no_date:
             log.warning("%s.%s: %d objects carry no readable %s date and are kept", self.name, collection_name,
                         no_date, rule.start.basis)
@@ -469,14 +497,13 @@ class S3Store(S3Orphans, S3Subjects, Store):
                            {"batch": result.batches, "versions": versions, "errors": errors})
 
             purger = Purger(self, bucket, min(batch_size, MAX_DELETE), on_batch, before_batch)
-            for page in self._walk_pages(collection_name, rule, now, only="delete"):
-                for obj, action, state in page:
-                    if state == "due" and action == "delete":
-                        self._release_own_hold(bucket, obj)
-                        purger.add(obj)
-                if rule.start.orphaned is not None:  # right after the page's owners were looked up
-                    purger.flush()
-            purger.flush()
+            spool = self._take_spool(collection_name, rule, now)
+            try:
+                self._delete_due(collection_name, rule, now, bucket, purger,
+                                 spool.pages() if spool is not None else None)
+            finally:
+                if spool is not None:
+                    spool.close()
         else:
             done: list[str] = []
 
@@ -502,6 +529,32 @@ class S3Store(S3Orphans, S3Subjects, Store):
         log.info("%s.%s: %s %d objects in %d batches", self.name, collection_name, stage.action, result.changed,
                  result.batches)
         return result
+
+    def _delete_due(self, collection_name: str, rule: Rule, now: dt.datetime, bucket: str, purger: Purger,
+                    pages: Iterator[list[S3Object]] | None) -> None:
+        """Delete what is due for deletion now, classified page by page: a fresh listing's pages, or the pages
+        of the plan's spool (classified again, tags and HEADs read again where the rule needs them)."""
+        for page in self._walk_pages(collection_name, rule, now, only="delete", pages=pages):
+            for obj, action, state in page:
+                if state == "due" and action == "delete":
+                    self._release_own_hold(bucket, obj)
+                    purger.add(obj)
+            if rule.start.orphaned is not None:  # right after the page's owners were looked up
+                purger.flush()
+        purger.flush()
+
+    def _take_spool(self, collection_name: str, rule: Rule, now: dt.datetime) -> Spool | None:
+        """The spool of the plan just made of this very rule at this instant, if any (it is used once)."""
+        spool, self._spool = self._spool, None
+        if spool is not None and not spool.matches(collection_name, rule, now):
+            spool.close()
+            return None
+        return spool
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     def _lock(self, bucket: str, obj: S3Object, reason: str, now: dt.datetime) -> bool:
         tags = self.tags(bucket, obj)

@@ -94,6 +94,53 @@ def test_versioned_bucket_loses_every_version_of_owned_keys_only(s3, make_store)
     assert 2 <= calls["ListObjectVersions"] <= 4
 
 
+def listed_entries(store: Any) -> list[int]:
+    """The entries (keys, or versions and delete markers) each listing response of ``store``'s client held."""
+    sizes: list[int] = []
+
+    def received(parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name.startswith("List"):
+            sizes.append(len(parsed.get("Contents", [])) + len(parsed.get("Versions", []))
+                         + len(parsed.get("DeleteMarkers", [])))
+
+    store.client.meta.events.register("after-call.s3", received)
+    return sizes
+
+
+def test_the_last_page_of_a_batch_does_not_run_on_over_keys_nobody_wants(s3, make_store):
+    policy = s3_policy(objects_yaml(PLAIN), CRM)
+    store = make_store(policy)
+    put_many(PLAIN, [f"cvs/a{i:04d}/cv.pdf" for i in range(3500)])  # the first 1,500 owned, 2,000 after them not
+    sizes = listed_entries(store)
+
+    deleted = store.delete_referenced("crm.applicants", refs(policy)[0], [{"id": f"a{i:04d}"} for i in range(1500)])
+
+    assert deleted == 1500
+    assert keys(s3, PLAIN) == [f"cvs/a{i:04d}/cv.pdf" for i in range(1500, 3500)]
+    # 1,000 keys, then about what the 500 targets left take by the first page's count (a quarter more and 16:
+    # 641 or 642, as the pointer stands), not another 1,000
+    assert len(sizes) == 2 and sizes[0] == 1000 and 500 <= sizes[1] <= 500 * 5 // 4 + 20
+
+
+def test_versions_of_one_key_spread_over_several_small_pages_all_go(s3, make_store):
+    policy = s3_policy(objects_yaml(VERSIONED), CRM)
+    store = make_store(policy)
+    owned_ids = ["k1", "k2", "k3"]
+    for i in owned_ids:
+        put_many(VERSIONED, [f"cvs/{i}/cv.pdf"] * 40)  # 40 versions each
+        put_many(VERSIONED, [f"cvs/{i}0/cv.pdf"] * 3)  # a neighbour that is not owned
+    s3.delete_object(Bucket=VERSIONED, Key="cvs/k2/cv.pdf")  # a delete marker on top
+    kept_before = [v for v in versions(s3, VERSIONED) if v[0].split("/")[1] not in owned_ids]
+    sizes = listed_entries(store)
+
+    deleted = store.delete_referenced("crm.applicants", refs(policy)[0], [{"id": i} for i in owned_ids])
+
+    assert deleted == 3
+    assert versions(s3, VERSIONED) == kept_before
+    assert sizes[0] == 3 * 4 * 5 // 4 + 16 < 40  # the first page (4 per target, a quarter more and 16) ends
+    assert len(sizes) >= 3  # inside the first key's versions: they continue on the next page
+
+
 def test_exact_keys_and_legal_hold_tags(s3, make_store):
     policy = s3_policy(objects_yaml(PLAIN, legal_hold=True), CRM)
     store = make_store(policy)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -129,7 +129,12 @@ class S3Store(S3Orphans, S3Subjects, Store):
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(operation, exc) from None
 
-    def _pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def _pages(self, operation: str, size: Callable[[], int] | None = None, **kwargs: Any
+               ) -> Iterator[dict[str, Any]]:
+        """The pages of a listing; with ``size``, each request asks for ``size()`` entries (at most 1,000)."""
+        if size is not None:
+            yield from self._sized_pages(operation, size, kwargs)
+            return
         pages = iter(self.client.get_paginator(operation).paginate(**kwargs, PaginationConfig={"PageSize": 1000}))
         while True:
             try:
@@ -139,6 +144,20 @@ class S3Store(S3Orphans, S3Subjects, Store):
             except (ClientError, BotoCoreError) as exc:
                 raise self._fail(operation, exc) from None
             yield page
+
+    def _sized_pages(self, operation: str, size: Callable[[], int], params: dict[str, Any]
+                     ) -> Iterator[dict[str, Any]]:
+        # What the paginator does, with the page size chosen again before every request.
+        params = dict(params)
+        while True:
+            page = self._call(operation, **params, MaxKeys=max(1, min(size(), 1000)))
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            if operation == "list_objects_v2":
+                params["ContinuationToken"] = page["NextContinuationToken"]
+            else:
+                params["KeyMarker"], params["VersionIdMarker"] = page["NextKeyMarker"], page["NextVersionIdMarker"]
 
     @staticmethod
     def _missing(exc: ClientError) -> bool:
@@ -196,17 +215,19 @@ class S3Store(S3Orphans, S3Subjects, Store):
         self.bucket_info(coll.bucket)
 
     # ---- listing --------------------------------------------------------------------------
-    def objects(self, bucket: str, prefix: str, after: str = "") -> Iterator[Page]:
-        """The keys under ``prefix`` (and after the key ``after``), one listing page at a time."""
+    def objects(self, bucket: str, prefix: str, after: str = "", size: Callable[[], int] | None = None
+                ) -> Iterator[Page]:
+        """The keys under ``prefix`` (and after the key ``after``), one listing page at a time (of ``size()``
+        entries, versions and delete markers in a versioned bucket, when given; else 1,000)."""
         if not self.bucket_info(bucket).versioned:
             start = {"StartAfter": after} if after else {}
-            for page in self._pages("list_objects_v2", Bucket=bucket, Prefix=prefix, **start):
+            for page in self._pages("list_objects_v2", size, Bucket=bucket, Prefix=prefix, **start):
                 yield Page((S3Object(o["Key"], o["LastModified"]) for o in page.get("Contents", [])),
                            more=bool(page.get("IsTruncated")))
             return
         carry: S3Object | None = None  # the last key of a page may continue on the next one
         checked, relisted = not after, None  # after a KeyMarker: the first key's versions (see _first_key)
-        for page in self._pages("list_object_versions", Bucket=bucket, Prefix=prefix,
+        for page in self._pages("list_object_versions", size, Bucket=bucket, Prefix=prefix,
                                 **({"KeyMarker": after} if after else {})):
             entries = [(v, False) for v in page.get("Versions", [])]
             entries += [(m, True) for m in page.get("DeleteMarkers", [])]
@@ -717,7 +738,8 @@ class S3Store(S3Orphans, S3Subjects, Store):
         prefix = wanted.common_prefix()
         while not wanted.done():
             jumped = False
-            for page in self.objects(bucket, prefix, after=wanted.seek()):
+            for page in self.objects(bucket, prefix, after=wanted.seek(), size=wanted.page_size):
+                wanted.listed(sum(len(obj.versions) or 1 for obj in page))
                 found = [obj for obj in page if wanted.match(obj.key)]
                 if found:
                     yield found

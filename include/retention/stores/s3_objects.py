@@ -164,6 +164,19 @@ class OwnedKeys:
             targets.append((key, is_prefix))
         self.targets, self.i = targets, 0
         self.seen: set[int] = set()  # targets some listed key matched
+        self.entries = 0  # listing entries (keys, or versions and delete markers) read so far
+
+    def listed(self, entries: int) -> None:
+        """Count a page's entries (for ``page_size``)."""
+        self.entries += entries
+
+    def page_size(self) -> int:
+        """How many entries the next listing request should ask for: about what the targets still ahead take,
+        by the entries per target passed so far (a quarter more, and 16), so that the last page of a batch does
+        not run on over keys nobody wants; 1,000 at most. Before any target is passed: 4 per target and 16."""
+        ahead = len(self.targets) - self.i
+        per_target = self.entries / self.i if self.i else 4.0
+        return min(MAX_DELETE, int(ahead * per_target * 1.25) + 16)
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -25,7 +25,7 @@ from sqlalchemy.sql.base import SyntaxExtension
 
 from include.retention import keytemplate
 from include.retention.connections import make_engine
-from include.retention.errors import SchemaMismatch
+from include.retention.errors import RetentionError, SchemaMismatch
 from include.retention.masking import STRATEGIES
 from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
 from include.retention.stores.base import (DeferredOutcomes, Recorder, RulePlan, StageResult, Store, begin_record,
@@ -483,7 +483,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         n_pk = len(self.coll(collection_name).key_columns())
         by_index = (one_statement and not by_block and len(order) == 2 and n_pk == 1
                     and self._digest_in_db(order[-1]))
-        by_order = not by_block and self._by_order(collection_name, action)
+        # MariaDB, when one statement acts on the batch and the keys are integers: the batch's keys stay in the server
+        by_range = not by_block and not by_index and self._by_range(collection_name, action, mask)
+        if by_range:
+            order = self._range_order(t, order, predicate(t))
+        by_order = not by_block and not by_range and self._by_order(collection_name, action)
         # Rows owning S3 objects: a batch's objects cost one listing and one DeleteObjects per 1,000 whatever the
         # batch's size, so such batches keep at least batch_size rows (time-based shrinking would multiply calls).
         owns = bool(self.policy.owned_objects(self.ref(collection_name)))
@@ -532,6 +536,25 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     done, covered = picked < size, picked
                     if changed:  # before the commit: the statement has run, the batch is not yet durable
                         intent = begin_record(record, action, changed, digest)
+                elif by_range:
+                    # MariaDB: lock the next ``size`` eligible rows and get their count, digest text and last key in
+                    # one locking read, then act on exactly that range with the predicate repeated.
+                    picked, bound, digest = self._pick_range(conn, t, order, where, last, size)
+                    if not picked:
+                        break
+                    in_batch = [*self._after(order, last), *self._upto(order, bound), where]
+                    changed = conn.execute(self._one_statement(collection_name, t, action, in_batch, reason, now,
+                                                               mask or {})).rowcount
+                    if changed != picked:
+                        # the locks should make this impossible; never record a count or digest that is not the truth
+                        raise RetentionError(
+                            f"{self.name}.{collection_name}: a batch's {action} changed {changed} rows where the "
+                            f"locking read counted {picked}; rolled back, nothing recorded")
+                    keys = changed
+                    last = bound
+                    done, covered = picked < size, picked
+                    # before the commit: the statement has run, the batch is not yet durable
+                    intent = begin_record(record, action, changed, digest)
                 elif by_order:
                     # MariaDB, a delete that takes nothing along: one DELETE ... ORDER BY <walk> LIMIT n RETURNING
                     # per batch, the next n eligible rows after the previous batch in index order.
@@ -666,6 +689,68 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         the next ``size`` eligible rows of the walk (an index range when an index leads with ``order[0]``)."""
         stmt = t.delete().where(where, *self._after(order, last)).ext(_OrderedLimit(order, size))
         return [tuple(r) for r in conn.execute(stmt.returning(*order))]
+
+    def _by_range(self, collection_name: str, action: str, mask: dict | None) -> bool:
+        """MariaDB, a one-column integer key, and one statement does the batch (a delete that takes nothing along, a
+        lock, an anonymize with SQL masks): ``_pick_range`` then the act on that range, no key crosses the wire.
+        Other keys keep their walks: ``GROUP_CONCAT`` orders text by the column's collation (``PAD SPACE``, case
+        or accent folding), which is not Python's ``sorted()`` order the digest needs."""
+        dialect = self.engine.dialect
+        if dialect.name != "mysql" or not getattr(dialect, "is_mariadb", False):
+            return False
+        pk = self.key_cols(collection_name)
+        if len(pk) != 1 or not isinstance(pk[0].type, sa.Integer):
+            return False
+        if action == "delete":
+            return not self._takes_along(collection_name)
+        if action == "anonymize":
+            return all(STRATEGIES[m.strategy].in_sql for m in (mask or {}).values())
+        return action == "lock"
+
+    def _range_order(self, t: sa.Table, order: list[sa.Column], where: Any) -> list[sa.Column]:
+        """MariaDB: walk the way the server itself would read the eligible rows. When its optimizer reads them
+        through the start column's index (few of them), ``(start, pk)``; when it would scan the table (the raw
+        statement's plan: many of them, or no usable index), the primary key: each batch a range of the clustered
+        index read in order, where the start index would add a primary-key lookup per row in date order."""
+        if len(order) < 2:
+            return order
+        compiled = sa.select(order[-1]).where(where).compile(
+            dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
+        with self.engine.connect() as conn:
+            plan = conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params).mappings().all()
+        used = next((row["key"] for row in plan if row["table"] == t.name), None)
+        leads = {ix.name for ix in t.indexes if ix.columns and list(ix.columns)[0].name == order[0].name}
+        return order if used in leads else order[-1:]
+
+    def _pick_range(self, conn, t: sa.Table, order: list[sa.Column], where: Any, last: tuple | None, size: int
+                    ) -> tuple[int, tuple | None, str]:
+        """MariaDB: the next ``size`` eligible rows after ``last`` in walk order, locked (``FOR UPDATE``: next-key
+        locks on everything the read scanned, so no row enters, leaves or changes in the range before the commit),
+        in one statement that returns one row: how many, the last of them (the batch's upper bound) and the
+        ``_pk_digest`` of their keys, whose text ``GROUP_CONCAT(pk ORDER BY pk SEPARATOR '\\n')`` builds in the
+        server (integer keys: the very text ``key_text`` joins)."""
+        cols = [c.label(f"w{i}") for i, c in enumerate(order)]
+        picked = (sa.select(*cols).where(where, *self._after(order, last)).order_by(*order).limit(size)
+                  .with_for_update().subquery("picked"))
+        key = picked.c[f"w{len(order) - 1}"]
+        aggregates = [sa.func.count(), sa.func.aggregate_strings(key, "\n").aggregate_order_by(key)]
+        if len(order) == 1:
+            aggregates.append(sa.func.max(key))
+        else:  # the last (start, pk): the latest start, and the greatest key among the rows that have it
+            start = picked.c.w0
+            aggregates += [sa.func.max(start), sa.func.substring_index(
+                sa.func.aggregate_strings(key, ",").aggregate_order_by(start.desc(), key.desc()), ",", 1)]
+        # room for the batch's keys (20 digits and a separator each); a truncated text is refused below
+        conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {max(1 << 20, 21 * size):d}")
+        n, text, *bound = conn.execute(sa.select(*aggregates)).one()
+        if not n:
+            return 0, None, ""
+        text = text.decode("ascii") if isinstance(text, bytes) else text
+        if text is None or text.count("\n") + 1 != n:
+            raise RetentionError(f"{self.name}: a batch's key list came back truncated ({n} keys); nothing acted on")
+        if len(order) > 1:
+            bound[1] = int(bound[1].decode("ascii") if isinstance(bound[1], bytes) else bound[1])
+        return int(n), tuple(bound), self._digest_text(text)
 
     def _by_order(self, collection_name: str, action: str) -> bool:
         """MariaDB acts and returns the batch's keys in one ``DELETE ... ORDER BY ... LIMIT ... RETURNING`` when

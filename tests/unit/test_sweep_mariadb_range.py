@@ -1,0 +1,234 @@
+"""MariaDB's range walk (``SqlStore._pick_range``): per batch one locking read returns the count, the digest text
+(``GROUP_CONCAT`` in the server) and the bound, then one ``DELETE``/``UPDATE`` acts on exactly that range.
+
+On a real MariaDB: exactly the eligible rows in several bounded batches, held rows kept, the digest the server
+builds equal to the Python ``_pk_digest`` of the keys, both walks (the primary key where the optimizer would scan the
+table, ``(start, pk)`` where it would use the start column's index), a row inserted into a batch's range meanwhile
+waits for the batch and is not counted, and a count the act does not confirm is refused with nothing recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pymysql
+import pytest
+import sqlalchemy as sa
+
+from include.retention.errors import RetentionError
+from include.retention.policy import parse_policy
+from include.retention.stores import sql as sqlmod
+from include.retention.stores.sql import SqlStore
+
+from tests.unit.test_sweep_batching import KEY, NOW, POLICY, Recorder, events_table
+
+MY_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"
+
+
+@pytest.fixture
+def my_url(fresh_database):
+    name = f"rt_range_{uuid.uuid4().hex[:8]}"
+    yield fresh_database("mariadb", name)
+    admin = sa.create_engine(MY_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+def seeded(url: str, n: int = 240, expired_every: int = 3) -> tuple[SqlStore, set[int], set[int]]:
+    """Rows ``i*7+1``: every ``expired_every``-th past the period, every 21st of all held; returns the store, the
+    eligible keys and the held expired keys."""
+    engine = sqlmod.make_engine(url)
+    t = events_table(sa.MetaData())
+    t.metadata.create_all(engine)
+    rows, eligible, held = [], set(), set()
+    for i in range(n):
+        old = i % expired_every == 0
+        hold = i % 21 == 0
+        rows.append({"id": i * 7 + 1, "email": f"p{i}@example.org", "legal_hold": hold,
+                     "created_at": NOW - dt.timedelta(days=40 + i % 50 if old else i % 20)})
+        if old:
+            (held if hold else eligible).add(i * 7 + 1)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), rows)
+        conn.execute(sa.text("ANALYZE TABLE events"))
+    return SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY), eligible, held
+
+
+def _spy(store, monkeypatch) -> list[tuple[int, tuple]]:
+    """Record each ``_pick_range`` call's (size, walk columns)."""
+    calls = []
+    real = store._pick_range
+
+    def spy(conn, t, order, where, last, size):
+        calls.append((size, tuple(c.name for c in order)))
+        return real(conn, t, order, where, last, size)
+
+    monkeypatch.setattr(store, "_pick_range", spy)
+    return calls
+
+
+def _done(store, action) -> set[int]:
+    t = store.table("events")
+    with store.engine.connect() as conn:
+        if action == "delete":
+            return set(conn.execute(sa.select(t.c.id)).scalars())
+        marker = t.c.restricted_at if action == "lock" else t.c.anonymized_at
+        return set(conn.execute(sa.select(t.c.id).where(marker.is_not(None))).scalars())
+
+
+@pytest.mark.parametrize("walk", ["pk", "start"])
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock", "old_anonymize"])
+def test_range_walk_acts_on_exactly_the_eligible_rows_in_bounded_batches(my_url, rule, walk, monkeypatch):
+    store, eligible, held = seeded(my_url)
+    if walk == "start":  # as the optimizer says for a selective predicate (see the test below)
+        monkeypatch.setattr(store, "_range_order", lambda t, order, where: order)
+    calls = _spy(store, monkeypatch)
+    monkeypatch.setattr(sqlmod._BatchSizer, "took", lambda self, rows, seconds: None)  # 7 rows a batch throughout
+    monkeypatch.setattr(sqlmod, "key_of", lambda r: pytest.fail("a key came back to Python"))
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    action = r.stages[0].action
+    rec = Recorder()
+    result = store.apply_stage("events", r, r.stages[0], NOW, 7, "test", rec)
+    assert calls and all(cols == (("created_at", "id") if walk == "start" else ("id",)) for _, cols in calls)
+    assert result.changed == len(eligible) == sum(c for _, c, _ in rec.outcomes)
+    assert result.batches == len(rec.intents) == len(rec.outcomes) == -(-len(eligible) // 7)
+    assert [i[:2] for i in rec.intents] == [o[:2] for o in rec.outcomes]
+    assert all(0 < planned <= size == 7 for (_, planned, _), (size, _) in zip(rec.intents, calls, strict=False))
+    done = _done(store, action)
+    if action == "delete":
+        assert not (done & eligible) and held <= done and len(done) == 240 - len(eligible)
+    else:
+        assert done == eligible and not (done & held)
+    # the batches' digests, in walk order, are the Python digests of consecutive runs of the eligible keys
+    store.close()
+    if walk == "pk":
+        keys = sorted(eligible)
+    else:
+        created = {i * 7 + 1: NOW - dt.timedelta(days=40 + i % 50) for i in range(240) if i * 7 + 1 in eligible}
+        keys = sorted(eligible, key=lambda k: (created[k], k))
+    at = 0
+    for _, n, digest in rec.outcomes:
+        assert digest == store._pk_digest(sorted(keys[at:at + n]))
+        at += n
+    assert at == len(keys)
+
+
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock", "old_anonymize"])
+def test_one_batch_digest_built_in_the_server_equals_the_python_one(my_url, rule, monkeypatch):
+    store, eligible, _ = seeded(my_url)
+    calls = _spy(store, monkeypatch)
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    rec = Recorder()
+    store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
+    expected = store._pk_digest(sorted(eligible))
+    assert len(calls) == 1
+    assert rec.intents == [(r.stages[0].action, len(eligible), expected)]
+    assert rec.outcomes == [(r.stages[0].action, len(eligible), expected)]
+    store.close()
+
+
+def test_walk_follows_the_optimizer_primary_key_for_many_rows_start_index_for_few(my_url, monkeypatch):
+    store, _, _ = seeded(my_url, n=240, expired_every=3)  # a third expired: MariaDB scans the table
+    _, _, r = store.policy.rule("db.events.old_delete")
+    t = store.table("events")
+    order = store.walk_order("events", "created_at")
+    where = store.eligible("events", r, r.stages[0], NOW, t)
+    assert [c.name for c in store._range_order(t, order, where)] == ["id"]
+    store.close()
+    engine = sqlmod.make_engine(my_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE events"))
+    engine.dispose()
+    store, eligible, _ = seeded(my_url, n=4000, expired_every=400)  # 10 of 4,000 expired: the index range
+    t = store.table("events")
+    order = store.walk_order("events", "created_at")
+    where = store.eligible("events", r, r.stages[0], NOW, t)
+    assert [c.name for c in store._range_order(t, order, where)] == ["created_at", "id"]
+    calls = _spy(store, monkeypatch)
+    rec = Recorder()
+    assert store.apply_stage("events", r, r.stages[0], NOW, 4, "test", rec).changed == len(eligible) > 4
+    assert calls and all(cols == ("created_at", "id") for _, cols in calls)
+    assert not (_done(store, "delete") & eligible)
+    store.close()
+
+
+def _other_connection(url: str):
+    u = sa.engine.make_url(url)
+    conn = pymysql.connect(host=u.host, port=u.port or 3306, user=u.username, database=u.database, autocommit=False)
+    conn.cursor().execute("SET SESSION innodb_lock_wait_timeout = 1")
+    return conn
+
+
+@pytest.mark.parametrize("rule", ["old_delete", "old_lock"])
+def test_a_row_inserted_into_a_batch_range_waits_and_a_hold_cannot_be_overtaken(my_url, rule, monkeypatch):
+    """Between a batch's locking read and its act another transaction can neither insert an eligible row into the
+    range nor put a picked row on hold: both wait (here: time out); the batch acts on exactly what it counted."""
+    store, eligible, _ = seeded(my_url)
+    real = store._pick_range
+    tried = []
+
+    def pick_then_interfere(conn, t, order, where, last, size):
+        n, bound, digest = real(conn, t, order, where, last, size)
+        if n and not tried:
+            other = _other_connection(my_url)
+            try:
+                cur = other.cursor()
+                for stmt in (  # an eligible row in the gap before the first picked key, a hold on it
+                        f"INSERT INTO events (id, email, created_at, legal_hold) VALUES (3, 'new', "
+                        f"'{(NOW - dt.timedelta(days=60)):%Y-%m-%d}', 0)",
+                        "UPDATE events SET legal_hold = 1 WHERE id = 1 + 7 * 3"):
+                    with pytest.raises(pymysql.err.OperationalError) as err:
+                        cur.execute(stmt)
+                    assert err.value.args[0] == 1205  # lock wait timeout
+                    tried.append(stmt)
+            finally:
+                other.rollback()
+                other.close()
+        return n, bound, digest
+
+    monkeypatch.setattr(store, "_pick_range", pick_then_interfere)
+    _, _, r = store.policy.rule(f"db.events.{rule}")
+    rec = Recorder()
+    result = store.apply_stage("events", r, r.stages[0], NOW, 5, "test", rec)
+    assert len(tried) == 2
+    assert result.changed == len(eligible) == sum(c for _, c, _ in rec.outcomes)
+    if rule == "old_delete":  # neither the inserted row (id 3) nor anything else beyond the eligible rows went
+        left = _done(store, "delete")
+        assert not (left & eligible) and len(left) == 240 - len(eligible) and 3 not in left
+    else:
+        assert _done(store, "lock") == eligible
+    store.close()
+
+
+def test_a_count_the_act_does_not_confirm_is_refused_and_nothing_recorded(my_url, monkeypatch):
+    store, eligible, _ = seeded(my_url)
+    real = store._pick_range
+    monkeypatch.setattr(store, "_pick_range", lambda *a: (lambda n, b, d: (n - 1, b, d))(*real(*a)))
+    _, _, r = store.policy.rule("db.events.old_delete")
+    rec = Recorder()
+    with pytest.raises(RetentionError, match="rolled back, nothing recorded"):
+        store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
+    assert rec.intents == [] and rec.outcomes == []
+    assert eligible <= _done(store, "delete")  # the batch rolled back: every row still there
+    store.close()
+
+
+def test_range_walk_only_for_mariadb_integer_keys_and_one_statement_batches(monkeypatch):
+    from tests.unit.test_sweep_batching import MY, _mask, offline_store
+
+    maria = offline_store(MY, mariadb=True)
+    assert maria._by_range("events", "delete", None) and maria._by_range("events", "lock", None)
+    assert maria._by_range("events", "anonymize", {"email": _mask("redact")})
+    assert not maria._by_range("events", "anonymize", {"email": _mask("hmac")})  # computed in Python
+    assert not offline_store(MY)._by_range("events", "delete", None)  # MySQL: not measured, not tested
+    assert not offline_store("sqlite://")._by_range("events", "delete", None)
+    text_key = offline_store(MY, mariadb=True)
+    text_key._tables["events"] = sa.Table("events", sa.MetaData(), sa.Column("id", sa.String(40), primary_key=True),
+                                          *(sa.Column(c) for c in ("email", "created_at", "legal_hold",
+                                                                   "restricted_at", "restriction_reason",
+                                                                   "anonymized_at")))
+    assert not text_key._by_range("events", "delete", None)  # collation order is not sorted() order
+    monkeypatch.setattr(maria, "_takes_along", lambda name: True)
+    assert not maria._by_range("events", "delete", None) and maria._by_range("events", "lock", None)

@@ -232,3 +232,22 @@ def test_range_walk_only_for_mariadb_integer_keys_and_one_statement_batches(monk
     assert not text_key._by_range("events", "delete", None)  # collation order is not sorted() order
     monkeypatch.setattr(maria, "_takes_along", lambda name: True)
     assert not maria._by_range("events", "delete", None) and maria._by_range("events", "lock", None)
+
+
+def test_a_truncated_key_list_is_refused_before_anything_is_acted_on(my_url):
+    """``GROUP_CONCAT`` cuts its text at ``group_concat_max_len`` (with only a warning): a batch whose text lacks keys
+    is refused, nothing acted on or recorded. (Here the session limit is forced low behind the store's back.)"""
+    store, eligible, _ = seeded(my_url)
+    store.engine.dispose()
+
+    @sa.event.listens_for(store.engine, "connect")
+    def _small(dbapi_conn, record):
+        dbapi_conn.cursor().execute("SET SESSION group_concat_max_len = 40")
+        record.info["retention_group_concat_max_len"] = 1 << 40  # the store believes it has set room
+
+    _, _, r = store.policy.rule("db.events.old_delete")
+    rec = Recorder()
+    with pytest.raises(RetentionError, match="truncated"):
+        store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
+    assert rec.intents == [] and eligible <= _done(store, "delete")
+    store.close()

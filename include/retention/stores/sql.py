@@ -740,8 +740,12 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             start = picked.c.w0
             aggregates += [sa.func.max(start), sa.func.substring_index(
                 sa.func.aggregate_strings(key, ",").aggregate_order_by(start.desc(), key.desc()), ",", 1)]
-        # room for the batch's keys (20 digits and a separator each); a truncated text is refused below
-        conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {max(1 << 20, 21 * size):d}")
+        # room for the batch's keys (20 digits and a separator each), set once per connection and size; a truncated
+        # text is refused below
+        room = max(1 << 20, 21 * size)
+        if conn.info.get("retention_group_concat_max_len", 0) < room:
+            conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {room:d}")
+            conn.info["retention_group_concat_max_len"] = room
         n, text, *bound = conn.execute(sa.select(*aggregates)).one()
         if not n:
             return 0, None, ""

@@ -396,3 +396,30 @@ def test_a_failure_after_a_committed_batch_still_records_its_outcome(db_url, rul
     verified = ledger.verify(record=False)
     assert verified.ok and verified.unreconciled_count == 0
     store.close()
+
+
+def test_a_table_is_reflected_with_what_the_store_uses_and_nothing_it_refers_to(db_url):
+    """Columns and types, primary key, indexes and unique constraints (the walk's order follows an index leading with
+    the start column, or a unique constraint); foreign keys are not read, so a table they refer to (outside the
+    system) is not reflected along."""
+    engine = sqlmod.make_engine(db_url)
+    md = sa.MetaData()
+    sa.Table("owners", md, sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False))
+    t = events_table(md, index=False)
+    t.append_column(sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("owners.id")))
+    t.append_constraint(sa.UniqueConstraint("created_at", "id", name="uq_events_created"))
+    md.create_all(engine)
+    store = SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY)
+    table = store.table("events")
+    assert set(table.metadata.tables) == {"events"}
+    assert [c.name for c in table.primary_key] == ["id"] and table.c.id.primary_key
+    assert isinstance(table.c.created_at.type, sa.DateTime) and isinstance(table.c.email.type, sa.String)
+    assert [c.name for c in store.walk_order("events", "created_at")] == ["created_at", "id"]  # the unique one
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE INDEX ix_events_email ON events (email, created_at)"))
+    store = SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY)
+    indexes = {ix.name: [c.name for c in ix.columns] for ix in store.table("events").indexes}
+    assert indexes["ix_events_email"] == ["email", "created_at"]
+    assert [c.name for c in store.walk_order("events", "email")] == ["email", "id"]
+    assert [c.name for c in store.walk_order("events", "legal_hold")] == ["id"]
+    engine.dispose()

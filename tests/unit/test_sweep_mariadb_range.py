@@ -251,3 +251,37 @@ def test_a_truncated_key_list_is_refused_before_anything_is_acted_on(my_url):
         store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
     assert rec.intents == [] and eligible <= _done(store, "delete")
     store.close()
+
+
+@pytest.mark.parametrize("keys", ["zerofill", "negative"])
+def test_the_digest_text_is_python_s_for_keys_the_server_prints_otherwise_or_orders_as_text(my_url, keys):
+    """``ZEROFILL`` keys print as ``000022`` in ``GROUP_CONCAT`` (Python's ``str`` of the key is ``22``) and negative
+    keys sort before positive ones as numbers, not as text: the recorded digest is still ``_pk_digest`` of the keys,
+    in one batch and over several."""
+    engine = sqlmod.make_engine(my_url)
+    key_type = "INT(6) UNSIGNED ZEROFILL" if keys == "zerofill" else "BIGINT"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE events (id {key_type} PRIMARY KEY, email VARCHAR(200), created_at DATETIME, "
+                             "legal_hold BOOL, restricted_at DATETIME, restriction_reason VARCHAR(200), "
+                             "anonymized_at DATETIME, KEY ix_events_created_at (created_at))"))
+        ids = [i * 7 + 1 if keys == "zerofill" else i * 7 - 800 for i in range(240)]
+        conn.execute(sa.text("INSERT INTO events (id, email, created_at, legal_hold) VALUES (:id, 'x', :c, :h)"),
+                     [{"id": k, "c": NOW - dt.timedelta(days=40 if i % 3 == 0 else 1), "h": i % 21 == 0}
+                      for i, k in enumerate(ids)])
+    eligible = sorted(k for i, k in enumerate(ids) if i % 3 == 0 and i % 21 != 0)
+    store = SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY)
+    _, _, r = store.policy.rule("db.events.old_lock")
+    one = Recorder()
+    store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", one)
+    assert one.intents == [("lock", len(eligible), store._pk_digest(eligible))]
+    _, _, r = store.policy.rule("db.events.old_delete")
+    several = Recorder()
+    store.apply_stage("events", r, r.stages[0], NOW, 7, "test", several)
+    at = 0
+    for _, n, digest in several.outcomes:
+        assert digest == store._pk_digest(eligible[at:at + n])
+        at += n
+    assert at == len(eligible) and len(several.outcomes) > 1
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT id FROM events")).scalars()) == sorted(set(ids) - set(eligible))
+    store.close()

@@ -724,17 +724,17 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     ) -> tuple[int, tuple | None, str]:
         """MariaDB: the next ``size`` eligible rows after ``last`` in walk order, locked (``FOR UPDATE``: next-key
         locks on everything the read scanned, so no row enters, leaves or changes in the range before the commit),
-        in one statement that returns one row: how many, the last of them (the batch's upper bound) and the
-        ``_pk_digest`` of their keys, whose text ``GROUP_CONCAT(pk ORDER BY pk SEPARATOR '\\n')`` builds in the
-        server (integer keys: the very text ``key_text`` joins)."""
+        in one statement that returns one row: how many, their keys as one text (``GROUP_CONCAT(pk SEPARATOR
+        '\\n')``) and, on the ``(start, pk)`` walk, the last of them (the batch's upper bound). The text is parsed,
+        sorted and joined again here (``str`` of each integer: the very text ``key_text`` joins, whatever the
+        column's display, e.g. ``ZEROFILL``), which is cheaper than ``GROUP_CONCAT(... ORDER BY pk)`` (a sort tree
+        in the server: 0.3 s per 300,000 keys here, the parse 0.1 s); no row crosses the wire."""
         cols = [c.label(f"w{i}") for i, c in enumerate(order)]
         picked = (sa.select(*cols).where(where, *self._after(order, last)).order_by(*order).limit(size)
                   .with_for_update().subquery("picked"))
         key = picked.c[f"w{len(order) - 1}"]
-        aggregates = [sa.func.count(), sa.func.aggregate_strings(key, "\n").aggregate_order_by(key)]
-        if len(order) == 1:
-            aggregates.append(sa.func.max(key))
-        else:  # the last (start, pk): the latest start, and the greatest key among the rows that have it
+        aggregates = [sa.func.count(), sa.func.aggregate_strings(key, "\n")]
+        if len(order) > 1:  # the last (start, pk): the latest start, and the greatest key among the rows that have it
             start = picked.c.w0
             aggregates += [sa.func.max(start), sa.func.substring_index(
                 sa.func.aggregate_strings(key, ",").aggregate_order_by(start.desc(), key.desc()), ",", 1)]
@@ -748,11 +748,15 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         if not n:
             return 0, None, ""
         text = text.decode("ascii") if isinstance(text, bytes) else text
-        if text is None or text.count("\n") + 1 != n:
+        parts = text.split("\n") if text is not None else []
+        if len(parts) != n:
             raise RetentionError(f"{self.name}: a batch's key list came back truncated ({n} keys); nothing acted on")
+        keys = sorted(map(int, parts))
         if len(order) > 1:
-            bound[1] = int(bound[1].decode("ascii") if isinstance(bound[1], bytes) else bound[1])
-        return int(n), tuple(bound), self._digest_text(text)
+            bound = (bound[0], int(bound[1].decode("ascii") if isinstance(bound[1], bytes) else bound[1]))
+        else:
+            bound = (keys[-1],)
+        return int(n), bound, self._digest_text("\n".join(map(str, keys)))
 
     def _by_order(self, collection_name: str, action: str) -> bool:
         """MariaDB acts and returns the batch's keys in one ``DELETE ... ORDER BY ... LIMIT ... RETURNING`` when

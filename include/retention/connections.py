@@ -101,6 +101,11 @@ def make_engine(url: str) -> sa.Engine:
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
+    elif url.startswith(("mysql", "mariadb")):
+        # The batch walks rely on InnoDB's next-key locks (ADR 0015, 0016): a locking read holds the range it
+        # scanned until the commit. Under READ COMMITTED (a server or user default some sites set) there are no
+        # gap locks, so the session is pinned to REPEATABLE READ whatever the server's default.
+        kwargs["isolation_level"] = "REPEATABLE READ"
     return sa.create_engine(url, **kwargs)
 
 

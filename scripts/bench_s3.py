@@ -10,8 +10,8 @@ Starts moto's server (``ThreadedMotoServer``, real HTTP) on a free port and meas
   Raw: the loop a script would run, ``list_objects_v2`` (``list_object_versions`` in the versioned
   bucket, so every version goes too) over the prefix, the key's date compared with the cutoff, and
   ``delete_objects`` per 1,000 keys. Both on the same data, regenerated in between; both counted with
-  botocore's ``before-call`` event. The product's act stage alone (without its plan listing) is shown
-  too.
+  botocore's ``before-call`` event. The product's act reads the due objects its plan spooled (one listing in
+  all). The delete stage alone, without a plan before it (so with its own listing), is shown too.
 - **owned**: ROWS (default 10,000) CRM rows past their period, each owning a CV ``cvs/{id}/cv.pdf``, among
   10% that are not, in PostgreSQL. Product: ``run_rule`` of the rows' delete rule, the SQL store handing
   each batch's rows to the S3 store (``delete_referenced``). Raw: one ``DELETE ... RETURNING id`` and a
@@ -199,7 +199,8 @@ def product_sweep(moto: Moto, policy: Any, coll: str) -> tuple[float, Counter, d
 
 
 def act_only(moto: Moto, policy: Any, coll: str) -> float:
-    """The product's delete stage alone (no check, no plan listing): what the loop itself costs."""
+    """The product's delete stage alone, without a plan before it: it lists the bucket itself (there is no plan's
+    spool to read) and deletes page by page, so the bucket it lists shrinks as it goes."""
     store = S3Store.from_conn("objects", policy, moto.info, key=KEY)
     rule = policy.rule(f"objects.{coll}.expire")[2]
     store.check(coll)  # the bucket's versioning and Object Lock, as a run learns them first
@@ -369,7 +370,7 @@ def main() -> int:
     finally:
         moto.stop()
     print("ratio = raw seconds / product seconds (run_rule: check, plan, act, ledger), target >= 0.8; act = the "
-          "product's delete stage alone (no check, no plan listing); moto's server over HTTP in this process")
+          "product's delete stage alone (no plan before it: its own listing); moto's server over HTTP in this process")
     write_results(args.results, "bench_s3.py", summary, started, notes)
     return 0
 

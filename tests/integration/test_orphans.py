@@ -284,3 +284,52 @@ def test_the_forecast_of_a_week_is_what_a_sweep_a_week_later_does(arranged):
                       now=NOW + dt.timedelta(days=7))
     assert counts["deleted"] == week["delete"]
     assert set(_state(engine)) == set(ROWS) - {4, 5, 8, 9}
+
+
+def test_mariadb_batch_records_the_rows_it_deleted_when_references_change_meanwhile(tmp_path, fresh_database):
+    """MariaDB: an orphan rule's ``NOT EXISTS`` reads the referencing table, which a locking read of the orphans does
+    not lock. Between a batch's choice of rows and its delete, row 9 (chosen) gains a reference and row 4 (stamped,
+    referenced when chosen) loses its own: whatever the batch then deletes, its ledger digest and count are those of
+    the rows really gone, and a row referenced at the delete stays."""
+    import uuid
+
+    from include.retention.stores import sql as sqlmod
+    from tests.unit.test_sweep_batching import Recorder
+
+    url = fresh_database("mariadb", f"rt_orph_{uuid.uuid4().hex[:8]}")
+    engine = _people(url)
+    policy = parse_policy(POLICY, source="orphans.yaml")
+    store = SqlStore("crm", policy, engine, mask_key=KEY)
+    _, _, rule = policy.rule("crm.people.orphaned")
+    store.check("people")
+    store.prepare_rule("people", rule, NOW, 10, lambda *a, **k: None)
+    with engine.begin() as conn:  # row 4 referenced after its stamp: not eligible now
+        conn.execute(orders.insert().values(id=3, person_id=4))
+    swapped = []
+    real = sqlmod.SqlStore._pick_range
+
+    def pick_then_swap(self, conn, t, order, where, last, size):
+        picked = real(self, conn, t, order, where, last, size)
+        if not swapped:
+            with engine.connect() as other:  # another session: 9 referenced, 4 no longer
+                other.execute(orders.insert().values(id=4, person_id=9))
+                other.execute(orders.delete().where(orders.c.id == 3))
+                other.commit()
+            swapped.append(1)
+        return picked
+
+    before = set(_state(engine))
+    rec = Recorder()
+    sqlmod.SqlStore._pick_range, saved = pick_then_swap, sqlmod.SqlStore._pick_range
+    try:
+        result = store.apply_stage("people", rule, rule.stages[0], NOW, 10, "retention:test", rec)
+    finally:
+        sqlmod.SqlStore._pick_range = saved
+    gone = sorted(before - set(_state(engine)))
+    assert result.changed == len(gone) == sum(n for _, n, _ in rec.outcomes) == 1
+    assert [d for _, _, d in rec.outcomes] == [store._pk_digest(gone)]
+    with engine.connect() as conn:
+        referenced = set(conn.execute(sa.select(orders.c.person_id)).scalars())
+    assert not (referenced & set(gone))  # nothing referenced when the batch ended is gone
+    assert gone == ([4] if swapped else [9])  # (one statement chooses and deletes: no window, row 9 goes)
+    store.close()

@@ -482,7 +482,10 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         by_index = (one_statement and not by_block and len(order) == 2 and n_pk == 1
                     and self._digest_in_db(order[-1]))
         # MariaDB, when one statement acts on the batch and the keys are integers: the batch's keys stay in the server
-        by_range = not by_block and not by_index and self._by_range(collection_name, action, mask)
+        # (not when the predicate reads another table, an orphan rule's NOT EXISTS: the locking read does not lock
+        # those rows, so the act could take other rows than the ones counted and digested)
+        by_range = (not by_block and not by_index and self._by_range(collection_name, action, mask)
+                    and not _reads_other_tables(predicate(t)))
         if by_range:
             order = self._range_order(t, order, predicate(t))
         by_order = not by_block and not by_range and self._by_order(collection_name, action)
@@ -1017,6 +1020,17 @@ def _reflect_tables(engine: sa.Engine, names: list[str]) -> dict[str, sa.Table]:
                 t.append_constraint(sa.UniqueConstraint(*uq["column_names"], name=uq.get("name")))
         out[table_name] = t
     return out
+
+
+def _reads_other_tables(where: Any) -> bool:
+    """Does ``where`` read rows of other tables (a subquery: ``EXISTS``, ``IN (SELECT ...)``, a scalar select)?
+    MariaDB's locking read (``_pick_range``) locks the rows it scans of the table itself, not those a subquery reads:
+    another session can change them between the read and the act, and the act would then take other rows than the
+    ones the read counted and digested (the same number of them, one row in, another out)."""
+    from sqlalchemy.sql import visitors
+    from sqlalchemy.sql.expression import Exists, ScalarSelect, Select
+
+    return any(isinstance(e, (Exists, ScalarSelect, Select)) for e in visitors.iterate(where))
 
 
 def _flush_after_failure(deferred: DeferredOutcomes) -> None:

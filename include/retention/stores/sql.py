@@ -28,8 +28,16 @@ from include.retention.connections import make_engine
 from include.retention.errors import RetentionError, SchemaMismatch
 from include.retention.masking import STRATEGIES
 from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
-from include.retention.stores.base import (DeferredOutcomes, Recorder, RulePlan, StageResult, Store, begin_record,
-                                           end_record, flush_record)
+from include.retention.stores.base import (
+    DeferredOutcomes,
+    Recorder,
+    RulePlan,
+    StageResult,
+    Store,
+    begin_record,
+    end_record,
+    flush_record,
+)
 from include.retention.stores.sql_cascade import SqlCascade
 from include.retention.stores.sql_keys import after, has_row_values, key_in, key_of, key_text, upto
 from include.retention.stores.sql_orphans import SqlOrphans

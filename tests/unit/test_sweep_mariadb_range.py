@@ -285,3 +285,31 @@ def test_the_digest_text_is_python_s_for_keys_the_server_prints_otherwise_or_ord
     with engine.connect() as conn:
         assert sorted(conn.execute(sa.text("SELECT id FROM events")).scalars()) == sorted(set(ids) - set(eligible))
     store.close()
+
+
+def test_a_key_list_cut_inside_its_last_key_is_refused(my_url):
+    """``GROUP_CONCAT`` may cut the text inside its last key, leaving as many separators as a whole text has
+    (``1\\n2\\n300`` cut to ``1\\n2\\n3``): refused like any truncated text, nothing acted on or recorded."""
+    engine = sqlmod.make_engine(my_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE events (id BIGINT PRIMARY KEY, email VARCHAR(200), created_at DATETIME, "
+                             "legal_hold BOOL, restricted_at DATETIME, restriction_reason VARCHAR(200), "
+                             "anonymized_at DATETIME, KEY ix_events_created_at (created_at))"))
+        conn.execute(sa.text("INSERT INTO events (id, email, created_at, legal_hold) VALUES (:id, 'x', :c, 0)"),
+                     [{"id": k, "c": NOW - dt.timedelta(days=40)} for k in (1, 2, 300)])
+    engine.dispose()
+
+    @sa.event.listens_for(engine, "connect")
+    def _small(dbapi_conn, record):
+        dbapi_conn.cursor().execute("SET SESSION group_concat_max_len = 5")  # '1\n2\n300' -> '1\n2\n3'
+        record.info["retention_group_concat_max_len"] = 1 << 40  # the store believes it has set room
+
+    store = SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY)
+    _, _, r = store.policy.rule("db.events.old_delete")
+    rec = Recorder()
+    with pytest.raises(RetentionError, match="truncated"):
+        store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
+    assert rec.intents == [] and rec.outcomes == []
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT id FROM events")).scalars()) == [1, 2, 300]
+    store.close()

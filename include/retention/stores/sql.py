@@ -747,7 +747,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         else:  # the last (start, pk): the latest start, and the greatest key among the rows that have it
             start = picked.c.w0
             aggregates += [sa.func.max(start), sa.func.substring_index(
-                sa.func.aggregate_strings(key + 0, ",").aggregate_order_by(start.desc(), key.desc()), ",", 1)]
+                sa.func.aggregate_strings(key + 0, ",").aggregate_order_by(start.desc(), key.desc()), ",", 1),
+                sa.func.max(key)]
         # room for the batch's keys (20 digits and a separator each), set once per connection and size; a truncated
         # text is refused below
         room = max(1 << 20, 21 * size)
@@ -757,11 +758,15 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         n, text, *bound = conn.execute(sa.select(*aggregates)).one()
         if not n:
             return 0, None, ""
-        text = text.decode("ascii") if isinstance(text, bytes) else text
-        if text is None or text.count("\n") + 1 != n:
-            raise RetentionError(f"{self.name}: a batch's key list came back truncated ({n} keys); nothing acted on")
+        greatest = bound[-1]
         if len(order) > 1:
+            bound = bound[:2]
             bound[1] = int(bound[1].decode("ascii") if isinstance(bound[1], bytes) else bound[1])
+        text = text.decode("ascii") if isinstance(text, bytes) else text
+        # whole: one key per separator, and the last one (the keys ascend) is the greatest in full; a text cut inside
+        # its last key has as many separators as a whole one
+        if text is None or text.count("\n") + 1 != n or text.rpartition("\n")[2] != str(int(greatest)):
+            raise RetentionError(f"{self.name}: a batch's key list came back truncated ({n} keys); nothing acted on")
         return int(n), tuple(bound), self._digest_text(text)
 
     def _by_order(self, collection_name: str, action: str) -> bool:

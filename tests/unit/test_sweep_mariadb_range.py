@@ -20,7 +20,6 @@ from include.retention.errors import RetentionError
 from include.retention.policy import parse_policy
 from include.retention.stores import sql as sqlmod
 from include.retention.stores.sql import SqlStore
-
 from tests.unit.test_sweep_batching import KEY, NOW, POLICY, Recorder, events_table
 
 MY_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"

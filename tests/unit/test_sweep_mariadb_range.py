@@ -262,7 +262,8 @@ def test_the_digest_text_is_python_s_for_keys_the_server_prints_otherwise_or_ord
     with engine.begin() as conn:
         conn.execute(sa.text(f"CREATE TABLE events (id {key_type} PRIMARY KEY, email VARCHAR(200), "
                              "created_at DATETIME, legal_hold BOOL, restricted_at DATETIME, "
-                             "restriction_reason VARCHAR(200), anonymized_at DATETIME, KEY ix_events_created_at (created_at))"))
+                             "restriction_reason VARCHAR(200), anonymized_at DATETIME, "
+                             "KEY ix_events_created_at (created_at))"))
         ids = [i * 7 + 1 if keys == "zerofill" else i * 7 - 800 for i in range(240)]
         conn.execute(sa.text("INSERT INTO events (id, email, created_at, legal_hold) VALUES (:id, 'x', :c, :h)"),
                      [{"id": k, "c": NOW - dt.timedelta(days=40 if i % 3 == 0 else 1), "h": i % 21 == 0}

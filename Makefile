@@ -67,8 +67,8 @@ validate: venv
 # The size argument, BENCH_SIZE (docs/benchmarks.md, "Running make bench"):
 #   default  SQL sweep 1,000,000 rows (all 12 server/layout/action cases), 500 erasure subjects (sample
 #            of 10 one at a time), 5,000 S3 objects and 5,000 CRM rows with CVs, DAG parses 3 cold / 5
-#            warm, access package 10,000 and 100,000 rows: about 7 minutes on this machine (2 shared cores;
-#            415 s at load average 2-6, about 11 minutes under a heavier load)
+#            warm, access package 10,000 and 100,000 rows: 6-7 minutes on this machine (2 shared cores;
+#            352 s and 415 s at load averages 1-9, about 11 minutes under a steady heavy load)
 #   full     the issue's whole matrix: the sweep at 1,000,000 and 5,000,000 rows (adds "the ratio must not
 #            fall as the table grows" and "peak RSS within 20%"), 1,000 subjects (sample 20), 20,000
 #            objects and 10,000 CRM rows, parses 5 cold / 15 warm, and BENCH_EXTRA="tax celery". Not timed

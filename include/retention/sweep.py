@@ -33,6 +33,14 @@ def run_rule(
     brake_approved: bool = False,
 ) -> dict[str, Any]:
     """Enforce one rule; returns its counts (no personal data: numbers and names only)."""
+    try:
+        return _run_rule(policy, rule_id, store, ledger, run, now=now, dry_run=dry_run, brake_approved=brake_approved)
+    finally:  # what the plan kept for the act (S3's spool of due objects) goes however the rule ended
+        store.release_plan()
+
+
+def _run_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: RunRef, *, now: dt.datetime | None,
+              dry_run: bool, brake_approved: bool) -> dict[str, Any]:
     now = now or dt.datetime.now(dt.UTC)
     coll_ref, _coll, rule = policy.rule(rule_id)
     system, _, coll_name = coll_ref.partition(".")
@@ -42,7 +50,7 @@ def run_rule(
     store.check(coll_name)
     if not dry_run:  # e.g. the orphan marker an 'orphaned' start counts from (a dry run changes nothing)
         store.prepare_rule(coll_name, rule, now, policy.batch_size(rule), LedgerRecorder(ledger, common))
-    plan = store.plan(coll_name, rule, now)
+    plan = store.plan(coll_name, rule, now, for_act=not dry_run)
     counts: dict[str, Any] = {
         "rule_id": rule_id, "system": system, "collection": coll_ref, "dry_run": dry_run,
         "total": plan.total, "in_scope": plan.in_scope, "held": plan.held, "kept": plan.kept,

@@ -515,8 +515,11 @@ class _Store:
     def check(self, name):
         pass
 
-    def plan(self, name, rule, now):
+    def plan(self, name, rule, now, for_act=False):
         return self.plan_
+
+    def release_plan(self):
+        pass
 
     def __getattr__(self, name):  # any action would be a change
         raise AssertionError(f"the store was asked to {name}")

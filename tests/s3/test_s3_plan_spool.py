@@ -245,3 +245,40 @@ def test_the_spool_gives_back_what_it_took_in_pages(tmp_path):
     assert [len(p) for p in pages] == [1000, 1000, 345] and [p.more for p in pages] == [True, True, False]
     assert [o for p in pages for o in p] == objs
     spool.close()
+
+
+def test_only_a_plan_to_act_on_keeps_a_spool_and_run_rule_releases_it_however_it_ends(s3, make_store, ledger):
+    """A forecast, a page or a dry run plans without acting: no spool (no object key on disk); a sweep's plan
+    keeps one for its delete stage, and it is gone when the rule ends, also when the brake stops it."""
+    policy = s3_policy(logs(VERSIONED, max_fraction=0.5))
+    store = make_store(policy)
+    for key in (OLD_A, OLD_B, FRESH):
+        put(s3, VERSIONED, key)
+    rule = policy.rule(RULE)[2]
+
+    assert store.plan("logs", rule, NOW).eligible == {"delete": 2}
+    assert store._spool is None  # a forecast's or the page's plan
+    store.plan("logs", rule, NOW, for_act=True)
+    assert store._spool is not None and store._spool.count == 2
+    store.release_plan()
+    assert store._spool is None
+
+    seen: list[Any] = []
+    plan = store.plan
+
+    def watched(*args: Any, **kwargs: Any):
+        result = plan(*args, **kwargs)
+        seen.append((kwargs.get("for_act"), store._spool))
+        return result
+
+    store.plan = watched
+    with pytest.raises(SafetyBrakeTripped):
+        run_rule(policy, RULE, store, ledger, RunRef("retention_sweep", "r"), now=NOW)
+    run_rule(policy, RULE, store, ledger, RunRef("retention_sweep", "d"), now=NOW, dry_run=True,
+             brake_approved=True)
+    assert [for_act for for_act, _ in seen] == [True, False]
+    tripped_spool = seen[0][1]
+    assert tripped_spool is not None and tripped_spool.file.closed  # released after the brake tripped
+    assert seen[1][1] is None  # the dry run kept nothing
+    assert store._spool is None
+    assert len(keys(s3, VERSIONED)) == 3

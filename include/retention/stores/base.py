@@ -245,8 +245,13 @@ class Store(abc.ABC):
         """Raise ``SchemaMismatch`` if the store lacks what the data map declares."""
 
     @abc.abstractmethod
-    def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
-        """Count what ``rule`` would touch now, per stage."""
+    def plan(self, collection_name: str, rule: Rule, now: dt.datetime, *, for_act: bool = False) -> RulePlan:
+        """Count what ``rule`` would touch now, per stage. ``for_act``: the caller acts on this plan next (a
+        store may keep what it found for that, e.g. S3's spool, until ``release_plan``)."""
+
+    def release_plan(self) -> None:
+        """Drop anything ``plan(..., for_act=True)`` kept for the act (called when the rule is done or stops)."""
+        return None
 
     @abc.abstractmethod
     def apply_stage(

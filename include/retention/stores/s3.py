@@ -466,10 +466,12 @@ class S3Store(S3Orphans, S3Subjects, Store):
             return False
         return self.bucket_info(self.coll(collection_name).bucket).versioned or rule.start.basis != "last_modified"
 
-    def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
+    def plan(self, collection_name: str, rule: Rule, now: dt.datetime, *, for_act: bool = False) -> RulePlan:
+        """Count what ``rule`` would touch at ``now``; ``for_act`` (a sweep about to act, not a dry run, forecast or
+        page): keep the due objects in a spool for the delete stage, until it reads them or ``release_plan``."""
         now = now if now.tzinfo else now.replace(tzinfo=_UTC)
         self._drop_spool()
-        spool = Spool(collection_name, rule, now) if self.spools(collection_name, rule) else None
+        spool = Spool(collection_name, rule, now) if for_act and self.spools(collection_name, rule) else None
         total = in_scope = held = already = no_date = 0
         eligible = {s.action: 0 for s in rule.stages}
         try:
@@ -571,6 +573,9 @@ class S3Store(S3Orphans, S3Subjects, Store):
             spool.close()
             return None
         return spool
+
+    def release_plan(self) -> None:
+        self._drop_spool()
 
     def _drop_spool(self) -> None:
         if self._spool is not None:

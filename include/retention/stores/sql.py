@@ -310,7 +310,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         return sa.and_(*preds)
 
     # ---- plan ---------------------------------------------------------------------------
-    def plan(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
+    def plan(self, collection_name: str, rule: Rule, now: dt.datetime, *, for_act: bool = False) -> RulePlan:
         t = self.table(collection_name)
         scope = sa.and_(*self._base(collection_name, rule, t, now)) if rule.when else sa.true()
         first = rule.stages[0]

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import textwrap
 import urllib.request
+from collections import Counter
 from typing import Any
 
 import boto3
@@ -158,3 +159,14 @@ def sqlite_rows(url: str, query: str) -> list[tuple[Any, ...]]:
         rows = [tuple(r) for r in conn.execute(sa.text(query))]
     engine.dispose()
     return rows
+
+
+def count_calls(store: Any) -> Counter:
+    """The S3 requests ``store``'s client sends from now on, counted by operation (``ListObjectVersions``: 2)."""
+    calls: Counter = Counter()
+
+    def sent(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    store.client.meta.events.register("before-call.s3", sent)
+    return calls

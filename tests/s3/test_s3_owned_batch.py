@@ -7,14 +7,13 @@ a key that merely starts like an owned exact key), counts the requests the store
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import pytest
 
 from include.retention.stores.s3_objects import OwnedKeys
 from tests.policy_text import sql_system
-from tests.s3.conftest import PLAIN, VERSIONED, keys, put, put_many, s3_policy, versions
+from tests.s3.conftest import PLAIN, VERSIONED, count_calls, keys, put, put_many, s3_policy, versions
 
 CRM = sql_system("crm", "crm_db", """\
       applicants:
@@ -33,16 +32,6 @@ CRM = sql_system("crm", "crm_db", """\
 def objects_yaml(bucket: str, legal_hold: bool = False) -> str:
     hold = '\n  legal_hold: [{column: legal-hold, equals: "true"}]' if legal_hold else ""
     return f"cvs:\n  bucket: {bucket}\n  prefix: cvs/{hold}\n"
-
-
-def count_calls(store: Any) -> Counter:
-    calls: Counter = Counter()
-
-    def sent(model: Any, **_: Any) -> None:
-        calls[model.name] += 1
-
-    store.client.meta.events.register("before-call.s3", sent)
-    return calls
 
 
 def refs(policy: Any) -> tuple[Any, Any]:

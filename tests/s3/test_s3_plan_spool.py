@@ -7,7 +7,6 @@ another writer could while a sweep runs, and checks exactly which objects and ve
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -18,7 +17,20 @@ from include.retention.masking import keyed_digest
 from include.retention.stores.s3_objects import S3Object
 from include.retention.stores.s3_spool import Spool
 from include.retention.sweep import run_rule
-from tests.s3.conftest import KEY, LOCKED, NOW, PLAIN, VERSIONED, keys, put, put_many, s3_policy, snapshot, versions
+from tests.s3.conftest import (
+    KEY,
+    LOCKED,
+    NOW,
+    PLAIN,
+    VERSIONED,
+    count_calls,
+    keys,
+    put,
+    put_many,
+    s3_policy,
+    snapshot,
+    versions,
+)
 
 RULE = "objects.logs.expire"
 
@@ -36,16 +48,6 @@ logs:
       period: P30D
       {f'max_fraction: {max_fraction}' if max_fraction is not None else ''}
 """
-
-
-def calls(store: Any) -> Counter:
-    sent: Counter = Counter()
-
-    def count(model: Any, **_: Any) -> None:
-        sent[model.name] += 1
-
-    store.client.meta.events.register("before-call.s3", count)
-    return sent
 
 
 def between(store: Any, change) -> None:
@@ -72,7 +74,7 @@ def test_versioned_bucket_loses_exactly_the_planned_versions_in_one_listing(s3, 
     b1 = put(s3, VERSIONED, OLD_B, b"1")
     marker = s3.delete_object(Bucket=VERSIONED, Key=OLD_B)["VersionId"]  # only versions remain: purged too
     put(s3, VERSIONED, FRESH)
-    sent = calls(store)
+    sent = count_calls(store)
     late: dict[str, str | None] = {}
 
     def change() -> None:
@@ -100,7 +102,7 @@ def test_plain_bucket_dated_by_key_lists_once_and_leaves_keys_written_after_the_
     store = make_store(policy)
     for key in (OLD_A, OLD_B, FRESH):
         put(s3, PLAIN, key)
-    sent = calls(store)
+    sent = count_calls(store)
     between(store, lambda: (put(s3, PLAIN, LATE), put(s3, PLAIN, OLD_B, b"again")))
 
     counts = run_rule(policy, RULE, store, ledger, RunRef("retention_sweep", "r"), now=NOW)
@@ -118,7 +120,7 @@ def test_plain_bucket_dated_by_last_modified_lists_again_for_the_act(s3, make_st
     store = make_store(policy)
     for key in (OLD_A, OLD_B):
         put(s3, PLAIN, key)
-    sent = calls(store)
+    sent = count_calls(store)
     between(store, lambda: put(s3, PLAIN, LATE))
 
     counts = run_rule(policy, RULE, store, ledger, RunRef("retention_sweep", "r"), now=now)
@@ -135,7 +137,7 @@ def test_a_legal_hold_tagged_after_the_plan_keeps_the_object(s3, make_store, led
     for key in (OLD_A, OLD_B, FRESH):
         put(s3, bucket, key)
     put(s3, bucket, "logs/2026/01/01/held.log", Tagging="legal-hold=true")
-    sent = calls(store)
+    sent = count_calls(store)
 
     def change() -> None:
         s3.put_object_tagging(Bucket=bucket, Key=OLD_B, Tagging={"TagSet": [{"Key": "legal-hold", "Value": "true"}]})
@@ -170,7 +172,7 @@ def test_the_brake_trips_on_the_plan_and_nothing_goes(s3, make_store, ledger):
     for key in (OLD_A, OLD_B, FRESH):
         put(s3, VERSIONED, key)
     before = snapshot(s3, VERSIONED)
-    sent = calls(store)
+    sent = count_calls(store)
 
     with pytest.raises(SafetyBrakeTripped):
         run_rule(policy, RULE, store, ledger, RunRef("retention_sweep", "r"), now=NOW)
@@ -189,7 +191,7 @@ def test_an_act_at_another_instant_lists_again(s3, make_store):
     for key in (OLD_A, OLD_B, "logs/2026/05/20/later.log", FRESH):
         put(s3, VERSIONED, key)
     rule = policy.rule(RULE)[2]
-    sent = calls(store)
+    sent = count_calls(store)
 
     assert store.plan("logs", rule, NOW).eligible == {"delete": 2}
     result = store.apply_stage("logs", rule, rule.stages[0], NOW + dt.timedelta(days=10), 1000, "r",
@@ -222,7 +224,7 @@ def test_a_large_versioned_sweep_deletes_every_planned_version_a_page_at_a_time(
     put_many(VERSIONED, due)
     put_many(VERSIONED, due[:700])  # a second version of some
     put(s3, VERSIONED, FRESH)
-    sent = calls(store)
+    sent = count_calls(store)
 
     counts = run_rule(policy, RULE, store, ledger, RunRef("retention_sweep", "r"), now=NOW)
 

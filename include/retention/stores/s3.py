@@ -169,7 +169,7 @@ class S3Store(S3Orphans, S3Subjects, Store):
         return keyed_digest(self.key, "\n".join(keys))
 
     def close(self) -> None:
-        self._drop_spool()
+        self.release_plan()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.client.close()
@@ -470,7 +470,7 @@ class S3Store(S3Orphans, S3Subjects, Store):
         """Count what ``rule`` would touch at ``now``; ``for_act`` (a sweep about to act, not a dry run, forecast or
         page): keep the due objects in a spool for the delete stage, until it reads them or ``release_plan``."""
         now = now if now.tzinfo else now.replace(tzinfo=_UTC)
-        self._drop_spool()
+        self.release_plan()
         spool = Spool(collection_name, rule, now) if for_act and self.spools(collection_name, rule) else None
         total = in_scope = held = already = no_date = 0
         eligible = {s.action: 0 for s in rule.stages}
@@ -575,9 +575,6 @@ class S3Store(S3Orphans, S3Subjects, Store):
         return spool
 
     def release_plan(self) -> None:
-        self._drop_spool()
-
-    def _drop_spool(self) -> None:
         if self._spool is not None:
             self._spool.close()
             self._spool = None

@@ -424,8 +424,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         """PostgreSQL walks the heap by block ranges (``ctid``) with one statement per batch, when the batch's
         statement is all there is to it: not for deletes that take something along (their rows are locked first
         and go by key), nor for masks computed in Python (keyed hashes read the rows first)."""
-        if self.engine.dialect.name != "postgresql":
-            return False
+        return self.engine.dialect.name == "postgresql" and self._one_statement_does(collection_name, action, mask)
+
+    def _one_statement_does(self, collection_name: str, action: str, mask: dict | None) -> bool:
+        """Is the batch's ``DELETE``/``UPDATE`` all there is to it (``_one_statement``)? Not for deletes that take
+        something along, nor for masks computed in Python (keyed hashes read the rows first)."""
         if action == "delete":
             return not self._takes_along(collection_name)
         if action == "anonymize":
@@ -708,13 +711,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         if dialect.name != "mysql" or not getattr(dialect, "is_mariadb", False):
             return False
         pk = self.key_cols(collection_name)
-        if len(pk) != 1 or not isinstance(pk[0].type, sa.Integer):
-            return False
-        if action == "delete":
-            return not self._takes_along(collection_name)
-        if action == "anonymize":
-            return all(STRATEGIES[m.strategy].in_sql for m in (mask or {}).values())
-        return action == "lock"
+        return (len(pk) == 1 and isinstance(pk[0].type, sa.Integer)
+                and self._one_statement_does(collection_name, action, mask))
 
     def _range_order(self, t: sa.Table, order: list[sa.Column], where: Any) -> list[sa.Column]:
         """MariaDB: walk the way the server itself would read the eligible rows. When its optimizer reads them

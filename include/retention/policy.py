@@ -360,14 +360,60 @@ class Reference(_Model):
     to: str
     column: str | None = None
     to_column: str | None = None
+    # A reference of several columns (``columns: [tenant_id, customer_id]``, ``to_columns: [tenant_id, id]``):
+    # the row points at the target row whose ``to_columns`` equal its ``columns``, pairwise, in order.
+    columns: list[str] | None = None
+    to_columns: list[str] | None = None
     on_delete: Literal["delete", "nullify"] | None = None
     key_template: str | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Reference:
-        if not self.column and not self.key_template:
-            raise ValueError("a reference needs 'column' (or, to S3, 'key_template')")
+        if self.columns is not None and self.column is not None:
+            raise ValueError("give either 'column' or 'columns', not both")
+        if self.to_columns is not None and self.to_column is not None:
+            raise ValueError("give either 'to_column' or 'to_columns', not both")
+        if self.columns is not None:
+            if not self.columns:
+                raise ValueError("'columns' must name at least one column")
+            if len(set(self.columns)) != len(self.columns):
+                raise ValueError("'columns' names a column twice")
+            if self.to_columns is not None and len(self.to_columns) != len(self.columns):
+                raise ValueError(f"'columns' has {len(self.columns)} column(s) and 'to_columns' "
+                                 f"{len(self.to_columns)}: they pair up one to one")
+            if len(self.columns) == 1:  # one column: the plain spelling, so every path reads ``column``
+                object.__setattr__(self, "column", self.columns[0])
+                object.__setattr__(self, "columns", None)
+                if self.to_columns is not None:
+                    object.__setattr__(self, "to_column", self.to_columns[0])
+                    object.__setattr__(self, "to_columns", None)
+        elif self.to_columns is not None:
+            if len(self.to_columns) != 1:
+                raise ValueError("'to_columns' of several columns needs 'columns' of as many")
+            object.__setattr__(self, "to_column", self.to_columns[0])
+            object.__setattr__(self, "to_columns", None)
+        if not self.column and not self.columns and not self.key_template:
+            raise ValueError("a reference needs 'column' (or 'columns', or, to S3, 'key_template')")
         return self
+
+    @property
+    def composite(self) -> bool:
+        return self.columns is not None
+
+    def source_columns(self) -> list[str]:
+        """This collection's referencing columns, in order (one for a plain reference)."""
+        if self.columns is not None:
+            return list(self.columns)
+        return [self.column] if self.column else []
+
+    def target_columns(self, target: Collection) -> list[str]:
+        """The referenced columns of ``target``, paired with ``source_columns()`` in order:
+        ``to_columns`` / ``to_column`` when named, else the target's primary key."""
+        if self.to_columns is not None:
+            return list(self.to_columns)
+        if self.to_column is not None:
+            return [self.to_column]
+        return target.key_columns()
 
 
 class IdentityField(_Model):

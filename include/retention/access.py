@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from include.retention.describe import conditions_text
 from include.retention.policy import Collection, Policy, Rule
 from include.retention.stores.base import Claims, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
@@ -95,11 +96,7 @@ def describe_rule(rule: Rule) -> str:
     if start.round_up:
         event += f" (counted from the end of that {start.round_up})"
     stages = ", then ".join(f"{s.action} after {s.after}" for s in rule.stages)
-    when = ""
-    if rule.when:
-        when = " where " + " and ".join(
-            f"{c.column} {'is null' if c.is_null else 'is not null' if c.is_null is False else '= ' + repr(c.equals)}"
-            if c.in_ is None else f"{c.column} in {c.in_}" for c in rule.when)
+    when = f" where {conditions_text(rule.when)}" if rule.when else ""
     return f"{rule.name}: {stages}, counted from {event}{when}"
 
 

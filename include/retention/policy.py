@@ -281,6 +281,46 @@ class Start(_Model):
         return text + (f" (else {self.fallback})" if self.fallback else "")
 
 
+# The events a storage period may count from (``start_event:`` on a rule), each with the DIN 66398 / ISO/IEC 27555
+# start event (Startzeitpunkt) it belongs to: collection, end of process, end of relationship. The deletion concept
+# builds its deletion classes from them (docs/adr/0009-deletion-concept.md).
+START_EVENTS: dict[str, tuple[str, str]] = {
+    "collection": ("collection", "collection of the data"),
+    "object_upload": ("collection", "upload of the object"),
+    "last_contact": ("end_of_process", "last contact with the person"),
+    "last_activity": ("end_of_process", "last activity of the person"),
+    "end_of_process": ("end_of_process", "end of the process (closed, answered, decided)"),
+    "unsubscribe": ("end_of_relationship", "unsubscribe or consent withdrawn"),
+    "end_of_contract": ("end_of_relationship", "end of the contract"),
+    "account_closed": ("end_of_relationship", "account closed"),
+    "no_longer_referenced": ("end_of_relationship", "nothing refers to the record any more"),
+}
+
+
+class StartEvent(_Model):
+    """What a rule's period counts from, by name (``START_EVENTS``), with an optional description of the data
+    map's own: ``start_event: last_contact`` or ``{event: last_contact, description: "..."}``."""
+
+    event: str
+    description: str | None = None
+
+    @field_validator("event")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in START_EVENTS:
+            raise ValueError(f"unknown start event {_short(value)!r}; known: {', '.join(START_EVENTS)}")
+        return value
+
+    @property
+    def din_event(self) -> str:
+        """The DIN 66398 start event: ``collection``, ``end_of_process`` or ``end_of_relationship``."""
+        return START_EVENTS[self.event][0]
+
+    @property
+    def words(self) -> str:
+        return self.description or START_EVENTS[self.event][1]
+
+
 class Rule(_Model):
     """A retention rule: for rows matching ``when``, the lifecycle ``stages`` counted from ``start``.
 
@@ -301,11 +341,27 @@ class Rule(_Model):
     # Identity kinds whose keyed digests go on the suppression list when this rule deletes a row (an
     # unsubscribe: the address must not come back); a stage's own ``suppress`` overrides it.
     suppress: list[str] = Field(default_factory=list)
+    # The event the start column records (``START_EVENTS``): the deletion concept's start event.
+    start_event: StartEvent | None = None
 
     @field_validator("start", mode="before")
     @classmethod
     def _start_shorthand(cls, value: Any) -> Any:
         return {"column": value} if isinstance(value, str) else value
+
+    @field_validator("start_event", mode="before")
+    @classmethod
+    def _start_event_shorthand(cls, value: Any) -> Any:
+        return {"event": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _start_event_fits(self) -> Rule:
+        event = self.start_event.event if self.start_event else None
+        if event == "no_longer_referenced" and self.start.orphaned is None:
+            raise ValueError("start_event 'no_longer_referenced' needs 'start: {orphaned: ...}'")
+        if event == "object_upload" and "last_modified" not in (self.start.basis, self.start.orphaned):
+            raise ValueError("start_event 'object_upload' needs an S3 start counted from 'last_modified'")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -578,12 +634,46 @@ class Collection(_Model):
     erasure_mask: dict[str, Mask] = Field(default_factory=dict)
 
 
+class Backups(_Model):
+    """How long copies of a system's data live in its backups (DIN 66398: the one exception to the standard
+    deletion period), where they are, and what a restore does before the restored copy is used: ``replay`` the
+    completed erasures (``cli replay <system>``; a system holding identities) or, for a system without
+    identities (objects owned by rows), let the ``sweep``'s rules remove what is past its period or unreferenced."""
+
+    retention: str
+    where: str
+    restore: Literal["replay", "sweep"] = "replay"
+
+    @field_validator("retention")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def period(self) -> relativedelta:
+        return parse_duration(self.retention)
+
+
 class System(_Model):
     kind: Literal["sql", "s3"]
     connection: str
     collections: dict[str, Collection]
     # Recipients of every collection's data in this system (names from ``recipients:``), told as above.
     notify: list[str] = Field(default_factory=list)
+    # Copies of this system's data in backups: how long, where, and the restore procedure.
+    backups: Backups | None = None
+
+    @model_validator(mode="after")
+    def _restore_fits(self) -> System:
+        identities = any(coll.identities for coll in self.collections.values())
+        if self.backups is not None and self.backups.restore == "replay" and not identities:
+            raise ValueError("backups.restore: 'replay' re-applies erasures to collections with identities and "
+                             "this system has none; write 'restore: sweep'")
+        if self.backups is not None and self.backups.restore == "sweep" and identities:
+            raise ValueError("backups.restore: this system holds identities: a restored copy must have the "
+                             "completed erasures replayed first ('restore: replay')")
+        return self
 
 
 class Defaults(_Model):

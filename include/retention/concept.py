@@ -44,10 +44,10 @@ START_ORDER = {name: i for i, name in enumerate(START_EVENTS)}
 
 SECTIONS = ("document", "category", "suppression", "backup", "masking", "gap")
 
-COLUMNS = ["section", "deletion_class", "start_event", "event", "standard_period", "period_days", "category",
+COLUMNS = ["section", "note", "deletion_class", "start_event", "event", "standard_period", "period_days", "category",
            "category_description", "system", "collection", "store", "rule", "start", "stages", "action",
            "conditions", "legal_hold", "also_deleted", "backups", "content", "added_by", "restore",
-           "masked_column", "strategy", "remains", "recipients", "purpose", "legal_basis", "note",
+           "masked_column", "strategy", "remains", "recipients", "purpose", "legal_basis",
            "last_run", "last_outcome", "last_counts", "ledger_seq", "ledger_entries"]
 
 HEADINGS = {

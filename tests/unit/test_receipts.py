@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from include.retention.policy import parse_policy
 from include.retention.receipts import build_receipt, collection_lines, render_markdown
 from tests.policy_text import crm_policy
@@ -157,3 +160,23 @@ def test_objects_removed_along_bring_their_systems_backups():
     receipt = build_receipt(REQUEST, {"crm": SYSTEMS["crm"]}, ["crm"], "d" * 64, policy=policy)
     assert [(b["system"], b["expires_by"], b["restore"]) for b in receipt["backups"]] == [
         ("crm", "2026-12-06", "replay"), ("objects", "2026-12-01", "sweep")]  # CVs went with their rows
+
+
+REFS = ["mailing.subscribers", "mailing.campaign_events", "mailing.list_memberships", "objects.cvs"]
+
+
+@given(st.dictionaries(st.sampled_from(REFS), st.tuples(st.integers(0, 50), st.integers(0, 50)), max_size=4),
+       st.dictionaries(st.sampled_from(REFS), st.integers(0, 50), max_size=4))
+def test_each_collection_is_one_line_and_each_record_counted_once(per, along):
+    collections = {ref: {k: n for k, n in (("deleted", d), ("deleted_with_parent", w)) if n}
+                   for ref, (d, w) in per.items()}
+    system = {"status": "recorded", "counts": {"collections": collections, "removed_along": along}}
+    receipt = build_receipt(REQUEST, {"mailing": system}, ["mailing"], "d" * 64)
+    text = render_markdown(receipt)
+    for ref in set(collections) | set(along):
+        assert sum(f"| {ref} |" in line for line in text.splitlines()) == 1, ref
+    # a collection's cascade is the store's real count where it reported one, else the count before the delete
+    want = {ref: collections.get(ref, {}).get("deleted", 0)
+            + (along[ref] if ref in along else collections.get(ref, {}).get("deleted_with_parent", 0))
+            for ref in set(collections) | set(along)}
+    assert receipt["systems"]["mailing"]["records_left"] == {ref: n for ref, n in want.items() if n}

@@ -16,6 +16,8 @@ from typing import Any
 # What ``record()`` counts into a ledger entry's ``count`` (include/retention/airflow/erasure_tasks.py).
 COUNTED = ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent")
 PROOF_FORMAT = "retention-receipt-proof/1"
+# What leaves or changes a record in a system, so that the copies in its backups differ from it.
+CHANGED = ("deleted", "with_parent", "anonymized", "masked")
 
 
 def _iso(value: Any) -> str | None:
@@ -115,7 +117,7 @@ def line_text(line: dict[str, int]) -> str:
 
 
 def backup_statements(policy: Any, request: dict[str, Any], systems: list[str]) -> list[dict[str, Any]]:
-    """For an erasure that changed data: per system, when the copies in its backups expire (the request's
+    """For an erasure: per system it changed, when the copies in its backups expire (the request's
     completion + the system's ``backups.retention``) and what a restore does; or that the data map declares
     no backups for it."""
     from include.retention.describe import period_text
@@ -176,8 +178,10 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
                                              in collection_lines(out_systems[name]).items() if records_left(line)}
         if ledger_entries is not None:
             out_systems[name]["ledger"] = ledger_entries.get(name)
-    reached = list(expected) + sorted({ref.partition(".")[0] for s in out_systems.values()
-                                       for ref in s["records_left"]} - set(expected))
+    # the systems whose data the request deleted or masked (objects removed along included): their backups matter
+    changed = {ref.partition(".")[0] for s in out_systems.values() for ref, line in collection_lines(s).items()
+               if any(line.get(k) for k in CHANGED)}
+    reached = [name for name in expected if name in changed] + sorted(changed - set(expected))
     all_verified = all(s["verified"] for s in out_systems.values())
     receipt = {
         "request_id": request["request_id"],

@@ -180,3 +180,11 @@ def test_each_collection_is_one_line_and_each_record_counted_once(per, along):
             + (along[ref] if ref in along else collections.get(ref, {}).get("deleted_with_parent", 0))
             for ref in set(collections) | set(along)}
     assert receipt["systems"]["mailing"]["records_left"] == {ref: n for ref, n in want.items() if n}
+
+
+def test_no_backup_statement_for_a_system_where_nothing_changed():
+    policy = parse_policy(BACKUPS)
+    kept_only = {"status": "recorded", "counts": {"collections": {"crm.contacts": {"exception:legal_hold": 1}}}}
+    receipt = build_receipt(REQUEST, {"crm": kept_only, "mailing": MAILING}, ["crm", "mailing"], "d" * 64,
+                            policy=policy)
+    assert [b["system"] for b in receipt["backups"]] == ["mailing"]

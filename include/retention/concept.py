@@ -203,9 +203,14 @@ def _rule_row(policy: Policy, ref: str, rule: Rule, ev: dict[str, Any]) -> dict[
     }
 
 
-def _parent_row(policy: Policy, ref: str, parent: str, text: str) -> dict[str, Any]:
+def _parent_ways(policy: Policy, parent: str) -> list[str]:
+    """What deletes rows of ``parent``: its delete rules, erasure requests, its own parents."""
     ways = _delete_rules(policy, parent) + (["erasure requests"] if _erased_by_requests(policy, parent) else [])
-    ways += [f"with their {grand} rows" for grand in _parents(policy, parent, policy.collection(parent))[1]]
+    return ways + [f"with their {grand} rows" for grand in _parents(policy, parent, policy.collection(parent))[1]]
+
+
+def _parent_row(policy: Policy, ref: str, parent: str, text: str) -> dict[str, Any]:
+    ways = _parent_ways(policy, parent)
     return {"start_event": "with_parent", "deletion_class": text, "standard_period": text,
             "period_days": float("inf"), "action": "delete",
             "stages": f"whenever {parent} rows go: {', '.join(ways) or 'nothing deletes them'}",
@@ -232,6 +237,10 @@ def _category_rows(policy: Policy, evidence: dict[str, dict[str, Any]]) -> tuple
                     rows.append({**about, **_rule_row(policy, ref, rule, evidence.get(f"{ref}.{rule.name}", {}))})
                 for parent, text in zip(parent_refs, parent_texts, strict=True):
                     rows.append({**about, **_parent_row(policy, ref, parent, text)})
+                if parent_refs and not _delete_rules(policy, ref) and not any(
+                        _parent_ways(policy, p) for p in parent_refs):
+                    gaps.append(f"{ref}: {cat}: goes only with its {', '.join(parent_refs)} rows, and nothing "
+                                "deletes those")
                 if not coll.rules and not parent_refs:
                     text = "no rule and no row it belongs to: this data has no end"
                     rows.append({**about, "start_event": "none", "deletion_class": START_EVENTS["none"],

@@ -348,3 +348,23 @@ def test_replay_needs_identities():
         parse_policy(text)
     assert parse_policy(text.replace("where: d}", "where: d, restore: sweep}")).systems["crm"].backups.restore == \
         "sweep"
+
+
+def test_a_row_that_goes_only_with_a_parent_nothing_deletes_is_an_open_point():
+    policy = parse_policy("categories: {logins: sign-ins}\n" + crm_policy("""\
+        accounts:
+          table: accounts
+          primary_key: id
+          columns: [id, created_at]
+        logins:
+          table: logins
+          primary_key: id
+          columns: [id, account_id, at]
+          references: [{to: crm.accounts, column: account_id, on_delete: delete}]
+          categories: [logins]
+        """))
+    df = concept_frame(policy)
+    row = df[(df["section"] == "category") & (df["collection"] == "crm.logins")].iloc[0]
+    assert row["stages"] == "whenever crm.accounts rows go: nothing deletes them"
+    assert "crm.logins: logins: goes only with its crm.accounts rows, and nothing deletes those" in list(
+        df[df["section"] == "gap"]["note"])

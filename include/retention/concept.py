@@ -96,9 +96,12 @@ def _category(policy: Policy, name: str) -> dict[str, str]:
             "recipients": ", ".join(info.recipients)}
 
 
-def _delete_rules(policy: Policy, ref: str) -> list[str]:
+def _delete_rules(policy: Policy, ref: str, *, orphans: bool = True) -> list[str]:
+    """Rules deleting rows of ``ref``; ``orphans=False`` leaves out those deleting only rows nothing refers to
+    (they never delete a row a child still refers to)."""
     coll = policy.collection(ref)
-    return [f"{ref}.{r.name}" for r in coll.rules if any(s.action == "delete" for s in r.stages)]
+    return [f"{ref}.{r.name}" for r in coll.rules if any(s.action == "delete" for s in r.stages)
+            and (orphans or r.start.orphaned is None)]
 
 
 def _erased_by_requests(policy: Policy, ref: str) -> bool:
@@ -106,11 +109,12 @@ def _erased_by_requests(policy: Policy, ref: str) -> bool:
     return bool(coll.identities) and coll.erasure == "delete"
 
 
-def dependents(policy: Policy, ref: str, _seen: frozenset[str] = frozenset()) -> list[str]:
+def dependents(policy: Policy, ref: str, _seen: frozenset[str] = frozenset(), *, rows: bool = True) -> list[str]:
     """What deleting a row of ``ref`` takes along, deepest included: rows referring to it with ``on_delete:
-    delete``, the objects those rows name, and rows whose reference is cleared (``nullify``, kept)."""
+    delete``, the objects those rows name, and rows whose reference is cleared (``nullify``, kept).
+    ``rows=False``: the objects the row names only (an orphan rule's rows have no rows referring to them)."""
     out: list[str] = []
-    for child, reference in policy.children(ref):
+    for child, reference in policy.children(ref) if rows else []:
         if child in _seen:
             continue
         if reference.on_delete == "nullify":
@@ -195,7 +199,7 @@ def _rule_row(policy: Policy, ref: str, rule: Rule, ev: dict[str, Any]) -> dict[
         "standard_period": period, "period_days": _approx_days(last.period),
         "rule": f"{ref}.{rule.name}", "start": start, "stages": stages_text(rule), "action": last.action,
         "conditions": _rule_conditions(policy, ref, rule),
-        "also_deleted": "; ".join(dependents(policy, ref)) if deletes else "",
+        "also_deleted": "; ".join(dependents(policy, ref, rows=rule.start.orphaned is None)) if deletes else "",
         "last_run": ev.get("last_run", ""), "last_outcome": ev.get("last_outcome", ""),
         "last_counts": ", ".join(f"{k} {v}" for k, v in counts.items()),
         "ledger_seq": f"{ev['first_seq']}-{ev['last_seq']}" if "first_seq" in ev else "",
@@ -203,14 +207,16 @@ def _rule_row(policy: Policy, ref: str, rule: Rule, ev: dict[str, Any]) -> dict[
     }
 
 
-def _parent_ways(policy: Policy, parent: str) -> list[str]:
-    """What deletes rows of ``parent``: its delete rules, erasure requests, its own parents."""
-    ways = _delete_rules(policy, parent) + (["erasure requests"] if _erased_by_requests(policy, parent) else [])
+def _parent_ways(policy: Policy, parent: str, *, referred: bool) -> list[str]:
+    """What deletes rows of ``parent`` while a child is there: its delete rules (an orphan rule only for objects
+    the row names, never for a row still ``referred`` to), erasure requests, its own parents."""
+    ways = _delete_rules(policy, parent, orphans=not referred)
+    ways += ["erasure requests"] if _erased_by_requests(policy, parent) else []
     return ways + [f"with their {grand} rows" for grand in _parents(policy, parent, policy.collection(parent))[1]]
 
 
 def _parent_row(policy: Policy, ref: str, parent: str, text: str) -> dict[str, Any]:
-    ways = _parent_ways(policy, parent)
+    ways = _parent_ways(policy, parent, referred=policy.system_of(ref).kind == "sql")
     return {"start_event": "with_parent", "deletion_class": text, "standard_period": text,
             "period_days": float("inf"), "action": "delete",
             "stages": f"whenever {parent} rows go: {', '.join(ways) or 'nothing deletes them'}",
@@ -237,8 +243,9 @@ def _category_rows(policy: Policy, evidence: dict[str, dict[str, Any]]) -> tuple
                     rows.append({**about, **_rule_row(policy, ref, rule, evidence.get(f"{ref}.{rule.name}", {}))})
                 for parent, text in zip(parent_refs, parent_texts, strict=True):
                     rows.append({**about, **_parent_row(policy, ref, parent, text)})
+                referred = system.kind == "sql"
                 if parent_refs and not _delete_rules(policy, ref) and not any(
-                        _parent_ways(policy, p) for p in parent_refs):
+                        _parent_ways(policy, p, referred=referred) for p in parent_refs):
                     gaps.append(f"{ref}: {cat}: goes only with its {', '.join(parent_refs)} rows, and nothing "
                                 "deletes those")
                 if not coll.rules and not parent_refs:

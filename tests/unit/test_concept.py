@@ -221,6 +221,10 @@ def test_default_concept_states_each_fact_right():
     assert engaged["start"] == "last_engaged_at (else subscribed_at)"
     assert engaged["also_deleted"] == ("mailing.list_memberships rows referring to it; mailing.campaign_events rows "
                                        "referring to it")
+    # an orphan rule deletes only contacts nothing refers to: it takes no rows along, and no row goes by it
+    assert by_rule.loc["crm.contacts.orphaned"]["also_deleted"] == ""
+    inquiries = df[(df["section"] == "category") & (df["collection"] == "crm.inquiries") & (df["rule"] == "")]
+    assert list(inquiries["stages"]) == ["whenever crm.contacts rows go: crm.contacts.minors, erasure requests"]
     # campaign events: anonymized by their rule, and deleted with their subscriber
     events = df[(df["section"] == "category") & (df["collection"] == "mailing.campaign_events")]
     assert set(events["deletion_class"]) == {"30 days after collection", "deleted with its mailing.subscribers row"}

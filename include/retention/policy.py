@@ -641,7 +641,7 @@ class Backups(_Model):
     identities (objects owned by rows), let the ``sweep``'s rules remove what is past its period or unreferenced."""
 
     retention: str
-    where: str
+    where: str = Field(min_length=1)  # what an auditor looks for: the dumps, the replica, their place
     restore: Literal["replay", "sweep"] = "replay"
 
     @field_validator("retention")

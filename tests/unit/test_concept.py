@@ -325,6 +325,8 @@ ONE = crm_policy("""\
                                                       "ISO 8601 duration"),
     ("collection", "{retention: -P1D, where: dumps}", "negative periods are not allowed"),
     ("collection", "{retention: P35D}", "systems.crm.backups.where: Field required"),
+    ("collection", "{retention: P35D, where: ''}", "systems.crm.backups.where: String should have at least 1"),
+    ("collection", "{retention: 35, where: d}", "systems.crm.backups.retention: Input should be a valid string"),
     ("collection", "{retention: P35D, where: d, restore: sweep}", "systems.crm: backups.restore: this system holds "
                                                                   "identities"),
     ("collection", "{retention: P35D, where: d, restore: rsync}", "systems.crm.backups.restore: Input should be "

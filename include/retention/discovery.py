@@ -267,7 +267,7 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
             if hit:
                 report.findings.append(Finding(system, ref, col.name, kind, hit.classifier, hit.hit_rate,
                                                hit.sample_size, f"collection {system}.{coll_name}" if coll_name
-                                               else ""))
+                                               else _table_detail(table)))
         if coll is not None:
             for missing in sorted(known - set(table.columns.keys())):
                 report.findings.append(Finding(system, ref, missing, "missing_column",
@@ -282,6 +282,12 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
             report.findings.append(Finding(system, ref, column, "type_changed", detail=f"{before} -> {now}"))
     report.findings += unsearched_identities(policy, system)
     return report
+
+
+def _table_detail(table: sa.Table) -> str:
+    """An undeclared table's key and columns (names), for the data-map snippet that would declare it."""
+    key = ",".join(c.name for c in table.primary_key.columns)
+    return f"key={key} columns={','.join(table.columns.keys())}"
 
 
 def _check_identity(engine: sa.Engine, table: sa.Table, column: str, kind: str, system: str, ref: str,

@@ -117,11 +117,12 @@ def test_review_map_ignore_not_personal(systems):
     }
     entries = [r for r in ledger.rows() if r["run_id"] == run.run_id]
     assert sorted((r["action"], r["system"], r["outcome"], r["count"]) for r in entries
-                  if r["action"] == "discovery") == [("discovery", "crm", "done", 3), ("discovery", "mailing", "done", 0)]
+                  if r["action"] == "discovery") == [("discovery", "crm", "done", 3),
+                                                     ("discovery", "mailing", "done", 0)]
     reviews = sorted((r["collection"], r["outcome"], json.loads(r["details"])["decided_by"]) for r in entries
                      if r["action"] == "discovery_review")
-    assert reviews == [("crm.contacts.secondary_contact", "mapped", "dpo"), ("crm.contacts_copy.addr", "ignored", "dpo"),
-                       ("crm.events.payload", "not_personal", "dpo")]
+    assert reviews == [("crm.contacts.secondary_contact", "mapped", "dpo"),
+                       ("crm.contacts_copy.addr", "ignored", "dpo"), ("crm.events.payload", "not_personal", "dpo")]
     assert ledger.verify().ok
     # the review's body carried the validated snippet
     from airflow.models.hitl import HITLDetail

@@ -127,7 +127,9 @@ class FindingStore:
 
     def listing(self, *, statuses: Iterable[str] = ("open",), systems: Iterable[str] | None = None
                 ) -> list[dict[str, Any]]:
-        self.ensure_schema()
+        """Findings of ``statuses`` (none while discovery never ran: the table is not created by reading)."""
+        if not self._ready and not sa.inspect(self.engine).has_table(findings.name):
+            return []
         query = sa.select(findings).where(findings.c.status.in_(list(statuses)))
         if systems is not None:
             query = query.where(findings.c.system.in_(list(systems)))

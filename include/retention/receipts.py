@@ -206,6 +206,32 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
     return receipt
 
 
+def unmapped_section(open_findings: list[dict[str, Any]], systems: list[str]) -> list[dict[str, Any]]:
+    """Per system of the request with open discovery findings of unmapped data (``findings.FindingStore``):
+    "n unmapped candidate columns/prefixes were known at the time (names)". Names only: a receipt's "nothing
+    left" covers what the data map declares, and this says what it did not (ADR 0020)."""
+    from include.retention.discovery import UNMAPPED_KINDS
+
+    out = []
+    for system in systems:
+        names = sorted({f"{r['system']}.{r['collection']}" + (f".{r['column_name']}" if r["column_name"] else "")
+                        for r in open_findings if r["system"] == system and r["kind"] in UNMAPPED_KINDS})
+        if names:
+            out.append({"system": system, "count": len(names), "names": names,
+                        "statement": f"{len(names)} unmapped candidate columns/prefixes were known at the time "
+                                     f"({', '.join(names)})"})
+    return out
+
+
+def add_unmapped(receipt: dict[str, Any], open_findings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add ``unmapped`` (``unmapped_section`` over the receipt's systems) and, when there is any, qualify the
+    verification: it covers the data map, not what discovery found outside it."""
+    receipt["unmapped"] = unmapped_section(open_findings, list(receipt["systems"]))
+    if receipt["unmapped"]:
+        receipt["verification"] += " (in what the data map declares; unmapped candidates listed below)"
+    return receipt
+
+
 def render_markdown(receipt: dict[str, Any]) -> str:
     lines = [
         f"# Receipt for request {receipt['request_id']}",
@@ -238,6 +264,9 @@ def render_markdown(receipt: dict[str, Any]) -> str:
     if searched:
         lines += ["", "## Searched", ""]
         lines += [f"- {coll}: {', '.join(kinds)}" for _name, coll, kinds in searched]
+    if receipt.get("unmapped"):
+        lines += ["", "## Not in the data map", ""] + [f"- {u['system']}: {u['statement']}"
+                                                      for u in receipt["unmapped"]]
     recipients = receipt.get("recipients") or {}
     if recipients:  # GDPR Art. 19: who was told, and how it went ("recorded, not sent" says so)
         lines += ["", "## Recipients told", ""]

@@ -288,7 +288,10 @@ def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[st
         receipt["consents"] = details.get("consents") or "all"
         receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
                                    "consents withdrawn; the retention rules act on the items as usual")
-    return receipt
+    from include.retention.findings import FindingStore
+    from include.retention.receipts import add_unmapped
+
+    return add_unmapped(receipt, FindingStore(ctx.ledger.engine).open_findings(expected))  # open findings
 
 
 def render_markdown(receipt: dict[str, Any]) -> str:

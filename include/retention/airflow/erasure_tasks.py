@@ -10,10 +10,11 @@ from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.connections import policy_path
 from include.retention.erasure import Subject, SubjectOutcome, SubjectScanner, check_request_kinds
 from include.retention.errors import RetentionError
+from include.retention.findings import FindingStore
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
 from include.retention.policy import Policy, load_policy
-from include.retention.receipts import build_receipt, counted_total, ledger_proofs, render_markdown
+from include.retention.receipts import add_unmapped, build_receipt, counted_total, ledger_proofs, render_markdown
 from include.retention.registry import ERASURE_MODES, RECIPIENT_SETTLED, Identities, NewRequest, Registry
 from include.retention.runtime import Runtime
 
@@ -269,11 +270,13 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
                                         mode, dry_run))
         receipts = {}
         details = ctx.registry.details_many(request_ids)
+        unmapped = FindingStore(ctx.ledger.engine).open_findings(expected_systems)
         for rid in request_ids:
             receipt = build_receipt(reqs[rid], states.get(rid, {}), expected_systems, ctx.policy.digest,
                                     ledger_entries=proofs.get(rid, {}), policy=ctx.policy)
             identity_check.add_to_receipt(receipt, reqs[rid], details.get(rid, {}))  # decision, never the reason
             receipt["recipients"] = recipients_in_receipt(recipients.get(rid, {}))
+            add_unmapped(receipt, unmapped)  # open discovery findings: what "nothing left" does not cover
             receipts[rid] = receipt
         ctx.registry.save_receipts(receipts)
         if len(request_ids) == 1:

@@ -42,7 +42,46 @@ def cmd_validate(args) -> int:
 
     for where, note in policy_warnings(policy):
         print(f"warning: {policy.source}: {where}: {note}", file=sys.stderr)
+    if getattr(args, "live", False):
+        return _validate_live(policy)
     return 0
+
+
+def _validate_live(policy) -> int:
+    """Discovery against every system's connection (read-only, nothing stored): exit 1 when a finding is not
+    decided 'ignored' or 'not_personal' in the registry (names only on stderr; for CI of the data map)."""
+    from include.retention.connections import env_resolver, make_engine, sqlalchemy_url
+    from include.retention.discovery import discover_sql
+    from include.retention.discovery_s3 import discover_s3
+    from include.retention.findings import FindingStore
+
+    decided: set[str] = set()
+    try:
+        ledger = _ledger()
+        decided = {r["finding_id"] for r in FindingStore(ledger.engine).listing(statuses=("ignored", "not_personal"))}
+        ledger.engine.dispose()
+    except RetentionError as exc:
+        print(f"warning: no decisions from the registry ({exc}): every finding counts", file=sys.stderr)
+    found = []
+    for name, spec in policy.systems.items():
+        info = env_resolver(spec.connection)
+        if spec.kind == "sql":
+            engine = make_engine(sqlalchemy_url(info))
+            try:
+                report = discover_sql(policy, name, engine)
+            finally:
+                engine.dispose()
+        else:
+            from include.retention.stores.s3_objects import make_client
+
+            report = discover_s3(policy, name, make_client(info)[0])
+        found += [f for f in report.findings if f.finding_id not in decided]
+    for f in found:
+        print(f"finding: {f.name}: {f.kind}" + (f" ({f.classifier}, hit rate {f.hit_rate:.2f} of {f.sample_size})"
+                                               if f.classifier else "") + (f"; {f.detail}" if f.detail else ""),
+              file=sys.stderr)
+    print(f"live: {len(found)} open discovery finding(s) in {len(policy.systems)} systems")
+    return 1 if found else 0
 
 
 def cmd_verify(args) -> int:
@@ -178,15 +217,19 @@ def cmd_concept(args) -> int:
     from include.retention.concept import ledger_evidence, write_concept
 
     policy = load_policy(args.policy or policy_path())
+    findings = []
     try:
         ledger = _ledger()
         evidence = ledger_evidence(ledger)
         note = f"audit ledger, {sum(e.get('entries', 0) for e in evidence.values())} rule entries"
+        from include.retention.findings import FindingStore
+
+        findings = FindingStore(ledger.engine).open_findings(list(policy.systems))
         ledger.engine.dispose()
     except RetentionError as exc:
         evidence, note = {}, f"none (the ledger is not available: {exc})"
         print(f"warning: no evidence from the ledger: {exc}", file=sys.stderr)
-    written = write_concept(policy, args.out, evidence, note)
+    written = write_concept(policy, args.out, evidence, note, findings=findings)
     if args.out is None:
         sys.stdout.write(written["md"])
     else:
@@ -421,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="validate a policy file")
     p.add_argument("policy", nargs="?")
+    p.add_argument("--live", action="store_true",
+                   help="also run discovery on every system's connection: exit 1 on a finding nobody decided")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("verify", help="verify the audit ledger's hash chain")
     p.add_argument("--anchors", metavar="DIR_OR_S3URL",

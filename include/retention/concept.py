@@ -362,24 +362,41 @@ def _document_rows(policy: Policy, generated_at: str | None, evidence_note: str 
     return [{"section": "document", "note": n} for n in notes]
 
 
+def finding_gaps(findings: list[dict[str, Any]] | None) -> list[str]:
+    """Open discovery findings (``findings.FindingStore.open_findings``) as open points: names and numbers."""
+    out = []
+    for row in findings or []:
+        where = f"{row['system']}.{row['collection']}" + (f".{row['column_name']}" if row["column_name"] else "")
+        what = f", {row['classifier']}, hit rate {row['hit_rate']:.2f} of {row['sample_size']} sampled" \
+            if row["classifier"] else ""
+        out.append(f"open discovery finding: {where}: {row['kind'].replace('_', ' ')}{what}; first seen "
+                   f"{row['first_seen']:%Y-%m-%d} (data_map_drift)")
+    return out
+
+
 def concept_rows(policy: Policy, evidence: dict[str, dict[str, Any]] | None = None, *,
-                 generated_at: str | None = None, evidence_note: str | None = None) -> list[dict[str, Any]]:
+                 generated_at: str | None = None, evidence_note: str | None = None,
+                 findings: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every fact of the concept, one row each: the document's notes, one row per (category, collection, rule)
-    and per parent a collection goes with, the suppression list, each system's backups, each masking, the gaps."""
+    and per parent a collection goes with, the suppression list, each system's backups, each masking, the gaps
+    (open discovery findings among them)."""
     rows, gaps = _category_rows(policy, evidence or {})
     backups, backup_gaps = _backup_rows(policy)
     suppression = _suppression_row(policy)
     return (_document_rows(policy, generated_at, evidence_note) + rows + ([suppression] if suppression else [])
-            + backups + _masking_rows(policy) + [{"section": "gap", "note": g} for g in gaps + backup_gaps])
+            + backups + _masking_rows(policy)
+            + [{"section": "gap", "note": g} for g in gaps + backup_gaps + finding_gaps(findings)])
 
 
 def concept_frame(policy: Policy, evidence: dict[str, dict[str, Any]] | None = None, *,
-                  generated_at: str | None = None, evidence_note: str | None = None):
+                  generated_at: str | None = None, evidence_note: str | None = None,
+                  findings: list[dict[str, Any]] | None = None):
     """The concept as a pandas DataFrame of text. Category rows are ordered like DIN 66398's deletion-class
     matrix: start event, then standard period, then category and collection; the other sections follow."""
     import pandas as pd
 
-    df = pd.DataFrame(concept_rows(policy, evidence, generated_at=generated_at, evidence_note=evidence_note))
+    df = pd.DataFrame(concept_rows(policy, evidence, generated_at=generated_at, evidence_note=evidence_note,
+                                   findings=findings))
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = ""
@@ -486,11 +503,12 @@ def render_html(policy: Policy, df) -> str:
 
 
 def write_concept(policy: Policy, out_dir: str | Path | None, evidence: dict[str, dict[str, Any]] | None,
-                  evidence_note: str, now: dt.datetime | None = None) -> dict[str, str]:
+                  evidence_note: str, now: dt.datetime | None = None,
+                  findings: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Write ``deletion-concept.{md,csv,html}`` into ``out_dir`` (created); returns format -> path.
     Without ``out_dir`` nothing is written and the Markdown is returned under ``md``."""
     generated_at = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    df = concept_frame(policy, evidence, generated_at=generated_at, evidence_note=evidence_note)
+    df = concept_frame(policy, evidence, generated_at=generated_at, evidence_note=evidence_note, findings=findings)
     md = render_markdown(policy, df)
     if out_dir is None:
         return {"md": md}

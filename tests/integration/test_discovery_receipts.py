@@ -89,3 +89,27 @@ def test_receipt_states_open_findings(world):
     with crm.begin() as conn:
         conn.execute(sa.text("INSERT INTO contacts (id, email) VALUES (4, :e)"), {"e": EMAIL})
     assert erase("run-decided")["unmapped"] == []
+
+
+def test_concept_lists_open_findings_and_validate_live_fails_on_them(world, tmp_path, capsys):
+    from include.retention import cli
+
+    crm, ledger = world
+    policy_file = str(tmp_path / "policy.yaml")
+    assert cli.main(["validate", policy_file, "--live"]) == 1  # nothing decided yet: a live finding fails
+    err = capsys.readouterr().err
+    assert "finding: crm.contacts.secondary_email: unmapped_column (email, hit rate 1.00 of 2)" in err
+    assert "@example.org" not in err
+    assert cli.main(["concept"]) == 0
+    assert "open discovery finding:" not in capsys.readouterr().out  # discovery never ran: nothing stored
+    discovery_tasks.run_system("crm", dag_id="data_map_drift", run_id="d1")
+    assert cli.main(["concept"]) == 0
+    out = capsys.readouterr().out
+    assert "- open discovery finding: crm.contacts.secondary_email: unmapped column, email, hit rate 1.00 of 2 " \
+           "sampled; first seen" in out
+    store = FindingStore(ledger)
+    store.decide(store.open_findings()[0]["finding_id"], "ignore", "dpo", "test fixture column")
+    assert cli.main(["validate", policy_file, "--live"]) == 0
+    assert "live: 0 open discovery finding(s) in 1 systems" in capsys.readouterr().out
+    assert cli.main(["concept"]) == 0
+    assert "open discovery finding:" not in capsys.readouterr().out

@@ -29,6 +29,8 @@ OPTIONS = ["map", "ignore", "not personal"]
     params={
         "systems": Param([], type="array", items={"type": "string"}, title="Only these systems",
                          description="System names from the data map (e.g. crm, objects). Empty: all."),
+        "review": Param(True, type="boolean", title="Ask for a decision per open finding",
+                        description="Off: discover and store the findings only (they stay open)."),
     },
 )
 def data_map_drift():
@@ -51,7 +53,8 @@ def data_map_drift():
         """The open findings of the systems discovered (a system whose discovery failed keeps its old ones)."""
         from include.retention.airflow import discovery_tasks
 
-        return discovery_tasks.review_items(get_current_context()["params"]["systems"])
+        params = get_current_context()["params"]
+        return discovery_tasks.review_items(params["systems"]) if params["review"] else []
 
     @task
     def review_kwargs(items: list[dict]) -> list[dict]:

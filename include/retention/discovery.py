@@ -97,7 +97,7 @@ def declared_columns(coll: Collection) -> set[str]:
         cols.add(coll.anonymized_marker)
     cols |= {c.column for c in coll.legal_hold}
     for rule in coll.rules:
-        cols |= set(rule.start.columns)
+        cols |= set(rule.start.columns())
         cols |= {c.column for c in rule.when}
     cols |= {c.column for c in coll.consent}
     return {c for c in cols if c}

@@ -59,6 +59,9 @@ contacts = sa.Table(
     sa.Column("anonymized_at", sa.DateTime, nullable=True),
     # when a sweep first found nothing referring to the contact (crm.contacts.orphaned stamps and clears it)
     sa.Column("orphaned_since", sa.DateTime, nullable=True),
+    # Deliberately NOT in config/policy.yaml: a column a team added without updating the data map. The
+    # data_map_drift DAG finds it (`make demo` prints the finding; docs/adr/0020).
+    sa.Column("secondary_email", sa.String(EMAIL), nullable=True),
     *_indexes("contacts", "email", "phone", "created_at", "last_contact_at", "orphaned_since"),
 )
 

@@ -304,6 +304,9 @@ def _contacts(rng: random.Random, clock: _Clock, scale: int) -> tuple[list[dict[
             "legal_hold": label in ("minor_held", "adult_held"),
             "created_at": created, "last_contact_at": created,
             "restricted_at": None, "restriction_reason": None, "anonymized_at": None, "orphaned_since": None,
+            # the unmapped column (schema.contacts): every ninth contact left a second address (no rng draw, so
+            # every other seeded value stays as it was)
+            "secondary_email": email.replace("@example.org", ".private@example.net") if n % 9 == 0 else None,
         })
         if label == "minor_held_child":
             held_child.add(n)

@@ -120,6 +120,35 @@ def test_sampling_is_bounded_and_read_only(db_url):
     # key ranges (MariaDB, SQLite) spread over the table, not the first 40 rows
     if engine.dialect.name != "postgresql":
         assert max(int(v[1:].split("@")[0]) for v in values) > 700
+    else:  # planner statistics say 1,000 rows: a Bernoulli sample, still at most the budget
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE contacts_copy")
+            conn.commit()
+        with read_only(engine) as conn:
+            sampled = sample_column(conn, contacts_copy, "addr", budget=40)
+        assert len(sampled) == 40 and sampled != values
+    engine.dispose()
+
+
+def test_statement_timeout(db_url):
+    from include.retention.discovery import read_only
+
+    engine = fresh_tables(db_url, metadata)
+    with read_only(engine, timeout_ms=200) as conn:
+        if engine.dialect.name == "postgresql":
+            with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+                conn.exec_driver_sql("SELECT pg_sleep(3)")
+        elif engine.dialect.name == "mysql":
+            assert float(conn.exec_driver_sql("SELECT @@max_statement_time").scalar()) == pytest.approx(0.2)
+        else:
+            from include.retention.discovery import _arm
+
+            _arm(conn, 200)
+            with pytest.raises(sa.exc.OperationalError, match="interrupted"):
+                conn.exec_driver_sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+                                     "SELECT count(*) FROM n").scalar()
+    with engine.connect() as conn:  # the session is usable again, without the limit
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
     engine.dispose()
 
 

@@ -113,3 +113,23 @@ def test_concept_lists_open_findings_and_validate_live_fails_on_them(world, tmp_
     assert "live: 0 open discovery finding(s) in 1 systems" in capsys.readouterr().out
     assert cli.main(["concept"]) == 0
     assert "open discovery finding:" not in capsys.readouterr().out
+
+
+def test_record_decisions_without_reason_keeps_the_finding_open(world):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    crm, ledger = world
+    discovery_tasks.run_system("crm", dag_id="data_map_drift", run_id="d1")
+    items = discovery_tasks.review_items()
+    assert [i["subject"] for i in items] == ["Data map drift: crm.contacts.secondary_email (unmapped_column)"]
+    assert "email: [email, secondary_email]" in items[0]["body"] and "@example" not in items[0]["body"]
+    answer = {"chosen_options": ["ignore"], "params_input": {"reason": ""}, "responded_by_user": {"name": "dpo"}}
+    with pytest.raises(AirflowFailException, match="'ignore' needs a reason"):
+        discovery_tasks.record_decisions(items, [answer], dag_id="data_map_drift", run_id="d1")
+    store = FindingStore(ledger)
+    assert [r["status"] for r in store.listing(statuses=("open", "ignored"))] == ["open"]
+    assert discovery_tasks.record_decisions(items, [None], dag_id="data_map_drift", run_id="d1") == {
+        items[0]["finding_id"]: "open"}  # unanswered (timed out): stays open, nothing in the ledger
+    with ledger.connect() as conn:
+        actions = conn.execute(sa.text("SELECT action FROM ledger_entries")).scalars().all()
+    assert actions == ["discovery"]

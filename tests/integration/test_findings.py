@@ -75,3 +75,24 @@ def test_snippets_load_and_declare_the_finding():
     # a table without a primary key: the loader refuses the snippet, naming the finding
     with pytest.raises(RetentionError, match="crm.heap.x.*primary_key"):
         snippet(policy, Finding("crm", "heap", "x", "unmapped_table", "email", 1.0, 3, "key= columns=x"))
+
+
+def test_s3_snippets_load():
+    from tests.policy_text import policy_text, system
+
+    policy = parse_policy(policy_text(system("objects", "s3", "objects_s3", """
+        cvs:
+          bucket: plain-bucket
+          prefix: cvs/
+          identities: {email: "metadata:owner-email"}
+    """)))
+    meta = Finding("objects", "plain-bucket/cvs/", "metadata:reviewer", "unmapped_metadata", "email", 1.0, 1)
+    cvs = yaml.safe_load(snippet(policy, meta))["systems"]["objects"]["collections"]["cvs"]
+    assert cvs["identities"] == {"email": ["metadata:owner-email", "metadata:reviewer"]}
+    upload = Finding("objects", "plain-bucket/uploads/", "metadata:contact", "unmapped_prefix", "email", 1.0, 1)
+    assert yaml.safe_load(snippet(policy, upload))["systems"]["objects"]["collections"] == {
+        "plain_bucket_uploads": {"bucket": "plain-bucket", "prefix": "uploads/",
+                                 "identities": {"email": "metadata:contact"}}}
+    content = Finding("objects", "plain-bucket/exports/", "content", "unmapped_prefix", "email", 0.8, 10)
+    assert yaml.safe_load(snippet(policy, content))["systems"]["objects"]["collections"] == {
+        "plain_bucket_exports": {"bucket": "plain-bucket", "prefix": "exports/"}}

@@ -196,3 +196,30 @@ def test_finding_id_is_stable_and_ignores_the_numbers():
     a = Finding("crm", "contacts", "x", "unmapped_column", "email", 0.5, 10)
     b = Finding("crm", "contacts", "x", "unmapped_column", "phone", 1.0, 200)
     assert a.finding_id == b.finding_id != Finding("crm", "contacts", "y", "unmapped_column").finding_id
+
+
+def test_other_schemas_and_unsearched_kinds(db_url):
+    """PostgreSQL: a table in another schema of the database is read too (MariaDB, SQLite: the connection's
+    database only). A declared identity kind no request may carry is a finding of its own."""
+    policy = parse_policy(POLICY.replace("identities: {email: email}", "identities: {email: email, phone: "
+                                                                         "secondary_contact}")
+                          .replace("columns: [id, email, created_at, fax_note]",
+                                   "columns: [id, email, created_at, fax_note, secondary_contact]")
+                          .replace("version: 1\n", "version: 1\nrequest_fields: [email]\n"))
+    engine = fresh_tables(db_url, metadata)
+    seed(engine)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE SCHEMA analytics")
+            conn.exec_driver_sql("CREATE TABLE analytics.contacts_copy (id INTEGER PRIMARY KEY, who TEXT)")
+            conn.exec_driver_sql("INSERT INTO analytics.contacts_copy VALUES (1, 'anna@example.org'), "
+                                 "(2, 'bob@example.org')")
+    report = discover_sql(policy, "crm", engine)
+    got = {(f.collection, f.column, f.kind, f.classifier) for f in report.findings
+           if f.kind in ("unsearched_identity", "unmapped_table") and f.collection != "events"}
+    expected = {("contacts", "secondary_contact", "unsearched_identity", "phone"),
+                ("contacts_copy", "addr", "unmapped_table", "email")}
+    if engine.dialect.name == "postgresql":
+        expected.add(("analytics.contacts_copy", "who", "unmapped_table", "email"))
+    assert got == expected
+    engine.dispose()

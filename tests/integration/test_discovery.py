@@ -3,6 +3,7 @@ misses is found, with classifier, hit rate and sample size, and nothing else; no
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -223,3 +224,16 @@ def test_other_schemas_and_unsearched_kinds(db_url):
         expected.add(("analytics.contacts_copy", "who", "unmapped_table", "email"))
     assert got == expected
     engine.dispose()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(
+    st.uuids().map(str),
+    st.binary(min_size=16, max_size=32).map(bytes.hex),
+    st.datetimes(min_value=dt.datetime(2015, 1, 1)).map(lambda d: d.isoformat()),
+    st.decimals(min_value=0, max_value=10**6, places=2).map(str),
+    st.from_regex(r"[A-Z]{2,4}-[0-9]{3,6}", fullmatch=True),
+), min_size=1, max_size=30))
+def test_lookalikes_are_not_personal(values):
+    """Ids, digests, recent timestamps, amounts and order codes: no classifier fires (the name says nothing)."""
+    assert classify("col", values) is None

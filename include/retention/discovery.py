@@ -137,7 +137,10 @@ def read_only(engine: sa.Engine, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> Iter
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         elif dialect in ("mysql", "mariadb"):
-            conn.exec_driver_sql(f"SET SESSION max_statement_time = {timeout_ms / 1000:.3f}")
+            # MariaDB's variable (seconds); MySQL's is max_execution_time (milliseconds, SELECTs only)
+            limit = ("max_statement_time", f"{timeout_ms / 1000:.3f}") if engine.dialect._is_mariadb else (
+                "max_execution_time", str(int(timeout_ms)))
+            conn.exec_driver_sql(f"SET SESSION {limit[0]} = {limit[1]}")
             conn.exec_driver_sql("START TRANSACTION READ ONLY")
         elif dialect == "sqlite":
             raw = conn.connection.driver_connection
@@ -159,7 +162,7 @@ def read_only(engine: sa.Engine, timeout_ms: int = STATEMENT_TIMEOUT_MS) -> Iter
                     raw.execute("PRAGMA query_only = 0")
                     raw.set_progress_handler(None, 0)
                 elif dialect in ("mysql", "mariadb"):
-                    conn.exec_driver_sql("SET SESSION max_statement_time = 0")
+                    conn.exec_driver_sql(f"SET SESSION {limit[0]} = 0")
 
 
 def _arm(conn: sa.Connection, timeout_ms: int) -> None:

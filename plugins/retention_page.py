@@ -367,6 +367,22 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
 <p class="muted">Dry runs and tripped safety brakes show what the rule would have done.</p>
 {% else %}<p class="muted">No sweep recorded yet.</p>{% endif %}
 
+<h2 id="findings">Personal data outside the data map (open findings of data_map_drift)</h2>
+{% if data.findings %}
+<table><thead><tr><th>where</th><th>kind</th><th>classifier</th><th class="n">hit rate</th>
+<th class="n">sampled</th><th>first seen (UTC)</th></tr></thead><tbody>
+{% for f in data.findings %}
+<tr data-finding-id="{{ f.finding_id }}">
+ <td><code>{{ f.place }}</code></td><td>{{ f.kind | replace('_', ' ') }}</td><td>{{ f.classifier or '-' }}</td>
+ <td class="n">{{ '%.2f' | format(f.hit_rate) }}</td><td class="n">{{ f.sample_size }}</td>
+ <td>{{ f.first_seen[:19] | replace('T', ' ') }}</td>
+</tr>
+{% endfor %}
+</tbody></table>
+<p class="muted">Each waits for a decision in Required actions (review_finding: map, ignore, not personal). Receipts
+written meanwhile name them.</p>
+{% else %}<p class="muted">No open finding.</p>{% endif %}
+
 <h2 id="chart">Actions per day, last {{ data.chart.days }} days ({{ data.chart["from"] }} to {{ data.chart.to }})</h2>
 <svg id="actions-chart" role="img" aria-label="actions per day" viewBox="-40 -10 {{ chart.width + 50 }}
  {{ chart.height + 40 }}" width="100%" style="max-width: {{ chart.width + 50 }}px">

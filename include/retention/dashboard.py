@@ -226,6 +226,15 @@ def verify_now(engine: sa.Engine, key: bytes | None = None, anchors: str | None 
     return result
 
 
+def open_findings(engine: sa.Engine) -> list[dict[str, Any]]:
+    """Open discovery findings (data_map_drift): place, kind, classifier, hit rate, sample size; never a value."""
+    from include.retention.findings import FindingStore, place
+
+    return [{"finding_id": r["finding_id"], "place": place(r), "kind": r["kind"], "classifier": r["classifier"],
+             "hit_rate": r["hit_rate"], "sample_size": r["sample_size"], "first_seen": _iso(r["first_seen"]),
+             "last_seen": _iso(r["last_seen"])} for r in FindingStore(engine).open_findings()]
+
+
 def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | None = None,
             anchors: str | None = None) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready dict (the ledger status verified afresh)."""
@@ -239,6 +248,7 @@ def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | N
                      "items": requests},
         "recent_requests": recent_requests(engine, now),
         "sweeps": last_sweeps(engine),
+        "findings": open_findings(engine),
         "chart": actions_per_day(engine, now),
         "forecast": forecast_for_page(now),
         "verification": verification(engine, key, anchors),

@@ -643,3 +643,22 @@ def test_intake_trigger_failure_leaves_the_request_open_not_lost(intake, plugin,
     with intake.engine.connect() as conn:
         status = conn.execute(sa.text("SELECT status FROM subject_requests WHERE source = 'page'")).scalar_one()
     assert status == "incomplete"  # listed on the page as open; no DAG run holds the identity
+
+
+def test_page_lists_open_discovery_findings(page, seeded):
+    """Open findings of data_map_drift: where, kind, classifier, hit rate, sample size; decided ones are gone."""
+    from include.retention.discovery import Finding, Report
+    from include.retention.findings import FindingStore
+
+    store = FindingStore(seeded["engine"])
+    assert "No open finding." in page.get("/").text  # discovery never ran: no table, an empty section
+    shown = Finding("crm", "contacts", "secondary_email", "unmapped_column", "email", 0.75, 40)
+    decided = Finding("crm", "contacts_copy", "addr", "unmapped_table", "email", 1.0, 12)
+    store.record(Report("crm", [shown, decided]))
+    store.decide(decided.finding_id, "not personal", "dpo")
+    text = page.get("/").text
+    assert _row(text, "data-finding-id", shown.finding_id)[:5] == [
+        "crm.contacts.secondary_email", "unmapped column", "email", "0.75", "40"]
+    assert decided.finding_id not in text
+    data = page.get("/api/summary").json()
+    assert [f["place"] for f in data["findings"]] == ["crm.contacts.secondary_email"]

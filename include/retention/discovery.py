@@ -241,8 +241,12 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
                     if time.monotonic() - started > seconds:
                         report.not_sampled.append(f"{ref}.{col.name}")
                         continue
-                    finding = _check_identity(engine, table, col.name, identity_cols[col.name], system, ref,
-                                              budget, timeout_ms)
+                    try:
+                        finding = _check_identity(engine, table, col.name, identity_cols[col.name], system, ref,
+                                                  budget, timeout_ms)
+                    except sa.exc.DBAPIError:  # the statement timeout, a permission: named, not fatal
+                        report.not_sampled.append(f"{ref}.{col.name}")
+                        continue
                     report.columns_sampled += 1
                     if finding:
                         report.findings.append(finding)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from include.retention.classify import classify, name_hint
+from include.retention.connections import make_engine
 from include.retention.discovery import Finding, discover_sql, sample_column
 from include.retention.policy import parse_policy
 from tests.conftest import fresh_tables
@@ -237,3 +238,29 @@ def test_other_schemas_and_unsearched_kinds(db_url):
 def test_lookalikes_are_not_personal(values):
     """Ids, digests, recent timestamps, amounts and order codes: no classifier fires (the name says nothing)."""
     assert classify("col", values) is None
+
+
+def test_a_column_the_connection_cannot_read_is_named_not_fatal(fresh_database):
+    """PostgreSQL: a role without SELECT on one table gets every other finding, and that table's columns named
+    as not sampled."""
+    import uuid
+
+    url = fresh_database("postgresql", f"rt_{uuid.uuid4().hex[:10]}")
+    engine = fresh_tables(url, metadata)
+    seed(engine)
+    role = f"disc_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f"GRANT SELECT ON contacts, events TO {role}")
+    limited = make_engine(str(sa.engine.make_url(url).set(username=role)))
+    try:
+        report = discover_sql(parse_policy(POLICY), "crm", limited)
+        assert sorted(report.not_sampled) == ["contacts_copy.addr", "contacts_copy.remark"]
+        assert ("contacts", "secondary_contact") in {(f.collection, f.column) for f in report.findings}
+    finally:
+        limited.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"REVOKE ALL ON contacts, events FROM {role}")
+            conn.exec_driver_sql(f"REVOKE ALL ON SCHEMA public FROM {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
+        engine.dispose()

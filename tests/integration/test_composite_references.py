@@ -12,11 +12,14 @@ are not unique in the target (a one-column ``to_column: id``, a pair of columns)
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import textwrap
 import uuid
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from include.retention.connections import ConnInfo, make_engine
 from include.retention.errors import PolicyError
@@ -420,3 +423,56 @@ def test_nullify_of_a_not_null_column_is_refused(db_url, tmp_path):
     assert message.startswith("bad.yaml: systems.shop.collections.notes.references[0].on_delete: 'nullify' would "
                               "clear column(s) tenant_id of table notes, which the database declares NOT NULL"), message
     engine.dispose()
+
+
+# ---- any tenants, any ids: the sweep against a model of the reference -------------------------------------------
+
+PARENT = st.tuples(st.integers(1, 3), st.sampled_from(["a", "b", "B", "b "]), st.booleans())  # expired or not
+CHILD_REF = st.tuples(st.one_of(st.none(), st.integers(1, 3)), st.one_of(st.none(), st.sampled_from(["a", "b", "B"])))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parents=st.lists(PARENT, max_size=8, unique_by=lambda p: p[:2]),
+       children=st.lists(st.tuples(CHILD_REF, st.booleans()), max_size=10),
+       notes_of=st.lists(CHILD_REF, max_size=6), split=st.booleans())
+def test_sweep_matches_a_model_of_every_column(parents, children, notes_of, split):
+    """SQLite (one file, or parents and children in two): a customer goes when expired and no open order of its own
+    (every column equal, none NULL) holds it; exactly its orders go and its notes' references are cleared."""
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = {"shop": f"sqlite:///{tmp}/shop.db", "sales": f"sqlite:///{tmp}/sales.db" if split else None}
+        urls["sales"] = urls["sales"] or urls["shop"]
+        shop, sales = fresh_tables(urls["shop"], md), (fresh_tables(urls["sales"], md) if split else None)
+        sales = sales or shop
+        with shop.begin() as conn:
+            if parents:
+                conn.execute(customers.insert(), [{"tenant_id": t, "id": i, "code": f"K{n}", "email": f"{n}@x.example",
+                                                   "created_at": OLD if old else RECENT}
+                                                  for n, (t, i, old) in enumerate(parents)])
+        with sales.begin() as conn:
+            if children:
+                conn.execute(orders.insert(), [{"id": n, "tenant_id": t, "customer_id": i, "customer_code": None,
+                                                "item": f"o{n}", "open": o} for n, ((t, i), o) in enumerate(children)])
+            if notes_of:
+                conn.execute(notes.insert(), [{"id": n, "tenant_id": t, "customer_id": i, "customer_code": None,
+                                               "body": f"n{n}"} for n, (t, i) in enumerate(notes_of)])
+        conns = {"shop_db": ConnInfo("sql", extra={"sqlalchemy_url": urls["shop"]}),
+                 "sales_db": ConnInfo("sql", extra={"sqlalchemy_url": urls["sales"]}),
+                 "retention_ledger": ConnInfo("sqlite", host=f"{tmp}/ledger.db")}
+        rt = Runtime(parse_policy(policy_text("key", split=split), source="model.yaml"), conns.__getitem__, key=KEY)
+        system = "sales" if split else "shop"
+        counts = run_rule(rt.policy, RULE, rt.store("shop"), rt.ledger(), RunRef("t", "1"), now=NOW)
+        # the model: Python's equality on both columns, NULL refers to nothing
+        held = {(t, i) for (t, i), o in children if o and t is not None and i is not None}
+        gone = {(t, i) for t, i, old in parents if old and (t, i) not in held}
+        gone_orders = {n for n, ((t, i), _) in enumerate(children) if (t, i) in gone}
+        cleared = {n for n, (t, i) in enumerate(notes_of) if (t, i) in gone}
+        assert counts["deleted"] == len(gone)
+        assert counts["cascaded"].get(f"{system}.orders", 0) == len(gone_orders)
+        assert counts["cascaded"].get(f"{system}.notes:nullified", 0) == len(cleared)
+        assert {(c[0], c[1]) for c in _rows(shop, customers)} == {(t, i) for t, i, _ in parents} - gone
+        assert {o[0] for o in _rows(sales, orders)} == set(range(len(children))) - gone_orders
+        assert _rows(sales, notes) == {(n, None, None, None, f"n{n}") if n in cleared else (n, t, i, None, f"n{n}")
+                                       for n, (t, i) in enumerate(notes_of)}
+        rt.close()
+        shop.dispose()
+        sales.dispose()

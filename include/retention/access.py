@@ -132,7 +132,7 @@ class PackageBuilder:
                 continue
             for child_ref, reference in self.policy.children(f"{system}.{name}"):
                 c_sys, _, c_name = child_ref.partition(".")
-                if c_sys != system or reference.to_column:
+                if c_sys != system or reference.to_column or reference.composite:
                     continue
                 rids = sorted({rid for ids in parent.values() for rid in ids})
                 child = out.setdefault(c_name, Claims())

@@ -339,7 +339,9 @@ class Store(abc.ABC):
         raise self._no_references()
 
     # ---- cascades from another system's rows (docs/adr/0012) ------------------------------------
-    def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
+    # ``column``: the reference's column, or its list of columns (a reference of several columns: each value is then
+    # a tuple of as many, matched on every column).
+    def held_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> set[Any]:
         """Of ``values``, those that a held item here references through ``column`` (their parents stay)."""
         raise self._no_references()
 
@@ -349,11 +351,11 @@ class Store(abc.ABC):
         recorded with ``record``); returns the counts and the values that still have items here."""
         raise self._no_references()
 
-    def count_dependents(self, collection_name: str, column: str, values: list[Any]) -> int:
+    def count_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> int:
         """Items here whose ``column`` references one of ``values`` (for the safety brake)."""
         raise self._no_references()
 
-    def dependents_of(self, collection_name: str, column: str, values: list[Any]) -> dict[Any, int]:
+    def dependents_of(self, collection_name: str, column: str | list[str], values: list[Any]) -> dict[Any, int]:
         """Per value, the items here whose ``column`` references exactly it (an erasure's per-request counts)."""
         raise self._no_references()
 

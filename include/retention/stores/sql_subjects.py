@@ -177,6 +177,7 @@ class SqlSubjects:
     def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
               ) -> SubjectOutcome:
         name = collection_name
+        self.check(name)  # references and holds checked against the tables before anything is changed
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
         outcome = SubjectOutcome()
         keys = claimed_keys(self.name, claims)

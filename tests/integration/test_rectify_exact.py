@@ -5,6 +5,7 @@ column of either system is refused before the first change, held and foreign-loc
 from __future__ import annotations
 
 import datetime as dt
+import json
 import unicodedata
 
 import pytest
@@ -17,6 +18,7 @@ from include.retention.correction import Correction, CorrectionRefused
 from include.retention.demo import schema
 from include.retention.identity import normalise
 from include.retention.policy import parse_policy
+from include.retention.receipts import build_receipt, render_markdown
 from include.retention.stores.base import RESTRICTION, Subject, lock_reason_for
 from include.retention.stores.sql import SqlStore
 from tests.conftest import KEY
@@ -236,6 +238,18 @@ def test_statutory_lock_and_legal_hold_are_kept_and_listed(db_url):
     assert after["applicants"][ids["applicant"]]["restricted_at"] == at
     # the re-scan: what still carries the old value is exactly the exceptions
     assert c.remaining("crm") == 0 and c.remaining("mailing") == 0
+    # the receipt lists them, counts and reasons only
+    request = {"request_id": "r1", "mode": "rectify", "dry_run": False, "status": "complete", "received_at": at,
+               "due_at": at}
+    systems = {s: {"status": "recorded", "counts": {"collections": {
+        ref: n for ref, n in counts.items() if ref.startswith(f"{s}.")}}} for s in ("crm", "mailing")}
+    receipt = build_receipt(request, systems, ["crm", "mailing"], "d" * 64)
+    assert sorted((e["collection"], e["reason"], e["items"]) for e in receipt["exceptions"]) == [
+        ("crm.client_accounts", "statutory_lock", 1), ("crm.support_tickets", "legal_hold", 1),
+        ("mailing.subscribers", "locked_for_another_reason", 1)]
+    assert {e["handled_as"] for e in receipt["exceptions"]} == {
+        "kept unchanged, not corrected (legal hold or a lock that is not the person's own)"}
+    assert "example" not in json.dumps(receipt) + render_markdown(receipt)
     engine.dispose()
 
 

@@ -307,3 +307,63 @@ def test_accepted_exactly_when_it_fits_every_column(tmp_path_factory, new):
         assert after["crm"][1:] == before["crm"][1:] and after["mailing"][1:] == before["mailing"][1:]
     for engine in engines.values():
         engine.dispose()
+
+
+# ---- what the database itself decides: character sets, a unique column under its collation ------
+def one_table(url: str, column_sql: str, rows_: list[tuple[int, str]]) -> tuple[sa.Engine, dict[str, SqlStore]]:
+    policy = parse_policy(crm_policy("""\
+        people:
+          table: people
+          primary_key: id
+          columns: [id, email]
+          identities: {email: email}
+        """), source="test-policy.yaml")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS people"))
+        conn.execute(sa.text(f"CREATE TABLE people (id INTEGER PRIMARY KEY, email {column_sql})"))
+        for rid, email in rows_:
+            conn.execute(sa.text("INSERT INTO people VALUES (:i, :e)"), {"i": rid, "e": email})
+    return engine, {"crm": SqlStore("crm", policy, engine, mask_key=KEY)}
+
+
+def emails(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text("SELECT id, email FROM people ORDER BY id"))]
+
+
+@pytest.mark.parametrize("charset, refused, accepted", [
+    ("latin1", "żoe@example.org", "zöe@example.org"),  # ż is not in MariaDB's latin1 (cp1252), ö is
+    ("utf8mb3", "zoe😀@example.org", "żoe@example.org"),  # utf8mb3: the Basic Multilingual Plane only
+])
+@pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)
+def test_mariadb_column_character_set_decides_what_fits(db_url, charset, refused, accepted):
+    engine, by_name = one_table(db_url, f"VARCHAR(60) CHARACTER SET {charset}", [(1, ZOE), (2, OTHER)])
+    policy = by_name["crm"].policy
+    before = emails(engine)
+    with pytest.raises(CorrectionRefused) as info:
+        apply_all(correction(by_name, {"email": refused}, policy=policy))
+    assert f"crm.people.email: the new email has a character the column's character set ({charset})" in str(info.value)
+    assert emails(engine) == before
+    apply_all(correction(by_name, {"email": accepted}, policy=policy))
+    assert emails(engine) == [(1, accepted), (2, OTHER)]  # stored exactly as given
+    engine.dispose()
+
+
+def test_unique_column_where_the_collation_sees_a_duplicate_is_refused(db_url):
+    """'zöe.new' is not 'zoe.new' (Python's equality, ADR 0005): no conflict of identities. MariaDB's default
+    collation counts them equal, and a unique index there would refuse the write half-way: refused before it.
+    PostgreSQL and SQLite store it."""
+    engine, by_name = one_table(db_url, "VARCHAR(60) UNIQUE", [(1, ZOE), (2, NEW)])
+    policy = by_name["crm"].policy
+    new = "zöe.new@example.org"
+    if engine.dialect.name in ("mysql", "mariadb"):
+        with pytest.raises(CorrectionRefused) as info:
+            apply_all(correction(by_name, {"email": new}, policy=policy))
+        assert "crm.people.email: the column is unique and the database already counts the new email" \
+            in str(info.value)
+        assert emails(engine) == [(1, ZOE), (2, NEW)]
+    else:
+        apply_all(correction(by_name, {"email": new}, policy=policy))
+        assert emails(engine) == [(1, new), (2, NEW)]
+    engine.dispose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import unicodedata
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from include.retention.policy import parse_policy
 from include.retention.receipts import build_receipt, render_markdown
 from include.retention.stores.base import RESTRICTION, Subject, lock_reason_for
 from include.retention.stores.sql import SqlStore
+from include.retention.stores.sql_fit import Target, bind_value, storage_charsets
 from tests.conftest import KEY
 from tests.integration.test_rectify_withdraw import NEW, POLICY, ZOE, changes, seed, snapshot, stores, subject
 from tests.policy_text import crm_policy
@@ -366,4 +368,66 @@ def test_unique_column_where_the_collation_sees_a_duplicate_is_refused(db_url):
     else:
         apply_all(correction(by_name, {"email": new}, policy=policy))
         assert emails(engine) == [(1, new), (2, NEW)]
+    engine.dispose()
+
+
+# ---- property: Python's verdict is the database's, column by column -------------------------------
+ANY_TEXT = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=70)  # no surrogates, no controls
+NUMBERS = st.from_regex(r"[1-9][0-9]{0,20}", fullmatch=True)  # digits that stay the same number
+
+
+@pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
+def test_python_and_the_database_agree_on_what_fits(db_url):
+    """Every value Python accepts, the database stores (the same identity); every value Python refuses, the
+    database refuses too (for text: exactly; for numbers: digit strings, the only ones that keep their identity)."""
+    engine = make_engine(db_url)
+    columns = {"v12": "VARCHAR(12)", "c6": "CHAR(6)", "n": "BIGINT"}
+    if engine.dialect.name in ("mysql", "mariadb"):
+        columns |= {"l12": "VARCHAR(12) CHARACTER SET latin1", "m12": "VARCHAR(12) CHARACTER SET utf8mb3",
+                    "tt": "TINYTEXT"}
+    else:
+        columns |= {"s": "SMALLINT"}
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS fit"))
+        conn.execute(sa.text("CREATE TABLE fit (id INTEGER PRIMARY KEY, "
+                             + ", ".join(f"{c} {sql}" for c, sql in columns.items()) + ")"))
+    t = sa.Table("fit", sa.MetaData(), autoload_with=engine)
+    charsets = storage_charsets(engine, "fit")
+    targets = {c: Target(f"crm.fit.{c}", t.c[c], engine.dialect.name, charsets.get(c, charsets.get("*")))
+               for c in columns}
+
+    def stored(column: str, value: Any) -> tuple[bool, Any]:
+        with engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(sa.text(f"INSERT INTO fit (id, {column}) VALUES (1, :v)"), {"v": value})
+                return True, conn.execute(sa.text(f"SELECT {column} FROM fit")).scalar()
+            except sa.exc.DBAPIError:
+                return False, None
+            finally:
+                trans.rollback()
+
+    def check(column: str, value: str) -> None:
+        numeric = isinstance(t.c[column].type, sa.Integer)
+        kind = "phone" if numeric else "email"
+        problem, bound = bind_value(targets[column], kind, value)
+        accepted, back = stored(column, value)
+        assert accepted == (problem is None), (column, problem)
+        if accepted:
+            assert stored(column, bound) == (True, back)  # what Python binds is what the database keeps
+            assert normalise(kind, back) == normalise(kind, value)
+
+    edges = ["a" * 12, "a" * 13, "ü" * 12, "ü" * 13, "😀" * 12, "😀" * 13, "abcdefghijkl   ", "abcdefghijk  x",
+             "abcdef ", "abcdefg", "é" * 6, "ż", "z" * 255, "z" * 255 + " ", "ü" * 128, "ü" * 127 + " "]
+    for column in sorted(columns):
+        for value in edges if not isinstance(t.c[column].type, sa.Integer) else [
+                "9223372036854775807", "9223372036854775808", "32767", "32768", "18446744073709551616"]:
+            check(column, value)
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(column=st.sampled_from(sorted(columns)), data=st.data())
+    def agree(column, data):
+        check(column, data.draw(NUMBERS if isinstance(t.c[column].type, sa.Integer) else ANY_TEXT))
+
+    agree()
     engine.dispose()

@@ -5,7 +5,8 @@ the column cannot hold must be refused before the first write, not discovered by
 or MariaDB's 1406 half-way through (ADR 0008). Python and the database agree on what fits:
 
 - ``VARCHAR(n)`` / ``CHAR(n)``: ``n`` characters on PostgreSQL and MariaDB/MySQL (utf8mb4: characters, not
-  bytes) and the declared ``n`` on SQLite (which does not enforce it: the declaration is the contract);
+  bytes) and the declared ``n`` on SQLite (which does not enforce it: the declaration is the contract); excess
+  spaces are cut, as PostgreSQL and MariaDB do;
 - MariaDB/MySQL ``TINYTEXT`` / ``TEXT`` / ``MEDIUMTEXT``: bytes in the column's character set;
 - characters the column's character set (MariaDB/MySQL) or the server's encoding (PostgreSQL) cannot hold;
 - integer columns (a phone or a reference kept as a number): only digits whose number is the same identity
@@ -108,11 +109,18 @@ def bind_value(target: Target, kind: str, value: str) -> tuple[str | None, Any]:
         return (f"{target.where}: the new {kind} has a character the column's character set "
                 f"({target.charset}) cannot hold"), None
     length = getattr(typ, "length", None)
+    if length is not None and len(value) > length and not value[length:].strip(" "):
+        # PostgreSQL and MariaDB cut excess spaces (and only spaces) silently: bound cut, SQLite stores the same
+        return None, value[:length]
     if length is not None and len(value) > length:
         return (f"{target.where}: the new {kind} has {len(value)} characters, the column holds {length} "
                 f"({name}({length}))"), None
     limit = _TEXT_BYTES.get(name) if target.dialect in ("mysql", "mariadb") and length is None else None
     if limit is not None and len(stored) > limit:
+        space = len(_encoded(" ", codec) or b" ")
+        cut = -(-(len(stored) - limit) // space)  # spaces the database would cut off the end
+        if len(value) - len(value.rstrip(" ")) >= cut:
+            return None, value[:-cut]
         return f"{target.where}: the new {kind} has {len(stored)} bytes, the column holds {limit} ({name})", None
     return None, value
 

@@ -282,12 +282,12 @@ def test_rectify_of_one_system_is_one_transaction(db_url):
 
 
 # ---- 4. property: accepted exactly when it fits every column, then written everywhere -------------
-LETTERS = st.characters(categories=("Ll", "Lu", "Nd"), exclude_characters="@")
+LETTERS = st.characters(categories=("Ll", "Lu", "Nd", "Mn"), exclude_characters="@")  # Mn: decomposed accents
 EMAILS = st.builds(lambda local, domain: f"{local}@{domain}.org",
                    st.text(LETTERS, min_size=1, max_size=24), st.text(LETTERS, min_size=1, max_size=12))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(new=EMAILS)
 def test_accepted_exactly_when_it_fits_every_column(tmp_path_factory, new):
     assume(normalise("email", new) not in (normalise("email", ZOE), OTHER))

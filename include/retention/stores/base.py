@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.retention.errors import RetentionError
+from include.retention.identity import normalise
 from include.retention.masking import keyed_digest, keys_of
 from include.retention.policy import Policy, Rule, Stage
 
@@ -140,6 +141,22 @@ def lock_reason_for(prefix: str, claimed_by: str, key: bytes) -> str:
     """``<prefix>:<token>`` for an item claimed by the identity ``claimed_by`` (``kind\\0value``)."""
     kind, _, value = claimed_by.partition("\x00")
     return f"{prefix}:{subject_token(key, kind, value)}"
+
+
+def renamed_lock_reasons(subjects: list[Subject], new_values: dict[str, str], key: bytes) -> dict[str, str]:
+    """A correction's renaming of the subjects' own lock reasons: the reason named by an old value of a corrected
+    kind (under any active key) -> the same reason named by the new value (under the current key)."""
+    out: dict[str, str] = {}
+    for s in subjects:
+        for kind, new in new_values.items():
+            old, value = s.identities.get(kind), normalise(kind, new)
+            if old is None or value is None:
+                continue
+            for _, secret in keys_of(key):
+                for prefix in (RESTRICTION, ERASURE_EXCEPTION):
+                    out[f"{prefix}:{subject_token(secret, kind, old)}"] = lock_reason_for(
+                        prefix, f"{kind}\x00{value}", key)
+    return out
 
 
 @dataclass
@@ -371,6 +388,22 @@ class Store(abc.ABC):
                 *, dry_run: bool) -> SubjectOutcome:
         """Replace the subjects' identity values of the kinds in ``new_values`` (kind -> new value as given)
         with the new ones in the claimed items; counted as ``rectified`` per request."""
+        raise RetentionError(f"{self.name}: {self.kind} stores cannot rectify identities")
+
+    def rectify_all(self, claims: dict[str, Claims], subjects: list[Subject], new_values: dict[str, str], *,
+                    dry_run: bool) -> SubjectOutcome:
+        """``rectify`` of several collections of this system (collection name -> its claims); a store that has
+        transactions (SQL) applies them all in one: every change or none."""
+        outcome = SubjectOutcome()
+        for name, found in claims.items():
+            if found:
+                outcome.merge(self.rectify(name, found, subjects, new_values, dry_run=dry_run))
+        return outcome
+
+    def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
+                         new_values: dict[str, str]) -> list[str]:
+        """Why ``rectify`` could not write the new values into the claimed items (each problem naming
+        system.collection.field and what is wrong, never a value); [] when everything fits."""
         raise RetentionError(f"{self.name}: {self.kind} stores cannot rectify identities")
 
     def withdraw(self, collection_name: str, claims: Claims, subjects: list[Subject], consents: list[str] | None,

@@ -338,6 +338,22 @@ class Store(abc.ABC):
         that belong to a subject through their parent: list memberships, campaign events)."""
         raise self._no_references()
 
+    def owned(self, collection_name: str, claims: Claims, subjects: list[Subject]
+              ) -> tuple[Claims, dict[Any, set[str]]]:
+        """Split ``claims`` into the subjects' own items and the items that only mention them (key -> the fields
+        that do; ``erase: mask``). By default every claimed item is the subjects' own."""
+        return claims, {}
+
+    def column_values(self, collection_name: str, keys: list[Any], columns: list[str]) -> dict[Any, tuple]:
+        """Per item key: the values of ``columns`` (what references into this collection hold). Read-only."""
+        raise self._no_references()
+
+    def children(self, collection_name: str, reference: Any, parent_values: list[tuple]) -> dict[Any, tuple]:
+        """Keys of the items here whose ``reference`` columns (``reference.source_columns()``) equal one of
+        ``parent_values`` exactly, all pairs (compared in Python, never by a collation): key -> the matched tuple.
+        Read-only; an access package follows references with it, across databases too."""
+        raise self._no_references()
+
     # ---- cascades from another system's rows (docs/adr/0012) ------------------------------------
     def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
         """Of ``values``, those that a held item here references through ``column`` (their parents stay)."""

@@ -35,6 +35,7 @@ from include.retention.stores.base import (
     lock_reason_for,
     own_lock_reasons,
 )
+from include.retention.stores.sql_access import SqlAccess
 from include.retention.stores.sql_keys import after, has_row_values, key_eq, key_in, key_of
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ def _chunks(items: list[Any], n: int = CHUNK) -> Iterator[list[Any]]:
         yield items[i:i + n]
 
 
-class SqlSubjects:
-    """Mixin of ``SqlStore``: the subject half of the store interface."""
+class SqlSubjects(SqlAccess):
+    """Mixin of ``SqlStore``: the subject half of the store interface (the access lookups: ``SqlAccess``)."""
 
     # provided by SqlStore
     engine: sa.Engine

@@ -91,7 +91,8 @@ customers = sa.Table("customers", md, sa.Column("tenant", sa.String(10), primary
 vouchers = sa.Table("vouchers", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
                     sa.Column("customer_code", sa.String(10)), sa.Column("amount", sa.Integer))
 orders = sa.Table("orders", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-                  sa.Column("tenant", sa.String(10)), sa.Column("customer_id", sa.Integer), sa.Column("total", sa.Integer))
+                  sa.Column("tenant", sa.String(10)), sa.Column("customer_id", sa.Integer),
+                  sa.Column("total", sa.Integer))
 order_items = sa.Table("order_items", md, sa.Column("order_id", sa.Integer, primary_key=True, autoincrement=False),
                        sa.Column("line", sa.Integer, primary_key=True, autoincrement=False),
                        sa.Column("sku", sa.String(10)))

@@ -7,8 +7,9 @@ at ``/`` and each part percent-encoded where it is not plain: ``%``, ``\\``, con
 (Unicode categories C*, Zl, Zp); an empty part is ``%2F`` (a ``/`` cannot occur inside a part, so this is
 unambiguous), ``.`` and ``..`` are ``%2E`` / ``%2E%2E``. The encoding is one to one (each part decodes back),
 so different keys give different names, and a plain key (``cvs/17/cv.pdf``) keeps its name. A name longer
-than ``MAX_NAME_BYTES`` (UTF-8) is cut on a character boundary and ends with ``~`` and 16 hex digits of the
-key's SHA-256; the names an ``EntryNames`` gave out are remembered, so even then no two objects share one.
+than ``MAX_NAME_BYTES`` (UTF-8), or one that would be a file where another name needs a folder (``a`` and
+``a/b``), becomes flat, is cut on a character boundary and ends with ``~`` and 16 hex digits of the key's
+SHA-256; the names an ``EntryNames`` gave out are remembered, so even then no two objects share one.
 The manifest maps every entry back to its collection and original key.
 """
 
@@ -53,24 +54,38 @@ def _cut(text: str, limit: int) -> str:
 
 
 class EntryNames:
-    """Entry names of one zip: ``prefix`` + the encoded key, bounded, unique among the names given out."""
+    """Entry names of one zip: ``prefix`` + the encoded key, bounded, unique, and extractable together.
+
+    S3 has no folders: ``a`` and ``a/b`` are both keys, but ``a`` cannot be a file and a folder on disk. So a name
+    is taken as it is only when it is short enough, not given out yet, not a folder of an earlier name and has no
+    earlier file name as a folder; otherwise the object gets a flat name in ``prefix`` (every ``/`` of the
+    encoded key as ``%2F``), cut to the bound, with ``~`` and the key's digest (and ``~n`` should even that be
+    taken)."""
 
     def __init__(self, max_bytes: int = MAX_NAME_BYTES):
         self.max_bytes = max_bytes
         self.used: set[str] = set()
+        self.dirs: set[str] = set()
+
+    def _free(self, name: str) -> bool:
+        parts = name.split("/")
+        folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        return name not in self.used and name not in self.dirs and not any(f in self.used for f in folders)
 
     def name(self, prefix: str, key: str) -> str:
-        encoded = encode_key(key)
-        name = prefix + encoded
-        if len(name.encode("utf-8")) > self.max_bytes or name in self.used:
+        name = prefix + encode_key(key)
+        if len(name.encode("utf-8")) > self.max_bytes or not self._free(name):
             digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
             suffix = f"~{digest}"
-            head = _cut(name, self.max_bytes - len(suffix) - 4)  # room for a "~n" counter
+            flat = prefix + encode_key(key).replace("/", "%2F")
+            head = _cut(flat, self.max_bytes - len(suffix) - 6)  # room for a "~n" counter
             name, n = head + suffix, 1
-            while name in self.used:
+            while not self._free(name):
                 n += 1
                 name = f"{head}{suffix}~{n}"
         self.used.add(name)
+        parts = name.split("/")
+        self.dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
         return name
 
     def reserve(self, name: str) -> None:

@@ -446,8 +446,10 @@ def render_readme(manifest: dict[str, Any]) -> str:
     lines += ["## Where we looked", ""]
     for system, entry in manifest["systems"].items():
         for ref, coll in entry["collections"].items():
-            how = (f"searched by {', '.join(coll['identities_searched'])}" if coll["identities_searched"]
-                   else "rows belonging to your items above")
+            ways = [f"searched by {', '.join(coll['identities_searched'])}"] if coll["identities_searched"] else []
+            ways += [f"{n} referencing your rows through {way}" for way, n in coll.get("found_through", {}).items()
+                     if way != "identity"]
+            how = "; ".join(ways) or "rows belonging to your items above"
             lines.append(f"- {system} / {ref}: {coll['rows']} row(s) ({how})")
     lines += [
         "",

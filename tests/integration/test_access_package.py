@@ -219,7 +219,9 @@ def check(result, files, expected: dict[str, list[dict]], how: dict[str, dict[st
     assert result.rows == {ref: len(rows) for ref, rows in expected.items()}
     assert set(manifest["systems"]) == {"shop", "mail"}  # mail holds no identity: reached through shop
     readme = files["README.md"].decode()
-    assert "mail / mail.event_notes: 2 row(s)" in readme
+    assert ("- mail / mail.event_notes: 2 row(s) (2 referencing your rows through mail.event_notes (event_id) -> "
+            "mail.events (id))") in readme
+    assert "- shop / shop.customers: 2 row(s) (searched by email)" in readme
     blob = b"".join(files.values()).decode("utf-8", "replace")
     for other in ("bob@example.org", "cat@example.org", "dan@example.org"):  # nobody else's address, anywhere
         assert other not in blob, other

@@ -1,11 +1,13 @@
 """Access packages (GDPR Art. 15 and 20): one person's data from every system, as one zip.
 
-Kind-agnostic over the store interface: ``subject_collections`` / ``find`` find the person's items,
-``dependents`` adds the rows that are theirs through a parent (list memberships, campaign events),
-``read`` yields the rows in bounded batches, ``owned_keys`` / ``stream_object`` copy the S3 objects a
-row owns (CVs, attachments) byte for byte. Rows go through pandas chunk by chunk into temporary
-files and from there into a zip on disk, so memory stays bounded by one chunk whatever the number
-of rows; the zip is then uploaded in parts (``include.retention.stores.s3_writes.Upload``).
+Kind-agnostic over the store interface: ``subject_collections`` / ``find`` find the person's items
+(``owned`` tells their own rows from rows that only mention them), ``column_values`` / ``children`` add
+every row that references one of their own rows, through any reference, in any SQL system, grandchildren
+too (matched exactly in Python: ``PackageBuilder.find``), ``read`` yields the rows in bounded batches,
+``owned_keys`` / ``stream_object`` copy the S3 objects a row owns (CVs, attachments) byte for byte, under
+safe, unique entry names (``include.retention.package_names``). Rows go through pandas chunk by chunk
+into temporary files and from there into a zip on disk, so memory stays bounded by one chunk whatever
+the number of rows; the zip is then uploaded in parts (``include.retention.stores.s3_writes.Upload``).
 
 Layout (``format`` human): ``README.md``, ``manifest.json``, ``data/<system>.<collection>.csv`` and
 ``.json`` per collection, ``objects/<system>.<collection>/<key>``. ``format`` portable (Art. 20):

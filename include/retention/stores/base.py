@@ -333,11 +333,6 @@ class Store(abc.ABC):
         """What the reference methods below raise in a store whose items reference nothing (S3)."""
         return RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
 
-    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
-        """Keys of the items of ``collection_name`` whose ``column`` references one of ``parent_keys`` (the rows
-        that belong to a subject through their parent: list memberships, campaign events)."""
-        raise self._no_references()
-
     def owned(self, collection_name: str, claims: Claims, subjects: list[Subject]
               ) -> tuple[Claims, dict[Any, set[str]]]:
         """Split ``claims`` into the subjects' own items and the items that only mention them (key -> the fields

@@ -433,12 +433,3 @@ class SqlSubjects(SqlAccess):
                         for rid in whole:
                             outcome.add(rid, ref, what)
         return outcome
-
-    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
-        t = self.table(collection_name)
-        pk, fk = self.key_cols(collection_name, t), t.c[column]
-        out: list[Any] = []
-        for chunk in _chunks(sorted(parent_keys)):
-            with self.engine.connect() as conn:
-                out += [key_of(r) for r in conn.execute(sa.select(*pk).where(fk.in_(chunk)))]
-        return sorted(set(out))

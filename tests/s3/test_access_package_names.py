@@ -98,11 +98,14 @@ def test_every_object_extracts_inside_the_folder_byte_for_byte(s3, make_store, t
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.text(min_size=0, max_size=300), min_size=1, max_size=12, unique=True))
+@given(st.lists(st.one_of(st.text(min_size=0, max_size=300), st.text(alphabet="ab/.\\", max_size=8)),
+                min_size=1, max_size=12, unique=True))
 def test_names_are_safe_and_unique_for_any_keys(keys):
     names = EntryNames()
     given_out = [names.name("objects/s.c/", k) for k in keys]
     assert len(set(given_out)) == len(keys)
+    folders = {"/".join(n.split("/")[:i]) for n in given_out for i in range(1, n.count("/") + 1)}
+    assert not folders & set(given_out)  # no name is a file where another needs a folder: all extract together
     for name in given_out:
         parts = name.split("/")
         assert name.startswith("objects/s.c/") and len(name.encode("utf-8")) <= MAX_NAME_BYTES

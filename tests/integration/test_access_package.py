@@ -5,7 +5,8 @@ found by their address, then through every reference: ``to_column`` children (vo
 composite children (orders by ``(tenant, customer_id)``), grandchildren (order items, event notes) and children in
 the other database (events by the customer's code). Lookalikes are not theirs: the same customer id in another
 tenant, codes ``C1`` and ``c1 `` (MariaDB's collation calls both equal to ``c1``), a row that only mentions the
-person (``erase: mask``) and that row's own children. The zip's JSON and CSV are compared with the expected rows
+person (``erase: mask``) and that row's own children; a code held by the person and by somebody else is left out
+(and counted): nobody can tell whose its children are. The zip's JSON and CSV are compared with the expected rows
 exactly, and the manifest's counts per collection and per way they were reached.
 """
 
@@ -107,10 +108,13 @@ CUSTOMERS = [
     {"tenant": "t2", "id": 1, "email": "bob@example.org", "code": "C1", "referrer_email": None},  # same id, tenant t2
     {"tenant": "t1", "id": 2, "email": "cat@example.org", "code": "c1 ", "referrer_email": None},  # 'c1 '
     {"tenant": "t1", "id": 3, "email": "dan@example.org", "code": "d1", "referrer_email": ANN},  # mentions Ann
+    {"tenant": "t2", "id": 7, "email": ANN, "code": "x9", "referrer_email": None},  # Ann's second account ...
+    {"tenant": "t3", "id": 9, "email": "zed@example.org", "code": "x9", "referrer_email": None},  # ... Zed's code too
 ]
 VOUCHERS = [{"id": 200, "customer_code": "c1", "amount": 5}, {"id": 201, "customer_code": "C1", "amount": 6},
             {"id": 202, "customer_code": "c1 ", "amount": 7}, {"id": 203, "customer_code": "c1", "amount": 8},
-            {"id": 204, "customer_code": "d1", "amount": 9}, {"id": 205, "customer_code": None, "amount": 1}]
+            {"id": 204, "customer_code": "d1", "amount": 9}, {"id": 205, "customer_code": None, "amount": 1},
+            {"id": 206, "customer_code": "x9", "amount": 2}]  # Ann's or Zed's: nobody can tell
 ORDER_ROWS = [{"id": 10, "tenant": "t1", "customer_id": 1, "total": 100},
               {"id": 11, "tenant": "t1", "customer_id": 1, "total": 110},
               {"id": 12, "tenant": "t2", "customer_id": 1, "total": 120},  # Bob's: same customer id, other tenant
@@ -122,9 +126,11 @@ ITEMS = [{"order_id": 10, "line": 1, "sku": "a"}, {"order_id": 10, "line": 2, "s
          {"order_id": 13, "line": 1, "sku": "e"}, {"order_id": 15, "line": 1, "sku": "f"}]
 EVENTS = [{"id": 300, "customer_code": "c1", "kind": "open"}, {"id": 301, "customer_code": "C1", "kind": "open"},
           {"id": 302, "customer_code": "c1 ", "kind": "click"}, {"id": 303, "customer_code": None, "kind": "x"},
-          {"id": 304, "customer_code": "c1", "kind": "click"}, {"id": 305, "customer_code": "d1", "kind": "open"}]
+          {"id": 304, "customer_code": "c1", "kind": "click"}, {"id": 305, "customer_code": "d1", "kind": "open"},
+          {"id": 306, "customer_code": "x9", "kind": "open"}]
 NOTES = [{"id": 400, "event_id": 300, "note": "n0"}, {"id": 401, "event_id": 301, "note": "n1"},
-         {"id": 402, "event_id": 304, "note": "n2"}, {"id": 403, "event_id": 305, "note": "n3"}]
+         {"id": 402, "event_id": 304, "note": "n2"}, {"id": 403, "event_id": 305, "note": "n3"},
+         {"id": 404, "event_id": 306, "note": "n4"}]
 
 PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql"), ("sqlite", "mariadb"), ("postgresql", "sqlite")]
 
@@ -187,14 +193,14 @@ def as_csv(rows: list[dict]) -> list[dict]:
 ANN_ROW = CUSTOMERS[0]
 DAN_MENTION = {"tenant": "t1", "id": 3, "email": None, "code": None, "referrer_email": ANN}  # only the mention
 EXPECTED = {
-    "shop.customers": [ANN_ROW, DAN_MENTION],
+    "shop.customers": [ANN_ROW, DAN_MENTION, CUSTOMERS[4]],  # in key order: (t1, 1), (t1, 3), (t2, 7)
     "shop.vouchers": [VOUCHERS[0], VOUCHERS[3]],
     "mail.events": [EVENTS[0], EVENTS[4]],
     "mail.event_notes": [NOTES[0], NOTES[2]],
 }
 COMPOSITE_EXPECTED = {**EXPECTED, "shop.orders": ORDER_ROWS[:2], "shop.order_items": ITEMS[:3]}
 HOW = {
-    "shop.customers": {"identity": 2},
+    "shop.customers": {"identity": 3},
     "shop.vouchers": {"shop.vouchers (customer_code) -> shop.customers (code)": 2},
     "mail.events": {"mail.events (customer_code) -> shop.customers (code)": 2},
     "mail.event_notes": {"mail.event_notes (event_id) -> mail.events (id)": 2},
@@ -214,6 +220,11 @@ def check(result, files, expected: dict[str, list[dict]], how: dict[str, dict[st
     assert set(colls) == set(expected)
     assert {ref: c["rows"] for ref, c in colls.items()} == {ref: len(rows) for ref, rows in expected.items()}
     assert {ref: c["found_through"] for ref, c in colls.items()} == how
+    # the vouchers and events of code x9 (Ann's second account, and Zed's) are left out, and counted
+    assert {ref: c["left_out_ambiguous"] for ref, c in colls.items() if c["left_out_ambiguous"]} == {
+        "shop.vouchers": {"shop.vouchers (customer_code) -> shop.customers (code)": 1},
+        "mail.events": {"mail.events (customer_code) -> shop.customers (code)": 1}}
+    assert result.ambiguous == {"shop.vouchers": 1, "mail.events": 1}
     assert colls["shop.customers"]["only_mentioning"] == 1 and colls["shop.customers"]["identities_searched"] == [
         "email"]
     assert result.rows == {ref: len(rows) for ref, rows in expected.items()}
@@ -221,9 +232,12 @@ def check(result, files, expected: dict[str, list[dict]], how: dict[str, dict[st
     readme = files["README.md"].decode()
     assert ("- mail / mail.event_notes: 2 row(s) (2 referencing your rows through mail.event_notes (event_id) -> "
             "mail.events (id))") in readme
-    assert "- shop / shop.customers: 2 row(s) (searched by email)" in readme
+    assert "- shop / shop.customers: 3 row(s) (searched by email)" in readme
+    assert ("- shop / shop.vouchers: 2 row(s) (2 referencing your rows through shop.vouchers (customer_code) -> "
+            "shop.customers (code); 1 more row(s) reference a value that is also somebody else's: left out, ask us "
+            "if they are yours)") in readme
     blob = b"".join(files.values()).decode("utf-8", "replace")
-    for other in ("bob@example.org", "cat@example.org", "dan@example.org"):  # nobody else's address, anywhere
+    for other in ("bob@example.org", "cat@example.org", "dan@example.org", "zed@example.org"):  # nobody else's address, anywhere
         assert other not in blob, other
 
 
@@ -269,4 +283,4 @@ def test_nothing_found_lists_what_was_searched(urls, tmp_path):
         rt.close()
     assert manifest["systems"]["shop"]["collections"] == {"shop.customers": {
         "categories": [], "identities_searched": ["email"], "found_through": {"identity": 0}, "rows": 0,
-        "only_mentioning": 0, "files": []}}
+        "only_mentioning": 0, "files": [], "left_out_ambiguous": {}}}

@@ -237,7 +237,7 @@ def check(result, files, expected: dict[str, list[dict]], how: dict[str, dict[st
             "shop.customers (code); 1 more row(s) reference a value that is also somebody else's: left out, ask us "
             "if they are yours)") in readme
     blob = b"".join(files.values()).decode("utf-8", "replace")
-    for other in ("bob@example.org", "cat@example.org", "dan@example.org", "zed@example.org"):  # nobody else's address, anywhere
+    for other in ("bob@example.org", "cat@example.org", "dan@example.org", "zed@example.org"):
         assert other not in blob, other
 
 

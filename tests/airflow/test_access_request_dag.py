@@ -206,12 +206,14 @@ def test_identity_check_approve_proceeds(access_world, monkeypatch):
     assert registry.receipt(rid)["package"]["sha256"]
 
 
-def test_identity_check_reject_changes_nothing_and_closes_with_the_reason(access_world, monkeypatch):
-    monkeypatch.setenv("RETENTION_VERIFY_IDENTITY", "access,rectify,erase")
+@pytest.mark.parametrize("conf", [{"mode": "rectify", "new_email": "new.me@example.org"}, {"mode": "withdraw"}],
+                         ids=["rectify", "withdraw"])
+def test_identity_check_reject_changes_nothing_and_closes_with_the_reason(access_world, monkeypatch, conf):
+    monkeypatch.delenv("RETENTION_VERIFY_IDENTITY")  # the default checks every type: withdraw too (consents change)
     world = access_world
     before = snapshot(world["crm"], world["mailing"], {"contact": -1, "subscriber": -1})
     responder = answer(DAG_ID, "verify_identity", "Reject", "no reply from the registered address")
-    run = run_dag(DAG_ID, {"email": SUBJECT, "mode": "rectify", "new_email": "new.me@example.org"})
+    run = run_dag(DAG_ID, {"email": SUBJECT, **conf})
     assert responder.wait(timeout=180) == 0
     states = task_states(run)
     assert states["act"] == ["skipped"] and states["finalize"] == ["success"], states

@@ -350,9 +350,20 @@ class Store(abc.ABC):
         """What the reference methods below raise in a store whose items reference nothing (S3)."""
         return RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
 
-    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
-        """Keys of the items of ``collection_name`` whose ``column`` references one of ``parent_keys`` (the rows
-        that belong to a subject through their parent: list memberships, campaign events)."""
+    def owned(self, collection_name: str, claims: Claims, subjects: list[Subject]
+              ) -> tuple[Claims, dict[Any, set[str]]]:
+        """Split ``claims`` into the subjects' own items and the items that only mention them (key -> the fields
+        that do; ``erase: mask``). By default every claimed item is the subjects' own."""
+        return claims, {}
+
+    def column_values(self, collection_name: str, keys: list[Any], columns: list[str]) -> dict[Any, tuple]:
+        """Per item key: the values of ``columns`` (what references into this collection hold). Read-only."""
+        raise self._no_references()
+
+    def children(self, collection_name: str, reference: Any, parent_values: list[tuple]) -> dict[Any, tuple]:
+        """Keys of the items here whose ``reference`` columns (``reference.source_columns()``) equal one of
+        ``parent_values`` exactly, all pairs (compared in Python, never by a collation): key -> the matched tuple.
+        Read-only; an access package follows references with it, across databases too."""
         raise self._no_references()
 
     # ---- cascades from another system's rows (docs/adr/0012) ------------------------------------

@@ -37,6 +37,7 @@ from include.retention.stores.base import (
     own_lock_reasons,
     renamed_lock_reasons,
 )
+from include.retention.stores.sql_access import SqlAccess
 from include.retention.stores.sql_fit import Target, bind_value, storage_charsets
 from include.retention.stores.sql_keys import after, has_row_values, key_eq, key_in, key_of
 
@@ -54,8 +55,8 @@ def _chunks(items: list[Any], n: int = CHUNK) -> Iterator[list[Any]]:
         yield items[i:i + n]
 
 
-class SqlSubjects:
-    """Mixin of ``SqlStore``: the subject half of the store interface."""
+class SqlSubjects(SqlAccess):
+    """Mixin of ``SqlStore``: the subject half of the store interface (the access lookups: ``SqlAccess``)."""
 
     # provided by SqlStore
     engine: sa.Engine
@@ -515,12 +516,3 @@ class SqlSubjects:
                         for rid in whole:
                             outcome.add(rid, ref, what)
         return outcome
-
-    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
-        t = self.table(collection_name)
-        pk, fk = self.key_cols(collection_name, t), t.c[column]
-        out: list[Any] = []
-        for chunk in _chunks(sorted(parent_keys)):
-            with self.engine.connect() as conn:
-                out += [key_of(r) for r in conn.execute(sa.select(*pk).where(fk.in_(chunk)))]
-        return sorted(set(out))

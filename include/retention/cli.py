@@ -123,22 +123,23 @@ def cmd_replay(args) -> int:
 def cmd_rotate_keys(args) -> int:
     """Move the registry to the current key (first of RETENTION_HMAC_KEYS), audited by one ledger entry.
 
-    The ledger must verify first (under every active key): the entry written under the new key
-    seals what came before, and a broken chain is not sealed.
+    The ledger must verify first (under every active key; it may still be under an older key): the
+    ``rotate_keys`` entry, co-signed by the new key, hands the chain over to it and seals what came
+    before, and a broken chain is not sealed.
     """
     from include.retention.ledger import RunRef
     from include.retention.masking import keys_of
     from include.retention.registry import Registry
 
     ledger = _ledger()
-    result = ledger.verify(record=False)
+    result = ledger.verify(record=False, current_key=False)
     if not result.ok:
         raise RetentionError(f"not rotating keys: {result}")
     ring = keys_of(ledger.key)
     done = Registry(ledger.engine, ledger.key).rotate()
     older = [kid for kid, _ in ring[1:]]
-    ledger.append(run=RunRef("cli", "rotate-keys"), action="rotate_keys", outcome="done",
-                  count=done["requests"] + done["suppression"], details={**done, "older_keys": older})
+    ledger.rotate(run=RunRef("cli", "rotate-keys"), count=done["requests"] + done["suppression"],
+                  details={**done, "older_keys": older})
     print(f"rotated to key {done['key_id']!r}: {done['requests']} request(s) re-encrypted and re-digested, "
           f"{done['suppression']} suppression entr(y/ies) re-digested ({done['merged']} merged); ledger entry written")
     for kid, n in sorted(done["kept"].items()):

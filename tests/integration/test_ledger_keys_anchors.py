@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import boto3
 import pytest
@@ -394,6 +396,54 @@ def test_anchor_of_a_rotated_chain_is_keyed_with_the_current_key(rotated, tmp_pa
     anchor = rotated.anchor(sink)
     assert anchor.kid == "k1" and anchor.mac_ok(NEW) and not anchor.mac_ok(OLD)
     assert rotated.verify(record=False, anchors=sink).anchors_checked == 1
+
+
+def test_anchors_across_a_rotation(db_url, tmp_path):
+    """An anchor under k0 before the rotation and one under k1 after: both checked, the second names the first;
+    the k0 holder cannot re-make the k1 anchor."""
+    engine = make_engine(db_url)
+    sink = DirectorySink(tmp_path)
+    _append(Ledger(engine, OLD_ONLY), 2)
+    before = Ledger(engine, OLD_ONLY).anchor(sink)  # head 2, recorded by entry 3
+    led = Ledger(engine, RING)
+    led.rotate(run=RunRef())  # 4
+    _append(led, 1)
+    after = led.anchor(sink)  # head 5, recorded by entry 6
+    assert (before.kid, after.kid) == ("k0", "k1") and (after.prev_seq, after.prev_mac) == (2, before.mac)
+    result = led.verify(record=False, anchors=sink)
+    assert result.ok and result.anchors_checked == 2, str(result)
+    path = next(sink.path.glob(f"{5:015d}-*.json"))
+    path.write_bytes(replace(Anchor.from_json(path.read_bytes(), str(path)), kid="k0").signed("k0", OLD).to_json())
+    assert "records the anchor of entry 5" in _broken_at(led, 6, anchors=sink)  # valid k0 mac, not the recorded one
+    engine.dispose()
+
+
+def test_anchoring_while_others_append(db_url, tmp_path):
+    """Anchors taken while writers append: every anchor is recorded right after the head it anchors, nothing is
+    lost, and the chain verifies against all of them."""
+    sink = DirectorySink(tmp_path)
+    Ledger(make_engine(db_url), OLD).ensure_schema()
+
+    def work(i: int) -> int:
+        led = Ledger(make_engine(db_url), OLD)
+        try:
+            if i < 2:
+                return len([led.anchor(sink, check=False) for _ in range(5)])
+            return len(_append(led, 15))
+        finally:
+            led.engine.dispose()
+
+    with ThreadPoolExecutor(5) as pool:
+        done = list(pool.map(work, range(5)))
+    assert done == [5, 5, 15, 15, 15]
+    led = Ledger(make_engine(db_url), OLD)
+    rows = _rows(led)
+    recorded = [(r["seq"], json.loads(r["details"])["seq"]) for r in rows if r["action"] == "anchor"]
+    assert len(rows) == 45 + 10 and len(recorded) == 10
+    assert all(anchored == seq - 1 for seq, anchored in recorded)  # the head under the lock, recorded right after
+    result = led.verify(record=False, anchors=sink)
+    assert result.ok and result.anchors_checked == 10, str(result)
+    led.engine.dispose()
 
 
 def test_anchor_naming_a_key_outside_the_ring_is_named(anchored):

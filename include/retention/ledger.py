@@ -8,7 +8,12 @@ without the key cannot edit, insert, remove, reorder or renumber entries and reh
 rest: ``verify`` reports the first entry that does not match. A one-row head table
 (locked with SELECT ... FOR UPDATE; ``BEGIN IMMEDIATE`` on SQLite) serialises writers.
 The head is also anchored outside the database (``anchor``: a file, or an S3 object
-under Object Lock), so a truncated tail with a moved head is found as well.
+under Object Lock), so a truncated tail with a moved head is found as well; an anchor is keyed,
+names the anchor before it, and is recorded in the chain, so one rewritten or deleted is named.
+
+The chain is under one key at a time: a ``rotate_keys`` entry co-signed by the new key hands it
+over (``Ledger.rotate``); ``verify`` refuses a retired key after it and a chain that does not end
+under the current key (docs/adr/0007-key-rotation.md).
 
 A change to a store is written as an *intent* before it commits and *settled* with the
 real count after; an intent without outcome (a crash in between) is reported by

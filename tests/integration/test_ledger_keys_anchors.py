@@ -468,3 +468,44 @@ def test_head_table_untouched_by_a_failed_anchor_put(db_url, tmp_path):
         assert conn.execute(sa.select(head.c.seq)).scalar_one() == 2
     assert led.verify(record=False).ok
     led.engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.integers(1, 3), min_size=1, max_size=5), keep=st.integers(0, 30),
+       deleted=st.sets(st.integers(0, 4)))
+def test_a_cut_passes_only_when_every_anchor_naming_it_is_gone_with_its_record(db_url, tmp_path_factory, monkeypatch,
+                                                                                plan, keep, deleted):
+    """Any number of anchors between appends, any cut of the tail (head moved back), any anchor files deleted:
+    verify passes exactly when no remaining entry records a deleted anchor and every anchor beyond the cut was
+    deleted too (the directory's limit, which verify then states); otherwise it names the problem."""
+    monkeypatch.delenv(ANCHORS_DEMO_ENV, raising=False)
+    engine = make_engine(db_url)
+    led = Ledger(engine, OLD)
+    led.ensure_schema()
+    _cut_all(led)
+    sink = DirectorySink(tmp_path_factory.mktemp("anchors"))
+    made = []  # (anchored seq, seq of the entry that records it)
+    for n in plan:
+        _append(led, n)
+        made.append((led.anchor(sink, check=False).seq, led.current_head()[0]))
+    _append(led, 1)
+    total = led.current_head()[0]
+    keep = keep % (total + 1)
+    if keep < total:
+        _cut(led, keep) if keep else _cut_all(led)
+    gone = {i for i in deleted if i < len(made)}
+    for i in gone:
+        next(sink.path.glob(f"{made[i][0]:015d}-*.json")).unlink()
+    should_pass = (all(recorded > keep for i, (_, recorded) in enumerate(made) if i in gone)
+                   and all(i in gone for i, (seq, _) in enumerate(made) if seq > keep))
+    result = led.verify(record=False, anchors=sink)
+    assert result.ok == should_pass, (str(result), made, keep, gone)
+    assert result.warnings == [DIRECTORY_LIMIT]
+    engine.dispose()
+
+
+def _cut_all(led: Ledger) -> None:
+    with led.engine.begin() as conn:
+        conn.execute(entries.delete())
+        conn.execute(head.update().values(seq=0, entry_hash="0" * 64))

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from include.retention import registry as reg
 from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
-from include.retention.ledger import CHART_ACTIONS, Ledger, read_anchors
+from include.retention.ledger import CHART_ACTIONS, Ledger, anchor_sinks, read_anchors
 from include.retention.sweep import COUNT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def verification(engine: sa.Engine, key: bytes | None, anchors: str | None = Non
         return {**empty, "ok": None,
                 "problem": "cannot verify: no HMAC key (RETENTION_HMAC_KEY or connection 'retention_keys')"}
     try:  # anchors first: an unreachable or unreadable anchor store is a failed check, not an error page
-        found = read_anchors(anchors) if anchors else None
+        found = [read_anchors(sink) for sink in anchor_sinks(anchors)] if anchors else None
     except RetentionError as exc:
         log.warning("ledger anchors unreadable: %s", exc)
         return {**empty, "ok": False, "problem": str(exc)}

@@ -412,6 +412,15 @@ def anchor_sink(target: str | os.PathLike[str], s3_client: Any = None) -> Anchor
     return DirectorySink(text)
 
 
+def anchor_sinks(targets: str, s3_client: Any = None) -> list[AnchorSink]:
+    """Every place named in ``targets``, separated by commas (``RETENTION_LEDGER_ANCHORS``): a second witness
+    (another bucket or account, another host's directory) must be bent too before a cut goes unseen."""
+    places = [t.strip() for t in str(targets).split(",") if t.strip()]
+    if not places:
+        raise RetentionError(f"anchor location {targets!r} names no place")
+    return [anchor_sink(place, s3_client) for place in places]
+
+
 @dataclass
 class ReadAnchors:
     """The anchors of one sink, read once (the page reads them first, to show an unreachable sink as such)."""

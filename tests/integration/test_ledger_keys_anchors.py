@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from include.retention import cli
+from include.retention.errors import RetentionError
 from include.retention.ledger import (
     ANCHORS_DEMO_ENV,
     DIRECTORY_LIMIT,
@@ -30,6 +32,7 @@ from include.retention.ledger import (
     RunRef,
     S3Sink,
     _content_md5,
+    anchor_sinks,
     entries,
     entry_hash,
     head,
@@ -509,3 +512,30 @@ def _cut_all(led: Ledger) -> None:
     with led.engine.begin() as conn:
         conn.execute(entries.delete())
         conn.execute(head.update().values(seq=0, entry_hash="0" * 64))
+
+
+def test_a_second_witness_finds_the_cut_the_first_one_lost(db_url, tmp_path, monkeypatch, capsys):
+    """`RETENTION_LEDGER_ANCHORS=A,B`: the CLI anchors at both (each recorded); a cut whose newest anchor and record
+    were removed from A is still found by B."""
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER",
+                       json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": db_url}}))
+    monkeypatch.setenv("RETENTION_HMAC_KEY", OLD.decode())
+    monkeypatch.delenv("RETENTION_HMAC_KEYS", raising=False)
+    monkeypatch.delenv(ANCHORS_DEMO_ENV, raising=False)
+    first, second = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setenv("RETENTION_LEDGER_ANCHORS", f"{first}, {second}")
+    led = Ledger(make_engine(db_url), OLD)
+    _append(led, 5)
+    assert cli.main(["verify", "--anchor"]) == 0
+    out = capsys.readouterr().out
+    assert f"anchored head 5 at {first}/" in out and f"anchored head 6 at {second}/" in out
+    assert [json.loads(r["details"])["sink"] for r in _rows(led)[5:]] == [str(first), str(second)]
+    _cut(led, 5)
+    next(first.glob("*.json")).unlink()
+    assert cli.main(["verify", "--anchors", str(first)]) == 0  # one directory alone: the limit, and it says so
+    assert f"warning: {DIRECTORY_LIMIT}" in capsys.readouterr().out
+    assert cli.main(["verify"]) == 1
+    assert "BROKEN at entry 6: entries after 5 were removed" in capsys.readouterr().out
+    with pytest.raises(RetentionError, match="names no place"):
+        anchor_sinks(" , ")
+    led.engine.dispose()

@@ -55,7 +55,6 @@ class PackageResult:
     rows: dict[str, int] = field(default_factory=dict)  # per collection ref
     objects: dict[str, int] = field(default_factory=dict)  # per S3 collection ref: objects copied in
     searched: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # system -> collection -> kinds
-    ambiguous: dict[str, int] = field(default_factory=dict)  # per collection ref: rows left out (Found.ambiguous)
     files: int = 0
 
 
@@ -114,9 +113,6 @@ class Found:
     claims: Claims = field(default_factory=Claims)
     mentioned: dict[Any, set[str]] = field(default_factory=dict)
     how: dict[str, int] = field(default_factory=dict)
-    # per reference followed: rows left out because the value they reference is also held by somebody else's row
-    # (a ``to_column`` / ``columns`` target that is not unique): they may be that person's
-    ambiguous: dict[str, int] = field(default_factory=dict)
 
     def count(self, way: str, n: int) -> None:
         self.how[way] = self.how.get(way, 0) + n
@@ -179,8 +175,8 @@ class PackageBuilder:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---- finding -----------------------------------------------------------------------------
-    def systems(self) -> list[str]:
-        """Systems searched by identity, and systems holding collections reachable from those by references."""
+    def reachable(self) -> set[str]:
+        """Collections searched by identity, and the SQL collections reachable from those by references."""
         start = [f"{s}.{c}" for s, system in self.policy.systems.items() for c, coll in system.collections.items()
                  if coll.identities]
         reach, todo = set(start), list(start)
@@ -189,14 +185,30 @@ class PackageBuilder:
                 if child_ref not in reach:
                     reach.add(child_ref)
                     todo.append(child_ref)
-        used = {ref.partition(".")[0] for ref in reach}
+        return reach
+
+    def systems(self) -> list[str]:
+        """Systems searched by identity, and systems holding collections reachable from those by references."""
+        used = {ref.partition(".")[0] for ref in self.reachable()}
         return [name for name in self.policy.systems if name in used]
+
+    def check(self) -> None:
+        """Every SQL collection the package may read, checked against its database before any row is read
+        (``SqlStore.check``): among the rest, every reference followed into it points at columns unique there
+        (its primary key, a unique constraint or unique index), so each child has one parent row and belongs to
+        the person exactly when that row is theirs. A reference to columns that are not unique is refused
+        (``PolicyError`` naming its path and columns) and no package is built."""
+        for ref in sorted(self.reachable()):
+            system, _, name = ref.partition(".")
+            if self.policy.systems[system].kind == "sql":
+                self.store_of(system).check(name)
 
     def find(self) -> dict[str, Found]:
         """Per collection ref: the person's items found by identity, then every child of an item that is their
         own, through every reference (plain, ``to_column``, composite; in its database or another), grandchildren
         too. Values are matched exactly (``Store.children``); an item that only mentions the person (``erase:
-        mask``) is nobody's parent."""
+        mask``) is nobody's parent. Checks the data map against the databases first (``check``)."""
+        self.check()
         found: dict[str, Found] = {}
         for system in self.systems():
             store = self.store_of(system)
@@ -226,31 +238,12 @@ class PackageBuilder:
         for key, value in self.store_of(p_sys).column_values(p_name, list(parent.claims), target_cols).items():
             owners.setdefault(value, set()).update(parent.claims[key])
         kids = self.store_of(c_sys).children(c_name, reference, list(owners)) if owners else {}
-        shared = self._shared(parent_ref, parent, target_cols, list({v for v in kids.values()}))
-        way = describe_reference(child_ref, reference, parent_ref, target_cols)
         child = found.setdefault(child_ref, Found())
-        taken = 0
         for key, value in kids.items():
-            if value in shared:
-                continue
             for rid in owners[value]:
                 child.claims.add(key, rid)
             child.mentioned.pop(key, None)
-            taken += 1
-        child.count(way, taken)
-        if taken < len(kids):
-            child.ambiguous[way] = child.ambiguous.get(way, 0) + len(kids) - taken
-
-    def _shared(self, parent_ref: str, parent: Found, target_cols: list[str], values: list[tuple]) -> set[tuple]:
-        """Of ``values`` (of ``target_cols``, held by the person's rows), those that a row of ``parent_ref`` that is
-        not theirs holds too: a reference by columns that are not unique cannot say whose its row is."""
-        target = self.policy.collection(parent_ref)
-        if not values or set(target.key_columns()) <= set(target_cols):
-            return set()  # the key (or more) is unique: every value names one row
-        probe = Reference(to=parent_ref, columns=list(target_cols))
-        p_sys, _, p_name = parent_ref.partition(".")
-        holders = self.store_of(p_sys).children(p_name, probe, values)
-        return {value for key, value in holders.items() if key not in parent.claims}
+        child.count(describe_reference(child_ref, reference, parent_ref, target_cols), len(kids))
 
     # ---- writing -----------------------------------------------------------------------------
     def build(self) -> PackageResult:
@@ -281,10 +274,7 @@ class PackageBuilder:
                     got = got or Found()
                     entry = {"categories": coll.categories, "identities_searched": searched.get(ref, []),
                              "found_through": dict(sorted(got.how.items())), "rows": 0,
-                             "only_mentioning": len(got.mentioned), "files": [],
-                             "left_out_ambiguous": dict(sorted(got.ambiguous.items()))}
-                    if got.ambiguous:
-                        result.ambiguous[ref] = sum(got.ambiguous.values())
+                             "only_mentioning": len(got.mentioned), "files": []}
                     if got.claims or got.mentioned:
                         entry["rows"], entry["files"] = self._collection(zf, store, name, got, flat, result)
                     result.rows[ref] = entry["rows"]
@@ -475,10 +465,6 @@ def render_readme(manifest: dict[str, Any]) -> str:
             ways += [f"{n} referencing your rows through {way}" for way, n in coll.get("found_through", {}).items()
                      if way != "identity"]
             how = "; ".join(ways) or "rows belonging to your items above"
-            left = sum(coll.get("left_out_ambiguous", {}).values())
-            if left:
-                how += (f"; {left} more row(s) reference a value that is also somebody else's: left out, ask us "
-                        "if they are yours")
             lines.append(f"- {system} / {ref}: {coll['rows']} row(s) ({how})")
     lines += [
         "",

@@ -146,9 +146,6 @@ def _access(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run
         for ref, n in result.objects.items():
             if ref.startswith(f"{system}."):
                 per.setdefault(ref, {})["objects"] = n
-        for ref, n in result.ambiguous.items():  # rows that may be somebody else's: left out, counted
-            if ref.startswith(f"{system}."):
-                per.setdefault(ref, {})["left_out_ambiguous"] = n
         ctx.registry.set_system([request_id], system, "recorded", counts={
             "collections": per, "searched": result.searched.get(system, {})})
         _ledger(ctx, request_id, system, "access", sum(v.get("rows", 0) for v in per.values()), req, dag_id, run_id,

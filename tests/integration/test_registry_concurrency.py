@@ -101,7 +101,7 @@ def test_two_suppressions_of_one_person_at_once(db_url):
         ident = Identities(email=f"Twice.{round_}@Example.org", phone=f"+49 30 12345{round_:02d}")
         rids = [registry.register(NewRequest(ident)) for _ in range(2)]
 
-        def finish(i: int, barrier: threading.Barrier) -> int:
+        def finish(i: int, barrier: threading.Barrier, rids: list[str] = rids) -> int:
             mine = Registry(make_engine(db_url), KEY)
             try:
                 barrier.wait()
@@ -155,7 +155,7 @@ def test_two_erasures_of_one_person_finish_at_once(db_url, tmp_path, monkeypatch
             registry.start(rid)
             registry.set_system([rid], "crm", "recorded")
 
-        def finalize(i: int, barrier: threading.Barrier) -> list[dict]:
+        def finalize(i: int, barrier: threading.Barrier, rids: list[str] = rids) -> list[dict]:
             barrier.wait()
             return erasure_tasks.finalize([rids[i]], ["crm"])
 

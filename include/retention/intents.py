@@ -255,6 +255,8 @@ def reconcile_open_intents(ledger: Ledger, policy: Policy, rule_id: str, store: 
         if details.get("reread") and target is not None:
             reread = unseal(ledger.key, details["reread"])
             found = target.reconcile_batch(str(intent["collection"]).partition(".")[2], rule, intent, reread)
+            if found is not None and reread.get("cascaded_from"):
+                found[1]["cascaded_from"] = reread["cascaded_from"]
         if found is None:
             count, extra = planned, {
                 "how": "recorded", "note": f"the batch could not be re-read; settled with the {planned} its intent "

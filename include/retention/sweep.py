@@ -140,8 +140,9 @@ class LedgerRecorder:
 
     def _intent_details(self, reread: dict[str, Any] | None) -> dict[str, Any] | None:
         details: dict[str, Any] = {"owner": self.owner} if self.owner else {}
-        if reread is not None:
-            details.update(walk=reread.get("walk"), reread=seal(self.ledger.key, reread))
+        if reread is not None:  # in clear: the walk's kind and where a cascade came from; the rest sealed
+            details.update({k: reread[k] for k in ("walk", "cascaded_from") if k in reread},
+                           reread=seal(self.ledger.key, reread))
         return details or None
 
     def intend(self, action: str, planned: int, pk_digest: str, reread: dict[str, Any] | None = None) -> int:

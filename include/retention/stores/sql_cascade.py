@@ -228,7 +228,8 @@ class SqlCascade:
                     # announced before it commits: before anything goes when the delete changes something outside
                     # this transaction, else once the statement ran, with its real count (the keys, sealed, let the
                     # rule's next run tell whether it committed: include/retention/intents.py)
-                    reread = {"walk": "keys", "keys": keys, "column": None if deleting else reference.column}
+                    reread = {"walk": "keys", "keys": keys, "column": None if deleting else reference.column,
+                              "cascaded_from": parent}
                     early = deleting and self._writes_outside(name)
                     if rec is not None and early:
                         intent = begin_record(rec, action, len(keys), digest, reread)

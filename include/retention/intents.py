@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import uuid
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,9 +94,10 @@ def _typed(value: Any) -> Any:
 
 
 def seal(key: bytes, value: Any) -> str:
-    """``value`` as ``<key id>:<Fernet token>`` under the current key."""
+    """``value`` as ``<key id>:<Fernet token>`` under the current key (JSON, compressed, then encrypted)."""
     kid, secret = keys_of(key)[0]
-    return f"{kid}:{_fernet(secret).encrypt(json.dumps(_plain(value)).encode()).decode()}"
+    packed = zlib.compress(json.dumps(_plain(value), separators=(",", ":")).encode())
+    return f"{kid}:{_fernet(secret).encrypt(packed).decode()}"
 
 
 def unseal(key: bytes, token: str) -> Any:
@@ -104,7 +106,7 @@ def unseal(key: bytes, token: str) -> Any:
     if kid not in secrets:
         raise RetentionError(f"a sealed ledger value is under key {kid!r}, which is not an active key")
     try:
-        return _typed(json.loads(_fernet(secrets[kid]).decrypt(body.encode())))
+        return _typed(json.loads(zlib.decompress(_fernet(secrets[kid]).decrypt(body.encode()))))
     except InvalidToken:
         raise RetentionError("a sealed ledger value cannot be decrypted with the configured key") from None
 
@@ -152,9 +154,14 @@ class RunLease:
                 self._conn.execute(sa.text("SELECT GET_LOCK(:n, 10)"), {"n": _lock_name(self.token)})
                 self._conn.commit()
             elif (path := _lease_file(self.engine, self.token)) is not None:
-                path.parent.mkdir(exist_ok=True)
-                self._fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                try:
+                    path.parent.mkdir(exist_ok=True)
+                    self._fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+                except OSError as exc:  # e.g. a read-only directory: other processes will think this run stopped
+                    log.warning("no lease file beside the SQLite ledger (%s): a run of this rule in another process "
+                                "would settle this run's open intents", type(exc).__name__)
+                else:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
         except BaseException:
             self.release()
             raise
@@ -238,6 +245,17 @@ def _store_for(store: Store, system: str | None) -> Store | None:
     return others(system) if callable(others) and system else None
 
 
+def _reread(ledger: Ledger, rule: Any, intent: dict[str, Any], details: dict[str, Any], target: Store | None
+            ) -> tuple[int, dict[str, Any]] | None:
+    if not details.get("reread") or target is None:
+        return None
+    reread = unseal(ledger.key, details["reread"])
+    found = target.reconcile_batch(str(intent["collection"]).partition(".")[2], rule, intent, reread)
+    if found is not None and reread.get("cascaded_from"):
+        found[1]["cascaded_from"] = reread["cascaded_from"]
+    return found
+
+
 def reconcile_open_intents(ledger: Ledger, policy: Policy, rule_id: str, store: Store) -> list[dict[str, Any]]:
     """Settle the intents of ``rule_id`` that a stopped run left open (oldest first); returns what was decided per
     intent: ``{"seq", "count", "how"}``. Intents of a run still going are left to it."""
@@ -250,13 +268,12 @@ def reconcile_open_intents(ledger: Ledger, policy: Policy, rule_id: str, store: 
         if not _stopped(ledger, intent, details):
             continue
         planned = int(intent["count"])
-        found = None
-        target = _store_for(store, intent["system"])
-        if details.get("reread") and target is not None:
-            reread = unseal(ledger.key, details["reread"])
-            found = target.reconcile_batch(str(intent["collection"]).partition(".")[2], rule, intent, reread)
-            if found is not None and reread.get("cascaded_from"):
-                found[1]["cascaded_from"] = reread["cascaded_from"]
+        try:
+            found = _reread(ledger, rule, intent, details, _store_for(store, intent["system"]))
+        except (RetentionError, sa.exc.SQLAlchemyError) as exc:  # left open (verify reports it), the run goes on
+            log.warning("%s: intent %d of a stopped run could not be re-read (%s); left open", rule_id,
+                        intent["seq"], type(exc).__name__)
+            continue
         if found is None:
             count, extra = planned, {
                 "how": "recorded", "note": f"the batch could not be re-read; settled with the {planned} its intent "

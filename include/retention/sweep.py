@@ -20,6 +20,7 @@ from include.retention.stores.base import PAST_TENSE, RulePlan, Store
 log = logging.getLogger(__name__)
 
 COUNT_COLUMNS = ("locked", "anonymized", "deleted", "held", "kept")
+MAX_SEALED = 48_000  # characters of a batch's sealed re-read in its intent
 
 
 def run_rule(
@@ -141,8 +142,10 @@ class LedgerRecorder:
     def _intent_details(self, reread: dict[str, Any] | None) -> dict[str, Any] | None:
         details: dict[str, Any] = {"owner": self.owner} if self.owner else {}
         if reread is not None:  # in clear: the walk's kind and where a cascade came from; the rest sealed
-            details.update({k: reread[k] for k in ("walk", "cascaded_from") if k in reread},
-                           reread=seal(self.ledger.key, reread))
+            details.update({k: reread[k] for k in ("walk", "cascaded_from") if k in reread})
+            sealed = seal(self.ledger.key, reread)
+            # a batch too large to seal in an entry (MariaDB's TEXT holds 64 KB) is settled by its recorded count
+            details["reread"] = sealed if len(sealed) <= MAX_SEALED else None
         return details or None
 
     def intend(self, action: str, planned: int, pk_digest: str, reread: dict[str, Any] | None = None) -> int:

@@ -280,7 +280,11 @@ def reconcile_open_intents(ledger: Ledger, policy: Policy, rule_id: str, store: 
                                            "announced (at most what the batch changed)"}
         else:
             count, extra = found
-        ledger.reconcile(int(intent["seq"]), count, extra.pop("note"), details=extra)
+        try:
+            ledger.reconcile(int(intent["seq"]), count, extra.pop("note"), details=extra)
+        except RetentionError as exc:  # a concurrent run of the rule settled it first, and read it otherwise
+            log.warning("%s: intent %d was settled meanwhile (%s)", rule_id, intent["seq"], exc)
+            continue
         out.append({"seq": int(intent["seq"]), "count": count, "how": extra["how"]})
         log.info("%s: intent %d of a stopped run settled with %d (%s)", rule_id, intent["seq"], count, extra["how"])
     return out

@@ -141,8 +141,9 @@ class LedgerRecorder:
 
     def _intent_details(self, reread: dict[str, Any] | None) -> dict[str, Any] | None:
         details: dict[str, Any] = {"owner": self.owner} if self.owner else {}
-        if reread is not None:  # in clear: the walk's kind and where a cascade came from; the rest sealed
-            details.update({k: reread[k] for k in ("walk", "cascaded_from") if k in reread})
+        # in clear: the walk's kind, where a cascade came from and what the batch took along (counts); the rest sealed
+        if reread is not None:
+            details.update({k: reread[k] for k in ("walk", "cascaded_from", "cascading") if k in reread})
             sealed = seal(self.ledger.key, reread)
             # a batch too large to seal in an entry (MariaDB's TEXT holds 64 KB) is settled by its recorded count
             details["reread"] = sealed if len(sealed) <= MAX_SEALED else None

@@ -33,7 +33,11 @@ from include.retention.policy import parse_policy
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
 from tests.conftest import KEY, ROOT
+from tests.policy_text import crm_policy
 from tests.reliability.test_fault_injection import (
+    _DEFAULTS,
+    _NOTES,
+    _PEOPLE,
     NOW,
     POLICIES,
     RULE,
@@ -45,6 +49,34 @@ from tests.reliability.test_fault_injection import (
     reconciled,
     settled,
 )
+
+# people, their notes (deleted with them) and links (the reference cleared), all in one database
+links = sa.Table("links", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                 sa.Column("person_id", sa.Integer))
+_LINKS = """\
+          links:
+            table: links
+            primary_key: id
+            columns: [id, person_id]
+            references: [{to: crm.people, column: person_id, on_delete: nullify}]
+"""
+SAME_POLICY = parse_policy(crm_policy(_PEOPLE + _NOTES + _LINKS, defaults=_DEFAULTS), source="killed.yaml")
+# cascade: rows locked, keyset walk, notes deleted and links cleared in the batch's transaction; plain: one statement
+# per batch (PostgreSQL heap blocks, MariaDB DELETE ... ORDER BY ... LIMIT ... RETURNING; SQLite: the keyset walk)
+LAYOUTS = {"cascade": SAME_POLICY, "plain": POLICIES["plain"]}
+
+
+def arrange_same(engine: sa.Engine, rows: int) -> None:
+    arrange(engine, rows)
+    links.drop(engine, checkfirst=True)
+    links.create(engine)
+    with engine.begin() as conn:  # a link to each person and 10 to nobody
+        conn.execute(links.insert(), [{"id": i, "person_id": i if i <= rows else None} for i in range(1, rows + 11)])
+
+
+def linked(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(links.c.person_id.is_not(None))).scalar()
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +90,7 @@ def arm(engine, match, nth, when):
     state = {"seen": 0, "armed": False}
 
     def executed(conn, cursor, statement, *args):
-        if statement.lstrip().startswith(match):
+        if match in statement:
             state["seen"] += 1
             state["armed"] = state["armed"] or state["seen"] == nth
 
@@ -80,12 +112,13 @@ from include.retention.connections import make_engine
 from include.retention.ledger import Ledger, RunRef
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule
-from tests.reliability.test_fault_injection import KEY, NOW, POLICIES, RULE
+from tests.reliability.test_fault_injection import KEY, NOW, RULE
+from tests.reliability.test_killed_sweeps import LAYOUTS
 
-store_url, ledger_url, when, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store_url, ledger_url, when, nth, layout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 engine = make_engine(store_url)
 arm(engine, "DELETE FROM people", nth, when)
-policy = POLICIES["cascade"]
+policy = LAYOUTS[layout]
 run_rule(policy, RULE, SqlStore("crm", policy, engine, mask_key=KEY), Ledger(make_engine(ledger_url), KEY),
          RunRef("t", "sigkilled"), now=NOW)
 sys.exit(3)  # never reached: the hook kills the process inside the sweep
@@ -113,15 +146,17 @@ def _kind(url: str) -> str:
     return "mariadb" if name == "mysql" else name
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("when", ["before_commit", "after_commit"])
-def test_sigkilled_sweep_is_settled_by_the_next_run(db_url, ledger_url, when):
-    rows, nth = 300, 2  # the first batch settled, the second killed at ``when``
+def test_sigkilled_sweep_is_settled_by_the_next_run(db_url, ledger_url, when, layout):
+    rows, nth = 1000, 2  # the first batch settled, the second killed at ``when``
+    cascade = layout == "cascade"
     engine = make_engine(db_url)
-    arrange(engine, rows)
+    arrange_same(engine, rows)
     led_url = ledger_url(_kind(db_url))
     ledger = Ledger(make_engine(led_url), KEY)
     ledger.ensure_schema()
-    _run_killed(SAME_DATABASE, db_url, led_url, when, str(nth))
+    _run_killed(SAME_DATABASE, db_url, led_url, when, str(nth), layout)
 
     committed = when == "after_commit"
     (intent,) = ledger.open_intents()  # the killed batch's intent is open, its outcome was never written
@@ -130,28 +165,35 @@ def test_sigkilled_sweep_is_settled_by_the_next_run(db_url, ledger_url, when):
     gone = rows - count(engine, people)
     assert intent["action"] == "delete" and size > 0 and done_at_kill > 0
     assert gone == done_at_kill + (size if committed else 0)  # committed: the batch went; else it rolled back
-    assert count(engine, notes) == rows - gone
+    assert count(engine, notes) == linked(engine) == (rows - gone if cascade else rows)
     details = json.loads(intent["details"])
-    assert details["walk"] == "range" and details["owner"] and "reread" in details
+    walk = "blocks" if layout == "plain" and _kind(db_url) == "postgresql" else "range"
+    assert details["walk"] == walk and details["owner"] and "reread" in details
     sealed = unseal(KEY, details["reread"])  # sealed: the walk's bounds (keys) only with the key
-    assert sealed["walk"] == "range" and "upto" in sealed and "upto" not in details["reread"]
+    assert sealed["walk"] == walk and "now" in sealed and "now" not in details["reread"]
     assert ledger.verify().unreconciled_count == 1
 
-    policy = POLICIES["cascade"]
+    # announced in the intent (in clear: counts only): what the batch's statements took along in this database
+    if cascade:
+        assert details["cascading"] == {"crm.notes": size, "crm.links:nullified": size}
+    policy = LAYOUTS[layout]
     counts = run_rule(policy, RULE, SqlStore("crm", policy, engine, mask_key=KEY), ledger, RunRef("t", "next"),
                       now=NOW)
     assert counts["deleted"] == rows - gone
-    assert count(engine, people) == 0 and count(engine, notes) == 0
+    assert count(engine, people) == 0 and count(engine, notes) == linked(engine) == (0 if cascade else rows)
+    assert count(engine, links) == rows + 10  # the links stay, their reference cleared
     (entry,) = reconciled(ledger)
     details = json.loads(entry["details"])
     assert entry["ref_seq"] == intent["seq"] and entry["run_id"] == "sigkilled"
     assert (entry["count"], details["committed"], details["how"]) == ((size, True, "reread") if committed
                                                                       else (0, False, "reread"))
-    assert details.get("cascaded", {}) == ({"crm.notes": size} if committed else {})
+    assert details.get("cascaded", {}) == ({"crm.notes": size, "crm.links:nullified": size}
+                                           if committed and cascade else {})
     final = ledger.verify()
     assert final.ok and final.unreconciled_count == 0
     assert settled(ledger) == rows  # every row the stores lost is in the ledger once
-    assert cascaded_total(ledger, "crm.notes") == rows  # and every note that went with them
+    assert cascaded_total(ledger, "crm.notes") == (rows if cascade else 0)  # every note that went with them
+    assert cascaded_total(ledger, "crm.links:nullified") == (rows if cascade else 0)  # every reference cleared
     ledger.engine.dispose()
     engine.dispose()
 

@@ -31,7 +31,7 @@ from include.retention.intents import RunLease, lease_alive, unseal
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import parse_policy
 from include.retention.stores.sql import SqlStore
-from include.retention.sweep import run_rule
+from include.retention.sweep import LedgerRecorder, run_rule
 from tests.conftest import KEY, ROOT
 from tests.policy_text import crm_policy
 from tests.reliability.test_fault_injection import (
@@ -444,4 +444,36 @@ def test_a_run_lease_lives_as_long_as_its_process(db_url):
         assert lease_alive(engine, mine.token)
     assert not lease_alive(engine, mine.token)
     assert not lease_alive(engine, uuid.uuid4().hex)  # a token nobody holds
+    engine.dispose()
+
+
+def test_which_open_intents_the_next_run_settles(tmp_path):
+    """Of a rule's open intents, the next run settles those whose run stopped (lease free): by re-reading the batch
+    when the intent says how, else with the count the intent recorded (and says so); an intent of a run still
+    going, one of another rule and one without an owner written just now are left open."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    arrange_same(engine, 20)
+    ledger = Ledger(make_engine(f"sqlite:///{tmp_path / 'ledger.db'}"), KEY)
+    common = {"run": RunRef("t", "old"), "rule_id": RULE, "system": "crm", "collection": "crm.people"}
+    with RunLease(ledger.engine) as stopped:
+        pass
+    gone = LedgerRecorder(ledger, common, stopped.token)
+    no_reread = gone.intend("delete", 7, "d" * 64)
+    mismatch = gone.intend("delete", 3, "e" * 64, reread={"walk": "range", "order": ["id"], "after": None,
+                                                            "upto": (5,), "now": NOW})
+    ownerless = LedgerRecorder(ledger, common).intend("delete", 2, "f" * 64)
+    other_rule = LedgerRecorder(ledger, {**common, "rule_id": "crm.notes.x"}, stopped.token).intend("delete", 1,
+                                                                                                     "a" * 64)
+    store = SqlStore("crm", SAME_POLICY, engine, mask_key=KEY)
+    with RunLease(ledger.engine) as running:
+        live = LedgerRecorder(ledger, common, running.token).intend("delete", 4, "b" * 64)
+        counts = run_rule(SAME_POLICY, RULE, store, ledger, RunRef("t", "next"), now=NOW)
+    assert counts["deleted"] == 20
+    decided = {r["ref_seq"]: (r["count"], json.loads(r["details"])) for r in reconciled(ledger)}
+    assert set(decided) == {no_reread, mismatch}
+    assert decided[no_reread][0] == 7 and decided[no_reread][1]["how"] == "recorded"
+    # a digest that is not that of the rows still in its range: taken as committed, less the rows still matching
+    # there (all 5: 0 rows)
+    assert decided[mismatch][0] == 0 and decided[mismatch][1]["committed"] is True
+    assert {i["seq"] for i in ledger.open_intents()} == {ownerless, other_rule, live}
     engine.dispose()

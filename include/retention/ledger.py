@@ -735,9 +735,10 @@ class Ledger:
             following = _entry_fields({"run": RunRef(), **then_intend, "outcome": INTENT})
         return self._settle(intent_seq, count=count, outcome=outcome, details=details, following=following)
 
-    def reconcile(self, intent_seq: int, count: int, note: str) -> int:
-        """Settle an intent left open by a crash, with the count found afterwards (``note``: how it was found)."""
-        return self._settle(intent_seq, count=count, outcome=RECONCILED, details={"note": note})
+    def reconcile(self, intent_seq: int, count: int, note: str, details: dict[str, Any] | None = None) -> int:
+        """Settle an intent left open by a crash, with the count found afterwards (``note``: how it was found;
+        ``details``: more of it, e.g. what the batch took along). See ``include.retention.intents``."""
+        return self._settle(intent_seq, count=count, outcome=RECONCILED, details={**(details or {}), "note": note})
 
     def _settle(self, intent_seq: int, *, count: int, outcome: str, details: dict[str, Any] | None,
                 following: dict[str, Any] | None = None) -> int:

@@ -26,10 +26,17 @@ from include.retention.policy import Policy, Rule, Stage
 Recorder = Callable[..., None]
 
 
-def begin_record(record: Recorder, action: str, planned: int, pk_digest: str) -> Any:
-    """Write the intent of a batch (if the recorder keeps intents) before the store change commits."""
+def begin_record(record: Recorder, action: str, planned: int, pk_digest: str,
+                 reread: dict[str, Any] | None = None) -> Any:
+    """Write the intent of a batch (if the recorder keeps intents) before the store change commits. ``reread``: how
+    ``Store.reconcile_batch`` finds the batch's rows again if its run stops before the outcome (given only to a
+    recorder that says it keeps them: ``rereads``)."""
     intend = getattr(record, "intend", None)
-    return intend(action, planned, pk_digest) if intend is not None else None
+    if intend is None:
+        return None
+    if reread is not None and getattr(record, "rereads", False):
+        return intend(action, planned, pk_digest, reread=reread)
+    return intend(action, planned, pk_digest)
 
 
 def end_record(record: Recorder, intent: Any, action: str, count: int, pk_digest: str,
@@ -58,13 +65,14 @@ class DeferredOutcomes:
         self.pending: tuple[Any, str, int, str, dict[str, Any]] | None = None
         self._combine = callable(getattr(record, "intend_after", None))
 
-    def intend(self, action: str, planned: int, pk_digest: str) -> Any:
+    def intend(self, action: str, planned: int, pk_digest: str, reread: dict[str, Any] | None = None) -> Any:
         if self.pending is not None:
             intent, _action, count, _digest, details = self.pending
-            token = self.record.intend_after((intent, count, details), action, planned, pk_digest)
+            more = {"reread": reread} if reread is not None and getattr(self.record, "rereads", False) else {}
+            token = self.record.intend_after((intent, count, details), action, planned, pk_digest, **more)
             self.pending = None  # only once written: on a failure the caller's flush writes the outcome alone
             return token
-        return begin_record(self.record, action, planned, pk_digest)
+        return begin_record(self.record, action, planned, pk_digest, reread)
 
     def __call__(self, action: str, count: int, pk_digest: str, details: dict[str, Any], intent: Any = None) -> None:
         self.flush()
@@ -282,6 +290,19 @@ class Store(abc.ABC):
         """Before a sweep plans ``rule``: bring up to date what its start event reads (SQL: the ``orphaned``
         marker, stamped and cleared in bounded batches, each recorded). Nothing by default."""
         return {}
+
+    def reconcile_batch(self, collection_name: str, rule: Rule, intent: dict[str, Any], reread: dict[str, Any]
+                        ) -> tuple[int, dict[str, Any]] | None:
+        """A batch whose run stopped between its intent and its outcome: re-read its rows (``reread``, as the walk
+        gave it to ``begin_record``) and return (the rows it really changed, details with ``how`` and ``note``), or
+        None when this store cannot tell (the caller then settles with the intent's recorded count)."""
+        return None
+
+    def count_kept(self, collection_name: str, rule: Rule, now: dt.datetime) -> int | None:
+        """After a sweep acted: the items of the rule's scope still there, not held and not acted on (locked,
+        anonymized) by the rule, counted in the store. None: not countable here (the caller works it out from the
+        plan)."""
+        return None
 
     def referenced_keys(self, collection_name: str, reference: Any, keys: list[str]) -> set[str]:
         """Which of ``keys`` (objects of ``reference.to``) an item of ``collection_name`` still references."""

@@ -511,7 +511,8 @@ class S3Store(S3Orphans, S3Subjects, Store):
             intent: list[Any] = [None]
 
             def before_batch(keys: list[str]) -> None:
-                intent[0] = begin_record(record, "delete", len(keys), self.digest(keys))
+                intent[0] = begin_record(record, "delete", len(keys), self.digest(keys),
+                                         {"walk": "keys", "keys": list(keys)})
 
             def on_batch(keys: list[str], versions: int, errors: int) -> None:
                 result.batches += 1
@@ -552,6 +553,22 @@ class S3Store(S3Orphans, S3Subjects, Store):
         log.info("%s.%s: %s %d objects in %d batches", self.name, collection_name, stage.action, result.changed,
                  result.batches)
         return result
+
+    def reconcile_batch(self, collection_name: str, rule: Rule, intent: dict[str, Any], reread: dict[str, Any]
+                        ) -> tuple[int, dict[str, Any]] | None:
+        """A delete batch whose run stopped before its outcome: the batch's objects (its keys, sealed in the intent)
+        that still have a version are still there; the others went (S3 deletes object by object: a batch may
+        have gone in part)."""
+        if intent["action"] != "delete" or reread.get("walk") != "keys":
+            return None
+        bucket, keys = self.coll(collection_name).bucket, list(reread["keys"])
+        left = [key for key in keys
+                if any(v["Key"] == key for page in self._pages("list_object_versions", Bucket=bucket, Prefix=key)
+                       for v in page.get("Versions", []))]
+        count = len(keys) - len(left)
+        return count, {"how": "reread", "committed": count > 0,
+                       "note": f"re-listed: {count} of the batch's {len(keys)} objects are gone, {len(left)} still "
+                               "there"}
 
     def _delete_due(self, collection_name: str, rule: Rule, now: dt.datetime, bucket: str, purger: Purger,
                     pages: Iterator[list[S3Object]] | None) -> None:

@@ -406,15 +406,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         for stage in rule.stages:
             cols.append(sa.func.sum(sa.case((self.eligible(collection_name, rule, stage, now, t), 1), else_=0))
                         .label(stage.action))
-        held_tests = [h for h in [self.held(collection_name, t, now)] if h is not None]
-        held_parts = [sa.and_(past_first, sa.or_(*held_tests))] if held_tests else []
         delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
-        dependents = self._held_dependents(collection_name, t, now=now) if delete_stage else []
-        if dependents:
-            # a row kept because its dependents are held is "held" only where it would be deleted
-            in_band = sa.and_(*self._band(collection_name, rule, delete_stage, now, t))
-            held_parts.append(sa.and_(in_band, sa.or_(*dependents)))
-        held_expr = sa.and_(scope, sa.or_(*held_parts)) if held_parts else sa.false()
+        held_expr = sa.and_(scope, self._held_in_rule(collection_name, rule, t, now, past_first))
         cols.append(sa.func.sum(sa.case((held_expr, 1), else_=0)).label("held"))
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(*cols).select_from(t)).one()._mapping
@@ -435,6 +428,42 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             held=held,
             cascaded=cascaded,
         )
+
+    def _held_in_rule(self, name: str, rule: Rule, t: sa.Table, now: dt.datetime, past_first: Any
+                      ) -> sa.ColumnElement[bool]:
+        """A row the rule keeps for a hold: held and past its first period, or (a delete stage) in the delete band
+        with held dependents."""
+        held_tests = [h for h in [self.held(name, t, now)] if h is not None]
+        held_parts = [sa.and_(past_first, sa.or_(*held_tests))] if held_tests else []
+        delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
+        dependents = self._held_dependents(name, t, now=now) if delete_stage else []
+        if dependents:
+            # a row kept because its dependents are held is "held" only where it would be deleted
+            in_band = sa.and_(*self._band(name, rule, delete_stage, now, t))
+            held_parts.append(sa.and_(in_band, sa.or_(*dependents)))
+        return sa.or_(*held_parts) if held_parts else sa.false()
+
+    def count_kept(self, collection_name: str, rule: Rule, now: dt.datetime) -> int:
+        """The rows of the rule's scope still in the table after it acted, neither held (as the plan counts holds)
+        nor acted on (locked / anonymized in that stage's band; deleted rows are gone): read from the table, so a
+        concurrent run's work is not counted as kept."""
+        t = self.table(collection_name)
+        scope = sa.and_(*self._base(collection_name, rule, t, now)) if rule.when else sa.true()
+        start = self.start_expr(rule, t)
+        past_first = start < self._bind_time(start, cutoff(now, rule.stages[0], rule.start))
+        held = sa.func.coalesce(self._held_in_rule(collection_name, rule, t, now, past_first), sa.false())
+        acted = [sa.and_(*self._band(collection_name, rule, s, now, t), sa.not_(sa.and_(*not_done)))
+                 for s in rule.stages if (not_done := self._not_done(collection_name, s, t))]
+        where = [scope, sa.not_(held)]
+        if acted:
+            where.append(sa.not_(sa.func.coalesce(sa.or_(*acted), sa.false())))
+        delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
+        with self.engine.connect() as conn:
+            n = int(conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar() or 0)
+            if delete_stage is not None:  # parents a held row of another database keeps: held, not kept
+                n -= self._held_elsewhere_count(conn, collection_name,
+                                                self.eligible(collection_name, rule, delete_stage, now, t))
+        return max(n, 0)
 
     def _cascade_counts(self, conn, name: str, rule: Rule, stage: Stage, now: dt.datetime
                         ) -> dict[str, tuple[int, int]]:
@@ -615,9 +644,10 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                                                          reason, now, mask or {})
                     keys = changed  # truthy when the batch acted (the keys stay in the database)
                     density = max(changed / (upto - block), per_block / 100, 1e-3)
+                    reread = {"walk": "blocks", "first": block, "end": upto, "now": now}
                     block = upto
                     if changed:  # before the commit, as below: the statement has run, the batch is not yet durable
-                        intent = begin_record(record, action, changed, digest)
+                        intent = begin_record(record, action, changed, digest, reread)
                     done = block >= blocks
                     covered = size if changed >= size // 2 else 0
                 elif by_index:
@@ -626,10 +656,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     if not picked:
                         break
                     keys = changed  # truthy when the batch acted (the keys stay in the database)
+                    reread = _range_reread(order, last, bound, now)
                     last = bound
                     done, covered = picked < size, picked
                     if changed:  # before the commit: the statement has run, the batch is not yet durable
-                        intent = begin_record(record, action, changed, digest)
+                        intent = begin_record(record, action, changed, digest, reread)
                 elif by_range:
                     # MariaDB: lock the next ``size`` eligible rows and get their count, digest text and last key in
                     # one locking read, then act on exactly that range with the predicate repeated.
@@ -645,10 +676,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                             f"{self.name}.{collection_name}: a batch's {action} changed {changed} rows where the "
                             f"locking read counted {picked}; rolled back, nothing recorded")
                     keys = changed
+                    reread = _range_reread(order, last, bound, now)
                     last = bound
                     done, covered = picked < size, picked
                     # before the commit: the statement has run, the batch is not yet durable
-                    intent = begin_record(record, action, changed, digest)
+                    intent = begin_record(record, action, changed, digest, reread)
                 elif by_order:
                     # MariaDB, a delete that takes nothing along: one DELETE ... ORDER BY <walk> LIMIT n RETURNING
                     # per batch, the next n eligible rows after the previous batch in index order.
@@ -658,10 +690,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     keys = sorted(key_of(r[-n_pk:]) for r in rows)
                     changed = len(keys)
                     digest = self._pk_digest(keys)
-                    last = max(tuple(r) for r in rows)
+                    reread = _range_reread(order, last, max(tuple(r) for r in rows), now)
+                    last = reread["upto"]
                     done, covered = changed < size, changed
                     # before the commit: the statement has run, the batch is not yet durable
-                    intent = begin_record(record, action, changed, digest)
+                    intent = begin_record(record, action, changed, digest, reread)
                 else:
                     query = sa.select(*order).where(where, *self._after(order, last)).order_by(*order).limit(size)
                     rows = conn.execute(query).all()
@@ -672,9 +705,15 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     bound = tuple(rows[-1])
                     done, covered = len(rows) < size, len(rows)
                     digest = self._pk_digest(keys)
-                    # Intent first: the ledger says what may happen before the store commits it, so a crash
-                    # between the two leaves an entry that says so (verify reports it until reconciled).
-                    intent = begin_record(record, action, len(keys), digest)
+                    reread = _range_reread(order, last, bound, now)
+                    # The ledger says what may happen before the store commits it, so a crash between the two
+                    # leaves an entry that says so (verify reports it, the rule's next run settles it). A delete
+                    # that changes something outside this transaction (objects, digests, another database) is
+                    # announced before anything goes; any other batch once its statements ran, with what they
+                    # took along ("cascading": the next run settles a committed batch with those counts).
+                    early = action == "delete" and self._writes_outside(collection_name)
+                    if early:
+                        intent = begin_record(record, action, len(keys), digest, reread)
                     # The batch is every eligible row in (last, bound] of the walk: acting on that key range
                     # with the full predicate repeated touches the same rows without a long IN list.
                     in_batch = sa.and_(*self._after(order, last), *self._upto(order, bound))
@@ -687,6 +726,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                                                   mask or {}, now)
                     else:  # pragma: no cover - the policy model refuses other actions
                         raise ValueError(action)
+                    if not early:
+                        intent = begin_record(record, action, changed, digest, {**reread, "cascading": cascaded})
                     last = bound
             sizer.took(covered, time.perf_counter() - started)
             if keys:
@@ -991,6 +1032,65 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             n = conn.execute(child.delete().where(mine)).rowcount
             cascaded[child_ref] = cascaded.get(child_ref, 0) + n
 
+    def _writes_outside(self, name: str, above: tuple[str, ...] = ()) -> bool:
+        """Whether a delete here changes something outside this database's transaction: objects it owns, digests
+        it keeps, rows in another database (also through dependents here that go along)."""
+        coll = self.coll(name)
+        if self.policy.owned_objects(self.ref(name)) or coll.suppress_on_delete or self._suppressing.get(name):
+            return True
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name:
+                return True
+            if ref.on_delete == "delete" and c_name not in (*above, name) and self._writes_outside(c_name,
+                                                                                                  (*above, name)):
+                return True
+        return False
+
+    # ---- a stopped run's batch, re-read by its next run (include/retention/intents.py) ----------------------------
+    def reconcile_batch(self, collection_name: str, rule: Rule, intent: dict[str, Any], reread: dict[str, Any]
+                        ) -> tuple[int, dict[str, Any]] | None:
+        """Re-read the rows of a batch whose outcome was never written. A batch is one transaction: it committed
+        or rolled back whole. Rolled back, its rows are all still there as the walk found them (the keys of the
+        rows that still match, in its range or among its keys, have the intent's digest): 0. Otherwise it
+        committed: the intent's count (written once its statements ran; announced earlier, less what is still
+        there), with what it took along."""
+        t = self.table(collection_name)
+        pk = self.key_cols(collection_name, t)
+        walk = reread.get("walk")
+        if walk == "keys":
+            keys = [tuple(k) if isinstance(k, list) else k for k in reread["keys"]]
+            conds = [key_in(pk, keys)]
+            if reread.get("column"):  # a nullify: the reference (any of its columns) still set
+                cols = reread["column"] if isinstance(reread["column"], list) else [reread["column"]]
+                conds.append(sa.or_(*[t.c[c].is_not(None) for c in cols]))
+        elif walk in ("range", "blocks"):
+            stage = next((s for s in rule.stages if s.action == intent["action"]), None)
+            if stage is None:
+                return None
+            conds = [self.eligible(collection_name, rule, stage, reread["now"], t)]
+            if walk == "blocks":
+                ctid = sa.literal_column("ctid")
+                conds += [ctid >= sa.cast(sa.literal(f"({int(reread['first'])},0)"), _TID),
+                          ctid < sa.cast(sa.literal(f"({int(reread['end'])},0)"), _TID)]
+            else:
+                order = [t.c[c] for c in reread["order"]]
+                conds += [*self._after(order, reread["after"]), *self._upto(order, tuple(reread["upto"]))]
+        else:
+            return None
+        planned = int(intent["count"])
+        with self.engine.connect() as conn:
+            left = [key_of(r) for r in conn.execute(sa.select(*pk).where(*conds).order_by(*pk))]
+        if left and intent["pk_digest"] in (self._pk_digest(left), self._pk_digest(sorted(left))):
+            return 0, {"how": "reread", "committed": False,
+                       "note": f"rolled back: the batch's {len(left)} rows are still there as its intent found them"}
+        count = max(planned - len(left), 0)
+        cascaded = reread.get("cascading")
+        note = f"committed: re-read, {len(left)} of the batch's rows still match"
+        if cascaded is None and intent["action"] == "delete":
+            note += " (what it took along in this database is not re-counted; other systems have their own entries)"
+        return count, {"how": "reread", "committed": True, "cascaded": cascaded or {}, "note": note}
+
     def _takes_along(self, name: str) -> bool:
         """Whether deleting this collection's rows involves anything else (dependents, objects, digests)."""
         coll = self.coll(name)
@@ -1137,6 +1237,11 @@ def _unique_on(t: sa.Table, cols: list[str], declared_key: list[str]) -> bool:
         if ix.unique and not partial and all(isinstance(e, sa.Column) for e in ix.expressions):
             sets.append({c.name for c in ix.columns})
     return any(s and s <= wanted for s in sets)
+
+
+def _range_reread(order: list[sa.Column], after: tuple | None, upto: tuple, now: dt.datetime) -> dict[str, Any]:
+    """How a batch of a walk in ``order`` is found again: the eligible rows (at ``now``) in (after, upto]."""
+    return {"walk": "range", "order": [c.name for c in order], "after": after, "upto": upto, "now": now}
 
 
 def _reads_other_tables(where: Any) -> bool:

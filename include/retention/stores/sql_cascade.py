@@ -222,6 +222,7 @@ class SqlCascade:
         pk, fks = self.key_cols(name, t), self.source_cols(t, reference)
         n_pk, ref = len(pk), self.ref(name)
         deleting = reference.on_delete == "delete"
+        action = "delete" if deleting else "nullify"
         exact, last = set(chunk), None
         while True:
             intent, digest, cascaded, changed = None, "", {}, 0
@@ -234,20 +235,28 @@ class SqlCascade:
                 keys = sorted(key_of(r[:n_pk]) for r in rows if key_of(r[n_pk:]) in exact)  # every column, exactly
                 if keys:
                     digest = self._pk_digest(keys)
+                    # announced before it commits: before anything goes when the delete changes something outside
+                    # this transaction, else once the statement ran, with its real count (the keys, sealed, let the
+                    # rule's next run tell whether it committed: include/retention/intents.py)
+                    reread = {"walk": "keys", "keys": keys, "column": None if deleting else reference.source_columns(),
+                              "cascaded_from": parent}
+                    early = deleting and self._writes_outside(name)
+                    if rec is not None and early:
+                        intent = begin_record(rec, action, len(keys), digest, reread)
                     if deleting:
-                        if rec is not None:
-                            intent = begin_record(rec, "delete", len(keys), digest)
                         changed = self._delete_keys(conn, name, keys, cascaded, guard=guard)
                     else:
                         changed = conn.execute(t.update().where(key_in(pk, keys), guard)
                                                .values(dict.fromkeys(reference.source_columns()))).rowcount
+                    if rec is not None and not early:
+                        intent = begin_record(rec, action, changed, digest, {**reread, "cascading": cascaded})
             if keys:  # committed: the real count
                 what = ref if deleting else f"{ref}:nullified"
                 counts[what] = counts.get(what, 0) + changed
                 for k, v in cascaded.items():
                     counts[k] = counts.get(k, 0) + v
-                if rec is not None and deleting:
-                    end_record(rec, intent, "delete", changed, digest, {"cascaded_from": parent, "cascaded": cascaded})
+                if rec is not None:
+                    end_record(rec, intent, action, changed, digest, {"cascaded_from": parent, "cascaded": cascaded})
             if len(rows) < CHILD_BATCH:
                 break
         if not deleting:

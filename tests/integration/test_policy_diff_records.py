@@ -1,0 +1,258 @@
+"""``cli diff`` compares records, not counts: for seven kinds of policy change on a mailing list (subscribers,
+and list memberships with a composite key that go with their subscriber), the records newly (and no longer)
+locked / deleted now and at the 30-day horizon are exactly the sets worked out by hand below, on SQLite,
+PostgreSQL and MariaDB; the gate counts them (dependents included) against ``--threshold``.
+
+The seed, at NOW (months back; "24m-15d" is 15 days short of 24 months):
+
+  id  last open  last click  subscribed  country  held  restricted
+   1  30m        30m         40m         DE
+   2  30m        10m         40m         FR
+   3  25m        1m          40m         DE
+   4  -          -           40m         US
+   5  24m-15d    -           40m         FR
+   6  5m         24m-10d     40m         DE
+   7  30m        2m          40m         FR       yes
+   8  13m        13m         40m         DE
+   9  -          26m         40m         FR             5 days ago
+
+Memberships (subscriber, list): (1,1) (1,2) (2,1, left 40 days ago) (3,1) (3,2) (4,2) (5,1) (6,1, left 10 days
+ago) (8,1) (9,3); their own rule deletes them 30 days after leaving: (2,1) now, (2,1) and (6,1) at 30 days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+from dateutil.relativedelta import relativedelta
+
+from include.retention import cli
+from include.retention.policy import parse_policy
+from include.retention.policy_diff import diff_records
+from include.retention.stores.sql import SqlStore, make_engine
+from tests.conftest import KEY, airflow_uri
+from tests.policy_text import policy_text, sql_system
+
+pytestmark = pytest.mark.integration
+
+NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+SUBS, MEMS = "mailing.subscribers", "mailing.memberships"
+
+COLLECTIONS = """\
+subscribers:
+  table: d_subscribers
+  primary_key: id
+  columns: [id, email, subscribed_at, last_open_at, last_click_at, country, legal_hold, restricted_at,
+            restriction_reason]
+  identities: {{email: email}}
+  lock: {{at: restricted_at, reason: restriction_reason}}
+  legal_hold: [{{column: legal_hold, equals: true}}]
+  rules:
+{rules}
+memberships:
+  table: d_memberships
+  primary_key: [subscriber_id, list_id]
+  columns: [subscriber_id, list_id, left_at]
+  references: [{{to: mailing.subscribers, column: subscriber_id, on_delete: delete}}]
+  rules:
+    - {{name: left_lists, start: left_at, action: delete, period: P30D}}
+"""
+
+LATEST = "{latest: [last_open_at, last_click_at], fallback: subscribed_at}"
+EARLIEST = "{earliest: [last_open_at, last_click_at], fallback: subscribed_at}"
+
+
+def rule(name: str = "no_engagement", start: str = LATEST, action: str = "delete", period: str = "P24M",
+         when: str = "") -> str:
+    cond = f", when: [{when}]" if when else ""
+    return f"    - {{name: {name}, start: {start}, action: {action}, period: {period}{cond}}}"
+
+
+def policy_yaml(*rules: str) -> str:
+    return policy_text(sql_system("mailing", "mailing_db", COLLECTIONS.format(rules="\n".join(rules))),
+                       defaults="{max_fraction: 1.0}")
+
+
+BASE = policy_yaml(rule())
+SPLIT = policy_yaml(rule("engaged_de", when="{column: country, equals: DE}"),
+                    rule("engaged_fr", when="{column: country, equals: FR}"))
+
+md = sa.MetaData()
+subscribers = sa.Table(
+    "d_subscribers", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("email", sa.String(100)), sa.Column("subscribed_at", sa.DateTime), sa.Column("last_open_at", sa.DateTime),
+    sa.Column("last_click_at", sa.DateTime), sa.Column("country", sa.String(2)), sa.Column("legal_hold", sa.Boolean),
+    sa.Column("restricted_at", sa.DateTime), sa.Column("restriction_reason", sa.String(100)))
+memberships = sa.Table(
+    "d_memberships", md, sa.Column("subscriber_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("list_id", sa.Integer, primary_key=True, autoincrement=False), sa.Column("left_at", sa.DateTime))
+
+
+def ago(months: int = 0, days: int = 0) -> dt.datetime:
+    return (NOW - relativedelta(months=months) + dt.timedelta(days=days)).replace(tzinfo=None)
+
+
+SEED = [  # id, open, click, country, held, restricted
+    (1, ago(30), ago(30), "DE", False, None),
+    (2, ago(30), ago(10), "FR", False, None),
+    (3, ago(25), ago(1), "DE", False, None),
+    (4, None, None, "US", False, None),
+    (5, ago(24, 15), None, "FR", False, None),
+    (6, ago(5), ago(24, 10), "DE", False, None),
+    (7, ago(30), ago(2), "FR", True, None),
+    (8, ago(13), ago(13), "DE", False, None),
+    (9, None, ago(26), "FR", False, ago(0, -5)),
+]
+MEMBERSHIPS = [(1, 1, None), (1, 2, None), (2, 1, ago(0, -40)), (3, 1, None), (3, 2, None), (4, 2, None),
+               (5, 1, None), (6, 1, ago(0, -10)), (8, 1, None), (9, 3, None)]
+
+
+def members_of(ids: set[int]) -> set[tuple[int, int]]:
+    return {(s, ls) for s, ls, _ in MEMBERSHIPS if s in ids}
+
+
+def seed(engine: sa.Engine) -> None:
+    md.drop_all(engine)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(subscribers.insert(), [
+            {"id": i, "email": f"s{i}@example.org", "subscribed_at": ago(40), "last_open_at": o, "last_click_at": c,
+             "country": country, "legal_hold": held, "restricted_at": r,
+             "restriction_reason": "retention:earlier" if r else None}
+            for i, o, c, country, held, r in SEED])
+        conn.execute(memberships.insert(), [{"subscriber_id": s, "list_id": ls, "left_at": left}
+                                            for s, ls, left in MEMBERSHIPS])
+
+
+# Each side's deletes, worked out from the seed by hand: subscribers due at (now, 30 days), and what goes with them.
+OWN_MEMBERSHIP_RULE = {0: {(2, 1)}, 30: {(2, 1), (6, 1)}}
+LATEST_24M = {0: {1, 4, 9}, 30: {1, 4, 5, 9}}  # 5's last open passes 24 months in 15 days; 7 is held
+EARLIEST_24M = {0: {1, 2, 3, 4, 9}, 30: {1, 2, 3, 4, 5, 6, 9}}  # 6's earlier column passes in 10 days
+SPLIT_24M = {0: {1, 9}, 30: {1, 5, 9}}  # DE and FR only: 4 (US) stays
+LATEST_12M = {0: {1, 4, 5, 8, 9}, 30: {1, 4, 5, 8, 9}}  # 2 (10 months) is not due within 30 days either
+DE_ONLY = {0: {1}, 30: {1}}
+LOCK_24M = {0: {1, 4}, 30: {1, 4, 5}}  # 9 is locked already: not locked again
+NOTHING = {0: set(), 30: set()}
+
+
+def deleted(subs: dict[int, set[int]]) -> dict[int, tuple[set, set]]:
+    """(subscribers, memberships) deleted per horizon: the subscribers' memberships go with them."""
+    return {h: (subs[h], members_of(subs[h]) | OWN_MEMBERSHIP_RULE[h]) for h in (0, 30)}
+
+
+CASES = {  # name: (old, new, old deletes, new deletes, old locks, new locks)
+    "renamed": (BASE, policy_yaml(rule("inactive")), LATEST_24M, LATEST_24M, NOTHING, NOTHING),
+    "split": (BASE, SPLIT, LATEST_24M, SPLIT_24M, NOTHING, NOTHING),
+    "merged": (SPLIT, BASE, SPLIT_24M, LATEST_24M, NOTHING, NOTHING),
+    "latest_to_earliest": (BASE, policy_yaml(rule(start=EARLIEST)), LATEST_24M, EARLIEST_24M, NOTHING, NOTHING),
+    "shorter": (BASE, policy_yaml(rule(period="P12M")), LATEST_24M, LATEST_12M, NOTHING, NOTHING),
+    "lock_to_delete": (policy_yaml(rule(action="lock")), BASE, NOTHING, LATEST_24M, LOCK_24M, NOTHING),
+    "condition_added": (BASE, policy_yaml(rule(when="{column: country, equals: DE}")), LATEST_24M, DE_ONLY,
+                        NOTHING, NOTHING),
+}
+
+
+def expected(case: str) -> dict[tuple[str, int, str], tuple[int, int]]:
+    """(action, horizon, collection) -> (newly, no longer), from the hand-made sets (only non-zero ones)."""
+    _, _, old_del, new_del, old_lock, new_lock = CASES[case]
+    out = {}
+    od, nd = deleted(old_del), deleted(new_del)
+    for h in (0, 30):
+        for coll, i in ((SUBS, 0), (MEMS, 1)):
+            pair = (len(nd[h][i] - od[h][i]), len(od[h][i] - nd[h][i]))
+            if any(pair):
+                out[("delete", h, coll)] = pair
+        pair = (len(new_lock[h] - old_lock[h]), len(old_lock[h] - new_lock[h]))
+        if any(pair):
+            out[("lock", h, SUBS)] = pair
+    return out
+
+
+@pytest.fixture
+def stores(db_url):
+    engine = make_engine(db_url)
+    seed(engine)
+    opened = []
+
+    def open_pair(old_text: str, new_text: str):
+        old, new = parse_policy(old_text, source="old.yaml"), parse_policy(new_text, source="new.yaml")
+        pair = [SqlStore("mailing", p, make_engine(db_url), mask_key=KEY) for p in (old, new)]
+        opened.extend(pair)
+        return old, new, pair
+
+    yield open_pair
+    for store in opened:
+        store.close()
+    engine.dispose()
+
+
+def test_the_hand_made_sets_are_what_the_cases_say():
+    """The expectations themselves, spelled out for the case of issue 22 (latest -> earliest)."""
+    assert expected("latest_to_earliest") == {
+        ("delete", 0, SUBS): (2, 0), ("delete", 0, MEMS): (2, 0),  # 2 and 3; (3,1) (3,2): (2,1) goes anyway
+        ("delete", 30, SUBS): (3, 0), ("delete", 30, MEMS): (2, 0)}  # and 6, whose (6,1) goes anyway
+    assert expected("renamed") == {}
+    assert expected("lock_to_delete")[("delete", 0, MEMS)] == (4, 0)  # (1,1) (1,2) (4,2) (9,3)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_newly_and_no_longer_affected_records_are_exact(stores, case):
+    old_text, new_text, *_ = CASES[case]
+    old, new, (s_old, s_new) = stores(old_text, new_text)
+
+    diff = diff_records(old, new, lambda _s: s_old, lambda _s: s_new, NOW)
+
+    assert diff["errors"] == []
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    assert got == expected(case)
+    want = {h: sum(n for (a, hh, _c), (n, _g) in expected(case).items() if hh == h) for h in (0, 30)}
+    assert diff["newly_affected"] == [{"horizon": h, "records": want[h]} for h in (0, 30)]
+    assert diff["gate"] == max(want.values())
+    assert "@" not in json.dumps(diff)  # counts and collection names only
+
+
+def test_the_same_records_counted_once_whatever_the_actions(stores):
+    """A record newly locked by one rule and newly deleted by another counts once in the gate."""
+    both = policy_yaml(rule("lock_early", action="lock", period="P12M"), rule(start=EARLIEST))
+    old, new, (s_old, s_new) = stores(BASE, both)
+    diff = diff_records(old, new, lambda _s: s_old, lambda _s: s_new, NOW)
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    # lock at 12 months (latest): 1, 4, 5, 8, 9 minus 9 (locked already) -> 1, 4, 5, 8, whatever the delete rule says
+    assert got[("lock", 0, SUBS)] == (4, 0)
+    # newly anything now: subscribers 1, 2, 3, 4, 5, 8 (1 and 4 are deleted by both maps, but newly locked),
+    # memberships (3,1) (3,2)
+    assert diff["newly_affected"][0] == {"horizon": 0, "records": 8}
+
+
+def run_cli(capsys, monkeypatch, tmp_path, db_url, old_text, new_text, *argv):
+    if db_url.startswith("sqlite"):
+        conn = json.dumps({"conn_type": "sqlite", "host": sa.engine.make_url(db_url).database})
+    else:
+        conn = airflow_uri(db_url)
+    monkeypatch.setenv("AIRFLOW_CONN_MAILING_DB", conn)
+    (tmp_path / "old.yaml").write_text(old_text)
+    (tmp_path / "new.yaml").write_text(new_text)
+    code = cli.main(["diff", str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml"), *argv, "--now", NOW.isoformat()])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("threshold, code", [(4, cli.DIFF_REFUSED), (5, 0), (6, 0)])
+def test_gate_against_threshold_below_at_and_above(db_url, capsys, monkeypatch, tmp_path, threshold, code):
+    """latest -> earliest newly deletes 4 records now and 5 within 30 days (subscribers 2, 3, 6 and the
+    memberships (3,1) (3,2)): a threshold of 4 refuses it, 5 and 6 let it through."""
+    seed_engine = make_engine(db_url)
+    seed(seed_engine)
+    seed_engine.dispose()
+    got, out, err = run_cli(capsys, monkeypatch, tmp_path, db_url, BASE, policy_yaml(rule(start=EARLIEST)),
+                            "--threshold", str(threshold))
+    assert got == code, err
+    lines = {tuple(ln.split()[:2]): ln.split()[2:] for ln in out.splitlines() if ln.startswith("mailing.")}
+    assert lines[(SUBS, "delete")] == ["2", "0", "3", "0"]
+    assert lines[(MEMS, "delete")] == ["2", "0", "2", "0"]
+    assert "4 now, 5 within 30 days" in out
+    assert ("refused" in err and "5 record(s)" in err) == (code != 0)
+    assert "@" not in out + err

@@ -1,0 +1,104 @@
+"""The record diff on S3 (moto's server): objects due under an S3 rule, and the CVs a deleted applicant row owns,
+compared object by object; a renamed rule adds nothing, a held object is not counted, nothing is changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import sqlalchemy as sa
+from dateutil.relativedelta import relativedelta
+
+from include.retention.policy import parse_policy
+from include.retention.policy_diff import diff_records
+from include.retention.stores.sql import SqlStore, make_engine
+from tests.policy_text import policy_text, sql_system, system
+from tests.s3.conftest import KEY, NOW, PLAIN, put, snapshot
+
+OBJECTS = """\
+access_logs:
+  bucket: {bucket}
+  prefix: logs/
+  key_template: "logs/{{yyyy}}/{{mm}}/{{dd}}/..."
+  rules:
+    - name: {name}
+      start: {{basis: key_date}}
+      stages:
+        - {{action: anonymize, after: P30D, mask: {{ip: {{strategy: truncate_ip}}}}}}
+        - {{action: delete, after: {delete}}}
+cvs:
+  bucket: {bucket}
+  prefix: cvs/
+  legal_hold: [{{column: legal-hold, equals: "true"}}]
+"""
+CRM = """\
+applicants:
+  table: p_applicants
+  primary_key: id
+  columns: [id, closed_at]
+  references: [{{to: objects.cvs, key_template: "cvs/{{id}}/"}}]
+  rules:
+    - {{name: {name}, start: closed_at, action: delete, period: {period}}}
+"""
+
+
+def policy(log_rule: str, delete: str, crm_rule: str, period: str):
+    text = policy_text(system("objects", "s3", "objects_s3", OBJECTS.format(bucket=PLAIN, name=log_rule,
+                                                                           delete=delete)),
+                       sql_system("crm", "crm_db", CRM.format(name=crm_rule, period=period)),
+                       defaults="{max_fraction: 1.0}")
+    return parse_policy(text, source="test-policy.yaml")
+
+
+def ago(**kw) -> dt.datetime:
+    return (NOW - relativedelta(**kw)).replace(tzinfo=None)
+
+
+def test_objects_due_and_owned_objects_are_compared_object_by_object(s3, make_store, tmp_path):
+    # logs by key date (NOW is 2026-06-15): the old map anonymizes after 30 days and deletes after 12 months,
+    # the new one deletes after 6 months (and renames the rule)
+    for day in ("2025/05/01", "2025/06/20", "2025/10/01", "2025/12/20", "2026/05/20", "2026/06/10"):
+        put(s3, PLAIN, f"logs/{day}/access.log", b"203.0.113.7 GET /")
+    # CVs owned by applicant rows; 4's is under legal hold, cvs/10/ only looks like 1's
+    for key in ("cvs/1/cv.pdf", "cvs/2/cv.pdf", "cvs/2/cover.pdf", "cvs/3/cv.pdf", "cvs/5/cv.pdf", "cvs/6/cv.pdf",
+                "cvs/10/cv.pdf"):
+        put(s3, PLAIN, key)
+    put(s3, PLAIN, "cvs/4/cv.pdf", Tagging="legal-hold=true")
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    md = sa.MetaData()
+    t = sa.Table("p_applicants", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                 sa.Column("closed_at", sa.DateTime))
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": 1, "closed_at": ago(months=2)}, {"id": 2, "closed_at": ago(days=10)},
+                                  {"id": 3, "closed_at": ago(months=2)}, {"id": 4, "closed_at": ago(days=10)},
+                                  {"id": 5, "closed_at": None}, {"id": 6, "closed_at": ago(months=7)},
+                                  {"id": 10, "closed_at": None}])
+    old = policy("server_logs", "P12M", "recruitment_closed", "P6M")
+    new = policy("logs", "P6M", "closed", "P6D")
+    stores = {}
+    for side, p in (("old", old), ("new", new)):
+        stores[side] = {"objects": make_store(p), "crm": SqlStore("crm", p, make_engine(str(engine.url)), mask_key=KEY)}
+    before = snapshot(s3, PLAIN)
+
+    diff = diff_records(old, new, stores["old"].__getitem__, stores["new"].__getitem__, NOW)
+
+    assert snapshot(s3, PLAIN) == before  # listings and reads only
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    # by hand: now, the old map deletes the 2025-05-01 log and anonymizes 06-20, 10-01, 12-20; the new one deletes
+    # 05-01, 06-20, 10-01 and anonymizes 12-20. At 30 days (07-15): old deletes 05-01, 06-20, anonymizes 10-01,
+    # 12-20, 05-20, 06-10; new deletes 05-01, 06-20, 10-01, 12-20 and anonymizes 05-20, 06-10.
+    # Applicants: old deletes 6 (both horizons), new 1, 2, 3, 4 and 6 (5 and 10 are open); their CVs go with
+    # them: 1's one (not cvs/10/, which only starts like it), 2's two, 3's one; 4's is held, 6's goes under both.
+    assert got == {
+        ("anonymize", 0, "objects.access_logs"): (0, 2), ("anonymize", 30, "objects.access_logs"): (0, 2),
+        ("delete", 0, "crm.applicants"): (4, 0), ("delete", 0, "objects.access_logs"): (2, 0),
+        ("delete", 0, "objects.cvs"): (4, 0),
+        ("delete", 30, "crm.applicants"): (4, 0), ("delete", 30, "objects.access_logs"): (2, 0),
+        ("delete", 30, "objects.cvs"): (4, 0)}
+    assert diff["newly_affected"] == [{"horizon": 0, "records": 10}, {"horizon": 30, "records": 10}]
+    assert diff["errors"] == []
+    assert "cvs/" not in json.dumps(diff) and "logs/2" not in json.dumps(diff)  # no object key in the report
+    for side in stores.values():
+        side["crm"].close()
+    engine.dispose()

@@ -17,9 +17,10 @@ between the maps) is streamed a bounded batch at a time into a spool on disk (SQ
 directory, keyed digests of the records, never the keys themselves) and differenced there with ``EXCEPT``.
 Memory stays flat whatever the number of records.
 
-References across databases (a delete in one system taking rows of another along, or kept by a held row
-there) are not compared record by record yet: such collections are reported as errors and the gate refuses
-(``docs/adr/0018-policy-diff-by-records.md``).
+Deletes that reach across databases (a parent in one system whose children in another go with it, or are
+held there and keep it) are walked as the store deletes them: the collections involved (``crosses_databases``)
+have their delete records spooled part by part, the parents a held child keeps left out, the children matched
+exactly in Python (``docs/adr/0018-policy-diff-by-records.md``).
 
 Output: per action, horizon and collection, newly and no longer affected counts; per horizon the distinct
 records newly affected by any action (what ``cli diff --threshold`` gates on). Counts and collection names
@@ -191,6 +192,7 @@ class _Diff:
         self.counts: dict[tuple[str, int, str], list[int]] = {}  # (action, horizon, coll) -> [newly, no longer]
         self.any_newly = dict.fromkeys(horizons, 0)
         self.errors: dict[str, str] = {}
+        self.family: set[str] = set()  # SQL collections whose deletes reach across databases (``_walk``)
         self.spool = _Spool()
 
     def at(self, horizon: int) -> dt.datetime:
@@ -207,6 +209,19 @@ class _Diff:
         return len(urls) == 1 and len(tables) == 1
 
     def run(self) -> None:
+        self.family = {ref for ref in _collections(self.sides)
+                       if any(s.has(ref) and s.kind(ref) == "sql" and crosses_databases(s.policy, ref)
+                              for s in self.sides)}
+        if self.family:
+            for side in self.sides:
+                for h in self.horizons:
+                    try:
+                        self._walk(side, h)
+                    except RetentionError as exc:
+                        self.errors[f"{side.name} data map, {h} days"] = str(exc)
+                    except sa.exc.SQLAlchemyError as exc:
+                        self.errors[f"{side.name} data map, {h} days"] = (f"{type(exc).__name__} while walking the "
+                                                                          "deletes across databases")
         for ref in _collections(self.sides):
             try:
                 self._collection(ref)
@@ -225,18 +240,17 @@ class _Diff:
     def _collection(self, ref: str) -> None:
         present = [s for s in self.sides if s.has(ref)]
         if all(s.kind(ref) == "sql" for s in present):
-            crossing = [s.name for s in present if crosses_databases(s.policy, ref)]
-            if crossing:
-                raise RetentionError(f"{ref}: a delete there involves rows of another database (references across "
-                                     f"systems, {'/'.join(crossing)} data map): not compared record by record")
             for s in present:
                 if s.coll(ref).rules:
                     s.store(ref).check(ref.partition(".")[2])
-            if self.in_database(ref):
+            if ref in self.family:  # deletes walked across databases (``_walk``); the other actions spooled here
+                self._sql_spooled(ref, actions=tuple(a for a in ACTIONS if a != "delete"))
+            elif self.in_database(ref):
                 self._sql_in_database(ref)
+                self._owned_objects(ref)
             else:
                 self._sql_spooled(ref)
-            self._owned_objects(ref)
+                self._owned_objects(ref)
         else:
             self._s3_rules(ref)
 
@@ -282,14 +296,95 @@ class _Diff:
             for part in result.partitions():
                 yield [tuple(r) for r in part]
 
-    def _sql_spooled(self, ref: str) -> None:
+    def _sql_spooled(self, ref: str, actions: tuple[str, ...] = ACTIONS) -> None:
         for side in self.sides:
             if not side.has(ref):
                 continue
-            for action in ACTIONS:
+            for action in actions:
                 for h in self.horizons:
                     for part in self._rows(side, ref, action, h):
                         self.spool.add(side.name, action, h, ref, part)
+
+    # ---- deletes across databases: walked part by part, as the store deletes them ----------------------------
+    def _walk(self, side: Side, horizon: int) -> None:
+        """Spool the records ``side``'s deletes at ``horizon`` remove in collections of ``self.family``: each
+        collection's own due rows (``SqlStore.eligible``), less those a held row of another database keeps
+        (``held_dependents`` there), then what goes with them (children in this or another database, exactly
+        matched across databases; the objects they own), one part of rows at a time."""
+        policy, now = side.policy, self.at(horizon)
+        for ref in _sql_refs(policy):
+            if not self._leads_to_family(policy, ref):
+                continue
+            coll, store, name = side.coll(ref), side.store(ref), ref.partition(".")[2]
+            stages = [(rule, st) for rule in coll.rules for st in rule.stages if st.action == "delete"]
+            if not stages:
+                continue
+            store.check(name)
+            t = store.table(name)
+            cols = self._walk_columns(policy, ref)
+            pred = sa.or_(*(store.eligible(name, rule, st, now, t) for rule, st in stages))
+            with store.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=PART).execute(
+                    sa.select(*(t.c[c] for c in cols)).where(_yes(pred)))
+                for part in result.partitions():
+                    self._going(side, horizon, ref, [dict(zip(cols, r, strict=True)) for r in part])
+
+    def _leads_to_family(self, policy: Policy, ref: str) -> bool:
+        """``ref`` is in the family, or a delete there cascades into it."""
+        if ref in self.family:
+            return True
+        return any(r.on_delete == "delete" and self._leads_to_family(policy, child)
+                   for child, r in policy.children(ref))
+
+    @staticmethod
+    def _walk_columns(policy: Policy, ref: str) -> list[str]:
+        """The key, the columns children reference, and the columns naming owned objects."""
+        coll = policy.collection(ref)
+        cols = list(coll.key_columns())
+        cols += [r.to_column or coll.key_columns()[0] for _c, r in policy.children(ref)]
+        for r in policy.owned_objects(ref):
+            cols += ([r.column] if r.column else []) + _template_fields(r, coll)
+        return list(dict.fromkeys(cols))
+
+    def _going(self, side: Side, horizon: int, ref: str, rows: list[dict[str, Any]]) -> None:
+        """``rows`` of ``ref`` would be deleted (with their cascades): keep those held elsewhere, spool the rest,
+        and go on to their children and objects."""
+        policy, system = side.policy, ref.partition(".")[0]
+        coll = policy.collection(ref)
+        for child, r in policy.children(ref):  # a held row in another database keeps its parent (ADR 0012)
+            if child.partition(".")[0] == system or r.on_delete != "delete" or not rows:
+                continue
+            col = r.to_column or coll.key_columns()[0]
+            values = sorted({row[col] for row in rows if row[col] is not None})
+            held = side.store(child).held_dependents(child.partition(".")[2], r.column, values) if values else set()
+            rows = [row for row in rows if row[col] not in held]
+        if not rows:
+            return
+        if ref in self.family:
+            keys = coll.key_columns()
+            self.spool.add(side.name, "delete", horizon, ref, [tuple(row[k] for k in keys) for row in rows])
+            for r in policy.owned_objects(ref):
+                found = side.store_for(r.to.partition(".")[0]).referenced_due(r, rows)
+                if found:
+                    self.spool.add(side.name, "delete", horizon, r.to, found)
+        for child, r in policy.children(ref):
+            if r.on_delete != "delete" or not self._leads_to_family(policy, child):
+                continue
+            col = r.to_column or coll.key_columns()[0]
+            values = sorted({row[col] for row in rows if row[col] is not None}, key=repr)
+            exact = child.partition(".")[0] != system  # another database's collation does not decide
+            c_store, c_name = side.store(child), child.partition(".")[2]
+            c_t = c_store.table(c_name)
+            c_cols = self._walk_columns(policy, child)
+            fk = c_t.c[r.column]
+            for i in range(0, len(values), 500):
+                chunk = values[i:i + 500]
+                with c_store.engine.connect() as conn:
+                    found = conn.execute(sa.select(*(c_t.c[c] for c in c_cols), fk.label("_fk_"))
+                                         .where(fk.in_(chunk))).all()
+                wanted = set(chunk)
+                kids = [dict(zip(c_cols, f[:-1], strict=True)) for f in found if not exact or f[-1] in wanted]
+                self._going(side, horizon, child, kids)
 
     # ---- S3: objects due under a rule, and objects deleted rows own ----------------------------------------
     def _s3_rules(self, ref: str) -> None:

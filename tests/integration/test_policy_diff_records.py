@@ -34,12 +34,16 @@ from include.retention.policy import parse_policy
 from include.retention.policy_diff import diff_records
 from include.retention.stores.sql import SqlStore, make_engine
 from tests.conftest import KEY, airflow_uri
+from tests.integration.test_cross_database import GONE_NOTES, GONE_PARENTS, dbs, server_db  # noqa: F401 - fixtures
+from tests.integration.test_cross_database import NOW as CROSS_NAIVE_NOW
+from tests.integration.test_cross_database import POLICY as CROSS_POLICY
 from tests.policy_text import policy_text, sql_system
 
 pytestmark = pytest.mark.integration
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 SUBS, MEMS = "mailing.subscribers", "mailing.memberships"
+CROSS_NOW = CROSS_NAIVE_NOW.replace(tzinfo=dt.UTC)
 
 COLLECTIONS = """\
 subscribers:
@@ -256,3 +260,42 @@ def test_gate_against_threshold_below_at_and_above(db_url, capsys, monkeypatch, 
     assert "4 now, 5 within 30 days" in out
     assert ("refused" in err and "5 record(s)" in err) == (code != 0)
     assert "@" not in out + err
+
+
+# ---- across databases: subscribers in one, CRM notes that go with them in another ------------------------------
+
+@pytest.fixture
+def cross(dbs, tmp_path):
+    from include.retention.connections import ConnInfo
+    from include.retention.runtime import Runtime
+
+    conns = {"mailing_db": ConnInfo("sql", extra={"sqlalchemy_url": dbs["mailing"]}),
+             "crm_db": ConnInfo("sql", extra={"sqlalchemy_url": dbs["crm"]})}
+    opened = []
+
+    def runtime(period: str, name: str = "gone") -> Runtime:
+        text = CROSS_POLICY.replace("{name: gone, start: created_at, action: delete, period: P1D}",
+                                    f"{{name: {name}, start: created_at, action: delete, period: {period}}}")
+        rt = Runtime(parse_policy(text, source=f"{period}.yaml"), conns.__getitem__, key=KEY)
+        opened.append(rt)
+        return rt
+
+    yield runtime
+    for rt in opened:
+        rt.close()
+
+
+def test_deletes_across_databases_are_compared_record_by_record(cross):
+    """Old: 10 days, nothing due now; new: 1 day (renamed too). Newly deleted now: a1, a2, a4, a5 (a3 stays: its
+    note 5 is held in the other database) and their notes 1, 2, 3, 6, 7, 8 exactly ('A1' and 'a1 ' are not a1's,
+    whatever MariaDB's collation says; deals are nullified, not deleted). In 30 days both maps delete everything
+    but a3 and its notes: no difference then."""
+    old, new = cross("P10D"), cross("P1D", name="expired")
+
+    diff = diff_records(old.policy, new.policy, old.store, new.store, CROSS_NOW)
+
+    assert diff["errors"] == []
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    assert got == {("delete", 0, "mailing.subscribers"): (len(GONE_PARENTS), 0),
+                   ("delete", 0, "crm.notes"): (len(GONE_NOTES), 0)}
+    assert diff["newly_affected"] == [{"horizon": 0, "records": 10}, {"horizon": 30, "records": 0}]

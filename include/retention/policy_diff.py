@@ -45,6 +45,7 @@ from include.retention.errors import RetentionError
 from include.retention.forecast import ACTIONS, CHANGE_ORDER, DIFF_DAYS, StoreFor, rule_change
 from include.retention.policy import Policy, Reference
 from include.retention.stores.base import Store
+from include.retention.stores.sql_keys import after, has_row_values
 
 HORIZONS = (0, DIFF_DAYS)
 SIDES = ("old", "new")
@@ -290,11 +291,8 @@ class _Diff:
         if pred is None:
             return
         names = cols if cols is not None else side.coll(ref).key_columns()
-        with store.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=PART).execute(
-                sa.select(*(t.c[c] for c in names)).where(_yes(pred)))
-            for part in result.partitions():
-                yield [tuple(r) for r in part]
+        for part in _pages(store, ref, names, _yes(pred)):
+            yield [tuple(row[c] for c in names) for row in part]
 
     def _sql_spooled(self, ref: str, actions: tuple[str, ...] = ACTIONS) -> None:
         for side in self.sides:
@@ -323,11 +321,8 @@ class _Diff:
             t = store.table(name)
             cols = self._walk_columns(policy, ref)
             pred = sa.or_(*(store.eligible(name, rule, st, now, t) for rule, st in stages))
-            with store.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=PART).execute(
-                    sa.select(*(t.c[c] for c in cols)).where(_yes(pred)))
-                for part in result.partitions():
-                    self._going(side, horizon, ref, [dict(zip(cols, r, strict=True)) for r in part])
+            for part in _pages(store, ref, cols, _yes(pred)):
+                self._going(side, horizon, ref, part)
 
     def _leads_to_family(self, policy: Policy, ref: str) -> bool:
         """``ref`` is in the family, or a delete there cascades into it."""
@@ -373,18 +368,13 @@ class _Diff:
             col = r.to_column or coll.key_columns()[0]
             values = sorted({row[col] for row in rows if row[col] is not None}, key=repr)
             exact = child.partition(".")[0] != system  # another database's collation does not decide
-            c_store, c_name = side.store(child), child.partition(".")[2]
-            c_t = c_store.table(c_name)
-            c_cols = self._walk_columns(policy, child)
-            fk = c_t.c[r.column]
+            c_store, c_cols = side.store(child), self._walk_columns(policy, child)
+            fk = c_store.table(child.partition(".")[2]).c[r.column]
             for i in range(0, len(values), 500):
                 chunk = values[i:i + 500]
-                with c_store.engine.connect() as conn:
-                    found = conn.execute(sa.select(*(c_t.c[c] for c in c_cols), fk.label("_fk_"))
-                                         .where(fk.in_(chunk))).all()
                 wanted = set(chunk)
-                kids = [dict(zip(c_cols, f[:-1], strict=True)) for f in found if not exact or f[-1] in wanted]
-                self._going(side, horizon, child, kids)
+                for found in _pages(c_store, child, [*c_cols, r.column], fk.in_(chunk)):
+                    self._going(side, horizon, child, [k for k in found if not exact or k[r.column] in wanted])
 
     # ---- S3: objects due under a rule, and objects deleted rows own ----------------------------------------
     def _s3_rules(self, ref: str) -> None:
@@ -418,6 +408,28 @@ class _Diff:
                         keys = target.referenced_due(r, rows)
                         if keys:
                             self.spool.add(side.name, "delete", h, r.to, keys)
+
+
+def _pages(store: Any, ref: str, cols: list[str], where: Any) -> Iterator[list[dict[str, Any]]]:
+    """Rows of ``ref`` matching ``where`` (``cols`` of each, as dicts), ``PART`` at a time in key order, each
+    part read in its own short transaction: the walk reads other tables (and, on SQLite, whose transactions lock
+    the file, the same database) between parts."""
+    t = store.table(ref.partition(".")[2])
+    pk = store.key_cols(ref.partition(".")[2], t)
+    cols = list(dict.fromkeys([*cols, *(c.name for c in pk)]))
+    last = None
+    while True:
+        with store.engine.connect() as conn:
+            row_values = has_row_values(conn.dialect)
+            rows = conn.execute(sa.select(*(t.c[c] for c in cols)).where(where, *after(pk, last, row_values))
+                                .order_by(*pk).limit(PART)).all()
+        if not rows:
+            return
+        part = [dict(zip(cols, r, strict=True)) for r in rows]
+        last = tuple(part[-1][c.name] for c in pk)
+        yield part
+        if len(rows) < PART:
+            return
 
 
 def _template_fields(ref: Reference, coll: Any) -> list[str]:

@@ -218,6 +218,28 @@ def test_newly_and_no_longer_affected_records_are_exact(stores, case):
     assert "@" not in json.dumps(diff)  # counts and collection names only
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_maps_on_two_copies_of_the_data_compare_by_keys_in_the_spool(tmp_path, case):
+    """Where the two maps reach the system through different connections (here: two SQLite copies of the same
+    data), the keys of each side go through the on-disk spool: the same exact answers."""
+    old_text, new_text, *_ = CASES[case]
+    pair = []
+    for side, text in (("old", old_text), ("new", new_text)):
+        engine = make_engine(f"sqlite:///{tmp_path / f'{side}.db'}")
+        seed(engine)
+        pair.append(SqlStore("mailing", parse_policy(text, source=f"{side}.yaml"), engine, mask_key=KEY))
+    s_old, s_new = pair
+
+    diff = diff_records(s_old.policy, s_new.policy, lambda _s: s_old, lambda _s: s_new, NOW)
+
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    assert diff["errors"] == [] and got == expected(case)
+    want = {h: sum(n for (_a, hh, _c), (n, _g) in expected(case).items() if hh == h) for h in (0, 30)}
+    assert diff["newly_affected"] == [{"horizon": h, "records": want[h]} for h in (0, 30)]
+    for store in pair:
+        store.close()
+
+
 def test_the_same_records_counted_once_whatever_the_actions(stores):
     """A record newly locked by one rule and newly deleted by another counts once in the gate."""
     both = policy_yaml(rule("lock_early", action="lock", period="P12M"), rule(start=EARLIEST))
@@ -264,11 +286,28 @@ def test_gate_against_threshold_below_at_and_above(db_url, capsys, monkeypatch, 
 
 # ---- across databases: subscribers in one, CRM notes that go with them in another ------------------------------
 
+CROSS_MEMBERS_YAML = """\
+      list_members:
+        table: x_members
+        primary_key: [subscriber_id, list_id]
+        columns: [subscriber_id, list_id]
+        references: [{to: mailing.subscribers, column: subscriber_id, on_delete: delete}]
+"""
+cross_members = sa.Table("x_members", sa.MetaData(), sa.Column("subscriber_id", sa.String(20), primary_key=True),
+                         sa.Column("list_id", sa.Integer, primary_key=True, autoincrement=False))
+CROSS_MEMBERS = [("a1", 1), ("a1", 2), ("a3", 1), ("k1", 1)]
+
+
 @pytest.fixture
 def cross(dbs, tmp_path):
     from include.retention.connections import ConnInfo
     from include.retention.runtime import Runtime
 
+    mailing = make_engine(dbs["mailing"])
+    cross_members.create(mailing)
+    with mailing.begin() as conn:  # a1's two lists, a3's (kept with a3), k1's
+        conn.execute(cross_members.insert(), [{"subscriber_id": s, "list_id": ls} for s, ls in CROSS_MEMBERS])
+    mailing.dispose()
     conns = {"mailing_db": ConnInfo("sql", extra={"sqlalchemy_url": dbs["mailing"]}),
              "crm_db": ConnInfo("sql", extra={"sqlalchemy_url": dbs["crm"]})}
     opened = []
@@ -276,6 +315,8 @@ def cross(dbs, tmp_path):
     def runtime(period: str, name: str = "gone") -> Runtime:
         text = CROSS_POLICY.replace("{name: gone, start: created_at, action: delete, period: P1D}",
                                     f"{{name: {name}, start: created_at, action: delete, period: {period}}}")
+        assert "\n  crm:\n" in text
+        text = text.replace("\n  crm:\n", "\n" + CROSS_MEMBERS_YAML + "  crm:\n")
         rt = Runtime(parse_policy(text, source=f"{period}.yaml"), conns.__getitem__, key=KEY)
         opened.append(rt)
         return rt
@@ -287,9 +328,10 @@ def cross(dbs, tmp_path):
 
 def test_deletes_across_databases_are_compared_record_by_record(cross):
     """Old: 10 days, nothing due now; new: 1 day (renamed too). Newly deleted now: a1, a2, a4, a5 (a3 stays: its
-    note 5 is held in the other database) and their notes 1, 2, 3, 6, 7, 8 exactly ('A1' and 'a1 ' are not a1's,
-    whatever MariaDB's collation says; deals are nullified, not deleted). In 30 days both maps delete everything
-    but a3 and its notes: no difference then."""
+    note 5 is held in the other database, and so is its list membership) and their notes 1, 2, 3, 6, 7, 8 exactly
+    ('A1' and 'a1 ' are not a1's, whatever MariaDB's collation says; deals are nullified, not deleted), and a1's two
+    list memberships in the subscribers' own database. In 30 days both maps delete everything but a3 and what is
+    its: no difference then."""
     old, new = cross("P10D"), cross("P1D", name="expired")
 
     diff = diff_records(old.policy, new.policy, old.store, new.store, CROSS_NOW)
@@ -297,5 +339,6 @@ def test_deletes_across_databases_are_compared_record_by_record(cross):
     assert diff["errors"] == []
     got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
     assert got == {("delete", 0, "mailing.subscribers"): (len(GONE_PARENTS), 0),
-                   ("delete", 0, "crm.notes"): (len(GONE_NOTES), 0)}
-    assert diff["newly_affected"] == [{"horizon": 0, "records": 10}, {"horizon": 30, "records": 0}]
+                   ("delete", 0, "crm.notes"): (len(GONE_NOTES), 0),
+                   ("delete", 0, "mailing.list_members"): (2, 0)}
+    assert diff["newly_affected"] == [{"horizon": 0, "records": 12}, {"horizon": 30, "records": 0}]

@@ -20,7 +20,7 @@ Memory stays flat whatever the number of records.
 Deletes that reach across databases (a parent in one system whose children in another go with it, or are
 held there and keep it) are walked as the store deletes them: the collections involved (``crosses_databases``)
 have their delete records spooled part by part, the parents a held child keeps left out, the children matched
-exactly in Python (``docs/adr/0018-policy-diff-by-records.md``).
+exactly in Python (``docs/adr/0019-policy-diff-by-records.md``).
 
 Output: per action, horizon and collection, newly and no longer affected counts; per horizon the distinct
 records newly affected by any action (what ``cli diff --threshold`` gates on). Counts and collection names

@@ -28,11 +28,15 @@ import json
 import pytest
 import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from include.retention import cli
+from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import parse_policy
 from include.retention.policy_diff import diff_records
 from include.retention.stores.sql import SqlStore, make_engine
+from include.retention.sweep import run_rule
 from tests.conftest import KEY, airflow_uri
 from tests.integration.test_cross_database import GONE_NOTES, GONE_PARENTS, dbs, server_db  # noqa: F401 - fixtures
 from tests.integration.test_cross_database import NOW as CROSS_NAIVE_NOW
@@ -342,3 +346,95 @@ def test_deletes_across_databases_are_compared_record_by_record(cross):
                    ("delete", 0, "crm.notes"): (len(GONE_NOTES), 0),
                    ("delete", 0, "mailing.list_members"): (2, 0)}
     assert diff["newly_affected"] == [{"horizon": 0, "records": 12}, {"horizon": 30, "records": 0}]
+
+
+# ---- property: the diff is what the two maps' sweeps do --------------------------------------------------------
+
+START = {"latest": LATEST, "earliest": EARLIEST, "open": "last_open_at"}
+STAGES = {"delete": "action: delete, period: {p}", "lock": "action: lock, period: {p}",
+          "lock_then_delete": "stages: [{{action: lock, after: P6M}}, {{action: delete, after: {p}}}]"}
+
+
+@st.composite
+def data_maps(draw):
+    """One subscriber rule (start, action, period, condition) and whether memberships have their own rule."""
+    start, stages = draw(st.sampled_from(sorted(START))), draw(st.sampled_from(sorted(STAGES)))
+    period = draw(st.sampled_from(["P12M", "P24M"] if stages == "lock_then_delete" else ["P1M", "P12M", "P24M"]))
+    when = draw(st.sampled_from(["", "{column: country, equals: DE}"]))
+    name = draw(st.sampled_from(["a", "b"]))
+    cond = f", when: [{when}]" if when else ""
+    text = policy_yaml(f"    - {{name: {name}, start: {START[start]}, {STAGES[stages].format(p=period)}{cond}}}")
+    return text if draw(st.booleans()) else text.replace(
+        "    - {name: left_lists, start: left_at, action: delete, period: P30D}\n", "    []\n").replace(
+        "  rules:\n    []\n", "  rules: []\n")
+
+
+days = st.one_of(st.none(), st.integers(0, 1100))
+people = st.lists(st.tuples(days, days, st.sampled_from(["DE", "FR"]), st.booleans(), st.booleans()),
+                  min_size=1, max_size=8)
+
+
+def sweep_effect(path, text: str, at: dt.datetime, ledger) -> dict[str, set]:
+    """Run every rule of ``text`` at ``at`` on the copy ``path``; what it deleted and locked, by key."""
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        subs_before = {r.id: r.restricted_at for r in conn.execute(sa.select(subscribers))}
+        mems_before = {(r.subscriber_id, r.list_id) for r in conn.execute(sa.select(memberships))}
+    pol = parse_policy(text, source="p.yaml")
+    store = SqlStore("mailing", pol, engine, mask_key=KEY)
+    for rid in pol.rule_ids():
+        run_rule(pol, rid, store, ledger, RunRef("prop", rid), now=at)
+    with engine.connect() as conn:
+        subs_after = {r.id: r.restricted_at for r in conn.execute(sa.select(subscribers))}
+        mems_after = {(r.subscriber_id, r.list_id) for r in conn.execute(sa.select(memberships))}
+    engine.dispose()
+    return {"delete " + SUBS: set(subs_before) - set(subs_after), "delete " + MEMS: mems_before - mems_after,
+            "lock " + SUBS: {i for i, r in subs_after.items() if r is not None and subs_before[i] is None}}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(old_text=data_maps(), new_text=data_maps(), rows=people, member_of=st.lists(st.tuples(
+    st.integers(1, 8), st.integers(1, 3), st.one_of(st.none(), st.integers(0, 90))), max_size=10))
+def test_the_diff_is_the_difference_of_what_the_two_sweeps_do(old_text, new_text, rows, member_of):
+    """Any two data maps of this shape, any data: per action, horizon and collection, the diff's counts are the
+    differences of the record sets that a real sweep under each map deletes and locks at that moment."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base.db"
+        engine = make_engine(f"sqlite:///{base}")
+        md.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(subscribers.insert(), [
+                {"id": i + 1, "email": None, "subscribed_at": ago(40), "country": country, "legal_hold": held,
+                 "last_open_at": None if o is None else ago(0, -o), "last_click_at": None if c is None else ago(0, -c),
+                 "restricted_at": ago(0, -1) if locked else None, "restriction_reason": "x" if locked else None}
+                for i, (o, c, country, held, locked) in enumerate(rows)])
+            mems = {(s, ls): left for s, ls, left in member_of if s <= len(rows)}
+            if mems:
+                conn.execute(memberships.insert(), [
+                    {"subscriber_id": s, "list_id": ls, "left_at": None if left is None else ago(0, -left)}
+                    for (s, ls), left in mems.items()])
+        engine.dispose()
+        s_old = SqlStore("mailing", parse_policy(old_text, source="old.yaml"), make_engine(f"sqlite:///{base}"))
+        s_new = SqlStore("mailing", parse_policy(new_text, source="new.yaml"), make_engine(f"sqlite:///{base}"))
+        diff = diff_records(s_old.policy, s_new.policy, lambda _s: s_old, lambda _s: s_new, NOW)
+        s_old.close()
+        s_new.close()
+        want = {}
+        ledger = Ledger(make_engine(f"sqlite:///{Path(tmp) / 'ledger.db'}"), KEY)
+        for h in (0, 30):
+            effects = []
+            for side, text in (("old", old_text), ("new", new_text)):
+                copy = Path(tmp) / f"{side}-{h}.db"
+                shutil.copy(base, copy)
+                effects.append(sweep_effect(copy, text, NOW + dt.timedelta(days=h), ledger))
+            for key in effects[0]:
+                action, coll = key.split()
+                pair = (len(effects[1][key] - effects[0][key]), len(effects[0][key] - effects[1][key]))
+                if any(pair):
+                    want[(action, h, coll)] = pair
+        got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+        assert diff["errors"] == [] and got == want

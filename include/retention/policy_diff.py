@@ -118,6 +118,8 @@ class _Predicates:
         if not side.has(ref) or side.kind(ref) != "sql":
             return None
         store, coll, name = side.store(ref), side.coll(ref), ref.partition(".")[2]
+        if coll.rules:
+            store.check(name)  # the columns and conditions the predicate names (once per store and collection)
         preds = [store.eligible(name, rule, stage, self.now, t)
                  for rule in coll.rules for stage in rule.stages if stage.action == action]
         if action == "delete":
@@ -369,6 +371,7 @@ class _Diff:
             values = sorted({row[col] for row in rows if row[col] is not None}, key=repr)
             exact = child.partition(".")[0] != system  # another database's collation does not decide
             c_store, c_cols = side.store(child), self._walk_columns(policy, child)
+            c_store.check(child.partition(".")[2])
             fk = c_store.table(child.partition(".")[2]).c[r.column]
             for i in range(0, len(values), 500):
                 chunk = values[i:i + 500]

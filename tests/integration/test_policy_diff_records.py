@@ -288,6 +288,29 @@ def test_gate_against_threshold_below_at_and_above(db_url, capsys, monkeypatch, 
     assert "@" not in out + err
 
 
+def test_a_collection_the_old_map_does_not_know(stores):
+    """The new map adds the memberships: their own rule's and the cascade's records are all newly deleted (the old
+    map's sweep deleted subscribers 1, 4 and 9 without touching a table it did not know)."""
+    without = BASE.split("      memberships:")[0]
+    old, new, (s_old, s_new) = stores(without, BASE)
+    diff = diff_records(old, new, lambda _s: s_old, lambda _s: s_new, NOW)
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    assert got == {("delete", 0, MEMS): (len(members_of({1, 4, 9}) | {(2, 1)}), 0),
+                   ("delete", 30, MEMS): (len(members_of({1, 4, 5, 9}) | {(2, 1), (6, 1)}), 0)}
+
+
+def test_a_map_that_cannot_be_compared_fails_the_diff(db_url, capsys, monkeypatch, tmp_path):
+    """A rule on a column the table lacks: no verdict on partial counts (exit 2, the collection named)."""
+    engine = make_engine(db_url)
+    seed(engine)
+    engine.dispose()
+    broken = policy_yaml(rule(start="last_seen_at")).replace("restriction_reason]", "restriction_reason, last_seen_at]")
+    code, out, err = run_cli(capsys, monkeypatch, tmp_path, db_url, BASE, broken, "--threshold", "100")
+    assert code == 2, err
+    assert "not compared: mailing.subscribers" in out and "last_seen_at" in out
+    assert "could not be compared (mailing.subscribers" in err
+
+
 # ---- across databases: subscribers in one, CRM notes that go with them in another ------------------------------
 
 CROSS_MEMBERS_YAML = """\

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
 
+from include.retention.connections import ConnInfo
+from include.retention.demo import seed
+from include.retention.demo.s3_seed import seed_demo_objects
+from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import parse_policy
 from include.retention.policy_diff import diff_records
+from include.retention.runtime import Runtime
 from include.retention.stores.sql import SqlStore, make_engine
+from include.retention.sweep import run_rule
+from tests.integration.test_default_ends import NOW as DEMO_NOW
+from tests.integration.test_default_ends import POLICY, ROOT
 from tests.policy_text import policy_text, sql_system, system
 from tests.s3.conftest import KEY, NOW, PLAIN, put, snapshot
 
@@ -102,3 +111,61 @@ def test_objects_due_and_owned_objects_are_compared_object_by_object(s3, make_st
     for side in stores.values():
         side["crm"].close()
     engine.dispose()
+
+
+# ---- the default data map on the demo data ----------------------------------------------------------------------
+
+def test_default_map_on_the_demo_a_shorter_engagement_period_against_the_sweeps(s3, conn_info, tmp_path):
+    """config/policy.yaml on the demo data (CRM and mailing list in SQLite, objects in moto) with the mailing list's
+    no-engagement period cut from 36 to 24 months: the newly deleted subscribers, list memberships and campaign
+    events are exactly what the two maps' real sweeps of the mailing list delete (run on copies), and nothing else
+    differs or fails (computed starts, orphan rules, owned CVs and attachments, S3 logs)."""
+    crm, mailing = tmp_path / "crm.db", tmp_path / "mailing.db"
+    crm_engine = make_engine(f"sqlite:///{crm}")
+    seed.seed_crm(crm_engine, DEMO_NOW)
+    seed.seed_mailing(make_engine(f"sqlite:///{mailing}"), DEMO_NOW)
+    seed_demo_objects(conn_info, crm_engine, DEMO_NOW)
+    crm_engine.dispose()
+    text = (ROOT / "config" / "policy.yaml").read_text()
+    assert text.count("period: P36M") >= 1 and "            period: P36M\n\n      list_memberships:" in text
+    shorter = parse_policy(text.replace("            period: P36M\n\n      list_memberships:",
+                                        "            period: P24M\n\n      list_memberships:"), source="new.yaml")
+
+    def runtime(policy, mailing_path):
+        conns = {"crm_db": ConnInfo("sqlite", host=str(crm)), "mailing_db": ConnInfo("sqlite", host=str(mailing_path)),
+                 "objects_s3": conn_info}
+        return Runtime(policy, conns.__getitem__, key=KEY)
+
+    old_rt, new_rt = runtime(POLICY, mailing), runtime(shorter, mailing)
+    diff = diff_records(POLICY, shorter, old_rt.store, new_rt.store, DEMO_NOW)
+    for rt in (old_rt, new_rt):
+        rt.close()
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+
+    want = {}
+    tables = ("subscribers", "list_memberships", "campaign_events")
+    for h in (0, 30):
+        gone = []
+        for side, policy in (("old", POLICY), ("new", shorter)):
+            copy = tmp_path / f"mailing-{side}-{h}.db"
+            shutil.copy(mailing, copy)
+            engine = make_engine(f"sqlite:///{copy}")
+            before = {t: set(_ids(engine, t)) for t in tables}
+            store = SqlStore("mailing", policy, engine, mask_key=KEY)
+            ledger = Ledger(make_engine(f"sqlite:///{tmp_path / 'ledger.db'}"), KEY)
+            for rid in policy.rule_ids(["mailing"]):
+                if policy.rule(rid)[2].stages[-1].action == "delete":
+                    run_rule(policy, rid, store, ledger, RunRef("t", rid), now=DEMO_NOW + dt.timedelta(days=h))
+            gone.append({t: before[t] - set(_ids(engine, t)) for t in tables})
+            store.close()
+        for t in tables:
+            pair = (len(gone[1][t] - gone[0][t]), len(gone[0][t] - gone[1][t]))
+            if any(pair):
+                want[("delete", h, f"mailing.{t}")] = pair
+    assert want[("delete", 0, "mailing.subscribers")][0] > 0 and want[("delete", 0, "mailing.list_memberships")][0] > 0
+    assert diff["errors"] == [] and got == want
+
+
+def _ids(engine, table: str) -> list:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(f"SELECT id FROM {table}")).scalars())

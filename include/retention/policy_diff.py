@@ -496,7 +496,7 @@ def _within(h: int) -> str:
 def records_table(diff: dict[str, Any]) -> str:
     """Plain text: per collection and action, records newly / no longer affected at each horizon."""
     horizons = diff["horizons"]
-    header = ["collection", "action", *(f"{w} {_horizon_name(h)}" for h in horizons for w in ("new", "gone"))]
+    header = ["collection", "action", *(f"{w} {_horizon_name(h)}" for h in horizons for w in ("newly", "no longer"))]
     cells: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
     for r in diff["collections"]:
         cells.setdefault((r["collection"], r["action"]), {})[r["horizon"]] = (r["newly"], r["no_longer"])
@@ -519,8 +519,7 @@ def records_table(diff: dict[str, Any]) -> str:
     for e in diff["errors"]:
         lines.append(f"not compared: {e['collection']}: {e['error']}")
     per_h = ", ".join(f"{n['records']} {_within(n['horizon'])}" for n in diff["newly_affected"])
-    deleted = ", ".join(f"{t['newly']} {_horizon_name(t['horizon'])}" for t in diff["totals"]
-                        if t["action"] == "delete")
+    deleted = ", ".join(f"{t['newly']} {_within(t['horizon'])}" for t in diff["totals"] if t["action"] == "delete")
     lines.append(f"records newly affected (locked, anonymized or deleted; dependents and owned objects "
                  f"included): {per_h}; newly deleted: {deleted}")
     return "\n".join(lines)

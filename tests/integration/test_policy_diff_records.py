@@ -54,9 +54,10 @@ subscribers:
   table: d_subscribers
   primary_key: id
   columns: [id, email, subscribed_at, last_open_at, last_click_at, country, legal_hold, restricted_at,
-            restriction_reason]
+            restriction_reason, anonymized_at]
   identities: {{email: email}}
   lock: {{at: restricted_at, reason: restriction_reason}}
+  anonymized_marker: anonymized_at
   legal_hold: [{{column: legal_hold, equals: true}}]
   rules:
 {rules}
@@ -93,7 +94,8 @@ subscribers = sa.Table(
     "d_subscribers", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("email", sa.String(100)), sa.Column("subscribed_at", sa.DateTime), sa.Column("last_open_at", sa.DateTime),
     sa.Column("last_click_at", sa.DateTime), sa.Column("country", sa.String(2)), sa.Column("legal_hold", sa.Boolean),
-    sa.Column("restricted_at", sa.DateTime), sa.Column("restriction_reason", sa.String(100)))
+    sa.Column("restricted_at", sa.DateTime), sa.Column("restriction_reason", sa.String(100)),
+    sa.Column("anonymized_at", sa.DateTime))
 memberships = sa.Table(
     "d_memberships", md, sa.Column("subscriber_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("list_id", sa.Integer, primary_key=True, autoincrement=False), sa.Column("left_at", sa.DateTime))
@@ -304,7 +306,7 @@ def test_a_map_that_cannot_be_compared_fails_the_diff(db_url, capsys, monkeypatc
     engine = make_engine(db_url)
     seed(engine)
     engine.dispose()
-    broken = policy_yaml(rule(start="last_seen_at")).replace("restriction_reason]", "restriction_reason, last_seen_at]")
+    broken = policy_yaml(rule(start="last_seen_at")).replace("anonymized_at]", "anonymized_at, last_seen_at]")
     code, out, err = run_cli(capsys, monkeypatch, tmp_path, db_url, BASE, broken, "--threshold", "100")
     assert code == 2, err
     assert "not compared: mailing.subscribers" in out and "last_seen_at" in out
@@ -375,6 +377,9 @@ def test_deletes_across_databases_are_compared_record_by_record(cross):
 
 START = {"latest": LATEST, "earliest": EARLIEST, "open": "last_open_at"}
 STAGES = {"delete": "action: delete, period: {p}", "lock": "action: lock, period: {p}",
+          "anonymize": 'action: anonymize, period: {p}, mask: {{email: {{strategy: "null"}}}}',
+          "anonymize_then_delete": 'stages: [{{action: anonymize, after: P6M, mask: {{email: {{strategy: "null"}}}}}}, '
+                                   '{{action: delete, after: {p}}}]',
           "lock_then_delete": "stages: [{{action: lock, after: P6M}}, {{action: delete, after: {p}}}]"}
 
 
@@ -382,7 +387,7 @@ STAGES = {"delete": "action: delete, period: {p}", "lock": "action: lock, period
 def data_maps(draw):
     """One subscriber rule (start, action, period, condition) and whether memberships have their own rule."""
     start, stages = draw(st.sampled_from(sorted(START))), draw(st.sampled_from(sorted(STAGES)))
-    period = draw(st.sampled_from(["P12M", "P24M"] if stages == "lock_then_delete" else ["P1M", "P12M", "P24M"]))
+    period = draw(st.sampled_from(["P12M", "P24M"] if stages.endswith("then_delete") else ["P1M", "P12M", "P24M"]))
     when = draw(st.sampled_from(["", "{column: country, equals: DE}"]))
     name = draw(st.sampled_from(["a", "b"]))
     cond = f", when: [{when}]" if when else ""
@@ -393,7 +398,7 @@ def data_maps(draw):
 
 
 days = st.one_of(st.none(), st.integers(0, 1100))
-people = st.lists(st.tuples(days, days, st.sampled_from(["DE", "FR"]), st.booleans(), st.booleans()),
+people = st.lists(st.tuples(days, days, st.sampled_from(["DE", "FR"]), st.booleans(), st.booleans(), st.booleans()),
                   min_size=1, max_size=8)
 
 
@@ -402,6 +407,8 @@ def sweep_effect(path, text: str, at: dt.datetime, ledger) -> dict[str, set]:
     engine = make_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
         subs_before = {r.id: r.restricted_at for r in conn.execute(sa.select(subscribers))}
+        plain_before = {r.id for r in conn.execute(sa.select(subscribers.c.id).where(
+            subscribers.c.anonymized_at.is_(None)))}
         mems_before = {(r.subscriber_id, r.list_id) for r in conn.execute(sa.select(memberships))}
     pol = parse_policy(text, source="p.yaml")
     store = SqlStore("mailing", pol, engine, mask_key=KEY)
@@ -409,10 +416,13 @@ def sweep_effect(path, text: str, at: dt.datetime, ledger) -> dict[str, set]:
         run_rule(pol, rid, store, ledger, RunRef("prop", rid), now=at)
     with engine.connect() as conn:
         subs_after = {r.id: r.restricted_at for r in conn.execute(sa.select(subscribers))}
+        masked = {r.id for r in conn.execute(sa.select(subscribers.c.id).where(
+            subscribers.c.anonymized_at.is_not(None)))} & plain_before
         mems_after = {(r.subscriber_id, r.list_id) for r in conn.execute(sa.select(memberships))}
     engine.dispose()
     return {"delete " + SUBS: set(subs_before) - set(subs_after), "delete " + MEMS: mems_before - mems_after,
-            "lock " + SUBS: {i for i, r in subs_after.items() if r is not None and subs_before[i] is None}}
+            "lock " + SUBS: {i for i, r in subs_after.items() if r is not None and subs_before[i] is None},
+            "anonymize " + SUBS: masked}
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -420,7 +430,7 @@ def sweep_effect(path, text: str, at: dt.datetime, ledger) -> dict[str, set]:
     st.integers(1, 8), st.integers(1, 3), st.one_of(st.none(), st.integers(0, 90))), max_size=10))
 def test_the_diff_is_the_difference_of_what_the_two_sweeps_do(old_text, new_text, rows, member_of):
     """Any two data maps of this shape, any data: per action, horizon and collection, the diff's counts are the
-    differences of the record sets that a real sweep under each map deletes and locks at that moment."""
+    differences of the record sets that a real sweep under each map deletes, locks and anonymizes then."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -431,10 +441,11 @@ def test_the_diff_is_the_difference_of_what_the_two_sweeps_do(old_text, new_text
         md.create_all(engine)
         with engine.begin() as conn:
             conn.execute(subscribers.insert(), [
-                {"id": i + 1, "email": None, "subscribed_at": ago(40), "country": country, "legal_hold": held,
+                {"id": i + 1, "email": f"p{i}@example.org", "subscribed_at": ago(40), "country": country,
+                 "legal_hold": held, "anonymized_at": ago(0, -2) if masked else None,
                  "last_open_at": None if o is None else ago(0, -o), "last_click_at": None if c is None else ago(0, -c),
                  "restricted_at": ago(0, -1) if locked else None, "restriction_reason": "x" if locked else None}
-                for i, (o, c, country, held, locked) in enumerate(rows)])
+                for i, (o, c, country, held, locked, masked) in enumerate(rows)])
             mems = {(s, ls): left for s, ls, left in member_of if s <= len(rows)}
             if mems:
                 conn.execute(memberships.insert(), [

@@ -199,6 +199,21 @@ def stores(db_url):
     engine.dispose()
 
 
+def test_in_one_database_only_counts_leave_it(stores):
+    """Both maps on one database: each statement the diff sends is one aggregate (no key, no row comes back)."""
+    old, new, (s_old, s_new) = stores(BASE, policy_yaml(rule(start=EARLIEST)))
+    for store in (s_old, s_new):  # reflection (catalogue queries) first, as any store use does
+        store.table("subscribers")
+    sent: list[str] = []
+    sa.event.listen(s_new.engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    sa.event.listen(s_old.engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    diff = diff_records(old, new, lambda _s: s_old, lambda _s: s_new, NOW)
+    assert diff["gate"] == 5
+    queries = [q for q in sent if q.lstrip().upper().startswith("SELECT")]
+    assert len(queries) == 4  # two collections, two horizons
+    assert all(q.lstrip().upper().startswith("SELECT SUM(CASE WHEN") for q in queries), queries[0][:80]
+
+
 def test_the_hand_made_sets_are_what_the_cases_say():
     """The expectations themselves, spelled out for the case of issue 22 (latest -> earliest)."""
     assert expected("latest_to_earliest") == {

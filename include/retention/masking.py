@@ -27,6 +27,10 @@ class Strategy:
     def python(self, raw: Any, value: str | None, key: bytes) -> Any:
         raise NotImplementedError
 
+    def remains(self, value: str | None) -> str:
+        """What is left of a masked value (the deletion concept states it per column)."""
+        return f"not stated by the strategy {self.name!r}"
+
 
 class NullStrategy(Strategy):
     """Replace the value with NULL."""
@@ -36,6 +40,9 @@ class NullStrategy(Strategy):
     def sql(self, column, value):
         return sa.null()
 
+    def remains(self, value):
+        return "nothing remains (NULL)"
+
 
 class RedactStrategy(Strategy):
     """Replace the value with a fixed text (``value``, default ``[redacted]``)."""
@@ -44,6 +51,9 @@ class RedactStrategy(Strategy):
 
     def sql(self, column, value):
         return sa.literal(value if value is not None else "[redacted]")
+
+    def remains(self, value):
+        return "nothing remains (a fixed text)"
 
 
 class HmacStrategy(Strategy):
@@ -56,6 +66,9 @@ class HmacStrategy(Strategy):
         if raw is None:
             return None
         return keyed_digest(key, str(raw))
+
+    def remains(self, value):
+        return "keyed digest (HMAC-SHA256): pseudonymous, not anonymous (linkable while the key exists)"
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (NullStrategy(), RedactStrategy(), HmacStrategy())}
@@ -207,6 +220,10 @@ class TruncateIpStrategy(Strategy):
 
     def text(self, line: str, value: str | None) -> str:
         return truncate_ips(line, parse_ip_prefixes(value))
+
+    def remains(self, value):
+        p4, p6 = parse_ip_prefixes(value)
+        return f"/{p4} (IPv4) and /{p6} (IPv6) network prefix kept: pseudonymous, not anonymous"
 
 
 STRATEGIES[TruncateIpStrategy.name] = TruncateIpStrategy()

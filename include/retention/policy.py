@@ -281,6 +281,46 @@ class Start(_Model):
         return text + (f" (else {self.fallback})" if self.fallback else "")
 
 
+# The events a storage period may count from (``start_event:`` on a rule), each with the DIN 66398 / ISO/IEC 27555
+# start event (Startzeitpunkt) it belongs to: collection, end of process, end of relationship. The deletion concept
+# builds its deletion classes from them (docs/adr/0009-deletion-concept.md).
+START_EVENTS: dict[str, tuple[str, str]] = {
+    "collection": ("collection", "collection of the data"),
+    "object_upload": ("collection", "upload of the object"),
+    "last_contact": ("end_of_process", "last contact with the person"),
+    "last_activity": ("end_of_process", "last activity of the person"),
+    "end_of_process": ("end_of_process", "end of the process (closed, answered, decided)"),
+    "unsubscribe": ("end_of_relationship", "unsubscribe or consent withdrawn"),
+    "end_of_contract": ("end_of_relationship", "end of the contract"),
+    "account_closed": ("end_of_relationship", "account closed"),
+    "no_longer_referenced": ("end_of_relationship", "nothing refers to the record any more"),
+}
+
+
+class StartEvent(_Model):
+    """What a rule's period counts from, by name (``START_EVENTS``), with an optional description of the data
+    map's own: ``start_event: last_contact`` or ``{event: last_contact, description: "..."}``."""
+
+    event: str
+    description: str | None = None
+
+    @field_validator("event")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in START_EVENTS:
+            raise ValueError(f"unknown start event {_short(value)!r}; known: {', '.join(START_EVENTS)}")
+        return value
+
+    @property
+    def din_event(self) -> str:
+        """The DIN 66398 start event: ``collection``, ``end_of_process`` or ``end_of_relationship``."""
+        return START_EVENTS[self.event][0]
+
+    @property
+    def words(self) -> str:
+        return self.description or START_EVENTS[self.event][1]
+
+
 class Rule(_Model):
     """A retention rule: for rows matching ``when``, the lifecycle ``stages`` counted from ``start``.
 
@@ -301,11 +341,27 @@ class Rule(_Model):
     # Identity kinds whose keyed digests go on the suppression list when this rule deletes a row (an
     # unsubscribe: the address must not come back); a stage's own ``suppress`` overrides it.
     suppress: list[str] = Field(default_factory=list)
+    # The event the start column records (``START_EVENTS``): the deletion concept's start event.
+    start_event: StartEvent | None = None
 
     @field_validator("start", mode="before")
     @classmethod
     def _start_shorthand(cls, value: Any) -> Any:
         return {"column": value} if isinstance(value, str) else value
+
+    @field_validator("start_event", mode="before")
+    @classmethod
+    def _start_event_shorthand(cls, value: Any) -> Any:
+        return {"event": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _start_event_fits(self) -> Rule:
+        event = self.start_event.event if self.start_event else None
+        if event == "no_longer_referenced" and self.start.orphaned is None:
+            raise ValueError("start_event 'no_longer_referenced' needs 'start: {orphaned: ...}'")
+        if event == "object_upload" and "last_modified" not in (self.start.basis, self.start.orphaned):
+            raise ValueError("start_event 'object_upload' needs an S3 start counted from 'last_modified'")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -578,12 +634,46 @@ class Collection(_Model):
     erasure_mask: dict[str, Mask] = Field(default_factory=dict)
 
 
+class Backups(_Model):
+    """How long copies of a system's data live in its backups (DIN 66398: the one exception to the standard
+    deletion period), where they are, and what a restore does before the restored copy is used: ``replay`` the
+    completed erasures (``cli replay <system>``; a system holding identities) or, for a system without
+    identities (objects owned by rows), let the ``sweep``'s rules remove what is past its period or unreferenced."""
+
+    retention: str
+    where: str = Field(min_length=1)  # what an auditor looks for: the dumps, the replica, their place
+    restore: Literal["replay", "sweep"] = "replay"
+
+    @field_validator("retention")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def period(self) -> relativedelta:
+        return parse_duration(self.retention)
+
+
 class System(_Model):
     kind: Literal["sql", "s3"]
     connection: str
     collections: dict[str, Collection]
     # Recipients of every collection's data in this system (names from ``recipients:``), told as above.
     notify: list[str] = Field(default_factory=list)
+    # Copies of this system's data in backups: how long, where, and the restore procedure.
+    backups: Backups | None = None
+
+    @model_validator(mode="after")
+    def _restore_fits(self) -> System:
+        identities = any(coll.identities for coll in self.collections.values())
+        if self.backups is not None and self.backups.restore == "replay" and not identities:
+            raise ValueError("backups.restore: 'replay' re-applies erasures to collections with identities and "
+                             "this system has none; write 'restore: sweep'")
+        if self.backups is not None and self.backups.restore == "sweep" and identities:
+            raise ValueError("backups.restore: this system holds identities: a restored copy must have the "
+                             "completed erasures replayed first ('restore: replay')")
+        return self
 
 
 class Defaults(_Model):
@@ -649,7 +739,7 @@ class Policy(_Model):
             for s, system in self.systems.items()
             for c, coll in system.collections.items()
             for reference in coll.references
-            if reference.to == ref and reference.column and system.kind == "sql"
+            if reference.to == ref and reference.source_columns() and system.kind == "sql"
             and self.system_of(ref).kind == "sql"
         ]
 
@@ -912,6 +1002,8 @@ def _cross_check(policy: Policy):
                 if policy.systems[target_sys].kind == "s3":
                     if system.kind != "sql":
                         yield where, "only SQL collections can reference S3 objects"
+                    if ref.composite or ref.to_columns:
+                        yield f"{where}.columns", "a reference to S3 objects names one 'column' or a 'key_template'"
                     if ref.key_template:
                         for field in _template_fields(ref.key_template):
                             if field not in coll.columns:
@@ -922,14 +1014,7 @@ def _cross_check(policy: Policy):
                             yield f"{where}.key_template", (
                                 f"the key template must start with {ref.to}'s prefix {target_prefix!r}")
                     continue
-                if ref.column is None:
-                    yield f"{where}.column", "a reference between tables needs 'column'"
-                if ref.to_column and ref.to_column not in target.columns:
-                    yield f"{where}.to_column", f"unknown column {ref.to_column!r} of {ref.to}"
-                if not ref.to_column and len(target.key_columns()) > 1:
-                    yield f"{where}.to_column", (f"{ref.to} has a composite primary key "
-                                                 f"({', '.join(target.key_columns())}); a reference holds one "
-                                                 "column: name the referenced column with 'to_column'")
+                yield from _check_reference_columns(where, coll, ref, target)
                 has_delete = any(st.action == "delete" for r in target.rules for st in r.stages)
                 if ref.on_delete is None and (has_delete or target.erasure == "delete"):
                     yield f"{where}.on_delete", (
@@ -948,6 +1033,35 @@ def _cross_check(policy: Policy):
         across = " across databases" if len(systems) > 1 else ""
         yield (f"systems.{s}.collections.{c}.references[{i}].to",
                f"reference cycle{across}: {' -> '.join(cycle)} (a delete could never take children first)")
+
+
+def _check_reference_columns(where: str, coll: Collection, ref: Reference, target: Collection):
+    """A reference between tables: its columns pair up with named columns of the target (or the target's primary
+    key), and ``nullify`` can clear them. Whether the target's columns are unique there is the database's to say
+    when they are not the declared primary key (``SqlStore.check`` reflects its unique constraints and indexes)."""
+    src = ref.source_columns()
+    if not src:
+        yield f"{where}.column", "a reference between tables needs 'column' (or 'columns')"
+        return
+    named = [(f"{where}.to_columns[{j}]", c) for j, c in enumerate(ref.to_columns)] if ref.to_columns else (
+        [(f"{where}.to_column", ref.to_column)] if ref.to_column else [])
+    for at, name in named:
+        if name not in target.columns:
+            yield at, f"unknown column {name!r} of {ref.to} (columns: {', '.join(target.columns)})"
+    key = target.key_columns()
+    if not named and len(key) != len(src):
+        if len(src) == 1:
+            yield f"{where}.to_column", (f"{ref.to} has a composite primary key ({', '.join(key)}); a reference of "
+                                         "one column names the referenced column with 'to_column' (unique there), "
+                                         "or gives 'columns' and 'to_columns' of as many")
+        else:
+            yield f"{where}.to_columns", (f"{ref.to}'s primary key has {len(key)} column(s) ({', '.join(key)}) and "
+                                          f"'columns' {len(src)}: name the referenced columns with 'to_columns'")
+    if ref.on_delete == "nullify":
+        in_key = [c for c in src if c in coll.key_columns()]
+        if in_key:
+            yield f"{where}.on_delete", (f"'nullify' would clear column(s) {', '.join(in_key)} of the primary key: "
+                                         "use 'on_delete: delete'")
 
 
 def _check_consent_and_exports(policy: Policy):
@@ -1097,7 +1211,11 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
         if kind not in coll.identities:
             yield f"{base}.suppress_on_delete", f"{kind!r} is not among the collection's identities"
     for i, ref in enumerate(coll.references):
-        yield from col(f"{base}.references[{i}].column", ref.column)
+        if ref.composite:
+            for j, name in enumerate(ref.columns):
+                yield from col(f"{base}.references[{i}].columns[{j}]", name)
+        else:
+            yield from col(f"{base}.references[{i}].column", ref.column)
     if coll.lock:
         yield from col(f"{base}.lock.at", coll.lock.at)
         yield from col(f"{base}.lock.reason", coll.lock.reason)
@@ -1185,7 +1303,7 @@ def _check_orphaned(policy: Policy, s_name: str, c_name: str):
             if o_sys != s_name:
                 yield where, (f"{owner} (another database) refers to {ref}: 'orphaned' checks references in the "
                               "statement that deletes, so they must be tables of the same database")
-            elif reference.column is None:
+            elif not reference.source_columns():
                 yield where, f"{owner} refers to {ref} without a 'column'"
 
 

@@ -16,6 +16,8 @@ from typing import Any
 # What ``record()`` counts into a ledger entry's ``count`` (include/retention/airflow/erasure_tasks.py).
 COUNTED = ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent")
 PROOF_FORMAT = "retention-receipt-proof/1"
+# What leaves or changes a record in a system, so that the copies in its backups differ from it.
+CHANGED = ("deleted", "with_parent", "anonymized", "masked")
 
 
 def _iso(value: Any) -> str | None:
@@ -46,10 +48,116 @@ def ledger_proofs(ledger: Any, request_ids: list[str], mode: str, dry_run: bool
     return found
 
 
+def collection_lines(system: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per collection of one system's receipt entry, each record once: ``deleted`` (matched), ``with_parent``
+    (rows or objects that went with a deleted row: the store's real count of the cascade where it reported one,
+    ``removed_along``, else the count taken before the delete, ``deleted_with_parent``: the same records, never
+    both), ``anonymized`` / ``masked`` / ``restricted`` / ``lifted``, ``kept:<reason>`` (exceptions),
+    ``nullified`` (kept, reference cleared), ``changed_meanwhile`` (claimed, changed before the statement, left
+    alone) and, for the suppression list, ``digests``."""
+    along = dict(system.get("removed_along") or {})
+    out: dict[str, dict[str, int]] = {}
+    for ref, per in (system.get("collections") or {}).items():
+        line = out.setdefault(ref, {})
+        for key, n in per.items():
+            if key == "deleted_with_parent":
+                continue
+            name = "kept:" + key.split(":", 1)[1] if key.startswith("exception:") else key
+            line[name] = line.get(name, 0) + n
+        cascade = along.pop(ref, None)
+        cascade = cascade if cascade is not None else per.get("deleted_with_parent", 0)
+        if cascade:
+            line["with_parent"] = cascade
+    for key, n in along.items():
+        if key == "suppression_list":
+            out.setdefault(key, {})["digests"] = n
+        elif key.endswith(":nullified"):
+            line = out.setdefault(key.rsplit(":", 1)[0], {})
+            line["nullified"] = line.get("nullified", 0) + n
+        elif key.endswith(":changed_meanwhile"):
+            line = out.setdefault(key.split(":", 1)[0], {})
+            line["changed_meanwhile"] = line.get("changed_meanwhile", 0) + n
+        else:
+            line = out.setdefault(key, {})
+            line["with_parent"] = line.get("with_parent", 0) + n
+    return out
+
+
+def records_left(line: dict[str, int]) -> int:
+    """How many records of a collection left it (matched or with their parent)."""
+    return line.get("deleted", 0) + line.get("with_parent", 0)
+
+
+def line_text(line: dict[str, int]) -> str:
+    """``deleted 7 (1 matched, 6 with the rows they belong to)``, ``kept and restricted 2 (legal_hold)`` ..."""
+    parts = []
+    deleted, along = line.get("deleted", 0), line.get("with_parent", 0)
+    if deleted and along:
+        parts.append(f"deleted {deleted + along} ({deleted} matched, {along} with the rows they belong to)")
+    elif deleted:
+        parts.append(f"deleted {deleted}")
+    elif along:
+        parts.append(f"deleted {along} with the rows they belong to")
+    for key in ("anonymized", "masked", "restricted", "lifted"):
+        if line.get(key):
+            parts.append(f"{key} {line[key]}")
+    for key, n in sorted(line.items()):
+        if key.startswith("kept:"):
+            parts.append(f"kept and restricted {n} ({key[5:]})")
+    if line.get("nullified"):
+        parts.append(f"kept {line['nullified']}, reference cleared")
+    if line.get("changed_meanwhile"):
+        parts.append(f"left alone {line['changed_meanwhile']} (changed before the statement ran)")
+    if line.get("digests"):
+        parts.append(f"{line['digests']} keyed digest(s) kept, no plaintext")
+    known = {"deleted", "with_parent", "anonymized", "masked", "restricted", "lifted", "nullified",
+             "changed_meanwhile", "digests"}
+    parts += [f"{k} {n}" for k, n in sorted(line.items()) if k not in known and not k.startswith("kept:")]
+    return "; ".join(parts) or "nothing found"
+
+
+def backup_statements(policy: Any, request: dict[str, Any], systems: list[str]) -> list[dict[str, Any]]:
+    """For an erasure: per system it changed, when the copies in its backups expire (the request's
+    completion + the system's ``backups.retention``) and what a restore does; or that the data map declares
+    no backups for it."""
+    from include.retention.describe import period_text
+    from include.retention.policy import parse_duration
+
+    if policy is None or request.get("mode") != "erase" or request.get("dry_run"):
+        return []
+    completed = request.get("completed_at")
+    out = []
+    for name in systems:
+        spec = policy.systems.get(name)
+        if spec is None:
+            continue
+        backups = spec.backups
+        if backups is None:
+            out.append({"system": name, "declared": False,
+                        "statement": f"backups of {name}: not declared in the data map"})
+            continue
+        period = period_text(backups.retention)
+        if isinstance(completed, dt.datetime):
+            by = (completed + parse_duration(backups.retention)).date().isoformat()
+            when = f"expire by {by} (completion + {period})"
+        else:
+            by, when = None, f"expire {period} after the request completes"
+        restore = ("a restore replays the completed erasures before use" if backups.restore == "replay" else
+                   "a restored copy is swept by the retention rules")
+        out.append({"system": name, "declared": True, "retention": backups.retention, "expires_by": by,
+                    "restore": backups.restore,
+                    "statement": f"copies in backups of {name} ({backups.where}) {when}; {restore}"})
+    return out
+
+
 def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], expected: list[str],
-                  policy_digest: str, ledger_entries: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The receipt; ``ledger_entries`` (from ``ledger_proof``) adds each system's ledger seq and entry hash."""
+                  policy_digest: str, ledger_entries: dict[str, dict[str, Any]] | None = None,
+                  policy: Any = None) -> dict[str, Any]:
+    """The receipt; ``ledger_entries`` (from ``ledger_proof``) adds each system's ledger seq and entry hash;
+    ``policy`` (the data map) adds the backup statement of each system the erasure reached."""
     out_systems, exceptions = {}, []
+    handled = ("kept unchanged, not corrected (legal hold or a lock that is not the person's own)"
+               if request.get("mode") == "rectify" else "kept and restricted (GDPR Art. 17(3))")
     for name in expected:
         state = systems.get(name, {"status": "not started", "counts": {}})
         counts = state.get("counts") or {}
@@ -57,7 +165,7 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
             for key, n in per.items():
                 if key.startswith("exception:"):
                     exceptions.append({"system": name, "collection": coll, "reason": key.split(":", 1)[1],
-                                       "items": n, "handled_as": "kept and restricted (GDPR Art. 17(3))"})
+                                       "items": n, "handled_as": handled})
         out_systems[name] = {
             "status": state.get("status"),
             "verified": state.get("status") in ("verified", "recorded"),
@@ -68,8 +176,14 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
             # what was looked for where: a system never claims "nothing left" for what it did not search
             "searched": counts.get("searched") or {},
         }
+        out_systems[name]["records_left"] = {ref: records_left(line) for ref, line
+                                             in collection_lines(out_systems[name]).items() if records_left(line)}
         if ledger_entries is not None:
             out_systems[name]["ledger"] = ledger_entries.get(name)
+    # the systems whose data the request deleted or masked (objects removed along included): their backups matter
+    changed = {ref.partition(".")[0] for s in out_systems.values() for ref, line in collection_lines(s).items()
+               if any(line.get(k) for k in CHANGED)}
+    reached = [name for name in expected if name in changed] + sorted(changed - set(expected))
     all_verified = all(s["verified"] for s in out_systems.values())
     receipt = {
         "request_id": request["request_id"],
@@ -82,6 +196,7 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
         "policy_digest": policy_digest,
         "systems": out_systems,
         "exceptions": exceptions,
+        "backups": backup_statements(policy, request, reached),
         "verification": ("every system re-scanned: nothing of the subject left except the exceptions listed"
                          if all_verified and not request["dry_run"] else
                          "dry run: nothing was changed" if request["dry_run"] else
@@ -103,21 +218,18 @@ def render_markdown(receipt: dict[str, Any]) -> str:
         f"- policy digest: `{receipt['policy_digest'][:16]}`",
         f"- verification: {receipt['verification']}",
         "",
-        "| system | status | collection | counts |",
+        "| system | status | collection | records |",
         "|---|---|---|---|",
     ]
-    for name, system in receipt["systems"].items():
-        colls = system["collections"] or {"-": {}}
-        for coll, counts in colls.items():
-            text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing found"
-            lines.append(f"| {name} | {system['status']} | {coll} | {text} |")
-        for target, n in (system.get("removed_along") or {}).items():
-            what = "digests kept (suppression)" if target == "suppression_list" else "removed with their rows"
-            lines.append(f"| {name} | {system['status']} | {target} | {what} {n} |")
+    for name, system in receipt["systems"].items():  # one line per collection: each record counted once
+        for coll, line in (collection_lines(system) or {"-": {}}).items():
+            lines.append(f"| {name} | {system['status']} | {coll} | {line_text(line)} |")
     if receipt["exceptions"]:
-        lines += ["", "## Exceptions (kept, restricted)", ""]
+        lines += ["", "## Exceptions (kept" + ("" if receipt.get("mode") == "rectify" else ", restricted") + ")", ""]
         lines += [f"- {e['system']} / {e['collection']}: {e['items']} item(s), {e['reason']}, {e['handled_as']}"
                   for e in receipt["exceptions"]]
+    if receipt.get("backups"):
+        lines += ["", "## Backups", ""] + [f"- {b['statement']}" for b in receipt["backups"]]
     proofs = [(name, system["ledger"]) for name, system in receipt["systems"].items() if system.get("ledger")]
     if proofs:
         lines += ["", "## Ledger entries", ""]

@@ -271,7 +271,7 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
         details = ctx.registry.details_many(request_ids)
         for rid in request_ids:
             receipt = build_receipt(reqs[rid], states.get(rid, {}), expected_systems, ctx.policy.digest,
-                                    ledger_entries=proofs.get(rid, {}))
+                                    ledger_entries=proofs.get(rid, {}), policy=ctx.policy)
             identity_check.add_to_receipt(receipt, reqs[rid], details.get(rid, {}))  # decision, never the reason
             receipt["recipients"] = recipients_in_receipt(recipients.get(rid, {}))
             receipts[rid] = receipt

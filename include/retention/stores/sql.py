@@ -27,7 +27,7 @@ from include.retention import keytemplate
 from include.retention.connections import make_engine
 from include.retention.errors import RetentionError, SchemaMismatch
 from include.retention.masking import STRATEGIES
-from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
+from include.retention.policy import Collection, Condition, Policy, Reference, Rule, Stage, cutoff, referrers
 from include.retention.stores.base import (
     DeferredOutcomes,
     Recorder,
@@ -39,7 +39,17 @@ from include.retention.stores.base import (
     flush_record,
 )
 from include.retention.stores.sql_cascade import SqlCascade
-from include.retention.stores.sql_keys import after, has_row_values, key_in, key_of, key_text, upto
+from include.retention.stores.sql_keys import (
+    after,
+    cols_eq,
+    cols_in,
+    has_row_values,
+    key_in,
+    key_of,
+    key_text,
+    upto,
+    value_of,
+)
 from include.retention.stores.sql_orphans import SqlOrphans
 from include.retention.stores.sql_subjects import SqlSubjects
 
@@ -108,6 +118,17 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
     def coll(self, name: str) -> Collection:
         return self.policy.systems[self.name].collections[name]
 
+    def target_cols(self, name: str, ref: Reference, t: sa.Table | None = None) -> list[sa.Column]:
+        """The columns of this collection's table ``t`` that ``ref`` (a child's reference to it) points at, paired
+        in order with the child's ``ref.source_columns()``: its ``to_columns`` / ``to_column``, else the key."""
+        t = t if t is not None else self.table(name)
+        return [t.c[c] for c in ref.target_columns(self.coll(name))]
+
+    @staticmethod
+    def source_cols(child: sa.Table, ref: Reference) -> list[sa.Column]:
+        """The child table's referencing columns of ``ref`` (one, or several), in order."""
+        return [child.c[c] for c in ref.source_columns()]
+
     def table(self, name: str) -> sa.Table:
         """The collection's table, reflected once (real column types make binds portable).
 
@@ -165,7 +186,70 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             problem = self._check_start(rule, t, f"{base}.rules[{r}].start")
             if problem:
                 raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
+        problem = self._check_references(collection_name)
+        if problem:
+            raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
         self._checked.add(collection_name)
+        for child_ref, _ref in self.policy.children(self.ref(collection_name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name and self.stores is not None:  # its nullify columns, as reflected there
+                self.stores(c_sys).check(c_name)
+
+    def _check_references(self, name: str) -> str | None:
+        """References between tables of this database, as its catalogue reports them (ADR 0012):
+
+        - a reference points at columns unique in the target: its declared primary key, or columns the database
+          reports a primary key, unique constraint or (not partial) unique index on, covering them; else a child
+          would belong to every parent with the same value (two tenants' customers sharing a ``customer_id``);
+        - ``nullify`` clears columns that can hold NULL.
+
+        Checked for the references to this collection (from any database: the target's catalogue is here) and
+        for this collection's own, and those of its children in this database (a delete here nullifies them)."""
+        coll = self.coll(name)
+        for owner, ref in referrers(self.policy, self.ref(name)):
+            if ref.source_columns() and self.policy.system_of(owner).kind == "sql":
+                problem = self._unique_problem(owner, ref, name)
+                if problem:
+                    return problem
+        for ref in coll.references:
+            to_sys, _, to_name = ref.to.partition(".")
+            if not ref.source_columns() or self.policy.systems[to_sys].kind != "sql":
+                continue
+            if to_sys == self.name:
+                problem = self._unique_problem(self.ref(name), ref, to_name)
+                if problem:
+                    return problem
+        for owner in [self.ref(name)] + [c for c, _ in self.policy.children(self.ref(name))]:
+            o_sys, _, o_name = owner.partition(".")
+            if o_sys != self.name:
+                continue
+            t = self.table(o_name)
+            for i, ref in enumerate(self.coll(o_name).references):
+                if ref.on_delete != "nullify" or not ref.source_columns():
+                    continue
+                not_null = [c for c in ref.source_columns() if c in t.c and not t.c[c].nullable]
+                if not_null:
+                    return (f"systems.{o_sys}.collections.{o_name}.references[{i}].on_delete: 'nullify' would "
+                            f"clear column(s) {', '.join(not_null)} of table {t.name}, which the database declares "
+                            "NOT NULL: use 'on_delete: delete' (or let the column(s) hold NULL)")
+        return None
+
+    def _unique_problem(self, owner: str, ref: Reference, target: str) -> str | None:
+        """The problem of ``owner``'s reference ``ref`` when the columns it points at in this database's
+        collection ``target`` are not unique there (``_check_references``), else None."""
+        t, coll = self.table(target), self.coll(target)
+        cols = ref.target_columns(coll)
+        if not all(c in t.c for c in cols) or _unique_on(t, cols, coll.key_columns()):
+            return None  # a missing column is the declared-columns check's to report
+        o_sys, _, o_name = owner.partition(".")
+        i = self.policy.collection(owner).references.index(ref)
+        field = ("to_columns" if ref.to_columns else "to_column" if ref.to_column
+                 else "columns" if ref.composite else "column")
+        return (f"systems.{o_sys}.collections.{o_name}.references[{i}].{field}: column(s) {', '.join(cols)} of "
+                f"{ref.to} (table {t.name}) are not unique there: neither its primary key nor a unique constraint or "
+                f"unique index the database reports; a row of {owner} would belong to every {ref.to} row holding "
+                "the same value(s) (name columns a primary key or unique constraint covers, e.g. all the columns of "
+                "a tenant's key)")
 
     @staticmethod
     def _check_start(rule: Rule, t: sa.Table, where: str) -> str | None:
@@ -240,8 +324,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name).alias(f"held_{depth}_{c_name}")
-            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
-            link = child.c[ref.column] == parent_col
+            link = cols_eq(self.source_cols(child, ref), self.target_cols(name, ref, t))  # every pair equal
             inner = [self.held(c_name, child, now)] if self.coll(c_name).legal_hold else []
             inner += self._held_dependents(c_name, child, depth + 1, now)
             if inner:
@@ -363,10 +446,9 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name)
-            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
-            going = sa.select(parent_col).where(self.eligible(name, rule, stage, now, t))
+            going = sa.select(*self.target_cols(name, ref, t)).where(self.eligible(name, rule, stage, now, t))
             n = conn.execute(sa.select(sa.func.count()).select_from(child)
-                             .where(child.c[ref.column].in_(going))).scalar() or 0
+                             .where(cols_in(self.source_cols(child, ref), going))).scalar() or 0
             total = conn.execute(sa.select(sa.func.count()).select_from(child)).scalar() or 0
             out[child_ref] = (int(n), int(total))
         going = sa.select(*self.key_cols(name, t)).where(self.eligible(name, rule, stage, now, t))
@@ -884,21 +966,25 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         for child_ref, ref in self.policy.children(self.ref(name)):
             c_name = child_ref.partition(".")[2]
             child = self.table(c_name)
-            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
-            if keys is not None and parent_col.primary_key and len(self.key_cols(name, t)) == 1:
-                mine = _any(child.c[ref.column], keys, parent_col.type)
+            parent_cols, child_cols = self.target_cols(name, ref, t), self.source_cols(child, ref)
+            set_ = sa.and_(*(c.is_not(None) for c in parent_cols))
+            if keys is not None and len(parent_cols) == 1 and parent_cols[0].primary_key and len(
+                    self.key_cols(name, t)) == 1:
+                mine = _any(child_cols[0], keys, parent_cols[0].type)
             elif conn.dialect.name == "mysql":
                 # a join with the batch's values as a derived table (``DELETE FROM child USING child, (SELECT DISTINCT
                 # ...) AS b WHERE child.fk = b.k``: the index on the referencing column serves it): MariaDB before 11.1
                 # runs a single-table ``DELETE ... IN (SELECT ...)`` as a dependent subquery per child row, a scan of
                 # the child table per batch. DISTINCT keeps the derived table materialized (merged, the predicate's
                 # tests on held children would name the table being deleted from: error 1093).
-                batch = sa.select(parent_col.label("k")).where(rows, parent_col.is_not(None)).distinct().subquery()
-                mine = child.c[ref.column] == batch.c.k
+                labels = ["k"] if len(parent_cols) == 1 else [f"k{i}" for i in range(len(parent_cols))]
+                batch = (sa.select(*(c.label(k) for c, k in zip(parent_cols, labels, strict=True))).where(rows, set_)
+                         .distinct().subquery())
+                mine = cols_eq(child_cols, [batch.c[k] for k in labels])
             else:
-                mine = child.c[ref.column].in_(sa.select(parent_col).where(rows, parent_col.is_not(None)))
+                mine = cols_in(child_cols, sa.select(*parent_cols).where(rows, set_))
             if ref.on_delete == "nullify":
-                n = conn.execute(child.update().where(mine).values({ref.column: None})).rowcount
+                n = conn.execute(child.update().where(mine).values(_cleared(ref))).rowcount
                 cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
                 continue
             self._delete_dependents(conn, c_name, child, mine, cascaded)
@@ -919,29 +1005,31 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             c_sys, _, c_name = child_ref.partition(".")
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
-            fk = self.table(c_name).c[ref.column]
+            fks = self.source_cols(self.table(c_name), ref)
             owners: dict[Any, list[Any]] = {}
             for key, value in self._referenced(conn, name, ref, keys):
                 owners.setdefault(value, []).append(key)
             values = list(owners)
             for i in range(0, len(values), 500):
-                for parent, n in conn.execute(sa.select(fk, sa.func.count()).where(fk.in_(values[i:i + 500]))
-                                              .group_by(fk)):
-                    for key in owners.get(parent, []):
+                for *parent, n in conn.execute(sa.select(*fks, sa.func.count()).where(key_in(fks, values[i:i + 500]))
+                                               .group_by(*fks)):
+                    for key in owners.get(key_of(parent), []):
                         out.setdefault(key, {})[child_ref] = n
         self._other_child_counts(conn, name, keys, out)
         return out
 
     def _referenced(self, conn, name: str, ref: Any, keys: list[Any]) -> list[tuple[Any, Any]]:
-        """(key, the value a child's ``ref.column`` holds for that row) for the rows of ``keys``: the key itself,
-        or the row's ``to_column`` (rows where it is NULL have no children)."""
+        """(key, the value a child's ``ref`` columns hold for that row) for the rows of ``keys``: the key itself,
+        or the row's referenced columns (one value, or a tuple for a reference of several columns; rows where any
+        of them is NULL have no children)."""
         coll, t = self.coll(name), self.table(name)
-        target = ref.to_column or coll.key_columns()[0]
-        if [target] == coll.key_columns():
+        target = self.target_cols(name, ref, t)
+        if [c.name for c in target] == coll.key_columns():
             return [(k, k) for k in keys]
         pk = self.key_cols(name, t)
-        rows = conn.execute(sa.select(*pk, t.c[target]).where(key_in(pk, keys)))
-        return [(key_of(r[:-1]), r[-1]) for r in rows if r[-1] is not None]
+        n = len(pk)
+        rows = conn.execute(sa.select(*pk, *target).where(key_in(pk, keys)))
+        return [(key_of(r[:n]), v) for r in rows if (v := value_of(r[n:])) is not None]
 
     def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int],
                      guard: Any | None = None, suppress: list[str] | None = None) -> int:
@@ -967,14 +1055,13 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                 continue
             child = self.table(c_name)
             parent_vals = sorted({v for _, v in self._referenced(conn, name, ref, keys)})
-            fk = child.c[ref.column]
+            mine = key_in(self.source_cols(child, ref), parent_vals)  # all of a reference's columns, pairwise
             if ref.on_delete == "nullify":
-                n = conn.execute(child.update().where(fk.in_(parent_vals)).values({ref.column: None})).rowcount
+                n = conn.execute(child.update().where(mine).values(_cleared(ref))).rowcount
                 cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
             else:
                 child_pk = self.key_cols(c_name, child)
-                child_keys = [key_of(r) for r in conn.execute(sa.select(*child_pk).where(fk.in_(parent_vals))
-                                                              .with_for_update())]
+                child_keys = [key_of(r) for r in conn.execute(sa.select(*child_pk).where(mine).with_for_update())]
                 if child_keys:
                     n = self._delete_keys(conn, c_name, child_keys, cascaded)
                     cascaded[child_ref] = cascaded.get(child_ref, 0) + n
@@ -1025,12 +1112,31 @@ def _reflect_tables(engine: sa.Engine, names: list[str]) -> dict[str, sa.Table]:
             t.append_constraint(sa.PrimaryKeyConstraint(*pk["constrained_columns"], name=pk.get("name")))
         for ix in indexes.get(key) or []:  # on columns only: an expression index leads with no column
             if ix["column_names"] and all(c is not None and c in t.c for c in ix["column_names"]):
-                sa.Index(ix["name"], *(t.c[c] for c in ix["column_names"]), unique=bool(ix.get("unique")))
+                # a partial unique index (``... WHERE``) says nothing of the rows outside it (``_unique_on``)
+                partial = any(k.endswith("_where") and v is not None
+                              for k, v in (ix.get("dialect_options") or {}).items())
+                sa.Index(ix["name"], *(t.c[c] for c in ix["column_names"]), unique=bool(ix.get("unique")),
+                         info={"partial": partial})
         for uq in uniques.get(key) or []:
             if uq["column_names"] and all(c in t.c for c in uq["column_names"]):
                 t.append_constraint(sa.UniqueConstraint(*uq["column_names"], name=uq.get("name")))
         out[table_name] = t
     return out
+
+
+def _unique_on(t: sa.Table, cols: list[str], declared_key: list[str]) -> bool:
+    """Whether no two rows of ``t`` can hold the same values in ``cols`` (none of them NULL): ``cols`` cover the
+    declared primary key, or the primary key, a unique constraint or a unique index (not a partial one) the
+    database reports."""
+    wanted = set(cols)
+    sets = [set(declared_key), {c.name for c in t.primary_key.columns}]
+    sets += [{c.name for c in uq.columns} for uq in t.constraints if isinstance(uq, sa.UniqueConstraint)]
+    for ix in t.indexes:
+        partial = ix.info.get("partial", False) or any(
+            k.endswith("_where") and v is not None for k, v in ix.dialect_kwargs.items())
+        if ix.unique and not partial and all(isinstance(e, sa.Column) for e in ix.expressions):
+            sets.append({c.name for c in ix.columns})
+    return any(s and s <= wanted for s in sets)
 
 
 def _reads_other_tables(where: Any) -> bool:
@@ -1138,6 +1244,11 @@ class _BatchSizer:
             return
         wanted = int(self.size * BATCH_SECONDS / max(seconds, 1e-4))
         self.size = max(self.floor, min(wanted, self.size * 8, MAX_BATCH), self.size // 4)
+
+
+def _cleared(ref: Reference) -> dict[str, None]:
+    """What ``on_delete: nullify`` writes: NULL in every column of the reference."""
+    return dict.fromkeys(ref.source_columns())
 
 
 def _template_cols(ref, coll: Collection) -> list[str]:

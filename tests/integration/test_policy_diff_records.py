@@ -487,3 +487,95 @@ def test_the_diff_is_the_difference_of_what_the_two_sweeps_do(old_text, new_text
                     want[(action, h, coll)] = pair
         got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
         assert diff["errors"] == [] and got == want
+
+
+# ---- references of several columns: accounts per tenant, contacts that go with their account ---------------------
+
+TENANTS = """\
+accounts:
+  table: t_accounts
+  primary_key: [tenant_id, id]
+  columns: [tenant_id, id, closed_at]
+  rules:
+    - {{name: closed, start: closed_at, action: delete, period: {period}}}
+"""
+TENANT_CONTACTS = """\
+contacts:
+  table: t_contacts
+  primary_key: id
+  columns: [id, tenant_id, account_id, legal_hold]
+  legal_hold: [{column: legal_hold, equals: true}]
+  references:
+    - {to: {system}.accounts, columns: [tenant_id, account_id], to_columns: [tenant_id, id], on_delete: delete}
+"""
+t_md = sa.MetaData()
+t_accounts = sa.Table("t_accounts", t_md, sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
+                      sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                      sa.Column("closed_at", sa.DateTime))
+t_contacts = sa.Table("t_contacts", t_md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                      sa.Column("tenant_id", sa.Integer), sa.Column("account_id", sa.Integer),
+                      sa.Column("legal_hold", sa.Boolean))
+# (tenant, account, closed months ago); contacts (id, tenant, account, held): 6 is tenant 3's, whose account 1 does
+# not exist (account 1 of tenants 1 and 2 is not its parent); 7 is held and keeps account (2, 1) and contact 3
+ACCOUNTS = [(1, 1, 40), (1, 2, 10), (2, 1, 10), (2, 2, 40)]
+CONTACTS = [(1, 1, 1, False), (2, 1, 2, False), (3, 2, 1, False), (4, 2, 2, False), (5, 1, 2, False),
+            (6, 3, 1, False), (7, 2, 1, True)]
+
+
+def tenant_text(period: str, contacts_system: str) -> str:
+    contacts = TENANT_CONTACTS.replace("{system}", "crm")
+    if contacts_system == "crm":
+        return policy_text(sql_system("crm", "crm_db", TENANTS.format(period=period) + contacts),
+                           defaults="{max_fraction: 1.0}")
+    return policy_text(sql_system("crm", "crm_db", TENANTS.format(period=period)),
+                       sql_system("other", "other_db", contacts), defaults="{max_fraction: 1.0}")
+
+
+def seed_tenants(accounts_engine: sa.Engine, contacts_engine: sa.Engine) -> None:
+    t_accounts.create(accounts_engine)
+    t_contacts.create(contacts_engine)
+    with accounts_engine.begin() as conn:
+        conn.execute(t_accounts.insert(), [{"tenant_id": t, "id": i, "closed_at": ago(m)} for t, i, m in ACCOUNTS])
+    with contacts_engine.begin() as conn:
+        conn.execute(t_contacts.insert(), [{"id": i, "tenant_id": t, "account_id": a, "legal_hold": h}
+                                           for i, t, a, h in CONTACTS])
+
+
+# by hand: the old map (36 months) deletes accounts (1,1) and (2,2) with contacts 1 and 4; the new one (6 months)
+# also (1,2) with contacts 2 and 5, not (2,1): its contact 7 is held (and so 3 stays with it)
+TENANT_WANT = {("delete", 0, "crm.accounts"): (1, 0), ("delete", 30, "crm.accounts"): (1, 0)}
+
+
+def test_references_of_several_columns_in_one_database(db_url):
+    engine = make_engine(db_url)
+    seed_tenants(engine, engine)
+    pair = [SqlStore("crm", parse_policy(tenant_text(p, "crm"), source=f"{p}.yaml"), engine, mask_key=KEY)
+            for p in ("P36M", "P6M")]
+    diff = diff_records(pair[0].policy, pair[1].policy, lambda _s: pair[0], lambda _s: pair[1], NOW)
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    assert diff["errors"] == []
+    assert got == {**TENANT_WANT, ("delete", 0, "crm.contacts"): (2, 0), ("delete", 30, "crm.contacts"): (2, 0)}
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kinds", [("sqlite", "mariadb"), ("postgresql", "sqlite")], ids=["sqlite-mariadb",
+                                                                                         "postgresql-sqlite"])
+def test_references_of_several_columns_across_databases(server_db, kinds):
+    from include.retention.connections import ConnInfo
+    from include.retention.runtime import Runtime
+
+    urls = {"crm": server_db(kinds[0]), "other": server_db(kinds[1])}
+    engines = {k: make_engine(u) for k, u in urls.items()}
+    seed_tenants(engines["crm"], engines["other"])
+    conns = {"crm_db": ConnInfo("sql", extra={"sqlalchemy_url": urls["crm"]}),
+             "other_db": ConnInfo("sql", extra={"sqlalchemy_url": urls["other"]})}
+    old, new = (Runtime(parse_policy(tenant_text(p, "other"), source=f"{p}.yaml"), conns.__getitem__, key=KEY)
+                for p in ("P36M", "P6M"))
+    diff = diff_records(old.policy, new.policy, old.store, new.store, NOW)
+    old.close()
+    new.close()
+    got = {(r["action"], r["horizon"], r["collection"]): (r["newly"], r["no_longer"]) for r in diff["collections"]}
+    assert diff["errors"] == []
+    assert got == {**TENANT_WANT, ("delete", 0, "other.contacts"): (2, 0), ("delete", 30, "other.contacts"): (2, 0)}
+    for e in engines.values():
+        e.dispose()

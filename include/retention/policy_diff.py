@@ -23,8 +23,8 @@ have their delete records spooled part by part, the parents a held child keeps l
 exactly in Python (``docs/adr/0019-policy-diff-by-records.md``).
 
 Output: per action, horizon and collection, newly and no longer affected counts; per horizon the distinct
-records newly affected by any action (what ``cli diff --threshold`` gates on). Counts and collection names
-only: no key, no row content.
+records newly affected by any action; and those records over all horizons (``gate``: what ``cli diff
+--threshold`` gates on). Counts and collection names only: no key, no row content.
 """
 
 from __future__ import annotations
@@ -138,6 +138,10 @@ class _Predicates:
         return sa.or_(*preds) if preds else None
 
 
+def _count(pred: Any) -> Any:
+    return sa.func.sum(sa.case((pred, 1), else_=0))
+
+
 def _yes(pred: Any | None) -> Any:
     """NULL-safe truth of a predicate (a NULL start compares NULL: not affected)."""
     return sa.false() if pred is None else sa.func.coalesce(pred, sa.false())
@@ -165,8 +169,9 @@ class _Spool:
         self.db.executemany("INSERT INTO rec VALUES (?, ?, ?, ?, ?)",
                             [(s, action, horizon, coll, _digest(coll, k)) for k in keys])
 
-    def differences(self) -> tuple[dict[tuple[str, int, str], list[int]], dict[int, int]]:
-        """(action, horizon, collection) -> [newly, no longer]; horizon -> distinct records newly affected."""
+    def differences(self) -> tuple[dict[tuple[str, int, str], list[int]], dict[int, int], int]:
+        """(action, horizon, collection) -> [newly, no longer]; horizon -> distinct records newly affected; distinct
+        records newly affected at any horizon."""
         self.db.execute("CREATE INDEX rec_i ON rec (action, horizon, coll, rec, side)")
         out: dict[tuple[str, int, str], list[int]] = {}
         one_way = ("SELECT action, horizon, coll, rec FROM rec WHERE side = ? EXCEPT "
@@ -177,7 +182,9 @@ class _Spool:
                 out.setdefault((action, horizon, coll), [0, 0])[i] = n
         anyway = dict(self.db.execute(f"SELECT horizon, COUNT(*) FROM (SELECT DISTINCT horizon, coll, rec FROM "
                                       f"({one_way})) GROUP BY horizon", (1, 0)).fetchall())
-        return out, anyway
+        (records,) = self.db.execute(f"SELECT COUNT(*) FROM (SELECT DISTINCT coll, rec FROM ({one_way}))",
+                                     (1, 0)).fetchone()
+        return out, anyway, records
 
     def close(self) -> None:
         self.db.close()
@@ -194,7 +201,8 @@ class _Diff:
         self.sides = (old, new)
         self.now, self.horizons = now, horizons
         self.counts: dict[tuple[str, int, str], list[int]] = {}  # (action, horizon, coll) -> [newly, no longer]
-        self.any_newly = dict.fromkeys(horizons, 0)
+        self.any_newly = dict.fromkeys(horizons, 0)  # horizon -> records newly affected by any action
+        self.any_records = 0  # records newly affected by any action at any horizon (the gate)
         self.errors: dict[str, str] = {}
         self.family: set[str] = set()  # SQL collections whose deletes reach across databases (``_walk``)
         self.spool = _Spool()
@@ -233,7 +241,8 @@ class _Diff:
                 self.errors[ref] = str(exc)
             except sa.exc.SQLAlchemyError as exc:  # the statement text may carry values: the class only
                 self.errors[ref] = f"{type(exc).__name__} while comparing {ref}"
-        counts, anyway = self.spool.differences()
+        counts, anyway, records = self.spool.differences()
+        self.any_records += records
         for key, pair in counts.items():
             self.counts.setdefault(key, [0, 0])
             self.counts[key][0] += pair[0]
@@ -260,29 +269,35 @@ class _Diff:
 
     # ---- SQL: the set difference in the database ---------------------------------------------------
     def _sql_in_database(self, ref: str) -> None:
+        """One aggregate over the table: per horizon and action newly / no longer, per horizon the rows newly
+        affected by any action, and the rows newly affected at any horizon."""
         store = next(s for s in reversed(self.sides) if s.has(ref)).store(ref)
         t = store.table(ref.partition(".")[2])
+        cols: list[Any] = []
+        used: list[tuple[str, int]] = []
+        per_h: dict[int, list[Any]] = {}
         for h in self.horizons:
             preds = [_Predicates(s, self.at(h)) for s in self.sides]
-            cols, used = [], []
-            anyway = []
             for action in ACTIONS:
                 old, new = (p.of(ref, action, t) for p in preds)
                 if old is None and new is None:
                     continue
                 newly = sa.and_(_yes(new), sa.not_(_yes(old)))
                 gone = sa.and_(_yes(old), sa.not_(_yes(new)))
-                cols += [sa.func.sum(sa.case((newly, 1), else_=0)), sa.func.sum(sa.case((gone, 1), else_=0))]
-                used.append(action)
-                anyway.append(newly)
-            if not used:
-                continue
-            cols.append(sa.func.sum(sa.case((sa.or_(*anyway), 1), else_=0)))
-            with store.engine.connect() as conn:
-                row = conn.execute(sa.select(*cols).select_from(t)).one()
-            for i, action in enumerate(used):
-                self.counts[(action, h, ref)] = [int(row[2 * i] or 0), int(row[2 * i + 1] or 0)]
-            self.any_newly[h] += int(row[-1] or 0)
+                cols += [_count(newly), _count(gone)]
+                used.append((action, h))
+                per_h.setdefault(h, []).append(newly)
+        if not used:
+            return
+        cols += [_count(sa.or_(*per_h[h])) for h in per_h]
+        cols.append(_count(sa.or_(*(c for h in per_h for c in per_h[h]))))
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.select(*cols).select_from(t)).one()
+        for i, (action, h) in enumerate(used):
+            self.counts[(action, h, ref)] = [int(row[2 * i] or 0), int(row[2 * i + 1] or 0)]
+        for i, h in enumerate(per_h):
+            self.any_newly[h] += int(row[2 * len(used) + i] or 0)
+        self.any_records += int(row[-1] or 0)
 
     # ---- SQL in different databases: keys streamed into the spool -------------------------------------
     def _rows(self, side: Side, ref: str, action: str, horizon: int, cols: list[str] | None = None
@@ -484,7 +499,7 @@ def diff_records(old: Policy, new: Policy, old_store_for: StoreFor, new_store_fo
             "new": {"source": new.source, "digest": new.digest}, "horizons": list(horizons),
             "collections": rows, "totals": totals,
             "newly_affected": [{"horizon": h, "records": d.any_newly[h]} for h in horizons],
-            "gate": max(d.any_newly.values(), default=0),
+            "gate": d.any_records,
             "rules": changes,
             "errors": [{"collection": c, "error": e} for c, e in d.errors.items()]}
 
@@ -525,5 +540,5 @@ def records_table(diff: dict[str, Any]) -> str:
     per_h = ", ".join(f"{n['records']} {_within(n['horizon'])}" for n in diff["newly_affected"])
     deleted = ", ".join(f"{t['newly']} {_within(t['horizon'])}" for t in diff["totals"] if t["action"] == "delete")
     lines.append(f"records newly affected (locked, anonymized or deleted; dependents and owned objects "
-                 f"included): {per_h}; newly deleted: {deleted}")
+                 f"included): {per_h}, {diff['gate']} in all; newly deleted: {deleted}")
     return "\n".join(lines)

@@ -181,6 +181,17 @@ def expected(case: str) -> dict[tuple[str, int, str], tuple[int, int]]:
     return out
 
 
+def expected_gate(case: str) -> int:
+    """Records newly deleted or locked now or at 30 days, each once (from the hand-made sets)."""
+    _, _, old_del, new_del, old_lock, new_lock = CASES[case]
+    od, nd = deleted(old_del), deleted(new_del)
+    records = set()
+    for h in (0, 30):
+        records |= {(SUBS, i) for i in (nd[h][0] - od[h][0]) | (new_lock[h] - old_lock[h])}
+        records |= {(MEMS, m) for m in nd[h][1] - od[h][1]}
+    return len(records)
+
+
 @pytest.fixture
 def stores(db_url):
     engine = make_engine(db_url)
@@ -210,7 +221,7 @@ def test_in_one_database_only_counts_leave_it(stores):
     diff = diff_records(old, new, lambda _s: s_old, lambda _s: s_new, NOW)
     assert diff["gate"] == 5
     queries = [q for q in sent if q.lstrip().upper().startswith("SELECT")]
-    assert len(queries) == 4  # two collections, two horizons
+    assert len(queries) == 2  # one per collection, both horizons in it
     assert all(q.lstrip().upper().startswith("SELECT SUM(CASE WHEN") for q in queries), queries[0][:80]
 
 
@@ -235,7 +246,7 @@ def test_newly_and_no_longer_affected_records_are_exact(stores, case):
     assert got == expected(case)
     want = {h: sum(n for (a, hh, _c), (n, _g) in expected(case).items() if hh == h) for h in (0, 30)}
     assert diff["newly_affected"] == [{"horizon": h, "records": want[h]} for h in (0, 30)]
-    assert diff["gate"] == max(want.values())
+    assert diff["gate"] == expected_gate(case)
     assert "@" not in json.dumps(diff)  # counts and collection names only
 
 
@@ -257,6 +268,7 @@ def test_maps_on_two_copies_of_the_data_compare_by_keys_in_the_spool(tmp_path, c
     assert diff["errors"] == [] and got == expected(case)
     want = {h: sum(n for (_a, hh, _c), (n, _g) in expected(case).items() if hh == h) for h in (0, 30)}
     assert diff["newly_affected"] == [{"horizon": h, "records": want[h]} for h in (0, 30)]
+    assert diff["gate"] == expected_gate(case)
     for store in pair:
         store.close()
 
@@ -300,7 +312,7 @@ def test_gate_against_threshold_below_at_and_above(db_url, capsys, monkeypatch, 
     lines = {tuple(ln.split()[:2]): ln.split()[2:] for ln in out.splitlines() if ln.startswith("mailing.")}
     assert lines[(SUBS, "delete")] == ["2", "0", "3", "0"]
     assert lines[(MEMS, "delete")] == ["2", "0", "2", "0"]
-    assert "4 now, 5 within 30 days" in out
+    assert "4 now, 5 within 30 days, 5 in all" in out
     assert ("refused" in err and "5 record(s)" in err) == (code != 0)
     assert "@" not in out + err
 

@@ -93,7 +93,7 @@ def test_period_shortened_from_6_months_to_6_days_reports_the_rows_and_fails(wor
     assert line.split() == ["crm.applicants", "delete", "4", "0", "4", "0"]
     assert "crm.applicants.recruitment_closed (shortened)" in out
     assert "records newly affected (locked, anonymized or deleted; dependents and owned objects included): " \
-           "4 now, 4 within 30 days; newly deleted: 4 now, 4 within 30 days" in out
+           "4 now, 4 within 30 days, 4 in all; newly deleted: 4 now, 4 within 30 days" in out
     assert "more than the threshold 0" in err
     assert "@" not in out + err  # counts only
 
@@ -111,7 +111,7 @@ def test_unchanged_policy_reports_zero(world, capsys):
     code, out, err = run(capsys, old, world("same.yaml", "P6M"))
     assert code == 0 and err == ""
     assert "no record is newly or no longer locked, anonymized or deleted" in out
-    assert "0 now, 0 within 30 days; newly deleted: 0 now, 0 within 30 days" in out
+    assert "0 now, 0 within 30 days, 0 in all; newly deleted: 0 now, 0 within 30 days" in out
 
 
 def test_removed_rule_is_shown_first_and_json_has_the_numbers(world, capsys):

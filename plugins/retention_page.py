@@ -462,7 +462,8 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
  (on this page load).
  {% elif v.first_broken_seq is not none %}Chain BROKEN at entry {{ v.first_broken_seq }}: {{ v.problem }}
  ({{ v.entries }} entries checked, verified at {{ v.verified_at[:19] | replace('T', ' ') }} UTC).
- {% else %}Chain not verified: {{ v.problem }}.{% endif %}</p>
+ {% else %}Chain not verified: {{ v.problem }}.{% endif %}
+ {% for w in v.warnings or [] %}Warning: {{ w }}.{% endfor %}</p>
 {% if v.unreconciled_count %}<p id="unreconciled" class="bad">{{ v.unreconciled_count }} intent(s) without
  outcome (a change that may have happened; the next run reconciles it): entries
  {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.</p>{% endif %}

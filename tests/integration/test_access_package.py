@@ -248,16 +248,13 @@ def test_to_column_grandchildren_and_the_other_database(urls, tmp_path):
 
 
 def test_composite_references(urls, tmp_path):
-    # The loader's cross-check refuses composite references until the stores' sweeps act on them (branch
-    # "composite"); Policy.model_validate is the same model without that check. Once the check accepts them this
-    # test can use parse_policy like the one above.
-    policy = Policy.model_validate(yaml.safe_load(policy_text(SHOP + ORDERS, MAIL)))
+    policy = parse_policy(policy_text(SHOP + ORDERS, MAIL), source="access.yaml")
     result, files = package(policy, urls, tmp_path)
     check(result, files, COMPOSITE_EXPECTED, COMPOSITE_HOW)
 
 
 def test_portable_format_lists_the_same_rows(urls, tmp_path):
-    policy = Policy.model_validate(yaml.safe_load(policy_text(SHOP + ORDERS, MAIL)))
+    policy = parse_policy(policy_text(SHOP + ORDERS, MAIL), source="access.yaml")
     result, files = package(policy, urls, tmp_path, fmt="portable")
     for ref, rows in COMPOSITE_EXPECTED.items():
         assert rows_of(files, ref) == rows, ref

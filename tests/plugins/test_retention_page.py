@@ -300,7 +300,12 @@ def test_status_checks_anchors(page, seeded, monkeypatch, tmp_path):
     ledger = Ledger(seeded["engine"], KEY)
     ledger.anchor(tmp_path)
     monkeypatch.setenv("RETENTION_LEDGER_ANCHORS", str(tmp_path))
-    assert "1 anchor(s) match" in _status(page.get("/").text)
+    monkeypatch.delenv("RETENTION_LEDGER_ANCHORS_DEMO", raising=False)
+    status = _status(page.get("/").text)
+    assert "1 anchor(s) match" in status  # a directory of anchors: the page says what it cannot prove
+    assert "Warning: anchors in a directory can be deleted by whoever can write to it" in status
+    monkeypatch.setenv("RETENTION_LEDGER_ANCHORS_DEMO", "1")  # make demo: the directory stands in for a bucket
+    assert "Warning" not in _status(page.get("/").text)
     with seeded["engine"].begin() as conn:  # truncate and move the head back
         last = conn.execute(sa.text("SELECT entry_hash FROM ledger_entries WHERE seq = 7")).scalar_one()
         conn.execute(sa.text("DELETE FROM ledger_entries WHERE seq > 7"))

@@ -400,10 +400,14 @@ class _Diff:
 
     # ---- S3: objects due under a rule, and objects deleted rows own ----------------------------------------
     def _unchanged_s3(self, ref: str) -> bool:
-        """The S3 collection, its rules and its connection are the same in both maps, and no rule of it looks at
-        other collections (orphaned): both maps find the same objects due, no listing needed."""
+        """The S3 collection, its rules and its connection are the same in both maps, no rule of it looks at other
+        collections (orphaned) and no row owns objects in it (an object due under its rule in both maps and owned
+        by a row only one map deletes is no difference): both maps find the same objects due, no listing needed."""
         old, new = self.sides
         if not (old.has(ref) and new.has(ref)):
+            return False
+        if any(r.to == ref for side in self.sides for owner in _sql_refs(side.policy)
+               for r in side.policy.owned_objects(owner)):
             return False
         if old.policy.system_of(ref).connection != new.policy.system_of(ref).connection:
             return False

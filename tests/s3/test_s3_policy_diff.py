@@ -39,6 +39,7 @@ cvs:
   bucket: {bucket}
   prefix: cvs/
   legal_hold: [{{column: legal-hold, equals: "true"}}]
+  rules: [{{name: stale, start: {{basis: tag, name: uploaded}}, action: delete, period: P12M}}]
 """
 CRM = """\
 applicants:
@@ -69,9 +70,9 @@ def test_objects_due_and_owned_objects_are_compared_object_by_object(s3, make_st
     for day in ("2025/05/01", "2025/06/20", "2025/10/01", "2025/12/20", "2026/05/20", "2026/06/10"):
         put(s3, PLAIN, f"logs/{day}/access.log", b"203.0.113.7 GET /")
     # CVs owned by applicant rows; 4's is under legal hold, cvs/10/ only looks like 1's
-    for key in ("cvs/1/cv.pdf", "cvs/2/cv.pdf", "cvs/2/cover.pdf", "cvs/3/cv.pdf", "cvs/5/cv.pdf", "cvs/6/cv.pdf",
-                "cvs/10/cv.pdf"):
+    for key in ("cvs/1/cv.pdf", "cvs/2/cv.pdf", "cvs/3/cv.pdf", "cvs/5/cv.pdf", "cvs/6/cv.pdf", "cvs/10/cv.pdf"):
         put(s3, PLAIN, key)
+    put(s3, PLAIN, "cvs/2/cover.pdf", Tagging="uploaded=2025-01-01")  # stale under both maps' same CV rule
     put(s3, PLAIN, "cvs/4/cv.pdf", Tagging="legal-hold=true")
     engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
     md = sa.MetaData()
@@ -98,14 +99,15 @@ def test_objects_due_and_owned_objects_are_compared_object_by_object(s3, make_st
     # 05-01, 06-20, 10-01 and anonymizes 12-20. At 30 days (07-15): old deletes 05-01, 06-20, anonymizes 10-01,
     # 12-20, 05-20, 06-10; new deletes 05-01, 06-20, 10-01, 12-20 and anonymizes 05-20, 06-10.
     # Applicants: old deletes 6 (both horizons), new 1, 2, 3, 4 and 6 (5 and 10 are open); their CVs go with
-    # them: 1's one (not cvs/10/, which only starts like it), 2's two, 3's one; 4's is held, 6's goes under both.
+    # them: 1's one (not cvs/10/, which only starts like it), 2's CV (its cover goes under both maps' same CV rule),
+    # 3's one; 4's is held, 6's goes under both.
     assert got == {
         ("anonymize", 0, "objects.access_logs"): (0, 2), ("anonymize", 30, "objects.access_logs"): (0, 2),
         ("delete", 0, "crm.applicants"): (4, 0), ("delete", 0, "objects.access_logs"): (2, 0),
-        ("delete", 0, "objects.cvs"): (4, 0),
+        ("delete", 0, "objects.cvs"): (3, 0),
         ("delete", 30, "crm.applicants"): (4, 0), ("delete", 30, "objects.access_logs"): (2, 0),
-        ("delete", 30, "objects.cvs"): (4, 0)}
-    assert diff["newly_affected"] == [{"horizon": 0, "records": 10}, {"horizon": 30, "records": 10}]
+        ("delete", 30, "objects.cvs"): (3, 0)}
+    assert diff["newly_affected"] == [{"horizon": 0, "records": 9}, {"horizon": 30, "records": 9}]
     assert diff["errors"] == []
     assert "cvs/" not in json.dumps(diff) and "logs/2" not in json.dumps(diff)  # no object key in the report
     for side in stores.values():

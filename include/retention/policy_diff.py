@@ -8,13 +8,14 @@ deleted rows own. A record is *newly affected* for an action when the new map cl
 *no longer affected* the other way round. Subtracting per-rule counts cannot say this (a rule renamed, split
 or merged, a start changed from latest to earliest: the counts cancel out or sum twice); sets can.
 
-Where both maps' records of a SQL collection live in one database, the set difference is one query there:
-per collection, horizon and action ``COUNT(new AND NOT old)`` and ``COUNT(old AND NOT new)``, each side's
+Where both maps' records of a SQL collection live in one database, the set difference is one query there per
+collection: for each horizon and action ``COUNT(new AND NOT old)`` and ``COUNT(old AND NOT new)``, each side's
 predicate built by its own store (``SqlStore.eligible``, the same predicate a sweep acts with) and the
 cascades as ``fk IN (SELECT key WHERE parent's delete predicate)``; nothing but counts leaves the database.
 Everything else (S3 objects due under a rule or owned by deleted rows, a system whose connection differs
 between the maps) is streamed a bounded batch at a time into a spool on disk (SQLite in a private temporary
-directory, keyed digests of the records, never the keys themselves) and differenced there with ``EXCEPT``.
+directory, digests of the records under a key drawn for this diff alone, never the keys themselves) and
+differenced there with ``EXCEPT``.
 Memory stays flat whatever the number of records.
 
 Deletes that reach across databases (a parent in one system whose children in another go with it, or are
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -152,14 +154,11 @@ def _url(store: Store) -> str | None:
     return engine.url.render_as_string(hide_password=False) if engine is not None else None
 
 
-def _digest(*parts: Any) -> bytes:
-    return hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()
-
-
 class _Spool:
     """Records of both sides, as digests, in a SQLite file of a private temporary directory."""
 
     def __init__(self) -> None:
+        self._key = os.urandom(32)  # this diff's alone: a digest left on disk names nothing afterwards
         self._dir = tempfile.TemporaryDirectory(prefix="retention-diff-")
         self.db = sqlite3.connect(str(Path(self._dir.name) / "records.db"))
         self.db.execute("CREATE TABLE rec (side INTEGER, action TEXT, horizon INTEGER, coll TEXT, rec BLOB)")
@@ -167,7 +166,10 @@ class _Spool:
     def add(self, side: str, action: str, horizon: int, coll: str, keys: list[Any]) -> None:
         s = SIDES.index(side)
         self.db.executemany("INSERT INTO rec VALUES (?, ?, ?, ?, ?)",
-                            [(s, action, horizon, coll, _digest(coll, k)) for k in keys])
+                            [(s, action, horizon, coll, self._digest(coll, k)) for k in keys])
+
+    def _digest(self, coll: str, key: Any) -> bytes:
+        return hashlib.blake2b(repr((coll, key)).encode(), key=self._key, digest_size=16).digest()
 
     def differences(self) -> tuple[dict[tuple[str, int, str], list[int]], dict[int, int], int]:
         """(action, horizon, collection) -> [newly, no longer]; horizon -> distinct records newly affected; distinct

@@ -222,10 +222,11 @@ DIFF_REFUSED = 3
 
 
 def cmd_diff(args) -> int:
-    """Forecast OLD and NEW against the same stores; exit 3 when NEW would newly delete more than --threshold."""
+    """Compare OLD and NEW record by record against the same stores; exit 3 when NEW would newly lock, anonymize
+    or delete more than --threshold records (now or within 30 days)."""
     import json
 
-    from include.retention.forecast import diff_policies, diff_table
+    from include.retention.policy_diff import diff_records, records_table
 
     if args.threshold < 0:
         raise RetentionError(f"--threshold: {args.threshold} is negative; give a number of records (0: none)")
@@ -233,19 +234,19 @@ def cmd_diff(args) -> int:
     now = _at(args.now)
     r_old, r_new = _store_runtime(old), _store_runtime(new)
     try:
-        diff = diff_policies(old, new, r_old.store, r_new.store, now)
+        diff = diff_records(old, new, r_old.store, r_new.store, now)
     finally:
         r_old.close()
         r_new.close()
-    print(json.dumps(diff, indent=2) if args.json else diff_table(diff))
+    print(json.dumps(diff, indent=2) if args.json else records_table(diff))
     if diff["errors"]:
-        failed = [r["rule_id"] for r in diff["rules"] if r["error"]]
-        raise RetentionError(f"{len(failed)} rule(s) could not be forecast ({', '.join(failed[:5])}): "
+        failed = [e["collection"] for e in diff["errors"]]
+        raise RetentionError(f"{len(failed)} collection(s) could not be compared ({', '.join(failed[:5])}): "
                              "the diff is incomplete")
-    worst = max(diff["newly_deleted_now"], diff["newly_deleted_within_30_days"])
-    if worst > args.threshold:
-        print(f"refused: {args.new} would newly delete {worst} record(s) within 30 days, more than the "
-              f"threshold {args.threshold}", file=sys.stderr)
+    if diff["gate"] > args.threshold:
+        print(f"refused: {args.new} would newly lock, anonymize or delete {diff['gate']} record(s) (now or within "
+              f"30 days, dependents and owned objects included), more than the threshold {args.threshold}",
+              file=sys.stderr)
         return DIFF_REFUSED
     return 0
 
@@ -452,11 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", help="policy file (default: $RETENTION_POLICY_PATH or config/policy.yaml)")
     p.add_argument("--json", action="store_true", help="JSON with the per-day series")
     p.set_defaults(func=cmd_forecast)
-    p = sub.add_parser("diff", help="what a policy change would newly lock/delete; exit 3 above --threshold")
+    p = sub.add_parser("diff", help="which records a policy change would newly lock/anonymize/delete; exit 3 above "
+                                    "--threshold")
     p.add_argument("old")
     p.add_argument("new")
     p.add_argument("--threshold", type=int, default=0,
-                   help="records the change may newly delete within 30 days before it is refused (default 0)")
+                   help="records the change may newly lock, anonymize or delete (now or within 30 days) before it "
+                        "is refused (default 0)")
     p.add_argument("--now", help="compare as of this ISO 8601 time (default: now)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)

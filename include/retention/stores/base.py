@@ -312,6 +312,17 @@ class Store(abc.ABC):
         """Delete what ``rows`` of another store's ``coll_ref`` reference here (objects a CRM row owns)."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")
 
+    # ---- the policy diff (include/retention/policy_diff.py): which items, not how many ------------------
+    def due_keys(self, collection_name: str, rule: Rule, now: dt.datetime) -> Iterator[list[tuple[str, Any]]]:
+        """(action, item key) of every item a sweep of ``rule`` at ``now`` would act on, a bounded batch at a
+        time; changes nothing. (SQL stores: the diff builds the rows' predicates itself, in the database.)"""
+        raise RetentionError(f"{self.name}: {self.kind} stores do not list the items a rule is due on")
+
+    def referenced_due(self, reference: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        """Keys of the items here that ``delete_referenced(..., reference, rows)`` would delete now (not held);
+        changes nothing."""
+        raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")
+
     # ---- subjects ---------------------------------------------------------------------------
     def subject_collections(self) -> list[str]:
         """Collections that declare identities, in the order a subject request handles them (children first)."""

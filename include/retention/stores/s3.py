@@ -737,6 +737,32 @@ class S3Store(S3Orphans, S3Subjects, Store):
                  purger.versions, len(rows), coll_ref)
         return purger.objects
 
+    def due_keys(self, collection_name: str, rule: Rule, now: dt.datetime) -> Iterator[list[tuple[str, Any]]]:
+        """(action, object key) of the objects ``plan`` at ``now`` counts as due, a listing page at a time."""
+        now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        for page in self._walk_pages(collection_name, rule, now):
+            yield [(action, obj.key) for obj, action, state in page if state == "due"]
+
+    def referenced_due(self, reference: Reference, rows: list[dict[str, Any]]) -> list[Any]:
+        """The keys ``delete_referenced`` would delete for ``rows`` (inside the prefix, not held), one listing."""
+        coll = self.coll(reference.to.partition(".")[2])
+        bucket, base = coll.bucket, self.prefix(coll)
+        now = dt.datetime.now(_UTC)
+        wanted = [(key, is_prefix) for key, is_prefix in (owned_key(reference, row) for row in rows)
+                  if key is not None and key.startswith(base)]
+        if not wanted:
+            return []
+        locked_bucket = self.bucket_info(bucket).object_lock
+        out: list[Any] = []
+        for page in self.owned_objects(bucket, OwnedKeys(wanted)):
+            holdable = [o for o in page if o.version_id or o.live]
+            if coll.legal_hold or locked_bucket:
+                self._fetch(bucket, holdable, tags=True)
+            if locked_bucket:
+                self._fetch(bucket, holdable, head=True)
+            out += [obj.key for obj in page if not self._held(bucket, coll, obj, now)]
+        return out
+
     def owned_objects(self, bucket: str, wanted: OwnedKeys) -> Iterator[list[S3Object]]:
         """The objects of ``wanted``, a page at a time, from one forward listing of their common prefix.
 

@@ -6,7 +6,7 @@
 - **rectify** (Art. 16): one identity value (e-mail, phone) replaced by a new one everywhere.
 - **withdraw** (Art. 7(3)): the data map's consent columns set; the retention rules then act as usual.
 
-Access and rectify requests wait for a person to confirm the requester's identity (Required actions,
+Access, rectify and withdraw requests wait for a person to confirm the requester's identity (Required actions,
 ``verify_identity``) unless ``RETENTION_VERIFY_IDENTITY`` leaves their type out or the intake path
 queued them as verified (include/retention/airflow/identity_check.py). After a correction, every recipient
 of the changed systems is told (GDPR Art. 19, one mapped ``send_notice`` per recipient, as after an

@@ -1,8 +1,8 @@
 """erasure_request: erase or restrict one person in every system, from the Airflow UI form or REST API.
 
 The first task moves the identities from the run's conf into the request registry
-(encrypted); every later task sees only the request id. Erasures (the types listed in
-``RETENTION_VERIFY_IDENTITY``, default ``access,rectify,erase``) first wait for a person to confirm the
+(encrypted); every later task sees only the request id. Erasures and restrictions (the types listed in
+``RETENTION_VERIFY_IDENTITY``, default every type) first wait for a person to confirm the
 requester's identity (Required actions, ``verify_identity``, with a reason); Reject changes nothing and
 closes the request as rejected (include/retention/airflow/identity_check.py). One task group per system
 discovers, acts, verifies and records; the request is complete only when all verified.

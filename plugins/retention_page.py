@@ -11,7 +11,8 @@ Writes are for the privacy role (``Privacy`` with the FAB auth manager, or ``Adm
 form or JSON). The intake stores the identity encrypted in the request registry and triggers
 ``erasure_request`` with ``{"request_id": ...}`` only, so no identity reaches Airflow's metadata DB
 (no trigger conf, no audit-log row with it); the auth manager must also allow the user to trigger
-``erasure_request``. Every form post passes an origin check (``Origin: null`` refused).
+``erasure_request`` (so it takes exactly that DAG's modes, ``erase`` and ``restrict``; any other is refused
+with a 400 naming it). Every post must come from this page's own origin (``_same_origin``).
 """
 
 from __future__ import annotations
@@ -74,33 +75,67 @@ def _with_ledger(call: Callable[..., dict[str, Any]]) -> Callable[[sa.Engine], d
     return functools.partial(call, key=ledger_key(), anchors=dashboard.anchors_location())
 
 
-def _same_origin(request: Request) -> None:
-    """Refuse a cross-site form post (the ``_token`` cookie is SameSite=Lax; this is a second check).
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    ``Origin: null`` (sandboxed frames, ``data:`` pages, some redirects) is refused like any other
-    foreign origin; without an Origin header the Referer, when present, must be ours;
-    ``Sec-Fetch-Site: cross-site`` is refused too."""
-    host = request.headers.get("host")
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an absolute http(s) URL, ports defaulted; None if it is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:  # a malformed port, brackets ...
+        return None
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a state-changing post that does not come from this page's own origin (the ``_token`` cookie is
+    SameSite=Lax; this is a second check).
+
+    The ``Origin`` header must name this origin: scheme, host and port all equal to the request's own (as the
+    server sees it: behind a proxy that ends TLS, run the API server with the proxy's forwarded headers trusted,
+    or an https page is a different scheme). Without ``Origin``, the ``Referer`` must be of this origin; without
+    either, the post is refused (a browser sends ``Origin`` on every form post and fetch). ``Origin: null``,
+    another scheme, host or port, and a ``Sec-Fetch-Site`` other than ``same-origin`` (``same-site`` is a
+    sibling subdomain, not this page) are refused.
+
+    A request that carries ``Authorization: Bearer`` (a script with a token from ``/auth/token``) is not checked:
+    Airflow's ``get_user`` then takes the user from that header alone, never from the cookie, and no other site
+    can make a browser send it."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return
+    own = _origin_of(f"{request.url.scheme}://{request.headers.get('host', '')}/")
     origin = request.headers.get("origin")
-    if origin is not None and (origin.strip().lower() == "null" or urlsplit(origin).netloc != host):
+    claimed = origin if origin is not None else request.headers.get("referer")
+    if own is None or claimed is None or _origin_of(claimed) != own:
         raise HTTPException(status_code=403, detail="cross-origin request refused")
-    referer = request.headers.get("referer")
-    if origin is None and referer and urlsplit(referer).netloc != host:
-        raise HTTPException(status_code=403, detail="cross-origin request refused")
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site.strip().lower() != "same-origin":
         raise HTTPException(status_code=403, detail="cross-origin request refused")
 
 
 def role_names(user: Any) -> set[str]:
-    """The user's role names, lower case: FAB users carry ``roles``, the simple auth manager's one ``role``."""
-    names = {getattr(r, "name", r) for r in (getattr(user, "roles", None) or ())}
-    if getattr(user, "role", None):
-        names.add(user.role)
-    return {str(n).lower() for n in names if n}
+    """The user's role names exactly as the auth manager spells them: FAB users carry ``roles`` (names are
+    case-sensitive: ``PRIVACY`` or ``admin`` is not ``Privacy`` or ``Admin``); the simple auth manager's one
+    ``role`` is named by that manager's own role list (it reads ``admin`` and ``ADMIN`` alike as its ``ADMIN``)."""
+    names = {str(getattr(r, "name", r)) for r in (getattr(user, "roles", None) or ()) if getattr(r, "name", r)}
+    role = getattr(user, "role", None)
+    if role and not getattr(user, "roles", None):
+        names.add(_simple_role(str(role)))
+    return names
+
+
+def _simple_role(role: str) -> str:
+    """The simple auth manager's role (``viewer`` ... ``admin``, read upper-cased by Airflow) as the FAB name of
+    the same rights (only its ``ADMIN`` matters here); any other text stays as it is (and matches nothing)."""
+    return "Admin" if role.upper() == "ADMIN" else role
 
 
 def may_act(user: Any) -> bool:
-    return bool(role_names(user) & {r.lower() for r in ROLES_WITH_PAGE_ACTIONS})
+    return bool(role_names(user) & set(ROLES_WITH_PAGE_ACTIONS))
 
 
 def privacy_user(user: BaseUser = Depends(get_user)) -> BaseUser:
@@ -203,6 +238,19 @@ async def _submitted(request: Request) -> tuple[dict[str, Any], bool]:
     return {k: form.get(k) for k in _FORM_FIELDS if k in form}, False
 
 
+def _check_mode(mode: str) -> None:
+    """Only the modes the triggered DAG (``erasure_request``) runs; the message names a known mode, never echoes
+    other text."""
+    from include.retention.registry import ERASURE_MODES, MODES
+
+    if mode in ERASURE_MODES:
+        return
+    if mode in MODES:
+        raise RetentionError(f"mode {mode!r} is not run by {REQUEST_DAG_ID} (it runs {', '.join(ERASURE_MODES)}); "
+                             f"{mode} requests go to access_request")
+    raise RetentionError(f"mode must be one of {', '.join(ERASURE_MODES)}")
+
+
 def _new_request(fields: dict[str, Any]):
     from include.retention.registry import Identities, NewRequest
 
@@ -213,6 +261,7 @@ def _new_request(fields: dict[str, Any]):
         value = fields.get(name)
         if name != "dry_run" and value is not None and not isinstance(value, str):
             raise RetentionError(f"{name} must be a string")
+    _check_mode(fields.get("mode") or "erase")
     dry_run = fields.get("dry_run")
     if isinstance(dry_run, str):
         dry_run = dry_run.lower() in ("1", "true", "on", "yes")
@@ -429,7 +478,8 @@ written meanwhile name them.</p>
  (on this page load).
  {% elif v.first_broken_seq is not none %}Chain BROKEN at entry {{ v.first_broken_seq }}: {{ v.problem }}
  ({{ v.entries }} entries checked, verified at {{ v.verified_at[:19] | replace('T', ' ') }} UTC).
- {% else %}Chain not verified: {{ v.problem }}.{% endif %}</p>
+ {% else %}Chain not verified: {{ v.problem }}.{% endif %}
+ {% for w in v.warnings or [] %}Warning: {{ w }}.{% endfor %}</p>
 {% if v.unreconciled_count %}<p id="unreconciled" class="bad">{{ v.unreconciled_count }} intent(s) without
  outcome (a change that may have happened; the next run reconciles it): entries
  {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.</p>{% endif %}

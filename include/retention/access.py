@@ -1,11 +1,13 @@
 """Access packages (GDPR Art. 15 and 20): one person's data from every system, as one zip.
 
-Kind-agnostic over the store interface: ``subject_collections`` / ``find`` find the person's items,
-``dependents`` adds the rows that are theirs through a parent (list memberships, campaign events),
-``read`` yields the rows in bounded batches, ``owned_keys`` / ``stream_object`` copy the S3 objects a
-row owns (CVs, attachments) byte for byte. Rows go through pandas chunk by chunk into temporary
-files and from there into a zip on disk, so memory stays bounded by one chunk whatever the number
-of rows; the zip is then uploaded in parts (``include.retention.stores.s3_writes.Upload``).
+Kind-agnostic over the store interface: ``subject_collections`` / ``find`` find the person's items
+(``owned`` tells their own rows from rows that only mention them), ``column_values`` / ``children`` add
+every row that references one of their own rows, through any reference, in any SQL system, grandchildren
+too (matched exactly in Python: ``PackageBuilder.find``), ``read`` yields the rows in bounded batches,
+``owned_keys`` / ``stream_object`` copy the S3 objects a row owns (CVs, attachments) byte for byte, under
+safe, unique entry names (``include.retention.package_names``). Rows go through pandas chunk by chunk
+into temporary files and from there into a zip on disk, so memory stays bounded by one chunk whatever
+the number of rows; the zip is then uploaded in parts (``include.retention.stores.s3_writes.Upload``).
 
 Layout (``format`` human): ``README.md``, ``manifest.json``, ``data/<system>.<collection>.csv`` and
 ``.json`` per collection, ``objects/<system>.<collection>/<key>``. ``format`` portable (Art. 20):
@@ -32,9 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.retention.describe import conditions_text
-from include.retention.policy import Collection, Policy, Rule
+from include.retention.errors import RetentionError
+from include.retention.package_names import EntryNames
+from include.retention.policy import Collection, Policy, Reference, Rule
 from include.retention.stores.base import Claims, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
+from include.retention.stores.sql_keys import key_of
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,57 @@ def describe_rule(rule: Rule) -> str:
     return f"{rule.name}: {stages}, counted from {event}{when}"
 
 
+@dataclass
+class Found:
+    """One collection's items of the person: their own (``claims``), those that only mention them
+    (key -> the fields that do), and how many were reached each way ("identity", or the reference followed)."""
+
+    claims: Claims = field(default_factory=Claims)
+    mentioned: dict[Any, set[str]] = field(default_factory=dict)
+    how: dict[str, int] = field(default_factory=dict)
+
+    def count(self, way: str, n: int) -> None:
+        self.how[way] = self.how.get(way, 0) + n
+
+
+def sql_children(policy: Policy, ref: str) -> list[tuple[str, Reference]]:
+    """SQL collections (in any SQL system) whose references point at SQL collection ``ref``: plain, ``to_column``
+    and composite references alike."""
+    if policy.system_of(ref).kind != "sql":
+        return []
+    return [(f"{s}.{c}", r) for s, system in policy.systems.items() if system.kind == "sql"
+            for c, coll in system.collections.items() for r in coll.references
+            if r.to == ref and r.source_columns()]
+
+
+def parents_first(policy: Policy) -> list[str]:
+    """Every SQL collection ref of the data map, each after every collection it references (across systems;
+    the data map has no reference cycles)."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(ref: str) -> None:
+        if ref in seen:
+            return
+        seen.add(ref)
+        for r in policy.collection(ref).references:
+            if r.to != ref and policy.system_of(r.to).kind == "sql" and r.source_columns():
+                visit(r.to)
+        order.append(ref)
+
+    for s, system in policy.systems.items():
+        if system.kind == "sql":
+            for c in system.collections:
+                visit(f"{s}.{c}")
+    return order
+
+
+def describe_reference(child_ref: str, reference: Reference, parent_ref: str, target_columns: list[str]) -> str:
+    """How a child was reached, for the manifest: ``crm.orders (customer_id) -> crm.customers (id)``."""
+    return (f"{child_ref} ({', '.join(reference.source_columns())}) -> "
+            f"{parent_ref} ({', '.join(target_columns)})")
+
+
 class PackageBuilder:
     """Builds one request's zip in a temporary directory; ``store_of(system)`` gives the stores."""
 
@@ -111,35 +167,83 @@ class PackageBuilder:
         self.request_id, self.fmt = request_id, fmt
         self.now = now or dt.datetime.now(dt.UTC)
         self.dir = tempfile.mkdtemp(prefix="access-", dir=workdir)
+        self.names = EntryNames()
+        self.entries: dict[str, dict[str, str]] = {}  # zip entry -> {"collection", "key"} of the object in it
+        self._copied: dict[tuple[str, str], str] = {}  # (collection ref, key) -> its entry
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---- finding -----------------------------------------------------------------------------
-    def systems(self) -> list[str]:
-        return [name for name, system in self.policy.systems.items()
-                if any(c.identities for c in system.collections.values())]
+    def reachable(self) -> set[str]:
+        """Collections searched by identity, and the SQL collections reachable from those by references."""
+        start = [f"{s}.{c}" for s, system in self.policy.systems.items() for c, coll in system.collections.items()
+                 if coll.identities]
+        reach, todo = set(start), list(start)
+        while todo:
+            for child_ref, _ in sql_children(self.policy, todo.pop()):
+                if child_ref not in reach:
+                    reach.add(child_ref)
+                    todo.append(child_ref)
+        return reach
 
-    def claims(self, system: str) -> dict[str, Claims]:
-        """Per collection of ``system``: the person's items (by identity, or through a parent that is theirs)."""
-        store = self.store_of(system)
-        out: dict[str, Claims] = {name: store.find(name, self.subjects) for name in store.subject_collections()}
-        if self.policy.systems[system].kind != "sql":
-            return out
-        for name in reversed(collection_order(self.policy, system)):  # parents first
-            parent = out.get(name)
-            if not parent:
+    def systems(self) -> list[str]:
+        """Systems searched by identity, and systems holding collections reachable from those by references."""
+        used = {ref.partition(".")[0] for ref in self.reachable()}
+        return [name for name in self.policy.systems if name in used]
+
+    def check(self) -> None:
+        """Every SQL collection the package may read, checked against its database before any row is read
+        (``SqlStore.check``): among the rest, every reference followed into it points at columns unique there
+        (its primary key, a unique constraint or unique index), so each child has one parent row and belongs to
+        the person exactly when that row is theirs. A reference to columns that are not unique is refused
+        (``PolicyError`` naming its path and columns) and no package is built."""
+        for ref in sorted(self.reachable()):
+            system, _, name = ref.partition(".")
+            if self.policy.systems[system].kind == "sql":
+                self.store_of(system).check(name)
+
+    def find(self) -> dict[str, Found]:
+        """Per collection ref: the person's items found by identity, then every child of an item that is their
+        own, through every reference (plain, ``to_column``, composite; in its database or another), grandchildren
+        too. Values are matched exactly (``Store.children``); an item that only mentions the person (``erase:
+        mask``) is nobody's parent. Checks the data map against the databases first (``check``)."""
+        self.check()
+        found: dict[str, Found] = {}
+        for system in self.systems():
+            store = self.store_of(system)
+            for name in store.subject_collections():
+                claims = store.find(name, self.subjects)
+                own, mentioned = store.owned(name, claims, self.subjects)
+                entry = found[store.ref(name)] = Found(own, mentioned)
+                entry.count("identity", len(own) + len(mentioned))
+        for parent_ref in parents_first(self.policy):
+            parent = found.get(parent_ref)
+            if parent is None or not parent.claims:
                 continue
-            for child_ref, reference in self.policy.children(f"{system}.{name}"):
-                c_sys, _, c_name = child_ref.partition(".")
-                if c_sys != system or reference.to_column:
-                    continue
-                rids = sorted({rid for ids in parent.values() for rid in ids})
-                child = out.setdefault(c_name, Claims())
-                for key in store.dependents(c_name, reference.column, list(parent)):
-                    for rid in rids:
-                        child.add(key, rid)
-        return out
+            for child_ref, reference in sql_children(self.policy, parent_ref):
+                self._follow(found, parent_ref, parent, child_ref, reference)
+        return found
+
+    def _follow(self, found: dict[str, Found], parent_ref: str, parent: Found, child_ref: str,
+                reference: Reference) -> None:
+        target = self.policy.collection(parent_ref)
+        source_cols, target_cols = reference.source_columns(), reference.target_columns(target)
+        if len(source_cols) != len(target_cols):
+            raise RetentionError(f"{child_ref}: a reference to {parent_ref} pairs {len(source_cols)} column(s) with "
+                                 f"{len(target_cols)}; nothing was packaged")
+        p_sys, _, p_name = parent_ref.partition(".")
+        c_sys, _, c_name = child_ref.partition(".")
+        owners: dict[tuple, set[str]] = {}
+        for key, value in self.store_of(p_sys).column_values(p_name, list(parent.claims), target_cols).items():
+            owners.setdefault(value, set()).update(parent.claims[key])
+        kids = self.store_of(c_sys).children(c_name, reference, list(owners)) if owners else {}
+        child = found.setdefault(child_ref, Found())
+        for key, value in kids.items():
+            for rid in owners[value]:
+                child.claims.add(key, rid)
+            child.mentioned.pop(key, None)
+        child.count(describe_reference(child_ref, reference, parent_ref, target_cols), len(kids))
 
     # ---- writing -----------------------------------------------------------------------------
     def build(self) -> PackageResult:
@@ -148,7 +252,10 @@ class PackageBuilder:
         manifest: dict[str, Any] = {"request_id": self.request_id, "format": self.fmt,
                                     "created_at": self.now.isoformat(), "policy_version": self.policy.policy_version,
                                     "policy_digest": self.policy.digest, "systems": {}, "categories": {}}
+        found = self.find()
         flat = None
+        for reserved in ("manifest.json", "README.md", "data.csv"):
+            self.names.reserve(reserved)
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
             if self.fmt == "portable":
                 flat = open(os.path.join(self.dir, "data.csv"), "w", encoding="utf-8", newline="")  # noqa: SIM115
@@ -157,18 +264,19 @@ class PackageBuilder:
                 store = self.store_of(system)
                 searched = store.searched_kinds()
                 result.searched[system] = searched
-                per_coll = self.claims(system)
                 sys_entry: dict[str, Any] = {"kind": self.policy.systems[system].kind, "collections": {}}
                 for name in collection_order(self.policy, system):
                     ref = store.ref(name)
                     coll = self.policy.collection(ref)
-                    claims = per_coll.get(name)
-                    if claims is None and ref not in searched:
+                    got = found.get(ref)
+                    if got is None and ref not in searched:
                         continue
+                    got = got or Found()
                     entry = {"categories": coll.categories, "identities_searched": searched.get(ref, []),
-                             "found_through": "identity" if ref in searched else "parent", "rows": 0, "files": []}
-                    if claims:
-                        entry["rows"], entry["files"] = self._collection(zf, store, name, claims, flat, result)
+                             "found_through": dict(sorted(got.how.items())), "rows": 0,
+                             "only_mentioning": len(got.mentioned), "files": []}
+                    if got.claims or got.mentioned:
+                        entry["rows"], entry["files"] = self._collection(zf, store, name, got, flat, result)
                     result.rows[ref] = entry["rows"]
                     sys_entry["collections"][ref] = entry
                 manifest["systems"][system] = sys_entry
@@ -178,6 +286,7 @@ class PackageBuilder:
                 os.unlink(flat.name)
                 result.files += 1
             manifest["objects"] = result.objects
+            manifest["object_entries"] = dict(sorted(self.entries.items()))
             manifest["categories"] = self._categories(manifest)
             zf.writestr("manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True))
             zf.writestr("README.md", render_readme(manifest))
@@ -191,13 +300,16 @@ class PackageBuilder:
                  result.files, sum(result.rows.values()), sum(result.objects.values()), result.size)
         return result
 
-    def _collection(self, zf: zipfile.ZipFile, store: Store, name: str, claims: Claims, flat: Any,
+    def _collection(self, zf: zipfile.ZipFile, store: Store, name: str, got: Found, flat: Any,
                     result: PackageResult) -> tuple[int, list[str]]:
         ref = store.ref(name)
         coll = self.policy.collection(ref)
         kind = self.policy.systems[store.name].kind
         columns = coll.columns if kind == "sql" else ["bucket", "key", "version_id", "size", "last_modified",
                                                         "content_type"]
+        claims = Claims(got.claims)
+        for key in got.mentioned:
+            claims.add(key, self.request_id)
         csv_path = os.path.join(self.dir, f"{ref}.csv")
         json_path = os.path.join(self.dir, f"{ref}.json")
         rows = 0
@@ -208,6 +320,7 @@ class PackageBuilder:
             for batch in store.read(name, claims):
                 if not batch:
                     continue
+                own = self._only_theirs(coll, kind, batch, got)
                 frame = _frame(batch, columns)
                 if write_csv:
                     frame.to_csv(cs, header=rows == 0, index=False, lineterminator="\n")
@@ -216,7 +329,7 @@ class PackageBuilder:
                 if flat is not None:
                     self._flat(flat, ref, frame, rows)
                 rows += len(batch)
-                self._objects(zf, store, name, coll, batch, result)
+                self._objects(zf, store, name, coll, own, result)
             js.write("]")
         files = []
         for path, suffix, wanted in ((csv_path, "csv", write_csv), (json_path, "json", True)):
@@ -227,6 +340,25 @@ class PackageBuilder:
                 result.files += 1
             os.unlink(path)
         return rows, files
+
+    @staticmethod
+    def _only_theirs(coll: Collection, kind: str, batch: list[dict[str, Any]], got: Found) -> list[dict[str, Any]]:
+        """Rows that only mention the person keep their key and the mentioning fields, nothing else (the rest is
+        somebody else's), in place; returns the rows that are the person's own (whose objects are theirs too)."""
+        if kind != "sql" or not got.mentioned:
+            return batch
+        keep_always = set(coll.key_columns())
+        own = []
+        for row in batch:
+            key = key_of([row[c] for c in coll.key_columns()])
+            cols = got.mentioned.get(key) if key not in got.claims else None
+            if cols is None:
+                own.append(row)
+                continue
+            for c in row:
+                if c not in keep_always and c not in cols:
+                    row[c] = None
+        return own
 
     @staticmethod
     def _flat(flat: Any, ref: str, frame: Any, offset: int) -> None:
@@ -245,12 +377,11 @@ class PackageBuilder:
     def _objects(self, zf: zipfile.ZipFile, store: Store, name: str, coll: Collection,
                  batch: list[dict[str, Any]], result: PackageResult) -> None:
         """Copy in the objects these items are or own, byte for byte."""
-        ref = store.ref(name)
         if self.policy.systems[store.name].kind == "s3":
             for row in batch:
                 self._copy(zf, store, name, row["key"], result)
             return
-        for reference in self.policy.owned_objects(ref):
+        for reference in self.policy.owned_objects(store.ref(name)):
             target_sys, _, target = reference.to.partition(".")
             target_store = self.store_of(target_sys)
             for row in batch:
@@ -260,15 +391,17 @@ class PackageBuilder:
                 for found in target_store.owned_keys(target, key, is_prefix):
                     self._copy(zf, target_store, target, found, result)
 
-    @staticmethod
-    def _copy(zf: zipfile.ZipFile, store: Store, name: str, key: str, result: PackageResult) -> None:
+    def _copy(self, zf: zipfile.ZipFile, store: Store, name: str, key: str, result: PackageResult) -> None:
+        """One object into its own entry (``include.retention.package_names``: safe, unique, bounded), once."""
         ref = store.ref(name)
-        arc = f"objects/{ref}/{key.lstrip('/')}"
-        if arc in zf.NameToInfo:
+        if (ref, key) in self._copied:
             return
+        arc = self.names.name(f"objects/{ref}/", key)
         with zf.open(arc, "w", force_zip64=True) as out:
             for chunk in store.stream_object(name, key):
                 out.write(chunk)
+        self._copied[(ref, key)] = arc
+        self.entries[arc] = {"collection": ref, "key": key}
         result.objects[ref] = result.objects.get(ref, 0) + 1
         result.files += 1
 
@@ -328,8 +461,10 @@ def render_readme(manifest: dict[str, Any]) -> str:
     lines += ["## Where we looked", ""]
     for system, entry in manifest["systems"].items():
         for ref, coll in entry["collections"].items():
-            how = (f"searched by {', '.join(coll['identities_searched'])}" if coll["identities_searched"]
-                   else "rows belonging to your items above")
+            ways = [f"searched by {', '.join(coll['identities_searched'])}"] if coll["identities_searched"] else []
+            ways += [f"{n} referencing your rows through {way}" for way, n in coll.get("found_through", {}).items()
+                     if way != "identity"]
+            how = "; ".join(ways) or "rows belonging to your items above"
             lines.append(f"- {system} / {ref}: {coll['rows']} row(s) ({how})")
     lines += [
         "",

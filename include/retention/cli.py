@@ -88,17 +88,19 @@ def cmd_verify(args) -> int:
     """Walk the chain (and the anchors, if any); exit 1 when broken. Unreconciled intents are listed."""
     import os
 
-    from include.retention.ledger import anchor_sink
+    from include.retention.ledger import anchor_sinks
 
     where = args.anchors or os.environ.get("RETENTION_LEDGER_ANCHORS")
     ledger = _ledger()
-    result = ledger.verify(anchors=anchor_sink(where) if where else None)
+    sinks = anchor_sinks(where) if where else None
+    result = ledger.verify(anchors=sinks)
     print(result)
     if result.ok and args.anchor:
-        if not where:
+        if not sinks:
             raise RetentionError("--anchor needs --anchors DIR_OR_S3URL (or RETENTION_LEDGER_ANCHORS)")
-        anchor = ledger.anchor(anchor_sink(where), check=False)  # just verified, anchors included
-        print(f"anchored head {anchor.seq} at {anchor.where}")
+        for sink in sinks:  # just verified, anchors included
+            anchor = ledger.anchor(sink, check=False)
+            print(f"anchored head {anchor.seq} at {anchor.where}")
     return 0 if result.ok else 1
 
 
@@ -162,22 +164,23 @@ def cmd_replay(args) -> int:
 def cmd_rotate_keys(args) -> int:
     """Move the registry to the current key (first of RETENTION_HMAC_KEYS), audited by one ledger entry.
 
-    The ledger must verify first (under every active key): the entry written under the new key
-    seals what came before, and a broken chain is not sealed.
+    The ledger must verify first (under every active key; it may still be under an older key): the
+    ``rotate_keys`` entry, co-signed by the new key, hands the chain over to it and seals what came
+    before, and a broken chain is not sealed.
     """
     from include.retention.ledger import RunRef
     from include.retention.masking import keys_of
     from include.retention.registry import Registry
 
     ledger = _ledger()
-    result = ledger.verify(record=False)
+    result = ledger.verify(record=False, current_key=False)
     if not result.ok:
         raise RetentionError(f"not rotating keys: {result}")
     ring = keys_of(ledger.key)
     done = Registry(ledger.engine, ledger.key).rotate()
     older = [kid for kid, _ in ring[1:]]
-    ledger.append(run=RunRef("cli", "rotate-keys"), action="rotate_keys", outcome="done",
-                  count=done["requests"] + done["suppression"], details={**done, "older_keys": older})
+    ledger.rotate(run=RunRef("cli", "rotate-keys"), count=done["requests"] + done["suppression"],
+                  details={**done, "older_keys": older})
     print(f"rotated to key {done['key_id']!r}: {done['requests']} request(s) re-encrypted and re-digested, "
           f"{done['suppression']} suppression entr(y/ies) re-digested ({done['merged']} merged); ledger entry written")
     for kid, n in sorted(done["kept"].items()):
@@ -262,10 +265,11 @@ DIFF_REFUSED = 3
 
 
 def cmd_diff(args) -> int:
-    """Forecast OLD and NEW against the same stores; exit 3 when NEW would newly delete more than --threshold."""
+    """Compare OLD and NEW record by record against the same stores; exit 3 when NEW would newly lock, anonymize
+    or delete more than --threshold records (now or within 30 days)."""
     import json
 
-    from include.retention.forecast import diff_policies, diff_table
+    from include.retention.policy_diff import diff_records, records_table
 
     if args.threshold < 0:
         raise RetentionError(f"--threshold: {args.threshold} is negative; give a number of records (0: none)")
@@ -273,19 +277,19 @@ def cmd_diff(args) -> int:
     now = _at(args.now)
     r_old, r_new = _store_runtime(old), _store_runtime(new)
     try:
-        diff = diff_policies(old, new, r_old.store, r_new.store, now)
+        diff = diff_records(old, new, r_old.store, r_new.store, now)
     finally:
         r_old.close()
         r_new.close()
-    print(json.dumps(diff, indent=2) if args.json else diff_table(diff))
+    print(json.dumps(diff, indent=2) if args.json else records_table(diff))
     if diff["errors"]:
-        failed = [r["rule_id"] for r in diff["rules"] if r["error"]]
-        raise RetentionError(f"{len(failed)} rule(s) could not be forecast ({', '.join(failed[:5])}): "
+        failed = [e["collection"] for e in diff["errors"]]
+        raise RetentionError(f"{len(failed)} collection(s) could not be compared ({', '.join(failed[:5])}): "
                              "the diff is incomplete")
-    worst = max(diff["newly_deleted_now"], diff["newly_deleted_within_30_days"])
-    if worst > args.threshold:
-        print(f"refused: {args.new} would newly delete {worst} record(s) within 30 days, more than the "
-              f"threshold {args.threshold}", file=sys.stderr)
+    if diff["gate"] > args.threshold:
+        print(f"refused: {args.new} would newly lock, anonymize or delete {diff['gate']} record(s) (now or within "
+              f"30 days, dependents and owned objects included), more than the threshold {args.threshold}",
+              file=sys.stderr)
         return DIFF_REFUSED
     return 0
 
@@ -294,7 +298,7 @@ def cmd_verify_receipt(args) -> int:
     """Check a receipt (JSON) against the ledger and its anchors; exit 1 when it does not hold."""
     import json
 
-    from include.retention.ledger import anchor_sink
+    from include.retention.ledger import anchor_sinks
     from include.retention.receipts import verify_receipt
 
     path = Path(args.file)
@@ -304,7 +308,7 @@ def cmd_verify_receipt(args) -> int:
         raise RetentionError(f"{path}: not a JSON receipt") from None
     where = args.anchors or os.environ.get("RETENTION_LEDGER_ANCHORS")
     ledger = _ledger()
-    check = verify_receipt(receipt, ledger, anchors=anchor_sink(where) if where else None)
+    check = verify_receipt(receipt, ledger, anchors=anchor_sinks(where) if where else None)
     print(check)
     for note in check.notes:
         print(f"note: {note}")
@@ -469,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("verify", help="verify the audit ledger's hash chain")
     p.add_argument("--anchors", metavar="DIR_OR_S3URL",
-                   help="anchors to check the chain against (default: $RETENTION_LEDGER_ANCHORS)")
+                   help="anchors to check the chain against, several separated by commas "
+                        "(default: $RETENTION_LEDGER_ANCHORS)")
     p.add_argument("--anchor", action="store_true", help="after a good verification, anchor the head there")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("export", help="export the ledger as CSV")
@@ -493,18 +498,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", help="policy file (default: $RETENTION_POLICY_PATH or config/policy.yaml)")
     p.add_argument("--json", action="store_true", help="JSON with the per-day series")
     p.set_defaults(func=cmd_forecast)
-    p = sub.add_parser("diff", help="what a policy change would newly lock/delete; exit 3 above --threshold")
+    p = sub.add_parser("diff", help="which records a policy change would newly lock/anonymize/delete; exit 3 above "
+                                    "--threshold")
     p.add_argument("old")
     p.add_argument("new")
     p.add_argument("--threshold", type=int, default=0,
-                   help="records the change may newly delete within 30 days before it is refused (default 0)")
+                   help="records the change may newly lock, anonymize or delete (now or within 30 days) before it "
+                        "is refused (default 0)")
     p.add_argument("--now", help="compare as of this ISO 8601 time (default: now)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
     p = sub.add_parser("verify-receipt", help="check a receipt (JSON) against the audit ledger and its anchors")
     p.add_argument("file")
     p.add_argument("--anchors", metavar="DIR_OR_S3URL",
-                   help="anchors to check the chain against (default: $RETENTION_LEDGER_ANCHORS)")
+                   help="anchors to check the chain against, several separated by commas "
+                        "(default: $RETENTION_LEDGER_ANCHORS)")
     p.set_defaults(func=cmd_verify_receipt)
     p = sub.add_parser("submit", help="queue erasure requests from a CSV for erasure_intake")
     p.add_argument("csv")

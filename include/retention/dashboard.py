@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from include.retention import registry as reg
 from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
-from include.retention.ledger import CHART_ACTIONS, Ledger, anchor_sink
+from include.retention.ledger import CHART_ACTIONS, Ledger, anchor_sinks, read_anchors
 from include.retention.sweep import COUNT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -202,12 +202,13 @@ def verification(engine: sa.Engine, key: bytes | None, anchors: str | None = Non
     Without the key the chain cannot be checked: the status says so (``ok`` None), never "intact".
     """
     empty = {"entries": 0, "first_broken_seq": None, "unreconciled": [], "unreconciled_count": 0,
-             "anchors_checked": 0, "head_seq": None, "verified_at": None, "anchors": anchors}
+             "anchors_checked": 0, "head_seq": None, "verified_at": None, "anchors": anchors,
+             "key_id": None, "warnings": []}
     if not key:
         return {**empty, "ok": None,
                 "problem": "cannot verify: no HMAC key (RETENTION_HMAC_KEY or connection 'retention_keys')"}
     try:  # anchors first: an unreachable or unreadable anchor store is a failed check, not an error page
-        found = list(anchor_sink(anchors).anchors()) if anchors else None
+        found = [read_anchors(sink) for sink in anchor_sinks(anchors)] if anchors else None
     except RetentionError as exc:
         log.warning("ledger anchors unreadable: %s", exc)
         return {**empty, "ok": False, "problem": str(exc)}

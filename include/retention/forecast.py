@@ -17,9 +17,9 @@ Per-day figures are found by bisection: a rule's ``due`` counts only grow as ite
 periods (an item leaves the lock band only into a stronger one), so when they are equal at two
 dates they are equal on every day between, and a quiet rule costs a few plans, not 90.
 
-The policy diff runs the forecast under two data maps against the same stores and reports per
-rule what the change would newly lock, anonymize or delete, now and within 30 days. No
-personal data in any output: rule ids and counts only.
+The policy diff (``include/retention/policy_diff.py``) compares two data maps record by record; from here
+it takes ``rule_change`` (how a rule changed, for its report) and the horizon ``DIFF_DAYS``. No personal
+data in any output: rule ids and counts only.
 """
 
 from __future__ import annotations
@@ -240,79 +240,3 @@ def rule_change(old: Policy, new: Policy, rule_id: str) -> str:
 
 
 CHANGE_ORDER = {"removed": 0, "shortened": 1, "added": 2, "changed": 3, "lengthened": 4, "unchanged": 5}
-
-
-def _counts_at(fc: dict[str, Any] | None, which: str) -> dict[str, int]:
-    if fc is None or fc.get("error"):
-        return {**_zero(), "cascaded": 0}
-    if which == "now":
-        return {a: fc["now"][a] for a in ACTIONS} | {"cascaded": fc["now"]["cascaded"]}
-    h = next(h for h in fc["horizons"] if h["days"] == DIFF_DAYS)
-    return {a: h["counts"][a] for a in ACTIONS} | {"cascaded": h["counts"]["cascaded"]}
-
-
-def diff_policies(old: Policy, new: Policy, old_store_for: StoreFor, new_store_for: StoreFor,
-                  now: dt.datetime | None = None) -> dict[str, Any]:
-    """Forecast both data maps and compare per rule: what the new one would newly lock / anonymize /
-    delete now and within 30 days (``cascaded``: dependent rows its deletes take along)."""
-    now = now or dt.datetime.now(dt.UTC)
-    before = {r["rule_id"]: r for r in forecast(old, old_store_for, now, [DIFF_DAYS], per_day=False)["rules"]}
-    after = {r["rule_id"]: r for r in forecast(new, new_store_for, now, [DIFF_DAYS], per_day=False)["rules"]}
-    rows = []
-    for rule_id in dict.fromkeys([*old.rule_ids(), *new.rule_ids()]):
-        change = rule_change(old, new, rule_id)
-        row: dict[str, Any] = {"rule_id": rule_id, "change": change,
-                               "error": (after.get(rule_id) or {}).get("error") or (before.get(rule_id) or {})
-                               .get("error")}
-        for which in ("now", "within_30_days"):
-            key = "now" if which == "now" else "30"
-            b, a = _counts_at(before.get(rule_id), key), _counts_at(after.get(rule_id), key)
-            row[which] = {"newly": {k: max(a[k] - b[k], 0) for k in (*ACTIONS, "cascaded")},
-                          "no_longer": {k: max(b[k] - a[k], 0) for k in (*ACTIONS, "cascaded")},
-                          "old": b, "new": a}
-        rows.append(row)
-    rows.sort(key=lambda r: (CHANGE_ORDER[r["change"]], r["rule_id"]))
-
-    def deletes(r: dict[str, Any], which: str) -> int:
-        return r[which]["newly"]["delete"] + r[which]["newly"]["cascaded"]
-
-    return {"now": now.isoformat(), "old": {"source": old.source, "digest": old.digest},
-            "new": {"source": new.source, "digest": new.digest}, "rules": rows,
-            "newly_deleted_now": sum(deletes(r, "now") for r in rows),
-            "newly_deleted_within_30_days": sum(deletes(r, "within_30_days") for r in rows),
-            "newly_locked_within_30_days": sum(r["within_30_days"]["newly"]["lock"] for r in rows),
-            "errors": sum(bool(r["error"]) for r in rows)}
-
-
-def diff_table(diff: dict[str, Any], show_unchanged: bool = False) -> str:
-    """Plain text: changed rules first (removed, shortened, ...); newly lock / anonymize / delete."""
-    header = ["rule", "change", "lock now", "anon now", "delete now", "lock 30d", "anon 30d", "delete 30d",
-              "no longer deleted 30d"]
-    rows = [header]
-    for r in diff["rules"]:
-        n, m = r["now"]["newly"], r["within_30_days"]["newly"]
-        if r["change"] == "unchanged" and not show_unchanged and not any(n.values()) and not any(m.values()):
-            continue
-        if r["error"]:
-            rows.append([r["rule_id"], r["change"], "ERROR", *("-" for _ in header[3:])])
-            continue
-
-        def dele(c: dict[str, int]) -> str:
-            return f"{c['delete']}" + (f" (+{c['cascaded']} dependent)" if c["cascaded"] else "")
-
-        rows.append([r["rule_id"], r["change"], str(n["lock"]), str(n["anonymize"]), dele(n), str(m["lock"]),
-                     str(m["anonymize"]), dele(m), str(r["within_30_days"]["no_longer"]["delete"])])
-    lines = []
-    if len(rows) > 1:
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths,
-                                                                                              strict=True)))
-                 for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append("")
-    else:
-        lines.append("no rule changes what it locks, anonymizes or deletes")
-    lines.append(f"newly deleted: {diff['newly_deleted_now']} record(s) now, "
-                 f"{diff['newly_deleted_within_30_days']} within 30 days (dependent rows included); "
-                 f"newly locked within 30 days: {diff['newly_locked_within_30_days']}")
-    return "\n".join(lines)

@@ -8,7 +8,12 @@ without the key cannot edit, insert, remove, reorder or renumber entries and reh
 rest: ``verify`` reports the first entry that does not match. A one-row head table
 (locked with SELECT ... FOR UPDATE; ``BEGIN IMMEDIATE`` on SQLite) serialises writers.
 The head is also anchored outside the database (``anchor``: a file, or an S3 object
-under Object Lock), so a truncated tail with a moved head is found as well.
+under Object Lock), so a truncated tail with a moved head is found as well; an anchor is keyed,
+names the anchor before it, and is recorded in the chain, so one rewritten or deleted is named.
+
+The chain is under one key at a time: a ``rotate_keys`` entry co-signed by the new key hands it
+over (``Ledger.rotate``); ``verify`` refuses a retired key after it and a chain that does not end
+under the current key (docs/adr/0007-key-rotation.md).
 
 A change to a store is written as an *intent* before it commits and *settled* with the
 real count after; an intent without outcome (a crash in between) is reported by
@@ -26,7 +31,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, Unpack
 
@@ -34,7 +39,7 @@ import sqlalchemy as sa
 
 from include.retention.clock import utcnow_iso
 from include.retention.errors import LedgerBroken, RetentionError
-from include.retention.masking import keyed_digest, keys_of
+from include.retention.masking import current_kid, keyed_digest, keys_of
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +47,13 @@ GENESIS = "0" * 64
 CHAIN_FORMAT = "hmac-sha256/2"
 INTENT = "intent"
 RECONCILED = "reconciled"
-ANCHOR_FORMAT = "retention-ledger-anchor/1"
+ROTATE_KEYS = "rotate_keys"  # the action of the entry that hands the chain over to a new key (ADR 0007)
+ANCHOR_ACTION = "anchor"  # the action of the entry that records an anchor written outside (ADR 0006)
+ANCHOR_FORMAT = "retention-ledger-anchor/2"
+ANCHORS_DEMO_ENV = "RETENTION_LEDGER_ANCHORS_DEMO"  # set by `make demo`: its directory of anchors is a stand-in
 _CHAIN_KEY_LABEL = b"retention-ledger-chain/2"
+_ROTATION_KEY_LABEL = b"retention-ledger-rotation/1"
+_ANCHOR_KEY_LABEL = b"retention-ledger-anchor/2"
 _SEQ = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
 metadata = sa.MetaData()
@@ -111,6 +121,16 @@ def chain_key(key: bytes) -> bytes:
     return hmac.new(key, _CHAIN_KEY_LABEL, hashlib.sha256).digest()
 
 
+def rotation_key(secret: bytes) -> bytes:
+    """The key of a rotation entry's co-signature (the NEW key's), separate from its chain key."""
+    return hmac.new(secret, _ROTATION_KEY_LABEL, hashlib.sha256).digest()
+
+
+def anchor_key(secret: bytes) -> bytes:
+    """The key of an anchor's keyed hash."""
+    return hmac.new(secret, _ANCHOR_KEY_LABEL, hashlib.sha256).digest()
+
+
 _CANONICAL_KEYS = tuple(sorted((*HASHED_FIELDS, "format")))
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # keys are inserted sorted: same bytes as sort_keys=True
 
@@ -128,6 +148,45 @@ def _mac(ckey: bytes, row: dict[str, Any]) -> str:
 def entry_hash(row: dict[str, Any], key: bytes) -> str:
     """HMAC-SHA256 of the entry under the chain key derived from ``key``."""
     return _mac(chain_key(key), row)
+
+
+# ---- key rotation in the chain (docs/adr/0007-key-rotation.md) -----------------------------
+
+
+def key_change(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``key_change`` of a ``rotate_keys`` entry (``{"from", "to", "proof"}``), or None for any other entry."""
+    if row.get("action") != ROTATE_KEYS or not row.get("details"):
+        return None
+    try:
+        details = json.loads(row["details"])
+    except ValueError:
+        return None
+    change = details.get("key_change") if isinstance(details, dict) else None
+    return change if isinstance(change, dict) else {} if change is not None else None
+
+
+def _cosignature(row: dict[str, Any], new_secret: bytes) -> str:
+    """HMAC under the new key of the rotation entry with its proof blank: only a holder of the new key makes it."""
+    details = json.loads(row["details"])
+    details["key_change"]["proof"] = ""
+    blank = {**row, "details": json.dumps(details, sort_keys=True)}
+    return hmac.digest(rotation_key(new_secret), canonical(blank), "sha256").hex()
+
+
+def _cosigned_details(row: dict[str, Any], new_secret: bytes) -> str:
+    details = json.loads(row["details"])
+    details["key_change"]["proof"] = _cosignature(row, new_secret)
+    return json.dumps(details, sort_keys=True)
+
+
+def _kid_after(row: dict[str, Any], ckeys: list[tuple[str, bytes]]) -> str | None:
+    """The id of the key the chain is under after ``row``: its own key, or the key a rotation hands over to."""
+    canon = canonical(row)
+    for kid, ckey in ckeys:
+        if hmac.compare_digest(hmac.digest(ckey, canon, "sha256").hex(), row["entry_hash"] or ""):
+            change = key_change(row)
+            return str(change["to"]) if change and isinstance(change.get("to"), str) else kid
+    return None
 
 
 @dataclass(frozen=True)
@@ -157,16 +216,39 @@ class EntryFields(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class Anchor:
-    """The ledger head at one moment, kept where the ledger database's users cannot rewrite it."""
+    """The ledger head at one moment, kept where the ledger database's users cannot rewrite it.
+
+    ``mac``: HMAC (under key ``kid``) of everything else in the document, so an anchor written or rewritten
+    without the key is named by ``verify``; ``prev_seq`` / ``prev_mac`` name the previous anchor in the same
+    place (None for the first), so a deleted anchor with a later one after it is named too.
+    """
 
     seq: int
     entry_hash: str
     anchored_at: str
     where: str = ""
+    kid: str = ""
+    prev_seq: int | None = None
+    prev_mac: str | None = None
+    mac: str = ""
+
+    def content(self) -> bytes:
+        prev = None if self.prev_seq is None else {"seq": self.prev_seq, "mac": self.prev_mac}
+        return json.dumps({"format": ANCHOR_FORMAT, "seq": self.seq, "entry_hash": self.entry_hash,
+                           "anchored_at": self.anchored_at, "kid": self.kid, "prev": prev},
+                          sort_keys=True, separators=(",", ":")).encode()
+
+    def signed(self, kid: str, secret: bytes) -> Anchor:
+        unsigned = replace(self, kid=kid, mac="")
+        return replace(unsigned, mac=hmac.digest(anchor_key(secret), unsigned.content(), "sha256").hex())
+
+    def mac_ok(self, secret: bytes) -> bool:
+        return hmac.compare_digest(hmac.digest(anchor_key(secret), self.content(), "sha256").hex(), self.mac)
 
     def to_json(self) -> bytes:
-        return json.dumps({"format": ANCHOR_FORMAT, "seq": self.seq, "entry_hash": self.entry_hash,
-                           "anchored_at": self.anchored_at}, sort_keys=True).encode()
+        doc = json.loads(self.content())
+        doc["mac"] = self.mac
+        return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> Anchor:
@@ -174,9 +256,19 @@ class Anchor:
             doc = json.loads(data)
             if doc.get("format") != ANCHOR_FORMAT:
                 raise ValueError("unknown format")
-            return cls(int(doc["seq"]), str(doc["entry_hash"]), str(doc["anchored_at"]), where)
+            prev = doc["prev"]
+            if prev is not None and not isinstance(prev, dict):
+                raise ValueError("prev")
+            return cls(int(doc["seq"]), str(doc["entry_hash"]), str(doc["anchored_at"]), where, str(doc["kid"]),
+                       None if prev is None else int(prev["seq"]), None if prev is None else str(prev["mac"]),
+                       str(doc["mac"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise LedgerBroken(f"anchor {where} is not a ledger anchor (unreadable or unknown format)") from None
+
+    @property
+    def sink(self) -> str:
+        """Where the anchor's place is (``AnchorSink.location()``): its ``where`` without its name."""
+        return self.where.rsplit("/", 1)[0]
 
     def name(self) -> str:
         """Sortable, unique per head: seq first, then part of the hash."""
@@ -188,12 +280,20 @@ class AnchorSink(Protocol):
 
     def anchors(self) -> Iterator[Anchor]: ...
 
+    def location(self) -> str: ...
+
+    def limit(self) -> str | None: ...
+
+
+DIRECTORY_LIMIT = ("anchors in a directory can be deleted by whoever can write to it: a truncated ledger whose "
+                   "newest anchor was deleted with it is not found (use an S3 bucket with Object Lock)")
+
 
 class DirectorySink:
     """One JSON file per anchor in a directory (the embedded demo: ``.demo/anchors/``)."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+        self.path = Path(path).absolute()
 
     def put(self, anchor: Anchor) -> str:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -209,12 +309,23 @@ class DirectorySink:
         for file in sorted(self.path.glob("*.json")):
             yield Anchor.from_json(file.read_bytes(), str(file))
 
+    def location(self) -> str:
+        return str(self.path)
+
+    def limit(self) -> str | None:
+        """What this sink cannot prove (None in `make demo`, where the directory stands in for a bucket)."""
+        return None if os.environ.get(ANCHORS_DEMO_ENV) else DIRECTORY_LIMIT
+
     def __repr__(self) -> str:
         return f"DirectorySink({str(self.path)!r})"
 
 
 class S3Sink:
-    """One object per anchor; in an Object Lock bucket written in COMPLIANCE mode (nobody can delete it)."""
+    """One object per anchor; in an Object Lock bucket written in COMPLIANCE mode (nobody can delete it).
+
+    Read back by *version*: a delete marker hides nothing, and a newer version written over an anchor
+    is read (and checked) besides the original, which a COMPLIANCE lock keeps.
+    """
 
     def __init__(self, client: Any, bucket: str, prefix: str = "ledger-anchors/", retain_days: int = 3653):
         self.client, self.bucket, self.prefix, self.retain_days = client, bucket, prefix, retain_days
@@ -245,13 +356,34 @@ class S3Sink:
         return f"s3://{self.bucket}/{key}"
 
     def anchors(self) -> Iterator[Anchor]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        versions: dict[str, list[dict[str, Any]]] = {}
+        pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=self.prefix)
         for page in pages:
-            for obj in page.get("Contents", []):
-                if not obj["Key"].endswith(".json"):
-                    continue
-                body = self.client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
-                yield Anchor.from_json(body, f"s3://{self.bucket}/{obj['Key']}")
+            for version in page.get("Versions", []):  # delete markers are listed apart: ignored
+                if version["Key"].endswith(".json"):
+                    versions.setdefault(version["Key"], []).append(version)
+        for key in sorted(versions):
+            # oldest first: the original (kept by a COMPLIANCE lock), then anything written over it
+            listed = sorted(enumerate(versions[key]), key=lambda iv: (iv[1]["LastModified"], -iv[0]))
+            first: bytes | None = None
+            for _, version in listed:
+                vid = version.get("VersionId")
+                extra = {} if vid in (None, "null") else {"VersionId": vid}
+                body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
+                if first is None:
+                    first = body
+                    yield Anchor.from_json(body, f"s3://{self.bucket}/{key}")
+                elif body != first:
+                    yield Anchor.from_json(body, f"s3://{self.bucket}/{key}?versionId={vid}")
+
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def limit(self) -> str | None:
+        if self.object_lock():
+            return None
+        return (f"bucket {self.bucket!r} has no Object Lock: whoever can delete its objects can remove the newest "
+                "anchor along with a truncated tail")
 
     def __repr__(self) -> str:
         return f"S3Sink('s3://{self.bucket}/{self.prefix}')"
@@ -280,22 +412,64 @@ def anchor_sink(target: str | os.PathLike[str], s3_client: Any = None) -> Anchor
     return DirectorySink(text)
 
 
-def _collect_anchors(anchors: Any) -> list[Anchor]:
+def anchor_sinks(targets: str, s3_client: Any = None) -> list[AnchorSink]:
+    """Every place named in ``targets``, separated by commas (``RETENTION_LEDGER_ANCHORS``): a second witness
+    (another bucket or account, another host's directory) must be bent too before a cut goes unseen."""
+    places = [t.strip() for t in str(targets).split(",") if t.strip()]
+    if not places:
+        raise RetentionError(f"anchor location {targets!r} names no place")
+    return [anchor_sink(place, s3_client) for place in places]
+
+
+@dataclass
+class ReadAnchors:
+    """The anchors of one sink, read once (the page reads them first, to show an unreachable sink as such)."""
+
+    where: str
+    found: list[Anchor]
+    limitation: str | None = None
+
+    def anchors(self) -> Iterator[Anchor]:
+        return iter(self.found)
+
+    def location(self) -> str:
+        return self.where
+
+    def limit(self) -> str | None:
+        return self.limitation
+
+
+def read_anchors(target: AnchorSink | str | os.PathLike[str], s3_client: Any = None) -> ReadAnchors:
+    sink = anchor_sink(target, s3_client) if isinstance(target, (str, os.PathLike)) else target
+    return ReadAnchors(sink.location(), list(sink.anchors()), sink.limit())
+
+
+@dataclass
+class _AnchorSet:
+    anchors: list[Anchor] = field(default_factory=list)
+    locations: set[str] = field(default_factory=set)  # the places read in full (their recorded anchors must be there)
+    limits: list[str] = field(default_factory=list)
+
+
+def _collect_anchors(anchors: Any) -> _AnchorSet:
+    out = _AnchorSet()
     if anchors is None:
-        return []
-    if isinstance(anchors, (str, os.PathLike)):
-        anchors = [anchor_sink(anchors)]
-    elif hasattr(anchors, "anchors"):
+        return out
+    if isinstance(anchors, (str, os.PathLike)) or hasattr(anchors, "anchors"):
         anchors = [anchors]
-    out: list[Anchor] = []
     for item in anchors:
         if isinstance(item, Anchor):
-            out.append(item)
-        elif isinstance(item, (str, os.PathLike)):
-            out.extend(anchor_sink(item).anchors())
-        else:
-            out.extend(item.anchors())
-    return sorted(out, key=lambda a: (a.seq, a.where))
+            out.anchors.append(item)
+            continue
+        sink = anchor_sink(item) if isinstance(item, (str, os.PathLike)) else item
+        out.anchors.extend(sink.anchors())
+        if hasattr(sink, "location"):
+            out.locations.add(sink.location())
+        limit = sink.limit() if hasattr(sink, "limit") else None
+        if limit and limit not in out.limits:
+            out.limits.append(limit)
+    out.anchors.sort(key=lambda a: (a.seq, a.where))
+    return out
 
 
 # ---- verification result --------------------------------------------------------------------
@@ -312,6 +486,8 @@ class VerifyResult:
     anchors_checked: int = 0
     head_seq: int | None = None
     verified_at: str = field(default_factory=utcnow_iso)
+    key_id: str | None = None  # the key the chain is under after its last entry
+    warnings: list[str] = field(default_factory=list)  # what the anchors given cannot prove
 
     def __str__(self) -> str:
         if self.ok:
@@ -325,13 +501,16 @@ class VerifyResult:
             shown = ", ".join(str(s) for s in self.unreconciled[:10])
             more = ", ..." if self.unreconciled_count > 10 else ""
             text += f"; {self.unreconciled_count} unreconciled intent(s): seq {shown}{more}"
+        for warning in self.warnings:
+            text += f"; warning: {warning}"
         return text
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "entries": self.entries, "first_broken_seq": self.first_broken_seq,
                 "problem": self.problem, "unreconciled": self.unreconciled[:100],
                 "unreconciled_count": self.unreconciled_count, "anchors_checked": self.anchors_checked,
-                "head_seq": self.head_seq, "verified_at": self.verified_at}
+                "head_seq": self.head_seq, "verified_at": self.verified_at, "key_id": self.key_id,
+                "warnings": list(self.warnings)}
 
 
 # ---- schema creation under concurrency ------------------------------------------------------
@@ -350,6 +529,8 @@ class Ledger:
     engine: sa.Engine
     key: bytes
     _ready: bool = field(default=False, repr=False)
+    # (head entry_hash, key id the chain is under after it), as this object last wrote or read it
+    _head_kid: tuple[str, str] | None = field(default=None, repr=False)
 
     # ---- schema -----------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -463,24 +644,68 @@ class Ledger:
         """Write one entry after the head, inside the caller's write transaction."""
         return self._chain_many(conn, [fields])[0]
 
-    def _chain_many(self, conn: sa.Connection, many: list[dict[str, Any]]) -> list[int]:
-        """Write entries after the head, in order, inside the caller's write transaction."""
+    def _chain_many(self, conn: sa.Connection, many: list[dict[str, Any]], *, rotate: bool = False) -> list[int]:
+        """Write entries after the head, in order, inside the caller's write transaction.
+
+        Entries are chained under the key the chain is under (its head's, ADR 0007), not necessarily the
+        current key: only ``rotate`` (one ``rotate_keys`` entry) hands the chain over to the current key.
+        """
         current = conn.execute(
             sa.select(head.c.seq, head.c.entry_hash).where(head.c.id == 1).with_for_update()
         ).one()
-        seq, prev, ckey, now = int(current.seq), current.entry_hash, chain_key(self.key), utcnow_iso()
+        ring = dict(keys_of(self.key))
+        seq, prev, now = int(current.seq), current.entry_hash, utcnow_iso()
+        kid = self._chain_kid(conn, seq, prev)
+        ckeys = {k: chain_key(secret) for k, secret in ring.items()}
         rows = []
         for fields in many:
             row = {k: None for k in HASHED_FIELDS}
             row.update(fields)
             seq += 1
             row.update(seq=seq, recorded_at=now, prev_hash=prev)
-            row["entry_hash"] = prev = _mac(ckey, row)
+            if key_change(row) is not None:
+                raise RetentionError("only Ledger.rotate writes a key change")
+            to = current_kid(self.key)
+            if rotate and kid != to:
+                details = json.loads(row["details"] or "{}")
+                details["key_change"] = {"from": kid, "to": to, "proof": ""}
+                row["details"] = json.dumps(details, sort_keys=True)
+                row["details"] = _cosigned_details(row, ring[to])  # the new key co-signs ...
+            row["entry_hash"] = prev = _mac(ckeys[kid], row)  # ... the chain key of before seals it
+            if rotate:
+                kid = to
             rows.append(row)
         for i in range(0, len(rows), 1000):
             conn.execute(entries.insert(), rows[i:i + 1000])
         conn.execute(head.update().where(head.c.id == 1).values(seq=seq, entry_hash=prev))
+        self._head_kid = (prev, kid)
         return [r["seq"] for r in rows]
+
+    def _chain_kid(self, conn: sa.Connection, seq: int, head_hash: str) -> str:
+        """The id of the key to chain under after the head: the head entry's (or the key its rotation hands over
+        to); the current key for an empty ledger, a one-key ring, or a head under no key of the ring."""
+        ring = keys_of(self.key)
+        if seq == 0 or len(ring) == 1:
+            return ring[0][0]
+        if self._head_kid is not None and self._head_kid[0] == head_hash:
+            return self._head_kid[1]
+        row = conn.execute(sa.select(entries).where(entries.c.seq == seq)).first()
+        kid = _kid_after(dict(row._mapping), [(k, chain_key(s)) for k, s in ring]) if row is not None else None
+        if kid is None or kid not in dict(ring):
+            log.warning("the ledger head (entry %d) is under no key of this key ring: writing under the current key "
+                        "%r; verify will say more", seq, ring[0][0])
+            return ring[0][0]
+        return kid
+
+    def rotate(self, *, run: RunRef, count: int = 0, details: dict[str, Any] | None = None) -> int:
+        """Write the ``rotate_keys`` entry: when the chain is under an older key than the current one, it hands the
+        chain over (``details.key_change``: from, to, and a proof made with the NEW key, besides the chain hash
+        under the old one). From it on, ``verify`` refuses entries under the older key. Returns its seq."""
+        self.ensure_schema()
+        fields = _entry_fields({"run": run, "action": ROTATE_KEYS, "outcome": "done", "count": count,
+                                "details": details})
+        with self._writing() as conn:
+            return self._chain_many(conn, [fields], rotate=True)[0]
 
     def intend(self, *, action: str, run: RunRef | None = None, **fields: Unpack[EntryFields]) -> int:
         """Say what may happen before the store change commits (``count``: planned); returns the intent's seq.
@@ -510,9 +735,10 @@ class Ledger:
             following = _entry_fields({"run": RunRef(), **then_intend, "outcome": INTENT})
         return self._settle(intent_seq, count=count, outcome=outcome, details=details, following=following)
 
-    def reconcile(self, intent_seq: int, count: int, note: str) -> int:
-        """Settle an intent left open by a crash, with the count found afterwards (``note``: how it was found)."""
-        return self._settle(intent_seq, count=count, outcome=RECONCILED, details={"note": note})
+    def reconcile(self, intent_seq: int, count: int, note: str, details: dict[str, Any] | None = None) -> int:
+        """Settle an intent left open by a crash, with the count found afterwards (``note``: how it was found;
+        ``details``: more of it, e.g. what the batch took along). See ``include.retention.intents``."""
+        return self._settle(intent_seq, count=count, outcome=RECONCILED, details={**(details or {}), "note": note})
 
     def _settle(self, intent_seq: int, *, count: int, outcome: str, details: dict[str, Any] | None,
                 following: dict[str, Any] | None = None) -> int:
@@ -556,19 +782,32 @@ class Ledger:
             current = conn.execute(sa.select(head.c.seq, head.c.entry_hash).where(head.c.id == 1)).one()
         return int(current.seq), current.entry_hash
 
-    def anchor(self, sink: AnchorSink | str | os.PathLike[str], *, check: bool = True) -> Anchor:
-        """Write the head to ``sink`` (outside this database). With ``check``, a chain that does not
-        verify (against the sink's earlier anchors too) is refused: an anchor must never bless tampering."""
+    def anchor(self, sink: AnchorSink | str | os.PathLike[str], *, check: bool = True,
+               run: RunRef | None = None) -> Anchor:
+        """Write the head to ``sink`` (outside this database), keyed with the current key and naming the previous
+        anchor there, and record it as an ``anchor`` entry (sink, where, seq, keyed hash): ``verify`` then names an
+        anchor the chain knows of that went missing or changed. With ``check``, a chain that does not verify
+        (against the sink's earlier anchors too) is refused: an anchor must never bless tampering."""
         sink = anchor_sink(sink) if isinstance(sink, (str, os.PathLike)) else sink
         if check:
             result = self.verify(record=False, anchors=sink)
             if not result.ok:
                 raise LedgerBroken(f"not anchoring a broken ledger: {result}")
-        seq, hash_ = self.current_head()
-        anchor = Anchor(seq, hash_, utcnow_iso())
-        where = sink.put(anchor)
-        log.info("ledger head %d anchored at %s", seq, where)
-        return Anchor(anchor.seq, anchor.entry_hash, anchor.anchored_at, where)
+        self.ensure_schema()
+        kid, secret = keys_of(self.key)[0]
+        location = sink.location()
+        with self._writing() as conn:  # holds the head: the anchored head is the head when the entry is written
+            current = conn.execute(
+                sa.select(head.c.seq, head.c.entry_hash).where(head.c.id == 1).with_for_update()).one()
+            prev = _last_anchor(conn, location)
+            anchor = Anchor(int(current.seq), current.entry_hash, utcnow_iso(), prev_seq=prev and prev[0],
+                            prev_mac=prev and prev[1]).signed(kid, secret)
+            where = sink.put(anchor)
+            details = {"sink": location, "where": where, "seq": anchor.seq, "mac": anchor.mac}
+            self._chain_many(conn, [_entry_fields({"run": run or RunRef(), "action": ANCHOR_ACTION,
+                                                   "outcome": "done", "details": details})])
+        log.info("ledger head %d anchored at %s", anchor.seq, where)
+        return replace(anchor, where=where)
 
     # ---- reading ------------------------------------------------------------------------------
     def rows(self, chunk: int = 5000, *, after: int | None = None, **where: Any) -> Iterator[dict[str, Any]]:
@@ -647,17 +886,21 @@ class Ledger:
                     for r in rows]
 
     # ---- verification -------------------------------------------------------------------------
-    def verify(self, record: bool = True, *, anchors: Any = None, chunk: int = 5000) -> VerifyResult:
-        """Walk the chain in chunks; report the first entry that is missing, edited, out of place, or
-        disagrees with an anchor, and the intents that have no outcome yet.
+    def verify(self, record: bool = True, *, anchors: Any = None, chunk: int = 5000,
+               current_key: bool = True) -> VerifyResult:
+        """Walk the chain in chunks; report the first entry that is missing, edited, out of place, under a key it
+        may not be under, or disagrees with an anchor, and the intents that have no outcome yet.
 
         ``anchors``: a sink, a directory / ``s3://`` location, or a list of those or of ``Anchor``.
+        ``current_key``: the chain must end under the key ring's current key (reached through recorded
+        rotations); ``rotate-keys`` alone verifies without it, before it hands the chain over.
         Safe while others append: entries written during the walk are walked too before the head is
         compared, so a live ledger is never reported as truncated.
         """
         self.ensure_schema()
+        found = _collect_anchors(anchors)
         # every active key, current first: entries written before a rotation verify under their key
-        walk = _Walk([(kid, chain_key(secret)) for kid, secret in keys_of(self.key)], _collect_anchors(anchors))
+        walk = _Walk(list(keys_of(self.key)), found, current_key=current_key)
         result = walk.start()
         last = None
         for _ in range(1000):  # catch up with writers: the head only moves forward
@@ -681,6 +924,8 @@ class Ledger:
         result.head_seq = walk.head_seq
         result.anchors_checked = walk.checked
         result.unreconciled, result.unreconciled_count = open_[:1000], len(open_)
+        result.key_id = walk.kid()
+        result.warnings = list(found.limits)
         if record:
             with self.engine.begin() as conn:
                 conn.execute(verifications.insert().values(
@@ -692,18 +937,49 @@ class Ledger:
             return conn.execute(sa.select(entries.c.seq).where(entries.c.seq > seq).limit(1)).first() is not None
 
 
-class _Walk:
-    """The state of one verification: where the chain is, which anchors and intents are still open."""
+def _last_anchor(conn: sa.Connection, location: str) -> tuple[int, str] | None:
+    """(seq, keyed hash) of the newest anchor the ledger recorded for ``location`` (among its last 100)."""
+    query = (sa.select(entries.c.details).where(entries.c.action == ANCHOR_ACTION, entries.c.outcome == "done")
+             .order_by(entries.c.seq.desc()).limit(100))
+    for (text,) in conn.execute(query):
+        recorded = _recorded_anchor(text)
+        if recorded is not None and recorded["sink"] == location:
+            return int(recorded["seq"]), str(recorded["mac"])
+    return None
 
-    def __init__(self, ckeys: list[tuple[str, bytes]], anchors: list[Anchor]):
-        # ckeys: (key id, chain key), newest first. ``level`` is the index of the key the last entry
-        # verified under: a later entry may use that key or a newer one, never an older one (a
-        # retired key, leaked or not, cannot append after the first entry under its successor).
-        self.ckeys, self.pending = ckeys, anchors
-        self.level = len(ckeys) - 1
+
+def _recorded_anchor(details: str | None) -> dict[str, Any] | None:
+    """The details of an ``anchor`` entry (sink, where, seq, mac), or None when they are not that."""
+    try:
+        doc = json.loads(details or "")
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("sink", "where", "mac")):
+        return None
+    return doc if isinstance(doc.get("seq"), int) else None
+
+
+class _Walk:
+    """The state of one verification: where the chain is, under which key, which anchors and intents are open."""
+
+    def __init__(self, ring: list[tuple[str, bytes]], anchors: _AnchorSet, *, current_key: bool = True):
+        # ring: (key id, secret), current first. ``cur`` is the index of the key the chain is under: every
+        # entry must be keyed with it; only a rotation entry co-signed by a newer key moves it there.
+        self.ring = ring
+        self.ckeys = [(kid, chain_key(secret)) for kid, secret in ring]
+        self.current_key = current_key
+        self.cur: int | None = None
+        self.segment_start = 1  # the first entry under the key the chain is under now
+        self.pending = list(anchors.anchors)
+        self.by_where = {a.where: a for a in anchors.anchors}
+        self.locations = anchors.locations
+        self.seen: dict[tuple[str, int], set[str]] = {}  # (sink, seq) -> keyed hashes of anchors checked there
         self.expected_seq, self.prev, self.count, self.checked = 1, GENESIS, 0, 0
         self.intents: set[int] = set()
         self.head_seq: int | None = None
+
+    def kid(self) -> str | None:
+        return None if self.cur is None else self.ckeys[self.cur][0]
 
     def broken(self, seq: int, problem: str) -> VerifyResult:
         return VerifyResult(False, self.count, seq, problem)
@@ -711,10 +987,28 @@ class _Walk:
     def start(self) -> VerifyResult | None:
         while self.pending and self.pending[0].seq <= 0:  # an anchor of the empty ledger
             a = self.pending.pop(0)
+            if problem := self._anchor_problem(a):
+                return self.broken(0, problem)
             if a.seq < 0 or a.entry_hash != GENESIS:
                 return self.broken(0, f"anchor {a.where} records no entry of this ledger")
-            self.checked += 1
+            self._seen(a)
         return None
+
+    def _anchor_problem(self, a: Anchor) -> str | None:
+        """An anchor must be keyed with an active key and name an earlier anchor of its place that is there."""
+        secret = dict(self.ring).get(a.kid)
+        if secret is None:
+            return f"anchor {a.where} is keyed with {a.kid!r}, which is not in the key ring"
+        if not a.mac_ok(secret):
+            return f"anchor {a.where} does not match its keyed hash (written or rewritten without the key)"
+        if a.prev_seq is not None and a.prev_mac not in self.seen.get((a.sink, a.prev_seq), set()):
+            return (f"anchor {a.where} follows an anchor of entry {a.prev_seq} that is missing from "
+                    f"{a.sink} (deleted or rewritten)")
+        return None
+
+    def _seen(self, a: Anchor) -> None:
+        self.seen.setdefault((a.sink, a.seq), set()).add(a.mac)
+        self.checked += 1
 
     def step(self, row: dict[str, Any]) -> VerifyResult | None:
         """Check one entry; the first problem found ends the walk."""
@@ -724,22 +1018,20 @@ class _Walk:
             return self.broken(seq, f"entry {seq} was put before entry {expected}")
         if seq != expected:
             return self.broken(expected, f"entry {expected} is missing")
-        used = self._key_index(row)
-        if used is None:
-            return self.broken(seq, "content does not match its keyed hash (edited, inserted, moved or "
-                                    "rehashed without the key)")
-        if used > self.level:
-            return self.broken(seq, f"keyed with {self.ckeys[used][0]!r} after the chain moved on to key "
-                                    f"{self.ckeys[self.level][0]!r} (an older key cannot append after a rotation)")
-        self.level = used
+        if problem := self._key_problem(row):
+            return self.broken(seq, problem)
         if row["prev_hash"] != self.prev:
             return self.broken(seq, "does not link to the entry before it")
         while self.pending and self.pending[0].seq <= seq:
             a = self.pending.pop(0)
+            if problem := self._anchor_problem(a):
+                return self.broken(seq, problem)
             if a.seq == seq and not hmac.compare_digest(a.entry_hash, row["entry_hash"]):
                 return self.broken(seq, f"differs from anchor {a.where} (rewritten with the key at or before "
                                         f"this entry)")
-            self.checked += 1
+            self._seen(a)
+        if row["action"] == ANCHOR_ACTION and (problem := self._recorded_anchor_problem(row)):
+            return self.broken(seq, problem)
         if row["outcome"] == INTENT:
             self.intents.add(seq)
         if row["ref_seq"] is not None:
@@ -750,19 +1042,64 @@ class _Walk:
         self.prev, self.expected_seq = row["entry_hash"], expected + 1
         return None
 
-    def _key_index(self, row: dict[str, Any]) -> int | None:
-        """Index of the active key the entry's hash was made with (the current level's first), or None."""
+    def _key_problem(self, row: dict[str, Any]) -> str | None:
+        """The entry must be keyed with the key the chain is under (any active key for the first entry); a
+        rotation entry must be co-signed by the key it hands over to, which becomes the chain's key."""
         canon = canonical(row)
-        order = [self.level, *(i for i in range(len(self.ckeys)) if i != self.level)]
-        for i in order:
-            if hmac.compare_digest(hmac.digest(self.ckeys[i][1], canon, "sha256").hex(), row["entry_hash"] or ""):
-                return i
+        order = range(len(self.ckeys)) if self.cur is None else [self.cur, *(
+            i for i in range(len(self.ckeys)) if i != self.cur)]
+        used = next((i for i in order if hmac.compare_digest(
+            hmac.digest(self.ckeys[i][1], canon, "sha256").hex(), row["entry_hash"] or "")), None)
+        if used is None:
+            return "content does not match its keyed hash (edited, inserted, moved or rehashed without the key)"
+        if self.cur is not None and used != self.cur:
+            now, other = self.ckeys[self.cur][0], self.ckeys[used][0]
+            if used > self.cur:
+                return (f"keyed with {other!r} after the chain moved on to key {now!r} (a retired key cannot "
+                        f"append or rewrite after a rotation)")
+            return f"keyed with {other!r} while the chain is under {now!r}, and no rotation entry hands it over"
+        self.cur = used
+        change = key_change(row)
+        if change is None:
+            return None
+        to, from_ = change.get("to"), change.get("from")
+        kid = self.ckeys[used][0]
+        if from_ != kid or not isinstance(to, str) or not isinstance(change.get("proof"), str):
+            return f"a key rotation that does not say it hands over from {kid!r}, the key it is keyed with, to a key"
+        index = next((i for i, (k, _) in enumerate(self.ring) if k == to), None)
+        if index is None:
+            return f"hands the chain over to key {to!r}, which is not in the key ring (RETENTION_HMAC_KEYS)"
+        if index >= used:
+            return f"hands the chain over from {kid!r} to {to!r}, which is not a newer key"
+        if not hmac.compare_digest(_cosignature(row, self.ring[index][1]), change["proof"]):
+            return (f"a key rotation to {to!r} without its co-signature under {to!r} (forged by someone without "
+                    f"the new key)")
+        self.cur, self.segment_start = index, row["seq"] + 1
+        return None
+
+    def _recorded_anchor_problem(self, row: dict[str, Any]) -> str | None:
+        """An ``anchor`` entry names an anchor written outside: in a place read in full, it must be there, unchanged."""
+        recorded = _recorded_anchor(row["details"])
+        if recorded is None:
+            return "an anchor entry that does not say which anchor it records"
+        if recorded["sink"] not in self.locations:
+            return None  # a place not given to this verification
+        found = self.by_where.get(recorded["where"])
+        if found is None:
+            return f"records the anchor of entry {recorded['seq']} at {recorded['where']}, which is missing"
+        if found.seq != recorded["seq"] or not hmac.compare_digest(found.mac, recorded["mac"]):
+            return f"records the anchor of entry {recorded['seq']} at {recorded['where']}, which was changed"
         return None
 
     def finish(self, head_seq: int, head_hash: str) -> VerifyResult:
-        """After the last entry: the head and the anchors must agree with where the chain ended."""
+        """After the last entry: the head and the anchors must agree with where the chain ended, and the chain
+        must end under the current key."""
         last = self.expected_seq - 1
         beyond = [a for a in self.pending if a.seq > last]
+        for a in beyond:
+            if problem := self._anchor_problem(a):
+                return self.broken(last + 1, problem)
+            self._seen(a)
         if beyond:
             return self.broken(last + 1, f"entries after {last} were removed (anchor {beyond[0].where} "
                                          f"records entry {beyond[0].seq})")
@@ -772,6 +1109,12 @@ class _Walk:
             return self.broken(head_seq + 1, f"entries after the head ({head_seq}) were added behind its back")
         if not hmac.compare_digest(head_hash, self.prev):
             return self.broken(last, "the head does not match the last entry")
+        if self.current_key and self.cur is not None and self.cur != 0:
+            old, new = self.ckeys[self.cur][0], self.ckeys[0][0]
+            return self.broken(self.segment_start, (
+                f"entries {self.segment_start}-{last} are under key {old!r}, but the current key is {new!r} and no "
+                f"rotation entry hands the chain over to it: either `cli rotate-keys` has not run since {new!r} "
+                f"was added, or the rotation and what followed were cut or rewritten with the old key"))
         return VerifyResult(True, self.count)
 
 

@@ -739,7 +739,7 @@ class Policy(_Model):
             for s, system in self.systems.items()
             for c, coll in system.collections.items()
             for reference in coll.references
-            if reference.to == ref and reference.column and system.kind == "sql"
+            if reference.to == ref and reference.source_columns() and system.kind == "sql"
             and self.system_of(ref).kind == "sql"
         ]
 
@@ -1002,6 +1002,8 @@ def _cross_check(policy: Policy):
                 if policy.systems[target_sys].kind == "s3":
                     if system.kind != "sql":
                         yield where, "only SQL collections can reference S3 objects"
+                    if ref.composite or ref.to_columns:
+                        yield f"{where}.columns", "a reference to S3 objects names one 'column' or a 'key_template'"
                     if ref.key_template:
                         for field in _template_fields(ref.key_template):
                             if field not in coll.columns:
@@ -1012,14 +1014,7 @@ def _cross_check(policy: Policy):
                             yield f"{where}.key_template", (
                                 f"the key template must start with {ref.to}'s prefix {target_prefix!r}")
                     continue
-                if ref.column is None:
-                    yield f"{where}.column", "a reference between tables needs 'column'"
-                if ref.to_column and ref.to_column not in target.columns:
-                    yield f"{where}.to_column", f"unknown column {ref.to_column!r} of {ref.to}"
-                if not ref.to_column and len(target.key_columns()) > 1:
-                    yield f"{where}.to_column", (f"{ref.to} has a composite primary key "
-                                                 f"({', '.join(target.key_columns())}); a reference holds one "
-                                                 "column: name the referenced column with 'to_column'")
+                yield from _check_reference_columns(where, coll, ref, target)
                 has_delete = any(st.action == "delete" for r in target.rules for st in r.stages)
                 if ref.on_delete is None and (has_delete or target.erasure == "delete"):
                     yield f"{where}.on_delete", (
@@ -1038,6 +1033,35 @@ def _cross_check(policy: Policy):
         across = " across databases" if len(systems) > 1 else ""
         yield (f"systems.{s}.collections.{c}.references[{i}].to",
                f"reference cycle{across}: {' -> '.join(cycle)} (a delete could never take children first)")
+
+
+def _check_reference_columns(where: str, coll: Collection, ref: Reference, target: Collection):
+    """A reference between tables: its columns pair up with named columns of the target (or the target's primary
+    key), and ``nullify`` can clear them. Whether the target's columns are unique there is the database's to say
+    when they are not the declared primary key (``SqlStore.check`` reflects its unique constraints and indexes)."""
+    src = ref.source_columns()
+    if not src:
+        yield f"{where}.column", "a reference between tables needs 'column' (or 'columns')"
+        return
+    named = [(f"{where}.to_columns[{j}]", c) for j, c in enumerate(ref.to_columns)] if ref.to_columns else (
+        [(f"{where}.to_column", ref.to_column)] if ref.to_column else [])
+    for at, name in named:
+        if name not in target.columns:
+            yield at, f"unknown column {name!r} of {ref.to} (columns: {', '.join(target.columns)})"
+    key = target.key_columns()
+    if not named and len(key) != len(src):
+        if len(src) == 1:
+            yield f"{where}.to_column", (f"{ref.to} has a composite primary key ({', '.join(key)}); a reference of "
+                                         "one column names the referenced column with 'to_column' (unique there), "
+                                         "or gives 'columns' and 'to_columns' of as many")
+        else:
+            yield f"{where}.to_columns", (f"{ref.to}'s primary key has {len(key)} column(s) ({', '.join(key)}) and "
+                                          f"'columns' {len(src)}: name the referenced columns with 'to_columns'")
+    if ref.on_delete == "nullify":
+        in_key = [c for c in src if c in coll.key_columns()]
+        if in_key:
+            yield f"{where}.on_delete", (f"'nullify' would clear column(s) {', '.join(in_key)} of the primary key: "
+                                         "use 'on_delete: delete'")
 
 
 def _check_consent_and_exports(policy: Policy):
@@ -1187,7 +1211,11 @@ def _check_sql(policy: Policy, base: str, coll: Collection):
         if kind not in coll.identities:
             yield f"{base}.suppress_on_delete", f"{kind!r} is not among the collection's identities"
     for i, ref in enumerate(coll.references):
-        yield from col(f"{base}.references[{i}].column", ref.column)
+        if ref.composite:
+            for j, name in enumerate(ref.columns):
+                yield from col(f"{base}.references[{i}].columns[{j}]", name)
+        else:
+            yield from col(f"{base}.references[{i}].column", ref.column)
     if coll.lock:
         yield from col(f"{base}.lock.at", coll.lock.at)
         yield from col(f"{base}.lock.reason", coll.lock.reason)
@@ -1275,7 +1303,7 @@ def _check_orphaned(policy: Policy, s_name: str, c_name: str):
             if o_sys != s_name:
                 yield where, (f"{owner} (another database) refers to {ref}: 'orphaned' checks references in the "
                               "statement that deletes, so they must be tables of the same database")
-            elif reference.column is None:
+            elif not reference.source_columns():
                 yield where, f"{owner} refers to {ref} without a 'column'"
 
 

@@ -156,6 +156,8 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
     """The receipt; ``ledger_entries`` (from ``ledger_proof``) adds each system's ledger seq and entry hash;
     ``policy`` (the data map) adds the backup statement of each system the erasure reached."""
     out_systems, exceptions = {}, []
+    handled = ("kept unchanged, not corrected (legal hold or a lock that is not the person's own)"
+               if request.get("mode") == "rectify" else "kept and restricted (GDPR Art. 17(3))")
     for name in expected:
         state = systems.get(name, {"status": "not started", "counts": {}})
         counts = state.get("counts") or {}
@@ -163,7 +165,7 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
             for key, n in per.items():
                 if key.startswith("exception:"):
                     exceptions.append({"system": name, "collection": coll, "reason": key.split(":", 1)[1],
-                                       "items": n, "handled_as": "kept and restricted (GDPR Art. 17(3))"})
+                                       "items": n, "handled_as": handled})
         out_systems[name] = {
             "status": state.get("status"),
             "verified": state.get("status") in ("verified", "recorded"),
@@ -249,7 +251,7 @@ def render_markdown(receipt: dict[str, Any]) -> str:
         for coll, line in (collection_lines(system) or {"-": {}}).items():
             lines.append(f"| {name} | {system['status']} | {coll} | {line_text(line)} |")
     if receipt["exceptions"]:
-        lines += ["", "## Exceptions (kept, restricted)", ""]
+        lines += ["", "## Exceptions (kept" + ("" if receipt.get("mode") == "rectify" else ", restricted") + ")", ""]
         lines += [f"- {e['system']} / {e['collection']}: {e['items']} item(s), {e['reason']}, {e['handled_as']}"
                   for e in receipt["exceptions"]]
     if receipt.get("backups"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from dateutil.relativedelta import relativedelta
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS, IdentityError, normalise
 from include.retention.identity import validate as validate_identity
+from include.retention.ledger import _is_create_race as is_create_race
 from include.retention.masking import current_kid, keyed_digest, keyed_digests, keys_of
 
 # Kinds with a digest column of their own in subject_requests (others: request_digests).
@@ -208,10 +211,21 @@ class Registry:
         self._ready = False
 
     def ensure_schema(self) -> None:
-        if not self._ready:
-            metadata.create_all(self.engine, checkfirst=True)
-            self._add_missing_columns()
-            self._ready = True
+        """Create the tables (and add missing columns) once; safe when several first runs do it at the same time:
+        a table, index or column another run created meanwhile is a race to check again, not an error."""
+        if self._ready:
+            return
+        attempts = 8
+        for attempt in range(attempts):
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                self._add_missing_columns()
+                break
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+                if attempt == attempts - 1 or not is_create_race(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        self._ready = True
 
     def _add_missing_columns(self) -> None:
         """Registries created before key ids lack ``key_id``: add it (NULL = the one key of then, k0)."""
@@ -552,9 +566,20 @@ class Registry:
                     conn.execute(suppression.update().where(suppression.c.digest == found,
                                                             suppression.c.request_id.is_(None))
                                  .values(request_id=rid))
-            for chunk in _chunks(new):
-                conn.execute(suppression.insert(), chunk)
-            added = len(new)
+            # an upsert: another erasure of the same person finishing at the same time may have listed a digest
+            # since the SELECT above (its row is kept; this one's is not written twice)
+            added = self._insert_new_digests(conn, new)
+        return added
+
+    @staticmethod
+    def _insert_new_digests(conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
+        """Insert suppression rows, skipping digests already listed (also by a concurrent transaction): ``INSERT
+        ... ON CONFLICT DO NOTHING`` (PostgreSQL), ``INSERT IGNORE`` (MariaDB), ``INSERT OR IGNORE`` (SQLite).
+        Returns how many were new."""
+        added = 0
+        for chunk in _chunks(sorted(rows, key=lambda r: r["digest"])):  # one order: two writers cannot deadlock
+            stmt = _insert_ignoring_duplicates(conn.dialect.name).values(chunk)
+            added += max(conn.execute(stmt).rowcount, 0)
         return added
 
     def suppress_values(self, values: list[tuple[str, str]], reason: str) -> int:
@@ -570,9 +595,7 @@ class Registry:
                 have = self.suppressed(kind, [c for cands in mine.values() for c in cands])
                 new = [{"digest": d, "kind": kind, "request_id": None, "added_at": now, "key_id": self.kid}
                        for d, cands in mine.items() if not have.intersection(cands)]
-                if new:
-                    conn.execute(suppression.insert(), new)
-                    added += len(new)
+                added += self._insert_new_digests(conn, new)
         return added
 
     def suppressed(self, kind: str, digests: Iterable[str], *, erasures_only: bool = False) -> set[str]:
@@ -834,3 +857,13 @@ def _merge(old: Any, new: Any) -> Any:
         return old
     return old + new if isinstance(old, int) and isinstance(new, int) else new
 
+
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    """An INSERT into the suppression list that skips a digest already there instead of failing on its key."""
+    if dialect == "postgresql":
+        return pg_insert(suppression).on_conflict_do_nothing(index_elements=["digest"])
+    if dialect == "sqlite":
+        return suppression.insert().prefix_with("OR IGNORE")
+    if dialect in ("mysql", "mariadb"):
+        return suppression.insert().prefix_with("IGNORE")
+    raise RetentionError(f"suppression list: no duplicate-skipping insert for database {dialect!r}")

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from include.retention.errors import SafetyBrakeTripped
+from include.retention.intents import RunLease, reconcile_open_intents, seal
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import Policy
 from include.retention.stores.base import PAST_TENSE, RulePlan, Store
@@ -19,6 +20,7 @@ from include.retention.stores.base import PAST_TENSE, RulePlan, Store
 log = logging.getLogger(__name__)
 
 COUNT_COLUMNS = ("locked", "anonymized", "deleted", "held", "kept")
+MAX_SEALED = 48_000  # characters of a batch's sealed re-read in its intent
 
 
 def run_rule(
@@ -48,8 +50,23 @@ def _run_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: R
               "collection": coll_ref}
 
     store.check(coll_name)
+    if dry_run:
+        return _run(policy, rule_id, store, ledger, common, now, dry_run, brake_approved, None)
+    # the run's lease: its intents name it as their owner; a run that finds an intent whose owner's lease is free
+    # (the process died) settles it (include/retention/intents.py)
+    with RunLease(ledger.engine) as lease:
+        settled = reconcile_open_intents(ledger, policy, rule_id, store)
+        if settled:
+            log.info("%s: settled %d intent(s) a stopped run left open", rule_id, len(settled))
+        return _run(policy, rule_id, store, ledger, common, now, dry_run, brake_approved, lease.token)
+
+
+def _run(policy: Policy, rule_id: str, store: Store, ledger: Ledger, common: dict[str, Any], now: dt.datetime,
+         dry_run: bool, brake_approved: bool, owner: str | None) -> dict[str, Any]:
+    coll_ref, _coll, rule = policy.rule(rule_id)
+    system, coll_name = common["system"], coll_ref.partition(".")[2]
     if not dry_run:  # e.g. the orphan marker an 'orphaned' start counts from (a dry run changes nothing)
-        store.prepare_rule(coll_name, rule, now, policy.batch_size(rule), LedgerRecorder(ledger, common))
+        store.prepare_rule(coll_name, rule, now, policy.batch_size(rule), LedgerRecorder(ledger, common, owner))
     plan = store.plan(coll_name, rule, now, for_act=not dry_run)
     counts: dict[str, Any] = {
         "rule_id": rule_id, "system": system, "collection": coll_ref, "dry_run": dry_run,
@@ -71,7 +88,7 @@ def _run_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: R
         log.info("dry run of %s: would %s", rule_id, counts["would"])
         return counts
 
-    record = LedgerRecorder(ledger, common)
+    record = LedgerRecorder(ledger, common, owner)
 
     for stage in reversed(rule.stages):
         if not plan.eligible.get(stage.action):
@@ -82,7 +99,10 @@ def _run_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: R
         for k, v in result.cascaded.items():
             counts["cascaded"][k] = counts["cascaded"].get(k, 0) + v
         log.info("%s: %s %d rows in %d batches", rule_id, PAST_TENSE[stage.action], result.changed, result.batches)
-    counts["kept"] = max(plan.in_scope - plan.held - counts["locked"] - counts["anonymized"] - counts["deleted"], 0)
+    # from the table, after the act: a concurrent run's changes are not counted as kept (None: from the plan)
+    kept = store.count_kept(coll_name, rule, now)
+    counts["kept"] = kept if kept is not None else max(
+        plan.in_scope - plan.held - counts["locked"] - counts["anonymized"] - counts["deleted"], 0)
     ledger.append(action="sweep", outcome="complete",
                   count=counts["locked"] + counts["anonymized"] + counts["deleted"], details=_details(counts),
                   **common)
@@ -106,26 +126,41 @@ def brake(rule_id: str, plan: RulePlan, limit: float) -> SafetyBrakeTripped | No
 
 
 class LedgerRecorder:
-    """Batches of a stage in the ledger: an intent before the store commits, the real count after."""
+    """Batches of a stage in the ledger: an intent before the store commits, the real count after. Each intent names
+    its run's lease (``owner``) and, sealed, how to find the batch's rows again (``reread``), so the rule's next
+    run can settle it if this one stops in between (include/retention/intents.py)."""
 
-    def __init__(self, ledger: Ledger, common: dict[str, Any]):
-        self.ledger, self.common = ledger, common
+    rereads = True  # stores give ``intend`` the batch's ``reread`` (stores.base.begin_record)
+
+    def __init__(self, ledger: Ledger, common: dict[str, Any], owner: str | None = None):
+        self.ledger, self.common, self.owner = ledger, common, owner
 
     def for_collection(self, system: str, collection: str) -> LedgerRecorder:
         """The recorder of a cascade into another system: same run and rule, that system's own entries."""
-        return LedgerRecorder(self.ledger, {**self.common, "system": system, "collection": collection})
+        return LedgerRecorder(self.ledger, {**self.common, "system": system, "collection": collection}, self.owner)
 
-    def intend(self, action: str, planned: int, pk_digest: str) -> int:
-        return self.ledger.intend(action=action, count=planned, pk_digest=pk_digest, **self.common)
+    def _intent_details(self, reread: dict[str, Any] | None) -> dict[str, Any] | None:
+        details: dict[str, Any] = {"owner": self.owner} if self.owner else {}
+        # in clear: the walk's kind, where a cascade came from and what the batch took along (counts); the rest sealed
+        if reread is not None:
+            details.update({k: reread[k] for k in ("walk", "cascaded_from", "cascading") if k in reread})
+            sealed = seal(self.ledger.key, reread)
+            # a batch too large to seal in an entry (MariaDB's TEXT holds 64 KB) is settled by its recorded count
+            details["reread"] = sealed if len(sealed) <= MAX_SEALED else None
+        return details or None
 
-    def intend_after(self, settled: tuple[int, int, dict[str, Any]], action: str, planned: int, pk_digest: str
-                     ) -> int:
+    def intend(self, action: str, planned: int, pk_digest: str, reread: dict[str, Any] | None = None) -> int:
+        return self.ledger.intend(action=action, count=planned, pk_digest=pk_digest,
+                                  details=self._intent_details(reread), **self.common)
+
+    def intend_after(self, settled: tuple[int, int, dict[str, Any]], action: str, planned: int, pk_digest: str,
+                     reread: dict[str, Any] | None = None) -> int:
         """Settle a committed batch's intent (``settled``: intent, real count, details) and write the next
         batch's intent, in one ledger transaction (``stores.base.DeferredOutcomes``)."""
         intent, count, details = settled
         return self.ledger.settle(intent, count=count, details=details,
                                   then_intend={"action": action, "count": planned, "pk_digest": pk_digest,
-                                               **self.common})
+                                               "details": self._intent_details(reread), **self.common})
 
     def __call__(self, action: str, count: int, pk_digest: str, details: dict[str, Any],
                  intent: int | None = None) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 import urllib.request
 import zipfile
 
@@ -205,12 +206,14 @@ def test_identity_check_approve_proceeds(access_world, monkeypatch):
     assert registry.receipt(rid)["package"]["sha256"]
 
 
-def test_identity_check_reject_changes_nothing_and_closes_with_the_reason(access_world, monkeypatch):
-    monkeypatch.setenv("RETENTION_VERIFY_IDENTITY", "access,rectify,erase")
+@pytest.mark.parametrize("conf", [{"mode": "rectify", "new_email": "new.me@example.org"}, {"mode": "withdraw"}],
+                         ids=["rectify", "withdraw"])
+def test_identity_check_reject_changes_nothing_and_closes_with_the_reason(access_world, monkeypatch, conf):
+    monkeypatch.delenv("RETENTION_VERIFY_IDENTITY")  # the default checks every type: withdraw too (consents change)
     world = access_world
     before = snapshot(world["crm"], world["mailing"], {"contact": -1, "subscriber": -1})
     responder = answer(DAG_ID, "verify_identity", "Reject", "no reply from the registered address")
-    run = run_dag(DAG_ID, {"email": SUBJECT, "mode": "rectify", "new_email": "new.me@example.org"})
+    run = run_dag(DAG_ID, {"email": SUBJECT, **conf})
     assert responder.wait(timeout=180) == 0
     states = task_states(run)
     assert states["act"] == ["skipped"] and states["finalize"] == ["success"], states
@@ -250,3 +253,34 @@ def test_rectify_and_withdraw_through_the_dag(access_world):
     with world["mailing"].connect() as conn:
         assert conn.execute(sa.select(schema.subscribers.c.unsubscribed_at).where(
             schema.subscribers.c.id == world["ids"]["subscriber"])).scalar() is not None
+
+
+def test_rectify_to_another_persons_address_is_refused_through_the_dag(access_world):
+    """The lookalike's address in capitals and decomposed accents is that person's: act fails before any change,
+    each system records the refusal naming the kind, never the value, and the request stays open."""
+    world = access_world
+
+    def everything():
+        out = {}
+        for engine, md in ((world["crm"], schema.crm_metadata), (world["mailing"], schema.mailing_metadata)):
+            with engine.connect() as conn:
+                for t in md.sorted_tables:
+                    out[t.name] = [tuple(r) for r in conn.execute(sa.select(t).order_by(*t.primary_key.columns))]
+        return out
+
+    before = everything()
+    variant = unicodedata.normalize("NFD", LOOKALIKE.upper())
+    run = run_dag(DAG_ID, {"email": SUBJECT, "mode": "rectify", "new_email": variant})
+    states = task_states(run)
+    assert states["act"] == ["failed"], states
+    assert everything() == before
+    registry = world["registry"]
+    rid = registry.request_id_for(DAG_ID, run.run_id)
+    assert registry.get(rid)["status"] != "complete"
+    errors = {name: state["error"] for name, state in registry.systems(rid).items()}
+    assert set(errors) == {"crm", "mailing"}
+    assert all(e.startswith("rectify refused: the new email is already an identity of") for e in errors.values())
+    assert not [e for e in errors.values() if "example" in e.lower()]
+    assert not [r for r in world["ledger"].rows() if r["request_id"] == rid and r["outcome"] == "done"]
+    for needle in (variant.lower(), unicodedata.normalize("NFC", variant).lower()):
+        assert not airflow_text_containing(needle)

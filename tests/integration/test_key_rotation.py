@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from include.retention import cli
 from include.retention.erasure import SubjectScanner
-from include.retention.ledger import Ledger, RunRef, entries
+from include.retention.ledger import Ledger, RunRef, entries, entry_hash
 from include.retention.masking import KeyRing, keyed_digest
 from include.retention.registry import Identities, NewRequest, Registry, suppression
 from include.retention.registry import requests as requests_table
@@ -54,15 +54,19 @@ def test_rotation_keeps_suppression_registry_and_ledger(db_url, monkeypatch, cap
     engine = make_engine(db_url)
     rid = _history(engine)
 
-    # a new key added: old digests still match, old entries still decrypt and verify
+    # a new key added: old digests still match, old entries still decrypt and verify, but the chain is not
+    # under the current key until rotate-keys hands it over (a chain cut before a rotation looks the same)
     registry = Registry(engine, RING)
     assert registry.is_suppressed("email", SUBJECT) and registry.is_suppressed("email", GONE)
     assert registry.identities(rid).email == SUBJECT.lower()
     ledger = Ledger(engine, RING)
-    assert ledger.verify(record=False).ok
+    assert ledger.verify(record=False, current_key=False).ok
     rid2 = registry.register(NewRequest(Identities(email="second.person@example.org")))  # written under k1
-    ledger.append(run=RunRef(), action="erase", outcome="done", request_id=rid2)
-    assert ledger.verify(record=False).ok
+    ledger.append(run=RunRef(), action="erase", outcome="done", request_id=rid2)  # chained under k0, the chain's
+    pending = ledger.verify(record=False)
+    assert not pending.ok and pending.first_broken_seq == 1 and pending.key_id == "k0"
+    assert "current key is 'k1'" in pending.problem and "rotate-keys" in pending.problem
+    assert Ledger(engine, OLD_ONLY).verify(record=False).ok  # every entry so far is under k0 alone
 
     _env(monkeypatch, db_url)
     assert cli.main(["rotate-keys"]) == 0
@@ -90,27 +94,42 @@ def test_rotation_keeps_suppression_registry_and_ledger(db_url, monkeypatch, cap
     # every ledger entry verifies under the active keys; exactly one audit entry for the rotation
     result = Ledger(engine, RING).verify(record=False)
     assert result.ok, result
+    assert result.key_id == "k1"
     with engine.connect() as conn:
         audits = conn.execute(sa.select(entries).where(entries.c.action == "rotate_keys")).all()
     assert len(audits) == 1 and audits[0].count == 1 + 2  # one request, its two suppression entries
-    assert json.loads(audits[0].details)["kept"] == {"k0": 1}
+    details = json.loads(audits[0].details)
+    assert details["kept"] == {"k0": 1}
+    change = details["key_change"]  # sealed by the old key's chain hash, co-signed by the new key
+    assert change["from"] == "k0" and change["to"] == "k1" and len(change["proof"]) == 64
+    assert audits[0].entry_hash == entry_hash(dict(audits[0]._mapping), OLD.encode())
+    # what follows is chained under k1
+    Ledger(engine, RING).append(run=RunRef(), action="erase", outcome="done")
+    with engine.connect() as conn:
+        after = conn.execute(sa.select(entries).order_by(entries.c.seq.desc()).limit(1)).one()
+    assert after.entry_hash == entry_hash(dict(after._mapping), NEW.encode())
     # the old entries need the old key: it stays active for verification
     assert not Ledger(engine, NEW_ONLY).verify(record=False).ok
 
-    # a second run finds nothing to do, and is audited too
+    # a second run finds nothing to do, and is audited too (no second key change: the chain is under k1)
     assert cli.main(["rotate-keys"]) == 0
     assert "0 request(s)" in capsys.readouterr().out
     assert Ledger(engine, RING).verify(record=False).ok
+    with engine.connect() as conn:
+        last = json.loads(conn.execute(sa.select(entries.c.details).where(entries.c.action == "rotate_keys")
+                                       .order_by(entries.c.seq.desc()).limit(1)).scalar_one())
+    assert "key_change" not in last
     engine.dispose()
 
 
 def test_old_key_cannot_append_after_rotation(db_url):
     engine = make_engine(db_url)
     _history(engine)
-    Ledger(engine, RING).append(run=RunRef("cli", "rotate-keys"), action="rotate_keys", outcome="done")
+    rotation = Ledger(engine, RING).rotate(run=RunRef("cli", "rotate-keys"))
     Ledger(engine, OLD_ONLY).append(run=RunRef(), action="erase", outcome="done")  # someone holding k0 only
     result = Ledger(engine, RING).verify(record=False)
-    assert not result.ok and "older key cannot append after a rotation" in result.problem
+    assert not result.ok and result.first_broken_seq == rotation + 1
+    assert "retired key cannot append or rewrite after a rotation" in result.problem
     engine.dispose()
 
 

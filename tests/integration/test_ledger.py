@@ -77,6 +77,7 @@ def _cli_env(db_url: str) -> dict[str, str]:
     if db_url.startswith("sqlite"):
         env["AIRFLOW_CONN_RETENTION_LEDGER"] = json.dumps({"conn_type": "sqlite", "host": db_url[len("sqlite:///"):]})
     env.pop("RETENTION_LEDGER_ANCHORS", None)
+    env.pop("RETENTION_LEDGER_ANCHORS_DEMO", None)
     return env
 
 
@@ -232,6 +233,9 @@ def test_verify_cli_with_anchors(ledger, db_url, tmp_path):
     assert len(list(anchors.glob("*.json"))) == 1
     ok = subprocess.run(cli, env=env, capture_output=True, text=True)
     assert ok.returncode == 0 and "1 anchor(s) match" in ok.stdout
+    assert "warning: anchors in a directory can be deleted by whoever can write to it" in ok.stdout
+    demo = subprocess.run(cli, env={**env, "RETENTION_LEDGER_ANCHORS_DEMO": "1"}, capture_output=True, text=True)
+    assert demo.returncode == 0 and "warning" not in demo.stdout
     ledger.intend(action="delete", count=3)
     with ledger.engine.begin() as conn:  # truncate entries 4.. and move the head back to 3
         h3 = conn.execute(sa.select(entries.c.entry_hash).where(entries.c.seq == 3)).scalar_one()

@@ -258,8 +258,11 @@ def test_many_anchors_all_checked(ledger, tmp_path):
     ledger.anchor(sink)
     result = ledger.verify(record=False, anchors=[sink])
     assert result.ok and result.anchors_checked == 2 and "2 anchor(s) match" in str(result)
-    doc = json.loads(sorted((tmp_path / "a").iterdir())[0].read_text())
-    assert set(doc) == {"format", "seq", "entry_hash", "anchored_at"} and doc["seq"] == N
+    first, second = (json.loads(f.read_text()) for f in sorted((tmp_path / "a").iterdir()))
+    assert set(first) == {"format", "seq", "entry_hash", "anchored_at", "kid", "prev", "mac"}
+    assert first["seq"] == N and first["prev"] is None and first["kid"] == "k0"
+    # the anchor entry (N + 1) and the append (N + 2) came after the first anchor; the second names the first
+    assert second["seq"] == N + 2 and second["prev"] == {"seq": N, "mac": first["mac"]}
 
 
 def test_empty_ledger_anchor(db_url, tmp_path):

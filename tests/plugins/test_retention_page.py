@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 OVERDUE_EMAIL = "erin.overdue-person@example.org"
 EMAILS = (OVERDUE_EMAIL, "frank.open@example.org", "gina.done@example.org")
+SAME = {"Origin": "http://testserver"}  # what a browser sends with a post from the page itself
 RUN_ID = "manual__2025-01-01T00:00:00+00:00"
 RULE = "crm.leads.inactivity"
 DRY_RULE = "mailing.subscribers.unsubscribed"
@@ -130,7 +131,7 @@ def page(seeded, plugin):
 
     plugin.app.dependency_overrides[plugin.get_user] = lambda: SimpleAuthManagerUser(username="dpo", role="viewer")
     try:
-        yield TestClient(plugin.app)
+        yield TestClient(plugin.app, headers=SAME)
     finally:
         plugin.app.dependency_overrides.pop(plugin.get_user, None)
 
@@ -299,7 +300,12 @@ def test_status_checks_anchors(page, seeded, monkeypatch, tmp_path):
     ledger = Ledger(seeded["engine"], KEY)
     ledger.anchor(tmp_path)
     monkeypatch.setenv("RETENTION_LEDGER_ANCHORS", str(tmp_path))
-    assert "1 anchor(s) match" in _status(page.get("/").text)
+    monkeypatch.delenv("RETENTION_LEDGER_ANCHORS_DEMO", raising=False)
+    status = _status(page.get("/").text)
+    assert "1 anchor(s) match" in status  # a directory of anchors: the page says what it cannot prove
+    assert "Warning: anchors in a directory can be deleted by whoever can write to it" in status
+    monkeypatch.setenv("RETENTION_LEDGER_ANCHORS_DEMO", "1")  # make demo: the directory stands in for a bucket
+    assert "Warning" not in _status(page.get("/").text)
     with seeded["engine"].begin() as conn:  # truncate and move the head back
         last = conn.execute(sa.text("SELECT entry_hash FROM ledger_entries WHERE seq = 7")).scalar_one()
         conn.execute(sa.text("DELETE FROM ledger_entries WHERE seq > 7"))
@@ -366,7 +372,7 @@ def test_empty_database_shows_an_empty_page(ledger_db, plugin):
 
     plugin.app.dependency_overrides[plugin.get_user] = lambda: SimpleAuthManagerUser(username="dpo", role="viewer")
     try:
-        client = TestClient(plugin.app)
+        client = TestClient(plugin.app, headers=SAME)
         text = client.get("/").text
         assert "No open requests." in text and "No sweep recorded yet." in text
         assert _status(text).startswith("Chain intact: 0 entries checked")
@@ -449,7 +455,7 @@ def airflow_api(airflow_db, airflow_plugins, seeded, monkeypatch):
 
     app = create_app()
     assert any(getattr(r, "path", None) == "/retention" for r in app.routes)
-    yield TestClient(app), get_auth_manager()
+    yield TestClient(app, headers=SAME), get_auth_manager()
     purge_cached_app()
 
 
@@ -473,6 +479,29 @@ def test_real_auth_cookie_and_bearer(airflow_api, seeded):
     finally:
         client.cookies.clear()
     _no_personal_data(resp.text, seeded)
+
+
+def test_real_auth_origin_check_cookie_versus_bearer(airflow_api, seeded):
+    """A browser session (the ``_token`` cookie) must post from this origin; a script's explicit Bearer token is
+    the only credential Airflow then reads (no other site can make a browser send it), so it needs no Origin."""
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    client, auth_manager = airflow_api
+    bare = TestClient(client.app)  # sends no Origin of its own
+    token = auth_manager.generate_jwt(SimpleAuthManagerUser(username="boss", role="admin"))
+    assert bare.post("/retention/api/verify", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    bare.cookies.set("_token", token)
+    try:
+        assert bare.post("/retention/api/verify").status_code == 403  # the cookie alone, no Origin
+        assert bare.post("/retention/api/verify", headers={"Sec-Fetch-Site": "same-site",
+                                                           "Origin": "http://testserver"}).status_code == 403
+        # a made-up Bearer next to the cookie: Airflow reads the header only, and refuses it
+        assert bare.post("/retention/api/verify", headers={"Authorization": "Bearer forged"}).status_code in (401, 403)
+        assert bare.post("/retention/api/verify", headers=SAME).status_code == 200
+    finally:
+        bare.cookies.clear()
+    with seeded["engine"].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 2
 
 
 def test_real_auth_rejects_missing_invalid_and_expired_tokens(airflow_api, seeded):
@@ -510,7 +539,7 @@ def test_only_the_privacy_role_verifies_or_submits(seeded, plugin, who):
     user = who if isinstance(who, FabLikeUser) else SimpleAuthManagerUser(username=who[0], role=who[1])
     plugin.app.dependency_overrides[plugin.get_user] = lambda: user
     try:
-        client = TestClient(plugin.app)
+        client = TestClient(plugin.app, headers=SAME)
         text = client.get("/").text
         assert "Verify now" not in text and 'id="request-form"' not in text
         assert "for the privacy role" in text
@@ -526,11 +555,17 @@ def test_only_the_privacy_role_verifies_or_submits(seeded, plugin, who):
         assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3  # the seeded ones
 
 
-@pytest.mark.parametrize("role", ["Privacy", "Admin", "admin"])
-def test_privacy_role_and_admin_verify(seeded, plugin, role):
-    plugin.app.dependency_overrides[plugin.get_user] = lambda: FabLikeUser("pia", role)
+@pytest.mark.parametrize("who", [FabLikeUser("pia", "Privacy"), FabLikeUser("al", "Admin"),
+                                 FabLikeUser("v", "Viewer", "Privacy"), ("boss", "admin"), ("boss", "ADMIN")])
+def test_privacy_role_and_admin_verify(seeded, plugin, who):
+    """FAB's ``Privacy`` and ``Admin`` exactly; the simple auth manager's admin role (which Airflow itself reads
+    upper-cased: ``admin`` in its users list is its ``ADMIN``)."""
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    user = who if isinstance(who, FabLikeUser) else SimpleAuthManagerUser(username=who[0], role=who[1])
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: user
     try:
-        client = TestClient(plugin.app)
+        client = TestClient(plugin.app, headers=SAME)
         text = client.get("/").text
         assert "Verify now" in text and 'id="request-form"' in text
         assert client.post("/api/verify").json()["ok"] is True
@@ -538,12 +573,40 @@ def test_privacy_role_and_admin_verify(seeded, plugin, role):
         plugin.app.dependency_overrides.pop(plugin.get_user, None)
 
 
-@pytest.mark.parametrize("headers", [{"Origin": "null"}, {"Origin": "NULL"}, {"Origin": "http://evil.example"},
-                                     {"Referer": "http://evil.example/x"}, {"Sec-Fetch-Site": "cross-site"}])
+@pytest.mark.parametrize("role", ["PRIVACY", "privacy", "admin", "ADMIN", "Privacy ", " Admin", "Privacy\x00",
+                                  "Prіvacy", "Administrator", ""])  # (the i of the 6th is Cyrillic)
+def test_role_names_match_exactly(seeded, plugin, role):
+    """A FAB role whose name only looks like Privacy or Admin gets no page actions: names are case-sensitive."""
+    plugin.app.dependency_overrides[plugin.get_user] = lambda: FabLikeUser("mallory", role)
+    try:
+        client = TestClient(plugin.app, headers=SAME)
+        assert 'id="request-form"' not in client.get("/").text
+        for path in ("/verify", "/api/verify"):
+            assert client.post(path).status_code == 403, (role, path)
+        assert client.post("/requests", json={"email": "x.person@example.org"}).status_code == 403
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+    with seeded["engine"].connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ledger_verifications")).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "null"}, {"Origin": "NULL"}, {"Origin": "http://evil.example"},
+    {"Referer": "http://evil.example/x"}, {"Sec-Fetch-Site": "cross-site"},
+    {},  # neither Origin nor Referer
+    {"Origin": "https://testserver"}, {"Referer": "https://testserver/retention/"},  # another scheme
+    {"Origin": "http://testserver:8080"}, {"Origin": "http://testserver.evil.example"},  # another port, host
+    {"Origin": "http://evil.example", "Referer": "http://testserver/"},  # Origin wins over a Referer
+    {"Origin": "http://testserver", "Sec-Fetch-Site": "same-site"},  # a sibling subdomain's page
+    {"Origin": "http://testserver", "Sec-Fetch-Site": "none"},
+    {"Origin": "testserver"}, {"Origin": "http://"}, {"Origin": "http://testserver:99999"}, {"Referer": "/retention/"},
+    {"Origin": "http://user@evil.example#@testserver"},
+])
 def test_origin_check_refuses_null_and_foreign_origins(seeded, plugin, headers):
     as_privacy(plugin)
     try:
-        client = TestClient(plugin.app)
+        client = TestClient(plugin.app)  # no Origin of its own: each case sends exactly its headers
         for path in ("/verify", "/api/verify", "/requests"):
             resp = client.post(path, headers=headers, data={"email": "x.person@example.org"})
             assert resp.status_code == 403 and resp.json()["detail"] == "cross-origin request refused", (path, headers)
@@ -556,6 +619,31 @@ def test_origin_check_refuses_null_and_foreign_origins(seeded, plugin, headers):
         assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3
 
 
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://testserver"}, {"Origin": "HTTP://TestServer:80"}, {"Referer": "http://testserver/retention/"},
+    {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+])
+def test_origin_check_accepts_this_origin(seeded, plugin, headers):
+    as_privacy(plugin)
+    try:
+        resp = TestClient(plugin.app).post("/api/verify", headers=headers)
+        assert resp.status_code == 200 and resp.json()["ok"] is True, headers
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+
+
+def test_origin_check_compares_scheme_host_and_port_of_the_request(seeded, plugin):
+    """Served over https on port 8443, an https Origin of that port is ours; the http one is not."""
+    as_privacy(plugin)
+    try:
+        client = TestClient(plugin.app, base_url="https://privacy.example:8443")
+        assert client.post("/api/verify", headers={"Origin": "https://privacy.example:8443"}).status_code == 200
+        for origin in ("http://privacy.example:8443", "https://privacy.example", "https://privacy.example:443"):
+            assert client.post("/api/verify", headers={"Origin": origin}).status_code == 403, origin
+    finally:
+        plugin.app.dependency_overrides.pop(plugin.get_user, None)
+
+
 @pytest.fixture
 def intake(seeded, plugin, monkeypatch):
     """A privacy user on the page; triggering is recorded instead of creating a DAG run (the e2e test does that)."""
@@ -566,7 +654,8 @@ def intake(seeded, plugin, monkeypatch):
         (dag_id, run_id, conf, user.get_name())))
     as_privacy(plugin)
     try:
-        yield SimpleNamespace(client=TestClient(plugin.app), triggered=triggered, allowed=allowed, **seeded)
+        yield SimpleNamespace(client=TestClient(plugin.app, headers=SAME), triggered=triggered, allowed=allowed,
+                              **seeded)
     finally:
         plugin.app.dependency_overrides.pop(plugin.get_user, None)
 
@@ -606,6 +695,8 @@ def test_intake_json(intake):
     ({}, "a request needs at least one identity"),
     ({"email": "not-an-address"}, "email"),
     ({"email": "a@example.org", "mode": "delete-everything"}, "mode must be one of erase, restrict"),
+    ({"email": "a@example.org", "mode": "ERASE"}, "mode must be one of erase, restrict"),
+    ({"email": "a@example.org", "mode": "a@example.org"}, "mode must be one of erase, restrict"),
     ({"email": "a@example.org", "shoe_size": "44"}, "unknown field(s): shoe_size"),
     ({"email": ["a@example.org"]}, "email must be a string"),
     ({"email": "a\x00b@example.org"}, "email"),
@@ -643,6 +734,48 @@ def test_intake_trigger_failure_leaves_the_request_open_not_lost(intake, plugin,
     with intake.engine.connect() as conn:
         status = conn.execute(sa.text("SELECT status FROM subject_requests WHERE source = 'page'")).scalar_one()
     assert status == "incomplete"  # listed on the page as open; no DAG run holds the identity
+
+
+@pytest.mark.parametrize("mode", ["access", "rectify", "withdraw"])
+@pytest.mark.parametrize("as_json", [True, False])
+def test_intake_refuses_modes_erasure_request_does_not_run(intake, mode, as_json):
+    """The page triggers erasure_request, which runs erase and restrict: any other mode is refused before anything
+    is registered or triggered, naming the mode (it used to answer 201 and leave a run to fail)."""
+    body = {"email": "m.person@example.org", "mode": mode}
+    resp = intake.client.post("/requests", json=body) if as_json else intake.client.post(
+        "/requests", data=body, follow_redirects=False)
+    assert resp.status_code == 400, resp.text
+    detail = resp.json()["detail"]
+    assert detail == (f"request refused: mode '{mode}' is not run by erasure_request (it runs erase, restrict); "
+                      f"{mode} requests go to access_request")
+    assert intake.triggered == []
+    with intake.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM subject_requests")).scalar() == 3
+
+
+@pytest.mark.parametrize("mode", ["erase", "restrict"])
+def test_intake_takes_the_modes_erasure_request_runs(intake, mode):
+    resp = intake.client.post("/requests", json={"email": "ok.person@example.org", "mode": mode})
+    assert resp.status_code == 201, resp.text
+    assert Registry(intake.engine, KEY).get(resp.json()["request_id"])["mode"] == mode
+    assert [t[0] for t in intake.triggered] == ["erasure_request"]
+
+
+def test_the_modes_the_page_takes_are_the_dags(intake):
+    """Guard against drift: the page's modes are exactly erasure_request's mode parameter (dags/erasure_request.py)."""
+    from include.retention.registry import ERASURE_MODES
+
+    text = (ROOT / "dags" / "erasure_request.py").read_text()
+    enum = re.search(r'"mode": Param\("erase", type="string", enum=\[([^\]]*)\]', text).group(1)
+    assert tuple(m.strip().strip('"') for m in enum.split(",")) == ERASURE_MODES
+    page = intake.client.get("/").text
+    assert re.findall(r"<option>(\w+)</option>", page) == list(ERASURE_MODES)
+
+
+def test_intake_without_origin_is_refused(intake):
+    resp = TestClient(intake.client.app).post("/requests", json={"email": "no.origin@example.org"})
+    assert resp.status_code == 403 and resp.json()["detail"] == "cross-origin request refused"
+    assert intake.triggered == []
 
 
 def test_page_lists_open_discovery_findings(page, seeded):

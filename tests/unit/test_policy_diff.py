@@ -1,5 +1,6 @@
-"""``cli diff OLD NEW``: what a policy change would newly delete, against the real store (SQLite here);
-a shortened period is reported with its rows and fails the gate (exit 3); an unchanged policy reports zero."""
+"""``cli diff OLD NEW``: which records a policy change would newly delete, against the real store (SQLite here);
+a shortened period is reported per collection and fails the gate (exit 3); an unchanged policy reports zero.
+(Record by record, all change kinds and databases: tests/integration/test_policy_diff_records.py.)"""
 
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ def test_period_shortened_from_6_months_to_6_days_reports_the_rows_and_fails(wor
     code, out, err = run(capsys, old, new)
 
     assert code == cli.DIFF_REFUSED == 3
-    line = next(ln for ln in out.splitlines() if ln.startswith("crm.applicants.recruitment_closed"))
-    # 3 closed 10 days ago + 2 two months ago, one of them under legal hold: 4 newly deleted now
-    assert line.split()[1:6] == ["shortened", "0", "0", "4", "0"]
-    assert "newly deleted: 4 record(s) now, 4 within 30 days" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("crm.applicants "))
+    # 3 closed 10 days ago + 2 two months ago, one of them under legal hold: 4 newly deleted now and at 30 days
+    assert line.split() == ["crm.applicants", "delete", "4", "0", "4", "0"]
+    assert "crm.applicants.recruitment_closed (shortened)" in out
+    assert "records newly affected (locked, anonymized or deleted; dependents and owned objects included): " \
+           "4 now, 4 within 30 days, 4 in all; newly deleted: 4 now, 4 within 30 days" in out
     assert "more than the threshold 0" in err
     assert "@" not in out + err  # counts only
 
@@ -99,14 +102,16 @@ def test_threshold_lets_a_small_change_through(world, capsys):
     old, new = world("old.yaml", "P6M"), world("new.yaml", "P6D")
     code, _, _ = run(capsys, old, new, "--threshold", "4")
     assert code == 0
+    code, _, err = run(capsys, old, new, "--threshold", "3")
+    assert code == 3 and "4 record(s)" in err
 
 
 def test_unchanged_policy_reports_zero(world, capsys):
     old = world("old.yaml", "P6M")
     code, out, err = run(capsys, old, world("same.yaml", "P6M"))
     assert code == 0 and err == ""
-    assert "no rule changes what it locks, anonymizes or deletes" in out
-    assert "newly deleted: 0 record(s) now, 0 within 30 days" in out
+    assert "no record is newly or no longer locked, anonymized or deleted" in out
+    assert "0 now, 0 within 30 days, 0 in all; newly deleted: 0 now, 0 within 30 days" in out
 
 
 def test_removed_rule_is_shown_first_and_json_has_the_numbers(world, capsys):
@@ -116,8 +121,14 @@ def test_removed_rule_is_shown_first_and_json_has_the_numbers(world, capsys):
     assert code == 3
     assert [(r["rule_id"], r["change"]) for r in diff["rules"]] == [
         ("crm.tickets.after_closed", "removed"), ("crm.applicants.recruitment_closed", "shortened")]
-    assert diff["rules"][0]["now"]["no_longer"]["delete"] == 1  # the 40-month-old ticket would stay
-    assert diff["newly_deleted_now"] == 4
+    # the 40-month-old ticket would stay; the applicants' 4 go, now and within 30 days
+    assert diff["collections"] == [
+        {"action": "delete", "horizon": 0, "collection": "crm.applicants", "newly": 4, "no_longer": 0},
+        {"action": "delete", "horizon": 0, "collection": "crm.tickets", "newly": 0, "no_longer": 1},
+        {"action": "delete", "horizon": 30, "collection": "crm.applicants", "newly": 4, "no_longer": 0},
+        {"action": "delete", "horizon": 30, "collection": "crm.tickets", "newly": 0, "no_longer": 1}]
+    assert diff["newly_affected"] == [{"horizon": 0, "records": 4}, {"horizon": 30, "records": 4}]
+    assert diff["gate"] == 4 and diff["errors"] == []
 
 
 def test_rule_change_kinds():

@@ -188,42 +188,55 @@ def _change(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run
     details = ctx.registry.details(request_id)
     subjects = _subjects(ctx, request_id)
     mode, dry_run = req["mode"], bool(req["dry_run"])
+    correction = _correction(ctx, request_id, subjects, details["new_values"], dry_run) if mode == "rectify" else None
     totals: dict[str, int] = {}
-    for system in identity_systems():
+    for system in correction.systems if correction is not None else identity_systems():
         store = ctx.runtime.store(system)
         per: dict[str, dict[str, int]] = {}
-        for name in store.subject_collections():
+        if correction is not None:  # checked everywhere before this first change (include/retention/correction.py)
+            per = dict(correction.apply(system, dry_run=dry_run).per_request.get(request_id, {}))
+        for name in store.subject_collections() if correction is None else []:
             coll = ctx.policy.collection(store.ref(name))
-            if mode == "withdraw" and not coll.consent:
-                continue
-            if mode == "rectify" and not set(details["new_values"]) & set(coll.identities):
+            if not coll.consent:
                 continue
             claims = store.find(name, subjects)
             if not claims:
                 continue
-            if mode == "rectify":
-                out = store.rectify(name, claims, subjects, details["new_values"], dry_run=dry_run)
-            else:
-                out = store.withdraw(name, claims, subjects, details.get("consents"), dry_run=dry_run)
+            out = store.withdraw(name, claims, subjects, details.get("consents"), dry_run=dry_run)
             for ref, counts in out.per_request.get(request_id, {}).items():
                 per[ref] = counts
-        left = 0
-        if mode == "rectify" and not dry_run:  # nothing may still carry the old value of a rectified kind
-            old = [type(s)(s.request_id, {k: v for k, v in s.identities.items() if k in details["new_values"]})
-                   for s in subjects]
-            left = sum(len(store.find(n, old)) for n in store.subject_collections()
-                       if set(details["new_values"]) & set(ctx.policy.collection(store.ref(n)).identities))
+        # nothing but the exceptions kept may still carry the old value of a rectified kind
+        left = correction.remaining(system) if correction is not None and not dry_run else 0
         status = "recorded" if not left else "failed"
         ctx.registry.set_system([request_id], system, status, counts={
             "collections": per, "searched": store.searched_kinds()},
             error="old value still found" if left else None)
-        n = sum(c for counts in per.values() for k, c in counts.items() if not k.startswith("already"))
+        n = sum(c for counts in per.values() for k, c in counts.items()
+                if not k.startswith(("already", "exception:", "changed_meanwhile")))
         _ledger(ctx, request_id, system, mode, n, req, dag_id, run_id, {"collections": per})
         totals[system] = n
         if left:
             raise RetentionError(f"{system}: {left} item(s) still carry the old value after rectify")
     log.info("request %s: %s%s, changed per system: %s", request_id, mode, " (dry run)" if dry_run else "", totals)
     return {"changed": totals}
+
+
+def _correction(ctx: Context, request_id: str, subjects: list, new_values: dict[str, str], dry_run: bool):
+    """The request's correction, checked in every system not yet done (an earlier attempt's systems are); a
+    refusal (it would merge two people, a value does not fit) is recorded per system and fails the task."""
+    from include.retention.airflow.erasure_tasks import systems as identity_systems
+    from include.retention.correction import Correction, CorrectionRefused
+
+    states = {} if dry_run else ctx.registry.systems(request_id)
+    pending = [s for s in identity_systems() if states.get(s, {}).get("status") != "recorded"]
+    correction = Correction(ctx.policy, ctx.runtime.store, pending, subjects, new_values)
+    try:
+        correction.check()
+    except CorrectionRefused as exc:
+        for system in pending:
+            ctx.registry.set_system([request_id], system, "failed", error=str(exc))
+        _fail(f"request {request_id}: {exc}")
+    return correction
 
 
 def _ledger(ctx: Context, request_id: str, system: str, action: str, count: int, req: dict[str, Any],
@@ -283,7 +296,8 @@ def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[st
     elif req["mode"] == "rectify":
         receipt["rectified_kinds"] = sorted(details.get("new_values") or {})
         receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
-                                   "every system re-scanned: no item carries the old value any more")
+                                   "every system re-scanned: no item carries the old value any more, except the "
+                                   "exceptions listed (kept unchanged)")
     elif req["mode"] == "withdraw":
         receipt["consents"] = details.get("consents") or "all"
         receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else

@@ -1,12 +1,14 @@
 """The identity check every subject-request DAG shares: "Identity verified?" before data leaves or changes.
 
-Access, rectification and erasure requests (``RETENTION_VERIFY_IDENTITY``, default ``access,rectify,erase``;
-``none``: no type) wait in a human-in-the-loop step (:class:`IdentityCheck`, Required actions) unless the
-request arrived verified. Only the intake path may say so: a row queued with ``cli submit --identity-verified``
-(source ``intake-verified``), or conf ``{"request_id": ..., "identity_verified": true}`` naming a request the
-intake path queued. A trigger carrying identities (form, REST) may not: it is refused. The answer (approved |
-rejected, the reason typed in, who answered) goes into the registry, encrypted; a rejected request is closed as
-``rejected`` with a receipt that says so and a ledger entry ``identity_check / rejected``; nothing else runs.
+Every request type that discloses or changes data (``RETENTION_VERIFY_IDENTITY``, default
+``access,rectify,withdraw,erase,restrict``: all of them; the operator turns the check off per type by listing
+only the others, ``none``: no type; an unknown name is refused) waits in a human-in-the-loop step
+(:class:`IdentityCheck`, Required actions) unless the request arrived verified. Only the intake path may say
+so: a row queued with ``cli submit --identity-verified`` (source ``intake-verified``), or conf
+``{"request_id": ..., "identity_verified": true}`` naming a request the intake path queued. A trigger carrying
+identities (form, REST) may not: it is refused. The answer (approved | rejected, the reason typed in, who
+answered) goes into the registry, encrypted; a rejected request is closed as ``rejected`` with a receipt that
+says so and a ledger entry ``identity_check / rejected``; nothing else runs.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 
+from include.retention.errors import RetentionError
 from include.retention.registry import INTAKE_VERIFIED
 
 log = logging.getLogger(__name__)
 
 VERIFY_ENV = "RETENTION_VERIFY_IDENTITY"
-DEFAULT_VERIFY = ("access", "rectify", "erase")
+# every type: access discloses, rectify / withdraw / erase / restrict change the person's data or its use
+DEFAULT_VERIFY = ("access", "rectify", "withdraw", "erase", "restrict")
 VERIFIED_SOURCE = INTAKE_VERIFIED  # `cli submit --identity-verified`: verified before it was queued
 INTAKE_SOURCES = ("intake", VERIFIED_SOURCE)  # queued by `cli submit` (the registry's `source` column)
 PROCEED = ("approved", "verified at intake", "not required")
@@ -34,12 +38,19 @@ SELF_VERIFIED = "request refused: identity_verified may only come with a request
 
 
 def verify_modes() -> set[str]:
-    """Request types that wait for a person to confirm the requester's identity (``none``: no type)."""
+    """Request types that wait for a person to confirm the requester's identity (``none``: no type). A name that
+    is no request type is refused (a typo must not switch a check off)."""
     raw = os.environ.get(VERIFY_ENV)
     if raw is None:
         return set(DEFAULT_VERIFY)
     modes = {m.strip() for m in raw.split(",") if m.strip()}
-    return set() if modes <= {"none"} else modes
+    if modes <= {"none"}:
+        return set()
+    unknown = sorted(modes - set(DEFAULT_VERIFY))
+    if unknown:
+        raise RetentionError(f"{VERIFY_ENV}: unknown request type(s) {', '.join(repr(u[:20]) for u in unknown[:5])} "
+                             f"(known: {', '.join(DEFAULT_VERIFY)}; or none)")
+    return modes
 
 
 def _ids(request_ids: str | list[str]) -> list[str]:

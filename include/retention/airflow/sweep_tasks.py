@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from include.retention.connections import ConnInfo, open_ledger, policy_path
-from include.retention.errors import SafetyBrakeTripped
-from include.retention.ledger import RunRef
+from include.retention.errors import LedgerBroken, SafetyBrakeTripped
+from include.retention.ledger import RunRef, anchor_sinks
 from include.retention.policy import load_policy
 from include.retention.runtime import Runtime
 from include.retention.sweep import run_rule, summary_table
@@ -127,21 +127,23 @@ def anchor_ledger() -> dict[str, Any]:
     """
     import os
 
-    from include.retention.ledger import anchor_sink
-
     target = os.environ.get("RETENTION_LEDGER_ANCHORS")
     if not target:
         log.warning("RETENTION_LEDGER_ANCHORS is not set: the ledger head is not anchored outside its database")
         return {"anchored": False}
     client = None
-    if target.startswith("s3://"):
+    if "s3://" in target:
         from include.retention.stores.s3_objects import make_client
 
         client, _ = make_client(airflow_resolver(os.environ.get("RETENTION_ANCHOR_CONN_ID", "objects_s3")))
     ledger = open_ledger(airflow_resolver)
     try:
-        anchor = ledger.anchor(anchor_sink(target, client))
+        sinks = anchor_sinks(target, client)  # several: each a witness, each anchor recorded in the ledger
+        result = ledger.verify(record=False, anchors=sinks)  # against every witness: a broken chain is not anchored
+        if not result.ok:
+            raise LedgerBroken(f"not anchoring a broken ledger: {result}")
+        anchored = [ledger.anchor(sink, check=False).seq for sink in sinks]
     finally:
         ledger.engine.dispose()
-    log.info("ledger anchored at entry %s", anchor.seq)
-    return {"anchored": True, "seq": anchor.seq}
+    log.info("ledger anchored at entry %s", ", ".join(map(str, anchored)))
+    return {"anchored": True, "seq": anchored[0]}

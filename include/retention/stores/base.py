@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from include.retention.errors import RetentionError
+from include.retention.identity import normalise
 from include.retention.masking import keyed_digest, keys_of
 from include.retention.policy import Policy, Rule, Stage
 
@@ -25,10 +26,17 @@ from include.retention.policy import Policy, Rule, Stage
 Recorder = Callable[..., None]
 
 
-def begin_record(record: Recorder, action: str, planned: int, pk_digest: str) -> Any:
-    """Write the intent of a batch (if the recorder keeps intents) before the store change commits."""
+def begin_record(record: Recorder, action: str, planned: int, pk_digest: str,
+                 reread: dict[str, Any] | None = None) -> Any:
+    """Write the intent of a batch (if the recorder keeps intents) before the store change commits. ``reread``: how
+    ``Store.reconcile_batch`` finds the batch's rows again if its run stops before the outcome (given only to a
+    recorder that says it keeps them: ``rereads``)."""
     intend = getattr(record, "intend", None)
-    return intend(action, planned, pk_digest) if intend is not None else None
+    if intend is None:
+        return None
+    if reread is not None and getattr(record, "rereads", False):
+        return intend(action, planned, pk_digest, reread=reread)
+    return intend(action, planned, pk_digest)
 
 
 def end_record(record: Recorder, intent: Any, action: str, count: int, pk_digest: str,
@@ -57,13 +65,14 @@ class DeferredOutcomes:
         self.pending: tuple[Any, str, int, str, dict[str, Any]] | None = None
         self._combine = callable(getattr(record, "intend_after", None))
 
-    def intend(self, action: str, planned: int, pk_digest: str) -> Any:
+    def intend(self, action: str, planned: int, pk_digest: str, reread: dict[str, Any] | None = None) -> Any:
         if self.pending is not None:
             intent, _action, count, _digest, details = self.pending
-            token = self.record.intend_after((intent, count, details), action, planned, pk_digest)
+            more = {"reread": reread} if reread is not None and getattr(self.record, "rereads", False) else {}
+            token = self.record.intend_after((intent, count, details), action, planned, pk_digest, **more)
             self.pending = None  # only once written: on a failure the caller's flush writes the outcome alone
             return token
-        return begin_record(self.record, action, planned, pk_digest)
+        return begin_record(self.record, action, planned, pk_digest, reread)
 
     def __call__(self, action: str, count: int, pk_digest: str, details: dict[str, Any], intent: Any = None) -> None:
         self.flush()
@@ -140,6 +149,22 @@ def lock_reason_for(prefix: str, claimed_by: str, key: bytes) -> str:
     """``<prefix>:<token>`` for an item claimed by the identity ``claimed_by`` (``kind\\0value``)."""
     kind, _, value = claimed_by.partition("\x00")
     return f"{prefix}:{subject_token(key, kind, value)}"
+
+
+def renamed_lock_reasons(subjects: list[Subject], new_values: dict[str, str], key: bytes) -> dict[str, str]:
+    """A correction's renaming of the subjects' own lock reasons: the reason named by an old value of a corrected
+    kind (under any active key) -> the same reason named by the new value (under the current key)."""
+    out: dict[str, str] = {}
+    for s in subjects:
+        for kind, new in new_values.items():
+            old, value = s.identities.get(kind), normalise(kind, new)
+            if old is None or value is None:
+                continue
+            for _, secret in keys_of(key):
+                for prefix in (RESTRICTION, ERASURE_EXCEPTION):
+                    out[f"{prefix}:{subject_token(secret, kind, old)}"] = lock_reason_for(
+                        prefix, f"{kind}\x00{value}", key)
+    return out
 
 
 @dataclass
@@ -266,12 +291,36 @@ class Store(abc.ABC):
         marker, stamped and cleared in bounded batches, each recorded). Nothing by default."""
         return {}
 
+    def reconcile_batch(self, collection_name: str, rule: Rule, intent: dict[str, Any], reread: dict[str, Any]
+                        ) -> tuple[int, dict[str, Any]] | None:
+        """A batch whose run stopped between its intent and its outcome: re-read its rows (``reread``, as the walk
+        gave it to ``begin_record``) and return (the rows it really changed, details with ``how`` and ``note``), or
+        None when this store cannot tell (the caller then settles with the intent's recorded count)."""
+        return None
+
+    def count_kept(self, collection_name: str, rule: Rule, now: dt.datetime) -> int | None:
+        """After a sweep acted: the items of the rule's scope still there, not held and not acted on (locked,
+        anonymized) by the rule, counted in the store. None: not countable here (the caller works it out from the
+        plan)."""
+        return None
+
     def referenced_keys(self, collection_name: str, reference: Any, keys: list[str]) -> set[str]:
         """Which of ``keys`` (objects of ``reference.to``) an item of ``collection_name`` still references."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold nothing that references objects")
 
     def delete_referenced(self, coll_ref: str, reference: Any, rows: list[dict[str, Any]]) -> int:
         """Delete what ``rows`` of another store's ``coll_ref`` reference here (objects a CRM row owns)."""
+        raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")
+
+    # ---- the policy diff (include/retention/policy_diff.py): which items, not how many ------------------
+    def due_keys(self, collection_name: str, rule: Rule, now: dt.datetime) -> Iterator[list[tuple[str, Any]]]:
+        """(action, item key) of every item a sweep of ``rule`` at ``now`` would act on, a bounded batch at a
+        time; changes nothing. (SQL stores: the diff builds the rows' predicates itself, in the database.)"""
+        raise RetentionError(f"{self.name}: {self.kind} stores do not list the items a rule is due on")
+
+    def referenced_due(self, reference: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        """Keys of the items here that ``delete_referenced(..., reference, rows)`` would delete now (not held);
+        changes nothing."""
         raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")
 
     # ---- subjects ---------------------------------------------------------------------------
@@ -333,13 +382,26 @@ class Store(abc.ABC):
         """What the reference methods below raise in a store whose items reference nothing (S3)."""
         return RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
 
-    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
-        """Keys of the items of ``collection_name`` whose ``column`` references one of ``parent_keys`` (the rows
-        that belong to a subject through their parent: list memberships, campaign events)."""
+    def owned(self, collection_name: str, claims: Claims, subjects: list[Subject]
+              ) -> tuple[Claims, dict[Any, set[str]]]:
+        """Split ``claims`` into the subjects' own items and the items that only mention them (key -> the fields
+        that do; ``erase: mask``). By default every claimed item is the subjects' own."""
+        return claims, {}
+
+    def column_values(self, collection_name: str, keys: list[Any], columns: list[str]) -> dict[Any, tuple]:
+        """Per item key: the values of ``columns`` (what references into this collection hold). Read-only."""
+        raise self._no_references()
+
+    def children(self, collection_name: str, reference: Any, parent_values: list[tuple]) -> dict[Any, tuple]:
+        """Keys of the items here whose ``reference`` columns (``reference.source_columns()``) equal one of
+        ``parent_values`` exactly, all pairs (compared in Python, never by a collation): key -> the matched tuple.
+        Read-only; an access package follows references with it, across databases too."""
         raise self._no_references()
 
     # ---- cascades from another system's rows (docs/adr/0012) ------------------------------------
-    def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
+    # ``column``: the reference's column, or its list of columns (a reference of several columns: each value is then
+    # a tuple of as many, matched on every column).
+    def held_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> set[Any]:
         """Of ``values``, those that a held item here references through ``column`` (their parents stay)."""
         raise self._no_references()
 
@@ -349,11 +411,11 @@ class Store(abc.ABC):
         recorded with ``record``); returns the counts and the values that still have items here."""
         raise self._no_references()
 
-    def count_dependents(self, collection_name: str, column: str, values: list[Any]) -> int:
+    def count_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> int:
         """Items here whose ``column`` references one of ``values`` (for the safety brake)."""
         raise self._no_references()
 
-    def dependents_of(self, collection_name: str, column: str, values: list[Any]) -> dict[Any, int]:
+    def dependents_of(self, collection_name: str, column: str | list[str], values: list[Any]) -> dict[Any, int]:
         """Per value, the items here whose ``column`` references exactly it (an erasure's per-request counts)."""
         raise self._no_references()
 
@@ -369,6 +431,22 @@ class Store(abc.ABC):
                 *, dry_run: bool) -> SubjectOutcome:
         """Replace the subjects' identity values of the kinds in ``new_values`` (kind -> new value as given)
         with the new ones in the claimed items; counted as ``rectified`` per request."""
+        raise RetentionError(f"{self.name}: {self.kind} stores cannot rectify identities")
+
+    def rectify_all(self, claims: dict[str, Claims], subjects: list[Subject], new_values: dict[str, str], *,
+                    dry_run: bool) -> SubjectOutcome:
+        """``rectify`` of several collections of this system (collection name -> its claims); a store that has
+        transactions (SQL) applies them all in one: every change or none."""
+        outcome = SubjectOutcome()
+        for name, found in claims.items():
+            if found:
+                outcome.merge(self.rectify(name, found, subjects, new_values, dry_run=dry_run))
+        return outcome
+
+    def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
+                         new_values: dict[str, str]) -> list[str]:
+        """Why ``rectify`` could not write the new values into the claimed items (each problem naming
+        system.collection.field and what is wrong, never a value); [] when everything fits."""
         raise RetentionError(f"{self.name}: {self.kind} stores cannot rectify identities")
 
     def withdraw(self, collection_name: str, claims: Claims, subjects: list[Subject], consents: list[str] | None,

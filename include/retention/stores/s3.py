@@ -511,7 +511,8 @@ class S3Store(S3Orphans, S3Subjects, Store):
             intent: list[Any] = [None]
 
             def before_batch(keys: list[str]) -> None:
-                intent[0] = begin_record(record, "delete", len(keys), self.digest(keys))
+                intent[0] = begin_record(record, "delete", len(keys), self.digest(keys),
+                                         {"walk": "keys", "keys": list(keys)})
 
             def on_batch(keys: list[str], versions: int, errors: int) -> None:
                 result.batches += 1
@@ -552,6 +553,22 @@ class S3Store(S3Orphans, S3Subjects, Store):
         log.info("%s.%s: %s %d objects in %d batches", self.name, collection_name, stage.action, result.changed,
                  result.batches)
         return result
+
+    def reconcile_batch(self, collection_name: str, rule: Rule, intent: dict[str, Any], reread: dict[str, Any]
+                        ) -> tuple[int, dict[str, Any]] | None:
+        """A delete batch whose run stopped before its outcome: the batch's objects (its keys, sealed in the intent)
+        that still have a version are still there; the others went (S3 deletes object by object: a batch may
+        have gone in part)."""
+        if intent["action"] != "delete" or reread.get("walk") != "keys":
+            return None
+        bucket, keys = self.coll(collection_name).bucket, list(reread["keys"])
+        left = [key for key in keys
+                if any(v["Key"] == key for page in self._pages("list_object_versions", Bucket=bucket, Prefix=key)
+                       for v in page.get("Versions", []))]
+        count = len(keys) - len(left)
+        return count, {"how": "reread", "committed": count > 0,
+                       "note": f"re-listed: {count} of the batch's {len(keys)} objects are gone, {len(left)} still "
+                               "there"}
 
     def _delete_due(self, collection_name: str, rule: Rule, now: dt.datetime, bucket: str, purger: Purger,
                     pages: Iterator[list[S3Object]] | None) -> None:
@@ -719,6 +736,32 @@ class S3Store(S3Orphans, S3Subjects, Store):
         log.info("%s: deleted %d objects (%d versions) owned by %d rows of %s", self.name, purger.objects,
                  purger.versions, len(rows), coll_ref)
         return purger.objects
+
+    def due_keys(self, collection_name: str, rule: Rule, now: dt.datetime) -> Iterator[list[tuple[str, Any]]]:
+        """(action, object key) of the objects ``plan`` at ``now`` counts as due, a listing page at a time."""
+        now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        for page in self._walk_pages(collection_name, rule, now):
+            yield [(action, obj.key) for obj, action, state in page if state == "due"]
+
+    def referenced_due(self, reference: Reference, rows: list[dict[str, Any]]) -> list[Any]:
+        """The keys ``delete_referenced`` would delete for ``rows`` (inside the prefix, not held), one listing."""
+        coll = self.coll(reference.to.partition(".")[2])
+        bucket, base = coll.bucket, self.prefix(coll)
+        now = dt.datetime.now(_UTC)
+        wanted = [(key, is_prefix) for key, is_prefix in (owned_key(reference, row) for row in rows)
+                  if key is not None and key.startswith(base)]
+        if not wanted:
+            return []
+        locked_bucket = self.bucket_info(bucket).object_lock
+        out: list[Any] = []
+        for page in self.owned_objects(bucket, OwnedKeys(wanted)):
+            holdable = [o for o in page if o.version_id or o.live]
+            if coll.legal_hold or locked_bucket:
+                self._fetch(bucket, holdable, tags=True)
+            if locked_bucket:
+                self._fetch(bucket, holdable, head=True)
+            out += [obj.key for obj in page if not self._held(bucket, coll, obj, now)]
+        return out
 
     def owned_objects(self, bucket: str, wanted: OwnedKeys) -> Iterator[list[S3Object]]:
         """The objects of ``wanted``, a page at a time, from one forward listing of their common prefix.

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from include.retention import keytemplate
 from include.retention.identity import normalise
@@ -28,6 +29,7 @@ from include.retention.stores.base import (
     index_subjects,
     lock_reason_for,
     own_lock_reasons,
+    renamed_lock_reasons,
 )
 from include.retention.stores.s3_objects import LOCK_TAG, OwnedKeys, S3Object
 
@@ -35,6 +37,12 @@ if TYPE_CHECKING:
     from include.retention.policy import Collection
 
 log = logging.getLogger(__name__)
+
+# What S3 accepts (a correction checks every new value against these before the first write)
+MAX_KEY_BYTES = 1024  # an object key, UTF-8
+MAX_METADATA_BYTES = 2048  # user metadata: names and values together, UTF-8 bytes
+MAX_TAG_VALUE = 256  # characters of one tag value
+_TAG_VALUE = re.compile(r"[\w\s+\-=.:/@]*")  # letters, digits, spaces and + - = . _ : / @
 
 
 def _decode_metadata(value: str | None) -> str | None:
@@ -266,78 +274,133 @@ class S3Subjects:
         finally:
             body.close()
 
+    def _rectify_changes(self, coll: Collection, obj: S3Object, match: Any, old: dict[str, dict[str, str]],
+                         new_values: dict[str, str]) -> tuple[set[str], dict[str, str], dict[str, str], str]:
+        """What correcting ``obj`` writes: (requests whose old value it carries, metadata name -> new value,
+        tag -> new value, the new key)."""
+        meta_changes: dict[str, str] = {}
+        tag_changes: dict[str, str] = {}
+        new_key = obj.key
+        rids: set[str] = set()
+        for kind, f in coll.identity_fields():
+            if kind not in new_values:
+                continue
+            source, _, fname = f.column.partition(":")
+            if source == "key":
+                raw = unquote(match.group(fname)) if match is not None and fname in match.groupdict() else None
+            elif source == "metadata":
+                stored = (self.head(coll.bucket, obj) or {}).get("Metadata") or {}
+                raw = _decode_metadata({k.lower(): v for k, v in stored.items()}.get(fname.lower()))
+            else:
+                raw = (self.tags(coll.bucket, obj) or {}).get(fname)
+            value = normalise(kind, raw)
+            owners = {rid for rid, ids in old.items() if value is not None and ids.get(kind) == value}
+            if not owners:
+                continue
+            rids |= owners
+            if source == "key":
+                start, end = match.span(fname)
+                new_key = obj.key[:start] + quote(new_values[kind], safe="@+") + obj.key[end:]
+            elif source == "metadata":
+                meta_changes[fname.lower()] = new_values[kind]
+            else:
+                tag_changes[fname] = new_values[kind]
+        return rids, meta_changes, tag_changes, new_key
+
+    def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
+                         new_values: dict[str, str]) -> list[str]:
+        """What S3 would refuse, checked on every claimed object that carries an old value: a key longer than
+        1,024 bytes, user metadata over 2 KB (names and values, UTF-8 bytes, as written), a tag value over 256
+        characters or with characters a tag cannot hold. Counted per field and problem, never a value."""
+        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        old = {s.request_id: s.identities for s in subjects}
+        found: dict[str, int] = {}
+        for page in self._now(coll, claimed_keys(ref, claims), facts=True):
+            for obj, match in page:
+                rids, meta, tag_changes, new_key = self._rectify_changes(coll, obj, match, old, new_values)
+                if not rids:
+                    continue
+                problems = []
+                if new_key != obj.key and len(new_key.encode("utf-8")) > MAX_KEY_BYTES:
+                    problems.append(f"{ref}.key: the new value makes the object key longer than {MAX_KEY_BYTES} "
+                                    "bytes")
+                if meta:
+                    head = self.head(coll.bucket, obj) or {}
+                    metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+                    metadata.update({k: _ascii_header(v) for k, v in meta.items()})
+                    size = sum(len(k.encode("utf-8")) + len(v.encode("utf-8")) for k, v in metadata.items())
+                    if size > MAX_METADATA_BYTES:
+                        names = ", ".join(f"metadata:{k}" for k in sorted(meta))
+                        problems.append(f"{ref}.{names}: the new value makes the object's user metadata larger "
+                                        f"than {MAX_METADATA_BYTES} bytes")
+                for name, value in sorted(tag_changes.items()):
+                    if len(value) > MAX_TAG_VALUE:
+                        problems.append(f"{ref}.tag:{name}: the new value is longer than a tag value may be "
+                                        f"({MAX_TAG_VALUE} characters)")
+                    elif not _TAG_VALUE.fullmatch(value):
+                        problems.append(f"{ref}.tag:{name}: the new value has characters a tag value cannot hold "
+                                        "(letters, digits, spaces and + - = . _ : / @ only)")
+                for problem in problems:
+                    found[problem] = found.get(problem, 0) + 1
+        return [f"{problem} ({n} object(s))" for problem, n in sorted(found.items())]
+
     def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
                 *, dry_run: bool) -> SubjectOutcome:
         """Objects carrying an old value: a metadata field is rewritten (copy in place), a tag re-tagged, a key
-        part moved (copy to the new key, then every version of the old key deleted)."""
-        from urllib.parse import quote
-
+        part moved (copy to the new key, then every version of the old key deleted). Objects under legal hold or
+        locked by a lock that is not the subject's own are kept as they are, counted as ``exception:<reason>``;
+        the subject's own restriction is renamed by the new value."""
         from include.retention.stores.s3_writes import Purger
 
         coll, ref = self.coll(collection_name), self.ref(collection_name)
         outcome = SubjectOutcome()
         old = {s.request_id: s.identities for s in subjects}
-        fields = [(kind, f) for kind, f in coll.identity_fields() if kind in new_values]
-        for key in claimed_keys(ref, claims):
-            current = self._current(coll, key)
-            if current is None:
-                continue
-            obj, match = current
-            meta_changes: dict[str, str] = {}
-            tag_changes: dict[str, str] = {}
-            new_key = key
-            rids: set[str] = set()
-            for kind, f in fields:
-                source, _, fname = f.column.partition(":")
-                if source == "key":
-                    raw = unquote(match.group(fname)) if match is not None and fname in match.groupdict() else None
-                elif source == "metadata":
-                    stored = (self.head(coll.bucket, obj) or {}).get("Metadata") or {}
-                    raw = _decode_metadata({k.lower(): v for k, v in stored.items()}.get(fname.lower()))
-                else:
-                    raw = (self.tags(coll.bucket, obj) or {}).get(fname)
-                value = normalise(kind, raw)
-                owners = {rid for rid, ids in old.items() if value is not None and ids.get(kind) == value}
-                if not owners:
+        own = own_lock_reasons(subjects, self.key)
+        renamed = renamed_lock_reasons(subjects, new_values, self.key)
+        now = dt.datetime.now(dt.UTC)
+        for page in self._now(coll, claimed_keys(ref, claims), facts=True):
+            for obj, match in page:
+                key = obj.key
+                rids, meta_changes, tag_changes, new_key = self._rectify_changes(coll, obj, match, old, new_values)
+                if not rids:
+                    continue  # no longer carries the old value: not ours to touch
+                reason = self._exception(coll, obj, own, now)
+                if reason is not None:
+                    for rid in rids:
+                        outcome.add(rid, ref, f"exception:{reason}")
                     continue
-                rids |= owners
-                if source == "key":
-                    start, end = match.span(fname)
-                    new_key = key[:start] + quote(new_values[kind], safe="@+") + key[end:]
-                elif source == "metadata":
-                    meta_changes[fname.lower()] = new_values[kind]
-                else:
-                    tag_changes[fname] = new_values[kind]
-            if not rids:
-                continue
-            if not dry_run:
-                head = self.head(coll.bucket, obj) or {}
-                metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
-                metadata.update({k: _ascii_header(v) for k, v in meta_changes.items()})
                 tags = dict(self.tags(coll.bucket, obj) or {})
-                tags.update(tag_changes)
-                if new_key != key or meta_changes:
-                    copied = self._call("copy_object", Bucket=coll.bucket, Key=new_key,
-                                        CopySource={"Bucket": coll.bucket, "Key": key, **obj.vid()},
-                                        Metadata=metadata, MetadataDirective="REPLACE",
-                                        **({"ContentType": head["ContentType"]} if head.get("ContentType") else {}))
-                    if tags:
-                        self._call("put_object_tagging", Bucket=coll.bucket, Key=new_key,
+                held_by = lock_reason(tags)
+                if held_by in renamed:
+                    tag_changes[LOCK_TAG] = renamed[held_by] + tags[LOCK_TAG][len(held_by):]
+                if not dry_run:
+                    head = self.head(coll.bucket, obj) or {}
+                    metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+                    metadata.update({k: _ascii_header(v) for k, v in meta_changes.items()})
+                    tags.update(tag_changes)
+                    if new_key != key or meta_changes:
+                        copied = self._call("copy_object", Bucket=coll.bucket, Key=new_key,
+                                            CopySource={"Bucket": coll.bucket, "Key": key, **obj.vid()},
+                                            Metadata=metadata, MetadataDirective="REPLACE",
+                                            **({"ContentType": head["ContentType"]} if head.get("ContentType")
+                                               else {}))
+                        if tags:
+                            self._call("put_object_tagging", Bucket=coll.bucket, Key=new_key,
+                                       Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+                        if new_key != key:  # every version of the old key goes: they all carry the old value
+                            purger = Purger(self, coll.bucket, 1000, None)
+                            for listed in self.objects(coll.bucket, key):
+                                for o in listed:
+                                    if o.key == key:
+                                        purger.add(o)
+                            purger.flush()
+                        elif obj.version_id:  # older versions still hold the old metadata
+                            self._drop_old_versions(coll.bucket, key, copied.get("VersionId"))
+                    elif tag_changes:
+                        self._call("put_object_tagging", Bucket=coll.bucket, Key=key, **obj.vid(),
                                    Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
-                    if new_key != key:  # every version of the old key goes: they all carry the old value
-                        purger = Purger(self, coll.bucket, 1000, None)
-                        for page in self.objects(coll.bucket, key):
-                            for o in page:
-                                if o.key == key:
-                                    purger.add(o)
-                        purger.flush()
-                    elif obj.version_id:  # older versions still hold the old metadata
-                        self._drop_old_versions(coll.bucket, key, copied.get("VersionId"))
-                elif tag_changes:
-                    self._call("put_object_tagging", Bucket=coll.bucket, Key=key, **obj.vid(),
-                               Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
-            for rid in rids:
-                outcome.add(rid, ref, "rectified")
+                for rid in rids:
+                    outcome.add(rid, ref, "rectified")
         return outcome
 
 

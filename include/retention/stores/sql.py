@@ -27,7 +27,7 @@ from include.retention import keytemplate
 from include.retention.connections import make_engine
 from include.retention.errors import RetentionError, SchemaMismatch
 from include.retention.masking import STRATEGIES
-from include.retention.policy import Collection, Condition, Policy, Rule, Stage, cutoff
+from include.retention.policy import Collection, Condition, Policy, Reference, Rule, Stage, cutoff, referrers
 from include.retention.stores.base import (
     DeferredOutcomes,
     Recorder,
@@ -39,7 +39,17 @@ from include.retention.stores.base import (
     flush_record,
 )
 from include.retention.stores.sql_cascade import SqlCascade
-from include.retention.stores.sql_keys import after, has_row_values, key_in, key_of, key_text, upto
+from include.retention.stores.sql_keys import (
+    after,
+    cols_eq,
+    cols_in,
+    has_row_values,
+    key_in,
+    key_of,
+    key_text,
+    upto,
+    value_of,
+)
 from include.retention.stores.sql_orphans import SqlOrphans
 from include.retention.stores.sql_subjects import SqlSubjects
 
@@ -108,6 +118,17 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
     def coll(self, name: str) -> Collection:
         return self.policy.systems[self.name].collections[name]
 
+    def target_cols(self, name: str, ref: Reference, t: sa.Table | None = None) -> list[sa.Column]:
+        """The columns of this collection's table ``t`` that ``ref`` (a child's reference to it) points at, paired
+        in order with the child's ``ref.source_columns()``: its ``to_columns`` / ``to_column``, else the key."""
+        t = t if t is not None else self.table(name)
+        return [t.c[c] for c in ref.target_columns(self.coll(name))]
+
+    @staticmethod
+    def source_cols(child: sa.Table, ref: Reference) -> list[sa.Column]:
+        """The child table's referencing columns of ``ref`` (one, or several), in order."""
+        return [child.c[c] for c in ref.source_columns()]
+
     def table(self, name: str) -> sa.Table:
         """The collection's table, reflected once (real column types make binds portable).
 
@@ -165,7 +186,70 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             problem = self._check_start(rule, t, f"{base}.rules[{r}].start")
             if problem:
                 raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
+        problem = self._check_references(collection_name)
+        if problem:
+            raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
         self._checked.add(collection_name)
+        for child_ref, _ref in self.policy.children(self.ref(collection_name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name and self.stores is not None:  # its nullify columns, as reflected there
+                self.stores(c_sys).check(c_name)
+
+    def _check_references(self, name: str) -> str | None:
+        """References between tables of this database, as its catalogue reports them (ADR 0012):
+
+        - a reference points at columns unique in the target: its declared primary key, or columns the database
+          reports a primary key, unique constraint or (not partial) unique index on, covering them; else a child
+          would belong to every parent with the same value (two tenants' customers sharing a ``customer_id``);
+        - ``nullify`` clears columns that can hold NULL.
+
+        Checked for the references to this collection (from any database: the target's catalogue is here) and
+        for this collection's own, and those of its children in this database (a delete here nullifies them)."""
+        coll = self.coll(name)
+        for owner, ref in referrers(self.policy, self.ref(name)):
+            if ref.source_columns() and self.policy.system_of(owner).kind == "sql":
+                problem = self._unique_problem(owner, ref, name)
+                if problem:
+                    return problem
+        for ref in coll.references:
+            to_sys, _, to_name = ref.to.partition(".")
+            if not ref.source_columns() or self.policy.systems[to_sys].kind != "sql":
+                continue
+            if to_sys == self.name:
+                problem = self._unique_problem(self.ref(name), ref, to_name)
+                if problem:
+                    return problem
+        for owner in [self.ref(name)] + [c for c, _ in self.policy.children(self.ref(name))]:
+            o_sys, _, o_name = owner.partition(".")
+            if o_sys != self.name:
+                continue
+            t = self.table(o_name)
+            for i, ref in enumerate(self.coll(o_name).references):
+                if ref.on_delete != "nullify" or not ref.source_columns():
+                    continue
+                not_null = [c for c in ref.source_columns() if c in t.c and not t.c[c].nullable]
+                if not_null:
+                    return (f"systems.{o_sys}.collections.{o_name}.references[{i}].on_delete: 'nullify' would "
+                            f"clear column(s) {', '.join(not_null)} of table {t.name}, which the database declares "
+                            "NOT NULL: use 'on_delete: delete' (or let the column(s) hold NULL)")
+        return None
+
+    def _unique_problem(self, owner: str, ref: Reference, target: str) -> str | None:
+        """The problem of ``owner``'s reference ``ref`` when the columns it points at in this database's
+        collection ``target`` are not unique there (``_check_references``), else None."""
+        t, coll = self.table(target), self.coll(target)
+        cols = ref.target_columns(coll)
+        if not all(c in t.c for c in cols) or _unique_on(t, cols, coll.key_columns()):
+            return None  # a missing column is the declared-columns check's to report
+        o_sys, _, o_name = owner.partition(".")
+        i = self.policy.collection(owner).references.index(ref)
+        field = ("to_columns" if ref.to_columns else "to_column" if ref.to_column
+                 else "columns" if ref.composite else "column")
+        return (f"systems.{o_sys}.collections.{o_name}.references[{i}].{field}: column(s) {', '.join(cols)} of "
+                f"{ref.to} (table {t.name}) are not unique there: neither its primary key nor a unique constraint or "
+                f"unique index the database reports; a row of {owner} would belong to every {ref.to} row holding "
+                "the same value(s) (name columns a primary key or unique constraint covers, e.g. all the columns of "
+                "a tenant's key)")
 
     @staticmethod
     def _check_start(rule: Rule, t: sa.Table, where: str) -> str | None:
@@ -240,8 +324,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name).alias(f"held_{depth}_{c_name}")
-            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
-            link = child.c[ref.column] == parent_col
+            link = cols_eq(self.source_cols(child, ref), self.target_cols(name, ref, t))  # every pair equal
             inner = [self.held(c_name, child, now)] if self.coll(c_name).legal_hold else []
             inner += self._held_dependents(c_name, child, depth + 1, now)
             if inner:
@@ -323,15 +406,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         for stage in rule.stages:
             cols.append(sa.func.sum(sa.case((self.eligible(collection_name, rule, stage, now, t), 1), else_=0))
                         .label(stage.action))
-        held_tests = [h for h in [self.held(collection_name, t, now)] if h is not None]
-        held_parts = [sa.and_(past_first, sa.or_(*held_tests))] if held_tests else []
         delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
-        dependents = self._held_dependents(collection_name, t, now=now) if delete_stage else []
-        if dependents:
-            # a row kept because its dependents are held is "held" only where it would be deleted
-            in_band = sa.and_(*self._band(collection_name, rule, delete_stage, now, t))
-            held_parts.append(sa.and_(in_band, sa.or_(*dependents)))
-        held_expr = sa.and_(scope, sa.or_(*held_parts)) if held_parts else sa.false()
+        held_expr = sa.and_(scope, self._held_in_rule(collection_name, rule, t, now, past_first))
         cols.append(sa.func.sum(sa.case((held_expr, 1), else_=0)).label("held"))
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(*cols).select_from(t)).one()._mapping
@@ -353,6 +429,42 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             cascaded=cascaded,
         )
 
+    def _held_in_rule(self, name: str, rule: Rule, t: sa.Table, now: dt.datetime, past_first: Any
+                      ) -> sa.ColumnElement[bool]:
+        """A row the rule keeps for a hold: held and past its first period, or (a delete stage) in the delete band
+        with held dependents."""
+        held_tests = [h for h in [self.held(name, t, now)] if h is not None]
+        held_parts = [sa.and_(past_first, sa.or_(*held_tests))] if held_tests else []
+        delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
+        dependents = self._held_dependents(name, t, now=now) if delete_stage else []
+        if dependents:
+            # a row kept because its dependents are held is "held" only where it would be deleted
+            in_band = sa.and_(*self._band(name, rule, delete_stage, now, t))
+            held_parts.append(sa.and_(in_band, sa.or_(*dependents)))
+        return sa.or_(*held_parts) if held_parts else sa.false()
+
+    def count_kept(self, collection_name: str, rule: Rule, now: dt.datetime) -> int:
+        """The rows of the rule's scope still in the table after it acted, neither held (as the plan counts holds)
+        nor acted on (locked / anonymized in that stage's band; deleted rows are gone): read from the table, so a
+        concurrent run's work is not counted as kept."""
+        t = self.table(collection_name)
+        scope = sa.and_(*self._base(collection_name, rule, t, now)) if rule.when else sa.true()
+        start = self.start_expr(rule, t)
+        past_first = start < self._bind_time(start, cutoff(now, rule.stages[0], rule.start))
+        held = sa.func.coalesce(self._held_in_rule(collection_name, rule, t, now, past_first), sa.false())
+        acted = [sa.and_(*self._band(collection_name, rule, s, now, t), sa.not_(sa.and_(*not_done)))
+                 for s in rule.stages if (not_done := self._not_done(collection_name, s, t))]
+        where = [scope, sa.not_(held)]
+        if acted:
+            where.append(sa.not_(sa.func.coalesce(sa.or_(*acted), sa.false())))
+        delete_stage = next((s for s in rule.stages if s.action == "delete"), None)
+        with self.engine.connect() as conn:
+            n = int(conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar() or 0)
+            if delete_stage is not None:  # parents a held row of another database keeps: held, not kept
+                n -= self._held_elsewhere_count(conn, collection_name,
+                                                self.eligible(collection_name, rule, delete_stage, now, t))
+        return max(n, 0)
+
     def _cascade_counts(self, conn, name: str, rule: Rule, stage: Stage, now: dt.datetime
                         ) -> dict[str, tuple[int, int]]:
         """Direct dependents a delete stage would take along, and each dependent table's size (for the brake)."""
@@ -363,10 +475,9 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name)
-            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
-            going = sa.select(parent_col).where(self.eligible(name, rule, stage, now, t))
+            going = sa.select(*self.target_cols(name, ref, t)).where(self.eligible(name, rule, stage, now, t))
             n = conn.execute(sa.select(sa.func.count()).select_from(child)
-                             .where(child.c[ref.column].in_(going))).scalar() or 0
+                             .where(cols_in(self.source_cols(child, ref), going))).scalar() or 0
             total = conn.execute(sa.select(sa.func.count()).select_from(child)).scalar() or 0
             out[child_ref] = (int(n), int(total))
         going = sa.select(*self.key_cols(name, t)).where(self.eligible(name, rule, stage, now, t))
@@ -533,9 +644,10 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                                                          reason, now, mask or {})
                     keys = changed  # truthy when the batch acted (the keys stay in the database)
                     density = max(changed / (upto - block), per_block / 100, 1e-3)
+                    reread = {"walk": "blocks", "first": block, "end": upto, "now": now}
                     block = upto
                     if changed:  # before the commit, as below: the statement has run, the batch is not yet durable
-                        intent = begin_record(record, action, changed, digest)
+                        intent = begin_record(record, action, changed, digest, reread)
                     done = block >= blocks
                     covered = size if changed >= size // 2 else 0
                 elif by_index:
@@ -544,10 +656,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     if not picked:
                         break
                     keys = changed  # truthy when the batch acted (the keys stay in the database)
+                    reread = _range_reread(order, last, bound, now)
                     last = bound
                     done, covered = picked < size, picked
                     if changed:  # before the commit: the statement has run, the batch is not yet durable
-                        intent = begin_record(record, action, changed, digest)
+                        intent = begin_record(record, action, changed, digest, reread)
                 elif by_range:
                     # MariaDB: lock the next ``size`` eligible rows and get their count, digest text and last key in
                     # one locking read, then act on exactly that range with the predicate repeated.
@@ -563,10 +676,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                             f"{self.name}.{collection_name}: a batch's {action} changed {changed} rows where the "
                             f"locking read counted {picked}; rolled back, nothing recorded")
                     keys = changed
+                    reread = _range_reread(order, last, bound, now)
                     last = bound
                     done, covered = picked < size, picked
                     # before the commit: the statement has run, the batch is not yet durable
-                    intent = begin_record(record, action, changed, digest)
+                    intent = begin_record(record, action, changed, digest, reread)
                 elif by_order:
                     # MariaDB, a delete that takes nothing along: one DELETE ... ORDER BY <walk> LIMIT n RETURNING
                     # per batch, the next n eligible rows after the previous batch in index order.
@@ -576,10 +690,11 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     keys = sorted(key_of(r[-n_pk:]) for r in rows)
                     changed = len(keys)
                     digest = self._pk_digest(keys)
-                    last = max(tuple(r) for r in rows)
+                    reread = _range_reread(order, last, max(tuple(r) for r in rows), now)
+                    last = reread["upto"]
                     done, covered = changed < size, changed
                     # before the commit: the statement has run, the batch is not yet durable
-                    intent = begin_record(record, action, changed, digest)
+                    intent = begin_record(record, action, changed, digest, reread)
                 else:
                     query = sa.select(*order).where(where, *self._after(order, last)).order_by(*order).limit(size)
                     rows = conn.execute(query).all()
@@ -590,9 +705,15 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                     bound = tuple(rows[-1])
                     done, covered = len(rows) < size, len(rows)
                     digest = self._pk_digest(keys)
-                    # Intent first: the ledger says what may happen before the store commits it, so a crash
-                    # between the two leaves an entry that says so (verify reports it until reconciled).
-                    intent = begin_record(record, action, len(keys), digest)
+                    reread = _range_reread(order, last, bound, now)
+                    # The ledger says what may happen before the store commits it, so a crash between the two
+                    # leaves an entry that says so (verify reports it, the rule's next run settles it). A delete
+                    # that changes something outside this transaction (objects, digests, another database) is
+                    # announced before anything goes; any other batch once its statements ran, with what they
+                    # took along ("cascading": the next run settles a committed batch with those counts).
+                    early = action == "delete" and self._writes_outside(collection_name)
+                    if early:
+                        intent = begin_record(record, action, len(keys), digest, reread)
                     # The batch is every eligible row in (last, bound] of the walk: acting on that key range
                     # with the full predicate repeated touches the same rows without a long IN list.
                     in_batch = sa.and_(*self._after(order, last), *self._upto(order, bound))
@@ -605,6 +726,8 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                                                   mask or {}, now)
                     else:  # pragma: no cover - the policy model refuses other actions
                         raise ValueError(action)
+                    if not early:
+                        intent = begin_record(record, action, changed, digest, {**reread, "cascading": cascaded})
                     last = bound
             sizer.took(covered, time.perf_counter() - started)
             if keys:
@@ -884,26 +1007,89 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         for child_ref, ref in self.policy.children(self.ref(name)):
             c_name = child_ref.partition(".")[2]
             child = self.table(c_name)
-            parent_col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
-            if keys is not None and parent_col.primary_key and len(self.key_cols(name, t)) == 1:
-                mine = _any(child.c[ref.column], keys, parent_col.type)
+            parent_cols, child_cols = self.target_cols(name, ref, t), self.source_cols(child, ref)
+            set_ = sa.and_(*(c.is_not(None) for c in parent_cols))
+            if keys is not None and len(parent_cols) == 1 and parent_cols[0].primary_key and len(
+                    self.key_cols(name, t)) == 1:
+                mine = _any(child_cols[0], keys, parent_cols[0].type)
             elif conn.dialect.name == "mysql":
                 # a join with the batch's values as a derived table (``DELETE FROM child USING child, (SELECT DISTINCT
                 # ...) AS b WHERE child.fk = b.k``: the index on the referencing column serves it): MariaDB before 11.1
                 # runs a single-table ``DELETE ... IN (SELECT ...)`` as a dependent subquery per child row, a scan of
                 # the child table per batch. DISTINCT keeps the derived table materialized (merged, the predicate's
                 # tests on held children would name the table being deleted from: error 1093).
-                batch = sa.select(parent_col.label("k")).where(rows, parent_col.is_not(None)).distinct().subquery()
-                mine = child.c[ref.column] == batch.c.k
+                labels = ["k"] if len(parent_cols) == 1 else [f"k{i}" for i in range(len(parent_cols))]
+                batch = (sa.select(*(c.label(k) for c, k in zip(parent_cols, labels, strict=True))).where(rows, set_)
+                         .distinct().subquery())
+                mine = cols_eq(child_cols, [batch.c[k] for k in labels])
             else:
-                mine = child.c[ref.column].in_(sa.select(parent_col).where(rows, parent_col.is_not(None)))
+                mine = cols_in(child_cols, sa.select(*parent_cols).where(rows, set_))
             if ref.on_delete == "nullify":
-                n = conn.execute(child.update().where(mine).values({ref.column: None})).rowcount
+                n = conn.execute(child.update().where(mine).values(_cleared(ref))).rowcount
                 cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
                 continue
             self._delete_dependents(conn, c_name, child, mine, cascaded)
             n = conn.execute(child.delete().where(mine)).rowcount
             cascaded[child_ref] = cascaded.get(child_ref, 0) + n
+
+    def _writes_outside(self, name: str, above: tuple[str, ...] = ()) -> bool:
+        """Whether a delete here changes something outside this database's transaction: objects it owns, digests
+        it keeps, rows in another database (also through dependents here that go along)."""
+        coll = self.coll(name)
+        if self.policy.owned_objects(self.ref(name)) or coll.suppress_on_delete or self._suppressing.get(name):
+            return True
+        for child_ref, ref in self.policy.children(self.ref(name)):
+            c_sys, _, c_name = child_ref.partition(".")
+            if c_sys != self.name:
+                return True
+            if ref.on_delete == "delete" and c_name not in (*above, name) and self._writes_outside(c_name,
+                                                                                                  (*above, name)):
+                return True
+        return False
+
+    # ---- a stopped run's batch, re-read by its next run (include/retention/intents.py) ----------------------------
+    def reconcile_batch(self, collection_name: str, rule: Rule, intent: dict[str, Any], reread: dict[str, Any]
+                        ) -> tuple[int, dict[str, Any]] | None:
+        """Re-read the rows of a batch whose outcome was never written. A batch is one transaction: it committed
+        or rolled back whole. Rolled back, its rows are all still there as the walk found them (the keys of the
+        rows that still match, in its range or among its keys, have the intent's digest): 0. Otherwise it
+        committed: the intent's count (written once its statements ran; announced earlier, less what is still
+        there), with what it took along."""
+        t = self.table(collection_name)
+        pk = self.key_cols(collection_name, t)
+        walk = reread.get("walk")
+        if walk == "keys":
+            keys = [tuple(k) if isinstance(k, list) else k for k in reread["keys"]]
+            conds = [key_in(pk, keys)]
+            if reread.get("column"):  # a nullify: the reference (any of its columns) still set
+                cols = reread["column"] if isinstance(reread["column"], list) else [reread["column"]]
+                conds.append(sa.or_(*[t.c[c].is_not(None) for c in cols]))
+        elif walk in ("range", "blocks"):
+            stage = next((s for s in rule.stages if s.action == intent["action"]), None)
+            if stage is None:
+                return None
+            conds = [self.eligible(collection_name, rule, stage, reread["now"], t)]
+            if walk == "blocks":
+                ctid = sa.literal_column("ctid")
+                conds += [ctid >= sa.cast(sa.literal(f"({int(reread['first'])},0)"), _TID),
+                          ctid < sa.cast(sa.literal(f"({int(reread['end'])},0)"), _TID)]
+            else:
+                order = [t.c[c] for c in reread["order"]]
+                conds += [*self._after(order, reread["after"]), *self._upto(order, tuple(reread["upto"]))]
+        else:
+            return None
+        planned = int(intent["count"])
+        with self.engine.connect() as conn:
+            left = [key_of(r) for r in conn.execute(sa.select(*pk).where(*conds).order_by(*pk))]
+        if left and intent["pk_digest"] in (self._pk_digest(left), self._pk_digest(sorted(left))):
+            return 0, {"how": "reread", "committed": False,
+                       "note": f"rolled back: the batch's {len(left)} rows are still there as its intent found them"}
+        count = max(planned - len(left), 0)
+        cascaded = reread.get("cascading")
+        note = f"committed: re-read, {len(left)} of the batch's rows still match"
+        if cascaded is None and intent["action"] == "delete":
+            note += " (what it took along in this database is not re-counted; other systems have their own entries)"
+        return count, {"how": "reread", "committed": True, "cascaded": cascaded or {}, "note": note}
 
     def _takes_along(self, name: str) -> bool:
         """Whether deleting this collection's rows involves anything else (dependents, objects, digests)."""
@@ -919,29 +1105,31 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             c_sys, _, c_name = child_ref.partition(".")
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
-            fk = self.table(c_name).c[ref.column]
+            fks = self.source_cols(self.table(c_name), ref)
             owners: dict[Any, list[Any]] = {}
             for key, value in self._referenced(conn, name, ref, keys):
                 owners.setdefault(value, []).append(key)
             values = list(owners)
             for i in range(0, len(values), 500):
-                for parent, n in conn.execute(sa.select(fk, sa.func.count()).where(fk.in_(values[i:i + 500]))
-                                              .group_by(fk)):
-                    for key in owners.get(parent, []):
+                for *parent, n in conn.execute(sa.select(*fks, sa.func.count()).where(key_in(fks, values[i:i + 500]))
+                                               .group_by(*fks)):
+                    for key in owners.get(key_of(parent), []):
                         out.setdefault(key, {})[child_ref] = n
         self._other_child_counts(conn, name, keys, out)
         return out
 
     def _referenced(self, conn, name: str, ref: Any, keys: list[Any]) -> list[tuple[Any, Any]]:
-        """(key, the value a child's ``ref.column`` holds for that row) for the rows of ``keys``: the key itself,
-        or the row's ``to_column`` (rows where it is NULL have no children)."""
+        """(key, the value a child's ``ref`` columns hold for that row) for the rows of ``keys``: the key itself,
+        or the row's referenced columns (one value, or a tuple for a reference of several columns; rows where any
+        of them is NULL have no children)."""
         coll, t = self.coll(name), self.table(name)
-        target = ref.to_column or coll.key_columns()[0]
-        if [target] == coll.key_columns():
+        target = self.target_cols(name, ref, t)
+        if [c.name for c in target] == coll.key_columns():
             return [(k, k) for k in keys]
         pk = self.key_cols(name, t)
-        rows = conn.execute(sa.select(*pk, t.c[target]).where(key_in(pk, keys)))
-        return [(key_of(r[:-1]), r[-1]) for r in rows if r[-1] is not None]
+        n = len(pk)
+        rows = conn.execute(sa.select(*pk, *target).where(key_in(pk, keys)))
+        return [(key_of(r[:n]), v) for r in rows if (v := value_of(r[n:])) is not None]
 
     def _delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int],
                      guard: Any | None = None, suppress: list[str] | None = None) -> int:
@@ -967,14 +1155,13 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                 continue
             child = self.table(c_name)
             parent_vals = sorted({v for _, v in self._referenced(conn, name, ref, keys)})
-            fk = child.c[ref.column]
+            mine = key_in(self.source_cols(child, ref), parent_vals)  # all of a reference's columns, pairwise
             if ref.on_delete == "nullify":
-                n = conn.execute(child.update().where(fk.in_(parent_vals)).values({ref.column: None})).rowcount
+                n = conn.execute(child.update().where(mine).values(_cleared(ref))).rowcount
                 cascaded[f"{child_ref}:nullified"] = cascaded.get(f"{child_ref}:nullified", 0) + n
             else:
                 child_pk = self.key_cols(c_name, child)
-                child_keys = [key_of(r) for r in conn.execute(sa.select(*child_pk).where(fk.in_(parent_vals))
-                                                              .with_for_update())]
+                child_keys = [key_of(r) for r in conn.execute(sa.select(*child_pk).where(mine).with_for_update())]
                 if child_keys:
                     n = self._delete_keys(conn, c_name, child_keys, cascaded)
                     cascaded[child_ref] = cascaded.get(child_ref, 0) + n
@@ -1025,12 +1212,36 @@ def _reflect_tables(engine: sa.Engine, names: list[str]) -> dict[str, sa.Table]:
             t.append_constraint(sa.PrimaryKeyConstraint(*pk["constrained_columns"], name=pk.get("name")))
         for ix in indexes.get(key) or []:  # on columns only: an expression index leads with no column
             if ix["column_names"] and all(c is not None and c in t.c for c in ix["column_names"]):
-                sa.Index(ix["name"], *(t.c[c] for c in ix["column_names"]), unique=bool(ix.get("unique")))
+                # a partial unique index (``... WHERE``) says nothing of the rows outside it (``_unique_on``)
+                partial = any(k.endswith("_where") and v is not None
+                              for k, v in (ix.get("dialect_options") or {}).items())
+                sa.Index(ix["name"], *(t.c[c] for c in ix["column_names"]), unique=bool(ix.get("unique")),
+                         info={"partial": partial})
         for uq in uniques.get(key) or []:
             if uq["column_names"] and all(c in t.c for c in uq["column_names"]):
                 t.append_constraint(sa.UniqueConstraint(*uq["column_names"], name=uq.get("name")))
         out[table_name] = t
     return out
+
+
+def _unique_on(t: sa.Table, cols: list[str], declared_key: list[str]) -> bool:
+    """Whether no two rows of ``t`` can hold the same values in ``cols`` (none of them NULL): ``cols`` cover the
+    declared primary key, or the primary key, a unique constraint or a unique index (not a partial one) the
+    database reports."""
+    wanted = set(cols)
+    sets = [set(declared_key), {c.name for c in t.primary_key.columns}]
+    sets += [{c.name for c in uq.columns} for uq in t.constraints if isinstance(uq, sa.UniqueConstraint)]
+    for ix in t.indexes:
+        partial = ix.info.get("partial", False) or any(
+            k.endswith("_where") and v is not None for k, v in ix.dialect_kwargs.items())
+        if ix.unique and not partial and all(isinstance(e, sa.Column) for e in ix.expressions):
+            sets.append({c.name for c in ix.columns})
+    return any(s and s <= wanted for s in sets)
+
+
+def _range_reread(order: list[sa.Column], after: tuple | None, upto: tuple, now: dt.datetime) -> dict[str, Any]:
+    """How a batch of a walk in ``order`` is found again: the eligible rows (at ``now``) in (after, upto]."""
+    return {"walk": "range", "order": [c.name for c in order], "after": after, "upto": upto, "now": now}
 
 
 def _reads_other_tables(where: Any) -> bool:
@@ -1138,6 +1349,11 @@ class _BatchSizer:
             return
         wanted = int(self.size * BATCH_SECONDS / max(seconds, 1e-4))
         self.size = max(self.floor, min(wanted, self.size * 8, MAX_BATCH), self.size // 4)
+
+
+def _cleared(ref: Reference) -> dict[str, None]:
+    """What ``on_delete: nullify`` writes: NULL in every column of the reference."""
+    return dict.fromkeys(ref.source_columns())
 
 
 def _template_cols(ref, coll: Collection) -> list[str]:

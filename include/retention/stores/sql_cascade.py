@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from include.retention.errors import RetentionError
 from include.retention.stores.base import Recorder, begin_record, end_record
-from include.retention.stores.sql_keys import key_in, key_of
+from include.retention.stores.sql_keys import key_in, key_of, value_of
 from include.retention.stores.sql_subjects import _chunks
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ class SqlCascade:
             if ref.on_delete != "delete" or not keys:
                 continue
             pairs = self._referenced(conn, name, ref, keys)
-            held = store.held_dependents(child_ref.partition(".")[2], ref.column, sorted({v for _, v in pairs}))
+            held = store.held_dependents(child_ref.partition(".")[2], ref.source_columns(),
+                                         sorted({v for _, v in pairs}))
             kept |= {k for k, v in pairs if v in held}
         return kept
 
@@ -96,7 +97,7 @@ class SqlCascade:
             if ref.on_delete != "delete":
                 continue
             pairs = self._referenced(conn, name, ref, keys)
-            per = store.dependents_of(child_ref.partition(".")[2], ref.column, sorted({v for _, v in pairs}))
+            per = store.dependents_of(child_ref.partition(".")[2], ref.source_columns(), sorted({v for _, v in pairs}))
             for key, value in pairs:
                 if per.get(value):
                     out.setdefault(key, {})[child_ref] = per[value]
@@ -108,18 +109,25 @@ class SqlCascade:
                 if ref.on_delete == "delete"]
         if not refs:
             return 0
-        t, coll = self.table(name), self.coll(name)
+        t = self.table(name)
         pk = self.key_cols(name, t)
-        cols = [t.c[ref.to_column or coll.key_columns()[0]] for _, ref, _ in refs]
-        n, width = 0, len(pk)
+        width = len(pk)
+        # each reference's referenced columns (one, or several), labelled apart: two references may share a column
+        spans, cols = [], []
+        for i, (_, ref, _) in enumerate(refs):
+            targets = self.target_cols(name, ref, t)
+            spans.append((width + len(cols), width + len(cols) + len(targets)))
+            cols += [c.label(f"_ref{i}_{j}") for j, c in enumerate(targets)]
+        n = 0
         result = conn.execution_options(stream_results=True, yield_per=5000).execute(
             sa.select(*pk, *cols).where(where))
         for part in result.partitions():
             kept: set[Any] = set()
-            for i, (child_ref, ref, store) in enumerate(refs):
-                values = sorted({r[width + i] for r in part if r[width + i] is not None})
-                held = store.held_dependents(child_ref.partition(".")[2], ref.column, values)
-                kept |= {key_of(r[:width]) for r in part if r[width + i] in held}
+            for (child_ref, ref, store), (lo, hi) in zip(refs, spans, strict=True):
+                of_row = [(key_of(r[:width]), value_of(r[lo:hi])) for r in part]
+                values = sorted({v for _, v in of_row if v is not None})
+                held = store.held_dependents(child_ref.partition(".")[2], ref.source_columns(), values)
+                kept |= {k for k, v in of_row if v is not None and v in held}
             n += len(kept)
         return n
 
@@ -131,51 +139,52 @@ class SqlCascade:
             if ref.on_delete != "delete":
                 continue
             c_name = child_ref.partition(".")[2]
-            t = self.table(name)
-            col = t.c[ref.to_column or self.coll(name).key_columns()[0]]
+            cols = self.target_cols(name, ref)
             n = 0
             result = conn.execution_options(stream_results=True, yield_per=5000).execute(
-                going.with_only_columns(col).distinct())
+                going.with_only_columns(*cols).distinct())
             for part in result.partitions():
-                n += store.count_dependents(c_name, ref.column, [r[0] for r in part if r[0] is not None])
+                values = [v for r in part if (v := value_of(r)) is not None]
+                n += store.count_dependents(c_name, ref.source_columns(), values)
             out[child_ref] = (n, store.count_rows(c_name))
         return out
 
     # ---- the child's side ---------------------------------------------------------------------------
-    def held_dependents(self, collection_name: str, column: str, values: list[Any]) -> set[Any]:
+    def held_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> set[Any]:
         """Of ``values``, those held by a row here whose ``column`` holds exactly that value (legal hold, or held
-        dependents of its own): their parents must stay."""
+        dependents of its own): their parents must stay. Several columns: ``values`` are tuples, matched on every
+        column."""
         self.check(collection_name)  # the child's holds typed against its columns before they decide anything
         t = self.table(collection_name)
         held = self.held(collection_name, t)
         tests = ([held] if held is not None else []) + self._held_dependents(collection_name, t)
         if not tests or not values:
             return set()
-        fk, wanted, out = t.c[column], set(values), set()
+        fks, wanted, out = _fk_cols(t, column), set(values), set()
         with self.engine.connect() as conn:
             for chunk in _chunks(values):
-                found = conn.execute(sa.select(fk).distinct().where(fk.in_(chunk), sa.or_(*tests))).scalars()
-                out |= {v for v in found if v in wanted}
+                found = conn.execute(sa.select(*fks).distinct().where(key_in(fks, chunk), sa.or_(*tests)))
+                out |= {v for r in found if (v := key_of(r)) in wanted}
         return out
 
-    def count_dependents(self, collection_name: str, column: str, values: list[Any]) -> int:
-        """Rows here whose ``column`` holds one of ``values`` (for the brake: a collation that widens the match
-        only makes it stricter)."""
-        fk = self.table(collection_name).c[column]
+    def count_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> int:
+        """Rows here whose ``column`` (or columns: tuples in ``values``) holds one of ``values`` (for the brake: a
+        collation that widens the match only makes it stricter)."""
+        fks = _fk_cols(self.table(collection_name), column)
         n = 0
         with self.engine.connect() as conn:
             for chunk in _chunks(values):
-                n += conn.execute(sa.select(sa.func.count()).where(fk.in_(chunk))).scalar() or 0
+                n += conn.execute(sa.select(sa.func.count()).where(key_in(fks, chunk))).scalar() or 0
         return int(n)
 
-    def dependents_of(self, collection_name: str, column: str, values: list[Any]) -> dict[Any, int]:
-        """Per value of ``values``, the rows here whose ``column`` holds exactly that value (compared in Python:
-        the per-request counts of an erasure)."""
-        fk, wanted, out = self.table(collection_name).c[column], set(values), {}
+    def dependents_of(self, collection_name: str, column: str | list[str], values: list[Any]) -> dict[Any, int]:
+        """Per value of ``values``, the rows here whose ``column`` (or columns: tuples) holds exactly that value
+        (compared in Python: the per-request counts of an erasure)."""
+        fks, wanted, out = _fk_cols(self.table(collection_name), column), set(values), {}
         with self.engine.connect() as conn:
             for chunk in _chunks(values):
-                for v in conn.execute(sa.select(fk).where(fk.in_(chunk))).scalars():
-                    if v in wanted:
+                for r in conn.execute(sa.select(*fks).where(key_in(fks, chunk))):
+                    if (v := key_of(r)) in wanted:
                         out[v] = out.get(v, 0) + 1
         return out
 
@@ -185,14 +194,15 @@ class SqlCascade:
 
     def delete_dependents(self, collection_name: str, reference: Reference, values: list[Any], *,
                           record: Recorder | None = None, parent: str = "") -> tuple[dict[str, int], set[Any]]:
-        """Delete (``on_delete: delete``) or clear the reference of (``nullify``) the rows here whose
-        ``reference.column`` holds exactly one of ``values``, in bounded batches, each one transaction here and
-        (with ``record``) one ledger entry of this system. Returns the counts (this collection's, and what its
+        """Delete (``on_delete: delete``) or clear the reference of (``nullify``) the rows here whose reference's
+        columns hold exactly one of ``values`` (tuples: every column), in bounded batches, each one transaction here
+        and (with ``record``) one ledger entry of this system. Returns the counts (this collection's, and what its
         deletes took along) and the values that still have rows here afterwards (held: their parents stay)."""
         self.check(collection_name)
         name, t = collection_name, self.table(collection_name)
         ref = self.ref(name)
-        guard = self._not_held(name, t) if reference.on_delete == "delete" else t.c[reference.column].is_not(None)
+        fks = self.source_cols(t, reference)
+        guard = self._not_held(name, t) if reference.on_delete == "delete" else sa.and_(*(c.is_not(None) for c in fks))
         sub = getattr(record, "for_collection", None)
         rec = sub(self.name, ref) if sub is not None else None
         counts: dict[str, int] = {}
@@ -209,43 +219,58 @@ class SqlCascade:
                               rec: Recorder | None, parent: str, counts: dict[str, int]) -> set[Any]:
         """``delete_dependents`` for one chunk of values, walking the rows here by key in batches of
         ``CHILD_BATCH``; returns the values still referenced afterwards."""
-        pk, fk = self.key_cols(name, t), t.c[reference.column]
+        pk, fks = self.key_cols(name, t), self.source_cols(t, reference)
         n_pk, ref = len(pk), self.ref(name)
         deleting = reference.on_delete == "delete"
+        action = "delete" if deleting else "nullify"
         exact, last = set(chunk), None
         while True:
             intent, digest, cascaded, changed = None, "", {}, 0
             with self.engine.begin() as conn:
-                rows = conn.execute(sa.select(*pk, fk).where(fk.in_(chunk), guard, *self._after(pk, last))
+                rows = conn.execute(sa.select(*pk, *fks).where(key_in(fks, chunk), guard, *self._after(pk, last))
                                     .order_by(*pk).limit(CHILD_BATCH).with_for_update()).all()
                 if not rows:
                     break
                 last = tuple(rows[-1][:n_pk])
-                keys = sorted(key_of(r[:n_pk]) for r in rows if r[n_pk] in exact)
+                keys = sorted(key_of(r[:n_pk]) for r in rows if key_of(r[n_pk:]) in exact)  # every column, exactly
                 if keys:
                     digest = self._pk_digest(keys)
+                    # announced before it commits: before anything goes when the delete changes something outside
+                    # this transaction, else once the statement ran, with its real count (the keys, sealed, let the
+                    # rule's next run tell whether it committed: include/retention/intents.py)
+                    reread = {"walk": "keys", "keys": keys, "column": None if deleting else reference.source_columns(),
+                              "cascaded_from": parent}
+                    early = deleting and self._writes_outside(name)
+                    if rec is not None and early:
+                        intent = begin_record(rec, action, len(keys), digest, reread)
                     if deleting:
-                        if rec is not None:
-                            intent = begin_record(rec, "delete", len(keys), digest)
                         changed = self._delete_keys(conn, name, keys, cascaded, guard=guard)
                     else:
                         changed = conn.execute(t.update().where(key_in(pk, keys), guard)
-                                               .values({reference.column: None})).rowcount
+                                               .values(dict.fromkeys(reference.source_columns()))).rowcount
+                    if rec is not None and not early:
+                        intent = begin_record(rec, action, changed, digest, {**reread, "cascading": cascaded})
             if keys:  # committed: the real count
                 what = ref if deleting else f"{ref}:nullified"
                 counts[what] = counts.get(what, 0) + changed
                 for k, v in cascaded.items():
                     counts[k] = counts.get(k, 0) + v
-                if rec is not None and deleting:
-                    end_record(rec, intent, "delete", changed, digest, {"cascaded_from": parent, "cascaded": cascaded})
+                if rec is not None:
+                    end_record(rec, intent, action, changed, digest, {"cascaded_from": parent, "cascaded": cascaded})
             if len(rows) < CHILD_BATCH:
                 break
         if not deleting:
             return set()
         with self.engine.connect() as conn:
-            return {v for v in conn.execute(sa.select(fk).distinct().where(fk.in_(chunk))).scalars() if v in exact}
+            return {v for r in conn.execute(sa.select(*fks).distinct().where(key_in(fks, chunk)))
+                    if (v := key_of(r)) in exact}
 
     def _not_held(self, name: str, t: sa.Table) -> sa.ColumnElement[bool]:
         held = self.held(name, t)
         preds = ([sa.not_(held)] if held is not None else []) + [sa.not_(d) for d in self._held_dependents(name, t)]
         return sa.and_(*preds) if preds else sa.true()
+
+
+def _fk_cols(t: sa.Table, column: str | list[str]) -> list[sa.Column]:
+    """A reference's columns of ``t``: one name, or the list of a reference of several columns."""
+    return [t.c[column]] if isinstance(column, str) else [t.c[c] for c in column]

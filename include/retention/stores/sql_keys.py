@@ -37,6 +37,25 @@ def key_eq(cols: list[sa.ColumnElement[Any]], key: Any) -> sa.ColumnElement[bool
     return sa.and_(*(c == v for c, v in zip(cols, key, strict=True)))
 
 
+def cols_eq(left: Sequence[Any], right: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """Every column of ``left`` equals its partner in ``right`` (a reference of one or several columns: a row
+    whose referencing columns are NULL, any of them, matches nothing)."""
+    return sa.and_(*(a == b for a, b in zip(left, right, strict=True)))
+
+
+def cols_in(cols: Sequence[Any], select: sa.Select) -> sa.ColumnElement[bool]:
+    """``cols`` (one, or several as a row value) are among the rows ``select`` returns (as many columns)."""
+    if len(cols) == 1:
+        return cols[0].in_(select)
+    return sa.tuple_(*cols).in_(select)
+
+
+def value_of(values: Sequence[Any]) -> Any:
+    """The value a reference's columns hold (``key_of``), or None when any of them is NULL (it refers to nothing)."""
+    values = tuple(values)
+    return None if any(v is None for v in values) else key_of(values)
+
+
 def has_row_values(dialect: sa.engine.Dialect) -> bool:
     """Whether the dialect compares row values (``(a, b) > (x, y)``) lexicographically."""
     if dialect.name in ("postgresql", "mysql", "mariadb"):

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from include.retention import keytemplate
 from include.retention.policy import Reference, Rule, referrers
 from include.retention.stores.base import Recorder
-from include.retention.stores.sql_keys import key_of
+from include.retention.stores.sql_keys import cols_eq, key_of
 
 IN_CHUNK = 500  # values per IN list
 
@@ -33,11 +33,12 @@ class SqlOrphans:
         """Rows of ``t`` no referencing collection refers to (one ``NOT EXISTS`` per reference). A reference
         compares as the database does: under a case-insensitive collation ``'A'`` keeps ``'a'`` (kept, never
         deleted too early)."""
-        coll = self.coll(name)
         tests = []
         for i, (owner, ref) in enumerate(referrers(self.policy, self.ref(name))):
             child = self.table(owner.partition(".")[2]).alias(f"orphan_ref_{i}")
-            tests.append(sa.not_(sa.exists().where(child.c[ref.column] == t.c[ref.to_column or coll.key_columns()[0]])))
+            # a reference of several columns refers to a row only when every column equals its partner
+            link = cols_eq(self.source_cols(child, ref), self.target_cols(name, ref, t))
+            tests.append(sa.not_(sa.exists().where(link)))
         return sa.and_(*tests) if tests else sa.true()
 
     def prepare_rule(self, collection_name: str, rule: Rule, now: dt.datetime, batch_size: int,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from include.retention.clock import utcnow
+from include.retention.errors import RetentionError
 from include.retention.identity import normalise
 from include.retention.masking import STRATEGIES
 from include.retention.stores.base import (
@@ -34,7 +35,10 @@ from include.retention.stores.base import (
     index_subjects,
     lock_reason_for,
     own_lock_reasons,
+    renamed_lock_reasons,
 )
+from include.retention.stores.sql_access import SqlAccess
+from include.retention.stores.sql_fit import Target, bind_value, storage_charsets
 from include.retention.stores.sql_keys import after, has_row_values, key_eq, key_in, key_of
 
 if TYPE_CHECKING:
@@ -51,8 +55,8 @@ def _chunks(items: list[Any], n: int = CHUNK) -> Iterator[list[Any]]:
         yield items[i:i + n]
 
 
-class SqlSubjects:
-    """Mixin of ``SqlStore``: the subject half of the store interface."""
+class SqlSubjects(SqlAccess):
+    """Mixin of ``SqlStore``: the subject half of the store interface (the access lookups: ``SqlAccess``)."""
 
     # provided by SqlStore
     engine: sa.Engine
@@ -177,6 +181,7 @@ class SqlSubjects:
     def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
               ) -> SubjectOutcome:
         name = collection_name
+        self.check(name)  # references and holds checked against the tables before anything is changed
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
         outcome = SubjectOutcome()
         keys = claimed_keys(self.name, claims)
@@ -248,14 +253,17 @@ class SqlSubjects:
         if real != len(rows):
             outcome.add_total(f"{ref}:{what}:changed_meanwhile", len(rows) - real)
 
-    def _erasable(self, name: str, t: sa.Table, own: set[str]) -> sa.ColumnElement[bool]:
-        """The guard repeated in the final statement: not held, no held dependents, unlocked or own lock."""
+    def _erasable(self, name: str, t: sa.Table, own: set[str], *, dependents: bool = True
+                  ) -> sa.ColumnElement[bool]:
+        """The guard repeated in the final statement: not held, no held dependents (unless ``dependents`` is
+        False: a correction deletes nothing), unlocked or own lock."""
         coll = self.coll(name)
         preds = []
         held = self.held(name, t)
         if held is not None:
             preds.append(sa.not_(held))
-        preds += [sa.not_(d) for d in self._held_dependents(name, t)]
+        if dependents:
+            preds += [sa.not_(d) for d in self._held_dependents(name, t)]
         if coll.lock is not None:
             free = t.c[coll.lock.at].is_(None)
             if coll.lock.reason and own:
@@ -346,7 +354,7 @@ class SqlSubjects:
         name = collection_name
         claims = self.find(name, subjects)
         own = own_lock_reasons(subjects, self.mask_key)
-        deleting = self.coll(name).erasure == "delete"
+        deleting = mode != "rectify" and self.coll(name).erasure == "delete"  # rectify: exceptions as it keeps them
         left: dict[str, int] = {}
         for chunk in _chunks(sorted(claims)):
             with self.engine.connect() as conn:
@@ -362,35 +370,111 @@ class SqlSubjects:
         return left
 
     # ---- the other rights: rectify, withdraw (ADR 0008) ------------------------------------
+    def _rectify_targets(self, collection_name: str, new_values: dict[str, str]) -> list[tuple[str, Target]]:
+        """(kind, column) of every identity column of this collection that holds a kind being corrected."""
+        t = self.table(collection_name)
+        cache: dict[str, dict[str, str | None]] = self.__dict__.setdefault("_fit_charsets", {})
+        if t.name not in cache:
+            cache[t.name] = storage_charsets(self.engine, t.name)
+        charsets = cache[t.name]
+        out = []
+        for kind, f in self.coll(collection_name).identity_fields():
+            if kind in new_values:
+                charset = charsets.get(f.column, charsets.get("*"))
+                out.append((kind, Target(f"{self.ref(collection_name)}.{f.column}", t.c[f.column],
+                                         self.engine.dialect.name, charset)))
+        return out
+
+    def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
+                         new_values: dict[str, str]) -> list[str]:
+        """Why the new values cannot be written into this collection's identity columns (type, width, character
+        set; a unique column where the database's own collation finds the value on a row not claimed), or []."""
+        problems: list[str] = []
+        t = self.table(collection_name)
+        pk = self.key_cols(collection_name, t)
+        for kind, target in self._rectify_targets(collection_name, new_values):
+            problem, value = bind_value(target, kind, new_values[kind])
+            if problem:
+                problems.append(problem)
+            elif self._unique(t, target.column.name):
+                with self.engine.connect() as conn:
+                    taken = [key_of(r) for r in conn.execute(sa.select(*pk).where(target.column == value))]
+                if any(k not in claims for k in taken):
+                    problems.append(f"{target.where}: the column is unique and the database already counts the "
+                                    f"new {kind} as the value of another record (its collation)")
+        return problems
+
+    @staticmethod
+    def _unique(t: sa.Table, column: str) -> bool:
+        """Whether ``column`` alone is unique (a unique constraint or index, or the primary key)."""
+        sets = [[c.name for c in uc.columns] for uc in t.constraints if isinstance(uc, sa.UniqueConstraint)]
+        sets += [[c.name for c in ix.columns] for ix in t.indexes if ix.unique]
+        sets.append([c.name for c in t.primary_key.columns])
+        return [column] in sets
+
     def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
                 *, dry_run: bool) -> SubjectOutcome:
         """Replace the subjects' old identity values (the kinds in ``new_values``) with the new ones, in exactly
         the identity columns that hold an old value, of exactly the claimed rows (locked, re-read first)."""
-        name = collection_name
+        return self.rectify_all({collection_name: claims}, subjects, new_values, dry_run=dry_run)
+
+    def rectify_all(self, claims: dict[str, Claims], subjects: list[Subject], new_values: dict[str, str], *,
+                    dry_run: bool) -> SubjectOutcome:
+        """``rectify`` of several collections of this system in ONE transaction: every change or none. Rows under
+        legal hold or locked by a lock that is not the subjects' own are kept unchanged, counted as
+        ``exception:<reason>``. A restriction of the subject's own, named by the old value, is renamed by the
+        new one (a later request of the person with the new value still finds it their own)."""
+        outcome = SubjectOutcome()
+        keys = {name: claimed_keys(self.name, c) for name, c in claims.items() if c}
+        binds: dict[tuple[str, str], Any] = {}
+        for name in keys:
+            for kind, target in self._rectify_targets(name, new_values):
+                problem, value = bind_value(target, kind, new_values[kind])
+                if problem:
+                    raise RetentionError(f"rectify refused: {problem}; nothing was changed")
+                binds[(name, target.column.name)] = value
+        own = own_lock_reasons(subjects, self.mask_key)
+        renamed = renamed_lock_reasons(subjects, new_values, self.mask_key)
+        with self.engine.begin() as conn:
+            for name, names_keys in keys.items():
+                for chunk in _chunks(names_keys):
+                    self._rectify_chunk(conn, name, chunk, subjects, new_values, binds, own, renamed, outcome,
+                                        dry_run)
+        return outcome
+
+    def _rectify_chunk(self, conn, name: str, chunk: list[Any], subjects: list[Subject], new_values: dict[str, str],
+                       binds: dict[tuple[str, str], Any], own: set[str], renamed: dict[str, str],
+                       outcome: SubjectOutcome, dry_run: bool) -> None:
         coll, t, ref = self.coll(name), self.table(name), self.ref(name)
         pk = self.key_cols(name, t)
-        outcome = SubjectOutcome()
-        keys = claimed_keys(self.name, claims)
         old = {s.request_id: s.identities for s in subjects}
         fields = [(kind, f) for kind, f in coll.identity_fields() if kind in new_values]
-        for chunk in _chunks(keys):
-            with self.engine.begin() as conn:
-                for row in self._locked_rows(conn, name, chunk, dependents=False):
-                    values: dict[str, str] = {}
-                    rids: set[str] = set()
-                    for kind, f in fields:
-                        value = normalise(kind, row[f.column])
-                        owners = {rid for rid, ids in old.items() if value is not None and ids.get(kind) == value}
-                        if owners:
-                            values[f.column] = new_values[kind]
-                            rids |= owners
-                    if not values:
-                        continue  # no longer carries the old value: not ours to touch
-                    if not dry_run:
-                        conn.execute(t.update().where(key_eq(pk, row["_pk"])).values(values))
-                    for rid in rids:
-                        outcome.add(rid, ref, "rectified")
-        return outcome
+        guard = self._erasable(name, t, own, dependents=False)
+        for row in self._locked_rows(conn, name, chunk, dependents=False):
+            values: dict[str, Any] = {}
+            rids: set[str] = set()
+            for kind, f in fields:
+                value = normalise(kind, row[f.column])
+                owners = {rid for rid, ids in old.items() if value is not None and ids.get(kind) == value}
+                if owners:
+                    values[f.column] = binds[(name, f.column)]
+                    rids |= owners
+            if not values:
+                continue  # no longer carries the old value: not ours to touch
+            reason = self._exception(row, own, deleting=False)
+            if reason is not None:  # kept exactly as it is (a statutory record, a hold, another's restriction)
+                for rid in rids:
+                    outcome.add(rid, ref, f"exception:{reason}")
+                continue
+            if row.get("_locked_at") is not None and coll.lock is not None and coll.lock.reason \
+                    and row.get("_lock_reason") in renamed:
+                values[coll.lock.reason] = renamed[row["_lock_reason"]]
+            what = "rectified"
+            if not dry_run:
+                n = conn.execute(t.update().where(key_eq(pk, row["_pk"]), guard).values(values)).rowcount
+                what = "rectified" if n else "changed_meanwhile"
+            for rid in rids:
+                outcome.add(rid, ref, what)
 
     def withdraw(self, collection_name: str, claims: Claims, subjects: list[Subject], consents: list[str] | None,
                  *, dry_run: bool) -> SubjectOutcome:
@@ -432,12 +516,3 @@ class SqlSubjects:
                         for rid in whole:
                             outcome.add(rid, ref, what)
         return outcome
-
-    def dependents(self, collection_name: str, column: str, parent_keys: list[Any]) -> list[Any]:
-        t = self.table(collection_name)
-        pk, fk = self.key_cols(collection_name, t), t.c[column]
-        out: list[Any] = []
-        for chunk in _chunks(sorted(parent_keys)):
-            with self.engine.connect() as conn:
-                out += [key_of(r) for r in conn.execute(sa.select(*pk).where(fk.in_(chunk)))]
-        return sorted(set(out))

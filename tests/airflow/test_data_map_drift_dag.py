@@ -152,6 +152,7 @@ def leak_scan(ledger: Ledger, run, values: dict[str, list[str]], token: str) -> 
 
 FILE_SCAN = """
 import sys
+from pathlib import Path
 
 home, dag_id, needles = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 scanned = 0

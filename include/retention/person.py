@@ -7,13 +7,14 @@ delete B's items too. ``resolve`` decides, once, which identities the request ma
 
 - The **proven** identity is the one the requester is answered on and the identity check confirms: the e-mail
   when given, else the first given in ``KIND_ORDER`` (email, phone, customer_ref, social_handle).
-- Another identity is **linked** when the stores tie it to the proven one: one record carries both, or a
-  declared reference (``column`` / ``columns`` -> ``to_column`` / ``to_columns`` / the target's key, within a
-  system or across systems; a SQL row's owned S3 object) joins a record carrying one to a record carrying the
-  other, possibly through records carrying further linked identities.
+- Another identity is **linked** when the stores tie every record carrying it to the proven identity: the
+  record carries the proven identity too, or a chain of declared references (``column`` / ``columns`` ->
+  ``to_column`` / ``to_columns`` / the target's key, within a system or across systems; a SQL row's owned S3
+  object) joins it to such a record through records carrying identities of the request.
 - It is **conflicting** when a record carrying it belongs to somebody else (the record does not carry the
   proven identity but carries, for a kind the request holds and found somewhere, only other values), or when
-  nothing ties its records to the proven identity's.
+  one of its records is tied to the proven identity by nothing (a shared family phone on somebody else's row
+  links nobody: another identity never vouches for a record, only the proven one and references do).
 - It is **not found** when no record carries it (harmless; it claims nothing).
 
 Only item *ownership* counts: a field that only mentions someone (``erase: mask``) neither links nor
@@ -165,10 +166,11 @@ def _decide(ids: dict[str, str], records: dict[Record, tuple[frozenset[str], fro
     def join(a: Any, b: Any) -> None:
         parent[root(a)] = root(b)
 
+    proven_node = ("kind", proven)
+    root(proven_node)
     for r, (carried, _) in records.items():
-        if r not in foreign:
-            for kind in carried:
-                join(("kind", kind), ("record", r))
+        if proven in carried:
+            join(("record", r), proven_node)
     for a, b in edges:
         if a not in foreign and b not in foreign:
             join(("record", a), ("record", b))
@@ -188,9 +190,9 @@ def _decide(ids: dict[str, str], records: dict[Record, tuple[frozenset[str], fro
                                for k in other & found}):
             status[kind] = CONFLICTING
             why[kind] = f"a record carrying it holds another {' / '.join(others)}"
-        elif root(("kind", kind)) != root(("kind", proven)):
+        elif any(kind in carried and root(("record", r)) != root(proven_node) for r, (carried, _) in records.items()):
             status[kind] = CONFLICTING
-            why[kind] = f"no record or reference ties it to the {proven}"
+            why[kind] = f"a record carrying it is tied to the {proven} by no record or reference"
         else:
             status[kind] = LINKED
     return Resolution(proven=proven, status=status, counts=counts, why=why)

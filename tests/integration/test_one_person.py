@@ -386,3 +386,35 @@ def test_linked_rectify_and_withdraw_change_exactly_the_persons_rows(world):
     assert [r[0] for r in changed["customers"]] == [1] and changed["customers"][0][2] == "+44 20 7946 0999"
     assert changed["customers"][0][4] in (False, 0)
     assert [r[0] for r in changed["subscribers"]] == [1] and changed["subscribers"][0][3] is not None
+
+
+# ---- the decision on its own: records, what they carry, the references joining them ----------------------------
+def decide(ids: dict[str, str], records: dict[str, tuple[set[str], set[str]]], edges=()):
+    recs = {("c", name): (frozenset(carried), frozenset(other)) for name, (carried, other) in records.items()}
+    return person._decide(ids, recs, [(("c", a), ("c", b)) for a, b in edges])
+
+
+def test_decide_never_links_through_somebody_elses_record():
+    ids = {"email": "a", "phone": "p", "customer_ref": "c"}
+    # A's row -> B's row (another e-mail) <- a row carrying the reference: B's row must not bridge
+    res = decide(ids, {"mine": ({"email"}, set()), "bs": ({"phone"}, {"email"}), "ref": ({"customer_ref"}, set())},
+                 edges=[("mine", "bs"), ("ref", "bs")])
+    assert res.status == {"email": "found", "phone": "conflicting", "customer_ref": "conflicting"}
+    # the same chain through a row of nobody in particular links
+    res = decide(ids, {"mine": ({"email"}, set()), "mid": ({"phone"}, set()), "ref": ({"customer_ref"}, set())},
+                 edges=[("mine", "mid"), ("ref", "mid")])
+    assert res.status == {"email": "found", "phone": "linked", "customer_ref": "linked"}
+
+
+def test_decide_needs_every_record_of_an_identity_tied_to_the_proven_one():
+    ids = {"email": "a", "phone": "p"}
+    # the phone on A's row and on a row of somebody without an e-mail (a family phone): not A's to act on
+    res = decide(ids, {"mine": ({"email", "phone"}, set()), "family": ({"phone"}, set())})
+    assert res.status == {"email": "found", "phone": "conflicting"} and res.act_kinds == ["email"]
+    res = decide(ids, {"family": ({"phone"}, set()), "mine": ({"email", "phone"}, set())})
+    assert res.status["phone"] == "conflicting"
+    # a value of a kind found nowhere says nothing about anybody; the proven identity's own rows are A's
+    res = decide({"email": "a", "phone": "p", "customer_ref": "x"},
+                 {"mine": ({"email"}, {"phone", "customer_ref"}), "ph": ({"phone"}, {"customer_ref"})},
+                 edges=[("ph", "mine")])
+    assert res.status == {"email": "found", "phone": "linked", "customer_ref": "not found"}

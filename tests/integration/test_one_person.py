@@ -334,6 +334,18 @@ def test_intake_batch_stops_only_the_conflicting_request(world):
     assert ids(world["engine"]) == without(before, "D")
     assert registry.receipt(mixed)["verification"] == person.STOPPED_VERIFICATION
 
+    # handed to erasure_request by id, the stopped request waits for a person even though verified at intake;
+    # Approve acts with the linked identities only: A's rows go, B's stay
+    from include.retention.airflow import identity_check
+
+    assert erasure_tasks.register({"request_id": mixed}, "erasure_request", "r2") == mixed
+    assert identity_check.needs_check([mixed]) is True
+    identity_check.record_decision([mixed], {"chosen_options": ["Approve"]})
+    assert erase(world, mixed) == [mixed]
+    assert ids(world["engine"]) == without(before, "D", "A")
+    assert registry.get(mixed)["status"] == "complete"
+    assert registry.receipt(mixed)["person"]["dropped"] == ["customer_ref"]
+
 
 # ---- access, rectify, withdraw -----------------------------------------------------------------------------------
 def access_act(world, rid: str) -> dict:

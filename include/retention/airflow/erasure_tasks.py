@@ -119,7 +119,10 @@ def _registered(request_id: str | None, dag_id: str, run_id: str, params: dict[s
             return _fail(f"request refused: unknown request {rid}") if request_id else None
         queued = req["dag_id"] is None and req["source"] in identity_check.INTAKE_SOURCES and req["mode"] in \
             ERASURE_MODES and req["status"] == "pending"
-        if (req["dag_id"], req["run_id"]) != (dag_id, run_id) and not queued:
+        # stopped on a conflict of identities where nobody was asked (erasure_intake, a dry run): handed over by
+        # id, it waits at the identity check here, whose approver may act with the linked identities only
+        stopped = bool(request_id) and req["status"] == "conflict" and req["mode"] in ERASURE_MODES
+        if (req["dag_id"], req["run_id"]) != (dag_id, run_id) and not queued and not stopped:
             _fail(f"request refused: request {rid} was registered for another run")
         if identity_check.arrived_verified(params, req):
             ctx.registry.update_details(rid, identity_verified=True)

@@ -277,11 +277,14 @@ def _joins(policy: Policy, store_of: Callable[[str], Store],
             targets = {tuple(_canon(v) for v in _key_tuple(k)): {k} for k in keys_of[target]}
         for c_key, value in out_values[i].items():
             pairs += [((child, c_key), (target, t_key)) for t_key in targets.get(value, ())]
-    per_request: dict[str, list[tuple[Record, Record]]] = {}
+    owners: dict[Record, set[str]] = defaultdict(set)  # record -> requests it matched
     for rid, records in matched.items():
-        mine = [(a, b) for a, b in pairs if a in records and b in records]
-        if mine:
-            per_request[rid] = mine
+        for record in records:
+            owners[record].add(rid)
+    per_request: dict[str, list[tuple[Record, Record]]] = defaultdict(list)
+    for a, b in pairs:
+        for rid in owners[a] & owners[b]:
+            per_request[rid].append((a, b))
     return per_request
 
 

@@ -240,6 +240,12 @@ def render_markdown(receipt: dict[str, Any]) -> str:
     if searched:
         lines += ["", "## Searched", ""]
         lines += [f"- {coll}: {', '.join(kinds)}" for _name, coll, kinds in searched]
+    resolved = receipt.get("person") or {}
+    if resolved:  # one person per request: the identity kinds and what became of them (never a value)
+        lines += ["", "## Identities", ""]
+        lines += [f"- {kind}: {status}" + (" (proven)" if kind == resolved.get("proven") else "")
+                  + (" (dropped)" if kind in (resolved.get("dropped") or []) else "")
+                  for kind, status in resolved.get("identities", {}).items()]
     recipients = receipt.get("recipients") or {}
     if recipients:  # GDPR Art. 19: who was told, and how it went ("recorded, not sent" says so)
         lines += ["", "## Recipients told", ""]

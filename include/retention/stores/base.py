@@ -339,6 +339,11 @@ class Store(abc.ABC):
         """Every item of the collection with its normalised identities, one bounded batch at a time:
         ``[(key, {kind: {normalised values}}), ...]``. Python decides equality, not the store's collation."""
 
+    def scan_owned(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """As ``scan``, but only the identities that make an item the person's own: a field that only mentions
+        someone (``erase: mask``) is left out (what ``include.retention.person`` links people by)."""
+        return self.scan(collection_name)
+
     def find(self, collection_name: str, subjects: list[Subject]) -> Claims:
         """The items of these subjects, each with the request ids that claim it."""
         wanted = index_subjects(subjects)

@@ -74,12 +74,18 @@ class SqlSubjects(SqlAccess):
         return sorted({f.column for _, f in coll.identity_fields()})
 
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        return self._scan(collection_name, owned_only=False)
+
+    def scan_owned(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        return self._scan(collection_name, owned_only=True)
+
+    def _scan(self, collection_name: str, *, owned_only: bool) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         self.check(collection_name)  # holds and conditions typed before any row is judged by them
         coll, t = self.coll(collection_name), self.table(collection_name)
         keys = self.key_cols(collection_name, t)
         n = len(keys)
-        cols = self._identity_cols(coll)
-        fields = coll.identity_fields()
+        fields = [(k, f) for k, f in coll.identity_fields() if not owned_only or f.erase == "row"]
+        cols = sorted({f.column for _, f in fields})
         last = None
         while True:
             query = (sa.select(*keys, *(t.c[c] for c in cols)).order_by(*keys).limit(SCAN_BATCH)

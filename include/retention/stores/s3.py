@@ -77,8 +77,8 @@ from include.retention.stores.s3_objects import (
     tag_matches,
 )
 from include.retention.stores.s3_orphans import S3Orphans
+from include.retention.stores.s3_record_store import S3Records
 from include.retention.stores.s3_spool import Spool
-from include.retention.stores.s3_subjects import S3Subjects
 from include.retention.stores.s3_writes import Purger, Upload, _safe_cut
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ __all__ = ["ANONYMIZED_META", "LOCK_TAG", "ObjectsNotDeleted", "S3Store", "make_
 log = logging.getLogger(__name__)
 
 
-class S3Store(S3Orphans, S3Subjects, Store):
+class S3Store(S3Orphans, S3Records, Store):
     kind = "s3"
 
     def __init__(self, name: str, policy: Policy, client: Any, *, key: bytes = b"", endpoint: str | None = None,

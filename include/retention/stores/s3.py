@@ -471,6 +471,8 @@ class S3Store(S3Orphans, S3Records, Store):
         page): keep the due objects in a spool for the delete stage, until it reads them or ``release_plan``."""
         now = now if now.tzinfo else now.replace(tzinfo=_UTC)
         self.release_plan()
+        if rule.start.basis == "record":
+            return self.plan_records(collection_name, rule, now)
         spool = Spool(collection_name, rule, now) if for_act and self.spools(collection_name, rule) else None
         total = in_scope = held = already = no_date = 0
         eligible = {s.action: 0 for s in rule.stages}
@@ -504,6 +506,8 @@ class S3Store(S3Orphans, S3Records, Store):
     def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
                     reason: str, record: Recorder) -> StageResult:
         now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        if rule.start.basis == "record":
+            return self.sweep_records(collection_name, rule, stage, now, batch_size, record)
         coll = self.coll(collection_name)
         bucket = coll.bucket
         result = StageResult(action=stage.action)

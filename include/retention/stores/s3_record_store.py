@@ -22,21 +22,30 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from include.retention import keytemplate
 from include.retention.errors import RetentionError, StoreUnavailable
 from include.retention.identity import normalise
+from include.retention.policy import cutoff
 from include.retention.stores.base import (
     RESTRICTION,
     Claims,
+    Recorder,
+    RulePlan,
+    StageResult,
     Subject,
     SubjectOutcome,
+    begin_record,
     claimed_keys,
+    end_record,
     lock_reason_for,
     own_lock_reasons,
 )
 from include.retention.stores.s3_objects import LOCK_TAG, MAX_DELETE, S3Object
 from include.retention.stores.s3_records import (
+    EXPIRED,
     RECORD_BATCH,
     REWRITE_META,
+    Expiry,
     Judge,
     ObjectRecords,
     RecordsUnreadable,
@@ -46,13 +55,14 @@ from include.retention.stores.s3_records import (
     digest_of,
     judge_version,
     key_digest,
+    partition_span,
     write_version,
 )
 from include.retention.stores.s3_subjects import S3Subjects, lock_reason
 from include.retention.stores.s3_writes import Purger, Upload
 
 if TYPE_CHECKING:
-    from include.retention.policy import Collection
+    from include.retention.policy import Collection, Rule, Stage
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +291,7 @@ class S3Records(S3Subjects):
         new_head = self.head(coll.bucket, new)
         if new_head is None:
             raise RewriteNotVerified(f"{self.name}: a rewritten object of {coll.bucket} is not there to check")
-        again = ObjectRecords(self, coll, new, new_head)
+        again = ObjectRecords(self, coll, new, new_head, gzip=reader.gzip)
         try:
             count, digest = digest_of(again)
         except RecordsUnreadable as exc:
@@ -374,3 +384,102 @@ class S3Records(S3Subjects):
             return [f"{self.ref(collection_name)}: records inside objects cannot be corrected yet "
                     f"({len(claims)} object(s))"]
         return super().rectify_problems(collection_name, claims, subjects, new_values)
+
+    # ---- retention sweeps of records (a rule counting from a record field) ----------------------------
+    def _record_edge(self, rule: Rule, now: dt.datetime) -> dt.datetime:
+        # Validation allows delete stages only, one per rule: its end of period.
+        return max(cutoff(now, stage, rule.start) for stage in rule.stages)
+
+    def _record_walk(self, collection_name: str, rule: Rule, now: dt.datetime
+                     ) -> Iterator[tuple[S3Object, str]]:
+        """(object, state): out / kept (its partition starts after the edge, or nothing in it is expired) / held /
+        expired (its whole partition is past the period: it goes whole) / mixed (the records decide)."""
+        coll = self.coll(collection_name)
+        pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
+        edge = self._record_edge(rule, now)
+        for page in self.objects(coll.bucket, self.prefix(coll)):
+            for obj in page:
+                match = pattern.fullmatch(obj.key) if pattern else None
+                if pattern is not None and match is None:
+                    yield obj, "out"
+                    continue
+                if not obj.version_id and not obj.live:
+                    yield obj, "kept"  # only delete markers: no records
+                    continue
+                span = partition_span(match)
+                if span is not None and span[0] >= edge:
+                    yield obj, "kept"  # partition pruning: no record of it can be expired
+                    continue
+                if self._held(coll.bucket, coll, obj, now):
+                    yield obj, "held"
+                    continue
+                yield obj, ("expired" if span is not None and span[1] <= edge else "mixed")
+
+    def _expired_records(self, coll: Collection, obj: S3Object, expiry: Expiry) -> bool:
+        for vobj, _ in self._record_versions(coll, obj):
+            tally = self._judge(coll, vobj, expiry)
+            if tally is not None and tally.found:
+                return True
+        return False
+
+    def plan_records(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
+        """Objects of the collection, and those a sweep would delete whole or rewrite (records read where the key's
+        date does not decide)."""
+        coll = self.coll(collection_name)
+        expiry = Expiry(rule.start.name or "", self._record_edge(rule, now))
+        total = in_scope = held = due = 0
+        for obj, state in self._record_walk(collection_name, rule, now):
+            total += 1
+            if state == "out":
+                continue
+            in_scope += 1
+            held += state == "held"
+            if state == "expired" or (state == "mixed" and self._expired_records(coll, obj, expiry)):
+                due += 1
+        if expiry.undated:
+            log.warning("%s.%s: %d records carry no readable %s time and are kept", self.name, collection_name,
+                        expiry.undated, "start field")
+        return RulePlan(total=total, in_scope=in_scope, eligible={"delete": due}, held=held)
+
+    def sweep_records(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
+                      record: Recorder) -> StageResult:
+        """Expired partitions go whole (every version, in DeleteObjects batches); an object with some expired
+        records is rewritten without them and its older versions holding expired records go. Each batch / each
+        rewrite is announced in the ledger before and settled after (records removed in its details)."""
+        coll = self.coll(collection_name)
+        ref = self.ref(collection_name)
+        expiry = Expiry(rule.start.name or "", self._record_edge(rule, now))
+        result = StageResult(action="delete")
+        intent: list[Any] = [None]
+
+        def before_batch(keys: list[str]) -> None:
+            intent[0] = begin_record(record, "delete", len(keys), self.digest(keys))
+
+        def on_batch(keys: list[str], versions: int, errors: int) -> None:
+            result.batches += 1
+            result.changed += len(keys)
+            end_record(record, intent[0], "delete", len(keys), self.digest(keys),
+                       {"batch": result.batches, "versions": versions, "errors": errors, "partitions": len(keys)})
+
+        purger = Purger(self, coll.bucket, min(batch_size, MAX_DELETE), on_batch, before_batch)
+        for obj, state in self._record_walk(collection_name, rule, now):
+            if state == "expired":
+                self._release_own_hold(coll.bucket, obj)
+                purger.add(obj)
+            elif state == "mixed" and self._expired_records(coll, obj, expiry):
+                token = begin_record(record, "delete", 1, self.digest([obj.key]))
+                outcome = SubjectOutcome()
+                self._erase_object(coll, ref, obj, expiry, set(), now, outcome, False)
+                counts = outcome.per_request.get(EXPIRED, {}).get(ref, {})
+                removed = counts.get("deleted", 0)
+                changed = 1 if removed or counts.get("versions_deleted") else 0
+                result.batches += 1
+                result.changed += changed
+                end_record(record, token, "delete", changed, self.digest([obj.key]),
+                           {"batch": result.batches, "records": removed, "rewritten": changed,
+                            "versions": counts.get("versions_deleted", 0),
+                            "kept": sum(n for k, n in counts.items() if k.startswith("exception:"))})
+        purger.flush()
+        log.info("%s.%s: %d objects deleted whole or rewritten without expired records", self.name,
+                 collection_name, result.changed)
+        return result

@@ -16,15 +16,20 @@ This module imports nothing from Airflow.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
 import logging
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dateutil.relativedelta import relativedelta
+
+from include.retention import keytemplate
 from include.retention.errors import StoreUnavailable
 from include.retention.identity import normalise
 from include.retention.masking import STRATEGIES, keyed_digest
@@ -230,10 +235,12 @@ class RangeFile(io.RawIOBase):
 class ObjectRecords:
     """The records of one object version, read batch by batch."""
 
-    def __init__(self, store: S3Store, coll: Collection, obj: S3Object, head: dict[str, Any]):
+    def __init__(self, store: S3Store, coll: Collection, obj: S3Object, head: dict[str, Any],
+                 gzip: bool | None = None):
         self.store, self.coll, self.obj, self.head = store, coll, obj, head
         self.fmt = coll.format
-        self.gzip = is_gzip(obj.key, head) and self.fmt != "parquet"
+        # ``gzip``: as the original was (a rewrite's temporary key does not end in .gz)
+        self.gzip = (is_gzip(obj.key, head) if gzip is None else gzip) and self.fmt != "parquet"
         self.header: list[str] | None = None  # CSV
         self.header_raw: bytes = b""
         self.schema: Any = None  # Parquet
@@ -537,3 +544,58 @@ def digest_of(reader: ObjectRecords) -> tuple[int, Any]:
 def key_digest(key: bytes, object_key: str) -> str:
     """What errors and logs name an object by."""
     return keyed_digest(key, object_key)[:16]
+
+
+# ---- retention by a record field ---------------------------------------------------------------
+
+def record_time(value: Any) -> dt.datetime | None:
+    """A record's start field as an aware instant (naive is UTC): a timestamp, a date, or ISO 8601 text; None
+    for anything else (such a record is kept: no period can be counted)."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            parsed = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return None
+
+
+EXPIRED = "expired"
+
+
+class Expiry:
+    """Which records are past their storage period: the start field before ``edge``. Counts as one pseudo-request
+    (``EXPIRED``) in a ``Tally``; ``undated`` counts records whose field holds no readable time (kept)."""
+
+    def __init__(self, name: str, edge: dt.datetime):
+        self.name, self.edge, self.undated = name, edge, 0
+
+    def fields(self) -> list[str]:
+        return [self.name]
+
+    def __call__(self, record: Any) -> Verdict | None:
+        if not isinstance(record, dict):
+            return None
+        when = record_time(record.get(self.name))
+        if when is None:
+            self.undated += 1
+            return None
+        return Verdict({EXPIRED}, True) if when < self.edge else None
+
+
+def partition_span(match: re.Match[str] | None) -> tuple[dt.datetime, dt.datetime] | None:
+    """[start, end) of the partition a key's date names (``{yyyy}`` a year ... ``{hh}`` an hour); None without."""
+    if match is None:
+        return None
+    start = keytemplate.key_date(match)
+    if start is None:
+        return None
+    parts = match.groupdict()
+    step = (relativedelta(hours=1) if parts.get("hh") else relativedelta(days=1) if parts.get("dd")
+            else relativedelta(months=1) if parts.get("mm") else relativedelta(years=1))
+    return start, start + step

@@ -35,6 +35,7 @@ from include.retention.describe import conditions_text
 from include.retention.policy import Collection, Policy, Rule
 from include.retention.stores.base import Claims, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
+from include.retention.stores.s3_records import RECORD_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,8 @@ class PackageBuilder:
         ref = store.ref(name)
         coll = self.policy.collection(ref)
         kind = self.policy.systems[store.name].kind
-        columns = coll.columns if kind == "sql" else ["bucket", "key", "version_id", "size", "last_modified",
-                                                        "content_type"]
+        columns = coll.columns if kind == "sql" else RECORD_COLUMNS if coll.format else [
+            "bucket", "key", "version_id", "size", "last_modified", "content_type"]
         csv_path = os.path.join(self.dir, f"{ref}.csv")
         json_path = os.path.join(self.dir, f"{ref}.json")
         rows = 0
@@ -247,6 +248,8 @@ class PackageBuilder:
         """Copy in the objects these items are or own, byte for byte."""
         ref = store.ref(name)
         if self.policy.systems[store.name].kind == "s3":
+            if coll.format:  # records inside objects: the person's records only, never the objects (others' too)
+                return
             for row in batch:
                 self._copy(zf, store, name, row["key"], result)
             return

@@ -3,8 +3,12 @@ moto's server via real HTTP, in plain, versioned and Object Lock buckets."""
 
 from __future__ import annotations
 
+import json
+import zipfile
+
 import pytest
 
+from include.retention.access import PackageBuilder
 from include.retention.erasure import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.s3_records import RecordsUnreadable
@@ -204,3 +208,27 @@ def test_an_unreadable_object_stops_the_request_and_changes_nothing(s3, make_sto
     # collections handled before it are done (a retry finds them clean); the collection holding it is untouched
     assert [r for r in snapshot(s3, VERSIONED) if r[0].startswith("events/")] == [
         r for r in before if r[0].startswith("events/")]
+
+
+@pytest.mark.parametrize("fmt_name", ["human", "portable"])
+def test_an_access_package_holds_their_records_and_no_one_elses(s3, make_store, fmt_name):
+    current = arrange(s3, PLAIN)
+    store = make_store(policy_for(PLAIN))
+    builder = PackageBuilder(store.policy, lambda _system: store, [zoe()], request_id="a1", fmt=fmt_name)
+    try:
+        result = builder.build()
+        with zipfile.ZipFile(result.path) as zf:
+            names = zf.namelist()
+            assert not [n for n in names if n.startswith("objects/")]  # the objects hold other people's records
+            for name, (_fmt, _gz, theirs, _other) in COLLS.items():
+                rows = json.loads(zf.read(f"data/objects.{name}.json"))
+                assert {r["key"] for r in rows} == {theirs}
+                got = [json.loads(r["content"]) for r in rows]
+                assert got == [r for r in current[theirs] if is_zoes(r) or r["referrer"] == ZOE]
+            if fmt_name == "human":
+                text = zf.read("data/objects.events.csv").decode("utf-8")
+                assert text.splitlines()[0] == "key,version_id,content" and "person1.0" not in text
+            manifest = json.loads(zf.read("manifest.json"))
+            assert manifest["systems"]["objects"]["collections"]["objects.tables"]["rows"] == 4
+    finally:
+        builder.close()

@@ -171,7 +171,7 @@ class S3Records(S3Subjects):
                             if record is None or judge(record) is None:
                                 continue
                             batch.append({"key": obj.key, "version_id": vobj.version_id,
-                                          "record": json.dumps(record, ensure_ascii=False, default=str)})
+                                          "content": json.dumps(record, ensure_ascii=False, default=str)})
                             if len(batch) >= 100:
                                 yield batch
                                 batch = []

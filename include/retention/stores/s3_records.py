@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 RECORD_BATCH = 1000  # CSV rows / JSON lines judged and written together
 REWRITE_META = "retention-rewritten"  # metadata of a rewritten object: when
-RECORD_COLUMNS = ["key", "version_id", "record"]  # what an access package lists per record
+RECORD_COLUMNS = ["key", "version_id", "content"]  # per record in an access package (JSON of the record)
 
 
 class RecordsUnreadable(StoreUnavailable):

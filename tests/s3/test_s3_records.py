@@ -232,3 +232,41 @@ def test_an_access_package_holds_their_records_and_no_one_elses(s3, make_store, 
             assert manifest["systems"]["objects"]["collections"]["objects.tables"]["rows"] == 4
     finally:
         builder.close()
+
+
+CSV_EDGES = (
+    "\ufeffemail,note,amount\r\n"
+    "a@example.org,\"a, quoted\r\nnote\",1\r\n"
+    "\"ZOË@example.org\",\"their \"\"own\"\" line\nspanning lines\",2\r\n"
+    "\r\n"
+    "zoë+news@example.org,plus-addressed: somebody else,3\r\n"
+    f"{ZOE},last line without an ending,4"
+).encode()
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, VERSIONED])
+def test_csv_rows_that_stay_are_copied_byte_for_byte(s3, make_store, bucket):
+    put(s3, bucket, "crm/2026-05-03.csv", CSV_EDGES)
+    store = make_store(policy_for(bucket))
+    outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {"objects.crm_export": {"deleted": 2}}
+    assert body(s3, bucket, "crm/2026-05-03.csv") == (
+        "\ufeffemail,note,amount\r\n"
+        "a@example.org,\"a, quoted\r\nnote\",1\r\n"
+        "\r\n"
+        "zoë+news@example.org,plus-addressed: somebody else,3\r\n").encode("utf-8")
+    assert [k for k, _, _ in versions(s3, bucket) if k.startswith("crm/")] == ["crm/2026-05-03.csv"]
+
+
+@pytest.mark.parametrize("name", list(COLLS))
+def test_an_object_of_only_their_records_stays_as_an_empty_object_of_its_format(s3, make_store, name):
+    fmt, gz, theirs, _ = COLLS[name]
+    mine = [r for r in records(0) if is_zoes(r)]
+    put(s3, VERSIONED, theirs, encode(fmt, mine, gz))
+    store = make_store(policy_for(VERSIONED))
+    scanner = SubjectScanner(store.policy, store)
+    outcome = scanner.act([zoe()], "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {f"objects.{name}": {"deleted": 3}}
+    assert decode(fmt, body(s3, VERSIONED, theirs), gz) == []
+    assert len([v for v in versions(s3, VERSIONED) if v[0] == theirs]) == 1
+    assert scanner.remaining([zoe()], "erase") == {}

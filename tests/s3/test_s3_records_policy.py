@@ -70,3 +70,16 @@ def test_format_on_a_sql_collection_is_refused():
     with pytest.raises(PolicyError, match=re.escape("systems.crm.collections.leads.format: 'format' describes "
                                                     "records inside S3 objects")):
         s3_policy(events(""), crm)
+
+
+def test_the_deletion_concept_describes_a_record_start():
+    from include.retention.concept import concept_rows
+    from include.retention.describe import start_text
+
+    policy = s3_policy(events("""\
+identities: {email: "record:email"}
+rules:
+  - {name: events, start: {basis: record, name: ts}, action: delete, period: P12M}"""))
+    assert start_text(policy.collection("objects.events").rules[0].start) == (
+        "the time in each record's field ts (records inside the objects)")
+    assert "the time in each record's field ts" in str(concept_rows(policy))

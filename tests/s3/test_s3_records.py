@@ -141,6 +141,7 @@ def test_an_interrupted_rewrite_reruns_to_the_same_end(s3, make_store, bucket, m
         scanner.act([zoe()], "erase", dry_run=False)
     if bucket == PLAIN:  # the original is whole until the checked copy replaces it
         assert {(k, v): recs for k, v, recs in every_version(s3, bucket)} == before
+        assert not [v for v in versions(s3, bucket) if v[0].startswith(".retention")]
     else:  # the checked new version is on top, every original version still below it
         assert set(before) <= {(k, v) for k, v, _ in every_version(s3, bucket)}
     assert scanner.remaining([zoe()], "erase")
@@ -292,3 +293,75 @@ def test_the_receipt_counts_records_per_collection(s3, make_store):
                      for name in sorted(COLLS)]
     assert receipt["systems"]["objects"]["records_left"] == {f"objects.{name}": 3 for name in COLLS}
     assert "@" not in text and "zo" not in text.lower()
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, VERSIONED])
+def test_a_rewrite_that_does_not_check_out_is_undone(s3, make_store, bucket, monkeypatch):
+    from include.retention.stores import s3_record_store
+    from include.retention.stores.s3_records import RewriteNotVerified
+
+    arrange(s3, bucket)
+    before = snapshot(s3, bucket)
+    real = s3_record_store.write_version
+
+    def one_more_gone(reader, decide, sink, key):  # a faulty writer: leaves out a record nobody claimed
+        return real(reader, _Dropping(decide), sink, key)
+
+    monkeypatch.setattr(s3_record_store, "write_version", one_more_gone)
+    store = make_store(policy_for(bucket))
+    with pytest.raises(RewriteNotVerified, match="did not check out: .*records read back"):
+        SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert snapshot(s3, bucket) == before  # the original stays, the new version / temporary key is gone
+
+
+class _Dropping:
+    """Wraps a judge: also drops one record of somebody else, but does not count it (a faulty rewrite)."""
+
+    def __init__(self, decide):
+        self.decide = decide
+
+    def fields(self):
+        return self.decide.fields()
+
+    def __call__(self, record):
+        from include.retention.stores.s3_records import Verdict
+
+        verdict = self.decide(record)
+        if verdict is None and isinstance(record, dict) and record.get("email") == "person1.0@example.org":
+            return Verdict(set(), True)  # dropped, counted for no one
+        return verdict
+
+
+def test_a_version_written_meanwhile_is_not_hidden(s3, make_store, monkeypatch):
+    from include.retention.errors import StoreUnavailable
+    from include.retention.stores import s3_record_store
+
+    arrange(s3, VERSIONED)
+    fmt, gz, theirs, _ = COLLS["events"]
+    newer = encode(fmt, records(2, zoe=False, seed=7), gz)
+    real = s3_record_store.write_version
+
+    def meanwhile(reader, decide, sink, key):
+        out = real(reader, decide, sink, key)
+        if reader.obj.key == theirs:
+            put(s3, VERSIONED, theirs, newer, ContentEncoding="gzip")  # somebody's export lands now
+        return out
+
+    monkeypatch.setattr(s3_record_store, "write_version", meanwhile)
+    store = make_store(policy_for(VERSIONED))
+    with pytest.raises(StoreUnavailable, match="changed while it was rewritten"):
+        SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert body(s3, VERSIONED, theirs) == newer  # theirs is current again; ours went
+    assert len([v for v in versions(s3, VERSIONED) if v[0] == theirs]) == 2  # the original and theirs
+
+
+def test_several_requests_at_once_are_counted_apart(s3, make_store):
+    current = arrange(s3, PLAIN)
+    store = make_store(policy_for(PLAIN))
+    other = Subject("r2", {"email": "person1.0@example.org"})
+    outcome = SubjectScanner(store.policy, store).act([zoe(), other], "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {f"objects.{n}": {"deleted": 3, "masked": 1} for n in COLLS}
+    assert outcome.per_request["r2"] == {f"objects.{n}": {"deleted": 1} for n in COLLS}
+    for fmt, gz, theirs, _ in COLLS.values():
+        assert decode(fmt, body(s3, PLAIN, theirs), gz) == [
+            r for r in expected_after(current[theirs]) if r["email"] != "person1.0@example.org"]

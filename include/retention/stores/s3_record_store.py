@@ -53,6 +53,7 @@ from include.retention.stores.s3_records import (
     Tally,
     _Sink,
     digest_of,
+    expected_of,
     judge_version,
     key_digest,
     partition_span,
@@ -264,25 +265,28 @@ class S3Records(S3Subjects):
             upload.abort()
             raise
         try:
-            self._check_rewrite(coll, vobj, reader, written, expected, target, new_version)
+            self._check_rewrite(coll, vobj, reader, judge, written, expected, target, new_version)
             if versioned:
                 self._check_nothing_between(coll, vobj, new_version)
         except BaseException:
             self._undo(bucket, target, new_version)
             raise
         if not versioned:
-            self._before_old_versions_go(bucket, vobj.key)
-            if (self._call("head_object", Bucket=bucket, Key=vobj.key) or {}).get("ETag") != head.get("ETag"):
+            try:
+                self._before_old_versions_go(bucket, vobj.key)
+                if (self._call("head_object", Bucket=bucket, Key=vobj.key) or {}).get("ETag") != head.get("ETag"):
+                    raise StoreUnavailable(f"{self.name}: an object of {bucket} changed while it was rewritten; it "
+                                           "is left as it is now for the next run")
+                self._call("copy_object", Bucket=bucket, Key=vobj.key,
+                           CopySource={"Bucket": bucket, "Key": target}, MetadataDirective="COPY",
+                           TaggingDirective="COPY")
+            finally:  # the temporary key goes in any case (a process killed here leaves it for the next run)
                 self._undo(bucket, target, None)
-                raise StoreUnavailable(f"{self.name}: an object of {bucket} changed while it was rewritten; it is "
-                                       "left as it is now for the next run")
-            self._call("copy_object", Bucket=bucket, Key=vobj.key, CopySource={"Bucket": bucket, "Key": target},
-                       MetadataDirective="COPY", TaggingDirective="COPY")
-            self._undo(bucket, target, None)
 
-    def _check_rewrite(self, coll: Collection, vobj: S3Object, reader: ObjectRecords, written: Tally,
+    def _check_rewrite(self, coll: Collection, vobj: S3Object, reader: ObjectRecords, judge: Any, written: Tally,
                        expected: Tally, target: str, new_version: str | None) -> None:
-        """Re-read what was written: the records meant to stay, in order and content, and the same schema."""
+        """Re-read what was written and compare it with what the original, judged again on its own, says must
+        remain (records in order and content, masked ones as masked) and with the original's schema."""
         problems = []
         if written.dropped != expected.dropped or written.masked != expected.masked or \
                 written.records != expected.records:
@@ -297,9 +301,14 @@ class S3Records(S3Subjects):
         except RecordsUnreadable as exc:
             raise RewriteNotVerified(f"{self.name}: a rewritten object of {coll.bucket} reads back unreadable "
                                      f"({exc}); the original stays") from None
-        if count != written.records - written.removed:
-            problems.append(f"{count} records read back, {written.records - written.removed} meant")
-        if digest.hexdigest() != written.digest.hexdigest():
+        try:
+            meant, meant_digest = expected_of(ObjectRecords(self, coll, vobj, reader.head, gzip=reader.gzip),
+                                              judge, self.key)
+        except RecordsUnreadable as exc:
+            raise self._unreadable(coll, vobj, exc) from None
+        if count != meant or count != written.records - written.removed:
+            problems.append(f"{count} records read back, {meant} meant")
+        if digest.hexdigest() != meant_digest.hexdigest() or digest.hexdigest() != written.digest.hexdigest():
             problems.append("the records read back differ from those meant to stay")
         if coll.format == "parquet" and not again.schema.equals(reader.schema, check_metadata=True):
             problems.append("the Parquet schema changed")

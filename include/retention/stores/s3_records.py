@@ -529,6 +529,24 @@ def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _S
     return writer
 
 
+def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int, Any]:
+    """(records, digest over them in order) that a correct rewrite of this version holds, computed on its own from
+    the original (not by the writer): what the check of a rewrite compares the re-read with."""
+    digest, n = hashlib.sha256(), 0
+    for batch in reader.batches():
+        for record in batch.records:
+            if record is None:
+                continue
+            verdict = decide(record)
+            if verdict is not None and verdict.drop:
+                continue
+            if verdict is not None:
+                record = _masked(record, verdict.masks, key, reader.fmt or "")
+            n += 1
+            digest.update(canonical(record) + b"\n")
+    return n, digest
+
+
 def digest_of(reader: ObjectRecords) -> tuple[int, Any]:
     """(records, digest over them in order) of a version, as ``write_version`` computes it for what it keeps."""
     digest, n = hashlib.sha256(), 0

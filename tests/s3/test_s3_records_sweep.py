@@ -13,13 +13,14 @@ import pytest
 
 from include.retention.ledger import RunRef
 from include.retention.sweep import run_rule
-from tests.s3.conftest import NOW, PLAIN, VERSIONED, put, s3_policy, snapshot, versions
+from tests.s3.conftest import LOCKED, NOW, PLAIN, VERSIONED, put, s3_policy, snapshot, versions
 from tests.s3.records_util import body, decode, encode
 
 pytestmark = pytest.mark.integration
 
 EDGE = NOW - dt.timedelta(days=30)  # P30D before 2026-06-15 12:00: 2026-05-16 12:00
-KEYS = {"jsonl": "events/dt={day}/part-0.jsonl.gz", "parquet": "events/dt={day}/part-0.parquet"}
+KEYS = {"jsonl": "events/dt={day}/part-0.jsonl.gz", "parquet": "events/dt={day}/part-0.parquet",
+        "csv": "events/dt={day}/part-0.csv"}
 
 
 def policy_for(bucket: str, fmt: str):
@@ -35,12 +36,16 @@ def policy_for(bucket: str, fmt: str):
 
 
 def event(i: int, ts: dt.datetime, fmt: str) -> dict:
+    if fmt == "csv":  # CSV holds text; a time with a Z suffix is UTC
+        return {"email": f"p{i}@example.org", "ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "n": str(i)}
     return {"email": f"p{i}@example.org", "ts": ts if fmt == "parquet" else ts.isoformat(), "n": i}
 
 
 def encoded(fmt: str, recs: list[dict]) -> bytes:
     if fmt == "jsonl":
         return encode("jsonl", recs, gz=True)
+    if fmt == "csv":
+        return ("email,ts,n\n" + "".join(f"{r['email']},{r['ts']},{r['n']}\n" for r in recs)).encode()
     schema = pa.schema([("email", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("n", pa.int64())])
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(recs, schema=schema), buf, row_group_size=2)
@@ -51,8 +56,8 @@ def decoded(fmt: str, data: bytes) -> list[dict]:
     return decode(fmt, data, gz=fmt == "jsonl")
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-@pytest.mark.parametrize("bucket", [PLAIN, VERSIONED])
+@pytest.mark.parametrize(("bucket", "fmt"), [(PLAIN, "jsonl"), (PLAIN, "csv"), (PLAIN, "parquet"),
+                                             (VERSIONED, "jsonl"), (VERSIONED, "parquet")])
 def test_a_sweep_drops_expired_partitions_and_rewrites_a_partly_expired_one(s3, make_store, ledger, bucket, fmt):
     old_key, mixed_key, new_key = (KEYS[fmt].format(day=d) for d in ("2026-04-01", "2026-05-16", "2026-06-01"))
     at = dt.datetime(2026, 5, 16, tzinfo=dt.UTC)
@@ -89,3 +94,23 @@ def test_a_sweep_drops_expired_partitions_and_rewrites_a_partly_expired_one(s3, 
     again = run_rule(policy, "objects.events.events", make_store(policy), ledger, RunRef("retention_sweep", "2"),
                      now=NOW)
     assert again["deleted"] == 0 and again["would"] == {"deleted": 0}
+
+
+def test_held_partitions_and_objects_stay(s3, make_store, ledger):
+    old_key, mixed_key = (KEYS["jsonl"].format(day=d) for d in ("2026-04-01", "2026-05-16"))
+    old = [event(i, dt.datetime(2026, 4, 1, i, tzinfo=dt.UTC), "jsonl") for i in range(3)]
+    mixed = [event(10 + i, dt.datetime(2026, 5, 16, h, tzinfo=dt.UTC), "jsonl") for i, h in enumerate([6, 18])]
+    put(s3, LOCKED, old_key, encoded("jsonl", old))
+    put(s3, LOCKED, mixed_key, encoded("jsonl", mixed))
+    s3.put_object_legal_hold(Bucket=LOCKED, Key=old_key, LegalHold={"Status": "ON"})  # somebody else's hold
+    s3.put_object_retention(Bucket=LOCKED, Key=mixed_key, Retention={
+        "Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(days=1)})
+    before = snapshot(s3, LOCKED)
+    policy = policy_for(LOCKED, "jsonl")
+
+    counts = run_rule(policy, "objects.events.events", make_store(policy), ledger, RunRef("retention_sweep", "1"),
+                      now=NOW)
+
+    assert (counts["held"], counts["deleted"]) == (2, 0)
+    assert snapshot(s3, LOCKED) == before
+    s3.put_object_legal_hold(Bucket=LOCKED, Key=old_key, LegalHold={"Status": "OFF"})

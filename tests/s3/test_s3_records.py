@@ -12,7 +12,7 @@ from include.retention.access import PackageBuilder
 from include.retention.erasure import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.s3_records import RecordsUnreadable
-from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, put, s3_policy, snapshot, versions
+from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, count_calls, put, s3_policy, snapshot, versions
 from tests.s3.records_util import ZOE, body, decode, encode, expected_after, is_zoes, records
 
 pytestmark = pytest.mark.integration
@@ -365,3 +365,17 @@ def test_several_requests_at_once_are_counted_apart(s3, make_store):
     for fmt, gz, theirs, _ in COLLS.values():
         assert decode(fmt, body(s3, PLAIN, theirs), gz) == [
             r for r in expected_after(current[theirs]) if r["email"] != "person1.0@example.org"]
+
+
+def test_a_rewrite_larger_than_a_part_goes_up_in_parts(s3, make_store):
+    key = "events/dt=2026-05-04/part-0.jsonl"
+    recs = [{"email": ZOE if i % 997 == 0 else f"p{i}@example.org", "pad": f"{i:08d}" * 40} for i in range(20000)]
+    lines = [json.dumps(r).encode() + b"\n" for r in recs]
+    put(s3, VERSIONED, key, b"".join(lines))  # 6.7 MB
+    store = make_store(policy_for(VERSIONED), part_size=5 * 1024 * 1024)
+    calls = count_calls(store)
+    outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {"objects.events": {"deleted": 21}}
+    assert calls["UploadPart"] == 2 and calls["CompleteMultipartUpload"] == 1
+    assert body(s3, VERSIONED, key) == b"".join(line for line, r in zip(lines, recs, strict=True) if r["email"] != ZOE)
+    assert len([v for v in versions(s3, VERSIONED) if v[0] == key]) == 1

@@ -12,7 +12,7 @@ from include.retention.access import PackageBuilder
 from include.retention.erasure import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.s3_records import RecordsUnreadable
-from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, count_calls, put, s3_policy, snapshot, versions
+from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, count_calls, put, s3_policy, snapshot, store_log, versions
 from tests.s3.records_util import ZOE, body, decode, encode, expected_after, is_zoes, records
 
 pytestmark = pytest.mark.integration
@@ -379,3 +379,15 @@ def test_a_rewrite_larger_than_a_part_goes_up_in_parts(s3, make_store):
     assert calls["UploadPart"] == 2 and calls["CompleteMultipartUpload"] == 1
     assert body(s3, VERSIONED, key) == b"".join(line for line, r in zip(lines, recs, strict=True) if r["email"] != ZOE)
     assert len([v for v in versions(s3, VERSIONED) if v[0] == key]) == 1
+
+
+def test_objects_without_the_identity_fields_are_named_in_a_warning(s3, make_store, caplog):
+    put(s3, PLAIN, "crm/2026-05-05.csv", f"mail,amount\r\n{ZOE},1\r\n".encode())
+    put(s3, PLAIN, "tables/dt=2026-05-05/part-0.parquet", encode("parquet", records(2)))
+    store = make_store(policy_for(PLAIN))
+    with caplog.at_level("WARNING"):
+        outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=True)
+    assert outcome.per_request["r1"] == {"objects.tables": {"deleted": 3, "masked": 1}}
+    assert ("objects.crm_export: 1 object version(s) of plain-bucket have none of the identity fields email, "
+            "referrer in their header: nobody can be found in them") in store_log(caplog)
+    assert "zo" not in store_log(caplog).lower()

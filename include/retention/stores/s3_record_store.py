@@ -119,30 +119,42 @@ class S3Records(S3Subjects):
         fields = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields()]
         columns = sorted({n for _, n in fields})
         out: list[tuple[Any, dict[str, set[str]]]] = []
+        without = 0  # versions whose header / schema has none of the identity fields
         for obj in self._record_objects(coll):
             for vobj, _ in self._record_versions(coll, obj):
                 reader = self._reader(coll, vobj)
                 if reader is None:
                     continue
                 try:
-                    for batch in reader.batches(columns):
-                        for record in batch.records:
-                            if not isinstance(record, dict):
-                                continue
-                            found: dict[str, set[str]] = {}
-                            for kind, name in fields:
-                                value = normalise(kind, record.get(name))
-                                if value is not None:
-                                    found.setdefault(kind, set()).add(value)
-                            if found:
-                                out.append((obj.key, found))
-                        if len(out) >= RECORD_BATCH:
-                            yield out
-                            out = []
+                    yield from self._scan_version(reader, obj.key, fields, columns, out)
                 except RecordsUnreadable as exc:
                     raise self._unreadable(coll, vobj, exc) from None
+                names = reader.header if coll.format == "csv" else reader.schema.names if reader.schema else None
+                without += names is not None and not set(columns) & set(names)
         if out:
             yield out
+        if without:
+            log.warning("%s: %d object version(s) of %s have none of the identity fields %s in their %s: nobody "
+                        "can be found in them", self.ref(collection_name), without, coll.bucket, ", ".join(columns),
+                        "header" if coll.format == "csv" else "schema")
+
+    def _scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
+                      out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Add each record's identities to ``out`` (under the object's key); yield ``out`` whenever it is full."""
+        for batch in reader.batches(columns):
+            for record in batch.records:
+                if not isinstance(record, dict):
+                    continue
+                found: dict[str, set[str]] = {}
+                for kind, name in fields:
+                    value = normalise(kind, record.get(name))
+                    if value is not None:
+                        found.setdefault(kind, set()).add(value)
+                if found:
+                    out.append((key, found))
+            if len(out) >= RECORD_BATCH:
+                yield list(out)
+                out.clear()
 
     def find(self, collection_name: str, subjects: list[Subject]) -> Claims:
         claims = super().find(collection_name, subjects)

@@ -1165,8 +1165,9 @@ def _check_identities(policy: Policy):
                 if system.kind == "s3":
                     source, _, name = fld.column.partition(":")
                     if source not in S3_IDENTITY_SOURCES or not name:
-                        yield f"{base}.{kind}", (f"S3 identities are 'key:<template field>', 'metadata:<name>', "
-                                                 f"'tag:<name>' or 'record:<field>', got {fld.column!r}")
+                        yield f"{base}.{kind}", (f"S3 identities are 'key:<template field>', 'metadata:<name>' or "
+                                                 f"'tag:<name>' (or 'record:<field>' with a 'format'), got "
+                                                 f"{fld.column!r}")
                     elif source == "key" and name not in _template_fields(coll.key_template or ""):
                         yield f"{base}.{kind}", f"the key template has no field {{{name}}}"
                     elif source == "record" and coll.format is None:

@@ -391,3 +391,44 @@ def test_objects_without_the_identity_fields_are_named_in_a_warning(s3, make_sto
     assert ("objects.crm_export: 1 object version(s) of plain-bucket have none of the identity fields email, "
             "referrer in their header: nobody can be found in them") in store_log(caplog)
     assert "zo" not in store_log(caplog).lower()
+
+
+NEW = "zoe.new@example.org"
+
+
+def correct(store, new: str):
+    from include.retention.correction import Correction
+
+    c = Correction(store.policy, lambda _s: store, ["objects"], [zoe()], {"email": new})
+    c.check()
+    return c, c.apply("objects", dry_run=False).per_request.get("r1", {})
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, VERSIONED])
+def test_a_correction_rewrites_their_fields_in_place(s3, make_store, bucket):
+    current = arrange(s3, bucket, older=bucket == VERSIONED)
+    untouched = [row for row in snapshot(s3, bucket) if row[0] not in [c[2] for c in COLLS.values()]]
+    store = make_store(policy_for(bucket))
+    c, counts = correct(store, NEW)
+    per = {"rectified": 4, **({"versions_deleted": 1} if bucket == VERSIONED else {})}
+    assert counts == {f"objects.{n}": per for n in COLLS}
+    assert c.remaining("objects") == 0
+    for fmt, gz, theirs, _ in COLLS.values():
+        want = [{**r, "email": NEW if is_zoes(r) else r["email"], "referrer": NEW if r["referrer"] == ZOE
+                 else r["referrer"]} for r in current[theirs]]
+        assert decode(fmt, body(s3, bucket, theirs), gz) == want
+        assert len([v for v in versions(s3, bucket) if v[0] == theirs]) == 1
+    assert [row for row in snapshot(s3, bucket) if row[0] not in [c[2] for c in COLLS.values()]] == untouched
+
+
+def test_a_correction_to_somebody_elses_address_in_the_same_object_is_refused(s3, make_store):
+    from include.retention.correction import CorrectionRefused
+
+    arrange(s3, VERSIONED)
+    before = snapshot(s3, VERSIONED)
+    store = make_store(policy_for(VERSIONED))
+    with pytest.raises(CorrectionRefused, match="objects.crm_export: the new email is already an identity of "
+                                                "records that are not this person's") as info:
+        correct(store, "Person1.0@example.org")  # a record next to theirs in each object
+    assert "person1" not in str(info.value).lower() and "zo" not in str(info.value).lower()
+    assert snapshot(s3, VERSIONED) == before

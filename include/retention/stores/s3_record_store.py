@@ -45,6 +45,7 @@ from include.retention.stores.s3_records import (
     EXPIRED,
     RECORD_BATCH,
     REWRITE_META,
+    Corrector,
     Expiry,
     Judge,
     ObjectRecords,
@@ -207,8 +208,10 @@ class S3Records(S3Subjects):
             self._erase_object(coll, ref, obj, judge, own, now, outcome, dry_run)
         return outcome
 
-    def _erase_object(self, coll: Collection, ref: str, obj: S3Object, judge: Judge, own: set[str],
-                      now: dt.datetime, outcome: SubjectOutcome, dry_run: bool) -> None:
+    def _erase_object(self, coll: Collection, ref: str, obj: S3Object, judge: Any, own: set[str],
+                      now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str = "masked") -> None:
+        """Rewrite the current version as ``judge`` says (records dropped, fields masked or corrected: counted as
+        ``changed_as``), delete the older versions holding records it claims; held versions are exceptions."""
         doomed: list[S3Object] = []
         for vobj, current in self._record_versions(coll, obj):
             tally = self._judge(coll, vobj, judge)
@@ -226,7 +229,7 @@ class S3Records(S3Subjects):
                 for rid, n in tally.dropped.items():
                     outcome.add(rid, ref, "deleted", n)
                 for rid, n in tally.masked.items():
-                    outcome.add(rid, ref, "masked", n)
+                    outcome.add(rid, ref, changed_as, n)
                 if not dry_run:
                     self._rewrite(coll, vobj, judge, tally, now)
             else:
@@ -401,10 +404,67 @@ class S3Records(S3Subjects):
     # ---- the other rights ------------------------------------------------------------------------
     def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
                          new_values: dict[str, str]) -> list[str]:
-        if self.coll(collection_name).format is not None:
-            return [f"{self.ref(collection_name)}: records inside objects cannot be corrected yet "
-                    f"({len(claims)} object(s))"]
-        return super().rectify_problems(collection_name, claims, subjects, new_values)
+        """Records: a new value somebody else's record in the same object already carries (the object-level
+        check of ``correction`` cannot see it), or one a Parquet column's type cannot hold; counted, never
+        a value."""
+        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        if coll.format is None:
+            return super().rectify_problems(collection_name, claims, subjects, new_values)
+        probes = [Subject(f"\x00probe:{kind}", {kind: normalise(kind, value)}) for kind, value in new_values.items()
+                  if normalise(kind, value) is not None]
+        judge = Judge(coll, [*subjects, *probes])
+        fields = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields() if kind in new_values]
+        found: dict[str, int] = {}
+        for obj in self._record_objects(coll, claimed_keys(ref, claims)):
+            for vobj, _ in self._record_versions(coll, obj):
+                reader = self._reader(coll, vobj)
+                if reader is None:
+                    continue
+                try:
+                    for batch in reader.batches(judge.fields()):
+                        for record in batch.records:
+                            verdict = judge(record) if record is not None else None
+                            if verdict is not None and all(r.startswith("\x00probe:") for r in verdict.rids):
+                                for rid in verdict.rids:
+                                    problem = (f"{ref}: the new {rid.partition(':')[2]} is already an identity of "
+                                               "records that are not this person's")
+                                    found[problem] = found.get(problem, 0) + 1
+                    if coll.format == "parquet" and reader.schema is not None:
+                        for kind, name in fields:
+                            problem = self._parquet_misfit(ref, reader.schema, kind, name, new_values[kind])
+                            if problem:
+                                found[problem] = found.get(problem, 0) + 1
+                except RecordsUnreadable as exc:
+                    raise self._unreadable(coll, vobj, exc) from None
+        return [f"{problem} ({n})" for problem, n in sorted(found.items())]
+
+    @staticmethod
+    def _parquet_misfit(ref: str, schema: Any, kind: str, name: str, value: str) -> str | None:
+        import pyarrow as pa
+
+        if name not in schema.names:
+            return None
+        column_type = schema.field(name).type
+        try:
+            pa.array([value], type=column_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return f"{ref}.record:{name}: the new {kind} does not fit the Parquet column type {column_type}"
+        return None
+
+    def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
+                *, dry_run: bool) -> SubjectOutcome:
+        """Records carrying an old value get the new one (in every identity field of the kind) by rewriting the
+        current version; older versions holding old values go; held versions are exceptions."""
+        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        if coll.format is None:
+            return super().rectify(collection_name, claims, subjects, new_values, dry_run=dry_run)
+        outcome = SubjectOutcome()
+        corrector = Corrector(coll, subjects, new_values)
+        own = own_lock_reasons(subjects, self.key)
+        now = dt.datetime.now(dt.UTC)
+        for obj in self._record_objects(coll, claimed_keys(ref, claims)):
+            self._erase_object(coll, ref, obj, corrector, own, now, outcome, dry_run, changed_as="rectified")
+        return outcome
 
     # ---- retention sweeps of records (a rule counting from a record field) ----------------------------
     def _record_edge(self, rule: Rule, now: dt.datetime) -> dt.datetime:

@@ -85,6 +85,39 @@ class Verdict:
     rids: set[str]
     drop: bool  # the record is the person's: it goes; else only ``masks`` fields are masked
     masks: dict[str, Mask] = field(default_factory=dict)
+    sets: dict[str, Any] = field(default_factory=dict)  # fields given a new value (a correction)
+
+    def changes(self, record: dict[str, Any], key: bytes) -> dict[str, Any]:
+        """Field -> its new value in this record (masked, or corrected)."""
+        out = {name: mask_value(mask, record.get(name), key) for name, mask in self.masks.items()}
+        out.update(self.sets)
+        return out
+
+
+class Corrector:
+    """A correction: records carrying one of the subjects' old values (any identity field of a corrected kind) get
+    the new value in that field; nothing is dropped."""
+
+    def __init__(self, coll: Collection, subjects: list[Any], new_values: dict[str, str]):
+        self.old = {(kind, value): s.request_id for s in subjects for kind, value in s.identities.items()
+                    if kind in new_values}
+        self.new_values = new_values
+        self.targets = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields()
+                        if kind in new_values]
+
+    def fields(self) -> list[str]:
+        return sorted({n for _, n in self.targets})
+
+    def __call__(self, record: Any) -> Verdict | None:
+        if not isinstance(record, dict):
+            return None
+        rids, sets = set(), {}
+        for kind, name in self.targets:
+            rid = self.old.get((kind, normalise(kind, record.get(name))))
+            if rid is not None:
+                rids.add(rid)
+                sets[name] = self.new_values[kind]
+        return Verdict(rids, False, sets=sets) if rids else None
 
 
 class Judge:
@@ -422,10 +455,9 @@ def judge_version(reader: ObjectRecords, decide: Decide, columns: list[str] | No
     return tally
 
 
-def _masked(record: dict[str, Any], masks: dict[str, Mask], key: bytes, fmt: str) -> dict[str, Any]:
+def _masked(record: dict[str, Any], verdict: Verdict, key: bytes, fmt: str) -> dict[str, Any]:
     out = dict(record)
-    for name, mask in masks.items():
-        value = mask_value(mask, record.get(name), key)
+    for name, value in verdict.changes(record, key).items():
         out[name] = ("" if value is None else str(value)) if fmt == "csv" else value
     return out
 
@@ -456,7 +488,7 @@ def write_version(reader: ObjectRecords, decide: Decide, sink: _Sink, key: bytes
                     tally.removed += 1
                     continue
                 if verdict is not None:
-                    record = _masked(record, verdict.masks, key, fmt)
+                    record = _masked(record, verdict, key, fmt)
                     sink.write(_encode(record, fmt, reader.header, _ending(raw)))
                 else:
                     sink.write(raw)
@@ -494,7 +526,7 @@ def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _S
     import pyarrow as pa
 
     keep: list[bool] = []
-    masked_rows: dict[int, dict[str, Mask]] = {}
+    masked_rows: dict[int, dict[str, Any]] = {}
     for i, record in enumerate(batch.records):
         tally.records += 1
         verdict = decide(record)
@@ -502,19 +534,19 @@ def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _S
             tally.count(verdict)
         keep.append(verdict is None or not verdict.drop)
         if verdict is not None and not verdict.drop:
-            masked_rows[i] = verdict.masks
+            masked_rows[i] = verdict.changes(record, key)
     table = batch.table
     if masked_rows:
         for name in sorted({n for masks in masked_rows.values() for n in masks}):
             idx = table.schema.get_field_index(name)
             values = table.column(idx).to_pylist()
-            for i, masks in masked_rows.items():
-                if name in masks:
-                    values[i] = mask_value(masks[name], values[i], key)
+            for i, changes in masked_rows.items():
+                if name in changes:
+                    values[i] = changes[name]
             try:
                 column = pa.array(values, type=table.schema.field(idx).type)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
-                raise RecordsUnreadable(f"the masked value does not fit Parquet column {name!r} "
+                raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
                                         f"({table.schema.field(idx).type})") from None
             table = table.set_column(idx, table.schema.field(idx), column)
     kept = table.filter(pa.array(keep, type=pa.bool_()))
@@ -541,7 +573,7 @@ def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int,
             if verdict is not None and verdict.drop:
                 continue
             if verdict is not None:
-                record = _masked(record, verdict.masks, key, reader.fmt or "")
+                record = _masked(record, verdict, key, reader.fmt or "")
             n += 1
             digest.update(canonical(record) + b"\n")
     return n, digest

@@ -7,8 +7,10 @@ instead), checks the rewrite (``s3_records``), and then deletes every older vers
 records; versions under a legal hold, or locked by a lock that is not the subject's own, are kept as
 exceptions. Restrict locks every version that holds one of their records (the ``retention-lock`` tag, plus an
 Object Lock legal hold where the bucket has Object Lock): the whole object is then restricted, other people's
-records in it too, because S3 cannot restrict part of an object. Counts are records (``deleted``, ``masked``,
-``restricted``, ``kept:<reason>``) and, for older versions deleted, ``versions_deleted``.
+records in it too, because S3 cannot restrict part of an object. Rectify rewrites the fields carrying an old value
+the way erase rewrites. Sweeps by a record field delete expired partitions whole and rewrite partly expired objects.
+Counts are records (``deleted``, ``masked``, ``restricted``, ``rectified``, ``kept:<reason>``) and, for older
+versions deleted, ``versions_deleted``.
 
 This module imports nothing from Airflow.
 """

@@ -432,3 +432,57 @@ def test_a_correction_to_somebody_elses_address_in_the_same_object_is_refused(s3
         correct(store, "Person1.0@example.org")  # a record next to theirs in each object
     assert "person1" not in str(info.value).lower() and "zo" not in str(info.value).lower()
     assert snapshot(s3, VERSIONED) == before
+
+
+def test_gzip_by_content_encoding_and_of_several_members(s3, make_store):
+    import gzip
+
+    key = "events/dt=2026-05-06/part-0.jsonl"  # no .gz: Content-Encoding says gzip
+    first, second = records(3, seed=3), records(2, zoe=False, seed=4)
+    data = encode("jsonl", first, gz=True) + encode("jsonl", second, gz=True)  # `cat a.gz b.gz`
+    put(s3, VERSIONED, key, data, ContentEncoding="gzip", ContentType="application/x-ndjson")
+    store = make_store(policy_for(VERSIONED))
+    outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {"objects.events": {"deleted": 3, "masked": 1}}
+    head = s3.head_object(Bucket=VERSIONED, Key=key)
+    assert (head["ContentEncoding"], head["ContentType"]) == ("gzip", "application/x-ndjson")
+    assert decode("jsonl", gzip.decompress(body(s3, VERSIONED, key))) == expected_after(first + second)
+
+
+def test_parquet_types_and_other_strategies_survive(s3, make_store):
+    import datetime as dt
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.retention.masking import keyed_digest
+    from tests.s3.conftest import KEY as STORE_KEY
+
+    schema = pa.schema([("email", pa.string()), ("referrer", pa.string()), ("amount", pa.int64()),
+                        ("at", pa.timestamp("ms", tz="UTC")), ("score", pa.float64()), ("tags", pa.list_(pa.string()))],
+                       metadata={b"origin": b"crm-export"})
+    at = dt.datetime(2026, 5, 1, 12, tzinfo=dt.UTC)
+    rows = [{"email": e, "referrer": r, "amount": i, "at": at, "score": i / 3, "tags": [str(i)] * (i % 3)}
+            for i, (e, r) in enumerate([("a@example.org", None), (ZOE, None), ("b@example.org", ZOE.upper()),
+                                        (None, None), ("c@example.org", "d@example.org")])]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, row_group_size=2, compression="snappy")
+    key = "tables/dt=2026-05-07/part-0.parquet"
+    put(s3, PLAIN, key, buf.getvalue())
+    policy = s3_policy(f"""\
+        tables:
+          bucket: {PLAIN}
+          key_template: "tables/dt={{yyyy}}-{{mm}}-{{dd}}/..."
+          format: parquet
+          identities: {{email: ["record:email", {{column: "record:referrer", erase: mask, mask: {{strategy: hmac}}}}]}}
+        """)
+    store = make_store(policy)
+    outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {"objects.tables": {"deleted": 1, "masked": 1}}
+    table = pq.read_table(io.BytesIO(body(s3, PLAIN, key)))
+    assert table.schema.equals(pq.read_schema(io.BytesIO(buf.getvalue())), check_metadata=True)  # as written
+    want = [rows[0], {**rows[2], "referrer": keyed_digest(STORE_KEY, ZOE.upper())}, rows[3], rows[4]]
+    assert table.to_pylist() == want
+    meta = pq.ParquetFile(io.BytesIO(body(s3, PLAIN, key))).metadata
+    assert meta.row_group(0).column(0).compression == "SNAPPY"

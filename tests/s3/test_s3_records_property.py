@@ -99,3 +99,13 @@ def test_exactly_the_csv_rows_normalise_equates_go(s3, make_store, recs, person)
         row for row, gone in zip(rows, theirs, strict=True) if not gone)
     assert outcome.per_request["r1"] == ({"objects.events": {"deleted": sum(theirs)}} if any(theirs) else {})
     assert scanner.remaining([subject], "erase") == {}
+
+
+@given(data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200)))
+def test_lines_come_back_exactly_however_the_chunks_fall(data, cuts):
+    from include.retention.stores.s3_records import _lines
+
+    edges = sorted({c for c in cuts if c <= len(data)})
+    chunks = [data[a:b] for a, b in zip([0, *edges], [*edges, len(data)], strict=True)]
+    *whole, rest = data.split(b"\n")
+    assert list(_lines(iter(chunks))) == [line + b"\n" for line in whole] + ([rest] if rest else [])

@@ -184,17 +184,24 @@ def _decompressed(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    carry = b""
+    """Lines with their endings, exactly as stored; linear in the bytes even for very long lines."""
+    carry = bytearray()
     for chunk in chunks:
-        carry += chunk
-        if b"\n" not in chunk:
-            continue
-        parts = carry.split(b"\n")
-        carry = parts.pop()
-        for part in parts:
-            yield part + b"\n"
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                carry += chunk[start:]
+                break
+            if carry:
+                carry += chunk[start:end + 1]
+                yield bytes(carry)
+                carry.clear()
+            else:
+                yield chunk[start:end + 1]
+            start = end + 1
     if carry:
-        yield carry
+        yield bytes(carry)
 
 
 def _ending(raw: bytes) -> str:

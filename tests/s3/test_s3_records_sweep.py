@@ -114,3 +114,16 @@ def test_held_partitions_and_objects_stay(s3, make_store, ledger):
     assert (counts["held"], counts["deleted"]) == (2, 0)
     assert snapshot(s3, LOCKED) == before
     s3.put_object_legal_hold(Bucket=LOCKED, Key=old_key, LegalHold={"Status": "OFF"})
+
+
+def test_a_late_record_in_an_old_parquet_partition_is_not_deleted_with_it(s3, make_store, ledger):
+    """The footer's statistics show a record newer than the period in an expired partition: the records decide."""
+    key = KEYS["parquet"].format(day="2026-04-01")
+    recs = [event(i, dt.datetime(2026, 4, 1, i, tzinfo=dt.UTC), "parquet") for i in range(3)]
+    recs.append(event(9, dt.datetime(2026, 6, 1, tzinfo=dt.UTC), "parquet"))  # arrived late, filed under 04-01
+    put(s3, PLAIN, key, encoded("parquet", recs))
+    policy = policy_for(PLAIN, "parquet")
+    counts = run_rule(policy, "objects.events.events", make_store(policy), ledger, RunRef("retention_sweep", "1"),
+                      now=NOW)
+    assert counts["deleted"] == 1
+    assert decoded("parquet", body(s3, PLAIN, key)) == recs[3:]

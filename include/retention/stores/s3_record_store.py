@@ -60,6 +60,7 @@ from include.retention.stores.s3_records import (
     judge_version,
     key_digest,
     partition_span,
+    record_time,
     write_version,
 )
 from include.retention.stores.s3_subjects import S3Subjects, lock_reason
@@ -496,7 +497,32 @@ class S3Records(S3Subjects):
                 if self._held(coll.bucket, coll, obj, now):
                     yield obj, "held"
                     continue
-                yield obj, ("expired" if span is not None and span[1] <= edge else "mixed")
+                expired = span is not None and span[1] <= edge and self._footer_agrees(coll, obj, rule, edge)
+                yield obj, ("expired" if expired else "mixed")
+
+    def _footer_agrees(self, coll: Collection, obj: S3Object, rule: Rule, edge: dt.datetime) -> bool:
+        """Parquet: does the footer's statistics of the start field confirm every record is before ``edge``? Where
+        they do not (a late record in an old partition, or no statistics), the records are read instead of the
+        partition going whole. Other formats have no such index: the key's date decides."""
+        if coll.format != "parquet":
+            return True
+        reader = self._reader(coll, obj)
+        if reader is None:
+            return False
+        try:
+            meta = reader.parquet_file().metadata
+        except RecordsUnreadable as exc:
+            raise self._unreadable(coll, obj, exc) from None
+        names = reader.schema.names
+        if rule.start.name not in names:
+            return True  # no record carries a time: the key's date is all there is
+        column = names.index(rule.start.name)
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(column).statistics
+            latest = record_time(stats.max) if stats is not None and stats.has_min_max else None
+            if latest is None or latest >= edge:
+                return False
+        return True
 
     def _expired_records(self, coll: Collection, obj: S3Object, expiry: Expiry) -> bool:
         for vobj, _ in self._record_versions(coll, obj):

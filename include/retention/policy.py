@@ -211,9 +211,10 @@ class Start(_Model):
     earliest: list[str] | None = None
     fallback: str | None = None
     round_up: Literal["year", "month"] | None = None
-    # S3 only: the object's LastModified, a date in the key, or a date in metadata/tags.
-    basis: Literal["column", "last_modified", "key_date", "metadata", "tag"] = "column"
-    name: str | None = None  # metadata / tag name holding the date
+    # S3 only: the object's LastModified, a date in the key, or a date in metadata/tags; ``record``: a field of
+    # each record inside the object (collections with a ``format``), records are then kept or dropped one by one.
+    basis: Literal["column", "last_modified", "key_date", "metadata", "tag", "record"] = "column"
+    name: str | None = None  # metadata / tag name / record field holding the date
     # Only items nothing refers to any more (docs/adr/0013-orphaned-start-event.md). SQL: the marker column the
     # sweep stamps with the time it first found the row unreferenced (and clears once it is referenced again);
     # the period counts from that stamp. S3: ``last_modified`` (objects no row references, counted from upload).
@@ -253,7 +254,7 @@ class Start(_Model):
             twice = sorted({c for c in named if named.count(c) > 1})
             if twice:
                 raise ValueError(f"column {twice[0]!r} is named twice in the start event")
-        if self.basis in ("metadata", "tag") and not self.name:
+        if self.basis in ("metadata", "tag", "record") and not self.name:
             raise ValueError(f"basis {self.basis!r} needs 'name': the key holding the date")
         return self
 
@@ -542,7 +543,10 @@ class Consent(_Model):
         return value
 
 
-S3_IDENTITY_SOURCES = ("key", "metadata", "tag")
+S3_IDENTITY_SOURCES = ("key", "metadata", "tag", "record")
+# What S3 objects of a collection may hold record by record (docs/adr/0021-records-inside-objects.md); gzip is read
+# where the key ends ``.gz`` or the object's Content-Encoding says ``gzip``.
+RECORD_FORMATS = ("csv", "jsonl", "parquet")
 
 
 class LockMarker(_Model):
@@ -562,6 +566,9 @@ class Collection(_Model):
     bucket: str | None = None
     prefix: str | None = None
     key_template: str | None = None
+    # S3: the objects hold records (CSV with a header line, JSON lines, Parquet); identities may then be
+    # "record:<field>", a rule may count from ``{basis: record, name: <field>}``.
+    format: Literal["csv", "jsonl", "parquet"] | None = None
     # identity kind (email, phone, customer_ref, social_handle) -> the field(s) holding it: a column
     # (SQL), or "key:<template field>" / "metadata:<name>" / "tag:<name>" (S3)
     identities: dict[str, str | IdentityField | list[str | IdentityField]] = Field(default_factory=dict)
@@ -988,6 +995,8 @@ def _cross_check(policy: Policy):
                     yield f"{base}.identities.{kind}", (
                         f"unknown identity kind {kind!r}; known: {', '.join(IDENTITY_KINDS)}")
             yield from (_check_sql(policy, base, coll) if system.kind == "sql" else _check_s3(base, coll))
+            if system.kind == "sql" and coll.format is not None:
+                yield f"{base}.format", "'format' describes records inside S3 objects; SQL rows are records already"
             yield from _check_orphaned(policy, s_name, c_name)
             for i, ref in enumerate(coll.references):
                 where = f"{base}.references[{i}]"
@@ -1157,11 +1166,20 @@ def _check_identities(policy: Policy):
                     source, _, name = fld.column.partition(":")
                     if source not in S3_IDENTITY_SOURCES or not name:
                         yield f"{base}.{kind}", (f"S3 identities are 'key:<template field>', 'metadata:<name>' or "
-                                                 f"'tag:<name>', got {fld.column!r}")
+                                                 f"'tag:<name>' (or 'record:<field>' with a 'format'), got "
+                                                 f"{fld.column!r}")
                     elif source == "key" and name not in _template_fields(coll.key_template or ""):
                         yield f"{base}.{kind}", f"the key template has no field {{{name}}}"
-                    if fld.erase != "row":
-                        yield f"{base}.{kind}", "S3 objects are erased whole ('erase: mask' is for SQL columns)"
+                    elif source == "record" and coll.format is None:
+                        yield f"{base}.{kind}", (f"identity {fld.column!r} is a field of records, but the collection "
+                                                 "declares no 'format' (csv, jsonl or parquet): its objects have no "
+                                                 "fields")
+                    elif source != "record" and coll.format is not None:
+                        yield f"{base}.{kind}", (f"a collection of {coll.format} records holds its identities in "
+                                                 f"records ('record:<field>'), got {fld.column!r}")
+                    if fld.erase != "row" and source != "record":
+                        yield f"{base}.{kind}", ("S3 objects are erased whole ('erase: mask' is for SQL columns and "
+                                                 "record fields)")
                 elif fld.erase == "mask" and fld.column in coll.key_columns():
                     yield f"{base}.{kind}", "the primary key cannot be masked"
     declared = policy.declared_kinds()
@@ -1349,12 +1367,25 @@ def _check_s3(base: str, coll: Collection):
             yield f"{where}.start", "S3 rules count from 'last_modified', 'key_date', 'metadata' or 'tag'"
         if rule.start.basis == "key_date" and not (coll.key_template and "{yyyy}" in coll.key_template):
             yield f"{where}.start", "basis 'key_date' needs a key_template with {yyyy}, {mm}, {dd}"
+        if rule.start.basis == "record":
+            if coll.format is None:
+                yield f"{where}.start", (f"the start is the record field {rule.start.name!r}, but the collection "
+                                         "declares no 'format' (csv, jsonl or parquet): its objects hold no records")
+            for s_i, stage in enumerate(rule.stages):
+                if stage.action != "delete":
+                    yield f"{where}.stages[{s_i}]", (f"records counted from a record field are deleted one by one; "
+                                                     f"a {stage.action!r} stage cannot act on single records")
         if rule.when:
             yield f"{where}.when", "S3 rules do not support 'when' conditions"
         if rule.suppress or any(stage.suppress for stage in rule.stages):
             yield f"{where}.suppress", "suppression keeps digests of SQL identity columns; S3 rules have none"
         for s_i, stage in enumerate(rule.stages):
             if stage.action != "anonymize":
+                continue
+            if coll.format is not None:
+                yield f"{where}.stages[{s_i}]", (f"an 'anonymize' stage rewrites text line by line, which would break "
+                                                 f"{coll.format} records; mask record fields on erasure "
+                                                 "('erase: mask') or delete expired records")
                 continue
             if rule.start.basis == "last_modified":
                 yield f"{where}.start", ("an 'anonymize' stage rewrites objects, which resets LastModified; "

@@ -311,6 +311,8 @@ class PackageBuilder:
         claims = Claims(got.claims)
         for key in got.mentioned:
             claims.add(key, self.request_id)
+        if coll.format:  # records inside objects: the store reads only this person's records of each object
+            claims.subjects = list(self.subjects)
         csv_path = os.path.join(self.dir, f"{ref}.csv")
         json_path = os.path.join(self.dir, f"{ref}.json")
         rows = 0

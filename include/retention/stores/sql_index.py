@@ -70,12 +70,9 @@ def ddl(dialect: str, table: str, column: str, key_columns: list[str]) -> list[s
             f"ALTER TABLE {q(table)} ADD COLUMN {q(d)} VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL",
             f"CREATE INDEX {q(n['index'])} ON {q(table)} ({q(d)})",
             f"CREATE TRIGGER {q(n['insert'])} BEFORE INSERT ON {q(table)} FOR EACH ROW SET NEW.{q(d)} = NULL",
-            f"CREATE TRIGGER {q(n['update'])} BEFORE UPDATE ON {q(table)} FOR EACH ROW BEGIN\n"
-            f"  IF NOT (CAST(NEW.{q(column)} AS BINARY) <=> CAST(OLD.{q(column)} AS BINARY))"
-            f" AND (NEW.{q(d)} <=> OLD.{q(d)}) THEN\n"
-            f"    SET NEW.{q(d)} = NULL;\n"
-            f"  END IF;\n"
-            f"END",
+            f"CREATE TRIGGER {q(n['update'])} BEFORE UPDATE ON {q(table)} FOR EACH ROW SET NEW.{q(d)} = IF("
+            f"NOT (CAST(NEW.{q(column)} AS BINARY) <=> CAST(OLD.{q(column)} AS BINARY))"
+            f" AND (NEW.{q(d)} <=> OLD.{q(d)}), NULL, NEW.{q(d)})",
         ]
     if dialect == "sqlite":
         q = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731

@@ -485,7 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", help="policy file (default: $RETENTION_POLICY_PATH or config/policy.yaml)")
     p.add_argument("--dialect", choices=("postgresql", "mariadb", "sqlite"),
                    help="print the DDL for this database without connecting (default: each system's own)")
-    p.add_argument("--backfill", action="store_true", help="fill the digest columns that are NULL")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--ddl", action="store_true", help="print the DDL (the default)")
+    mode.add_argument("--backfill", action="store_true", help="fill the digest columns that are NULL")
     p.set_defaults(func=cmd_index_identities)
     p = sub.add_parser("concept", help="the deletion concept (Markdown, CSV, HTML) with the ledger's evidence")
     p.add_argument("--out", metavar="DIR", help="write deletion-concept.md/.csv/.html here (default: Markdown on "

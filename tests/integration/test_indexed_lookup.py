@@ -154,3 +154,28 @@ def test_a_missing_column_index_or_trigger_is_refused_naming_it(engine, skip, mi
         SqlStore("crm", POLICY, engine, mask_key=KEY).backfill_index("people")
     with engine.connect() as conn:  # nothing was written
         assert conn.execute(sa.select(t.c.email)).scalars().all() == ["zoe@example.org"]
+
+
+def test_a_row_the_index_cannot_find_is_found_by_the_verification(engine):
+    """Triggers bypassed (a digest written by hand with a new value, a bulk load with triggers off): the index
+    misses the row, the erasure leaves it, and the verification, a full scan, reports it: the request is not
+    done."""
+    from include.retention.erasure import SubjectScanner
+
+    t = make_table(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": 1, "email": "zoe@example.org", "note": "n"},
+                                  {"id": 2, "email": "other@example.org", "note": "n"}])
+    store = SqlStore("crm", POLICY, engine, mask_key=KEY)
+    store.backfill_index("people")
+    wrong = sql_index.value_digest("email", "somebody.else@example.org")
+    with engine.begin() as conn:  # value and digest in one statement: the triggers keep the (wrong) digest
+        conn.execute(sa.text("UPDATE people SET email = :e, email_ndigest = :d WHERE id = 2"),
+                     {"e": " ZOE@example.org", "d": wrong})
+    zoe = [Subject("r1", {"email": "zoe@example.org"})]
+    scanner = SubjectScanner(POLICY, store)
+    outcome = scanner.act(zoe, "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {"crm.people": {"deleted": 1}}
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t.c.id)).scalars().all() == [2]  # missed by the index
+    assert scanner.remaining(zoe, "erase") == {"r1": {"crm.people": 1}}  # ... and noticed by the full re-scan

@@ -185,3 +185,43 @@ def test_a_row_the_index_cannot_find_is_found_by_the_verification(engine):
     with engine.connect() as conn:
         assert conn.execute(sa.select(t.c.id)).scalars().all() == [2]  # missed by the index
     assert scanner.remaining(zoe, "erase") == {"r1": {"crm.people": 1}}  # ... and noticed by the full re-scan
+
+
+def test_cli_prints_the_ddl_for_the_systems_database_and_backfills(tmp_path, monkeypatch, capsys):
+    """``index-identities``: the DDL of the connection's own engine (run here as a DBA would), then the backfill."""
+    import json
+
+    from include.retention import cli
+
+    db = tmp_path / "crm.db"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(crm_policy("""\
+        people:
+          table: people
+          primary_key: id
+          columns: [id, email, note]
+          identities: {email: {column: email, lookup: indexed}}
+        """))
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    engine = make_engine(f"sqlite:///{db}")
+    t = make_table(engine, ddl=False)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": 1, "email": " Zoe@Example.org", "note": "n"}, {"id": 2, "email": None, "note": "n"}])
+    assert cli.main(["index-identities", "--policy", str(policy), "--backfill"]) == 2  # nothing created yet
+    assert "crm.people.email: 'lookup: indexed' but table 'people' lacks column 'email_ndigest'" in \
+        capsys.readouterr().err
+    assert cli.main(["index-identities", "--policy", str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert "(sqlite)" in out
+    with engine.begin() as conn:  # nothing was run by the product: the DBA runs what it printed
+        assert "email_ndigest" not in [c["name"] for c in sa.inspect(conn).get_columns("people")]
+        for chunk in out.split(";\n"):
+            statement = "\n".join(line for line in chunk.splitlines() if not line.startswith("--"))
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+    assert cli.main(["index-identities", "--policy", str(policy), "--backfill"]) == 0
+    assert "crm.people: 2 row(s) digested" in capsys.readouterr().out
+    with engine.connect() as conn:
+        digests = dict(conn.execute(sa.text("SELECT id, email_ndigest FROM people")).all())
+    assert digests == {1: sql_index.value_digest("email", "zoe@example.org"), 2: ""}
+    engine.dispose()

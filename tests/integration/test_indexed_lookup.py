@@ -206,7 +206,8 @@ def test_cli_prints_the_ddl_for_the_systems_database_and_backfills(tmp_path, mon
     engine = make_engine(f"sqlite:///{db}")
     t = make_table(engine, ddl=False)
     with engine.begin() as conn:
-        conn.execute(t.insert(), [{"id": 1, "email": " Zoe@Example.org", "note": "n"}, {"id": 2, "email": None, "note": "n"}])
+        conn.execute(t.insert(), [{"id": 1, "email": " Zoe@Example.org", "note": "n"},
+                                  {"id": 2, "email": None, "note": "n"}])
     assert cli.main(["index-identities", "--policy", str(policy), "--backfill"]) == 2  # nothing created yet
     assert "crm.people.email: 'lookup: indexed' but table 'people' lacks column 'email_ndigest'" in \
         capsys.readouterr().err

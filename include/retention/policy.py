@@ -1322,7 +1322,7 @@ def _check_orphaned(policy: Policy, s_name: str, c_name: str):
 
 
 def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
-    """(path, warning) for what is valid but deprecated: ``cli validate`` prints them."""
+    """(path, warning) for what is valid but deprecated or has no effect: ``cli validate`` prints them."""
     out = []
     for s_name, system in policy.systems.items():
         for c_name, coll in system.collections.items():
@@ -1331,6 +1331,11 @@ def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
                             "deprecated: it suppresses every deleted row (inactive ones too); say 'suppress: "
                             f"[{', '.join(coll.suppress_on_delete)}]' on the rules or stages whose deletes must "
                             "suppress (erasures always do)"))
+            lookups = {f.lookup for _, f in coll.identity_fields()}
+            if system.kind == "sql" and lookups == {"scan", "indexed"}:
+                out.append((f"systems.{s_name}.collections.{c_name}.identities",
+                            "only some fields declare 'lookup: indexed': the collection is still read in full for "
+                            "every request (ADR 0022); declare it on every identity field"))
     return out
 
 

@@ -88,3 +88,17 @@ def test_cli_says_when_nothing_is_declared(capsys):
     assert cli.main(["index-identities", "--policy", str(ROOT / "config" / "policy.yaml"), "--dialect",
                      "sqlite"]) == 0
     assert "no identity field declares 'lookup: indexed'" in capsys.readouterr().out
+
+
+def test_validate_warns_when_only_some_fields_are_indexed(tmp_path, capsys):
+    path = _write(tmp_path, _indexed_contacts)  # email indexed, phone not
+    assert cli.main(["validate", path]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}: {CONTACTS}: only some fields declare 'lookup: indexed'" in err, err
+
+    def _both(data):
+        _indexed_contacts(data)
+        _colls(data, "crm")["contacts"]["identities"]["phone"] = {"column": "phone", "lookup": "indexed"}
+
+    assert cli.main(["validate", _write(tmp_path, _both)]) == 0
+    assert "lookup: indexed" not in capsys.readouterr().err

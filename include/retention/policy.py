@@ -479,11 +479,15 @@ class IdentityField(_Model):
     ``erase: row`` (default): the item is the person's and goes (or is anonymized) as a whole.
     ``erase: mask``: the item belongs to someone else and only mentions the person (an organisation
     admin's address on a user's account): the field is masked with ``mask`` and the item kept.
+    ``lookup: indexed`` (SQL): a request finds candidate rows through the digest column ``<column>_ndigest``
+    (its index and triggers, created by a DBA: ``cli index-identities``) instead of reading every row;
+    ``normalise`` still judges every candidate (docs/adr/0022-indexed-identity-lookup.md).
     """
 
     column: str
     erase: Literal["row", "mask"] = "row"
     mask: Mask | None = None
+    lookup: Literal["scan", "indexed"] = "scan"
 
     @model_validator(mode="after")
     def _mask(self) -> IdentityField:
@@ -1180,8 +1184,18 @@ def _check_identities(policy: Policy):
                     if fld.erase != "row" and source != "record":
                         yield f"{base}.{kind}", ("S3 objects are erased whole ('erase: mask' is for SQL columns and "
                                                  "record fields)")
+                    if fld.lookup != "scan":
+                        yield f"{base}.{kind}", "'lookup: indexed' is for SQL columns (S3 identities are listed)"
                 elif fld.erase == "mask" and fld.column in coll.key_columns():
                     yield f"{base}.{kind}", "the primary key cannot be masked"
+                if system.kind == "sql" and fld.lookup == "indexed":
+                    others = sorted({k for k, f in coll.identity_fields() if f.column == fld.column} - {kind})
+                    if others:
+                        yield f"{base}.{kind}", (f"'lookup: indexed': column {fld.column!r} also holds "
+                                                 f"{', '.join(others)}; its digest column names one kind")
+                    if fld.column.endswith("_ndigest") or f"{fld.column}_ndigest" in coll.columns:
+                        yield f"{base}.{kind}", (f"'lookup: indexed': {fld.column}_ndigest is the product's digest "
+                                                 "column; do not declare it in the data map")
     declared = policy.declared_kinds()
     for i, kind in enumerate(policy.request_fields or []):
         if kind not in IDENTITY_KINDS:
@@ -1326,7 +1340,7 @@ def _check_orphaned(policy: Policy, s_name: str, c_name: str):
 
 
 def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
-    """(path, warning) for what is valid but deprecated: ``cli validate`` prints them."""
+    """(path, warning) for what is valid but deprecated or has no effect: ``cli validate`` prints them."""
     out = []
     for s_name, system in policy.systems.items():
         for c_name, coll in system.collections.items():
@@ -1335,6 +1349,11 @@ def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
                             "deprecated: it suppresses every deleted row (inactive ones too); say 'suppress: "
                             f"[{', '.join(coll.suppress_on_delete)}]' on the rules or stages whose deletes must "
                             "suppress (erasures always do)"))
+            lookups = {f.lookup for _, f in coll.identity_fields()}
+            if system.kind == "sql" and lookups == {"scan", "indexed"}:
+                out.append((f"systems.{s_name}.collections.{c_name}.identities",
+                            "only some fields declare 'lookup: indexed': the collection is still read in full for "
+                            "every request (ADR 0022); declare it on every identity field"))
     return out
 
 

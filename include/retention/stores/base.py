@@ -344,11 +344,19 @@ class Store(abc.ABC):
         someone (``erase: mask``) is left out (what ``include.retention.person`` links people by)."""
         return self.scan(collection_name)
 
-    def find(self, collection_name: str, subjects: list[Subject]) -> Claims:
-        """The items of these subjects, each with the request ids that claim it."""
+    def candidates(self, collection_name: str, subjects: list[Subject]
+                   ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Like ``scan``, but may leave out items that cannot carry any of these subjects' identities (an index
+        that is exact by construction: ``lookup: indexed``, ADR 0022). By default: every item."""
+        return self.scan(collection_name)
+
+    def find(self, collection_name: str, subjects: list[Subject], *, exhaustive: bool = False) -> Claims:
+        """The items of these subjects, each with the request ids that claim it. Found through ``candidates``
+        (an index where the data map declares one); ``exhaustive``: through ``scan``, every item read."""
         wanted = index_subjects(subjects)
         claims = Claims()
-        for batch in self.scan(collection_name):
+        batches = self.scan(collection_name) if exhaustive else self.candidates(collection_name, subjects)
+        for batch in batches:
             for key, found in batch:
                 for kind, values in found.items():
                     for value in values & wanted.get(kind, {}).keys():

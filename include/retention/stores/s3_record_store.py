@@ -160,8 +160,8 @@ class S3Records(S3Subjects):
                 yield list(out)
                 out.clear()
 
-    def find(self, collection_name: str, subjects: list[Subject]) -> Claims:
-        claims = super().find(collection_name, subjects)
+    def find(self, collection_name: str, subjects: list[Subject], *, exhaustive: bool = False) -> Claims:
+        claims = super().find(collection_name, subjects, exhaustive=exhaustive)
         if self.coll(collection_name).format is not None:
             claims.subjects = list(subjects)  # ``read`` returns only these subjects' records of the objects
         return claims

@@ -56,6 +56,13 @@ def access_request():
         context = get_current_context()
         return access_tasks.register(dict(context["params"]), context["dag"].dag_id, context["run_id"])
 
+    @task
+    def resolve_person(request_id: str) -> str:
+        """One person per request, before anything is read or changed; the identity check shows the summary."""
+        from include.retention.airflow import erasure_tasks
+
+        return erasure_tasks.resolve([request_id])
+
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def needs_identity_check(request_id: str) -> bool:
         from include.retention.airflow import identity_check
@@ -87,7 +94,9 @@ def access_request():
         raise AirflowFailException("a task of this run failed; the request stays open")
 
     request_id = register()
+    resolved = resolve_person(request_id)
     check = needs_identity_check(request_id)
+    resolved >> check
     acted = act(request_id)
     check >> verify_identity >> acted
     # Art. 19 after a correction (access and withdraw concern no recipient: plan_notices finds none)
@@ -96,7 +105,7 @@ def access_request():
     [acted, sent, confirmed] >> done
     told = completion_notice(request_id)  # the requester hears back once the request is complete
     done >> told
-    [check, acted, planned, sent, done, told] >> watcher()
+    [resolved, check, acted, planned, sent, done, told] >> watcher()
 
 
 access_request()

@@ -4,8 +4,11 @@ The first task moves the identities from the run's conf into the request registr
 (encrypted); every later task sees only the request id. Erasures and restrictions (the types listed in
 ``RETENTION_VERIFY_IDENTITY``, default every type) first wait for a person to confirm the
 requester's identity (Required actions, ``verify_identity``, with a reason); Reject changes nothing and
-closes the request as rejected (include/retention/airflow/identity_check.py). One task group per system
-discovers, acts, verifies and records; the request is complete only when all verified.
+closes the request as rejected (include/retention/airflow/identity_check.py). Before that, ``resolve_person``
+resolves the request's identities to one person (include/retention/person.py): identities leading to somebody
+else stop the request (status ``conflict``) unless the identity check's approver proceeds with the linked
+ones. One task group per system discovers, acts, verifies and records; the request is complete only when all
+verified.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ def erasure_request():
         context = get_current_context()
         return [erasure_tasks.register(dict(context["params"]), context["dag"].dag_id, context["run_id"])]
 
+    @task
+    def resolve_person(request_ids: list[str]) -> str:
+        """One person per request: the identities resolved before anything is read or changed; returns the
+        redacted summary (kinds, statuses, counts) the identity check shows."""
+        from include.retention.airflow import erasure_tasks
+
+        return erasure_tasks.resolve(request_ids)
+
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def needs_identity_check(request_ids: list[str]) -> bool:
         from include.retention.airflow import identity_check
@@ -53,7 +64,9 @@ def erasure_request():
         return identity_check.gate(request_ids, context["dag"].dag_id, context["run_id"])
 
     request_ids = register()
+    resolved = resolve_person(request_ids)
     check = needs_identity_check(request_ids)
+    resolved >> check
     verify = identity_check_step("erasure_request", "{{ params.mode }}")
     # Reject skips the task right after the approval (identity_confirmed); the gate runs on none_failed and closes
     # the request as rejected, so the systems' groups get no request and change nothing

@@ -39,6 +39,7 @@ from include.retention.package_names import EntryNames
 from include.retention.policy import Collection, Policy, Reference, Rule
 from include.retention.stores.base import Claims, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
+from include.retention.stores.s3_records import RECORD_COLUMNS
 from include.retention.stores.sql_keys import key_of
 
 log = logging.getLogger(__name__)
@@ -305,11 +306,13 @@ class PackageBuilder:
         ref = store.ref(name)
         coll = self.policy.collection(ref)
         kind = self.policy.systems[store.name].kind
-        columns = coll.columns if kind == "sql" else ["bucket", "key", "version_id", "size", "last_modified",
-                                                        "content_type"]
+        columns = coll.columns if kind == "sql" else RECORD_COLUMNS if coll.format else [
+            "bucket", "key", "version_id", "size", "last_modified", "content_type"]
         claims = Claims(got.claims)
         for key in got.mentioned:
             claims.add(key, self.request_id)
+        if coll.format:  # records inside objects: the store reads only this person's records of each object
+            claims.subjects = list(self.subjects)
         csv_path = os.path.join(self.dir, f"{ref}.csv")
         json_path = os.path.join(self.dir, f"{ref}.json")
         rows = 0
@@ -378,6 +381,8 @@ class PackageBuilder:
                  batch: list[dict[str, Any]], result: PackageResult) -> None:
         """Copy in the objects these items are or own, byte for byte."""
         if self.policy.systems[store.name].kind == "s3":
+            if coll.format:  # records inside objects: the person's records only, never the objects (others' too)
+                return
             for row in batch:
                 self._copy(zf, store, name, row["key"], result)
             return

@@ -1,5 +1,5 @@
 """Command line: ``python -m include.retention.cli {validate,verify,export,replay,submit,rotate-keys,concept,
-forecast,diff,verify-receipt,extend}``.
+forecast,diff,verify-receipt,extend,index-identities}``.
 
 Connections come from the same ``AIRFLOW_CONN_*`` variables Airflow uses. Every refusal is one
 line on stderr naming the file (and the CSV row), with exit status 2; no traceback, no personal data.
@@ -213,6 +213,44 @@ def _store_runtime(policy: Policy):
     except RetentionError:
         key = b""
     return Runtime(policy, env_resolver, key=key)
+
+
+def cmd_index_identities(args) -> int:
+    """``lookup: indexed`` (ADR 0022): print the DDL a DBA runs (default), or fill the digest columns."""
+    from include.retention.stores.sql_index import ddl
+
+    policy = load_policy(args.policy or policy_path())
+    targets = [(s_name, c_name, coll, fld.column) for s_name, system in policy.systems.items() if system.kind == "sql"
+               for c_name, coll in system.collections.items() for _kind, fld in coll.identity_fields()
+               if fld.lookup == "indexed"]
+    if not targets:
+        print(f"{policy.source}: no identity field declares 'lookup: indexed'")
+        return 0
+    engines = {}
+    for s_name in dict.fromkeys(s for s, *_ in targets):
+        if args.backfill or args.dialect is None:
+            from include.retention.connections import make_engine
+
+            engines[s_name] = make_engine(sqlalchemy_url(env_resolver(policy.systems[s_name].connection)))
+    try:
+        if args.backfill:
+            from include.retention.stores.sql import SqlStore
+
+            for s_name, engine in engines.items():
+                store = SqlStore(s_name, policy, engine)
+                for c_name in dict.fromkeys(c for s, c, *_ in targets if s == s_name):
+                    print(f"{s_name}.{c_name}: {store.backfill_index(c_name)} row(s) digested")
+            return 0
+        for s_name, c_name, coll, column in targets:
+            dialect = args.dialect or engines[s_name].dialect.name
+            print(f"-- {s_name}.{c_name}.{column}: lookup: indexed ({dialect}); run once, then "
+                  "`index-identities --backfill`")
+            for statement in ddl(dialect, coll.table, column, coll.key_columns()):
+                print(statement + ";")
+        return 0
+    finally:
+        for engine in engines.values():
+            engine.dispose()
 
 
 def cmd_concept(args) -> int:
@@ -487,6 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rotate-keys", help="re-encrypt the registry and re-digest the suppression list under "
                                            "the current key (first of RETENTION_HMAC_KEYS); one ledger entry")
     p.set_defaults(func=cmd_rotate_keys)
+    p = sub.add_parser("index-identities", help="print the DDL 'lookup: indexed' needs (for a DBA; nothing is run), "
+                                                "or --backfill its digest columns")
+    p.add_argument("--policy", help="policy file (default: $RETENTION_POLICY_PATH or config/policy.yaml)")
+    p.add_argument("--dialect", choices=("postgresql", "mariadb", "sqlite"),
+                   help="print the DDL for this database without connecting (default: each system's own)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--ddl", action="store_true", help="print the DDL (the default)")
+    mode.add_argument("--backfill", action="store_true", help="fill the digest columns that are NULL")
+    p.set_defaults(func=cmd_index_identities)
     p = sub.add_parser("concept", help="the deletion concept (Markdown, CSV, HTML) with the ledger's evidence")
     p.add_argument("--out", metavar="DIR", help="write deletion-concept.md/.csv/.html here (default: Markdown on "
                                                  "stdout)")

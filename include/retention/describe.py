@@ -69,6 +69,8 @@ def start_text(start: Start) -> str:
         text = "the object's last modification (upload)"
     elif start.basis == "key_date":
         text = "the date in the object's key"
+    elif start.basis == "record":
+        text = f"the time in each record's field {start.name} (records inside the objects)"
     else:
         text = f"the date in the object's {start.basis} {start.name}"
     if start.round_up:

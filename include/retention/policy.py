@@ -211,9 +211,10 @@ class Start(_Model):
     earliest: list[str] | None = None
     fallback: str | None = None
     round_up: Literal["year", "month"] | None = None
-    # S3 only: the object's LastModified, a date in the key, or a date in metadata/tags.
-    basis: Literal["column", "last_modified", "key_date", "metadata", "tag"] = "column"
-    name: str | None = None  # metadata / tag name holding the date
+    # S3 only: the object's LastModified, a date in the key, or a date in metadata/tags; ``record``: a field of
+    # each record inside the object (collections with a ``format``), records are then kept or dropped one by one.
+    basis: Literal["column", "last_modified", "key_date", "metadata", "tag", "record"] = "column"
+    name: str | None = None  # metadata / tag name / record field holding the date
     # Only items nothing refers to any more (docs/adr/0013-orphaned-start-event.md). SQL: the marker column the
     # sweep stamps with the time it first found the row unreferenced (and clears once it is referenced again);
     # the period counts from that stamp. S3: ``last_modified`` (objects no row references, counted from upload).
@@ -253,7 +254,7 @@ class Start(_Model):
             twice = sorted({c for c in named if named.count(c) > 1})
             if twice:
                 raise ValueError(f"column {twice[0]!r} is named twice in the start event")
-        if self.basis in ("metadata", "tag") and not self.name:
+        if self.basis in ("metadata", "tag", "record") and not self.name:
             raise ValueError(f"basis {self.basis!r} needs 'name': the key holding the date")
         return self
 
@@ -478,11 +479,15 @@ class IdentityField(_Model):
     ``erase: row`` (default): the item is the person's and goes (or is anonymized) as a whole.
     ``erase: mask``: the item belongs to someone else and only mentions the person (an organisation
     admin's address on a user's account): the field is masked with ``mask`` and the item kept.
+    ``lookup: indexed`` (SQL): a request finds candidate rows through the digest column ``<column>_ndigest``
+    (its index and triggers, created by a DBA: ``cli index-identities``) instead of reading every row;
+    ``normalise`` still judges every candidate (docs/adr/0022-indexed-identity-lookup.md).
     """
 
     column: str
     erase: Literal["row", "mask"] = "row"
     mask: Mask | None = None
+    lookup: Literal["scan", "indexed"] = "scan"
 
     @model_validator(mode="after")
     def _mask(self) -> IdentityField:
@@ -542,7 +547,10 @@ class Consent(_Model):
         return value
 
 
-S3_IDENTITY_SOURCES = ("key", "metadata", "tag")
+S3_IDENTITY_SOURCES = ("key", "metadata", "tag", "record")
+# What S3 objects of a collection may hold record by record (docs/adr/0021-records-inside-objects.md); gzip is read
+# where the key ends ``.gz`` or the object's Content-Encoding says ``gzip``.
+RECORD_FORMATS = ("csv", "jsonl", "parquet")
 
 
 class LockMarker(_Model):
@@ -562,6 +570,9 @@ class Collection(_Model):
     bucket: str | None = None
     prefix: str | None = None
     key_template: str | None = None
+    # S3: the objects hold records (CSV with a header line, JSON lines, Parquet); identities may then be
+    # "record:<field>", a rule may count from ``{basis: record, name: <field>}``.
+    format: Literal["csv", "jsonl", "parquet"] | None = None
     # identity kind (email, phone, customer_ref, social_handle) -> the field(s) holding it: a column
     # (SQL), or "key:<template field>" / "metadata:<name>" / "tag:<name>" (S3)
     identities: dict[str, str | IdentityField | list[str | IdentityField]] = Field(default_factory=dict)
@@ -988,6 +999,8 @@ def _cross_check(policy: Policy):
                     yield f"{base}.identities.{kind}", (
                         f"unknown identity kind {kind!r}; known: {', '.join(IDENTITY_KINDS)}")
             yield from (_check_sql(policy, base, coll) if system.kind == "sql" else _check_s3(base, coll))
+            if system.kind == "sql" and coll.format is not None:
+                yield f"{base}.format", "'format' describes records inside S3 objects; SQL rows are records already"
             yield from _check_orphaned(policy, s_name, c_name)
             for i, ref in enumerate(coll.references):
                 where = f"{base}.references[{i}]"
@@ -1157,13 +1170,32 @@ def _check_identities(policy: Policy):
                     source, _, name = fld.column.partition(":")
                     if source not in S3_IDENTITY_SOURCES or not name:
                         yield f"{base}.{kind}", (f"S3 identities are 'key:<template field>', 'metadata:<name>' or "
-                                                 f"'tag:<name>', got {fld.column!r}")
+                                                 f"'tag:<name>' (or 'record:<field>' with a 'format'), got "
+                                                 f"{fld.column!r}")
                     elif source == "key" and name not in _template_fields(coll.key_template or ""):
                         yield f"{base}.{kind}", f"the key template has no field {{{name}}}"
-                    if fld.erase != "row":
-                        yield f"{base}.{kind}", "S3 objects are erased whole ('erase: mask' is for SQL columns)"
+                    elif source == "record" and coll.format is None:
+                        yield f"{base}.{kind}", (f"identity {fld.column!r} is a field of records, but the collection "
+                                                 "declares no 'format' (csv, jsonl or parquet): its objects have no "
+                                                 "fields")
+                    elif source != "record" and coll.format is not None:
+                        yield f"{base}.{kind}", (f"a collection of {coll.format} records holds its identities in "
+                                                 f"records ('record:<field>'), got {fld.column!r}")
+                    if fld.erase != "row" and source != "record":
+                        yield f"{base}.{kind}", ("S3 objects are erased whole ('erase: mask' is for SQL columns and "
+                                                 "record fields)")
+                    if fld.lookup != "scan":
+                        yield f"{base}.{kind}", "'lookup: indexed' is for SQL columns (S3 identities are listed)"
                 elif fld.erase == "mask" and fld.column in coll.key_columns():
                     yield f"{base}.{kind}", "the primary key cannot be masked"
+                if system.kind == "sql" and fld.lookup == "indexed":
+                    others = sorted({k for k, f in coll.identity_fields() if f.column == fld.column} - {kind})
+                    if others:
+                        yield f"{base}.{kind}", (f"'lookup: indexed': column {fld.column!r} also holds "
+                                                 f"{', '.join(others)}; its digest column names one kind")
+                    if fld.column.endswith("_ndigest") or f"{fld.column}_ndigest" in coll.columns:
+                        yield f"{base}.{kind}", (f"'lookup: indexed': {fld.column}_ndigest is the product's digest "
+                                                 "column; do not declare it in the data map")
     declared = policy.declared_kinds()
     for i, kind in enumerate(policy.request_fields or []):
         if kind not in IDENTITY_KINDS:
@@ -1308,7 +1340,7 @@ def _check_orphaned(policy: Policy, s_name: str, c_name: str):
 
 
 def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
-    """(path, warning) for what is valid but deprecated: ``cli validate`` prints them."""
+    """(path, warning) for what is valid but deprecated or has no effect: ``cli validate`` prints them."""
     out = []
     for s_name, system in policy.systems.items():
         for c_name, coll in system.collections.items():
@@ -1317,6 +1349,11 @@ def policy_warnings(policy: Policy) -> list[tuple[str, str]]:
                             "deprecated: it suppresses every deleted row (inactive ones too); say 'suppress: "
                             f"[{', '.join(coll.suppress_on_delete)}]' on the rules or stages whose deletes must "
                             "suppress (erasures always do)"))
+            lookups = {f.lookup for _, f in coll.identity_fields()}
+            if system.kind == "sql" and lookups == {"scan", "indexed"}:
+                out.append((f"systems.{s_name}.collections.{c_name}.identities",
+                            "only some fields declare 'lookup: indexed': the collection is still read in full for "
+                            "every request (ADR 0022); declare it on every identity field"))
     return out
 
 
@@ -1349,12 +1386,25 @@ def _check_s3(base: str, coll: Collection):
             yield f"{where}.start", "S3 rules count from 'last_modified', 'key_date', 'metadata' or 'tag'"
         if rule.start.basis == "key_date" and not (coll.key_template and "{yyyy}" in coll.key_template):
             yield f"{where}.start", "basis 'key_date' needs a key_template with {yyyy}, {mm}, {dd}"
+        if rule.start.basis == "record":
+            if coll.format is None:
+                yield f"{where}.start", (f"the start is the record field {rule.start.name!r}, but the collection "
+                                         "declares no 'format' (csv, jsonl or parquet): its objects hold no records")
+            for s_i, stage in enumerate(rule.stages):
+                if stage.action != "delete":
+                    yield f"{where}.stages[{s_i}]", (f"records counted from a record field are deleted one by one; "
+                                                     f"a {stage.action!r} stage cannot act on single records")
         if rule.when:
             yield f"{where}.when", "S3 rules do not support 'when' conditions"
         if rule.suppress or any(stage.suppress for stage in rule.stages):
             yield f"{where}.suppress", "suppression keeps digests of SQL identity columns; S3 rules have none"
         for s_i, stage in enumerate(rule.stages):
             if stage.action != "anonymize":
+                continue
+            if coll.format is not None:
+                yield f"{where}.stages[{s_i}]", (f"an 'anonymize' stage rewrites text line by line, which would break "
+                                                 f"{coll.format} records; mask record fields on erasure "
+                                                 "('erase: mask') or delete expired records")
                 continue
             if rule.start.basis == "last_modified":
                 yield f"{where}.start", ("an 'anonymize' stage rewrites objects, which resets LastModified; "

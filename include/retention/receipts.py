@@ -266,6 +266,12 @@ def render_markdown(receipt: dict[str, Any]) -> str:
     if searched:
         lines += ["", "## Searched", ""]
         lines += [f"- {coll}: {', '.join(kinds)}" for _name, coll, kinds in searched]
+    resolved = receipt.get("person") or {}
+    if resolved:  # one person per request: the identity kinds and what became of them (never a value)
+        lines += ["", "## Identities", ""]
+        lines += [f"- {kind}: {status}" + (" (proven)" if kind == resolved.get("proven") else "")
+                  + (" (dropped)" if kind in (resolved.get("dropped") or []) else "")
+                  for kind, status in resolved.get("identities", {}).items()]
     if receipt.get("unmapped"):
         lines += ["", "## Not in the data map", ""] + [f"- {u['system']}: {u['statement']}"
                                                       for u in receipt["unmapped"]]

@@ -60,7 +60,7 @@ def test_erasure_request_form_params():
         params.get_param("social_handle").resolve("@zoe\nnext")
     assert params.get_param("social_handle").resolve("@zoe_m") == "@zoe_m"
     groups = {t.task_id for t in dag.tasks}
-    assert {"register", "needs_identity_check", "verify_identity", "identity_confirmed", "identity_gate",
-            "list_systems", "system.discover", "system.act", "system.verify", "system.record",
+    assert {"register", "resolve_person", "needs_identity_check", "verify_identity", "identity_confirmed",
+            "identity_gate", "list_systems", "system.discover", "system.act", "system.verify", "system.record",
             "finalize", "watcher", "plan_notices", "send_notice", "manual_recipients", "confirm_recipients",
             "record_confirmations", "tell_requester"} == groups

@@ -470,7 +470,7 @@ def test_s3_subject_erasure_survives_slowdown(s3, moto_url, tmp_path, monkeypatc
               by_tag:
                 bucket: {bucket}
                 prefix: tickets/
-                identities: {{customer_ref: "tag:customer"}}
+                identities: {{customer_ref: "tag:customer", email: "metadata:uploader-email"}}
         """), defaults=_DEFAULTS))
     mine = [f"exports/{zoe}/a.zip", f"exports/{zoe}/b.zip", "uploads/z.pdf", "tickets/t1.txt"]
     others = ["exports/someone@example.org/a.zip", "uploads/o.pdf", "tickets/t2.txt"]
@@ -478,8 +478,9 @@ def test_s3_subject_erasure_survives_slowdown(s3, moto_url, tmp_path, monkeypatc
         extra: dict[str, Any] = {}
         if key.startswith("uploads/"):
             extra["Metadata"] = {"uploader-email": zoe if key in mine else "someone@example.org"}
-        if key.startswith("tickets/"):
+        if key.startswith("tickets/"):  # the ticket carries its customer reference and the uploader: one person
             extra["Tagging"] = "customer=C-77" if key in mine else "customer=C-78"
+            extra["Metadata"] = {"uploader-email": zoe if key in mine else "someone@example.org"}
         for body in (b"v1", b"v2"):
             s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
     kept_versions = [v for v in s3_versions(s3, bucket) if v[0] in others]

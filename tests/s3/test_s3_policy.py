@@ -39,7 +39,7 @@ cvs:
      "references[0].key_template: unknown column 'applicant' in key template"),
     ('{to: objects.cvs, key_template: "{id}/"}',
      "references[0].key_template: the key template must start with objects.cvs's prefix 'cvs/'"),
-    ("{to: objects.cvs}", "a reference needs 'column' (or, to S3, 'key_template')"),
+    ("{to: objects.cvs}", "a reference needs 'column' (or 'columns', or, to S3, 'key_template')"),
 ])
 def test_references_into_s3_are_checked(ref, problem):
     with pytest.raises(PolicyError, match="^test-policy.yaml: .*" + re.escape(problem)):

@@ -11,8 +11,9 @@ import logging
 import os
 from typing import Any
 
+from include.retention import person
 from include.retention.airflow import identity_check
-from include.retention.airflow.erasure_tasks import Context, _fail, register_form_request
+from include.retention.airflow.erasure_tasks import Context, _fail, register_form_request, stop_conflict
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS, normalise
 from include.retention.identity import validate as validate_identity
@@ -108,6 +109,13 @@ def act(request_id: str, dag_id: str, run_id: str) -> dict[str, Any]:
         check = ctx.registry.details(request_id).get("identity_check") or {}
         if check.get("decision") not in identity_check.PROCEED:
             _fail(f"request {request_id}: the requester's identity was not confirmed; nothing was done")
+        # one person per request, before anything is read or changed (resolved here if no task did)
+        person.resolve_requests(ctx.policy, ctx.runtime.store, ctx.registry, [request_id])
+        if person.undecided_conflict(ctx.registry.details(request_id)):
+            if check.get("decision") != "approved":  # nobody decided (a dry run): the conflict stops it
+                stop_conflict(ctx, request_id, dag_id, run_id)
+                return {"stopped": "conflict"}
+            person.choose_linked_only(ctx.registry, request_id)  # Approve: the linked identities only
         req = ctx.registry.get(request_id)
         if req["mode"] == "access":
             return _access(ctx, request_id, req, dag_id, run_id)
@@ -115,9 +123,8 @@ def act(request_id: str, dag_id: str, run_id: str) -> dict[str, Any]:
 
 
 def _subjects(ctx: Context, request_id: str):
-    from include.retention.stores.base import Subject
-
-    return [Subject(request_id, ctx.registry.identities(request_id).normalised())]
+    """The request's subject with only its resolved identities (include/retention/person.py)."""
+    return ctx.subjects([request_id])
 
 
 def _exports(ctx: Context):
@@ -259,6 +266,8 @@ def finalize(request_id: str, acted: bool, dag_id: str, run_id: str) -> dict[str
         check = ctx.registry.details(request_id).get("identity_check") or {}
         if check.get("decision") == "rejected":
             identity_check.close_rejected(ctx, request_id, dag_id, run_id)
+        elif ctx.registry.get(request_id)["status"] == "conflict":
+            pass  # stopped on a conflict of identities: closed by act, nothing read or changed
         else:
             states = ctx.registry.systems(request_id)
             done = acted and all(states.get(s, {}).get("status") == "recorded" for s in expected)
@@ -285,7 +294,7 @@ def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[st
     receipt = base_receipt(req, ctx.registry.systems(request_id), expected, ctx.policy.digest)
     identity_check.add_to_receipt(receipt, req, details)
     receipt["recipients"] = recipients_in_receipt(ctx.registry.recipients(request_id))
-    if req["status"] == "rejected":
+    if req["status"] in ("rejected", "conflict"):
         return receipt  # add_to_receipt says why: nothing was read, changed or handed out
     if req["mode"] == "access":
         receipt["package"] = {k: v for k, v in (details.get("package") or {}).items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from include.retention import person
 from include.retention.airflow import identity_check
 from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.connections import policy_path
@@ -38,9 +39,20 @@ class Context:
         self.runtime.close()
 
     def subjects(self, request_ids: list[str]) -> list[Subject]:
-        """The requests' subjects, their identities read (and decrypted) in one SELECT per 500 requests."""
+        """The requests' subjects with only the identities resolved to one person (``include.retention.person``),
+        read (and decrypted) in one SELECT per 500 requests; refused on a conflict nobody decided."""
+        acting = self.acting_identities(request_ids)
+        return [Subject(rid, acting[rid].normalised()) for rid in request_ids]
+
+    def acting_identities(self, request_ids: list[str]) -> dict[str, Identities]:
+        """Per request, the identities it acts with (proven and linked; resolved here first if no task did)."""
         identities = self.registry.identities_many(request_ids)
-        return [Subject(rid, identities[rid].normalised()) for rid in request_ids]
+        details = self.registry.details_many(request_ids)
+        if any(person.DETAILS_KEY not in details.get(rid, {}) for rid in request_ids):
+            person.resolve_requests(self.policy, self.runtime.store, self.registry, request_ids)
+            details = self.registry.details_many(request_ids)
+        return {rid: Identities(person.acting(identities[rid].normalised(), details.get(rid, {}), rid))
+                for rid in request_ids}
 
     def scanner(self, system: str) -> SubjectScanner:
         return SubjectScanner(self.policy, self.runtime.store(system))
@@ -108,7 +120,10 @@ def _registered(request_id: str | None, dag_id: str, run_id: str, params: dict[s
             return _fail(f"request refused: unknown request {rid}") if request_id else None
         queued = req["dag_id"] is None and req["source"] in identity_check.INTAKE_SOURCES and req["mode"] in \
             ERASURE_MODES and req["status"] == "pending"
-        if (req["dag_id"], req["run_id"]) != (dag_id, run_id) and not queued:
+        # stopped on a conflict of identities where nobody was asked (erasure_intake, a dry run): handed over by
+        # id, it waits at the identity check here, whose approver may act with the linked identities only
+        stopped = bool(request_id) and req["status"] == "conflict" and req["mode"] in ERASURE_MODES
+        if (req["dag_id"], req["run_id"]) != (dag_id, run_id) and not queued and not stopped:
             _fail(f"request refused: request {rid} was registered for another run")
         if identity_check.arrived_verified(params, req):
             ctx.registry.update_details(rid, identity_verified=True)
@@ -256,8 +271,8 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
                 error = "not every system verified" if not done else "not every recipient confirmed or waived"
                 still_open.setdefault(error, []).append(rid)
         erased = [rid for rid in complete if reqs[rid]["mode"] == "erase" and not reqs[rid]["dry_run"]]
-        if erased:
-            ctx.registry.suppress_many(erased)
+        if erased:  # the identities acted with only: never one the resolution dropped (somebody else's)
+            ctx.registry.suppress_many(erased, ctx.acting_identities(erased))
         ctx.registry.finish_many(complete, "complete")
         for error, ids in still_open.items():
             ctx.registry.finish_many(ids, "incomplete", error=error)
@@ -302,4 +317,37 @@ def claim(limit: int, dag_id: str, run_id: str) -> list[str]:
         ids = ctx.registry.claim_pending(limit, dag_id, run_id, verified_only=identity_check.verify_modes(),
                                          verified_source=identity_check.VERIFIED_SOURCE)
         log.info("claimed %d pending request(s)", len(ids))
-        return ids
+        if not ids:
+            return ids
+        # one person per request, before anything is read or changed: a conflict stops its request (nobody at
+        # an identity check here to decide; handed to erasure_request by id, it asks)
+        resolved = person.resolve_requests(ctx.policy, ctx.runtime.store, ctx.registry, ids)
+        stopped = [rid for rid in ids if not resolved[rid].may_act()]
+        for rid in stopped:
+            stop_conflict(ctx, rid, dag_id, run_id)
+        if stopped:
+            log.info("%d request(s) stopped on a conflict of identities", len(stopped))
+        return [rid for rid in ids if rid not in stopped]
+
+
+def resolve(request_ids: list[str]) -> str:
+    """One person per request (include/retention/person.py): resolved and recorded before anything is read or
+    changed; returns the redacted summary (kinds, statuses, counts) the identity check shows."""
+    with Context() as ctx:
+        resolved = person.resolve_requests(ctx.policy, ctx.runtime.store, ctx.registry, request_ids)
+        text = "\n\n".join(f"Request {rid}: {resolved[rid].summary()}" for rid in request_ids)
+        log.info("%s", text)
+        return text
+
+
+def stop_conflict(ctx: Context, request_id: str, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Close a request stopped on a conflict of identities, with its receipt (kinds and counts only)."""
+    person.stop_on_conflict(ctx.registry, ctx.ledger, ctx.policy, request_id, RunRef(dag_id, run_id))
+    req = ctx.registry.get(request_id)
+    details = ctx.registry.details(request_id)
+    receipt = build_receipt(req, ctx.registry.systems(request_id), systems(), ctx.policy.digest)
+    identity_check.add_to_receipt(receipt, req, details)
+    person.stopped_receipt(receipt, details)
+    ctx.registry.save_receipt(request_id, receipt)
+    log.info("request %s stopped on a conflict of identities; receipt:\n%s", request_id, render_markdown(receipt))
+    return receipt

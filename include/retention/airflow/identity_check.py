@@ -21,6 +21,7 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 
+from include.retention import person
 from include.retention.errors import RetentionError
 from include.retention.registry import INTAKE_VERIFIED
 
@@ -90,7 +91,13 @@ def needs_check(request_ids: str | list[str]) -> bool:
         for rid in _ids(request_ids):
             req = ctx.registry.get(rid)
             details = ctx.registry.details(rid)
-            if (details.get("identity_check") or {}).get("decision") in (*PROCEED, "rejected"):
+            decision = (details.get("identity_check") or {}).get("decision")
+            if person.undecided_conflict(details) and not req["dry_run"] and decision not in ("approved", "rejected"):
+                # identities leading to more than one person: a person decides, whatever the request type
+                log.info("request %s waits for the identity check: its identities conflict", rid)
+                waiting = True
+                continue
+            if decision in (*PROCEED, "rejected"):
                 continue  # a retry or a re-run: decided already
             if req["dry_run"] or req["mode"] not in verify_modes():
                 why = "dry run" if req["dry_run"] else f"{VERIFY_ENV} does not list {req['mode']}"
@@ -145,7 +152,8 @@ def identity_check_step(dag_label: str, what: str) -> IdentityCheck:
         subject=f"Identity verified? ({dag_label})",
         body="Request {{ ti.xcom_pull(task_ids='register') }} (" + what + "): approve only once the requester "
              "has proven to be the person (e.g. a reply from the registered address). Reject closes the "
-             "request and changes nothing; give the reason.",
+             "request and changes nothing; give the reason.\n\n"
+             "{{ ti.xcom_pull(task_ids='resolve_person') or '' }}",
         defaults=["Reject"],
         params={"reason": Param("", type="string", maxLength=2000, title="Reason")},
         response_timeout=dt.timedelta(days=7),
@@ -170,14 +178,17 @@ def add_to_receipt(receipt: dict[str, Any], req: dict[str, Any], details: dict[s
         {"decision": "verified at intake"} if req.get("source") == VERIFIED_SOURCE else {})
     receipt["identity_check"] = {"decision": check.get("decision", "none"),
                                  "reason_recorded": bool(check.get("reason"))}
+    receipt["person"] = person.receipt_part(details)  # one person per request: kinds, statuses, counts
     if req["status"] == "rejected":
         receipt["verification"] = REJECTED_VERIFICATION
+    elif req["status"] == "conflict":
+        receipt["verification"] = person.STOPPED_VERIFICATION
     return receipt
 
 
 def gate(request_ids: list[str], dag_id: str, run_id: str) -> list[str]:
     """After the identity check: the requests that may proceed; each rejected one is closed with its receipt."""
-    from include.retention.airflow.erasure_tasks import Context, systems
+    from include.retention.airflow.erasure_tasks import Context, stop_conflict, systems
     from include.retention.receipts import build_receipt, render_markdown
 
     proceed = []
@@ -185,6 +196,11 @@ def gate(request_ids: list[str], dag_id: str, run_id: str) -> list[str]:
         for rid in request_ids:
             details = ctx.registry.details(rid)
             decision = (details.get("identity_check") or {}).get("decision")
+            if decision in PROCEED and person.undecided_conflict(details):
+                if decision != "approved":  # nobody was asked (a dry run): the conflict stops the request
+                    stop_conflict(ctx, rid, dag_id, run_id)
+                    continue
+                person.choose_linked_only(ctx.registry, rid)  # Approve: the linked identities only, never all
             if decision in PROCEED:
                 proceed.append(rid)
                 continue

@@ -163,7 +163,8 @@ def send_notice(request_ids: str | list[str], name: str) -> dict[str, int]:
         if due and conn is None:
             _unsent(ctx, due, name, conn_id, counts)
             return counts
-        identities = ctx.registry.identities_many(due) if due and rcp.identity != "none" else {}
+        # the identities the request acted with: never one the resolution dropped (somebody else's)
+        identities = ctx.acting_identities(due) if due and rcp.identity != "none" else {}
         failed = []
         for rid in due:
             planned = recipients[rid][name]

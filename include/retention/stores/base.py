@@ -339,11 +339,24 @@ class Store(abc.ABC):
         """Every item of the collection with its normalised identities, one bounded batch at a time:
         ``[(key, {kind: {normalised values}}), ...]``. Python decides equality, not the store's collation."""
 
-    def find(self, collection_name: str, subjects: list[Subject]) -> Claims:
-        """The items of these subjects, each with the request ids that claim it."""
+    def scan_owned(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """As ``scan``, but only the identities that make an item the person's own: a field that only mentions
+        someone (``erase: mask``) is left out (what ``include.retention.person`` links people by)."""
+        return self.scan(collection_name)
+
+    def candidates(self, collection_name: str, subjects: list[Subject]
+                   ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Like ``scan``, but may leave out items that cannot carry any of these subjects' identities (an index
+        that is exact by construction: ``lookup: indexed``, ADR 0022). By default: every item."""
+        return self.scan(collection_name)
+
+    def find(self, collection_name: str, subjects: list[Subject], *, exhaustive: bool = False) -> Claims:
+        """The items of these subjects, each with the request ids that claim it. Found through ``candidates``
+        (an index where the data map declares one); ``exhaustive``: through ``scan``, every item read."""
         wanted = index_subjects(subjects)
         claims = Claims()
-        for batch in self.scan(collection_name):
+        batches = self.scan(collection_name) if exhaustive else self.candidates(collection_name, subjects)
+        for batch in batches:
             for key, found in batch:
                 for kind, values in found.items():
                     for value in values & wanted.get(kind, {}).keys():

@@ -77,8 +77,8 @@ from include.retention.stores.s3_objects import (
     tag_matches,
 )
 from include.retention.stores.s3_orphans import S3Orphans
+from include.retention.stores.s3_record_store import S3Records
 from include.retention.stores.s3_spool import Spool
-from include.retention.stores.s3_subjects import S3Subjects
 from include.retention.stores.s3_writes import Purger, Upload, _safe_cut
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ __all__ = ["ANONYMIZED_META", "LOCK_TAG", "ObjectsNotDeleted", "S3Store", "make_
 log = logging.getLogger(__name__)
 
 
-class S3Store(S3Orphans, S3Subjects, Store):
+class S3Store(S3Orphans, S3Records, Store):
     kind = "s3"
 
     def __init__(self, name: str, policy: Policy, client: Any, *, key: bytes = b"", endpoint: str | None = None,
@@ -471,6 +471,8 @@ class S3Store(S3Orphans, S3Subjects, Store):
         page): keep the due objects in a spool for the delete stage, until it reads them or ``release_plan``."""
         now = now if now.tzinfo else now.replace(tzinfo=_UTC)
         self.release_plan()
+        if rule.start.basis == "record":
+            return self.plan_records(collection_name, rule, now)
         spool = Spool(collection_name, rule, now) if for_act and self.spools(collection_name, rule) else None
         total = in_scope = held = already = no_date = 0
         eligible = {s.action: 0 for s in rule.stages}
@@ -504,6 +506,8 @@ class S3Store(S3Orphans, S3Subjects, Store):
     def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
                     reason: str, record: Recorder) -> StageResult:
         now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        if rule.start.basis == "record":
+            return self.sweep_records(collection_name, rule, stage, now, batch_size, record)
         coll = self.coll(collection_name)
         bucket = coll.bucket
         result = StageResult(action=stage.action)

@@ -189,6 +189,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         problem = self._check_references(collection_name)
         if problem:
             raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
+        self.check_index(collection_name)  # lookup: indexed (ADR 0022)
         self._checked.add(collection_name)
         for child_ref, _ref in self.policy.children(self.ref(collection_name)):
             c_sys, _, c_name = child_ref.partition(".")

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from include.retention.clock import utcnow
-from include.retention.errors import RetentionError
+from include.retention.errors import RetentionError, SchemaMismatch
 from include.retention.identity import normalise
 from include.retention.masking import STRATEGIES
+from include.retention.stores import sql_index
 from include.retention.stores.base import (
     ERASURE_EXCEPTION,
     RESTRICTION,
@@ -74,12 +75,18 @@ class SqlSubjects(SqlAccess):
         return sorted({f.column for _, f in coll.identity_fields()})
 
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        return self._scan(collection_name, owned_only=False)
+
+    def scan_owned(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        return self._scan(collection_name, owned_only=True)
+
+    def _scan(self, collection_name: str, *, owned_only: bool) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         self.check(collection_name)  # holds and conditions typed before any row is judged by them
         coll, t = self.coll(collection_name), self.table(collection_name)
         keys = self.key_cols(collection_name, t)
         n = len(keys)
-        cols = self._identity_cols(coll)
-        fields = coll.identity_fields()
+        fields = [(k, f) for k, f in coll.identity_fields() if not owned_only or f.erase == "row"]
+        cols = sorted({f.column for _, f in fields})
         last = None
         while True:
             query = (sa.select(*keys, *(t.c[c] for c in cols)).order_by(*keys).limit(SCAN_BATCH)
@@ -101,6 +108,65 @@ class SqlSubjects(SqlAccess):
             last = tuple(rows[-1][:n])
             if len(rows) < SCAN_BATCH:
                 return
+
+    def indexed_fields(self, collection_name: str) -> list[tuple[str, str]]:
+        """(kind, column) of every identity field, when all of them declare ``lookup: indexed``; else []."""
+        fields = self.coll(collection_name).identity_fields()
+        if not fields or any(f.lookup != "indexed" for _, f in fields):
+            return []
+        return [(kind, f.column) for kind, f in fields]
+
+    def check_index(self, collection_name: str) -> None:
+        """Refuse a ``lookup: indexed`` collection whose database lacks the digest column, index or triggers."""
+        t = self.table(collection_name)
+        coll = self.coll(collection_name)
+        for _kind, f in coll.identity_fields():
+            if f.lookup != "indexed":
+                continue
+            missing = sql_index.problems(self.engine, t, f.column)
+            if missing:
+                raise SchemaMismatch(
+                    f"{self.ref(collection_name)}.{f.column}: 'lookup: indexed' but table {t.name!r} lacks "
+                    f"{', '.join(missing)}; print the DDL with `python -m include.retention.cli index-identities "
+                    f"--ddl` for a DBA to run, then fill it with `index-identities --backfill`")
+
+    def backfill_index(self, collection_name: str) -> int:
+        """Fill the NULL digests of the collection's ``lookup: indexed`` columns (refused, naming what is missing,
+        when the database lacks the digest column, index or triggers). Returns the rows digested."""
+        self.check(collection_name)
+        t = self.table(collection_name)
+        fields = [(kind, f.column) for kind, f in self.coll(collection_name).identity_fields() if f.lookup == "indexed"]
+        return sql_index.backfill(self.engine, t, self.key_cols(collection_name, t), fields)
+
+    def candidates(self, collection_name: str, subjects: list[Subject]
+                   ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """The rows whose digest columns hold one of the subjects' identity digests, or NULL (not digested yet),
+        when every identity column is indexed; else ``scan``. Python judges each candidate as in ``scan``."""
+        fields = self.indexed_fields(collection_name)
+        if not fields:
+            yield from self.scan(collection_name)
+            return
+        self.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
+        coll, t = self.coll(collection_name), self.table(collection_name)
+        keys = self.key_cols(collection_name, t)
+        n = len(keys)
+        cols = self._identity_cols(coll)
+        wanted = index_subjects(subjects)
+        digests: dict[str, list[str]] = {}
+        for kind, column in fields:
+            values = sorted(sql_index.identity_digest(kind, v) for v in wanted.get(kind, {}))
+            digests.setdefault(sql_index.digest_column(column), []).extend(values)
+        for rows in sql_index.candidate_batches(self.engine, t, keys, digests, cols):
+            batch = []
+            for row in rows:
+                values = dict(zip(cols, row[n:], strict=True))
+                found: dict[str, set[str]] = {}
+                for kind, f in coll.identity_fields():
+                    value = normalise(kind, values[f.column])
+                    if value is not None:
+                        found.setdefault(kind, set()).add(value)
+                batch.append((key_of(row[:n]), found))
+            yield batch
 
     @staticmethod
     def _row_claims(row: dict[str, Any], fields: list[tuple[str, IdentityField]],
@@ -352,7 +418,7 @@ class SqlSubjects(SqlAccess):
     # ---- verify ---------------------------------------------------------------------------
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
         name = collection_name
-        claims = self.find(name, subjects)
+        claims = self.find(name, subjects, exhaustive=True)  # the full scan, independent of the index (ADR 0022)
         own = own_lock_reasons(subjects, self.mask_key)
         deleting = mode != "rectify" and self.coll(name).erasure == "delete"  # rectify: exceptions as it keeps them
         left: dict[str, int] = {}

@@ -1,0 +1,658 @@
+"""Records inside S3 objects: CSV (a header line), JSON lines and Parquet, gzipped where the key ends ``.gz`` or
+the object's Content-Encoding says ``gzip`` (docs/adr/0021-records-inside-objects.md).
+
+Reading is streamed: lines in batches of ``RECORD_BATCH`` (CSV, JSON lines), one row group at a time (Parquet,
+read through ranged GETs of exactly one object version), so memory is bounded by a batch or a row group, never
+by the object. A rewrite writes what is kept through ``Upload`` (a new version of the key in a versioned bucket;
+a temporary key copied over the original in a plain one), then re-reads what it wrote and checks it before
+anything older is deleted: the record count is the old count minus the records removed, the schema (Parquet)
+or header (CSV) is the same, and a digest over every record written in order equals the digest of the records
+it was meant to hold (every other record unchanged in content, masked ones exactly as masked). Kept CSV rows
+and JSON lines are copied byte for byte.
+
+This module imports nothing from Airflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dateutil.relativedelta import relativedelta
+
+from include.retention import keytemplate
+from include.retention.errors import StoreUnavailable
+from include.retention.identity import normalise
+from include.retention.masking import STRATEGIES, keyed_digest
+from include.retention.stores.base import index_subjects
+from include.retention.stores.s3_objects import CHUNK
+
+if TYPE_CHECKING:
+    from include.retention.policy import Collection, Mask
+    from include.retention.stores.s3 import S3Store
+    from include.retention.stores.s3_objects import S3Object
+
+log = logging.getLogger(__name__)
+
+RECORD_BATCH = 1000  # CSV rows / JSON lines judged and written together
+REWRITE_META = "retention-rewritten"  # metadata of a rewritten object: when
+RECORD_COLUMNS = ["key", "version_id", "content"]  # per record in an access package (JSON of the record)
+
+
+class RecordsUnreadable(StoreUnavailable):
+    """An object of a records collection cannot be read as its format says: nothing of it is changed, and a
+    request touching it stays open (it is never reported done)."""
+
+
+class RewriteNotVerified(StoreUnavailable):
+    """The re-read of a rewritten object did not show exactly what was meant to be written: the rewrite is
+    undone (the original stays) and nothing older is deleted."""
+
+
+def is_gzip(key: str, head: dict[str, Any] | None) -> bool:
+    encoding = ((head or {}).get("ContentEncoding") or "").lower()
+    return key.endswith(".gz") or "gzip" in encoding
+
+
+def canonical(record: Any) -> bytes:
+    """One record as compared: field order, names, values and their Python types (repr)."""
+    if isinstance(record, dict):
+        return repr(list(record.items())).encode("utf-8", "surrogatepass")
+    return repr(record).encode("utf-8", "surrogatepass")
+
+
+def mask_value(mask: Mask, raw: Any, key: bytes) -> Any:
+    if mask.strategy == "null":
+        return None
+    if mask.strategy == "redact":
+        return mask.value if mask.value is not None else "[redacted]"
+    return STRATEGIES[mask.strategy].python(raw, mask.value, key)
+
+
+# ---- who a record belongs to ------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    rids: set[str]
+    drop: bool  # the record is the person's: it goes; else only ``masks`` fields are masked
+    masks: dict[str, Mask] = field(default_factory=dict)
+    sets: dict[str, Any] = field(default_factory=dict)  # fields given a new value (a correction)
+
+    def changes(self, record: dict[str, Any], key: bytes) -> dict[str, Any]:
+        """Field -> its new value in this record (masked, or corrected)."""
+        out = {name: mask_value(mask, record.get(name), key) for name, mask in self.masks.items()}
+        out.update(self.sets)
+        return out
+
+
+class Corrector:
+    """A correction: records carrying one of the subjects' old values (any identity field of a corrected kind) get
+    the new value in that field; nothing is dropped."""
+
+    def __init__(self, coll: Collection, subjects: list[Any], new_values: dict[str, str]):
+        self.old = {(kind, value): s.request_id for s in subjects for kind, value in s.identities.items()
+                    if kind in new_values}
+        self.new_values = new_values
+        self.targets = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields()
+                        if kind in new_values]
+
+    def fields(self) -> list[str]:
+        return sorted({n for _, n in self.targets})
+
+    def __call__(self, record: Any) -> Verdict | None:
+        if not isinstance(record, dict):
+            return None
+        rids, sets = set(), {}
+        for kind, name in self.targets:
+            rid = self.old.get((kind, normalise(kind, record.get(name))))
+            if rid is not None:
+                rids.add(rid)
+                sets[name] = self.new_values[kind]
+        return Verdict(rids, False, sets=sets) if rids else None
+
+
+class Judge:
+    """Which records belong to (``erase: row``) or mention (``erase: mask``) one of the subjects; Python's
+    ``normalise`` decides equality."""
+
+    def __init__(self, coll: Collection, subjects: list[Any]):
+        self.wanted = index_subjects(subjects)
+        self.rows: list[tuple[str, str]] = []
+        self.mentions: list[tuple[str, str, Mask]] = []
+        for kind, f in coll.identity_fields():
+            name = f.column.partition(":")[2]
+            if f.erase == "mask" and f.mask is not None:
+                self.mentions.append((kind, name, f.mask))
+            else:
+                self.rows.append((kind, name))
+
+    def fields(self) -> list[str]:
+        return sorted({n for _, n in self.rows} | {n for _, n, _ in self.mentions})
+
+    def _rids(self, kind: str, raw: Any) -> set[str]:
+        value = normalise(kind, raw)
+        return set(self.wanted.get(kind, {}).get(value, ())) if value is not None else set()
+
+    def __call__(self, record: Any) -> Verdict | None:
+        if not isinstance(record, dict):
+            return None
+        rids: set[str] = set()
+        for kind, name in self.rows:
+            rids |= self._rids(kind, record.get(name))
+        if rids:
+            return Verdict(rids, True)
+        masks: dict[str, Mask] = {}
+        for kind, name, mask in self.mentions:
+            found = self._rids(kind, record.get(name))
+            if found:
+                rids |= found
+                masks[name] = mask
+        return Verdict(rids, False, masks) if rids else None
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def _decompressed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """gunzip, member after member (``cat a.gz b.gz`` is one gzip stream of two members)."""
+    d, started = zlib.decompressobj(31), False
+    for chunk in chunks:
+        pending = chunk
+        while pending:
+            started = True
+            try:
+                out = d.decompress(pending)
+            except zlib.error:
+                raise RecordsUnreadable("the object is not valid gzip") from None
+            if out:
+                yield out
+            if d.eof:
+                pending = d.unused_data
+                d, started = zlib.decompressobj(31), False
+            else:
+                pending = b""
+    if started:
+        raise RecordsUnreadable("the object's gzip stream ends early")
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines with their endings, exactly as stored; linear in the bytes even for very long lines."""
+    carry = bytearray()
+    for chunk in chunks:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                carry += chunk[start:]
+                break
+            if carry:
+                carry += chunk[start:end + 1]
+                yield bytes(carry)
+                carry.clear()
+            else:
+                yield chunk[start:end + 1]
+            start = end + 1
+    if carry:
+        yield bytes(carry)
+
+
+def _ending(raw: bytes) -> str:
+    return "\r\n" if raw.endswith(b"\r\n") else "\n" if raw.endswith(b"\n") else ""
+
+
+@dataclass
+class Batch:
+    """Records read together: ``records[i]`` is None for what is no record (a blank line); ``raws[i]`` its bytes
+    (CSV, JSON lines); ``table`` the row group (Parquet)."""
+
+    records: list[Any]
+    raws: list[bytes] | None = None
+    table: Any = None
+
+
+class _Capture:
+    """The lines ``csv.reader`` consumes, kept as bytes so a kept row is copied exactly."""
+
+    def __init__(self, lines: Iterator[bytes]):
+        self.lines, self.taken = lines, []
+
+    def __iter__(self) -> _Capture:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.taken.append(line)
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecordsUnreadable("a CSV line is not UTF-8") from None
+
+
+class RangeFile(io.RawIOBase):
+    """One object version, read by ranged GETs (what pyarrow seeks in a Parquet file)."""
+
+    def __init__(self, store: S3Store, bucket: str, obj: S3Object, size: int, etag: str | None):
+        super().__init__()
+        self.store, self.bucket, self.obj, self.size, self.pos = store, bucket, obj, size, 0
+        self.source = {"VersionId": obj.version_id} if obj.version_id else ({"IfMatch": etag} if etag else {})
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.size - self.pos)
+        if n <= 0:
+            return 0
+        body = self.store._call("get_object", Bucket=self.bucket, Key=self.obj.key,
+                                Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
+        try:
+            data = body.read()
+        finally:
+            body.close()
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+class ObjectRecords:
+    """The records of one object version, read batch by batch."""
+
+    def __init__(self, store: S3Store, coll: Collection, obj: S3Object, head: dict[str, Any],
+                 gzip: bool | None = None):
+        self.store, self.coll, self.obj, self.head = store, coll, obj, head
+        self.fmt = coll.format
+        # ``gzip``: as the original was (a rewrite's temporary key does not end in .gz)
+        self.gzip = (is_gzip(obj.key, head) if gzip is None else gzip) and self.fmt != "parquet"
+        self.header: list[str] | None = None  # CSV
+        self.header_raw: bytes = b""
+        self.schema: Any = None  # Parquet
+        self.compression = "snappy"
+
+    def _chunks(self) -> Iterator[bytes]:
+        source = self.obj.vid() or ({"IfMatch": self.head["ETag"]} if self.head.get("ETag") else {})
+        body = self.store._call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
+        try:
+            chunks = body.iter_chunks(CHUNK)
+            yield from (_decompressed(chunks) if self.gzip else chunks)
+        finally:
+            body.close()
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[Batch]:
+        """Batches of records; ``columns`` (Parquet): read only these (those the object has)."""
+        if self.fmt == "parquet":
+            yield from self._parquet(columns)
+        elif self.fmt == "csv":
+            yield from self._csv()
+        else:
+            yield from self._jsonl()
+
+    def _jsonl(self) -> Iterator[Batch]:
+        records: list[Any] = []
+        raws: list[bytes] = []
+        for number, raw in enumerate(_lines(self._chunks()), 1):
+            text = raw.strip()
+            if not text:
+                record = None
+            else:
+                try:
+                    record = json.loads(text)
+                except (ValueError, UnicodeDecodeError):
+                    raise RecordsUnreadable(f"line {number} is not JSON") from None
+            records.append(record)
+            raws.append(raw)
+            if len(records) >= RECORD_BATCH:
+                yield Batch(records, raws)
+                records, raws = [], []
+        if records:
+            yield Batch(records, raws)
+
+    def _csv(self) -> Iterator[Batch]:
+        capture = _Capture(_lines(self._chunks()))
+        reader = csv.reader(capture)
+        records: list[Any] = []
+        raws: list[bytes] = []
+        try:
+            for row in reader:
+                raw = b"".join(capture.taken)
+                capture.taken.clear()
+                if self.header is None:
+                    if row and row[0].startswith("\ufeff"):
+                        row[0] = row[0][1:]
+                    if len(set(row)) != len(row):
+                        raise RecordsUnreadable("the CSV header names a column twice")
+                    self.header, self.header_raw = row, raw
+                    continue
+                if not row:
+                    records.append(None)
+                elif len(row) != len(self.header):
+                    raise RecordsUnreadable(f"CSV row {reader.line_num} has {len(row)} fields, the header "
+                                            f"{len(self.header)}")
+                else:
+                    records.append(dict(zip(self.header, row, strict=True)))
+                raws.append(raw)
+                if len(records) >= RECORD_BATCH:
+                    yield Batch(records, raws)
+                    records, raws = [], []
+        except csv.Error as exc:
+            raise RecordsUnreadable(f"CSV line {reader.line_num}: {type(exc).__name__}") from None
+        if records:
+            yield Batch(records, raws)
+
+    def parquet_file(self) -> Any:
+        import pyarrow.parquet as pq
+
+        size = int(self.head.get("ContentLength") or 0)
+        try:
+            pf = pq.ParquetFile(RangeFile(self.store, self.coll.bucket, self.obj, size, self.head.get("ETag")))
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # pyarrow's ArrowInvalid and friends
+            raise RecordsUnreadable(f"not a Parquet file ({type(exc).__name__})") from None
+        self.schema = pf.schema_arrow
+        if pf.metadata.num_row_groups and pf.metadata.row_group(0).num_columns:
+            codec = pf.metadata.row_group(0).column(0).compression.lower()
+            self.compression = {"uncompressed": "none", "lz4_raw": "lz4"}.get(codec, codec)
+        return pf
+
+    def _parquet(self, columns: list[str] | None) -> Iterator[Batch]:
+        pf = self.parquet_file()
+        names = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+        if names == []:
+            # none of the fields asked for: the records still count, with no fields
+            for i in range(pf.metadata.num_row_groups):
+                yield Batch([{}] * pf.metadata.row_group(i).num_rows)
+            return
+        for i in range(pf.metadata.num_row_groups):
+            try:
+                table = pf.read_row_group(i, columns=names)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                raise RecordsUnreadable(f"Parquet row group {i} unreadable ({type(exc).__name__})") from None
+            yield Batch(table.to_pylist(), table=table)
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+class _Sink(io.RawIOBase):
+    """What a writer writes: (gzipped, if the original was) into the upload; the digest of the bytes."""
+
+    def __init__(self, upload: Any, gzip: bool):
+        super().__init__()
+        self.upload, self.pos = upload, 0
+        self.zip = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self.upload.write(self.zip.compress(data) if self.zip else data)
+        self.pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def finish(self) -> None:
+        if self.zip is not None:
+            self.upload.write(self.zip.flush())
+            self.zip = None
+
+
+@dataclass
+class Tally:
+    """What a pass over one version found or did: records in it, per request dropped / masked, and the digest of
+    the records that remain (in order)."""
+
+    records: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    masked: dict[str, int] = field(default_factory=dict)
+    removed: int = 0
+    kept: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def count(self, verdict: Verdict) -> None:
+        target = self.dropped if verdict.drop else self.masked
+        for rid in verdict.rids:
+            target[rid] = target.get(rid, 0) + 1
+
+    @property
+    def found(self) -> bool:
+        return bool(self.dropped or self.masked)
+
+    def per_request(self) -> dict[str, int]:
+        out = dict(self.dropped)
+        for rid, n in self.masked.items():
+            out[rid] = out.get(rid, 0) + n
+        return out
+
+
+Decide = Callable[[Any], "Verdict | None"]
+
+
+def judge_version(reader: ObjectRecords, decide: Decide, columns: list[str] | None) -> Tally:
+    tally = Tally()
+    for batch in reader.batches(columns):
+        for record in batch.records:
+            if record is None:
+                continue
+            tally.records += 1
+            verdict = decide(record)
+            if verdict is not None:
+                tally.count(verdict)
+    return tally
+
+
+def _masked(record: dict[str, Any], verdict: Verdict, key: bytes, fmt: str) -> dict[str, Any]:
+    out = dict(record)
+    for name, value in verdict.changes(record, key).items():
+        out[name] = ("" if value is None else str(value)) if fmt == "csv" else value
+    return out
+
+
+def write_version(reader: ObjectRecords, decide: Decide, sink: _Sink, key: bytes) -> Tally:
+    """Write the version's records without the dropped ones and with the masked fields masked."""
+    tally = Tally()
+    fmt = reader.fmt
+    writer = None
+    header_written = False
+    try:
+        for batch in reader.batches():
+            if fmt == "parquet":
+                writer = _parquet_batch(reader, batch, decide, sink, key, tally, writer)
+                continue
+            if fmt == "csv" and not header_written:
+                sink.write(reader.header_raw)
+                header_written = True
+            for record, raw in zip(batch.records, batch.raws or [], strict=True):
+                if record is None:
+                    sink.write(raw)
+                    continue
+                tally.records += 1
+                verdict = decide(record)
+                if verdict is not None:
+                    tally.count(verdict)
+                if verdict is not None and verdict.drop:
+                    tally.removed += 1
+                    continue
+                if verdict is not None:
+                    record = _masked(record, verdict, key, fmt)
+                    sink.write(_encode(record, fmt, reader.header, _ending(raw)))
+                else:
+                    sink.write(raw)
+                tally.kept += 1
+                tally.digest.update(canonical(record) + b"\n")
+        if fmt == "csv" and reader.header is not None and not header_written:
+            sink.write(reader.header_raw)  # a header-only file stays one
+        if fmt == "parquet" and writer is None:
+            writer = _parquet_writer(reader, sink)
+    finally:
+        if writer is not None:
+            writer.close()
+    sink.finish()
+    return tally
+
+
+def _encode(record: dict[str, Any], fmt: str, header: list[str] | None, ending: str) -> bytes:
+    if fmt == "jsonl":
+        return (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
+    out = io.StringIO()
+    csv.writer(out, lineterminator=ending).writerow([record[h] for h in header or []])
+    return out.getvalue().encode("utf-8")
+
+
+def _parquet_writer(reader: ObjectRecords, sink: _Sink) -> Any:
+    import pyarrow.parquet as pq
+
+    if reader.schema is None:
+        reader.parquet_file()
+    return pq.ParquetWriter(sink, reader.schema, compression=reader.compression)
+
+
+def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _Sink, key: bytes, tally: Tally,
+                   writer: Any) -> Any:
+    import pyarrow as pa
+
+    keep: list[bool] = []
+    masked_rows: dict[int, dict[str, Any]] = {}
+    for i, record in enumerate(batch.records):
+        tally.records += 1
+        verdict = decide(record)
+        if verdict is not None:
+            tally.count(verdict)
+        keep.append(verdict is None or not verdict.drop)
+        if verdict is not None and not verdict.drop:
+            masked_rows[i] = verdict.changes(record, key)
+    table = batch.table
+    if masked_rows:
+        for name in sorted({n for masks in masked_rows.values() for n in masks}):
+            idx = table.schema.get_field_index(name)
+            values = table.column(idx).to_pylist()
+            for i, changes in masked_rows.items():
+                if name in changes:
+                    values[i] = changes[name]
+            try:
+                column = pa.array(values, type=table.schema.field(idx).type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
+                                        f"({table.schema.field(idx).type})") from None
+            table = table.set_column(idx, table.schema.field(idx), column)
+    kept = table.filter(pa.array(keep, type=pa.bool_()))
+    tally.removed += len(keep) - kept.num_rows
+    tally.kept += kept.num_rows
+    for record in kept.to_pylist():
+        tally.digest.update(canonical(record) + b"\n")
+    if writer is None:
+        writer = _parquet_writer(reader, sink)
+    if kept.num_rows:
+        writer.write_table(kept, row_group_size=kept.num_rows)
+    return writer
+
+
+def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int, Any]:
+    """(records, digest over them in order) that a correct rewrite of this version holds, computed on its own from
+    the original (not by the writer): what the check of a rewrite compares the re-read with."""
+    digest, n = hashlib.sha256(), 0
+    for batch in reader.batches():
+        for record in batch.records:
+            if record is None:
+                continue
+            verdict = decide(record)
+            if verdict is not None and verdict.drop:
+                continue
+            if verdict is not None:
+                record = _masked(record, verdict, key, reader.fmt or "")
+            n += 1
+            digest.update(canonical(record) + b"\n")
+    return n, digest
+
+
+def digest_of(reader: ObjectRecords) -> tuple[int, Any]:
+    """(records, digest over them in order) of a version, as ``write_version`` computes it for what it keeps."""
+    digest, n = hashlib.sha256(), 0
+    for batch in reader.batches():
+        for record in batch.records:
+            if record is None:
+                continue
+            n += 1
+            digest.update(canonical(record) + b"\n")
+    return n, digest
+
+
+def key_digest(key: bytes, object_key: str) -> str:
+    """What errors and logs name an object by."""
+    return keyed_digest(key, object_key)[:16]
+
+
+# ---- retention by a record field ---------------------------------------------------------------
+
+def record_time(value: Any) -> dt.datetime | None:
+    """A record's start field as an aware instant (naive is UTC): a timestamp, a date, or ISO 8601 text; None
+    for anything else (such a record is kept: no period can be counted)."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            parsed = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return None
+
+
+EXPIRED = "expired"
+
+
+class Expiry:
+    """Which records are past their storage period: the start field before ``edge``. Counts as one pseudo-request
+    (``EXPIRED``) in a ``Tally``; ``undated`` counts records whose field holds no readable time (kept)."""
+
+    def __init__(self, name: str, edge: dt.datetime):
+        self.name, self.edge, self.undated = name, edge, 0
+
+    def fields(self) -> list[str]:
+        return [self.name]
+
+    def __call__(self, record: Any) -> Verdict | None:
+        if not isinstance(record, dict):
+            return None
+        when = record_time(record.get(self.name))
+        if when is None:
+            self.undated += 1
+            return None
+        return Verdict({EXPIRED}, True) if when < self.edge else None
+
+
+def partition_span(match: re.Match[str] | None) -> tuple[dt.datetime, dt.datetime] | None:
+    """[start, end) of the partition a key's date names (``{yyyy}`` a year ... ``{hh}`` an hour); None without."""
+    if match is None:
+        return None
+    start = keytemplate.key_date(match)
+    if start is None:
+        return None
+    parts = match.groupdict()
+    step = (relativedelta(hours=1) if parts.get("hh") else relativedelta(days=1) if parts.get("dd")
+            else relativedelta(months=1) if parts.get("mm") else relativedelta(years=1))
+    return start, start + step

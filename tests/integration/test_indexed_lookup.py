@@ -1,0 +1,228 @@
+"""``lookup: indexed`` (ADR 0022): a person is found through the digest column's index, never missing a row the
+full scan finds, on PostgreSQL, MariaDB (default collation) and SQLite; a missing column, index or trigger is
+refused, naming it."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from include.retention.connections import make_engine
+from include.retention.errors import SchemaMismatch
+from include.retention.identity import normalise
+from include.retention.policy import parse_policy
+from include.retention.stores import sql_index
+from include.retention.stores.base import Subject
+from include.retention.stores.sql import SqlStore
+from tests.conftest import KEY
+from tests.policy_text import crm_policy
+
+pytestmark = pytest.mark.integration
+
+POLICY = parse_policy(crm_policy("""\
+    people:
+      table: people
+      primary_key: id
+      columns: [id, email, note]
+      identities: {email: {column: email, lookup: indexed}}
+    """), source="test-policy.yaml")
+SCAN_POLICY = parse_policy(crm_policy("""\
+    people:
+      table: people
+      primary_key: id
+      columns: [id, email, note]
+      identities: {email: email}
+    """), source="test-policy.yaml")
+
+# Spellings where Python's lower(), NFC and strip() and a database's lower()/collation part ways.
+BASES = [
+    "zoe@example.org", "zoë@example.org", "zое@example.org",  # Latin, accent, Cyrillic "е"
+    "straße@x.de", "strasse@x.de", "STRASSE@x.de",  # ß is not ss
+    "İstanbul@x.tr", "istanbul@x.tr", "i̇stanbul@x.tr", "ıstanbul@x.tr",  # dotted/dotless i
+    "ΟΔΟΣ@x.gr", "οδος@x.gr", "οδοσ@x.gr",  # final and medial sigma
+    "ｚｏｅ@example.org", "ＺＯＥ@example.org",  # full-width forms
+    "K@x.org", "k@x.org",  # Kelvin sign lowers to ASCII k
+    "ﬁle@x.org", "file@x.org", "ǅ@x.org", "ǆ@x.org",  # ligature, title-case digraph
+    "a+tag@x.org", "A+TAG@X.ORG",
+]
+CASES = [str, str.lower, str.upper, str.title, str.swapcase]
+PADS = ["", " ", "\u3000", "\t", "\xa0", "\u2003"]
+
+
+@st.composite
+def spellings(draw) -> str:
+    if draw(st.integers(0, 4)) == 0:  # anything Hypothesis can generate
+        return draw(st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12))
+    value = draw(st.sampled_from(CASES))(draw(st.sampled_from(BASES)))
+    value = unicodedata.normalize(draw(st.sampled_from(["NFC", "NFD"])), value)
+    return draw(st.sampled_from(PADS)) + value + draw(st.sampled_from(PADS))
+
+
+def make_table(engine, *, ddl: bool = True, skip: tuple[str, ...] = ()) -> sa.Table:
+    md = sa.MetaData()
+    t = sa.Table("people", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                 sa.Column("email", sa.String(200)), sa.Column("note", sa.String(20)))
+    md.drop_all(engine)
+    md.create_all(engine)
+    if ddl:
+        with engine.begin() as conn:
+            for statement in sql_index.ddl(engine.dialect.name, "people", "email", ["id"]):
+                if not any(s in statement for s in skip):
+                    conn.exec_driver_sql(statement)
+    return t
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+def keys(store: SqlStore, subjects: list[Subject], exhaustive: bool) -> dict:
+    return dict(store.find("people", subjects, exhaustive=exhaustive))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=st.lists(spellings(), min_size=1, max_size=12), asked=st.lists(spellings(), min_size=1, max_size=4),
+       digested=st.integers(0, 12), changed=st.lists(st.tuples(st.integers(0, 11), spellings()), max_size=3),
+       accent=st.booleans())
+def test_indexed_find_returns_exactly_the_full_scans_keys(engine, stored, asked, digested, changed, accent):
+    """Rows digested by the backfill, rows inserted after it and rows the application changed after it (the
+    triggers clear their digests): the index's candidates, judged by Python, are the full scan's claims."""
+    t = make_table(engine) if "people" not in sa.inspect(engine).get_table_names() else None
+    t = t if t is not None else sa.Table("people", sa.MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        conn.execute(t.delete())
+        first = [{"id": i, "email": v, "note": "n"} for i, v in enumerate(stored[:digested])]
+        first += [{"id": 100, "email": "zoe@example.org ", "note": "n"}] if accent else []
+        if first:
+            conn.execute(t.insert(), first)
+    store = SqlStore("crm", POLICY, engine, mask_key=KEY)
+    store.backfill_index("people")
+    with engine.begin() as conn:  # after the backfill: new rows, and the application's changes
+        rest = [{"id": i, "email": v, "note": "n"} for i, v in enumerate(stored) if i >= digested]
+        if rest:
+            conn.execute(t.insert(), rest)
+        for i, v in changed:
+            conn.execute(t.update().where(t.c.id == i).values(email=v))
+        if accent:  # a change a case- and accent-insensitive comparison would not see
+            conn.execute(t.update().where(t.c.id == 100).values(email="zoë@example.org"))
+    subjects = [Subject(f"r{i}", {"email": n}) for i, v in enumerate(asked) if (n := normalise("email", v))]
+    subjects += [Subject(f"s{i}", {"email": n}) for i, v in enumerate(stored[:3]) if (n := normalise("email", v))]
+    subjects += [Subject(f"c{i}", {"email": n}) for i, (_, v) in enumerate(changed) if (n := normalise("email", v))]
+    subjects.append(Subject("accent", {"email": "zoë@example.org"}))
+    indexed = keys(store, subjects, exhaustive=False)
+    assert indexed == keys(store, subjects, exhaustive=True)
+    assert indexed == keys(SqlStore("crm", SCAN_POLICY, engine, mask_key=KEY), subjects, exhaustive=False)
+
+
+def test_the_index_narrows_and_the_triggers_clear_stale_digests(engine):
+    t = make_table(engine)
+    values = ["zoe@example.org", " ZOE@Example.org", "zoë@example.org", "zое@example.org", "other@example.org"]
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": i, "email": v, "note": "n"} for i, v in enumerate(values)])
+    store = SqlStore("crm", POLICY, engine, mask_key=KEY)
+    assert store.backfill_index("people") == 5
+    zoe = [Subject("r1", {"email": "zoe@example.org"})]
+    candidates = [k for batch in store.candidates("people", zoe) for k, _ in batch]
+    assert sorted(candidates) == [0, 1]  # read through the index: the lookalikes are not even read
+    with engine.begin() as conn:  # the application renames a lookalike to Zoe's address, and edits a note
+        conn.execute(t.update().where(t.c.id == 3).values(email="Zoe@example.org "))
+        conn.execute(t.update().where(t.c.id == 4).values(note="m"))
+        digests = dict(conn.execute(sa.text("SELECT id, email_ndigest FROM people")).all())
+    assert digests[3] is None  # cleared by the trigger: a candidate of every request until digested again
+    assert digests[4] == sql_index.value_digest("email", "other@example.org")  # unchanged value keeps its digest
+    assert dict(store.find("people", zoe)) == {0: {"r1"}, 1: {"r1"}, 3: {"r1"}}
+    assert store.backfill_index("people") == 1
+    assert sorted(k for batch in store.candidates("people", zoe) for k, _ in batch) == [0, 1, 3]
+
+
+@pytest.mark.parametrize("skip, missing", [
+    (("ADD COLUMN", "CREATE INDEX", "TRIGGER", "FUNCTION"), "column 'email_ndigest'"),
+    (("CREATE INDEX",), "an index leading with 'email_ndigest'"),
+    (("CREATE TRIGGER",), "trigger 'rtn_people_email_"),
+])
+def test_a_missing_column_index_or_trigger_is_refused_naming_it(engine, skip, missing):
+    t = make_table(engine, skip=skip)
+    with engine.begin() as conn:
+        conn.execute(t.insert().values(id=1, email="zoe@example.org", note="n"))
+    store = SqlStore("crm", POLICY, engine, mask_key=KEY)
+    with pytest.raises(SchemaMismatch) as err:
+        store.find("people", [Subject("r1", {"email": "zoe@example.org"})])
+    assert "crm.people.email: 'lookup: indexed'" in str(err.value) and missing in str(err.value)
+    assert "index-identities --ddl" in str(err.value) and "zoe@" not in str(err.value)
+    with pytest.raises(SchemaMismatch):
+        SqlStore("crm", POLICY, engine, mask_key=KEY).backfill_index("people")
+    with engine.connect() as conn:  # nothing was written
+        assert conn.execute(sa.select(t.c.email)).scalars().all() == ["zoe@example.org"]
+
+
+def test_a_row_the_index_cannot_find_is_found_by_the_verification(engine):
+    """Triggers bypassed (a digest written by hand with a new value, a bulk load with triggers off): the index
+    misses the row, the erasure leaves it, and the verification, a full scan, reports it: the request is not
+    done."""
+    from include.retention.erasure import SubjectScanner
+
+    t = make_table(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": 1, "email": "zoe@example.org", "note": "n"},
+                                  {"id": 2, "email": "other@example.org", "note": "n"}])
+    store = SqlStore("crm", POLICY, engine, mask_key=KEY)
+    store.backfill_index("people")
+    wrong = sql_index.value_digest("email", "somebody.else@example.org")
+    with engine.begin() as conn:  # value and digest in one statement: the triggers keep the (wrong) digest
+        conn.execute(sa.text("UPDATE people SET email = :e, email_ndigest = :d WHERE id = 2"),
+                     {"e": " ZOE@example.org", "d": wrong})
+    zoe = [Subject("r1", {"email": "zoe@example.org"})]
+    scanner = SubjectScanner(POLICY, store)
+    outcome = scanner.act(zoe, "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {"crm.people": {"deleted": 1}}
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t.c.id)).scalars().all() == [2]  # missed by the index
+    assert scanner.remaining(zoe, "erase") == {"r1": {"crm.people": 1}}  # ... and noticed by the full re-scan
+
+
+def test_cli_prints_the_ddl_for_the_systems_database_and_backfills(tmp_path, monkeypatch, capsys):
+    """``index-identities``: the DDL of the connection's own engine (run here as a DBA would), then the backfill."""
+    import json
+
+    from include.retention import cli
+
+    db = tmp_path / "crm.db"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(crm_policy("""\
+        people:
+          table: people
+          primary_key: id
+          columns: [id, email, note]
+          identities: {email: {column: email, lookup: indexed}}
+        """))
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    engine = make_engine(f"sqlite:///{db}")
+    t = make_table(engine, ddl=False)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": 1, "email": " Zoe@Example.org", "note": "n"},
+                                  {"id": 2, "email": None, "note": "n"}])
+    assert cli.main(["index-identities", "--policy", str(policy), "--backfill"]) == 2  # nothing created yet
+    assert "crm.people.email: 'lookup: indexed' but table 'people' lacks column 'email_ndigest'" in \
+        capsys.readouterr().err
+    assert cli.main(["index-identities", "--policy", str(policy)]) == 0
+    out = capsys.readouterr().out
+    assert "(sqlite)" in out
+    with engine.begin() as conn:  # nothing was run by the product: the DBA runs what it printed
+        assert "email_ndigest" not in [c["name"] for c in sa.inspect(conn).get_columns("people")]
+        for chunk in out.split(";\n"):
+            statement = "\n".join(line for line in chunk.splitlines() if not line.startswith("--"))
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+    assert cli.main(["index-identities", "--policy", str(policy), "--backfill"]) == 0
+    assert "crm.people: 2 row(s) digested" in capsys.readouterr().out
+    with engine.connect() as conn:
+        digests = dict(conn.execute(sa.text("SELECT id, email_ndigest FROM people")).all())
+    assert digests == {1: sql_index.value_digest("email", "zoe@example.org"), 2: ""}
+    engine.dispose()

@@ -35,8 +35,8 @@ NAME_HINTS = {
     "address": "address", "street": "address", "zip": "address", "postcode": "address",
     "iban": "bank_account", "ssn": "national_id", "passport": "national_id",
 }
-NOT_PERSONAL_TOKENS = frozenset({"digest", "hash", "hmac", "enc", "encrypted", "sha256", "count", "id", "kid",
-                                 "domain", "file", "table", "column", "bucket", "key"})
+NOT_PERSONAL_TOKENS = frozenset({"digest", "ndigest", "hash", "hmac", "enc", "encrypted", "sha256", "count", "id",
+                                 "kid", "domain", "file", "table", "column", "bucket", "key"})
 
 
 @dataclass(frozen=True)

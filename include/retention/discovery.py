@@ -24,6 +24,7 @@ from include.retention.classify import classify, name_hint
 from include.retention.identity import IdentityError
 from include.retention.identity import validate as validate_identity
 from include.retention.policy import Collection, Policy
+from include.retention.stores.sql_index import SUFFIX as DIGEST_SUFFIX
 
 ROWS_PER_COLUMN = 200        # sampled values per column, at most
 SECONDS_PER_SYSTEM = 60.0    # sampling stops (and says so) once a system took this long
@@ -89,6 +90,8 @@ class Report:
 def declared_columns(coll: Collection) -> set[str]:
     """Every column a collection names anywhere: columns, key, identities, references, markers, conditions."""
     cols = set(coll.columns) | set(coll.key_columns()) | {c for _, c in coll.identity_columns()}
+    # an indexed identity's digest column (docs/adr/0022-indexed-identity-lookup.md): keyed digests, not values
+    cols |= {f"{fld.column}{DIGEST_SUFFIX}" for _, fld in coll.identity_fields() if fld.lookup == "indexed"}
     for ref in coll.references:
         cols |= set(ref.source_columns())
     if coll.lock:

@@ -264,3 +264,18 @@ def test_a_column_the_connection_cannot_read_is_named_not_fatal(fresh_database):
             conn.exec_driver_sql(f"REVOKE ALL ON SCHEMA public FROM {role}")
             conn.exec_driver_sql(f"DROP ROLE {role}")
         engine.dispose()
+
+
+def test_an_indexed_identitys_digest_column_is_declared(tmp_path):
+    """``lookup: indexed`` adds ``<column>_ndigest`` (keyed digests, ADR 0022): not a finding."""
+    policy = parse_policy(POLICY.replace("identities: {email: email}",
+                                         "identities: {email: {column: email, lookup: indexed}}"))
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE contacts (id INTEGER PRIMARY KEY, email VARCHAR(254), created_at "
+                             "TIMESTAMP, fax_note TEXT, email_ndigest VARCHAR(64))")
+        conn.exec_driver_sql("INSERT INTO contacts (id, email, email_ndigest) VALUES (1, 'a@example.org', "
+                             "'k1:3f786850e387550fdab836ed7e6dc881de23001b')")
+    assert [f.kind for f in discover_sql(policy, "crm", engine).findings] == ["missing_table"]
+    assert name_hint("email_ndigest") is None
+    engine.dispose()

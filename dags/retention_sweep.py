@@ -13,6 +13,7 @@ import os
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.retention.airflow.deadlines import sweep_deadline
 from include.retention.airflow.defaults import dag_args
 
 SCHEDULE = os.environ.get("RETENTION_SWEEP_SCHEDULE", "@daily")
@@ -20,6 +21,7 @@ SCHEDULE = os.environ.get("RETENTION_SWEEP_SCHEDULE", "@daily")
 
 @dag(
     **dag_args("retention_sweep", "retention"),
+    deadline=sweep_deadline(),
     schedule=SCHEDULE,
     max_active_runs=1,
     doc_md=__doc__,

@@ -9,6 +9,10 @@ Two watchers, one request each (README, "Deadlines"):
   while the request stays open) is watched by the hourly ``erasure_deadlines`` DAG (``check_due_dates``).
 
 A late ``retention_sweep`` (not done ``RETENTION_SWEEP_DEADLINE_HOURS`` after it was queued) is a deadline alert too.
+
+``RETENTION_DEADLINE_ALERTS=0`` leaves the alerts off the DAGs: Airflow 3.3.2's ``dag.test()`` (and so
+``airflow dags test``, which ``make demo`` runs) fails when a run of a DAG with a deadline alert succeeds (its copy of
+the DAG keeps the alert definitions where ``DagRun.update_state`` expects their ids). The scheduler is not affected.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ SWEEP_HOURS = float(os.environ.get("RETENTION_SWEEP_DEADLINE_HOURS", "12"))
 REQUEST_RUN_DAG_IDS = ("erasure_request", "access_request")  # DAGs whose runs carry the request (answer clock)
 RUN_SOURCES = ("form", "page")  # registered by the run itself, or by the page right before it triggers the run
 ACTIVE_RUN_STATES = ("queued", "running")
+DEADLINES_ENV = "RETENTION_DEADLINE_ALERTS"  # "0": no deadline alerts on the DAGs (module docstring)
 
 
 def watched_by_run(req: dict[str, Any], run_state: Callable[[str, str], str | None]) -> bool:
@@ -210,19 +215,31 @@ def run_requests(registry: Registry, dag_id: str, run_id: str) -> list[dict[str,
             for r in registry.open_requests() if r["dag_id"] == dag_id and r["run_id"] == run_id]
 
 
+def alerts_on() -> bool:
+    return os.environ.get(DEADLINES_ENV, "1").lower() not in ("0", "false", "no")
+
+
 def answer_deadline():
-    """The one-month answer clock (Art. 12(3)) of a run that carries a request: alert if the run has not succeeded
+    """None when ``RETENTION_DEADLINE_ALERTS=0`` (module docstring).
+
+    The one-month answer clock (Art. 12(3)) of a run that carries a request: alert if the run has not succeeded
     ``ANSWER_DAYS - WARN_DAYS`` days after it was queued (a run that succeeds in time drops its deadline)."""
     from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
+    if not alerts_on():
+        return None
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
                          interval=dt.timedelta(days=ANSWER_DAYS - WARN_DAYS),
                          callback=SyncCallback(RunDeadlineNotifier, kwargs={"what": "answer"}), name="answer_clock")
 
 
 def sweep_deadline():
-    """A late sweep: alert if a retention_sweep run has not succeeded ``SWEEP_HOURS`` after it was queued."""
+    """None when ``RETENTION_DEADLINE_ALERTS=0``.
+
+    A late sweep: alert if a retention_sweep run has not succeeded ``SWEEP_HOURS`` after it was queued."""
     from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
+    if not alerts_on():
+        return None
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=dt.timedelta(hours=SWEEP_HOURS),
                          callback=SyncCallback(RunDeadlineNotifier, kwargs={"what": "sweep"}), name="late_sweep")

@@ -324,14 +324,50 @@ async def submit_request(request: Request, user: BaseUser = Depends(privacy_user
     return RedirectResponse(f"./?submitted={request_id}#requests", status_code=303)
 
 
+def may_read_runs(user: BaseUser, dag_id: str) -> bool:
+    """What the auth manager says about reading ``dag_id``'s runs (FAB: the DAG's access_control): the run page's
+    receipts are shown to exactly those who may see the run."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    return get_auth_manager().is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN,
+                                                details=DagDetails(id=dag_id), user=user)
+
+
+def _run_receipts(dag_id: str, run_id: str, user: BaseUser, engine: sa.Engine) -> dict[str, Any]:
+    if len(dag_id) > 250 or len(run_id) > 250:
+        raise HTTPException(status_code=404, detail="no such run")
+    if not may_read_runs(user, dag_id):
+        raise HTTPException(status_code=403, detail="not allowed to read this DAG's runs")
+    return _read(functools.partial(dashboard.run_receipts, dag_id=dag_id, run_id=run_id), engine)
+
+
+@app.get("/runs/{dag_id}/{run_id:path}", response_class=HTMLResponse)
+def run_page(dag_id: str, run_id: str, user: BaseUser = Depends(get_user),
+             engine: sa.Engine = Depends(ledger_engine)) -> HTMLResponse:
+    """The receipts of one DAG run, shown on its page in the Airflow UI (external view, destination ``dag_run``)."""
+    return HTMLResponse(_RUN_TEMPLATE.render(data=_run_receipts(dag_id, run_id, user, engine),
+                                             dag_ids=dashboard.RECEIPT_DAG_IDS, style=_STYLE))
+
+
+@app.get("/api/runs/{dag_id}/{run_id:path}")
+def api_run(dag_id: str, run_id: str, user: BaseUser = Depends(get_user),
+            engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
+    """The same as JSON."""
+    return JSONResponse(_run_receipts(dag_id, run_id, user, engine))
+
+
 class RetentionPagePlugin(AirflowPlugin):
     """Registers the page's FastAPI app and its entry in the UI navigation."""
 
     name = "retention_page"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": PAGE_NAME}]
     # url_route: the UI shows the page in its own frame at /plugin/data-retention
+    # a tab on every DAG run's page: the UI fills in {DAG_ID} and {RUN_ID}; runs of DAGs that carry no request say so
     external_views = [{"name": PAGE_NAME, "href": f"{URL_PREFIX}/", "destination": "nav",
-                       "url_route": "data-retention"}]
+                       "url_route": "data-retention"},
+                      {"name": "Receipts", "href": f"{URL_PREFIX}/runs/{{DAG_ID}}/{{RUN_ID}}", "destination": "dag_run",
+                       "url_route": "receipts"}]
 
 
 _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""\
@@ -498,5 +534,68 @@ document.addEventListener("click", function (ev) {
   } catch (e) { /* not the same origin: follow the link in the frame */ }
 });
 </script>
+</body></html>
+""")
+
+
+_STYLE = """\
+ :root { color-scheme: light dark; --muted: #6b7280; --line: #d1d5db; --bad: #b91c1c; --badbg: #fde8e8; }
+ body { font: 14px/1.4 system-ui, sans-serif; margin: 1.2rem; }
+ h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem; }
+ table { border-collapse: collapse; width: 100%; } th, td { border-bottom: 1px solid var(--line);
+ padding: .3rem .5rem; text-align: left; vertical-align: top; } td.n, th.n { text-align: right; }
+ .muted { color: var(--muted); } .bad { color: var(--bad); } .ok { color: #15803d; } code { font-size: .9em; }
+"""
+
+_RUN_TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""\
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Receipts of {{ data.dag_id }}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+{{ style }}
+</style></head>
+<body>
+<h1>Receipts of this run</h1>
+<p class="muted">{{ data.dag_id }} &middot; <code>{{ data.run_id }}</code> &middot; request ids, statuses and counts
+ only: no personal data.</p>
+{% if not data.requests %}
+<p id="no-requests" class="muted">{% if data.carries_requests %}No request in this run (yet): the registry names none.
+{% else %}Receipts are kept for runs of {{ dag_ids | join(", ") }}; this run carries no request.{% endif %}</p>
+{% endif %}
+{% for r in data.requests %}
+<section class="request" data-request-id="{{ r.request_id }}" aria-labelledby="req-{{ loop.index }}">
+<h2 id="req-{{ loop.index }}">Request <code>{{ r.request_id }}</code>: {{ r.mode }}{% if r.dry_run %} (dry run)
+{% endif %}, {{ r.status }}</h2>
+<p>Received {{ (r.received_at or '')[:10] }}, due {{ (r.due_at or '')[:10] }},
+ completed {{ (r.completed_at or '-')[:10] }}.
+{% if r.has_receipt %} {{ r.verification }}.{% else %} <span class="muted">No receipt yet: the run writes it when it
+ finishes.</span>{% endif %}</p>
+<table><thead><tr><th>system</th><th>status</th><th>collection</th><th>records</th><th class="n">ledger entry</th></tr>
+</thead><tbody>
+{% for s in r.systems %}{% for c in (s.collections or [{"collection": "-", "text": ""}]) %}
+<tr data-system="{{ s.system }}" data-collection="{{ c.collection }}"><td>{{ s.system }}</td>
+ <td class="{{ 'ok' if s.verified else '' }}">{{ s.status }}</td>
+ <td><code>{{ c.collection }}</code></td><td class="records">{{ c.text }}</td>
+ <td class="n">{{ '' if s.ledger_seq is none else s.ledger_seq }}</td></tr>
+{% endfor %}{% endfor %}
+</tbody></table>
+{% if r.exceptions %}<p class="exceptions">Exceptions (kept): {% for e in r.exceptions %}{{ e.system }} /
+ {{ e.collection }}: {{ e["items"] }} ({{ e.reason }}){% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
+{% if r.ledger_seqs %}<p class="muted">Ledger entries proving it: {{ r.ledger_seqs | join(", ") }}
+ (<code>python -m include.retention.cli verify-receipt</code>).</p>{% endif %}
+</section>
+{% endfor %}
+{% if data.entries %}
+<h2 id="entries">Ledger entries of this run</h2>
+<table><thead><tr><th class="n">seq</th><th>time (UTC)</th><th>request</th><th>action</th><th>outcome</th>
+ <th>where</th><th class="n">count</th></tr></thead><tbody>
+{% for e in data.entries %}<tr data-seq="{{ e.seq }}"><td class="n">{{ e.seq }}</td>
+ <td>{{ (e.recorded_at or '')[:19] | replace('T', ' ') }}</td><td><code>{{ e.request_id or '' }}</code></td>
+ <td>{{ e.action }}</td><td>{{ e.outcome }}</td>
+ <td>{{ e.rule_id or ((e.system or '') ~ ('.' ~ e.collection if e.collection else '')) }}</td>
+ <td class="n">{{ '' if e.count is none else e.count }}</td></tr>
+{% endfor %}</tbody></table>
+{% if data.more_entries %}<p class="muted">and {{ data.more_entries }} more.</p>{% endif %}
+{% endif %}
 </body></html>
 """)

@@ -276,3 +276,58 @@ def _details(text: str | None) -> dict[str, Any]:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+RECEIPT_DAG_IDS = ("erasure_request", "erasure_intake", "access_request")  # the runs that carry requests
+RUN_ENTRY_LIMIT = 500
+
+
+def run_receipts(engine: sa.Engine, dag_id: str, run_id: str, limit: int = RUN_ENTRY_LIMIT) -> dict[str, Any]:
+    """What one DAG run did for its requests (the DAG-run page's view): each request the run carries, with its
+    receipt's statuses, counts per collection, exceptions and ledger entry numbers, then the run's ledger entries
+    (action, outcome, where, count). Request ids, statuses, dates and counts only: no identity column, no ``*_enc``
+    column, no entry details (they hold digests), and of a receipt only the fields named here (an access
+    receipt's link never)."""
+    from include.retention.receipts import collection_lines, line_text
+
+    ensure_schema(engine)
+    t = reg.requests
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.request_id, t.c.mode, t.c.status, t.c.dry_run, t.c.received_at, t.c.due_at,
+                                      t.c.completed_at)
+                            .where(t.c.dag_id == dag_id, t.c.run_id == run_id).order_by(t.c.request_id)).all()
+    registry = reg.Registry(engine, None)
+    ids = [r.request_id for r in rows]
+    receipts, states = registry.receipts_many(ids), registry.systems_many(ids)
+    out = []
+    for r in rows:
+        receipt = receipts.get(r.request_id) or {}
+        systems = receipt.get("systems") if isinstance(receipt.get("systems"), dict) else {}
+        lines = []
+        for name in sorted(set(systems) | set(states.get(r.request_id, {}))):
+            entry = systems.get(name) or {}
+            status = entry.get("status") or states.get(r.request_id, {}).get(name, {}).get("status")
+            ledger = entry.get("ledger") if isinstance(entry.get("ledger"), dict) else {}
+            per = collection_lines(entry) if entry else {}
+            lines.append({"system": name, "status": status, "verified": bool(entry.get("verified")),
+                          "ledger_seq": _int(ledger.get("seq")),
+                          "collections": [{"collection": c, "text": line_text(v)} for c, v in per.items()]})
+        out.append({
+            "request_id": r.request_id, "mode": r.mode, "status": r.status, "dry_run": bool(r.dry_run),
+            "received_at": _iso(r.received_at), "due_at": _iso(r.due_at), "completed_at": _iso(r.completed_at),
+            "has_receipt": bool(receipt), "verification": receipt.get("verification"), "systems": lines,
+            "exceptions": [{k: e.get(k) for k in ("system", "collection", "reason", "items")}
+                           for e in receipt.get("exceptions") or [] if isinstance(e, dict)],
+            "ledger_seqs": [s for s in ((receipt.get("proof") or {}).get("ledger_seqs") or []) if _int(s) is not None],
+        })
+    entries, more = [], 0
+    for row in Ledger(engine, b"").rows(dag_id=dag_id, run_id=run_id):
+        if len(entries) >= limit:
+            more += 1
+            continue
+        entries.append({"seq": row["seq"], "recorded_at": row["recorded_at"], "request_id": row.get("request_id"),
+                        "action": row.get("action"), "outcome": row.get("outcome"), "system": row.get("system"),
+                        "collection": row.get("collection"), "rule_id": row.get("rule_id"),
+                        "count": _int(row.get("count"))})
+    return {"dag_id": dag_id, "run_id": run_id, "carries_requests": dag_id in RECEIPT_DAG_IDS, "requests": out,
+            "entries": entries, "more_entries": more}

@@ -103,6 +103,8 @@ FORECAST_DAYS = 90  # the forecast chart: as many days ahead as the actions char
 FORECAST_HORIZONS = (7, 30, 90)
 FORECAST_TTL_ENV = "RETENTION_FORECAST_CACHE_SECONDS"  # how long a forecast is reused (default 900 s)
 _forecast_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+_forecast_failed: dict[str, tuple[float, dict[str, Any]]] = {}  # day/days -> the last failure (shown, not "pending")
+FORECAST_FAILED_TTL = 60.0
 
 
 def forecast(now: dt.datetime | None = None, days: int = FORECAST_DAYS, *, policy: Any = None,
@@ -141,7 +143,9 @@ def forecast(now: dt.datetime | None = None, days: int = FORECAST_DAYS, *, polic
     except Exception as exc:  # noqa: BLE001 - the page shows the reason; driver text can hold data: name only
         problem = str(exc) if isinstance(exc, RetentionError) else type(exc).__name__
         log.warning("forecast for the data-retention page failed: %s", problem)
-        return {"ok": False, "problem": f"no forecast: {problem}", "days": days, "series": [], "rules": []}
+        failed = {"ok": False, "problem": f"no forecast: {problem}", "days": days, "series": [], "rules": []}
+        _forecast_failed[f"{now.date().isoformat()}/{days}"] = (time.monotonic(), failed)
+        return failed
     finally:
         if runtime is not None:
             runtime.close()
@@ -166,7 +170,8 @@ _forecast_worker: Any = None
 
 def forecast_for_page(now: dt.datetime | None = None, wait: float | None = None) -> dict[str, Any]:
     """The forecast without holding the page up: computed in the background (one at a time), waited for
-    ``wait`` seconds (``RETENTION_FORECAST_WAIT_SECONDS``, default 5); until then the page says it is coming."""
+    ``wait`` seconds (``RETENTION_FORECAST_WAIT_SECONDS``, default 5); until then the page says it is coming and
+    fetches it (``GET /retention/api/forecast``)."""
     import threading
     import time
 
@@ -186,7 +191,10 @@ def forecast_for_page(now: dt.datetime | None = None, wait: float | None = None)
     fresh = [v for (_digest, d), (at, v) in list(_forecast_cache.items()) if d == day and time.monotonic() - at < ttl]
     if fresh:
         return fresh[-1]
-    return {"ok": None, "pending": True, "problem": "the forecast is being computed: reload the page in a moment",
+    failed = _forecast_failed.get(day)
+    if failed and not worker.is_alive() and time.monotonic() - failed[0] < FORECAST_FAILED_TTL:
+        return failed[1]  # the last try failed: say why rather than "being computed"
+    return {"ok": None, "pending": True, "problem": "the forecast is being computed: it appears here when ready",
             "days": FORECAST_DAYS, "series": [], "rules": [], "problems": []}
 
 

@@ -387,7 +387,7 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
 <html lang="en"><head><meta charset="utf-8"><title>Data retention</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-{{ style }}
+{{ style | safe }}
  .badge { display: inline-block; padding: 0 .4rem; border-radius: .6rem; font-size: .8rem; border: 1px solid; }
  tr.overdue td { background: var(--badbg); color: var(--bad); }
  .legend span { margin-right: 1rem; } .legend i { display: inline-block; width: .8rem; height: .8rem;
@@ -682,7 +682,7 @@ _RUN_TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndef
 <html lang="en"><head><meta charset="utf-8"><title>Receipts of {{ data.dag_id }}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-{{ style }}
+{{ style | safe }}
 </style>
 <script>{{ theme_script | safe }}</script></head>
 <body>

@@ -35,7 +35,7 @@ def test_theme_tokens_light_dark_and_the_uis_own_switch(page, seeded):
     assert light["--fg"] == DARK_BG and dark["--fg"] != light["--fg"]
     system_dark = _vars(css, "@media (prefers-color-scheme: dark) { :root:not(.light)")
     assert system_dark["--bg"] == DARK_BG  # the UI's "system" setting: the browser's preference
-    assert "Inter" in css and "focus-visible" in css
+    assert '"Segoe UI"' in css and "focus-visible" in css  # the style sheet verbatim (not HTML-escaped)
     script = text.split("</style>", 1)[1].split("</head>", 1)[0]
     # the UI (next-themes): class "dark" / "light" on its <html>, the choice in localStorage["theme"]
     assert 'classList.contains("dark")' in script and 'localStorage.getItem("theme")' in script

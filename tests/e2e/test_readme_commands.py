@@ -265,7 +265,7 @@ def test_readme_commands_in_a_fresh_clone(clone: Path):
     assert out.count("# Receipt for request ") == 3, out[-6000:]
     modes = re.findall(r"mode: \**(erase|restrict)\**( \(dry run\))?", out)
     assert sorted(modes) == [("erase", ""), ("erase", " (dry run)"), ("restrict", "")], modes
-    assert "| system | status | collection | counts |" in out
+    assert "| system | status | collection | records |" in out
     assert "exception" in out.lower(), "the erased demo person has a row under legal hold: an exception is expected"
     assert "queued 1 request(s) for erasure_intake" in out
     assert not EMAIL.findall(out), f"personal data in the demo's output: {EMAIL.findall(out)[:3]}"

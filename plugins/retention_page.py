@@ -699,8 +699,8 @@ _RUN_TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndef
 {% endif %}, {{ r.status }}</h2>
 <p>Received {{ (r.received_at or '')[:10] }}, due {{ (r.due_at or '')[:10] }},
  completed {{ (r.completed_at or '-')[:10] }}.
-{% if r.has_receipt %} {{ (r.verification or '')[:1] | upper }}{{ (r.verification or '')[1:] }}.{% else %} <span class="muted">No receipt yet: the run writes it when it
- finishes.</span>{% endif %}</p>
+{% if r.has_receipt %} {{ (r.verification or '')[:1] | upper }}{{ (r.verification or '')[1:] }}.
+{% else %} <span class="muted">No receipt yet: the run writes it when it finishes.</span>{% endif %}</p>
 <table><thead><tr><th>system</th><th>status</th><th>collection</th><th>records</th><th class="n">ledger entry</th></tr>
 </thead><tbody>
 {% for s in r.systems %}{% for c in (s.collections or [{"collection": "-", "text": ""}]) %}

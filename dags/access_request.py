@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.retention.airflow.deadlines import answer_deadline
 from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import tell_recipients
 from include.retention.airflow.erasure_group import tell_requester as completion_notice
@@ -29,6 +30,7 @@ from include.retention.identity import EMAIL_PATTERN, PHONE_PATTERN
 
 @dag(
     **dag_args("access_request", "access"),
+    deadline=answer_deadline(),
     schedule=None,
     doc_md=__doc__,
     params={

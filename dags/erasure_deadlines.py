@@ -4,6 +4,10 @@ The check task fails (the run turns red in the UI) and its on-failure notifier r
 alert in the ledger and tells the DPO through Airflow's notifier classes: the SMTP provider's
 SmtpNotifier (connection ``retention_alert_smtp``, extra.to = the DPO) and a chat webhook
 (HTTP connection ``retention_alert_webhook``). Configured by connection; unconfigured ones are skipped.
+
+It watches every open request except those a queued or running erasure_request / access_request run registered
+itself: that run's Airflow deadline alert watches them (include/retention/airflow/deadlines.py, README "Deadline
+alerts").
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
+from include.retention.airflow.deadlines import answer_deadline
 from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import fan_out
 from include.retention.airflow.identity_check import identity_check_step
@@ -24,6 +25,7 @@ from include.retention.airflow.params import identity_params, trail_params
 
 @dag(
     **dag_args("erasure_request", "erasure"),
+    deadline=answer_deadline(),
     schedule=None,
     doc_md=__doc__,
     params={

@@ -11,15 +11,18 @@ import datetime as dt
 import os
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
+from include.retention.airflow.deadlines import sweep_deadline
 from include.retention.airflow.defaults import dag_args
+from include.retention.airflow.sweep_tasks import SWEPT_ALIAS
 
 SCHEDULE = os.environ.get("RETENTION_SWEEP_SCHEDULE", "@daily")
 
 
 @dag(
     **dag_args("retention_sweep", "retention"),
+    deadline=sweep_deadline(),
     schedule=SCHEDULE,
     max_active_runs=1,
     doc_md=__doc__,
@@ -89,6 +92,15 @@ def retention_sweep():
                                                dag_id=context["dag"].dag_id, run_id=context["run_id"],
                                                systems=context["params"]["systems"] or None)
 
+    @task(trigger_rule="all_done", outlets=[AssetAlias(SWEPT_ALIAS)])
+    def announce_changes() -> dict:
+        """An asset event retention://<system>/swept per system this run changed, counts in the extra."""
+        from include.retention.airflow import sweep_tasks
+
+        context = get_current_context()
+        return sweep_tasks.announce_changes(context["outlet_events"], dag_id=context["dag"].dag_id,
+                                            run_id=context["run_id"])
+
     @task(trigger_rule="all_done")
     def anchor_ledger() -> dict:
         """Anchor the ledger's head outside its database (RETENTION_LEDGER_ANCHORS), after the run's entries."""
@@ -106,6 +118,7 @@ def retention_sweep():
     suppressed = enforce_suppression()
     rules >> suppressed
     [results, approved, suppressed] >> anchor_ledger()  # also a leaf, after every entry of the run
+    [results, approved, suppressed] >> announce_changes()  # a leaf: downstream DAGs schedule on its events
 
 
 retention_sweep()

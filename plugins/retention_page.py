@@ -178,6 +178,7 @@ def page(request: Request, user: BaseUser = Depends(get_user), engine: sa.Engine
     data = _read(_with_ledger(dashboard.summary), engine)
     ui = request.scope.get("root_path", "").removesuffix(URL_PREFIX)  # the UI's base path ("" at /)
     return HTMLResponse(_TEMPLATE.render(
+        style=_STYLE, theme_script=_THEME_SCRIPT,
         data=data, chart=dashboard.chart_bars(data["chart"]), colors=COLORS, user=user.get_name(),
         may_act=may_act(user), submitted=request.query_params.get("submitted", "")[:36],
         run_url=lambda dag_id, run_id: f"{ui}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"))
@@ -187,6 +188,16 @@ def page(request: Request, user: BaseUser = Depends(get_user), engine: sa.Engine
 def api_summary(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
     """The page's data as JSON."""
     return JSONResponse(_read(_with_ledger(dashboard.summary), engine))
+
+
+FORECAST_FETCH_WAIT = 20.0  # seconds GET /api/forecast waits for a forecast being computed
+
+
+@app.get("/api/forecast")
+def api_forecast() -> JSONResponse:
+    """The forecast (computed in the background; waits up to ``FORECAST_FETCH_WAIT`` s): the page fetches it
+    when it was served before the forecast was ready, so it appears without a reload. Counts and rule ids only."""
+    return JSONResponse(dashboard.forecast_for_page(wait=FORECAST_FETCH_WAIT))
 
 
 @app.post("/verify", dependencies=[Depends(_same_origin), Depends(privacy_user)])
@@ -324,14 +335,51 @@ async def submit_request(request: Request, user: BaseUser = Depends(privacy_user
     return RedirectResponse(f"./?submitted={request_id}#requests", status_code=303)
 
 
+def may_read_runs(user: BaseUser, dag_id: str) -> bool:
+    """What the auth manager says about reading ``dag_id``'s runs (FAB: the DAG's access_control): the run page's
+    receipts are shown to exactly those who may see the run."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    return get_auth_manager().is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN,
+                                                details=DagDetails(id=dag_id), user=user)
+
+
+def _run_receipts(dag_id: str, run_id: str, user: BaseUser, engine: sa.Engine) -> dict[str, Any]:
+    if len(dag_id) > 250 or len(run_id) > 250:
+        raise HTTPException(status_code=404, detail="no such run")
+    if not may_read_runs(user, dag_id):
+        raise HTTPException(status_code=403, detail="not allowed to read this DAG's runs")
+    return _read(functools.partial(dashboard.run_receipts, dag_id=dag_id, run_id=run_id), engine)
+
+
+@app.get("/runs/{dag_id}/{run_id:path}", response_class=HTMLResponse)
+def run_page(dag_id: str, run_id: str, user: BaseUser = Depends(get_user),
+             engine: sa.Engine = Depends(ledger_engine)) -> HTMLResponse:
+    """The receipts of one DAG run, shown on its page in the Airflow UI (external view, destination ``dag_run``)."""
+    return HTMLResponse(_RUN_TEMPLATE.render(data=_run_receipts(dag_id, run_id, user, engine),
+                                             dag_ids=dashboard.RECEIPT_DAG_IDS, style=_STYLE,
+                                             theme_script=_THEME_SCRIPT))
+
+
+@app.get("/api/runs/{dag_id}/{run_id:path}")
+def api_run(dag_id: str, run_id: str, user: BaseUser = Depends(get_user),
+            engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
+    """The same as JSON."""
+    return JSONResponse(_run_receipts(dag_id, run_id, user, engine))
+
+
 class RetentionPagePlugin(AirflowPlugin):
     """Registers the page's FastAPI app and its entry in the UI navigation."""
 
     name = "retention_page"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": PAGE_NAME}]
     # url_route: the UI shows the page in its own frame at /plugin/data-retention
+    # a tab on every DAG run's page: the UI fills in {DAG_ID} and {RUN_ID}; runs of DAGs that carry no request say so
     external_views = [{"name": PAGE_NAME, "href": f"{URL_PREFIX}/", "destination": "nav",
-                       "url_route": "data-retention"}]
+                       "url_route": "data-retention"},
+                      {"name": "Receipts", "href": f"{URL_PREFIX}/runs/{{DAG_ID}}/{{RUN_ID}}", "destination": "dag_run",
+                       "url_route": "receipts"}]
 
 
 _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""\
@@ -339,19 +387,19 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
 <html lang="en"><head><meta charset="utf-8"><title>Data retention</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
- :root { color-scheme: light dark; --muted: #6b7280; --line: #d1d5db; --bad: #b91c1c; --badbg: #fde8e8; }
- body { font: 14px/1.4 system-ui, sans-serif; margin: 1.2rem; }
- h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.6rem 0 .5rem; }
- table { border-collapse: collapse; width: 100%; } th, td { border-bottom: 1px solid var(--line);
- padding: .3rem .5rem; text-align: left; vertical-align: top; } td.n, th.n { text-align: right; }
- tr.overdue td { background: var(--badbg); color: var(--bad); } .muted { color: var(--muted); }
+{{ style | safe }}
  .badge { display: inline-block; padding: 0 .4rem; border-radius: .6rem; font-size: .8rem; border: 1px solid; }
- .bad { color: var(--bad); } .ok { color: #15803d; } code { font-size: .9em; }
+ tr.overdue td { background: var(--badbg); color: var(--bad); }
  .legend span { margin-right: 1rem; } .legend i { display: inline-block; width: .8rem; height: .8rem;
  margin-right: .3rem; vertical-align: -1px; }
- svg text { font-size: 11px; fill: currentColor; } button { font: inherit; padding: .2rem .8rem; }
-</style></head>
+ svg text { font-size: 11px; fill: currentColor; } svg line { stroke: var(--axis); }
+ form label { display: inline-block; margin: 0 .8rem .5rem 0; }
+ input, select { font: inherit; color: var(--fg); background: var(--bg); border: 1px solid var(--line);
+ border-radius: .25rem; padding: .2rem .4rem; }
+</style>
+<script>{{ theme_script | safe }}</script></head>
 <body>
+<a class="skip" href="#requests">Skip to the open requests</a>
 <h1>Data retention</h1>
 <p class="muted">Request ids, statuses and counts only: this page shows no personal data.
  Signed in as {{ user }} &middot; generated {{ data.generated_at }}</p>
@@ -433,7 +481,9 @@ written meanwhile name them.</p>
 {% else %}<p class="muted">No open finding.</p>{% endif %}
 
 <h2 id="chart">Actions per day, last {{ data.chart.days }} days ({{ data.chart["from"] }} to {{ data.chart.to }})</h2>
-<svg id="actions-chart" role="img" aria-label="actions per day" viewBox="-40 -10 {{ chart.width + 50 }}
+<svg id="actions-chart" role="img" focusable="false" aria-label="actions per day, last {{ data.chart.days }} days:
+ {% for a in data.chart.actions %}{{ a }} {{ data.chart.totals[a] }}{% if not loop.last %}, {% endif %}{% endfor %}"
+ viewBox="-40 -10 {{ chart.width + 50 }}
  {{ chart.height + 40 }}" width="100%" style="max-width: {{ chart.width + 50 }}px">
  <line x1="0" y1="{{ chart.height }}" x2="{{ chart.width }}" y2="{{ chart.height }}" stroke="#9ca3af"/>
  <line x1="0" y1="0" x2="0" y2="{{ chart.height }}" stroke="#9ca3af"/>
@@ -450,9 +500,14 @@ written meanwhile name them.</p>
 </svg>
 <p class="legend">{% for a in data.chart.actions %}<span><i style="background: {{ colors[a] }}"></i>{{ a }}
  {{ data.chart.totals[a] }}</span>{% endfor %}</p>
+<details id="chart-table"><summary>The days with actions, as a table</summary>
+<table><thead><tr><th>day</th>{% for a in data.chart.actions %}<th class="n">{{ a }}</th>{% endfor %}</tr></thead>
+<tbody>{% for p in data.chart.series if p.total %}<tr><td>{{ p.day }}</td>{% for a in data.chart.actions %}
+<td class="n">{{ p.counts[a] }}</td>{% endfor %}</tr>{% endfor %}</tbody></table></details>
 
 <h2 id="forecast">Forecast: what the rules will do in the next 7, 30 and 90 days</h2>
 {% set fc = data.forecast %}
+<div id="forecast-body" data-pending="{{ 'true' if fc.get('pending') else 'false' }}" aria-live="polite">
 {% if fc.rules %}
 <table><thead><tr><th>rule</th><th>category</th><th class="n">due now</th>
  {% for h in fc.rules[0].get("horizons", []) %}<th class="n">within {{ h.days }} days</th>{% endfor %}</tr>
@@ -467,7 +522,8 @@ written meanwhile name them.</p>
 {% endfor %}
 </tbody></table>
 {% endif %}
-{% if fc.get("problem") %}<p class="muted">{{ fc.problem }}</p>{% endif %}
+{% if fc.get("problem") %}<p class="muted" id="forecast-problem">{{ fc.problem }}</p>{% endif %}
+</div>
 
 <h2 id="verification">Ledger verification</h2>
 {% set v = data.verification %}
@@ -504,6 +560,53 @@ written meanwhile name them.</p>
 {% endif %}
 
 <script>
+// The forecast, when the page was served before it was computed: fetched, no reload (text only, never HTML).
+(function () {
+  var box = document.getElementById("forecast-body");
+  if (!box || box.getAttribute("data-pending") !== "true") return;
+  function cell(tag, text, cls) {
+    var el = document.createElement(tag);
+    if (text !== undefined) el.textContent = text;
+    if (cls) el.className = cls;
+    return el;
+  }
+  function counts(actions, c) {
+    return actions.filter(function (a) { return c && c[a]; }).map(function (a) { return a + " " + c[a]; }).join(" ");
+  }
+  function render(fc) {
+    box.textContent = "";
+    if (fc.rules && fc.rules.length) {
+      var table = cell("table"), head = cell("tr"), body = cell("tbody");
+      head.append(cell("th", "rule"), cell("th", "category"), cell("th", "due now", "n"));
+      (fc.rules[0].horizons || []).forEach(function (h) {
+        head.append(cell("th", "within " + h.days + " days", "n"));
+      });
+      var thead = cell("thead"); thead.append(head); table.append(thead, body);
+      fc.rules.forEach(function (r) {
+        var tr = cell("tr"), code = cell("code", r.rule_id), first = cell("td");
+        tr.setAttribute("data-forecast-rule", r.rule_id); first.append(code);
+        tr.append(first, cell("td", r.category || ""));
+        if (r.error) { var e = cell("td", r.error, "muted"); e.colSpan = 4; tr.append(e); }
+        else {
+          tr.append(cell("td", counts(fc.actions, r.now), "n"));
+          (r.horizons || []).forEach(function (h) { tr.append(cell("td", counts(fc.actions, h.counts), "n")); });
+        }
+        body.append(tr);
+      });
+      box.append(table);
+    }
+    if (fc.problem) { var p = cell("p", fc.problem, "muted"); p.id = "forecast-problem"; box.append(p); }
+    box.setAttribute("data-pending", fc.pending ? "true" : "false");
+  }
+  var tries = 0;
+  function load() {
+    fetch("api/forecast", {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (fc) { render(fc); if (fc.pending && ++tries < 20) setTimeout(load, 3000); })
+      .catch(function () { if (++tries < 20) setTimeout(load, 5000); });
+  }
+  load();
+})();
 // Links to DAG runs: when shown inside the Airflow UI's frame, open them in the UI itself.
 document.addEventListener("click", function (ev) {
   var a = ev.target.closest && ev.target.closest("a[data-ui-link]");
@@ -515,5 +618,132 @@ document.addEventListener("click", function (ev) {
   } catch (e) { /* not the same origin: follow the link in the frame */ }
 });
 </script>
+</body></html>
+""")
+
+
+# The Airflow UI's look (Airflow 3.3's Chakra theme, airflow/ui/dist: its gray, brand, red and green scales, the
+# semantic tokens bg / fg / fg.muted / border / focusRing in light and dark, the Inter font). The theme follows the
+# UI: its <html> class ("light" / "dark", next-themes with attribute "class") when the page is in the UI's frame,
+# else its localStorage key "theme" (same origin), else the system's prefers-color-scheme.
+_STYLE = """\
+ :root { color-scheme: light dark;
+  --bg: #ffffff; --fg: oklch(0.23185 0.0323 266.44); --muted: oklch(0.45 0.055 251); --line: oklch(0.915 0.01 253);
+  --subtle: oklch(0.955 0.006 253); --link: oklch(0.399 0.084 257.85); --brand: oklch(0.469 0.084 257.657);
+  --focus: oklch(0.324 0.072 260.329); --bad: #991919; --badbg: #fee2e2; --ok: #116932;
+  --axis: oklch(0.75 0.025 252); }
+ :root.light { color-scheme: light; }
+ :root.dark { color-scheme: dark; --bg: oklch(0.23185 0.0323 266.44); --fg: oklch(0.985 0.004 253);
+  --muted: oklch(0.75 0.025 252); --line: oklch(0.28 0.035 251); --subtle: oklch(0.18 0.03 251);
+  --link: oklch(0.865 0.039 252.42);
+  --brand: oklch(0.469 0.084 257.657); --focus: oklch(0.923 0.023 255.082); --bad: #fecaca; --badbg: #300c0c;
+  --ok: #bbf7d0; --axis: oklch(0.45 0.055 251); }
+ @media (prefers-color-scheme: dark) { :root:not(.light) { --bg: oklch(0.23185 0.0323 266.44);
+  --fg: oklch(0.985 0.004 253); --muted: oklch(0.75 0.025 252); --line: oklch(0.28 0.035 251);
+  --subtle: oklch(0.18 0.03 251); --link: oklch(0.865 0.039 252.42); --focus: oklch(0.923 0.023 255.082);
+  --bad: #fecaca; --badbg: #300c0c; --ok: #bbf7d0; --axis: oklch(0.45 0.055 251); } }
+ html { background: var(--bg); color: var(--fg); }
+ body { font: 14px/1.45 Inter, ui-sans-serif, system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  margin: 1.2rem; background: var(--bg); color: var(--fg); }
+ h1 { font-size: 1.5rem; font-weight: 600; margin: 0 0 .2rem; }
+ h2 { font-size: 1.125rem; font-weight: 600; margin: 1.6rem 0 .5rem; }
+ a { color: var(--link); } code { font-size: .9em; }
+ table { border-collapse: collapse; width: 100%; }
+ th { background: var(--subtle); font-weight: 600; }
+ th, td { border-bottom: 1px solid var(--line); padding: .35rem .6rem; text-align: left; vertical-align: top; }
+ td.n, th.n { text-align: right; }
+ .muted { color: var(--muted); } .bad { color: var(--bad); } .ok { color: var(--ok); }
+ button { font: inherit; font-weight: 600; padding: .3rem .9rem; border: 0; border-radius: .25rem;
+  background: var(--brand); color: #fff; cursor: pointer; }
+ a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible, summary:focus-visible,
+ [tabindex]:focus-visible { outline: 2px solid var(--focus); outline-offset: 2px; }
+ .skip { position: absolute; left: -9999px; }
+ .skip:focus { left: 1rem; top: .5rem; padding: .3rem .6rem; background: var(--bg); z-index: 1; }
+ summary { cursor: pointer; color: var(--muted); margin: .4rem 0; }
+"""
+
+_THEME_SCRIPT = """\
+(function () {
+  var root = document.documentElement;
+  function uiTheme() {
+    try {
+      var ui = window.parent !== window && window.parent.document.documentElement;
+      if (ui && ui.classList.contains("dark")) return "dark";
+      if (ui && ui.classList.contains("light")) return "light";
+    } catch (e) { /* not in the UI's frame, or another origin */ }
+    try {
+      var stored = window.localStorage.getItem("theme");
+      if (stored === "dark" || stored === "light") return stored;
+    } catch (e) { /* storage blocked */ }
+    return null;  /* "system": prefers-color-scheme (the style sheet) decides */
+  }
+  function apply() {
+    var theme = uiTheme();
+    root.classList.remove("dark", "light");
+    if (theme) root.classList.add(theme);
+    root.setAttribute("data-theme", theme || "system");
+  }
+  apply();
+  window.addEventListener("storage", function (e) { if (e.key === "theme") apply(); });
+  try {
+    if (window.parent !== window) {
+      new MutationObserver(apply).observe(window.parent.document.documentElement,
+                                          {attributes: true, attributeFilter: ["class"]});
+    }
+  } catch (e) { /* another origin */ }
+})();
+"""
+
+_RUN_TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""\
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Receipts of {{ data.dag_id }}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+{{ style | safe }}
+</style>
+<script>{{ theme_script | safe }}</script></head>
+<body>
+<h1>Receipts of this run</h1>
+<p class="muted">{{ data.dag_id }} &middot; <code>{{ data.run_id }}</code> &middot; request ids, statuses and counts
+ only: no personal data.</p>
+{% if not data.requests %}
+<p id="no-requests" class="muted">{% if data.carries_requests %}No request in this run (yet): the registry names none.
+{% else %}Receipts are kept for runs of {{ dag_ids | join(", ") }}; this run carries no request.{% endif %}</p>
+{% endif %}
+{% for r in data.requests %}
+<section class="request" data-request-id="{{ r.request_id }}" aria-labelledby="req-{{ loop.index }}">
+<h2 id="req-{{ loop.index }}">Request <code>{{ r.request_id }}</code>: {{ r.mode }}{% if r.dry_run %} (dry run)
+{% endif %}, {{ r.status }}</h2>
+<p>Received {{ (r.received_at or '')[:10] }}, due {{ (r.due_at or '')[:10] }},
+ completed {{ (r.completed_at or '-')[:10] }}.
+{% if r.has_receipt %} {{ (r.verification or '')[:1] | upper }}{{ (r.verification or '')[1:] }}.
+{% else %} <span class="muted">No receipt yet: the run writes it when it finishes.</span>{% endif %}</p>
+<table><thead><tr><th>system</th><th>status</th><th>collection</th><th>records</th><th class="n">ledger entry</th></tr>
+</thead><tbody>
+{% for s in r.systems %}{% for c in (s.collections or [{"collection": "-", "text": ""}]) %}
+<tr data-system="{{ s.system }}" data-collection="{{ c.collection }}"><td>{{ s.system }}</td>
+ <td class="{{ 'ok' if s.verified else '' }}">{{ s.status }}</td>
+ <td><code>{{ c.collection }}</code></td><td class="records">{{ c.text }}</td>
+ <td class="n">{{ '' if s.ledger_seq is none else s.ledger_seq }}</td></tr>
+{% endfor %}{% endfor %}
+</tbody></table>
+{% if r.exceptions %}<p class="exceptions">Exceptions (kept): {% for e in r.exceptions %}{{ e.system }} /
+ {{ e.collection }}: {{ e["items"] }} ({{ e.reason }}){% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
+{% if r.ledger_seqs %}<p class="muted">Ledger entries proving it: {{ r.ledger_seqs | join(", ") }}
+ (<code>python -m include.retention.cli verify-receipt</code>).</p>{% endif %}
+</section>
+{% endfor %}
+{% if data.entries %}
+<h2 id="entries">Ledger entries of this run</h2>
+<table><thead><tr><th class="n">seq</th><th>time (UTC)</th><th>request</th><th>action</th><th>outcome</th>
+ <th>where</th><th class="n">count</th></tr></thead><tbody>
+{% for e in data.entries %}<tr data-seq="{{ e.seq }}"><td class="n">{{ e.seq }}</td>
+ <td>{{ (e.recorded_at or '')[:19] | replace('T', ' ') }}</td><td><code>{{ e.request_id or '' }}</code></td>
+ <td>{{ e.action }}</td><td>{{ e.outcome }}</td>
+ <td>{{ e.rule_id or ((e.system or '') ~ ('.' ~ e.collection if e.collection else '')) }}</td>
+ <td class="n">{{ '' if e.count is none else e.count }}</td></tr>
+{% endfor %}</tbody></table>
+{% if data.more_entries %}<p class="muted">and {{ data.more_entries }} more.</p>{% endif %}
+{% endif %}
 </body></html>
 """)

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEMO = ROOT / ".demo"
+DEADLINES_ENV = "RETENTION_DEADLINE_ALERTS"
 S3_PORT = int(os.environ.get("RETENTION_DEMO_S3_PORT", "5055"))
 
 
@@ -71,7 +72,10 @@ def airflow(env: dict[str, str], *args: str, quiet: bool = True) -> None:
     bin_dir = str(Path(sys.executable).parent)  # the venv's bin, first on PATH for whatever Airflow spawns
     exe = str(Path(bin_dir) / "airflow")
     path = os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
-    proc = subprocess.run([exe, *args], env={**os.environ, **env, "PATH": path}, capture_output=quiet, text=True)
+    # `airflow dags test` of a DAG with a deadline alert fails in Airflow 3.3.2 (include/retention/airflow/deadlines.py)
+    extra = {DEADLINES_ENV: "0"} if args[:2] == ("dags", "test") else {}
+    proc = subprocess.run([exe, *args], env={**os.environ, **env, **extra, "PATH": path}, capture_output=quiet,
+                          text=True)
     if proc.returncode != 0:
         if quiet:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])

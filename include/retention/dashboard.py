@@ -103,6 +103,8 @@ FORECAST_DAYS = 90  # the forecast chart: as many days ahead as the actions char
 FORECAST_HORIZONS = (7, 30, 90)
 FORECAST_TTL_ENV = "RETENTION_FORECAST_CACHE_SECONDS"  # how long a forecast is reused (default 900 s)
 _forecast_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+_forecast_failed: dict[str, tuple[float, dict[str, Any]]] = {}  # day/days -> the last failure (shown, not "pending")
+FORECAST_FAILED_TTL = 60.0
 
 
 def forecast(now: dt.datetime | None = None, days: int = FORECAST_DAYS, *, policy: Any = None,
@@ -141,7 +143,9 @@ def forecast(now: dt.datetime | None = None, days: int = FORECAST_DAYS, *, polic
     except Exception as exc:  # noqa: BLE001 - the page shows the reason; driver text can hold data: name only
         problem = str(exc) if isinstance(exc, RetentionError) else type(exc).__name__
         log.warning("forecast for the data-retention page failed: %s", problem)
-        return {"ok": False, "problem": f"no forecast: {problem}", "days": days, "series": [], "rules": []}
+        failed = {"ok": False, "problem": f"no forecast: {problem}", "days": days, "series": [], "rules": []}
+        _forecast_failed[f"{now.date().isoformat()}/{days}"] = (time.monotonic(), failed)
+        return failed
     finally:
         if runtime is not None:
             runtime.close()
@@ -166,7 +170,8 @@ _forecast_worker: Any = None
 
 def forecast_for_page(now: dt.datetime | None = None, wait: float | None = None) -> dict[str, Any]:
     """The forecast without holding the page up: computed in the background (one at a time), waited for
-    ``wait`` seconds (``RETENTION_FORECAST_WAIT_SECONDS``, default 5); until then the page says it is coming."""
+    ``wait`` seconds (``RETENTION_FORECAST_WAIT_SECONDS``, default 5); until then the page says it is coming and
+    fetches it (``GET /retention/api/forecast``)."""
     import threading
     import time
 
@@ -186,7 +191,10 @@ def forecast_for_page(now: dt.datetime | None = None, wait: float | None = None)
     fresh = [v for (_digest, d), (at, v) in list(_forecast_cache.items()) if d == day and time.monotonic() - at < ttl]
     if fresh:
         return fresh[-1]
-    return {"ok": None, "pending": True, "problem": "the forecast is being computed: reload the page in a moment",
+    failed = _forecast_failed.get(day)
+    if failed and not worker.is_alive() and time.monotonic() - failed[0] < FORECAST_FAILED_TTL:
+        return failed[1]  # the last try failed: say why rather than "being computed"
+    return {"ok": None, "pending": True, "problem": "the forecast is being computed: it appears here when ready",
             "days": FORECAST_DAYS, "series": [], "rules": [], "problems": []}
 
 
@@ -287,3 +295,58 @@ def _details(text: str | None) -> dict[str, Any]:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+RECEIPT_DAG_IDS = ("erasure_request", "erasure_intake", "access_request")  # the runs that carry requests
+RUN_ENTRY_LIMIT = 500
+
+
+def run_receipts(engine: sa.Engine, dag_id: str, run_id: str, limit: int = RUN_ENTRY_LIMIT) -> dict[str, Any]:
+    """What one DAG run did for its requests (the DAG-run page's view): each request the run carries, with its
+    receipt's statuses, counts per collection, exceptions and ledger entry numbers, then the run's ledger entries
+    (action, outcome, where, count). Request ids, statuses, dates and counts only: no identity column, no ``*_enc``
+    column, no entry details (they hold digests), and of a receipt only the fields named here (an access
+    receipt's link never)."""
+    from include.retention.receipts import collection_lines, line_text
+
+    ensure_schema(engine)
+    t = reg.requests
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.request_id, t.c.mode, t.c.status, t.c.dry_run, t.c.received_at, t.c.due_at,
+                                      t.c.completed_at)
+                            .where(t.c.dag_id == dag_id, t.c.run_id == run_id).order_by(t.c.request_id)).all()
+    registry = reg.Registry(engine, None)
+    ids = [r.request_id for r in rows]
+    receipts, states = registry.receipts_many(ids), registry.systems_many(ids)
+    out = []
+    for r in rows:
+        receipt = receipts.get(r.request_id) or {}
+        systems = receipt.get("systems") if isinstance(receipt.get("systems"), dict) else {}
+        lines = []
+        for name in sorted(set(systems) | set(states.get(r.request_id, {}))):
+            entry = systems.get(name) or {}
+            status = entry.get("status") or states.get(r.request_id, {}).get(name, {}).get("status")
+            ledger = entry.get("ledger") if isinstance(entry.get("ledger"), dict) else {}
+            per = collection_lines(entry) if entry else {}
+            lines.append({"system": name, "status": status, "verified": bool(entry.get("verified")),
+                          "ledger_seq": _int(ledger.get("seq")),
+                          "collections": [{"collection": c, "text": line_text(v)} for c, v in per.items()]})
+        out.append({
+            "request_id": r.request_id, "mode": r.mode, "status": r.status, "dry_run": bool(r.dry_run),
+            "received_at": _iso(r.received_at), "due_at": _iso(r.due_at), "completed_at": _iso(r.completed_at),
+            "has_receipt": bool(receipt), "verification": receipt.get("verification"), "systems": lines,
+            "exceptions": [{k: e.get(k) for k in ("system", "collection", "reason", "items")}
+                           for e in receipt.get("exceptions") or [] if isinstance(e, dict)],
+            "ledger_seqs": [s for s in ((receipt.get("proof") or {}).get("ledger_seqs") or []) if _int(s) is not None],
+        })
+    entries, more = [], 0
+    for row in Ledger(engine, b"").rows(dag_id=dag_id, run_id=run_id):
+        if len(entries) >= limit:
+            more += 1
+            continue
+        entries.append({"seq": row["seq"], "recorded_at": row["recorded_at"], "request_id": row.get("request_id"),
+                        "action": row.get("action"), "outcome": row.get("outcome"), "system": row.get("system"),
+                        "collection": row.get("collection"), "rule_id": row.get("rule_id"),
+                        "count": _int(row.get("count"))})
+    return {"dag_id": dag_id, "run_id": run_id, "carries_requests": dag_id in RECEIPT_DAG_IDS, "requests": out,
+            "entries": entries, "more_entries": more}

@@ -702,7 +702,8 @@ class Registry:
         self.ensure_schema()
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(requests.c.request_id, requests.c.mode, requests.c.status,
-                                          requests.c.received_at, requests.c.due_at, requests.c.dry_run)
+                                          requests.c.received_at, requests.c.due_at, requests.c.dry_run,
+                                          requests.c.source, requests.c.dag_id, requests.c.run_id)
                                 .where(requests.c.status.in_(OPEN_STATUSES)).order_by(requests.c.due_at)).all()
         return [dict(r._mapping) for r in rows]
 

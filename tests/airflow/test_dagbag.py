@@ -31,7 +31,7 @@ def test_dagbag_imports_without_errors():
 def test_retention_sweep_shape():
     dag = load_dag("retention_sweep")
     assert set(dag.task_ids) == {"plan_rules", "apply_rule", "brake_tripped", "approve_brake", "apply_approved",
-                                 "summarize", "enforce_suppression", "anchor_ledger"}
+                                 "summarize", "enforce_suppression", "anchor_ledger", "announce_changes"}
     assert dag.params["dry_run"] is False
     apply = dag.get_task("apply_rule")
     assert apply.retry_exponential_backoff

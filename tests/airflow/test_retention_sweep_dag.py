@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import uuid
 
@@ -92,6 +93,23 @@ def stores(airflow_db, fresh_database, tmp_path, monkeypatch):
         engine.dispose()
 
 
+def swept_events(run_id: str) -> list[dict]:
+    """The run's asset events, through Airflow's REST API (``GET /api/v2/assets/events``) as an admin."""
+    from airflow.api_fastapi.app import create_app, get_auth_manager, purge_cached_app
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from fastapi.testclient import TestClient
+
+    try:
+        client = TestClient(create_app())
+        token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="test", role="admin"))
+        resp = client.get("/api/v2/assets/events", params={"source_dag_id": DAG_ID, "source_run_id": run_id},
+                          headers={"Authorization": f"Bearer {token}"})
+    finally:
+        purge_cached_app()
+    assert resp.status_code == 200, resp.text
+    return resp.json()["asset_events"]
+
+
 def ids(engine, table, where=None):
     query = sa.select(table.c.id) if where is None else sa.select(table.c.id).where(where)
     with engine.connect() as conn:
@@ -120,6 +138,19 @@ def test_sweep_dry_run_then_real_then_idempotent(stores):
     again = run_dag(DAG_ID, {"dry_run": False})
     assert again.state == "success"
     assert (fixture_data.snapshot(crm), fixture_data.snapshot(mailing)) == after
+
+    # asset events (read back through Airflow's REST API): one per changed system of the real run, counts only;
+    # the dry run and the run that changed nothing emit none
+    assert swept_events(dry.run_id) == [] and swept_events(again.run_id) == []
+    events = {e["uri"]: e for e in swept_events(real.run_id)}
+    assert set(events) == {"retention://crm/swept", "retention://mailing/swept"}
+    crm_extra, mailing_extra = events["retention://crm/swept"]["extra"], events["retention://mailing/swept"]["extra"]
+    assert (crm_extra["deleted"], crm_extra["locked"], crm_extra["anonymized"]) == (3, 1, 0)  # 2 leads + 1 minor
+    assert crm_extra["rules"] == ["crm.leads.lifecycle", "crm.people.minors"] and crm_extra["run_id"] == real.run_id
+    assert crm_extra["deleted"] + crm_extra["locked"] == sum(
+        r["count"] for r in ledger.rows(run_id=real.run_id, action="sweep", outcome="complete") if r["system"] == "crm")
+    assert mailing_extra["anonymized"] == 5 and mailing_extra["deleted"] == 0
+    assert "@example.org" not in json.dumps(list(events.values()))
 
     rows = list(ledger.rows())
     assert ledger.verify().ok

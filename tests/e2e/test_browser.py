@@ -6,7 +6,9 @@ api-server of the LocalExecutor stack:
 - the trigger form of ``erasure_request`` renders its fields, and submitting it (a dry run) starts a
   run with exactly the form's values that succeeds and changes nothing;
 - the data-retention page (``/retention/``, and inside the UI at ``/plugin/data-retention``) lists the
-  open requests we registered, overdue first, with their days left and status.
+  open requests we registered, overdue first, with their days left and status; in light and dark (the system's
+  preference standalone, the UI's own theme setting in its frame), its skip link the first Tab stop;
+- the run's receipt at the run-page view (``/retention/runs/<dag_id>/<run_id>``).
 
 Screenshots go to ``artifacts/e2e/browser-*.png``. Under CI=true a missing browser is a failure.
 """
@@ -18,7 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -174,6 +176,23 @@ def test_login_trigger_form_and_retention_page(browser, local_stack: Stack):
             assert address not in browser.page_source.lower(), "the page must show no personal data"
         shot(browser, "5-retention-page")
 
+        # ... in the Airflow UI's look, light and dark (the system's preference when not in the UI's frame), and
+        # reachable by keyboard: the first Tab stop is the skip link to the open requests.
+        from selenium.webdriver.common.keys import Keys
+
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+        assert browser.execute_script("return document.activeElement.className") == "skip"
+        backgrounds = {}
+        for scheme in ("light", "dark"):
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                                    {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            browser.get(f"{stack.base_url}/retention/")
+            wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-request-id='{fresh}']")))
+            backgrounds[scheme] = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+            shot(browser, f"5-retention-page-{scheme}")
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        assert backgrounds["light"] != backgrounds["dark"], backgrounds
+
         # 4. The same page inside the Airflow UI (navigation entry, shown in a frame).
         browser.get(f"{stack.base_url}/plugin/data-retention")
         frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
@@ -185,6 +204,27 @@ def test_login_trigger_form_and_retention_page(browser, local_stack: Stack):
         browser.switch_to.default_content()
         time.sleep(0.5)
         shot(browser, "6-retention-in-ui")
+
+        # ... following the UI's own theme setting (next-themes: localStorage "theme", class on the UI's <html>)
+        for theme in ("dark", "light"):
+            browser.execute_script("window.localStorage.setItem('theme', arguments[0])", theme)
+            browser.get(f"{stack.base_url}/plugin/data-retention")
+            frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
+            wait.until(lambda d, t=theme: d.execute_script(
+                "return document.documentElement.classList.contains(arguments[0])", t))
+            browser.switch_to.frame(frame)
+            wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-request-id='{overdue}']")))
+            assert browser.execute_script("return document.documentElement.classList.contains(arguments[0])", theme)
+            browser.switch_to.default_content()
+            time.sleep(0.5)
+            shot(browser, f"6-retention-in-ui-{theme}")
+
+        # 5. The receipt on the run page (external view, destination dag_run): the run we triggered above.
+        browser.get(f"{stack.base_url}/retention/runs/erasure_request/{quote(run_id, safe='')}")
+        section = wait.until(EC.visibility_of_element_located(
+            (By.CSS_SELECTOR, f"section[data-request-id='{triggered}']")))
+        assert "dry run" in section.text and SUBJECT.lower() not in browser.page_source.lower()
+        shot(browser, "7-run-receipt")
     except BaseException:
         try:
             shot(browser, "failure")

@@ -14,7 +14,7 @@ This test does exactly that and checks each step:
   of the demo's data map, the open (queued) request and the erase / restrict actions;
 - headless Chromium (Debian's ``chromium`` + ``chromedriver``, through selenium) logs in and takes
   the README's screenshots: the retention page and the trigger form of ``erasure_request``, into
-  ``docs/img/`` of this checkout (``retention-page.png``, ``trigger-form.png``);
+  ``docs/img/`` of this checkout (``retention-page.png``, ``run-receipt.png``, ``trigger-form.png``);
 - Ctrl-C (SIGINT to ``make ui``'s process group, as a terminal sends it) stops everything: no
   process whose command line, working directory or environment mentions the clone is left.
 
@@ -187,6 +187,21 @@ def screenshots(base_url: str, password: str) -> None:
         IMAGES.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(IMAGES / "retention-page.png"))
 
+        # The receipt on the page of the demo's erasure_request run (its "Receipts" tab: external view, dag_run).
+        driver.switch_to.frame(frame)
+        link = driver.find_element(By.CSS_SELECTOR,
+                                   "h2#recent-requests + table a[data-ui-link][href*='/erasure_request/']")
+        run_path = link.get_attribute("href").split("://", 1)[1].split("/", 1)[1]
+        driver.switch_to.default_content()
+        driver.get(f"{base_url}/{run_path}/plugin/receipts")
+        frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
+        driver.switch_to.frame(frame)
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "section[data-request-id]")))
+        assert "person@example.org" not in driver.page_source
+        driver.switch_to.default_content()
+        time.sleep(1.0)
+        driver.save_screenshot(str(IMAGES / "run-receipt.png"))
+
         driver.get(f"{base_url}/dags/erasure_request")
         wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"))).click()
         wait.until(EC.visibility_of_element_located((By.ID, "element_email"))).send_keys("person@example.org")
@@ -250,7 +265,7 @@ def test_readme_commands_in_a_fresh_clone(clone: Path):
     assert out.count("# Receipt for request ") == 3, out[-6000:]
     modes = re.findall(r"mode: \**(erase|restrict)\**( \(dry run\))?", out)
     assert sorted(modes) == [("erase", ""), ("erase", " (dry run)"), ("restrict", "")], modes
-    assert "| system | status | collection | counts |" in out
+    assert "| system | status | collection | records |" in out
     assert "exception" in out.lower(), "the erased demo person has a row under legal hold: an exception is expected"
     assert "queued 1 request(s) for erasure_intake" in out
     assert not EMAIL.findall(out), f"personal data in the demo's output: {EMAIL.findall(out)[:3]}"

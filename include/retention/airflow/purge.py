@@ -9,6 +9,8 @@ of the given DAGs that ended more than N days ago, this
   ``task_state_store``, ``dag_run_note`` and ``task_instance_note`` rows,
 - clears ``task_instance(_history).rendered_map_index`` and redacts the text and inputs of
   human-in-the-loop requests (``hitl_detail(_history)``; who answered what, and when, stays),
+- deletes the run's deadline alerts (``deadline``) and their callbacks (``callback``: a missed deadline's callback
+  keeps the run, conf included, as its context),
 - deletes the audit-log (``log``) rows of the run, and the DAGs' audit-log rows older than
   N days that belong to no kept run: the REST API's ``trigger_dag_run`` and the CLI's
   ``cli_dag_trigger`` entries carry the conf and, when the run id was generated, no run id.
@@ -89,7 +91,9 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
     the purge to those runs (finished ones only) and their DAGs' audit rows that name no run.
     """
     import sqlalchemy as sa
+    from airflow.models.callback import Callback as CallbackModel
     from airflow.models.dagrun import DagRun, DagRunNote
+    from airflow.models.deadline import Deadline
     from airflow.models.hitl import HITLDetail
     from airflow.models.hitl_history import HITLDetailHistory
     from airflow.models.log import Log
@@ -167,6 +171,10 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
         update(model, sa.and_(table.c[id_column].in_(ids), table.c.subject != PURGED_TEXT),
                subject=PURGED_TEXT, body=None, params={}, params_input={})
     delete(Log, audit_rows)
+    # a missed deadline's callback holds the run as its context, conf included (Deadline.handle_miss)
+    delete(CallbackModel, CallbackModel.__table__.c.id.in_(
+        sa.select(Deadline.__table__.c.callback_id).where(Deadline.__table__.c.dagrun_id.in_(purged_run_ids))))
+    delete(Deadline, Deadline.__table__.c.dagrun_id.in_(purged_run_ids))
 
     counts: dict[str, int] = {}
     with create_session() as session:

@@ -147,3 +147,25 @@ def anchor_ledger() -> dict[str, Any]:
         ledger.engine.dispose()
     log.info("ledger anchored at entry %s", ", ".join(map(str, anchored)))
     return {"anchored": True, "seq": anchored[0]}
+
+
+SWEPT_ALIAS = "retention_swept"  # the asset alias the run's per-system events go through
+
+
+def announce_changes(outlet_events: Any, *, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """One asset event ``retention://<system>/swept`` per system this run changed, its counts as the extra
+    (``include.retention.assets``); none for a system without change or a dry run."""
+    from airflow.sdk import Asset, AssetAlias
+
+    from include.retention.assets import changes_per_system, swept_uri
+
+    ledger = open_ledger(airflow_resolver)
+    try:
+        changes = changes_per_system(ledger.rows(run_id=run_id), dag_id, run_id)
+    finally:
+        ledger.engine.dispose()
+    for system, counts in changes.items():
+        outlet_events[AssetAlias(SWEPT_ALIAS)].add(Asset(swept_uri(system)), extra=counts)
+    log.info("asset events: %s", {s: {k: v for k, v in c.items() if k not in ("dag_id", "run_id")}
+                                  for s, c in changes.items()} or "no system changed")
+    return changes

@@ -144,6 +144,13 @@ def test_two_erasures_of_one_person_finish_at_once(db_url, tmp_path, monkeypatch
     monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", json.dumps({"conn_type": "sqlite",
                                                                      "extra": {"sqlalchemy_url": db_url}}))
     monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "crm.db")}))
+    # the CRM as an erasure leaves it: the person's row gone, somebody else's kept (``finalize`` resolves the
+    # request's identities to one person, ADR 0018, before it writes the suppression list)
+    crm = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    with crm.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE people (id INTEGER PRIMARY KEY, email VARCHAR(100))"))
+        conn.execute(sa.text("INSERT INTO people VALUES (1, 'somebody.else@example.org')"))
+    crm.dispose()
     secret = os.environ["RETENTION_HMAC_KEY"].encode()
     registry = Registry(make_engine(db_url), secret)
     registry.ensure_schema()

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -518,6 +518,22 @@ class VerifyResult:
 _RACE_MARKERS = ("already exists", "duplicate", "database is locked", "pg_type_typname_nsp_index", "1050", "1061")
 
 
+def create_schema(engine: sa.Engine, tables: sa.MetaData, add_missing_columns: Callable[[], None], what: str) -> None:
+    """``tables`` created (and missing columns added) on ``engine``; safe when several first runs do it at the same
+    time: a table, index or column another run created meanwhile is a race to check again, not an error."""
+    attempts = 8
+    for attempt in range(attempts):
+        try:
+            tables.create_all(engine, checkfirst=True)
+            add_missing_columns()
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+            if attempt == attempts - 1 or not _is_create_race(exc):
+                raise
+            log.info("%s schema created concurrently (attempt %d); checking again", what, attempt + 1)
+            time.sleep(0.05 * (attempt + 1))
+
+
 def _is_create_race(exc: Exception) -> bool:
     """A concurrent first run created (or is creating) the same table / index: retry with checkfirst."""
     text = str(getattr(exc, "orig", exc)).lower()
@@ -541,17 +557,7 @@ class Ledger:
             self._ensure_sqlite_schema()
             self._ready = True
             return
-        attempts = 8
-        for attempt in range(attempts):
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-                self._add_missing_columns()
-                break
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
-                if attempt == attempts - 1 or not _is_create_race(exc):
-                    raise
-                log.info("ledger schema created concurrently (attempt %d); checking again", attempt + 1)
-                time.sleep(0.05 * (attempt + 1))
+        create_schema(self.engine, metadata, self._add_missing_columns, "ledger")
         try:
             with self.engine.begin() as conn:
                 if conn.execute(sa.select(head.c.id)).first() is None:

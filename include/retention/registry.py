@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS, IdentityError, normalise
 from include.retention.identity import validate as validate_identity
-from include.retention.ledger import _is_create_race as is_create_race
+from include.retention.ledger import create_schema
 from include.retention.masking import current_kid, keyed_digest, keyed_digests, keys_of
 
 # Kinds with a digest column of their own in subject_requests (others: request_digests).
@@ -215,16 +214,7 @@ class Registry:
         a table, index or column another run created meanwhile is a race to check again, not an error."""
         if self._ready:
             return
-        attempts = 8
-        for attempt in range(attempts):
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-                self._add_missing_columns()
-                break
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
-                if attempt == attempts - 1 or not is_create_race(exc):
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        create_schema(self.engine, metadata, self._add_missing_columns, "registry")
         self._ready = True
 
     def _add_missing_columns(self) -> None:

@@ -10,14 +10,14 @@ snippet), *ignore* (with a reason) or *not personal*. Decisions and who made the
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import dag_args
+from include.retention.settings import settings
 
-SCHEDULE = os.environ.get("RETENTION_DRIFT_SCHEDULE", "@daily")
+SCHEDULE = settings().drift_schedule
 OPTIONS = ["map", "ignore", "not personal"]
 
 

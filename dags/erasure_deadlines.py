@@ -12,17 +12,16 @@ alerts").
 
 from __future__ import annotations
 
-import os
-
 from airflow.sdk import dag, task
 
 from include.retention.airflow.deadlines import DueDateNotifier
 from include.retention.airflow.defaults import dag_args
+from include.retention.settings import settings
 
 
 @dag(
     **dag_args("erasure_deadlines", "erasure", "monitoring"),
-    schedule=os.environ.get("RETENTION_DEADLINE_SCHEDULE", "@hourly"),
+    schedule=settings().deadline_schedule,
     max_active_runs=1,
     doc_md=__doc__,
 )

@@ -6,17 +6,16 @@ Requests arrive in the registry from a web form, a script or the REST API
 
 from __future__ import annotations
 
-import os
-
 from airflow.sdk import Param, dag, get_current_context, task
 
 from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import fan_out
+from include.retention.settings import settings
 
 
 @dag(
     **dag_args("erasure_intake", "erasure"),
-    schedule=os.environ.get("RETENTION_INTAKE_SCHEDULE", "*/30 * * * *"),
+    schedule=settings().intake_schedule,
     max_active_runs=1,
     doc_md=__doc__,
     params={"batch_size": Param(500, type="integer", minimum=1, maximum=5000, title="Requests per run")},

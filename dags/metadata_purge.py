@@ -24,7 +24,6 @@ as shell text), after waiting for them to finish. A failed run keeps its conf un
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 
@@ -34,12 +33,13 @@ from airflow.sdk import DAG, Param
 from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.erasure_group import ERASURE_RUN_DONE
 from include.retention.airflow.purge import purge_after_days
+from include.retention.settings import settings
 
 PYTHON = shlex.quote(sys.executable)  # the interpreter that runs Airflow, not whatever `python` is first on PATH
 
 with DAG(
     **dag_args("erasure_metadata_purge", "maintenance"),
-    schedule=os.environ.get("RETENTION_PURGE_SCHEDULE", "@daily"),
+    schedule=settings().purge_schedule,
     max_active_runs=1,
     doc_md=__doc__,
     params={

@@ -8,7 +8,6 @@ again with the brake released, rejected ones leave the run failed.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
@@ -16,8 +15,9 @@ from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 from include.retention.airflow.deadlines import sweep_deadline
 from include.retention.airflow.defaults import dag_args
 from include.retention.airflow.sweep_tasks import SWEPT_ALIAS
+from include.retention.settings import settings
 
-SCHEDULE = os.environ.get("RETENTION_SWEEP_SCHEDULE", "@daily")
+SCHEDULE = settings().sweep_schedule
 
 
 @dag(

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RETENTION_HMAC_KEY", "bench-hmac-key-" + "x" * 32)
 os.environ.setdefault("RETENTION_POLICY_PATH", str(ROOT / "config" / "policy.yaml"))
 
+from include.retention.connections import env_resolver, hmac_key, policy_path  # noqa: E402
 from include.retention.demo import schema  # noqa: E402
 from include.retention.demo.seed import seed_crm, seed_mailing  # noqa: E402
 from include.retention.ledger import Ledger  # noqa: E402
@@ -163,7 +164,7 @@ def make_world(moto_url: str, seed_demo: bool = True, setenv: Any = os.environ._
         "conn_type": "aws", "login": "t", "password": "t", "extra": {"endpoint_url": moto_url, "region_name": REGION}}))
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name=REGION, aws_access_key_id="t",
                       aws_secret_access_key="t")
-    policy = load_policy(os.environ["RETENTION_POLICY_PATH"])
+    policy = load_policy(policy_path())
     buckets = {}
     for table, ref in (("inquiries", "crm.inquiries"), ("applicants", "crm.applicants")):
         buckets[table] = policy.collection(policy.owned_objects(ref)[0].to).bucket
@@ -173,7 +174,7 @@ def make_world(moto_url: str, seed_demo: bool = True, setenv: Any = os.environ._
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    key = os.environ["RETENTION_HMAC_KEY"].encode()
+    key = hmac_key(env_resolver)
     ledger = Ledger(make_engine(ledger_url), key)
     return World(crm, mailing, ledger, Registry(ledger.engine, key), s3, dbs, buckets)
 
@@ -313,7 +314,7 @@ class RowByRow:
     no ledger, no registry, no verification. Counts its SQL statements and S3 calls."""
 
     def __init__(self, world: World):
-        self.policy = load_policy(os.environ["RETENTION_POLICY_PATH"])
+        self.policy = load_policy(policy_path())
         self.engines = {"crm": world.crm, "mailing": world.mailing}
         self.s3 = world.s3
         self.s3_calls = 0

@@ -24,9 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from include.retention.settings import settings  # noqa: E402
+
 DEMO = ROOT / ".demo"
 DEADLINES_ENV = "RETENTION_DEADLINE_ALERTS"
-S3_PORT = int(os.environ.get("RETENTION_DEMO_S3_PORT", "5055"))
+S3_PORT = settings().demo_s3_port
 
 
 def demo_env() -> dict[str, str]:

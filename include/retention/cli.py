@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 
 from include.retention.errors import RetentionError
 from include.retention.policy import Policy, load_policy
 from include.retention.runtime import LEDGER_CONN_ID, env_resolver, hmac_key, policy_path, sqlalchemy_url
+from include.retention.settings import settings
 
 
 def _ledger():
@@ -86,11 +86,10 @@ def _validate_live(policy) -> int:
 
 def cmd_verify(args) -> int:
     """Walk the chain (and the anchors, if any); exit 1 when broken. Unreconciled intents are listed."""
-    import os
 
     from include.retention.ledger import anchor_sinks
 
-    where = args.anchors or os.environ.get("RETENTION_LEDGER_ANCHORS")
+    where = args.anchors or settings().ledger_anchors
     ledger = _ledger()
     sinks = anchor_sinks(where) if where else None
     result = ledger.verify(anchors=sinks)
@@ -344,7 +343,7 @@ def cmd_verify_receipt(args) -> int:
         receipt = json.loads(_read_bytes(path).decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError):
         raise RetentionError(f"{path}: not a JSON receipt") from None
-    where = args.anchors or os.environ.get("RETENTION_LEDGER_ANCHORS")
+    where = args.anchors or settings().ledger_anchors
     ledger = _ledger()
     check = verify_receipt(receipt, ledger, anchors=anchor_sinks(where) if where else None)
     print(check)
@@ -582,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{exc.filename}: " if exc.filename else ""
         return _fail(f"{name}{exc.strerror or type(exc).__name__}")
     except Exception as exc:  # noqa: BLE001 - one line, no traceback: driver messages can hold personal data
-        if os.environ.get("RETENTION_DEBUG"):
+        if settings().debug:
             raise
         return _fail(f"unexpected {type(exc).__name__} (set RETENTION_DEBUG=1 for the traceback)", status=1)
 

@@ -19,17 +19,18 @@ import sqlalchemy as sa
 
 from include.retention.errors import RetentionError
 from include.retention.masking import LEGACY_KID, KeyRing
+from include.retention.settings import reveal, settings
 
 if TYPE_CHECKING:
     from include.retention.ledger import Ledger
 
-LEDGER_CONN_ID = os.environ.get("RETENTION_LEDGER_CONN_ID", "retention_ledger")
-KEY_CONN_ID = os.environ.get("RETENTION_KEY_CONN_ID", "retention_keys")
+LEDGER_CONN_ID = settings().ledger_conn_id
+KEY_CONN_ID = settings().key_conn_id
 DEFAULT_POLICY = os.path.join(os.path.dirname(__file__), "..", "..", "config", "policy.yaml")
 
 
 def policy_path() -> str:
-    return os.environ.get("RETENTION_POLICY_PATH", os.path.abspath(DEFAULT_POLICY))
+    return settings().policy_path or os.path.abspath(DEFAULT_POLICY)
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,8 @@ def hmac_key(resolver: Resolver) -> KeyRing:
     ``k0``: ``RETENTION_HMAC_KEY`` or the password of connection ``retention_keys`` (it then comes
     last, as the oldest). As ``bytes`` the result is the current key.
     """
-    ring = _parse_keys(os.environ["RETENTION_HMAC_KEYS"]) if os.environ.get("RETENTION_HMAC_KEYS", "").strip() else []
-    single, where = os.environ.get("RETENTION_HMAC_KEY"), "RETENTION_HMAC_KEY"
+    ring = _parse_keys(keys) if (keys := reveal(settings().hmac_keys) or "").strip() else []
+    single, where = reveal(settings().hmac_key), "RETENTION_HMAC_KEY"
     if not single:
         where = f"the password of connection {KEY_CONN_ID!r}"
         try:

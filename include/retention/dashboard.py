@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +21,7 @@ from include.retention import registry as reg
 from include.retention.clock import utcnow
 from include.retention.errors import RetentionError
 from include.retention.ledger import CHART_ACTIONS, Ledger, anchor_sinks, read_anchors
+from include.retention.settings import settings
 from include.retention.sweep import COUNT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def forecast(now: dt.datetime | None = None, days: int = FORECAST_DAYS, *, polic
 
             policy = load_policy(policy_path())
         cache_key = (policy.digest, f"{now.date().isoformat()}/{days}")
-        ttl = float(os.environ.get(FORECAST_TTL_ENV) or 900)
+        ttl = settings().forecast_cache_seconds
         cached = _forecast_cache.get(cache_key)
         if store_for is None and cached and time.monotonic() - cached[0] < ttl:
             return cached[1]
@@ -176,8 +176,8 @@ def forecast_for_page(now: dt.datetime | None = None, wait: float | None = None)
     import time
 
     global _forecast_worker
-    wait = float(os.environ.get("RETENTION_FORECAST_WAIT_SECONDS") or 5) if wait is None else wait
-    ttl = float(os.environ.get(FORECAST_TTL_ENV) or 900)
+    wait = settings().forecast_wait_seconds if wait is None else wait
+    ttl = settings().forecast_cache_seconds
     day = f"{(now or utcnow()).date().isoformat()}/{FORECAST_DAYS}"
     fresh = [v for (_digest, d), (at, v) in list(_forecast_cache.items()) if d == day and time.monotonic() - at < ttl]
     with _forecast_lock:
@@ -200,7 +200,7 @@ def forecast_for_page(now: dt.datetime | None = None, wait: float | None = None)
 
 def anchors_location() -> str | None:
     """Where the ledger's anchors are (``RETENTION_LEDGER_ANCHORS``), if configured."""
-    return os.environ.get(ANCHORS_ENV) or None
+    return settings().ledger_anchors
 
 
 def verification(engine: sa.Engine, key: bytes | None, anchors: str | None = None,

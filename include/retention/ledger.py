@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from include.retention.clock import utcnow_iso
 from include.retention.errors import LedgerBroken, RetentionError
 from include.retention.masking import current_kid, keyed_digest, keys_of
+from include.retention.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class DirectorySink:
 
     def limit(self) -> str | None:
         """What this sink cannot prove (None in `make demo`, where the directory stands in for a bucket)."""
-        return None if os.environ.get(ANCHORS_DEMO_ENV) else DIRECTORY_LIMIT
+        return None if settings().ledger_anchors_demo else DIRECTORY_LIMIT
 
     def __repr__(self) -> str:
         return f"DirectorySink({str(self.path)!r})"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from typing import Any
 
 from include.retention import person
@@ -18,6 +17,7 @@ from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS, normalise
 from include.retention.identity import validate as validate_identity
 from include.retention.ledger import RunRef
+from include.retention.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _upload(ctx: Context, request_id: str, path: str, now: dt.datetime) -> dict[
     except BaseException:
         upload.abort()
         raise
-    seconds = int(os.environ.get(LINK_ENV, str(7 * 24 * 3600)))
+    seconds = settings().export_link_seconds
     params = {"Bucket": coll.bucket, "Key": key, **({"VersionId": version} if version else {})}
     link = store.client.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
     expires = (now + dt.timedelta(seconds=seconds)).isoformat()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +29,12 @@ from include.retention.clock import utcnow
 from include.retention.connections import open_ledger
 from include.retention.ledger import Ledger, RunRef
 from include.retention.registry import Registry
+from include.retention.settings import settings
 
 log = logging.getLogger(__name__)
-WARN_DAYS = float(os.environ.get("RETENTION_DUE_WARNING_DAYS", "5"))
+WARN_DAYS = settings().due_warning_days
 ANSWER_DAYS = 28  # the shortest month: a run's clock never runs past the request's own one-month due date
-SWEEP_HOURS = float(os.environ.get("RETENTION_SWEEP_DEADLINE_HOURS", "12"))
+SWEEP_HOURS = settings().sweep_deadline_hours
 REQUEST_RUN_DAG_IDS = ("erasure_request", "access_request")  # DAGs whose runs carry the request (answer clock)
 RUN_SOURCES = ("form", "page")  # registered by the run itself, or by the page right before it triggers the run
 ACTIVE_RUN_STATES = ("queued", "running")
@@ -216,7 +216,7 @@ def run_requests(registry: Registry, dag_id: str, run_id: str) -> list[dict[str,
 
 
 def alerts_on() -> bool:
-    return os.environ.get(DEADLINES_ENV, "1").lower() not in ("0", "false", "no")
+    return settings().deadline_alerts
 
 
 def answer_deadline():

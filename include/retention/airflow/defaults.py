@@ -6,15 +6,15 @@ Importing this module imports nothing from Airflow, so DAG files stay cheap to p
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Any
 
 from include.retention.airflow.roles import PRIVACY_ACCESS_CONTROL, PRIVACY_DAG_IDS
+from include.retention.settings import settings
 
 DEFAULT_ARGS = {
     "owner": "data-protection",
-    "retries": int(os.environ.get("RETENTION_RETRIES", "3")),
-    "retry_delay": dt.timedelta(seconds=float(os.environ.get("RETENTION_RETRY_DELAY_SECONDS", "30"))),
+    "retries": settings().retries,
+    "retry_delay": dt.timedelta(seconds=settings().retry_delay_seconds),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=30),
 }

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, get_current_context, task, task_group
 
 from include.retention.airflow.notify_tasks import failure_alert
+from include.retention.settings import settings
 
 # How long a manual recipient's confirmation may take before the step alerts the DPO (then waits once more).
-CONFIRM_HOURS = float(os.environ.get("RETENTION_RECIPIENT_CONFIRM_HOURS", "72"))
+CONFIRM_HOURS = settings().recipient_confirm_hours
 
 # Emitted by a successful finalize: erasure_run_purge (dags/metadata_purge.py) then removes the run's
 # conf, XComs and audit-log rows from Airflow's metadata DB right away (include/retention/airflow/purge.py).

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -24,6 +23,7 @@ from airflow.sdk import Param
 from include.retention import person
 from include.retention.errors import RetentionError
 from include.retention.registry import INTAKE_VERIFIED
+from include.retention.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ SELF_VERIFIED = "request refused: identity_verified may only come with a request
 def verify_modes() -> set[str]:
     """Request types that wait for a person to confirm the requester's identity (``none``: no type). A name that
     is no request type is refused (a typo must not switch a check off)."""
-    raw = os.environ.get(VERIFY_ENV)
+    raw = settings().verify_identity
     if raw is None:
         return set(DEFAULT_VERIFY)
     modes = {m.strip() for m in raw.split(",") if m.strip()}

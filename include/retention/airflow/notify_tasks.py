@@ -15,20 +15,20 @@ from __future__ import annotations
 import collections
 import html
 import logging
-import os
 from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from include.retention import notify
 from include.retention.errors import RetentionError
+from include.retention.settings import settings
 
 log = logging.getLogger(__name__)
 
-SMTP_CONN_ID = os.environ.get("RETENTION_SMTP_CONN_ID", "smtp_default")  # recipients' and requesters' mail
+SMTP_CONN_ID = settings().smtp_conn_id  # recipients' and requesters' mail
 ALERT_SMTP_CONN_ID = "retention_alert_smtp"  # the DPO's alerts: extra.to = the DPO's address
 ALERT_WEBHOOK_CONN_ID = "retention_alert_webhook"  # chat alerts (an HTTP connection)
-WEBHOOK_TIMEOUT = float(os.environ.get("RETENTION_WEBHOOK_TIMEOUT_SECONDS", "10"))
+WEBHOOK_TIMEOUT = settings().webhook_timeout_seconds
 
 
 RECORD_ONLY_ENV = "RETENTION_NOTIFY_RECORD_ONLY"
@@ -36,7 +36,7 @@ RECORD_ONLY_ENV = "RETENTION_NOTIFY_RECORD_ONLY"
 
 def record_only() -> bool:
     """Whether a channel without its connection may count as told ("recorded, not sent"): the demo's opt-in."""
-    return os.environ.get(RECORD_ONLY_ENV, "").lower() in ("1", "true", "yes")
+    return settings().notify_record_only
 
 
 def _ids(request_ids: str | list[str]) -> list[str]:
@@ -74,7 +74,7 @@ def send_mail(conn_id: str, to: str, subject: str, body: str) -> None:
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
     with SmtpHook(smtp_conn_id=conn_id) as hook:
-        sender = os.environ.get("RETENTION_MAIL_FROM") or hook.from_email
+        sender = settings().mail_from or hook.from_email
         if not sender:
             raise RetentionError(f"connection {conn_id!r} has no from_email (extra) and RETENTION_MAIL_FROM is unset")
         hook.send_email_smtp(to=to, from_email=sender, subject=subject, html_content=_html(body),
@@ -347,7 +347,7 @@ class WebhookNotifier(BaseNotifier):
 
         body = {"text": self.message, **self.payload}
         conn = connection(self.http_conn_id)
-        legacy = os.environ.get("RETENTION_ALERT_WEBHOOK")
+        legacy = settings().alert_webhook
         if conn is None and not legacy:
             log.info("no connection %s: chat alert not posted", self.http_conn_id)
             return

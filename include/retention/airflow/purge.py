@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
+
+from include.retention.settings import settings
 
 log = logging.getLogger(__name__)
 
 ERASURE_DAG_IDS = ("erasure_request", "erasure_intake", "access_request")  # every DAG whose conf names a person
-DEFAULT_PURGE_AFTER_DAYS = 7
 PURGED_CONF = {"purged": True}
 PURGED_TEXT = "[purged]"
 _FINISHED = ("success", "failed")
@@ -47,14 +47,7 @@ _CHUNK = 500
 
 def purge_after_days() -> int:
     """Days to keep a finished erasure run's personal data: ``RETENTION_PURGE_AFTER_DAYS`` (default 7)."""
-    raw = os.environ.get("RETENTION_PURGE_AFTER_DAYS", str(DEFAULT_PURGE_AFTER_DAYS))
-    try:
-        days = int(raw)
-    except ValueError:
-        raise ValueError(f"RETENTION_PURGE_AFTER_DAYS must be a whole number of days, not {raw!r}") from None
-    if days < 0:
-        raise ValueError(f"RETENTION_PURGE_AFTER_DAYS must not be negative, not {days}")
-    return days
+    return settings().purge_after_days  # a SettingsError (a ValueError) names the variable
 
 
 def wait_finished(runs: Sequence[tuple[str, str]], timeout: float, poll: float = 2.0) -> list[tuple[str, str]]:

@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+from include.retention.settings import reveal, settings
+
 METADATA_CONN_ENV = "RETENTION_METADATA_DB_CONN"
 _BLOCKED_PREFIX = "airflow-db-not-allowed"
 _CONN_VARS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN")
@@ -28,7 +30,7 @@ _CONN_VARS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY
 
 def _point_at_metadata_db() -> str | None:
     """Apply ``RETENTION_METADATA_DB_CONN`` before Airflow reads its config; return an error, if any."""
-    url = os.environ.get(METADATA_CONN_ENV)
+    url = reveal(settings().metadata_db_conn)
     if url:
         os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = url
         os.environ.pop("AIRFLOW__CORE__SQL_ALCHEMY_CONN", None)
@@ -73,7 +75,7 @@ def _runs(args) -> list[tuple[str, str]] | None:
         runs.append((dag_id, run_id))
     if args.runs_from_env:
         try:
-            listed = json.loads(os.environ.get(RUNS_ENV) or "[]")
+            listed = json.loads(settings().purge_runs or "[]")
             if not isinstance(listed, list) or not all(
                     isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x for x in p) for p in listed):
                 raise ValueError

@@ -10,6 +10,7 @@ from include.retention.errors import LedgerBroken, SafetyBrakeTripped
 from include.retention.ledger import RunRef, anchor_sinks
 from include.retention.policy import load_policy
 from include.retention.runtime import Runtime
+from include.retention.settings import settings
 from include.retention.sweep import run_rule, summary_table
 
 log = logging.getLogger(__name__)
@@ -125,9 +126,8 @@ def anchor_ledger() -> dict[str, Any]:
 
     The anchor is written only for an intact chain, so a tampered ledger fails this task loudly.
     """
-    import os
 
-    target = os.environ.get("RETENTION_LEDGER_ANCHORS")
+    target = settings().ledger_anchors
     if not target:
         log.warning("RETENTION_LEDGER_ANCHORS is not set: the ledger head is not anchored outside its database")
         return {"anchored": False}
@@ -135,7 +135,7 @@ def anchor_ledger() -> dict[str, Any]:
     if "s3://" in target:
         from include.retention.stores.s3_objects import make_client
 
-        client, _ = make_client(airflow_resolver(os.environ.get("RETENTION_ANCHOR_CONN_ID", "objects_s3")))
+        client, _ = make_client(airflow_resolver(settings().anchor_conn_id))
     ledger = open_ledger(airflow_resolver)
     try:
         sinks = anchor_sinks(target, client)  # several: each a witness, each anchor recorded in the ledger

@@ -41,6 +41,7 @@ from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.runtime import LEDGER_CONN_ID, env_resolver, hmac_key, sqlalchemy_url
 from include.retention.stores.sql import make_engine
+from include.retention.values import RequestStatus
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ async def submit_request(request: Request, user: BaseUser = Depends(privacy_user
         try:
             trigger_run(REQUEST_DAG_ID, run_id, {"request_id": request_id}, user)
         except Exception:
-            registry.finish(request_id, "incomplete", error="the erasure_request run could not be created")
+            registry.finish(request_id, RequestStatus.INCOMPLETE, error="the erasure_request run could not be created")
             raise
 
     try:

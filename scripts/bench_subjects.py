@@ -57,6 +57,7 @@ from include.retention.receipts import verify_receipt  # noqa: E402
 from include.retention.registry import Identities, NewRequest, Registry  # noqa: E402
 from include.retention.stores.base import collection_order  # noqa: E402
 from include.retention.stores.sql import make_engine  # noqa: E402
+from include.retention.values import CollectionRef  # noqa: E402
 
 SERVERS = {
     "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres",
@@ -322,7 +323,7 @@ class RowByRow:
         self.tables: dict[str, sa.Table] = {}
 
     def table(self, ref: str) -> sa.Table:
-        system = ref.partition(".")[0]
+        system = CollectionRef.parse(ref).system
         if ref not in self.tables:
             coll = self.policy.collection(ref)
             self.tables[ref] = sa.Table(coll.table, self.meta[system], autoload_with=self.engines[system])

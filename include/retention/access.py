@@ -41,6 +41,7 @@ from include.retention.stores.base import Claims, Store, Subject, collection_ord
 from include.retention.stores.s3_objects import owned_key
 from include.retention.stores.s3_records import RECORD_COLUMNS
 from include.retention.stores.sql_keys import key_of
+from include.retention.values import CollectionRef
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class PackageBuilder:
 
     def systems(self) -> list[str]:
         """Systems searched by identity, and systems holding collections reachable from those by references."""
-        used = {ref.partition(".")[0] for ref in self.reachable()}
+        used = {CollectionRef.parse(ref).system for ref in self.reachable()}
         return [name for name in self.policy.systems if name in used]
 
     def check(self) -> None:
@@ -200,7 +201,7 @@ class PackageBuilder:
         the person exactly when that row is theirs. A reference to columns that are not unique is refused
         (``PolicyError`` naming its path and columns) and no package is built."""
         for ref in sorted(self.reachable()):
-            system, _, name = ref.partition(".")
+            system, name = CollectionRef.parse(ref)
             if self.policy.systems[system].kind == "sql":
                 self.store_of(system).check(name)
 
@@ -233,8 +234,8 @@ class PackageBuilder:
         if len(source_cols) != len(target_cols):
             raise RetentionError(f"{child_ref}: a reference to {parent_ref} pairs {len(source_cols)} column(s) with "
                                  f"{len(target_cols)}; nothing was packaged")
-        p_sys, _, p_name = parent_ref.partition(".")
-        c_sys, _, c_name = child_ref.partition(".")
+        p_sys, p_name = CollectionRef.parse(parent_ref)
+        c_sys, c_name = CollectionRef.parse(child_ref)
         owners: dict[tuple, set[str]] = {}
         for key, value in self.store_of(p_sys).column_values(p_name, list(parent.claims), target_cols).items():
             owners.setdefault(value, set()).update(parent.claims[key])
@@ -387,7 +388,7 @@ class PackageBuilder:
                 self._copy(zf, store, name, row["key"], result)
             return
         for reference in self.policy.owned_objects(store.ref(name)):
-            target_sys, _, target = reference.to.partition(".")
+            target_sys, target = CollectionRef.parse(reference.to)
             target_store = self.store_of(target_sys)
             for row in batch:
                 key, is_prefix = owned_key(reference, row)
@@ -416,7 +417,7 @@ class PackageBuilder:
         refs = [ref for system in manifest["systems"].values() for ref in system["collections"]]
         refs += [ref for ref in manifest["objects"] if ref not in refs]
         for ref in refs:
-            system = ref.partition(".")[0]
+            system = CollectionRef.parse(ref).system
             for cat in self.policy.collection(ref).categories:
                 info = self.policy.category_info(cat)
                 entry = out.setdefault(cat, {

@@ -17,6 +17,7 @@ from include.retention.errors import RetentionError
 from include.retention.policy import Policy, load_policy
 from include.retention.runtime import LEDGER_CONN_ID, env_resolver, hmac_key, policy_path, sqlalchemy_url
 from include.retention.settings import settings
+from include.retention.values import Outcome
 
 
 def _ledger():
@@ -151,7 +152,7 @@ def cmd_replay(args) -> int:
         scanner = SubjectScanner(runtime.policy, runtime.store(args.system))
         counts = enforce_system(scanner, runtime.registry(), replay=True, dry_run=args.dry_run)
         runtime.ledger().append(run=RunRef("cli", "replay"), action="replay",
-                                outcome="dry_run" if args.dry_run else "done", count=sum(counts.values()),
+                                outcome=Outcome.DRY_RUN if args.dry_run else Outcome.DONE, count=sum(counts.values()),
                                 system=args.system, policy_digest=runtime.policy.digest, details=counts)
     finally:
         runtime.close()
@@ -479,7 +480,7 @@ def cmd_extend(args) -> int:
 
         outcome = tell_requester(registry, args.request_id, subject, body, "extension")
         # the reason stays in the registry (encrypted): it may name the person's circumstances
-        runtime.ledger().append(run=RunRef("cli", "extend"), action="extend", outcome="extended", count=1,
+        runtime.ledger().append(run=RunRef("cli", "extend"), action="extend", outcome=Outcome.EXTENDED, count=1,
                                 request_id=args.request_id, details={"months": args.months,
                                                                     "new_due_at": out["new_due_at"].isoformat()})
     finally:

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from include.retention.describe import conditions_text, period_text, stages_text, start_text
 from include.retention.policy import Collection, Policy, Rule, _approx_days, referrers
+from include.retention.values import CollectionRef
 
 STANDARD = "DIN 66398 / ISO/IEC 27555"
 
@@ -322,7 +323,7 @@ def _masking_rows(policy: Policy) -> list[dict[str, Any]]:
     rows = []
 
     def add(ref: str, by: str, column: str, mask: Any) -> None:
-        rows.append({"section": "masking", "collection": ref, "system": ref.partition(".")[0], "rule": by,
+        rows.append({"section": "masking", "collection": ref, "system": CollectionRef.parse(ref).system, "rule": by,
                      "masked_column": column, "strategy": mask.strategy,
                      "remains": STRATEGIES[mask.strategy].remains(mask.value)})
 

@@ -23,6 +23,7 @@ from include.retention.errors import RetentionError
 from include.retention.ledger import CHART_ACTIONS, Ledger, anchor_sinks, read_anchors
 from include.retention.settings import settings
 from include.retention.sweep import COUNT_COLUMNS
+from include.retention.values import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def last_sweeps(engine: sa.Engine) -> list[dict[str, Any]]:
         counts = {k: _int(details.get(k, would.get(k))) for k in SWEEP_COUNTS}
         out.append({
             "rule_id": r["rule_id"], "system": r["system"], "collection": r["collection"], "outcome": r["outcome"],
-            "dry_run": r["outcome"] == "dry_run", "applied": r["outcome"] == "complete", "counts": counts,
+            "dry_run": r["outcome"] == Outcome.DRY_RUN, "applied": r["outcome"] == Outcome.COMPLETE, "counts": counts,
             "total": _int(details.get("total")), "recorded_at": r["recorded_at"], "dag_id": r["dag_id"],
             "run_id": r["run_id"], "seq": r["seq"],
         })

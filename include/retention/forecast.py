@@ -33,6 +33,7 @@ from typing import Any
 from include.retention.errors import RetentionError
 from include.retention.policy import Policy, Rule
 from include.retention.stores.base import Store
+from include.retention.values import CollectionRef
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class RuleForecaster:
 
     def __post_init__(self) -> None:
         coll_ref, _coll, self.rule = self.policy.rule(self.rule_id)
-        self.coll_name = coll_ref.partition(".")[2]
+        self.coll_name = CollectionRef.parse(coll_ref).collection
         self.store.check(self.coll_name)
 
     def due(self, offset: int) -> dict[str, int]:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from include.retention.errors import RetentionError
 from include.retention.masking import keys_of
+from include.retention.values import CollectionRef
 
 if TYPE_CHECKING:
     from include.retention.ledger import Ledger
@@ -250,7 +251,7 @@ def _reread(ledger: Ledger, rule: Any, intent: dict[str, Any], details: dict[str
     if not details.get("reread") or target is None:
         return None
     reread = unseal(ledger.key, details["reread"])
-    found = target.reconcile_batch(str(intent["collection"]).partition(".")[2], rule, intent, reread)
+    found = target.reconcile_batch(CollectionRef.parse(str(intent["collection"])).collection, rule, intent, reread)
     if found is not None and reread.get("cascaded_from"):
         found[1]["cascaded_from"] = reread["cascaded_from"]
     return found

@@ -37,6 +37,7 @@ from include.retention.identity import IDENTITY_KINDS
 from include.retention.policy import Policy, Reference
 from include.retention.stores.base import Claims, Store, Subject
 from include.retention.stores.s3_objects import owned_key
+from include.retention.values import CollectionRef, Outcome, RequestStatus
 
 KIND_ORDER = tuple(IDENTITY_KINDS)  # which identity is the proven one when there is no e-mail
 FOUND, LINKED, CONFLICTING, NOT_FOUND = "found", "linked", "conflicting", "not found"
@@ -244,7 +245,7 @@ def _joins(policy: Policy, store_of: Callable[[str], Store],
     out_values: dict[int, dict[Any, Any]] = defaultdict(dict)  # reference -> child key -> value (or owned key)
     in_values: dict[int, dict[tuple, set[Any]]] = defaultdict(lambda: defaultdict(set))  # -> value -> target keys
     for ref in set(outgoing) | set(incoming):
-        system, _, name = ref.partition(".")
+        system, name = CollectionRef.parse(ref)
         claims = Claims({key: frozenset(("person",)) for key in keys_of[ref]})
         coll = policy.collection(ref)
         for batch in store_of(system).read(name, claims):
@@ -374,9 +375,9 @@ def stop_on_conflict(registry: Any, ledger: Any, policy: Policy, request_id: str
     res = resolution_of(registry.details(request_id))
     if res is None:
         raise Unresolved(f"request {request_id}: its identities were not resolved to one person")
-    registry.finish(request_id, "conflict", error="its identities lead to more than one person")
-    if not ledger.has_entry(request_id=request_id, action="identity_resolution", outcome="conflict"):
-        ledger.append(run=run, action="identity_resolution", outcome="conflict", count=0, request_id=request_id,
+    registry.finish(request_id, RequestStatus.CONFLICT, error="its identities lead to more than one person")
+    if not ledger.has_entry(request_id=request_id, action="identity_resolution", outcome=Outcome.CONFLICT):
+        ledger.append(run=run, action="identity_resolution", outcome=Outcome.CONFLICT, count=0, request_id=request_id,
                       policy_digest=policy.digest, subject_digest=registry.subject_digest(request_id),
                       details={"proven": res.proven, "identities": res.status, "counts": res.counts})
     return res

@@ -48,6 +48,7 @@ from include.retention.forecast import ACTIONS, CHANGE_ORDER, DIFF_DAYS, StoreFo
 from include.retention.policy import Policy, Reference
 from include.retention.stores.base import Store
 from include.retention.stores.sql_keys import after, cols_in, has_row_values, key_in, value_of
+from include.retention.values import CollectionRef
 
 HORIZONS = (0, DIFF_DAYS)
 SIDES = ("old", "new")
@@ -63,7 +64,7 @@ class Side:
     store_for: StoreFor
 
     def has(self, ref: str) -> bool:
-        system, _, name = ref.partition(".")
+        system, name = CollectionRef.parse(ref)
         return system in self.policy.systems and name in self.policy.systems[system].collections
 
     def coll(self, ref: str):
@@ -73,7 +74,7 @@ class Side:
         return self.policy.system_of(ref).kind
 
     def store(self, ref: str) -> Store:
-        return self.store_for(ref.partition(".")[0])
+        return self.store_for(CollectionRef.parse(ref).system)
 
 
 def _delete_parents(policy: Policy, ref: str) -> list[Reference]:
@@ -90,7 +91,7 @@ def _sql_refs(policy: Policy) -> set[str]:
 def crosses_databases(policy: Policy, ref: str) -> bool:
     """Whether a delete of ``ref``'s rows, or of a row whose delete reaches them, involves another system's rows
     (children there taken along, or holding the parent back): such deletes are walked (``_Diff._walk``)."""
-    system = ref.partition(".")[0]
+    system = CollectionRef.parse(ref).system
     seen: set[str] = set()
     todo = [ref]
     while todo:
@@ -98,10 +99,10 @@ def crosses_databases(policy: Policy, ref: str) -> bool:
         if cur in seen:
             continue
         seen.add(cur)
-        if any(c.partition(".")[0] != system and r.on_delete == "delete" for c, r in policy.children(cur)):
+        if any(CollectionRef.parse(c).system != system and r.on_delete == "delete" for c, r in policy.children(cur)):
             return True
         for r in _delete_parents(policy, cur):
-            if r.to.partition(".")[0] != system:
+            if CollectionRef.parse(r.to).system != system:
                 return True
             todo.append(r.to)
     return False
@@ -119,17 +120,17 @@ class _Predicates:
         side = self.side
         if not side.has(ref) or side.kind(ref) != "sql":
             return None
-        store, coll, name = side.store(ref), side.coll(ref), ref.partition(".")[2]
+        store, coll, name = side.store(ref), side.coll(ref), CollectionRef.parse(ref).collection
         if coll.rules:
             store.check(name)  # the columns and conditions the predicate names (once per store and collection)
         preds = [store.eligible(name, rule, stage, self.now, t)
                  for rule in coll.rules for stage in rule.stages if stage.action == action]
         if action == "delete":
             for r in _delete_parents(side.policy, ref):
-                if r.to.partition(".")[0] != ref.partition(".")[0]:
+                if CollectionRef.parse(r.to).system != CollectionRef.parse(ref).system:
                     continue
                 self._n += 1
-                p_name = r.to.partition(".")[2]
+                p_name = CollectionRef.parse(r.to).collection
                 parent = store.table(p_name).alias(f"diff_parent_{self._n}")
                 inner = self.of(r.to, "delete", parent)
                 if inner is None:
@@ -257,7 +258,7 @@ class _Diff:
         if all(s.kind(ref) == "sql" for s in present):
             for s in present:
                 if s.coll(ref).rules:
-                    s.store(ref).check(ref.partition(".")[2])
+                    s.store(ref).check(CollectionRef.parse(ref).collection)
             if ref in self.family:  # deletes walked across databases (``_walk``); the other actions spooled here
                 self._sql_spooled(ref, actions=tuple(a for a in ACTIONS if a != "delete"))
             elif self.in_database(ref):
@@ -274,7 +275,7 @@ class _Diff:
         """One aggregate over the table: per horizon and action newly / no longer, per horizon the rows newly
         affected by any action, and the rows newly affected at any horizon."""
         store = next(s for s in reversed(self.sides) if s.has(ref)).store(ref)
-        t = store.table(ref.partition(".")[2])
+        t = store.table(CollectionRef.parse(ref).collection)
         cols: list[Any] = []
         used: list[tuple[str, int]] = []
         per_h: dict[int, list[Any]] = {}
@@ -305,7 +306,7 @@ class _Diff:
     def _rows(self, side: Side, ref: str, action: str, horizon: int, cols: list[str] | None = None
               ) -> Iterator[list[Any]]:
         """The rows (key columns, or ``cols``) ``side`` would ``action`` at ``horizon``, a part at a time."""
-        store, name = side.store(ref), ref.partition(".")[2]
+        store, name = side.store(ref), CollectionRef.parse(ref).collection
         t = store.table(name)
         pred = _Predicates(side, self.at(horizon)).of(ref, action, t)
         if pred is None:
@@ -333,7 +334,7 @@ class _Diff:
         for ref in _sql_refs(policy):
             if not self._leads_to_family(policy, ref):
                 continue
-            coll, store, name = side.coll(ref), side.store(ref), ref.partition(".")[2]
+            coll, store, name = side.coll(ref), side.store(ref), CollectionRef.parse(ref).collection
             stages = [(rule, st) for rule in coll.rules for st in rule.stages if st.action == "delete"]
             if not stages:
                 continue
@@ -364,10 +365,10 @@ class _Diff:
     def _going(self, side: Side, horizon: int, ref: str, rows: list[dict[str, Any]]) -> None:
         """``rows`` of ``ref`` would be deleted (with their cascades): keep those held elsewhere, spool the rest,
         and go on to their children and objects."""
-        policy, system = side.policy, ref.partition(".")[0]
+        policy, system = side.policy, CollectionRef.parse(ref).system
         coll = policy.collection(ref)
         for child, r in policy.children(ref):  # a held row in another database keeps its parent (ADR 0012)
-            if child.partition(".")[0] == system or r.on_delete != "delete" or not rows:
+            if CollectionRef.parse(child).system == system or r.on_delete != "delete" or not rows:
                 continue
             target = r.target_columns(coll)
             values = sorted({v for row in rows if (v := value_of(row[c] for c in target)) is not None}, key=repr)
@@ -380,7 +381,7 @@ class _Diff:
             keys = coll.key_columns()
             self.spool.add(side.name, "delete", horizon, ref, [tuple(row[k] for k in keys) for row in rows])
             for r in policy.owned_objects(ref):
-                found = side.store_for(r.to.partition(".")[0]).referenced_due(r, rows)
+                found = side.store_for(CollectionRef.parse(r.to).system).referenced_due(r, rows)
                 if found:
                     self.spool.add(side.name, "delete", horizon, r.to, found)
         for child, r in policy.children(ref):
@@ -388,10 +389,10 @@ class _Diff:
                 continue
             target, source = r.target_columns(coll), r.source_columns()
             values = sorted({v for row in rows if (v := value_of(row[c] for c in target)) is not None}, key=repr)
-            exact = child.partition(".")[0] != system  # another database's collation does not decide
+            exact = CollectionRef.parse(child).system != system  # another database's collation does not decide
             c_store, c_cols = side.store(child), self._walk_columns(policy, child)
-            c_store.check(child.partition(".")[2])
-            c_t = c_store.table(child.partition(".")[2])
+            c_store.check(CollectionRef.parse(child).collection)
+            c_t = c_store.table(CollectionRef.parse(child).collection)
             fks = [c_t.c[c] for c in source]
             for i in range(0, len(values), 500):
                 chunk = values[i:i + 500]
@@ -425,7 +426,7 @@ class _Diff:
         for side in self.sides:
             if not side.has(ref):
                 continue
-            name = ref.partition(".")[2]
+            name = CollectionRef.parse(ref).collection
             rules = side.coll(ref).rules
             if rules:
                 side.store(ref).check(name)
@@ -445,7 +446,7 @@ class _Diff:
             coll = side.coll(ref)
             for r in side.policy.owned_objects(ref):
                 cols = list(dict.fromkeys([*([r.column] if r.column else []), *_template_fields(r, coll)]))
-                target = side.store_for(r.to.partition(".")[0])
+                target = side.store_for(CollectionRef.parse(r.to).system)
                 for h in self.horizons:
                     for part in self._rows(side, ref, "delete", h, cols):
                         rows = [dict(zip(cols, values, strict=True)) for values in part]
@@ -458,8 +459,8 @@ def _pages(store: Any, ref: str, cols: list[str], where: Any) -> Iterator[list[d
     """Rows of ``ref`` matching ``where`` (``cols`` of each, as dicts), ``PART`` at a time in key order, each
     part read in its own short transaction: the walk reads other tables (and, on SQLite, whose transactions lock
     the file, the same database) between parts."""
-    t = store.table(ref.partition(".")[2])
-    pk = store.key_cols(ref.partition(".")[2], t)
+    t = store.table(CollectionRef.parse(ref).collection)
+    pk = store.key_cols(CollectionRef.parse(ref).collection, t)
     cols = list(dict.fromkeys([*cols, *(c.name for c in pk)]))
     last = None
     while True:

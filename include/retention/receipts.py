@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from include.retention.values import Outcome
+
 # What ``record()`` counts into a ledger entry's ``count`` (include/retention/airflow/erasure_tasks.py).
 COUNTED = ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent")
 PROOF_FORMAT = "retention-receipt-proof/1"
@@ -37,7 +39,7 @@ def ledger_proof(ledger: Any, request_id: str, mode: str, dry_run: bool) -> dict
 def ledger_proofs(ledger: Any, request_ids: list[str], mode: str, dry_run: bool
                   ) -> dict[str, dict[str, dict[str, Any]]]:
     """``ledger_proof`` of many requests (request id -> system -> proof), read in one SELECT per 500 requests."""
-    outcome = "dry_run" if dry_run else "verified"
+    outcome = Outcome.DRY_RUN if dry_run else Outcome.VERIFIED
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for rid, rows in ledger.requests_with_entry(request_ids, action=mode, outcome=outcome).items():
         for row in rows:  # oldest first: the latest entry of a system wins

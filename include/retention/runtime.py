@@ -25,6 +25,7 @@ from include.retention.connections import (  # noqa: F401 - re-exported for call
 from include.retention.ledger import Ledger
 from include.retention.policy import Policy
 from include.retention.stores.base import Store
+from include.retention.values import CollectionRef
 
 
 class Runtime:
@@ -70,7 +71,7 @@ class Runtime:
         if kinds:
             counts["suppression_list"] = self.suppress_rows(coll_ref, rows, kinds)
         for reference in self.policy.owned_objects(coll_ref):
-            store = self.store(reference.to.partition(".")[0])
+            store = self.store(CollectionRef.parse(reference.to).system)
             counts[reference.to] = counts.get(reference.to, 0) + store.delete_referenced(coll_ref, reference, rows)
         return counts
 
@@ -80,7 +81,7 @@ class Runtime:
 
         found: set[str] = set()
         for owner, reference in referrers(self.policy, coll_ref):
-            system, _, name = owner.partition(".")
+            system, name = CollectionRef.parse(owner)
             found |= self.store(system).referenced_keys(name, reference, [k for k in keys if k not in found])
         return found
 

@@ -16,6 +16,7 @@ from include.retention.intents import RunLease, reconcile_open_intents, seal
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import Policy
 from include.retention.stores.base import PAST_TENSE, RulePlan, Store
+from include.retention.values import CollectionRef, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _run_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: R
               dry_run: bool, brake_approved: bool) -> dict[str, Any]:
     now = now or dt.datetime.now(dt.UTC)
     coll_ref, _coll, rule = policy.rule(rule_id)
-    system, _, coll_name = coll_ref.partition(".")
+    system, coll_name = CollectionRef.parse(coll_ref)
     common = {"run": run, "rule_id": rule_id, "policy_digest": policy.digest, "system": system,
               "collection": coll_ref}
 
@@ -64,7 +65,7 @@ def _run_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: R
 def _run(policy: Policy, rule_id: str, store: Store, ledger: Ledger, common: dict[str, Any], now: dt.datetime,
          dry_run: bool, brake_approved: bool, owner: str | None) -> dict[str, Any]:
     coll_ref, _coll, rule = policy.rule(rule_id)
-    system, coll_name = common["system"], coll_ref.partition(".")[2]
+    system, coll_name = common["system"], CollectionRef.parse(coll_ref).collection
     if not dry_run:  # e.g. the orphan marker an 'orphaned' start counts from (a dry run changes nothing)
         store.prepare_rule(coll_name, rule, now, policy.batch_size(rule), LedgerRecorder(ledger, common, owner))
     plan = store.plan(coll_name, rule, now, for_act=not dry_run)
@@ -77,14 +78,14 @@ def _run(policy: Policy, rule_id: str, store: Store, ledger: Ledger, common: dic
     limit = policy.max_fraction(rule)
     tripped = brake(rule_id, plan, limit)
     if tripped is not None and not brake_approved:
-        ledger.append(action="sweep", outcome="brake_tripped", count=plan.affected,
+        ledger.append(action="sweep", outcome=Outcome.BRAKE_TRIPPED, count=plan.affected,
                       details={"total": plan.total, "max_fraction": limit, "would": counts["would"],
                                "cascaded": {k: n for k, (n, _) in plan.cascaded.items()}}, **common)
         raise tripped
 
     if dry_run:
         counts.update(counts["would"])
-        ledger.append(action="sweep", outcome="dry_run", count=plan.affected, details=_details(counts), **common)
+        ledger.append(action="sweep", outcome=Outcome.DRY_RUN, count=plan.affected, details=_details(counts), **common)
         log.info("dry run of %s: would %s", rule_id, counts["would"])
         return counts
 
@@ -103,7 +104,7 @@ def _run(policy: Policy, rule_id: str, store: Store, ledger: Ledger, common: dic
     kept = store.count_kept(coll_name, rule, now)
     counts["kept"] = kept if kept is not None else max(
         plan.in_scope - plan.held - counts["locked"] - counts["anonymized"] - counts["deleted"], 0)
-    ledger.append(action="sweep", outcome="complete",
+    ledger.append(action="sweep", outcome=Outcome.COMPLETE,
                   count=counts["locked"] + counts["anonymized"] + counts["deleted"], details=_details(counts),
                   **common)
     return counts
@@ -165,7 +166,7 @@ class LedgerRecorder:
     def __call__(self, action: str, count: int, pk_digest: str, details: dict[str, Any],
                  intent: int | None = None) -> None:
         if intent is None:
-            self.ledger.append(action=action, outcome="done", count=count, pk_digest=pk_digest, details=details,
+            self.ledger.append(action=action, outcome=Outcome.DONE, count=count, pk_digest=pk_digest, details=details,
                                **self.common)
         else:
             self.ledger.settle(intent, count=count, details=details)

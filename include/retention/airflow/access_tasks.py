@@ -18,6 +18,7 @@ from include.retention.identity import IDENTITY_KINDS, normalise
 from include.retention.identity import validate as validate_identity
 from include.retention.ledger import RunRef
 from include.retention.settings import settings
+from include.retention.values import CollectionRef, RequestStatus, SystemStatus
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _subjects(ctx: Context, request_id: str):
 def _exports(ctx: Context):
     if not ctx.policy.exports:
         _fail("the data map names no exports collection (top-level 'exports: system.collection')")
-    system, _, name = ctx.policy.exports.partition(".")
+    system, name = CollectionRef.parse(ctx.policy.exports)
     return ctx.runtime.store(system), name
 
 
@@ -153,7 +154,7 @@ def _access(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run
         for ref, n in result.objects.items():
             if ref.startswith(f"{system}."):
                 per.setdefault(ref, {})["objects"] = n
-        ctx.registry.set_system([request_id], system, "recorded", counts={
+        ctx.registry.set_system([request_id], system, SystemStatus.RECORDED, counts={
             "collections": per, "searched": result.searched.get(system, {})})
         _ledger(ctx, request_id, system, "access", sum(v.get("rows", 0) for v in per.values()), req, dag_id, run_id,
                 {"collections": {ref: v for ref, v in per.items()}})
@@ -241,7 +242,7 @@ def _correction(ctx: Context, request_id: str, subjects: list, new_values: dict[
         correction.check()
     except CorrectionRefused as exc:
         for system in pending:
-            ctx.registry.set_system([request_id], system, "failed", error=str(exc))
+            ctx.registry.set_system([request_id], system, SystemStatus.FAILED, error=str(exc))
         _fail(f"request {request_id}: {exc}")
     return correction
 
@@ -266,20 +267,20 @@ def finalize(request_id: str, acted: bool, dag_id: str, run_id: str) -> dict[str
         check = ctx.registry.details(request_id).get("identity_check") or {}
         if check.get("decision") == "rejected":
             identity_check.close_rejected(ctx, request_id, dag_id, run_id)
-        elif ctx.registry.get(request_id)["status"] == "conflict":
+        elif ctx.registry.get(request_id)["status"] == RequestStatus.CONFLICT:
             pass  # stopped on a conflict of identities: closed by act, nothing read or changed
         else:
             states = ctx.registry.systems(request_id)
             done = acted and all(states.get(s, {}).get("status") == "recorded" for s in expected)
             told = ctx.registry.recipients_settled(request_id)  # Art. 19: every recipient confirmed or waived
-            ctx.registry.finish(request_id, "complete" if done and told else "incomplete",
+            ctx.registry.finish(request_id, RequestStatus.COMPLETE if done and told else RequestStatus.INCOMPLETE,
                                 error=None if done and told else "not every system was handled" if not done else
                                 "not every recipient confirmed or waived")
         receipt = build_receipt(ctx, request_id, expected)
         ctx.registry.save_receipt(request_id, receipt)
         log.info("receipt:\n%s", render_markdown(receipt))
         error = ctx.registry.get(request_id)["last_error"]
-    if receipt["status"] == "incomplete":
+    if receipt["status"] == RequestStatus.INCOMPLETE:
         _fail(f"request {request_id} stays open: {error}")
     return {"request_id": request_id, "status": receipt["status"]}
 
@@ -294,7 +295,7 @@ def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[st
     receipt = base_receipt(req, ctx.registry.systems(request_id), expected, ctx.policy.digest)
     identity_check.add_to_receipt(receipt, req, details)
     receipt["recipients"] = recipients_in_receipt(ctx.registry.recipients(request_id))
-    if req["status"] in ("rejected", "conflict"):
+    if req["status"] in (RequestStatus.REJECTED, RequestStatus.CONFLICT):
         return receipt  # add_to_receipt says why: nothing was read, changed or handed out
     if req["mode"] == "access":
         receipt["package"] = {k: v for k, v in (details.get("package") or {}).items()}

@@ -30,6 +30,7 @@ from include.retention.connections import open_ledger
 from include.retention.ledger import Ledger, RunRef
 from include.retention.registry import Registry
 from include.retention.settings import settings
+from include.retention.values import Outcome
 
 log = logging.getLogger(__name__)
 WARN_DAYS = settings().due_warning_days
@@ -118,7 +119,7 @@ class DueDateNotifier(BaseNotifier):
             late = due_soon(registry, run_state=airflow_run_state)
             waiting = registry.unconfirmed_recipients()
             ledger.append(run=RunRef(context["dag"].dag_id, context["run_id"]), action="alert",
-                          outcome="due_date", count=len(late), details={"requests": late})
+                          outcome=Outcome.DUE_DATE, count=len(late), details={"requests": late})
         finally:
             ledger.engine.dispose()
         log.error("ALERT: %d subject request(s) near or past their due date", len(late))
@@ -184,7 +185,7 @@ class RunDeadlineNotifier(BaseNotifier):
             if self.what == "answer" and not late:
                 log.info("deadline of %s run %s passed; none of its requests is open", dag_id, run_id)
                 return
-            outcome = "late_sweep" if self.what == "sweep" else "run_deadline"
+            outcome = Outcome.LATE_SWEEP if self.what == "sweep" else Outcome.RUN_DEADLINE
             ledger.append(run=RunRef(dag_id, run_id), action="alert", outcome=outcome, count=len(late),
                           details={"requests": late, "run_state": state})
         finally:

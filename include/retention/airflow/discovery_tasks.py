@@ -15,6 +15,7 @@ from include.retention.discovery import KINDS
 from include.retention.findings import DECISIONS, FindingStore, as_finding, place
 from include.retention.ledger import RunRef
 from include.retention.policy import load_policy
+from include.retention.values import Outcome
 
 log = logging.getLogger(__name__)
 OPTIONS = list(DECISIONS)  # map | ignore | not personal
@@ -60,7 +61,7 @@ def run_system(system: str, *, dag_id: str, run_id: str) -> dict[str, Any]:
             report = discover_s3(policy, system, client)
         counts = store.record(report)
         open_ids = [r["finding_id"] for r in store.open_findings([system])]
-        ledger.append(run=RunRef(dag_id, run_id), action="discovery", outcome="done", system=system,
+        ledger.append(run=RunRef(dag_id, run_id), action="discovery", outcome=Outcome.DONE, system=system,
                       count=len(open_ids), policy_digest=policy.digest,
                       details={**counts, "findings": len(report.findings), "open": open_ids,
                                "not_sampled": len(report.not_sampled)})

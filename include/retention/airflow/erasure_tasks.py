@@ -18,6 +18,7 @@ from include.retention.policy import Policy, load_policy
 from include.retention.receipts import add_unmapped, build_receipt, counted_total, ledger_proofs, render_markdown
 from include.retention.registry import ERASURE_MODES, RECIPIENT_SETTLED, Identities, NewRequest, Registry
 from include.retention.runtime import Runtime
+from include.retention.values import Outcome, RequestStatus, SystemStatus
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,10 @@ def _registered(request_id: str | None, dag_id: str, run_id: str, params: dict[s
         except sa.exc.NoResultFound:
             return _fail(f"request refused: unknown request {rid}") if request_id else None
         queued = req["dag_id"] is None and req["source"] in identity_check.INTAKE_SOURCES and req["mode"] in \
-            ERASURE_MODES and req["status"] == "pending"
+            ERASURE_MODES and req["status"] == RequestStatus.PENDING
         # stopped on a conflict of identities where nobody was asked (erasure_intake, a dry run): handed over by
         # id, it waits at the identity check here, whose approver may act with the linked identities only
-        stopped = bool(request_id) and req["status"] == "conflict" and req["mode"] in ERASURE_MODES
+        stopped = bool(request_id) and req["status"] == RequestStatus.CONFLICT and req["mode"] in ERASURE_MODES
         if (req["dag_id"], req["run_id"]) != (dag_id, run_id) and not queued and not stopped:
             _fail(f"request refused: request {rid} was registered for another run")
         if identity_check.arrived_verified(params, req):
@@ -158,7 +159,7 @@ def discover(request_ids: list[str], system: str) -> dict[str, int]:
             for counts in per_coll.values():
                 for key, n in counts.items():
                     totals[key] = totals.get(key, 0) + n
-        ctx.registry.set_system(request_ids, system, "discovered")
+        ctx.registry.set_system(request_ids, system, SystemStatus.DISCOVERED)
         log.info("%s: found for %d request(s): %s", system, len(request_ids), totals)
         return totals
 
@@ -172,16 +173,16 @@ def act(request_ids: list[str], system: str) -> dict[str, int]:
             _intent(ctx, request_ids, system, mode)  # in the ledger before anything changes
         searched = scanner.searched()
 
-        def save(part, status: str = "acting") -> None:
+        def save(part, status: str = SystemStatus.ACTING) -> None:
             # counts are added to what earlier tries recorded: a retry finds gone what a failed try removed
             per = {rid: {"collections": part.per_request.get(rid, {}),
                          "removed_along": part.totals if len(request_ids) == 1 else {}, "searched": searched}
-                   for rid in request_ids if rid in part.per_request or status != "acting"}
+                   for rid in request_ids if rid in part.per_request or status != SystemStatus.ACTING}
             if per:
                 ctx.registry.set_system_counts(per, system, status)
 
         outcome = scanner.act(ctx.subjects(request_ids), mode, dry_run=dry_run, on_collection=save)
-        save(SubjectOutcome(), "acted")  # every collection done: the status, nothing more to add
+        save(SubjectOutcome(), SystemStatus.ACTED)  # every collection done: the status, nothing more to add
         log.info("%s: %s%s for %d request(s); removed along: %s", system, mode, " (dry run)" if dry_run else "",
                  len(request_ids), outcome.totals)
         return {"requests": len(request_ids), **outcome.totals}
@@ -214,9 +215,9 @@ def verify(request_ids: list[str], system: str) -> int:
         failed = [rid for rid in request_ids if left.get(rid)]
         ok = [rid for rid in request_ids if rid not in failed]
         if ok:
-            ctx.registry.set_system(ok, system, "verified")
+            ctx.registry.set_system(ok, system, SystemStatus.VERIFIED)
         if failed:
-            ctx.registry.set_system(failed, system, "failed", error="verification found data left")
+            ctx.registry.set_system(failed, system, SystemStatus.FAILED, error="verification found data left")
             raise RetentionError(f"{system}: verification found data left for {len(failed)} request(s): "
                                  f"{', '.join(failed[:5])}")
         return len(ok)
@@ -227,7 +228,7 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
     batch's entries are chained in one write transaction, states and digests read in one SELECT per 500."""
     with Context() as ctx:
         mode, dry_run = _mode(ctx, request_ids)
-        outcome = "dry_run" if dry_run else "verified"
+        outcome = Outcome.DRY_RUN if dry_run else Outcome.VERIFIED
         # a retry or a re-run: requests already proven in the ledger are not written again
         proven = ctx.ledger.requests_with_entry(request_ids, system=system, action=mode, outcome=outcome)
         todo = [rid for rid in request_ids if rid not in proven]
@@ -242,11 +243,11 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
                           "subject_digest": subjects[rid], "details": counts})
             settled += total
         ctx.ledger.append_many(items)
-        ctx.registry.set_system(request_ids, system, "recorded")
+        ctx.registry.set_system(request_ids, system, SystemStatus.RECORDED)
         if not dry_run:
             for intent in ctx.ledger.open_intents(system=system, action=mode,
                                                   pk_digest=_batch_digest(ctx, request_ids)):
-                ctx.ledger.settle(int(intent["seq"]), count=settled, outcome="verified",
+                ctx.ledger.settle(int(intent["seq"]), count=settled, outcome=Outcome.VERIFIED,
                                   details={"requests": len(request_ids), "recorded": len(items)})
         return len(items)
 
@@ -273,9 +274,9 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
         erased = [rid for rid in complete if reqs[rid]["mode"] == "erase" and not reqs[rid]["dry_run"]]
         if erased:  # the identities acted with only: never one the resolution dropped (somebody else's)
             ctx.registry.suppress_many(erased, ctx.acting_identities(erased))
-        ctx.registry.finish_many(complete, "complete")
+        ctx.registry.finish_many(complete, RequestStatus.COMPLETE)
         for error, ids in still_open.items():
-            ctx.registry.finish_many(ids, "incomplete", error=error)
+            ctx.registry.finish_many(ids, RequestStatus.INCOMPLETE, error=error)
         reqs = ctx.registry.get_many(request_ids)  # as finished: status, completed_at
         # each system's ledger entry (seq + keyed hash): `cli verify-receipt` checks the receipt against it
         proofs: dict[str, dict[str, Any]] = {}

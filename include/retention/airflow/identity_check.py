@@ -24,6 +24,7 @@ from include.retention import person
 from include.retention.errors import RetentionError
 from include.retention.registry import INTAKE_VERIFIED
 from include.retention.settings import settings
+from include.retention.values import Outcome, RequestStatus
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,9 @@ def close_rejected(ctx: Any, request_id: str, dag_id: str, run_id: str) -> None:
     """A rejected request: closed as ``rejected`` (reason kept, encrypted) with one ledger entry."""
     from include.retention.ledger import RunRef
 
-    ctx.registry.finish(request_id, "rejected", error="identity not verified")
-    if not ctx.ledger.has_entry(request_id=request_id, action="identity_check", outcome="rejected"):
-        ctx.ledger.append(run=RunRef(dag_id, run_id), action="identity_check", outcome="rejected", count=0,
+    ctx.registry.finish(request_id, RequestStatus.REJECTED, error="identity not verified")
+    if not ctx.ledger.has_entry(request_id=request_id, action="identity_check", outcome=Outcome.REJECTED):
+        ctx.ledger.append(run=RunRef(dag_id, run_id), action="identity_check", outcome=Outcome.REJECTED, count=0,
                           request_id=request_id, policy_digest=ctx.policy.digest,
                           subject_digest=ctx.registry.subject_digest(request_id), details={})
 
@@ -179,9 +180,9 @@ def add_to_receipt(receipt: dict[str, Any], req: dict[str, Any], details: dict[s
     receipt["identity_check"] = {"decision": check.get("decision", "none"),
                                  "reason_recorded": bool(check.get("reason"))}
     receipt["person"] = person.receipt_part(details)  # one person per request: kinds, statuses, counts
-    if req["status"] == "rejected":
+    if req["status"] == RequestStatus.REJECTED:
         receipt["verification"] = REJECTED_VERIFICATION
-    elif req["status"] == "conflict":
+    elif req["status"] == RequestStatus.CONFLICT:
         receipt["verification"] = person.STOPPED_VERIFICATION
     return receipt
 

@@ -22,6 +22,7 @@ from airflow.sdk.bases.notifier import BaseNotifier
 from include.retention import notify
 from include.retention.errors import RetentionError
 from include.retention.settings import settings
+from include.retention.values import RecipientStatus
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def _unsent(ctx: Any, due: list[str], name: str, conn_id: str | None, counts: di
     """No connection for the recipient's channel: nothing is sent. The recipient stays unconfirmed (the requests
     open, the reason on the retention page) unless the deployment opted into recording only (the demo)."""
     if record_only():
-        ctx.registry.set_recipient(due, name, "waived",
+        ctx.registry.set_recipient(due, name, RecipientStatus.WAIVED,
                                    note=f"recorded, not sent: no connection {conn_id!r} configured "
                                         f"({RECORD_ONLY_ENV})")
         counts["recorded_not_sent"] = len(due)

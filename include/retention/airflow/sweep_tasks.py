@@ -12,6 +12,7 @@ from include.retention.policy import load_policy
 from include.retention.runtime import Runtime
 from include.retention.settings import settings
 from include.retention.sweep import run_rule, summary_table
+from include.retention.values import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def tripped_rules(dag_id: str, run_id: str) -> list[str]:
                 state[row["rule_id"]] = row["outcome"]
     finally:
         ledger.engine.dispose()
-    tripped = sorted(rule for rule, outcome in state.items() if outcome == "brake_tripped")
+    tripped = sorted(rule for rule, outcome in state.items() if outcome == Outcome.BRAKE_TRIPPED)
     if tripped:
         log.warning("safety brake tripped for %s: waiting for approval", ", ".join(tripped))
     return tripped
@@ -112,7 +113,7 @@ def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: lis
             for coll_ref, n in enforce_system(scanner, runtime.registry(), replay=False, dry_run=dry_run).items():
                 counts[coll_ref] = n
                 runtime.ledger().append(run=RunRef(dag_id, run_id), action="suppress",
-                                        outcome="dry_run" if dry_run else "done", count=n, system=name,
+                                        outcome=Outcome.DRY_RUN if dry_run else Outcome.DONE, count=n, system=name,
                                         collection=coll_ref, policy_digest=policy.digest)
         log.info("suppression enforced: %s", counts)
         return counts

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +19,7 @@ from include.retention.errors import RetentionError
 from include.retention.identity import normalise
 from include.retention.masking import keyed_digest, keys_of
 from include.retention.policy import Policy, Rule, Stage
-
-# record(action, count, pk_digest, details): write one ledger entry for a committed batch. A recorder may
-# also have ``intend(action, planned, pk_digest) -> token``, called before the batch commits; the token then
-# comes back as ``record(..., intent=token)`` (see ``include.retention.sweep.LedgerRecorder``).
-Recorder = Callable[..., None]
+from include.retention.values import CollectionRef, FlushingRecorder, IntentRecorder, Recorder, SharingRecorder
 
 
 def begin_record(record: Recorder, action: str, planned: int, pk_digest: str,
@@ -31,12 +27,11 @@ def begin_record(record: Recorder, action: str, planned: int, pk_digest: str,
     """Write the intent of a batch (if the recorder keeps intents) before the store change commits. ``reread``: how
     ``Store.reconcile_batch`` finds the batch's rows again if its run stops before the outcome (given only to a
     recorder that says it keeps them: ``rereads``)."""
-    intend = getattr(record, "intend", None)
-    if intend is None:
+    if not isinstance(record, IntentRecorder):
         return None
     if reread is not None and getattr(record, "rereads", False):
-        return intend(action, planned, pk_digest, reread=reread)
-    return intend(action, planned, pk_digest)
+        return record.intend(action, planned, pk_digest, reread=reread)
+    return record.intend(action, planned, pk_digest)
 
 
 def end_record(record: Recorder, intent: Any, action: str, count: int, pk_digest: str,
@@ -63,7 +58,7 @@ class DeferredOutcomes:
     def __init__(self, record: Recorder):
         self.record = record
         self.pending: tuple[Any, str, int, str, dict[str, Any]] | None = None
-        self._combine = callable(getattr(record, "intend_after", None))
+        self._combine = isinstance(record, SharingRecorder)
 
     def intend(self, action: str, planned: int, pk_digest: str, reread: dict[str, Any] | None = None) -> Any:
         if self.pending is not None:
@@ -96,9 +91,8 @@ class DeferredOutcomes:
 
 def flush_record(record: Recorder) -> None:
     """Write a ``DeferredOutcomes`` recorder's waiting outcome now (no-op for any other recorder)."""
-    flush = getattr(record, "flush", None)
-    if callable(flush):
-        flush()
+    if isinstance(record, FlushingRecorder):
+        record.flush()
 
 PAST_TENSE = {"lock": "locked", "anonymize": "anonymized", "delete": "deleted"}
 
@@ -480,7 +474,7 @@ def collection_order(policy: Policy, system: str) -> list[str]:
             return
         seen.add(name)
         for child_ref, _ in policy.children(f"{system}.{name}"):
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys == system:
                 visit(c_name)
         order.append(name)

@@ -80,6 +80,7 @@ from include.retention.stores.s3_orphans import S3Orphans
 from include.retention.stores.s3_record_store import S3Records
 from include.retention.stores.s3_spool import Spool
 from include.retention.stores.s3_writes import Purger, Upload, _safe_cut
+from include.retention.values import CollectionRef
 
 if TYPE_CHECKING:
     from include.retention.connections import ConnInfo
@@ -705,7 +706,7 @@ class S3Store(S3Orphans, S3Records, Store):
         The whole batch of rows is found with one forward listing (``owned_objects``), not one per row;
         tags and HEADs are read only where a legal-hold condition or Object Lock needs them, a page at a time.
         """
-        target = reference.to.partition(".")[2]
+        target = CollectionRef.parse(reference.to).collection
         coll = self.coll(target)
         bucket, base = coll.bucket, self.prefix(coll)
         now = dt.datetime.now(_UTC)
@@ -749,7 +750,7 @@ class S3Store(S3Orphans, S3Records, Store):
 
     def referenced_due(self, reference: Reference, rows: list[dict[str, Any]]) -> list[Any]:
         """The keys ``delete_referenced`` would delete for ``rows`` (inside the prefix, not held), one listing."""
-        coll = self.coll(reference.to.partition(".")[2])
+        coll = self.coll(CollectionRef.parse(reference.to).collection)
         bucket, base = coll.bucket, self.prefix(coll)
         now = dt.datetime.now(_UTC)
         wanted = [(key, is_prefix) for key, is_prefix in (owned_key(reference, row) for row in rows)

@@ -52,6 +52,7 @@ from include.retention.stores.sql_keys import (
 )
 from include.retention.stores.sql_orphans import SqlOrphans
 from include.retention.stores.sql_subjects import SqlSubjects
+from include.retention.values import CollectionRef
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         self.check_index(collection_name)  # lookup: indexed (ADR 0022)
         self._checked.add(collection_name)
         for child_ref, _ref in self.policy.children(self.ref(collection_name)):
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys != self.name and self.stores is not None:  # its nullify columns, as reflected there
                 self.stores(c_sys).check(c_name)
 
@@ -213,7 +214,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                 if problem:
                     return problem
         for ref in coll.references:
-            to_sys, _, to_name = ref.to.partition(".")
+            to_sys, to_name = CollectionRef.parse(ref.to)
             if not ref.source_columns() or self.policy.systems[to_sys].kind != "sql":
                 continue
             if to_sys == self.name:
@@ -221,7 +222,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                 if problem:
                     return problem
         for owner in [self.ref(name)] + [c for c, _ in self.policy.children(self.ref(name))]:
-            o_sys, _, o_name = owner.partition(".")
+            o_sys, o_name = CollectionRef.parse(owner)
             if o_sys != self.name:
                 continue
             t = self.table(o_name)
@@ -242,7 +243,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         cols = ref.target_columns(coll)
         if not all(c in t.c for c in cols) or _unique_on(t, cols, coll.key_columns()):
             return None  # a missing column is the declared-columns check's to report
-        o_sys, _, o_name = owner.partition(".")
+        o_sys, o_name = CollectionRef.parse(owner)
         i = self.policy.collection(owner).references.index(ref)
         field = ("to_columns" if ref.to_columns else "to_column" if ref.to_column
                  else "columns" if ref.composite else "column")
@@ -321,7 +322,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         """EXISTS tests for rows that a delete of ``t``'s rows would cascade onto and that are held."""
         tests = []
         for child_ref, ref in self.policy.children(self.ref(name)):
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name).alias(f"held_{depth}_{c_name}")
@@ -472,7 +473,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         t = self.table(name)
         out = {}
         for child_ref, ref in self.policy.children(self.ref(name)):
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             child = self.table(c_name)
@@ -970,7 +971,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
                 or self._suppressing.get(name)):
             return False
         for child_ref, ref in self.policy.children(self.ref(name)):
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys != self.name or c_name in (*above, name):
                 return False
             if ref.on_delete != "nullify" and not self._set_cascade(c_name, (*above, name)):
@@ -1006,7 +1007,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         ``keys``: those rows' keys (PostgreSQL), matched directly by a reference to the key (an index on the
         referencing column can serve it, as for the raw statement)."""
         for child_ref, ref in self.policy.children(self.ref(name)):
-            c_name = child_ref.partition(".")[2]
+            c_name = CollectionRef.parse(child_ref).collection
             child = self.table(c_name)
             parent_cols, child_cols = self.target_cols(name, ref, t), self.source_cols(child, ref)
             set_ = sa.and_(*(c.is_not(None) for c in parent_cols))
@@ -1040,7 +1041,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         if self.policy.owned_objects(self.ref(name)) or coll.suppress_on_delete or self._suppressing.get(name):
             return True
         for child_ref, ref in self.policy.children(self.ref(name)):
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys != self.name:
                 return True
             if ref.on_delete == "delete" and c_name not in (*above, name) and self._writes_outside(c_name,
@@ -1103,7 +1104,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
         """Direct dependents per parent key, counted before a delete takes them along."""
         out: dict[Any, dict[str, int]] = {}
         for child_ref, ref in self.policy.children(self.ref(name)):
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys != self.name or ref.on_delete != "delete":
                 continue
             fks = self.source_cols(self.table(c_name), ref)
@@ -1151,7 +1152,7 @@ class SqlStore(SqlOrphans, SqlSubjects, SqlCascade, Store):
             return 0
         orphans = guard is not None and name in self._orphan_stage
         for child_ref, ref in self.policy.children(self.ref(name)) if not orphans else []:
-            c_sys, _, c_name = child_ref.partition(".")
+            c_sys, c_name = CollectionRef.parse(child_ref)
             if c_sys != self.name:  # done above, through the other system's store
                 continue
             child = self.table(c_name)

@@ -29,6 +29,7 @@ from include.retention.errors import RetentionError
 from include.retention.stores.base import Recorder, begin_record, end_record
 from include.retention.stores.sql_keys import key_in, key_of, value_of
 from include.retention.stores.sql_subjects import _chunks
+from include.retention.values import CascadeRecorder, CollectionRef
 
 if TYPE_CHECKING:
     from include.retention.policy import Reference
@@ -51,7 +52,7 @@ class SqlCascade:
         """(child ref, reference, the child system's store) for children in other databases."""
         out = []
         for child_ref, ref in self.policy.children(self.ref(name)):
-            c_sys = child_ref.partition(".")[0]
+            c_sys = CollectionRef.parse(child_ref).system
             if c_sys == self.name:
                 continue
             if self.stores is None:
@@ -86,7 +87,7 @@ class SqlCascade:
             if ref.on_delete != "delete" or not keys:
                 continue
             pairs = self._referenced(conn, name, ref, keys)
-            held = store.held_dependents(child_ref.partition(".")[2], ref.source_columns(),
+            held = store.held_dependents(CollectionRef.parse(child_ref).collection, ref.source_columns(),
                                          sorted({v for _, v in pairs}))
             kept |= {k for k, v in pairs if v in held}
         return kept
@@ -126,7 +127,7 @@ class SqlCascade:
             for (child_ref, ref, store), (lo, hi) in zip(refs, spans, strict=True):
                 of_row = [(key_of(r[:width]), value_of(r[lo:hi])) for r in part]
                 values = sorted({v for _, v in of_row if v is not None})
-                held = store.held_dependents(child_ref.partition(".")[2], ref.source_columns(), values)
+                held = store.held_dependents(CollectionRef.parse(child_ref).collection, ref.source_columns(), values)
                 kept |= {k for k, v in of_row if v is not None and v in held}
             n += len(kept)
         return n
@@ -138,7 +139,7 @@ class SqlCascade:
         for child_ref, ref, store in self._other_children(name):
             if ref.on_delete != "delete":
                 continue
-            c_name = child_ref.partition(".")[2]
+            c_name = CollectionRef.parse(child_ref).collection
             cols = self.target_cols(name, ref)
             n = 0
             result = conn.execution_options(stream_results=True, yield_per=5000).execute(
@@ -203,8 +204,7 @@ class SqlCascade:
         ref = self.ref(name)
         fks = self.source_cols(t, reference)
         guard = self._not_held(name, t) if reference.on_delete == "delete" else sa.and_(*(c.is_not(None) for c in fks))
-        sub = getattr(record, "for_collection", None)
-        rec = sub(self.name, ref) if sub is not None else None
+        rec = record.for_collection(self.name, ref) if isinstance(record, CascadeRecorder) else None
         counts: dict[str, int] = {}
         left: set[Any] = set()
         outer, self._recording = self._recording, record  # a cascade further on records its own entries too

@@ -22,6 +22,7 @@ from include.retention import keytemplate
 from include.retention.policy import Reference, Rule, referrers
 from include.retention.stores.base import Recorder
 from include.retention.stores.sql_keys import cols_eq, key_of
+from include.retention.values import CollectionRef
 
 IN_CHUNK = 500  # values per IN list
 
@@ -35,7 +36,7 @@ class SqlOrphans:
         deleted too early)."""
         tests = []
         for i, (owner, ref) in enumerate(referrers(self.policy, self.ref(name))):
-            child = self.table(owner.partition(".")[2]).alias(f"orphan_ref_{i}")
+            child = self.table(CollectionRef.parse(owner).collection).alias(f"orphan_ref_{i}")
             # a reference of several columns refers to a row only when every column equals its partner
             link = cols_eq(self.source_cols(child, ref), self.target_cols(name, ref, t))
             tests.append(sa.not_(sa.exists().where(link)))

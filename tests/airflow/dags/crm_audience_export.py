@@ -14,7 +14,9 @@ def crm_audience_export():
     SQLExecuteQueryOperator(
         task_id="copy_audience",
         conn_id="crm_db",
-        sql="INSERT INTO audience (contact_id, addr) SELECT id, email FROM contacts WHERE email IS NOT NULL",
+        # aliased as the target's columns: OpenLineage's SQL parser names an INSERT's SELECT columns
+        sql="INSERT INTO audience (contact_id, addr) SELECT id AS contact_id, email AS addr FROM contacts "
+            "WHERE email IS NOT NULL",
     )
 
 

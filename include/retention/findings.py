@@ -9,6 +9,7 @@ sees an open or mapped one. The last seen types of declared columns live beside 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,7 +50,7 @@ column_types = sa.Table(
 )
 lineage_reads = sa.Table(  # how far the lineage event file was read (include/retention/lineage.py)
     "discovery_lineage_reads", metadata,
-    sa.Column("source", sa.String(1000), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),  # sha256 of the file's path (any length fits a key)
     sa.Column("file_id", sa.String(100), nullable=False),
     sa.Column("byte_offset", sa.BigInteger, nullable=False),
     sa.Column("skipping", sa.Boolean, nullable=False),
@@ -121,7 +122,8 @@ class FindingStore:
         self.ensure_schema()
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(lineage_reads.c.file_id, lineage_reads.c.byte_offset,
-                                         lineage_reads.c.skipping).where(lineage_reads.c.source == source)).first()
+                                         lineage_reads.c.skipping).where(lineage_reads.c.source == _key(source))
+                               ).first()
         return (row.file_id, int(row.byte_offset), bool(row.skipping)) if row else ("", 0, False)
 
     def save_lineage_position(self, source: str, file_id: str, offset: int, skipping: bool,
@@ -129,10 +131,12 @@ class FindingStore:
         self.ensure_schema()
         values = {"file_id": file_id[:100], "byte_offset": offset, "skipping": skipping,
                   "read_at": (now or utcnow()).replace(tzinfo=None)}
-        with self.engine.begin() as conn:
-            if not conn.execute(lineage_reads.update().where(lineage_reads.c.source == source[:1000])
-                                .values(**values)).rowcount:
-                conn.execute(lineage_reads.insert().values(source=source[:1000], **values))
+        key = _key(source)
+        with self.engine.begin() as conn:  # one drift run at a time (max_active_runs=1): no concurrent first read
+            if conn.execute(sa.select(lineage_reads.c.source).where(lineage_reads.c.source == key)).first():
+                conn.execute(lineage_reads.update().where(lineage_reads.c.source == key).values(**values))
+            else:
+                conn.execute(lineage_reads.insert().values(source=key, **values))
 
     def decide(self, finding_id: str, decision: str, decided_by: str, reason: str | None = None,
                now: dt.datetime | None = None) -> dict[str, Any]:
@@ -174,6 +178,10 @@ class FindingStore:
 
     def open_findings(self, systems: Iterable[str] | None = None) -> list[dict[str, Any]]:
         return self.listing(systems=systems)
+
+
+def _key(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
 
 
 def place(row: dict[str, Any]) -> str:

@@ -77,7 +77,8 @@ def run_export(events) -> None:
     transport = {"type": "file", "log_file_path": str(events), "append": True}
     folder = str(ROOT / "tests" / "airflow" / "dags")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__DAGS_FOLDER": folder,
-           "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport), "AIRFLOW__OPENLINEAGE__NAMESPACE": "retention-test"}
+           "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
+           "AIRFLOW__OPENLINEAGE__NAMESPACE": "retention-test"}
     proc = subprocess.run([sys.executable, "-c", EXPORT, folder], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

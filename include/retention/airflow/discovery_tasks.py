@@ -12,7 +12,7 @@ from typing import Any
 
 from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.connections import hmac_key, make_engine, open_ledger, policy_path, sqlalchemy_url
-from include.retention.discovery import KINDS
+from include.retention.discovery import KINDS, LINEAGE_KINDS
 from include.retention.findings import DECISIONS, FindingStore, as_finding, place
 from include.retention.ledger import RunRef
 from include.retention.policy import load_policy
@@ -150,9 +150,11 @@ def review_items(systems: list[str] | None = None) -> list[dict[str, Any]]:
             yaml_text = f"# no snippet loads: {exc}"
         except (KeyError, StopIteration):
             yaml_text = "# the finding's collection is no longer in the data map"
-        body = (f"**{place(row)}**: {KINDS.get(row['kind'], row['kind'])}.\n\n"
+        seen = ("Seen in OpenLineage column lineage (nothing sampled)" if row["kind"] in LINEAGE_KINDS else
                 f"Classifier `{row['classifier'] or '-'}`, hit rate {row['hit_rate']:.2f} of {row['sample_size']} "
-                f"sampled values; first seen {row['first_seen']:%Y-%m-%d}. {row['detail']}\n\n"
+                f"sampled values")
+        body = (f"**{place(row)}**: {KINDS.get(row['kind'], row['kind'])}.\n\n"
+                f"{seen}; first seen {row['first_seen']:%Y-%m-%d}. {row['detail']}\n\n"
                 + (f"To map it, add to the data map:\n\n```yaml\n{yaml_text}```\n\n" if yaml_text else "")
                 + "*map*: the data map will declare it (a later run that still sees it opens it again); "
                   "*ignore*: give a reason; *not personal*: what was found is not personal data.")

@@ -115,8 +115,8 @@ def locate(eps: Iterable[Endpoint], namespace: str, name: str) -> tuple[Endpoint
         database, schema, table = names[0], None, names[1]
     else:
         return None
-    for ep in serving:
-        if ep.database == database:
+    for ep in serving:  # the provider lower-cases PostgreSQL's names
+        if ep.database == database or (scheme == "postgres" and ep.database.lower() == database):
             ref = table if schema in (None, _DEFAULT_SCHEMA.get(scheme)) else f"{schema}.{table}"
             return ep, ref
     return None
@@ -282,3 +282,20 @@ def _add(flows: dict[str, _Flow], tables: dict[str, dict[str, Any]],
             finding = Finding(ep.system, ref, column, "derived_column", classifier)
     flow = flows.setdefault(finding.finding_id, _Flow(finding, note=note))
     flow.sources.add(source)
+
+
+def merge_detail(before: str, now: str) -> str:
+    """A stored lineage finding's detail with a new read's: every source either names (a read sees only the
+    events written since the last one)."""
+    def sources(detail: str) -> tuple[list[str], str]:
+        head, _, note = detail.partition("; ")
+        if not head.startswith("derived from "):
+            return [], ""
+        return head.removeprefix("derived from ").split(", "), note
+
+    old, _ = sources(before)
+    new, note = sources(now)
+    if not new:
+        return now
+    merged = f"derived from {', '.join(sorted(set(old) | set(new)))}" + (f"; {note}" if note else "")
+    return merged[:500]

@@ -19,6 +19,7 @@ from include.retention.lineage import (
     endpoints,
     lineage_findings,
     locate,
+    merge_detail,
     read_events,
 )
 from include.retention.mapping import snippet
@@ -46,7 +47,7 @@ POLICY = parse_policy(crm_policy("""
       columns: [id, email]
       identities: {email: email}
 """))
-CONNS = {"crm_db": "postgres://postgres@localhost:5432/crm", "mailing_db": "mysql://root@127.0.0.1:3306/mailing"}
+CONNS = {"crm_db": "postgres://postgres@localhost:5432/Crm", "mailing_db": "mysql://root@127.0.0.1:3306/mailing"}
 
 
 def resolver(conn_id: str):
@@ -78,7 +79,7 @@ def copy_event(target: str, fields: dict[str, tuple[str, str, str]], schema: lis
 
 def test_endpoints_from_connections():
     eps, unresolved = endpoints(POLICY, resolver)
-    assert eps == [Endpoint("crm", "postgres", "localhost", 5432, "crm"),
+    assert eps == [Endpoint("crm", "postgres", "localhost", 5432, "Crm"),
                    Endpoint("mailing", "mysql", "127.0.0.1", 3306, "mailing")]
     assert unresolved == []
     eps, unresolved = endpoints(POLICY, lambda c: resolver(c) if c == "crm_db" else resolver("nope"))
@@ -88,7 +89,8 @@ def test_endpoints_from_connections():
 def test_locate_maps_namespaces_to_systems():
     eps, _ = endpoints(POLICY, resolver)
     crm, mailing = eps
-    assert locate(eps, PG, "crm.public.contacts") == (crm, "contacts")  # 127.0.0.1 is the connection's localhost
+    # 127.0.0.1 is the connection's localhost; the provider lower-cases PostgreSQL's database name
+    assert locate(eps, PG, "crm.public.contacts") == (crm, "contacts")
     assert locate(eps, "postgres://localhost", "crm.sales.leads") == (crm, "sales.leads")  # default port
     assert locate(eps, PG, "public.contacts") == (crm, "contacts")  # no database named: the only one there
     assert locate(eps, "mysql://127.0.0.1:3306", "mailing.subscribers") == (mailing, "subscribers")
@@ -151,6 +153,15 @@ def test_column_findings_and_what_is_not_one():
     column = next(f for f in found if f.kind == "derived_column")
     assert "email_copy" in snippet(POLICY, column) and "email:" in snippet(POLICY, column)
     assert all(snippet(POLICY, f) == "" for f in found if f.kind == "derived_table")
+
+
+def test_a_later_read_adds_its_sources_to_the_stored_detail():
+    assert merge_detail("derived from crm.contacts.email", "derived from mailing.subscribers.email") == (
+        "derived from crm.contacts.email, mailing.subscribers.email")
+    assert merge_detail("", "derived from crm.contacts.email; outside every system of the data map") == (
+        "derived from crm.contacts.email; outside every system of the data map")
+    assert merge_detail("derived from crm.contacts.email", "derived from crm.contacts.email") == (
+        "derived from crm.contacts.email")
 
 
 def test_no_system_reachable_no_finding():

@@ -7,6 +7,7 @@ decided, never the reason's text).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -42,7 +43,14 @@ def read_lineage(*, dag_id: str, run_id: str) -> dict[str, Any]:
     per declared identity column flowing into a place the data map does not declare, remember how far the file
     was read and write one ``lineage`` ledger entry. Not configured, or no file yet: nothing is read."""
     from include.retention.discovery import Report
-    from include.retention.lineage import Position, endpoints, lineage_file, lineage_findings, read_events
+    from include.retention.lineage import (
+        Position,
+        endpoints,
+        lineage_file,
+        lineage_findings,
+        merge_detail,
+        read_events,
+    )
 
     path = lineage_file()
     if path is None:
@@ -61,7 +69,8 @@ def read_lineage(*, dag_id: str, run_id: str) -> dict[str, Any]:
         if unresolved:
             log.warning("lineage: no connection for system(s) %s: their datasets are not recognised",
                         ", ".join(unresolved))
-        found = lineage_findings(policy, eps, batch.events)
+        found = [dataclasses.replace(f, detail=merge_detail(_stored_detail(store, f.finding_id), f.detail))
+                 for f in lineage_findings(policy, eps, batch.events)]
         counts = {"new": 0, "seen": 0, "reopened": 0, "resolved": 0}
         for system in sorted({f.system for f in found}):
             got = store.record(Report(system, [f for f in found if f.system == system], lineage=True))
@@ -78,6 +87,15 @@ def read_lineage(*, dag_id: str, run_id: str) -> dict[str, Any]:
         return {"configured": True, **details, "findings": len(found)}
     finally:
         ledger.engine.dispose()
+
+
+def _stored_detail(store: FindingStore, finding_id: str) -> str:
+    from include.retention.errors import RetentionError
+
+    try:
+        return store.get(finding_id)["detail"]
+    except RetentionError:
+        return ""
 
 
 def _lenient_resolver(conn_id: str):

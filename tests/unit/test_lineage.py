@@ -233,3 +233,14 @@ def test_read_starts_over_on_a_rotated_or_truncated_file(tmp_path):
 def test_missing_file_is_an_error_the_task_reports(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_events(str(tmp_path / "nope.jsonl"), Position())
+
+
+def test_receipts_name_a_lineage_finding_once():
+    """A receipt's unmapped candidates include lineage findings; a place sampling found too is named once."""
+    from include.retention.receipts import unmapped_section
+
+    rows = [{"system": "crm", "collection": "audience", "column_name": "addr", "kind": kind}
+            for kind in ("derived_table", "unmapped_table")]
+    assert unmapped_section(rows, ["crm", "mailing"]) == [{
+        "system": "crm", "count": 1, "names": ["crm.audience.addr"],
+        "statement": "1 unmapped candidate columns/prefixes were known at the time (crm.audience.addr)"}]

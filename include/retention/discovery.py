@@ -42,8 +42,14 @@ KINDS = {
     "unsearched_identity": "a declared identity kind no request can carry",
     "unmapped_prefix": "objects under a prefix no collection covers hold personal data",
     "unmapped_metadata": "object metadata the data map does not declare holds personal data",
+    "derived_column": "a column the data map does not declare is derived from a declared identity (lineage)",
+    "derived_table": "a table the data map does not declare is derived from a declared identity (lineage)",
 }
-UNMAPPED_KINDS = ("unmapped_column", "unmapped_table", "unmapped_prefix", "unmapped_metadata")
+UNMAPPED_KINDS = ("unmapped_column", "unmapped_table", "unmapped_prefix", "unmapped_metadata", "derived_column",
+                  "derived_table")
+# found by reading lineage events (include/retention/lineage.py), not by looking at a system: a discovery run
+# that does not see them does not resolve them
+LINEAGE_KINDS = ("derived_column", "derived_table")
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,8 @@ class Finding:
     collection: str            # table ('schema.table' outside the default schema) or 'bucket/prefix'
     column: str                # column, 'metadata:<key>', 'tag:<key>', 'content' or '' (the table / prefix)
     kind: str                  # one of KINDS
-    classifier: str = ""       # email | phone | ipv4 | ipv6 | birth_date | name:<hint> | identity kind | ''
+    classifier: str = ""       # email | phone | ipv4 | ipv6 | birth_date | name:<hint> | lineage:<identity kind>
+                               # | identity kind | ''
     hit_rate: float = 0.0
     sample_size: int = 0
     detail: str = ""           # names only: a type change 'VARCHAR -> INTEGER', the declaring collection
@@ -79,6 +86,7 @@ class Report:
     columns_sampled: int = 0
     not_sampled: list[str] = field(default_factory=list)  # over the time budget: named, never silently skipped
     types: dict[str, str] = field(default_factory=dict)   # 'table.column' -> type of declared columns
+    lineage: bool = False  # findings of newly read lineage events: nothing unseen is resolved, no types kept
 
     def summary(self) -> dict[str, Any]:
         return {"system": self.system, "findings": len(self.findings), "columns_seen": self.columns_seen,

@@ -132,7 +132,8 @@ def test_postgresql_walks_blocks_when_one_statement_does_the_batch():
     assert sql_walks.by_block(store, "events", "delete", None)
     assert sql_walks.by_block(store, "events", "lock", None)
     assert sql_walks.by_block(store, "events", "anonymize", {"email": _mask("redact")})
-    assert not sql_walks.by_block(store, "events", "anonymize", {"email": _mask("hmac")})  # keyed hash: Python reads rows
+    # keyed hash: Python reads rows
+    assert not sql_walks.by_block(store, "events", "anonymize", {"email": _mask("hmac")})
     assert not sql_walks.by_order(store, "events", "delete")
     for url in ("sqlite://", MY):
         assert not sql_walks.by_block(offline_store(url), "events", "delete", None)
@@ -253,7 +254,8 @@ def test_sql_masks_are_the_ones_the_walk_choice_knows():
 def test_postgresql_index_walk_in_one_statement_for_a_table_in_date_order(pg_url, rule, monkeypatch):
     db_url = pg_url  # PostgreSQL's walk: on PostgreSQL only (no skip on the other servers)
     store, eligible = seeded(db_url)
-    monkeypatch.setattr(sql_walks, "in_index_order", lambda store, t, order: True)  # as pg_stats.correlation >= 0.9 says
+    # as pg_stats.correlation >= 0.9 says
+    monkeypatch.setattr(sql_walks, "in_index_order", lambda store, t, order: True)
     calls = []
     real = sql_walks.IndexWalk.act
     monkeypatch.setattr(sql_walks.IndexWalk, "act", lambda *a, **k: calls.append(1) or real(*a, **k))

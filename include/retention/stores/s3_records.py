@@ -38,8 +38,7 @@ from include.retention.stores.s3_objects import CHUNK
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection, Mask
-    from include.retention.stores.s3 import S3Store
-    from include.retention.stores.s3_objects import S3Object
+    from include.retention.stores.s3_objects import S3Core, S3Object
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ class _Capture:
 class RangeFile(io.RawIOBase):
     """One object version, read by ranged GETs (what pyarrow seeks in a Parquet file)."""
 
-    def __init__(self, store: S3Store, bucket: str, obj: S3Object, size: int, etag: str | None):
+    def __init__(self, store: S3Core, bucket: str, obj: S3Object, size: int, etag: str | None):
         super().__init__()
         self.store, self.bucket, self.obj, self.size, self.pos = store, bucket, obj, size, 0
         self.source = {"VersionId": obj.version_id} if obj.version_id else ({"IfMatch": etag} if etag else {})
@@ -261,7 +260,7 @@ class RangeFile(io.RawIOBase):
         n = min(len(buffer), self.size - self.pos)
         if n <= 0:
             return 0
-        body = self.store._call("get_object", Bucket=self.bucket, Key=self.obj.key,
+        body = self.store.call("get_object", Bucket=self.bucket, Key=self.obj.key,
                                 Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
         try:
             data = body.read()
@@ -275,7 +274,7 @@ class RangeFile(io.RawIOBase):
 class ObjectRecords:
     """The records of one object version, read batch by batch."""
 
-    def __init__(self, store: S3Store, coll: Collection, obj: S3Object, head: dict[str, Any],
+    def __init__(self, store: S3Core, coll: Collection, obj: S3Object, head: dict[str, Any],
                  gzip: bool | None = None):
         self.store, self.coll, self.obj, self.head = store, coll, obj, head
         self.fmt = coll.format
@@ -288,7 +287,7 @@ class ObjectRecords:
 
     def _chunks(self) -> Iterator[bytes]:
         source = self.obj.vid() or ({"IfMatch": self.head["ETag"]} if self.head.get("ETag") else {})
-        body = self.store._call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
+        body = self.store.call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
         try:
             chunks = body.iter_chunks(CHUNK)
             yield from (_decompressed(chunks) if self.gzip else chunks)
@@ -392,7 +391,7 @@ class ObjectRecords:
 
 # ---- writing -----------------------------------------------------------------------------------
 
-class _Sink(io.RawIOBase):
+class Sink(io.RawIOBase):
     """What a writer writes: (gzipped, if the original was) into the upload; the digest of the bytes."""
 
     def __init__(self, upload: Any, gzip: bool):
@@ -469,7 +468,7 @@ def _masked(record: dict[str, Any], verdict: Verdict, key: bytes, fmt: str) -> d
     return out
 
 
-def write_version(reader: ObjectRecords, decide: Decide, sink: _Sink, key: bytes) -> Tally:
+def write_version(reader: ObjectRecords, decide: Decide, sink: Sink, key: bytes) -> Tally:
     """Write the version's records without the dropped ones and with the masked fields masked."""
     tally = Tally()
     fmt = reader.fmt
@@ -520,7 +519,7 @@ def _encode(record: dict[str, Any], fmt: str, header: list[str] | None, ending: 
     return out.getvalue().encode("utf-8")
 
 
-def _parquet_writer(reader: ObjectRecords, sink: _Sink) -> Any:
+def _parquet_writer(reader: ObjectRecords, sink: Sink) -> Any:
     import pyarrow.parquet as pq
 
     if reader.schema is None:
@@ -528,7 +527,7 @@ def _parquet_writer(reader: ObjectRecords, sink: _Sink) -> Any:
     return pq.ParquetWriter(sink, reader.schema, compression=reader.compression)
 
 
-def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _Sink, key: bytes, tally: Tally,
+def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: Sink, key: bytes, tally: Tally,
                    writer: Any) -> Any:
     import pyarrow as pa
 

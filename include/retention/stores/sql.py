@@ -476,6 +476,9 @@ class SqlStore(Store):
     def backfill_index(self, collection_name: str) -> int:
         return self.subjects.backfill_index(collection_name)
 
+    def read_columns(self, collection_name: str) -> list[str]:
+        return list(self.coll(collection_name).columns)
+
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
         return self.subjects.read(collection_name, claims)
 

@@ -97,8 +97,8 @@ class S3RecordSubjects:
 
     def unreadable(self, coll: Collection, obj: S3Object, exc: RecordsUnreadable) -> RecordsUnreadable:
         digest = key_digest(self.store.key, obj.key)
-        return RecordsUnreadable(f"{self.store.name}: an object of {coll.bucket} (key digest {digest}) cannot be read as "
-                                 f"{coll.format}: {exc}; nothing of it was changed")
+        return RecordsUnreadable(f"{self.store.name}: an object of {coll.bucket} (key digest {digest}) cannot be read "
+                                 f"as {coll.format}: {exc}; nothing of it was changed")
 
     def judge(self, coll: Collection, vobj: S3Object, judge: Judge) -> Tally | None:
         reader = self.reader(coll, vobj)
@@ -142,8 +142,8 @@ class S3RecordSubjects:
             yield out
         if without:
             log.warning("%s: %d object version(s) of %s have none of the identity fields %s in their %s: nobody "
-                        "can be found in them", self.store.ref(collection_name), without, coll.bucket, ", ".join(columns),
-                        "header" if coll.format == "csv" else "schema")
+                        "can be found in them", self.store.ref(collection_name), without, coll.bucket,
+                        ", ".join(columns), "header" if coll.format == "csv" else "schema")
 
     def scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
                       out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
@@ -170,8 +170,8 @@ class S3RecordSubjects:
             return
         subjects = getattr(claims, "subjects", None)
         if subjects is None:
-            raise RetentionError(f"{self.store.ref(collection_name)}: records are read for the subjects a find found them "
-                                 "for; these claims carry none (nothing was read)")
+            raise RetentionError(f"{self.store.ref(collection_name)}: records are read for the subjects a find found "
+                                 "them for; these claims carry none (nothing was read)")
         judge = Judge(coll, subjects)
         batch: list[dict[str, Any]] = []
         for obj in self.record_objects(coll, sorted(claims)):
@@ -289,8 +289,8 @@ class S3RecordSubjects:
             try:
                 self.before_old_versions_go(bucket, vobj.key)
                 if (self.store.call("head_object", Bucket=bucket, Key=vobj.key) or {}).get("ETag") != head.get("ETag"):
-                    raise StoreUnavailable(f"{self.store.name}: an object of {bucket} changed while it was rewritten; it "
-                                           "is left as it is now for the next run")
+                    raise StoreUnavailable(f"{self.store.name}: an object of {bucket} changed while it was rewritten; "
+                                           "it is left as it is now for the next run")
                 self.store.call("copy_object", Bucket=bucket, Key=vobj.key,
                            CopySource={"Bucket": bucket, "Key": target}, MetadataDirective="COPY",
                            TaggingDirective="COPY")
@@ -330,8 +330,8 @@ class S3RecordSubjects:
             problems.append("the CSV header changed")
         if problems:
             raise RewriteNotVerified(f"{self.store.name}: a rewrite in {coll.bucket} (key digest "
-                                     f"{key_digest(self.store.key, vobj.key)}) did not check out: {'; '.join(problems)}; "
-                                     "the original stays")
+                                     f"{key_digest(self.store.key, vobj.key)}) did not check out: "
+                                     f"{'; '.join(problems)}; the original stays")
 
     def check_nothing_between(self, coll: Collection, vobj: S3Object, new_version: str | None) -> None:
         """The new version must sit right on the one it rewrote: a version written in between would be hidden by

@@ -166,4 +166,5 @@ class S3States:
         for page in pages if pages is not None else self.store.objects(coll.bucket, self.store.prefix(coll)):
             self.prefetch(coll, rule, page, now, pattern, only)
             classified = [(obj, *self.classify(collection_name, rule, obj, now, pattern, only)) for obj in page]
-            yield self.store.row_owned.unowned(collection_name, classified) if rule.start.orphaned is not None else classified
+            orphans = rule.start.orphaned is not None
+            yield self.store.row_owned.unowned(collection_name, classified) if orphans else classified

@@ -85,7 +85,8 @@ class S3ObjectSubjects:
                 # a key part is URL-safe text: "zoe%40example.org" is the address it encodes
                 raw = unquote(match.group(name)) if match is not None and name in match.groupdict() else None
             elif source == "metadata":
-                meta = {k.lower(): v for k, v in ((self.store.head(coll.bucket, obj) or {}).get("Metadata") or {}).items()}
+                head = self.store.head(coll.bucket, obj) or {}
+                meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
                 raw = _decode_metadata(meta.get(name.lower()))
             elif source == "tag":
                 raw = (self.store.tags(coll.bucket, obj) or {}).get(name)
@@ -355,7 +356,6 @@ class S3ObjectSubjects:
         now = dt.datetime.now(dt.UTC)
         for page in self.objects_now(coll, claimed_keys(ref, claims), facts=True):
             for obj, match in page:
-                key = obj.key
                 rids, meta_changes, tag_changes, new_key = self.rectify_changes(coll, obj, match, old, new_values)
                 if not rids:
                     continue  # no longer carries the old value: not ours to touch
@@ -369,34 +369,41 @@ class S3ObjectSubjects:
                 if held_by in renamed:
                     tag_changes[LOCK_TAG] = renamed[held_by] + tags[LOCK_TAG][len(held_by):]
                 if not dry_run:
-                    head = self.store.head(coll.bucket, obj) or {}
-                    metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
-                    metadata.update({k: _ascii_header(v) for k, v in meta_changes.items()})
-                    tags.update(tag_changes)
-                    if new_key != key or meta_changes:
-                        copied = self.store.call("copy_object", Bucket=coll.bucket, Key=new_key,
-                                            CopySource={"Bucket": coll.bucket, "Key": key, **obj.vid()},
-                                            Metadata=metadata, MetadataDirective="REPLACE",
-                                            **({"ContentType": head["ContentType"]} if head.get("ContentType")
-                                               else {}))
-                        if tags:
-                            self.store.call("put_object_tagging", Bucket=coll.bucket, Key=new_key,
-                                       Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
-                        if new_key != key:  # every version of the old key goes: they all carry the old value
-                            purger = Purger(self.store, coll.bucket, 1000, None)
-                            for listed in self.store.objects(coll.bucket, key):
-                                for o in listed:
-                                    if o.key == key:
-                                        purger.add(o)
-                            purger.flush()
-                        elif obj.version_id:  # older versions still hold the old metadata
-                            self.store.writes.drop_old_versions(coll.bucket, key, copied.get("VersionId"))
-                    elif tag_changes:
-                        self.store.call("put_object_tagging", Bucket=coll.bucket, Key=key, **obj.vid(),
-                                   Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+                    self._write_rectified(coll, obj, tags, meta_changes, tag_changes, new_key)
                 for rid in rids:
                     outcome.add(rid, ref, "rectified")
         return outcome
+
+    def _write_rectified(self, coll: Collection, obj: S3Object, tags: dict[str, str], meta_changes: dict[str, str],
+                         tag_changes: dict[str, str], new_key: str) -> None:
+        """Write one object's corrected metadata, tags or key (``rectify``)."""
+        key = obj.key
+        head = self.store.head(coll.bucket, obj) or {}
+        metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        metadata.update({k: _ascii_header(v) for k, v in meta_changes.items()})
+        tags.update(tag_changes)
+        if new_key != key or meta_changes:
+            copied = self.store.call("copy_object", Bucket=coll.bucket, Key=new_key,
+                                CopySource={"Bucket": coll.bucket, "Key": key, **obj.vid()},
+                                Metadata=metadata, MetadataDirective="REPLACE",
+                                **({"ContentType": head["ContentType"]} if head.get("ContentType")
+                                   else {}))
+            if tags:
+                self.store.call("put_object_tagging", Bucket=coll.bucket, Key=new_key,
+                           Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+            if new_key != key:  # every version of the old key goes: they all carry the old value
+                purger = Purger(self.store, coll.bucket, 1000, None)
+                for listed in self.store.objects(coll.bucket, key):
+                    for o in listed:
+                        if o.key == key:
+                            purger.add(o)
+                purger.flush()
+            elif obj.version_id:  # older versions still hold the old metadata
+                self.store.writes.drop_old_versions(coll.bucket, key, copied.get("VersionId"))
+        elif tag_changes:
+            self.store.call("put_object_tagging", Bucket=coll.bucket, Key=key, **obj.vid(),
+                       Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+
 
 def _ascii_header(value: str) -> str:
     """S3 metadata is ASCII: a non-ASCII value is written RFC 2047-encoded (what ``_decode_metadata`` reads)."""

@@ -166,7 +166,8 @@ class S3Writes:
         # Tag first: a failed legal hold then leaves a visibly locked object that the next run completes.
         if self.store.bucket_info(bucket).object_lock and (self.store.head(bucket, obj) or {}).get(
                 "ObjectLockLegalHoldStatus") != "ON":
-            self.store.call("put_object_legal_hold", Bucket=bucket, Key=obj.key, LegalHold={"Status": "ON"}, **obj.vid())
+            self.store.call("put_object_legal_hold", Bucket=bucket, Key=obj.key, LegalHold={"Status": "ON"},
+                            **obj.vid())
         return True
 
     def release_own_hold(self, bucket: str, obj: S3Object) -> None:

@@ -232,66 +232,81 @@ class SqlSubjects:
               ) -> SubjectOutcome:
         name = collection_name
         self.store.check(name)  # references and holds checked against the tables before anything is changed
-        coll, t, ref = self.store.coll(name), self.store.table(name), self.store.ref(name)
+        coll, ref = self.store.coll(name), self.store.ref(name)
         outcome = SubjectOutcome()
         keys = claimed_keys(self.store.name, claims)
         wanted = index_subjects(subjects)
         own = own_lock_reasons(subjects, self.store.mask_key)
-        fields = coll.identity_fields()
         deleting = coll.erasure == "delete"
         changed_since = 0
         for chunk in chunks(keys):
             with self.store.engine.begin() as conn:
                 rows = self._locked_rows(conn, name, chunk, dependents=deleting)
-                whole_rows, mention_rows, kept_rows = [], [], []
-                for row in rows:
-                    whole, mention_cols, token_of = self._row_claims(row, fields, wanted)
-                    rids = whole or {rid for rid in token_of}
-                    if not rids:
-                        changed_since += 1  # no longer carries the identity: not ours to touch
-                        continue
-                    reason = self._exception(row, own, deleting=bool(whole) and deleting)
-                    if reason is not None:
-                        for rid in rids:
-                            outcome.add(rid, ref, f"exception:{reason}")
-                        kept_rows.append((row, token_of[min(rids)]))
-                    elif whole:
-                        whole_rows.append((row, whole))
-                    else:
-                        mention_rows.append((row, mention_cols, set(token_of)))
+                whole_rows, mention_rows, kept_rows, gone_meanwhile = self._sort_rows(
+                    rows, coll.identity_fields(), wanted, own, deleting, ref, outcome)
+                changed_since += gone_meanwhile
                 if not dry_run:
                     self._restrict_exceptions(conn, name, kept_rows)
                 self._erase_mentions(conn, name, mention_rows, outcome, dry_run)
-                if not whole_rows:
-                    continue
-                gone = [r["_pk"] for r, _ in whole_rows]
-                lifted = {r["_pk"] for r, _ in whole_rows if r.get("_locked_at") is not None}
-                for row, rids in whole_rows:
-                    for rid in rids:
-                        if row["_pk"] in lifted:
-                            outcome.add(rid, ref, "lifted")
-                if not deleting:
-                    n = len(gone) if dry_run else self._anonymize_subject_rows(conn, name, gone, own)
-                    self._count(outcome, whole_rows, ref, "anonymized", n)
-                    continue
-                children = self.store.acts.child_counts(conn, name, gone)
-                for row, rids in whole_rows:
-                    for rid in rids:
-                        for child_ref, n in children.get(row["_pk"], {}).items():
-                            outcome.add(rid, child_ref, "deleted_with_parent", n)
-                if dry_run:
-                    self._count(outcome, whole_rows, ref, "deleted", len(gone))
-                    continue
-                cascaded: dict[str, int] = {}
-                guard = self._erasable(name, t, own)
-                n = self.store.acts.delete_keys(conn, name, gone, cascaded, guard=guard)
-                self._count(outcome, whole_rows, ref, "deleted", n)
-                for target, c in cascaded.items():
-                    outcome.add_total(target, c)
+                if whole_rows:
+                    self._erase_rows(conn, name, whole_rows, own, deleting, outcome, dry_run)
         if changed_since:
             log.warning("%s: %d claimed row(s) no longer carried the identity when acted on; left alone", ref,
                         changed_since)
         return outcome
+
+    def _sort_rows(self, rows: list[dict[str, Any]], fields: list[tuple[str, IdentityField]],
+                   wanted: dict[str, dict[str, set[str]]], own: set[str], deleting: bool, ref: str,
+                   outcome: SubjectOutcome) -> tuple[list, list, list, int]:
+        """An erasure's locked rows, sorted: (the subjects' own rows to erase, rows that only mention them, rows
+        kept as exceptions (counted in ``outcome``), how many no longer carry any identity)."""
+        whole_rows, mention_rows, kept_rows = [], [], []
+        changed_since = 0
+        for row in rows:
+            whole, mention_cols, token_of = self._row_claims(row, fields, wanted)
+            rids = whole or {rid for rid in token_of}
+            if not rids:
+                changed_since += 1  # no longer carries the identity: not ours to touch
+                continue
+            reason = self._exception(row, own, deleting=bool(whole) and deleting)
+            if reason is not None:
+                for rid in rids:
+                    outcome.add(rid, ref, f"exception:{reason}")
+                kept_rows.append((row, token_of[min(rids)]))
+            elif whole:
+                whole_rows.append((row, whole))
+            else:
+                mention_rows.append((row, mention_cols, set(token_of)))
+        return whole_rows, mention_rows, kept_rows, changed_since
+
+    def _erase_rows(self, conn, name: str, whole_rows: list[tuple[dict[str, Any], set[str]]], own: set[str],
+                    deleting: bool, outcome: SubjectOutcome, dry_run: bool) -> None:
+        """Delete (or anonymize) the subjects' own rows of a chunk, counting per request what went with them."""
+        t, ref = self.store.table(name), self.store.ref(name)
+        gone = [r["_pk"] for r, _ in whole_rows]
+        lifted = {r["_pk"] for r, _ in whole_rows if r.get("_locked_at") is not None}
+        for row, rids in whole_rows:
+            for rid in rids:
+                if row["_pk"] in lifted:
+                    outcome.add(rid, ref, "lifted")
+        if not deleting:
+            n = len(gone) if dry_run else self._anonymize_subject_rows(conn, name, gone, own)
+            self._count(outcome, whole_rows, ref, "anonymized", n)
+            return
+        children = self.store.acts.child_counts(conn, name, gone)
+        for row, rids in whole_rows:
+            for rid in rids:
+                for child_ref, n in children.get(row["_pk"], {}).items():
+                    outcome.add(rid, child_ref, "deleted_with_parent", n)
+        if dry_run:
+            self._count(outcome, whole_rows, ref, "deleted", len(gone))
+            return
+        cascaded: dict[str, int] = {}
+        guard = self._erasable(name, t, own)
+        n = self.store.acts.delete_keys(conn, name, gone, cascaded, guard=guard)
+        self._count(outcome, whole_rows, ref, "deleted", n)
+        for target, c in cascaded.items():
+            outcome.add_total(target, c)
 
     @staticmethod
     def _count(outcome: SubjectOutcome, rows: list[tuple[dict[str, Any], set[str]]], ref: str, what: str,

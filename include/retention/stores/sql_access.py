@@ -19,14 +19,14 @@ from include.retention.stores.sql_keys import chunks, key_in, key_of
 
 if TYPE_CHECKING:
     from include.retention.policy import Reference
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 
 class SqlAccess:
     """The read-only half of an access request (a collaborator of ``SqlStore``: it reads the store's collections,
     tables and keys)."""
 
-    def __init__(self, store: SqlStore):
+    def __init__(self, store: SqlCore):
         self.store = store
 
     def owned(self, collection_name: str, claims: Claims, subjects: list[Subject]

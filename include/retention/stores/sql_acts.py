@@ -21,13 +21,13 @@ from include.retention.stores.sql_keys import cols_eq, cols_in, key_in, key_of, 
 from include.retention.stores.sql_predicates import bind_time
 
 if TYPE_CHECKING:
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 
 class SqlActs:
     """The acting statements of one store's batches (it reads the store's collections, tables, keys and policy)."""
 
-    def __init__(self, store: SqlStore):
+    def __init__(self, store: SqlCore):
         self.store = store
         # collection -> identity kinds the delete stage now running there suppresses (Rule.suppress_kinds)
         self.suppressing: dict[str, list[str]] = {}

@@ -31,7 +31,7 @@ from include.retention.stores.sql_keys import chunks, key_in, key_of, value_of
 if TYPE_CHECKING:
     from include.retention.policy import Reference
     from include.retention.stores.base import Store
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 CHILD_BATCH = 1000  # child rows per transaction of the other system
 
@@ -41,7 +41,7 @@ class SqlCascade:
     ``SqlStore``: it reads the store's collections, tables, keys and predicates, and reaches other systems through
     the store's ``stores``)."""
 
-    def __init__(self, store: SqlStore):
+    def __init__(self, store: SqlCore):
         self.store = store
         self.recording: Recorder | None = None  # the running stage's recorder (child systems' entries)
 

@@ -26,7 +26,7 @@ from include.retention.stores.sql_predicates import bind_time
 from include.retention.stores.sql_walks import BatchSizer
 
 if TYPE_CHECKING:
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 IN_CHUNK = 500  # values per IN list
 
@@ -35,7 +35,7 @@ class SqlOrphans:
     """The orphan marker and the key look-up for S3 orphan rules (a collaborator of ``SqlStore``: it reads the
     store's collections, tables and keys, and walks like a sweep)."""
 
-    def __init__(self, store: SqlStore):
+    def __init__(self, store: SqlCore):
         self.store = store
 
     def unreferenced(self, name: str, t: sa.Table) -> sa.ColumnElement[bool]:

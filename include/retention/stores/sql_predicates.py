@@ -16,7 +16,7 @@ from include.retention.policy import Condition, Rule, Stage, cutoff
 from include.retention.stores.sql_keys import cols_eq
 
 if TYPE_CHECKING:
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 
 def condition(t: sa.Table, cond: Condition, now: dt.datetime | None = None) -> sa.ColumnElement[bool]:
@@ -79,7 +79,7 @@ class SqlPredicates:
     """The store's predicates that need its collections and tables (a collaborator of ``SqlStore``: it reads the
     store's ``policy``, ``coll``, ``table``, ``ref``, ``source_cols`` / ``target_cols`` and the orphan test)."""
 
-    def __init__(self, store: SqlStore):
+    def __init__(self, store: SqlCore):
         self.store = store
 
     def held(self, name: str, t: sa.Table | None = None, now: dt.datetime | None = None

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from include.retention.policy import Reference, Rule, referrers
 
 if TYPE_CHECKING:
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 
 def serialize_sqlite_writers(engine: sa.Engine) -> None:
@@ -85,7 +85,7 @@ def unique_on(t: sa.Table, cols: list[str], declared_key: list[str]) -> bool:
     return any(s and s <= wanted for s in sets)
 
 
-def check_references(store: SqlStore, name: str) -> str | None:
+def check_references(store: SqlCore, name: str) -> str | None:
     """References between tables of this database, as its catalogue reports them (ADR 0012):
 
     - a reference points at columns unique in the target: its declared primary key, or columns the database
@@ -124,7 +124,7 @@ def check_references(store: SqlStore, name: str) -> str | None:
                         "NOT NULL: use 'on_delete: delete' (or let the column(s) hold NULL)")
     return None
 
-def unique_problem(store: SqlStore, owner: str, ref: Reference, target: str) -> str | None:
+def unique_problem(store: SqlCore, owner: str, ref: Reference, target: str) -> str | None:
     """The problem of ``owner``'s reference ``ref`` when the columns it points at in this database's
     collection ``target`` are not unique there (``check_references``), else None."""
     t, coll = store.table(target), store.coll(target)

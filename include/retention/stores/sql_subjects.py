@@ -44,7 +44,7 @@ from include.retention.stores.sql_predicates import bind_time
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection, IdentityField
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SqlSubjects:
     """The subject half of the store interface (a collaborator of ``SqlStore``: it reads the store's collections,
     tables, keys and predicates, and acts through its ``acts`` and ``cascade``)."""
 
-    def __init__(self, store: SqlStore):
+    def __init__(self, store: SqlCore):
         self.store = store
 
     def _identity_cols(self, coll: Collection) -> list[str]:

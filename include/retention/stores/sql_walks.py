@@ -35,7 +35,7 @@ from include.retention.stores.base import Recorder, StageResult, begin_record, e
 from include.retention.stores.sql_keys import key_of, keys_text_in_db
 
 if TYPE_CHECKING:
-    from include.retention.stores.sql import SqlStore
+    from include.retention.stores.sql_core import SqlCore
 
 # A batch is one transaction: at most MAX_BATCH rows (the policy's own ceiling for batch_size), sized to take
 # about BATCH_SECONDS once the first batch has measured the rate, and not below MIN_BATCH (or batch_size).
@@ -81,7 +81,7 @@ class Walk:
     """One stage's walk over a table: ``run`` opens one transaction per batch, ``next_batch`` acts on the next
     batch in it (None: nothing left)."""
 
-    def __init__(self, store: SqlStore, name: str, order: list[sa.Column], action: str, reason: str,
+    def __init__(self, store: SqlCore, name: str, order: list[sa.Column], action: str, reason: str,
                  now: dt.datetime, mask: dict):
         self.store, self.name, self.order = store, name, order
         self.action, self.reason, self.now, self.mask = action, reason, now, mask
@@ -342,7 +342,7 @@ class KeysetWalk(Walk):
 
 
 # ---- the choice ----------------------------------------------------------------------------------------------
-def choose_walk(store: SqlStore, name: str, predicate: Callable[[sa.Table], Any], action: str, reason: str,
+def choose_walk(store: SqlCore, name: str, predicate: Callable[[sa.Table], Any], action: str, reason: str,
                 now: dt.datetime, mask: dict, walk: str | None) -> Walk:
     """The walk of a stage on ``name``: ``walk`` is the rule's start column (None for a computed start: batches
     walk the key)."""
@@ -366,7 +366,7 @@ def choose_walk(store: SqlStore, name: str, predicate: Callable[[sa.Table], Any]
     return KeysetWalk(store, name, order, action, *args)
 
 
-def one_statement_does(store: SqlStore, name: str, action: str, mask: dict | None) -> bool:
+def one_statement_does(store: SqlCore, name: str, action: str, mask: dict | None) -> bool:
     """Is the batch's ``DELETE``/``UPDATE`` all there is to it (``SqlActs.one_statement``)? Not for deletes that
     take something along, nor for masks computed in Python (keyed hashes read the rows first)."""
     if action == "delete":
@@ -376,14 +376,14 @@ def one_statement_does(store: SqlStore, name: str, action: str, mask: dict | Non
     return action == "lock"
 
 
-def by_block(store: SqlStore, name: str, action: str, mask: dict | None) -> bool:
+def by_block(store: SqlCore, name: str, action: str, mask: dict | None) -> bool:
     """PostgreSQL walks the heap by block ranges (``ctid``) with one statement per batch, when the batch's
     statement is all there is to it: not for deletes that take something along (their rows are locked first
     and go by key), nor for masks computed in Python (keyed hashes read the rows first)."""
     return store.engine.dialect.name == "postgresql" and one_statement_does(store, name, action, mask)
 
 
-def by_range(store: SqlStore, name: str, action: str, mask: dict | None) -> bool:
+def by_range(store: SqlCore, name: str, action: str, mask: dict | None) -> bool:
     """MariaDB, a one-column integer key, and one statement does the batch (a delete that takes nothing along, a
     lock, an anonymize with SQL masks): ``RangeWalk``. Other keys keep their walks: ``GROUP_CONCAT`` orders text by
     the column's collation (``PAD SPACE``, case or accent folding), which is not Python's ``sorted()`` order the
@@ -395,7 +395,7 @@ def by_range(store: SqlStore, name: str, action: str, mask: dict | None) -> bool
     return len(pk) == 1 and isinstance(pk[0].type, sa.Integer) and one_statement_does(store, name, action, mask)
 
 
-def by_order(store: SqlStore, name: str, action: str) -> bool:
+def by_order(store: SqlCore, name: str, action: str) -> bool:
     """MariaDB acts and returns the batch's keys in one ``DELETE ... ORDER BY ... LIMIT ... RETURNING`` when the
     delete takes nothing along (MySQL has no ``RETURNING``, and updates have none on MariaDB)."""
     dialect = store.engine.dialect
@@ -403,7 +403,7 @@ def by_order(store: SqlStore, name: str, action: str) -> bool:
             and action == "delete" and not store.acts.takes_along(name))
 
 
-def in_index_order(store: SqlStore, t: sa.Table, order: list[sa.Column]) -> bool:
+def in_index_order(store: SqlCore, t: sa.Table, order: list[sa.Column]) -> bool:
     """PostgreSQL: the table's rows lie in the order of the indexed start column (``pg_stats.correlation`` near 1,
     e.g. an append-only event table): the index walk then reads only the expired range, in physical order, where a
     block walk would read the whole table."""
@@ -416,7 +416,7 @@ def in_index_order(store: SqlStore, t: sa.Table, order: list[sa.Column]) -> bool
     return corr is not None and abs(corr) >= CORRELATED
 
 
-def range_order(store: SqlStore, t: sa.Table, order: list[sa.Column], where: Any) -> list[sa.Column]:
+def range_order(store: SqlCore, t: sa.Table, order: list[sa.Column], where: Any) -> list[sa.Column]:
     """MariaDB: walk the way the server itself would read the eligible rows. When its optimizer reads them through
     the start column's index (few of them), ``(start, pk)``; when it would scan the table (the raw statement's plan:
     many of them, or no usable index), the primary key: each batch a range of the clustered index read in order,

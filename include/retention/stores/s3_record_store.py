@@ -53,16 +53,14 @@ from include.retention.stores.s3_records import (
     ObjectRecords,
     RecordsUnreadable,
     RewriteNotVerified,
-    Sink,
     Tally,
     digest_of,
-    expected_of,
     judge_version,
     key_digest,
     partition_span,
     record_time,
-    write_version,
 )
+from include.retention.stores.s3_rewrite import Sink, expected_of, write_version
 from include.retention.stores.s3_subjects import lock_reason
 from include.retention.stores.s3_writes import Purger, Upload
 

@@ -237,7 +237,7 @@ class S3Store(Store):
         carry: S3Object | None = None  # the last key of a page may continue on the next one
         checked, relisted = not after, None  # after a KeyMarker: the first key's versions (see _first_key)
         for page in self.pages("list_object_versions", size, Bucket=bucket, Prefix=prefix,
-                                **({"KeyMarker": after} if after else {})):
+                               **({"KeyMarker": after} if after else {})):
             entries = [(v, False) for v in page.get("Versions", [])]
             entries += [(m, True) for m in page.get("DeleteMarkers", [])]
             if relisted is not None:

@@ -144,7 +144,7 @@ class S3RecordSubjects:
                         ", ".join(columns), "header" if coll.format == "csv" else "schema")
 
     def scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
-                      out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+                     out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """Add each record's identities to ``out`` (under the object's key); yield ``out`` whenever it is full."""
         for batch in reader.batches(columns):
             for record in batch.records:
@@ -206,7 +206,7 @@ class S3RecordSubjects:
         return outcome
 
     def erase_object(self, coll: Collection, ref: str, obj: S3Object, judge: Any, own: set[str],
-                      now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str = "masked") -> None:
+                     now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str = "masked") -> None:
         """Rewrite the current version as ``judge`` says (records dropped, fields masked or corrected: counted as
         ``changed_as``), delete the older versions holding records it claims; held versions are exceptions."""
         doomed: list[S3Object] = []
@@ -290,13 +290,13 @@ class S3RecordSubjects:
                     raise StoreUnavailable(f"{self.store.name}: an object of {bucket} changed while it was rewritten; "
                                            "it is left as it is now for the next run")
                 self.store.call("copy_object", Bucket=bucket, Key=vobj.key,
-                           CopySource={"Bucket": bucket, "Key": target}, MetadataDirective="COPY",
-                           TaggingDirective="COPY")
+                                CopySource={"Bucket": bucket, "Key": target}, MetadataDirective="COPY",
+                                TaggingDirective="COPY")
             finally:  # the temporary key goes in any case (a process killed here leaves it for the next run)
                 self.undo(bucket, target, None)
 
     def check_rewrite(self, coll: Collection, vobj: S3Object, reader: ObjectRecords, judge: Any, written: Tally,
-                       expected: Tally, target: str, new_version: str | None) -> None:
+                      expected: Tally, target: str, new_version: str | None) -> None:
         """Re-read what was written and compare it with what the original, judged again on its own, says must
         remain (records in order and content, masked ones as masked) and with the original's schema."""
         problems = []

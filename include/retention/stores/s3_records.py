@@ -261,7 +261,7 @@ class RangeFile(io.RawIOBase):
         if n <= 0:
             return 0
         body = self.store.call("get_object", Bucket=self.bucket, Key=self.obj.key,
-                                Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
+                               Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
         try:
             data = body.read()
         finally:

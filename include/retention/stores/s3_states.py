@@ -115,7 +115,7 @@ class S3States:
         return action, ("kept" if obj.gone else "due")
 
     def prefetch(self, coll: Collection, rule: Rule, page: list[S3Object], now: dt.datetime,
-                  pattern: re.Pattern[str] | None, only: str | None) -> None:
+                 pattern: re.Pattern[str] | None, only: str | None) -> None:
         """Fetch the per-object facts ``classify`` will need for a page, many requests at a time.
 
         S3 has no batch HEAD or tagging call; one request after another would make a sweep of
@@ -127,7 +127,7 @@ class S3States:
         scoped = [(o, m) for o, m in scoped if m or not pattern]
         if basis in ("metadata", "tag"):  # the date itself is per-object
             self.fetch(bucket, [o for o, _ in scoped if o.version_id or o.live], head=basis == "metadata",
-                        tags=basis == "tag")
+                       tags=basis == "tag")
         wanted: dict[str, list[S3Object]] = {"head": [], "tags": []}
         for obj, match in scoped:
             start = self.start(bucket, rule, obj, match)  # cached or free by now
@@ -157,7 +157,7 @@ class S3States:
             yield from page
 
     def walk_pages(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None,
-                    pages: Iterator[list[S3Object]] | None = None):
+                   pages: Iterator[list[S3Object]] | None = None):
         """(object, action, state) per object, one listing page at a time (or one page of ``pages``, a plan's
         spool); an orphan rule's due objects that a row still references are ``referenced`` (looked up once per
         page)."""

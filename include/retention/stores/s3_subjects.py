@@ -122,7 +122,7 @@ class S3ObjectSubjects:
              ) -> Iterator[list[tuple[S3Object, Any]]]:
         """The objects under exactly ``keys`` as they are now, a page at a time from one forward listing
         (``owned_objects``, as ``delete_referenced`` reads owned objects), not one listing per key. With
-        ``facts``, what ``_exception`` / ``_done`` read is fetched for the page in parallel first: tags (the
+        ``facts``, what ``exception`` / ``S3States.done`` read is fetched for the page in parallel first: tags (the
         ``retention-lock`` tag and tag legal holds) and, where the bucket has Object Lock, heads."""
         if not keys:
             return
@@ -273,7 +273,7 @@ class S3ObjectSubjects:
             body.close()
 
     def rectify_changes(self, coll: Collection, obj: S3Object, match: Any, old: dict[str, dict[str, str]],
-                         new_values: dict[str, str]) -> tuple[set[str], dict[str, str], dict[str, str], str]:
+                        new_values: dict[str, str]) -> tuple[set[str], dict[str, str], dict[str, str], str]:
         """What correcting ``obj`` writes: (requests whose old value it carries, metadata name -> new value,
         tag -> new value, the new key)."""
         meta_changes: dict[str, str] = {}
@@ -384,13 +384,13 @@ class S3ObjectSubjects:
         tags.update(tag_changes)
         if new_key != key or meta_changes:
             copied = self.store.call("copy_object", Bucket=coll.bucket, Key=new_key,
-                                CopySource={"Bucket": coll.bucket, "Key": key, **obj.vid()},
-                                Metadata=metadata, MetadataDirective="REPLACE",
-                                **({"ContentType": head["ContentType"]} if head.get("ContentType")
+                                     CopySource={"Bucket": coll.bucket, "Key": key, **obj.vid()},
+                                     Metadata=metadata, MetadataDirective="REPLACE",
+                                     **({"ContentType": head["ContentType"]} if head.get("ContentType")
                                    else {}))
             if tags:
                 self.store.call("put_object_tagging", Bucket=coll.bucket, Key=new_key,
-                           Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+                                Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
             if new_key != key:  # every version of the old key goes: they all carry the old value
                 purger = Purger(self.store, coll.bucket, 1000, None)
                 for listed in self.store.objects(coll.bucket, key):
@@ -402,7 +402,7 @@ class S3ObjectSubjects:
                 self.store.writes.drop_old_versions(coll.bucket, key, copied.get("VersionId"))
         elif tag_changes:
             self.store.call("put_object_tagging", Bucket=coll.bucket, Key=key, **obj.vid(),
-                       Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+                            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
 
 
 def _ascii_header(value: str) -> str:

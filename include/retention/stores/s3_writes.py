@@ -79,7 +79,7 @@ class Purger:
         if self.before_batch:
             self.before_batch([e["Key"] for e, counts in batch if counts])
         resp = self.store.call("delete_objects", Bucket=self.bucket,
-                                Delete={"Objects": [e for e, _ in batch], "Quiet": True})
+                               Delete={"Objects": [e for e, _ in batch], "Quiet": True})
         self.calls += 1
         errors = resp.get("Errors", [])
         failed = {e.get("Key") for e in errors}
@@ -117,22 +117,22 @@ class Upload:
     def _part(self, data: bytes) -> None:
         if self.upload_id is None:
             self.upload_id = self.store.call("create_multipart_upload", Bucket=self.bucket, Key=self.key,
-                                              **self.extra)["UploadId"]
+                                             **self.extra)["UploadId"]
         number = len(self.parts) + 1
         resp = self.store.call("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                PartNumber=number, Body=data)
+                               PartNumber=number, Body=data)
         self.parts.append({"ETag": resp["ETag"], "PartNumber": number})
 
     def complete(self) -> str | None:
         """Make the new content the object; returns its version id (versioned buckets)."""
         if self.upload_id is None:
             resp = self.store.call("put_object", Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
-                                    **self.extra)
+                                   **self.extra)
         else:
             if self.buffer:
                 self._part(bytes(self.buffer))
             resp = self.store.call("complete_multipart_upload", Bucket=self.bucket, Key=self.key,
-                                    UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+                                   UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
         self.upload_id = None
         self.buffer = bytearray()
         return resp.get("VersionId")
@@ -177,7 +177,7 @@ class S3Writes:
         head = self.store.head(bucket, obj) or {}
         if head.get("ObjectLockLegalHoldStatus") == "ON" and LOCK_TAG in (self.store.tags(bucket, obj) or {}):
             self.store.call("put_object_legal_hold", Bucket=bucket, Key=obj.key, LegalHold={"Status": "OFF"},
-                       VersionId=obj.version_id)
+                            VersionId=obj.version_id)
 
     def anonymize(self, bucket: str, obj: S3Object, stage: Stage, now: dt.datetime) -> bool:
         head = self.store.head(bucket, obj)

@@ -202,7 +202,7 @@ class SqlStore(Store):
                 cascaded = self._cascade_counts(conn, collection_name, rule, delete_stage, now)
                 # parents a held row of another database keeps: held, as with held dependents in this one
                 kept = self.cascade.held_elsewhere_count(conn, collection_name,
-                                                  self.eligible(collection_name, rule, delete_stage, now, t))
+                                                         self.eligible(collection_name, rule, delete_stage, now, t))
                 eligible[delete_stage.action] -= kept
                 held += kept
         return RulePlan(
@@ -232,7 +232,7 @@ class SqlStore(Store):
             n = int(conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar() or 0)
             if delete_stage is not None:  # parents a held row of another database keeps: held, not kept
                 n -= self.cascade.held_elsewhere_count(conn, collection_name,
-                                                self.eligible(collection_name, rule, delete_stage, now, t))
+                                                       self.eligible(collection_name, rule, delete_stage, now, t))
         return max(n, 0)
 
     def _cascade_counts(self, conn, name: str, rule: Rule, stage: Stage, now: dt.datetime
@@ -257,7 +257,7 @@ class SqlStore(Store):
     def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
                     reason: str, record: Recorder) -> StageResult:
         # A computed start has no column an index could walk (start.column is None): batches walk the key.
-        # The stage's suppression kinds reach ``_delete_keys`` through ``_suppressing`` while it runs.
+        # The stage's suppression kinds reach ``SqlActs.delete_keys`` through ``acts.suppressing`` while it runs.
         kinds = rule.suppress_kinds(stage)
         if kinds:
             self.acts.suppressing[collection_name] = kinds

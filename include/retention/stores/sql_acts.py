@@ -36,8 +36,8 @@ class SqlActs:
         self.orphan_stage: set[str] = set()
 
     def one_statement(self, name: str, t: sa.Table, action: str, conds: list[Any], reason: str, now: dt.datetime,
-                       mask: dict) -> Any:
-        """The ``DELETE``/``UPDATE`` that does a whole batch (``_by_block`` says when one can) on ``conds``."""
+                      mask: dict) -> Any:
+        """The ``DELETE``/``UPDATE`` that does a whole batch (``sql_walks.by_block`` says when one can) on ``conds``."""
         coll = self.store.coll(name)
         if action == "delete":
             return t.delete().where(*conds)
@@ -89,7 +89,7 @@ class SqlActs:
         """Delete the batch's rows that still match ``where``; returns the rows the statement deleted."""
         if not self.takes_along(name):
             return conn.execute(t.delete().where(in_batch, where)).rowcount
-        # PostgreSQL selects the locked rows by their key afterwards (``_delete_set``): a one-column key
+        # PostgreSQL selects the locked rows by their key afterwards (``delete_set``): a one-column key
         if self.set_cascade(name) and (conn.dialect.name != "postgresql" or len(self.store.key_cols(name, t)) == 1):
             return self.delete_set(conn, name, t, sa.and_(in_batch, where), cascaded)
         pk = self.store.key_cols(name, t)
@@ -102,11 +102,11 @@ class SqlActs:
 
     def set_cascade(self, name: str, above: tuple[str, ...] = ()) -> bool:
         """Whether a delete here takes along only rows of this database, in a tree of distinct tables (no objects,
-        no digests, no other database, no table twice): ``_delete_set`` then does a batch in a few set-based
+        no digests, no other database, no table twice): ``delete_set`` then does a batch in a few set-based
         statements instead of carrying its keys back and forth."""
         coll = self.store.coll(name)
         if (name in above or self.store.policy.owned_objects(self.store.ref(name)) or coll.suppress_on_delete
-                or self.suppressing.get(name)):
+            or self.suppressing.get(name)):
             return False
         for child_ref, ref in self.store.policy.children(self.store.ref(name)):
             c_sys, _, c_name = child_ref.partition(".")
@@ -118,7 +118,7 @@ class SqlActs:
 
     def delete_set(self, conn, name: str, t: sa.Table, rows: Any, cascaded: dict[str, int]) -> int:
         """Delete the rows ``rows`` selects (the batch's range and the full predicate) and their dependents
-        (``_set_cascade``): lock them, then per dependent table one ``DELETE``/``UPDATE ... WHERE fk IN (SELECT
+        (``set_cascade``): lock them, then per dependent table one ``DELETE``/``UPDATE ... WHERE fk IN (SELECT
         ... WHERE rows)`` (deepest first), then the rows; returns the rows deleted.
 
         The lock comes first, so a legal hold committed meanwhile waits and cannot be overtaken. On PostgreSQL
@@ -140,7 +140,7 @@ class SqlActs:
         return conn.execute(t.delete().where(rows)).rowcount
 
     def delete_set_dependents(self, conn, name: str, t: sa.Table, rows: Any, cascaded: dict[str, int],
-                           keys: list[Any] | None = None) -> None:
+                              keys: list[Any] | None = None) -> None:
         """The dependents (in this database) of ``t``'s rows that ``rows`` selects: set-based, deepest first.
         ``keys``: those rows' keys (PostgreSQL), matched directly by a reference to the key (an index on the
         referencing column can serve it, as for the raw statement)."""
@@ -177,7 +177,7 @@ class SqlActs:
         it keeps, rows in another database (also through dependents here that go along)."""
         coll = self.store.coll(name)
         if (self.store.policy.owned_objects(self.store.ref(name)) or coll.suppress_on_delete
-                or self.suppressing.get(name)):
+            or self.suppressing.get(name)):
             return True
         for child_ref, ref in self.store.policy.children(self.store.ref(name)):
             c_sys, _, c_name = child_ref.partition(".")
@@ -229,7 +229,7 @@ class SqlActs:
         return [(key_of(r[:n]), v) for r in rows if (v := value_of(r[n:])) is not None]
 
     def delete_keys(self, conn, name: str, keys: list[Any], cascaded: dict[str, int],
-                     guard: Any | None = None, suppress: list[str] | None = None) -> int:
+                    guard: Any | None = None, suppress: list[str] | None = None) -> int:
         """Delete rows by key: dependents first (as the references say), then owned objects, then the rows.
 
         ``guard`` (the predicate that selected them) is repeated in every statement, so a row that stopped

@@ -73,7 +73,7 @@ class SqlOrphans:
         return self.mark_in_batches(collection_name, t, steps, batch_size, record)
 
     def mark_in_batches(self, name: str, t: sa.Table, steps: list[tuple[str, Any, dict[str, Any]]],
-                         batch_size: int, record: Recorder) -> dict[str, int]:
+                        batch_size: int, record: Recorder) -> dict[str, int]:
         """Walk the table by primary-key ranges (one column, or a composite key as a row value) of about
         ``size`` rows, one transaction per range: for each step ``(action, where, values)`` select the keys in
         the range matching ``where`` and ``UPDATE ... SET values WHERE <range> AND where`` (repeated, so a row

@@ -106,7 +106,7 @@ class SqlActs:
         statements instead of carrying its keys back and forth."""
         coll = self.store.coll(name)
         if (name in above or self.store.policy.owned_objects(self.store.ref(name)) or coll.suppress_on_delete
-            or self.suppressing.get(name)):
+                or self.suppressing.get(name)):
             return False
         for child_ref, ref in self.store.policy.children(self.store.ref(name)):
             c_sys, _, c_name = child_ref.partition(".")
@@ -177,7 +177,7 @@ class SqlActs:
         it keeps, rows in another database (also through dependents here that go along)."""
         coll = self.store.coll(name)
         if (self.store.policy.owned_objects(self.store.ref(name)) or coll.suppress_on_delete
-            or self.suppressing.get(name)):
+                or self.suppressing.get(name)):
             return True
         for child_ref, ref in self.store.policy.children(self.store.ref(name)):
             c_sys, _, c_name = child_ref.partition(".")

@@ -136,7 +136,7 @@ def test_an_interrupted_rewrite_reruns_to_the_same_end(s3, make_store, bucket, m
     def killed(bucket_name, key):
         raise KeyboardInterrupt("killed between the write and the version deletes")
 
-    monkeypatch.setattr(store, "_before_old_versions_go", killed)
+    monkeypatch.setattr(store.records, "before_old_versions_go", killed)
     with pytest.raises(KeyboardInterrupt):
         scanner.act([zoe()], "erase", dry_run=False)
     if bucket == PLAIN:  # the original is whole until the checked copy replaces it

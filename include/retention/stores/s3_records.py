@@ -38,8 +38,7 @@ from include.retention.stores.s3_objects import CHUNK
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection, Mask
-    from include.retention.stores.s3 import S3Store
-    from include.retention.stores.s3_objects import S3Object
+    from include.retention.stores.s3_objects import S3Core, S3Object
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield bytes(carry)
 
 
-def _ending(raw: bytes) -> str:
+def line_ending(raw: bytes) -> str:
     return "\r\n" if raw.endswith(b"\r\n") else "\n" if raw.endswith(b"\n") else ""
 
 
@@ -239,7 +238,7 @@ class _Capture:
 class RangeFile(io.RawIOBase):
     """One object version, read by ranged GETs (what pyarrow seeks in a Parquet file)."""
 
-    def __init__(self, store: S3Store, bucket: str, obj: S3Object, size: int, etag: str | None):
+    def __init__(self, store: S3Core, bucket: str, obj: S3Object, size: int, etag: str | None):
         super().__init__()
         self.store, self.bucket, self.obj, self.size, self.pos = store, bucket, obj, size, 0
         self.source = {"VersionId": obj.version_id} if obj.version_id else ({"IfMatch": etag} if etag else {})
@@ -261,8 +260,8 @@ class RangeFile(io.RawIOBase):
         n = min(len(buffer), self.size - self.pos)
         if n <= 0:
             return 0
-        body = self.store._call("get_object", Bucket=self.bucket, Key=self.obj.key,
-                                Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
+        body = self.store.call("get_object", Bucket=self.bucket, Key=self.obj.key,
+                               Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
         try:
             data = body.read()
         finally:
@@ -275,7 +274,7 @@ class RangeFile(io.RawIOBase):
 class ObjectRecords:
     """The records of one object version, read batch by batch."""
 
-    def __init__(self, store: S3Store, coll: Collection, obj: S3Object, head: dict[str, Any],
+    def __init__(self, store: S3Core, coll: Collection, obj: S3Object, head: dict[str, Any],
                  gzip: bool | None = None):
         self.store, self.coll, self.obj, self.head = store, coll, obj, head
         self.fmt = coll.format
@@ -288,7 +287,7 @@ class ObjectRecords:
 
     def _chunks(self) -> Iterator[bytes]:
         source = self.obj.vid() or ({"IfMatch": self.head["ETag"]} if self.head.get("ETag") else {})
-        body = self.store._call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
+        body = self.store.call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
         try:
             chunks = body.iter_chunks(CHUNK)
             yield from (_decompressed(chunks) if self.gzip else chunks)
@@ -390,34 +389,6 @@ class ObjectRecords:
             yield Batch(table.to_pylist(), table=table)
 
 
-# ---- writing -----------------------------------------------------------------------------------
-
-class _Sink(io.RawIOBase):
-    """What a writer writes: (gzipped, if the original was) into the upload; the digest of the bytes."""
-
-    def __init__(self, upload: Any, gzip: bool):
-        super().__init__()
-        self.upload, self.pos = upload, 0
-        self.zip = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        data = bytes(data)
-        self.upload.write(self.zip.compress(data) if self.zip else data)
-        self.pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.pos
-
-    def finish(self) -> None:
-        if self.zip is not None:
-            self.upload.write(self.zip.flush())
-            self.zip = None
-
-
 @dataclass
 class Tally:
     """What a pass over one version found or did: records in it, per request dropped / masked, and the digest of
@@ -460,130 +431,6 @@ def judge_version(reader: ObjectRecords, decide: Decide, columns: list[str] | No
             if verdict is not None:
                 tally.count(verdict)
     return tally
-
-
-def _masked(record: dict[str, Any], verdict: Verdict, key: bytes, fmt: str) -> dict[str, Any]:
-    out = dict(record)
-    for name, value in verdict.changes(record, key).items():
-        out[name] = ("" if value is None else str(value)) if fmt == "csv" else value
-    return out
-
-
-def write_version(reader: ObjectRecords, decide: Decide, sink: _Sink, key: bytes) -> Tally:
-    """Write the version's records without the dropped ones and with the masked fields masked."""
-    tally = Tally()
-    fmt = reader.fmt
-    writer = None
-    header_written = False
-    try:
-        for batch in reader.batches():
-            if fmt == "parquet":
-                writer = _parquet_batch(reader, batch, decide, sink, key, tally, writer)
-                continue
-            if fmt == "csv" and not header_written:
-                sink.write(reader.header_raw)
-                header_written = True
-            for record, raw in zip(batch.records, batch.raws or [], strict=True):
-                if record is None:
-                    sink.write(raw)
-                    continue
-                tally.records += 1
-                verdict = decide(record)
-                if verdict is not None:
-                    tally.count(verdict)
-                if verdict is not None and verdict.drop:
-                    tally.removed += 1
-                    continue
-                if verdict is not None:
-                    record = _masked(record, verdict, key, fmt)
-                    sink.write(_encode(record, fmt, reader.header, _ending(raw)))
-                else:
-                    sink.write(raw)
-                tally.kept += 1
-                tally.digest.update(canonical(record) + b"\n")
-        if fmt == "csv" and reader.header is not None and not header_written:
-            sink.write(reader.header_raw)  # a header-only file stays one
-        if fmt == "parquet" and writer is None:
-            writer = _parquet_writer(reader, sink)
-    finally:
-        if writer is not None:
-            writer.close()
-    sink.finish()
-    return tally
-
-
-def _encode(record: dict[str, Any], fmt: str, header: list[str] | None, ending: str) -> bytes:
-    if fmt == "jsonl":
-        return (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
-    out = io.StringIO()
-    csv.writer(out, lineterminator=ending).writerow([record[h] for h in header or []])
-    return out.getvalue().encode("utf-8")
-
-
-def _parquet_writer(reader: ObjectRecords, sink: _Sink) -> Any:
-    import pyarrow.parquet as pq
-
-    if reader.schema is None:
-        reader.parquet_file()
-    return pq.ParquetWriter(sink, reader.schema, compression=reader.compression)
-
-
-def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _Sink, key: bytes, tally: Tally,
-                   writer: Any) -> Any:
-    import pyarrow as pa
-
-    keep: list[bool] = []
-    masked_rows: dict[int, dict[str, Any]] = {}
-    for i, record in enumerate(batch.records):
-        tally.records += 1
-        verdict = decide(record)
-        if verdict is not None:
-            tally.count(verdict)
-        keep.append(verdict is None or not verdict.drop)
-        if verdict is not None and not verdict.drop:
-            masked_rows[i] = verdict.changes(record, key)
-    table = batch.table
-    if masked_rows:
-        for name in sorted({n for masks in masked_rows.values() for n in masks}):
-            idx = table.schema.get_field_index(name)
-            values = table.column(idx).to_pylist()
-            for i, changes in masked_rows.items():
-                if name in changes:
-                    values[i] = changes[name]
-            try:
-                column = pa.array(values, type=table.schema.field(idx).type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
-                                        f"({table.schema.field(idx).type})") from None
-            table = table.set_column(idx, table.schema.field(idx), column)
-    kept = table.filter(pa.array(keep, type=pa.bool_()))
-    tally.removed += len(keep) - kept.num_rows
-    tally.kept += kept.num_rows
-    for record in kept.to_pylist():
-        tally.digest.update(canonical(record) + b"\n")
-    if writer is None:
-        writer = _parquet_writer(reader, sink)
-    if kept.num_rows:
-        writer.write_table(kept, row_group_size=kept.num_rows)
-    return writer
-
-
-def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int, Any]:
-    """(records, digest over them in order) that a correct rewrite of this version holds, computed on its own from
-    the original (not by the writer): what the check of a rewrite compares the re-read with."""
-    digest, n = hashlib.sha256(), 0
-    for batch in reader.batches():
-        for record in batch.records:
-            if record is None:
-                continue
-            verdict = decide(record)
-            if verdict is not None and verdict.drop:
-                continue
-            if verdict is not None:
-                record = _masked(record, verdict, key, reader.fmt or "")
-            n += 1
-            digest.update(canonical(record) + b"\n")
-    return n, digest
 
 
 def digest_of(reader: ObjectRecords) -> tuple[int, Any]:

@@ -92,9 +92,9 @@ def child(url: str, baseline: bool) -> None:
     """Build the subject's package (or, for the baseline, import and connect only); JSON result on stdout."""
     import tempfile
 
-    from include.retention.access import PackageBuilder
     from include.retention.identity import normalise
     from include.retention.policy import parse_policy
+    from include.retention.requests.access import PackageBuilder
     from include.retention.stores.base import Subject
     from include.retention.stores.sql import SqlStore, make_engine
 

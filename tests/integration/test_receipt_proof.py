@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from include.retention import cli
 from include.retention.connections import env_resolver, hmac_key
 from include.retention.ledger import Ledger, RunRef, entries
-from include.retention.receipts import build_receipt, counted_total, ledger_proof, render_markdown
 from include.retention.registry import Identities, NewRequest, Registry
+from include.retention.requests.receipts import build_receipt, counted_total, ledger_proof, render_markdown
 from include.retention.stores.sql import make_engine
 
 pytestmark = pytest.mark.integration

@@ -11,13 +11,13 @@ import logging
 import os
 from typing import Any
 
-from include.retention import person
 from include.retention.airflow import identity_check
 from include.retention.airflow.erasure_tasks import Context, _fail, register_form_request, stop_conflict
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS, normalise
 from include.retention.identity import validate as validate_identity
 from include.retention.ledger import RunRef
+from include.retention.requests import person
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _exports(ctx: Context):
 
 
 def _access(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run_id: str) -> dict[str, Any]:
-    from include.retention.access import PackageBuilder
+    from include.retention.requests.access import PackageBuilder
 
     details = ctx.registry.details(request_id)
     builder = PackageBuilder(ctx.policy, ctx.runtime.store, _subjects(ctx, request_id), request_id=request_id,
@@ -166,7 +166,7 @@ def _access(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run
 
 def _upload(ctx: Context, request_id: str, path: str, now: dt.datetime) -> dict[str, Any]:
     """The zip into the exports collection, in parts; an expiring presigned link to it."""
-    from include.retention.access import iter_file
+    from include.retention.requests.access import iter_file
     from include.retention.stores.s3_writes import Upload
 
     store, name = _exports(ctx)
@@ -232,7 +232,7 @@ def _correction(ctx: Context, request_id: str, subjects: list, new_values: dict[
     """The request's correction, checked in every system not yet done (an earlier attempt's systems are); a
     refusal (it would merge two people, a value does not fit) is recorded per system and fails the task."""
     from include.retention.airflow.erasure_tasks import systems as identity_systems
-    from include.retention.correction import Correction, CorrectionRefused
+    from include.retention.requests.correction import Correction, CorrectionRefused
 
     states = {} if dry_run else ctx.registry.systems(request_id)
     pending = [s for s in identity_systems() if states.get(s, {}).get("status") != "recorded"]
@@ -287,7 +287,7 @@ def finalize(request_id: str, acted: bool, dag_id: str, run_id: str) -> dict[str
 def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[str, Any]:
     """The erasure receipt's shape plus what these request types add: identity check, package, no identity."""
     from include.retention.airflow.notify_tasks import recipients_in_receipt
-    from include.retention.receipts import build_receipt as base_receipt
+    from include.retention.requests.receipts import build_receipt as base_receipt
 
     req = ctx.registry.get(request_id)
     details = ctx.registry.details(request_id)
@@ -312,14 +312,14 @@ def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[st
         receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
                                    "consents withdrawn; the retention rules act on the items as usual")
     from include.retention.findings import FindingStore
-    from include.retention.receipts import add_unmapped
+    from include.retention.requests.receipts import add_unmapped
 
     return add_unmapped(receipt, FindingStore(ctx.ledger.engine).open_findings(expected))  # open findings
 
 
 def render_markdown(receipt: dict[str, Any]) -> str:
     """The erasure receipt's Markdown plus the identity check and the package (never the link)."""
-    from include.retention.receipts import render_markdown as base_markdown
+    from include.retention.requests.receipts import render_markdown as base_markdown
 
     text = base_markdown(receipt)
     extra = [f"- identity check: {receipt['identity_check']['decision']}"]

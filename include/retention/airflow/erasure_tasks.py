@@ -5,18 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from include.retention import person
 from include.retention.airflow import identity_check
 from include.retention.airflow.sweep_tasks import airflow_resolver
 from include.retention.connections import policy_path
-from include.retention.erasure import Subject, SubjectOutcome, SubjectScanner, check_request_kinds
 from include.retention.errors import RetentionError
 from include.retention.findings import FindingStore
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.ledger import RunRef
 from include.retention.policy import Policy, load_policy
-from include.retention.receipts import add_unmapped, build_receipt, counted_total, ledger_proofs, render_markdown
 from include.retention.registry import ERASURE_MODES, RECIPIENT_SETTLED, Identities, NewRequest, Registry
+from include.retention.requests import person
+from include.retention.requests.receipts import (
+    add_unmapped,
+    build_receipt,
+    counted_total,
+    ledger_proofs,
+    render_markdown,
+)
+from include.retention.requests.scanner import Subject, SubjectOutcome, SubjectScanner, check_request_kinds
 from include.retention.runtime import Runtime
 
 log = logging.getLogger(__name__)

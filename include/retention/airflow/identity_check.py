@@ -21,9 +21,9 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param
 
-from include.retention import person
 from include.retention.errors import RetentionError
 from include.retention.registry import INTAKE_VERIFIED
+from include.retention.requests import person
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def add_to_receipt(receipt: dict[str, Any], req: dict[str, Any], details: dict[s
 def gate(request_ids: list[str], dag_id: str, run_id: str) -> list[str]:
     """After the identity check: the requests that may proceed; each rejected one is closed with its receipt."""
     from include.retention.airflow.erasure_tasks import Context, stop_conflict, systems
-    from include.retention.receipts import build_receipt, render_markdown
+    from include.retention.requests.receipts import build_receipt, render_markdown
 
     proceed = []
     with Context() as ctx:

@@ -20,8 +20,8 @@ from typing import Any
 
 from airflow.sdk.bases.notifier import BaseNotifier
 
-from include.retention import notify
 from include.retention.errors import RetentionError
+from include.retention.requests import notify
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from include.retention.describe import conditions_text
 from include.retention.errors import RetentionError
-from include.retention.package_names import EntryNames
 from include.retention.policy import Collection, Policy, Reference, Rule
+from include.retention.requests.package_names import EntryNames
 from include.retention.stores.base import Claims, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
 from include.retention.stores.s3_records import RECORD_COLUMNS

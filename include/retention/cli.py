@@ -476,9 +476,10 @@ def cmd_extend(args) -> int:
         out = registry.extend(args.request_id, args.months, args.reason)
         req = registry.get(args.request_id)
         subject, body = notify.extension_notice(req, args.months, args.reason.strip(), out["new_due_at"])
-        from include.retention.airflow.notify_tasks import tell_requester  # the SMTP provider's hook
+        from include.retention.requests.notices import tell_requester
+        from include.retention.requests.senders import EnvSender  # the AIRFLOW_CONN_* connections, by smtplib
 
-        outcome = tell_requester(registry, args.request_id, subject, body, "extension")
+        outcome = tell_requester(registry, EnvSender(), args.request_id, subject, body, "extension")
         # the reason stays in the registry (encrypted): it may name the person's circumstances
         runtime.ledger().append(run=RunRef("cli", "extend"), action="extend", outcome="extended", count=1,
                                 request_id=args.request_id, details={"months": args.months,

@@ -234,7 +234,70 @@ def add_unmapped(receipt: dict[str, Any], open_findings: list[dict[str, Any]]) -
     return receipt
 
 
+REJECTED_VERIFICATION = ("identity not verified: the request was rejected and closed; nothing was read, changed "
+                         "or handed out (the reason is kept, encrypted, in the registry)")
+ACCESS_MODES = ("access", "rectify", "withdraw")
+
+
+def with_identity_check(receipt: dict[str, Any], req: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+    """The identity check's decision (never its reason) and the resolved person (kinds, statuses, counts) in a
+    receipt; a rejected or stopped request's receipt says so."""
+    from include.retention.registry import INTAKE_VERIFIED
+    from include.retention.requests import person
+
+    check = details.get("identity_check") or (
+        {"decision": "verified at intake"} if req.get("source") == INTAKE_VERIFIED else {})
+    receipt["identity_check"] = {"decision": check.get("decision", "none"),
+                                 "reason_recorded": bool(check.get("reason"))}
+    receipt["person"] = person.receipt_part(details)  # one person per request: kinds, statuses, counts
+    if req["status"] == "rejected":
+        receipt["verification"] = REJECTED_VERIFICATION
+    elif req["status"] == "conflict":
+        receipt["verification"] = person.STOPPED_VERIFICATION
+    return receipt
+
+
+def recipients_part(recipients: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A request's recipients (``Registry.recipients``) as its receipt lists them: channel, status, systems,
+    categories, last response and note (names only)."""
+    return {name: {k: info[k] for k in ("channel", "status", "systems", "categories", "response", "note")}
+            for name, info in recipients.items()}
+
+
+def with_request_type(receipt: dict[str, Any], req: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+    """What access, rectify and withdraw add to the receipt: the package (its link, never its content), the
+    corrected kinds (never a value), the consents withdrawn, and what was verified."""
+    if req["mode"] == "access":
+        receipt["package"] = {k: v for k, v in (details.get("package") or {}).items()}
+        if details.get("link"):
+            receipt["package"]["link"] = details["link"]
+        receipt["verification"] = ("dry run: counted, no package written" if req["dry_run"] else
+                                   "every system searched; the package holds what was found")
+    elif req["mode"] == "rectify":
+        receipt["rectified_kinds"] = sorted(details.get("new_values") or {})
+        receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
+                                   "every system re-scanned: no item carries the old value any more, except the "
+                                   "exceptions listed (kept unchanged)")
+    elif req["mode"] == "withdraw":
+        receipt["consents"] = details.get("consents") or "all"
+        receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
+                                   "consents withdrawn; the retention rules act on the items as usual")
+    return receipt
+
+
+def _request_type_lines(receipt: dict[str, Any]) -> list[str]:
+    """Access, rectify, withdraw: the identity check and the package (never the link)."""
+    extra = [f"- identity check: {receipt['identity_check']['decision']}"]
+    package = receipt.get("package") or {}
+    if package:
+        extra.append(f"- package: {package.get('key', '(not written)')}, {package.get('size')} bytes, "
+                     f"sha256 `{package.get('sha256')}`, link expires {package.get('link_expires_at', '-')}")
+    return extra
+
+
 def render_markdown(receipt: dict[str, Any]) -> str:
+    """Any receipt in Markdown: the erasure receipt's sections; access, rectify and withdraw add the identity
+    check and the package."""
     lines = [
         f"# Receipt for request {receipt['request_id']}",
         "",
@@ -280,7 +343,10 @@ def render_markdown(receipt: dict[str, Any]) -> str:
         lines += ["", "## Recipients told", ""]
         lines += [f"- {name}: {r.get('status')} via {r.get('channel')}"
                   + (f" ({r['note']})" if r.get("note") else "") for name, r in sorted(recipients.items())]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if receipt.get("mode") in ACCESS_MODES and "identity_check" in receipt:
+        text += "\n" + "\n".join(_request_type_lines(receipt)) + "\n"
+    return text
 
 
 # ---- verification --------------------------------------------------------------------------------

@@ -382,13 +382,38 @@ def _entry(ledger: Any, seq: int) -> dict[str, Any] | None:
     return dict(row._mapping) if row is not None else None
 
 
+def _entry_problems(receipt: dict[str, Any], rid: str, name: str, system: dict[str, Any], seq: int,
+                    claimed_hash: str, claimed_count: int, row: dict[str, Any]) -> list[str]:
+    """What in one system's part of the receipt disagrees with its ledger entry ``row``."""
+    problems = []
+    if row["entry_hash"] != claimed_hash:
+        problems.append(f"system {name}: entry {seq}'s hash differs from the receipt's")
+    for what, want, got in (("request", rid, row["request_id"]), ("system", name, row["system"]),
+                            ("action", receipt.get("mode"), row["action"])):
+        if want != got:
+            problems.append(f"system {name}: entry {seq} records another {what}")
+    if row["outcome"] != ("dry_run" if receipt.get("dry_run") else "verified"):
+        problems.append(f"system {name}: entry {seq} has outcome {row['outcome']!r}")
+    try:
+        details = json.loads(row["details"]) if row["details"] else {}
+    except ValueError:
+        details = {}
+    collections = system.get("collections") or {}
+    if claimed_count != row["count"] or counted_total(collections) != row["count"]:
+        problems.append(f"system {name}: the receipt's count differs from entry {seq} (ledger {row['count']})")
+    if (details.get("collections") or {}) != collections:
+        problems.append(f"system {name}: the receipt's counts per collection differ from entry {seq}")
+    if (details.get("removed_along") or {}) != (system.get("removed_along") or {}):
+        problems.append(f"system {name}: what was removed along differs from entry {seq}")
+    return problems
+
+
 def verify_receipt(receipt: Any, ledger: Any, anchors: Any = None) -> ReceiptCheck:
     """Check a receipt against the ledger (and its anchors); reads counts and hashes only."""
     if not isinstance(receipt, dict) or not isinstance(receipt.get("systems"), dict):
         return ReceiptCheck("?", problems=["not a receipt (no 'systems')"])
     rid = str(receipt.get("request_id") or "?")
     check = ReceiptCheck(rid)
-    mode = receipt.get("mode")
     for name, system in sorted(receipt["systems"].items()):
         proof = system.get("ledger") if isinstance(system, dict) else None
         if not proof:
@@ -405,26 +430,7 @@ def verify_receipt(receipt: Any, ledger: Any, anchors: Any = None) -> ReceiptChe
             check.problems.append(f"system {name}: ledger entry {seq} does not exist")
             continue
         check.checked.append(seq)
-        if row["entry_hash"] != claimed_hash:
-            check.problems.append(f"system {name}: entry {seq}'s hash differs from the receipt's")
-        for what, want, got in (("request", rid, row["request_id"]), ("system", name, row["system"]),
-                                ("action", mode, row["action"])):
-            if want != got:
-                check.problems.append(f"system {name}: entry {seq} records another {what}")
-        if row["outcome"] != ("dry_run" if receipt.get("dry_run") else "verified"):
-            check.problems.append(f"system {name}: entry {seq} has outcome {row['outcome']!r}")
-        try:
-            details = json.loads(row["details"]) if row["details"] else {}
-        except ValueError:
-            details = {}
-        collections = system.get("collections") or {}
-        if claimed_count != row["count"] or counted_total(collections) != row["count"]:
-            check.problems.append(f"system {name}: the receipt's count differs from entry {seq} "
-                                  f"(ledger {row['count']})")
-        if (details.get("collections") or {}) != collections:
-            check.problems.append(f"system {name}: the receipt's counts per collection differ from entry {seq}")
-        if (details.get("removed_along") or {}) != (system.get("removed_along") or {}):
-            check.problems.append(f"system {name}: what was removed along differs from entry {seq}")
+        check.problems += _entry_problems(receipt, rid, name, system, seq, claimed_hash, claimed_count, row)
     if not check.checked:
         if not check.problems:
             check.problems.append("the receipt names no ledger entry (made before receipts carried proofs?)")

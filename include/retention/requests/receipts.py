@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-# What ``record()`` counts into a ledger entry's ``count`` (include/retention/airflow/erasure_tasks.py).
+# What ``record()`` counts into a ledger entry's ``count`` (include/retention/requests/erasure_flow.py).
 COUNTED = ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent")
 PROOF_FORMAT = "retention-receipt-proof/1"
 # What leaves or changes a record in a system, so that the copies in its backups differ from it.

@@ -291,9 +291,9 @@ async def submit_request(request: Request, user: BaseUser = Depends(privacy_user
     from starlette.concurrency import run_in_threadpool
 
     from include.retention.connections import policy_path
-    from include.retention.erasure import check_request_kinds
     from include.retention.policy import load_policy
     from include.retention.registry import Registry
+    from include.retention.requests.scanner import check_request_kinds
 
     fields, as_json = await _submitted(request)
     if not await run_in_threadpool(may_trigger, user, REQUEST_DAG_ID):

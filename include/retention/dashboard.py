@@ -307,7 +307,7 @@ def run_receipts(engine: sa.Engine, dag_id: str, run_id: str, limit: int = RUN_E
     (action, outcome, where, count). Request ids, statuses, dates and counts only: no identity column, no ``*_enc``
     column, no entry details (they hold digests), and of a receipt only the fields named here (an access
     receipt's link never)."""
-    from include.retention.receipts import collection_lines, line_text
+    from include.retention.requests.receipts import collection_lines, line_text
 
     ensure_schema(engine)
     t = reg.requests

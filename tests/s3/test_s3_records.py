@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from include.retention.access import PackageBuilder
-from include.retention.erasure import SubjectScanner
+from include.retention.requests.access import PackageBuilder
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.s3_records import RecordsUnreadable
 from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, count_calls, put, s3_policy, snapshot, store_log, versions
@@ -276,7 +276,7 @@ def test_an_object_of_only_their_records_stays_as_an_empty_object_of_its_format(
 def test_the_receipt_counts_records_per_collection(s3, make_store):
     import datetime as dt
 
-    from include.retention.receipts import build_receipt, render_markdown
+    from include.retention.requests.receipts import build_receipt, render_markdown
 
     arrange(s3, VERSIONED, older=True)
     store = make_store(policy_for(VERSIONED))
@@ -397,7 +397,7 @@ NEW = "zoe.new@example.org"
 
 
 def correct(store, new: str):
-    from include.retention.correction import Correction
+    from include.retention.requests.correction import Correction
 
     c = Correction(store.policy, lambda _s: store, ["objects"], [zoe()], {"email": new})
     c.check()
@@ -422,7 +422,7 @@ def test_a_correction_rewrites_their_fields_in_place(s3, make_store, bucket):
 
 
 def test_a_correction_to_somebody_elses_address_in_the_same_object_is_refused(s3, make_store):
-    from include.retention.correction import CorrectionRefused
+    from include.retention.requests.correction import CorrectionRefused
 
     arrange(s3, VERSIONED)
     before = snapshot(s3, VERSIONED)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.retention.erasure import SubjectScanner
 from include.retention.identity import normalise
-from include.retention.receipts import collection_lines, line_text
+from include.retention.requests.receipts import collection_lines, line_text
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from tests.s3.conftest import PLAIN, put, s3_policy
 from tests.s3.records_util import body

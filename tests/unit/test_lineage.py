@@ -237,7 +237,7 @@ def test_missing_file_is_an_error_the_task_reports(tmp_path):
 
 def test_receipts_name_a_lineage_finding_once():
     """A receipt's unmapped candidates include lineage findings; a place sampling found too is named once."""
-    from include.retention.receipts import unmapped_section
+    from include.retention.requests.receipts import unmapped_section
 
     rows = [{"system": "crm", "collection": "audience", "column_name": "addr", "kind": kind}
             for kind in ("derived_table", "unmapped_table")]

@@ -324,7 +324,7 @@ class Store(abc.ABC):
 
     def scan_owned(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """As ``scan``, but only the identities that make an item the person's own: a field that only mentions
-        someone (``erase: mask``) is left out (what ``include.retention.person`` links people by)."""
+        someone (``erase: mask``) is left out (what ``include.retention.requests.person`` links people by)."""
         return self.scan(collection_name)
 
     def candidates(self, collection_name: str, subjects: list[Subject]

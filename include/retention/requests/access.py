@@ -5,7 +5,7 @@ Kind-agnostic over the store interface: ``subject_collections`` / ``find`` find 
 every row that references one of their own rows, through any reference, in any SQL system, grandchildren
 too (matched exactly in Python: ``PackageBuilder.find``), ``read`` yields the rows in bounded batches,
 ``owned_keys`` / ``stream_object`` copy the S3 objects a row owns (CVs, attachments) byte for byte, under
-safe, unique entry names (``include.retention.package_names``). Rows go through pandas chunk by chunk
+safe, unique entry names (``include.retention.requests.package_names``). Rows go through pandas chunk by chunk
 into temporary files and from there into a zip on disk, so memory stays bounded by one chunk whatever
 the number of rows; the zip is then uploaded in parts (``include.retention.stores.s3_writes.Upload``).
 
@@ -35,8 +35,8 @@ from typing import Any
 
 from include.retention.describe import conditions_text
 from include.retention.errors import RetentionError
-from include.retention.package_names import EntryNames
 from include.retention.policy import Collection, Policy, Reference, Rule
+from include.retention.requests.package_names import EntryNames
 from include.retention.stores.base import Claims, HoldsObjects, ReferencingRows, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
 from include.retention.stores.sql_keys import key_of
@@ -385,7 +385,7 @@ class PackageBuilder:
                     self._copy(zf, target_store, target, found, result)
 
     def _copy(self, zf: zipfile.ZipFile, store: Store, name: str, key: str, result: PackageResult) -> None:
-        """One object into its own entry (``include.retention.package_names``: safe, unique, bounded), once."""
+        """One object into its own entry (``include.retention.requests.package_names``: safe, unique, bounded), once."""
         ref = store.ref(name)
         if (ref, key) in self._copied:
             return

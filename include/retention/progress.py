@@ -4,8 +4,8 @@ A sweep writes an intent before each batch commits (``count``: the batch's plann
 the real count afterwards; its intents also carry the rule's plan (``details.plan``: planned rows per action,
 counts only). From these, per rule of a running run: the planned count, what is done so far, the rate and an
 estimate of the time left. The page's running-work section and the sweep's task log both come from here;
-nothing here holds personal data (rule ids, counts, times). Long access packages and discovery runs log a
-line per collection or table through ``Steps``.
+nothing here holds personal data (rule ids, counts, times) and no digest column is read. Long access packages
+and discovery runs log a line per collection or table through ``Steps``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+
 from include.retention.clock import utcnow
-from include.retention.ledger import INTENT, Ledger, RunRef
+from include.retention.ledger import INTENT, Ledger, RunRef, entries
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +170,33 @@ def rule_progress(entries: Iterable[dict[str, Any]], now: dt.datetime | None = N
                         per_action=per_action)
 
 
+# what progress reads of an entry: never its digests (subject, keys, chain)
+_COLUMNS = ("seq", "recorded_at", "dag_id", "run_id", "rule_id", "system", "collection", "action", "outcome",
+            "count", "details", "ref_seq")
+
+
+def rule_entries(ledger: Ledger, run: RunRef, rule_id: str) -> list[dict[str, Any]]:
+    """The entries of one rule in one run, in sequence order, without their digest columns."""
+    e = entries
+    query = (sa.select(*(e.c[c] for c in _COLUMNS))
+             .where(e.c.rule_id == rule_id, e.c.run_id == run.run_id, e.c.dag_id == run.dag_id).order_by(e.c.seq))
+    with ledger.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
 def running_sweeps(ledger: Ledger, now: dt.datetime | None = None) -> list[RuleProgress]:
     """Rules with a batch in flight (an open intent), each with its run's progress so far, oldest run first."""
     now = now or utcnow()
-    keys = sorted({(r["dag_id"], r["run_id"], r["rule_id"]) for r in ledger.open_intents()
-                   if r.get("rule_id") and r.get("run_id")}, key=lambda k: (k[0] or "", k[1] or "", k[2]))
+    e, settled = entries, entries.alias("settled")
+    query = (sa.select(e.c.dag_id, e.c.run_id, e.c.rule_id).distinct()
+             .where(e.c.outcome == INTENT, e.c.rule_id.is_not(None), e.c.run_id.is_not(None))
+             .where(~sa.exists().where(settled.c.ref_seq == e.c.seq)))
+    ledger.ensure_schema()
+    with ledger.engine.connect() as conn:
+        keys = sorted((r.dag_id or "", r.run_id, r.rule_id) for r in conn.execute(query))
     out = []
     for dag_id, run_id, rule_id in keys:
-        progress = rule_progress((r for r in ledger.rows(rule_id=rule_id, run_id=run_id) if r["dag_id"] == dag_id),
-                                 now)
+        progress = rule_progress(rule_entries(ledger, RunRef(dag_id, run_id), rule_id), now)
         if progress is not None:
             out.append(progress)
     return out
@@ -198,9 +218,7 @@ class SweepProgressLog:
         self.report()
 
     def report(self) -> RuleProgress | None:
-        rows = (r for r in self.ledger.rows(rule_id=self.rule_id, run_id=self.run.run_id)
-                if r["dag_id"] == self.run.dag_id)
-        progress = rule_progress(rows)
+        progress = rule_progress(rule_entries(self.ledger, self.run, self.rule_id))
         if progress is not None:
             log.info("%s", progress.line())
         return progress

@@ -107,14 +107,25 @@ class RuleProgress:
 
     def as_dict(self) -> dict[str, Any]:
         eta = self.eta_seconds
-        return {"dag_id": self.dag_id, "run_id": self.run_id, "rule_id": self.rule_id, "system": self.system,
-                "collection": self.collection, "planned": self.planned, "done": self.done,
-                "in_flight": self.in_flight, "percent": self.percent, "per_action": self.per_action,
-                "rate_per_second": None if self.rate is None else round(self.rate, 2),
-                "eta_seconds": None if eta is None else round(eta), "stalled": self.stalled,
-                "started_at": self.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "updated_at": self.updated_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "left": self.left(),
-                "line": self.line()}
+        return {
+            "dag_id": self.dag_id,
+            "run_id": self.run_id,
+            "rule_id": self.rule_id,
+            "system": self.system,
+            "collection": self.collection,
+            "planned": self.planned,
+            "done": self.done,
+            "in_flight": self.in_flight,
+            "percent": self.percent,
+            "per_action": self.per_action,
+            "rate_per_second": None if self.rate is None else round(self.rate, 2),
+            "eta_seconds": None if eta is None else round(eta),
+            "stalled": self.stalled,
+            "started_at": self.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "updated_at": self.updated_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "left": self.left(),
+            "line": self.line(),
+        }
 
 
 def rule_progress(entries: Iterable[dict[str, Any]], now: dt.datetime | None = None) -> RuleProgress | None:
@@ -163,23 +174,47 @@ def rule_progress(entries: Iterable[dict[str, Any]], now: dt.datetime | None = N
             slot["planned"] = sum(int(r.get("count") or 0) for r in mine.values() if r.get("action") == action)
     planned = sum(s["planned"] for s in per_action.values())
     done = sum(s["done"] for s in per_action.values())
-    return RuleProgress(dag_id=any_row.get("dag_id") or "manual", run_id=any_row.get("run_id") or "manual",
-                        rule_id=any_row.get("rule_id") or "", system=any_row.get("system"),
-                        collection=own or any_row.get("collection"), planned=max(planned, done), done=done,
-                        in_flight=in_flight, started_at=first or now, updated_at=last or now, now=now,
-                        per_action=per_action)
+    return RuleProgress(
+        dag_id=any_row.get("dag_id") or "manual",
+        run_id=any_row.get("run_id") or "manual",
+        rule_id=any_row.get("rule_id") or "",
+        system=any_row.get("system"),
+        collection=own or any_row.get("collection"),
+        planned=max(planned, done),
+        done=done,
+        in_flight=in_flight,
+        started_at=first or now,
+        updated_at=last or now,
+        now=now,
+        per_action=per_action,
+    )
 
 
 # what progress reads of an entry: never its digests (subject, keys, chain)
-_COLUMNS = ("seq", "recorded_at", "dag_id", "run_id", "rule_id", "system", "collection", "action", "outcome",
-            "count", "details", "ref_seq")
+_COLUMNS = (
+    "seq",
+    "recorded_at",
+    "dag_id",
+    "run_id",
+    "rule_id",
+    "system",
+    "collection",
+    "action",
+    "outcome",
+    "count",
+    "details",
+    "ref_seq",
+)
 
 
 def rule_entries(ledger: Ledger, run: RunRef, rule_id: str) -> list[dict[str, Any]]:
     """The entries of one rule in one run, in sequence order, without their digest columns."""
     e = entries
-    query = (sa.select(*(e.c[c] for c in _COLUMNS))
-             .where(e.c.rule_id == rule_id, e.c.run_id == run.run_id, e.c.dag_id == run.dag_id).order_by(e.c.seq))
+    query = (
+        sa.select(*(e.c[c] for c in _COLUMNS))
+        .where(e.c.rule_id == rule_id, e.c.run_id == run.run_id, e.c.dag_id == run.dag_id)
+        .order_by(e.c.seq)
+    )
     with ledger.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -188,9 +223,12 @@ def running_sweeps(ledger: Ledger, now: dt.datetime | None = None) -> list[RuleP
     """Rules with a batch in flight (an open intent), each with its run's progress so far, oldest run first."""
     now = now or utcnow()
     e, settled = entries, entries.alias("settled")
-    query = (sa.select(e.c.dag_id, e.c.run_id, e.c.rule_id).distinct()
-             .where(e.c.outcome == INTENT, e.c.rule_id.is_not(None), e.c.run_id.is_not(None))
-             .where(~sa.exists().where(settled.c.ref_seq == e.c.seq)))
+    query = (
+        sa.select(e.c.dag_id, e.c.run_id, e.c.rule_id)
+        .distinct()
+        .where(e.c.outcome == INTENT, e.c.rule_id.is_not(None), e.c.run_id.is_not(None))
+        .where(~sa.exists().where(settled.c.ref_seq == e.c.seq))
+    )
     ledger.ensure_schema()
     with ledger.engine.connect() as conn:
         keys = sorted((r.dag_id or "", r.run_id, r.rule_id) for r in conn.execute(query))
@@ -238,7 +276,6 @@ class Steps:
         elapsed = time.monotonic() - self.started
         left = (self.total - self.done) * elapsed / self.done if self.done < self.total else 0.0
         tail = time_left(left) if self.done < self.total else "done"
-        line = (f"{self.what}: {name} ({self.done} of {self.total} {self.unit}){', ' + detail if detail else ''}, "
-                f"{tail}")
+        line = f"{self.what}: {name} ({self.done} of {self.total} {self.unit}){', ' + detail if detail else ''}, {tail}"
         log.info("%s", line)
         return line

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 RULE = "crm.slow.old"
 ROWS = 24
 SLEEP_PER_ROW = 0.15  # seconds: 24 rows in batches of 3, about 4 s in all
-POLICY = parse_policy(crm_policy("""\
+POLICY = parse_policy(
+    crm_policy(
+        """\
       slow:
         table: t_slow
         primary_key: id
@@ -37,7 +39,11 @@ POLICY = parse_policy(crm_policy("""\
         identities: {email: email}
         rules:
           - {name: old, start: seen_at, action: delete, period: P30D}
-""", defaults="{max_fraction: 1, batch_size: 3}"), source="slow-policy.yaml")
+""",
+        defaults="{max_fraction: 1, batch_size: 3}",
+    ),
+    source="slow-policy.yaml",
+)
 RUN = RunRef("retention_sweep", "manual__slow")
 
 
@@ -46,15 +52,26 @@ def seed_slow_table(engine: sa.Engine) -> None:
     (a few per page): PostgreSQL's sweep walks the table by pages, so its batches are a page or two each."""
     old = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=90)
     with engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE t_slow (id integer PRIMARY KEY, email varchar(200), seen_at timestamp, "
-                             "filler char(1800) NOT NULL DEFAULT '')"))
-        conn.execute(sa.text("INSERT INTO t_slow (id, email, seen_at) VALUES (:id, :email, :seen)"),
-                     [{"id": i, "email": f"slow{i}@example.org", "seen": old if i <= ROWS else old.replace(
-                         year=old.year + 1)} for i in range(1, ROWS + 3)])
-        conn.execute(sa.text(f"""CREATE FUNCTION slow_delete() RETURNS trigger AS $$
-            BEGIN PERFORM pg_sleep({SLEEP_PER_ROW}); RETURN OLD; END $$ LANGUAGE plpgsql"""))
-        conn.execute(sa.text("CREATE TRIGGER t_slow_delete BEFORE DELETE ON t_slow FOR EACH ROW "
-                             "EXECUTE FUNCTION slow_delete()"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE t_slow (id integer PRIMARY KEY, email varchar(200), seen_at timestamp, "
+                "filler char(1800) NOT NULL DEFAULT '')"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO t_slow (id, email, seen_at) VALUES (:id, :email, :seen)"),
+            [
+                {"id": i, "email": f"slow{i}@example.org", "seen": old if i <= ROWS else old.replace(year=old.year + 1)}
+                for i in range(1, ROWS + 3)
+            ],
+        )
+        conn.execute(
+            sa.text(f"""CREATE FUNCTION slow_delete() RETURNS trigger AS $$
+            BEGIN PERFORM pg_sleep({SLEEP_PER_ROW}); RETURN OLD; END $$ LANGUAGE plpgsql""")
+        )
+        conn.execute(
+            sa.text("CREATE TRIGGER t_slow_delete BEFORE DELETE ON t_slow FOR EACH ROW EXECUTE FUNCTION slow_delete()")
+        )
 
 
 @contextmanager
@@ -103,12 +120,12 @@ def test_progress_of_a_running_sweep_from_its_ledger(pg_url, monkeypatch, caplog
 
     assert seen, "no progress observed while the sweep ran"
     assert {(p["rule_id"], p["dag_id"], p["run_id"], p["planned"]) for p in seen} == {
-        (RULE, RUN.dag_id, RUN.run_id, ROWS)}
+        (RULE, RUN.dag_id, RUN.run_id, ROWS)
+    }
     midway = [p for p in seen if 0 < p["done"] < ROWS]
     assert midway, f"no figure between 0 and {ROWS}: {[p['done'] for p in seen]}"
     assert all(p["in_flight"] > 0 for p in seen)  # a batch in flight
-    assert all(p["eta_seconds"] is not None and p["eta_seconds"] > 0 and p["left"].endswith("left")
-               for p in midway)
+    assert all(p["eta_seconds"] is not None and p["eta_seconds"] > 0 and p["left"].endswith("left") for p in midway)
     dones = [p["done"] for p in seen]
     assert dones == sorted(dones)  # it only goes forward
 

@@ -16,24 +16,52 @@ def _at(seconds: float) -> str:
     return (T0 + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def intent(seq: int, count: int, at: float, *, action: str = "delete", collection: str = "crm.leads",
-           plan: dict | None = None) -> dict:
+def intent(
+    seq: int, count: int, at: float, *, action: str = "delete", collection: str = "crm.leads", plan: dict | None = None
+) -> dict:
     details = {"owner": "x", **({"plan": plan} if plan is not None else {})}
-    return {"seq": seq, "recorded_at": _at(at), "dag_id": "retention_sweep", "run_id": "r1",
-            "rule_id": "crm.leads.old", "system": "crm", "collection": collection, "action": action,
-            "outcome": "intent", "count": count, "details": json.dumps(details), "ref_seq": None}
+    return {
+        "seq": seq,
+        "recorded_at": _at(at),
+        "dag_id": "retention_sweep",
+        "run_id": "r1",
+        "rule_id": "crm.leads.old",
+        "system": "crm",
+        "collection": collection,
+        "action": action,
+        "outcome": "intent",
+        "count": count,
+        "details": json.dumps(details),
+        "ref_seq": None,
+    }
 
 
 def outcome(seq: int, of: int, count: int, at: float, action: str = "delete") -> dict:
-    return {"seq": seq, "recorded_at": _at(at), "dag_id": "retention_sweep", "run_id": "r1",
-            "rule_id": "crm.leads.old", "system": "crm", "collection": "crm.leads", "action": action,
-            "outcome": "done", "count": count, "details": "{}", "ref_seq": of}
+    return {
+        "seq": seq,
+        "recorded_at": _at(at),
+        "dag_id": "retention_sweep",
+        "run_id": "r1",
+        "rule_id": "crm.leads.old",
+        "system": "crm",
+        "collection": "crm.leads",
+        "action": action,
+        "outcome": "done",
+        "count": count,
+        "details": "{}",
+        "ref_seq": of,
+    }
 
 
 def test_planned_done_and_time_left_from_intents():
     plan = {"delete": 120_000}
-    rows = [intent(1, 20_000, 0, plan=plan), outcome(2, 1, 20_000, 30), intent(3, 20_000, 30, plan=plan),
-            outcome(4, 3, 20_000, 60), intent(5, 20_000, 60, plan=plan)]
+    rows = [
+        intent(1, 20_000, 0, plan=plan),
+        outcome(2, 1, 20_000, 30),
+        intent(3, 20_000, 30, plan=plan),
+        outcome(4, 3, 20_000, 60),
+        intent(5, 20_000, 60, plan=plan),
+    ]
     p = rule_progress(rows, now=T0 + dt.timedelta(seconds=60))
     assert (p.planned, p.done, p.in_flight, p.percent) == (120_000, 40_000, 20_000, 33)
     assert p.eta_seconds == 120.0
@@ -43,8 +71,13 @@ def test_planned_done_and_time_left_from_intents():
 
 def test_two_stages_and_cascades_into_other_collections():
     plan = {"delete": 10, "lock": 6}
-    rows = [intent(1, 10, 0, plan=plan), intent(2, 4, 1, collection="crm.notes"), outcome(3, 2, 4, 2),
-            outcome(4, 1, 10, 2), intent(5, 6, 3, action="lock", plan=plan)]
+    rows = [
+        intent(1, 10, 0, plan=plan),
+        intent(2, 4, 1, collection="crm.notes"),
+        outcome(3, 2, 4, 2),
+        outcome(4, 1, 10, 2),
+        intent(5, 6, 3, action="lock", plan=plan),
+    ]
     p = rule_progress(rows, now=T0 + dt.timedelta(seconds=4))
     assert (p.planned, p.done, p.in_flight) == (16, 10, 6)  # the cascade's 4 rows are not the rule's plan
     assert p.per_action == {"delete": {"planned": 10, "done": 10}, "lock": {"planned": 6, "done": 0}}
@@ -66,7 +99,11 @@ def test_intents_without_a_plan_count_their_batches():
 
 def test_time_left_words():
     assert [time_left(s) for s in (None, 5, 90, 3 * 3600 + 600)] == [
-        "estimating the time left", "less than a minute left", "~2 min left", "~3 h 10 min left"]
+        "estimating the time left",
+        "less than a minute left",
+        "~2 min left",
+        "~3 h 10 min left",
+    ]
 
 
 def test_steps_log_a_line_per_step(caplog):

@@ -47,9 +47,9 @@ POLICY = parse_policy(
 RUN = RunRef("retention_sweep", "manual__slow")
 
 
-def seed_slow_table(engine: sa.Engine) -> None:
-    """``ROWS`` expired rows, two fresh ones, and a trigger that makes each delete take ``SLEEP_PER_ROW``. Wide rows
-    (a few per page): PostgreSQL's sweep walks the table by pages, so its batches are a page or two each."""
+def seed_slow_table(engine: sa.Engine, sleep_per_row: float = SLEEP_PER_ROW) -> None:
+    """``ROWS`` expired rows, two fresh ones, and a trigger that makes each delete take ``sleep_per_row`` seconds.
+    Wide rows (a few per page): PostgreSQL's sweep walks the table by pages, so its batches are a page or two each."""
     old = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=90)
     with engine.begin() as conn:
         conn.execute(
@@ -67,7 +67,7 @@ def seed_slow_table(engine: sa.Engine) -> None:
         )
         conn.execute(
             sa.text(f"""CREATE FUNCTION slow_delete() RETURNS trigger AS $$
-            BEGIN PERFORM pg_sleep({SLEEP_PER_ROW}); RETURN OLD; END $$ LANGUAGE plpgsql""")
+            BEGIN PERFORM pg_sleep({sleep_per_row}); RETURN OLD; END $$ LANGUAGE plpgsql""")
         )
         conn.execute(
             sa.text("CREATE TRIGGER t_slow_delete BEFORE DELETE ON t_slow FOR EACH ROW EXECUTE FUNCTION slow_delete()")
@@ -75,16 +75,19 @@ def seed_slow_table(engine: sa.Engine) -> None:
 
 
 @contextmanager
-def slow_sweep(url: str, ledger_engine: sa.Engine) -> Iterator[Callable[[], dict[str, Any] | None]]:
-    """Run the slow rule in a thread; yields a function that returns its counts once it ended (None before)."""
+def slow_sweep(
+    url: str, ledger_engine: sa.Engine, *, key: bytes = KEY, sleep_per_row: float = SLEEP_PER_ROW, run: RunRef = RUN
+) -> Iterator[Callable[[], dict[str, Any] | None]]:
+    """Run the slow rule in a thread (its table in ``url``, its ledger ``ledger_engine`` keyed with ``key``); yields a
+    function that returns its counts once it ended (None before)."""
     engine = make_engine(url)
-    seed_slow_table(engine)
+    seed_slow_table(engine, sleep_per_row)
     store = SqlStore("crm", POLICY, engine, mask_key=KEY)
     result: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            result["counts"] = run_rule(POLICY, RULE, store, Ledger(ledger_engine, KEY), RUN)
+            result["counts"] = run_rule(POLICY, RULE, store, Ledger(ledger_engine, key), run)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             result["error"] = exc
 

@@ -256,8 +256,8 @@ def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: 
     """While a slow sweep runs (a row trigger on the stack's CRM database sleeps on every delete), the page shows
     its rule with rows done of planned and the time left, and follows it by polling; the receipt of an erasure
     run, on that run's page inside the Airflow UI (the Receipts tab, an external view of destination dag_run),
-    shows the counts of the registry's receipt. Screenshots: ``browser-8-running-sweep.png`` and
-    ``browser-9-run-receipt-in-ui.png``."""
+    shows the counts of the registry's receipt. Screenshots: ``browser-8-running-sweep.png`` (and
+    ``-in-ui``) and ``browser-9-run-receipt-in-ui.png``."""
     import re
 
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -279,7 +279,7 @@ def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: 
 
         # 1. A slow sweep: its rule on the page, rows done of planned, the time left; the figure moves on by itself.
         run = RunRef("retention_sweep", f"manual__e2e_slow_{int(time.time())}")
-        with slow_sweep(world.crm_url, world.ledger_engine, key=SECRET, sleep_per_row=1.0, run=run) as ended:
+        with slow_sweep(world.crm_url, world.ledger_engine, key=SECRET, sleep_per_row=1.5, run=run) as ended:
             browser.get(f"{stack.base_url}/retention/#running")
             row = f"tr[data-running-rule='{RULE}']"
             first = WebDriverWait(browser, 90, poll_frequency=0.5, ignored_exceptions=stale).until(
@@ -297,6 +297,15 @@ def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: 
                               for r in d.find_elements(By.CSS_SELECTOR, row))
                 or d.find_elements(By.ID, "nothing-running"))
             assert "@example.org" not in browser.page_source
+            # ... and inside the Airflow UI's frame
+            browser.get(f"{stack.base_url}/plugin/data-retention")
+            browser.switch_to.frame(wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe"))))
+            framed = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, row)))
+            assert _figure(framed.find_element(By.CSS_SELECTOR, "td.planned").text) == ROWS
+            browser.execute_script("document.getElementById('running').scrollIntoView({block: 'start'})")
+            browser.switch_to.default_content()
+            time.sleep(0.5)
+            shot(browser, "8-running-sweep-in-ui")
             deadline = time.monotonic() + 120
             while ended() is None:
                 assert time.monotonic() < deadline, "the slow sweep did not end"

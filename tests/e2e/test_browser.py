@@ -311,7 +311,9 @@ def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: 
                 assert time.monotonic() < deadline, "the slow sweep did not end"
                 time.sleep(0.5)
         assert ended()["deleted"] == ROWS
+        browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe"))
         wait.until(EC.presence_of_element_located((By.ID, "nothing-running")))  # polled: nothing runs any more
+        browser.switch_to.default_content()
 
         # 2. An erasure run's receipt on its run page inside the Airflow UI.
         ids = add_subject(world.crm, world.mailing, RECEIPT_PERSON)

@@ -559,7 +559,9 @@ written meanwhile name them.</p>
  {% for w in v.warnings or [] %}Warning: {{ w }}.{% endfor %}</p>
 {% if v.unreconciled_count %}<p id="unreconciled" class="bad">{{ v.unreconciled_count }} intent(s) without
  outcome (a change that may have happened; the next run reconciles it): entries
- {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.</p>{% endif %}
+ {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.{% if data.running.sweeps %}
+ The sweeps running now (above) have a batch in flight: its intent is among them until the batch is done.
+ {% endif %}</p>{% endif %}
 {% if not v.anchors %}<p class="muted">No anchor location configured (RETENTION_LEDGER_ANCHORS): a truncated
  ledger with a moved head cannot be told apart from a shorter one.</p>{% endif %}
 {% if may_act %}<form method="post" action="verify"><button type="submit">Verify now</button></form>

@@ -49,5 +49,6 @@ def test_running_sweep_on_the_page_and_its_json(client, ledger_db):  # noqa: F81
     assert "@example.org" not in repr(figures)
     if page is not None:  # the page served meanwhile shows the rule's row (the poll may have caught the end)
         assert f'data-running-rule="{RULE}"' in page and f"{ROWS:,}" in page and "@example.org" not in page
+        assert "have a batch in flight" in page  # its open intent is not a stopped run's
     assert client.get("/api/progress").json()["sweeps"] == []
     engine.dispose()

@@ -8,7 +8,9 @@ api-server of the LocalExecutor stack:
 - the data-retention page (``/retention/``, and inside the UI at ``/plugin/data-retention``) lists the
   open requests we registered, overdue first, with their days left and status; in light and dark (the system's
   preference standalone, the UI's own theme setting in its frame), its skip link the first Tab stop;
-- the run's receipt at the run-page view (``/retention/runs/<dag_id>/<run_id>``).
+- the run's receipt at the run-page view (``/retention/runs/<dag_id>/<run_id>``);
+- while a slow sweep runs, its rule with rows done of planned and the time left, followed by polling; an erasure
+  run's receipt with its counts in the run page's Receipts tab inside the Airflow UI.
 
 Screenshots go to ``artifacts/e2e/browser-*.png``. Under CI=true a missing browser is a failure.
 """

@@ -253,7 +253,10 @@ class SweepProgressLog:
         if time.monotonic() - self._last < self.every:
             return
         self._last = time.monotonic()
-        self.report()
+        try:
+            self.report()
+        except Exception as exc:  # noqa: BLE001 - a progress line never fails the batch it follows
+            log.warning("no progress line for rule %s: %s", self.rule_id, type(exc).__name__)
 
     def report(self) -> RuleProgress | None:
         progress = rule_progress(rule_entries(self.ledger, self.run, self.rule_id))

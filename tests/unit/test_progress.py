@@ -116,3 +116,16 @@ def test_steps_log_a_line_per_step(caplog):
     assert lines[0].startswith("access package r-1: crm.contacts (1 of 3 collections), 2 row(s), ")
     assert lines[1].startswith("access package r-1: crm.inquiries (2 of 3 collections), ")
     assert last == "access package r-1: mailing.subscribers (3 of 3 collections), done"
+
+
+def test_a_progress_line_that_cannot_be_read_does_not_fail_the_sweep(caplog):
+    import sqlalchemy as sa
+
+    from include.retention.ledger import Ledger, RunRef
+    from include.retention.progress import SweepProgressLog
+
+    engine = sa.create_engine("sqlite://")  # no ledger tables: reading the rule's entries fails
+    progress = SweepProgressLog(Ledger(engine, b""), RunRef("retention_sweep", "r1"), "crm.leads.old", every=0)
+    with caplog.at_level(logging.WARNING, logger="include.retention.progress"):
+        progress.tick()
+    assert "no progress line for rule crm.leads.old: OperationalError" in caplog.text

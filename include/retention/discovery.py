@@ -24,6 +24,7 @@ from include.retention.classify import classify, name_hint
 from include.retention.identity import IdentityError
 from include.retention.identity import validate as validate_identity
 from include.retention.policy import Collection, Policy
+from include.retention.progress import Steps
 from include.retention.stores.sql_index import SUFFIX as DIGEST_SUFFIX
 
 ROWS_PER_COLUMN = 200        # sampled values per column, at most
@@ -236,7 +237,9 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
     started = time.monotonic()
     seen_tables: set[str] = set()
     meta = sa.MetaData()
-    for schema, tname in sorted(readable_tables(engine), key=lambda st: (st[0] or "", st[1])):
+    tables = sorted(readable_tables(engine), key=lambda st: (st[0] or "", st[1]))
+    steps = Steps(f"discovery of {system}", len(tables), "tables")
+    for schema, tname in tables:
         ref = f"{schema}.{tname}" if schema else tname
         seen_tables.add(ref)
         table = sa.Table(tname, meta, schema=schema, autoload_with=engine)
@@ -290,6 +293,7 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
             for missing in sorted(known - set(table.columns.keys())):
                 report.findings.append(Finding(system, ref, missing, "missing_column",
                                                detail=f"declared by {system}.{coll_name}"))
+        steps.step(ref, f"{len(table.columns)} column(s)")
     for ref in sorted(set(declared) - seen_tables):
         report.findings.append(Finding(system, ref, "", "missing_table", detail=f"declared by {system}."
                                        f"{declared[ref][0]}"))

@@ -1,6 +1,7 @@
-"""Corrections that cannot merge two people or half-apply (include/retention/requests/correction.py), on SQLite, PostgreSQL
-and MariaDB (default collation): another person's address in any spelling is refused, a value that does not fit a
-column of either system is refused before the first change, held and foreign-locked rows are kept as exceptions."""
+"""Corrections that cannot merge two people or half-apply (include/retention/requests/correction.py), on SQLite,
+PostgreSQL and MariaDB (default collation): another person's address in any spelling is refused, a value that does
+not fit a column of either system is refused before the first change, held and foreign-locked rows are kept as
+exceptions."""
 
 from __future__ import annotations
 

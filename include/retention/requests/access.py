@@ -36,6 +36,7 @@ from typing import Any
 from include.retention.describe import conditions_text
 from include.retention.errors import RetentionError
 from include.retention.policy import Collection, Policy, Reference, Rule
+from include.retention.progress import Steps
 from include.retention.requests.package_names import EntryNames
 from include.retention.stores.base import Claims, HoldsObjects, ReferencingRows, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
@@ -250,6 +251,8 @@ class PackageBuilder:
             if self.fmt == "portable":
                 flat = open(os.path.join(self.dir, "data.csv"), "w", encoding="utf-8", newline="")  # noqa: SIM115
                 flat.write("collection,record,field,value\n")
+            steps = Steps(f"access package {self.request_id}",
+                          sum(len(collection_order(self.policy, system)) for system in self.systems()), "collections")
             for system in self.systems():
                 store = self.store_of(system)
                 searched = store.searched_kinds()
@@ -260,6 +263,7 @@ class PackageBuilder:
                     coll = self.policy.collection(ref)
                     got = found.get(ref)
                     if got is None and ref not in searched:
+                        steps.step(ref, "not searched")
                         continue
                     got = got or Found()
                     entry = {"categories": coll.categories, "identities_searched": searched.get(ref, []),
@@ -269,6 +273,7 @@ class PackageBuilder:
                         entry["rows"], entry["files"] = self._collection(zf, store, name, got, flat, result)
                     result.rows[ref] = entry["rows"]
                     sys_entry["collections"][ref] = entry
+                    steps.step(ref, f"{entry['rows']} row(s)")
                 manifest["systems"][system] = sys_entry
             if flat is not None:
                 flat.close()

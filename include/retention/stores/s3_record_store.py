@@ -50,6 +50,7 @@ from include.retention.stores.s3_records import (
     Corrector,
     Expiry,
     Judge,
+    Normaliser,
     ObjectRecords,
     RecordsUnreadable,
     RewriteNotVerified,
@@ -145,13 +146,14 @@ class S3Records(S3Subjects):
     def _scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
                       out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """Add each record's identities to ``out`` (under the object's key); yield ``out`` whenever it is full."""
+        normalised = Normaliser()
         for batch in reader.batches(columns):
             for record in batch.records:
                 if not isinstance(record, dict):
                     continue
                 found: dict[str, set[str]] = {}
                 for kind, name in fields:
-                    value = normalise(kind, record.get(name))
+                    value = normalised(kind, record.get(name))
                     if value is not None:
                         found.setdefault(kind, set()).add(value)
                 if found:

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD_BATCH = 1000  # CSV rows / JSON lines judged and written together
+PARQUET_SLICE = 10_000  # Parquet records turned into Python objects together (a row group is read whole)
+NORMALISED_CACHE = 100_000  # identity values remembered per judge (values repeat across records)
 REWRITE_META = "retention-rewritten"  # metadata of a rewritten object: when
 RECORD_COLUMNS = ["key", "version_id", "content"]  # per record in an access package (JSON of the record)
 
@@ -80,6 +82,25 @@ def mask_value(mask: Mask, raw: Any, key: bytes) -> Any:
 
 # ---- who a record belongs to ------------------------------------------------------------------
 
+class Normaliser:
+    """``normalise`` with a bounded memory of the values it has seen: a person's value recurs in many records."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, Any], str | None] = {}
+
+    def __call__(self, kind: str, raw: Any) -> str | None:
+        if not isinstance(raw, str):
+            return normalise(kind, raw)
+        try:
+            return self.seen[kind, raw]
+        except KeyError:
+            pass
+        if len(self.seen) >= NORMALISED_CACHE:
+            self.seen.clear()
+        value = self.seen[kind, raw] = normalise(kind, raw)
+        return value
+
+
 @dataclass
 class Verdict:
     rids: set[str]
@@ -97,6 +118,8 @@ class Verdict:
 class Corrector:
     """A correction: records carrying one of the subjects' old values (any identity field of a corrected kind) get
     the new value in that field; nothing is dropped."""
+
+    memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
 
     def __init__(self, coll: Collection, subjects: list[Any], new_values: dict[str, str]):
         self.old = {(kind, value): s.request_id for s in subjects for kind, value in s.identities.items()
@@ -124,8 +147,11 @@ class Judge:
     """Which records belong to (``erase: row``) or mention (``erase: mask``) one of the subjects; Python's
     ``normalise`` decides equality."""
 
+    memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
+
     def __init__(self, coll: Collection, subjects: list[Any]):
         self.wanted = index_subjects(subjects)
+        self.normalise = Normaliser()
         self.rows: list[tuple[str, str]] = []
         self.mentions: list[tuple[str, str, Mask]] = []
         for kind, f in coll.identity_fields():
@@ -139,7 +165,7 @@ class Judge:
         return sorted({n for _, n in self.rows} | {n for _, n, _ in self.mentions})
 
     def _rids(self, kind: str, raw: Any) -> set[str]:
-        value = normalise(kind, raw)
+        value = self.normalise(kind, raw)
         return set(self.wanted.get(kind, {}).get(value, ())) if value is not None else set()
 
     def __call__(self, record: Any) -> Verdict | None:
@@ -211,11 +237,76 @@ def _ending(raw: bytes) -> str:
 @dataclass
 class Batch:
     """Records read together: ``records[i]`` is None for what is no record (a blank line); ``raws[i]`` its bytes
-    (CSV, JSON lines); ``table`` the row group (Parquet)."""
+    (CSV, JSON lines); ``table`` a slice of a row group (Parquet: its records are made Python objects only when
+    ``records`` is asked for)."""
 
-    records: list[Any]
+    rows: list[Any] | None
     raws: list[bytes] | None = None
     table: Any = None
+    last: bool = True  # Parquet: the last slice of its row group
+
+    @property
+    def records(self) -> list[Any]:
+        if self.rows is None:
+            self.rows = self.table.to_pylist()
+        return self.rows
+
+    def count(self) -> int:
+        """Records in the batch (blank lines are none)."""
+        if self.rows is None:
+            return self.table.num_rows
+        return sum(record is not None for record in self.rows)
+
+    def record(self, i: int) -> Any:
+        return self.rows[i] if self.rows is not None else self.table.slice(i, 1).to_pylist()[0]
+
+
+def verdicts(batch: Batch, decide: Decide) -> list[Verdict | None]:
+    """One verdict per record of the batch. A judge whose verdict depends on its ``fields()`` only (``memo``) is
+    asked once per distinct combination of their values, read column by column (Parquet: no record is built)."""
+    table = batch.table
+    if table is None or batch.rows is not None or not getattr(decide, "memo", False):
+        return [decide(record) if record is not None else None for record in batch.records]
+    names = [name for name in decide.fields() if name in table.column_names]
+    if not names:
+        return [decide({})] * table.num_rows
+    seen: dict[tuple[Any, ...], Verdict | None] = {}
+    out: list[Verdict | None] = []
+    for values in zip(*(table.column(name).to_pylist() for name in names), strict=True):
+        try:
+            verdict = seen[values]
+        except KeyError:
+            verdict = seen[values] = decide(dict(zip(names, values, strict=True)))
+        except TypeError:  # unhashable values (lists, maps): asked every time
+            verdict = decide(dict(zip(names, values, strict=True)))
+        out.append(verdict)
+    return out
+
+
+class ColumnDigest:
+    """SHA-256 per column over the ``repr`` of its values in order (Python's typed values, as ``canonical``), then
+    over the column names and their digests: the same for the same records in the same order however they are
+    cut into row groups or slices, and read column by column (Parquet)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, Any] = {}
+        self.started: set[str] = set()
+
+    def update_table(self, table: Any) -> None:
+        if not table.num_rows:
+            return
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            digest = self.columns.setdefault(name, hashlib.sha256())
+            if name in self.started:
+                digest.update(b", ")
+            self.started.add(name)
+            digest.update(repr(column.to_pylist())[1:-1].encode("utf-8", "surrogatepass"))
+
+    def hexdigest(self) -> str:
+        out = hashlib.sha256()
+        for name, digest in self.columns.items():
+            out.update(repr(name).encode("utf-8", "surrogatepass") + b"\x00" + digest.hexdigest().encode() + b"\n")
+        return out.hexdigest()
 
 
 class _Capture:
@@ -387,7 +478,11 @@ class ObjectRecords:
                 raise
             except Exception as exc:
                 raise RecordsUnreadable(f"Parquet row group {i} unreadable ({type(exc).__name__})") from None
-            yield Batch(table.to_pylist(), table=table)
+            if not table.num_rows:
+                yield Batch([], table=table)
+            for start in range(0, table.num_rows, PARQUET_SLICE):
+                part = table.slice(start, PARQUET_SLICE)
+                yield Batch(None, table=part, last=start + PARQUET_SLICE >= table.num_rows)
 
 
 # ---- writing -----------------------------------------------------------------------------------
@@ -452,11 +547,8 @@ Decide = Callable[[Any], "Verdict | None"]
 def judge_version(reader: ObjectRecords, decide: Decide, columns: list[str] | None) -> Tally:
     tally = Tally()
     for batch in reader.batches(columns):
-        for record in batch.records:
-            if record is None:
-                continue
-            tally.records += 1
-            verdict = decide(record)
+        tally.records += batch.count()
+        for verdict in verdicts(batch, decide):
             if verdict is not None:
                 tally.count(verdict)
     return tally
@@ -473,12 +565,15 @@ def write_version(reader: ObjectRecords, decide: Decide, sink: _Sink, key: bytes
     """Write the version's records without the dropped ones and with the masked fields masked."""
     tally = Tally()
     fmt = reader.fmt
+    if fmt == "parquet":
+        tally.digest = ColumnDigest()
     writer = None
     header_written = False
+    group: list[Any] = []  # Parquet: the kept slices of the row group being read
     try:
         for batch in reader.batches():
             if fmt == "parquet":
-                writer = _parquet_batch(reader, batch, decide, sink, key, tally, writer)
+                writer = _parquet_batch(reader, batch, decide, sink, key, tally, writer, group)
                 continue
             if fmt == "csv" and not header_written:
                 sink.write(reader.header_raw)
@@ -528,26 +623,19 @@ def _parquet_writer(reader: ObjectRecords, sink: _Sink) -> Any:
     return pq.ParquetWriter(sink, reader.schema, compression=reader.compression)
 
 
-def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _Sink, key: bytes, tally: Tally,
-                   writer: Any) -> Any:
+def _kept_table(batch: Batch, judged: list[Verdict | None], key: bytes) -> Any:
+    """The batch's table without the dropped records and with the masked / corrected fields changed (Parquet)."""
     import pyarrow as pa
 
-    keep: list[bool] = []
-    masked_rows: dict[int, dict[str, Any]] = {}
-    for i, record in enumerate(batch.records):
-        tally.records += 1
-        verdict = decide(record)
-        if verdict is not None:
-            tally.count(verdict)
-        keep.append(verdict is None or not verdict.drop)
-        if verdict is not None and not verdict.drop:
-            masked_rows[i] = verdict.changes(record, key)
+    keep = [verdict is None or not verdict.drop for verdict in judged]
+    changed = {i: verdict.changes(batch.record(i), key) for i, verdict in enumerate(judged)
+               if verdict is not None and not verdict.drop}
     table = batch.table
-    if masked_rows:
-        for name in sorted({n for masks in masked_rows.values() for n in masks}):
+    if changed:
+        for name in sorted({n for changes in changed.values() for n in changes}):
             idx = table.schema.get_field_index(name)
             values = table.column(idx).to_pylist()
-            for i, changes in masked_rows.items():
+            for i, changes in changed.items():
                 if name in changes:
                     values[i] = changes[name]
             try:
@@ -556,21 +644,43 @@ def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _S
                 raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
                                         f"({table.schema.field(idx).type})") from None
             table = table.set_column(idx, table.schema.field(idx), column)
-    kept = table.filter(pa.array(keep, type=pa.bool_()))
-    tally.removed += len(keep) - kept.num_rows
+    return table if all(keep) else table.filter(pa.array(keep, type=pa.bool_()))
+
+
+def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _Sink, key: bytes, tally: Tally,
+                   writer: Any, group: list[Any]) -> Any:
+    """Judge one slice of a row group; what stays is written as one row group when the group's last slice is in."""
+    import pyarrow as pa
+
+    judged = verdicts(batch, decide)
+    tally.records += len(judged)
+    for verdict in judged:
+        if verdict is not None:
+            tally.count(verdict)
+    kept = _kept_table(batch, judged, key)
+    tally.removed += len(judged) - kept.num_rows
     tally.kept += kept.num_rows
-    for record in kept.to_pylist():
-        tally.digest.update(canonical(record) + b"\n")
+    tally.digest.update_table(kept)
     if writer is None:
         writer = _parquet_writer(reader, sink)
     if kept.num_rows:
-        writer.write_table(kept, row_group_size=kept.num_rows)
+        group.append(kept)
+    if batch.last and group:
+        writer.write_table(pa.concat_tables(group), row_group_size=sum(t.num_rows for t in group))
+        group.clear()
     return writer
 
 
 def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int, Any]:
     """(records, digest over them in order) that a correct rewrite of this version holds, computed on its own from
     the original (not by the writer): what the check of a rewrite compares the re-read with."""
+    if reader.fmt == "parquet":
+        columns, n = ColumnDigest(), 0
+        for batch in reader.batches():
+            kept = _kept_table(batch, verdicts(batch, decide), key)
+            n += kept.num_rows
+            columns.update_table(kept)
+        return n, columns
     digest, n = hashlib.sha256(), 0
     for batch in reader.batches():
         for record in batch.records:
@@ -588,6 +698,12 @@ def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int,
 
 def digest_of(reader: ObjectRecords) -> tuple[int, Any]:
     """(records, digest over them in order) of a version, as ``write_version`` computes it for what it keeps."""
+    if reader.fmt == "parquet":
+        columns, n = ColumnDigest(), 0
+        for batch in reader.batches():
+            n += batch.table.num_rows
+            columns.update_table(batch.table)
+        return n, columns
     digest, n = hashlib.sha256(), 0
     for batch in reader.batches():
         for record in batch.records:

@@ -50,7 +50,6 @@ from include.retention.stores.s3_records import (
     Corrector,
     Expiry,
     Judge,
-    Normaliser,
     ObjectRecords,
     RecordsUnreadable,
     RewriteNotVerified,
@@ -58,6 +57,7 @@ from include.retention.stores.s3_records import (
     _Sink,
     digest_of,
     expected_of,
+    identities,
     judge_version,
     key_digest,
     partition_span,
@@ -117,12 +117,25 @@ class S3Records(S3Subjects):
                 yield from (o for o, _ in page)
 
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
-        coll = self.coll(collection_name)
-        if coll.format is None:
+        if self.coll(collection_name).format is None:
             yield from super().scan(collection_name)
             return
+        yield from self._scan_records(collection_name, None)
+
+    def candidates(self, collection_name: str, subjects: list[Subject]
+                   ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Parquet: only the records holding one of these subjects' values (found column by column)."""
+        coll = self.coll(collection_name)
+        if coll.format != "parquet":
+            return super().candidates(collection_name, subjects)
+        return self._scan_records(collection_name, Judge(coll, subjects))
+
+    def _scan_records(self, collection_name: str, judge: Judge | None
+                      ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        coll = self.coll(collection_name)
         fields = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields()]
         columns = sorted({n for _, n in fields})
+        seen: dict[Any, Any] = {}  # this scan's identity values, normalised once
         out: list[tuple[Any, dict[str, set[str]]]] = []
         without = 0  # versions whose header / schema has none of the identity fields
         for obj in self._record_objects(coll):
@@ -131,7 +144,7 @@ class S3Records(S3Subjects):
                 if reader is None:
                     continue
                 try:
-                    yield from self._scan_version(reader, obj.key, fields, columns, out)
+                    yield from self._scan_version(reader, obj.key, fields, columns, out, seen, judge)
                 except RecordsUnreadable as exc:
                     raise self._unreadable(coll, vobj, exc) from None
                 names = reader.header if coll.format == "csv" else reader.schema.names if reader.schema else None
@@ -144,18 +157,11 @@ class S3Records(S3Subjects):
                         "header" if coll.format == "csv" else "schema")
 
     def _scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
-                      out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+                      out: list[tuple[Any, dict[str, set[str]]]], seen: dict[Any, Any], judge: Judge | None
+                      ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """Add each record's identities to ``out`` (under the object's key); yield ``out`` whenever it is full."""
-        normalised = Normaliser()
         for batch in reader.batches(columns):
-            for record in batch.records:
-                if not isinstance(record, dict):
-                    continue
-                found: dict[str, set[str]] = {}
-                for kind, name in fields:
-                    value = normalised(kind, record.get(name))
-                    if value is not None:
-                        found.setdefault(kind, set()).add(value)
+            for found in identities(batch, fields, seen, judge):
                 if found:
                     out.append((key, found))
             if len(out) >= RECORD_BATCH:

@@ -120,8 +120,11 @@ class Corrector:
     the new value in that field; nothing is dropped."""
 
     memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
+    seen: dict[tuple[Any, ...], Verdict | None]
+    hits: dict[tuple[str, Any], bool]
 
     def __init__(self, coll: Collection, subjects: list[Any], new_values: dict[str, str]):
+        self.seen, self.hits = {}, {}
         self.old = {(kind, value): s.request_id for s in subjects for kind, value in s.identities.items()
                     if kind in new_values}
         self.new_values = new_values
@@ -148,10 +151,13 @@ class Judge:
     ``normalise`` decides equality."""
 
     memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
+    seen: dict[tuple[Any, ...], Verdict | None]
+    hits: dict[tuple[str, Any], bool]
 
     def __init__(self, coll: Collection, subjects: list[Any]):
         self.wanted = index_subjects(subjects)
         self.normalise = Normaliser()
+        self.seen, self.hits = {}, {}
         self.rows: list[tuple[str, str]] = []
         self.mentions: list[tuple[str, str, Mask]] = []
         for kind, f in coll.identity_fields():
@@ -262,51 +268,189 @@ class Batch:
 
 
 def verdicts(batch: Batch, decide: Decide) -> list[Verdict | None]:
-    """One verdict per record of the batch. A judge whose verdict depends on its ``fields()`` only (``memo``) is
-    asked once per distinct combination of their values, read column by column (Parquet: no record is built)."""
+    """One verdict per record of the batch. A judge whose verdict depends on its ``fields()`` only and is None
+    unless one field's value alone claims the record (``memo``: ``Judge``, ``Corrector``) reads Parquet column by
+    column: each distinct value of a field is judged once, and only the records holding a claimed value are
+    judged as records (no other record is made a Python object)."""
     table = batch.table
     if table is None or batch.rows is not None or not getattr(decide, "memo", False):
         return [decide(record) if record is not None else None for record in batch.records]
+    import pyarrow as pa
+
     names = [name for name in decide.fields() if name in table.column_names]
     if not names:
         return [decide({})] * table.num_rows
-    seen: dict[tuple[Any, ...], Verdict | None] = {}
-    out: list[Verdict | None] = []
-    for values in zip(*(table.column(name).to_pylist() for name in names), strict=True):
+    rows = matching_rows(table, names, lambda name, value: decide({name: value}) is not None,
+                         decide.hits)  # type: ignore[attr-defined]
+    seen = decide.seen  # type: ignore[attr-defined]
+    if rows is None:  # types read value by value
+        rows = list(range(table.num_rows))
+    out: list[Verdict | None] = [None] * table.num_rows
+    if not rows:
+        return out
+    picked = table.select(names)
+    if len(rows) < table.num_rows:
+        picked = picked.take(pa.array(rows, type=pa.int64()))
+    for i, values in zip(rows, zip(*(picked.column(name).to_pylist() for name in names), strict=True),
+                         strict=True):
         try:
             verdict = seen[values]
         except KeyError:
+            if len(seen) >= NORMALISED_CACHE:
+                seen.clear()
             verdict = seen[values] = decide(dict(zip(names, values, strict=True)))
         except TypeError:  # unhashable values (lists, maps): asked every time
             verdict = decide(dict(zip(names, values, strict=True)))
-        out.append(verdict)
+        out[i] = verdict
     return out
 
 
+def matching_rows(table: Any, names: list[str], matches: Callable[[str, Any], bool],
+                  seen: dict[tuple[str, Any], bool]) -> list[int] | None:
+    """Rows of a Parquet slice where some field's value, judged alone (``matches``, remembered in ``seen``),
+    matches; None where a field's type cannot be compared column-wise (the caller reads every record)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    hit = None
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_nested(column.type) or pa.types.is_dictionary(column.type):
+            return None
+        claimed = []
+        for value in pc.unique(column).to_pylist():
+            if value is None:
+                continue
+            try:
+                ok = seen[name, value]
+            except KeyError:
+                if len(seen) >= NORMALISED_CACHE:
+                    seen.clear()
+                ok = seen[name, value] = matches(name, value)
+            if ok:
+                claimed.append(value)
+        if claimed:
+            mask = pc.is_in(column, value_set=pa.array(claimed, type=column.type)).to_numpy(zero_copy_only=False)
+            hit = mask if hit is None else hit | mask
+    return [] if hit is None else np.flatnonzero(hit).tolist()
+
+
+def identities(batch: Batch, fields: list[tuple[str, str]], seen: dict[Any, Any], judge: Judge | None = None
+               ) -> Iterator[dict[str, set[str]]]:
+    """Per record of the batch (blank lines skipped), its identities: kind -> normalised values (empty: none).
+    Parquet is read column by column, each distinct combination of values normalised once (``seen``); with a
+    ``judge``, only the records holding one of its subjects' values (the others may be left out: ``candidates``)."""
+    if batch.table is not None and batch.rows is None and judge is not None:
+        import pyarrow as pa
+
+        names = [name for name in judge.fields() if name in batch.table.column_names]
+        rows = matching_rows(batch.table, names, lambda name, value: judge({name: value}) is not None, judge.hits)
+        if rows is not None:
+            batch = Batch(None, table=batch.table.take(pa.array(rows, type=pa.int64())))
+    if batch.table is None or batch.rows is not None:
+        for record in batch.records:
+            if isinstance(record, dict):
+                yield _identities_of(record, fields)
+        return
+    names = [name for name in sorted({n for _, n in fields}) if name in batch.table.column_names]
+    if not names:
+        yield from ({} for _ in range(batch.table.num_rows))
+        return
+    for values in zip(*(batch.table.column(name).to_pylist() for name in names), strict=True):
+        try:
+            found = seen[values]
+        except KeyError:
+            if len(seen) >= NORMALISED_CACHE:
+                seen.clear()
+            found = seen[values] = _identities_of(dict(zip(names, values, strict=True)), fields)
+        except TypeError:
+            found = _identities_of(dict(zip(names, values, strict=True)), fields)
+        yield found
+
+
+def _identities_of(record: dict[str, Any], fields: list[tuple[str, str]]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for kind, name in fields:
+        value = normalise(kind, record.get(name))
+        if value is not None:
+            found.setdefault(kind, set()).add(value)
+    return found
+
+
 class ColumnDigest:
-    """SHA-256 per column over the ``repr`` of its values in order (Python's typed values, as ``canonical``), then
-    over the column names and their digests: the same for the same records in the same order however they are
-    cut into row groups or slices, and read column by column (Parquet)."""
+    """A digest of records in order, column by column (Parquet): per column, its values as canonical bytes
+    (integers, floats, times and dates: their fixed-width values, nulls as zero, plus the validity of each;
+    strings and binaries: validity, lengths and bytes) or, for any other type, the ``repr`` of its Python values
+    (as ``canonical``). The same for the same records in the same order however they are cut into row groups or
+    slices; any changed, missing, added or moved value changes it."""
 
     def __init__(self) -> None:
-        self.columns: dict[str, Any] = {}
+        self.columns: dict[str, tuple[str, list[Any]]] = {}
         self.started: set[str] = set()
 
     def update_table(self, table: Any) -> None:
         if not table.num_rows:
             return
         for name, column in zip(table.column_names, table.columns, strict=True):
-            digest = self.columns.setdefault(name, hashlib.sha256())
-            if name in self.started:
-                digest.update(b", ")
-            self.started.add(name)
-            digest.update(repr(column.to_pylist())[1:-1].encode("utf-8", "surrogatepass"))
+            kind = _stream_kind(column.type)
+            entry = self.columns.setdefault(name, (str(column.type), [hashlib.sha256() for _ in range(3)]))
+            streams = entry[1]
+            for chunk in column.chunks:
+                if not len(chunk):
+                    continue
+                if kind is None:  # the separator goes before every chunk but the column's first
+                    text = repr(chunk.to_pylist())[1:-1].encode("utf-8", "surrogatepass")
+                    streams[2].update(b", " + text if name in self.started else text)
+                    self.started.add(name)
+                    continue
+                for digest, data in zip(streams, _streams(chunk, kind), strict=True):
+                    digest.update(data)
 
     def hexdigest(self) -> str:
         out = hashlib.sha256()
-        for name, digest in self.columns.items():
-            out.update(repr(name).encode("utf-8", "surrogatepass") + b"\x00" + digest.hexdigest().encode() + b"\n")
+        for name, (type_name, streams) in self.columns.items():
+            out.update(repr((name, type_name, [d.hexdigest() for d in streams])).encode("utf-8", "surrogatepass"))
         return out.hexdigest()
+
+
+def _stream_kind(column_type: Any) -> str | None:
+    import pyarrow as pa
+
+    t = column_type
+    if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
+            or pa.types.is_time(t) or pa.types.is_duration(t)) and t.bit_width in (8, 16, 32, 64):
+        return "fixed"
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        return "var32"
+    if pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        return "var64"
+    return None
+
+
+def _streams(chunk: Any, kind: str) -> tuple[bytes, bytes, bytes]:
+    """(validity, lengths, values) of one array as canonical bytes, whatever its offset and buffers."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, t = len(chunk), chunk.type
+    valid = (np.ones(n, dtype=np.uint8) if not chunk.null_count
+             else chunk.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
+    if kind == "fixed":
+        width = t.bit_width // 8
+        values = np.frombuffer(chunk.buffers()[1], dtype=f"<u{width}", count=chunk.offset + n)[chunk.offset:]
+        if chunk.null_count:
+            values = np.where(valid.astype(bool), values, 0).astype(f"<u{width}")
+        return valid.tobytes(), b"", values.tobytes()
+    if chunk.null_count:
+        chunk = pc.fill_null(chunk, pa.scalar("" if pa.types.is_string(t) or pa.types.is_large_string(t) else b"",
+                                              type=t))
+    buffers = chunk.buffers()
+    offsets = np.frombuffer(buffers[1], dtype="<i4" if kind == "var32" else "<i8",
+                            count=chunk.offset + n + 1)[chunk.offset:]
+    data = memoryview(buffers[2])[int(offsets[0]):int(offsets[-1])] if buffers[2] is not None else b""
+    return valid.tobytes(), np.diff(offsets).tobytes(), bytes(data)
 
 
 class _Capture:

@@ -56,3 +56,24 @@ def test_missing_or_reordered_records_change_it():
     assert digest(TABLE.slice(0, 4)) != digest(TABLE)
     assert digest(TABLE.take(pa.array([1, 0, 2, 3, 4]))) != digest(TABLE)
     assert digest(TABLE.slice(0, 0)) == digest()
+
+
+def test_matching_rows_judges_each_value_once_and_forgets_safely(monkeypatch):
+    from include.retention.stores import s3_records
+
+    judged: list[str] = []
+
+    def matches(name: str, value: str) -> bool:
+        judged.append(value)
+        return value in {"b", "e"}
+
+    seen: dict = {}
+    table = pa.table({"email": ["a", "b", None, "c", "b", "d", "e"]})
+    assert s3_records.matching_rows(table, ["email"], matches, seen) == [1, 4, 6]
+    assert sorted(judged) == ["a", "b", "c", "d", "e"]
+    assert s3_records.matching_rows(table.slice(1), ["email"], matches, seen) == [0, 3, 5]
+    assert len(judged) == 5  # nothing judged twice
+    monkeypatch.setattr(s3_records, "NORMALISED_CACHE", 2)  # the values judged so far are forgotten ...
+    more = pa.table({"email": ["f", "b", "g", "e"]})
+    assert s3_records.matching_rows(more, ["email"], matches, seen) == [1, 3]  # ... those that matched are not
+    assert s3_records.matching_rows(pa.table({"email": pa.array([], pa.string())}), ["email"], matches, seen) == []

@@ -121,7 +121,7 @@ class Corrector:
 
     memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
     seen: dict[tuple[Any, ...], Verdict | None]
-    hits: dict[tuple[str, Any], bool]
+    hits: dict[Any, Any]
 
     def __init__(self, coll: Collection, subjects: list[Any], new_values: dict[str, str]):
         self.seen, self.hits = {}, {}
@@ -152,7 +152,7 @@ class Judge:
 
     memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
     seen: dict[tuple[Any, ...], Verdict | None]
-    hits: dict[tuple[str, Any], bool]
+    hits: dict[Any, Any]
 
     def __init__(self, coll: Collection, subjects: list[Any]):
         self.wanted = index_subjects(subjects)
@@ -306,9 +306,10 @@ def verdicts(batch: Batch, decide: Decide) -> list[Verdict | None]:
 
 
 def matching_rows(table: Any, names: list[str], matches: Callable[[str, Any], bool],
-                  seen: dict[tuple[str, Any], bool]) -> list[int] | None:
-    """Rows of a Parquet slice where some field's value, judged alone (``matches``, remembered in ``seen``),
-    matches; None where a field's type cannot be compared column-wise (the caller reads every record)."""
+                  seen: dict[Any, Any]) -> list[int] | None:
+    """Rows of a Parquet slice where some field's value, judged alone (``matches``), matches; None where a field's
+    type cannot be compared column-wise (the caller reads every record). Each distinct value is judged once per
+    ``seen`` (per field and type: the values judged so far and those that matched, as Arrow arrays)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -318,20 +319,23 @@ def matching_rows(table: Any, names: list[str], matches: Callable[[str, Any], bo
         column = table.column(name)
         if pa.types.is_nested(column.type) or pa.types.is_dictionary(column.type):
             return None
-        claimed = []
-        for value in pc.unique(column).to_pylist():
-            if value is None:
-                continue
-            try:
-                ok = seen[name, value]
-            except KeyError:
-                if len(seen) >= NORMALISED_CACHE:
-                    seen.clear()
-                ok = seen[name, value] = matches(name, value)
-            if ok:
-                claimed.append(value)
-        if claimed:
-            mask = pc.is_in(column, value_set=pa.array(claimed, type=column.type)).to_numpy(zero_copy_only=False)
+        state = seen.setdefault((name, str(column.type)), {"known": None, "claimed": None})
+        distinct = pc.unique(column)
+        distinct = distinct.filter(pc.is_valid(distinct))
+        known = state["known"]
+        new = distinct if known is None else distinct.filter(pc.invert(pc.is_in(distinct, value_set=known)))
+        if len(new):
+            claimed = [value for value in new.to_pylist() if matches(name, value)]
+            if known is not None and len(known) + len(new) > NORMALISED_CACHE:
+                known = None  # forgotten (those that matched are kept): judged again when they recur
+            state["known"] = new if known is None else pa.concat_arrays([known, new])
+            if claimed and state["claimed"] is not None:
+                claimed = [value for value in claimed if value not in set(state["claimed"].to_pylist())]
+            if claimed:
+                more = pa.array(claimed, type=column.type)
+                state["claimed"] = more if state["claimed"] is None else pa.concat_arrays([state["claimed"], more])
+        if state["claimed"] is not None:
+            mask = pc.is_in(column, value_set=state["claimed"]).to_numpy(zero_copy_only=False)
             hit = mask if hit is None else hit | mask
     return [] if hit is None else np.flatnonzero(hit).tolist()
 

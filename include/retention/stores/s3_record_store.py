@@ -241,6 +241,8 @@ class S3Records(S3Subjects):
                     outcome.add(rid, ref, "deleted", n)
                 for rid, n in tally.masked.items():
                     outcome.add(rid, ref, changed_as, n)
+                for rid in tally.per_request():
+                    outcome.add(rid, ref, "objects_rewritten")  # the records went from inside this many objects
                 if not dry_run:
                     self._rewrite(coll, vobj, judge, tally, now)
             else:
@@ -284,6 +286,8 @@ class S3Records(S3Subjects):
         try:
             written = write_version(reader, judge, _Sink(upload, reader.gzip), self.key)
             new_version = upload.complete()
+            if not versioned:  # no versions here (a multipart upload may still be answered with version "null")
+                new_version = None
         except RecordsUnreadable as exc:
             upload.abort()
             raise self._unreadable(coll, vobj, exc) from None
@@ -388,6 +392,11 @@ class S3Records(S3Subjects):
                         self._lock(coll.bucket, vobj, reason, now)
                 for rid, n in per.items():
                     outcome.add(rid, ref, what, n)
+                    if what == "restricted":  # S3 locks whole versions: the others' records in it are locked too
+                        outcome.add(rid, ref, "objects_locked")
+                        others = tally.records - sum(per.values())
+                        if others > 0:
+                            outcome.add(rid, ref, "others_restricted", others)
         return outcome
 
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:

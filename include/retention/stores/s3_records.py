@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 RECORD_BATCH = 1000  # CSV rows / JSON lines judged and written together
 PARQUET_SLICE = 10_000  # Parquet records turned into Python objects together (a row group is read whole)
-NORMALISED_CACHE = 100_000  # identity values remembered per judge (values repeat across records)
+NORMALISED_CACHE = 100_000  # distinct identity values remembered per judge (values repeat across records)
 REWRITE_META = "retention-rewritten"  # metadata of a rewritten object: when
 RECORD_COLUMNS = ["key", "version_id", "content"]  # per record in an access package (JSON of the record)
 
@@ -81,25 +81,6 @@ def mask_value(mask: Mask, raw: Any, key: bytes) -> Any:
 
 
 # ---- who a record belongs to ------------------------------------------------------------------
-
-class Normaliser:
-    """``normalise`` with a bounded memory of the values it has seen: a person's value recurs in many records."""
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[str, Any], str | None] = {}
-
-    def __call__(self, kind: str, raw: Any) -> str | None:
-        if not isinstance(raw, str):
-            return normalise(kind, raw)
-        try:
-            return self.seen[kind, raw]
-        except KeyError:
-            pass
-        if len(self.seen) >= NORMALISED_CACHE:
-            self.seen.clear()
-        value = self.seen[kind, raw] = normalise(kind, raw)
-        return value
-
 
 @dataclass
 class Verdict:
@@ -156,7 +137,6 @@ class Judge:
 
     def __init__(self, coll: Collection, subjects: list[Any]):
         self.wanted = index_subjects(subjects)
-        self.normalise = Normaliser()
         self.seen, self.hits = {}, {}
         self.rows: list[tuple[str, str]] = []
         self.mentions: list[tuple[str, str, Mask]] = []
@@ -171,7 +151,7 @@ class Judge:
         return sorted({n for _, n in self.rows} | {n for _, n, _ in self.mentions})
 
     def _rids(self, kind: str, raw: Any) -> set[str]:
-        value = self.normalise(kind, raw)
+        value = normalise(kind, raw)
         return set(self.wanted.get(kind, {}).get(value, ())) if value is not None else set()
 
     def __call__(self, record: Any) -> Verdict | None:

@@ -53,7 +53,8 @@ def test_an_interrupted_rewrite_leaves_the_intent_open_and_the_retry_finishes(s3
     def killed(self, bucket, key):
         raise SystemExit("worker killed between the write and the version deletes")
 
-    assert erasure_tasks.discover([rid], "objects") == {"deleted": 3, "masked": 1, "versions_deleted": 1}
+    assert erasure_tasks.discover([rid], "objects") == {"deleted": 3, "masked": 1, "objects_rewritten": 1,
+                                                        "versions_deleted": 1}
     with monkeypatch.context() as m:
         m.setattr(S3RecordSubjects, "before_old_versions_go", killed)
         with pytest.raises(SystemExit):

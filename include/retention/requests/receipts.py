@@ -98,9 +98,15 @@ def line_text(line: dict[str, int]) -> str:
         parts.append(f"deleted {deleted}")
     elif along:
         parts.append(f"deleted {along} with the rows they belong to")
+    if line.get("objects_rewritten"):  # records inside S3 objects (ADR 0021): the objects were rewritten without them
+        inside = f"inside {line['objects_rewritten']} object(s), rewritten"
+        parts = [f"{parts[0]} records {inside}"] if deleted else [f"records changed {inside}"]
     for key in ("anonymized", "masked", "restricted", "lifted"):
         if line.get(key):
             parts.append(f"{key} {line[key]}")
+    if line.get("objects_locked"):  # S3 cannot lock part of an object: its other records are restricted too
+        parts.append(f"in {line['objects_locked']} object version(s) locked whole, with "
+                     f"{line.get('others_restricted', 0)} record(s) of other people (over-restricted, never changed)")
     for key, n in sorted(line.items()):
         if key.startswith("kept:"):
             parts.append(f"kept and restricted {n} ({key[5:]})")
@@ -111,7 +117,7 @@ def line_text(line: dict[str, int]) -> str:
     if line.get("digests"):
         parts.append(f"{line['digests']} keyed digest(s) kept, no plaintext")
     known = {"deleted", "with_parent", "anonymized", "masked", "restricted", "lifted", "nullified",
-             "changed_meanwhile", "digests"}
+             "changed_meanwhile", "digests", "objects_rewritten", "objects_locked", "others_restricted"}
     parts += [f"{k} {n}" for k, n in sorted(line.items()) if k not in known and not k.startswith("kept:")]
     return "; ".join(parts) or "nothing found"
 

@@ -55,6 +55,7 @@ from include.retention.stores.s3_records import (
     RewriteNotVerified,
     Tally,
     digest_of,
+    identities,
     judge_version,
     key_digest,
     partition_span,
@@ -117,12 +118,25 @@ class S3RecordSubjects:
                 yield from (o for o, _ in page)
 
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
-        coll = self.store.coll(collection_name)
-        if coll.format is None:
+        if self.store.coll(collection_name).format is None:
             yield from self.store.subjects.scan(collection_name)
             return
+        yield from self._scan_records(collection_name, None)
+
+    def candidates(self, collection_name: str, subjects: list[Subject]
+                   ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Parquet: only the records holding one of these subjects' values (found column by column)."""
+        coll = self.store.coll(collection_name)
+        if coll.format != "parquet":
+            return self.scan(collection_name)
+        return self._scan_records(collection_name, Judge(coll, subjects))
+
+    def _scan_records(self, collection_name: str, judge: Judge | None
+                      ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        coll = self.store.coll(collection_name)
         fields = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields()]
         columns = sorted({n for _, n in fields})
+        seen: dict[Any, Any] = {}  # this scan's identity values, normalised once
         out: list[tuple[Any, dict[str, set[str]]]] = []
         without = 0  # versions whose header / schema has none of the identity fields
         for obj in self.record_objects(coll):
@@ -131,7 +145,7 @@ class S3RecordSubjects:
                 if reader is None:
                     continue
                 try:
-                    yield from self.scan_version(reader, obj.key, fields, columns, out)
+                    yield from self.scan_version(reader, obj.key, fields, columns, out, seen, judge)
                 except RecordsUnreadable as exc:
                     raise self.unreadable(coll, vobj, exc) from None
                 names = reader.header if coll.format == "csv" else reader.schema.names if reader.schema else None
@@ -144,17 +158,11 @@ class S3RecordSubjects:
                         ", ".join(columns), "header" if coll.format == "csv" else "schema")
 
     def scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
-                     out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+                     out: list[tuple[Any, dict[str, set[str]]]], seen: dict[Any, Any], judge: Judge | None
+                     ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """Add each record's identities to ``out`` (under the object's key); yield ``out`` whenever it is full."""
         for batch in reader.batches(columns):
-            for record in batch.records:
-                if not isinstance(record, dict):
-                    continue
-                found: dict[str, set[str]] = {}
-                for kind, name in fields:
-                    value = normalise(kind, record.get(name))
-                    if value is not None:
-                        found.setdefault(kind, set()).add(value)
+            for found in identities(batch, fields, seen, judge):
                 if found:
                     out.append((key, found))
             if len(out) >= RECORD_BATCH:
@@ -227,6 +235,8 @@ class S3RecordSubjects:
                     outcome.add(rid, ref, "deleted", n)
                 for rid, n in tally.masked.items():
                     outcome.add(rid, ref, changed_as, n)
+                for rid in tally.per_request():
+                    outcome.add(rid, ref, "objects_rewritten")  # the records went from inside this many objects
                 if not dry_run:
                     self.rewrite(coll, vobj, judge, tally, now)
             else:
@@ -270,6 +280,8 @@ class S3RecordSubjects:
         try:
             written = write_version(reader, judge, Sink(upload, reader.gzip), self.store.key)
             new_version = upload.complete()
+            if not versioned:  # no versions here (a multipart upload may still be answered with version "null")
+                new_version = None
         except RecordsUnreadable as exc:
             upload.abort()
             raise self.unreadable(coll, vobj, exc) from None
@@ -373,6 +385,11 @@ class S3RecordSubjects:
                         self.store.writes.lock(coll.bucket, vobj, reason, now)
                 for rid, n in per.items():
                     outcome.add(rid, ref, what, n)
+                    if what == "restricted":  # S3 locks whole versions: the others' records in it are locked too
+                        outcome.add(rid, ref, "objects_locked")
+                        others = tally.records - sum(per.values())
+                        if others > 0:
+                            outcome.add(rid, ref, "others_restricted", others)
         return outcome
 
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from include.retention.stores.s3_records import (
     Batch,
+    ColumnDigest,
     Decide,
     ObjectRecords,
     RecordsUnreadable,
@@ -20,6 +21,7 @@ from include.retention.stores.s3_records import (
     Verdict,
     canonical,
     line_ending,
+    verdicts,
 )
 
 
@@ -60,12 +62,15 @@ def write_version(reader: ObjectRecords, decide: Decide, sink: Sink, key: bytes)
     """Write the version's records without the dropped ones and with the masked fields masked."""
     tally = Tally()
     fmt = reader.fmt
+    if fmt == "parquet":
+        tally.digest = ColumnDigest()
     writer = None
     header_written = False
+    group: list[Any] = []  # Parquet: the kept slices of the row group being read
     try:
         for batch in reader.batches():
             if fmt == "parquet":
-                writer = _parquet_batch(reader, batch, decide, sink, key, tally, writer)
+                writer = _parquet_batch(reader, batch, decide, sink, key, tally, writer, group)
                 continue
             if fmt == "csv" and not header_written:
                 sink.write(reader.header_raw)
@@ -115,26 +120,19 @@ def _parquet_writer(reader: ObjectRecords, sink: Sink) -> Any:
     return pq.ParquetWriter(sink, reader.schema, compression=reader.compression)
 
 
-def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: Sink, key: bytes, tally: Tally,
-                   writer: Any) -> Any:
+def _kept_table(batch: Batch, judged: list[Verdict | None], key: bytes) -> Any:
+    """The batch's table without the dropped records and with the masked / corrected fields changed (Parquet)."""
     import pyarrow as pa
 
-    keep: list[bool] = []
-    masked_rows: dict[int, dict[str, Any]] = {}
-    for i, record in enumerate(batch.records):
-        tally.records += 1
-        verdict = decide(record)
-        if verdict is not None:
-            tally.count(verdict)
-        keep.append(verdict is None or not verdict.drop)
-        if verdict is not None and not verdict.drop:
-            masked_rows[i] = verdict.changes(record, key)
+    keep = [verdict is None or not verdict.drop for verdict in judged]
+    changed = {i: verdict.changes(batch.record(i), key) for i, verdict in enumerate(judged)
+               if verdict is not None and not verdict.drop}
     table = batch.table
-    if masked_rows:
-        for name in sorted({n for masks in masked_rows.values() for n in masks}):
+    if changed:
+        for name in sorted({n for changes in changed.values() for n in changes}):
             idx = table.schema.get_field_index(name)
             values = table.column(idx).to_pylist()
-            for i, changes in masked_rows.items():
+            for i, changes in changed.items():
                 if name in changes:
                     values[i] = changes[name]
             try:
@@ -143,21 +141,43 @@ def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: Si
                 raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
                                         f"({table.schema.field(idx).type})") from None
             table = table.set_column(idx, table.schema.field(idx), column)
-    kept = table.filter(pa.array(keep, type=pa.bool_()))
-    tally.removed += len(keep) - kept.num_rows
+    return table if all(keep) else table.filter(pa.array(keep, type=pa.bool_()))
+
+
+def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: Sink, key: bytes, tally: Tally,
+                   writer: Any, group: list[Any]) -> Any:
+    """Judge one slice of a row group; what stays is written as one row group when the group's last slice is in."""
+    import pyarrow as pa
+
+    judged = verdicts(batch, decide)
+    tally.records += len(judged)
+    for verdict in judged:
+        if verdict is not None:
+            tally.count(verdict)
+    kept = _kept_table(batch, judged, key)
+    tally.removed += len(judged) - kept.num_rows
     tally.kept += kept.num_rows
-    for record in kept.to_pylist():
-        tally.digest.update(canonical(record) + b"\n")
+    tally.digest.update_table(kept)
     if writer is None:
         writer = _parquet_writer(reader, sink)
     if kept.num_rows:
-        writer.write_table(kept, row_group_size=kept.num_rows)
+        group.append(kept)
+    if batch.last and group:
+        writer.write_table(pa.concat_tables(group), row_group_size=sum(t.num_rows for t in group))
+        group.clear()
     return writer
 
 
 def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int, Any]:
     """(records, digest over them in order) that a correct rewrite of this version holds, computed on its own from
     the original (not by the writer): what the check of a rewrite compares the re-read with."""
+    if reader.fmt == "parquet":
+        columns, n = ColumnDigest(), 0
+        for batch in reader.batches():
+            kept = _kept_table(batch, verdicts(batch, decide), key)
+            n += kept.num_rows
+            columns.update_table(kept)
+        return n, columns
     digest, n = hashlib.sha256(), 0
     for batch in reader.batches():
         for record in batch.records:

@@ -83,8 +83,9 @@ validate: venv
 #                   rows alone takes tens of minutes on MariaDB)
 #   BENCH_EXTRA     tax and/or celery: bench_airflow.py --tax (one retention_sweep under the real scheduler
 #                   against its rules' own time) and --celery 1 2 (target 6: CeleryExecutor, 1 and 2 workers)
+#   BENCH_RECORDS   megabytes of Parquet people are erased from (bench_records.py, issue 26)
 #   BENCH_SWEEP_OPTS, BENCH_SUBJECTS_OPTS, BENCH_S3_OPTS, BENCH_AIRFLOW_OPTS, BENCH_ACCESS_OPTS,
-#                   BENCH_LOOKUP_OPTS: more options
+#                   BENCH_LOOKUP_OPTS, BENCH_RECORDS_OPTS: more options
 #                   of that script (its --help), e.g. BENCH_SWEEP_OPTS=--explain
 #   BENCH_OUT       where the results go (default artifacts/bench; its *.json removed first)
 BENCH_SIZE ?= default
@@ -97,6 +98,7 @@ BENCH_S3_ROWS ?= 5000
 BENCH_AIRFLOW_OPTS ?= --cold 3 --repeat 5
 BENCH_ACCESS ?= 10000 100000
 BENCH_LOOKUP ?= 100000 1000000
+BENCH_RECORDS ?= 100
 else ifeq ($(BENCH_SIZE),full)
 BENCH_ROWS ?= 1000000 5000000
 BENCH_SUBJECTS ?= 1000
@@ -106,6 +108,7 @@ BENCH_S3_ROWS ?= 10000
 BENCH_AIRFLOW_OPTS ?= --cold 5 --repeat 15
 BENCH_ACCESS ?= 10000 100000
 BENCH_LOOKUP ?= 1000000 10000000
+BENCH_RECORDS ?= 1024
 BENCH_EXTRA ?= tax celery
 else ifeq ($(BENCH_SIZE),tiny)
 BENCH_ROWS ?= 1000 2000
@@ -117,11 +120,13 @@ BENCH_S3_ROWS ?= 50
 BENCH_AIRFLOW_OPTS ?= --cold 1 --repeat 1 --files erasure_request.py
 BENCH_ACCESS ?= 100 300
 BENCH_LOOKUP ?= 1000 2000
+BENCH_RECORDS ?= 2
 else
 $(error BENCH_SIZE is default, full or tiny, not "$(BENCH_SIZE)")
 endif
 BENCH_OUT ?= artifacts/bench
 BENCH_EXPECT := bench_sweep.py bench_subjects.py bench_s3.py bench_airflow.py bench_access.py bench_lookup.py \
+	bench_records.py \
 	$(if $(filter tax,$(BENCH_EXTRA)),"bench_airflow.py --tax") \
 	$(if $(filter celery,$(BENCH_EXTRA)),"bench_airflow.py --celery")
 bench: venv services
@@ -133,6 +138,7 @@ bench: venv services
 	run scripts/bench_airflow.py $(BENCH_AIRFLOW_OPTS) --results $(BENCH_OUT)/airflow.json; \
 	run scripts/bench_access.py $(BENCH_ACCESS) $(BENCH_ACCESS_OPTS) --results $(BENCH_OUT)/access.json; \
 	run scripts/bench_lookup.py $(BENCH_LOOKUP) $(BENCH_LOOKUP_OPTS) --results $(BENCH_OUT)/lookup.json; \
+	run scripts/bench_records.py $(BENCH_RECORDS) $(BENCH_RECORDS_OPTS) --results $(BENCH_OUT)/records.json; \
 	$(if $(filter tax,$(BENCH_EXTRA)),run scripts/bench_airflow.py --tax --results $(BENCH_OUT)/airflow_tax.json;) \
 	$(if $(filter celery,$(BENCH_EXTRA)),run scripts/bench_airflow.py --celery 1 2 \
 	  --results $(BENCH_OUT)/airflow_celery.json;) \

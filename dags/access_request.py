@@ -8,7 +8,7 @@
 
 Access, rectify and withdraw requests wait for a person to confirm the requester's identity (Required actions,
 ``verify_identity``) unless ``RETENTION_VERIFY_IDENTITY`` leaves their type out or the intake path
-queued them as verified (include/retention/airflow/identity_check.py). After a correction, every recipient
+queued them as verified (include/retention/requests/identity_decisions.py). After a correction, every recipient
 of the changed systems is told (GDPR Art. 19, one mapped ``send_notice`` per recipient, as after an
 erasure); the request is complete only when each is confirmed or waived, and then the requester hears
 back (``tell_requester``). The first task moves the identities into the registry (encrypted); later tasks

@@ -1,5 +1,9 @@
 """data_map_drift: find personal data the data map does not know, one mapped task per system, then ask.
 
+First, where ``RETENTION_LINEAGE_FILE`` names the OpenLineage provider's event file, the events written since
+the last run are read: a declared identity column flowing into a column or table the data map does not declare
+is a finding before anything is sampled ("derived from crm.contacts.email").
+
 Each system's connection is read (read-only, bounded samples, statement timeouts): tables, columns, prefixes
 and metadata the data map does not declare that hold personal data, declared ones that are gone or changed
 type, identity columns holding values an identity check refuses. Findings are stored without values; each open
@@ -35,6 +39,13 @@ OPTIONS = ["map", "ignore", "not personal"]
 )
 def data_map_drift():
     @task
+    def read_lineage() -> dict:
+        from include.retention.airflow import discovery_tasks
+
+        context = get_current_context()
+        return discovery_tasks.read_lineage(dag_id=context["dag"].dag_id, run_id=context["run_id"])
+
+    @task(trigger_rule="all_done")  # a lineage file that cannot be read does not stop discovery
     def plan_systems() -> list[str]:
         from include.retention.airflow import discovery_tasks
 
@@ -81,6 +92,7 @@ def data_map_drift():
                                                 run_id=context["run_id"])
 
     systems = plan_systems()
+    read_lineage() >> systems
     found = discover.expand(system=systems)
     items = open_findings()
     found >> items

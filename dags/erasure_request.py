@@ -4,8 +4,8 @@ The first task moves the identities from the run's conf into the request registr
 (encrypted); every later task sees only the request id. Erasures and restrictions (the types listed in
 ``RETENTION_VERIFY_IDENTITY``, default every type) first wait for a person to confirm the
 requester's identity (Required actions, ``verify_identity``, with a reason); Reject changes nothing and
-closes the request as rejected (include/retention/airflow/identity_check.py). Before that, ``resolve_person``
-resolves the request's identities to one person (include/retention/person.py): identities leading to somebody
+closes the request as rejected (include/retention/requests/identity_decisions.py). Before that, ``resolve_person``
+resolves the request's identities to one person (include/retention/requests/person.py): identities leading to somebody
 else stop the request (status ``conflict``) unless the identity check's approver proceeds with the linked
 ones. One task group per system discovers, acts, verifies and records; the request is complete only when all
 verified.

@@ -191,6 +191,13 @@ def api_summary(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
     return JSONResponse(_read(_with_ledger(dashboard.summary), engine))
 
 
+@app.get("/api/progress")
+def api_progress(engine: sa.Engine = Depends(ledger_engine)) -> JSONResponse:
+    """Work running now (the page's running-work section polls it): per rule of a running sweep, planned rows,
+    done so far and the time left, from the run's ledger intents. Rule ids, counts and times only."""
+    return JSONResponse(_read(dashboard.running_work, engine))
+
+
 FORECAST_FETCH_WAIT = 20.0  # seconds GET /api/forecast waits for a forecast being computed
 
 
@@ -292,9 +299,9 @@ async def submit_request(request: Request, user: BaseUser = Depends(privacy_user
     from starlette.concurrency import run_in_threadpool
 
     from include.retention.connections import policy_path
-    from include.retention.erasure import check_request_kinds
     from include.retention.policy import load_policy
     from include.retention.registry import Registry
+    from include.retention.requests.scanner import check_request_kinds
 
     fields, as_json = await _submitted(request)
     if not await run_in_threadpool(may_trigger, user, REQUEST_DAG_ID):
@@ -465,6 +472,20 @@ _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined
 <p class="muted">Dry runs and tripped safety brakes show what the rule would have done.</p>
 {% else %}<p class="muted">No sweep recorded yet.</p>{% endif %}
 
+<h2 id="running">Running now</h2>
+<div id="running-body" aria-live="polite">
+{% if data.running.sweeps %}
+<table><thead><tr><th>rule</th><th>run</th><th class="n">done</th><th class="n">planned</th><th class="n">%</th>
+ <th>time left</th></tr></thead><tbody>
+{% for p in data.running.sweeps %}
+<tr data-running-rule="{{ p.rule_id }}"><td><code>{{ p.rule_id }}</code></td><td>{{ p.run_id }}</td>
+ <td class="n done">{{ "{:,}".format(p.done) }}</td><td class="n planned">{{ "{:,}".format(p.planned) }}</td>
+ <td class="n">{{ p.percent }}</td><td class="left">{{ p.left }}</td></tr>
+{% endfor %}
+</tbody></table>
+{% else %}<p class="muted" id="nothing-running">No sweep is running.</p>{% endif %}
+</div>
+
 <h2 id="findings">Personal data outside the data map (open findings of data_map_drift)</h2>
 {% if data.findings %}
 <table><thead><tr><th>where</th><th>kind</th><th>classifier</th><th class="n">hit rate</th>
@@ -539,7 +560,9 @@ written meanwhile name them.</p>
  {% for w in v.warnings or [] %}Warning: {{ w }}.{% endfor %}</p>
 {% if v.unreconciled_count %}<p id="unreconciled" class="bad">{{ v.unreconciled_count }} intent(s) without
  outcome (a change that may have happened; the next run reconciles it): entries
- {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.</p>{% endif %}
+ {{ v.unreconciled[:20] | join(', ') }}{% if v.unreconciled_count > 20 %}, ...{% endif %}.{% if data.running.sweeps %}
+ The sweeps running now (above) have a batch in flight: its intent is among them until the batch is done.
+ {% endif %}</p>{% endif %}
 {% if not v.anchors %}<p class="muted">No anchor location configured (RETENTION_LEDGER_ANCHORS): a truncated
  ledger with a moved head cannot be told apart from a shorter one.</p>{% endif %}
 {% if may_act %}<form method="post" action="verify"><button type="submit">Verify now</button></form>
@@ -607,6 +630,43 @@ written meanwhile name them.</p>
       .catch(function () { if (++tries < 20) setTimeout(load, 5000); });
   }
   load();
+})();
+// Running work: polled while the page is open (text only, never HTML).
+(function () {
+  var box = document.getElementById("running-body");
+  if (!box) return;
+  function cell(tag, text, cls) {
+    var el = document.createElement(tag);
+    if (text !== undefined) el.textContent = text;
+    if (cls) el.className = cls;
+    return el;
+  }
+  function render(work) {
+    box.textContent = "";
+    if (!work.sweeps || !work.sweeps.length) {
+      var p = cell("p", "No sweep is running.", "muted"); p.id = "nothing-running"; box.append(p); return;
+    }
+    var table = cell("table"), head = cell("tr"), body = cell("tbody"), thead = cell("thead");
+    head.append(cell("th", "rule"), cell("th", "run"), cell("th", "done", "n"), cell("th", "planned", "n"),
+                cell("th", "%", "n"), cell("th", "time left"));
+    thead.append(head); table.append(thead, body);
+    work.sweeps.forEach(function (p) {
+      var tr = cell("tr"), first = cell("td");
+      tr.setAttribute("data-running-rule", p.rule_id); first.append(cell("code", p.rule_id));
+      tr.append(first, cell("td", p.run_id), cell("td", p.done.toLocaleString("en-US"), "n done"),
+                cell("td", p.planned.toLocaleString("en-US"), "n planned"), cell("td", String(p.percent), "n"),
+                cell("td", p.left, "left"));
+      body.append(tr);
+    });
+    box.append(table);
+  }
+  function load() {
+    fetch("api/progress", {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (work) { render(work); setTimeout(load, 3000); })
+      .catch(function () { setTimeout(load, 10000); });
+  }
+  setTimeout(load, 3000);
 })();
 // Links to DAG runs: when shown inside the Airflow UI's frame, open them in the UI itself.
 document.addEventListener("click", function (ev) {

@@ -4,7 +4,7 @@
 
 For each size (default 10,000 and 100,000) a PostgreSQL table is generated on the server in which one person
 has that many rows (plus as many rows of other people), each with a 200-character text, a date and bytes.
-The product's ``PackageBuilder`` (include/retention/access.py: find the person, read the rows in bounded
+The product's ``PackageBuilder`` (include/retention/requests/access.py: find the person, read the rows in bounded
 batches, pandas chunk by chunk into CSV and JSON files, one zip) builds the person's package in a child
 process; the parent reads the child's peak RSS (``os.wait4``). As the baseline, measured in the same run and
 the same way, a child that only imports (pandas too) and connects: what every package costs before its first row.
@@ -92,9 +92,9 @@ def child(url: str, baseline: bool) -> None:
     """Build the subject's package (or, for the baseline, import and connect only); JSON result on stdout."""
     import tempfile
 
-    from include.retention.access import PackageBuilder
     from include.retention.identity import normalise
     from include.retention.policy import parse_policy
+    from include.retention.requests.access import PackageBuilder
     from include.retention.stores.base import Subject
     from include.retention.stores.sql import SqlStore, make_engine
 

@@ -53,8 +53,8 @@ from include.retention.demo import schema  # noqa: E402
 from include.retention.demo.seed import seed_crm, seed_mailing  # noqa: E402
 from include.retention.ledger import Ledger  # noqa: E402
 from include.retention.policy import load_policy  # noqa: E402
-from include.retention.receipts import verify_receipt  # noqa: E402
 from include.retention.registry import Identities, NewRequest, Registry  # noqa: E402
+from include.retention.requests.receipts import verify_receipt  # noqa: E402
 from include.retention.stores.base import collection_order  # noqa: E402
 from include.retention.stores.sql import make_engine  # noqa: E402
 from include.retention.values import CollectionRef  # noqa: E402

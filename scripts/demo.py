@@ -185,8 +185,8 @@ def latest_run(dag_id: str) -> tuple[str, str]:
 
 def subject_request(env: dict[str, str], conf: dict, label: str) -> dict:
     """One run of erasure_request (`airflow dags test`), its receipt read back from the registry and printed."""
-    from include.retention.receipts import render_markdown
     from include.retention.registry import Registry
+    from include.retention.requests.receipts import render_markdown
 
     started = time.monotonic()
     airflow(env, "dags", "test", "erasure_request", "-c", json.dumps(conf))

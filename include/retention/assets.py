@@ -57,7 +57,8 @@ def changes_per_system(entries: Iterable[dict[str, Any]], dag_id: str, run_id: s
                 counts["rules"].append(row.get("rule_id"))
             cascaded = details.get("cascaded") if isinstance(details.get("cascaded"), dict) else {}
             for ref, n in cascaded.items():
-                if _n(n):
+                # "system.collection" refs only: "suppression_list" (digests the registry keeps) is no system's
+                if _n(n) and "." in str(ref):
                     of(str(ref).split(".", 1)[0])["cascaded"] += _n(n)
         elif row.get("action") == "suppress" and row.get("outcome") == "done" and _n(row.get("count")):
             of(row["system"])["suppressed"] += _n(row.get("count"))

@@ -141,9 +141,9 @@ def _replayable(policy: Policy, system: str) -> None:
 
 def cmd_replay(args) -> int:
     """Re-apply every completed erasure to a store restored from a backup."""
-    from include.retention.erasure import SubjectScanner
     from include.retention.ledger import RunRef
-    from include.retention.suppression import enforce_system
+    from include.retention.requests.scanner import SubjectScanner
+    from include.retention.requests.suppression import enforce_system
 
     policy = load_policy(policy_path())
     _replayable(policy, args.system)
@@ -337,7 +337,7 @@ def cmd_verify_receipt(args) -> int:
     import json
 
     from include.retention.ledger import anchor_sinks
-    from include.retention.receipts import verify_receipt
+    from include.retention.requests.receipts import verify_receipt
 
     path = Path(args.file)
     try:
@@ -443,7 +443,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def cmd_submit(args) -> int:
     """Queue erasure requests for erasure_intake from a CSV (see ``read_requests``): all rows or none."""
-    from include.retention.erasure import check_request_kinds
+    from include.retention.requests.scanner import check_request_kinds
 
     reqs = read_requests(args.csv)
     runtime = _runtime()
@@ -463,8 +463,8 @@ def cmd_extend(args) -> int:
     """GDPR Art. 12(3): extend an open request's due date by one or two months, once, and tell the requester why."""
     import sqlalchemy as sa
 
-    from include.retention import notify
     from include.retention.ledger import RunRef
+    from include.retention.requests import notify
 
     runtime = _runtime()
     try:
@@ -476,9 +476,10 @@ def cmd_extend(args) -> int:
         out = registry.extend(args.request_id, args.months, args.reason)
         req = registry.get(args.request_id)
         subject, body = notify.extension_notice(req, args.months, args.reason.strip(), out["new_due_at"])
-        from include.retention.airflow.notify_tasks import tell_requester  # the SMTP provider's hook
+        from include.retention.requests.notices import tell_requester
+        from include.retention.requests.senders import EnvSender  # the AIRFLOW_CONN_* connections, by smtplib
 
-        outcome = tell_requester(registry, args.request_id, subject, body, "extension")
+        outcome = tell_requester(registry, EnvSender(), args.request_id, subject, body, "extension")
         # the reason stays in the registry (encrypted): it may name the person's circumstances
         runtime.ledger().append(run=RunRef("cli", "extend"), action="extend", outcome=Outcome.EXTENDED, count=1,
                                 request_id=args.request_id, details={"months": args.months,

@@ -141,50 +141,73 @@ def _parse_time(value: Any) -> dt.time | None:
     return None
 
 
-def check_value(value: Any, column_type: TypeEngine) -> str | None:
-    """The problem with comparing a column of ``column_type`` to one YAML value, or None."""
-    kind = column_kind(column_type)
-    name = type_name(column_type)
-    got = f"{_show(value)} is {_yaml_kind(value)}"
-    if kind is None:
-        return f"conditions cannot test a column of type {name} (only boolean, number, date, time and text columns)"
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return None
-        return f"{got}; column type {name} is a boolean: write true or false without quotes"
-    if kind == "integer":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return None
-        if isinstance(value, float) and not isinstance(value, bool):
-            return f"{got}, not a whole number; column type {name} holds whole numbers"
-        return f"{got}; column type {name} holds whole numbers: write the number without quotes"
-    if kind == "numeric":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"{got} that is not finite; column type {name} holds finite numbers"
-            return None
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_boolean(value: Any, got: str, name: str) -> str | None:
+    if isinstance(value, bool):
+        return None
+    return f"{got}; column type {name} is a boolean: write true or false without quotes"
+
+
+def _check_integer(value: Any, got: str, name: str) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return f"{got}, not a whole number; column type {name} holds whole numbers"
+    return f"{got}; column type {name} holds whole numbers: write the number without quotes"
+
+
+def _check_numeric(value: Any, got: str, name: str) -> str | None:
+    if not _is_number(value):
         return f"{got}; column type {name} holds numbers: write the number without quotes"
-    if kind == "date":
-        if _parse_date(value) is not None and not isinstance(value, bool):
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{got} that is not finite; column type {name} holds finite numbers"
+    return None
+
+
+def _check_date(value: Any, got: str, name: str) -> str | None:
+    if _parse_date(value) is not None and not isinstance(value, bool):
+        return None
+    return f"{got}; column type {name} holds dates: write an ISO date such as 2024-01-31"
+
+
+def _check_datetime(value: Any, got: str, name: str) -> str | None:
+    if _parse_datetime(value) is not None:
+        return None
+    return f"{got}; column type {name} holds timestamps: write an ISO date or date-time such as 2024-01-31T12:00:00"
+
+
+def _check_time(value: Any, got: str, name: str) -> str | None:
+    if _parse_time(value) is not None:
+        return None
+    return f"{got}; column type {name} holds times of day: write an ISO time such as '12:30:00'"
+
+
+def _check_uuid(value: Any, got: str, name: str) -> str | None:
+    if isinstance(value, str):
+        try:
+            uuid.UUID(value)
             return None
-        return f"{got}; column type {name} holds dates: write an ISO date such as 2024-01-31"
-    if kind == "datetime":
-        if _parse_datetime(value) is not None:
-            return None
-        return f"{got}; column type {name} holds timestamps: write an ISO date or date-time such as 2024-01-31T12:00:00"
-    if kind == "time":
-        if _parse_time(value) is not None:
-            return None
-        return f"{got}; column type {name} holds times of day: write an ISO time such as '12:30:00'"
-    if kind == "uuid":
-        if isinstance(value, str):
-            try:
-                uuid.UUID(value)
-                return None
-            except ValueError:
-                pass
-        return f"{got}; column type {name} holds UUIDs: write one as text"
-    # string
+        except ValueError:
+            pass
+    return f"{got}; column type {name} holds UUIDs: write one as text"
+
+
+_KIND_CHECKS = {
+    "boolean": _check_boolean,
+    "integer": _check_integer,
+    "numeric": _check_numeric,
+    "date": _check_date,
+    "datetime": _check_datetime,
+    "time": _check_time,
+    "uuid": _check_uuid,
+}
+
+
+def _check_text(value: Any, got: str, column_type: TypeEngine) -> str | None:
+    name = type_name(column_type)
     if not isinstance(value, str):
         return f"{got}; column type {name} holds text: quote the value"
     if "\x00" in value:
@@ -193,6 +216,19 @@ def check_value(value: Any, column_type: TypeEngine) -> str | None:
     if length and len(value) > length:
         return f"the value is {len(value)} characters long, longer than column type {name} holds: it can never match"
     return None
+
+
+def check_value(value: Any, column_type: TypeEngine) -> str | None:
+    """The problem with comparing a column of ``column_type`` to one YAML value, or None."""
+    kind = column_kind(column_type)
+    name = type_name(column_type)
+    if kind is None:
+        return f"conditions cannot test a column of type {name} (only boolean, number, date, time and text columns)"
+    got = f"{_show(value)} is {_yaml_kind(value)}"
+    check = _KIND_CHECKS.get(kind)
+    if check is not None:
+        return check(value, got, name)
+    return _check_text(value, got, column_type)
 
 
 def check_condition(cond: Condition, column_type: TypeEngine, where: str) -> str | None:

@@ -245,6 +245,16 @@ def open_findings(engine: sa.Engine) -> list[dict[str, Any]]:
              "last_seen": _iso(r["last_seen"])} for r in FindingStore(engine).open_findings()]
 
 
+def running_work(engine: sa.Engine, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Sweeps running now, per rule: planned rows, done so far, the time left (``include.retention.progress``,
+    from the run's ledger intents). Rule ids, counts and times only."""
+    from include.retention.progress import running_sweeps
+
+    now = now or utcnow()
+    ensure_schema(engine)
+    return {"generated_at": _iso(now), "sweeps": [p.as_dict() for p in running_sweeps(Ledger(engine, b""), now)]}
+
+
 def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | None = None,
             anchors: str | None = None) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready dict (the ledger status verified afresh)."""
@@ -258,6 +268,7 @@ def summary(engine: sa.Engine, now: dt.datetime | None = None, *, key: bytes | N
                      "items": requests},
         "recent_requests": recent_requests(engine, now),
         "sweeps": last_sweeps(engine),
+        "running": running_work(engine, now),
         "findings": open_findings(engine),
         "chart": actions_per_day(engine, now),
         "forecast": forecast_for_page(now),
@@ -308,7 +319,7 @@ def run_receipts(engine: sa.Engine, dag_id: str, run_id: str, limit: int = RUN_E
     (action, outcome, where, count). Request ids, statuses, dates and counts only: no identity column, no ``*_enc``
     column, no entry details (they hold digests), and of a receipt only the fields named here (an access
     receipt's link never)."""
-    from include.retention.receipts import collection_lines, line_text
+    from include.retention.requests.receipts import collection_lines, line_text
 
     ensure_schema(engine)
     t = reg.requests

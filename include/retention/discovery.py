@@ -24,6 +24,7 @@ from include.retention.classify import classify, name_hint
 from include.retention.identity import IdentityError
 from include.retention.identity import validate as validate_identity
 from include.retention.policy import Collection, Policy
+from include.retention.progress import Steps
 from include.retention.stores.sql_index import SUFFIX as DIGEST_SUFFIX
 
 ROWS_PER_COLUMN = 200        # sampled values per column, at most
@@ -42,8 +43,14 @@ KINDS = {
     "unsearched_identity": "a declared identity kind no request can carry",
     "unmapped_prefix": "objects under a prefix no collection covers hold personal data",
     "unmapped_metadata": "object metadata the data map does not declare holds personal data",
+    "derived_column": "a column the data map does not declare is derived from a declared identity (lineage)",
+    "derived_table": "a table the data map does not declare is derived from a declared identity (lineage)",
 }
-UNMAPPED_KINDS = ("unmapped_column", "unmapped_table", "unmapped_prefix", "unmapped_metadata")
+UNMAPPED_KINDS = ("unmapped_column", "unmapped_table", "unmapped_prefix", "unmapped_metadata", "derived_column",
+                  "derived_table")
+# found by reading lineage events (include/retention/lineage.py), not by looking at a system: a discovery run
+# that does not see them does not resolve them
+LINEAGE_KINDS = ("derived_column", "derived_table")
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ class Finding:
     collection: str            # table ('schema.table' outside the default schema) or 'bucket/prefix'
     column: str                # column, 'metadata:<key>', 'tag:<key>', 'content' or '' (the table / prefix)
     kind: str                  # one of KINDS
-    classifier: str = ""       # email | phone | ipv4 | ipv6 | birth_date | name:<hint> | identity kind | ''
+    classifier: str = ""       # email | phone | ipv4 | ipv6 | birth_date | name:<hint> | lineage:<identity kind>
+                               # | identity kind | ''
     hit_rate: float = 0.0
     sample_size: int = 0
     detail: str = ""           # names only: a type change 'VARCHAR -> INTEGER', the declaring collection
@@ -79,6 +87,7 @@ class Report:
     columns_sampled: int = 0
     not_sampled: list[str] = field(default_factory=list)  # over the time budget: named, never silently skipped
     types: dict[str, str] = field(default_factory=dict)   # 'table.column' -> type of declared columns
+    lineage: bool = False  # findings of newly read lineage events: nothing unseen is resolved, no types kept
 
     def summary(self) -> dict[str, Any]:
         return {"system": self.system, "findings": len(self.findings), "columns_seen": self.columns_seen,
@@ -228,7 +237,9 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
     started = time.monotonic()
     seen_tables: set[str] = set()
     meta = sa.MetaData()
-    for schema, tname in sorted(readable_tables(engine), key=lambda st: (st[0] or "", st[1])):
+    tables = sorted(readable_tables(engine), key=lambda st: (st[0] or "", st[1]))
+    steps = Steps(f"discovery of {system}", len(tables), "tables")
+    for schema, tname in tables:
         ref = f"{schema}.{tname}" if schema else tname
         seen_tables.add(ref)
         table = sa.Table(tname, meta, schema=schema, autoload_with=engine)
@@ -282,6 +293,7 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
             for missing in sorted(known - set(table.columns.keys())):
                 report.findings.append(Finding(system, ref, missing, "missing_column",
                                                detail=f"declared by {system}.{coll_name}"))
+        steps.step(ref, f"{len(table.columns)} column(s)")
     for ref in sorted(set(declared) - seen_tables):
         report.findings.append(Finding(system, ref, "", "missing_table", detail=f"declared by {system}."
                                        f"{declared[ref][0]}"))

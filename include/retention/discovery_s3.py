@@ -13,6 +13,7 @@ from typing import Any
 from include.retention.classify import classify, name_hint
 from include.retention.discovery import SECONDS_PER_SYSTEM, Finding, Report, unsearched_identities
 from include.retention.policy import Collection, Policy, _s3_prefix
+from include.retention.progress import Steps
 
 MAX_KEYS_PER_BUCKET = 10_000
 OBJECTS_PER_PREFIX = 5
@@ -59,6 +60,7 @@ def discover_s3(policy: Policy, system: str, client: Any, *, buckets: list[str] 
         except client.exceptions.ClientError:  # ListAllMyBuckets denied: the data map's buckets
             buckets = sorted(cover)
     started = time.monotonic()
+    steps = Steps(f"discovery of {system}", len(buckets), "buckets")
     for bucket in buckets:
         unmapped: dict[str, list[str]] = {}
         mapped: dict[str, list[str]] = {}
@@ -88,6 +90,7 @@ def discover_s3(policy: Policy, system: str, client: Any, *, buckets: list[str] 
             coll = policy.systems[system].collections[name]
             report.findings += _sample_prefix(client, system, bucket, _s3_prefix(coll), keys, report,
                                               declared=_declared_metadata(coll), content=False)
+        steps.step(bucket, f"{listed} object(s) listed")
     report.findings += unsearched_identities(policy, system)
     return report
 

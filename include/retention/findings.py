@@ -9,13 +9,14 @@ sees an open or mapped one. The last seen types of declared columns live beside 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 
 from include.retention.clock import utcnow
-from include.retention.discovery import Finding, Report
+from include.retention.discovery import LINEAGE_KINDS, Finding, Report
 from include.retention.errors import RetentionError
 
 STATUSES = ("open", "mapped", "ignored", "not_personal", "resolved")
@@ -47,6 +48,14 @@ column_types = sa.Table(
     sa.Column("place", sa.String(600), primary_key=True),  # table.column
     sa.Column("type_name", sa.String(200), nullable=False),
 )
+lineage_reads = sa.Table(  # how far the lineage event file was read (include/retention/lineage.py)
+    "discovery_lineage_reads", metadata,
+    sa.Column("source", sa.String(64), primary_key=True),  # sha256 of the file's path (any length fits a key)
+    sa.Column("file_id", sa.String(100), nullable=False),
+    sa.Column("byte_offset", sa.BigInteger, nullable=False),
+    sa.Column("skipping", sa.Boolean, nullable=False),
+    sa.Column("read_at", sa.DateTime, nullable=False),
+)
 
 
 class FindingStore:
@@ -68,14 +77,18 @@ class FindingStore:
 
     def record(self, report: Report, now: dt.datetime | None = None) -> dict[str, int]:
         """Store one system's run: new findings open, seen ones updated (a ``mapped`` one still seen opens
-        again), unseen open / mapped ones resolved, the declared columns' types kept for the next run."""
+        again), unseen open / mapped ones resolved, the declared columns' types kept for the next run.
+        Lineage findings are left to lineage: a discovery run does not resolve them, and a lineage report
+        (newly read events only) resolves nothing and keeps no types."""
         self.ensure_schema()
         now = (now or utcnow()).replace(tzinfo=None)
         counts = {"new": 0, "seen": 0, "reopened": 0, "resolved": 0}
         by_id = {f.finding_id: f for f in report.findings}
         with self.engine.begin() as conn:
-            known = {r.finding_id: r.status for r in conn.execute(
-                sa.select(findings.c.finding_id, findings.c.status).where(findings.c.system == report.system))}
+            rows = conn.execute(sa.select(findings.c.finding_id, findings.c.status, findings.c.kind)
+                                .where(findings.c.system == report.system)).all()
+            known = {r.finding_id: r.status for r in rows}
+            resolvable = set() if report.lineage else {r.finding_id for r in rows if r.kind not in LINEAGE_KINDS}
             for fid, f in by_id.items():
                 values = {"collection": f.collection, "column_name": f.column, "kind": f.kind,
                           "classifier": f.classifier, "hit_rate": f.hit_rate, "sample_size": f.sample_size,
@@ -90,15 +103,40 @@ class FindingStore:
                     counts["reopened"] += 1
                 conn.execute(findings.update().where(findings.c.finding_id == fid).values(**values))
                 counts["seen"] += 1
-            gone = [fid for fid, status in known.items() if fid not in by_id and status in UNSEEN]
+            gone = [fid for fid, status in known.items() if fid not in by_id and status in UNSEEN
+                    and fid in resolvable]
             if gone:
                 conn.execute(findings.update().where(findings.c.finding_id.in_(gone)).values(status="resolved"))
                 counts["resolved"] = len(gone)
+            if report.lineage:
+                return counts
             conn.execute(column_types.delete().where(column_types.c.system == report.system))
             if report.types:
                 conn.execute(column_types.insert(), [{"system": report.system, "place": p, "type_name": t[:200]}
                                                      for p, t in report.types.items()])
         return counts
+
+    def lineage_position(self, source: str) -> tuple[str, int, bool]:
+        """(file id, byte offset, skipping an over-long line) of the last read of ``source``; ('', 0, False)
+        before the first."""
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(lineage_reads.c.file_id, lineage_reads.c.byte_offset,
+                                         lineage_reads.c.skipping).where(lineage_reads.c.source == _key(source))
+                               ).first()
+        return (row.file_id, int(row.byte_offset), bool(row.skipping)) if row else ("", 0, False)
+
+    def save_lineage_position(self, source: str, file_id: str, offset: int, skipping: bool,
+                              now: dt.datetime | None = None) -> None:
+        self.ensure_schema()
+        values = {"file_id": file_id[:100], "byte_offset": offset, "skipping": skipping,
+                  "read_at": (now or utcnow()).replace(tzinfo=None)}
+        key = _key(source)
+        with self.engine.begin() as conn:  # one drift run at a time (max_active_runs=1): no concurrent first read
+            if conn.execute(sa.select(lineage_reads.c.source).where(lineage_reads.c.source == key)).first():
+                conn.execute(lineage_reads.update().where(lineage_reads.c.source == key).values(**values))
+            else:
+                conn.execute(lineage_reads.insert().values(source=key, **values))
 
     def decide(self, finding_id: str, decision: str, decided_by: str, reason: str | None = None,
                now: dt.datetime | None = None) -> dict[str, Any]:
@@ -140,6 +178,10 @@ class FindingStore:
 
     def open_findings(self, systems: Iterable[str] | None = None) -> list[dict[str, Any]]:
         return self.listing(systems=systems)
+
+
+def _key(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
 
 
 def place(row: dict[str, Any]) -> str:

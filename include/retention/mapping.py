@@ -19,7 +19,8 @@ from include.retention.discovery import Finding
 from include.retention.errors import PolicyError
 from include.retention.policy import Policy, parse_policy
 
-IDENTITY_OF = {"email": "email", "phone": "phone", "name:email": "email", "name:phone": "phone"}
+IDENTITY_OF = {"email": "email", "phone": "phone", "name:email": "email", "name:phone": "phone",
+               "lineage:email": "email", "lineage:phone": "phone"}
 
 
 def policy_dict(policy: Policy) -> dict[str, Any]:
@@ -55,7 +56,11 @@ def change_for(policy: Policy, finding: Finding, data: dict[str, Any]) -> tuple[
     collections = data["systems"][finding.system]["collections"]
     by_table = {c.get("table"): n for n, c in collections.items() if isinstance(c, dict)}
     kind = IDENTITY_OF.get(finding.classifier)
-    if finding.kind == "unmapped_column":
+    if finding.kind == "derived_table" or (finding.kind == "derived_column" and not finding.column):
+        # lineage names no key of a new table, nor always the column: discovery's sampling of the table (an
+        # unmapped_table finding, with its key and columns) offers the snippet once data is there
+        return None
+    if finding.kind in ("unmapped_column", "derived_column"):
         name = by_table[finding.collection]
         coll = collections[name]
         coll["columns"] = [*coll.get("columns", []), finding.column]

@@ -32,10 +32,11 @@ def _field(default: Any, doc: str, section: str, **constraints: Any) -> Any:
     return Field(default, description=doc, json_schema_extra={"section": section}, **constraints)
 
 
-CORE, KEYS, DAGS, NOTICES, PURGE, PAGE, DEMO = (
+CORE, KEYS, DAGS, DISCOVERY, NOTICES, PURGE, PAGE, DEMO = (
     "Data map and connections",
     "Keys and ledger anchors",
     "DAGs: schedules, retries, deadlines",
+    "Discovery of unmapped personal data",
     "Notices and alerts",
     "Metadata purge",
     "Data-retention page",
@@ -94,12 +95,23 @@ class Settings(BaseSettings):
     recipient_confirm_hours: float = _field(
         72.0, "how long an erasure waits for recipients to confirm before it times out", DAGS, gt=0
     )
+    progress_log_seconds: float = _field(
+        30.0, "how often a running sweep logs its progress, read from the ledger, seconds", DAGS, gt=0
+    )
     export_link_seconds: int = _field(
         7 * 24 * 3600,
         "lifetime of an access package's download link, seconds (S3 allows at most 7 days)",
         DAGS,
         gt=0,
         le=7 * 24 * 3600,
+    )
+
+    # discovery
+    lineage_file: str | None = _field(
+        None,
+        "the OpenLineage provider's event file (its file transport's `log_file_path`), read by `data_map_drift` "
+        "(unset: no lineage is read)",
+        DISCOVERY,
     )
 
     # notices and alerts

@@ -15,6 +15,7 @@ from include.retention.errors import SafetyBrakeTripped
 from include.retention.intents import RunLease, reconcile_open_intents, seal
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import Policy
+from include.retention.progress import PLAN_KEY, SweepProgressLog
 from include.retention.stores.base import PAST_TENSE, RulePlan, Store
 from include.retention.values import CollectionRef, Outcome
 
@@ -89,7 +90,9 @@ def _run(policy: Policy, rule_id: str, store: Store, ledger: Ledger, common: dic
         log.info("dry run of %s: would %s", rule_id, counts["would"])
         return counts
 
-    record = LedgerRecorder(ledger, common, owner)
+    # the intents carry the plan and the task log says how far the rule is (include/retention/progress.py)
+    record = LedgerRecorder(ledger, common, owner, plan=dict(plan.eligible),
+                            progress=SweepProgressLog(ledger, common["run"], rule_id))
 
     for stage in reversed(rule.stages):
         if not plan.eligible.get(stage.action):
@@ -133,15 +136,25 @@ class LedgerRecorder:
 
     rereads = True  # stores give ``intend`` the batch's ``reread`` (stores.base.begin_record)
 
-    def __init__(self, ledger: Ledger, common: dict[str, Any], owner: str | None = None):
+    def __init__(self, ledger: Ledger, common: dict[str, Any], owner: str | None = None, *,
+                 plan: dict[str, int] | None = None, progress: SweepProgressLog | None = None):
         self.ledger, self.common, self.owner = ledger, common, owner
+        self.plan, self.progress = plan, progress  # the rule's planned rows per action; its progress lines
 
     def for_collection(self, system: str, collection: str) -> LedgerRecorder:
         """The recorder of a cascade into another system: same run and rule, that system's own entries."""
-        return LedgerRecorder(self.ledger, {**self.common, "system": system, "collection": collection}, self.owner)
+        return LedgerRecorder(self.ledger, {**self.common, "system": system, "collection": collection}, self.owner,
+                              progress=self.progress)
+
+    def _tick(self, seq: int) -> int:
+        if self.progress is not None:
+            self.progress.tick()
+        return seq
 
     def _intent_details(self, reread: dict[str, Any] | None) -> dict[str, Any] | None:
         details: dict[str, Any] = {"owner": self.owner} if self.owner else {}
+        if self.plan:  # counts only: how far the rule is (include/retention/progress.py)
+            details[PLAN_KEY] = self.plan
         # in clear: the walk's kind, where a cascade came from and what the batch took along (counts); the rest sealed
         if reread is not None:
             details.update({k: reread[k] for k in ("walk", "cascaded_from", "cascading") if k in reread})
@@ -151,17 +164,17 @@ class LedgerRecorder:
         return details or None
 
     def intend(self, action: str, planned: int, pk_digest: str, reread: dict[str, Any] | None = None) -> int:
-        return self.ledger.intend(action=action, count=planned, pk_digest=pk_digest,
-                                  details=self._intent_details(reread), **self.common)
+        return self._tick(self.ledger.intend(action=action, count=planned, pk_digest=pk_digest,
+                                             details=self._intent_details(reread), **self.common))
 
     def intend_after(self, settled: tuple[int, int, dict[str, Any]], action: str, planned: int, pk_digest: str,
                      reread: dict[str, Any] | None = None) -> int:
         """Settle a committed batch's intent (``settled``: intent, real count, details) and write the next
         batch's intent, in one ledger transaction (``stores.base.DeferredOutcomes``)."""
         intent, count, details = settled
-        return self.ledger.settle(intent, count=count, details=details,
-                                  then_intend={"action": action, "count": planned, "pk_digest": pk_digest,
-                                               "details": self._intent_details(reread), **self.common})
+        return self._tick(self.ledger.settle(intent, count=count, details=details,
+                                             then_intend={"action": action, "count": planned, "pk_digest": pk_digest,
+                                                          "details": self._intent_details(reread), **self.common}))
 
     def __call__(self, action: str, count: int, pk_digest: str, details: dict[str, Any],
                  intent: int | None = None) -> None:
@@ -169,7 +182,7 @@ class LedgerRecorder:
             self.ledger.append(action=action, outcome=Outcome.DONE, count=count, pk_digest=pk_digest, details=details,
                                **self.common)
         else:
-            self.ledger.settle(intent, count=count, details=details)
+            self._tick(self.ledger.settle(intent, count=count, details=details))
 
 
 def _details(counts: dict[str, Any]) -> dict[str, Any]:

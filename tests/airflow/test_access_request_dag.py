@@ -18,9 +18,9 @@ import zipfile
 import pytest
 import sqlalchemy as sa
 
-from include.retention.access import cell
 from include.retention.demo import schema
 from include.retention.policy import load_policy
+from include.retention.requests.access import cell
 from tests.airflow.conftest import RESPONDER, run_dag, task_states
 from tests.airflow.test_erasure_request_dag import (  # noqa: F401 - the world fixture and its helpers
     SUBJECT,

@@ -21,8 +21,8 @@ from include.retention.ledger import Ledger
 from include.retention.policy import load_policy
 from include.retention.registry import Registry
 from include.retention.registry import requests as requests_table
+from include.retention.requests.suppression import Suppressed, guard_subscribe
 from include.retention.stores.sql import make_engine
-from include.retention.suppression import Suppressed, guard_subscribe
 from tests.airflow.conftest import run_dag, task_states
 from tests.conftest import ROOT, airflow_uri
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from include.retention import person
+from include.retention.requests import person
 from tests.airflow.conftest import RESPONDER, run_dag, task_states
 from tests.airflow.test_erasure_identity_check import dump, objects
 from tests.airflow.test_erasure_request_dag import (  # noqa: F401 - the world fixture and its helpers

@@ -81,8 +81,13 @@ TEST_SETTINGS = {
     # unattended, like the demo (ADR 0014): no identity check; recipients without a connection recorded, not sent
     "RETENTION_VERIFY_IDENTITY": "none",
     "RETENTION_NOTIFY_RECORD_ONLY": "1",
+    # compose's DAG folder, and the tests' own DAGs (tests/e2e/dags: a downstream DAG of the sweep's assets)
+    "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([
+        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
+        {"name": "e2e-tests", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+         "kwargs": {"path": str(ROOT / "tests" / "e2e" / "dags")}}]),
 }
-PARSED_DAGS = ("erasure_request", "retention_sweep")
+PARSED_DAGS = ("erasure_request", "retention_sweep", "e2e_swept_consumer")
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
 

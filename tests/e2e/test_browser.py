@@ -8,7 +8,9 @@ api-server of the LocalExecutor stack:
 - the data-retention page (``/retention/``, and inside the UI at ``/plugin/data-retention``) lists the
   open requests we registered, overdue first, with their days left and status; in light and dark (the system's
   preference standalone, the UI's own theme setting in its frame), its skip link the first Tab stop;
-- the run's receipt at the run-page view (``/retention/runs/<dag_id>/<run_id>``).
+- the run's receipt at the run-page view (``/retention/runs/<dag_id>/<run_id>``);
+- while a slow sweep runs, its rule with rows done of planned and the time left, followed by polling; an erasure
+  run's receipt with its counts in the run page's Receipts tab inside the Airflow UI.
 
 Screenshots go to ``artifacts/e2e/browser-*.png``. Under CI=true a missing browser is a failure.
 """
@@ -228,6 +230,128 @@ def test_login_trigger_form_and_retention_page(browser, local_stack: Stack):
     except BaseException:
         try:
             shot(browser, "failure")
+        except Exception:  # noqa: BLE001 - the browser itself may be gone
+            pass
+        raise
+
+
+RECEIPT_PERSON = "receipt.view@example.org"
+
+
+def _login(browser, stack: Stack, wait) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    browser.get(f"{stack.base_url}/retention/")
+    user = wait.until(EC.visibility_of_element_located((By.NAME, "username")))
+    user.send_keys(ADMIN)
+    browser.find_element(By.NAME, "password").send_keys(stack.password)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
+    wait.until(lambda d: "/auth/login" not in d.current_url)
+
+
+def _figure(cell_text: str) -> int:
+    return int(cell_text.replace(",", ""))
+
+
+def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: Stack):
+    """While a slow sweep runs (a row trigger on the stack's CRM database sleeps on every delete), the page shows
+    its rule with rows done of planned and the time left, and follows it by polling; the receipt of an erasure
+    run, on that run's page inside the Airflow UI (the Receipts tab, an external view of destination dag_run),
+    shows the counts of the registry's receipt. Screenshots: ``browser-8-running-sweep.png`` (and
+    ``-in-ui``) and ``browser-9-run-receipt-in-ui.png``."""
+    import re
+
+    from include.retention.receipts import collection_lines, line_text
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from include.retention.demo.s3_seed import seed_objects
+    from include.retention.ledger import RunRef
+    from tests.airflow.test_erasure_request_dag import add_subject
+    from tests.integration.test_progress_slow_sweep import ROWS, RULE, slow_sweep
+
+    stack, world = local_stack, local_stack.world
+    wait = WebDriverWait(browser, 60)
+    stale = (StaleElementReferenceException, NoSuchElementException)  # the poll re-renders the rows
+    try:
+        _login(browser, stack, wait)
+
+        # 1. A slow sweep: its rule on the page, rows done of planned, the time left; the figure moves on by itself.
+        run = RunRef("retention_sweep", f"manual__e2e_slow_{int(time.time())}")
+        with slow_sweep(world.crm_url, world.ledger_engine, key=SECRET, sleep_per_row=1.5, run=run) as ended:
+            browser.get(f"{stack.base_url}/retention/#running")
+            row = f"tr[data-running-rule='{RULE}']"
+            first = WebDriverWait(browser, 90, poll_frequency=0.5, ignored_exceptions=stale).until(
+                lambda d: next((r for r in d.find_elements(By.CSS_SELECTOR, row)
+                                if 0 < _figure(r.find_element(By.CSS_SELECTOR, "td.done").text) < ROWS), None))
+            done = _figure(first.find_element(By.CSS_SELECTOR, "td.done").text)
+            assert _figure(first.find_element(By.CSS_SELECTOR, "td.planned").text) == ROWS
+            assert first.find_element(By.CSS_SELECTOR, "td.left").text.endswith("left")
+            assert run.run_id in first.text
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", first)
+            shot(browser, "8-running-sweep")
+            # the page polls /retention/api/progress: a later figure without a reload
+            WebDriverWait(browser, 90, poll_frequency=0.5, ignored_exceptions=stale).until(
+                lambda d: any(_figure(r.find_element(By.CSS_SELECTOR, "td.done").text) > done
+                              for r in d.find_elements(By.CSS_SELECTOR, row))
+                or d.find_elements(By.ID, "nothing-running"))
+            assert "@example.org" not in browser.page_source
+            # ... and inside the Airflow UI's frame
+            browser.get(f"{stack.base_url}/plugin/data-retention")
+            browser.switch_to.frame(wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe"))))
+            framed = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, row)))
+            assert _figure(framed.find_element(By.CSS_SELECTOR, "td.planned").text) == ROWS
+            browser.execute_script("document.getElementById('running').scrollIntoView({block: 'start'})")
+            browser.switch_to.default_content()
+            time.sleep(0.5)
+            shot(browser, "8-running-sweep-in-ui")
+            deadline = time.monotonic() + 120
+            while ended() is None:
+                assert time.monotonic() < deadline, "the slow sweep did not end"
+                time.sleep(0.5)
+        assert ended()["deleted"] == ROWS
+        browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe"))
+        wait.until(EC.presence_of_element_located((By.ID, "nothing-running")))  # polled: nothing runs any more
+        browser.switch_to.default_content()
+
+        # 2. An erasure run's receipt on its run page inside the Airflow UI.
+        ids = add_subject(world.crm, world.mailing, RECEIPT_PERSON)
+        seed_objects(world.s3, world.seeded_at, cv_keys=[f"cvs/{ids['applicant']}/cv.pdf"],
+                     attachment_keys=[f"inquiries/{ids['inquiry']}/file.pdf"], log_days=0)
+        stack.unpause("erasure_request")
+        run_id = stack.trigger("erasure_request", {"email": RECEIPT_PERSON, "mode": "erase"})
+        stack.wait_run("erasure_request", run_id, timeout=300)
+        registry = Registry(world.ledger_engine, SECRET)
+        request_id = registry.request_id_for("erasure_request", run_id)
+        receipt = registry.receipt(request_id)
+        expected = {}
+        for system, entry in receipt["systems"].items():  # a system without collection lines shows one "-" row
+            lines = collection_lines(entry) or {"-": None}
+            expected.update({(system, ref): "" if line is None else line_text(line) for ref, line in lines.items()})
+        assert any(re.search(r"deleted [1-9]", text) for text in expected.values()), expected
+
+        browser.get(f"{stack.base_url}/dags/erasure_request/runs/{quote(run_id, safe='')}/plugin/receipts")
+        frame = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
+        assert "/retention/runs/erasure_request/" in frame.get_attribute("src")
+        browser.switch_to.frame(frame)
+        section = wait.until(EC.visibility_of_element_located(
+            (By.CSS_SELECTOR, f"section[data-request-id='{request_id}']")))
+        assert "erase, complete" in section.text
+        shown = {(r.get_attribute("data-system"), r.get_attribute("data-collection")):
+                 r.find_element(By.CSS_SELECTOR, "td.records").text
+                 for r in section.find_elements(By.CSS_SELECTOR, "tr[data-system]")}
+        assert shown == expected, (shown, expected)
+        assert RECEIPT_PERSON not in browser.page_source.lower()
+        browser.switch_to.default_content()
+        assert RECEIPT_PERSON not in browser.page_source.lower()
+        time.sleep(0.5)
+        shot(browser, "9-run-receipt-in-ui")
+    except BaseException:
+        try:
+            shot(browser, "failure-progress-receipt")
         except Exception:  # noqa: BLE001 - the browser itself may be gone
             pass
         raise

@@ -9,17 +9,20 @@ then CeleryExecutor with a Celery worker on the machine's Redis), driven only th
   with the LocalExecutor) runs with the compose command and the compose file's environment, every
   container URL or path replaced by the machine's (tests/e2e/compose_stack.py);
 - ``retention_sweep`` started by the scheduler on its own schedule: the run succeeds and the ledger
-  has a completed "sweep" entry for every rule of the policy from exactly that run.
+  has a completed "sweep" entry for every rule of the policy from exactly that run; its asset events
+  (``retention://<system>/swept``) start a downstream test DAG (tests/e2e/dags) that sees their counts.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from include.retention.assets import CHANGE_COUNTS, changes_per_system, swept_uri
 from include.retention.demo import schema
 from include.retention.ledger import Ledger
 from include.retention.policy import load_policy
@@ -194,10 +197,38 @@ def test_metadata_purge_removes_identities_from_airflow(airflow_stack: Stack):
     assert address not in left and SUBJECT_LC not in left
 
 
+def consumer_saw(stack: Stack, sweep_run_id: str, uris: set[str], timeout: float = 300) -> dict[str, list[dict]]:
+    """What the asset-triggered runs of e2e_swept_consumer (tests/e2e/dags) saw of ``sweep_run_id``'s events: per
+    asset URI, the extras of its triggering events from that run; waits until an event of each of ``uris`` is in."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = stack.api("GET", "/api/v2/dags/e2e_swept_consumer/dagRuns", params={"limit": 100})
+        assert r.status_code == 200, r.text
+        seen: dict[str, list[dict]] = {}
+        for run in r.json()["dag_runs"]:
+            assert run["run_type"] == "asset_triggered", run
+            run = stack.wait_run("e2e_swept_consumer", run["dag_run_id"], timeout=timeout)
+            quoted = httpx.URL(f"/{run['dag_run_id']}").raw_path.decode()[1:]
+            x = stack.api("GET", f"/api/v2/dags/e2e_swept_consumer/dagRuns/{quoted}/taskInstances/seen/"
+                                 "xcomEntries/return_value")
+            assert x.status_code == 200, x.text
+            value = x.json()["value"]
+            for uri, extras in (json.loads(value) if isinstance(value, str) else value).items():
+                seen.setdefault(uri, []).extend(e for e in extras if e.get("run_id") == sweep_run_id)
+        if uris <= {uri for uri, extras in seen.items() if extras}:
+            return {uri: extras for uri, extras in seen.items() if extras}
+        stack.check_alive()
+        assert time.monotonic() < deadline, f"e2e_swept_consumer saw no event of {sweep_run_id}: {seen}"
+        time.sleep(2)
+
+
 def test_scheduler_starts_retention_sweep(airflow_stack: Stack):
+    """... and the sweep's asset events (``retention://<system>/swept``, counts in the extra) start the downstream
+    DAG e2e_swept_consumer (tests/e2e/dags), which sees each event's counts as the ledger has them."""
     stack, world = airflow_stack, airflow_stack.world
     control_before = person_rows(world, CONTROL, world.control_ids)
     started = time.monotonic()
+    stack.unpause("e2e_swept_consumer")  # before any event: the scheduler queues runs of unpaused DAGs only
     stack.unpause("retention_sweep")  # schedule "* * * * *": the scheduler starts a run by itself
 
     deadline = time.monotonic() + 240
@@ -230,3 +261,14 @@ def test_scheduler_starts_retention_sweep(airflow_stack: Stack):
     assert ledger.verify().ok
     # The sweep leaves fresh data alone.
     assert person_rows(world, CONTROL, world.control_ids) == control_before
+
+    # The downstream DAG ran on the run's asset events and saw their counts: one event per changed system.
+    expected = changes_per_system(ledger.rows(run_id=run["dag_run_id"]), "retention_sweep", run["dag_run_id"])
+    assert expected, "the scheduled sweep changed no system"
+    assert set(expected) <= set(POLICY.systems), expected  # an event per system of the data map, no other
+    try:
+        seen = consumer_saw(stack, run["dag_run_id"], {swept_uri(system) for system in expected})
+    finally:
+        stack.pause("e2e_swept_consumer", settle=None)
+    assert seen == {swept_uri(system): [counts] for system, counts in expected.items()}, (seen, expected)
+    assert all(sum(e[k] for k in CHANGE_COUNTS) > 0 for extras in seen.values() for e in extras)

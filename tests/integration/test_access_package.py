@@ -24,11 +24,11 @@ from contextlib import contextmanager
 import pytest
 import sqlalchemy as sa
 
-from include.retention.access import PackageBuilder
 from include.retention.connections import ConnInfo, make_engine
 from include.retention.errors import PolicyError
 from include.retention.identity import normalise
 from include.retention.policy import Policy, parse_policy
+from include.retention.requests.access import PackageBuilder
 from include.retention.runtime import Runtime
 from include.retention.stores.base import Subject
 from tests.conftest import KEY

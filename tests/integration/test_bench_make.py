@@ -27,6 +27,7 @@ EXPECTED = {
     "bench_airflow.py": ("airflow.json", 1),
     "bench_access.py": ("access.json", 1),
     "bench_lookup.py": ("lookup.json", 2 * (2 + 1)),  # 2 servers x (2 sizes + the growth)
+    "bench_records.py": ("records.json", 2),  # bytes/s against the raw loop, peak RSS against the row group
 }
 OPS = {">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
@@ -75,3 +76,6 @@ def test_make_bench_at_tiny_sizes(tmp_path):
     assert re.search(r"^erasure_request\.py .* <1\.5 .* (met|MISSED)$", before, re.M)
     assert re.search(r"peak RSS 300 / 100 rows: ratio \d\.\d\d+ \(target <= 1\.2\) (met|MISSED)$", before, re.M)
     assert "outcome check: OK" in before
+    assert re.search(r"^erasure bytes/s / raw loop bytes/s: ratio \d+\.\d\d+ \(target >= 0\.7\) (met|MISSED)$", before,
+                     re.M)
+    assert "outcome check: OK (every object read back: nobody else's record changed)" in before

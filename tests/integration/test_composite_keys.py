@@ -169,8 +169,8 @@ def test_ledger_digest_is_over_the_exact_tuples(env, tmp_path):
     store = SqlStore("mailing", one_batch, engine, mask_key=KEY)
     run_rule(one_batch, "mailing.memberships.stale", store, ledger, RunRef("t", "1"), now=NOW)
     (entry,) = [r for r in ledger.rows() if r["action"] == "delete" and r["outcome"] == "done"]
-    assert entry["pk_digest"] == store._pk_digest(sorted(DELETED))
-    assert store._pk_digest([(1, "a,b")]) != store._pk_digest([(1, "a"), ("b",)])  # unambiguous tuples
+    assert entry["pk_digest"] == store.pk_digest(sorted(DELETED))
+    assert store.pk_digest([(1, "a,b")]) != store.pk_digest([(1, "a"), ("b",)])  # unambiguous tuples
     ledger.engine.dispose()
     store.close()
 

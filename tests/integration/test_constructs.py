@@ -393,8 +393,8 @@ def test_default_map_suppresses_unsubscribed_not_inactive(mailing):
     assert registry.is_suppressed("email", erased)
     # ... and the sweep's enforcement removes suppressed re-subscriptions: the unsubscribed address that comes
     # back and the erased one go, a returning inactive subscriber stays.
-    from include.retention.erasure import SubjectScanner
-    from include.retention.suppression import enforce_system
+    from include.retention.requests.scanner import SubjectScanner
+    from include.retention.requests.suppression import enforce_system
 
     back = sorted(unsubscribed)[0]
     returning = sorted(inactive)[0]
@@ -436,8 +436,8 @@ def test_digests_made_under_suppress_on_delete_stay_valid(mailing, tmp_path):
     gone = before - _emails(engine, s.c.id > 0)
     registry = runtime.registry()  # the same registry database, the new map
     assert len(gone) == 54 and all(registry.is_suppressed("email", e) for e in gone)
-    from include.retention.erasure import SubjectScanner
-    from include.retention.suppression import enforce_system
+    from include.retention.requests.scanner import SubjectScanner
+    from include.retention.requests.suppression import enforce_system
 
     with engine.begin() as conn:
         top = conn.execute(sa.select(sa.func.max(s.c.id))).scalar()

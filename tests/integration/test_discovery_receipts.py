@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from include.retention.airflow import discovery_tasks, erasure_tasks
 from include.retention.connections import make_engine
 from include.retention.findings import FindingStore
-from include.retention.receipts import render_markdown
+from include.retention.requests.receipts import render_markdown
 from tests.policy_text import crm_policy
 
 pytestmark = pytest.mark.integration

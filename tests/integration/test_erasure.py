@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.demo import schema
-from include.retention.erasure import Subject, SubjectScanner, collection_order
 from include.retention.errors import RetentionError
 from include.retention.policy import load_policy
 from include.retention.registry import Identities, NewRequest, Registry
 from include.retention.registry import requests as requests_table
+from include.retention.requests.scanner import Subject, SubjectScanner, collection_order
 from include.retention.stores.sql import SqlStore, make_engine
 from tests.conftest import KEY, ROOT
 

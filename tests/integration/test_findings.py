@@ -52,6 +52,39 @@ def test_lifecycle(db_url):
         store.decide("nope", "map", "dpo")
 
 
+DERIVED = Finding("crm", "audience", "addr", "derived_table", "lineage:email", detail="derived from crm.contacts.email")
+
+
+def test_lineage_findings_are_left_to_lineage(db_url):
+    """A lineage report holds newly read events only: it resolves nothing and keeps no types; a discovery run
+    that does not see a lineage finding (the table is still empty) does not resolve it either."""
+    store = FindingStore(make_engine(db_url))
+    store.record(Report("crm", [PHONE], types={"contacts.email": "VARCHAR(254)"}), T0)
+    assert store.record(Report("crm", [DERIVED], lineage=True), T0) == {"new": 1, "seen": 0, "reopened": 0,
+                                                                        "resolved": 0}
+    assert store.get(PHONE.finding_id)["status"] == "open"
+    assert store.previous_types("crm") == {"contacts.email": "VARCHAR(254)"}
+    later = T0 + dt.timedelta(days=1)
+    assert store.record(Report("crm", [], types={"contacts.email": "VARCHAR(254)"}), later)["resolved"] == 1
+    assert (store.get(PHONE.finding_id)["status"], store.get(DERIVED.finding_id)["status"]) == ("resolved", "open")
+    # mapped, then seen flowing into the same undeclared column again: open again
+    store.decide(DERIVED.finding_id, "map", "dpo", now=later)
+    assert store.record(Report("crm", [DERIVED], lineage=True), later)["reopened"] == 1
+    assert store.get(DERIVED.finding_id)["status"] == "open"
+
+
+def test_lineage_position(db_url):
+    store = FindingStore(make_engine(db_url))
+    path = "/var/lib/airflow/openlineage/" + "x" * 900 + ".jsonl"  # longer than any key column
+    assert store.lineage_position(path) == ("", 0, False)
+    store.save_lineage_position(path, "2049:77", 1234, False, now=T0)
+    store.save_lineage_position(path, "2049:77", 1234, False, now=T0)  # the same again: still one row
+    assert store.lineage_position(path) == ("2049:77", 1234, False)
+    store.save_lineage_position(path, "2049:78", 99, True)
+    assert store.lineage_position(path) == ("2049:78", 99, True)
+    assert store.lineage_position(path + ".1") == ("", 0, False)
+
+
 POLICY = crm_policy("""
     contacts:
       table: contacts

@@ -166,7 +166,7 @@ def test_a_row_the_index_cannot_find_is_found_by_the_verification(engine):
     """Triggers bypassed (a digest written by hand with a new value, a bulk load with triggers off): the index
     misses the row, the erasure leaves it, and the verification, a full scan, reports it: the request is not
     done."""
-    from include.retention.erasure import SubjectScanner
+    from include.retention.requests.scanner import SubjectScanner
 
     t = make_table(engine)
     with engine.begin() as conn:

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.connections import make_engine
-from include.retention.correction import Correction
 from include.retention.demo import schema
-from include.retention.erasure import SubjectScanner
 from include.retention.identity import normalise
 from include.retention.policy import load_policy, parse_policy
+from include.retention.requests.correction import Correction
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores import sql_index
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore

@@ -10,13 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention import cli
-from include.retention.erasure import SubjectScanner
 from include.retention.ledger import Ledger, RunRef, entries, entry_hash
 from include.retention.masking import KeyRing, keyed_digest
 from include.retention.registry import Identities, NewRequest, Registry, suppression
 from include.retention.registry import requests as requests_table
+from include.retention.requests.scanner import SubjectScanner
+from include.retention.requests.suppression import enforce_system
 from include.retention.stores.sql import SqlStore, make_engine
-from include.retention.suppression import enforce_system
 from tests.integration.test_erasure import SUBJECT, seed_subject_world, sql_only_policy
 
 pytestmark = pytest.mark.integration

@@ -151,7 +151,7 @@ def test_bad_recipients_are_refused_naming_file_path_problem(edit, where, proble
 
 
 def test_plan_tells_only_the_recipients_of_changed_systems():
-    from include.retention.notify import plan
+    from include.retention.requests.notify import plan
 
     policy = parse_policy(DEFAULT, "p")
     states = {"crm": {"counts": {"collections": {"crm.contacts": {"deleted": 1}, "crm.leads": {}},

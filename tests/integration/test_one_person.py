@@ -16,12 +16,12 @@ from typing import NamedTuple
 import pytest
 import sqlalchemy as sa
 
-from include.retention import person
 from include.retention.connections import make_engine
 from include.retention.identity import normalise
 from include.retention.ledger import Ledger
 from include.retention.policy import load_policy
 from include.retention.registry import INTAKE_VERIFIED, Identities, NewRequest, Registry
+from include.retention.requests import person
 from include.retention.stores.sql import SqlStore
 from tests.conftest import airflow_uri
 

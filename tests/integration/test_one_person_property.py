@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.retention import person
 from include.retention.connections import make_engine
-from include.retention.erasure import SubjectScanner
 from include.retention.identity import normalise
 from include.retention.policy import load_policy
+from include.retention.requests import person
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from tests.conftest import KEY

@@ -293,7 +293,7 @@ def test_mariadb_batch_records_the_rows_it_deleted_when_references_change_meanwh
     the rows really gone, and a row referenced at the delete stays."""
     import uuid
 
-    from include.retention.stores import sql as sqlmod
+    from include.retention.stores import sql_walks
     from tests.unit.test_sweep_batching import Recorder
 
     url = fresh_database("mariadb", f"rt_orph_{uuid.uuid4().hex[:8]}")
@@ -306,10 +306,10 @@ def test_mariadb_batch_records_the_rows_it_deleted_when_references_change_meanwh
     with engine.begin() as conn:  # row 4 referenced after its stamp: not eligible now
         conn.execute(orders.insert().values(id=3, person_id=4))
     swapped = []
-    real = sqlmod.SqlStore._pick_range
+    real = sql_walks.RangeWalk.pick
 
-    def pick_then_swap(self, conn, t, order, where, last, size):
-        picked = real(self, conn, t, order, where, last, size)
+    def pick_then_swap(self, conn, where, size):
+        picked = real(self, conn, where, size)
         if not swapped:
             with engine.connect() as other:  # another session: 9 referenced, 4 no longer
                 other.execute(orders.insert().values(id=4, person_id=9))
@@ -320,14 +320,14 @@ def test_mariadb_batch_records_the_rows_it_deleted_when_references_change_meanwh
 
     before = set(_state(engine))
     rec = Recorder()
-    sqlmod.SqlStore._pick_range, saved = pick_then_swap, sqlmod.SqlStore._pick_range
+    sql_walks.RangeWalk.pick, saved = pick_then_swap, sql_walks.RangeWalk.pick
     try:
         result = store.apply_stage("people", rule, rule.stages[0], NOW, 10, "retention:test", rec)
     finally:
-        sqlmod.SqlStore._pick_range = saved
+        sql_walks.RangeWalk.pick = saved
     gone = sorted(before - set(_state(engine)))
     assert result.changed == len(gone) == sum(n for _, n, _ in rec.outcomes) == 1
-    assert [d for _, _, d in rec.outcomes] == [store._pk_digest(gone)]
+    assert [d for _, _, d in rec.outcomes] == [store.pk_digest(gone)]
     with engine.connect() as conn:
         referenced = set(conn.execute(sa.select(orders.c.person_id)).scalars())
     assert not (referenced & set(gone))  # nothing referenced when the batch ended is gone

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.demo import schema
-from include.retention.erasure import Subject, SubjectScanner
 from include.retention.policy import load_policy
-from include.retention.receipts import build_receipt, collection_lines, render_markdown
+from include.retention.requests.receipts import build_receipt, collection_lines, render_markdown
+from include.retention.requests.scanner import Subject, SubjectScanner
 from include.retention.stores.sql import SqlStore, make_engine
 from tests.conftest import KEY, ROOT
 

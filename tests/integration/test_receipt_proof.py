@@ -2,8 +2,8 @@
 ``cli verify-receipt`` checks it against the ledger and its anchors. An intact receipt passes; edited
 counts, an edited hash, a tampered ledger entry or a receipt without proof fail. No personal data out.
 
-The receipt and its ledger entries are built as ``record()`` and ``finalize()`` of
-include/retention/airflow/erasure_tasks.py build them (the DAG test runs those end to end)."""
+The receipt and its ledger entries are built as ``record()`` and ``finalize_erasure()`` of
+include/retention/requests/erasure_flow.py build them (the DAG test runs those end to end)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from include.retention import cli
 from include.retention.connections import env_resolver, hmac_key
 from include.retention.ledger import Ledger, RunRef, entries
-from include.retention.receipts import build_receipt, counted_total, ledger_proof, render_markdown
 from include.retention.registry import Identities, NewRequest, Registry
+from include.retention.requests.receipts import build_receipt, counted_total, ledger_proof, render_markdown
 from include.retention.stores.sql import make_engine
 
 pytestmark = pytest.mark.integration

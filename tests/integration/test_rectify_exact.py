@@ -1,6 +1,7 @@
-"""Corrections that cannot merge two people or half-apply (include/retention/correction.py), on SQLite, PostgreSQL
-and MariaDB (default collation): another person's address in any spelling is refused, a value that does not fit a
-column of either system is refused before the first change, held and foreign-locked rows are kept as exceptions."""
+"""Corrections that cannot merge two people or half-apply (include/retention/requests/correction.py), on SQLite,
+PostgreSQL and MariaDB (default collation): another person's address in any spelling is refused, a value that does
+not fit a column of either system is refused before the first change, held and foreign-locked rows are kept as
+exceptions."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from include.retention.connections import make_engine
-from include.retention.correction import Correction, CorrectionRefused
 from include.retention.demo import schema
 from include.retention.identity import normalise
 from include.retention.policy import parse_policy
-from include.retention.receipts import build_receipt, render_markdown
+from include.retention.requests.correction import Correction, CorrectionRefused
+from include.retention.requests.receipts import build_receipt, render_markdown
 from include.retention.stores.base import RESTRICTION, Subject, lock_reason_for
 from include.retention.stores.sql import SqlStore
 from include.retention.stores.sql_fit import Target, bind_value, storage_charsets

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from include.retention.demo import schema
 from include.retention.ledger import entries
-from include.retention.receipts import verify_receipt
 from include.retention.registry import Identities, NewRequest
+from include.retention.requests.receipts import verify_receipt
 from tests.conftest import ROOT, _unavailable
 
 pytestmark = pytest.mark.integration

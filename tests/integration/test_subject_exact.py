@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from include.retention.connections import make_engine
 from include.retention.demo import schema
-from include.retention.erasure import SubjectScanner
 from include.retention.policy import load_policy, parse_policy
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from tests.conftest import KEY, ROOT, fresh_tables

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from include.retention import cli
-from include.retention.airflow.identity_check import VERIFIED_SOURCE, verify_modes
+from include.retention.requests.identity_decisions import VERIFIED_SOURCE, verify_modes
 from tests.integration.test_notify import registry  # noqa: F401 - the fixture (SQLite registry, env set)
 
 pytestmark = pytest.mark.integration

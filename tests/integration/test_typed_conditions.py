@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.connections import make_engine
-from include.retention.erasure import SubjectScanner
 from include.retention.errors import PolicyError
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import parse_policy
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore
 from include.retention.sweep import run_rule

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from include.retention.ledger import Ledger, RunRef
-from include.retention.receipts import build_receipt
+from include.retention.requests.receipts import build_receipt
 from tests.conftest import KEY
 from tests.plugins.test_retention_page import (  # noqa: F401 - fixtures
     OVERDUE_EMAIL,

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.retention.access import PackageBuilder
-from include.retention.package_names import MAX_NAME_BYTES, EntryNames, encode_key
+from include.retention.requests.access import PackageBuilder
+from include.retention.requests.package_names import MAX_NAME_BYTES, EntryNames, encode_key
 from include.retention.stores.base import Subject
 from tests.s3.conftest import PLAIN, put, s3_policy
 

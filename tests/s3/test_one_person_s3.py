@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from include.retention import person
 from include.retention.identity import normalise
+from include.retention.requests import person
 from include.retention.stores.base import Subject
 from include.retention.stores.sql import SqlStore, make_engine
 from tests.s3.conftest import PLAIN, s3_policy

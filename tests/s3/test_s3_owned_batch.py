@@ -173,9 +173,9 @@ def test_timestamps_of_listings_parse_like_botocore():
 
 
 def test_batches_of_rows_owning_objects_do_not_shrink_below_batch_size():
-    from include.retention.stores.sql import _BatchSizer
+    from include.retention.stores.sql_walks import BatchSizer
 
-    plain, owning = _BatchSizer(1000), _BatchSizer(1000, floor=1000)
+    plain, owning = BatchSizer(1000), BatchSizer(1000, floor=1000)
     for sizer in (plain, owning):
         sizer.took(1000, 10.0)  # a slow batch (its objects' S3 calls): 20x over the time a batch should take
     assert plain.size == 250  # shrinks by 4x at most

@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from include.retention.access import PackageBuilder
-from include.retention.erasure import SubjectScanner
+from include.retention.requests.access import PackageBuilder
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from include.retention.stores.s3_records import RecordsUnreadable
 from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, count_calls, put, s3_policy, snapshot, store_log, versions
@@ -93,7 +93,7 @@ def test_erasure_removes_exactly_their_records_from_every_version(s3, make_store
     scanner = SubjectScanner(store.policy, store)
 
     dry = scanner.act([zoe()], "erase", dry_run=True)
-    per_object = {"deleted": 3, "masked": 1}
+    per_object = {"deleted": 3, "masked": 1, "objects_rewritten": 1}
     if versioned:
         per_object["versions_deleted"] = 1
     assert dry.per_request["r1"] == {f"objects.{name}": per_object for name in COLLS}
@@ -136,7 +136,7 @@ def test_an_interrupted_rewrite_reruns_to_the_same_end(s3, make_store, bucket, m
     def killed(bucket_name, key):
         raise KeyboardInterrupt("killed between the write and the version deletes")
 
-    monkeypatch.setattr(store, "_before_old_versions_go", killed)
+    monkeypatch.setattr(store.records, "before_old_versions_go", killed)
     with pytest.raises(KeyboardInterrupt):
         scanner.act([zoe()], "erase", dry_run=False)
     if bucket == PLAIN:  # the original is whole until the checked copy replaces it
@@ -172,7 +172,7 @@ def test_held_objects_are_kept_as_exceptions(s3, make_store):
     outcome = scanner.act([zoe()], "erase", dry_run=False)
     assert outcome.per_request["r1"] == {"objects.tables": {"exception:legal_hold": 4},
                                          "objects.crm_export": {"exception:legal_hold": 4},
-                                         "objects.events": {"deleted": 3, "masked": 1}}
+                                         "objects.events": {"deleted": 3, "masked": 1, "objects_rewritten": 1}}
     assert [row for row in snapshot(s3, LOCKED) if row[0] in (theirs, csv_key)] == held_before
     assert decode(fmt, body(s3, LOCKED, theirs, held_version), gz) == current[theirs]
     assert scanner.remaining([zoe()], "erase") == {}  # what is left is listed as exceptions
@@ -186,7 +186,9 @@ def test_restriction_locks_the_versions_holding_their_records(s3, make_store, bu
     scanner = SubjectScanner(store.policy, store)
     assert scanner.remaining([zoe()], "restrict") == {"r1": {f"objects.{n}": 4 for n in COLLS}}
     outcome = scanner.act([zoe()], "restrict", dry_run=False)
-    assert outcome.per_request["r1"] == {f"objects.{n}": {"restricted": 4} for n in COLLS}
+    # each object's one version is locked whole: the 10 records of other people in it are restricted too
+    assert outcome.per_request["r1"] == {f"objects.{n}": {"restricted": 4, "objects_locked": 1, "others_restricted": 10}
+                                         for n in COLLS}
     assert scanner.remaining([zoe()], "restrict") == {}
     for _, _, theirs, other in COLLS.values():
         assert "retention-lock" in {t["Key"] for t in s3.get_object_tagging(Bucket=bucket, Key=theirs)["TagSet"]}
@@ -250,7 +252,7 @@ def test_csv_rows_that_stay_are_copied_byte_for_byte(s3, make_store, bucket):
     put(s3, bucket, "crm/2026-05-03.csv", CSV_EDGES)
     store = make_store(policy_for(bucket))
     outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
-    assert outcome.per_request["r1"] == {"objects.crm_export": {"deleted": 2}}
+    assert outcome.per_request["r1"] == {"objects.crm_export": {"deleted": 2, "objects_rewritten": 1}}
     assert body(s3, bucket, "crm/2026-05-03.csv") == (
         "\ufeffemail,note,amount\r\n"
         "a@example.org,\"a, quoted\r\nnote\",1\r\n"
@@ -267,7 +269,7 @@ def test_an_object_of_only_their_records_stays_as_an_empty_object_of_its_format(
     store = make_store(policy_for(VERSIONED))
     scanner = SubjectScanner(store.policy, store)
     outcome = scanner.act([zoe()], "erase", dry_run=False)
-    assert outcome.per_request["r1"] == {f"objects.{name}": {"deleted": 3}}
+    assert outcome.per_request["r1"] == {f"objects.{name}": {"deleted": 3, "objects_rewritten": 1}}
     assert decode(fmt, body(s3, VERSIONED, theirs), gz) == []
     assert len([v for v in versions(s3, VERSIONED) if v[0] == theirs]) == 1
     assert scanner.remaining([zoe()], "erase") == {}
@@ -276,7 +278,7 @@ def test_an_object_of_only_their_records_stays_as_an_empty_object_of_its_format(
 def test_the_receipt_counts_records_per_collection(s3, make_store):
     import datetime as dt
 
-    from include.retention.receipts import build_receipt, render_markdown
+    from include.retention.requests.receipts import build_receipt, render_markdown
 
     arrange(s3, VERSIONED, older=True)
     store = make_store(policy_for(VERSIONED))
@@ -289,7 +291,8 @@ def test_the_receipt_counts_records_per_collection(s3, make_store):
                             store.policy.digest, policy=store.policy)
     text = render_markdown(receipt)
     lines = sorted(line for line in text.splitlines() if line.startswith("| objects |"))
-    assert lines == [f"| objects | recorded | objects.{name} | deleted 3; masked 1; versions_deleted 1 |"
+    assert lines == [f"| objects | recorded | objects.{name} | deleted 3 records inside 1 object(s), rewritten; "
+                     "masked 1; versions_deleted 1 |"
                      for name in sorted(COLLS)]
     assert receipt["systems"]["objects"]["records_left"] == {f"objects.{name}": 3 for name in COLLS}
     assert "@" not in text and "zo" not in text.lower()
@@ -360,25 +363,27 @@ def test_several_requests_at_once_are_counted_apart(s3, make_store):
     store = make_store(policy_for(PLAIN))
     other = Subject("r2", {"email": "person1.0@example.org"})
     outcome = SubjectScanner(store.policy, store).act([zoe(), other], "erase", dry_run=False)
-    assert outcome.per_request["r1"] == {f"objects.{n}": {"deleted": 3, "masked": 1} for n in COLLS}
-    assert outcome.per_request["r2"] == {f"objects.{n}": {"deleted": 1} for n in COLLS}
+    assert outcome.per_request["r1"] == {f"objects.{n}": {"deleted": 3, "masked": 1, "objects_rewritten": 1}
+                                         for n in COLLS}
+    assert outcome.per_request["r2"] == {f"objects.{n}": {"deleted": 1, "objects_rewritten": 1} for n in COLLS}
     for fmt, gz, theirs, _ in COLLS.values():
         assert decode(fmt, body(s3, PLAIN, theirs), gz) == [
             r for r in expected_after(current[theirs]) if r["email"] != "person1.0@example.org"]
 
 
-def test_a_rewrite_larger_than_a_part_goes_up_in_parts(s3, make_store):
+@pytest.mark.parametrize("bucket", [VERSIONED, PLAIN])
+def test_a_rewrite_larger_than_a_part_goes_up_in_parts(s3, make_store, bucket):
     key = "events/dt=2026-05-04/part-0.jsonl"
     recs = [{"email": ZOE if i % 997 == 0 else f"p{i}@example.org", "pad": f"{i:08d}" * 40} for i in range(20000)]
     lines = [json.dumps(r).encode() + b"\n" for r in recs]
-    put(s3, VERSIONED, key, b"".join(lines))  # 6.7 MB
-    store = make_store(policy_for(VERSIONED), part_size=5 * 1024 * 1024)
+    put(s3, bucket, key, b"".join(lines))  # 6.7 MB
+    store = make_store(policy_for(bucket), part_size=5 * 1024 * 1024)
     calls = count_calls(store)
     outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
-    assert outcome.per_request["r1"] == {"objects.events": {"deleted": 21}}
+    assert outcome.per_request["r1"] == {"objects.events": {"deleted": 21, "objects_rewritten": 1}}
     assert calls["UploadPart"] == 2 and calls["CompleteMultipartUpload"] == 1
-    assert body(s3, VERSIONED, key) == b"".join(line for line, r in zip(lines, recs, strict=True) if r["email"] != ZOE)
-    assert len([v for v in versions(s3, VERSIONED) if v[0] == key]) == 1
+    assert body(s3, bucket, key) == b"".join(line for line, r in zip(lines, recs, strict=True) if r["email"] != ZOE)
+    assert len([v for v in versions(s3, bucket) if v[0] == key]) == 1
 
 
 def test_objects_without_the_identity_fields_are_named_in_a_warning(s3, make_store, caplog):
@@ -387,7 +392,7 @@ def test_objects_without_the_identity_fields_are_named_in_a_warning(s3, make_sto
     store = make_store(policy_for(PLAIN))
     with caplog.at_level("WARNING"):
         outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=True)
-    assert outcome.per_request["r1"] == {"objects.tables": {"deleted": 3, "masked": 1}}
+    assert outcome.per_request["r1"] == {"objects.tables": {"deleted": 3, "masked": 1, "objects_rewritten": 1}}
     assert ("objects.crm_export: 1 object version(s) of plain-bucket have none of the identity fields email, "
             "referrer in their header: nobody can be found in them") in store_log(caplog)
     assert "zo" not in store_log(caplog).lower()
@@ -397,7 +402,7 @@ NEW = "zoe.new@example.org"
 
 
 def correct(store, new: str):
-    from include.retention.correction import Correction
+    from include.retention.requests.correction import Correction
 
     c = Correction(store.policy, lambda _s: store, ["objects"], [zoe()], {"email": new})
     c.check()
@@ -410,7 +415,7 @@ def test_a_correction_rewrites_their_fields_in_place(s3, make_store, bucket):
     untouched = [row for row in snapshot(s3, bucket) if row[0] not in [c[2] for c in COLLS.values()]]
     store = make_store(policy_for(bucket))
     c, counts = correct(store, NEW)
-    per = {"rectified": 4, **({"versions_deleted": 1} if bucket == VERSIONED else {})}
+    per = {"rectified": 4, "objects_rewritten": 1, **({"versions_deleted": 1} if bucket == VERSIONED else {})}
     assert counts == {f"objects.{n}": per for n in COLLS}
     assert c.remaining("objects") == 0
     for fmt, gz, theirs, _ in COLLS.values():
@@ -422,7 +427,7 @@ def test_a_correction_rewrites_their_fields_in_place(s3, make_store, bucket):
 
 
 def test_a_correction_to_somebody_elses_address_in_the_same_object_is_refused(s3, make_store):
-    from include.retention.correction import CorrectionRefused
+    from include.retention.requests.correction import CorrectionRefused
 
     arrange(s3, VERSIONED)
     before = snapshot(s3, VERSIONED)
@@ -443,7 +448,7 @@ def test_gzip_by_content_encoding_and_of_several_members(s3, make_store):
     put(s3, VERSIONED, key, data, ContentEncoding="gzip", ContentType="application/x-ndjson")
     store = make_store(policy_for(VERSIONED))
     outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
-    assert outcome.per_request["r1"] == {"objects.events": {"deleted": 3, "masked": 1}}
+    assert outcome.per_request["r1"] == {"objects.events": {"deleted": 3, "masked": 1, "objects_rewritten": 1}}
     head = s3.head_object(Bucket=VERSIONED, Key=key)
     assert (head["ContentEncoding"], head["ContentType"]) == ("gzip", "application/x-ndjson")
     assert decode("jsonl", gzip.decompress(body(s3, VERSIONED, key))) == expected_after(first + second)
@@ -479,7 +484,7 @@ def test_parquet_types_and_other_strategies_survive(s3, make_store):
         """)
     store = make_store(policy)
     outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
-    assert outcome.per_request["r1"] == {"objects.tables": {"deleted": 1, "masked": 1}}
+    assert outcome.per_request["r1"] == {"objects.tables": {"deleted": 1, "masked": 1, "objects_rewritten": 1}}
     table = pq.read_table(io.BytesIO(body(s3, PLAIN, key)))
     assert table.schema.equals(pq.read_schema(io.BytesIO(buf.getvalue())), check_metadata=True)  # as written
     want = [rows[0], {**rows[2], "referrer": keyed_digest(STORE_KEY, ZOE.upper())}, rows[3], rows[4]]

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.retention.erasure import SubjectScanner
 from include.retention.identity import normalise
-from include.retention.receipts import collection_lines, line_text
+from include.retention.requests.receipts import collection_lines, line_text
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from tests.s3.conftest import PLAIN, put, s3_policy
 from tests.s3.records_util import body
@@ -61,11 +61,11 @@ def test_exactly_the_lines_normalise_equates_go(s3, make_store, recs, person, bl
     kept = [line for line in lines if line == b"\n" or not theirs[_index(lines, line, recs)]]
     gone = sum(theirs)
     assert body(s3, PLAIN, KEY) == (b"".join(kept) if gone else b"".join(lines))
-    assert outcome.per_request["r1"] == ({"objects.events": {"deleted": gone}} if gone else {})
+    assert outcome.per_request["r1"] == ({"objects.events": {"deleted": gone, "objects_rewritten": 1}} if gone else {})
     assert scanner.remaining([subject], "erase") == {}
     if gone:
         line = collection_lines({"collections": outcome.per_request["r1"]})["objects.events"]
-        assert line_text(line) == f"deleted {gone}"
+        assert line_text(line) == f"deleted {gone} records inside 1 object(s), rewritten"
     # a lookalike normalise keeps apart is still there
     left = [json.loads(x) for x in body(s3, PLAIN, KEY).splitlines() if x.strip()]
     assert all(unicodedata.normalize("NFC", (r["email"] or "")).strip().lower() != subject.identities["email"]
@@ -97,7 +97,8 @@ def test_exactly_the_csv_rows_normalise_equates_go(s3, make_store, recs, person)
     theirs = [normalise("email", r["email"]) == subject.identities["email"] for r in recs]
     assert body(s3, PLAIN, KEY) == b"email,note,n\r\n" + b"".join(
         row for row, gone in zip(rows, theirs, strict=True) if not gone)
-    assert outcome.per_request["r1"] == ({"objects.events": {"deleted": sum(theirs)}} if any(theirs) else {})
+    assert outcome.per_request["r1"] == ({"objects.events": {"deleted": sum(theirs), "objects_rewritten": 1}}
+                                         if any(theirs) else {})
     assert scanner.remaining([subject], "erase") == {}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from include.retention.connections import make_engine
 from include.retention.ledger import Ledger
-from include.retention.stores.s3 import S3Store
+from include.retention.stores.s3_record_store import S3RecordSubjects
 from tests.policy_text import policy_text, system
 from tests.s3.conftest import VERSIONED
 from tests.s3.records_util import ZOE, body, decode, encode, expected_after, is_zoes, records
@@ -53,9 +53,10 @@ def test_an_interrupted_rewrite_leaves_the_intent_open_and_the_retry_finishes(s3
     def killed(self, bucket, key):
         raise SystemExit("worker killed between the write and the version deletes")
 
-    assert erasure_tasks.discover([rid], "objects") == {"deleted": 3, "masked": 1, "versions_deleted": 1}
+    assert erasure_tasks.discover([rid], "objects") == {"deleted": 3, "masked": 1, "objects_rewritten": 1,
+                                                        "versions_deleted": 1}
     with monkeypatch.context() as m:
-        m.setattr(S3Store, "_before_old_versions_go", killed)
+        m.setattr(S3RecordSubjects, "before_old_versions_go", killed)
         with pytest.raises(SystemExit):
             erasure_tasks.act([rid], "objects")
     assert ledger.verify().unreconciled_count == 1  # the intent is open

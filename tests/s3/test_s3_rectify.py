@@ -10,9 +10,9 @@ import unicodedata
 import pytest
 import sqlalchemy as sa
 
-from include.retention.correction import Correction, CorrectionRefused
 from include.retention.identity import normalise
 from include.retention.policy import parse_policy
+from include.retention.requests.correction import Correction, CorrectionRefused
 from include.retention.stores.base import RESTRICTION, Subject, lock_reason_for
 from include.retention.stores.sql import SqlStore, make_engine
 from tests.policy_text import policy_text, sql_system, system

@@ -7,7 +7,7 @@ from email.header import Header
 
 import pytest
 
-from include.retention.erasure import SubjectScanner
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
 from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, keys, put, s3_policy, snapshot, tags, versions
 

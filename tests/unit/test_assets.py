@@ -46,6 +46,13 @@ def test_a_system_changed_only_by_a_cascade_gets_its_event():
     assert set(out) == {"crm"} and out["crm"]["cascaded"] == 1 and out["crm"]["rules"] == []
 
 
+def test_digests_added_to_the_suppression_list_are_no_system_of_their_own():
+    out = changes_per_system([sweep("mailing", "mailing.subscribers.gone", deleted=3,
+                                    cascaded={"suppression_list": 3, "mailing.list_memberships": 2})],
+                             "retention_sweep", "r1")
+    assert set(out) == {"mailing"} and out["mailing"]["cascaded"] == 2
+
+
 @given(st.lists(st.tuples(st.sampled_from(["crm", "mailing", "s3"]), st.integers(0, 5), st.integers(0, 5),
                           st.integers(0, 5), st.sampled_from(["complete", "dry_run", "brake_tripped"]))))
 def test_an_event_exactly_for_each_system_with_committed_changes(entries):

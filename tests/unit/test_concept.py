@@ -19,7 +19,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from include.retention import cli
-from include.retention.access import describe_rule
 from include.retention.concept import (
     HEADINGS,
     START_EVENTS,
@@ -36,6 +35,7 @@ from include.retention.describe import condition_text
 from include.retention.errors import PolicyError
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import Condition, load_policy, parse_policy
+from include.retention.requests.access import describe_rule
 from include.retention.stores.sql import make_engine
 from tests.conftest import ROOT
 from tests.policy_text import crm_policy

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from include.retention.policy import parse_policy
-from include.retention.receipts import build_receipt, collection_lines, render_markdown
+from include.retention.requests.receipts import build_receipt, collection_lines, render_markdown
 from tests.policy_text import crm_policy
 
 REQUEST = {"request_id": "r-1", "mode": "erase", "dry_run": False, "status": "complete",

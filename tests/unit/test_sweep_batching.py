@@ -17,7 +17,9 @@ from sqlalchemy.dialects import mysql
 from include.retention.masking import STRATEGIES
 from include.retention.policy import parse_policy
 from include.retention.stores import sql as sqlmod
-from include.retention.stores.sql import MAX_BATCH, SqlStore, _BatchSizer, _OrderedLimit
+from include.retention.stores import sql_walks
+from include.retention.stores.sql import SqlStore
+from include.retention.stores.sql_walks import MAX_BATCH, BatchSizer, OrderedLimit
 
 NOW = dt.datetime(2026, 11, 24)
 KEY = b"k" * 32
@@ -78,15 +80,15 @@ def offline_store(url: str, *, mariadb: bool = False, index: bool = True) -> Sql
 
 # ---- the sizer -------------------------------------------------------------------------------------------
 def test_first_batch_is_the_policy_batch_size_capped():
-    assert _BatchSizer(1000).size == 1000
-    assert _BatchSizer(10 * MAX_BATCH).size == MAX_BATCH
+    assert BatchSizer(1000).size == 1000
+    assert BatchSizer(10 * MAX_BATCH).size == MAX_BATCH
 
 
 def test_batches_grow_at_most_8x_towards_the_time_target():
-    sizer = _BatchSizer(1000)
+    sizer = BatchSizer(1000)
     sizer.took(1000, 0.001)  # far faster than BATCH_SECONDS: grows, but only 8x
     assert sizer.size == 8000
-    sizer.took(8000, sqlmod.BATCH_SECONDS / 2)  # twice as fast as wanted: doubles
+    sizer.took(8000, sql_walks.BATCH_SECONDS / 2)  # twice as fast as wanted: doubles
     assert sizer.size == 16000
     for _ in range(10):
         sizer.took(sizer.size, 0.001)
@@ -94,19 +96,19 @@ def test_batches_grow_at_most_8x_towards_the_time_target():
 
 
 def test_batches_shrink_at_most_4x_and_not_below_the_floor():
-    sizer = _BatchSizer(1000)
+    sizer = BatchSizer(1000)
     sizer.took(1000, 100.0)
     assert sizer.size == 250
     for _ in range(5):
         sizer.took(sizer.size, 100.0)
-    assert sizer.size == sqlmod.MIN_BATCH
-    small = _BatchSizer(10)  # a policy batch below MIN_BATCH is its own floor
+    assert sizer.size == sql_walks.MIN_BATCH
+    small = BatchSizer(10)  # a policy batch below MIN_BATCH is its own floor
     small.took(10, 100.0)
     assert small.size == 10
 
 
 def test_a_short_batch_says_nothing_about_the_rate():
-    sizer = _BatchSizer(1000)
+    sizer = BatchSizer(1000)
     sizer.took(10, 100.0)  # the end of the walk
     assert sizer.size == 1000
 
@@ -127,35 +129,36 @@ def test_walk_order_follows_an_index_on_the_start_column():
 
 def test_postgresql_walks_blocks_when_one_statement_does_the_batch():
     store = offline_store(PG)
-    assert store._by_block("events", "delete", None)
-    assert store._by_block("events", "lock", None)
-    assert store._by_block("events", "anonymize", {"email": _mask("redact")})
-    assert not store._by_block("events", "anonymize", {"email": _mask("hmac")})  # keyed hash: Python reads rows
-    assert not store._by_order("events", "delete")
+    assert sql_walks.by_block(store, "events", "delete", None)
+    assert sql_walks.by_block(store, "events", "lock", None)
+    assert sql_walks.by_block(store, "events", "anonymize", {"email": _mask("redact")})
+    # keyed hash: Python reads rows
+    assert not sql_walks.by_block(store, "events", "anonymize", {"email": _mask("hmac")})
+    assert not sql_walks.by_order(store, "events", "delete")
     for url in ("sqlite://", MY):
-        assert not offline_store(url)._by_block("events", "delete", None)
+        assert not sql_walks.by_block(offline_store(url), "events", "delete", None)
 
 
 def test_mariadb_deletes_in_one_ordered_statement_but_mysql_and_updates_do_not():
     maria = offline_store(MY, mariadb=True)
-    assert maria._by_order("events", "delete")
-    assert not maria._by_order("events", "lock")
-    assert not maria._by_order("events", "anonymize")
-    assert not offline_store(MY)._by_order("events", "delete")  # MySQL: no DELETE ... RETURNING
-    assert not offline_store("sqlite://")._by_order("events", "delete")
+    assert sql_walks.by_order(maria, "events", "delete")
+    assert not sql_walks.by_order(maria, "events", "lock")
+    assert not sql_walks.by_order(maria, "events", "anonymize")
+    assert not sql_walks.by_order(offline_store(MY), "events", "delete")  # MySQL: no DELETE ... RETURNING
+    assert not sql_walks.by_order(offline_store("sqlite://"), "events", "delete")
 
 
 def test_deletes_that_take_something_along_never_use_a_one_statement_walk(monkeypatch):
     for store in (offline_store(PG), offline_store(MY, mariadb=True)):
-        monkeypatch.setattr(store, "_takes_along", lambda name: True)
-        assert not store._by_block("events", "delete", None)
-        assert not store._by_order("events", "delete")
+        monkeypatch.setattr(store.acts, "takes_along", lambda name: True)
+        assert not sql_walks.by_block(store, "events", "delete", None)
+        assert not sql_walks.by_order(store, "events", "delete")
 
 
 def test_ordered_limit_renders_after_where_and_before_returning():
     t = events_table(sa.MetaData())
     stmt = (t.delete().where(t.c.created_at < sa.bindparam("cut"))
-            .ext(_OrderedLimit([t.c.created_at, t.c.id], 500)).returning(t.c.created_at, t.c.id))
+            .ext(OrderedLimit([t.c.created_at, t.c.id], 500)).returning(t.c.created_at, t.c.id))
     text = " ".join(str(stmt.compile(dialect=mysql.dialect(is_mariadb=True))).split())
     assert text == ("DELETE FROM events WHERE events.created_at < %s ORDER BY events.created_at, events.id "
                     "LIMIT 500 RETURNING events.created_at, events.id")
@@ -219,7 +222,7 @@ def test_every_walk_acts_on_exactly_the_eligible_rows_in_bounded_batches(db_url,
     t = store.table("events")
     assert result.changed == len(eligible) == sum(c for _, c, _ in rec.outcomes)
     assert result.batches == len(rec.intents) == len(rec.outcomes) > 1
-    assert all(planned <= sqlmod.MAX_BATCH for _, planned, _ in rec.intents)
+    assert all(planned <= sql_walks.MAX_BATCH for _, planned, _ in rec.intents)
     with store.engine.connect() as conn:
         if stage.action == "delete":
             left = set(conn.execute(sa.select(t.c.id)).scalars())
@@ -237,7 +240,7 @@ def test_one_batch_records_the_python_digest_of_its_keys(db_url, rule):
     _, _, r = store.policy.rule(f"db.events.{rule}")
     rec = Recorder()
     store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
-    expected = store._pk_digest(sorted(eligible))
+    expected = store.pk_digest(sorted(eligible))
     assert rec.intents == [(r.stages[0].action, len(eligible), expected)]
     assert rec.outcomes == [(r.stages[0].action, len(eligible), expected)]
     store.close()
@@ -251,10 +254,11 @@ def test_sql_masks_are_the_ones_the_walk_choice_knows():
 def test_postgresql_index_walk_in_one_statement_for_a_table_in_date_order(pg_url, rule, monkeypatch):
     db_url = pg_url  # PostgreSQL's walk: on PostgreSQL only (no skip on the other servers)
     store, eligible = seeded(db_url)
-    monkeypatch.setattr(store, "_in_index_order", lambda t, order: True)  # as pg_stats.correlation >= 0.9 says
+    # as pg_stats.correlation >= 0.9 says
+    monkeypatch.setattr(sql_walks, "in_index_order", lambda store, t, order: True)
     calls = []
-    real = store._act_by_index
-    monkeypatch.setattr(store, "_act_by_index", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sql_walks.IndexWalk.act
+    monkeypatch.setattr(sql_walks.IndexWalk, "act", lambda *a, **k: calls.append(1) or real(*a, **k))
     _, _, r = store.policy.rule(f"db.events.{rule}")
     rec = Recorder()
     result = store.apply_stage("events", r, r.stages[0], NOW, 7, "test", rec)
@@ -267,10 +271,10 @@ def test_postgresql_index_walk_in_one_statement_for_a_table_in_date_order(pg_url
         conn.execute(sa.text("DROP TABLE events"))
     engine.dispose()
     store, eligible = seeded(db_url)
-    monkeypatch.setattr(store, "_in_index_order", lambda t, order: True)
+    monkeypatch.setattr(sql_walks, "in_index_order", lambda store, t, order: True)
     one = Recorder()
     store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", one)
-    assert one.intents == [(r.stages[0].action, len(eligible), store._pk_digest(sorted(eligible)))]
+    assert one.intents == [(r.stages[0].action, len(eligible), store.pk_digest(sorted(eligible)))]
     store.close()
 
 
@@ -300,13 +304,14 @@ def test_postgresql_text_keys_digest_in_the_database_equals_the_python_one(pg_ur
                                    "created_at": NOW - dt.timedelta(days=40 + i % 50 if i % 3 == 0 else i % 20)}
                                   for i, k in enumerate(keys)])
     store = SqlStore("db", parse_policy(POLICY, source="t.yaml"), engine, mask_key=KEY)
-    assert store._digest_in_db(store.table("events").c.id)
-    monkeypatch.setattr(store, "_in_index_order", lambda tab, order: walk == "index")
-    monkeypatch.setattr(sqlmod, "key_of", lambda r: pytest.fail("a key came back to Python"))
+    assert store.digest_in_db(store.table("events").c.id)
+    monkeypatch.setattr(sql_walks, "in_index_order", lambda store, tab, order: walk == "index")
+    for module in (sqlmod, sql_walks):
+        monkeypatch.setattr(module, "key_of", lambda r: pytest.fail("a key came back to Python"))
     _, _, r = store.policy.rule(f"db.events.{rule}")
     one = Recorder()
     store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", one)
-    assert one.intents == [(r.stages[0].action, len(eligible), store._pk_digest(sorted(eligible)))]
+    assert one.intents == [(r.stages[0].action, len(eligible), store.pk_digest(sorted(eligible)))]
     with engine.connect() as conn:
         if rule == "old_delete":
             assert set(conn.execute(sa.select(t.c.id)).scalars()) == set(keys) - eligible
@@ -318,12 +323,12 @@ def test_postgresql_text_keys_digest_in_the_database_equals_the_python_one(pg_ur
 def test_text_keys_that_postgresql_cannot_order_like_python_come_back():
     store = offline_store("postgresql+psycopg2://u@h/db")
     store._server_utf8 = True
-    assert store._digest_in_db(sa.Column("k", sa.Text())) and store._digest_in_db(sa.Column("k", sa.BigInteger()))
-    assert not store._digest_in_db(sa.Column("k", sa.CHAR(8)))  # padding: Python sees it, ::text drops it
-    assert not store._digest_in_db(sa.Column("k", sa.Enum("b", "a", name="e")))  # ordered by declaration
+    assert store.digest_in_db(sa.Column("k", sa.Text())) and store.digest_in_db(sa.Column("k", sa.BigInteger()))
+    assert not store.digest_in_db(sa.Column("k", sa.CHAR(8)))  # padding: Python sees it, ::text drops it
+    assert not store.digest_in_db(sa.Column("k", sa.Enum("b", "a", name="e")))  # ordered by declaration
     store._server_utf8 = False
-    assert not store._digest_in_db(sa.Column("k", sa.Text()))
-    assert not offline_store("sqlite://")._digest_in_db(sa.Column("k", sa.BigInteger()))
+    assert not store.digest_in_db(sa.Column("k", sa.Text()))
+    assert not offline_store("sqlite://").digest_in_db(sa.Column("k", sa.BigInteger()))
 
 
 # ---- the ledger: a batch's outcome shares the next batch's intent's transaction ----------------------------

@@ -1,4 +1,4 @@
-"""Deletes that take dependents of the same database along, set-based per batch (``SqlStore._delete_set``).
+"""Deletes that take dependents of the same database along, set-based per batch (``SqlActs.delete_set``).
 
 A parent (``events``, walked on its indexed start column) with children deleted with it (``notes``, some under
 legal hold), grandchildren deleted with those (``replies``) and children whose reference is nullified
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from include.retention.policy import parse_policy
 from include.retention.stores import sql as sqlmod
+from include.retention.stores import sql_walks
 from include.retention.stores.sql import SqlStore
 from tests.unit.test_sweep_batching import Recorder
 
@@ -118,19 +119,19 @@ def _left(store: SqlStore, name: str, col: str | None = None) -> dict:
 
 def test_the_set_based_path_is_the_one_taken(db_url, monkeypatch):
     store, _ = seeded(db_url)
-    assert store._set_cascade("events")
+    assert store.acts.set_cascade("events")
 
     def by_key(*a, **k):  # pragma: no cover - fails the test if reached
         raise AssertionError("per-key delete path used")
 
-    monkeypatch.setattr(store, "_delete_keys", by_key)
+    monkeypatch.setattr(store.acts, "delete_keys", by_key)
     result, _ = _sweep(store, 7)
     assert result.changed > 0
     store.close()
 
 
 def test_exactly_the_eligible_rows_and_their_dependents_go_in_bounded_batches(db_url, monkeypatch):
-    monkeypatch.setattr(sqlmod, "MAX_BATCH", 9)  # batches of at most 9 rows: many of them
+    monkeypatch.setattr(sql_walks, "MAX_BATCH", 9)  # batches of at most 9 rows: many of them
     store, seed = seeded(db_url)
     eligible = seed["eligible"]
     result, rec = _sweep(store, 7)
@@ -155,7 +156,7 @@ def test_exactly_the_eligible_rows_and_their_dependents_go_in_bounded_batches(db
 def test_one_batch_records_the_python_digest_of_its_keys(db_url):
     store, seed = seeded(db_url)
     result, rec = _sweep(store, 10_000)
-    expected = store._pk_digest(sorted(seed["eligible"]))
+    expected = store.pk_digest(sorted(seed["eligible"]))
     assert rec.intents == [("delete", len(seed["eligible"]), expected)]
     assert rec.outcomes == [("delete", len(seed["eligible"]), expected)]
     store.close()
@@ -170,7 +171,7 @@ def test_a_row_inserted_into_a_running_batch_is_not_deleted_by_it(db_url, monkey
         db_url, connect_args={"timeout": 0.2})
     events, notes = _tables().tables["events"], _tables().tables["notes"]
     new_id, attempts = 999_999, []
-    original = store._delete_dependents
+    original = store.acts.delete_set_dependents
 
     def insert_meanwhile(conn, name, t, rows, cascaded, *keys):
         if name == "events" and not attempts:  # first batch: older than every row, so inside its range
@@ -187,7 +188,7 @@ def test_a_row_inserted_into_a_running_batch_is_not_deleted_by_it(db_url, monkey
                 attempts.append("waited")
         return original(conn, name, t, rows, cascaded, *keys)
 
-    monkeypatch.setattr(store, "_delete_dependents", insert_meanwhile)
+    monkeypatch.setattr(store.acts, "delete_set_dependents", insert_meanwhile)
     result, rec = _sweep(store, 7)
     other.dispose()
     assert result.changed == len(seed["eligible"]) == sum(n for _, n, _ in rec.outcomes)
@@ -217,4 +218,4 @@ def test_anything_beyond_this_database_keeps_the_per_key_path(change):
     store = SqlStore("db", parse_policy(text, source="t.yaml"), sa.create_engine("sqlite://"))
     if change == "other_database":  # the tags reference another system's table now: events has that child
         store = SqlStore("other", store.policy, sa.create_engine("sqlite://"))
-    assert not store._set_cascade("events")
+    assert not store.acts.set_cascade("events")

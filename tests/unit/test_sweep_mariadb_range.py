@@ -1,8 +1,8 @@
-"""MariaDB's range walk (``SqlStore._pick_range``): per batch one locking read returns the count, the digest text
+"""MariaDB's range walk (``sql_walks.RangeWalk``): per batch one locking read returns the count, the digest text
 (``GROUP_CONCAT`` in the server) and the bound, then one ``DELETE``/``UPDATE`` acts on exactly that range.
 
 On a real MariaDB: exactly the eligible rows in several bounded batches, held rows kept, the digest the server
-builds equal to the Python ``_pk_digest`` of the keys, both walks (the primary key where the optimizer would scan the
+builds equal to the Python ``pk_digest`` of the keys, both walks (the primary key where the optimizer would scan the
 table, ``(start, pk)`` where it would use the start column's index), a row inserted into a batch's range meanwhile
 waits for the batch and is not counted, and a count the act does not confirm is refused with nothing recorded.
 """
@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from include.retention.errors import RetentionError
 from include.retention.policy import parse_policy
 from include.retention.stores import sql as sqlmod
+from include.retention.stores import sql_walks
 from include.retention.stores.sql import SqlStore
 from tests.unit.test_sweep_batching import KEY, NOW, POLICY, Recorder, events_table
 
@@ -56,15 +57,15 @@ def seeded(url: str, n: int = 240, expired_every: int = 3) -> tuple[SqlStore, se
 
 
 def _spy(store, monkeypatch) -> list[tuple[int, tuple]]:
-    """Record each ``_pick_range`` call's (size, walk columns)."""
+    """Record each ``RangeWalk.pick`` call's (size, walk columns)."""
     calls = []
-    real = store._pick_range
+    real = sql_walks.RangeWalk.pick
 
-    def spy(conn, t, order, where, last, size):
-        calls.append((size, tuple(c.name for c in order)))
-        return real(conn, t, order, where, last, size)
+    def spy(walk, conn, where, size):
+        calls.append((size, tuple(c.name for c in walk.order)))
+        return real(walk, conn, where, size)
 
-    monkeypatch.setattr(store, "_pick_range", spy)
+    monkeypatch.setattr(sql_walks.RangeWalk, "pick", spy)
     return calls
 
 
@@ -82,10 +83,11 @@ def _done(store, action) -> set[int]:
 def test_range_walk_acts_on_exactly_the_eligible_rows_in_bounded_batches(my_url, rule, walk, monkeypatch):
     store, eligible, held = seeded(my_url)
     if walk == "start":  # as the optimizer says for a selective predicate (see the test below)
-        monkeypatch.setattr(store, "_range_order", lambda t, order, where: order)
+        monkeypatch.setattr(sql_walks, "range_order", lambda store, t, order, where: order)
     calls = _spy(store, monkeypatch)
-    monkeypatch.setattr(sqlmod._BatchSizer, "took", lambda self, rows, seconds: None)  # 7 rows a batch throughout
-    monkeypatch.setattr(sqlmod, "key_of", lambda r: pytest.fail("a key came back to Python"))
+    monkeypatch.setattr(sql_walks.BatchSizer, "took", lambda self, rows, seconds: None)  # 7 rows a batch throughout
+    for module in (sqlmod, sql_walks):
+        monkeypatch.setattr(module, "key_of", lambda r: pytest.fail("a key came back to Python"))
     _, _, r = store.policy.rule(f"db.events.{rule}")
     action = r.stages[0].action
     rec = Recorder()
@@ -109,7 +111,7 @@ def test_range_walk_acts_on_exactly_the_eligible_rows_in_bounded_batches(my_url,
         keys = sorted(eligible, key=lambda k: (created[k], k))
     at = 0
     for _, n, digest in rec.outcomes:
-        assert digest == store._pk_digest(sorted(keys[at:at + n]))
+        assert digest == store.pk_digest(sorted(keys[at:at + n]))
         at += n
     assert at == len(keys)
 
@@ -121,7 +123,7 @@ def test_one_batch_digest_built_in_the_server_equals_the_python_one(my_url, rule
     _, _, r = store.policy.rule(f"db.events.{rule}")
     rec = Recorder()
     store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", rec)
-    expected = store._pk_digest(sorted(eligible))
+    expected = store.pk_digest(sorted(eligible))
     assert len(calls) == 1
     assert rec.intents == [(r.stages[0].action, len(eligible), expected)]
     assert rec.outcomes == [(r.stages[0].action, len(eligible), expected)]
@@ -134,7 +136,7 @@ def test_walk_follows_the_optimizer_primary_key_for_many_rows_start_index_for_fe
     t = store.table("events")
     order = store.walk_order("events", "created_at")
     where = store.eligible("events", r, r.stages[0], NOW, t)
-    assert [c.name for c in store._range_order(t, order, where)] == ["id"]
+    assert [c.name for c in sql_walks.range_order(store, t, order, where)] == ["id"]
     store.close()
     engine = sqlmod.make_engine(my_url)
     with engine.begin() as conn:
@@ -144,7 +146,7 @@ def test_walk_follows_the_optimizer_primary_key_for_many_rows_start_index_for_fe
     t = store.table("events")
     order = store.walk_order("events", "created_at")
     where = store.eligible("events", r, r.stages[0], NOW, t)
-    assert [c.name for c in store._range_order(t, order, where)] == ["created_at", "id"]
+    assert [c.name for c in sql_walks.range_order(store, t, order, where)] == ["created_at", "id"]
     calls = _spy(store, monkeypatch)
     rec = Recorder()
     assert store.apply_stage("events", r, r.stages[0], NOW, 4, "test", rec).changed == len(eligible) > 4
@@ -165,11 +167,11 @@ def test_a_row_inserted_into_a_batch_range_waits_and_a_hold_cannot_be_overtaken(
     """Between a batch's locking read and its act another transaction can neither insert an eligible row into the
     range nor put a picked row on hold: both wait (here: time out); the batch acts on exactly what it counted."""
     store, eligible, _ = seeded(my_url)
-    real = store._pick_range
+    real = sql_walks.RangeWalk.pick
     tried = []
 
-    def pick_then_interfere(conn, t, order, where, last, size):
-        n, bound, digest = real(conn, t, order, where, last, size)
+    def pick_then_interfere(walk, conn, where, size):
+        n, bound, digest = real(walk, conn, where, size)
         if n and not tried:
             other = _other_connection(my_url)
             try:
@@ -187,7 +189,7 @@ def test_a_row_inserted_into_a_batch_range_waits_and_a_hold_cannot_be_overtaken(
                 other.close()
         return n, bound, digest
 
-    monkeypatch.setattr(store, "_pick_range", pick_then_interfere)
+    monkeypatch.setattr(sql_walks.RangeWalk, "pick", pick_then_interfere)
     _, _, r = store.policy.rule(f"db.events.{rule}")
     rec = Recorder()
     result = store.apply_stage("events", r, r.stages[0], NOW, 5, "test", rec)
@@ -203,8 +205,8 @@ def test_a_row_inserted_into_a_batch_range_waits_and_a_hold_cannot_be_overtaken(
 
 def test_a_count_the_act_does_not_confirm_is_refused_and_nothing_recorded(my_url, monkeypatch):
     store, eligible, _ = seeded(my_url)
-    real = store._pick_range
-    monkeypatch.setattr(store, "_pick_range", lambda *a: (lambda n, b, d: (n - 1, b, d))(*real(*a)))
+    real = sql_walks.RangeWalk.pick
+    monkeypatch.setattr(sql_walks.RangeWalk, "pick", lambda *a: (lambda n, b, d: (n - 1, b, d))(*real(*a)))
     _, _, r = store.policy.rule("db.events.old_delete")
     rec = Recorder()
     with pytest.raises(RetentionError, match="rolled back, nothing recorded"):
@@ -218,19 +220,19 @@ def test_range_walk_only_for_mariadb_integer_keys_and_one_statement_batches(monk
     from tests.unit.test_sweep_batching import MY, _mask, offline_store
 
     maria = offline_store(MY, mariadb=True)
-    assert maria._by_range("events", "delete", None) and maria._by_range("events", "lock", None)
-    assert maria._by_range("events", "anonymize", {"email": _mask("redact")})
-    assert not maria._by_range("events", "anonymize", {"email": _mask("hmac")})  # computed in Python
-    assert not offline_store(MY)._by_range("events", "delete", None)  # MySQL: not measured, not tested
-    assert not offline_store("sqlite://")._by_range("events", "delete", None)
+    assert sql_walks.by_range(maria, "events", "delete", None) and sql_walks.by_range(maria, "events", "lock", None)
+    assert sql_walks.by_range(maria, "events", "anonymize", {"email": _mask("redact")})
+    assert not sql_walks.by_range(maria, "events", "anonymize", {"email": _mask("hmac")})  # computed in Python
+    assert not sql_walks.by_range(offline_store(MY), "events", "delete", None)  # MySQL: not measured, not tested
+    assert not sql_walks.by_range(offline_store("sqlite://"), "events", "delete", None)
     text_key = offline_store(MY, mariadb=True)
     text_key._tables["events"] = sa.Table("events", sa.MetaData(), sa.Column("id", sa.String(40), primary_key=True),
                                           *(sa.Column(c) for c in ("email", "created_at", "legal_hold",
                                                                    "restricted_at", "restriction_reason",
                                                                    "anonymized_at")))
-    assert not text_key._by_range("events", "delete", None)  # collation order is not sorted() order
-    monkeypatch.setattr(maria, "_takes_along", lambda name: True)
-    assert not maria._by_range("events", "delete", None) and maria._by_range("events", "lock", None)
+    assert not sql_walks.by_range(text_key, "events", "delete", None)  # collation order is not sorted() order
+    monkeypatch.setattr(maria.acts, "takes_along", lambda name: True)
+    assert not sql_walks.by_range(maria, "events", "delete", None) and sql_walks.by_range(maria, "events", "lock", None)
 
 
 def test_a_truncated_key_list_is_refused_before_anything_is_acted_on(my_url):
@@ -255,7 +257,7 @@ def test_a_truncated_key_list_is_refused_before_anything_is_acted_on(my_url):
 @pytest.mark.parametrize("keys", ["zerofill", "negative"])
 def test_the_digest_text_is_python_s_for_keys_the_server_prints_otherwise_or_orders_as_text(my_url, keys):
     """``ZEROFILL`` keys print as ``000022`` in ``GROUP_CONCAT`` (Python's ``str`` of the key is ``22``) and negative
-    keys sort before positive ones as numbers, not as text: the recorded digest is still ``_pk_digest`` of the keys,
+    keys sort before positive ones as numbers, not as text: the recorded digest is still ``pk_digest`` of the keys,
     in one batch and over several."""
     engine = sqlmod.make_engine(my_url)
     key_type = "INT(6) UNSIGNED ZEROFILL" if keys == "zerofill" else "BIGINT"
@@ -273,13 +275,13 @@ def test_the_digest_text_is_python_s_for_keys_the_server_prints_otherwise_or_ord
     _, _, r = store.policy.rule("db.events.old_lock")
     one = Recorder()
     store.apply_stage("events", r, r.stages[0], NOW, 10_000, "test", one)
-    assert one.intents == [("lock", len(eligible), store._pk_digest(eligible))]
+    assert one.intents == [("lock", len(eligible), store.pk_digest(eligible))]
     _, _, r = store.policy.rule("db.events.old_delete")
     several = Recorder()
     store.apply_stage("events", r, r.stages[0], NOW, 7, "test", several)
     at = 0
     for _, n, digest in several.outcomes:
-        assert digest == store._pk_digest(eligible[at:at + n])
+        assert digest == store.pk_digest(eligible[at:at + n])
         at += n
     assert at == len(eligible) and len(several.outcomes) > 1
     with engine.connect() as conn:

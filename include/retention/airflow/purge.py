@@ -75,6 +75,22 @@ def _run_in(table, runs: Sequence[tuple[str, str]]):
     return sa.or_(*(sa.and_(table.c.dag_id == d, table.c.run_id == r) for d, r in runs))
 
 
+def _scope(older_than_days: int, dag_ids: Iterable[str], runs: Sequence[tuple[str, str]] | None
+           ) -> tuple[tuple[str, ...], list[tuple[str, str]] | None] | None:
+    """The DAGs and runs a purge covers (``runs`` narrows the DAGs to theirs); None: nothing to purge."""
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must not be negative, not {older_than_days}")
+    if runs is not None:
+        runs = [(str(d), str(r)) for d, r in runs]
+        if not runs:
+            return None
+        dag_ids = tuple(sorted({d for d, _ in runs}))
+    dag_ids = tuple(dag_ids)
+    if not dag_ids:
+        raise ValueError("dag_ids is empty")
+    return dag_ids, runs
+
+
 def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DAG_IDS,
                        dry_run: bool = False, runs: Sequence[tuple[str, str]] | None = None) -> dict[str, int]:
     """Purge personal data of the DAGs' runs that finished more than ``older_than_days`` ago.
@@ -98,16 +114,10 @@ def purge_erasure_runs(older_than_days: int, dag_ids: Iterable[str] = ERASURE_DA
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    if older_than_days < 0:
-        raise ValueError(f"older_than_days must not be negative, not {older_than_days}")
-    if runs is not None:
-        runs = [(str(d), str(r)) for d, r in runs]
-        if not runs:
-            return {}
-        dag_ids = tuple(sorted({d for d, _ in runs}))
-    dag_ids = tuple(dag_ids)
-    if not dag_ids:
-        raise ValueError("dag_ids is empty")
+    scope = _scope(older_than_days, dag_ids, runs)
+    if scope is None:
+        return {}
+    dag_ids, runs = scope
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=older_than_days)
 
     dr = DagRun.__table__

@@ -98,8 +98,8 @@ def summarize(results: list[dict[str, Any]], expected: list[str]) -> str:
 def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: list[str] | None = None
                         ) -> dict[str, int]:
     """Remove re-subscribed or re-imported suppressed identities (collections whose rules suppress)."""
-    from include.retention.erasure import SubjectScanner
-    from include.retention.suppression import enforce_system
+    from include.retention.requests.scanner import SubjectScanner
+    from include.retention.requests.suppression import enforce_system
 
     policy = load_policy(policy_path())
     runtime = Runtime(policy, airflow_resolver)

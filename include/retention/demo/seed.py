@@ -175,7 +175,6 @@ def seed_crm(engine: sa.Engine, now: dt.datetime, scale: int = 1, seed: int = DE
 
 
 def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[dict[str, Any]]]:
-    now = clock.now
     contacts, minors_with_held_child = _contacts(rng, clock, scale)
     adults = [c for c in contacts if not c["is_minor"]]
     minors = [c for c in contacts if c["is_minor"]]
@@ -185,6 +184,28 @@ def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[d
         # are kept back by a held dependent.
         return rng.choice(adults)
 
+    inquiries = _inquiries(rng, clock, scale, owner, minors)
+    leads = _leads(rng, clock, scale, owner)
+    applicants = _applicants(rng, clock, scale, owner)
+    tickets = _tickets(rng, clock, scale, owner, [c for c in minors if c["id"] in minors_with_held_child])
+    _settle_contact_times(clock, contacts, [
+        (inquiries, "last_contact_at"), (leads, "last_activity_at"),
+        (applicants, "recruitment_closed_at"), (tickets, "closed_at"),
+    ])
+    _stamp_orphans(clock, contacts, [inquiries, leads, applicants, tickets], scale)
+    return {
+        "contacts": contacts, "inquiries": inquiries, "leads": leads, "applicants": applicants,
+        "support_tickets": tickets, "client_accounts": _client_accounts(rng, clock, scale),
+        "social_messages": _social_messages(rng, clock, scale),
+    }
+
+
+Owner = Callable[[], dict[str, Any]]
+
+
+def _inquiries(rng: random.Random, clock: _Clock, scale: int, owner: Owner,
+               minors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    now = clock.now
     inquiries: list[dict[str, Any]] = []
 
     def inquiry(contact: dict[str, Any], last_contact_at: dt.datetime, held: bool) -> None:
@@ -207,7 +228,11 @@ def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[d
     # Every minor reached us through the contact form (deleted with them by crm.contacts.minors).
     for contact in minors:
         inquiry(contact, clock.between(clock.ago(months=6), now), False)
+    return inquiries
 
+
+def _leads(rng: random.Random, clock: _Clock, scale: int, owner: Owner) -> list[dict[str, Any]]:
+    now = clock.now
     leads = []
     spec = {"lock": 12, "lock_done": 3, "lock_held": 2, "delete": 5, "delete_locked": 3, "delete_held": 3,
             "fresh": 32}
@@ -228,7 +253,11 @@ def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[d
             "restricted_at": clock.after(when + relativedelta(months=24), 20) if locked else None,
             "restriction_reason": LEAD_LOCK_REASON if locked else None,
         })
+    return leads
 
+
+def _applicants(rng: random.Random, clock: _Clock, scale: int, owner: Owner) -> list[dict[str, Any]]:
+    now = clock.now
     applicants = []
     spec = {"open": 8, "recent": 16, "expired": 14, "expired_held": 4,
             "consent_open": 3, "consent_recent": 8, "consent_expired": 5, "consent_expired_held": 2}
@@ -248,7 +277,12 @@ def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[d
             "recruitment_closed_at": closed, "future_consent": consent, "legal_hold": label.endswith("held"),
             "restricted_at": None, "restriction_reason": None,
         })
+    return applicants
 
+
+def _tickets(rng: random.Random, clock: _Clock, scale: int, owner: Owner,
+             minors_with_held_child: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    now = clock.now
     tickets: list[dict[str, Any]] = []
 
     def ticket(contact: dict[str, Any], closed: dt.datetime | None, held: bool) -> None:
@@ -267,20 +301,9 @@ def _crm_rows(rng: random.Random, clock: _Clock, scale: int) -> dict[str, list[d
             closed = clock.between(clock.ago(months=36), now)
         ticket(owner(), closed, label.endswith("held"))
     # A minor whose open ticket is under legal hold cannot be deleted: the hold wins.
-    for contact in minors:
-        if contact["id"] in minors_with_held_child:
-            ticket(contact, None, True)
-
-    _settle_contact_times(clock, contacts, [
-        (inquiries, "last_contact_at"), (leads, "last_activity_at"),
-        (applicants, "recruitment_closed_at"), (tickets, "closed_at"),
-    ])
-    _stamp_orphans(clock, contacts, [inquiries, leads, applicants, tickets], scale)
-    return {
-        "contacts": contacts, "inquiries": inquiries, "leads": leads, "applicants": applicants,
-        "support_tickets": tickets, "client_accounts": _client_accounts(rng, clock, scale),
-        "social_messages": _social_messages(rng, clock, scale),
-    }
+    for contact in minors_with_held_child:
+        ticket(contact, None, True)
+    return tickets
 
 
 def _contacts(rng: random.Random, clock: _Clock, scale: int) -> tuple[list[dict[str, Any]], set[int]]:

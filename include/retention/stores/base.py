@@ -2,7 +2,8 @@
 
 Two families of operations: retention rules (``check`` / ``plan`` / ``apply_stage``) and
 subject operations (``subject_collections`` / ``scan`` / ``find`` / ``read`` / ``erase`` /
-``restrict`` / ``remaining``), the way a privacy connector retrieves and masks. Callers never
+``restrict`` / ``remaining``), the way a privacy connector retrieves and masks; what only some stores have is
+an optional capability (a ``Protocol``: ``ReferencingRows``, ``HoldsObjects``, ``HoldsConsents``). Callers never
 branch on the kind of store.
 """
 
@@ -13,7 +14,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from include.retention.errors import RetentionError
 from include.retention.identity import normalise
@@ -248,7 +249,8 @@ def claimed_keys(where: str, claims: Claims) -> list[Any]:
 
 
 class Store(abc.ABC):
-    """One system of the data map. Implementations: ``SqlStore``, ``S3Store``."""
+    """One system of the data map: what every store has. Implementations: ``SqlStore``, ``S3Store``; what only some
+    have is a capability below (``ReferencingRows``, ``HoldsObjects``, ``HoldsConsents``)."""
 
     kind: str = ""
 
@@ -298,25 +300,6 @@ class Store(abc.ABC):
         plan)."""
         return None
 
-    def referenced_keys(self, collection_name: str, reference: Any, keys: list[str]) -> set[str]:
-        """Which of ``keys`` (objects of ``reference.to``) an item of ``collection_name`` still references."""
-        raise RetentionError(f"{self.name}: {self.kind} stores hold nothing that references objects")
-
-    def delete_referenced(self, coll_ref: str, reference: Any, rows: list[dict[str, Any]]) -> int:
-        """Delete what ``rows`` of another store's ``coll_ref`` reference here (objects a CRM row owns)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")
-
-    # ---- the policy diff (include/retention/policy_diff.py): which items, not how many ------------------
-    def due_keys(self, collection_name: str, rule: Rule, now: dt.datetime) -> Iterator[list[tuple[str, Any]]]:
-        """(action, item key) of every item a sweep of ``rule`` at ``now`` would act on, a bounded batch at a
-        time; changes nothing. (SQL stores: the diff builds the rows' predicates itself, in the database.)"""
-        raise RetentionError(f"{self.name}: {self.kind} stores do not list the items a rule is due on")
-
-    def referenced_due(self, reference: Any, rows: list[dict[str, Any]]) -> list[Any]:
-        """Keys of the items here that ``delete_referenced(..., reference, rows)`` would delete now (not held);
-        changes nothing."""
-        raise RetentionError(f"{self.name}: {self.kind} stores hold nothing other systems' rows reference")
-
     # ---- subjects ---------------------------------------------------------------------------
     def subject_collections(self) -> list[str]:
         """Collections that declare identities, in the order a subject request handles them (children first)."""
@@ -335,7 +318,7 @@ class Store(abc.ABC):
 
     def scan_owned(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """As ``scan``, but only the identities that make an item the person's own: a field that only mentions
-        someone (``erase: mask``) is left out (what ``include.retention.person`` links people by)."""
+        someone (``erase: mask``) is left out (what ``include.retention.requests.person`` links people by)."""
         return self.scan(collection_name)
 
     def candidates(self, collection_name: str, subjects: list[Subject]
@@ -359,6 +342,10 @@ class Store(abc.ABC):
         return claims
 
     @abc.abstractmethod
+    def read_columns(self, collection_name: str) -> list[str]:
+        """The fields of each item ``read`` returns, in order (the columns of an access package's table)."""
+
+    @abc.abstractmethod
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
         """The claimed items' content (rows, object metadata), in bounded batches, for an access request."""
 
@@ -380,65 +367,18 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook: stores with connections override it
         pass
 
-    # ---- the other rights (access, rectification, consent withdrawal; ADR 0008) ------------------
-    def owned_keys(self, collection_name: str, key: str, is_prefix: bool) -> list[str]:
-        """Keys of the objects here that another store's row references (a key, or a prefix of keys)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores hold no objects other systems' rows reference")
-
-    def _no_references(self) -> RetentionError:
-        """What the reference methods below raise in a store whose items reference nothing (S3)."""
-        return RetentionError(f"{self.name}: {self.kind} stores have no rows referencing others")
-
     def owned(self, collection_name: str, claims: Claims, subjects: list[Subject]
               ) -> tuple[Claims, dict[Any, set[str]]]:
         """Split ``claims`` into the subjects' own items and the items that only mention them (key -> the fields
         that do; ``erase: mask``). By default every claimed item is the subjects' own."""
         return claims, {}
 
-    def column_values(self, collection_name: str, keys: list[Any], columns: list[str]) -> dict[Any, tuple]:
-        """Per item key: the values of ``columns`` (what references into this collection hold). Read-only."""
-        raise self._no_references()
-
-    def children(self, collection_name: str, reference: Any, parent_values: list[tuple]) -> dict[Any, tuple]:
-        """Keys of the items here whose ``reference`` columns (``reference.source_columns()``) equal one of
-        ``parent_values`` exactly, all pairs (compared in Python, never by a collation): key -> the matched tuple.
-        Read-only; an access package follows references with it, across databases too."""
-        raise self._no_references()
-
-    # ---- cascades from another system's rows (docs/adr/0012) ------------------------------------
-    # ``column``: the reference's column, or its list of columns (a reference of several columns: each value is then
-    # a tuple of as many, matched on every column).
-    def held_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> set[Any]:
-        """Of ``values``, those that a held item here references through ``column`` (their parents stay)."""
-        raise self._no_references()
-
-    def delete_dependents(self, collection_name: str, reference: Any, values: list[Any], *,
-                          record: Recorder | None = None, parent: str = "") -> tuple[dict[str, int], set[Any]]:
-        """Delete (or nullify) the items here referencing ``values``, children first, in bounded batches (each
-        recorded with ``record``); returns the counts and the values that still have items here."""
-        raise self._no_references()
-
-    def count_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> int:
-        """Items here whose ``column`` references one of ``values`` (for the safety brake)."""
-        raise self._no_references()
-
-    def dependents_of(self, collection_name: str, column: str | list[str], values: list[Any]) -> dict[Any, int]:
-        """Per value, the items here whose ``column`` references exactly it (an erasure's per-request counts)."""
-        raise self._no_references()
-
-    def count_rows(self, collection_name: str) -> int:
-        """Items in the collection (for the safety brake)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores do not count their items here")
-
-    def stream_object(self, collection_name: str, key: str) -> Iterator[bytes]:
-        """An object's bytes, in bounded chunks, exactly as stored (an access package copies them in)."""
-        raise RetentionError(f"{self.name}: {self.kind} stores hold no objects to stream")
-
+    # ---- the other rights (access, rectification; ADR 0008) -----------------------------------------------------
+    @abc.abstractmethod
     def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
                 *, dry_run: bool) -> SubjectOutcome:
         """Replace the subjects' identity values of the kinds in ``new_values`` (kind -> new value as given)
         with the new ones in the claimed items; counted as ``rectified`` per request."""
-        raise RetentionError(f"{self.name}: {self.kind} stores cannot rectify identities")
 
     def rectify_all(self, claims: dict[str, Claims], subjects: list[Subject], new_values: dict[str, str], *,
                     dry_run: bool) -> SubjectOutcome:
@@ -450,17 +390,80 @@ class Store(abc.ABC):
                 outcome.merge(self.rectify(name, found, subjects, new_values, dry_run=dry_run))
         return outcome
 
+    @abc.abstractmethod
     def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
                          new_values: dict[str, str]) -> list[str]:
         """Why ``rectify`` could not write the new values into the claimed items (each problem naming
         system.collection.field and what is wrong, never a value); [] when everything fits."""
-        raise RetentionError(f"{self.name}: {self.kind} stores cannot rectify identities")
+
+
+# ---- optional capabilities: what only some kinds of store have (callers test with ``isinstance``) ------------------
+@runtime_checkable
+class ReferencingRows(Protocol):
+    """Items that reference each other and objects by column values (SQL rows): a delete here takes dependents along
+    (docs/adr/0012), an access package follows references into them, S3 orphan rules look their keys up here."""
+
+    def referenced_keys(self, collection_name: str, reference: Any, keys: list[str]) -> set[str]:
+        """Which of ``keys`` (objects of ``reference.to``) an item of ``collection_name`` still references."""
+
+    def column_values(self, collection_name: str, keys: list[Any], columns: list[str]) -> dict[Any, tuple]:
+        """Per item key: the values of ``columns`` (what references into this collection hold). Read-only."""
+
+    def children(self, collection_name: str, reference: Any, parent_values: list[tuple]) -> dict[Any, tuple]:
+        """Keys of the items here whose ``reference`` columns (``reference.source_columns()``) equal one of
+        ``parent_values`` exactly, all pairs (compared in Python, never by a collation): key -> the matched tuple.
+        Read-only; an access package follows references with it, across databases too."""
+
+    # ``column``: the reference's column, or its list of columns (a reference of several columns: each value is then
+    # a tuple of as many, matched on every column).
+    def held_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> set[Any]:
+        """Of ``values``, those that a held item here references through ``column`` (their parents stay)."""
+
+    def delete_dependents(self, collection_name: str, reference: Any, values: list[Any], *,
+                          record: Recorder | None = None, parent: str = "") -> tuple[dict[str, int], set[Any]]:
+        """Delete (or nullify) the items here referencing ``values``, children first, in bounded batches (each
+        recorded with ``record``); returns the counts and the values that still have items here."""
+
+    def count_dependents(self, collection_name: str, column: str | list[str], values: list[Any]) -> int:
+        """Items here whose ``column`` references one of ``values`` (for the safety brake)."""
+
+    def dependents_of(self, collection_name: str, column: str | list[str], values: list[Any]) -> dict[Any, int]:
+        """Per value, the items here whose ``column`` references exactly it (an erasure's per-request counts)."""
+
+    def count_rows(self, collection_name: str) -> int:
+        """Items in the collection (for the safety brake)."""
+
+
+@runtime_checkable
+class HoldsObjects(Protocol):
+    """Items that are objects (S3): other systems' rows own them by key, an access package copies them in."""
+
+    def owned_keys(self, collection_name: str, key: str, is_prefix: bool) -> list[str]:
+        """Keys of the objects here that another store's row references (a key, or a prefix of keys)."""
+
+    def stream_object(self, collection_name: str, key: str) -> Iterator[bytes]:
+        """An object's bytes, in bounded chunks, exactly as stored (an access package copies them in)."""
+
+    def delete_referenced(self, coll_ref: str, reference: Any, rows: list[dict[str, Any]]) -> int:
+        """Delete what ``rows`` of another store's ``coll_ref`` reference here (objects a CRM row owns)."""
+
+    def referenced_due(self, reference: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        """Keys of the items here that ``delete_referenced(..., reference, rows)`` would delete now (not held);
+        changes nothing."""
+
+    def due_keys(self, collection_name: str, rule: Rule, now: dt.datetime) -> Iterator[list[tuple[str, Any]]]:
+        """(action, item key) of every item a sweep of ``rule`` at ``now`` would act on, a bounded batch at a
+        time; changes nothing (the policy diff; SQL stores: the diff builds the rows' predicates itself)."""
+
+
+@runtime_checkable
+class HoldsConsents(Protocol):
+    """Items with consent columns (SQL rows): a withdrawal sets them (ADR 0008)."""
 
     def withdraw(self, collection_name: str, claims: Claims, subjects: list[Subject], consents: list[str] | None,
                  *, dry_run: bool) -> SubjectOutcome:
         """Set the collection's consent columns (all, or those named in ``consents``) to their withdrawn value
         on the claimed items the subjects own; the retention rules then act on them as on anybody's."""
-        raise RetentionError(f"{self.name}: {self.kind} stores hold no consents")
 
 
 def collection_order(policy: Policy, system: str) -> list[str]:

@@ -36,6 +36,10 @@ Design decisions (see also the README of the data map):
 - Ledger entries and logs carry keyed digests of keys and counts, never keys: keys can
   hold names and e-mail addresses. Errors name the system, bucket and endpoint only.
 
+The store composes collaborators, each with the store as its one reference (``S3Core``): ``S3States``
+(which stage an object is in), ``S3Writes`` (lock, anonymize, old versions), ``S3Owned`` (objects rows own,
+orphans), ``S3ObjectSubjects`` and ``S3RecordSubjects`` (subject requests on objects, on records inside them).
+
 This module imports nothing from Airflow.
 """
 
@@ -43,44 +47,46 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from include.retention import keytemplate
 from include.retention.errors import SchemaMismatch, StoreUnavailable
-from include.retention.masking import STRATEGIES, keyed_digest
-from include.retention.policy import Collection, Policy, Reference, Rule, Stage, cutoff
-from include.retention.stores.base import Recorder, RulePlan, StageResult, Store, begin_record, end_record
+from include.retention.masking import keyed_digest
+from include.retention.policy import Collection, Policy, Reference, Rule, Stage
+from include.retention.stores.base import (
+    Claims,
+    Recorder,
+    RulePlan,
+    StageResult,
+    Store,
+    Subject,
+    SubjectOutcome,
+    begin_record,
+    end_record,
+)
 from include.retention.stores.s3_objects import (
-    _TAG_SAFE,
-    _UTC,
     ANONYMIZED_META,
-    CHUNK,
     LOCK_TAG,
     MAX_DELETE,
-    MAX_LINE,
     PART_SIZE,
-    PREFETCH_THREADS,
+    UTC,
     BucketInfo,
     ObjectsNotDeleted,
-    OwnedKeys,
     Page,
     S3Object,
     make_client,
     owned_key,
-    parse_date,
-    tag_matches,
 )
-from include.retention.stores.s3_orphans import S3Orphans
-from include.retention.stores.s3_record_store import S3Records
+from include.retention.stores.s3_orphans import Lookup, S3Owned
+from include.retention.stores.s3_record_store import S3RecordSubjects
+from include.retention.stores.s3_records import RECORD_COLUMNS
 from include.retention.stores.s3_spool import Spool
-from include.retention.stores.s3_writes import Purger, Upload, _safe_cut
-from include.retention.values import CollectionRef
+from include.retention.stores.s3_states import S3States
+from include.retention.stores.s3_subjects import S3ObjectSubjects
+from include.retention.stores.s3_writes import Purger, S3Writes
 
 if TYPE_CHECKING:
     from include.retention.connections import ConnInfo
@@ -90,7 +96,7 @@ __all__ = ["ANONYMIZED_META", "LOCK_TAG", "ObjectsNotDeleted", "S3Store", "make_
 log = logging.getLogger(__name__)
 
 
-class S3Store(S3Orphans, S3Records, Store):
+class S3Store(Store):
     kind = "s3"
 
     def __init__(self, name: str, policy: Policy, client: Any, *, key: bytes = b"", endpoint: str | None = None,
@@ -101,9 +107,14 @@ class S3Store(S3Orphans, S3Records, Store):
         self.endpoint = endpoint or client.meta.endpoint_url
         self.part_size = part_size
         self._buckets: dict[str, BucketInfo] = {}
-        self._pool: ThreadPoolExecutor | None = None
-        self._bands: tuple[Any, ...] = (None, None, [])  # (rule, now, [(cutoff, action), ...]) of _action
         self._spool: Spool | None = None  # the last plan's due objects, for its delete stage (s3_spool)
+        self.referenced: Lookup | None = None  # an orphan rule's look-up of owners (wired by ``Runtime``)
+        # collaborators, each with its own part of the store's work
+        self.states = S3States(self)
+        self.writes = S3Writes(self)
+        self.row_owned = S3Owned(self)
+        self.subjects = S3ObjectSubjects(self)
+        self.records = S3RecordSubjects(self)
 
     @classmethod
     def from_conn(cls, name: str, policy: Policy, info: ConnInfo, *, key: bytes = b"", **kwargs: Any) -> S3Store:
@@ -111,8 +122,7 @@ class S3Store(S3Orphans, S3Records, Store):
         client, endpoint = make_client(info)
         return cls(name, policy, client, key=key, endpoint=endpoint, **kwargs)
 
-    # ---- calls ----------------------------------------------------------------------------
-    def _fail(self, operation: str, exc: Exception) -> StoreUnavailable:
+    def fail(self, operation: str, exc: Exception) -> StoreUnavailable:
         # Never str(exc): botocore puts the request URL, and so the object key, into some messages.
         if isinstance(exc, ClientError):
             err = exc.response.get("Error", {})
@@ -124,13 +134,13 @@ class S3Store(S3Orphans, S3Records, Store):
             f"{self.name}: S3 endpoint {self.endpoint} is unreachable or failed during {operation} "
             f"({type(exc).__name__})")
 
-    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+    def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:
             return getattr(self.client, operation)(**kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise self._fail(operation, exc) from None
+            raise self.fail(operation, exc) from None
 
-    def _pages(self, operation: str, size: Callable[[], int] | None = None, **kwargs: Any
+    def pages(self, operation: str, size: Callable[[], int] | None = None, **kwargs: Any
                ) -> Iterator[dict[str, Any]]:
         """The pages of a listing; with ``size``, each request asks for ``size()`` entries (at most 1,000)."""
         if size is not None:
@@ -143,7 +153,7 @@ class S3Store(S3Orphans, S3Records, Store):
             except StopIteration:
                 return
             except (ClientError, BotoCoreError) as exc:
-                raise self._fail(operation, exc) from None
+                raise self.fail(operation, exc) from None
             yield page
 
     def _sized_pages(self, operation: str, size: Callable[[], int], params: dict[str, Any]
@@ -151,7 +161,7 @@ class S3Store(S3Orphans, S3Records, Store):
         # What the paginator does, with the page size chosen again before every request.
         params = dict(params)
         while True:
-            page = self._call(operation, **params, MaxKeys=max(1, min(size(), 1000)))
+            page = self.call(operation, **params, MaxKeys=max(1, min(size(), 1000)))
             yield page
             if not page.get("IsTruncated"):
                 return
@@ -161,7 +171,7 @@ class S3Store(S3Orphans, S3Records, Store):
                 params["KeyMarker"], params["VersionIdMarker"] = page["NextKeyMarker"], page["NextVersionIdMarker"]
 
     @staticmethod
-    def _missing(exc: ClientError) -> bool:
+    def missing(exc: ClientError) -> bool:
         code = exc.response.get("Error", {}).get("Code", "")
         return code in ("404", "NoSuchKey", "NoSuchVersion", "405", "MethodNotAllowed")
 
@@ -171,11 +181,10 @@ class S3Store(S3Orphans, S3Records, Store):
 
     def close(self) -> None:
         self.release_plan()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        if self.states.pool is not None:
+            self.states.pool.shutdown(wait=True)
         self.client.close()
 
-    # ---- schema ---------------------------------------------------------------------------
     def coll(self, name: str) -> Collection:
         return self.policy.systems[self.name].collections[name]
 
@@ -187,16 +196,16 @@ class S3Store(S3Orphans, S3Records, Store):
 
     def bucket_info(self, bucket: str) -> BucketInfo:
         if bucket not in self._buckets:
-            status = self._call("get_bucket_versioning", Bucket=bucket).get("Status")
+            status = self.call("get_bucket_versioning", Bucket=bucket).get("Status")
             try:
                 conf = self.client.get_object_lock_configuration(Bucket=bucket)
                 locked = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
-                    raise self._fail("GetObjectLockConfiguration", exc) from None
+                    raise self.fail("GetObjectLockConfiguration", exc) from None
                 locked = False
             except BotoCoreError as exc:
-                raise self._fail("GetObjectLockConfiguration", exc) from None
+                raise self.fail("GetObjectLockConfiguration", exc) from None
             # A suspended bucket still holds old versions: treat it as versioned.
             self._buckets[bucket] = BucketInfo(versioned=status in ("Enabled", "Suspended"), object_lock=locked)
         return self._buckets[bucket]
@@ -210,26 +219,25 @@ class S3Store(S3Orphans, S3Records, Store):
             if code in ("404", "NoSuchBucket"):
                 raise SchemaMismatch(f"{self.name}.{collection_name}: bucket {coll.bucket!r} does not exist "
                                      f"at {self.endpoint}") from None
-            raise self._fail("HeadBucket", exc) from None
+            raise self.fail("HeadBucket", exc) from None
         except BotoCoreError as exc:
-            raise self._fail("HeadBucket", exc) from None
+            raise self.fail("HeadBucket", exc) from None
         self.bucket_info(coll.bucket)
 
-    # ---- listing --------------------------------------------------------------------------
     def objects(self, bucket: str, prefix: str, after: str = "", size: Callable[[], int] | None = None
                 ) -> Iterator[Page]:
         """The keys under ``prefix`` (and after the key ``after``), one listing page at a time (of ``size()``
         entries, versions and delete markers in a versioned bucket, when given; else 1,000)."""
         if not self.bucket_info(bucket).versioned:
             start = {"StartAfter": after} if after else {}
-            for page in self._pages("list_objects_v2", size, Bucket=bucket, Prefix=prefix, **start):
+            for page in self.pages("list_objects_v2", size, Bucket=bucket, Prefix=prefix, **start):
                 yield Page((S3Object(o["Key"], o["LastModified"]) for o in page.get("Contents", [])),
                            more=bool(page.get("IsTruncated")))
             return
         carry: S3Object | None = None  # the last key of a page may continue on the next one
         checked, relisted = not after, None  # after a KeyMarker: the first key's versions (see _first_key)
-        for page in self._pages("list_object_versions", size, Bucket=bucket, Prefix=prefix,
-                                **({"KeyMarker": after} if after else {})):
+        for page in self.pages("list_object_versions", size, Bucket=bucket, Prefix=prefix,
+                               **({"KeyMarker": after} if after else {})):
             entries = [(v, False) for v in page.get("Versions", [])]
             entries += [(m, True) for m in page.get("DeleteMarkers", [])]
             if relisted is not None:
@@ -273,7 +281,7 @@ class S3Store(S3Orphans, S3Records, Store):
         if any(e.get("IsLatest") for e, _ in entries if e["Key"] == key):
             return None
         own = []
-        for page in self._pages("list_object_versions", Bucket=bucket, Prefix=key):
+        for page in self.pages("list_object_versions", Bucket=bucket, Prefix=key):
             own += [(v, False) for v in page.get("Versions", []) if v["Key"] == key]
             own += [(m, True) for m in page.get("DeleteMarkers", []) if m["Key"] == key]
         return own
@@ -283,11 +291,11 @@ class S3Store(S3Orphans, S3Records, Store):
             try:
                 obj.head = self.client.head_object(Bucket=bucket, Key=obj.key, **obj.vid())
             except ClientError as exc:
-                if not self._missing(exc):
-                    raise self._fail("HeadObject", exc) from None
+                if not self.missing(exc):
+                    raise self.fail("HeadObject", exc) from None
                 obj.gone = True
             except BotoCoreError as exc:
-                raise self._fail("HeadObject", exc) from None
+                raise self.fail("HeadObject", exc) from None
         return obj.head
 
     def tags(self, bucket: str, obj: S3Object) -> dict[str, str] | None:
@@ -295,12 +303,12 @@ class S3Store(S3Orphans, S3Records, Store):
             try:
                 tag_set = self.client.get_object_tagging(Bucket=bucket, Key=obj.key, **obj.vid())["TagSet"]
             except ClientError as exc:
-                if not self._missing(exc):
-                    raise self._fail("GetObjectTagging", exc) from None
+                if not self.missing(exc):
+                    raise self.fail("GetObjectTagging", exc) from None
                 obj.gone = True
                 return None
             except BotoCoreError as exc:
-                raise self._fail("GetObjectTagging", exc) from None
+                raise self.fail("GetObjectTagging", exc) from None
             obj.tags = {t["Key"]: t["Value"] for t in tag_set}
         return obj.tags
 
@@ -309,7 +317,7 @@ class S3Store(S3Orphans, S3Records, Store):
 
         What the company's jobs call before processing an object.
         """
-        obj = S3Object(key, dt.datetime.now(_UTC), version_id=version_id)
+        obj = S3Object(key, dt.datetime.now(UTC), version_id=version_id)
         tags = self.tags(bucket, obj)
         if tags is None:
             return False
@@ -319,141 +327,6 @@ class S3Store(S3Orphans, S3Records, Store):
             return (self.head(bucket, obj) or {}).get("ObjectLockLegalHoldStatus") == "ON"
         return False
 
-    # ---- classification -------------------------------------------------------------------
-    def _start(self, bucket: str, rule: Rule, obj: S3Object, match: re.Match[str] | None) -> dt.datetime | None:
-        basis = rule.start.basis
-        if basis == "key_date":
-            return keytemplate.key_date(match) if match else None
-        if basis == "metadata":
-            if not obj.version_id and not obj.live:
-                return None  # only delete markers: no object to read metadata from
-            head = self.head(bucket, obj) or {}
-            meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
-            return parse_date(meta.get((rule.start.name or "").lower()))
-        if basis == "tag":
-            if not obj.version_id and not obj.live:
-                return None
-            return parse_date((self.tags(bucket, obj) or {}).get(rule.start.name or ""))
-        lm = obj.last_modified
-        return lm if lm.tzinfo else lm.replace(tzinfo=_UTC)
-
-    def _held(self, bucket: str, coll: Collection, obj: S3Object, now: dt.datetime) -> bool:
-        """Legal hold: a tag condition of the collection, or S3's own legal hold / retention we did not set."""
-        if not obj.version_id and not obj.live:
-            return False  # only delete markers: nothing to hold
-        if coll.legal_hold:
-            tags = self.tags(bucket, obj) or {}
-            if any(tag_matches(c, tags) for c in coll.legal_hold):
-                return True
-        if self.bucket_info(bucket).object_lock:
-            head = self.head(bucket, obj) or {}
-            if head.get("ObjectLockLegalHoldStatus") == "ON" and LOCK_TAG not in (self.tags(bucket, obj) or {}):
-                return True
-            until = head.get("ObjectLockRetainUntilDate")
-            if until is not None and until > now:
-                return True
-        return False
-
-    def _done(self, bucket: str, action: str, obj: S3Object) -> bool:
-        if action == "lock":
-            if LOCK_TAG not in (self.tags(bucket, obj) or {}):
-                return False
-            # Under Object Lock a lock is complete only with the legal hold (a failed hold is retried).
-            return not self.bucket_info(bucket).object_lock or (
-                (self.head(bucket, obj) or {}).get("ObjectLockLegalHoldStatus") == "ON")
-        if action == "anonymize":
-            meta = (self.head(bucket, obj) or {}).get("Metadata", {})
-            return any(k.lower() == ANONYMIZED_META for k in meta)
-        return False
-
-    def _action(self, rule: Rule, start: dt.datetime, now: dt.datetime) -> str | None:
-        # Stages are ordered by period; the strongest one whose period has ended applies. The cutoffs are
-        # computed once per rule and instant, not per object (parsing the periods was a tenth of a sweep).
-        if self._bands[0] is not rule or self._bands[1] != now:
-            self._bands = (rule, now, [(cutoff(now, s, rule.start), s.action) for s in reversed(rule.stages)])
-        return next((action for edge, action in self._bands[2] if start < edge), None)
-
-    def classify(self, collection_name: str, rule: Rule, obj: S3Object, now: dt.datetime,
-                 pattern: re.Pattern[str] | None, only: str | None = None) -> tuple[str | None, str]:
-        """(stage action, state) of one object; state is out / kept / no_date / held / done / due.
-
-        With ``only``, objects due for another stage are not examined further (state ``other``).
-        """
-        coll = self.coll(collection_name)
-        match = pattern.fullmatch(obj.key) if pattern else None
-        if pattern and not match:
-            return None, "out"
-        start = self._start(coll.bucket, rule, obj, match)
-        if obj.gone:
-            return None, "kept"
-        if start is None:
-            return None, "no_date"
-        action = self._action(rule, start, now)
-        if action is None or (not obj.live and action != "delete"):
-            return action, "kept"
-        if only and action != only:
-            return action, "other"
-        if self._held(coll.bucket, coll, obj, now):
-            return action, "held"
-        if self._done(coll.bucket, action, obj):
-            return action, "done"
-        return action, ("kept" if obj.gone else "due")
-
-    def _prefetch(self, coll: Collection, rule: Rule, page: list[S3Object], now: dt.datetime,
-                  pattern: re.Pattern[str] | None, only: str | None) -> None:
-        """Fetch the per-object facts ``classify`` will need for a page, many requests at a time.
-
-        S3 has no batch HEAD or tagging call; one request after another would make a sweep of
-        a large prefix take hours, so up to ``PREFETCH_THREADS`` run in parallel.
-        """
-        bucket, basis = coll.bucket, rule.start.basis
-        locked_bucket = self.bucket_info(bucket).object_lock
-        scoped = [(o, pattern.fullmatch(o.key) if pattern else None) for o in page]
-        scoped = [(o, m) for o, m in scoped if m or not pattern]
-        if basis in ("metadata", "tag"):  # the date itself is per-object
-            self._fetch(bucket, [o for o, _ in scoped if o.version_id or o.live], head=basis == "metadata",
-                        tags=basis == "tag")
-        wanted: dict[str, list[S3Object]] = {"head": [], "tags": []}
-        for obj, match in scoped:
-            start = self._start(bucket, rule, obj, match)  # cached or free by now
-            action = None if start is None or obj.gone else self._action(rule, start, now)
-            if action is None or (only and action != only) or (not obj.live and action != "delete"):
-                continue
-            # (An anonymize rewrite reads tags too, but only for the few objects not done yet: lazily.)
-            if coll.legal_hold or locked_bucket or action == "lock":
-                wanted["tags"].append(obj)
-            if locked_bucket or action == "anonymize":
-                wanted["head"].append(obj)
-        self._fetch(bucket, wanted["head"], head=True)
-        self._fetch(bucket, wanted["tags"], tags=True)
-
-    def _fetch(self, bucket: str, objs: list[S3Object], *, head: bool = False, tags: bool = False) -> None:
-        todo = [(self.head if head else self.tags, o) for o in objs
-                if not o.gone and ((head and o.head is None) or (tags and o.tags is None))]
-        if len(todo) < 2:
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix=f"s3-{self.name}")
-        for future in [self._pool.submit(fn, bucket, o) for fn, o in todo]:
-            future.result()  # re-raises StoreUnavailable from the worker
-
-    def _walk(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None):
-        for page in self._walk_pages(collection_name, rule, now, only):
-            yield from page
-
-    def _walk_pages(self, collection_name: str, rule: Rule, now: dt.datetime, only: str | None = None,
-                    pages: Iterator[list[S3Object]] | None = None):
-        """(object, action, state) per object, one listing page at a time (or one page of ``pages``, a plan's
-        spool); an orphan rule's due objects that a row still references are ``referenced`` (looked up once per
-        page)."""
-        coll = self.coll(collection_name)
-        pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
-        for page in pages if pages is not None else self.objects(coll.bucket, self.prefix(coll)):
-            self._prefetch(coll, rule, page, now, pattern, only)
-            classified = [(obj, *self.classify(collection_name, rule, obj, now, pattern, only)) for obj in page]
-            yield self.unowned(collection_name, classified) if rule.start.orphaned is not None else classified
-
-    # ---- plan -----------------------------------------------------------------------------
     def spools(self, collection_name: str, rule: Rule) -> bool:
         """Does the plan of ``rule`` keep its due objects for the delete stage (``s3_spool``)?
 
@@ -470,15 +343,15 @@ class S3Store(S3Orphans, S3Records, Store):
     def plan(self, collection_name: str, rule: Rule, now: dt.datetime, *, for_act: bool = False) -> RulePlan:
         """Count what ``rule`` would touch at ``now``; ``for_act`` (a sweep about to act, not a dry run, forecast or
         page): keep the due objects in a spool for the delete stage, until it reads them or ``release_plan``."""
-        now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
         self.release_plan()
         if rule.start.basis == "record":
-            return self.plan_records(collection_name, rule, now)
+            return self.records.plan_records(collection_name, rule, now)
         spool = Spool(collection_name, rule, now) if for_act and self.spools(collection_name, rule) else None
         total = in_scope = held = already = no_date = 0
         eligible = {s.action: 0 for s in rule.stages}
         try:
-            for obj, action, state in self._walk(collection_name, rule, now):
+            for obj, action, state in self.states.walk(collection_name, rule, now):
                 total += 1
                 if state == "out":
                     continue
@@ -503,12 +376,11 @@ class S3Store(S3Orphans, S3Records, Store):
                         no_date, rule.start.basis)
         return RulePlan(total=total, in_scope=in_scope, eligible=eligible, held=held, already=already)
 
-    # ---- act ------------------------------------------------------------------------------
     def apply_stage(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
                     reason: str, record: Recorder) -> StageResult:
-        now = now if now.tzinfo else now.replace(tzinfo=_UTC)
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
         if rule.start.basis == "record":
-            return self.sweep_records(collection_name, rule, stage, now, batch_size, record)
+            return self.records.sweep_records(collection_name, rule, stage, now, batch_size, record)
         coll = self.coll(collection_name)
         bucket = coll.bucket
         result = StageResult(action=stage.action)
@@ -544,11 +416,11 @@ class S3Store(S3Orphans, S3Records, Store):
                     done.clear()
 
             try:
-                for obj, action, state in self._walk(collection_name, rule, now, only=stage.action):
+                for obj, action, state in self.states.walk(collection_name, rule, now, only=stage.action):
                     if state != "due" or action != stage.action:
                         continue
-                    acted = (self._lock(bucket, obj, reason, now) if stage.action == "lock"
-                             else self._anonymize(bucket, obj, stage, now))
+                    acted = (self.writes.lock(bucket, obj, reason, now) if stage.action == "lock"
+                             else self.writes.anonymize(bucket, obj, stage, now))
                     if acted:
                         done.append(obj.key)
                     if len(done) >= batch_size:
@@ -568,7 +440,7 @@ class S3Store(S3Orphans, S3Records, Store):
             return None
         bucket, keys = self.coll(collection_name).bucket, list(reread["keys"])
         left = [key for key in keys
-                if any(v["Key"] == key for page in self._pages("list_object_versions", Bucket=bucket, Prefix=key)
+                if any(v["Key"] == key for page in self.pages("list_object_versions", Bucket=bucket, Prefix=key)
                        for v in page.get("Versions", []))]
         count = len(keys) - len(left)
         return count, {"how": "reread", "committed": count > 0,
@@ -579,10 +451,10 @@ class S3Store(S3Orphans, S3Records, Store):
                     pages: Iterator[list[S3Object]] | None) -> None:
         """Delete what is due for deletion now, classified page by page: a fresh listing's pages, or the pages
         of the plan's spool (classified again, tags and HEADs read again where the rule needs them)."""
-        for page in self._walk_pages(collection_name, rule, now, only="delete", pages=pages):
+        for page in self.states.walk_pages(collection_name, rule, now, only="delete", pages=pages):
             for obj, action, state in page:
                 if state == "due" and action == "delete":
-                    self._release_own_hold(bucket, obj)
+                    self.writes.release_own_hold(bucket, obj)
                     purger.add(obj)
             if rule.start.orphaned is not None:  # right after the page's owners were looked up
                 purger.flush()
@@ -601,202 +473,62 @@ class S3Store(S3Orphans, S3Records, Store):
             self._spool.close()
             self._spool = None
 
-    def _lock(self, bucket: str, obj: S3Object, reason: str, now: dt.datetime) -> bool:
-        tags = self.tags(bucket, obj)
-        if tags is None:
-            return False
-        if LOCK_TAG not in tags:
-            value = _TAG_SAFE.sub("_", f"{reason}@{now:%Y-%m-%d}")[:256]
-            tag_set = [{"Key": k, "Value": v} for k, v in {**tags, LOCK_TAG: value}.items()]
-            # PutObjectTagging replaces the whole set, so existing tags are written back with ours.
-            self._call("put_object_tagging", Bucket=bucket, Key=obj.key, Tagging={"TagSet": tag_set}, **obj.vid())
-            obj.tags = {**tags, LOCK_TAG: value}
-        # Tag first: a failed legal hold then leaves a visibly locked object that the next run completes.
-        if self.bucket_info(bucket).object_lock and (self.head(bucket, obj) or {}).get(
-                "ObjectLockLegalHoldStatus") != "ON":
-            self._call("put_object_legal_hold", Bucket=bucket, Key=obj.key, LegalHold={"Status": "ON"}, **obj.vid())
-        return True
-
-    def _release_own_hold(self, bucket: str, obj: S3Object) -> None:
-        """Before deleting: lift a legal hold this store set as a lock (tagged ``retention-lock``)."""
-        if not (self.bucket_info(bucket).object_lock and obj.version_id):
-            return
-        head = self.head(bucket, obj) or {}
-        if head.get("ObjectLockLegalHoldStatus") == "ON" and LOCK_TAG in (self.tags(bucket, obj) or {}):
-            self._call("put_object_legal_hold", Bucket=bucket, Key=obj.key, LegalHold={"Status": "OFF"},
-                       VersionId=obj.version_id)
-
-    # ---- anonymize ------------------------------------------------------------------------
-    def _anonymize(self, bucket: str, obj: S3Object, stage: Stage, now: dt.datetime) -> bool:
-        head = self.head(bucket, obj)
-        tags = self.tags(bucket, obj)
-        if head is None or tags is None:
-            return False
-        masks = [(STRATEGIES[m.strategy], m.value) for m in stage.mask.values()]
-
-        def rewrite(block: bytes) -> bytes:
-            # latin-1 maps each byte to one character and back: every byte outside an address survives.
-            text = block.decode("latin-1")
-            for strategy, value in masks:
-                text = strategy.text(text, value)
-            return text.encode("latin-1")
-
-        extra: dict[str, Any] = {
-            "Metadata": {**head.get("Metadata", {}), ANONYMIZED_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
-        for name in ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl"):
-            if head.get(name):
-                extra[name] = head[name]
-        if tags:
-            extra["Tagging"] = urlencode(tags)
-        # Read exactly the version that was classified (or fail if it changed in between).
-        source = {"VersionId": obj.version_id} if obj.version_id else {"IfMatch": head["ETag"]}
-        body = self._call("get_object", Bucket=bucket, Key=obj.key, **source)["Body"]
-        upload = Upload(self, bucket, obj.key, extra, self.part_size)
-        try:
-            read, carry = 0, b""
-            for chunk in body.iter_chunks(CHUNK):
-                read += len(chunk)
-                carry += chunk
-                cut = carry.rfind(b"\n") + 1
-                if not cut and len(carry) > MAX_LINE:
-                    cut = _safe_cut(carry)
-                if cut:
-                    upload.write(rewrite(carry[:cut]))
-                    carry = carry[cut:]
-            upload.write(rewrite(carry))
-            if read != head.get("ContentLength", read):
-                raise StoreUnavailable(f"{self.name}: S3 object read short during anonymization "
-                                       f"({read} of {head.get('ContentLength')} bytes); object left unchanged")
-            new_version = upload.complete()
-        except BaseException as exc:
-            upload.abort()
-            if isinstance(exc, (ClientError, BotoCoreError)):
-                raise self._fail("GetObject", exc) from None
-            raise
-        finally:
-            body.close()
-        if self.bucket_info(bucket).versioned:
-            self._drop_old_versions(bucket, obj.key, keep=new_version)
-        return True
-
-    def _drop_old_versions(self, bucket: str, key: str, keep: str | None) -> None:
-        """After a rewrite in a versioned bucket: older versions still hold the original content."""
-        purger = Purger(self, bucket, MAX_DELETE, None)
-        for page in self.objects(bucket, key):
-            for obj in page:
-                if obj.key != key:
-                    continue
-                if keep not in obj.data_versions:
-                    log.warning("%s: rewritten object not found among its versions in bucket %s; older versions "
-                                "kept for the next run", self.name, bucket)
-                    return
-                # Versions are listed newest first: only those older than the rewrite hold original content
-                # (a newer one would be somebody else's write after ours).
-                purger.add_versions(key, obj.data_versions[obj.data_versions.index(keep) + 1:], counts=False)
-        purger.flush()
-
-    # ---- references from SQL rows ---------------------------------------------------------
-    def delete_referenced(self, coll_ref: str, reference: Reference, rows: list[dict[str, Any]]) -> int:
-        """Delete the objects (all versions) that ``rows`` of ``coll_ref`` reference; return how many.
-
-        ``reference.key_template`` filled from a row names an exact key, or a prefix when it ends
-        in ``/`` or ``...``; otherwise ``reference.column`` holds the exact key. Objects under a
-        legal hold stay (and are counted in the log); keys outside the collection's prefix are refused.
-
-        The whole batch of rows is found with one forward listing (``owned_objects``), not one per row;
-        tags and HEADs are read only where a legal-hold condition or Object Lock needs them, a page at a time.
-        """
-        target = CollectionRef.parse(reference.to).collection
-        coll = self.coll(target)
-        bucket, base = coll.bucket, self.prefix(coll)
-        now = dt.datetime.now(_UTC)
-        purger = Purger(self, bucket, MAX_DELETE, None)
-        held = outside = 0
-        wanted: list[tuple[str, bool]] = []
-        for row in rows:
-            key, is_prefix = owned_key(reference, row)
-            if key is None:
-                continue
-            if not key.startswith(base):
-                outside += 1
-                continue
-            wanted.append((key, is_prefix))
-        locked_bucket = self.bucket_info(bucket).object_lock
-        for page in self.owned_objects(bucket, OwnedKeys(wanted)):
-            holdable = [o for o in page if o.version_id or o.live]
-            if coll.legal_hold or locked_bucket:
-                self._fetch(bucket, holdable, tags=True)
-            if locked_bucket:
-                self._fetch(bucket, holdable, head=True)
-            for obj in page:
-                if self._held(bucket, coll, obj, now):
-                    held += 1
-                    continue
-                self._release_own_hold(bucket, obj)
-                purger.add(obj)
-        purger.flush()
-        if held or outside:
-            log.warning("%s: %d objects referenced from %s kept under legal hold, %d references outside prefix "
-                        "of %s ignored", self.name, held, coll_ref, outside, reference.to)
-        log.info("%s: deleted %d objects (%d versions) owned by %d rows of %s", self.name, purger.objects,
-                 purger.versions, len(rows), coll_ref)
-        return purger.objects
-
     def due_keys(self, collection_name: str, rule: Rule, now: dt.datetime) -> Iterator[list[tuple[str, Any]]]:
         """(action, object key) of the objects ``plan`` at ``now`` counts as due, a listing page at a time."""
-        now = now if now.tzinfo else now.replace(tzinfo=_UTC)
-        for page in self._walk_pages(collection_name, rule, now):
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        for page in self.states.walk_pages(collection_name, rule, now):
             yield [(action, obj.key) for obj, action, state in page if state == "due"]
 
+    # ---- objects rows own (``S3Owned``) ------------------------------------------------------------------------
+    def delete_referenced(self, coll_ref: str, reference: Reference, rows: list[dict[str, Any]]) -> int:
+        return self.row_owned.delete_referenced(coll_ref, reference, rows)
+
     def referenced_due(self, reference: Reference, rows: list[dict[str, Any]]) -> list[Any]:
-        """The keys ``delete_referenced`` would delete for ``rows`` (inside the prefix, not held), one listing."""
-        coll = self.coll(CollectionRef.parse(reference.to).collection)
-        bucket, base = coll.bucket, self.prefix(coll)
-        now = dt.datetime.now(_UTC)
-        wanted = [(key, is_prefix) for key, is_prefix in (owned_key(reference, row) for row in rows)
-                  if key is not None and key.startswith(base)]
-        if not wanted:
-            return []
-        locked_bucket = self.bucket_info(bucket).object_lock
-        out: list[Any] = []
-        for page in self.owned_objects(bucket, OwnedKeys(wanted)):
-            holdable = [o for o in page if o.version_id or o.live]
-            if coll.legal_hold or locked_bucket:
-                self._fetch(bucket, holdable, tags=True)
-            if locked_bucket:
-                self._fetch(bucket, holdable, head=True)
-            out += [obj.key for obj in page if not self._held(bucket, coll, obj, now)]
-        return out
+        return self.row_owned.referenced_due(reference, rows)
 
-    def owned_objects(self, bucket: str, wanted: OwnedKeys) -> Iterator[list[S3Object]]:
-        """The objects of ``wanted``, a page at a time, from one forward listing of their common prefix.
+    # ---- subjects: objects (``S3ObjectSubjects``), records inside objects (``S3RecordSubjects``) -----------------
+    def find(self, collection_name: str, subjects: list[Subject], *, exhaustive: bool = False) -> Claims:
+        claims = super().find(collection_name, subjects, exhaustive=exhaustive)
+        if self.coll(collection_name).format is not None:
+            claims.subjects = list(subjects)  # ``read`` returns only these subjects' records of the objects
+        return claims
 
-        When the next wanted key lies beyond a page, the listing jumps there (a new request starting just
-        before it) instead of paging through the keys in between: at most one request per wanted key, and
-        at most one per 1,000 keys between the first and the last wanted one plus one per jump.
-        In a versioned bucket a wanted key the listing did not show is listed once more on its own, without a
-        marker: moto 5 drops the first version after a KeyMarker (a key with one version vanishes from the
-        page); on S3 these are keys that do not exist (one request each).
-        """
-        yield from self._owned_listing(bucket, wanted)
-        for key, is_prefix in wanted.unseen() if self.bucket_info(bucket).versioned else []:
-            own = [obj for page in self.objects(bucket, key) for obj in page if is_prefix or obj.key == key]
-            if own:
-                yield own
+    def read_columns(self, collection_name: str) -> list[str]:
+        if self.coll(collection_name).format:
+            return RECORD_COLUMNS
+        return ["bucket", "key", "version_id", "size", "last_modified", "content_type"]
 
-    def _owned_listing(self, bucket: str, wanted: OwnedKeys) -> Iterator[list[S3Object]]:
-        prefix = wanted.common_prefix()
-        while not wanted.done():
-            jumped = False
-            for page in self.objects(bucket, prefix, after=wanted.seek(), size=wanted.page_size):
-                wanted.listed(sum(len(obj.versions) or 1 for obj in page))
-                found = [obj for obj in page if wanted.match(obj.key)]
-                if found:
-                    yield found
-                if wanted.done():
-                    return
-                if page.more and page and page[-1].key < wanted.seek():
-                    jumped = True  # the next wanted key is further on than the next page would start
-                    break
-            if not jumped:
-                return
+    def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        return self.records.scan(collection_name)
+
+    def candidates(self, collection_name: str, subjects: list[Subject]
+                   ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        return self.records.candidates(collection_name, subjects)
+
+    def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
+        return self.records.read(collection_name, claims)
+
+    def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+              ) -> SubjectOutcome:
+        return self.records.erase(collection_name, claims, subjects, dry_run=dry_run)
+
+    def restrict(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
+                 ) -> SubjectOutcome:
+        return self.records.restrict(collection_name, claims, subjects, dry_run=dry_run)
+
+    def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
+        return self.records.remaining(collection_name, subjects, mode)
+
+    def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
+                *, dry_run: bool) -> SubjectOutcome:
+        return self.records.rectify(collection_name, claims, subjects, new_values, dry_run=dry_run)
+
+    def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
+                         new_values: dict[str, str]) -> list[str]:
+        return self.records.rectify_problems(collection_name, claims, subjects, new_values)
+
+    def owned_keys(self, collection_name: str, key: str, is_prefix: bool) -> list[str]:
+        return self.subjects.owned_keys(collection_name, key, is_prefix)
+
+    def stream_object(self, collection_name: str, key: str) -> Iterator[bytes]:
+        return self.subjects.stream_object(collection_name, key)

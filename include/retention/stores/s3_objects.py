@@ -9,9 +9,9 @@ import datetime as dt
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 from botocore.config import Config
@@ -19,7 +19,7 @@ from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from include.retention import keytemplate
 from include.retention.errors import StoreUnavailable
-from include.retention.policy import Condition, Reference
+from include.retention.policy import Collection, Condition, Reference
 
 if TYPE_CHECKING:
     from include.retention.connections import ConnInfo
@@ -33,9 +33,9 @@ PART_SIZE = 8 * 1024 * 1024  # multipart part size of a rewrite; S3 needs >= 5 M
 CHUNK = 64 * 1024
 PREFETCH_THREADS = 16  # parallel HEAD / GetObjectTagging requests per page
 MAX_LINE = 1024 * 1024  # a "line" longer than this is cut at a character no IP address contains
-_NOT_IN_ADDRESS = re.compile(rb"[^0-9A-Za-z:.]")
-_TAG_SAFE = re.compile(r"[^\w .:/=+\-@]")
-_UTC = dt.UTC
+NOT_IN_ADDRESS = re.compile(rb"[^0-9A-Za-z:.]")
+TAG_SAFE = re.compile(r"[^\w .:/=+\-@]")
+UTC = dt.UTC
 
 # Short timeouts and few retries: an unreachable endpoint should fail a task in seconds, not hang it.
 CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
@@ -55,7 +55,7 @@ def parse_date(text: str | None) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=_UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def parse_timestamp(value: str) -> dt.datetime:
@@ -65,7 +65,7 @@ def parse_timestamp(value: str) -> dt.datetime:
         parsed = dt.datetime.fromisoformat(value)
     except (TypeError, ValueError):
         return botocore_parse_timestamp(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 # ---- objects ------------------------------------------------------------------------------
@@ -214,3 +214,43 @@ def owned_key(reference: Reference, row: dict[str, Any]) -> tuple[str | None, bo
         return keytemplate.fill(reference.key_template, row)
     value = row.get(reference.column) if reference.column else None
     return (str(value), False) if value not in (None, "") else (None, False)
+
+
+class S3Core(Protocol):
+    """What the S3 store's collaborators (``S3States``, ``S3Writes``, ``S3Owned``, ``S3ObjectSubjects``,
+    ``S3RecordSubjects``) and object helpers (``Purger``, ``Upload``, ``ObjectRecords``) use of it: ``S3Store`` is
+    the one implementation. The collaborators reach each other through it (``states``, ``writes``, ``row_owned``,
+    ``subjects``)."""
+
+    name: str
+    client: Any
+    key: bytes
+    part_size: int
+    referenced: Callable[[str, list[str]], set[str]] | None
+    states: Any
+    writes: Any
+    row_owned: Any
+    subjects: Any
+
+    def ref(self, collection_name: str) -> str: ...
+
+    def coll(self, name: str) -> Collection: ...
+
+    def prefix(self, coll: Collection) -> str: ...
+
+    def call(self, operation: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    def fail(self, operation: str, exc: Exception) -> StoreUnavailable: ...
+
+    def digest(self, keys: list[str]) -> str: ...
+
+    def bucket_info(self, bucket: str) -> BucketInfo: ...
+
+    def objects(self, bucket: str, prefix: str, after: str = "", size: Callable[[], int] | None = None
+                ) -> Iterator[Page]: ...
+
+    def head(self, bucket: str, obj: S3Object) -> dict[str, Any] | None: ...
+
+    def tags(self, bucket: str, obj: S3Object) -> dict[str, str] | None: ...
+
+    def find(self, collection_name: str, subjects: list[Any], *, exhaustive: bool = False) -> Any: ...

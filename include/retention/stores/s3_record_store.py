@@ -1,5 +1,5 @@
-"""Subject operations on records inside S3 objects (collections with a ``format``): a mixin of ``S3Store``
-that handles those collections and hands every other one to ``S3Subjects`` (docs/adr/0021).
+"""Subject operations on records inside S3 objects (collections with a ``format``): a collaborator of ``S3Store``
+that handles those collections and hands every other one to ``S3ObjectSubjects`` (docs/adr/0021).
 
 An item of such a collection is an object key; a person's items are the keys where some version holds one of
 their records. Erase rewrites the current version without their records (``erase: mask`` fields masked
@@ -42,7 +42,7 @@ from include.retention.stores.base import (
     lock_reason_for,
     own_lock_reasons,
 )
-from include.retention.stores.s3_objects import LOCK_TAG, MAX_DELETE, S3Object
+from include.retention.stores.s3_objects import LOCK_TAG, MAX_DELETE, S3Core, S3Object
 from include.retention.stores.s3_records import (
     EXPIRED,
     RECORD_BATCH,
@@ -54,16 +54,15 @@ from include.retention.stores.s3_records import (
     RecordsUnreadable,
     RewriteNotVerified,
     Tally,
-    _Sink,
     digest_of,
-    expected_of,
+    identities,
     judge_version,
     key_digest,
     partition_span,
     record_time,
-    write_version,
 )
-from include.retention.stores.s3_subjects import S3Subjects, lock_reason
+from include.retention.stores.s3_rewrite import Sink, expected_of, write_version
+from include.retention.stores.s3_subjects import lock_reason
 from include.retention.stores.s3_writes import Purger, Upload
 
 if TYPE_CHECKING:
@@ -74,13 +73,16 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".retention-rewrite/"  # plain buckets: a rewrite is written here, checked, then copied over
 
 
-class S3Records(S3Subjects):
-    """Mixin of ``S3Store``: subject operations on collections of records; the rest goes to ``S3Subjects``."""
+class S3RecordSubjects:
+    """Subject operations on collections of records inside objects (``format``); a collection of plain objects goes
+    to the store's ``subjects`` (a collaborator of ``S3Store``)."""
 
-    # ---- reading ---------------------------------------------------------------------------
-    def _record_versions(self, coll: Collection, obj: S3Object) -> list[tuple[S3Object, bool]]:
+    def __init__(self, store: S3Core):
+        self.store = store
+
+    def record_versions(self, coll: Collection, obj: S3Object) -> list[tuple[S3Object, bool]]:
         """(one data version, is it the current one) of an object, newest first."""
-        if not self.bucket_info(coll.bucket).versioned:
+        if not self.store.bucket_info(coll.bucket).versioned:
             return [(obj, True)] if obj.live else []
         out = []
         for vid in obj.data_versions:
@@ -88,98 +90,99 @@ class S3Records(S3Subjects):
             out.append((obj if current else S3Object(obj.key, obj.last_modified, version_id=vid), current))
         return out
 
-    def _reader(self, coll: Collection, vobj: S3Object) -> ObjectRecords | None:
-        head = self.head(coll.bucket, vobj)
-        return None if head is None else ObjectRecords(self, coll, vobj, head)
+    def reader(self, coll: Collection, vobj: S3Object) -> ObjectRecords | None:
+        head = self.store.head(coll.bucket, vobj)
+        return None if head is None else ObjectRecords(self.store, coll, vobj, head)
 
-    def _unreadable(self, coll: Collection, obj: S3Object, exc: RecordsUnreadable) -> RecordsUnreadable:
-        digest = key_digest(self.key, obj.key)
-        return RecordsUnreadable(f"{self.name}: an object of {coll.bucket} (key digest {digest}) cannot be read as "
-                                 f"{coll.format}: {exc}; nothing of it was changed")
+    def unreadable(self, coll: Collection, obj: S3Object, exc: RecordsUnreadable) -> RecordsUnreadable:
+        digest = key_digest(self.store.key, obj.key)
+        return RecordsUnreadable(f"{self.store.name}: an object of {coll.bucket} (key digest {digest}) cannot be read "
+                                 f"as {coll.format}: {exc}; nothing of it was changed")
 
-    def _judge(self, coll: Collection, vobj: S3Object, judge: Judge) -> Tally | None:
-        reader = self._reader(coll, vobj)
+    def judge(self, coll: Collection, vobj: S3Object, judge: Judge) -> Tally | None:
+        reader = self.reader(coll, vobj)
         if reader is None:
             return None
         try:
             return judge_version(reader, judge, judge.fields())
         except RecordsUnreadable as exc:
-            raise self._unreadable(coll, vobj, exc) from None
+            raise self.unreadable(coll, vobj, exc) from None
 
-    def _record_objects(self, coll: Collection, keys: list[str] | None = None) -> Iterator[S3Object]:
+    def record_objects(self, coll: Collection, keys: list[str] | None = None) -> Iterator[S3Object]:
         """The collection's objects (or those under exactly ``keys``) as they are now."""
         if keys is None:
-            for page in self.objects(coll.bucket, self.prefix(coll)):
-                yield from (o for o, _ in self._scoped(coll, page))
+            for page in self.store.objects(coll.bucket, self.store.prefix(coll)):
+                yield from (o for o, _ in self.store.subjects.scoped(coll, page))
         else:
-            for page in self._now(coll, keys):
+            for page in self.store.subjects.objects_now(coll, keys):
                 yield from (o for o, _ in page)
 
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
-        coll = self.coll(collection_name)
-        if coll.format is None:
-            yield from super().scan(collection_name)
+        if self.store.coll(collection_name).format is None:
+            yield from self.store.subjects.scan(collection_name)
             return
+        yield from self._scan_records(collection_name, None)
+
+    def candidates(self, collection_name: str, subjects: list[Subject]
+                   ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Parquet: only the records holding one of these subjects' values (found column by column)."""
+        coll = self.store.coll(collection_name)
+        if coll.format != "parquet":
+            return self.scan(collection_name)
+        return self._scan_records(collection_name, Judge(coll, subjects))
+
+    def _scan_records(self, collection_name: str, judge: Judge | None
+                      ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        coll = self.store.coll(collection_name)
         fields = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields()]
         columns = sorted({n for _, n in fields})
+        seen: dict[Any, Any] = {}  # this scan's identity values, normalised once
         out: list[tuple[Any, dict[str, set[str]]]] = []
         without = 0  # versions whose header / schema has none of the identity fields
-        for obj in self._record_objects(coll):
-            for vobj, _ in self._record_versions(coll, obj):
-                reader = self._reader(coll, vobj)
+        for obj in self.record_objects(coll):
+            for vobj, _ in self.record_versions(coll, obj):
+                reader = self.reader(coll, vobj)
                 if reader is None:
                     continue
                 try:
-                    yield from self._scan_version(reader, obj.key, fields, columns, out)
+                    yield from self.scan_version(reader, obj.key, fields, columns, out, seen, judge)
                 except RecordsUnreadable as exc:
-                    raise self._unreadable(coll, vobj, exc) from None
+                    raise self.unreadable(coll, vobj, exc) from None
                 names = reader.header if coll.format == "csv" else reader.schema.names if reader.schema else None
                 without += names is not None and not set(columns) & set(names)
         if out:
             yield out
         if without:
             log.warning("%s: %d object version(s) of %s have none of the identity fields %s in their %s: nobody "
-                        "can be found in them", self.ref(collection_name), without, coll.bucket, ", ".join(columns),
-                        "header" if coll.format == "csv" else "schema")
+                        "can be found in them", self.store.ref(collection_name), without, coll.bucket,
+                        ", ".join(columns), "header" if coll.format == "csv" else "schema")
 
-    def _scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
-                      out: list[tuple[Any, dict[str, set[str]]]]) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+    def scan_version(self, reader: ObjectRecords, key: str, fields: list[tuple[str, str]], columns: list[str],
+                     out: list[tuple[Any, dict[str, set[str]]]], seen: dict[Any, Any], judge: Judge | None
+                     ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """Add each record's identities to ``out`` (under the object's key); yield ``out`` whenever it is full."""
         for batch in reader.batches(columns):
-            for record in batch.records:
-                if not isinstance(record, dict):
-                    continue
-                found: dict[str, set[str]] = {}
-                for kind, name in fields:
-                    value = normalise(kind, record.get(name))
-                    if value is not None:
-                        found.setdefault(kind, set()).add(value)
+            for found in identities(batch, fields, seen, judge):
                 if found:
                     out.append((key, found))
             if len(out) >= RECORD_BATCH:
                 yield list(out)
                 out.clear()
 
-    def find(self, collection_name: str, subjects: list[Subject], *, exhaustive: bool = False) -> Claims:
-        claims = super().find(collection_name, subjects, exhaustive=exhaustive)
-        if self.coll(collection_name).format is not None:
-            claims.subjects = list(subjects)  # ``read`` returns only these subjects' records of the objects
-        return claims
-
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
-        coll = self.coll(collection_name)
+        coll = self.store.coll(collection_name)
         if coll.format is None:
-            yield from super().read(collection_name, claims)
+            yield from self.store.subjects.read(collection_name, claims)
             return
         subjects = getattr(claims, "subjects", None)
         if subjects is None:
-            raise RetentionError(f"{self.ref(collection_name)}: records are read for the subjects a find found them "
-                                 "for; these claims carry none (nothing was read)")
+            raise RetentionError(f"{self.store.ref(collection_name)}: records are read for the subjects a find found "
+                                 "them for; these claims carry none (nothing was read)")
         judge = Judge(coll, subjects)
         batch: list[dict[str, Any]] = []
-        for obj in self._record_objects(coll, sorted(claims)):
-            for vobj, _ in self._record_versions(coll, obj):
-                reader = self._reader(coll, vobj)
+        for obj in self.record_objects(coll, sorted(claims)):
+            for vobj, _ in self.record_versions(coll, obj):
+                reader = self.reader(coll, vobj)
                 if reader is None:
                     continue
                 try:
@@ -193,39 +196,38 @@ class S3Records(S3Subjects):
                                 yield batch
                                 batch = []
                 except RecordsUnreadable as exc:
-                    raise self._unreadable(coll, vobj, exc) from None
+                    raise self.unreadable(coll, vobj, exc) from None
         if batch:
             yield batch
 
-    # ---- erase ------------------------------------------------------------------------------
     def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
               ) -> SubjectOutcome:
-        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        coll, ref = self.store.coll(collection_name), self.store.ref(collection_name)
         if coll.format is None:
-            return super().erase(collection_name, claims, subjects, dry_run=dry_run)
+            return self.store.subjects.erase(collection_name, claims, subjects, dry_run=dry_run)
         outcome = SubjectOutcome()
         judge = Judge(coll, subjects)
-        own = own_lock_reasons(subjects, self.key)
+        own = own_lock_reasons(subjects, self.store.key)
         now = dt.datetime.now(dt.UTC)
-        for obj in self._record_objects(coll, claimed_keys(ref, claims)):
-            self._erase_object(coll, ref, obj, judge, own, now, outcome, dry_run)
+        for obj in self.record_objects(coll, claimed_keys(ref, claims)):
+            self.erase_object(coll, ref, obj, judge, own, now, outcome, dry_run)
         return outcome
 
-    def _erase_object(self, coll: Collection, ref: str, obj: S3Object, judge: Any, own: set[str],
-                      now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str = "masked") -> None:
+    def erase_object(self, coll: Collection, ref: str, obj: S3Object, judge: Any, own: set[str],
+                     now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str = "masked") -> None:
         """Rewrite the current version as ``judge`` says (records dropped, fields masked or corrected: counted as
         ``changed_as``), delete the older versions holding records it claims; held versions are exceptions."""
         doomed: list[S3Object] = []
-        for vobj, current in self._record_versions(coll, obj):
-            tally = self._judge(coll, vobj, judge)
+        for vobj, current in self.record_versions(coll, obj):
+            tally = self.judge(coll, vobj, judge)
             if tally is None or not tally.found:
                 continue
-            reason = self._exception(coll, vobj, own, now)
+            reason = self.store.subjects.exception(coll, vobj, own, now)
             if reason is not None:
                 for rid, n in tally.per_request().items():
                     outcome.add(rid, ref, f"exception:{reason}", n)
                 continue
-            if lock_reason(self.tags(coll.bucket, vobj)) is not None:
+            if lock_reason(self.store.tags(coll.bucket, vobj)) is not None:
                 for rid in tally.per_request():
                     outcome.add(rid, ref, "lifted")
             if current:
@@ -233,8 +235,10 @@ class S3Records(S3Subjects):
                     outcome.add(rid, ref, "deleted", n)
                 for rid, n in tally.masked.items():
                     outcome.add(rid, ref, changed_as, n)
+                for rid in tally.per_request():
+                    outcome.add(rid, ref, "objects_rewritten")  # the records went from inside this many objects
                 if not dry_run:
-                    self._rewrite(coll, vobj, judge, tally, now)
+                    self.rewrite(coll, vobj, judge, tally, now)
             else:
                 for rid in tally.per_request():
                     outcome.add(rid, ref, "versions_deleted")
@@ -242,17 +246,17 @@ class S3Records(S3Subjects):
                 doomed.append(vobj)
         if dry_run or not doomed:
             return
-        self._before_old_versions_go(coll.bucket, obj.key)
-        purger = Purger(self, coll.bucket, MAX_DELETE, None)
+        self.before_old_versions_go(coll.bucket, obj.key)
+        purger = Purger(self.store, coll.bucket, MAX_DELETE, None)
         for vobj in doomed:
-            self._release_own_hold(coll.bucket, vobj)
+            self.store.writes.release_own_hold(coll.bucket, vobj)
             purger.add_versions(obj.key, [vobj.version_id], counts=False)
         purger.flush()
 
-    def _before_old_versions_go(self, bucket: str, key: str) -> None:
+    def before_old_versions_go(self, bucket: str, key: str) -> None:
         """Between a checked rewrite and the deletes of the versions it replaces (a seam tests interrupt)."""
 
-    def _rewrite(self, coll: Collection, vobj: S3Object, judge: Any, expected: Tally, now: dt.datetime) -> None:
+    def rewrite(self, coll: Collection, vobj: S3Object, judge: Any, expected: Tally, now: dt.datetime) -> None:
         """Write ``vobj`` again without (or with masked) records ``judge`` claims; check it; make it current.
 
         Versioned bucket: the new version goes on top of the key (the original stays below it until the caller
@@ -260,9 +264,9 @@ class S3Records(S3Subjects):
         original (which stays whole until that copy), then the temporary key goes.
         """
         bucket = coll.bucket
-        head = self.head(bucket, vobj) or {}
-        versioned = self.bucket_info(bucket).versioned
-        tags = {k: v for k, v in (self.tags(bucket, vobj) or {}).items() if k != LOCK_TAG}  # own lock: lifted
+        head = self.store.head(bucket, vobj) or {}
+        versioned = self.store.bucket_info(bucket).versioned
+        tags = {k: v for k, v in (self.store.tags(bucket, vobj) or {}).items() if k != LOCK_TAG}  # own lock: lifted
         extra: dict[str, Any] = {"Metadata": {**head.get("Metadata", {}),
                                               REWRITE_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
         for name in ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl"):
@@ -270,39 +274,41 @@ class S3Records(S3Subjects):
                 extra[name] = head[name]
         if tags:
             extra["Tagging"] = urlencode(tags)
-        target = vobj.key if versioned else TEMP_PREFIX + key_digest(self.key, vobj.key)
-        reader = ObjectRecords(self, coll, vobj, head)
-        upload = Upload(self, bucket, target, extra, self.part_size)
+        target = vobj.key if versioned else TEMP_PREFIX + key_digest(self.store.key, vobj.key)
+        reader = ObjectRecords(self.store, coll, vobj, head)
+        upload = Upload(self.store, bucket, target, extra, self.store.part_size)
         try:
-            written = write_version(reader, judge, _Sink(upload, reader.gzip), self.key)
+            written = write_version(reader, judge, Sink(upload, reader.gzip), self.store.key)
             new_version = upload.complete()
+            if not versioned:  # no versions here (a multipart upload may still be answered with version "null")
+                new_version = None
         except RecordsUnreadable as exc:
             upload.abort()
-            raise self._unreadable(coll, vobj, exc) from None
+            raise self.unreadable(coll, vobj, exc) from None
         except BaseException:
             upload.abort()
             raise
         try:
-            self._check_rewrite(coll, vobj, reader, judge, written, expected, target, new_version)
+            self.check_rewrite(coll, vobj, reader, judge, written, expected, target, new_version)
             if versioned:
-                self._check_nothing_between(coll, vobj, new_version)
+                self.check_nothing_between(coll, vobj, new_version)
         except BaseException:
-            self._undo(bucket, target, new_version)
+            self.undo(bucket, target, new_version)
             raise
         if not versioned:
             try:
-                self._before_old_versions_go(bucket, vobj.key)
-                if (self._call("head_object", Bucket=bucket, Key=vobj.key) or {}).get("ETag") != head.get("ETag"):
-                    raise StoreUnavailable(f"{self.name}: an object of {bucket} changed while it was rewritten; it "
-                                           "is left as it is now for the next run")
-                self._call("copy_object", Bucket=bucket, Key=vobj.key,
-                           CopySource={"Bucket": bucket, "Key": target}, MetadataDirective="COPY",
-                           TaggingDirective="COPY")
+                self.before_old_versions_go(bucket, vobj.key)
+                if (self.store.call("head_object", Bucket=bucket, Key=vobj.key) or {}).get("ETag") != head.get("ETag"):
+                    raise StoreUnavailable(f"{self.store.name}: an object of {bucket} changed while it was rewritten; "
+                                           "it is left as it is now for the next run")
+                self.store.call("copy_object", Bucket=bucket, Key=vobj.key,
+                                CopySource={"Bucket": bucket, "Key": target}, MetadataDirective="COPY",
+                                TaggingDirective="COPY")
             finally:  # the temporary key goes in any case (a process killed here leaves it for the next run)
-                self._undo(bucket, target, None)
+                self.undo(bucket, target, None)
 
-    def _check_rewrite(self, coll: Collection, vobj: S3Object, reader: ObjectRecords, judge: Any, written: Tally,
-                       expected: Tally, target: str, new_version: str | None) -> None:
+    def check_rewrite(self, coll: Collection, vobj: S3Object, reader: ObjectRecords, judge: Any, written: Tally,
+                      expected: Tally, target: str, new_version: str | None) -> None:
         """Re-read what was written and compare it with what the original, judged again on its own, says must
         remain (records in order and content, masked ones as masked) and with the original's schema."""
         problems = []
@@ -310,20 +316,20 @@ class S3Records(S3Subjects):
                 written.records != expected.records:
             problems.append("the original read differently the second time")
         new = S3Object(target, dt.datetime.now(dt.UTC), version_id=new_version)
-        new_head = self.head(coll.bucket, new)
+        new_head = self.store.head(coll.bucket, new)
         if new_head is None:
-            raise RewriteNotVerified(f"{self.name}: a rewritten object of {coll.bucket} is not there to check")
-        again = ObjectRecords(self, coll, new, new_head, gzip=reader.gzip)
+            raise RewriteNotVerified(f"{self.store.name}: a rewritten object of {coll.bucket} is not there to check")
+        again = ObjectRecords(self.store, coll, new, new_head, gzip=reader.gzip)
         try:
             count, digest = digest_of(again)
         except RecordsUnreadable as exc:
-            raise RewriteNotVerified(f"{self.name}: a rewritten object of {coll.bucket} reads back unreadable "
+            raise RewriteNotVerified(f"{self.store.name}: a rewritten object of {coll.bucket} reads back unreadable "
                                      f"({exc}); the original stays") from None
         try:
-            meant, meant_digest = expected_of(ObjectRecords(self, coll, vobj, reader.head, gzip=reader.gzip),
-                                              judge, self.key)
+            meant, meant_digest = expected_of(ObjectRecords(self.store, coll, vobj, reader.head, gzip=reader.gzip),
+                                              judge, self.store.key)
         except RecordsUnreadable as exc:
-            raise self._unreadable(coll, vobj, exc) from None
+            raise self.unreadable(coll, vobj, exc) from None
         if count != meant or count != written.records - written.removed:
             problems.append(f"{count} records read back, {meant} meant")
         if digest.hexdigest() != meant_digest.hexdigest() or digest.hexdigest() != written.digest.hexdigest():
@@ -333,94 +339,97 @@ class S3Records(S3Subjects):
         if coll.format == "csv" and again.header != reader.header and written.records - written.removed:
             problems.append("the CSV header changed")
         if problems:
-            raise RewriteNotVerified(f"{self.name}: a rewrite in {coll.bucket} (key digest "
-                                     f"{key_digest(self.key, vobj.key)}) did not check out: {'; '.join(problems)}; "
-                                     "the original stays")
+            raise RewriteNotVerified(f"{self.store.name}: a rewrite in {coll.bucket} (key digest "
+                                     f"{key_digest(self.store.key, vobj.key)}) did not check out: "
+                                     f"{'; '.join(problems)}; the original stays")
 
-    def _check_nothing_between(self, coll: Collection, vobj: S3Object, new_version: str | None) -> None:
+    def check_nothing_between(self, coll: Collection, vobj: S3Object, new_version: str | None) -> None:
         """The new version must sit right on the one it rewrote: a version written in between would be hidden by
         ours (then ours goes, and the request stays open for the next run)."""
-        for page in self.objects(coll.bucket, vobj.key):
+        for page in self.store.objects(coll.bucket, vobj.key):
             for obj in page:
                 if obj.key != vobj.key or new_version not in obj.data_versions:
                     continue
                 below = obj.data_versions[obj.data_versions.index(new_version) + 1:]
                 if below[:1] == [vobj.version_id]:
                     return
-        raise StoreUnavailable(f"{self.name}: an object of {coll.bucket} changed while it was rewritten; the "
+        raise StoreUnavailable(f"{self.store.name}: an object of {coll.bucket} changed while it was rewritten; the "
                                "rewrite is undone and the object left for the next run")
 
-    def _undo(self, bucket: str, key: str, version: str | None) -> None:
-        self._call("delete_object", Bucket=bucket, Key=key, **({"VersionId": version} if version else {}))
+    def undo(self, bucket: str, key: str, version: str | None) -> None:
+        self.store.call("delete_object", Bucket=bucket, Key=key, **({"VersionId": version} if version else {}))
 
-    # ---- restrict / verify -------------------------------------------------------------------
     def restrict(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
                  ) -> SubjectOutcome:
-        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        coll, ref = self.store.coll(collection_name), self.store.ref(collection_name)
         if coll.format is None:
-            return super().restrict(collection_name, claims, subjects, dry_run=dry_run)
+            return self.store.subjects.restrict(collection_name, claims, subjects, dry_run=dry_run)
         outcome = SubjectOutcome()
         judge = Judge(coll, subjects)
         by_rid = {s.request_id: s for s in subjects}
         now = dt.datetime.now(dt.UTC)
-        for obj in self._record_objects(coll, claimed_keys(ref, claims)):
-            for vobj, _ in self._record_versions(coll, obj):
-                tally = self._judge(coll, vobj, judge)
+        for obj in self.record_objects(coll, claimed_keys(ref, claims)):
+            for vobj, _ in self.record_versions(coll, obj):
+                tally = self.judge(coll, vobj, judge)
                 if tally is None or not tally.found:
                     continue
                 per = tally.per_request()
-                if self._done(coll.bucket, "lock", vobj):
+                if self.store.states.done(coll.bucket, "lock", vobj):
                     what = "already_restricted"
                 else:
                     what = "restricted"
                     if not dry_run:
                         kind, value = sorted(by_rid[min(per)].identities.items())[0]
-                        reason = lock_reason(self.tags(coll.bucket, vobj)) or lock_reason_for(
-                            RESTRICTION, f"{kind}\x00{value}", self.key)
-                        self._lock(coll.bucket, vobj, reason, now)
+                        reason = lock_reason(self.store.tags(coll.bucket, vobj)) or lock_reason_for(
+                            RESTRICTION, f"{kind}\x00{value}", self.store.key)
+                        self.store.writes.lock(coll.bucket, vobj, reason, now)
                 for rid, n in per.items():
                     outcome.add(rid, ref, what, n)
+                    if what == "restricted":  # S3 locks whole versions: the others' records in it are locked too
+                        outcome.add(rid, ref, "objects_locked")
+                        others = tally.records - sum(per.values())
+                        if others > 0:
+                            outcome.add(rid, ref, "others_restricted", others)
         return outcome
 
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
-        coll = self.coll(collection_name)
+        coll = self.store.coll(collection_name)
         if coll.format is None:
-            return super().remaining(collection_name, subjects, mode)
+            return self.store.subjects.remaining(collection_name, subjects, mode)
         judge = Judge(coll, subjects)
-        own = own_lock_reasons(subjects, self.key)
+        own = own_lock_reasons(subjects, self.store.key)
         now = dt.datetime.now(dt.UTC)
         left: dict[str, int] = {}
-        for obj in self._record_objects(coll):
-            for vobj, _ in self._record_versions(coll, obj):
-                tally = self._judge(coll, vobj, judge)
+        for obj in self.record_objects(coll):
+            for vobj, _ in self.record_versions(coll, obj):
+                tally = self.judge(coll, vobj, judge)
                 if tally is None or not tally.found:
                     continue
                 if mode == "restrict":
-                    allowed = self._done(coll.bucket, "lock", vobj)
+                    allowed = self.store.states.done(coll.bucket, "lock", vobj)
                 else:
-                    allowed = self._exception(coll, vobj, own, now) is not None
+                    allowed = self.store.subjects.exception(coll, vobj, own, now) is not None
                 if not allowed:
                     for rid, n in tally.per_request().items():
                         left[rid] = left.get(rid, 0) + n
         return left
 
-    # ---- the other rights ------------------------------------------------------------------------
     def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
                          new_values: dict[str, str]) -> list[str]:
         """Records: a new value somebody else's record in the same object already carries (the object-level
         check of ``correction`` cannot see it), or one a Parquet column's type cannot hold; counted, never
         a value."""
-        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        coll, ref = self.store.coll(collection_name), self.store.ref(collection_name)
         if coll.format is None:
-            return super().rectify_problems(collection_name, claims, subjects, new_values)
+            return self.store.subjects.rectify_problems(collection_name, claims, subjects, new_values)
         probes = [Subject(f"\x00probe:{kind}", {kind: normalise(kind, value)}) for kind, value in new_values.items()
                   if normalise(kind, value) is not None]
         judge = Judge(coll, [*subjects, *probes])
         fields = [(kind, f.column.partition(":")[2]) for kind, f in coll.identity_fields() if kind in new_values]
         found: dict[str, int] = {}
-        for obj in self._record_objects(coll, claimed_keys(ref, claims)):
-            for vobj, _ in self._record_versions(coll, obj):
-                reader = self._reader(coll, vobj)
+        for obj in self.record_objects(coll, claimed_keys(ref, claims)):
+            for vobj, _ in self.record_versions(coll, obj):
+                reader = self.reader(coll, vobj)
                 if reader is None:
                     continue
                 try:
@@ -434,15 +443,15 @@ class S3Records(S3Subjects):
                                     found[problem] = found.get(problem, 0) + 1
                     if coll.format == "parquet" and reader.schema is not None:
                         for kind, name in fields:
-                            problem = self._parquet_misfit(ref, reader.schema, kind, name, new_values[kind])
+                            problem = self.parquet_misfit(ref, reader.schema, kind, name, new_values[kind])
                             if problem:
                                 found[problem] = found.get(problem, 0) + 1
                 except RecordsUnreadable as exc:
-                    raise self._unreadable(coll, vobj, exc) from None
+                    raise self.unreadable(coll, vobj, exc) from None
         return [f"{problem} ({n})" for problem, n in sorted(found.items())]
 
     @staticmethod
-    def _parquet_misfit(ref: str, schema: Any, kind: str, name: str, value: str) -> str | None:
+    def parquet_misfit(ref: str, schema: Any, kind: str, name: str, value: str) -> str | None:
         import pyarrow as pa
 
         if name not in schema.names:
@@ -458,30 +467,29 @@ class S3Records(S3Subjects):
                 *, dry_run: bool) -> SubjectOutcome:
         """Records carrying an old value get the new one (in every identity field of the kind) by rewriting the
         current version; older versions holding old values go; held versions are exceptions."""
-        coll, ref = self.coll(collection_name), self.ref(collection_name)
+        coll, ref = self.store.coll(collection_name), self.store.ref(collection_name)
         if coll.format is None:
-            return super().rectify(collection_name, claims, subjects, new_values, dry_run=dry_run)
+            return self.store.subjects.rectify(collection_name, claims, subjects, new_values, dry_run=dry_run)
         outcome = SubjectOutcome()
         corrector = Corrector(coll, subjects, new_values)
-        own = own_lock_reasons(subjects, self.key)
+        own = own_lock_reasons(subjects, self.store.key)
         now = dt.datetime.now(dt.UTC)
-        for obj in self._record_objects(coll, claimed_keys(ref, claims)):
-            self._erase_object(coll, ref, obj, corrector, own, now, outcome, dry_run, changed_as="rectified")
+        for obj in self.record_objects(coll, claimed_keys(ref, claims)):
+            self.erase_object(coll, ref, obj, corrector, own, now, outcome, dry_run, changed_as="rectified")
         return outcome
 
-    # ---- retention sweeps of records (a rule counting from a record field) ----------------------------
-    def _record_edge(self, rule: Rule, now: dt.datetime) -> dt.datetime:
+    def record_edge(self, rule: Rule, now: dt.datetime) -> dt.datetime:
         # Validation allows delete stages only, one per rule: its end of period.
         return max(cutoff(now, stage, rule.start) for stage in rule.stages)
 
-    def _record_walk(self, collection_name: str, rule: Rule, now: dt.datetime
+    def record_walk(self, collection_name: str, rule: Rule, now: dt.datetime
                      ) -> Iterator[tuple[S3Object, str]]:
         """(object, state): out / kept (its partition starts after the edge, or nothing in it is expired) / held /
         expired (its whole partition is past the period: it goes whole) / mixed (the records decide)."""
-        coll = self.coll(collection_name)
+        coll = self.store.coll(collection_name)
         pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
-        edge = self._record_edge(rule, now)
-        for page in self.objects(coll.bucket, self.prefix(coll)):
+        edge = self.record_edge(rule, now)
+        for page in self.store.objects(coll.bucket, self.store.prefix(coll)):
             for obj in page:
                 match = pattern.fullmatch(obj.key) if pattern else None
                 if pattern is not None and match is None:
@@ -494,25 +502,25 @@ class S3Records(S3Subjects):
                 if span is not None and span[0] >= edge:
                     yield obj, "kept"  # partition pruning: no record of it can be expired
                     continue
-                if self._held(coll.bucket, coll, obj, now):
+                if self.store.states.held(coll.bucket, coll, obj, now):
                     yield obj, "held"
                     continue
-                expired = span is not None and span[1] <= edge and self._footer_agrees(coll, obj, rule, edge)
+                expired = span is not None and span[1] <= edge and self.footer_agrees(coll, obj, rule, edge)
                 yield obj, ("expired" if expired else "mixed")
 
-    def _footer_agrees(self, coll: Collection, obj: S3Object, rule: Rule, edge: dt.datetime) -> bool:
+    def footer_agrees(self, coll: Collection, obj: S3Object, rule: Rule, edge: dt.datetime) -> bool:
         """Parquet: does the footer's statistics of the start field confirm every record is before ``edge``? Where
         they do not (a late record in an old partition, or no statistics), the records are read instead of the
         partition going whole. Other formats have no such index: the key's date decides."""
         if coll.format != "parquet":
             return True
-        reader = self._reader(coll, obj)
+        reader = self.reader(coll, obj)
         if reader is None:
             return False
         try:
             meta = reader.parquet_file().metadata
         except RecordsUnreadable as exc:
-            raise self._unreadable(coll, obj, exc) from None
+            raise self.unreadable(coll, obj, exc) from None
         names = reader.schema.names
         if rule.start.name not in names:
             return True  # no record carries a time: the key's date is all there is
@@ -524,9 +532,9 @@ class S3Records(S3Subjects):
                 return False
         return True
 
-    def _expired_records(self, coll: Collection, obj: S3Object, expiry: Expiry) -> bool:
-        for vobj, _ in self._record_versions(coll, obj):
-            tally = self._judge(coll, vobj, expiry)
+    def expired_records(self, coll: Collection, obj: S3Object, expiry: Expiry) -> bool:
+        for vobj, _ in self.record_versions(coll, obj):
+            tally = self.judge(coll, vobj, expiry)
             if tally is not None and tally.found:
                 return True
         return False
@@ -534,19 +542,19 @@ class S3Records(S3Subjects):
     def plan_records(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
         """Objects of the collection, and those a sweep would delete whole or rewrite (records read where the key's
         date does not decide)."""
-        coll = self.coll(collection_name)
-        expiry = Expiry(rule.start.name or "", self._record_edge(rule, now))
+        coll = self.store.coll(collection_name)
+        expiry = Expiry(rule.start.name or "", self.record_edge(rule, now))
         total = in_scope = held = due = 0
-        for obj, state in self._record_walk(collection_name, rule, now):
+        for obj, state in self.record_walk(collection_name, rule, now):
             total += 1
             if state == "out":
                 continue
             in_scope += 1
             held += state == "held"
-            if state == "expired" or (state == "mixed" and self._expired_records(coll, obj, expiry)):
+            if state == "expired" or (state == "mixed" and self.expired_records(coll, obj, expiry)):
                 due += 1
         if expiry.undated:
-            log.warning("%s.%s: %d records carry no readable %s time and are kept", self.name, collection_name,
+            log.warning("%s.%s: %d records carry no readable %s time and are kept", self.store.name, collection_name,
                         expiry.undated, "start field")
         return RulePlan(total=total, in_scope=in_scope, eligible={"delete": due}, held=held)
 
@@ -555,40 +563,40 @@ class S3Records(S3Subjects):
         """Expired partitions go whole (every version, in DeleteObjects batches); an object with some expired
         records is rewritten without them and its older versions holding expired records go. Each batch / each
         rewrite is announced in the ledger before and settled after (records removed in its details)."""
-        coll = self.coll(collection_name)
-        ref = self.ref(collection_name)
-        expiry = Expiry(rule.start.name or "", self._record_edge(rule, now))
+        coll = self.store.coll(collection_name)
+        ref = self.store.ref(collection_name)
+        expiry = Expiry(rule.start.name or "", self.record_edge(rule, now))
         result = StageResult(action="delete")
         intent: list[Any] = [None]
 
         def before_batch(keys: list[str]) -> None:
-            intent[0] = begin_record(record, "delete", len(keys), self.digest(keys))
+            intent[0] = begin_record(record, "delete", len(keys), self.store.digest(keys))
 
         def on_batch(keys: list[str], versions: int, errors: int) -> None:
             result.batches += 1
             result.changed += len(keys)
-            end_record(record, intent[0], "delete", len(keys), self.digest(keys),
+            end_record(record, intent[0], "delete", len(keys), self.store.digest(keys),
                        {"batch": result.batches, "versions": versions, "errors": errors, "partitions": len(keys)})
 
-        purger = Purger(self, coll.bucket, min(batch_size, MAX_DELETE), on_batch, before_batch)
-        for obj, state in self._record_walk(collection_name, rule, now):
+        purger = Purger(self.store, coll.bucket, min(batch_size, MAX_DELETE), on_batch, before_batch)
+        for obj, state in self.record_walk(collection_name, rule, now):
             if state == "expired":
-                self._release_own_hold(coll.bucket, obj)
+                self.store.writes.release_own_hold(coll.bucket, obj)
                 purger.add(obj)
-            elif state == "mixed" and self._expired_records(coll, obj, expiry):
-                token = begin_record(record, "delete", 1, self.digest([obj.key]))
+            elif state == "mixed" and self.expired_records(coll, obj, expiry):
+                token = begin_record(record, "delete", 1, self.store.digest([obj.key]))
                 outcome = SubjectOutcome()
-                self._erase_object(coll, ref, obj, expiry, set(), now, outcome, False)
+                self.erase_object(coll, ref, obj, expiry, set(), now, outcome, False)
                 counts = outcome.per_request.get(EXPIRED, {}).get(ref, {})
                 removed = counts.get("deleted", 0)
                 changed = 1 if removed or counts.get("versions_deleted") else 0
                 result.batches += 1
                 result.changed += changed
-                end_record(record, token, "delete", changed, self.digest([obj.key]),
+                end_record(record, token, "delete", changed, self.store.digest([obj.key]),
                            {"batch": result.batches, "records": removed, "rewritten": changed,
                             "versions": counts.get("versions_deleted", 0),
                             "kept": sum(n for k, n in counts.items() if k.startswith("exception:"))})
         purger.flush()
-        log.info("%s.%s: %d objects deleted whole or rewritten without expired records", self.name,
+        log.info("%s.%s: %d objects deleted whole or rewritten without expired records", self.store.name,
                  collection_name, result.changed)
         return result

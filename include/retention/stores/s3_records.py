@@ -38,12 +38,13 @@ from include.retention.stores.s3_objects import CHUNK
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection, Mask
-    from include.retention.stores.s3 import S3Store
-    from include.retention.stores.s3_objects import S3Object
+    from include.retention.stores.s3_objects import S3Core, S3Object
 
 log = logging.getLogger(__name__)
 
 RECORD_BATCH = 1000  # CSV rows / JSON lines judged and written together
+PARQUET_SLICE = 10_000  # Parquet records turned into Python objects together (a row group is read whole)
+NORMALISED_CACHE = 100_000  # distinct identity values remembered per judge (values repeat across records)
 REWRITE_META = "retention-rewritten"  # metadata of a rewritten object: when
 RECORD_COLUMNS = ["key", "version_id", "content"]  # per record in an access package (JSON of the record)
 
@@ -98,7 +99,12 @@ class Corrector:
     """A correction: records carrying one of the subjects' old values (any identity field of a corrected kind) get
     the new value in that field; nothing is dropped."""
 
+    memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
+    seen: dict[tuple[Any, ...], Verdict | None]
+    hits: dict[Any, Any]
+
     def __init__(self, coll: Collection, subjects: list[Any], new_values: dict[str, str]):
+        self.seen, self.hits = {}, {}
         self.old = {(kind, value): s.request_id for s in subjects for kind, value in s.identities.items()
                     if kind in new_values}
         self.new_values = new_values
@@ -124,8 +130,13 @@ class Judge:
     """Which records belong to (``erase: row``) or mention (``erase: mask``) one of the subjects; Python's
     ``normalise`` decides equality."""
 
+    memo = True  # its verdict depends on ``fields()`` only (see ``verdicts``)
+    seen: dict[tuple[Any, ...], Verdict | None]
+    hits: dict[Any, Any]
+
     def __init__(self, coll: Collection, subjects: list[Any]):
         self.wanted = index_subjects(subjects)
+        self.seen, self.hits = {}, {}
         self.rows: list[tuple[str, str]] = []
         self.mentions: list[tuple[str, str, Mask]] = []
         for kind, f in coll.identity_fields():
@@ -204,18 +215,225 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield bytes(carry)
 
 
-def _ending(raw: bytes) -> str:
+def line_ending(raw: bytes) -> str:
     return "\r\n" if raw.endswith(b"\r\n") else "\n" if raw.endswith(b"\n") else ""
 
 
 @dataclass
 class Batch:
     """Records read together: ``records[i]`` is None for what is no record (a blank line); ``raws[i]`` its bytes
-    (CSV, JSON lines); ``table`` the row group (Parquet)."""
+    (CSV, JSON lines); ``table`` a slice of a row group (Parquet: its records are made Python objects only when
+    ``records`` is asked for)."""
 
-    records: list[Any]
+    rows: list[Any] | None
     raws: list[bytes] | None = None
     table: Any = None
+    last: bool = True  # Parquet: the last slice of its row group
+
+    @property
+    def records(self) -> list[Any]:
+        if self.rows is None:
+            self.rows = self.table.to_pylist()
+        return self.rows
+
+    def count(self) -> int:
+        """Records in the batch (blank lines are none)."""
+        if self.rows is None:
+            return self.table.num_rows
+        return sum(record is not None for record in self.rows)
+
+    def record(self, i: int) -> Any:
+        return self.rows[i] if self.rows is not None else self.table.slice(i, 1).to_pylist()[0]
+
+
+def verdicts(batch: Batch, decide: Decide) -> list[Verdict | None]:
+    """One verdict per record of the batch. A judge whose verdict depends on its ``fields()`` only and is None
+    unless one field's value alone claims the record (``memo``: ``Judge``, ``Corrector``) reads Parquet column by
+    column: each distinct value of a field is judged once, and only the records holding a claimed value are
+    judged as records (no other record is made a Python object)."""
+    table = batch.table
+    if table is None or batch.rows is not None or not getattr(decide, "memo", False):
+        return [decide(record) if record is not None else None for record in batch.records]
+    import pyarrow as pa
+
+    names = [name for name in decide.fields() if name in table.column_names]
+    if not names:
+        return [decide({})] * table.num_rows
+    rows = matching_rows(table, names, lambda name, value: decide({name: value}) is not None,
+                         decide.hits)  # type: ignore[attr-defined]
+    seen = decide.seen  # type: ignore[attr-defined]
+    if rows is None:  # types read value by value
+        rows = list(range(table.num_rows))
+    out: list[Verdict | None] = [None] * table.num_rows
+    if not rows:
+        return out
+    picked = table.select(names)
+    if len(rows) < table.num_rows:
+        picked = picked.take(pa.array(rows, type=pa.int64()))
+    for i, values in zip(rows, zip(*(picked.column(name).to_pylist() for name in names), strict=True),
+                         strict=True):
+        try:
+            verdict = seen[values]
+        except KeyError:
+            if len(seen) >= NORMALISED_CACHE:
+                seen.clear()
+            verdict = seen[values] = decide(dict(zip(names, values, strict=True)))
+        except TypeError:  # unhashable values (lists, maps): asked every time
+            verdict = decide(dict(zip(names, values, strict=True)))
+        out[i] = verdict
+    return out
+
+
+def matching_rows(table: Any, names: list[str], matches: Callable[[str, Any], bool],
+                  seen: dict[Any, Any]) -> list[int] | None:
+    """Rows of a Parquet slice where some field's value, judged alone (``matches``), matches; None where a field's
+    type cannot be compared column-wise (the caller reads every record). Each distinct value is judged once per
+    ``seen`` (per field and type: the values judged so far and those that matched, as Arrow arrays)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    hit = None
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_nested(column.type) or pa.types.is_dictionary(column.type):
+            return None
+        state = seen.setdefault((name, str(column.type)), {"known": None, "claimed": None})
+        distinct = pc.unique(column)
+        distinct = distinct.filter(pc.is_valid(distinct))
+        known = state["known"]
+        new = distinct if known is None else distinct.filter(pc.invert(pc.is_in(distinct, value_set=known)))
+        if len(new):
+            claimed = [value for value in new.to_pylist() if matches(name, value)]
+            if known is not None and len(known) + len(new) > NORMALISED_CACHE:
+                known = None  # forgotten (those that matched are kept): judged again when they recur
+            state["known"] = new if known is None else pa.concat_arrays([known, new])
+            if claimed and state["claimed"] is not None:
+                claimed = [value for value in claimed if value not in set(state["claimed"].to_pylist())]
+            if claimed:
+                more = pa.array(claimed, type=column.type)
+                state["claimed"] = more if state["claimed"] is None else pa.concat_arrays([state["claimed"], more])
+        if state["claimed"] is not None:
+            mask = pc.is_in(column, value_set=state["claimed"]).to_numpy(zero_copy_only=False)
+            hit = mask if hit is None else hit | mask
+    return [] if hit is None else np.flatnonzero(hit).tolist()
+
+
+def identities(batch: Batch, fields: list[tuple[str, str]], seen: dict[Any, Any], judge: Judge | None = None
+               ) -> Iterator[dict[str, set[str]]]:
+    """Per record of the batch (blank lines skipped), its identities: kind -> normalised values (empty: none).
+    Parquet is read column by column, each distinct combination of values normalised once (``seen``); with a
+    ``judge``, only the records holding one of its subjects' values (the others may be left out: ``candidates``)."""
+    if batch.table is not None and batch.rows is None and judge is not None:
+        import pyarrow as pa
+
+        names = [name for name in judge.fields() if name in batch.table.column_names]
+        rows = matching_rows(batch.table, names, lambda name, value: judge({name: value}) is not None, judge.hits)
+        if rows is not None:
+            batch = Batch(None, table=batch.table.take(pa.array(rows, type=pa.int64())))
+    if batch.table is None or batch.rows is not None:
+        for record in batch.records:
+            if isinstance(record, dict):
+                yield _identities_of(record, fields)
+        return
+    names = [name for name in sorted({n for _, n in fields}) if name in batch.table.column_names]
+    if not names:
+        yield from ({} for _ in range(batch.table.num_rows))
+        return
+    for values in zip(*(batch.table.column(name).to_pylist() for name in names), strict=True):
+        try:
+            found = seen[values]
+        except KeyError:
+            if len(seen) >= NORMALISED_CACHE:
+                seen.clear()
+            found = seen[values] = _identities_of(dict(zip(names, values, strict=True)), fields)
+        except TypeError:
+            found = _identities_of(dict(zip(names, values, strict=True)), fields)
+        yield found
+
+
+def _identities_of(record: dict[str, Any], fields: list[tuple[str, str]]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for kind, name in fields:
+        value = normalise(kind, record.get(name))
+        if value is not None:
+            found.setdefault(kind, set()).add(value)
+    return found
+
+
+class ColumnDigest:
+    """A digest of records in order, column by column (Parquet): per column, its values as canonical bytes
+    (integers, floats, times and dates: their fixed-width values, nulls as zero, plus the validity of each;
+    strings and binaries: validity, lengths and bytes) or, for any other type, the ``repr`` of its Python values
+    (as ``canonical``). The same for the same records in the same order however they are cut into row groups or
+    slices; any changed, missing, added or moved value changes it."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, tuple[str, list[Any]]] = {}
+        self.started: set[str] = set()
+
+    def update_table(self, table: Any) -> None:
+        if not table.num_rows:
+            return
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            kind = _stream_kind(column.type)
+            entry = self.columns.setdefault(name, (str(column.type), [hashlib.sha256() for _ in range(3)]))
+            streams = entry[1]
+            for chunk in column.chunks:
+                if not len(chunk):
+                    continue
+                if kind is None:  # the separator goes before every chunk but the column's first
+                    text = repr(chunk.to_pylist())[1:-1].encode("utf-8", "surrogatepass")
+                    streams[2].update(b", " + text if name in self.started else text)
+                    self.started.add(name)
+                    continue
+                for digest, data in zip(streams, _streams(chunk, kind), strict=True):
+                    digest.update(data)
+
+    def hexdigest(self) -> str:
+        out = hashlib.sha256()
+        for name, (type_name, streams) in self.columns.items():
+            out.update(repr((name, type_name, [d.hexdigest() for d in streams])).encode("utf-8", "surrogatepass"))
+        return out.hexdigest()
+
+
+def _stream_kind(column_type: Any) -> str | None:
+    import pyarrow as pa
+
+    t = column_type
+    if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
+            or pa.types.is_time(t) or pa.types.is_duration(t)) and t.bit_width in (8, 16, 32, 64):
+        return "fixed"
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        return "var32"
+    if pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        return "var64"
+    return None
+
+
+def _streams(chunk: Any, kind: str) -> tuple[bytes, bytes, bytes]:
+    """(validity, lengths, values) of one array as canonical bytes, whatever its offset and buffers."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, t = len(chunk), chunk.type
+    valid = (np.ones(n, dtype=np.uint8) if not chunk.null_count
+             else chunk.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
+    if kind == "fixed":
+        width = t.bit_width // 8
+        values = np.frombuffer(chunk.buffers()[1], dtype=f"<u{width}", count=chunk.offset + n)[chunk.offset:]
+        if chunk.null_count:
+            values = np.where(valid.astype(bool), values, 0).astype(f"<u{width}")
+        return valid.tobytes(), b"", values.tobytes()
+    if chunk.null_count:
+        chunk = pc.fill_null(chunk, pa.scalar("" if pa.types.is_string(t) or pa.types.is_large_string(t) else b"",
+                                              type=t))
+    buffers = chunk.buffers()
+    offsets = np.frombuffer(buffers[1], dtype="<i4" if kind == "var32" else "<i8",
+                            count=chunk.offset + n + 1)[chunk.offset:]
+    data = memoryview(buffers[2])[int(offsets[0]):int(offsets[-1])] if buffers[2] is not None else b""
+    return valid.tobytes(), np.diff(offsets).tobytes(), bytes(data)
 
 
 class _Capture:
@@ -239,7 +457,7 @@ class _Capture:
 class RangeFile(io.RawIOBase):
     """One object version, read by ranged GETs (what pyarrow seeks in a Parquet file)."""
 
-    def __init__(self, store: S3Store, bucket: str, obj: S3Object, size: int, etag: str | None):
+    def __init__(self, store: S3Core, bucket: str, obj: S3Object, size: int, etag: str | None):
         super().__init__()
         self.store, self.bucket, self.obj, self.size, self.pos = store, bucket, obj, size, 0
         self.source = {"VersionId": obj.version_id} if obj.version_id else ({"IfMatch": etag} if etag else {})
@@ -261,8 +479,8 @@ class RangeFile(io.RawIOBase):
         n = min(len(buffer), self.size - self.pos)
         if n <= 0:
             return 0
-        body = self.store._call("get_object", Bucket=self.bucket, Key=self.obj.key,
-                                Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
+        body = self.store.call("get_object", Bucket=self.bucket, Key=self.obj.key,
+                               Range=f"bytes={self.pos}-{self.pos + n - 1}", **self.source)["Body"]
         try:
             data = body.read()
         finally:
@@ -275,7 +493,7 @@ class RangeFile(io.RawIOBase):
 class ObjectRecords:
     """The records of one object version, read batch by batch."""
 
-    def __init__(self, store: S3Store, coll: Collection, obj: S3Object, head: dict[str, Any],
+    def __init__(self, store: S3Core, coll: Collection, obj: S3Object, head: dict[str, Any],
                  gzip: bool | None = None):
         self.store, self.coll, self.obj, self.head = store, coll, obj, head
         self.fmt = coll.format
@@ -288,7 +506,7 @@ class ObjectRecords:
 
     def _chunks(self) -> Iterator[bytes]:
         source = self.obj.vid() or ({"IfMatch": self.head["ETag"]} if self.head.get("ETag") else {})
-        body = self.store._call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
+        body = self.store.call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
         try:
             chunks = body.iter_chunks(CHUNK)
             yield from (_decompressed(chunks) if self.gzip else chunks)
@@ -387,35 +605,11 @@ class ObjectRecords:
                 raise
             except Exception as exc:
                 raise RecordsUnreadable(f"Parquet row group {i} unreadable ({type(exc).__name__})") from None
-            yield Batch(table.to_pylist(), table=table)
-
-
-# ---- writing -----------------------------------------------------------------------------------
-
-class _Sink(io.RawIOBase):
-    """What a writer writes: (gzipped, if the original was) into the upload; the digest of the bytes."""
-
-    def __init__(self, upload: Any, gzip: bool):
-        super().__init__()
-        self.upload, self.pos = upload, 0
-        self.zip = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        data = bytes(data)
-        self.upload.write(self.zip.compress(data) if self.zip else data)
-        self.pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.pos
-
-    def finish(self) -> None:
-        if self.zip is not None:
-            self.upload.write(self.zip.flush())
-            self.zip = None
+            if not table.num_rows:
+                yield Batch([], table=table)
+            for start in range(0, table.num_rows, PARQUET_SLICE):
+                part = table.slice(start, PARQUET_SLICE)
+                yield Batch(None, table=part, last=start + PARQUET_SLICE >= table.num_rows)
 
 
 @dataclass
@@ -452,142 +646,21 @@ Decide = Callable[[Any], "Verdict | None"]
 def judge_version(reader: ObjectRecords, decide: Decide, columns: list[str] | None) -> Tally:
     tally = Tally()
     for batch in reader.batches(columns):
-        for record in batch.records:
-            if record is None:
-                continue
-            tally.records += 1
-            verdict = decide(record)
+        tally.records += batch.count()
+        for verdict in verdicts(batch, decide):
             if verdict is not None:
                 tally.count(verdict)
     return tally
 
 
-def _masked(record: dict[str, Any], verdict: Verdict, key: bytes, fmt: str) -> dict[str, Any]:
-    out = dict(record)
-    for name, value in verdict.changes(record, key).items():
-        out[name] = ("" if value is None else str(value)) if fmt == "csv" else value
-    return out
-
-
-def write_version(reader: ObjectRecords, decide: Decide, sink: _Sink, key: bytes) -> Tally:
-    """Write the version's records without the dropped ones and with the masked fields masked."""
-    tally = Tally()
-    fmt = reader.fmt
-    writer = None
-    header_written = False
-    try:
-        for batch in reader.batches():
-            if fmt == "parquet":
-                writer = _parquet_batch(reader, batch, decide, sink, key, tally, writer)
-                continue
-            if fmt == "csv" and not header_written:
-                sink.write(reader.header_raw)
-                header_written = True
-            for record, raw in zip(batch.records, batch.raws or [], strict=True):
-                if record is None:
-                    sink.write(raw)
-                    continue
-                tally.records += 1
-                verdict = decide(record)
-                if verdict is not None:
-                    tally.count(verdict)
-                if verdict is not None and verdict.drop:
-                    tally.removed += 1
-                    continue
-                if verdict is not None:
-                    record = _masked(record, verdict, key, fmt)
-                    sink.write(_encode(record, fmt, reader.header, _ending(raw)))
-                else:
-                    sink.write(raw)
-                tally.kept += 1
-                tally.digest.update(canonical(record) + b"\n")
-        if fmt == "csv" and reader.header is not None and not header_written:
-            sink.write(reader.header_raw)  # a header-only file stays one
-        if fmt == "parquet" and writer is None:
-            writer = _parquet_writer(reader, sink)
-    finally:
-        if writer is not None:
-            writer.close()
-    sink.finish()
-    return tally
-
-
-def _encode(record: dict[str, Any], fmt: str, header: list[str] | None, ending: str) -> bytes:
-    if fmt == "jsonl":
-        return (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
-    out = io.StringIO()
-    csv.writer(out, lineterminator=ending).writerow([record[h] for h in header or []])
-    return out.getvalue().encode("utf-8")
-
-
-def _parquet_writer(reader: ObjectRecords, sink: _Sink) -> Any:
-    import pyarrow.parquet as pq
-
-    if reader.schema is None:
-        reader.parquet_file()
-    return pq.ParquetWriter(sink, reader.schema, compression=reader.compression)
-
-
-def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: _Sink, key: bytes, tally: Tally,
-                   writer: Any) -> Any:
-    import pyarrow as pa
-
-    keep: list[bool] = []
-    masked_rows: dict[int, dict[str, Any]] = {}
-    for i, record in enumerate(batch.records):
-        tally.records += 1
-        verdict = decide(record)
-        if verdict is not None:
-            tally.count(verdict)
-        keep.append(verdict is None or not verdict.drop)
-        if verdict is not None and not verdict.drop:
-            masked_rows[i] = verdict.changes(record, key)
-    table = batch.table
-    if masked_rows:
-        for name in sorted({n for masks in masked_rows.values() for n in masks}):
-            idx = table.schema.get_field_index(name)
-            values = table.column(idx).to_pylist()
-            for i, changes in masked_rows.items():
-                if name in changes:
-                    values[i] = changes[name]
-            try:
-                column = pa.array(values, type=table.schema.field(idx).type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
-                                        f"({table.schema.field(idx).type})") from None
-            table = table.set_column(idx, table.schema.field(idx), column)
-    kept = table.filter(pa.array(keep, type=pa.bool_()))
-    tally.removed += len(keep) - kept.num_rows
-    tally.kept += kept.num_rows
-    for record in kept.to_pylist():
-        tally.digest.update(canonical(record) + b"\n")
-    if writer is None:
-        writer = _parquet_writer(reader, sink)
-    if kept.num_rows:
-        writer.write_table(kept, row_group_size=kept.num_rows)
-    return writer
-
-
-def expected_of(reader: ObjectRecords, decide: Decide, key: bytes) -> tuple[int, Any]:
-    """(records, digest over them in order) that a correct rewrite of this version holds, computed on its own from
-    the original (not by the writer): what the check of a rewrite compares the re-read with."""
-    digest, n = hashlib.sha256(), 0
-    for batch in reader.batches():
-        for record in batch.records:
-            if record is None:
-                continue
-            verdict = decide(record)
-            if verdict is not None and verdict.drop:
-                continue
-            if verdict is not None:
-                record = _masked(record, verdict, key, reader.fmt or "")
-            n += 1
-            digest.update(canonical(record) + b"\n")
-    return n, digest
-
-
 def digest_of(reader: ObjectRecords) -> tuple[int, Any]:
     """(records, digest over them in order) of a version, as ``write_version`` computes it for what it keeps."""
+    if reader.fmt == "parquet":
+        columns, n = ColumnDigest(), 0
+        for batch in reader.batches():
+            n += batch.table.num_rows
+            columns.update_table(batch.table)
+        return n, columns
     digest, n = hashlib.sha256(), 0
     for batch in reader.batches():
         for record in batch.records:

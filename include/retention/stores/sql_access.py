@@ -9,47 +9,41 @@ batches of ``CHUNK`` values), so no collation widens it (MariaDB's default colla
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from include.retention.identity import normalise
 from include.retention.stores.base import Claims, Subject, index_subjects
-from include.retention.stores.sql_keys import key_in, key_of
+from include.retention.stores.sql_keys import chunks, key_in, key_of
 
 if TYPE_CHECKING:
     from include.retention.policy import Reference
-
-CHUNK = 500  # values per IN list
-
-
-def _chunks(items: list[Any], n: int = CHUNK) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
+    from include.retention.stores.sql_core import SqlCore
 
 
 class SqlAccess:
-    """Mixin of ``SqlStore`` (through ``SqlSubjects``): the read-only half of an access request."""
+    """The read-only half of an access request (a collaborator of ``SqlStore``: it reads the store's collections,
+    tables and keys)."""
 
-    # provided by SqlStore: engine, coll(name), table(name); by SqlSubjects: key_cols(name, t)
-    engine: sa.Engine
+    def __init__(self, store: SqlCore):
+        self.store = store
 
     def owned(self, collection_name: str, claims: Claims, subjects: list[Subject]
               ) -> tuple[Claims, dict[Any, set[str]]]:
         """Split ``claims`` into the rows that are the subjects' own (an ``erase: row`` identity field holds one
         of their values) and the rows that only mention them (``erase: mask`` fields): key -> the columns that
         mention them. Rows that carry neither any more are dropped."""
-        coll, t = self.coll(collection_name), self.table(collection_name)
-        pk = self.key_cols(collection_name, t)
+        coll, t = self.store.coll(collection_name), self.store.table(collection_name)
+        pk = self.store.key_cols(collection_name, t)
         fields = coll.identity_fields()
         if all(f.erase == "row" for _, f in fields):
             return claims, {}
         wanted = index_subjects(subjects)
         cols = sorted({f.column for _, f in fields})
         owned, mentioned = Claims(), {}
-        for chunk in _chunks(sorted(claims)):
-            with self.engine.connect() as conn:
+        for chunk in chunks(sorted(claims)):
+            with self.store.engine.connect() as conn:
                 rows = conn.execute(sa.select(*pk, *(t.c[c] for c in cols)).where(key_in(pk, chunk))).all()
             for row in rows:
                 key, values = key_of(row[:len(pk)]), dict(zip(cols, row[len(pk):], strict=True))
@@ -70,11 +64,11 @@ class SqlAccess:
 
     def column_values(self, collection_name: str, keys: list[Any], columns: list[str]) -> dict[Any, tuple]:
         """Per key of ``keys``: the row's values of ``columns`` (what its children's references hold)."""
-        t = self.table(collection_name)
-        pk = self.key_cols(collection_name, t)
+        t = self.store.table(collection_name)
+        pk = self.store.key_cols(collection_name, t)
         out: dict[Any, tuple] = {}
-        for chunk in _chunks(sorted(keys)):
-            with self.engine.connect() as conn:
+        for chunk in chunks(sorted(keys)):
+            with self.store.engine.connect() as conn:
                 for row in conn.execute(sa.select(*pk, *(t.c[c] for c in columns)).where(key_in(pk, chunk))):
                     out[key_of(row[:len(pk)])] = tuple(row[len(pk):])
         return out
@@ -83,17 +77,16 @@ class SqlAccess:
         """The rows here whose ``reference`` columns hold exactly one of ``parent_values`` (tuples paired with
         ``reference.source_columns()``; all pairs equal, compared in Python): child key -> the value tuple.
         A tuple with a NULL matches nothing."""
-        t = self.table(collection_name)
-        pk, src = self.key_cols(collection_name, t), [t.c[c] for c in reference.source_columns()]
+        t = self.store.table(collection_name)
+        pk, src = self.store.key_cols(collection_name, t), [t.c[c] for c in reference.source_columns()]
         exact = {tuple(v) for v in parent_values if all(x is not None for x in v)}
         out: dict[Any, tuple] = {}
         n = len(pk)
-        for chunk in _chunks(sorted(exact, key=repr)):
+        for chunk in chunks(sorted(exact, key=repr)):
             test = src[0].in_([v[0] for v in chunk]) if len(src) == 1 else sa.tuple_(*src).in_(chunk)
-            with self.engine.connect() as conn:
+            with self.store.engine.connect() as conn:
                 for row in conn.execute(sa.select(*pk, *src).where(test)):
                     value = tuple(row[n:])
                     if value in exact:  # Python's equality: 'A1' != 'a1' != 'a1 ', '1' != 1
                         out[key_of(row[:n])] = value
         return out
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -22,23 +22,32 @@ from include.retention import keytemplate
 from include.retention.policy import Reference, Rule, referrers
 from include.retention.stores.base import Recorder
 from include.retention.stores.sql_keys import cols_eq, key_of
+from include.retention.stores.sql_predicates import bind_time
+from include.retention.stores.sql_walks import BatchSizer
 from include.retention.values import CollectionRef
+
+if TYPE_CHECKING:
+    from include.retention.stores.sql_core import SqlCore
 
 IN_CHUNK = 500  # values per IN list
 
 
 class SqlOrphans:
-    """Mixin of ``SqlStore``: the orphan marker and the key look-up for S3 orphan rules."""
+    """The orphan marker and the key look-up for S3 orphan rules (a collaborator of ``SqlStore``: it reads the
+    store's collections, tables and keys, and walks like a sweep)."""
+
+    def __init__(self, store: SqlCore):
+        self.store = store
 
     def unreferenced(self, name: str, t: sa.Table) -> sa.ColumnElement[bool]:
         """Rows of ``t`` no referencing collection refers to (one ``NOT EXISTS`` per reference). A reference
         compares as the database does: under a case-insensitive collation ``'A'`` keeps ``'a'`` (kept, never
         deleted too early)."""
         tests = []
-        for i, (owner, ref) in enumerate(referrers(self.policy, self.ref(name))):
-            child = self.table(CollectionRef.parse(owner).collection).alias(f"orphan_ref_{i}")
+        for i, (owner, ref) in enumerate(referrers(self.store.policy, self.store.ref(name))):
+            child = self.store.table(CollectionRef.parse(owner).collection).alias(f"orphan_ref_{i}")
             # a reference of several columns refers to a row only when every column equals its partner
-            link = cols_eq(self.source_cols(child, ref), self.target_cols(name, ref, t))
+            link = cols_eq(self.store.source_cols(child, ref), self.store.target_cols(name, ref, t))
             tests.append(sa.not_(sa.exists().where(link)))
         return sa.and_(*tests) if tests else sa.true()
 
@@ -52,30 +61,28 @@ class SqlOrphans:
         marker = rule.start.orphaned
         if marker is None:
             return {}
-        t = self.table(collection_name)
+        t = self.store.table(collection_name)
         col = t.c[marker]
         if column_kind(col.type) != "datetime":
-            r_i = self.coll(collection_name).rules.index(rule)
-            raise PolicyError(f"{self.policy.source or '<policy>'}: systems.{self.name}.collections."
+            r_i = self.store.coll(collection_name).rules.index(rule)
+            raise PolicyError(f"{self.store.policy.source or '<policy>'}: systems.{self.store.name}.collections."
                               f"{collection_name}.rules[{r_i}].start.orphaned: column {marker!r} has type "
                               f"{type_name(col.type)}; the orphan marker holds a timestamp")
         free = self.unreferenced(collection_name, t)
-        steps = [("orphan_stamp", sa.and_(col.is_(None), free), {marker: self._bind_time(col, now)}),
+        steps = [("orphan_stamp", sa.and_(col.is_(None), free), {marker: bind_time(col, now)}),
                  ("orphan_clear", sa.and_(col.is_not(None), sa.not_(free)), {marker: None})]
-        return self._mark_in_batches(collection_name, t, steps, batch_size, record)
+        return self.mark_in_batches(collection_name, t, steps, batch_size, record)
 
-    def _mark_in_batches(self, name: str, t: sa.Table, steps: list[tuple[str, Any, dict[str, Any]]],
-                         batch_size: int, record: Recorder) -> dict[str, int]:
+    def mark_in_batches(self, name: str, t: sa.Table, steps: list[tuple[str, Any, dict[str, Any]]],
+                        batch_size: int, record: Recorder) -> dict[str, int]:
         """Walk the table by primary-key ranges (one column, or a composite key as a row value) of about
         ``size`` rows, one transaction per range: for each step ``(action, where, values)`` select the keys in
         the range matching ``where`` and ``UPDATE ... SET values WHERE <range> AND where`` (repeated, so a row
         that changed meanwhile is left), one ledger entry per step that changed rows. The range bound comes
         from the key index alone, so each batch's ``NOT EXISTS`` tests only that range's rows (an index on the
-        reference serves it) and the walk reads the table once. Sizes adapt like the sweep's (``_BatchSizer``)."""
-        from include.retention.stores.sql import _BatchSizer  # sql.py imports this module
-
-        pk = self.key_cols(name, t)
-        sizer = _BatchSizer(batch_size)
+        reference serves it) and the walk reads the table once. Sizes adapt like the sweep's (``BatchSizer``)."""
+        pk = self.store.key_cols(name, t)
+        sizer = BatchSizer(batch_size)
         totals = {action: 0 for action, _, _ in steps}
         last: tuple | None = None
         batch = 0
@@ -83,20 +90,21 @@ class SqlOrphans:
             started = time.perf_counter()
             size = sizer.size
             changed = []
-            with self.engine.begin() as conn:
-                bound = conn.execute(sa.select(*pk).where(*self._after(pk, last)).order_by(*pk)
+            with self.store.engine.begin() as conn:
+                bound = conn.execute(sa.select(*pk).where(*self.store.keys_after(pk, last)).order_by(*pk)
                                      .offset(size - 1).limit(1)).first()
-                in_range = [*self._after(pk, last), *(self._upto(pk, tuple(bound)) if bound else [])]
+                in_range = [*self.store.keys_after(pk, last),
+                            *(self.store.keys_upto(pk, tuple(bound)) if bound else [])]
                 for action, where, values in steps:
                     stmt = t.update().where(*in_range, where).values(values)
                     if conn.dialect.update_returning:  # PostgreSQL, SQLite: the keys come back from the UPDATE
-                        changed.append((action, *self._returned_digest(conn, stmt, pk)))
+                        changed.append((action, *self.store.returned_digest(conn, stmt, pk)))
                         continue
                     # MariaDB: no UPDATE ... RETURNING; the keys are locked first, so the UPDATE changes exactly them
                     keys = sorted(key_of(r) for r in conn.execute(sa.select(*pk).where(*in_range, where)
                                                                   .with_for_update()))
                     if keys:
-                        changed.append((action, conn.execute(stmt).rowcount, self._pk_digest(keys)))
+                        changed.append((action, conn.execute(stmt).rowcount, self.store.pk_digest(keys)))
             sizer.took(size if bound else 0, time.perf_counter() - started)
             batch += 1
             for action, n, digest in changed:
@@ -107,13 +115,12 @@ class SqlOrphans:
                 return totals
             last = tuple(bound)
 
-    # ---- S3 objects no row owns -------------------------------------------------------------
     def referenced_keys(self, collection_name: str, reference: Reference, keys: list[str]) -> set[str]:
         """Which of ``keys`` (object keys of ``reference.to``) a row of this collection names: through the
         key column (the exact key), or through ``key_template`` (the key's fields are the row's columns; a
         template ending in ``/`` or ``...`` owns every key below it). Compared exactly in Python: the database's
         collation only narrows the candidates."""
-        t = self.table(collection_name)
+        t = self.store.table(collection_name)
         if reference.key_template:
             template = reference.key_template
             pattern = keytemplate.regex(template + "..." if template.endswith("/") else template)
@@ -129,7 +136,7 @@ class SqlOrphans:
         if isinstance(lead.type, sa.Integer):  # a key part that is no number names no row
             values = [int(v) for v in values if v.isdigit()]
         have: set[tuple[str, ...]] = set()
-        with self.engine.connect() as conn:
+        with self.store.engine.connect() as conn:
             for i in range(0, len(values), IN_CHUNK):
                 rows = conn.execute(sa.select(*cols).where(lead.in_(values[i:i + IN_CHUNK])))
                 have |= {tuple(str(v) for v in row) for row in rows}

@@ -38,39 +38,26 @@ from include.retention.stores.base import (
     own_lock_reasons,
     renamed_lock_reasons,
 )
-from include.retention.stores.sql_access import SqlAccess
 from include.retention.stores.sql_fit import Target, bind_value, storage_charsets
-from include.retention.stores.sql_keys import after, has_row_values, key_eq, key_in, key_of
+from include.retention.stores.sql_keys import after, chunks, has_row_values, key_eq, key_in, key_of
+from include.retention.stores.sql_predicates import bind_time
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection, IdentityField
+    from include.retention.stores.sql_core import SqlCore
 
 log = logging.getLogger(__name__)
 
 SCAN_BATCH = 5000  # rows per identity scan query
-CHUNK = 500  # keys per act transaction (bounded IN lists, bounded locks)
 
 
-def _chunks(items: list[Any], n: int = CHUNK) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
+class SqlSubjects:
+    """The subject half of the store interface (a collaborator of ``SqlStore``: it reads the store's collections,
+    tables, keys and predicates, and acts through its ``acts`` and ``cascade``)."""
 
+    def __init__(self, store: SqlCore):
+        self.store = store
 
-class SqlSubjects(SqlAccess):
-    """Mixin of ``SqlStore``: the subject half of the store interface (the access lookups: ``SqlAccess``)."""
-
-    # provided by SqlStore
-    engine: sa.Engine
-    mask_key: bytes
-    name: str
-
-    # ---- keys -----------------------------------------------------------------------------
-    def key_cols(self, name: str, t: sa.Table | None = None) -> list[sa.Column]:
-        """The primary key's columns of ``t`` (default: the collection's table): one, or several."""
-        t = t if t is not None else self.table(name)
-        return [t.c[c] for c in self.coll(name).key_columns()]
-
-    # ---- reading identities ---------------------------------------------------------------
     def _identity_cols(self, coll: Collection) -> list[str]:
         return sorted({f.column for _, f in coll.identity_fields()})
 
@@ -81,17 +68,17 @@ class SqlSubjects(SqlAccess):
         return self._scan(collection_name, owned_only=True)
 
     def _scan(self, collection_name: str, *, owned_only: bool) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
-        self.check(collection_name)  # holds and conditions typed before any row is judged by them
-        coll, t = self.coll(collection_name), self.table(collection_name)
-        keys = self.key_cols(collection_name, t)
+        self.store.check(collection_name)  # holds and conditions typed before any row is judged by them
+        coll, t = self.store.coll(collection_name), self.store.table(collection_name)
+        keys = self.store.key_cols(collection_name, t)
         n = len(keys)
         fields = [(k, f) for k, f in coll.identity_fields() if not owned_only or f.erase == "row"]
         cols = sorted({f.column for _, f in fields})
         last = None
         while True:
             query = (sa.select(*keys, *(t.c[c] for c in cols)).order_by(*keys).limit(SCAN_BATCH)
-                     .where(*after(keys, last, has_row_values(self.engine.dialect))))
-            with self.engine.connect() as conn:
+                     .where(*after(keys, last, has_row_values(self.store.engine.dialect))))
+            with self.store.engine.connect() as conn:
                 rows = conn.execute(query).all()
             if not rows:
                 return
@@ -111,32 +98,33 @@ class SqlSubjects(SqlAccess):
 
     def indexed_fields(self, collection_name: str) -> list[tuple[str, str]]:
         """(kind, column) of every identity field, when all of them declare ``lookup: indexed``; else []."""
-        fields = self.coll(collection_name).identity_fields()
+        fields = self.store.coll(collection_name).identity_fields()
         if not fields or any(f.lookup != "indexed" for _, f in fields):
             return []
         return [(kind, f.column) for kind, f in fields]
 
     def check_index(self, collection_name: str) -> None:
         """Refuse a ``lookup: indexed`` collection whose database lacks the digest column, index or triggers."""
-        t = self.table(collection_name)
-        coll = self.coll(collection_name)
+        t = self.store.table(collection_name)
+        coll = self.store.coll(collection_name)
         for _kind, f in coll.identity_fields():
             if f.lookup != "indexed":
                 continue
-            missing = sql_index.problems(self.engine, t, f.column)
+            missing = sql_index.problems(self.store.engine, t, f.column)
             if missing:
                 raise SchemaMismatch(
-                    f"{self.ref(collection_name)}.{f.column}: 'lookup: indexed' but table {t.name!r} lacks "
+                    f"{self.store.ref(collection_name)}.{f.column}: 'lookup: indexed' but table {t.name!r} lacks "
                     f"{', '.join(missing)}; print the DDL with `python -m include.retention.cli index-identities "
                     f"--ddl` for a DBA to run, then fill it with `index-identities --backfill`")
 
     def backfill_index(self, collection_name: str) -> int:
         """Fill the NULL digests of the collection's ``lookup: indexed`` columns (refused, naming what is missing,
         when the database lacks the digest column, index or triggers). Returns the rows digested."""
-        self.check(collection_name)
-        t = self.table(collection_name)
-        fields = [(kind, f.column) for kind, f in self.coll(collection_name).identity_fields() if f.lookup == "indexed"]
-        return sql_index.backfill(self.engine, t, self.key_cols(collection_name, t), fields)
+        self.store.check(collection_name)
+        t = self.store.table(collection_name)
+        fields = [(kind, f.column) for kind, f in self.store.coll(collection_name).identity_fields()
+                  if f.lookup == "indexed"]
+        return sql_index.backfill(self.store.engine, t, self.store.key_cols(collection_name, t), fields)
 
     def candidates(self, collection_name: str, subjects: list[Subject]
                    ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
@@ -146,9 +134,9 @@ class SqlSubjects(SqlAccess):
         if not fields:
             yield from self.scan(collection_name)
             return
-        self.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
-        coll, t = self.coll(collection_name), self.table(collection_name)
-        keys = self.key_cols(collection_name, t)
+        self.store.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
+        coll, t = self.store.coll(collection_name), self.store.table(collection_name)
+        keys = self.store.key_cols(collection_name, t)
         n = len(keys)
         cols = self._identity_cols(coll)
         wanted = index_subjects(subjects)
@@ -156,7 +144,7 @@ class SqlSubjects(SqlAccess):
         for kind, column in fields:
             values = sorted(sql_index.identity_digest(kind, v) for v in wanted.get(kind, {}))
             digests.setdefault(sql_index.digest_column(column), []).extend(values)
-        for rows in sql_index.candidate_batches(self.engine, t, keys, digests, cols):
+        for rows in sql_index.candidate_batches(self.store.engine, t, keys, digests, cols):
             batch = []
             for row in rows:
                 values = dict(zip(cols, row[n:], strict=True))
@@ -190,11 +178,11 @@ class SqlSubjects(SqlAccess):
 
     def _state_columns(self, name: str, t: sa.Table, *, dependents: bool) -> list[Any]:
         """Hold and lock state of a row, evaluated by the database in the same statement that locks it."""
-        coll = self.coll(name)
+        coll = self.store.coll(name)
         cols: list[Any] = []
-        held = self.held(name, t)
+        held = self.store.predicates.held(name, t)
         cols.append((held if held is not None else sa.false()).label("_held"))
-        deps = self._held_dependents(name, t) if dependents else []
+        deps = self.store.predicates.held_dependents(name, t) if dependents else []
         cols.append((sa.or_(*deps) if deps else sa.false()).label("_deps_held"))
         if coll.lock is not None:
             cols.append(t.c[coll.lock.at].label("_locked_at"))
@@ -203,8 +191,8 @@ class SqlSubjects(SqlAccess):
 
     def _locked_rows(self, conn, name: str, keys: list[Any], *, dependents: bool, lock: bool = True
                      ) -> list[dict[str, Any]]:
-        coll, t = self.coll(name), self.table(name)
-        cols = self.key_cols(name, t)
+        coll, t = self.store.coll(name), self.store.table(name)
+        cols = self.store.key_cols(name, t)
         query = (sa.select(*(c.label(f"_pk{i}") for i, c in enumerate(cols)),
                            *(t.c[c] for c in self._identity_cols(coll)),
                            *self._state_columns(name, t, dependents=dependents)).where(key_in(cols, keys)))
@@ -214,21 +202,20 @@ class SqlSubjects(SqlAccess):
             row["_pk"] = key_of([row.pop(f"_pk{i}") for i in range(len(cols))])
             out.append(row)
         if dependents and out:  # held dependents in other databases keep a row too
-            elsewhere = self._held_elsewhere(conn, name, [r["_pk"] for r in out])
+            elsewhere = self.store.cascade.held_elsewhere(conn, name, [r["_pk"] for r in out])
             for row in out:
                 row["_deps_held"] = row["_deps_held"] or row["_pk"] in elsewhere
         return out
 
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:
-        coll, t = self.coll(collection_name), self.table(collection_name)
-        keys = self.key_cols(collection_name, t)
+        coll, t = self.store.coll(collection_name), self.store.table(collection_name)
+        keys = self.store.key_cols(collection_name, t)
         cols = [t.c[c] for c in coll.columns]
-        for chunk in _chunks(sorted(claims)):
-            with self.engine.connect() as conn:
+        for chunk in chunks(sorted(claims)):
+            with self.store.engine.connect() as conn:
                 yield [dict(r._mapping) for r in conn.execute(sa.select(*cols).where(key_in(keys, chunk))
                                                               .order_by(*keys))]
 
-    # ---- classification -------------------------------------------------------------------
     @staticmethod
     def _exception(row: dict[str, Any], own: set[str], *, deleting: bool) -> str | None:
         """Why a claimed row must be kept, or None."""
@@ -241,73 +228,85 @@ class SqlSubjects(SqlAccess):
             return "statutory_lock" if reason.startswith("retention:") else "locked_for_another_reason"
         return None
 
-
-
-    # ---- erase ----------------------------------------------------------------------------
     def erase(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
               ) -> SubjectOutcome:
         name = collection_name
-        self.check(name)  # references and holds checked against the tables before anything is changed
-        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
+        self.store.check(name)  # references and holds checked against the tables before anything is changed
+        coll, ref = self.store.coll(name), self.store.ref(name)
         outcome = SubjectOutcome()
-        keys = claimed_keys(self.name, claims)
+        keys = claimed_keys(self.store.name, claims)
         wanted = index_subjects(subjects)
-        own = own_lock_reasons(subjects, self.mask_key)
-        fields = coll.identity_fields()
+        own = own_lock_reasons(subjects, self.store.mask_key)
         deleting = coll.erasure == "delete"
         changed_since = 0
-        for chunk in _chunks(keys):
-            with self.engine.begin() as conn:
+        for chunk in chunks(keys):
+            with self.store.engine.begin() as conn:
                 rows = self._locked_rows(conn, name, chunk, dependents=deleting)
-                whole_rows, mention_rows, kept_rows = [], [], []
-                for row in rows:
-                    whole, mention_cols, token_of = self._row_claims(row, fields, wanted)
-                    rids = whole or {rid for rid in token_of}
-                    if not rids:
-                        changed_since += 1  # no longer carries the identity: not ours to touch
-                        continue
-                    reason = self._exception(row, own, deleting=bool(whole) and deleting)
-                    if reason is not None:
-                        for rid in rids:
-                            outcome.add(rid, ref, f"exception:{reason}")
-                        kept_rows.append((row, token_of[min(rids)]))
-                    elif whole:
-                        whole_rows.append((row, whole))
-                    else:
-                        mention_rows.append((row, mention_cols, set(token_of)))
+                whole_rows, mention_rows, kept_rows, gone_meanwhile = self._sort_rows(
+                    rows, coll.identity_fields(), wanted, own, deleting, ref, outcome)
+                changed_since += gone_meanwhile
                 if not dry_run:
                     self._restrict_exceptions(conn, name, kept_rows)
                 self._erase_mentions(conn, name, mention_rows, outcome, dry_run)
-                if not whole_rows:
-                    continue
-                gone = [r["_pk"] for r, _ in whole_rows]
-                lifted = {r["_pk"] for r, _ in whole_rows if r.get("_locked_at") is not None}
-                for row, rids in whole_rows:
-                    for rid in rids:
-                        if row["_pk"] in lifted:
-                            outcome.add(rid, ref, "lifted")
-                if not deleting:
-                    n = len(gone) if dry_run else self._anonymize_subject_rows(conn, name, gone, own)
-                    self._count(outcome, whole_rows, ref, "anonymized", n)
-                    continue
-                children = self._child_counts(conn, name, gone)
-                for row, rids in whole_rows:
-                    for rid in rids:
-                        for child_ref, n in children.get(row["_pk"], {}).items():
-                            outcome.add(rid, child_ref, "deleted_with_parent", n)
-                if dry_run:
-                    self._count(outcome, whole_rows, ref, "deleted", len(gone))
-                    continue
-                cascaded: dict[str, int] = {}
-                guard = self._erasable(name, t, own)
-                n = self._delete_keys(conn, name, gone, cascaded, guard=guard)
-                self._count(outcome, whole_rows, ref, "deleted", n)
-                for target, c in cascaded.items():
-                    outcome.add_total(target, c)
+                if whole_rows:
+                    self._erase_rows(conn, name, whole_rows, own, deleting, outcome, dry_run)
         if changed_since:
             log.warning("%s: %d claimed row(s) no longer carried the identity when acted on; left alone", ref,
                         changed_since)
         return outcome
+
+    def _sort_rows(self, rows: list[dict[str, Any]], fields: list[tuple[str, IdentityField]],
+                   wanted: dict[str, dict[str, set[str]]], own: set[str], deleting: bool, ref: str,
+                   outcome: SubjectOutcome) -> tuple[list, list, list, int]:
+        """An erasure's locked rows, sorted: (the subjects' own rows to erase, rows that only mention them, rows
+        kept as exceptions (counted in ``outcome``), how many no longer carry any identity)."""
+        whole_rows, mention_rows, kept_rows = [], [], []
+        changed_since = 0
+        for row in rows:
+            whole, mention_cols, token_of = self._row_claims(row, fields, wanted)
+            rids = whole or {rid for rid in token_of}
+            if not rids:
+                changed_since += 1  # no longer carries the identity: not ours to touch
+                continue
+            reason = self._exception(row, own, deleting=bool(whole) and deleting)
+            if reason is not None:
+                for rid in rids:
+                    outcome.add(rid, ref, f"exception:{reason}")
+                kept_rows.append((row, token_of[min(rids)]))
+            elif whole:
+                whole_rows.append((row, whole))
+            else:
+                mention_rows.append((row, mention_cols, set(token_of)))
+        return whole_rows, mention_rows, kept_rows, changed_since
+
+    def _erase_rows(self, conn, name: str, whole_rows: list[tuple[dict[str, Any], set[str]]], own: set[str],
+                    deleting: bool, outcome: SubjectOutcome, dry_run: bool) -> None:
+        """Delete (or anonymize) the subjects' own rows of a chunk, counting per request what went with them."""
+        t, ref = self.store.table(name), self.store.ref(name)
+        gone = [r["_pk"] for r, _ in whole_rows]
+        lifted = {r["_pk"] for r, _ in whole_rows if r.get("_locked_at") is not None}
+        for row, rids in whole_rows:
+            for rid in rids:
+                if row["_pk"] in lifted:
+                    outcome.add(rid, ref, "lifted")
+        if not deleting:
+            n = len(gone) if dry_run else self._anonymize_subject_rows(conn, name, gone, own)
+            self._count(outcome, whole_rows, ref, "anonymized", n)
+            return
+        children = self.store.acts.child_counts(conn, name, gone)
+        for row, rids in whole_rows:
+            for rid in rids:
+                for child_ref, n in children.get(row["_pk"], {}).items():
+                    outcome.add(rid, child_ref, "deleted_with_parent", n)
+        if dry_run:
+            self._count(outcome, whole_rows, ref, "deleted", len(gone))
+            return
+        cascaded: dict[str, int] = {}
+        guard = self._erasable(name, t, own)
+        n = self.store.acts.delete_keys(conn, name, gone, cascaded, guard=guard)
+        self._count(outcome, whole_rows, ref, "deleted", n)
+        for target, c in cascaded.items():
+            outcome.add_total(target, c)
 
     @staticmethod
     def _count(outcome: SubjectOutcome, rows: list[tuple[dict[str, Any], set[str]]], ref: str, what: str,
@@ -323,13 +322,13 @@ class SqlSubjects(SqlAccess):
                   ) -> sa.ColumnElement[bool]:
         """The guard repeated in the final statement: not held, no held dependents (unless ``dependents`` is
         False: a correction deletes nothing), unlocked or own lock."""
-        coll = self.coll(name)
+        coll = self.store.coll(name)
         preds = []
-        held = self.held(name, t)
+        held = self.store.predicates.held(name, t)
         if held is not None:
             preds.append(sa.not_(held))
         if dependents:
-            preds += [sa.not_(d) for d in self._held_dependents(name, t)]
+            preds += [sa.not_(d) for d in self.store.predicates.held_dependents(name, t)]
         if coll.lock is not None:
             free = t.c[coll.lock.at].is_(None)
             if coll.lock.reason and own:
@@ -339,16 +338,16 @@ class SqlSubjects(SqlAccess):
 
     def _restrict_exceptions(self, conn, name: str, kept: list[tuple[dict[str, Any], str]]) -> None:
         """Kept rows are restricted (used for nothing else) unless they already carry a lock."""
-        coll, t = self.coll(name), self.table(name)
+        coll, t = self.store.coll(name), self.store.table(name)
         if coll.lock is None:
             return
-        keys = self.key_cols(name, t)
+        keys = self.store.key_cols(name, t)
         for row, token_source in kept:
             if row.get("_locked_at") is not None:
                 continue
-            values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], utcnow())}
+            values = {coll.lock.at: bind_time(t.c[coll.lock.at], utcnow())}
             if coll.lock.reason:
-                values[coll.lock.reason] = lock_reason_for(ERASURE_EXCEPTION, token_source, self.mask_key)
+                values[coll.lock.reason] = lock_reason_for(ERASURE_EXCEPTION, token_source, self.store.mask_key)
             conn.execute(t.update().where(key_eq(keys, row["_pk"]), t.c[coll.lock.at].is_(None)).values(values))
 
     def _erase_mentions(self, conn, name: str, rows: list[tuple[dict[str, Any], set[str], set[str]]],
@@ -356,8 +355,8 @@ class SqlSubjects(SqlAccess):
         """Rows that only mention a subject (``erase: mask`` fields): mask those fields, keep the row."""
         if not rows:
             return
-        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        keys = self.key_cols(name, t)
+        coll, t, ref = self.store.coll(name), self.store.table(name), self.store.ref(name)
+        keys = self.store.key_cols(name, t)
         masks = {f.column: f.mask for _, f in coll.identity_fields() if f.erase == "mask"}
         for row, cols, rids in rows:
             if not dry_run:
@@ -365,34 +364,33 @@ class SqlSubjects(SqlAccess):
                 for c in cols:
                     strategy = STRATEGIES[masks[c].strategy]
                     values[c] = (strategy.sql(t.c[c], masks[c].value) if strategy.in_sql
-                                 else strategy.python(row[c], masks[c].value, self.mask_key))
+                                 else strategy.python(row[c], masks[c].value, self.store.mask_key))
                 conn.execute(t.update().where(key_eq(keys, row["_pk"])).values(values))
             for rid in rids:
                 outcome.add(rid, ref, "masked")
 
     def _anonymize_subject_rows(self, conn, name: str, keys: list[Any], own: set[str]) -> int:
-        coll, t = self.coll(name), self.table(name)
-        mine = key_in(self.key_cols(name, t), keys)
+        coll, t = self.store.coll(name), self.store.table(name)
+        mine = key_in(self.store.key_cols(name, t), keys)
         where = sa.and_(mine, self._erasable(name, t, own))
-        n = self._anonymize(conn, name, t, keys, where, coll.erasure_mask, utcnow())
+        n = self.store.acts.anonymize(conn, name, t, keys, where, coll.erasure_mask, utcnow())
         if coll.lock is not None and own and coll.lock.reason:
             # an anonymized row names nobody: the subject's own restriction of it has no object any more
             conn.execute(t.update().where(mine, t.c[coll.lock.reason].in_(sorted(own)))
                          .values({coll.lock.at: None, coll.lock.reason: None}))
         return n
 
-    # ---- restrict -------------------------------------------------------------------------
     def restrict(self, collection_name: str, claims: Claims, subjects: list[Subject], *, dry_run: bool
                  ) -> SubjectOutcome:
         name = collection_name
-        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        pk = self.key_cols(name, t)
+        coll, t, ref = self.store.coll(name), self.store.table(name), self.store.ref(name)
+        pk = self.store.key_cols(name, t)
         outcome = SubjectOutcome()
-        keys = claimed_keys(self.name, claims)
+        keys = claimed_keys(self.store.name, claims)
         wanted = index_subjects(subjects)
         fields = coll.identity_fields()
-        for chunk in _chunks(keys):
-            with self.engine.begin() as conn:
+        for chunk in chunks(keys):
+            with self.store.engine.begin() as conn:
                 for row in self._locked_rows(conn, name, chunk, dependents=False):
                     _whole, _mention, token_of = self._row_claims(row, fields, wanted)
                     if not token_of:
@@ -404,10 +402,10 @@ class SqlSubjects(SqlAccess):
                     else:
                         what = "restricted"
                         if not dry_run:
-                            values = {coll.lock.at: self._bind_time(t.c[coll.lock.at], utcnow())}
+                            values = {coll.lock.at: bind_time(t.c[coll.lock.at], utcnow())}
                             if coll.lock.reason:
                                 values[coll.lock.reason] = lock_reason_for(
-                                    RESTRICTION, token_of[min(token_of)], self.mask_key)
+                                    RESTRICTION, token_of[min(token_of)], self.store.mask_key)
                             n = conn.execute(t.update().where(key_eq(pk, row["_pk"]), t.c[coll.lock.at].is_(None))
                                              .values(values)).rowcount
                             what = "restricted" if n else "already_restricted"
@@ -415,15 +413,15 @@ class SqlSubjects(SqlAccess):
                         outcome.add(rid, ref, what)
         return outcome
 
-    # ---- verify ---------------------------------------------------------------------------
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
         name = collection_name
-        claims = self.find(name, subjects, exhaustive=True)  # the full scan, independent of the index (ADR 0022)
-        own = own_lock_reasons(subjects, self.mask_key)
-        deleting = mode != "rectify" and self.coll(name).erasure == "delete"  # rectify: exceptions as it keeps them
+        claims = self.store.find(name, subjects, exhaustive=True)  # the full scan, independent of the index (ADR 0022)
+        own = own_lock_reasons(subjects, self.store.mask_key)
+        # rectify: exceptions as it keeps them
+        deleting = mode != "rectify" and self.store.coll(name).erasure == "delete"
         left: dict[str, int] = {}
-        for chunk in _chunks(sorted(claims)):
-            with self.engine.connect() as conn:
+        for chunk in chunks(sorted(claims)):
+            with self.store.engine.connect() as conn:
                 rows = self._locked_rows(conn, name, chunk, dependents=deleting, lock=False)
             for row in rows:
                 if mode == "restrict":
@@ -435,20 +433,19 @@ class SqlSubjects(SqlAccess):
                         left[rid] = left.get(rid, 0) + 1
         return left
 
-    # ---- the other rights: rectify, withdraw (ADR 0008) ------------------------------------
     def _rectify_targets(self, collection_name: str, new_values: dict[str, str]) -> list[tuple[str, Target]]:
         """(kind, column) of every identity column of this collection that holds a kind being corrected."""
-        t = self.table(collection_name)
+        t = self.store.table(collection_name)
         cache: dict[str, dict[str, str | None]] = self.__dict__.setdefault("_fit_charsets", {})
         if t.name not in cache:
-            cache[t.name] = storage_charsets(self.engine, t.name)
+            cache[t.name] = storage_charsets(self.store.engine, t.name)
         charsets = cache[t.name]
         out = []
-        for kind, f in self.coll(collection_name).identity_fields():
+        for kind, f in self.store.coll(collection_name).identity_fields():
             if kind in new_values:
                 charset = charsets.get(f.column, charsets.get("*"))
-                out.append((kind, Target(f"{self.ref(collection_name)}.{f.column}", t.c[f.column],
-                                         self.engine.dialect.name, charset)))
+                out.append((kind, Target(f"{self.store.ref(collection_name)}.{f.column}", t.c[f.column],
+                                         self.store.engine.dialect.name, charset)))
         return out
 
     def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
@@ -456,14 +453,14 @@ class SqlSubjects(SqlAccess):
         """Why the new values cannot be written into this collection's identity columns (type, width, character
         set; a unique column where the database's own collation finds the value on a row not claimed), or []."""
         problems: list[str] = []
-        t = self.table(collection_name)
-        pk = self.key_cols(collection_name, t)
+        t = self.store.table(collection_name)
+        pk = self.store.key_cols(collection_name, t)
         for kind, target in self._rectify_targets(collection_name, new_values):
             problem, value = bind_value(target, kind, new_values[kind])
             if problem:
                 problems.append(problem)
             elif self._unique(t, target.column.name):
-                with self.engine.connect() as conn:
+                with self.store.engine.connect() as conn:
                     taken = [key_of(r) for r in conn.execute(sa.select(*pk).where(target.column == value))]
                 if any(k not in claims for k in taken):
                     problems.append(f"{target.where}: the column is unique and the database already counts the "
@@ -491,7 +488,7 @@ class SqlSubjects(SqlAccess):
         ``exception:<reason>``. A restriction of the subject's own, named by the old value, is renamed by the
         new one (a later request of the person with the new value still finds it their own)."""
         outcome = SubjectOutcome()
-        keys = {name: claimed_keys(self.name, c) for name, c in claims.items() if c}
+        keys = {name: claimed_keys(self.store.name, c) for name, c in claims.items() if c}
         binds: dict[tuple[str, str], Any] = {}
         for name in keys:
             for kind, target in self._rectify_targets(name, new_values):
@@ -499,11 +496,11 @@ class SqlSubjects(SqlAccess):
                 if problem:
                     raise RetentionError(f"rectify refused: {problem}; nothing was changed")
                 binds[(name, target.column.name)] = value
-        own = own_lock_reasons(subjects, self.mask_key)
-        renamed = renamed_lock_reasons(subjects, new_values, self.mask_key)
-        with self.engine.begin() as conn:
+        own = own_lock_reasons(subjects, self.store.mask_key)
+        renamed = renamed_lock_reasons(subjects, new_values, self.store.mask_key)
+        with self.store.engine.begin() as conn:
             for name, names_keys in keys.items():
-                for chunk in _chunks(names_keys):
+                for chunk in chunks(names_keys):
                     self._rectify_chunk(conn, name, chunk, subjects, new_values, binds, own, renamed, outcome,
                                         dry_run)
         return outcome
@@ -511,8 +508,8 @@ class SqlSubjects(SqlAccess):
     def _rectify_chunk(self, conn, name: str, chunk: list[Any], subjects: list[Subject], new_values: dict[str, str],
                        binds: dict[tuple[str, str], Any], own: set[str], renamed: dict[str, str],
                        outcome: SubjectOutcome, dry_run: bool) -> None:
-        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        pk = self.key_cols(name, t)
+        coll, t, ref = self.store.coll(name), self.store.table(name), self.store.ref(name)
+        pk = self.store.key_cols(name, t)
         old = {s.request_id: s.identities for s in subjects}
         fields = [(kind, f) for kind, f in coll.identity_fields() if kind in new_values]
         guard = self._erasable(name, t, own, dependents=False)
@@ -547,19 +544,19 @@ class SqlSubjects(SqlAccess):
         """Set the consent columns of the subjects' own rows (not rows that only mention them) to their
         withdrawn value; a consent already withdrawn (column already set) is counted, not rewritten."""
         name = collection_name
-        coll, t, ref = self.coll(name), self.table(name), self.ref(name)
-        pk = self.key_cols(name, t)
+        coll, t, ref = self.store.coll(name), self.store.table(name), self.store.ref(name)
+        pk = self.store.key_cols(name, t)
         n_pk = len(pk)
         outcome = SubjectOutcome()
         chosen = [c for c in coll.consent if consents is None or c.name in consents]
         if not chosen:
             return outcome
-        keys = claimed_keys(self.name, claims)
+        keys = claimed_keys(self.store.name, claims)
         wanted = index_subjects(subjects)
         fields = coll.identity_fields()
         now = utcnow()
-        for chunk in _chunks(keys):
-            with self.engine.begin() as conn:
+        for chunk in chunks(keys):
+            with self.store.engine.begin() as conn:
                 rows = {r["_pk"]: r for r in self._locked_rows(conn, name, chunk, dependents=False)}
                 current = {key_of(r[:n_pk]): r[n_pk:] for r in conn.execute(
                     sa.select(*pk, *(t.c[c.column] for c in chosen)).where(key_in(pk, list(rows))))} if rows else {}
@@ -569,7 +566,7 @@ class SqlSubjects(SqlAccess):
                         continue  # only mentions the subject: somebody else's consent
                     for i, consent in enumerate(chosen):
                         col = t.c[consent.column]
-                        target = self._bind_time(col, now) if consent.withdrawn == "now" else consent.withdrawn
+                        target = bind_time(col, now) if consent.withdrawn == "now" else consent.withdrawn
                         have = current[key][i]
                         done = have is not None if consent.withdrawn == "now" else have == consent.withdrawn
                         what = f"already_withdrawn:{consent.name}" if done else f"withdrawn:{consent.name}"

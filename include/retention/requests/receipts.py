@@ -15,7 +15,7 @@ from typing import Any
 
 from include.retention.values import Outcome
 
-# What ``record()`` counts into a ledger entry's ``count`` (include/retention/airflow/erasure_tasks.py).
+# What ``record()`` counts into a ledger entry's ``count`` (include/retention/requests/erasure_flow.py).
 COUNTED = ("deleted", "anonymized", "masked", "restricted", "deleted_with_parent")
 PROOF_FORMAT = "retention-receipt-proof/1"
 # What leaves or changes a record in a system, so that the copies in its backups differ from it.
@@ -100,9 +100,15 @@ def line_text(line: dict[str, int]) -> str:
         parts.append(f"deleted {deleted}")
     elif along:
         parts.append(f"deleted {along} with the rows they belong to")
+    if line.get("objects_rewritten"):  # records inside S3 objects (ADR 0021): the objects were rewritten without them
+        inside = f"inside {line['objects_rewritten']} object(s), rewritten"
+        parts = [f"{parts[0]} records {inside}"] if deleted else [f"records changed {inside}"]
     for key in ("anonymized", "masked", "restricted", "lifted"):
         if line.get(key):
             parts.append(f"{key} {line[key]}")
+    if line.get("objects_locked"):  # S3 cannot lock part of an object: its other records are restricted too
+        parts.append(f"in {line['objects_locked']} object version(s) locked whole, with "
+                     f"{line.get('others_restricted', 0)} record(s) of other people (over-restricted, never changed)")
     for key, n in sorted(line.items()):
         if key.startswith("kept:"):
             parts.append(f"kept and restricted {n} ({key[5:]})")
@@ -113,7 +119,7 @@ def line_text(line: dict[str, int]) -> str:
     if line.get("digests"):
         parts.append(f"{line['digests']} keyed digest(s) kept, no plaintext")
     known = {"deleted", "with_parent", "anonymized", "masked", "restricted", "lifted", "nullified",
-             "changed_meanwhile", "digests"}
+             "changed_meanwhile", "digests", "objects_rewritten", "objects_locked", "others_restricted"}
     parts += [f"{k} {n}" for k, n in sorted(line.items()) if k not in known and not k.startswith("kept:")]
     return "; ".join(parts) or "nothing found"
 
@@ -236,7 +242,70 @@ def add_unmapped(receipt: dict[str, Any], open_findings: list[dict[str, Any]]) -
     return receipt
 
 
+REJECTED_VERIFICATION = ("identity not verified: the request was rejected and closed; nothing was read, changed "
+                         "or handed out (the reason is kept, encrypted, in the registry)")
+ACCESS_MODES = ("access", "rectify", "withdraw")
+
+
+def with_identity_check(receipt: dict[str, Any], req: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+    """The identity check's decision (never its reason) and the resolved person (kinds, statuses, counts) in a
+    receipt; a rejected or stopped request's receipt says so."""
+    from include.retention.registry import INTAKE_VERIFIED
+    from include.retention.requests import person
+
+    check = details.get("identity_check") or (
+        {"decision": "verified at intake"} if req.get("source") == INTAKE_VERIFIED else {})
+    receipt["identity_check"] = {"decision": check.get("decision", "none"),
+                                 "reason_recorded": bool(check.get("reason"))}
+    receipt["person"] = person.receipt_part(details)  # one person per request: kinds, statuses, counts
+    if req["status"] == "rejected":
+        receipt["verification"] = REJECTED_VERIFICATION
+    elif req["status"] == "conflict":
+        receipt["verification"] = person.STOPPED_VERIFICATION
+    return receipt
+
+
+def recipients_part(recipients: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A request's recipients (``Registry.recipients``) as its receipt lists them: channel, status, systems,
+    categories, last response and note (names only)."""
+    return {name: {k: info[k] for k in ("channel", "status", "systems", "categories", "response", "note")}
+            for name, info in recipients.items()}
+
+
+def with_request_type(receipt: dict[str, Any], req: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+    """What access, rectify and withdraw add to the receipt: the package (its link, never its content), the
+    corrected kinds (never a value), the consents withdrawn, and what was verified."""
+    if req["mode"] == "access":
+        receipt["package"] = {k: v for k, v in (details.get("package") or {}).items()}
+        if details.get("link"):
+            receipt["package"]["link"] = details["link"]
+        receipt["verification"] = ("dry run: counted, no package written" if req["dry_run"] else
+                                   "every system searched; the package holds what was found")
+    elif req["mode"] == "rectify":
+        receipt["rectified_kinds"] = sorted(details.get("new_values") or {})
+        receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
+                                   "every system re-scanned: no item carries the old value any more, except the "
+                                   "exceptions listed (kept unchanged)")
+    elif req["mode"] == "withdraw":
+        receipt["consents"] = details.get("consents") or "all"
+        receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
+                                   "consents withdrawn; the retention rules act on the items as usual")
+    return receipt
+
+
+def _request_type_lines(receipt: dict[str, Any]) -> list[str]:
+    """Access, rectify, withdraw: the identity check and the package (never the link)."""
+    extra = [f"- identity check: {receipt['identity_check']['decision']}"]
+    package = receipt.get("package") or {}
+    if package:
+        extra.append(f"- package: {package.get('key', '(not written)')}, {package.get('size')} bytes, "
+                     f"sha256 `{package.get('sha256')}`, link expires {package.get('link_expires_at', '-')}")
+    return extra
+
+
 def render_markdown(receipt: dict[str, Any]) -> str:
+    """Any receipt in Markdown: the erasure receipt's sections; access, rectify and withdraw add the identity
+    check and the package."""
     lines = [
         f"# Receipt for request {receipt['request_id']}",
         "",
@@ -282,7 +351,10 @@ def render_markdown(receipt: dict[str, Any]) -> str:
         lines += ["", "## Recipients told", ""]
         lines += [f"- {name}: {r.get('status')} via {r.get('channel')}"
                   + (f" ({r['note']})" if r.get("note") else "") for name, r in sorted(recipients.items())]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if receipt.get("mode") in ACCESS_MODES and "identity_check" in receipt:
+        text += "\n" + "\n".join(_request_type_lines(receipt)) + "\n"
+    return text
 
 
 # ---- verification --------------------------------------------------------------------------------
@@ -318,13 +390,38 @@ def _entry(ledger: Any, seq: int) -> dict[str, Any] | None:
     return dict(row._mapping) if row is not None else None
 
 
+def _entry_problems(receipt: dict[str, Any], rid: str, name: str, system: dict[str, Any], seq: int,
+                    claimed_hash: str, claimed_count: int, row: dict[str, Any]) -> list[str]:
+    """What in one system's part of the receipt disagrees with its ledger entry ``row``."""
+    problems = []
+    if row["entry_hash"] != claimed_hash:
+        problems.append(f"system {name}: entry {seq}'s hash differs from the receipt's")
+    for what, want, got in (("request", rid, row["request_id"]), ("system", name, row["system"]),
+                            ("action", receipt.get("mode"), row["action"])):
+        if want != got:
+            problems.append(f"system {name}: entry {seq} records another {what}")
+    if row["outcome"] != ("dry_run" if receipt.get("dry_run") else "verified"):
+        problems.append(f"system {name}: entry {seq} has outcome {row['outcome']!r}")
+    try:
+        details = json.loads(row["details"]) if row["details"] else {}
+    except ValueError:
+        details = {}
+    collections = system.get("collections") or {}
+    if claimed_count != row["count"] or counted_total(collections) != row["count"]:
+        problems.append(f"system {name}: the receipt's count differs from entry {seq} (ledger {row['count']})")
+    if (details.get("collections") or {}) != collections:
+        problems.append(f"system {name}: the receipt's counts per collection differ from entry {seq}")
+    if (details.get("removed_along") or {}) != (system.get("removed_along") or {}):
+        problems.append(f"system {name}: what was removed along differs from entry {seq}")
+    return problems
+
+
 def verify_receipt(receipt: Any, ledger: Any, anchors: Any = None) -> ReceiptCheck:
     """Check a receipt against the ledger (and its anchors); reads counts and hashes only."""
     if not isinstance(receipt, dict) or not isinstance(receipt.get("systems"), dict):
         return ReceiptCheck("?", problems=["not a receipt (no 'systems')"])
     rid = str(receipt.get("request_id") or "?")
     check = ReceiptCheck(rid)
-    mode = receipt.get("mode")
     for name, system in sorted(receipt["systems"].items()):
         proof = system.get("ledger") if isinstance(system, dict) else None
         if not proof:
@@ -341,26 +438,7 @@ def verify_receipt(receipt: Any, ledger: Any, anchors: Any = None) -> ReceiptChe
             check.problems.append(f"system {name}: ledger entry {seq} does not exist")
             continue
         check.checked.append(seq)
-        if row["entry_hash"] != claimed_hash:
-            check.problems.append(f"system {name}: entry {seq}'s hash differs from the receipt's")
-        for what, want, got in (("request", rid, row["request_id"]), ("system", name, row["system"]),
-                                ("action", mode, row["action"])):
-            if want != got:
-                check.problems.append(f"system {name}: entry {seq} records another {what}")
-        if row["outcome"] != ("dry_run" if receipt.get("dry_run") else "verified"):
-            check.problems.append(f"system {name}: entry {seq} has outcome {row['outcome']!r}")
-        try:
-            details = json.loads(row["details"]) if row["details"] else {}
-        except ValueError:
-            details = {}
-        collections = system.get("collections") or {}
-        if claimed_count != row["count"] or counted_total(collections) != row["count"]:
-            check.problems.append(f"system {name}: the receipt's count differs from entry {seq} "
-                                  f"(ledger {row['count']})")
-        if (details.get("collections") or {}) != collections:
-            check.problems.append(f"system {name}: the receipt's counts per collection differ from entry {seq}")
-        if (details.get("removed_along") or {}) != (system.get("removed_along") or {}):
-            check.problems.append(f"system {name}: what was removed along differs from entry {seq}")
+        check.problems += _entry_problems(receipt, rid, name, system, seq, claimed_hash, claimed_count, row)
     if not check.checked:
         if not check.problems:
             check.problems.append("the receipt names no ledger entry (made before receipts carried proofs?)")

@@ -7,7 +7,7 @@ declaration allows (``identity: plain`` by e-mail only, ``identity: digest`` as 
 recipient shares; docs/adr/0010-notifying-recipients.md). The requester gets a completion notice and, when the
 due date is extended, the notice Art. 12(3) requires; both from templates in ``templates/``.
 
-This module imports nothing from Airflow: sending is ``include/retention/airflow/notify_tasks.py``'s.
+This module imports nothing from Airflow: planning and sending are ``requests/notices.py``' (behind a ``Sender``).
 """
 
 from __future__ import annotations

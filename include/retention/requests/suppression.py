@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 
-from include.retention.erasure import SubjectScanner
 from include.retention.errors import RetentionError
 from include.retention.registry import Registry
+from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Claims, Subject, SubjectOutcome
 
 log = logging.getLogger(__name__)

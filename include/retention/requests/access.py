@@ -5,7 +5,7 @@ Kind-agnostic over the store interface: ``subject_collections`` / ``find`` find 
 every row that references one of their own rows, through any reference, in any SQL system, grandchildren
 too (matched exactly in Python: ``PackageBuilder.find``), ``read`` yields the rows in bounded batches,
 ``owned_keys`` / ``stream_object`` copy the S3 objects a row owns (CVs, attachments) byte for byte, under
-safe, unique entry names (``include.retention.package_names``). Rows go through pandas chunk by chunk
+safe, unique entry names (``include.retention.requests.package_names``). Rows go through pandas chunk by chunk
 into temporary files and from there into a zip on disk, so memory stays bounded by one chunk whatever
 the number of rows; the zip is then uploaded in parts (``include.retention.stores.s3_writes.Upload``).
 
@@ -35,11 +35,11 @@ from typing import Any
 
 from include.retention.describe import conditions_text
 from include.retention.errors import RetentionError
-from include.retention.package_names import EntryNames
 from include.retention.policy import Collection, Policy, Reference, Rule
-from include.retention.stores.base import Claims, Store, Subject, collection_order
+from include.retention.progress import Steps
+from include.retention.requests.package_names import EntryNames
+from include.retention.stores.base import Claims, HoldsObjects, ReferencingRows, Store, Subject, collection_order
 from include.retention.stores.s3_objects import owned_key
-from include.retention.stores.s3_records import RECORD_COLUMNS
 from include.retention.stores.sql_keys import key_of
 from include.retention.values import CollectionRef
 
@@ -120,19 +120,9 @@ class Found:
         self.how[way] = self.how.get(way, 0) + n
 
 
-def sql_children(policy: Policy, ref: str) -> list[tuple[str, Reference]]:
-    """SQL collections (in any SQL system) whose references point at SQL collection ``ref``: plain, ``to_column``
-    and composite references alike."""
-    if policy.system_of(ref).kind != "sql":
-        return []
-    return [(f"{s}.{c}", r) for s, system in policy.systems.items() if system.kind == "sql"
-            for c, coll in system.collections.items() for r in coll.references
-            if r.to == ref and r.source_columns()]
-
-
 def parents_first(policy: Policy) -> list[str]:
-    """Every SQL collection ref of the data map, each after every collection it references (across systems;
-    the data map has no reference cycles)."""
+    """Every collection ref of the data map, each after every collection whose rows its rows reference
+    (``Policy.children``: across systems; the data map has no reference cycles)."""
     order: list[str] = []
     seen: set[str] = set()
 
@@ -141,14 +131,13 @@ def parents_first(policy: Policy) -> list[str]:
             return
         seen.add(ref)
         for r in policy.collection(ref).references:
-            if r.to != ref and policy.system_of(r.to).kind == "sql" and r.source_columns():
+            if r.to != ref and any(child == ref and c_ref is r for child, c_ref in policy.children(r.to)):
                 visit(r.to)
         order.append(ref)
 
     for s, system in policy.systems.items():
-        if system.kind == "sql":
-            for c in system.collections:
-                visit(f"{s}.{c}")
+        for c in system.collections:
+            visit(f"{s}.{c}")
     return order
 
 
@@ -183,7 +172,7 @@ class PackageBuilder:
                  if coll.identities]
         reach, todo = set(start), list(start)
         while todo:
-            for child_ref, _ in sql_children(self.policy, todo.pop()):
+            for child_ref, _ in self.policy.children(todo.pop()):
                 if child_ref not in reach:
                     reach.add(child_ref)
                     todo.append(child_ref)
@@ -202,8 +191,9 @@ class PackageBuilder:
         (``PolicyError`` naming its path and columns) and no package is built."""
         for ref in sorted(self.reachable()):
             system, name = CollectionRef.parse(ref)
-            if self.policy.systems[system].kind == "sql":
-                self.store_of(system).check(name)
+            store = self.store_of(system)
+            if isinstance(store, ReferencingRows):  # references are followed into these (``find``)
+                store.check(name)
 
     def find(self) -> dict[str, Found]:
         """Per collection ref: the person's items found by identity, then every child of an item that is their
@@ -223,7 +213,7 @@ class PackageBuilder:
             parent = found.get(parent_ref)
             if parent is None or not parent.claims:
                 continue
-            for child_ref, reference in sql_children(self.policy, parent_ref):
+            for child_ref, reference in self.policy.children(parent_ref):
                 self._follow(found, parent_ref, parent, child_ref, reference)
         return found
 
@@ -262,6 +252,8 @@ class PackageBuilder:
             if self.fmt == "portable":
                 flat = open(os.path.join(self.dir, "data.csv"), "w", encoding="utf-8", newline="")  # noqa: SIM115
                 flat.write("collection,record,field,value\n")
+            steps = Steps(f"access package {self.request_id}",
+                          sum(len(collection_order(self.policy, system)) for system in self.systems()), "collections")
             for system in self.systems():
                 store = self.store_of(system)
                 searched = store.searched_kinds()
@@ -272,6 +264,7 @@ class PackageBuilder:
                     coll = self.policy.collection(ref)
                     got = found.get(ref)
                     if got is None and ref not in searched:
+                        steps.step(ref, "not searched")
                         continue
                     got = got or Found()
                     entry = {"categories": coll.categories, "identities_searched": searched.get(ref, []),
@@ -281,6 +274,7 @@ class PackageBuilder:
                         entry["rows"], entry["files"] = self._collection(zf, store, name, got, flat, result)
                     result.rows[ref] = entry["rows"]
                     sys_entry["collections"][ref] = entry
+                    steps.step(ref, f"{entry['rows']} row(s)")
                 manifest["systems"][system] = sys_entry
             if flat is not None:
                 flat.close()
@@ -306,9 +300,7 @@ class PackageBuilder:
                     result: PackageResult) -> tuple[int, list[str]]:
         ref = store.ref(name)
         coll = self.policy.collection(ref)
-        kind = self.policy.systems[store.name].kind
-        columns = coll.columns if kind == "sql" else RECORD_COLUMNS if coll.format else [
-            "bucket", "key", "version_id", "size", "last_modified", "content_type"]
+        columns = store.read_columns(name)
         claims = Claims(got.claims)
         for key in got.mentioned:
             claims.add(key, self.request_id)
@@ -324,7 +316,7 @@ class PackageBuilder:
             for batch in store.read(name, claims):
                 if not batch:
                     continue
-                own = self._only_theirs(coll, kind, batch, got)
+                own = self._only_theirs(coll, batch, got)
                 frame = _frame(batch, columns)
                 if write_csv:
                     frame.to_csv(cs, header=rows == 0, index=False, lineterminator="\n")
@@ -346,10 +338,11 @@ class PackageBuilder:
         return rows, files
 
     @staticmethod
-    def _only_theirs(coll: Collection, kind: str, batch: list[dict[str, Any]], got: Found) -> list[dict[str, Any]]:
+    def _only_theirs(coll: Collection, batch: list[dict[str, Any]], got: Found) -> list[dict[str, Any]]:
         """Rows that only mention the person keep their key and the mentioning fields, nothing else (the rest is
-        somebody else's), in place; returns the rows that are the person's own (whose objects are theirs too)."""
-        if kind != "sql" or not got.mentioned:
+        somebody else's), in place; returns the rows that are the person's own (whose objects are theirs too). Only
+        a store whose ``owned`` tells mentioning items apart (SQL rows) has any."""
+        if not got.mentioned:
             return batch
         keep_always = set(coll.key_columns())
         own = []
@@ -381,7 +374,7 @@ class PackageBuilder:
     def _objects(self, zf: zipfile.ZipFile, store: Store, name: str, coll: Collection,
                  batch: list[dict[str, Any]], result: PackageResult) -> None:
         """Copy in the objects these items are or own, byte for byte."""
-        if self.policy.systems[store.name].kind == "s3":
+        if isinstance(store, HoldsObjects):
             if coll.format:  # records inside objects: the person's records only, never the objects (others' too)
                 return
             for row in batch:
@@ -398,7 +391,7 @@ class PackageBuilder:
                     self._copy(zf, target_store, target, found, result)
 
     def _copy(self, zf: zipfile.ZipFile, store: Store, name: str, key: str, result: PackageResult) -> None:
-        """One object into its own entry (``include.retention.package_names``: safe, unique, bounded), once."""
+        """One object into its own entry (``include.retention.requests.package_names``: safe, unique, bounded), once."""
         ref = store.ref(name)
         if (ref, key) in self._copied:
             return

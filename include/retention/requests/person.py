@@ -384,7 +384,7 @@ def stop_on_conflict(registry: Any, ledger: Any, policy: Policy, request_id: str
 
 
 def stopped_receipt(receipt: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
-    """A receipt (``include.retention.receipts.build_receipt``'s) of a request stopped on a conflict."""
+    """A receipt (``include.retention.requests.receipts.build_receipt``'s) of a request stopped on a conflict."""
     receipt["person"] = receipt_part(details)
     receipt["verification"] = STOPPED_VERIFICATION
     return receipt

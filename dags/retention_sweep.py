@@ -15,6 +15,7 @@ from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
 from include.retention.airflow.deadlines import sweep_deadline
 from include.retention.airflow.defaults import dag_args
+from include.retention.airflow.notify_tasks import failure_alert
 from include.retention.airflow.sweep_tasks import SWEPT_ALIAS
 
 SCHEDULE = os.environ.get("RETENTION_SWEEP_SCHEDULE", "@daily")
@@ -92,6 +93,17 @@ def retention_sweep():
                                                dag_id=context["dag"].dag_id, run_id=context["run_id"],
                                                systems=context["params"]["systems"] or None)
 
+    @task(trigger_rule="all_done", retries=0, on_failure_callback=failure_alert("an erased person was found again"))
+    def check_erasures() -> dict:
+        """Every SQL identity compared with the suppression list's digests of erased people, independent of any
+        index (ADR 0022): a person found again reopens the request and fails this task (the DPO is alerted)."""
+        from include.retention.airflow import sweep_tasks
+
+        context = get_current_context()
+        return sweep_tasks.check_erasures(dry_run=bool(context["params"]["dry_run"]),
+                                          dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                                          systems=context["params"]["systems"] or None)
+
     @task(trigger_rule="all_done", outlets=[AssetAlias(SWEPT_ALIAS)])
     def announce_changes() -> dict:
         """An asset event retention://<system>/swept per system this run changed, counts in the extra."""
@@ -117,7 +129,9 @@ def retention_sweep():
     summarize(results, approved, rules)  # a leaf: a rule that did not complete fails the run
     suppressed = enforce_suppression()
     rules >> suppressed
-    [results, approved, suppressed] >> anchor_ledger()  # also a leaf, after every entry of the run
+    checked = check_erasures()  # after the suppression's removals: what is left is found again
+    suppressed >> checked
+    [results, approved, suppressed, checked] >> anchor_ledger()  # also a leaf, after every entry of the run
     [results, approved, suppressed] >> announce_changes()  # a leaf: downstream DAGs schedule on its events
 
 

@@ -119,6 +119,39 @@ def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: lis
         runtime.close()
 
 
+def check_erasures(*, dry_run: bool, dag_id: str, run_id: str, systems: list[str] | None = None) -> dict[str, Any]:
+    """The independent check of erasures (``include.retention.erasure_check``): every SQL identity collection read
+    in full, its identities compared with the suppression list's digests of erased people. Items found again
+    reopen their requests (not in a dry run) and fail the task, which alerts the DPO; request ids and counts
+    only."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.retention.erasure_check import check_system, record
+
+    policy = load_policy(policy_path())
+    runtime = Runtime(policy, airflow_resolver)
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    reopened: list[str] = []
+    try:
+        for name, system in policy.systems.items():
+            if (systems and name not in systems) or system.kind != "sql" or not any(
+                    c.identities for c in system.collections.values()):
+                continue
+            checked, per_request = check_system(runtime.store(name), runtime.registry())
+            reopened += record(runtime.registry(), runtime.ledger(), RunRef(dag_id, run_id), name, checked,
+                               per_request, dry_run=dry_run, policy_digest=policy.digest)
+            if per_request:
+                found[name] = per_request
+    finally:
+        runtime.close()
+    if found:
+        requests = sorted({rid for per in found.values() for rid in per})
+        raise AirflowFailException(
+            f"erased data found again in {', '.join(sorted(found))}: {len(requests)} erasure request(s) "
+            f"({', '.join(requests[:20])}); reopened: {len(reopened)}{' (dry run: none)' if dry_run else ''}")
+    return {"found": 0, "reopened": []}
+
+
 def anchor_ledger() -> dict[str, Any]:
     """Write the ledger head to the anchor store named by ``RETENTION_LEDGER_ANCHORS`` (a directory, or
     ``s3://bucket/prefix`` through the ``RETENTION_ANCHOR_CONN_ID`` aws connection); skipped when unset.

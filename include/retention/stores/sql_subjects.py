@@ -138,13 +138,15 @@ class SqlSubjects(SqlAccess):
         fields = [(kind, f.column) for kind, f in self.coll(collection_name).identity_fields() if f.lookup == "indexed"]
         return sql_index.backfill(self.engine, t, self.key_cols(collection_name, t), fields)
 
-    def candidates(self, collection_name: str, subjects: list[Subject]
+    def candidates(self, collection_name: str, subjects: list[Subject], *, owned_only: bool = False
                    ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """The rows whose digest columns hold one of the subjects' identity digests, or NULL (not digested yet),
-        when every identity column is indexed; else ``scan``. Python judges each candidate as in ``scan``."""
+        when every identity column is indexed; else ``scan`` (``owned_only``: ``scan_owned``). Python judges each
+        candidate as in ``scan``; ``owned_only`` leaves out the fields that only mention someone (as
+        ``scan_owned``)."""
         fields = self.indexed_fields(collection_name)
         if not fields:
-            yield from self.scan(collection_name)
+            yield from self._scan(collection_name, owned_only=owned_only)
             return
         self.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
         coll, t = self.coll(collection_name), self.table(collection_name)
@@ -162,6 +164,8 @@ class SqlSubjects(SqlAccess):
                 values = dict(zip(cols, row[n:], strict=True))
                 found: dict[str, set[str]] = {}
                 for kind, f in coll.identity_fields():
+                    if owned_only and f.erase != "row":
+                        continue
                     value = normalise(kind, values[f.column])
                     if value is not None:
                         found.setdefault(kind, set()).add(value)
@@ -417,8 +421,14 @@ class SqlSubjects(SqlAccess):
 
     # ---- verify ---------------------------------------------------------------------------
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
+        # found as the request found them (through the index where declared): what the index cannot see (rows
+        # changed with the triggers off) is the retention sweep's independent check's (ADR 0022)
+        return self.left_of(collection_name, self.find(collection_name, subjects), subjects, mode)
+
+    def left_of(self, collection_name: str, claims: Claims, subjects: list[Subject], mode: str) -> dict[str, int]:
+        """Per request: of the ``claims`` (rows carrying the subjects' identities, found by the caller), those
+        that may not stay after ``mode`` (not kept as an exception; for ``restrict``: not locked)."""
         name = collection_name
-        claims = self.find(name, subjects, exhaustive=True)  # the full scan, independent of the index (ADR 0022)
         own = own_lock_reasons(subjects, self.mask_key)
         deleting = mode != "rectify" and self.coll(name).erasure == "delete"  # rectify: exceptions as it keeps them
         left: dict[str, int] = {}

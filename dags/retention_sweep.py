@@ -93,16 +93,23 @@ def retention_sweep():
                                                dag_id=context["dag"].dag_id, run_id=context["run_id"],
                                                systems=context["params"]["systems"] or None)
 
-    @task(trigger_rule="all_done", retries=0, on_failure_callback=failure_alert("an erased person was found again"))
+    @task(trigger_rule="all_done")
     def check_erasures() -> dict:
         """Every SQL identity compared with the suppression list's digests of erased people, independent of any
-        index (ADR 0022): a person found again reopens the request and fails this task (the DPO is alerted)."""
+        index (ADR 0022): an erased person found again reopens the request."""
         from include.retention.airflow import sweep_tasks
 
         context = get_current_context()
         return sweep_tasks.check_erasures(dry_run=bool(context["params"]["dry_run"]),
                                           dag_id=context["dag"].dag_id, run_id=context["run_id"],
                                           systems=context["params"]["systems"] or None)
+
+    @task(retries=0, on_failure_callback=failure_alert("an erased person was found again"))
+    def erasures_intact(checked: dict) -> None:
+        """A leaf: fails the run, and alerts the DPO, when the check found an erased person again."""
+        from include.retention.airflow import sweep_tasks
+
+        sweep_tasks.erasures_intact(checked)
 
     @task(trigger_rule="all_done", outlets=[AssetAlias(SWEPT_ALIAS)])
     def announce_changes() -> dict:
@@ -131,6 +138,7 @@ def retention_sweep():
     rules >> suppressed
     checked = check_erasures()  # after the suppression's removals: what is left is found again
     suppressed >> checked
+    erasures_intact(checked)
     [results, approved, suppressed, checked] >> anchor_ledger()  # also a leaf, after every entry of the run
     [results, approved, suppressed] >> announce_changes()  # a leaf: downstream DAGs schedule on its events
 

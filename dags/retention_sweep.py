@@ -104,7 +104,7 @@ def retention_sweep():
                                           dag_id=context["dag"].dag_id, run_id=context["run_id"],
                                           systems=context["params"]["systems"] or None)
 
-    @task(retries=0, on_failure_callback=failure_alert("an erased person was found again"))
+    @task(on_failure_callback=failure_alert("an erased person was found again"))  # AirflowFailException: no retry
     def erasures_intact(checked: dict) -> None:
         """A leaf: fails the run, and alerts the DPO, when the check found an erased person again."""
         from include.retention.airflow import sweep_tasks

@@ -233,7 +233,8 @@ class Registry:
 
     def digests(self, kind: str, value: str) -> list[str]:
         """The digests under every active key, current first (what a lookup must try)."""
-        self.digest(kind, value)  # the same refusal without a key
+        if not self.secret:  # the same refusal as ``digest``
+            raise RetentionError("this registry view has no key: no digest can be computed")
         return keyed_digests(self.secret, normalise(kind, value) or "")
 
     def _need_key(self) -> Fernet:

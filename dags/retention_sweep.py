@@ -3,6 +3,10 @@
 A rule whose safety brake trips changes nothing and fails its task. A person can then approve
 the tripped rules in the Airflow UI (Required actions, human-in-the-loop); approved rules run
 again with the brake released, rejected ones leave the run failed.
+
+Every run also checks, independently of any index, that no erased person is found again in a SQL
+table (check_erasures): a hit reopens the erasure's request and fails the run, alerting the DPO
+(erasures_intact).
 """
 
 from __future__ import annotations

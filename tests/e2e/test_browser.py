@@ -262,7 +262,7 @@ def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: 
     ``-in-ui``) and ``browser-9-run-receipt-in-ui.png``."""
     import re
 
-    from include.retention.receipts import collection_lines, line_text
+    from include.retention.requests.receipts import collection_lines, line_text
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC

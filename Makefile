@@ -53,8 +53,10 @@ test-fast: venv
 test-slow: venv services
 	$(VENV_BIN)/pytest -q -ra -m slow
 
+# ruff (pyproject.toml: C90 at complexity 15 included) and the import layers (lint-imports: [tool.importlinter])
 lint: venv
 	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/lint-imports
 
 validate: venv
 	$(PY) -m include.retention.cli validate

@@ -53,8 +53,10 @@ test-fast: venv
 test-slow: venv services
 	$(VENV_BIN)/pytest -q -ra -m slow
 
+# ruff (pyproject.toml: C90 at complexity 15 included) and the import layers (lint-imports: [tool.importlinter])
 lint: venv
 	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/lint-imports
 
 validate: venv
 	$(PY) -m include.retention.cli validate
@@ -79,8 +81,8 @@ validate: venv
 #   BENCH_ROWS      SQL sweep table rows, one or more sizes; BENCH_SUBJECTS erasure subjects per way;
 #   BENCH_OBJECTS   expired S3 objects; BENCH_S3_ROWS CRM rows with CVs; BENCH_ACCESS the one subject's
 #                   rows in the access package, smallest and largest; BENCH_LOOKUP table rows for one
-#                   person's erasure with lookup: indexed (issue 24; full: 1M and 10M, the backfill of 10M
-#                   rows alone takes tens of minutes on MariaDB)
+#                   person's erasure and access package with lookup: indexed, and the intake of 1,000 people
+#                   at the largest size up to 1M (issue 24; full: 1M and 10M)
 #   BENCH_EXTRA     tax and/or celery: bench_airflow.py --tax (one retention_sweep under the real scheduler
 #                   against its rules' own time) and --celery 1 2 (target 6: CeleryExecutor, 1 and 2 workers)
 #   BENCH_RECORDS   megabytes of Parquet people are erased from (bench_records.py, issue 26)
@@ -99,6 +101,7 @@ BENCH_AIRFLOW_OPTS ?= --cold 3 --repeat 5
 BENCH_ACCESS ?= 10000 100000
 BENCH_LOOKUP ?= 100000 1000000
 BENCH_RECORDS ?= 100
+BENCH_LOOKUP_OPTS ?= --check
 else ifeq ($(BENCH_SIZE),full)
 BENCH_ROWS ?= 1000000 5000000
 BENCH_SUBJECTS ?= 1000
@@ -109,6 +112,7 @@ BENCH_AIRFLOW_OPTS ?= --cold 5 --repeat 15
 BENCH_ACCESS ?= 10000 100000
 BENCH_LOOKUP ?= 1000000 10000000
 BENCH_RECORDS ?= 1024
+BENCH_LOOKUP_OPTS ?= --check
 BENCH_EXTRA ?= tax celery
 else ifeq ($(BENCH_SIZE),tiny)
 BENCH_ROWS ?= 1000 2000
@@ -121,6 +125,7 @@ BENCH_AIRFLOW_OPTS ?= --cold 1 --repeat 1 --files erasure_request.py
 BENCH_ACCESS ?= 100 300
 BENCH_LOOKUP ?= 1000 2000
 BENCH_RECORDS ?= 2
+BENCH_LOOKUP_OPTS ?= --intake 100 --sample 10 --repeat 1
 else
 $(error BENCH_SIZE is default, full or tiny, not "$(BENCH_SIZE)")
 endif

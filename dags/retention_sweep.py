@@ -3,6 +3,10 @@
 A rule whose safety brake trips changes nothing and fails its task. A person can then approve
 the tripped rules in the Airflow UI (Required actions, human-in-the-loop); approved rules run
 again with the brake released, rejected ones leave the run failed.
+
+Every run also checks, independently of any index, that no erased person is found again in a SQL
+table (check_erasures): a hit reopens the erasure's request and fails the run, alerting the DPO
+(erasures_intact).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
 from include.retention.airflow.deadlines import sweep_deadline
 from include.retention.airflow.defaults import dag_args
+from include.retention.airflow.notify_tasks import failure_alert
 from include.retention.airflow.sweep_tasks import SWEPT_ALIAS
 from include.retention.settings import settings
 
@@ -92,6 +97,24 @@ def retention_sweep():
                                                dag_id=context["dag"].dag_id, run_id=context["run_id"],
                                                systems=context["params"]["systems"] or None)
 
+    @task(trigger_rule="all_done")
+    def check_erasures() -> dict:
+        """Every SQL identity compared with the suppression list's digests of erased people, independent of any
+        index (ADR 0022): an erased person found again reopens the request."""
+        from include.retention.airflow import sweep_tasks
+
+        context = get_current_context()
+        return sweep_tasks.check_erasures(dry_run=bool(context["params"]["dry_run"]),
+                                          dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                                          systems=context["params"]["systems"] or None)
+
+    @task(on_failure_callback=failure_alert("an erased person was found again"))  # AirflowFailException: no retry
+    def erasures_intact(checked: dict) -> None:
+        """A leaf: fails the run, and alerts the DPO, when the check found an erased person again."""
+        from include.retention.airflow import sweep_tasks
+
+        sweep_tasks.erasures_intact(checked)
+
     @task(trigger_rule="all_done", outlets=[AssetAlias(SWEPT_ALIAS)])
     def announce_changes() -> dict:
         """An asset event retention://<system>/swept per system this run changed, counts in the extra."""
@@ -117,7 +140,10 @@ def retention_sweep():
     summarize(results, approved, rules)  # a leaf: a rule that did not complete fails the run
     suppressed = enforce_suppression()
     rules >> suppressed
-    [results, approved, suppressed] >> anchor_ledger()  # also a leaf, after every entry of the run
+    checked = check_erasures()  # after the suppression's removals: what is left is found again
+    suppressed >> checked
+    erasures_intact(checked)
+    [results, approved, suppressed, checked] >> anchor_ledger()  # also a leaf, after every entry of the run
     [results, approved, suppressed] >> announce_changes()  # a leaf: downstream DAGs schedule on its events
 
 

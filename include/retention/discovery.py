@@ -226,6 +226,52 @@ def _type_name(col_type: Any) -> str:
         return type(col_type).__name__.upper()
 
 
+def _sample_identity(report: Report, engine: sa.Engine, table: sa.Table, column: str, kind: str, ref: str, *,
+                     out_of_time: bool, budget: int, timeout_ms: int) -> None:
+    """A declared identity column: values ``normalise`` rejects are a finding."""
+    if out_of_time:
+        report.not_sampled.append(f"{ref}.{column}")
+        return
+    try:
+        finding = _check_identity(engine, table, column, kind, report.system, ref, budget, timeout_ms)
+    except sa.exc.DBAPIError:  # the statement timeout, a permission: named, not fatal
+        report.not_sampled.append(f"{ref}.{column}")
+        return
+    report.columns_sampled += 1
+    if finding:
+        report.findings.append(finding)
+
+
+def _sample_undeclared(report: Report, engine: sa.Engine, table: sa.Table, col: sa.Column, ref: str, kind: str,
+                       coll_name: str | None, *, out_of_time: bool, budget: int, timeout_ms: int) -> None:
+    """A column the data map does not declare: sampled (text-like) or judged by its name."""
+    system = report.system
+    hit = None
+    if _text_like(col.type):
+        if out_of_time:
+            report.not_sampled.append(f"{ref}.{col.name}")
+            hint = name_hint(col.name)
+            if hint:
+                report.findings.append(Finding(system, ref, col.name, kind, f"name:{hint}"))
+            return
+        try:
+            with read_only(engine, timeout_ms) as conn:
+                values = sample_column(conn, table, col.name, budget, timeout_ms)
+        except sa.exc.DBAPIError:  # the statement timeout, a permission: named, not fatal
+            report.not_sampled.append(f"{ref}.{col.name}")
+            values = []
+        else:
+            report.columns_sampled += 1
+        hit = classify(col.name, values)
+        del values
+    elif name_hint(col.name):  # a DATE birth_date, an INET-less numeric phone: the name says it
+        hit = classify(col.name, [])
+    if hit:
+        report.findings.append(Finding(system, ref, col.name, kind, hit.classifier, hit.hit_rate,
+                                       hit.sample_size, f"collection {system}.{coll_name}" if coll_name
+                                       else _table_detail(table)))
+
+
 # ---- one SQL system --------------------------------------------------------------------------------------
 
 def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_types: dict[str, str] | None = None,
@@ -252,43 +298,13 @@ def discover_sql(policy: Policy, system: str, engine: sa.Engine, *, previous_typ
             if col.name in known:
                 report.types[f"{ref}.{col.name}"] = _type_name(col.type)
                 if col.name in identity_cols and _text_like(col.type):
-                    if time.monotonic() - started > seconds:
-                        report.not_sampled.append(f"{ref}.{col.name}")
-                        continue
-                    try:
-                        finding = _check_identity(engine, table, col.name, identity_cols[col.name], system, ref,
-                                                  budget, timeout_ms)
-                    except sa.exc.DBAPIError:  # the statement timeout, a permission: named, not fatal
-                        report.not_sampled.append(f"{ref}.{col.name}")
-                        continue
-                    report.columns_sampled += 1
-                    if finding:
-                        report.findings.append(finding)
+                    _sample_identity(report, engine, table, col.name, identity_cols[col.name], ref,
+                                     out_of_time=time.monotonic() - started > seconds, budget=budget,
+                                     timeout_ms=timeout_ms)
                 continue
-            hit = None
-            if _text_like(col.type):
-                if time.monotonic() - started > seconds:
-                    report.not_sampled.append(f"{ref}.{col.name}")
-                    hint = name_hint(col.name)
-                    if hint:
-                        report.findings.append(Finding(system, ref, col.name, kind, f"name:{hint}"))
-                    continue
-                try:
-                    with read_only(engine, timeout_ms) as conn:
-                        values = sample_column(conn, table, col.name, budget, timeout_ms)
-                except sa.exc.DBAPIError:  # the statement timeout, a permission: named, not fatal
-                    report.not_sampled.append(f"{ref}.{col.name}")
-                    values = []
-                else:
-                    report.columns_sampled += 1
-                hit = classify(col.name, values)
-                del values
-            elif name_hint(col.name):  # a DATE birth_date, an INET-less numeric phone: the name says it
-                hit = classify(col.name, [])
-            if hit:
-                report.findings.append(Finding(system, ref, col.name, kind, hit.classifier, hit.hit_rate,
-                                               hit.sample_size, f"collection {system}.{coll_name}" if coll_name
-                                               else _table_detail(table)))
+            _sample_undeclared(report, engine, table, col, ref, kind, coll_name,
+                               out_of_time=time.monotonic() - started > seconds, budget=budget,
+                               timeout_ms=timeout_ms)
         if coll is not None:
             for missing in sorted(known - set(table.columns.keys())):
                 report.findings.append(Finding(system, ref, missing, "missing_column",

@@ -233,7 +233,8 @@ class Registry:
 
     def digests(self, kind: str, value: str) -> list[str]:
         """The digests under every active key, current first (what a lookup must try)."""
-        self.digest(kind, value)  # the same refusal without a key
+        if not self.secret:  # the same refusal as ``digest``
+            raise RetentionError("this registry view has no key: no digest can be computed")
         return keyed_digests(self.secret, normalise(kind, value) or "")
 
     def _need_key(self) -> Fernet:
@@ -603,6 +604,43 @@ class Registry:
                     query = query.where(suppression.c.request_id.is_not(None))
                 out |= set(conn.execute(query).scalars())
         return out
+
+    def erased_by(self, kind: str, digests: Iterable[str]) -> dict[str, str]:
+        """Of these digests, those an erasure put on the suppression list: digest -> the erasure's request id.
+        One SELECT per 500 digests."""
+        digests = sorted(set(digests))
+        if not digests:
+            return {}
+        self.ensure_schema()
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(digests):
+                out.update(conn.execute(sa.select(suppression.c.digest, suppression.c.request_id).where(
+                    suppression.c.kind == kind, suppression.c.digest.in_(chunk),
+                    suppression.c.request_id.is_not(None))).all())
+        return out
+
+    def reopen(self, request_ids: Iterable[str], system: str, error: str) -> list[str]:
+        """Reopen completed erasures whose data was found again in ``system``: the request becomes
+        ``incomplete`` (open, watched by the due-date alerts, taken again by the intake: no run owns it any
+        more), the system ``failed`` with ``error``. Requests not complete are left as they are. Returns the
+        reopened ids."""
+        ids = sorted(set(request_ids))
+        reopened: list[str] = []
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                done = list(conn.execute(sa.select(requests.c.request_id).where(
+                    requests.c.request_id.in_(chunk), requests.c.status == "complete",
+                    requests.c.mode == "erase").with_for_update()).scalars())
+                if done:
+                    conn.execute(requests.update().where(requests.c.request_id.in_(done),
+                                                         requests.c.status == "complete")
+                                 .values(status="incomplete", last_error=error, completed_at=None, dag_id=None,
+                                         run_id=None))
+                reopened += done
+        if reopened:
+            self.set_system(reopened, system, "failed", error=error)
+        return sorted(reopened)
 
     def is_suppressed(self, kind: str, value: str) -> bool:
         return bool(self.suppressed(kind, self.digests(kind, value)))

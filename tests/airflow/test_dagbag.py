@@ -31,7 +31,11 @@ def test_dagbag_imports_without_errors():
 def test_retention_sweep_shape():
     dag = load_dag("retention_sweep")
     assert set(dag.task_ids) == {"plan_rules", "apply_rule", "brake_tripped", "approve_brake", "apply_approved",
-                                 "summarize", "enforce_suppression", "anchor_ledger", "announce_changes"}
+                                 "summarize", "enforce_suppression", "check_erasures", "erasures_intact",
+                                 "anchor_ledger", "announce_changes"}
+    # the check's entries are anchored with the run's; its verdict is a leaf, so a finding fails the run
+    assert "check_erasures" in dag.get_task("anchor_ledger").upstream_task_ids
+    assert dag.get_task("erasures_intact").downstream_task_ids == set()
     assert dag.params["dry_run"] is False
     apply = dag.get_task("apply_rule")
     assert apply.retry_exponential_backoff

@@ -198,3 +198,68 @@ def test_bad_policy_file_fails_first_task_and_touches_nothing(stores, tmp_path, 
     assert run.state == "failed" and states["plan_rules"] == ["failed"]
     assert (fixture_data.snapshot(crm), fixture_data.snapshot(mailing)) == before
     assert list(ledger.rows()) == []
+
+
+CONTACTS = """\
+      contacts:
+        table: t_contacts
+        primary_key: id
+        columns: [id, email, note]
+        identities: {email: {column: email, lookup: indexed}}
+"""
+
+
+def test_an_erased_person_found_again_reopens_the_request_and_fails_the_check(stores, tmp_path, monkeypatch):
+    """An erased person's row loaded with the index's triggers off: the sweep's independent check finds it,
+    reopens the request and records it, and the run fails (``erasures_intact``, alerting the DPO); a dry run
+    reopens nothing; nobody is named in the ledger or the XComs."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from include.retention.registry import Identities, NewRequest, Registry
+    from include.retention.stores import sql_index
+
+    crm, _mailing, ledger, _ = stores
+    policy = tmp_path / "policy-contacts.yaml"
+    policy.write_text(crm_policy(CONTACTS))
+    monkeypatch.setenv("RETENTION_POLICY_PATH", str(policy))
+    with crm.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t_contacts (id INTEGER PRIMARY KEY, email VARCHAR(200), note TEXT)")
+        for statement in sql_index.ddl("postgresql", "t_contacts", "email", ["id"]):
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("INSERT INTO t_contacts VALUES (1, 'other@example.org', 'n')")
+    registry = Registry(ledger.engine, os.environ["RETENTION_HMAC_KEY"].encode())
+    rid = registry.register(NewRequest(Identities(email="zoe@example.org")))
+    registry.suppress_many([rid])  # her erasure completed: her rows went, her digest stays
+    registry.finish(rid, "complete")
+
+    clean = run_dag(DAG_ID, {"dry_run": False})
+    assert clean.state == "success" and task_states(clean)["erasures_intact"] == ["success"]
+
+    with crm.begin() as conn:  # a bulk load with triggers off: her row with somebody else's digest
+        conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        conn.execute(sa.text("INSERT INTO t_contacts VALUES (2, :e, 'n', :d)"),
+                     {"e": " ZOE@Example.org", "d": sql_index.value_digest("email", "x@example.org")})
+    dry = run_dag(DAG_ID, {"dry_run": True})
+    assert task_states(dry)["erasures_intact"] == ["failed"] and dry.state == "failed"
+    assert registry.get(rid)["status"] == "complete"  # a dry run reopens nothing
+
+    real = run_dag(DAG_ID, {"dry_run": False})
+    states = task_states(real)
+    assert states["check_erasures"] == ["success"] and states["erasures_intact"] == ["failed"]
+    assert real.state == "failed"
+    assert states["anchor_ledger"] == ["success"]  # the check's entries are anchored with the run's
+    request = registry.get(rid)
+    assert request["status"] == "incomplete" and request["completed_at"] is None and request["dag_id"] is None
+    assert registry.systems(rid)["crm"]["status"] == "failed"
+    checks = [(r["run_id"], r["outcome"], r["request_id"], r["count"]) for r in ledger.rows()
+              if r["action"] == "erasure_check"]
+    assert checks == [(clean.run_id, "none_found", None, 0), (dry.run_id, "found_again", None, 1),
+                      (real.run_id, "found_again", None, 1), (real.run_id, "reopened", rid, 1)]
+    assert ledger.verify().ok
+    with create_session() as session:
+        xcoms = [x.value for x in session.query(XComModel).filter(XComModel.dag_id == DAG_ID)]
+    assert any(rid in repr(x) for x in xcoms)  # the check's XCom holds request ids and counts
+    assert "zoe" not in (repr(list(ledger.rows())) + repr(xcoms)).lower()
+    with crm.connect() as conn:  # the check changed no data: the reopened request erases it
+        assert conn.execute(sa.text("SELECT count(*) FROM t_contacts")).scalar() == 2

@@ -262,7 +262,6 @@ def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: 
     ``-in-ui``) and ``browser-9-run-receipt-in-ui.png``."""
     import re
 
-    from include.retention.receipts import collection_lines, line_text
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -270,6 +269,7 @@ def test_running_sweep_progress_and_run_receipt_in_the_ui(browser, local_stack: 
 
     from include.retention.demo.s3_seed import seed_objects
     from include.retention.ledger import RunRef
+    from include.retention.requests.receipts import collection_lines, line_text
     from tests.airflow.test_erasure_request_dag import add_subject
     from tests.integration.test_progress_slow_sweep import ROWS, RULE, slow_sweep
 

@@ -162,29 +162,90 @@ def test_a_missing_column_index_or_trigger_is_refused_naming_it(engine, skip, mi
         assert conn.execute(sa.select(t.c.email)).scalars().all() == ["zoe@example.org"]
 
 
-def test_a_row_the_index_cannot_find_is_found_by_the_verification(engine):
-    """Triggers bypassed (a digest written by hand with a new value, a bulk load with triggers off): the index
-    misses the row, the erasure leaves it, and the verification, a full scan, reports it: the request is not
-    done."""
+def bypass_triggers(engine, statements: list[tuple[str, dict]]) -> None:
+    """Run ``statements`` as a bulk loader with triggers off would: the triggers dropped, then created again from
+    the DDL (``store.check`` passes again afterwards)."""
+    names = sql_index.object_names("people", "email")
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        if dialect == "postgresql":
+            conn.exec_driver_sql(f'DROP TRIGGER "{names["update"]}" ON people')
+        else:
+            for trigger in (names["insert"], names["update"]):
+                conn.exec_driver_sql(f"DROP TRIGGER {trigger}")
+        for statement, binds in statements:
+            conn.execute(sa.text(statement), binds)
+        for statement in sql_index.ddl(dialect, "people", "email", ["id"]):
+            if "CREATE TRIGGER" in statement:
+                conn.exec_driver_sql(statement)
+
+
+def test_a_row_the_index_cannot_find_is_found_by_the_independent_check(engine, tmp_path):
+    """Zoe's erasure completes; later a row of hers is loaded with the triggers off (its digest: somebody else's)
+    and another row is changed to her address with a digest written by hand in the same statement. The index
+    cannot find either: the request's own verification, which finds her as the request did, sees nothing. The
+    retention sweep's independent check reads every identity, finds both rows through the suppression list's
+    digest of the erasure, reopens the request and records it, naming nobody."""
+    from include.retention.erasure_check import REOPEN_ERROR, check_system, record
+    from include.retention.ledger import Ledger, RunRef
+    from include.retention.registry import Identities, NewRequest, Registry
     from include.retention.requests.scanner import SubjectScanner
 
     t = make_table(engine)
     with engine.begin() as conn:
         conn.execute(t.insert(), [{"id": 1, "email": "zoe@example.org", "note": "n"},
-                                  {"id": 2, "email": "other@example.org", "note": "n"}])
+                                  {"id": 2, "email": "other@example.org", "note": "n"},
+                                  {"id": 3, "email": "zoë@example.org", "note": "n"}])
     store = SqlStore("crm", POLICY, engine, mask_key=KEY)
     store.backfill_index("people")
+    books = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry, ledger = Registry(books, KEY), Ledger(books, KEY)
+    rid = registry.register(NewRequest(Identities(email=" Zoe@Example.org")))
+    zoe = [Subject(rid, {"email": "zoe@example.org"})]
+    scanner = SubjectScanner(POLICY, store)
+    assert scanner.act(zoe, "erase", dry_run=False).per_request[rid] == {"crm.people": {"deleted": 1}}
+    assert scanner.remaining(zoe, "erase") == {}
+    registry.suppress_many([rid])
+    registry.finish(rid, "complete")
+
+    checked, found = check_system(store, registry)  # nothing of hers is left: the check finds nothing
+    assert (checked, found) == (["crm.people"], {})
+
     wrong = sql_index.value_digest("email", "somebody.else@example.org")
+    bypass_triggers(engine, [("INSERT INTO people (id, email, note, email_ndigest) VALUES (4, :e, 'n', :d)",
+                              {"e": unicodedata.normalize("NFD", "  ZOE@EXAMPLE.ORG\u3000"), "d": wrong})])
     with engine.begin() as conn:  # value and digest in one statement: the triggers keep the (wrong) digest
         conn.execute(sa.text("UPDATE people SET email = :e, email_ndigest = :d WHERE id = 2"),
-                     {"e": " ZOE@example.org", "d": wrong})
-    zoe = [Subject("r1", {"email": "zoe@example.org"})]
-    scanner = SubjectScanner(POLICY, store)
-    outcome = scanner.act(zoe, "erase", dry_run=False)
-    assert outcome.per_request["r1"] == {"crm.people": {"deleted": 1}}
+                     {"e": "Zoe@example.org ", "d": wrong})
+    store = SqlStore("crm", POLICY, engine, mask_key=KEY)
+    store.check("people")  # column, index and triggers are all there again
+    assert dict(store.find("people", zoe)) == {}  # the index cannot find them ...
+    assert scanner.remaining(zoe, "erase") == {}  # ... so the request's own verification cannot either
+    assert dict(store.find("people", zoe, exhaustive=True)) == {2: {rid}, 4: {rid}}
+
+    checked, found = check_system(store, registry)
+    assert found == {rid: {"crm.people": 2}}  # Zoë (an accent) is somebody else: not found
+    run = RunRef("retention_sweep", "scheduled__1")
+    assert record(registry, ledger, run, "crm", checked, found, dry_run=False) == [rid]
+    request = registry.get(rid)
+    assert (request["status"], request["last_error"], request["completed_at"]) == ("incomplete", REOPEN_ERROR, None)
+    assert request["dag_id"] is None  # no run owns it: the intake takes it again
+    assert registry.systems(rid)["crm"]["status"] == "failed"
+    entries = [(r["action"], r["outcome"], r["request_id"], r["count"]) for r in ledger.rows()]
+    assert entries == [("erasure_check", "found_again", None, 2), ("erasure_check", "reopened", rid, 2)]
+    assert ledger.verify().ok
+    assert "zoe" not in repr(list(ledger.rows())).lower()
+    assert registry.reopen([rid], "crm", REOPEN_ERROR) == []  # reopened once: an open request stays as it is
+
+    # a DBA clears the wrong digests and runs the backfill: the reopened request, run again, erases both rows
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE people SET email_ndigest = NULL WHERE id IN (2, 4)"))
+    assert store.backfill_index("people") == 2
+    assert scanner.act(zoe, "erase", dry_run=False).per_request[rid] == {"crm.people": {"deleted": 2}}
+    assert check_system(store, registry)[1] == {}
     with engine.connect() as conn:
-        assert conn.execute(sa.select(t.c.id)).scalars().all() == [2]  # missed by the index
-    assert scanner.remaining(zoe, "erase") == {"r1": {"crm.people": 1}}  # ... and noticed by the full re-scan
+        assert conn.execute(sa.select(t.c.id)).scalars().all() == [3]
+    books.dispose()
 
 
 def test_cli_prints_the_ddl_for_the_systems_database_and_backfills(tmp_path, monkeypatch, capsys):

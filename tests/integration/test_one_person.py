@@ -477,3 +477,57 @@ def test_decide_needs_every_record_of_an_identity_tied_to_the_proven_one():
                  {"mine": ({"email"}, {"phone", "customer_ref"}), "ph": ({"phone"}, {"customer_ref"})},
                  edges=[("ph", "mine")])
     assert res.status == {"email": "found", "phone": "linked", "customer_ref": "not found"}
+
+
+# ---- through the index (``lookup: indexed``, ADR 0022) ---------------------------------------------------------------
+INDEXED_POLICY = (POLICY
+                  .replace("identities: {email: email, phone: phone, customer_ref: customer_ref}",
+                           "identities: {email: {column: email, lookup: indexed}, phone: {column: phone, lookup: "
+                           "indexed}, customer_ref: {column: customer_ref, lookup: indexed}}")
+                  .replace("identities: {customer_ref: customer_ref}",
+                           "identities: {customer_ref: {column: customer_ref, lookup: indexed}}")
+                  .replace("identities: {email: email, phone: phone}",
+                           "identities: {email: {column: email, lookup: indexed}, phone: {column: phone, lookup: "
+                           "indexed}}")
+                  .replace("identities: {phone: phone}", "identities: {phone: {column: phone, lookup: indexed}}"))
+
+
+def test_resolution_through_the_index_reads_candidates_and_decides_as_the_scan(world, monkeypatch):
+    """Every identity column indexed: resolving a request reads only the rows carrying a requested identity (or
+    not digested yet), never a whole table, and decides exactly as the full scan; rows added after the backfill
+    (no digest yet) included."""
+    from include.retention.policy import parse_policy
+    from include.retention.stores import sql_index
+
+    indexed = parse_policy(INDEXED_POLICY, source="indexed-policy.yaml")
+    for system in ("crm", "mailing"):
+        engine = getattr(world["engine"], system)
+        with engine.begin() as conn:
+            for coll in indexed.systems[system].collections.values():
+                for _kind, field in coll.identity_fields():
+                    for statement in sql_index.ddl(engine.dialect.name, coll.table, field.column, coll.key_columns()):
+                        conn.exec_driver_sql(statement)
+        store = SqlStore(system, indexed, engine)
+        for name in indexed.systems[system].collections:
+            if store.indexed_fields(name):
+                store.backfill_index(name)
+    with world["engine"].crm.begin() as conn:  # after the backfill: another row of A's, B's phone on a new row
+        conn.execute(accounts.insert().values(tenant="t3", number=1, customer_id=1, customer_ref=" C-1001 "))
+        conn.execute(customers.insert().values(id=7, email="gus@example.org", phone=B["phone"], note="g"))
+
+    def resolved(policy, identities):
+        s = {name: SqlStore(name, policy, getattr(world["engine"], name)) for name in ("crm", "mailing")}
+        return person.resolve(policy, s.__getitem__, {k: normalise(k, v) for k, v in identities.items()})
+
+    asked = [ASKED_A, *MIXES.values(), D, F, {"email": A["email"], "phone": SHARED_PHONE, "customer_ref": E_REF},
+             {"email": "nobody@example.org", "phone": A["phone"]},
+             {"phone": B["phone"], "customer_ref": B["customer_ref"]}]
+    scanned = [resolved(world["policy"], ids) for ids in asked]
+
+    def no_full_read(self, collection_name, *, owned_only):
+        raise AssertionError(f"{collection_name} read in full")
+
+    monkeypatch.setattr(SqlStore, "_scan", no_full_read)
+    assert [resolved(indexed, ids) for ids in asked] == scanned
+    assert scanned[0].counts["customer_ref"] == {"crm.customers": 1, "crm.accounts": 2}
+    assert scanned[-1].counts["phone"]["crm.customers"] == 2  # B's row and Gus's, added after the backfill

@@ -121,6 +121,48 @@ def enforce_suppression(*, dry_run: bool, dag_id: str, run_id: str, systems: lis
         runtime.close()
 
 
+def check_erasures(*, dry_run: bool, dag_id: str, run_id: str, systems: list[str] | None = None) -> dict[str, Any]:
+    """The independent check of erasures (``include.retention.erasure_check``): every SQL identity collection read
+    in full, its identities compared with the suppression list's digests of erased people. Items found again
+    reopen their requests (not in a dry run); returns system -> request id -> collection ref -> items found again,
+    and the reopened request ids (no identity)."""
+    from include.retention.erasure_check import check_system, record
+
+    policy = load_policy(policy_path())
+    runtime = Runtime(policy, airflow_resolver)
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    reopened: list[str] = []
+    try:
+        for name, system in policy.systems.items():
+            if (systems and name not in systems) or system.kind != "sql" or not any(
+                    c.identities for c in system.collections.values()):
+                continue
+            checked, per_request = check_system(runtime.store(name), runtime.registry())
+            reopened += record(runtime.registry(), runtime.ledger(), RunRef(dag_id, run_id), name, checked,
+                               per_request, dry_run=dry_run, policy_digest=policy.digest)
+            if per_request:
+                found[name] = per_request
+    finally:
+        runtime.close()
+    return {"found": found, "reopened": reopened, "dry_run": dry_run}
+
+
+def erasures_intact(checked: dict[str, Any]) -> None:
+    """Fail (the task's failure alerts the DPO and fails the run) when ``check_erasures`` found an erased person
+    again; request ids and counts only."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    found = checked["found"]
+    if found:
+        requests = sorted({rid for per in found.values() for rid in per})
+        items = sum(n for per in found.values() for refs in per.values() for n in refs.values())
+        raise AirflowFailException(
+            f"erased data found again in {', '.join(sorted(found))}: {items} item(s) of {len(requests)} erasure "
+            f"request(s) ({', '.join(requests[:20])}); reopened: "
+            f"{'none (dry run)' if checked['dry_run'] else len(checked['reopened'])}")
+    log.info("no erased person found again")
+
+
 def anchor_ledger() -> dict[str, Any]:
     """Write the ledger head to the anchor store named by ``RETENTION_LEDGER_ANCHORS`` (a directory, or
     ``s3://bucket/prefix`` through the ``RETENTION_ANCHOR_CONN_ID`` aws connection); skipped when unset.

@@ -18,10 +18,11 @@ delete B's items too. ``resolve`` decides, once, which identities the request ma
 - It is **not found** when no record carries it (harmless; it claims nothing).
 
 Only item *ownership* counts: a field that only mentions someone (``erase: mask``) neither links nor
-conflicts. Equality is ``normalise``'s, through the stores' own ``scan_owned``; memory holds the keys of the
-records carrying a requested identity (and the reference values of those records), never rows. The result
-names kinds and counts per collection only, never a value: it goes into the registry, the identity check's
-text, the receipt and the ledger as it is.
+conflicts. Equality is ``normalise``'s, through the stores' own ``candidates`` (an index where the data map
+declares ``lookup: indexed``, else ``scan_owned``); memory holds the keys of the records carrying a requested
+identity (and the reference values of those records), never rows. The result names kinds and counts per
+collection only, never a value: it goes into the registry, the identity check's text, the receipt and the
+ledger as it is.
 """
 
 from __future__ import annotations
@@ -120,18 +121,22 @@ def resolve(policy: Policy, store_of: Callable[[str], Store], identities: dict[s
 
 def resolve_many(policy: Policy, store_of: Callable[[str], Store], requests: dict[str, dict[str, str]]
                  ) -> dict[str, Resolution]:
-    """Resolve many requests with one scan per collection (an intake batch): request id -> resolution."""
+    """Resolve many requests with one read per collection (an intake batch): request id -> resolution. A
+    collection with ``lookup: indexed`` is read through its index (``Store.candidates``: the rows carrying one of
+    the requested identities, one query per batch of digests); any other is scanned."""
     index: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for rid, ids in requests.items():
         for kind, value in ids.items():
             index[kind][value].add(rid)
+    # a record carrying none of the requested identities decides nothing: the candidates are enough
+    wanted = [Subject(rid, dict(ids)) for rid, ids in requests.items() if ids]
     # per request: record -> (kinds of the request it carries, kinds of the request it holds other values of)
     matched: dict[str, dict[Record, tuple[frozenset[str], frozenset[str]]]] = {rid: {} for rid in requests}
     for system in _identity_systems(policy):
         store = store_of(system)
         for name in store.subject_collections():
             ref = store.ref(name)
-            for batch in store.scan_owned(name):
+            for batch in store.candidates(name, wanted, owned_only=True):
                 for key, found in batch:
                     rids = {rid for kind, values in found.items() if kind in index
                             for value in values for rid in index[kind].get(value, ())}

@@ -321,11 +321,12 @@ class Store(abc.ABC):
         someone (``erase: mask``) is left out (what ``include.retention.requests.person`` links people by)."""
         return self.scan(collection_name)
 
-    def candidates(self, collection_name: str, subjects: list[Subject]
+    def candidates(self, collection_name: str, subjects: list[Subject], *, owned_only: bool = False
                    ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
-        """Like ``scan``, but may leave out items that cannot carry any of these subjects' identities (an index
-        that is exact by construction: ``lookup: indexed``, ADR 0022). By default: every item."""
-        return self.scan(collection_name)
+        """Like ``scan`` (``owned_only``: ``scan_owned``), but may leave out items that cannot carry any of these
+        subjects' identities (an index that is exact by construction: ``lookup: indexed``, ADR 0022). By default:
+        every item."""
+        return self.scan_owned(collection_name) if owned_only else self.scan(collection_name)
 
     def find(self, collection_name: str, subjects: list[Subject], *, exhaustive: bool = False) -> Claims:
         """The items of these subjects, each with the request ids that claim it. Found through ``candidates``

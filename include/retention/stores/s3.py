@@ -501,8 +501,10 @@ class S3Store(Store):
     def scan(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         return self.records.scan(collection_name)
 
-    def candidates(self, collection_name: str, subjects: list[Subject]
+    def candidates(self, collection_name: str, subjects: list[Subject], *, owned_only: bool = False
                    ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        if owned_only:
+            return self.scan_owned(collection_name)
         return self.records.candidates(collection_name, subjects)
 
     def read(self, collection_name: str, claims: Claims) -> Iterator[list[dict[str, Any]]]:

@@ -73,6 +73,16 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".retention-rewrite/"  # plain buckets: a rewrite is written here, checked, then copied over
 
 
+def _count_rewrite(outcome: SubjectOutcome, ref: str, tally: Tally, changed_as: str) -> None:
+    """What rewriting the current version does to each request's records."""
+    for rid, n in tally.dropped.items():
+        outcome.add(rid, ref, "deleted", n)
+    for rid, n in tally.masked.items():
+        outcome.add(rid, ref, changed_as, n)
+    for rid in tally.per_request():
+        outcome.add(rid, ref, "objects_rewritten")  # the records went from inside this many objects
+
+
 class S3RecordSubjects:
     """Subject operations on collections of records inside objects (``format``); a collection of plain objects goes
     to the store's ``subjects`` (a collaborator of ``S3Store``)."""
@@ -231,12 +241,7 @@ class S3RecordSubjects:
                 for rid in tally.per_request():
                     outcome.add(rid, ref, "lifted")
             if current:
-                for rid, n in tally.dropped.items():
-                    outcome.add(rid, ref, "deleted", n)
-                for rid, n in tally.masked.items():
-                    outcome.add(rid, ref, changed_as, n)
-                for rid in tally.per_request():
-                    outcome.add(rid, ref, "objects_rewritten")  # the records went from inside this many objects
+                _count_rewrite(outcome, ref, tally, changed_as)
                 if not dry_run:
                     self.rewrite(coll, vobj, judge, tally, now)
             else:

@@ -467,9 +467,9 @@ class SqlStore(Store):
     def scan_owned(self, collection_name: str) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         return self.subjects.scan_owned(collection_name)
 
-    def candidates(self, collection_name: str, subjects: list[Subject]
+    def candidates(self, collection_name: str, subjects: list[Subject], *, owned_only: bool = False
                    ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
-        return self.subjects.candidates(collection_name, subjects)
+        return self.subjects.candidates(collection_name, subjects, owned_only=owned_only)
 
     def indexed_fields(self, collection_name: str) -> list[tuple[str, str]]:
         return self.subjects.indexed_fields(collection_name)
@@ -493,6 +493,9 @@ class SqlStore(Store):
 
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
         return self.subjects.remaining(collection_name, subjects, mode)
+
+    def left_of(self, collection_name: str, claims: Claims, subjects: list[Subject], mode: str) -> dict[str, int]:
+        return self.subjects.left_of(collection_name, claims, subjects, mode)
 
     def rectify(self, collection_name: str, claims: Claims, subjects: list[Subject], new_values: dict[str, str],
                 *, dry_run: bool) -> SubjectOutcome:

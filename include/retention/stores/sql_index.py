@@ -123,18 +123,19 @@ def candidate_batches(engine: sa.Engine, t: sa.Table, keys: list[sa.Column], dig
     """Rows (keys, identity columns) that may carry one of ``digests`` (digest column -> wanted digests): the rows
     whose digest is one of them, one query per batch of at most ``IN_BATCH`` digests, then the rows whose digest is
     NULL, one query per digest column (apart: MariaDB reads the whole table for ``IN (...) OR ... IS NULL``).
-    A row may come more than once."""
+    All on one connection (a person's lookup is a few queries: a checkout per query would double them). A row
+    may come more than once."""
     cols = [*keys, *(t.c[c] for c in identity_cols)]
     queries = [(d, t.c[d].in_(values[i:i + IN_BATCH])) for d, values in digests.items()
                for i in range(0, len(values), IN_BATCH)]
     queries += [(d, t.c[d].is_(None)) for d in digests]
-    for d, where in queries:
-        query = sa.select(*cols).where(where)
-        index = index_on(t, d)
-        if index is not None:  # MariaDB's statistics count the NULLs of the DDL's time: it would read the table
-            hint = f"FORCE INDEX ({engine.dialect.identifier_preparer.quote(index)})"
-            query = query.with_hint(t, hint, "mysql").with_hint(t, hint, "mariadb")
-        with engine.connect() as conn:
+    with engine.connect() as conn:
+        for d, where in queries:
+            query = sa.select(*cols).where(where)
+            index = index_on(t, d)
+            if index is not None:  # MariaDB's statistics count the NULLs of the DDL's time: it would read the table
+                hint = f"FORCE INDEX ({engine.dialect.identifier_preparer.quote(index)})"
+                query = query.with_hint(t, hint, "mysql").with_hint(t, hint, "mariadb")
             yield list(conn.execute(query))
 
 

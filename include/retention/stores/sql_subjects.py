@@ -126,13 +126,15 @@ class SqlSubjects:
                   if f.lookup == "indexed"]
         return sql_index.backfill(self.store.engine, t, self.store.key_cols(collection_name, t), fields)
 
-    def candidates(self, collection_name: str, subjects: list[Subject]
+    def candidates(self, collection_name: str, subjects: list[Subject], *, owned_only: bool = False
                    ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """The rows whose digest columns hold one of the subjects' identity digests, or NULL (not digested yet),
-        when every identity column is indexed; else ``scan``. Python judges each candidate as in ``scan``."""
+        when every identity column is indexed; else ``scan`` (``owned_only``: ``scan_owned``). Python judges each
+        candidate as in ``scan``; ``owned_only`` leaves out the fields that only mention someone (as
+        ``scan_owned``)."""
         fields = self.indexed_fields(collection_name)
         if not fields:
-            yield from self.scan(collection_name)
+            yield from self._scan(collection_name, owned_only=owned_only)
             return
         self.store.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
         coll, t = self.store.coll(collection_name), self.store.table(collection_name)
@@ -150,6 +152,8 @@ class SqlSubjects:
                 values = dict(zip(cols, row[n:], strict=True))
                 found: dict[str, set[str]] = {}
                 for kind, f in coll.identity_fields():
+                    if owned_only and f.erase != "row":
+                        continue
                     value = normalise(kind, values[f.column])
                     if value is not None:
                         found.setdefault(kind, set()).add(value)
@@ -414,8 +418,14 @@ class SqlSubjects:
         return outcome
 
     def remaining(self, collection_name: str, subjects: list[Subject], mode: str) -> dict[str, int]:
+        # found as the request found them (through the index where declared): what the index cannot see (rows
+        # changed with the triggers off) is the retention sweep's independent check's (ADR 0022)
+        return self.left_of(collection_name, self.store.find(collection_name, subjects), subjects, mode)
+
+    def left_of(self, collection_name: str, claims: Claims, subjects: list[Subject], mode: str) -> dict[str, int]:
+        """Per request: of the ``claims`` (rows carrying the subjects' identities, found by the caller), those
+        that may not stay after ``mode`` (not kept as an exception; for ``restrict``: not locked)."""
         name = collection_name
-        claims = self.store.find(name, subjects, exhaustive=True)  # the full scan, independent of the index (ADR 0022)
         own = own_lock_reasons(subjects, self.store.mask_key)
         # rectify: exceptions as it keeps them
         deleting = mode != "rectify" and self.store.coll(name).erasure == "delete"

@@ -153,7 +153,7 @@ def _access(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run
         for ref, n in result.objects.items():
             if ref.startswith(f"{system}."):
                 per.setdefault(ref, {})["objects"] = n
-        ctx.registry.set_system([request_id], system, "recorded", counts={
+        ctx.registry.systems.set([request_id], system, "recorded", counts={
             "collections": per, "searched": result.searched.get(system, {})})
         _ledger(ctx, request_id, system, "access", sum(v.get("rows", 0) for v in per.values()), req, dag_id, run_id,
                 {"collections": {ref: v for ref, v in per.items()}})
@@ -215,7 +215,7 @@ def _change(ctx: Context, request_id: str, req: dict[str, Any], dag_id: str, run
         # nothing but the exceptions kept may still carry the old value of a rectified kind
         left = correction.remaining(system) if correction is not None and not dry_run else 0
         status = "recorded" if not left else "failed"
-        ctx.registry.set_system([request_id], system, status, counts={
+        ctx.registry.systems.set([request_id], system, status, counts={
             "collections": per, "searched": store.searched_kinds()},
             error="old value still found" if left else None)
         n = sum(c for counts in per.values() for k, c in counts.items()
@@ -234,14 +234,14 @@ def _correction(ctx: Context, request_id: str, subjects: list, new_values: dict[
     from include.retention.airflow.erasure_tasks import systems as identity_systems
     from include.retention.correction import Correction, CorrectionRefused
 
-    states = {} if dry_run else ctx.registry.systems(request_id)
+    states = {} if dry_run else ctx.registry.systems.of(request_id)
     pending = [s for s in identity_systems() if states.get(s, {}).get("status") != "recorded"]
     correction = Correction(ctx.policy, ctx.runtime.store, pending, subjects, new_values)
     try:
         correction.check()
     except CorrectionRefused as exc:
         for system in pending:
-            ctx.registry.set_system([request_id], system, "failed", error=str(exc))
+            ctx.registry.systems.set([request_id], system, "failed", error=str(exc))
         _fail(f"request {request_id}: {exc}")
     return correction
 
@@ -269,9 +269,9 @@ def finalize(request_id: str, acted: bool, dag_id: str, run_id: str) -> dict[str
         elif ctx.registry.get(request_id)["status"] == "conflict":
             pass  # stopped on a conflict of identities: closed by act, nothing read or changed
         else:
-            states = ctx.registry.systems(request_id)
+            states = ctx.registry.systems.of(request_id)
             done = acted and all(states.get(s, {}).get("status") == "recorded" for s in expected)
-            told = ctx.registry.recipients_settled(request_id)  # Art. 19: every recipient confirmed or waived
+            told = ctx.registry.recipients.settled(request_id)  # Art. 19: every recipient confirmed or waived
             ctx.registry.finish(request_id, "complete" if done and told else "incomplete",
                                 error=None if done and told else "not every system was handled" if not done else
                                 "not every recipient confirmed or waived")
@@ -291,9 +291,9 @@ def build_receipt(ctx: Context, request_id: str, expected: list[str]) -> dict[st
 
     req = ctx.registry.get(request_id)
     details = ctx.registry.details(request_id)
-    receipt = base_receipt(req, ctx.registry.systems(request_id), expected, ctx.policy.digest)
+    receipt = base_receipt(req, ctx.registry.systems.of(request_id), expected, ctx.policy.digest)
     identity_check.add_to_receipt(receipt, req, details)
-    receipt["recipients"] = recipients_in_receipt(ctx.registry.recipients(request_id))
+    receipt["recipients"] = recipients_in_receipt(ctx.registry.recipients.of(request_id))
     if req["status"] in ("rejected", "conflict"):
         return receipt  # add_to_receipt says why: nothing was read, changed or handed out
     if req["mode"] == "access":

@@ -158,7 +158,7 @@ def discover(request_ids: list[str], system: str) -> dict[str, int]:
             for counts in per_coll.values():
                 for key, n in counts.items():
                     totals[key] = totals.get(key, 0) + n
-        ctx.registry.set_system(request_ids, system, "discovered")
+        ctx.registry.systems.set(request_ids, system, "discovered")
         log.info("%s: found for %d request(s): %s", system, len(request_ids), totals)
         return totals
 
@@ -178,7 +178,7 @@ def act(request_ids: list[str], system: str) -> dict[str, int]:
                          "removed_along": part.totals if len(request_ids) == 1 else {}, "searched": searched}
                    for rid in request_ids if rid in part.per_request or status != "acting"}
             if per:
-                ctx.registry.set_system_counts(per, system, status)
+                ctx.registry.systems.add_counts(per, system, status)
 
         outcome = scanner.act(ctx.subjects(request_ids), mode, dry_run=dry_run, on_collection=save)
         save(SubjectOutcome(), "acted")  # every collection done: the status, nothing more to add
@@ -214,9 +214,9 @@ def verify(request_ids: list[str], system: str) -> int:
         failed = [rid for rid in request_ids if left.get(rid)]
         ok = [rid for rid in request_ids if rid not in failed]
         if ok:
-            ctx.registry.set_system(ok, system, "verified")
+            ctx.registry.systems.set(ok, system, "verified")
         if failed:
-            ctx.registry.set_system(failed, system, "failed", error="verification found data left")
+            ctx.registry.systems.set(failed, system, "failed", error="verification found data left")
             raise RetentionError(f"{system}: verification found data left for {len(failed)} request(s): "
                                  f"{', '.join(failed[:5])}")
         return len(ok)
@@ -231,7 +231,7 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
         # a retry or a re-run: requests already proven in the ledger are not written again
         proven = ctx.ledger.requests_with_entry(request_ids, system=system, action=mode, outcome=outcome)
         todo = [rid for rid in request_ids if rid not in proven]
-        states = ctx.registry.systems_many(todo)
+        states = ctx.registry.systems.of_many(todo)
         subjects = ctx.registry.subject_digests(todo)
         items, settled = [], 0
         for rid in todo:
@@ -242,7 +242,7 @@ def record(request_ids: list[str], system: str, dag_id: str, run_id: str) -> int
                           "subject_digest": subjects[rid], "details": counts})
             settled += total
         ctx.ledger.append_many(items)
-        ctx.registry.set_system(request_ids, system, "recorded")
+        ctx.registry.systems.set(request_ids, system, "recorded")
         if not dry_run:
             for intent in ctx.ledger.open_intents(system=system, action=mode,
                                                   pk_digest=_batch_digest(ctx, request_ids)):
@@ -258,8 +258,8 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
 
     with Context() as ctx:
         reqs = ctx.registry.get_many(request_ids)
-        states = ctx.registry.systems_many(request_ids)
-        recipients = ctx.registry.recipients_many(request_ids)
+        states = ctx.registry.systems.of_many(request_ids)
+        recipients = ctx.registry.recipients.of_many(request_ids)
         complete, still_open = [], {}
         for rid in request_ids:
             done = all(states.get(rid, {}).get(s, {}).get("status") == "recorded" for s in expected_systems)
@@ -272,7 +272,7 @@ def finalize(request_ids: list[str], expected_systems: list[str]) -> list[dict[s
                 still_open.setdefault(error, []).append(rid)
         erased = [rid for rid in complete if reqs[rid]["mode"] == "erase" and not reqs[rid]["dry_run"]]
         if erased:  # the identities acted with only: never one the resolution dropped (somebody else's)
-            ctx.registry.suppress_many(erased, ctx.acting_identities(erased))
+            ctx.registry.suppression.add_many(erased, ctx.acting_identities(erased))
         ctx.registry.finish_many(complete, "complete")
         for error, ids in still_open.items():
             ctx.registry.finish_many(ids, "incomplete", error=error)
@@ -345,7 +345,7 @@ def stop_conflict(ctx: Context, request_id: str, dag_id: str, run_id: str) -> di
     person.stop_on_conflict(ctx.registry, ctx.ledger, ctx.policy, request_id, RunRef(dag_id, run_id))
     req = ctx.registry.get(request_id)
     details = ctx.registry.details(request_id)
-    receipt = build_receipt(req, ctx.registry.systems(request_id), systems(), ctx.policy.digest)
+    receipt = build_receipt(req, ctx.registry.systems.of(request_id), systems(), ctx.policy.digest)
     identity_check.add_to_receipt(receipt, req, details)
     person.stopped_receipt(receipt, details)
     ctx.registry.save_receipt(request_id, receipt)

@@ -207,7 +207,7 @@ def gate(request_ids: list[str], dag_id: str, run_id: str) -> list[str]:
             if decision != "rejected":
                 _fail(f"request {rid}: the requester's identity was not confirmed; nothing was done")
             close_rejected(ctx, rid, dag_id, run_id)
-            receipt = add_to_receipt(build_receipt(ctx.registry.get(rid), ctx.registry.systems(rid), systems(),
+            receipt = add_to_receipt(build_receipt(ctx.registry.get(rid), ctx.registry.systems.of(rid), systems(),
                                                    ctx.policy.digest), ctx.registry.get(rid), details)
             ctx.registry.save_receipt(rid, receipt)
             log.info("request %s rejected (identity not verified); receipt:\n%s", rid, render_markdown(receipt))

@@ -45,7 +45,7 @@ def _ids(request_ids: str | list[str]) -> list[str]:
 
 
 def recipients_in_receipt(recipients: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A request's recipients (``Registry.recipients``) as its receipt lists them: channel, status, systems,
+    """A request's recipients (``Registry.recipients.of``) as its receipt lists them: channel, status, systems,
     categories, last response and note (names only)."""
     return {name: {k: info[k] for k in ("channel", "status", "systems", "categories", "response", "note")}
             for name, info in recipients.items()}
@@ -116,10 +116,10 @@ def plan_notices(request_ids: str | list[str]) -> list[str]:
     names: set[str] = set()
     request_ids = _ids(request_ids)
     with Context() as ctx:
-        reqs, states = ctx.registry.get_many(request_ids), ctx.registry.systems_many(request_ids)
-        ctx.registry.plan_recipients_many({rid: notify.plan(ctx.policy, reqs[rid], states.get(rid, {}))
+        reqs, states = ctx.registry.get_many(request_ids), ctx.registry.systems.of_many(request_ids)
+        ctx.registry.recipients.plan_many({rid: notify.plan(ctx.policy, reqs[rid], states.get(rid, {}))
                                            for rid in request_ids})
-        for recipients in ctx.registry.recipients_many(request_ids).values():
+        for recipients in ctx.registry.recipients.of_many(request_ids).values():
             for name, info in recipients.items():
                 if info["status"] not in ("sent", "confirmed", "waived") and info["channel"] != "manual":
                     names.add(name)
@@ -157,7 +157,7 @@ def send_notice(request_ids: str | list[str], name: str) -> dict[str, int]:
         rcp = ctx.policy.recipients[name]
         conn_id = rcp.connection or (SMTP_CONN_ID if rcp.channel == "email" else None)
         conn = connection(conn_id)
-        recipients = ctx.registry.recipients_many(request_ids)
+        recipients = ctx.registry.recipients.of_many(request_ids)
         due = [rid for rid in request_ids if recipients.get(rid, {}).get(name, {}).get("status") not in
                (None, "sent", "confirmed", "waived")]
         if due and conn is None:
@@ -175,11 +175,11 @@ def send_notice(request_ids: str | list[str], name: str) -> dict[str, int]:
                 try:
                     send_mail(conn_id, notify.address_for(rcp, rid, planned["action"], name), subject, body)
                 except Exception as exc:  # noqa: BLE001 - recorded by type only (a server's reply may echo the body)
-                    ctx.registry.set_recipient([rid], name, "failed", response=f"smtp {type(exc).__name__}",
+                    ctx.registry.recipients.set([rid], name, "failed", response=f"smtp {type(exc).__name__}",
                                                attempt=True, note="")
                     failed.append(rid)
                     continue
-                ctx.registry.set_recipient([rid], name, "sent", response="smtp accepted", attempt=True, note="")
+                ctx.registry.recipients.set([rid], name, "sent", response="smtp accepted", attempt=True, note="")
                 counts["sent"] += 1
                 log.info("request %s: %s told by e-mail", rid, name)
             else:
@@ -187,12 +187,12 @@ def send_notice(request_ids: str | list[str], name: str) -> dict[str, int]:
                 try:
                     status = post_json(conn, rcp.endpoint, payload)
                 except Exception as exc:  # noqa: BLE001 - connection errors: type only
-                    ctx.registry.set_recipient([rid], name, "failed", response=f"http {type(exc).__name__}",
+                    ctx.registry.recipients.set([rid], name, "failed", response=f"http {type(exc).__name__}",
                                                attempt=True, note="")
                     failed.append(rid)
                     continue
                 ok = 200 <= status < 300
-                ctx.registry.set_recipient([rid], name, "confirmed" if ok else "failed", response=f"http {status}",
+                ctx.registry.recipients.set([rid], name, "confirmed" if ok else "failed", response=f"http {status}",
                                            attempt=True, note="")
                 log.info("request %s: %s webhook answered %s", rid, name, status)
                 if ok:
@@ -209,14 +209,14 @@ def _unsent(ctx: Any, due: list[str], name: str, conn_id: str | None, counts: di
     """No connection for the recipient's channel: nothing is sent. The recipient stays unconfirmed (the requests
     open, the reason on the retention page) unless the deployment opted into recording only (the demo)."""
     if record_only():
-        ctx.registry.set_recipient(due, name, "waived",
+        ctx.registry.recipients.set(due, name, "waived",
                                    note=f"recorded, not sent: no connection {conn_id!r} configured "
                                         f"({RECORD_ONLY_ENV})")
         counts["recorded_not_sent"] = len(due)
         log.warning("%d request(s): %s recorded, not sent (no connection %s; %s)", len(due), name, conn_id,
                     RECORD_ONLY_ENV)
         return
-    ctx.registry.set_recipient(due, name, "failed", note=f"not sent: no connection {conn_id!r} configured")
+    ctx.registry.recipients.set(due, name, "failed", note=f"not sent: no connection {conn_id!r} configured")
     counts["not_sent"] = len(due)
     log.error("%d request(s): %s NOT told: no connection %s configured; the request(s) stay open", len(due), name,
               conn_id)
@@ -228,7 +228,7 @@ def manual_pending(request_ids: str | list[str]) -> list[str]:
 
     request_ids = _ids(request_ids)
     with Context() as ctx:
-        return sorted({name for recipients in ctx.registry.recipients_many(request_ids).values()
+        return sorted({name for recipients in ctx.registry.recipients.of_many(request_ids).values()
                        for name, info in recipients.items()
                        if info["channel"] == "manual" and info["status"] not in ("confirmed", "waived")})
 
@@ -241,12 +241,12 @@ def confirm_manual(request_ids: str | list[str], names: list[str]) -> int:
     request_ids = _ids(request_ids)
     with Context() as ctx:
         waiting: dict[str, list[str]] = {}
-        for rid, recipients in ctx.registry.recipients_many(request_ids).items():
+        for rid, recipients in ctx.registry.recipients.of_many(request_ids).items():
             for name, info in recipients.items():
                 if name in names and info["channel"] == "manual" and info["status"] not in ("confirmed", "waived"):
                     waiting.setdefault(name, []).append(rid)
         for name, rids in sorted(waiting.items()):
-            ctx.registry.set_recipient(rids, name, "confirmed", response="approved in the Airflow UI", attempt=True)
+            ctx.registry.recipients.set(rids, name, "confirmed", response="approved in the Airflow UI", attempt=True)
             done += len(rids)
     log.info("%d manual recipient notice(s) confirmed", done)
     return done

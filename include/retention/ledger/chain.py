@@ -14,9 +14,9 @@ from typing import Any, Unpack
 
 import sqlalchemy as sa
 
+import include.retention.ledger.queries as queries
 from include.retention.clock import utcnow_iso
 from include.retention.errors import LedgerBroken, RetentionError
-from include.retention.ledger import queries
 from include.retention.ledger.anchors import Anchor, AnchorSink, anchor_sink, collect_anchors, last_anchor
 from include.retention.ledger.hashing import chain_key, cosigned_details, key_change, kid_after, mac
 from include.retention.ledger.schema import (

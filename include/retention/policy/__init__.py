@@ -5,9 +5,10 @@ A policy file describes systems (by Airflow connection id), their collections
 retention rules. ``load_policy`` refuses a wrong file before anything runs and
 names the file, the path inside it and the problem.
 
-``model`` and ``rules`` hold the pydantic models, ``periods`` the storage periods, ``load`` the YAML loader
-and its cache, ``checks`` (with ``check_sql``, ``check_s3``, ``check_references``, ``check_requests``) what a
-field-by-field check cannot see. This package imports nothing from Airflow.
+``model`` and ``rules`` hold the pydantic models (``rules`` also ``cutoff``: when a stage's period ends),
+``periods`` the ISO 8601 storage periods, ``load`` the YAML loader and its cache, ``checks`` (with ``check_sql``,
+``check_s3``, ``check_references``, ``check_requests``) what a field-by-field check cannot see.
+This package imports nothing from Airflow.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from include.retention.policy.model import (
     referrers,
     s3_prefix,
 )
-from include.retention.policy.periods import MAX_PERIOD_YEARS, approx_days, cutoff, parse_duration
+from include.retention.policy.periods import MAX_PERIOD_YEARS, approx_days, parse_duration
 from include.retention.policy.rules import (
     ACTION_ORDER,
     AGE_OPS,
@@ -50,6 +51,7 @@ from include.retention.policy.rules import (
     Stage,
     Start,
     StartEvent,
+    cutoff,
 )
 
 __all__ = [

@@ -1,17 +1,12 @@
-"""Storage periods: ISO 8601 durations as the data map writes them, and the instant a stage's period ends."""
+"""Storage periods: ISO 8601 durations as the data map writes them, bounded, and their approximate length."""
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-from typing import TYPE_CHECKING
 
 from dateutil.relativedelta import relativedelta
 
 from include.retention.policy.base import short
-
-if TYPE_CHECKING:
-    from include.retention.policy.rules import Stage, Start
 
 _DURATION = re.compile(
     r"^P(?!$)(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
@@ -60,19 +55,3 @@ def approx_days(delta: relativedelta) -> float:
         + delta.minutes / 1440
         + delta.seconds / 86400
     )
-
-
-def cutoff(now: dt.datetime, stage: Stage, start: Start) -> dt.datetime:
-    """Rows whose start event is before the returned instant have passed the stage's storage period.
-
-    With ``round_up: year`` the period counts from the end of the start event's year, so
-    "ceil_year(start) + P <= now" becomes "start < floor_year(now - P)": still a plain
-    range test that an index on the column can serve.
-    """
-    edge = now - stage.period
-    round_up = stage.round_up or start.round_up
-    if round_up == "year":
-        edge = edge.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
-    elif round_up == "month":
-        edge = edge.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return edge

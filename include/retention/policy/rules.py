@@ -349,3 +349,19 @@ class Rule(StrictModel):
         if stage.action != "delete":
             return []
         return list(stage.suppress if stage.suppress is not None else self.suppress)
+
+
+def cutoff(now: dt.datetime, stage: Stage, start: Start) -> dt.datetime:
+    """Rows whose start event is before the returned instant have passed the stage's storage period.
+
+    With ``round_up: year`` the period counts from the end of the start event's year, so
+    "ceil_year(start) + P <= now" becomes "start < floor_year(now - P)": still a plain
+    range test that an index on the column can serve.
+    """
+    edge = now - stage.period
+    round_up = stage.round_up or start.round_up
+    if round_up == "year":
+        edge = edge.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    elif round_up == "month":
+        edge = edge.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return edge

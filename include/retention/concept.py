@@ -272,7 +272,7 @@ def _category_rows(policy: Policy, evidence: dict[str, dict[str, Any]]) -> tuple
 
 
 def _suppression_row(policy: Policy) -> dict[str, Any] | None:
-    """The suppression list (include/retention/registry/suppression_list.py): what it keeps, who adds to it, how long."""
+    """The suppression list (``registry/suppression_list.py``): what it keeps, who adds to it, how long."""
     if not policy.declared_kinds():
         return None
     adders = ["every completed erasure request (the request's identities)"]

@@ -32,7 +32,7 @@ class RecipientBook:
         self.plan_many({request_id: planned})
 
     def plan_many(self, planned_by_request: dict[str, dict[str, dict[str, Any]]]) -> None:
-        """``plan_recipients`` for many requests: per chunk of 500 one SELECT and one multi-row INSERT."""
+        """``plan`` for many requests: per chunk of 500 one SELECT and one multi-row INSERT."""
         self.schema.ensure()
         now, t = utcnow(), request_recipients
         with self.engine.begin() as conn:
@@ -65,7 +65,7 @@ class RecipientBook:
         return self.of_many([request_id]).get(request_id, {})
 
     def of_many(self, request_ids: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
-        """``recipients`` of many requests: request id -> name -> ...; one SELECT per chunk of 500."""
+        """``of`` of many requests: request id -> name -> ...; one SELECT per chunk of 500."""
         self.schema.ensure()
         t = request_recipients
         out: dict[str, dict[str, dict[str, Any]]] = {}

@@ -28,7 +28,7 @@ class SuppressionList:
         return self.add_many([request_id])
 
     def add_many(self, request_ids: Iterable[str], identities: dict[str, Identities] | None = None) -> int:
-        """``suppress`` for many requests, set-based: one SELECT of the digests already listed (under any
+        """``add`` for many requests, set-based: one SELECT of the digests already listed (under any
         active key: an address suppressed before a rotation is not added twice), one multi-row INSERT of the
         new ones; an entry a delete put there (an unsubscribe) is marked as this erasure's too."""
         self.schema.ensure()  # key_id column on registries created before key ids

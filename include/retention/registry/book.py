@@ -43,6 +43,9 @@ from include.retention.registry.system_states import SystemStates
 
 
 class Registry:
+    """The request book, and the registry's other parts as attributes (``systems``, ``suppression``,
+    ``recipients``, ``keys``) sharing its engine, schema and keys."""
+
     def __init__(self, engine: sa.Engine, secret: bytes | None):
         """``secret`` None: a read-only view for pages and reports (statuses, dates, counts; never identities)."""
         self.engine = engine

@@ -93,7 +93,7 @@ def test_webhook_503_twice_then_200_is_retried_and_confirmed(world, channels):
     rid = world["registry"].request_id_for(DAG_ID, run.run_id)
     assert len(hook.received) == 3 and all(r["body"] == hook.received[0]["body"] for r in hook.received)
     assert hook.received[0]["body"]["action"] == "restrict"
-    marketing = world["registry"].recipients(rid)["marketing_tools"]
+    marketing = world["registry"].recipients.of(rid)["marketing_tools"]
     assert (marketing["status"], marketing["attempts"], marketing["response"]) == ("confirmed", 3, "http 200")
     assert world["registry"].get(rid)["status"] == "complete"
     assert len(box.to("privacy@hosting.example")) == 1  # the mail recipients are told once, not per webhook try
@@ -142,7 +142,7 @@ def test_manual_recipient_blocks_completion_until_approved(world, channels, tmp_
     # before the approval: everyone else told, the auditor pending, the request not complete
     assert seen["auditor"] == ("pending", "in_progress") and seen["hosting"][0] == "sent"
     rid = world["registry"].request_id_for(DAG_ID, run.run_id)
-    auditor = world["registry"].recipients(rid)["auditor"]
+    auditor = world["registry"].recipients.of(rid)["auditor"]
     assert (auditor["status"], auditor["channel"]) == ("confirmed", "manual")
     assert world["registry"].get(rid)["status"] == "complete"
 

@@ -420,7 +420,7 @@ def test_linked_access_reads_exactly_the_persons_rows(world):
     rid = request(world, ASKED_A, mode="access", decision="not required", dry_run=True, format="human")
     out = access_act(world, rid)
     assert out["rows"] == 1 + 2 + 1 + 1 + 2  # customer, orders, account, subscriber, clicks
-    counts = world["registry"].systems(rid)["crm"]["counts"]["collections"]
+    counts = world["registry"].systems.of(rid)["crm"]["counts"]["collections"]
     assert counts == {"crm.customers": {"rows": 1}, "crm.orders": {"rows": 2}, "crm.accounts": {"rows": 1}}
 
 

@@ -527,7 +527,9 @@ def test_resolution_through_the_index_reads_candidates_and_decides_as_the_scan(w
     def no_full_read(self, collection_name, *, owned_only):
         raise AssertionError(f"{collection_name} read in full")
 
-    monkeypatch.setattr(SqlStore, "_scan", no_full_read)
+    from include.retention.stores.sql_subjects import SqlSubjects
+
+    monkeypatch.setattr(SqlSubjects, "_scan", no_full_read)
     assert [resolved(indexed, ids) for ids in asked] == scanned
     assert scanned[0].counts["customer_ref"] == {"crm.customers": 1, "crm.accounts": 2}
     assert scanned[-1].counts["phone"]["crm.customers"] == 2  # B's row and Gus's, added after the backfill

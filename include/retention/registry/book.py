@@ -309,7 +309,12 @@ class Registry:
             old = self.details_many(chunk)
             out.update({rid: {**old.get(rid, {}), **values_by_request[rid]} for rid in chunk})
             with self.engine.begin() as conn:
-                conn.execute(request_details.delete().where(request_details.c.request_id.in_(chunk)))
+                # only rows that exist are deleted (by key): a DELETE of absent keys takes InnoDB gap locks under
+                # REPEATABLE READ, and two such writers inserting into the same gap deadlock each other
+                there = list(conn.execute(sa.select(request_details.c.request_id).where(
+                    request_details.c.request_id.in_(chunk))).scalars())
+                if there:
+                    conn.execute(request_details.delete().where(request_details.c.request_id.in_(there)))
                 conn.execute(
                     request_details.insert(),
                     [
@@ -327,7 +332,11 @@ class Registry:
         now = utcnow()
         with self.engine.begin() as conn:
             for chunk in chunks(list(receipts_by_id)):
-                conn.execute(receipts.delete().where(receipts.c.request_id.in_(chunk)))
+                # only existing rows are deleted, by key (no gap locks: see ``update_details_many``)
+                there = list(conn.execute(sa.select(receipts.c.request_id).where(
+                    receipts.c.request_id.in_(chunk))).scalars())
+                if there:
+                    conn.execute(receipts.delete().where(receipts.c.request_id.in_(there)))
                 conn.execute(
                     receipts.insert(),
                     [

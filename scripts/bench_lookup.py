@@ -258,7 +258,7 @@ def independent_check(engine: sa.Engine, rows: int) -> float:
 
     registry = Registry(engine, MASK_KEY)
     rid = registry.register(NewRequest(Identities(email=SPELLINGS[0])))
-    registry.suppress_many([rid])
+    registry.suppression.add_many([rid])
     add_rows(engine, rows + 500, [SPELLINGS[1]], "c")
     store = SqlStore("crm", policy_for("indexed"), engine, mask_key=MASK_KEY)
     store.check("contacts")

@@ -177,7 +177,7 @@ def cmd_rotate_keys(args) -> int:
     if not result.ok:
         raise RetentionError(f"not rotating keys: {result}")
     ring = keys_of(ledger.key)
-    done = Registry(ledger.engine, ledger.key).rotate()
+    done = Registry(ledger.engine, ledger.key).keys.rotate()
     older = [kid for kid, _ in ring[1:]]
     ledger.rotate(run=RunRef("cli", "rotate-keys"), count=done["requests"] + done["suppression"],
                   details={**done, "older_keys": older})

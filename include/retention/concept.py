@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.retention.describe import conditions_text, period_text, stages_text, start_text
-from include.retention.policy import Collection, Policy, Rule, _approx_days, referrers
+from include.retention.policy import Collection, Policy, Rule, approx_days, referrers
 from include.retention.values import CollectionRef
 
 STANDARD = "DIN 66398 / ISO/IEC 27555"
@@ -197,7 +197,7 @@ def _rule_row(policy: Policy, ref: str, rule: Rule, ev: dict[str, Any]) -> dict[
         "start_event": event, "event": rule.start_event.words if rule.start_event else "",
         "deletion_class": (f"{period} after {_short_event(event)}" if rule.start_event
                            else f"{period}, counted from {start}"),
-        "standard_period": period, "period_days": _approx_days(last.period),
+        "standard_period": period, "period_days": approx_days(last.period),
         "rule": f"{ref}.{rule.name}", "start": start, "stages": stages_text(rule), "action": last.action,
         "conditions": _rule_conditions(policy, ref, rule),
         "also_deleted": "; ".join(dependents(policy, ref, rows=rule.start.orphaned is None)) if deletes else "",
@@ -273,7 +273,7 @@ def _category_rows(policy: Policy, evidence: dict[str, dict[str, Any]]) -> tuple
 
 
 def _suppression_row(policy: Policy) -> dict[str, Any] | None:
-    """The suppression list (include/retention/registry.py): what it keeps, who adds to it, how long."""
+    """The suppression list (``registry/suppression_list.py``): what it keeps, who adds to it, how long."""
     if not policy.declared_kinds():
         return None
     adders = ["every completed erasure request (the request's identities)"]
@@ -312,7 +312,7 @@ def _backup_rows(policy: Policy) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         period = period_text(backups.retention)
         rows.append({**row, "store": backups.where, "standard_period": period,
-                     "period_days": _approx_days(backups.period), "deletion_class": f"{period} after the copy",
+                     "period_days": approx_days(backups.period), "deletion_class": f"{period} after the copy",
                      "restore": RESTORE[backups.restore].format(system=s_name)})
     return rows, gaps
 

@@ -57,7 +57,7 @@ def open_requests(engine: sa.Engine, now: dt.datetime | None = None) -> list[dic
     """Open subject requests, overdue first, then by due date; status per system."""
     now = now or utcnow()
     registry = reg.Registry(engine, None)
-    waiting = registry.unconfirmed_recipients(with_notes=True)  # the reason, e.g. no connection configured
+    waiting = registry.recipients.unconfirmed(with_notes=True)  # the reason, e.g. no connection configured
     out = [{**_request_view(r, now), "unconfirmed_recipients": waiting.get(r["request_id"], [])}
            for r in registry.listing(open_only=True)]
     out.sort(key=lambda r: (not r["overdue"], r["due_at"], r["request_id"]))
@@ -329,7 +329,7 @@ def run_receipts(engine: sa.Engine, dag_id: str, run_id: str, limit: int = RUN_E
                             .where(t.c.dag_id == dag_id, t.c.run_id == run_id).order_by(t.c.request_id)).all()
     registry = reg.Registry(engine, None)
     ids = [r.request_id for r in rows]
-    receipts, states = registry.receipts_many(ids), registry.systems_many(ids)
+    receipts, states = registry.receipts_many(ids), registry.systems.of_many(ids)
     out = []
     for r in rows:
         receipt = receipts.get(r.request_id) or {}

@@ -12,7 +12,7 @@ from typing import Any
 
 from include.retention.classify import classify, name_hint
 from include.retention.discovery import SECONDS_PER_SYSTEM, Finding, Report, unsearched_identities
-from include.retention.policy import Collection, Policy, _s3_prefix
+from include.retention.policy import Collection, Policy, s3_prefix
 from include.retention.progress import Steps
 
 MAX_KEYS_PER_BUCKET = 10_000
@@ -26,7 +26,7 @@ def covering(policy: Policy, system: str) -> dict[str, list[tuple[str, str, Coll
     out: dict[str, list[tuple[str, str, Collection]]] = {}
     for name, coll in policy.systems[system].collections.items():
         if coll.bucket:
-            out.setdefault(coll.bucket, []).append((_s3_prefix(coll), name, coll))
+            out.setdefault(coll.bucket, []).append((s3_prefix(coll), name, coll))
     return out
 
 
@@ -88,7 +88,7 @@ def discover_s3(policy: Policy, system: str, client: Any, *, buckets: list[str] 
                 report.not_sampled.append(f"{bucket}/{name}")
                 continue
             coll = policy.systems[system].collections[name]
-            report.findings += _sample_prefix(client, system, bucket, _s3_prefix(coll), keys, report,
+            report.findings += _sample_prefix(client, system, bucket, s3_prefix(coll), keys, report,
                                               declared=_declared_metadata(coll), content=False)
         steps.step(bucket, f"{listed} object(s) listed")
     report.findings += unsearched_identities(policy, system)

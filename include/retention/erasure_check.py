@@ -45,7 +45,7 @@ def found_again(store: SqlStore, registry: Registry, name: str) -> dict[str, int
             value_of = {
                 digest: value for k, value in keys_of if k == kind for digest in registry.digests(kind, value)
             }  # every active key's digest
-            for digest, request_id in registry.erased_by(kind, value_of).items():
+            for digest, request_id in registry.suppression.erased_by(kind, value_of).items():
                 identities[request_id][kind] = value_of[digest]
                 for key in keys_of[(kind, value_of[digest])]:
                     claims.add(key, request_id)

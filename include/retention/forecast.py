@@ -214,9 +214,9 @@ def forecast_table(result: dict[str, Any]) -> str:
 # ---- policy diff ----------------------------------------------------------------------------
 
 def _period_days(after: str) -> float:
-    from include.retention.policy import _approx_days, parse_duration
+    from include.retention.policy import approx_days, parse_duration
 
-    return _approx_days(parse_duration(after))
+    return approx_days(parse_duration(after))
 
 
 def rule_change(old: Policy, new: Policy, rule_id: str) -> str:

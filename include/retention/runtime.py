@@ -100,7 +100,7 @@ class Runtime:
         kinds = list(kinds) if kinds is not None else list(coll.suppress_on_delete)
         values = [(kind, row[col]) for kind, col in coll.identity_columns() if kind in kinds
                   for row in rows if row.get(col)]
-        return self.registry().suppress_values(values, reason=f"retention:{coll_ref}")
+        return self.registry().suppression.add_values(values, reason=f"retention:{coll_ref}")
 
     def close(self) -> None:
         for store in self._stores.values():

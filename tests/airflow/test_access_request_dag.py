@@ -277,7 +277,7 @@ def test_rectify_to_another_persons_address_is_refused_through_the_dag(access_wo
     registry = world["registry"]
     rid = registry.request_id_for(DAG_ID, run.run_id)
     assert registry.get(rid)["status"] != "complete"
-    errors = {name: state["error"] for name, state in registry.systems(rid).items()}
+    errors = {name: state["error"] for name, state in registry.systems.of(rid).items()}
     assert set(errors) == {"crm", "mailing"}
     assert all(e.startswith("rectify refused: the new email is already an identity of") for e in errors.values())
     assert not [e for e in errors.values() if "example" in e.lower()]

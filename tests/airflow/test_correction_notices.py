@@ -52,7 +52,7 @@ def test_rectify_tells_each_declared_recipient_once_and_the_requester(world, cha
     assert SUBJECT_LC not in maintenance_text.lower() and NEW.lower() not in maintenance_text.lower()
     assert rid in text_of(requester[0]) and "rectification" in text_of(requester[0])
 
-    assert {n: r["status"] for n, r in registry.recipients(rid).items()} == {
+    assert {n: r["status"] for n, r in registry.recipients.of(rid).items()} == {
         "hosting": "sent", "it_maintenance": "sent", "marketing_tools": "confirmed"}
     receipt = registry.receipt(rid)
     assert set(receipt["recipients"]) == {"hosting", "it_maintenance", "marketing_tools"}
@@ -65,7 +65,7 @@ def test_rectify_tells_each_declared_recipient_once_and_the_requester(world, cha
     run = run_dag("access_request", {"email": NEW, "mode": "withdraw"})
     assert run.state == "success", task_states(run)
     rid = registry.request_id_for("access_request", run.run_id)
-    assert registry.recipients(rid) == {} and len(hook.received) == 1
+    assert registry.recipients.of(rid) == {} and len(hook.received) == 1
     assert [len(box.to(NEW.lower())), len(box.messages)] == [1, 1]
     assert "withdrawal of consent" in text_of(box.to(NEW.lower())[0])
 
@@ -82,7 +82,7 @@ def test_a_channel_without_connection_leaves_the_recipient_unconfirmed(world, mo
     rid = registry.request_id_for("erasure_request", run.run_id)
     req = registry.get(rid)
     assert req["status"] == "incomplete" and req["last_error"] == "not every recipient confirmed or waived"
-    recipients = registry.recipients(rid)
+    recipients = registry.recipients.of(rid)
     assert {n: (r["status"], r["note"]) for n, r in recipients.items()} == {
         "hosting": ("failed", "not sent: no connection 'smtp_default' configured"),
         "it_maintenance": ("failed", "not sent: no connection 'smtp_default' configured"),
@@ -105,7 +105,7 @@ def test_recording_only_is_an_explicit_opt_in(world, monkeypatch):  # noqa: F811
     registry = world["registry"]
     rid = registry.request_id_for("erasure_request", run.run_id)
     assert registry.get(rid)["status"] == "complete"
-    recipients = registry.recipients(rid)
+    recipients = registry.recipients.of(rid)
     assert {r["status"] for r in recipients.values()} == {"waived"}
     assert all(r["note"].startswith("recorded, not sent: no connection") and "RETENTION_NOTIFY_RECORD_ONLY" in r["note"]
                for r in recipients.values())

@@ -94,7 +94,7 @@ def test_reject_changes_nothing_and_closes_with_the_reason(checked):
     entries = [r for r in world["ledger"].rows() if r["request_id"] == rid]
     assert [(e["action"], e["outcome"]) for e in entries] == [("identity_check", "rejected")]
     assert world["ledger"].verify(record=False).ok
-    assert registry.recipients(rid) == {}  # nothing changed: no recipient is told of anything
+    assert registry.recipients.of(rid) == {}  # nothing changed: no recipient is told of anything
 
 
 def test_a_trigger_claiming_its_own_identity_verified_is_refused(checked):

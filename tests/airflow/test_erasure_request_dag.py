@@ -309,7 +309,7 @@ def test_restrict_locks_and_dry_run_changes_nothing(world):
     assert all_keys(world) == keys
     rid = world["registry"].request_id_for("erasure_request", dry.run_id)
     assert world["registry"].receipt(rid)["verification"].startswith("dry run")
-    assert not world["registry"].is_suppressed("email", SUBJECT)
+    assert not world["registry"].suppression.contains("email", SUBJECT)
 
     run = run_dag(DAG_ID, {"phone": "+48 500-600-700", "mode": "restrict"})
     assert run.state == "success", task_states(run)

@@ -72,7 +72,7 @@ def test_erasure_tells_each_declared_recipient_once_and_the_requester(world, cha
     assert rid in text_of(requester[0]) and "carried out" in text_of(requester[0])
 
     # per-recipient status in the registry and the receipt; no identity in Airflow's metadata, logs or ledger
-    recipients = registry.recipients(rid)
+    recipients = registry.recipients.of(rid)
     assert {n: r["status"] for n, r in recipients.items()} == {
         "hosting": "sent", "it_maintenance": "sent", "marketing_tools": "confirmed"}
     assert recipients["marketing_tools"]["response"] == "http 200"
@@ -93,7 +93,7 @@ def test_webhook_503_twice_then_200_is_retried_and_confirmed(world, channels):
     rid = world["registry"].request_id_for(DAG_ID, run.run_id)
     assert len(hook.received) == 3 and all(r["body"] == hook.received[0]["body"] for r in hook.received)
     assert hook.received[0]["body"]["action"] == "restrict"
-    marketing = world["registry"].recipients(rid)["marketing_tools"]
+    marketing = world["registry"].recipients.of(rid)["marketing_tools"]
     assert (marketing["status"], marketing["attempts"], marketing["response"]) == ("confirmed", 3, "http 200")
     assert world["registry"].get(rid)["status"] == "complete"
     assert len(box.to("privacy@hosting.example")) == 1  # the mail recipients are told once, not per webhook try
@@ -142,7 +142,7 @@ def test_manual_recipient_blocks_completion_until_approved(world, channels, tmp_
     # before the approval: everyone else told, the auditor pending, the request not complete
     assert seen["auditor"] == ("pending", "in_progress") and seen["hosting"][0] == "sent"
     rid = world["registry"].request_id_for(DAG_ID, run.run_id)
-    auditor = world["registry"].recipients(rid)["auditor"]
+    auditor = world["registry"].recipients.of(rid)["auditor"]
     assert (auditor["status"], auditor["channel"]) == ("confirmed", "manual")
     assert world["registry"].get(rid)["status"] == "complete"
 
@@ -159,9 +159,9 @@ def test_rejected_manual_recipient_leaves_the_request_open(world, channels, tmp_
     registry = world["registry"]
     rid = registry.request_id_for(DAG_ID, run.run_id)
     assert registry.get(rid)["status"] == "incomplete"
-    assert registry.recipients(rid)["auditor"]["status"] == "pending"
-    assert registry.unconfirmed_recipients() == {rid: ["auditor"]}
+    assert registry.recipients.of(rid)["auditor"]["status"] == "pending"
+    assert registry.recipients.unconfirmed() == {rid: ["auditor"]}
     assert channels[0].to(SUBJECT_LC) == []  # the requester hears back only once it is complete
     # an explicit waiver closes it at the next finalize
-    registry.waive_recipient(rid, "auditor", "the auditor holds no copy of this person's data")
-    assert registry.recipients_settled(rid)
+    registry.recipients.waive(rid, "auditor", "the auditor holds no copy of this person's data")
+    assert registry.recipients.settled(rid)

@@ -58,7 +58,8 @@ def test_conflicting_request_stops_at_the_identity_check_with_the_summary(world,
     registry = world["registry"]
     rid = registry.request_id_for(DAG_ID, run.run_id)
     assert registry.get(rid)["status"] == "rejected"
-    assert not registry.is_suppressed("email", SUBJECT) and not registry.is_suppressed("phone", OTHER_PHONE)
+    assert not registry.suppression.contains("email", SUBJECT)
+    assert not registry.suppression.contains("phone", OTHER_PHONE)
     receipt = registry.receipt(rid)
     assert receipt["person"]["identities"] == {"email": "found", "phone": "conflicting"}
     assert receipt["person"]["decision"] == "stopped" and receipt["person"]["dropped"] == []

@@ -230,7 +230,7 @@ def test_an_erased_person_found_again_reopens_the_request_and_fails_the_check(st
         conn.exec_driver_sql("INSERT INTO t_contacts VALUES (1, 'other@example.org', 'n')")
     registry = Registry(ledger.engine, os.environ["RETENTION_HMAC_KEY"].encode())
     rid = registry.register(NewRequest(Identities(email="zoe@example.org")))
-    registry.suppress_many([rid])  # her erasure completed: her rows went, her digest stays
+    registry.suppression.add_many([rid])  # her erasure completed: her rows went, her digest stays
     registry.finish(rid, "complete")
 
     clean = run_dag(DAG_ID, {"dry_run": False})
@@ -251,7 +251,7 @@ def test_an_erased_person_found_again_reopens_the_request_and_fails_the_check(st
     assert states["anchor_ledger"] == ["success"]  # the check's entries are anchored with the run's
     request = registry.get(rid)
     assert request["status"] == "incomplete" and request["completed_at"] is None and request["dag_id"] is None
-    assert registry.systems(rid)["crm"]["status"] == "failed"
+    assert registry.systems.of(rid)["crm"]["status"] == "failed"
     checks = [(r["run_id"], r["outcome"], r["request_id"], r["count"]) for r in ledger.rows()
               if r["action"] == "erasure_check"]
     assert checks == [(clean.run_id, "none_found", None, 0), (dry.run_id, "found_again", None, 1),

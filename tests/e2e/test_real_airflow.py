@@ -128,7 +128,7 @@ def test_erasure_request_via_rest_api(airflow_stack: Stack):
     registry = Registry(world.ledger_engine, SECRET)
     request_id = registry.request_id_for("erasure_request", run_id)
     assert registry.get(request_id)["status"] == "complete"
-    assert registry.is_suppressed("email", SUBJECT)
+    assert registry.suppression.contains("email", SUBJECT)
     entries = [r for r in ledger.rows() if r["request_id"] == request_id]
     assert sorted((r["system"], r["action"], r["outcome"]) for r in entries) == [
         ("crm", "erase", "verified"), ("mailing", "erase", "verified")]

@@ -382,15 +382,15 @@ def test_default_map_suppresses_unsubscribed_not_inactive(mailing):
     done = run_rule(policy, "mailing.subscribers.unsubscribed", store, ledger, RunRef("t", "r"), now=NOW)
     assert done["deleted"] == 45 and done["cascaded"]["suppression_list"] == 45
     registry = runtime.registry()
-    assert all(registry.is_suppressed("email", e) for e in unsubscribed)
-    assert not any(registry.is_suppressed("email", e) for e in inactive)  # they may subscribe again
+    assert all(registry.suppression.contains("email", e) for e in unsubscribed)
+    assert not any(registry.suppression.contains("email", e) for e in inactive)  # they may subscribe again
     assert not _emails(engine, s.c.email.in_(inactive | unsubscribed))
 
     # An erasure suppresses as before (the request's identities, when it completes) ...
     erased = sorted(_emails(engine, s.c.id > 0))[0]
     rid = registry.register(NewRequest(Identities(email=erased)))
-    registry.suppress(rid)
-    assert registry.is_suppressed("email", erased)
+    registry.suppression.add(rid)
+    assert registry.suppression.contains("email", erased)
     # ... and the sweep's enforcement removes suppressed re-subscriptions: the unsubscribed address that comes
     # back and the erased one go, a returning inactive subscriber stays.
     from include.retention.requests.scanner import SubjectScanner
@@ -435,7 +435,7 @@ def test_digests_made_under_suppress_on_delete_stay_valid(mailing, tmp_path):
     assert done["deleted"] == 54 and done["cascaded"]["suppression_list"] == 54
     gone = before - _emails(engine, s.c.id > 0)
     registry = runtime.registry()  # the same registry database, the new map
-    assert len(gone) == 54 and all(registry.is_suppressed("email", e) for e in gone)
+    assert len(gone) == 54 and all(registry.suppression.contains("email", e) for e in gone)
     from include.retention.requests.scanner import SubjectScanner
     from include.retention.requests.suppression import enforce_system
 

@@ -205,7 +205,7 @@ def test_a_row_the_index_cannot_find_is_found_by_the_independent_check(engine, t
     scanner = SubjectScanner(POLICY, store)
     assert scanner.act(zoe, "erase", dry_run=False).per_request[rid] == {"crm.people": {"deleted": 1}}
     assert scanner.remaining(zoe, "erase") == {}
-    registry.suppress_many([rid])
+    registry.suppression.add_many([rid])
     registry.finish(rid, "complete")
 
     checked, found = check_system(store, registry)  # nothing of hers is left: the check finds nothing
@@ -230,7 +230,7 @@ def test_a_row_the_index_cannot_find_is_found_by_the_independent_check(engine, t
     request = registry.get(rid)
     assert (request["status"], request["last_error"], request["completed_at"]) == ("incomplete", REOPEN_ERROR, None)
     assert request["dag_id"] is None  # no run owns it: the intake takes it again
-    assert registry.systems(rid)["crm"]["status"] == "failed"
+    assert registry.systems.of(rid)["crm"]["status"] == "failed"
     entries = [(r["action"], r["outcome"], r["request_id"], r["count"]) for r in ledger.rows()]
     assert entries == [("erasure_check", "found_again", None, 2), ("erasure_check", "reopened", rid, 2)]
     assert ledger.verify().ok

@@ -34,9 +34,9 @@ def _history(engine) -> str:
     subscriber's digest and ledger entries (an intent and its outcome)."""
     registry = Registry(engine, OLD.encode())
     rid = registry.register(NewRequest(Identities(email=SUBJECT, phone="+48 500 100 200"), note="by phone"))
-    registry.suppress(rid)
+    registry.suppression.add(rid)
     registry.update_details(rid, channel="letter")
-    registry.suppress_values([("email", GONE)], reason="retention:mailing.subscribers")
+    registry.suppression.add_values([("email", GONE)], reason="retention:mailing.subscribers")
     ledger = Ledger(engine, OLD.encode())
     seq = ledger.intend(action="erase", count=1, request_id=rid, subject_digest=registry.subject_digest(rid))
     ledger.settle(seq, count=1)
@@ -57,7 +57,7 @@ def test_rotation_keeps_suppression_registry_and_ledger(db_url, monkeypatch, cap
     # a new key added: old digests still match, old entries still decrypt and verify, but the chain is not
     # under the current key until rotate-keys hands it over (a chain cut before a rotation looks the same)
     registry = Registry(engine, RING)
-    assert registry.is_suppressed("email", SUBJECT) and registry.is_suppressed("email", GONE)
+    assert registry.suppression.contains("email", SUBJECT) and registry.suppression.contains("email", GONE)
     assert registry.identities(rid).email == SUBJECT.lower()
     ledger = Ledger(engine, RING)
     assert ledger.verify(record=False, current_key=False).ok
@@ -78,7 +78,7 @@ def test_rotation_keeps_suppression_registry_and_ledger(db_url, monkeypatch, cap
     assert only_new.identities(rid).email == SUBJECT.lower()
     assert only_new.identities(rid).phone == "+48500100200"
     assert only_new.details(rid)["channel"] == "letter"
-    assert only_new.is_suppressed("email", SUBJECT) and only_new.is_suppressed("phone", "+48 500 100 200")
+    assert only_new.suppression.contains("email", SUBJECT) and only_new.suppression.contains("phone", "+48 500 100 200")
     assert only_new.get(rid)["email_digest"] == keyed_digest(NEW.encode(), SUBJECT.lower())
     with engine.connect() as conn:
         assert set(conn.execute(sa.select(requests_table.c.key_id)).scalars()) == {"k1"}
@@ -86,10 +86,10 @@ def test_rotation_keeps_suppression_registry_and_ledger(db_url, monkeypatch, cap
         keys = dict(conn.execute(sa.select(suppression.c.digest, suppression.c.key_id)).all())
     # the deleted subscriber's digest has no plaintext to re-digest: it stays under k0, and matches with the ring
     assert keys[keyed_digest(OLD.encode(), GONE)] == "k0"
-    assert not only_new.is_suppressed("email", GONE)
+    assert not only_new.suppression.contains("email", GONE)
     rotated = Registry(engine, RING)
     for value in (SUBJECT, GONE):
-        assert rotated.is_suppressed("email", value)
+        assert rotated.suppression.contains("email", value)
 
     # every ledger entry verifies under the active keys; exactly one audit entry for the rotation
     result = Ledger(engine, RING).verify(record=False)
@@ -142,14 +142,14 @@ def test_replay_matches_digests_under_every_active_key(db_url, tmp_path):
     reg_engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")  # the registry's own database
     registry = Registry(reg_engine, OLD.encode())
     rid = registry.register(NewRequest(Identities(email=SUBJECT)))
-    registry.suppress(rid)
+    registry.suppression.add(rid)
     store = SqlStore("crm", policy, engine, mask_key=RING)
     scanner = SubjectScanner(policy, store)
 
     before = enforce_system(scanner, Registry(reg_engine, RING), replay=True, dry_run=True)
     assert sum(before.values()) > 0
     assert enforce_system(scanner, Registry(reg_engine, NEW_ONLY), replay=True, dry_run=True) != before
-    Registry(reg_engine, RING).rotate()
+    Registry(reg_engine, RING).keys.rotate()
     assert enforce_system(scanner, Registry(reg_engine, RING), replay=True, dry_run=True) == before
     assert enforce_system(scanner, Registry(reg_engine, NEW_ONLY), replay=True, dry_run=True) == before
     engine.dispose()

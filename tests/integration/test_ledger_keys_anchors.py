@@ -31,13 +31,13 @@ from include.retention.ledger import (
     Ledger,
     RunRef,
     S3Sink,
-    _content_md5,
     anchor_sinks,
     entries,
     entry_hash,
     head,
     read_anchors,
 )
+from include.retention.ledger.anchors import content_md5
 from include.retention.masking import KeyRing
 from include.retention.stores.sql import make_engine
 from tests.integration.test_ledger_tamper import _rechain_from, _rows
@@ -357,7 +357,7 @@ def test_s3_object_lock_refuses_deleting_and_overwriting_the_newest_anchor(locke
         s3.delete_object(Bucket=sink.bucket, Key=key, VersionId=version["VersionId"])
     # "overwriting" makes a newer version; a plain delete only hides the key behind a marker
     forged = json.dumps({**json.loads(original), "seq": 7}).encode()
-    s3.put_object(Bucket=sink.bucket, Key=key, Body=forged, ContentMD5=_content_md5(forged))
+    s3.put_object(Bucket=sink.bucket, Key=key, Body=forged, ContentMD5=content_md5(forged))
     s3.delete_object(Bucket=sink.bucket, Key=key)
     assert "Contents" not in s3.list_objects_v2(Bucket=sink.bucket, Prefix=key)
     kept = s3.get_object(Bucket=sink.bucket, Key=key, VersionId=version["VersionId"])["Body"].read()

@@ -346,7 +346,7 @@ def test_mixed_erasure_approved_acts_on_the_linked_identities_only(world, mix):
     dropped = [k for k in MIXES[mix] if k != "email"]
     assert receipt["person"]["decision"] == person.LINKED_ONLY and receipt["person"]["dropped"] == dropped
     assert suppressed(world) == 1  # A's e-mail only: never B's phone or reference
-    assert registry.is_suppressed("email", A["email"]) and not registry.is_suppressed("phone", B["phone"])
+    assert registry.suppression.contains("email", A["email"]) and not registry.suppression.contains("phone", B["phone"])
 
 
 @pytest.mark.parametrize("who", ["A", "D", "F"])
@@ -359,7 +359,7 @@ def test_linked_erasure_acts_on_exactly_the_persons_rows(world, who):
     receipt = world["registry"].receipt(rid)
     assert receipt["status"] == "complete" and "conflict" not in receipt["person"]
     last = [k for k in asked if k != "email"][-1]
-    assert world["registry"].is_suppressed(last, asked[last])
+    assert world["registry"].suppression.contains(last, asked[last])
 
 
 def test_intake_batch_stops_only_the_conflicting_request(world):
@@ -420,7 +420,7 @@ def test_linked_access_reads_exactly_the_persons_rows(world):
     rid = request(world, ASKED_A, mode="access", decision="not required", dry_run=True, format="human")
     out = access_act(world, rid)
     assert out["rows"] == 1 + 2 + 1 + 1 + 2  # customer, orders, account, subscriber, clicks
-    counts = world["registry"].systems(rid)["crm"]["counts"]["collections"]
+    counts = world["registry"].systems.of(rid)["crm"]["counts"]["collections"]
     assert counts == {"crm.customers": {"rows": 1}, "crm.orders": {"rows": 2}, "crm.accounts": {"rows": 1}}
 
 
@@ -527,7 +527,9 @@ def test_resolution_through_the_index_reads_candidates_and_decides_as_the_scan(w
     def no_full_read(self, collection_name, *, owned_only):
         raise AssertionError(f"{collection_name} read in full")
 
-    monkeypatch.setattr(SqlStore, "_scan", no_full_read)
+    from include.retention.stores.sql_subjects import SqlSubjects
+
+    monkeypatch.setattr(SqlSubjects, "_scan", no_full_read)
     assert [resolved(indexed, ids) for ids in asked] == scanned
     assert scanned[0].counts["customer_ref"] == {"crm.customers": 1, "crm.accounts": 2}
     assert scanned[-1].counts["phone"]["crm.customers"] == 2  # B's row and Gus's, added after the backfill

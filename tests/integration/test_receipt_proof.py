@@ -48,17 +48,17 @@ def world(tmp_path, monkeypatch):
     rid = registry.register(NewRequest(Identities(email=EMAIL), mode="erase"), dag_id="erasure_request",
                             run_id="run-1", policy_digest="p" * 64)
     for system, counts in COUNTS.items():  # discover + act + verify + record(), as erasure_tasks does
-        registry.set_system([rid], system, "discovered")
-        registry.set_system_counts({rid: counts}, system, "acted")
-        registry.set_system([rid], system, "verified")
+        registry.systems.set([rid], system, "discovered")
+        registry.systems.add_counts({rid: counts}, system, "acted")
+        registry.systems.set([rid], system, "verified")
         ledger.append(run=RunRef("erasure_request", "run-1"), action="erase", outcome="verified",
                       count=counted_total(counts["collections"]), request_id=rid, policy_digest="p" * 64,
                       system=system, subject_digest=registry.subject_digest(rid), details=counts)
-        registry.set_system([rid], system, "recorded")
+        registry.systems.set([rid], system, "recorded")
     registry.finish(rid, "complete")
     # finalize(): the receipt with each system's ledger entry
     proof = ledger_proof(ledger, rid, "erase", False)
-    receipt = build_receipt(registry.get(rid), registry.systems(rid), ["crm", "mailing"], "p" * 64,
+    receipt = build_receipt(registry.get(rid), registry.systems.of(rid), ["crm", "mailing"], "p" * 64,
                             ledger_entries=proof)
     ledger.append(run=RunRef("retention_sweep", "r1"), action="sweep", outcome="complete", count=0,
                   rule_id="crm.leads.inactivity")  # the ledger goes on after the receipt

@@ -93,7 +93,7 @@ def _suppression_rows(engine: sa.Engine) -> list[tuple[str, str, str | None]]:
 
 
 def test_two_suppressions_of_one_person_at_once(db_url):
-    """``suppress_many`` of two requests for the same person, started together ten times: neither fails on the
+    """``suppression.add_many`` of two requests for the same person, started together ten times: neither fails on the
     list's unique key, the person is listed once per identity, under one of the two requests."""
     registry = Registry(make_engine(db_url), KEY)
     registry.ensure_schema()
@@ -105,7 +105,7 @@ def test_two_suppressions_of_one_person_at_once(db_url):
             mine = Registry(make_engine(db_url), KEY)
             try:
                 barrier.wait()
-                return mine.suppress_many([rids[i]])
+                return mine.suppression.add_many([rids[i]])
             finally:
                 mine.engine.dispose()
 
@@ -114,11 +114,11 @@ def test_two_suppressions_of_one_person_at_once(db_url):
         rows = [r for r in _suppression_rows(registry.engine) if r[2] in rids]
         assert sorted(r[1] for r in rows) == ["email", "phone"]
         assert {r[0] for r in rows} == {registry.digest("email", ident.email), registry.digest("phone", ident.phone)}
-        assert registry.is_suppressed("email", f"twice.{round_}@example.org")
+        assert registry.suppression.contains("email", f"twice.{round_}@example.org")
     # a digest an unsubscribe listed earlier (no request) is marked as the erasure's, not written twice
-    registry.suppress_values([("email", "late@example.org")], reason="retention:test")
+    registry.suppression.add_values([("email", "late@example.org")], reason="retention:test")
     rid = registry.register(NewRequest(Identities(email="late@example.org")))
-    assert registry.suppress_many([rid]) == 0
+    assert registry.suppression.add_many([rid]) == 0
     assert [r[2] for r in _suppression_rows(registry.engine) if r[0] == registry.digest("email", "late@example.org")
             ] == [rid]
     registry.engine.dispose()
@@ -160,7 +160,7 @@ def test_two_erasures_of_one_person_finish_at_once(db_url, tmp_path, monkeypatch
                 for i in range(2)]
         for rid in rids:
             registry.start(rid)
-            registry.set_system([rid], "crm", "recorded")
+            registry.systems.set([rid], "crm", "recorded")
 
         def finalize(i: int, barrier: threading.Barrier, rids: list[str] = rids) -> list[dict]:
             barrier.wait()

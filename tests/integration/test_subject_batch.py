@@ -106,8 +106,8 @@ def test_intake_batch_erases_its_subjects_only_with_flat_registry_statements(wor
         assert receipt["status"] == "complete"
         assert verify_receipt(receipt, world.ledger).ok, rid
     assert world.registry.get_many(ids)[ids[0]]["status"] == "complete"
-    assert all(world.registry.is_suppressed("email", e) for e in small + big)
-    assert not world.registry.is_suppressed("email", bench.lookalike(big[0]))
+    assert all(world.registry.suppression.contains("email", e) for e in small + big)
+    assert not world.registry.suppression.contains("email", bench.lookalike(big[0]))
 
 
 def test_a_claimed_batch_holds_one_mode(world):

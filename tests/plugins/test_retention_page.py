@@ -91,14 +91,14 @@ def seeded(ledger_db):
                               received_at=now - dt.timedelta(days=10))
     done = registry.register(NewRequest(Identities(email=EMAILS[2])), received_at=now - dt.timedelta(days=5))
     registry.start(open_)
-    registry.set_system([overdue], "crm", "failed", error=f"could not reach {OVERDUE_EMAIL}'s rows")
-    registry.set_system([open_], "crm", "verified")
-    registry.set_system([open_], "mailing", "acted")
+    registry.systems.set([overdue], "crm", "failed", error=f"could not reach {OVERDUE_EMAIL}'s rows")
+    registry.systems.set([open_], "crm", "verified")
+    registry.systems.set([open_], "mailing", "acted")
     registry.finish(done, "complete")
-    registry.plan_recipients(overdue, {
+    registry.recipients.plan(overdue, {
         name: {"channel": channel, "action": "erase", "systems": ["crm"], "categories": ["contact_data"]}
         for name, channel in (("hosting", "email"), ("it_maintenance", "manual"))})
-    registry.set_recipient([overdue], "hosting", "sent")
+    registry.recipients.set([overdue], "hosting", "sent")
 
     sweep = RunRef("retention_sweep", "scheduled__2025-06-01T00:00:00+00:00")
     ledger.append(run=RunRef("retention_sweep", "scheduled__old"), action="sweep", outcome="complete", rule_id=RULE,

@@ -41,10 +41,10 @@ def receipts(seeded):
     """The overdue request (erasure_request, RUN_ID) gets counts and its receipt; two requests of an intake run."""
     registry, engine = seeded["registry"], seeded["engine"]
     rid = seeded["overdue"]
-    registry.set_system([rid], "crm", "verified", counts={"collections": {
+    registry.systems.set([rid], "crm", "verified", counts={"collections": {
         "crm.leads": {"deleted": 2, "exception:legal_hold": 1}, "crm.contacts": {"anonymized": 1}}})
     seq = max(r["seq"] for r in Ledger(engine, KEY).rows(run_id=RUN_ID, action="erase"))
-    receipt = build_receipt(registry.get(rid), registry.systems_many([rid])[rid], ["crm"], "d" * 64,
+    receipt = build_receipt(registry.get(rid), registry.systems.of_many([rid])[rid], ["crm"], "d" * 64,
                             ledger_entries={"crm": {"seq": seq, "entry_hash": "e" * 64}})
     registry.save_receipts({rid: receipt})
     intake = []

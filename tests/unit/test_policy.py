@@ -303,7 +303,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 
 def _count_parses(monkeypatch) -> list[str]:
-    from include.retention import policy as policy_module
+    from include.retention.policy import load as policy_module
 
     parsed: list[str] = []
     real = policy_module.parse_policy

@@ -117,7 +117,7 @@ class DueDateNotifier(BaseNotifier):
         ledger, registry = _open()
         try:
             late = due_soon(registry, run_state=airflow_run_state)
-            waiting = registry.unconfirmed_recipients()
+            waiting = registry.recipients.unconfirmed()
             ledger.append(run=RunRef(context["dag"].dag_id, context["run_id"]), action="alert",
                           outcome=Outcome.DUE_DATE, count=len(late), details={"requests": late})
         finally:

@@ -158,7 +158,7 @@ def _access(ctx: RequestContext, request_id: str, req: dict[str, Any], dag_id: s
         for ref, n in result.objects.items():
             if ref.startswith(f"{system}."):
                 per.setdefault(ref, {})["objects"] = n
-        ctx.registry.set_system([request_id], system, SystemStatus.RECORDED, counts={
+        ctx.registry.systems.set([request_id], system, SystemStatus.RECORDED, counts={
             "collections": per, "searched": result.searched.get(system, {})})
         _ledger(ctx, request_id, system, "access", sum(v.get("rows", 0) for v in per.values()), req, dag_id, run_id,
                 {"collections": {ref: v for ref, v in per.items()}})
@@ -226,7 +226,7 @@ def _change(ctx: RequestContext, request_id: str, req: dict[str, Any], dag_id: s
         # nothing but the exceptions kept may still carry the old value of a rectified kind
         left = correction.remaining(system) if correction is not None and not dry_run else 0
         status = "recorded" if not left else "failed"
-        ctx.registry.set_system([request_id], system, status, counts={
+        ctx.registry.systems.set([request_id], system, status, counts={
             "collections": per, "searched": store.searched_kinds()},
             error="old value still found" if left else None)
         n = sum(c for counts in per.values() for k, c in counts.items()
@@ -244,14 +244,14 @@ def _correction(ctx: RequestContext, request_id: str, subjects: list, new_values
     refusal (it would merge two people, a value does not fit) is recorded per system and refuses the request."""
     from include.retention.requests.correction import Correction, CorrectionRefused
 
-    states = {} if dry_run else ctx.registry.systems(request_id)
+    states = {} if dry_run else ctx.registry.systems.of(request_id)
     pending = [s for s in ctx.systems() if states.get(s, {}).get("status") != "recorded"]
     correction = Correction(ctx.policy, ctx.runtime.store, pending, subjects, new_values)
     try:
         correction.check()
     except CorrectionRefused as exc:
         for system in pending:
-            ctx.registry.set_system([request_id], system, SystemStatus.FAILED, error=str(exc))
+            ctx.registry.systems.set([request_id], system, SystemStatus.FAILED, error=str(exc))
         raise Refused(f"request {request_id}: {exc}") from None
     return correction
 
@@ -271,9 +271,9 @@ def access_receipt(ctx: RequestContext, request_id: str, expected: list[str]) ->
     """The erasure receipt's shape plus what these request types add: identity check, package, no identity."""
     req = ctx.registry.get(request_id)
     details = ctx.registry.details(request_id)
-    receipt = build_receipt(req, ctx.registry.systems(request_id), expected, ctx.policy.digest)
+    receipt = build_receipt(req, ctx.registry.systems.of(request_id), expected, ctx.policy.digest)
     with_identity_check(receipt, req, details)
-    receipt["recipients"] = recipients_part(ctx.registry.recipients(request_id))
+    receipt["recipients"] = recipients_part(ctx.registry.recipients.of(request_id))
     if req["status"] in (RequestStatus.REJECTED, RequestStatus.CONFLICT):
         return receipt  # with_identity_check says why: nothing was read, changed or handed out
     with_request_type(receipt, req, details)
@@ -288,9 +288,9 @@ def finalize_access(ctx: RequestContext, request_id: str, acted: bool, dag_id: s
     if check.get("decision") == "rejected":
         identity_decisions.close_rejected(ctx, request_id, dag_id, run_id)
     elif ctx.registry.get(request_id)["status"] != RequestStatus.CONFLICT:  # a conflict: closed by act, nothing done
-        states = ctx.registry.systems(request_id)
+        states = ctx.registry.systems.of(request_id)
         done = acted and all(states.get(s, {}).get("status") == "recorded" for s in expected)
-        told = ctx.registry.recipients_settled(request_id)  # Art. 19: every recipient confirmed or waived
+        told = ctx.registry.recipients.settled(request_id)  # Art. 19: every recipient confirmed or waived
         ctx.registry.finish(request_id, RequestStatus.COMPLETE if done and told else RequestStatus.INCOMPLETE,
                             error=None if done and told else "not every system was handled" if not done else
                             "not every recipient confirmed or waived")

@@ -118,7 +118,7 @@ def discover(ctx: RequestContext, request_ids: list[str], system: str) -> dict[s
         for counts in per_coll.values():
             for key, n in counts.items():
                 totals[key] = totals.get(key, 0) + n
-    ctx.registry.set_system(request_ids, system, SystemStatus.DISCOVERED)
+    ctx.registry.systems.set(request_ids, system, SystemStatus.DISCOVERED)
     log.info("%s: found for %d request(s): %s", system, len(request_ids), totals)
     return totals
 
@@ -137,7 +137,7 @@ def act(ctx: RequestContext, request_ids: list[str], system: str) -> dict[str, i
                      "removed_along": part.totals if len(request_ids) == 1 else {}, "searched": searched}
                for rid in request_ids if rid in part.per_request or status != SystemStatus.ACTING}
         if per:
-            ctx.registry.set_system_counts(per, system, status)
+            ctx.registry.systems.add_counts(per, system, status)
 
     outcome = scanner.act(ctx.subjects(request_ids), mode, dry_run=dry_run, on_collection=save)
     save(SubjectOutcome(), SystemStatus.ACTED)  # every collection done: the status, nothing more to add
@@ -172,9 +172,9 @@ def verify(ctx: RequestContext, request_ids: list[str], system: str) -> int:
     failed = [rid for rid in request_ids if left.get(rid)]
     ok = [rid for rid in request_ids if rid not in failed]
     if ok:
-        ctx.registry.set_system(ok, system, SystemStatus.VERIFIED)
+        ctx.registry.systems.set(ok, system, SystemStatus.VERIFIED)
     if failed:
-        ctx.registry.set_system(failed, system, SystemStatus.FAILED, error="verification found data left")
+        ctx.registry.systems.set(failed, system, SystemStatus.FAILED, error="verification found data left")
         raise RetentionError(f"{system}: verification found data left for {len(failed)} request(s): "
                              f"{', '.join(failed[:5])}")
     return len(ok)
@@ -188,7 +188,7 @@ def record(ctx: RequestContext, request_ids: list[str], system: str, dag_id: str
     # a retry or a re-run: requests already proven in the ledger are not written again
     proven = ctx.ledger.requests_with_entry(request_ids, system=system, action=mode, outcome=outcome)
     todo = [rid for rid in request_ids if rid not in proven]
-    states = ctx.registry.systems_many(todo)
+    states = ctx.registry.systems.of_many(todo)
     subjects = ctx.registry.subject_digests(todo)
     items, settled = [], 0
     for rid in todo:
@@ -199,7 +199,7 @@ def record(ctx: RequestContext, request_ids: list[str], system: str, dag_id: str
                       "subject_digest": subjects[rid], "details": counts})
         settled += total
     ctx.ledger.append_many(items)
-    ctx.registry.set_system(request_ids, system, SystemStatus.RECORDED)
+    ctx.registry.systems.set(request_ids, system, SystemStatus.RECORDED)
     if not dry_run:
         for intent in ctx.ledger.open_intents(system=system, action=mode,
                                               pk_digest=_batch_digest(ctx, request_ids)):
@@ -213,8 +213,8 @@ def _close(ctx: RequestContext, request_ids: list[str], expected_systems: list[s
     """Complete the requests every system recorded and every recipient settled; suppress the erased ones; the
     others stay open (``incomplete``). Returns the ids still open."""
     reqs = ctx.registry.get_many(request_ids)
-    states = ctx.registry.systems_many(request_ids)
-    recipients = ctx.registry.recipients_many(request_ids)
+    states = ctx.registry.systems.of_many(request_ids)
+    recipients = ctx.registry.recipients.of_many(request_ids)
     complete, still_open = [], {}
     for rid in request_ids:
         done = all(states.get(rid, {}).get(s, {}).get("status") == "recorded" for s in expected_systems)
@@ -227,7 +227,7 @@ def _close(ctx: RequestContext, request_ids: list[str], expected_systems: list[s
             still_open.setdefault(error, []).append(rid)
     erased = [rid for rid in complete if reqs[rid]["mode"] == "erase" and not reqs[rid]["dry_run"]]
     if erased:  # the identities acted with only: never one the resolution dropped (somebody else's)
-        ctx.registry.suppress_many(erased, ctx.acting_identities(erased))
+        ctx.registry.suppression.add_many(erased, ctx.acting_identities(erased))
     ctx.registry.finish_many(complete, RequestStatus.COMPLETE)
     for error, ids in still_open.items():
         ctx.registry.finish_many(ids, RequestStatus.INCOMPLETE, error=error)
@@ -239,8 +239,8 @@ def _erasure_receipts(ctx: RequestContext, request_ids: list[str],
     """Each finished request's receipt, with each system's ledger entry (seq + keyed hash: ``cli verify-receipt``
     checks the receipt against it), the identity check, the recipients and open discovery findings."""
     reqs = ctx.registry.get_many(request_ids)  # as finished: status, completed_at
-    states = ctx.registry.systems_many(request_ids)
-    recipients = ctx.registry.recipients_many(request_ids)
+    states = ctx.registry.systems.of_many(request_ids)
+    recipients = ctx.registry.recipients.of_many(request_ids)
     proofs: dict[str, dict[str, Any]] = {}
     for mode, dry_run in {(r["mode"], bool(r["dry_run"])) for r in reqs.values()}:
         proofs.update(ledger_proofs(ctx.ledger, [rid for rid, r in reqs.items()

@@ -135,7 +135,7 @@ def stop_conflict(ctx: RequestContext, request_id: str, dag_id: str, run_id: str
     person.stop_on_conflict(ctx.registry, ctx.ledger, ctx.policy, request_id, RunRef(dag_id, run_id))
     req = ctx.registry.get(request_id)
     details = ctx.registry.details(request_id)
-    receipt = build_receipt(req, ctx.registry.systems(request_id), ctx.systems(), ctx.policy.digest)
+    receipt = build_receipt(req, ctx.registry.systems.of(request_id), ctx.systems(), ctx.policy.digest)
     with_identity_check(receipt, req, details)
     person.stopped_receipt(receipt, details)
     ctx.registry.save_receipt(request_id, receipt)
@@ -160,7 +160,7 @@ def gate(ctx: RequestContext, request_ids: list[str], dag_id: str, run_id: str) 
         if decision != "rejected":
             raise Refused(f"request {rid}: the requester's identity was not confirmed; nothing was done")
         close_rejected(ctx, rid, dag_id, run_id)
-        receipt = with_identity_check(build_receipt(ctx.registry.get(rid), ctx.registry.systems(rid), ctx.systems(),
+        receipt = with_identity_check(build_receipt(ctx.registry.get(rid), ctx.registry.systems.of(rid), ctx.systems(),
                                                     ctx.policy.digest), ctx.registry.get(rid), details)
         ctx.registry.save_receipt(rid, receipt)
         log.info("request %s rejected (identity not verified); receipt:\n%s", rid, render_markdown(receipt))

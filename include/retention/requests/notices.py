@@ -55,10 +55,10 @@ def plan_notices(ctx: RequestContext, request_ids: list[str]) -> list[str]:
     """Record, per request, the recipients it concerns; return those told automatically (e-mail, webhook).
     Set-based: the batch's requests, states and recipients are read and written a chunk of 500 at a time."""
     names: set[str] = set()
-    reqs, states = ctx.registry.get_many(request_ids), ctx.registry.systems_many(request_ids)
-    ctx.registry.plan_recipients_many({rid: notify.plan(ctx.policy, reqs[rid], states.get(rid, {}))
+    reqs, states = ctx.registry.get_many(request_ids), ctx.registry.systems.of_many(request_ids)
+    ctx.registry.recipients.plan_many({rid: notify.plan(ctx.policy, reqs[rid], states.get(rid, {}))
                                        for rid in request_ids})
-    for recipients in ctx.registry.recipients_many(request_ids).values():
+    for recipients in ctx.registry.recipients.of_many(request_ids).values():
         for name, info in recipients.items():
             if info["status"] not in ("sent", "confirmed", "waived") and info["channel"] != "manual":
                 names.add(name)
@@ -91,21 +91,21 @@ def _tell(ctx: RequestContext, sender: Sender, rid: str, name: str, rcp: Any, co
         try:
             sender.send(conn_id, notify.address_for(rcp, rid, planned["action"], name), subject, body)
         except Exception as exc:  # noqa: BLE001 - recorded by type only (a server's reply may echo the body)
-            ctx.registry.set_recipient([rid], name, "failed", response=f"smtp {type(exc).__name__}", attempt=True,
+            ctx.registry.recipients.set([rid], name, "failed", response=f"smtp {type(exc).__name__}", attempt=True,
                                        note="")
             return "failed"
-        ctx.registry.set_recipient([rid], name, "sent", response="smtp accepted", attempt=True, note="")
+        ctx.registry.recipients.set([rid], name, "sent", response="smtp accepted", attempt=True, note="")
         log.info("request %s: %s told by e-mail", rid, name)
         return "sent"
     payload = notify.recipient_payload(name, rid, planned, digests=digests)
     try:
         status = sender.post(conn_id, rcp.endpoint, payload)
     except Exception as exc:  # noqa: BLE001 - connection errors: type only
-        ctx.registry.set_recipient([rid], name, "failed", response=f"http {type(exc).__name__}", attempt=True,
+        ctx.registry.recipients.set([rid], name, "failed", response=f"http {type(exc).__name__}", attempt=True,
                                    note="")
         return "failed"
     ok = 200 <= status < 300
-    ctx.registry.set_recipient([rid], name, "confirmed" if ok else "failed", response=f"http {status}",
+    ctx.registry.recipients.set([rid], name, "confirmed" if ok else "failed", response=f"http {status}",
                                attempt=True, note="")
     log.info("request %s: %s webhook answered %s", rid, name, status)
     return "confirmed" if ok else "failed"
@@ -119,7 +119,7 @@ def send_notice(ctx: RequestContext, sender: Sender, request_ids: list[str], nam
     counts = {"sent": 0, "confirmed": 0, "recorded_not_sent": 0, "not_sent": 0}
     rcp = ctx.policy.recipients[name]
     conn_id = rcp.connection or (SMTP_CONN_ID if rcp.channel == "email" else None)
-    recipients = ctx.registry.recipients_many(request_ids)
+    recipients = ctx.registry.recipients.of_many(request_ids)
     due = [rid for rid in request_ids if recipients.get(rid, {}).get(name, {}).get("status") not in NOT_DUE]
     if due and not sender.configured(conn_id):
         _unsent(ctx, due, name, conn_id, counts)
@@ -143,14 +143,14 @@ def _unsent(ctx: RequestContext, due: list[str], name: str, conn_id: str | None,
     """No connection for the recipient's channel: nothing is sent. The recipient stays unconfirmed (the requests
     open, the reason on the retention page) unless the deployment opted into recording only (the demo)."""
     if record_only():
-        ctx.registry.set_recipient(due, name, RecipientStatus.WAIVED,
+        ctx.registry.recipients.set(due, name, RecipientStatus.WAIVED,
                                    note=f"recorded, not sent: no connection {conn_id!r} configured "
                                         f"({RECORD_ONLY_ENV})")
         counts["recorded_not_sent"] = len(due)
         log.warning("%d request(s): %s recorded, not sent (no connection %s; %s)", len(due), name, conn_id,
                     RECORD_ONLY_ENV)
         return
-    ctx.registry.set_recipient(due, name, "failed", note=f"not sent: no connection {conn_id!r} configured")
+    ctx.registry.recipients.set(due, name, "failed", note=f"not sent: no connection {conn_id!r} configured")
     counts["not_sent"] = len(due)
     log.error("%d request(s): %s NOT told: no connection %s configured; the request(s) stay open", len(due), name,
               conn_id)
@@ -158,7 +158,7 @@ def _unsent(ctx: RequestContext, due: list[str], name: str, conn_id: str | None,
 
 def manual_pending(ctx: RequestContext, request_ids: list[str]) -> list[str]:
     """Manual recipients some request of the batch still waits for (names only)."""
-    return sorted({name for recipients in ctx.registry.recipients_many(request_ids).values()
+    return sorted({name for recipients in ctx.registry.recipients.of_many(request_ids).values()
                    for name, info in recipients.items()
                    if info["channel"] == "manual" and info["status"] not in ("confirmed", "waived")})
 
@@ -167,12 +167,12 @@ def confirm_manual(ctx: RequestContext, request_ids: list[str], names: list[str]
     """An approval in the runner's UI: every listed manual recipient of the batch is confirmed."""
     done = 0
     waiting: dict[str, list[str]] = {}
-    for rid, recipients in ctx.registry.recipients_many(request_ids).items():
+    for rid, recipients in ctx.registry.recipients.of_many(request_ids).items():
         for name, info in recipients.items():
             if name in names and info["channel"] == "manual" and info["status"] not in ("confirmed", "waived"):
                 waiting.setdefault(name, []).append(rid)
     for name, rids in sorted(waiting.items()):
-        ctx.registry.set_recipient(rids, name, "confirmed", response="approved in the Airflow UI", attempt=True)
+        ctx.registry.recipients.set(rids, name, "confirmed", response="approved in the Airflow UI", attempt=True)
         done += len(rids)
     log.info("%d manual recipient notice(s) confirmed", done)
     return done

@@ -29,7 +29,7 @@ class Suppressed(RetentionError):
 
 def guard_subscribe(registry: Registry, email: str) -> None:
     """Refuse a (re-)subscription of a suppressed address; the message does not repeat it."""
-    if registry.is_suppressed("email", email):
+    if registry.suppression.contains("email", email):
         raise Suppressed("this address was erased or unsubscribed and cannot be subscribed again")
 
 
@@ -52,7 +52,7 @@ def enforce(scanner: SubjectScanner, registry: Registry, name: str, *, only_eras
         for kind in {k for k, _ in by_digest}:
             digests = [d for k, d in by_digest if k == kind]
             hits = set()
-            for digest in registry.suppressed(kind, digests, erasures_only=only_erasures):
+            for digest in registry.suppression.listed(kind, digests, erasures_only=only_erasures):
                 value, keys = by_digest[(kind, digest)]
                 hits.add(digest if keys else value)  # an older key's digest stands for the current one
             for digest in sorted(hits):

@@ -1,0 +1,144 @@
+"""The suppression list: keyed digests of identities that must not come back (erased persons, unsubscribed
+addresses), never the identities themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from include.retention.clock import utcnow
+from include.retention.errors import RetentionError
+from include.retention.registry.identities import Identities, Vault
+from include.retention.registry.schema import Schema, chunks, suppression
+
+
+class SuppressionList:
+    """Digests on the suppression list: added by erasures (``add``) and deletes (``add_values``), looked up by
+    kind and digest. ``identities_many``: the request book's, to read the identities of erased requests."""
+
+    def __init__(self, schema: Schema, vault: Vault, identities_many: Callable[[Iterable[str]], dict[str, Identities]]):
+        self.schema, self.engine, self.vault = schema, schema.engine, vault
+        self._identities_many = identities_many
+
+    def add(self, request_id: str) -> int:
+        """Keep the erased identities as keyed digests so they cannot come back."""
+        return self.add_many([request_id])
+
+    def add_many(self, request_ids: Iterable[str], identities: dict[str, Identities] | None = None) -> int:
+        """``add`` for many requests, set-based: one SELECT of the digests already listed (under any
+        active key: an address suppressed before a rotation is not added twice), one multi-row INSERT of the
+        new ones; an entry a delete put there (an unsubscribe) is marked as this erasure's too."""
+        self.schema.ensure()  # key_id column on registries created before key ids
+        ids = list(request_ids)
+        identities = identities if identities is not None else self._identities_many(ids)
+        candidates: dict[str, tuple[str, str, list[str]]] = {}  # digest -> (kind, request, every key's digest)
+        for rid in ids:
+            for kind, value in identities[rid].normalised().items():
+                digest = self.vault.digest(kind, value)
+                candidates.setdefault(digest, (kind, rid, self.vault.digests(kind, value)))  # first request wins
+        now, added = utcnow(), 0
+        with self.engine.begin() as conn:
+            every = [d for _kind, _rid, cands in candidates.values() for d in cands]
+            listed: dict[str, str | None] = {}
+            for chunk in chunks(every):
+                listed.update(
+                    conn.execute(
+                        sa.select(suppression.c.digest, suppression.c.request_id).where(suppression.c.digest.in_(chunk))
+                    ).all()
+                )
+            new = []
+            for digest, (kind, rid, cands) in sorted(candidates.items()):
+                found = next((c for c in cands if c in listed), None)
+                if found is None:
+                    new.append(
+                        {"digest": digest, "kind": kind, "request_id": rid, "added_at": now, "key_id": self.vault.kid}
+                    )
+                elif listed[found] is None:  # already suppressed by a delete: mark it as an erasure too
+                    conn.execute(
+                        suppression.update()
+                        .where(suppression.c.digest == found, suppression.c.request_id.is_(None))
+                        .values(request_id=rid)
+                    )
+            # an upsert: another erasure of the same person finishing at the same time may have listed a digest
+            # since the SELECT above (its row is kept; this one's is not written twice)
+            added = self._insert_new_digests(conn, new)
+        return added
+
+    @staticmethod
+    def _insert_new_digests(conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
+        """Insert suppression rows, skipping digests already listed (also by a concurrent transaction): ``INSERT
+        ... ON CONFLICT DO NOTHING`` (PostgreSQL), ``INSERT IGNORE`` (MariaDB), ``INSERT OR IGNORE`` (SQLite).
+        Returns how many were new."""
+        added = 0
+        for chunk in chunks(sorted(rows, key=lambda r: r["digest"])):  # one order: two writers cannot deadlock
+            stmt = _insert_ignoring_duplicates(conn.dialect.name).values(chunk)
+            added += max(conn.execute(stmt).rowcount, 0)
+        return added
+
+    def add_values(self, values: list[tuple[str, str]], reason: str) -> int:
+        """Suppress (kind, plaintext) pairs by digest, set-based; returns how many were new."""
+        every = {self.vault.digest(kind, value): (kind, self.vault.digests(kind, value)) for kind, value in values}
+        if not every:
+            return 0
+        self.schema.ensure()
+        now, added = utcnow(), 0
+        with self.engine.begin() as conn:
+            for kind in {k for k, _ in every.values()}:
+                mine = {d: cands for d, (k, cands) in every.items() if k == kind}
+                have = self.listed(kind, [c for cands in mine.values() for c in cands])
+                new = [
+                    {"digest": d, "kind": kind, "request_id": None, "added_at": now, "key_id": self.vault.kid}
+                    for d, cands in mine.items()
+                    if not have.intersection(cands)
+                ]
+                added += self._insert_new_digests(conn, new)
+        return added
+
+    def listed(self, kind: str, digests: Iterable[str], *, erasures_only: bool = False) -> set[str]:
+        """Which of these digests are on the suppression list (``erasures_only``: put there by an erasure)."""
+        digests = list(digests)
+        if not digests:
+            return set()
+        self.schema.ensure()
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(digests), 500):
+                query = sa.select(suppression.c.digest).where(
+                    suppression.c.kind == kind, suppression.c.digest.in_(digests[i : i + 500])
+                )
+                if erasures_only:
+                    query = query.where(suppression.c.request_id.is_not(None))
+                out |= set(conn.execute(query).scalars())
+        return out
+
+    def erased_by(self, kind: str, digests: Iterable[str]) -> dict[str, str]:
+        """Of these digests, those an erasure put on the suppression list: digest -> the erasure's request id.
+        One SELECT per 500 digests."""
+        digests = sorted(set(digests))
+        if not digests:
+            return {}
+        self.schema.ensure()
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(digests):
+                out.update(conn.execute(sa.select(suppression.c.digest, suppression.c.request_id).where(
+                    suppression.c.kind == kind, suppression.c.digest.in_(chunk),
+                    suppression.c.request_id.is_not(None))).all())
+        return out
+
+    def contains(self, kind: str, value: str) -> bool:
+        return bool(self.listed(kind, self.vault.digests(kind, value)))
+
+
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    """An INSERT into the suppression list that skips a digest already there instead of failing on its key."""
+    if dialect == "postgresql":
+        return pg_insert(suppression).on_conflict_do_nothing(index_elements=["digest"])
+    if dialect == "sqlite":
+        return suppression.insert().prefix_with("OR IGNORE")
+    if dialect in ("mysql", "mariadb"):
+        return suppression.insert().prefix_with("IGNORE")
+    raise RetentionError(f"suppression list: no duplicate-skipping insert for database {dialect!r}")

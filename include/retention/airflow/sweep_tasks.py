@@ -10,6 +10,7 @@ from include.retention.errors import LedgerBroken, SafetyBrakeTripped
 from include.retention.ledger import RunRef, anchor_sinks
 from include.retention.policy import load_policy
 from include.retention.runtime import Runtime
+from include.retention.stores.kinds import holds_rows
 from include.retention.sweep import run_rule, summary_table
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def check_erasures(*, dry_run: bool, dag_id: str, run_id: str, systems: list[str
     reopened: list[str] = []
     try:
         for name, system in policy.systems.items():
-            if (systems and name not in systems) or system.kind != "sql" or not any(
+            if (systems and name not in systems) or not holds_rows(policy, name) or not any(
                     c.identities for c in system.collections.values()):
                 continue
             checked, per_request = check_system(runtime.store(name), runtime.registry())

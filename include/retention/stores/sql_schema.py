@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from include.retention.policy import Reference, Rule, referrers
+from include.retention.stores.kinds import holds_rows
 
 if TYPE_CHECKING:
     from include.retention.stores.sql_core import SqlCore
@@ -97,13 +98,13 @@ def check_references(store: SqlCore, name: str) -> str | None:
     for this collection's own, and those of its children in this database (a delete here nullifies them)."""
     coll = store.coll(name)
     for owner, ref in referrers(store.policy, store.ref(name)):
-        if ref.source_columns() and store.policy.system_of(owner).kind == "sql":
+        if ref.source_columns() and holds_rows(store.policy, owner):
             problem = unique_problem(store, owner, ref, name)
             if problem:
                 return problem
     for ref in coll.references:
         to_sys, _, to_name = ref.to.partition(".")
-        if not ref.source_columns() or store.policy.systems[to_sys].kind != "sql":
+        if not ref.source_columns() or not holds_rows(store.policy, to_sys):
             continue
         if to_sys == store.name:
             problem = unique_problem(store, store.ref(name), ref, to_name)

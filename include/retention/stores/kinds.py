@@ -9,6 +9,8 @@ import functools
 
 from include.retention.policy import Policy, System
 from include.retention.stores.base import HoldsObjects, ReferencingRows, Store
+from include.retention.stores.s3 import S3Store
+from include.retention.stores.sql import SqlStore
 
 
 def store_class(system: System) -> type[Store]:
@@ -18,13 +20,7 @@ def store_class(system: System) -> type[Store]:
 
 @functools.cache
 def _store_class(kind: str) -> type[Store]:
-    if kind == "sql":
-        from include.retention.stores.sql import SqlStore
-
-        return SqlStore
-    from include.retention.stores.s3 import S3Store
-
-    return S3Store
+    return SqlStore if kind == "sql" else S3Store
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.demo import schema
+from include.retention.demo.s3_seed import ensure_buckets
 from include.retention.demo.seed import seed_crm, seed_mailing
 from include.retention.ledger import Ledger
 from include.retention.policy import load_policy
@@ -172,15 +173,10 @@ def demo_databases(fresh_database, prefix: str):
 
 
 def demo_buckets(moto_url):
-    """An S3 client on the moto server, with the policy's buckets made (versioned)."""
+    """An S3 client on the moto server, with every bucket the data map names made (versioned)."""
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name="eu-central-1", aws_access_key_id="t",
                       aws_secret_access_key="t")
-    for bucket in set(s3_targets().values()):
-        try:
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    ensure_buckets(s3, POLICY, versioned=True)
     return s3
 
 

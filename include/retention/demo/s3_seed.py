@@ -23,14 +23,17 @@ import argparse
 import datetime as dt
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from include.retention.masking import truncate_ips
 from include.retention.stores.s3 import ANONYMIZED_META, make_client
+
+if TYPE_CHECKING:
+    from include.retention.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,31 @@ def contact_export(rng: random.Random, emails: list[str], day: dt.date) -> bytes
     return out.getvalue()
 
 
+VERSIONED_BUCKETS = frozenset({CV_BUCKET, CRM_EXPORT_BUCKET})  # the demo's versioned buckets; no Object Lock
+
+
+def policy_buckets(policy: Policy) -> list[str]:
+    """Every bucket the data map's S3 collections name (access packages' included), sorted."""
+    return sorted({coll.bucket for system in policy.systems.values() if system.kind == "s3"
+                   for coll in system.collections.values()})
+
+
+def ensure_buckets(s3: Any, policy: Policy | None = None, *,
+                   versioned: bool | Collection[str] = VERSIONED_BUCKETS) -> list[str]:
+    """Create every bucket the data map names (default: the one RETENTION_POLICY_PATH points at), versioned as
+    the demo has them (``versioned``: True for all, or the buckets to version); an existing bucket is kept.
+    A world built for the default data map needs every bucket: a subject request reads every collection."""
+    if policy is None:
+        from include.retention.connections import policy_path
+        from include.retention.policy import load_policy
+
+        policy = load_policy(policy_path())
+    buckets = policy_buckets(policy)
+    for bucket in buckets:
+        _create_bucket(s3, bucket, versioned=versioned is True or (versioned is not False and bucket in versioned))
+    return buckets
+
+
 def _create_bucket(s3: Any, bucket: str, *, versioned: bool = False) -> None:
     region = s3.meta.region_name
     extra = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region != "us-east-1" else {}
@@ -105,13 +133,15 @@ def seed_objects(s3: Any, now: dt.datetime, *, cv_keys: Iterable[str], attachmen
                  cv_bucket: str = CV_BUCKET, attachment_bucket: str = ATTACHMENT_BUCKET,
                  log_bucket: str = LOG_BUCKET, log_days: int = LOG_DAYS,
                  anonymized_after_days: int | None = ANONYMIZED_AFTER_DAYS,
-                 seed: int = DEFAULT_SEED, export_emails: Iterable[str] = ()) -> dict[str, int]:
-    """Create the buckets and put the objects; returns how many objects per collection."""
+                 seed: int = DEFAULT_SEED, export_emails: Iterable[str] = (),
+                 policy: Policy | None = None) -> dict[str, int]:
+    """Create every bucket of the data map (``policy``, default: the configured one) and put the objects;
+    returns how many objects per collection (contact exports only for ``export_emails``)."""
     rng = random.Random(seed)
-    _create_bucket(s3, cv_bucket, versioned=True)
-    _create_bucket(s3, attachment_bucket)
-    _create_bucket(s3, log_bucket)
-    _create_bucket(s3, EXPORTS_BUCKET)  # access packages (access_request); their own rule deletes them
+    made = ensure_buckets(s3, policy)  # those left empty too: a subject request reads every collection
+    for bucket, versioned in ((cv_bucket, True), (attachment_bucket, False), (log_bucket, False)):
+        if bucket not in made:
+            _create_bucket(s3, bucket, versioned=versioned)
 
     puts: list[dict[str, Any]] = []
     cvs = list(cv_keys)
@@ -138,7 +168,6 @@ def seed_objects(s3: Any, now: dt.datetime, *, cv_keys: Iterable[str], attachmen
 
     emails = list(export_emails)
     if emails:
-        _create_bucket(s3, CRM_EXPORT_BUCKET, versioned=True)
         for age in range(1, EXPORT_DAYS + 1):
             day = today - dt.timedelta(days=age)
             puts.append({"Bucket": CRM_EXPORT_BUCKET, "Key": f"exports/contacts/dt={day:%Y-%m-%d}/part-0.parquet",

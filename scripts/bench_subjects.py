@@ -50,6 +50,7 @@ os.environ.setdefault("RETENTION_POLICY_PATH", str(ROOT / "config" / "policy.yam
 
 from include.retention.connections import env_resolver, hmac_key, policy_path  # noqa: E402
 from include.retention.demo import schema  # noqa: E402
+from include.retention.demo.s3_seed import ensure_buckets  # noqa: E402
 from include.retention.demo.seed import seed_crm, seed_mailing  # noqa: E402
 from include.retention.ledger import Ledger  # noqa: E402
 from include.retention.policy import load_policy  # noqa: E402
@@ -169,12 +170,7 @@ def make_world(moto_url: str, seed_demo: bool = True, setenv: Any = os.environ._
     buckets = {}
     for table, ref in (("inquiries", "crm.inquiries"), ("applicants", "crm.applicants")):
         buckets[table] = policy.collection(policy.owned_objects(ref)[0].to).bucket
-    for bucket in set(buckets.values()):
-        try:
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    ensure_buckets(s3, policy, versioned=True)  # every bucket: a request reads every collection of the data map
     key = hmac_key(env_resolver)
     ledger = Ledger(make_engine(ledger_url), key)
     return World(crm, mailing, ledger, Registry(ledger.engine, key), s3, dbs, buckets)

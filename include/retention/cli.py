@@ -217,10 +217,12 @@ def _store_runtime(policy: Policy):
 
 def cmd_index_identities(args) -> int:
     """``lookup: indexed`` (ADR 0022): print the DDL a DBA runs (default), or fill the digest columns."""
+    from include.retention.stores.kinds import holds_rows
     from include.retention.stores.sql_index import ddl
 
     policy = load_policy(args.policy or policy_path())
-    targets = [(s_name, c_name, coll, fld.column) for s_name, system in policy.systems.items() if system.kind == "sql"
+    targets = [(s_name, c_name, coll, fld.column) for s_name, system in policy.systems.items()
+               if holds_rows(policy, s_name)
                for c_name, coll in system.collections.items() for _kind, fld in coll.identity_fields()
                if fld.lookup == "indexed"]
     if not targets:

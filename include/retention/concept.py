@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from include.retention.describe import conditions_text, period_text, stages_text, start_text
 from include.retention.policy import Collection, Policy, Rule, approx_days, referrers
+from include.retention.stores.kinds import holds_objects, holds_rows
 from include.retention.values import CollectionRef
 
 STANDARD = "DIN 66398 / ISO/IEC 27555"
@@ -133,13 +134,13 @@ def _parents(policy: Policy, ref: str, coll: Collection) -> tuple[list[str], lis
     """How a collection's items go with another's: the rows they refer to (``on_delete: delete``) and, for
     objects, the rows that name them."""
     out = []
-    kind = policy.system_of(ref).kind
+    rows = holds_rows(policy, ref)
     for reference in coll.references:
-        if reference.on_delete == "delete" and policy.system_of(reference.to).kind == "sql" and kind == "sql":
+        if reference.on_delete == "delete" and holds_rows(policy, reference.to) and rows:
             out.append((reference.to, f"deleted with its {reference.to} row"))
-    if kind == "s3":
+    if holds_objects(policy, ref):
         for owner, reference in referrers(policy, ref):
-            if policy.system_of(owner).kind == "sql" and reference in policy.owned_objects(owner):
+            if holds_rows(policy, owner) and reference in policy.owned_objects(owner):
                 out.append((owner, f"deleted with the {owner} row that names it"))
     return [text for _, text in out], [parent for parent, _ in out]
 
@@ -217,7 +218,7 @@ def _parent_ways(policy: Policy, parent: str, *, referred: bool) -> list[str]:
 
 
 def _parent_row(policy: Policy, ref: str, parent: str, text: str) -> dict[str, Any]:
-    ways = _parent_ways(policy, parent, referred=policy.system_of(ref).kind == "sql")
+    ways = _parent_ways(policy, parent, referred=holds_rows(policy, ref))
     return {"start_event": "with_parent", "deletion_class": text, "standard_period": text,
             "period_days": float("inf"), "action": "delete",
             "stages": f"whenever {parent} rows go: {', '.join(ways) or 'nothing deletes them'}",
@@ -232,7 +233,7 @@ def _category_rows(policy: Policy, evidence: dict[str, dict[str, Any]]) -> tuple
             ref = f"{s_name}.{c_name}"
             base = {"section": "category", "system": s_name, "collection": ref,
                     "store": coll.table or f"s3://{coll.bucket}/{coll.prefix or ''}",
-                    "legal_hold": conditions_text(coll.legal_hold, joiner=" or ", s3=system.kind == "s3"),
+                    "legal_hold": conditions_text(coll.legal_hold, joiner=" or ", s3=holds_objects(policy, ref)),
                     "backups": _backups_text(policy, s_name)}
             parent_texts, parent_refs = _parents(policy, ref, coll)
             for cat in coll.categories:
@@ -244,7 +245,7 @@ def _category_rows(policy: Policy, evidence: dict[str, dict[str, Any]]) -> tuple
                     rows.append({**about, **_rule_row(policy, ref, rule, evidence.get(f"{ref}.{rule.name}", {}))})
                 for parent, text in zip(parent_refs, parent_texts, strict=True):
                     rows.append({**about, **_parent_row(policy, ref, parent, text)})
-                referred = system.kind == "sql"
+                referred = holds_rows(policy, ref)
                 if parent_refs and not _delete_rules(policy, ref) and not any(
                         _parent_ways(policy, p, referred=referred) for p in parent_refs):
                     gaps.append(f"{ref}: {cat}: goes only with its {', '.join(parent_refs)} rows, and nothing "

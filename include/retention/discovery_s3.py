@@ -30,6 +30,16 @@ def covering(policy: Policy, system: str) -> dict[str, list[tuple[str, str, Coll
     return out
 
 
+def _others(policy: Policy, system: str) -> dict[str, list[str]]:
+    """bucket -> prefixes the data map's other S3 systems cover (their discovery reads them, not this one's)."""
+    out: dict[str, list[str]] = {}
+    for name, other in policy.systems.items():
+        if name != system and other.kind == "s3":
+            for bucket, covered in covering(policy, name).items():
+                out.setdefault(bucket, []).extend(prefix for prefix, _, _ in covered)
+    return out
+
+
 def _group(key: str) -> str:
     """The prefix a key is reported under: its first path segment (``exports/2026/a.csv`` -> ``exports/``)."""
     head, sep, _ = key.partition("/")
@@ -53,12 +63,14 @@ def discover_s3(policy: Policy, system: str, client: Any, *, buckets: list[str] 
                 seconds: float = SECONDS_PER_SYSTEM) -> Report:
     """Compare what ``client`` can list with the S3 system's collections; sample what none covers."""
     report = Report(system)
-    cover = covering(policy, system)
+    cover, others = covering(policy, system), _others(policy, system)
     if buckets is None:
         try:
-            buckets = sorted({b["Name"] for b in client.list_buckets().get("Buckets", [])} | set(cover))
+            listed_buckets = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
         except client.exceptions.ClientError:  # ListAllMyBuckets denied: the data map's buckets
-            buckets = sorted(cover)
+            listed_buckets = set()
+        # a bucket only another S3 system of the data map names is that system's (often the same connection)
+        buckets = sorted((listed_buckets - set(others)) | set(cover))
     started = time.monotonic()
     steps = Steps(f"discovery of {system}", len(buckets), "buckets")
     for bucket in buckets:
@@ -70,6 +82,8 @@ def discover_s3(policy: Policy, system: str, client: Any, *, buckets: list[str] 
                 listed += 1
                 owner = next((name for prefix, name, _ in cover.get(bucket, []) if obj["Key"].startswith(prefix)),
                              None)
+                if owner is None and any(obj["Key"].startswith(prefix) for prefix in others.get(bucket, ())):
+                    continue  # another system's collection
                 target = mapped.setdefault(owner, []) if owner else unmapped.setdefault(_group(obj["Key"]), [])
                 if len(target) < OBJECTS_PER_PREFIX:
                     target.append(obj["Key"])

@@ -25,6 +25,7 @@ from include.retention.discovery import Finding, declared_columns, declared_tabl
 from include.retention.errors import RetentionError
 from include.retention.policy import Policy
 from include.retention.settings import settings
+from include.retention.stores.kinds import holds_rows
 
 LINEAGE_FILE_ENV = "RETENTION_LINEAGE_FILE"  # the file transport's log_file_path; unset: no lineage is read
 MAX_BYTES_PER_RUN = 16 * 1024 * 1024         # read at most this much of the file per run; the rest next run
@@ -75,7 +76,7 @@ def endpoints(policy: Policy, resolver: Resolver) -> tuple[list[Endpoint], list[
     """The data map's SQL systems as endpoints, and the systems whose connection could not be resolved."""
     out, unresolved = [], []
     for name, spec in policy.systems.items():
-        if spec.kind != "sql":
+        if not holds_rows(policy, name):
             continue
         try:
             ep = endpoint(name, resolver(spec.connection))

@@ -47,6 +47,7 @@ from include.retention.errors import RetentionError
 from include.retention.forecast import ACTIONS, CHANGE_ORDER, DIFF_DAYS, StoreFor, rule_change
 from include.retention.policy import Policy, Reference
 from include.retention.stores.base import Store
+from include.retention.stores.kinds import holds_rows
 from include.retention.stores.sql_keys import after, cols_in, has_row_values, key_in, value_of
 from include.retention.values import CollectionRef
 
@@ -70,8 +71,9 @@ class Side:
     def coll(self, ref: str):
         return self.policy.collection(ref)
 
-    def kind(self, ref: str) -> str:
-        return self.policy.system_of(ref).kind
+    def holds_rows(self, ref: str) -> bool:
+        """The items of ``ref`` are rows (compared by predicates in their database), not objects."""
+        return holds_rows(self.policy, ref)
 
     def store(self, ref: str) -> Store:
         return self.store_for(CollectionRef.parse(ref).system)
@@ -81,11 +83,12 @@ def _delete_parents(policy: Policy, ref: str) -> list[Reference]:
     """``on_delete: delete`` references of SQL collection ``ref`` to SQL parents (of one column or several)."""
     coll = policy.collection(ref)
     return [r for r in coll.references if r.on_delete == "delete" and r.source_columns()
-            and r.to in _sql_refs(policy)]
+            and r.to in _row_refs(policy)]
 
 
-def _sql_refs(policy: Policy) -> set[str]:
-    return {f"{s}.{c}" for s, system in policy.systems.items() if system.kind == "sql" for c in system.collections}
+def _row_refs(policy: Policy) -> set[str]:
+    """The collections of rows (SQL), as ``system.collection``."""
+    return {f"{s}.{c}" for s, system in policy.systems.items() if holds_rows(policy, s) for c in system.collections}
 
 
 def crosses_databases(policy: Policy, ref: str) -> bool:
@@ -118,7 +121,7 @@ class _Predicates:
         """Rows of ``t`` (the table of ``ref``, or an alias) this side's sweep at ``now`` would ``action``;
         ``None``: none. ``delete`` includes the rows deleted with a parent (same database, any depth)."""
         side = self.side
-        if not side.has(ref) or side.kind(ref) != "sql":
+        if not side.has(ref) or not side.holds_rows(ref):
             return None
         store, coll, name = side.store(ref), side.coll(ref), CollectionRef.parse(ref).collection
         if coll.rules:
@@ -217,7 +220,7 @@ class _Diff:
     def in_database(self, ref: str) -> bool:
         """Both sides' rows of SQL collection ``ref`` are in one database, reached the same way."""
         present = [s for s in self.sides if s.has(ref)]
-        if any(s.kind(ref) != "sql" for s in present):
+        if not all(s.holds_rows(ref) for s in present):
             return False
         urls = {_url(s.store(ref)) for s in present}
         tables = {s.coll(ref).table for s in present}
@@ -225,7 +228,7 @@ class _Diff:
 
     def run(self) -> None:
         self.family = {ref for ref in _collections(self.sides)
-                       if any(s.has(ref) and s.kind(ref) == "sql" and crosses_databases(s.policy, ref)
+                       if any(s.has(ref) and s.holds_rows(ref) and crosses_databases(s.policy, ref)
                               for s in self.sides)}
         if self.family:
             for side in self.sides:
@@ -255,7 +258,7 @@ class _Diff:
 
     def _collection(self, ref: str) -> None:
         present = [s for s in self.sides if s.has(ref)]
-        if all(s.kind(ref) == "sql" for s in present):
+        if all(s.holds_rows(ref) for s in present):
             for s in present:
                 if s.coll(ref).rules:
                     s.store(ref).check(CollectionRef.parse(ref).collection)
@@ -331,7 +334,7 @@ class _Diff:
         (``held_dependents`` there), then what goes with them (children in this or another database, exactly
         matched across databases; the objects they own), one part of rows at a time."""
         policy, now = side.policy, self.at(horizon)
-        for ref in _sql_refs(policy):
+        for ref in _row_refs(policy):
             if not self._leads_to_family(policy, ref):
                 continue
             coll, store, name = side.coll(ref), side.store(ref), CollectionRef.parse(ref).collection
@@ -409,7 +412,7 @@ class _Diff:
         old, new = self.sides
         if not (old.has(ref) and new.has(ref)):
             return False
-        if any(r.to == ref for side in self.sides for owner in _sql_refs(side.policy)
+        if any(r.to == ref for side in self.sides for owner in _row_refs(side.policy)
                for r in side.policy.owned_objects(owner)):
             return False
         if old.policy.system_of(ref).connection != new.policy.system_of(ref).connection:

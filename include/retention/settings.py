@@ -96,7 +96,8 @@ class Settings(BaseSettings):
         72.0, "how long an erasure waits for recipients to confirm before it times out", DAGS, gt=0
     )
     progress_log_seconds: float = _field(
-        30.0, "how often a running sweep logs its progress, read from the ledger, seconds (`0`: after every ledger write)",
+        30.0,
+        "how often a running sweep logs its progress, read from the ledger, seconds (`0`: after every ledger write)",
         DAGS,
         ge=0,
     )

@@ -43,11 +43,8 @@ EXPORTS = POLICY.collection(POLICY.exports)
 
 @pytest.fixture
 def access_world(world, monkeypatch):  # noqa: F811 - pytest fixture chaining
-    s3 = world["s3"]
-    try:
-        s3.create_bucket(Bucket=EXPORTS.bucket, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
+    s3 = world["s3"]  # every bucket of the data map, the access packages' too
+    assert EXPORTS.bucket in {b["Name"] for b in s3.list_buckets()["Buckets"]}
     world["lookalike"] = add_subject(world["crm"], world["mailing"], LOOKALIKE)
     cv = f"cvs/{world['ids']['applicant']}/cv.pdf"
     s3.put_object(Bucket=POLICY.collection("objects.cvs").bucket, Key=cv, Body=CV_BYTES)
@@ -103,7 +100,7 @@ def test_access_package_holds_exactly_the_subject(access_world):
     rid = registry.request_id_for(DAG_ID, run.run_id)
     assert registry.get(rid)["status"] == "complete"
     receipt = registry.receipt(rid)
-    assert receipt["mode"] == "access" and set(receipt["systems"]) == {"crm", "mailing"}
+    assert receipt["mode"] == "access" and set(receipt["systems"]) == {"crm", "mailing", "reporting"}
 
     zf = package_of(world, receipt)
     names = set(zf.namelist())
@@ -130,7 +127,7 @@ def test_access_package_holds_exactly_the_subject(access_world):
                 if c["identities_searched"]}
     assert searched == {f"{s}.{c}" for s, system in POLICY.systems.items()
                         for c, coll in system.collections.items() if coll.identities}
-    assert set(manifest["systems"]) == {"crm", "mailing"}
+    assert set(manifest["systems"]) == {"crm", "mailing", "reporting"}
     for ref in expected:
         for cat in POLICY.collection(ref).categories:
             entry = manifest["categories"][cat]
@@ -236,7 +233,7 @@ def test_rectify_and_withdraw_through_the_dag(access_world):
     registry = world["registry"]
     rid = registry.request_id_for(DAG_ID, run.run_id)
     receipt = registry.receipt(rid)
-    assert receipt["status"] == "complete" and set(receipt["systems"]) == {"crm", "mailing"}
+    assert receipt["status"] == "complete" and set(receipt["systems"]) == {"crm", "mailing", "reporting"}
     assert receipt["systems"]["crm"]["collections"]["crm.contacts"] == {"rectified": 1}
     with world["crm"].connect() as conn:
         assert conn.execute(sa.select(schema.contacts.c.email).where(
@@ -278,7 +275,7 @@ def test_rectify_to_another_persons_address_is_refused_through_the_dag(access_wo
     rid = registry.request_id_for(DAG_ID, run.run_id)
     assert registry.get(rid)["status"] != "complete"
     errors = {name: state["error"] for name, state in registry.systems.of(rid).items()}
-    assert set(errors) == {"crm", "mailing"}
+    assert set(errors) == {"crm", "mailing", "reporting"}
     assert all(e.startswith("rectify refused: the new email is already an identity of") for e in errors.values())
     assert not [e for e in errors.values() if "example" in e.lower()]
     assert not [r for r in world["ledger"].rows() if r["request_id"] == rid and r["outcome"] == "done"]

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from include.retention.demo import schema
+from include.retention.demo.s3_seed import ensure_buckets
 from include.retention.demo.seed import seed_crm, seed_mailing
 from include.retention.ledger import Ledger
 from include.retention.policy import load_policy
@@ -172,15 +173,10 @@ def demo_databases(fresh_database, prefix: str):
 
 
 def demo_buckets(moto_url):
-    """An S3 client on the moto server, with the policy's buckets made (versioned)."""
+    """An S3 client on the moto server, with every bucket the data map names made (versioned)."""
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name="eu-central-1", aws_access_key_id="t",
                       aws_secret_access_key="t")
-    for bucket in set(s3_targets().values()):
-        try:
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    ensure_buckets(s3, POLICY, versioned=True)
     return s3
 
 
@@ -262,7 +258,7 @@ def test_erase_everywhere_then_suppressed_and_replayable(world):
     run = run_dag(DAG_ID, {"email": SUBJECT, "mode": "erase", "request_ref": "TICKET-1"})
     states = task_states(run)
     assert run.state == "success", states
-    assert states["system.verify"] == ["success", "success"]
+    assert states["system.verify"] == ["success"] * 3  # crm, mailing, reporting
 
     assert set(subject_rows(world).values()) == {0}
     assert snapshot(world["crm"], world["mailing"], world["ids"]) == before_others
@@ -272,11 +268,12 @@ def test_erase_everywhere_then_suppressed_and_replayable(world):
     request_id = registry.request_id_for("erasure_request", run.run_id)
     assert registry.get(request_id)["status"] == "complete"
     receipt = registry.receipt(request_id)
-    assert receipt["status"] == "complete" and set(receipt["systems"]) == {"crm", "mailing"}
+    assert receipt["status"] == "complete" and set(receipt["systems"]) == {"crm", "mailing", "reporting"}
     assert receipt["systems"]["crm"]["collections"]["crm.applicants"] == {"deleted": 1}
     assert sum(receipt["systems"]["crm"]["removed_along"].values()) >= 2  # the two objects at least
     entries = [r for r in ledger.rows() if r["request_id"] == request_id]
-    assert sorted((r["system"], r["outcome"]) for r in entries) == [("crm", "verified"), ("mailing", "verified")]
+    assert sorted((r["system"], r["outcome"]) for r in entries) == [("crm", "verified"), ("mailing", "verified"),
+                                                                       ("reporting", "verified")]
     assert ledger.verify().ok
 
     # no plaintext identity in the ledger, the registry, the receipt, XCom or task logs
@@ -328,7 +325,7 @@ def test_failing_system_recovers_on_retry_without_double_entries(world, monkeypa
     rid = world["registry"].request_id_for("erasure_request", run.run_id)
     assert world["registry"].get(rid)["status"] == "complete"
     entries = [r for r in world["ledger"].rows() if r["request_id"] == rid]
-    assert sorted(r["system"] for r in entries) == ["crm", "mailing"]
+    assert sorted(r["system"] for r in entries) == ["crm", "mailing", "reporting"]
     assert set(subject_rows(world).values()) == {0}
 
     # Re-running the same request: nothing fails because the data is gone, nothing counted twice.
@@ -337,7 +334,7 @@ def test_failing_system_recovers_on_retry_without_double_entries(world, monkeypa
     erasure_tasks.act([rid], "mailing")
     erasure_tasks.verify([rid], "mailing")
     erasure_tasks.record([rid], "mailing", "erasure_request", run.run_id)
-    assert len([r for r in world["ledger"].rows() if r["request_id"] == rid]) == 2
+    assert len([r for r in world["ledger"].rows() if r["request_id"] == rid]) == 3
     proxy.close()
 
 

@@ -59,3 +59,33 @@ def test_covered_bucket_is_quiet_and_only_named_buckets_are_read(s3, conn_info):
     assert discover_s3(s3_policy(POLICY), "objects", client, buckets=[PLAIN]).findings == []
     every = discover_s3(s3_policy(POLICY), "objects", client)
     assert [(f.collection, f.column) for f in every.findings] == [("versioned-bucket/dump/", "content")]
+
+
+def test_what_another_s3_system_maps_is_not_this_ones_finding(s3, conn_info):
+    """Two S3 systems on one connection: each reads its own buckets and prefixes, and the rest."""
+    policy = s3_policy(POLICY, """
+    reporting:
+      kind: s3
+      connection: objects_s3
+      collections:
+        exports:
+          bucket: versioned-bucket
+          prefix: exports/
+          identities: {email: "metadata:owner"}
+        shared:
+          bucket: plain-bucket
+          prefix: reports/
+          identities: {email: "metadata:owner"}
+    """)
+    s3.put_object(Bucket="versioned-bucket", Key="exports/a.csv", Body=f"{EMAILS[0]}\n".encode(),
+                  ContentType="text/csv")
+    s3.put_object(Bucket=PLAIN, Key="reports/b.csv", Body=f"{EMAILS[1]}\n".encode(), ContentType="text/csv")
+    s3.put_object(Bucket=PLAIN, Key="cvs/9/cv.txt", Body=f"{EMAILS[3]}\n".encode(), ContentType="text/plain")
+    s3.put_object(Bucket=PLAIN, Key="dump/c.csv", Body=f"{EMAILS[2]}\n".encode(), ContentType="text/csv")
+    client, _ = make_client(conn_info)
+    objects = discover_s3(policy, "objects", client)
+    assert [(f.collection, f.column) for f in objects.findings] == [("plain-bucket/dump/", "content")]
+    assert objects.columns_seen == 3  # versioned-bucket is reporting's alone: not listed
+    reporting = discover_s3(policy, "reporting", client)
+    # the unmapped prefix of the bucket both name is both systems' finding; objects' cvs/ is not reporting's
+    assert [(f.collection, f.column) for f in reporting.findings] == [("plain-bucket/dump/", "content")]

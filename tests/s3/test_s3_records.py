@@ -11,7 +11,7 @@ import pytest
 from include.retention.requests.access import PackageBuilder
 from include.retention.requests.scanner import SubjectScanner
 from include.retention.stores.base import Subject
-from include.retention.stores.s3_records import RecordsUnreadable
+from include.retention.stores.s3_record_read import RecordsUnreadable
 from tests.s3.conftest import LOCKED, PLAIN, VERSIONED, count_calls, put, s3_policy, snapshot, store_log, versions
 from tests.s3.records_util import ZOE, body, decode, encode, expected_after, is_zoes, records
 

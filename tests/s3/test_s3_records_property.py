@@ -104,7 +104,7 @@ def test_exactly_the_csv_rows_normalise_equates_go(s3, make_store, recs, person)
 
 @given(data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200)))
 def test_lines_come_back_exactly_however_the_chunks_fall(data, cuts):
-    from include.retention.stores.s3_records import _lines
+    from include.retention.stores.s3_record_read import _lines
 
     edges = sorted({c for c in cuts if c <= len(data)})
     chunks = [data[a:b] for a, b in zip([0, *edges], [*edges, len(data)], strict=True)]

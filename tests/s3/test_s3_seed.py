@@ -42,3 +42,25 @@ def test_demo_objects_follow_the_crm_and_the_default_policy(s3, conn_info, make_
     assert plan.total == len(logs) == counts["access_logs"]
     assert 5 <= plan.eligible["anonymize"] <= 15 and 50 <= plan.eligible["delete"] <= 80
     assert plan.affected < 0.3 * plan.total
+
+
+def test_every_bucket_of_the_data_map_is_made_as_the_demo_has_it(s3):
+    policy = load_policy(ROOT / "config" / "policy.yaml")
+    named = {coll.bucket for system in policy.systems.values() if system.kind == "s3"
+             for coll in system.collections.values()}
+    assert {s3_seed.CRM_EXPORT_BUCKET, s3_seed.EXPORTS_BUCKET, s3_seed.CV_BUCKET} <= named
+    made = s3_seed.ensure_buckets(s3, policy)
+    assert sorted(named) == made
+    assert named <= {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    versioned = {b for b in named if s3.get_bucket_versioning(Bucket=b).get("Status") == "Enabled"}
+    assert versioned == {s3_seed.CV_BUCKET, s3_seed.CRM_EXPORT_BUCKET}
+    # again (an existing bucket is kept), all versioned on request, as the request tests want them
+    s3_seed.ensure_buckets(s3, policy, versioned=True)
+    assert all(s3.get_bucket_versioning(Bucket=b).get("Status") == "Enabled" for b in named)
+
+
+def test_objects_seeded_without_contacts_still_make_the_export_bucket(s3):
+    counts = s3_seed.seed_objects(s3, NOW, cv_keys=["cvs/1/cv.pdf"], attachment_keys=[], log_days=0)
+    assert counts["crm_exports"] == 0
+    assert s3_seed.CRM_EXPORT_BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert keys(s3, s3_seed.CRM_EXPORT_BUCKET) == []

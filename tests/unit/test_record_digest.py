@@ -8,7 +8,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from include.retention.stores.s3_records import ColumnDigest
+from include.retention.stores.s3_record_digest import ColumnDigest
 
 TABLE = pa.table({
     "n": pa.array([1, None, 3, 4, 5], pa.int64()),

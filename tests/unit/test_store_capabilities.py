@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from include.retention.policy import parse_policy
 from include.retention.stores.base import HoldsConsents, HoldsObjects, ReferencingRows, Store
+from include.retention.stores.kinds import holds_objects, holds_rows, store_class
 from include.retention.stores.s3 import S3Store
 from include.retention.stores.sql import SqlStore
 
@@ -43,3 +44,10 @@ def test_each_store_has_the_capabilities_of_its_items(tmp_path):
     assert s3.read_columns("cvs") == ["bucket", "key", "version_id", "size", "last_modified", "content_type"]
     sql.close()
     s3.close()
+
+
+def test_what_a_systems_items_are_is_asked_of_its_store_class_before_any_store_is_open():
+    policy = parse_policy(POLICY, source="t.yaml")
+    assert store_class(policy.systems["crm"]) is SqlStore and store_class(policy.systems["files"]) is S3Store
+    assert holds_rows(policy, "crm.people") and holds_rows(policy, "crm") and not holds_objects(policy, "crm.people")
+    assert holds_objects(policy, "files.cvs") and holds_objects(policy, "files") and not holds_rows(policy, "files.cvs")

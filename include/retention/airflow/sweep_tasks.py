@@ -11,6 +11,7 @@ from include.retention.ledger import RunRef, anchor_sinks
 from include.retention.policy import load_policy
 from include.retention.runtime import Runtime
 from include.retention.settings import settings
+from include.retention.stores.kinds import holds_rows
 from include.retention.sweep import run_rule, summary_table
 from include.retention.values import Outcome
 
@@ -134,7 +135,7 @@ def check_erasures(*, dry_run: bool, dag_id: str, run_id: str, systems: list[str
     reopened: list[str] = []
     try:
         for name, system in policy.systems.items():
-            if (systems and name not in systems) or system.kind != "sql" or not any(
+            if (systems and name not in systems) or not holds_rows(policy, name) or not any(
                     c.identities for c in system.collections.values()):
                 continue
             checked, per_request = check_system(runtime.store(name), runtime.registry())

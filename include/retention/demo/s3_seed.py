@@ -5,6 +5,9 @@ Buckets follow ``config/policy.yaml`` (system ``objects``):
 - ``crm-cvs``: versioned; every CV has two versions (draft and final), so deleting a CV
   shows that every version goes;
 - ``crm-attachments``: plain; one attachment per inquiry that names one;
+- ``crm-exports``: versioned; the CRM's nightly contact export for reporting, one Parquet object per day for the
+  last ``EXPORT_DAYS`` days (``exports/contacts/dt=yyyy-mm-dd/part-0.parquet``: every contact's e-mail, its
+  segment and when it was exported), so an erasure removes a person's records inside these objects;
 - ``server-logs``: plain; one access-log object per day for the last 14 months
   (``logs/yyyy/mm/dd/...``), lines with IPv4 and IPv6 addresses. Logs older than
   ``anonymized_after_days`` are seeded as the daily sweeps before would have left them
@@ -20,14 +23,17 @@ import argparse
 import datetime as dt
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from include.retention.masking import truncate_ips
 from include.retention.stores.s3 import ANONYMIZED_META, make_client
+
+if TYPE_CHECKING:
+    from include.retention.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,8 @@ CV_BUCKET = "crm-cvs"
 ATTACHMENT_BUCKET = "crm-attachments"
 LOG_BUCKET = "server-logs"
 EXPORTS_BUCKET = "retention-exports"  # config/policy.yaml objects.exports
+CRM_EXPORT_BUCKET = "crm-exports"  # config/policy.yaml reporting.crm_exports (records inside objects)
+EXPORT_DAYS = 3
 DEFAULT_SEED = 20260101
 LOG_DAYS = 14 * 31  # more than a year and a month of daily logs
 ANONYMIZED_AFTER_DAYS = 40  # older logs were anonymized by earlier sweeps (the rule's period is 30 days)
@@ -69,6 +77,47 @@ def access_log(rng: random.Random, day: dt.date, lines: int = 20) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
+def contact_export(rng: random.Random, emails: list[str], day: dt.date) -> bytes:
+    """One night's export of the CRM's contacts as Parquet (zstd, row groups of 100)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    at = dt.datetime(day.year, day.month, day.day, 2, 30, tzinfo=dt.UTC)
+    table = pa.table({"email": pa.array(emails, pa.string()),
+                      "segment": pa.array([rng.choice(("newsletter", "sales", "support")) for _ in emails]),
+                      "exported_at": pa.array([at] * len(emails), pa.timestamp("us", tz="UTC"))})
+    out = io.BytesIO()
+    pq.write_table(table, out, row_group_size=100, compression="zstd")
+    return out.getvalue()
+
+
+VERSIONED_BUCKETS = frozenset({CV_BUCKET, CRM_EXPORT_BUCKET})  # the demo's versioned buckets; no Object Lock
+
+
+def policy_buckets(policy: Policy) -> list[str]:
+    """Every bucket the data map's S3 collections name (access packages' included), sorted."""
+    return sorted({coll.bucket for system in policy.systems.values() if system.kind == "s3"
+                   for coll in system.collections.values()})
+
+
+def ensure_buckets(s3: Any, policy: Policy | None = None, *,
+                   versioned: bool | Collection[str] = VERSIONED_BUCKETS) -> list[str]:
+    """Create every bucket the data map names (default: the one RETENTION_POLICY_PATH points at), versioned as
+    the demo has them (``versioned``: True for all, or the buckets to version); an existing bucket is kept.
+    A world built for the default data map needs every bucket: a subject request reads every collection."""
+    if policy is None:
+        from include.retention.connections import policy_path
+        from include.retention.policy import load_policy
+
+        policy = load_policy(policy_path())
+    buckets = policy_buckets(policy)
+    for bucket in buckets:
+        _create_bucket(s3, bucket, versioned=versioned is True or (versioned is not False and bucket in versioned))
+    return buckets
+
+
 def _create_bucket(s3: Any, bucket: str, *, versioned: bool = False) -> None:
     region = s3.meta.region_name
     extra = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region != "us-east-1" else {}
@@ -84,13 +133,15 @@ def seed_objects(s3: Any, now: dt.datetime, *, cv_keys: Iterable[str], attachmen
                  cv_bucket: str = CV_BUCKET, attachment_bucket: str = ATTACHMENT_BUCKET,
                  log_bucket: str = LOG_BUCKET, log_days: int = LOG_DAYS,
                  anonymized_after_days: int | None = ANONYMIZED_AFTER_DAYS,
-                 seed: int = DEFAULT_SEED) -> dict[str, int]:
-    """Create the three buckets and put the objects; returns how many objects per collection."""
+                 seed: int = DEFAULT_SEED, export_emails: Iterable[str] = (),
+                 policy: Policy | None = None) -> dict[str, int]:
+    """Create every bucket of the data map (``policy``, default: the configured one) and put the objects;
+    returns how many objects per collection (contact exports only for ``export_emails``)."""
     rng = random.Random(seed)
-    _create_bucket(s3, cv_bucket, versioned=True)
-    _create_bucket(s3, attachment_bucket)
-    _create_bucket(s3, log_bucket)
-    _create_bucket(s3, EXPORTS_BUCKET)  # access packages (access_request); their own rule deletes them
+    made = ensure_buckets(s3, policy)  # those left empty too: a subject request reads every collection
+    for bucket, versioned in ((cv_bucket, True), (attachment_bucket, False), (log_bucket, False)):
+        if bucket not in made:
+            _create_bucket(s3, bucket, versioned=versioned)
 
     puts: list[dict[str, Any]] = []
     cvs = list(cv_keys)
@@ -115,13 +166,31 @@ def seed_objects(s3: Any, now: dt.datetime, *, cv_keys: Iterable[str], attachmen
         key = f"logs/{day:%Y/%m/%d}/{day:%Y-%m-%d}-00-00-00-{rng.getrandbits(64):016X}"
         puts.append({"Bucket": log_bucket, "Key": key, "Body": body, "ContentType": "text/plain", **extra})
 
+    emails = list(export_emails)
+    if emails:
+        for age in range(1, EXPORT_DAYS + 1):
+            day = today - dt.timedelta(days=age)
+            puts.append({"Bucket": CRM_EXPORT_BUCKET, "Key": f"exports/contacts/dt={day:%Y-%m-%d}/part-0.parquet",
+                         "Body": contact_export(rng, emails, day), "ContentType": "application/vnd.apache.parquet"})
+
     # One request per object is what S3 offers for uploads; a few threads make it quick.
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda kwargs: s3.put_object(**kwargs), puts))
         list(pool.map(lambda kwargs: s3.put_object(**kwargs), finals))
-    counts = {"cvs": len(cvs), "inquiry_attachments": len(attachments), "access_logs": log_days}
-    log.info("seeded S3: %d CVs (2 versions each), %d attachments, %d daily access logs", *counts.values())
+    counts = {"cvs": len(cvs), "inquiry_attachments": len(attachments), "access_logs": log_days,
+              "crm_exports": EXPORT_DAYS if emails else 0}
+    log.info("seeded S3: %d CVs (2 versions each), %d attachments, %d daily access logs, %d nightly contact exports",
+             *counts.values())
     return counts
+
+
+def contact_emails(crm: sa.Engine) -> list[str]:
+    """The CRM contacts' e-mail addresses, in id order (what the nightly export holds)."""
+    from include.retention.demo import schema
+
+    with crm.connect() as conn:
+        return list(conn.execute(sa.select(schema.contacts.c.email).where(schema.contacts.c.email.is_not(None))
+                                 .order_by(schema.contacts.c.id)).scalars())
 
 
 def seed_demo_objects(info: Any, crm: sa.Engine, now: dt.datetime, seed: int = DEFAULT_SEED) -> dict[str, int]:
@@ -132,7 +201,8 @@ def seed_demo_objects(info: Any, crm: sa.Engine, now: dt.datetime, seed: int = D
     s3, _ = make_client(info)
     try:
         return seed_objects(s3, now, cv_keys=keys["applicants.cv_key"],
-                            attachment_keys=keys["inquiries.attachment_key"], seed=seed)
+                            attachment_keys=keys["inquiries.attachment_key"], seed=seed,
+                            export_emails=contact_emails(crm))
     finally:
         s3.close()
 

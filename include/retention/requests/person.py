@@ -36,7 +36,7 @@ from typing import Any
 from include.retention.errors import RetentionError
 from include.retention.identity import IDENTITY_KINDS
 from include.retention.policy import Policy, Reference
-from include.retention.stores.base import Claims, Store, Subject
+from include.retention.stores.base import Claims, HoldsObjects, ReferencingRows, Store, Subject
 from include.retention.stores.s3_objects import owned_key
 from include.retention.values import CollectionRef, Outcome, RequestStatus
 
@@ -218,71 +218,129 @@ def _key_tuple(key: Any) -> tuple:
     return key if isinstance(key, tuple) else (key,)
 
 
+class _RowLink:
+    """A declared reference between matched rows (child row -> the row it references), its index among the links."""
+
+    def __init__(self, index: int, child: str, reference: Reference, target: str, in_columns: list[str] | None):
+        self.index, self.child, self.reference, self.target = index, child, reference, target
+        self.in_columns = in_columns  # the referenced columns when they are not the target's key, else None
+
+    def out_value(self, row: dict[str, Any]) -> Any | None:
+        """What the child row references (its source columns' values), None when it references nothing."""
+        value = tuple(_canon(row.get(c)) for c in self.reference.source_columns())
+        return None if None in value else value
+
+    def pairs(self, out: dict[Any, Any], in_values: dict[int, dict[tuple, set[Any]]], target_keys: set[Any]
+              ) -> list[tuple[Record, Record]]:
+        if self.index in in_values:
+            targets = in_values[self.index]
+        else:
+            targets = {tuple(_canon(v) for v in _key_tuple(k)): {k} for k in target_keys}
+        return [((self.child, c_key), (self.target, t_key)) for c_key, value in out.items()
+                for t_key in targets.get(value, ())]
+
+
+class _ObjectLink:
+    """A matched row naming matched objects it owns (a key, or a prefix of keys), its index among the links."""
+
+    in_columns = None  # objects are matched on their keys
+
+    def __init__(self, index: int, child: str, reference: Reference, target: str):
+        self.index, self.child, self.reference, self.target = index, child, reference, target
+
+    def out_value(self, row: dict[str, Any]) -> Any | None:
+        """(key or prefix, is it a prefix) the row names, None when it names none."""
+        owned = owned_key(self.reference, row)
+        return owned if owned[0] is not None else None
+
+    def pairs(self, out: dict[Any, Any], in_values: dict[int, dict[tuple, set[Any]]], target_keys: set[Any]
+              ) -> list[tuple[Record, Record]]:
+        objects = sorted(target_keys)
+        return [((self.child, c_key), (self.target, o)) for c_key, (obj_key, is_prefix) in out.items()
+                for o in objects if (o.startswith(obj_key) if is_prefix else o == obj_key)]
+
+
+_Link = _RowLink | _ObjectLink
+
+
 def _joins(policy: Policy, store_of: Callable[[str], Store],
            matched: dict[str, dict[Record, Any]]) -> dict[str, list[tuple[Record, Record]]]:
     """Per request: pairs of its matched records a declared reference joins (child -> parent, or SQL row ->
     owned S3 object). Reads only matched records, keeping the referencing / referenced values."""
-    keys_of: dict[str, set[Any]] = defaultdict(set)  # collection ref -> matched keys (any request)
+    keys_of = _matched_keys(matched)
+    links = _links(policy, store_of, keys_of)
+    if not links:
+        return {}
+    out_values, in_values = _link_values(policy, store_of, keys_of, links)
+    pairs = [pair for link in links for pair in link.pairs(out_values[link.index], in_values, keys_of[link.target])]
+    return _per_request(matched, pairs)
+
+
+def _matched_keys(matched: dict[str, dict[Record, Any]]) -> dict[str, set[Any]]:
+    """Collection ref -> the keys of its records some request matched."""
+    keys_of: dict[str, set[Any]] = defaultdict(set)
     for records in matched.values():
         for ref, key in records:
             keys_of[ref].add(key)
-    refs: list[tuple[str, Reference, str]] = []  # (child ref, reference, target ref), both ends matched
+    return keys_of
+
+
+def _links(policy: Policy, store_of: Callable[[str], Store], keys_of: dict[str, set[Any]]) -> list[_Link]:
+    """The declared references of rows (a store of ``ReferencingRows``) whose both ends hold matched records, in
+    data-map order: to rows, or to the objects the rows own (a store that ``HoldsObjects``)."""
+    links: list[_Link] = []
     for s_name, system in policy.systems.items():
-        if system.kind != "sql":
-            continue
         for c_name, coll in system.collections.items():
             child = f"{s_name}.{c_name}"
+            if child not in keys_of or not isinstance(store_of(s_name), ReferencingRows):
+                continue
             for reference in coll.references:
-                if child in keys_of and reference.to in keys_of:
-                    refs.append((child, reference, reference.to))
-    if not refs:
-        return {}
-    # what each collection's matched rows must give: outgoing reference values, referenced (non-key) values
-    outgoing: dict[str, list[tuple[int, Reference]]] = defaultdict(list)
-    incoming: dict[str, list[tuple[int, list[str]]]] = defaultdict(list)
-    for i, (child, reference, target) in enumerate(refs):
-        outgoing[child].append((i, reference))
-        if policy.system_of(target).kind == "sql":
-            t_coll = policy.collection(target)
-            cols = reference.target_columns(t_coll)
-            if cols != t_coll.key_columns():
-                incoming[target].append((i, cols))
-    out_values: dict[int, dict[Any, Any]] = defaultdict(dict)  # reference -> child key -> value (or owned key)
+                if reference.to in keys_of:
+                    links.append(_link(policy, store_of, len(links), child, reference))
+    return links
+
+
+def _link(policy: Policy, store_of: Callable[[str], Store], index: int, child: str, reference: Reference) -> _Link:
+    target = reference.to
+    if isinstance(store_of(target.partition(".")[0]), HoldsObjects):
+        return _ObjectLink(index, child, reference, target)
+    t_coll = policy.collection(target)
+    cols = reference.target_columns(t_coll)
+    return _RowLink(index, child, reference, target, cols if cols != t_coll.key_columns() else None)
+
+
+def _link_values(policy: Policy, store_of: Callable[[str], Store], keys_of: dict[str, set[Any]], links: list[_Link]
+                 ) -> tuple[dict[int, dict[Any, Any]], dict[int, dict[tuple, set[Any]]]]:
+    """Read the matched records at either end of a link, keeping only what the links compare: per link, child
+    key -> what it references (``out``), and referenced (non-key) value -> target keys (``in``)."""
+    outgoing: dict[str, list[_Link]] = defaultdict(list)
+    incoming: dict[str, list[_Link]] = defaultdict(list)
+    for link in links:
+        outgoing[link.child].append(link)
+        if link.in_columns is not None:
+            incoming[link.target].append(link)
+    out_values: dict[int, dict[Any, Any]] = defaultdict(dict)  # link -> child key -> value (or owned key)
     in_values: dict[int, dict[tuple, set[Any]]] = defaultdict(lambda: defaultdict(set))  # -> value -> target keys
     for ref in set(outgoing) | set(incoming):
         system, name = CollectionRef.parse(ref)
         claims = Claims({key: frozenset(("person",)) for key in keys_of[ref]})
-        coll = policy.collection(ref)
+        key_columns = policy.collection(ref).key_columns()
         for batch in store_of(system).read(name, claims):
             for row in batch:
-                key = _row_key(row, coll.key_columns())
-                for i, reference in outgoing.get(ref, []):
-                    if policy.system_of(refs[i][2]).kind == "s3":
-                        owned = owned_key(reference, row)
-                        if owned[0] is not None:
-                            out_values[i][key] = owned
-                        continue
-                    value = tuple(_canon(row.get(c)) for c in reference.source_columns())
+                key = _row_key(row, key_columns)
+                for link in outgoing.get(ref, []):
+                    if (value := link.out_value(row)) is not None:
+                        out_values[link.index][key] = value
+                for link in incoming.get(ref, []):
+                    value = tuple(_canon(row.get(c)) for c in link.in_columns)
                     if None not in value:
-                        out_values[i][key] = value
-                for i, cols in incoming.get(ref, []):
-                    value = tuple(_canon(row.get(c)) for c in cols)
-                    if None not in value:
-                        in_values[i][value].add(key)
-    pairs: list[tuple[Record, Record]] = []
-    for i, (child, _reference, target) in enumerate(refs):
-        if policy.system_of(target).kind == "s3":
-            objects = sorted(keys_of[target])
-            for c_key, (obj_key, is_prefix) in out_values[i].items():
-                pairs += [((child, c_key), (target, o)) for o in objects
-                          if (o.startswith(obj_key) if is_prefix else o == obj_key)]
-            continue
-        if i in in_values:
-            targets = in_values[i]
-        else:
-            targets = {tuple(_canon(v) for v in _key_tuple(k)): {k} for k in keys_of[target]}
-        for c_key, value in out_values[i].items():
-            pairs += [((child, c_key), (target, t_key)) for t_key in targets.get(value, ())]
+                        in_values[link.index][value].add(key)
+    return out_values, in_values
+
+
+def _per_request(matched: dict[str, dict[Record, Any]], pairs: list[tuple[Record, Record]]
+                 ) -> dict[str, list[tuple[Record, Record]]]:
+    """Each pair goes to the requests that matched both its records (a link never joins two requests)."""
     owners: dict[Record, set[str]] = defaultdict(set)  # record -> requests it matched
     for rid, records in matched.items():
         for record in records:

@@ -3,7 +3,7 @@ that handles those collections and hands every other one to ``S3ObjectSubjects``
 
 An item of such a collection is an object key; a person's items are the keys where some version holds one of
 their records. Erase rewrites the current version without their records (``erase: mask`` fields masked
-instead), checks the rewrite (``s3_records``), and then deletes every older version that holds one of their
+instead), checks the rewrite (``s3_rewrite``), and then deletes every older version that holds one of their
 records; versions under a legal hold, or locked by a lock that is not the subject's own, are kept as
 exceptions. Restrict locks every version that holds one of their records (the ``retention-lock`` tag, plus an
 Object Lock legal hold where the bucket has Object Lock): the whole object is then restricted, other people's
@@ -43,18 +43,15 @@ from include.retention.stores.base import (
     own_lock_reasons,
 )
 from include.retention.stores.s3_objects import LOCK_TAG, MAX_DELETE, S3Core, S3Object
+from include.retention.stores.s3_record_read import RECORD_BATCH, ObjectRecords, RecordsUnreadable, digest_of
 from include.retention.stores.s3_records import (
     EXPIRED,
-    RECORD_BATCH,
     REWRITE_META,
     Corrector,
     Expiry,
     Judge,
-    ObjectRecords,
-    RecordsUnreadable,
     RewriteNotVerified,
     Tally,
-    digest_of,
     identities,
     judge_version,
     key_digest,

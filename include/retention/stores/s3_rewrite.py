@@ -11,18 +11,9 @@ import json
 import zlib
 from typing import Any
 
-from include.retention.stores.s3_records import (
-    Batch,
-    ColumnDigest,
-    Decide,
-    ObjectRecords,
-    RecordsUnreadable,
-    Tally,
-    Verdict,
-    canonical,
-    line_ending,
-    verdicts,
-)
+from include.retention.stores.s3_record_digest import ColumnDigest, canonical
+from include.retention.stores.s3_record_read import Batch, ObjectRecords, RecordsUnreadable, line_ending
+from include.retention.stores.s3_records import Decide, Tally, Verdict, verdicts
 
 
 class Sink(io.RawIOBase):

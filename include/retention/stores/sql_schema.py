@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from include.retention.policy import Reference, Rule, referrers
+from include.retention.policy import Policy, Reference, Rule, referrers
 from include.retention.values import CollectionRef
 
 if TYPE_CHECKING:
@@ -98,13 +98,13 @@ def check_references(store: SqlCore, name: str) -> str | None:
     for this collection's own, and those of its children in this database (a delete here nullifies them)."""
     coll = store.coll(name)
     for owner, ref in referrers(store.policy, store.ref(name)):
-        if ref.source_columns() and store.policy.system_of(owner).kind == "sql":
+        if ref.source_columns() and _holds_rows(store.policy, owner):
             problem = unique_problem(store, owner, ref, name)
             if problem:
                 return problem
     for ref in coll.references:
         to_sys, to_name = CollectionRef.parse(ref.to)
-        if not ref.source_columns() or store.policy.systems[to_sys].kind != "sql":
+        if not ref.source_columns() or not _holds_rows(store.policy, to_sys):
             continue
         if to_sys == store.name:
             problem = unique_problem(store, store.ref(name), ref, to_name)
@@ -166,3 +166,10 @@ def check_start(rule: Rule, t: sa.Table, where: str) -> str | None:
                     "zone)")
         seen = seen or (this, name)
     return None
+
+
+def _holds_rows(policy: Policy, ref: str) -> bool:
+    """Whether ``ref``'s system is a SQL one (its rows, with their columns, are in a catalogue this check can read).
+    Data-map validation against the catalogue, inside the SQL store: the one place here that names a kind
+    (``stores.kinds`` answers the same for the layers above, which have only the data map)."""
+    return policy.systems[ref.partition(".")[0]].kind == "sql"

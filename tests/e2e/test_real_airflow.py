@@ -131,7 +131,7 @@ def test_erasure_request_via_rest_api(airflow_stack: Stack):
     assert registry.suppression.contains("email", SUBJECT)
     entries = [r for r in ledger.rows() if r["request_id"] == request_id]
     assert sorted((r["system"], r["action"], r["outcome"]) for r in entries) == [
-        ("crm", "erase", "verified"), ("mailing", "erase", "verified")]
+        ("crm", "erase", "verified"), ("mailing", "erase", "verified"), ("reporting", "erase", "verified")]
     assert ledger.verify().ok
     assert SUBJECT_LC not in repr(list(ledger.rows())).lower()
 

@@ -28,8 +28,11 @@ each, every tenth with a lookalike that must stay): one batch as the erasure int
 resolution, ``find``, ``erase``, ``remaining``: one ``IN`` query per 500 digests and step) against the same
 steps one person at a time (``--sample`` people, default 100, extrapolated).
 
+Each size runs in its own spawned interpreter, whose peak RSS (VmHWM) after the one-person timings is its
+memory figure (before the intake, which only the smaller size runs).
+
 Prints each ratio next to its target (product / raw <= 20; the largest size's time over the smallest's <= 1.5:
-flat; intake: the one-at-a-time loop / the batch >= 20) and checks the outcome: exactly the subjects' rows gone,
+flat; the largest size's peak RSS over the smallest's <= 1.2; intake: the one-at-a-time loop / the batch >= 20) and checks the outcome: exactly the subjects' rows gone,
 every lookalike kept, the package holding exactly the subject's rows. ``--results FILE``: the ratios as JSON for
 scripts/bench_summary.py. The machine's load is printed with each size (the cores may be shared).
 """
@@ -59,7 +62,7 @@ SERVERS = {
     "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres",
     "mariadb": "mysql+pymysql://root@127.0.0.1:3306/mysql?charset=utf8mb4",
 }
-TARGET_RAW, TARGET_FLAT, TARGET_INTAKE = 20.0, 1.5, 20.0
+TARGET_RAW, TARGET_FLAT, TARGET_INTAKE, TARGET_RSS = 20.0, 1.5, 20.0, 1.2
 INTAKE_MAX_ROWS = 1_000_000
 SPELLINGS = ["zoe.subject@bench.example", "  ZOE.Subject@bench.example ", "ZOE.SUBJECT@BENCH.EXAMPLE"]
 LOOKALIKE = "zoë.subject@bench.example"
@@ -319,7 +322,28 @@ def intake(engine: sa.Engine, rows: int, n: int, sample: int) -> dict[str, float
     return out
 
 
+def peak_kib() -> int:
+    """This process's peak RSS (VmHWM: since its exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run_apart(kind: str, rows: int, args: argparse.Namespace, with_intake: bool) -> dict[str, float]:
+    """``run`` in a fresh interpreter (spawned), so each size's peak RSS is its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run, (kind, rows, args, with_intake))
+
+
 def run(kind: str, rows: int, args: argparse.Namespace, with_intake: bool) -> dict[str, float]:
+    import logging
+
+    logging.disable(logging.INFO)
     name = f"bl_{uuid.uuid4().hex[:8]}"
     url = fresh(kind, name)
     engine = make_engine(url)
@@ -332,6 +356,7 @@ def run(kind: str, rows: int, args: argparse.Namespace, with_intake: bool) -> di
             SqlStore("crm", policy_for("indexed"), engine).backfill_index("contacts")
             out["backfill"] = time.perf_counter() - t0
         out.update(one_person(engine, rows, args.scan, args.repeat))
+        out["peak_mib"] = peak_kib() / 1024  # fill (the server's), one person's erasures and packages
         if args.check:
             out["check"] = independent_check(engine, rows)
         if with_intake:
@@ -368,14 +393,15 @@ def main() -> int:
         times: dict[int, dict[str, float]] = {}
         for rows in args.rows:
             load = os.getloadavg()[0]
-            r = times[rows] = run(kind, rows, args, with_intake=rows == intake_rows)
+            r = times[rows] = run_apart(kind, rows, args, with_intake=rows == intake_rows)
             erase, access = r["indexed"] / max(r["raw"], 1e-6), r["access"] / max(r["raw_access"], 1e-6)
             print(f"{kind} {rows:>11,} rows (load {load:.1f}): fill {r['fill']:.1f} s"
                   + (f", backfill {r['backfill']:.1f} s" if args.backfill else "")
                   + f"; erasure raw DELETE + count {r['raw'] * 1000:.1f} ms, indexed find+erase+verify "
                   f"{r['indexed'] * 1000:.1f} ms" + (f", scan {r['scan']:.2f} s" if args.scan else "")
                   + f"; access raw SELECT {r['raw_access'] * 1000:.1f} ms, package {r['access'] * 1000:.1f} ms"
-                  + (f"; independent check {r['check']:.1f} s ({rows / r['check']:,.0f} rows/s)" if args.check else ""))
+                  + (f"; independent check {r['check']:.1f} s ({rows / r['check']:,.0f} rows/s)" if args.check else "")
+                  + f"; peak RSS {r['peak_mib']:.1f} MiB")
             print(f"  erasure indexed / raw: {verdict(erase, '<=', TARGET_RAW)}")
             print(f"  access package indexed / raw: {verdict(access, '<=', TARGET_RAW)}")
             results.append(result(f"{kind}: one person's erasure indexed / raw statements, {rows:,} rows", erase, "<=",
@@ -396,6 +422,11 @@ def main() -> int:
                 flat = times[big][key] / max(times[small][key], 1e-6)
                 print(f"  {kind} indexed {what} {big:,} / {small:,} rows: {verdict(flat, '<=', TARGET_FLAT)}")
                 results.append(result(f"{kind}: indexed {what} {big:,} / {small:,} rows", flat, "<=", TARGET_FLAT))
+            rss = times[big]["peak_mib"] / max(times[small]["peak_mib"], 1e-6)
+            print(f"  {kind} peak RSS {big:,} / {small:,} rows: {verdict(rss, '<=', TARGET_RSS)}")
+            results.append(result(f"{kind}: peak RSS of one person's erasures and packages {big:,} / {small:,} rows",
+                                  rss, "<=", TARGET_RSS, big_mib=round(times[big]["peak_mib"], 1),
+                                  small_mib=round(times[small]["peak_mib"], 1)))
     print("outcome check: OK (exactly the subjects' rows went, every lookalike stayed, the package held the "
           "subject's rows)")
     write_results(args.results, "bench_lookup.py", results, started,

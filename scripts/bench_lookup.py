@@ -32,8 +32,9 @@ Each size runs in its own spawned interpreter, whose peak RSS (VmHWM) after the 
 memory figure (before the intake, which only the smaller size runs).
 
 Prints each ratio next to its target (product / raw <= 20; the largest size's time over the smallest's <= 1.5:
-flat; the largest size's peak RSS over the smallest's <= 1.2; intake: the one-at-a-time loop / the batch >= 20) and checks the outcome: exactly the subjects' rows gone,
-every lookalike kept, the package holding exactly the subject's rows. ``--results FILE``: the ratios as JSON for
+flat; the largest size's peak RSS over the smallest's <= 1.2; intake: the one-at-a-time loop / the batch >= 20)
+and checks the outcome: exactly the subjects' rows gone, every lookalike kept, the package holding exactly the
+subject's rows. ``--results FILE``: the ratios as JSON for
 scripts/bench_summary.py. The machine's load is printed with each size (the cores may be shared).
 """
 

@@ -188,3 +188,30 @@ def test_no_backup_statement_for_a_system_where_nothing_changed():
     receipt = build_receipt(REQUEST, {"crm": kept_only, "mailing": MAILING}, ["crm", "mailing"], "d" * 64,
                             policy=policy)
     assert [b["system"] for b in receipt["backups"]] == ["mailing"]
+
+
+def test_receipt_says_per_collection_whether_it_was_searched_by_index_or_read_in_full():
+    policy = parse_policy("""version: 1
+systems:
+  crm:
+    kind: sql
+    connection: crm_db
+    collections:
+      contacts:
+        table: contacts
+        primary_key: id
+        columns: [id, email, phone]
+        identities: {email: {column: email, lookup: indexed}, phone: {column: phone, lookup: indexed}}
+      social_messages:
+        table: social_messages
+        primary_key: id
+        columns: [id, handle, email]
+        identities: {social_handle: handle, email: {column: email, lookup: indexed}}
+""", source="t.yaml")
+    receipt = build_receipt(REQUEST, {"crm": SYSTEMS["crm"]}, ["crm"], "d" * 64, policy=policy)
+    # one unindexed field is enough for a full read (ADR 0022: a collection is indexed when all its fields are)
+    assert receipt["systems"]["crm"]["lookup"] == {"crm.contacts": "index", "crm.social_messages": "full read"}
+    text = render_markdown(receipt)
+    assert "- crm.contacts: email, phone (by index)" in text
+    assert "- crm.social_messages: social_handle (read in full)" in text
+    assert "lookup" not in build_receipt(REQUEST, {"crm": SYSTEMS["crm"]}, ["crm"], "d" * 64)["systems"]["crm"]

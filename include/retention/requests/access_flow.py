@@ -271,7 +271,8 @@ def access_receipt(ctx: RequestContext, request_id: str, expected: list[str]) ->
     """The erasure receipt's shape plus what these request types add: identity check, package, no identity."""
     req = ctx.registry.get(request_id)
     details = ctx.registry.details(request_id)
-    receipt = build_receipt(req, ctx.registry.systems.of(request_id), expected, ctx.policy.digest)
+    receipt = build_receipt(req, ctx.registry.systems.of(request_id), expected, ctx.policy.digest,
+                            policy=ctx.policy)
     with_identity_check(receipt, req, details)
     receipt["recipients"] = recipients_part(ctx.registry.recipients.of(request_id))
     if req["status"] in (RequestStatus.REJECTED, RequestStatus.CONFLICT):

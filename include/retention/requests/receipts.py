@@ -158,6 +158,18 @@ def backup_statements(policy: Any, request: dict[str, Any], systems: list[str]) 
     return out
 
 
+def lookup_of(policy: Any, searched: dict[str, list[str]]) -> dict[str, str]:
+    """Per searched collection ref: ``index`` where every identity field declares ``lookup: indexed`` (the
+    candidates come through the digest column, ADR 0022), else ``full read`` (every item is read)."""
+    out = {}
+    for ref in searched:
+        system, _, name = ref.partition(".")
+        coll = policy.systems[system].collections.get(name) if system in policy.systems else None
+        fields = [f for _, f in coll.identity_fields()] if coll is not None else []
+        out[ref] = "index" if fields and all(f.lookup == "indexed" for f in fields) else "full read"
+    return out
+
+
 def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], expected: list[str],
                   policy_digest: str, ledger_entries: dict[str, dict[str, Any]] | None = None,
                   policy: Any = None) -> dict[str, Any]:
@@ -184,6 +196,8 @@ def build_receipt(request: dict[str, Any], systems: dict[str, dict[str, Any]], e
             # what was looked for where: a system never claims "nothing left" for what it did not search
             "searched": counts.get("searched") or {},
         }
+        if policy is not None:  # how each searched collection was read: by the digest index or in full
+            out_systems[name]["lookup"] = lookup_of(policy, out_systems[name]["searched"])
         out_systems[name]["records_left"] = {ref: records_left(line) for ref, line
                                              in collection_lines(out_systems[name]).items() if records_left(line)}
         if ledger_entries is not None:
@@ -332,11 +346,12 @@ def render_markdown(receipt: dict[str, Any]) -> str:
         lines += ["", "## Ledger entries", ""]
         lines += [f"- {name}: entry {p['seq']}, {p['outcome']}, count {p['count']}, hash `{p['entry_hash']}`"
                   for name, p in proofs]
-    searched = [(name, coll, kinds) for name, system in receipt["systems"].items()
+    searched = [(coll, kinds, (system.get("lookup") or {}).get(coll)) for system in receipt["systems"].values()
                 for coll, kinds in (system.get("searched") or {}).items()]
     if searched:
         lines += ["", "## Searched", ""]
-        lines += [f"- {coll}: {', '.join(kinds)}" for _name, coll, kinds in searched]
+        lines += [f"- {coll}: {', '.join(kinds)}" + (f" ({'by index' if how == 'index' else 'read in full'})"
+                                                      if how else "") for coll, kinds, how in searched]
     resolved = receipt.get("person") or {}
     if resolved:  # one person per request: the identity kinds and what became of them (never a value)
         lines += ["", "## Identities", ""]

@@ -354,6 +354,8 @@ def test_a_commit_lost_in_the_second_database_is_finished_by_the_retry(world):
     assert finalize(rid)["status"] == "complete"
     person_changed(before, dump(urls))
     assert entries(world, rid)[5:] == [("billing", "intent", 1), ("mailing", "done", 1), ("billing", "done", 1)]
+    settled = {e["system"]: e["details"] for e in ledger.rows() if e["request_id"] == rid and e["outcome"] == "done"}
+    assert '"resumed": true' in settled["mailing"] and "resumed" not in settled["billing"]
     assert not ledger.open_intents(request_id=rid) and ledger.verify(record=False).ok
 
 

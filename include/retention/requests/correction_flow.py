@@ -73,6 +73,7 @@ class Recorded:
     def __init__(self, ctx: RequestContext, correction: Correction, request_id: str, dry_run: bool, run: RunRef):
         self.ctx, self.correction, self.request_id, self.dry_run, self.run = ctx, correction, request_id, dry_run, run
         self.intents: dict[str, int] = {}
+        self.resumed: set[str] = set()  # systems whose intent an earlier attempt left open
         self.totals: dict[str, int] = {}
         self.left: dict[str, int] = {}
 
@@ -84,7 +85,9 @@ class Recorded:
         if self.dry_run:
             return
         seq = _open_intent(self.ctx, self.request_id, system)
-        if seq is None:
+        if seq is not None:
+            self.resumed.add(system)
+        else:
             seq = self.ctx.ledger.intend(action=ACTION, run=self.run, count=planned, **self._fields(system),
                                          details={"planned": planned})
         self.intents[system] = seq
@@ -104,7 +107,10 @@ class Recorded:
                 self.ctx.ledger.append(run=self.run, action=ACTION, outcome=Outcome.DRY_RUN, count=n,
                                        **self._fields(system), details={"collections": per})
         else:
-            self.ctx.ledger.settle(self.intents[system], count=n, outcome=Outcome.DONE, details={"collections": per})
+            # resumed: the count is this attempt's; the earlier attempt may have changed items too
+            resumed = {"resumed": True} if system in self.resumed else {}
+            self.ctx.ledger.settle(self.intents[system], count=n, outcome=Outcome.DONE,
+                                   details={"collections": per, **resumed})
         self.totals[system] = n
         if left:
             self.left[system] = left

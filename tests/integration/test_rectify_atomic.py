@@ -19,14 +19,18 @@ from typing import NamedTuple
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from include.retention.connections import make_engine
 from include.retention.identity import normalise
 from include.retention.ledger import Ledger
-from include.retention.policy import load_policy
+from include.retention.policy import load_policy, parse_policy
 from include.retention.registry import Identities, NewRequest, Registry
-from include.retention.requests.correction import CorrectionStopped
-from tests.conftest import MY_ADMIN, PG_ADMIN, airflow_uri
+from include.retention.requests.correction import Correction, CorrectionStopped
+from include.retention.stores.base import Subject
+from include.retention.stores.sql import SqlStore
+from tests.conftest import KEY, MY_ADMIN, PG_ADMIN, airflow_uri
 
 pytestmark = pytest.mark.integration
 
@@ -375,3 +379,65 @@ def test_a_resumed_system_still_refuses_nothing_of_somebody_else(world):
     after = dump(urls)
     assert (5, NEW, "someone new") in after["mailing"]
     assert [r for r in after["mailing"] if r not in before["mailing"]] == [(1, NEW, "a")]
+
+
+# ---- property: whatever systems refuse and in whatever order, all or nothing ------------------------------------
+LETTERS = st.characters(categories=("Ll", "Lu", "Nd"), max_codepoint=0x24F)
+NEW_EMAILS = st.builds(lambda local, domain: f"{local}@{domain}.org", st.text(LETTERS, min_size=1, max_size=20),
+                       st.text(LETTERS, min_size=1, max_size=10))
+
+
+class Heard:
+    def __init__(self):
+        self.events: list[tuple[str, str]] = []
+
+    def begin(self, system, planned):
+        self.events.append(("begin", system))
+
+    def done(self, system, outcome):
+        self.events.append(("done", system))
+
+    def rolled_back(self, system, why):
+        self.events.append(("rolled_back", system))
+        self.why = why
+
+    def unknown(self, system, why):
+        self.events.append(("unknown", system))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.permutations(["crm", "mailing", "billing"]), refusing=st.sets(st.sampled_from(["crm", "mailing",
+       "billing"])), new=NEW_EMAILS)
+def test_all_or_nothing_whichever_systems_refuse(tmp_path_factory, order, refusing, new):
+    assume(normalise("email", new) not in {normalise("email", e) for e in (ANN, LOOKALIKE, "bob@example.org")})
+    tmp = tmp_path_factory.mktemp("atomic")
+    urls = Dbs(*(f"sqlite:///{tmp / name}.db" for name in ("crm", "mailing", "billing")))
+    seed(urls)
+    for system in refusing:  # a trigger refusing any update of the person's table
+        execute(getattr(urls, system), f"CREATE TRIGGER refuse BEFORE UPDATE ON {TABLE_OF[system].name} "
+                                       "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    policy = parse_policy(POLICY, source="test-policy.yaml")
+    engines = {s: make_engine(getattr(urls, s)) for s in order}
+    stores = {s: SqlStore(s, policy, engines[s], mask_key=KEY) for s in order}
+    c = Correction(policy, stores.__getitem__, list(order), [Subject("r1", {"email": normalise("email", ANN)})],
+                   {"email": new})
+    c.check()
+    before, heard = dump(urls), Heard()
+    if refusing:
+        with pytest.raises(CorrectionStopped):
+            c.run(heard, dry_run=False)
+        assert dump(urls) == before
+        assert heard.events == [("begin", s) for s in order] + [("rolled_back", s) for s in order]
+        assert heard.why.startswith(f"{next(s for s in order if s in refusing)} failed when written")
+    else:
+        c.run(heard, dry_run=False)
+        assert heard.events == [("begin", s) for s in order] + [("done", s) for s in order]
+        after = dump(urls)
+        for system in order:
+            column = 2 if system == "crm" else 1
+            for old, row in zip(before[system], after[system], strict=True):  # sorted by key: same order
+                mine = normalise("email", old[column]) == normalise("email", ANN)
+                assert row[column] == (new if mine else old[column])
+                assert row[:column] + row[column + 1:] == old[:column] + old[column + 1:]
+    for engine in engines.values():
+        engine.dispose()

@@ -441,3 +441,31 @@ def test_all_or_nothing_whichever_systems_refuse(tmp_path_factory, order, refusi
                 assert row[:column] + row[column + 1:] == old[:column] + old[column + 1:]
     for engine in engines.values():
         engine.dispose()
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_two_systems_on_one_sqlite_file_share_one_transaction(tmp_path, refused):
+    """Two engines on one SQLite file (the CRM and the mailing list in one file): one connection, one transaction
+    (two would wait for each other's write lock, BEGIN IMMEDIATE); a refusal rolls both back."""
+    shared = f"sqlite:///{tmp_path / 'one.db'}"
+    urls = Dbs(shared, shared, f"sqlite:///{tmp_path / 'billing.db'}")
+    seed(urls)
+    if refused:
+        execute(shared, "CREATE TRIGGER refuse BEFORE UPDATE ON subscribers BEGIN SELECT RAISE(ABORT, 'no'); END")
+    policy = parse_policy(POLICY, source="test-policy.yaml")
+    engines = {s: make_engine(getattr(urls, s)) for s in ("crm", "mailing", "billing")}
+    stores = {s: SqlStore(s, policy, engines[s], mask_key=KEY) for s in engines}
+    assert stores["crm"].database() == stores["mailing"].database() != stores["billing"].database()
+    c = Correction(policy, stores.__getitem__, list(engines), [Subject("r1", {"email": normalise("email", ANN)})],
+                   {"email": NEW})
+    c.check()
+    before, heard = dump(urls), Heard()
+    if refused:
+        with pytest.raises(CorrectionStopped, match="mailing failed when written"):
+            c.run(heard, dry_run=False)
+        assert dump(urls) == before
+    else:
+        c.run(heard, dry_run=False)
+        person_changed(before, dump(urls))
+    for engine in engines.values():
+        engine.dispose()

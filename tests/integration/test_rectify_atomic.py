@@ -469,3 +469,19 @@ def test_two_systems_on_one_sqlite_file_share_one_transaction(tmp_path, refused)
         person_changed(before, dump(urls))
     for engine in engines.values():
         engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)  # the mailing list on PostgreSQL
+def test_a_deferred_constraint_fails_before_any_commit(world):
+    """A PostgreSQL constraint checked at COMMIT (DEFERRABLE INITIALLY DEFERRED) would fail after the CRM committed:
+    the correction checks it before the first commit (SET CONSTRAINTS ALL IMMEDIATE), so it rolls back everything."""
+    urls, ledger = world["urls"], world["ledger"]
+    execute(urls.mailing, "INSERT INTO subscribers (id, email, note) VALUES (4, ' ann.smith@example.org', 'a-old')",
+            "ALTER TABLE subscribers ADD CONSTRAINT one_email UNIQUE (email) DEFERRABLE INITIALLY DEFERRED")
+    before = dump(urls)
+    rid = request(world)
+    with pytest.raises(CorrectionStopped, match=r"mailing failed when written \(UniqueViolation 23505\)"):
+        act(rid)
+    assert dump(urls) == before
+    assert not ledger.has_entry(request_id=rid, action="rectify", outcome="done")
+    assert [o for _, o, _ in entries(world, rid)].count("rolled_back") == 3

@@ -94,6 +94,7 @@ class Outcome(StrEnum):
     INTENT = "intent"  # written before a batch commits; settled by a later entry
     DONE = "done"
     RECONCILED = "reconciled"  # an intent whose run stopped, settled by the next run
+    ROLLED_BACK = "rolled_back"  # an intent whose change was rolled back: nothing of it stays (a correction)
     DRY_RUN = "dry_run"
     VERIFIED = "verified"  # a subject request's system checked
     COMPLETE = "complete"  # a sweep run finished every rule

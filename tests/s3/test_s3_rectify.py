@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from include.retention.identity import normalise
 from include.retention.policy import parse_policy
-from include.retention.requests.correction import Correction, CorrectionRefused
+from include.retention.requests.correction import Correction, CorrectionRefused, CorrectionStopped
 from include.retention.stores.base import RESTRICTION, Subject, lock_reason_for
 from include.retention.stores.sql import SqlStore, make_engine
 from tests.policy_text import policy_text, sql_system, system
@@ -165,3 +165,84 @@ def test_held_and_locked_objects_are_kept_the_others_corrected(s3, make_store, t
     assert not [k for k in keys(s3, bucket) if k.startswith("exports/zoe.muller")]
     assert sql_rows(engine) == [(1, NEW), (2, "third@example.net")]
     assert c.remaining("crm") == 0 and c.remaining("objects") == 0  # only the exceptions carry the old value
+
+
+# ---- order: every SQL system committed first, S3 after; an S3 system stopped part way is finished by a retry ----
+class Heard:
+    """A journal that keeps what the correction told it (``requests/correction.py``'s ``Journal``)."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def begin(self, system, planned):
+        self.events.append(("begin", system, planned))
+
+    def done(self, system, outcome):
+        self.events.append(("done", system, sum(c for counts in outcome.per_request.get("r1", {}).values()
+                                                for c in counts.values())))
+
+    def rolled_back(self, system, why):
+        self.events.append(("rolled_back", system, why))
+
+    def unknown(self, system, why):
+        self.events.append(("unknown", system, why))
+
+
+def test_a_sql_refusal_at_write_time_leaves_s3_untouched(s3, make_store, tmp_path):
+    """S3 is listed first in the systems, yet written only after the SQL commit: a trigger refusing the SQL update
+    leaves every object and row as it was."""
+    bucket = VERSIONED
+    policy, engine, stores = world(tmp_path, bucket, make_store)
+    arrange(s3, bucket)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE UPDATE ON people BEGIN SELECT RAISE(ABORT, 'no'); END")
+    before, rows = snapshot(s3, bucket), sql_rows(engine)
+    c = Correction(policy, stores.__getitem__, ["objects", "crm"], [Subject("r1", {"email": normalise("email", ZOE)})],
+                   {"email": NEW})
+    c.check()
+    heard = Heard()
+    with pytest.raises(CorrectionStopped, match=r"rectify rolled back: crm failed when written \(IntegrityError"):
+        c.run(heard, dry_run=False)
+    assert [e[:2] for e in heard.events] == [("begin", "crm"), ("rolled_back", "crm")]  # S3 never begun
+    assert snapshot(s3, bucket) == before and sql_rows(engine) == rows
+
+
+def test_s3_stopped_part_way_keeps_sql_committed_and_a_resumed_retry_converges(s3, make_store, tmp_path):
+    bucket = VERSIONED
+    policy, engine, stores = world(tmp_path, bucket, make_store)
+    arrange(s3, bucket)
+    subject = [Subject("r1", {"email": normalise("email", ZOE)})]
+    calls = []
+
+    def fail_tagging(**_):
+        calls.append(1)
+        raise ConnectionError("S3 gone")
+
+    client = stores["objects"].client
+    client.meta.events.register("before-call.s3.PutObjectTagging", fail_tagging)
+    c = Correction(policy, stores.__getitem__, ["crm", "objects"], subject, {"email": NEW})
+    c.check()
+    heard = Heard()
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises, the journal hears its class only
+        c.run(heard, dry_run=False)
+    client.meta.events.unregister("before-call.s3.PutObjectTagging", fail_tagging)
+    assert calls
+    assert [e[:2] for e in heard.events] == [("begin", "crm"), ("done", "crm"), ("begin", "objects"),
+                                             ("unknown", "objects")]
+    assert heard.events[3][2].startswith("stopped part way (") and "example" not in heard.events[3][2]
+    assert sql_rows(engine) == [(1, NEW), (2, "third@example.net")]  # the SQL system is committed
+    assert "uploads/zoe.pdf" in keys(s3, bucket)
+    # a retry that did not know the system was begun would take the rewritten object for somebody else's
+    with pytest.raises(CorrectionRefused, match="objects.by_meta: 1"):
+        Correction(policy, stores.__getitem__, ["objects"], subject, {"email": NEW}).check()
+    # resumed (its ledger intent is open): only what still carries the old value is corrected
+    retry = Correction(policy, stores.__getitem__, ["objects"], subject, {"email": NEW}, resumed={"objects"})
+    retry.check()
+    heard = Heard()
+    retry.run(heard, dry_run=False)
+    assert heard.events == [("begin", "objects", 2), ("done", "objects", 2)]  # the tag and the key, not the upload
+    assert retry.remaining("objects") == 0
+    assert tags(s3, bucket, "tickets/zoe.txt")["contact"] == NEW
+    assert keys(s3, bucket, "exports/") == ["exports/zoe.new@example.org/package.zip"]
+    head = s3.head_object(Bucket=bucket, Key="uploads/zoe.pdf")
+    assert head["Metadata"]["uploader-email"] == NEW

@@ -6,7 +6,7 @@ import boto3
 import sqlalchemy as sa
 
 from include.retention.policy import parse_policy
-from include.retention.stores.base import HoldsConsents, HoldsObjects, ReferencingRows, Store
+from include.retention.stores.base import HoldsConsents, HoldsObjects, RectifiesTogether, ReferencingRows, Store
 from include.retention.stores.kinds import holds_objects, holds_rows, store_class
 from include.retention.stores.s3 import S3Store
 from include.retention.stores.sql import SqlStore
@@ -40,6 +40,9 @@ def test_each_store_has_the_capabilities_of_its_items(tmp_path):
     assert isinstance(sql, Store) and isinstance(s3, Store)
     assert isinstance(sql, ReferencingRows) and isinstance(sql, HoldsConsents) and not isinstance(sql, HoldsObjects)
     assert isinstance(s3, HoldsObjects) and not isinstance(s3, ReferencingRows) and not isinstance(s3, HoldsConsents)
+    # a correction commits the SQL systems together; S3 (no transactions) is written after (ADR 0008)
+    assert isinstance(sql, RectifiesTogether) and not isinstance(s3, RectifiesTogether)
+    assert sql.database() == "sqlite:" + str((tmp_path / "crm.db").resolve())
     assert sql.read_columns("people") == ["id", "email", "cv_key"]
     assert s3.read_columns("cvs") == ["bucket", "key", "version_id", "size", "last_modified", "content_type"]
     sql.close()

@@ -18,7 +18,7 @@ from include.retention.findings import FindingStore
 from include.retention.identity import IDENTITY_KINDS, normalise
 from include.retention.identity import validate as validate_identity
 from include.retention.ledger import RunRef
-from include.retention.requests import identity_decisions, person
+from include.retention.requests import correction_flow, identity_decisions, person
 from include.retention.requests.context import Refused, RequestContext
 from include.retention.requests.erasure_flow import register_form_request
 from include.retention.requests.receipts import (
@@ -211,49 +211,23 @@ def _withdrawn(ctx: RequestContext, store: Any, subjects: list, request_id: str,
 
 
 def _change(ctx: RequestContext, request_id: str, req: dict[str, Any], dag_id: str, run_id: str) -> dict[str, Any]:
-    """rectify / withdraw in every system holding identities, with a re-scan for rectify."""
+    """rectify (``correction_flow``: every SQL system together, then S3) / withdraw in every system."""
+    mode, dry_run = req["mode"], bool(req["dry_run"])
+    if mode == "rectify":
+        return correction_flow.rectify(ctx, request_id, req, dag_id, run_id)
     details = ctx.registry.details(request_id)
     subjects = ctx.subjects([request_id])
-    mode, dry_run = req["mode"], bool(req["dry_run"])
-    correction = _correction(ctx, request_id, subjects, details["new_values"], dry_run) if mode == "rectify" else None
     totals: dict[str, int] = {}
-    for system in correction.systems if correction is not None else ctx.systems():
+    for system in ctx.systems():
         store = ctx.runtime.store(system)
-        if correction is not None:  # checked everywhere before this first change (requests/correction.py)
-            per = dict(correction.apply(system, dry_run=dry_run).per_request.get(request_id, {}))
-        else:
-            per = _withdrawn(ctx, store, subjects, request_id, details.get("consents"), dry_run)
-        # nothing but the exceptions kept may still carry the old value of a rectified kind
-        left = correction.remaining(system) if correction is not None and not dry_run else 0
-        status = "recorded" if not left else "failed"
-        ctx.registry.systems.set([request_id], system, status, counts={
-            "collections": per, "searched": store.searched_kinds()},
-            error="old value still found" if left else None)
-        n = sum(c for counts in per.values() for k, c in counts.items()
-                if not k.startswith(("already", "exception:", "changed_meanwhile")))
+        per = _withdrawn(ctx, store, subjects, request_id, details.get("consents"), dry_run)
+        ctx.registry.systems.set([request_id], system, "recorded", counts={
+            "collections": per, "searched": store.searched_kinds()})
+        n = sum(c for counts in per.values() for k, c in counts.items() if not k.startswith("already"))
         _ledger(ctx, request_id, system, mode, n, req, dag_id, run_id, {"collections": per})
         totals[system] = n
-        if left:
-            raise RetentionError(f"{system}: {left} item(s) still carry the old value after rectify")
     log.info("request %s: %s%s, changed per system: %s", request_id, mode, " (dry run)" if dry_run else "", totals)
     return {"changed": totals}
-
-
-def _correction(ctx: RequestContext, request_id: str, subjects: list, new_values: dict[str, str], dry_run: bool):
-    """The request's correction, checked in every system not yet done (an earlier attempt's systems are); a
-    refusal (it would merge two people, a value does not fit) is recorded per system and refuses the request."""
-    from include.retention.requests.correction import Correction, CorrectionRefused
-
-    states = {} if dry_run else ctx.registry.systems.of(request_id)
-    pending = [s for s in ctx.systems() if states.get(s, {}).get("status") != "recorded"]
-    correction = Correction(ctx.policy, ctx.runtime.store, pending, subjects, new_values)
-    try:
-        correction.check()
-    except CorrectionRefused as exc:
-        for system in pending:
-            ctx.registry.systems.set([request_id], system, SystemStatus.FAILED, error=str(exc))
-        raise Refused(f"request {request_id}: {exc}") from None
-    return correction
 
 
 def _ledger(ctx: RequestContext, request_id: str, system: str, action: str, count: int, req: dict[str, Any],

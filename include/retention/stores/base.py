@@ -3,7 +3,8 @@
 Two families of operations: retention rules (``check`` / ``plan`` / ``apply_stage``) and
 subject operations (``subject_collections`` / ``scan`` / ``find`` / ``read`` / ``erase`` /
 ``restrict`` / ``remaining``), the way a privacy connector retrieves and masks; what only some stores have is
-an optional capability (a ``Protocol``: ``ReferencingRows``, ``HoldsObjects``, ``HoldsConsents``). Callers never
+an optional capability (a ``Protocol``: ``ReferencingRows``, ``HoldsObjects``, ``HoldsConsents``,
+``RectifiesTogether``). Callers never
 branch on the kind of store.
 """
 
@@ -465,6 +466,23 @@ class HoldsConsents(Protocol):
                  *, dry_run: bool) -> SubjectOutcome:
         """Set the collection's consent columns (all, or those named in ``consents``) to their withdrawn value
         on the claimed items the subjects own; the retention rules then act on them as on anybody's."""
+
+
+@runtime_checkable
+class RectifiesTogether(Protocol):
+    """Corrections inside a transaction the caller opens and ends (SQL rows): the corrections of several systems
+    commit together, after all of them ran without error, or none does (``requests/correction.py``, ADR 0008)."""
+
+    def database(self) -> str:
+        """Names the database this store writes to: the systems of one database share one transaction."""
+
+    def begin_correction(self) -> Any:
+        """A connection with a transaction open on this store's database; the caller commits or rolls it back."""
+
+    def rectify_in(self, conn: Any, claims: dict[str, Claims], subjects: list[Subject], new_values: dict[str, str],
+                   *, dry_run: bool) -> SubjectOutcome:
+        """``rectify_all`` inside ``conn``'s transaction (of a store of the same database), neither committed nor
+        rolled back here; every constraint the database would check at commit is checked before it returns."""
 
 
 def collection_order(policy: Policy, system: str) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -508,6 +509,27 @@ class SqlStore(Store):
     def rectify_problems(self, collection_name: str, claims: Claims, subjects: list[Subject],
                          new_values: dict[str, str]) -> list[str]:
         return self.subjects.rectify_problems(collection_name, claims, subjects, new_values)
+
+    def database(self) -> str:
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite":
+            return url.render_as_string(hide_password=True)
+        if not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
+            return f"sqlite-memory:{id(self.engine)}"
+        return "sqlite:" + os.path.realpath(url.database)  # two engines on one file: one writer, one transaction
+
+    def begin_correction(self) -> sa.Connection:
+        conn = self.engine.connect()
+        try:
+            conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def rectify_in(self, conn: sa.Connection, claims: dict[str, Claims], subjects: list[Subject],
+                   new_values: dict[str, str], *, dry_run: bool) -> SubjectOutcome:
+        return self.subjects.rectify_in(conn, claims, subjects, new_values, dry_run=dry_run)
 
     def withdraw(self, collection_name: str, claims: Claims, subjects: list[Subject], consents: list[str] | None,
                  *, dry_run: bool) -> SubjectOutcome:

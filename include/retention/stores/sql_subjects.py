@@ -493,10 +493,17 @@ class SqlSubjects:
 
     def rectify_all(self, claims: dict[str, Claims], subjects: list[Subject], new_values: dict[str, str], *,
                     dry_run: bool) -> SubjectOutcome:
-        """``rectify`` of several collections of this system in ONE transaction: every change or none. Rows under
+        """``rectify`` of several collections of this system in ONE transaction: every change or none."""
+        with self.store.engine.begin() as conn:
+            return self.rectify_in(conn, claims, subjects, new_values, dry_run=dry_run)
+
+    def rectify_in(self, conn, claims: dict[str, Claims], subjects: list[Subject], new_values: dict[str, str], *,
+                   dry_run: bool) -> SubjectOutcome:
+        """``rectify_all`` in the caller's transaction (``conn``), which it neither commits nor rolls back. Rows under
         legal hold or locked by a lock that is not the subjects' own are kept unchanged, counted as
         ``exception:<reason>``. A restriction of the subject's own, named by the old value, is renamed by the
-        new one (a later request of the person with the new value still finds it their own)."""
+        new one (a later request of the person with the new value still finds it their own). PostgreSQL checks
+        deferred constraints at the end (``SET CONSTRAINTS ALL IMMEDIATE``): their failure is here, not at commit."""
         outcome = SubjectOutcome()
         keys = {name: claimed_keys(self.store.name, c) for name, c in claims.items() if c}
         binds: dict[tuple[str, str], Any] = {}
@@ -508,11 +515,11 @@ class SqlSubjects:
                 binds[(name, target.column.name)] = value
         own = own_lock_reasons(subjects, self.store.mask_key)
         renamed = renamed_lock_reasons(subjects, new_values, self.store.mask_key)
-        with self.store.engine.begin() as conn:
-            for name, names_keys in keys.items():
-                for chunk in chunks(names_keys):
-                    self._rectify_chunk(conn, name, chunk, subjects, new_values, binds, own, renamed, outcome,
-                                        dry_run)
+        for name, names_keys in keys.items():
+            for chunk in chunks(names_keys):
+                self._rectify_chunk(conn, name, chunk, subjects, new_values, binds, own, renamed, outcome, dry_run)
+        if keys and not dry_run and conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SET CONSTRAINTS ALL IMMEDIATE"))
         return outcome
 
     def _rectify_chunk(self, conn, name: str, chunk: list[Any], subjects: list[Subject], new_values: dict[str, str],

@@ -168,19 +168,21 @@ def finish_rule(policy: Policy, rule_id: str, plan_seq: int, ledger: Ledger, run
     common = _common(policy, rule_id, run)
     plan = _plan_entry(ledger, rule_id, run, plan_seq)
     details = _loads(plan)
-    done: dict[int, int] = {}
+    done: set[int] = set()
+    deleted = 0  # what the batches' deletes and rewrites committed, a failed try's included (settled or reconciled)
     for row in ledger.rows(after=plan_seq, run_id=run.run_id, rule_id=rule_id):
         extra = _loads(row)
         if row["action"] == "sweep" and row["outcome"] == Outcome.COMPLETE and extra.get("plan") == plan_seq:
             return {**extra, "rule_id": rule_id, "system": common["system"], "collection": common["collection"],
                     "dry_run": False}
         if row["action"] == BATCH_ACTION and row["outcome"] == Outcome.DONE and extra.get("plan") == plan_seq:
-            done[int(extra["batch"])] = done.get(int(extra["batch"]), 0) + int(row["count"] or 0)
-    missing = sorted(set(range(int(details["batches"]))) - set(done))
+            done.add(int(extra["batch"]))
+        elif row["action"] == "delete" and row["outcome"] in (Outcome.DONE, Outcome.RECONCILED):
+            deleted += int(row["count"] or 0)
+    missing = sorted(set(range(int(details["batches"]))) - done)
     if missing:
         log.warning("%s: %d of %d batch(es) of plan %d not done", rule_id, len(missing), details["batches"], plan_seq)
         return None
-    deleted = sum(done.values())
     counts = {**{k: details[k] for k in ("total", "in_scope", "held", "cascaded", "would")},
               "locked": 0, "anonymized": 0, "deleted": deleted,
               "kept": max(int(details["in_scope"]) - int(details["held"]) - deleted, 0)}

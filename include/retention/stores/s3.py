@@ -82,8 +82,8 @@ from include.retention.stores.s3_objects import (
 )
 from include.retention.stores.s3_orphans import Lookup, S3Owned
 from include.retention.stores.s3_record_store import S3RecordSubjects
-from include.retention.stores.s3_records import RECORD_COLUMNS
 from include.retention.stores.s3_record_sweep import REWRITE_WALK
+from include.retention.stores.s3_records import RECORD_COLUMNS
 from include.retention.stores.s3_spool import Spool
 from include.retention.stores.s3_states import S3States
 from include.retention.stores.s3_subjects import S3ObjectSubjects

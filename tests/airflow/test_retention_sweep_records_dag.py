@@ -212,3 +212,30 @@ def test_a_failed_batch_leaves_the_others_done_and_a_rerun_completes_exactly(rec
     assert final.ok and final.unreconciled_count == 0
     # the stopped rewrite's intent was settled by re-reading the object, once
     assert len([r for r in ledger.rows() if r["outcome"] == "reconciled"]) == 1
+
+
+def test_a_tripped_records_rule_is_swept_in_batches_once_approved(records_env, tmp_path, monkeypatch):
+    """The brake is judged once on the whole plan: tripped, nothing is sealed or changed; approved, the plan is made
+    again with the brake released and swept by the approved rules' own mapped batch tasks."""
+    from tests.airflow.conftest import answer_approval
+
+    s3, ledger, events, exports = records_env
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(POLICY.replace("action: delete, period: P30D}", "action: delete, period: P30D, "
+                                     "max_fraction: 0.5}", 1))  # events: 10 of 12 objects
+    monkeypatch.setenv("RETENTION_POLICY_PATH", str(strict))
+    responder = answer_approval(DAG_ID, "approve_brake", "Approve")
+    run = run_dag(DAG_ID, {"dry_run": False})
+    assert responder.wait(timeout=60) == 0
+    states = task_states(run)
+    assert run.state == "success", states
+    assert sorted(states["apply_rule"]) == ["failed", "success"]  # events tripped; exports planned
+    assert states["sweep_batch"] == ["success"] * 2  # exports' batches: not behind the approval
+    assert states["apply_approved"] == ["success"] and states["sweep_approved_batch"] == ["success"] * 4
+    assert_end_state(s3, events)
+    assert_end_state(s3, exports)
+    rows = [r for r in ledger.rows() if r["run_id"] == run.run_id and r["rule_id"] == "objects.events.events"]
+    sequence = [(r["action"], r["outcome"]) for r in rows if r["action"] in ("sweep", "sweep_plan")]
+    assert sequence == [("sweep", "brake_tripped"), ("sweep_plan", "planned"), ("sweep", "complete")]
+    tripped_at = next(r["seq"] for r in rows if r["outcome"] == "brake_tripped")
+    assert not [r for r in rows if r["seq"] < tripped_at]  # nothing sealed or changed before the approval

@@ -33,6 +33,7 @@ from include.retention.errors import RetentionError
 from include.retention.intents import RunLease, reconcile_open_intents, seal, unseal
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import Policy
+from include.retention.progress import SweepProgressLog
 from include.retention.stores.base import PAST_TENSE, Store
 from include.retention.sweep import MAX_SEALED, LedgerRecorder, _details, brake
 from include.retention.values import CollectionRef, Outcome
@@ -153,7 +154,9 @@ def run_batch(policy: Policy, rule_id: str, batch: int, plan_seq: int, store: St
         settled = reconcile_open_intents(ledger, policy, rule_id, store)
         if settled:
             log.info("%s: settled %d intent(s) a stopped run left open", rule_id, len(settled))
-        record = LedgerRecorder(ledger, common, lease.token)
+        # the whole plan's count in every intent: the page and the task logs show the rule's progress over its batches
+        record = LedgerRecorder(ledger, common, lease.token, plan={"delete": int(plan["count"] or 0)},
+                                progress=SweepProgressLog(ledger, run, rule_id))
         result = store.apply_batch(coll_name, rule, stage, now, policy.batch_size(rule), keys, record)
     ledger.append(action=BATCH_ACTION, outcome=Outcome.DONE, count=result.changed,
                   details={"batch": batch, "plan": plan_seq, "planned": len(keys), "steps": result.batches}, **common)

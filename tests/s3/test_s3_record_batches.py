@@ -13,6 +13,7 @@ import pytest
 from include.retention import record_batches
 from include.retention.errors import SafetyBrakeTripped
 from include.retention.ledger import RunRef
+from include.retention.progress import rule_entries, rule_progress
 from include.retention.stores.s3_record_store import S3RecordSubjects
 from include.retention.sweep import run_rule
 from tests.s3.conftest import NOW, PLAIN, VERSIONED, put, s3_policy, snapshot, versions
@@ -139,6 +140,9 @@ def test_a_failed_batch_leaves_the_others_done_and_its_retry_settles_its_intent(
             batch(2)
     assert record_batches.finish_rule(policy, RULE, planned["plan"], ledger, run) is None  # not complete
     assert ledger.verify().unreconciled_count == 1  # the victim's rewrite intent
+    # the rule's progress over its batches: 8 of the plan's 10 objects done, the victim's rewrite in flight
+    progress = rule_progress(rule_entries(ledger, run, RULE))
+    assert (progress.planned, progress.done, progress.in_flight) == (10, 8, 1)
     listed = versions(s3, VERSIONED)
     assert [v for v in listed if v[0] == "events/dt=2026-04-07/part-0.parquet"]  # batch 2's partition: not yet
     assert not [v for v in listed if v[0] == "events/dt=2026-04-06/part-0.parquet"]  # batch 1's: gone

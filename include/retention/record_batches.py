@@ -45,6 +45,10 @@ BATCH_ACTION = "sweep_batch"  # one batch of it: planned (its keys, sealed), don
 MAX_BATCHES = 256  # per rule: a larger plan gets larger batches (Airflow maps at most 1,024 per task by default)
 
 
+class PlanOutdated(RetentionError):
+    """A batch of a plan sealed under another data map: retrying cannot help, the next run plans again."""
+
+
 def _common(policy: Policy, rule_id: str, run: RunRef) -> dict[str, Any]:
     coll_ref, _coll, _rule = policy.rule(rule_id)
     return {"run": run, "rule_id": rule_id, "policy_digest": policy.digest,
@@ -146,6 +150,9 @@ def run_batch(policy: Policy, rule_id: str, batch: int, plan_seq: int, store: St
     coll_name = CollectionRef.parse(coll_ref).collection
     common = _common(policy, rule_id, run)
     plan = _plan_entry(ledger, rule_id, run, plan_seq)
+    if plan["policy_digest"] != policy.digest:
+        raise PlanOutdated(f"{rule_id}: the data map changed since plan {plan_seq} was sealed; nothing of batch "
+                           f"{batch} was changed (the next run plans again)")
     now = dt.datetime.fromisoformat(_loads(plan)["now"])
     keys = _batch_keys(ledger, rule_id, run, plan, batch)
     stage = next(s for s in reversed(rule.stages) if s.action == "delete")

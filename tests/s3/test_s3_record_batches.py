@@ -202,3 +202,15 @@ def test_the_brake_is_judged_on_the_whole_plan_and_seals_nothing(s3, make_store,
 def test_batches_grow_rather_than_exceed_the_mapping_limit():
     assert record_batches.batch_objects(10, 3) == 3
     assert record_batches.batch_objects(record_batches.MAX_BATCHES * 500 + 1, 200) == 501
+
+
+def test_a_batch_of_a_plan_sealed_under_another_data_map_changes_nothing(s3, make_store, ledger):
+    arrange(s3, PLAIN, "jsonl")
+    before = snapshot(s3, PLAIN)
+    run = RunRef("retention_sweep", "1")
+    planned = record_batches.plan_rule(policy_for(PLAIN, "jsonl"), RULE, make_store(policy_for(PLAIN, "jsonl")),
+                                       ledger, run, objects=3, now=NOW)
+    changed = policy_for(PLAIN, "jsonl", fraction=0.99)
+    with pytest.raises(record_batches.PlanOutdated):
+        record_batches.run_batch(changed, RULE, 0, planned["plan"], make_store(changed), ledger, run)
+    assert snapshot(s3, PLAIN) == before

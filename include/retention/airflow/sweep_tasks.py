@@ -81,11 +81,15 @@ def planned_batches(results: list[dict[str, Any]] | None) -> list[dict[str, Any]
 
 
 def sweep_batch(rule_id: str, batch: int, plan: int, *, dag_id: str, run_id: str) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowFailException
+
     policy = load_policy(policy_path())
     runtime = Runtime(policy, airflow_resolver)
     try:
         return record_batches.run_batch(policy, rule_id, batch, plan, runtime.store(rule_id.split(".")[0]),
                                         runtime.ledger(), RunRef(dag_id, run_id))
+    except record_batches.PlanOutdated as exc:
+        raise AirflowFailException(str(exc)) from None  # retrying cannot help
     finally:
         runtime.close()
 

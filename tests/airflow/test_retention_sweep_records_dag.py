@@ -125,6 +125,16 @@ def xcom_text(run) -> str:
         return json.dumps([r.value for r in rows], default=str)
 
 
+def map_labels(run, task_id: str) -> list[str]:
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id,
+                                                 TaskInstance.task_id == task_id).all()
+        return sorted(str(ti.rendered_map_index) for ti in tis)
+
+
 def test_records_rules_are_swept_one_mapped_task_per_batch(records_env):
     s3, ledger, events, exports = records_env
 
@@ -135,6 +145,8 @@ def test_records_rules_are_swept_one_mapped_task_per_batch(records_env):
     assert states["apply_rule"] == ["success"] * 2
     assert states["sweep_batch"] == ["success"] * 6  # 4 batches of events (10 objects), 2 of exports (4)
     assert states["finish_batches"] == ["success"] and states["summarize"] == ["success"]
+    assert map_labels(run, "sweep_batch") == [*(f"objects.events.events #{b}" for b in range(4)),
+                                             *(f"objects.exports.exports #{b}" for b in range(2))]
     assert_end_state(s3, events)
     assert_end_state(s3, exports)
 

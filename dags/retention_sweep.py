@@ -1,5 +1,10 @@
 """retention_sweep: enforce every retention rule of the data map, one mapped task per rule.
 
+A rule on records inside S3 objects (a collection with a ``format``) is planned by its ``apply_rule`` task, which
+seals the plan in the ledger; its objects are then deleted or rewritten by one mapped ``sweep_batch`` task per
+batch of objects (``RETENTION_SWEEP_BATCH_OBJECTS``), and ``finish_batches`` completes the rule once every batch
+is done.
+
 A rule whose safety brake trips changes nothing and fails its task. A person can then approve
 the tripped rules in the Airflow UI (Required actions, human-in-the-loop); approved rules run
 again with the brake released, rejected ones leave the run failed.
@@ -58,6 +63,30 @@ def retention_sweep():
     def apply_rule(rule_id: str) -> dict:
         return _apply(rule_id, brake_approved=False)
 
+    @task(trigger_rule="all_done")
+    def planned_batches(results) -> list[dict]:
+        """The batches of the rules swept as a sealed plan (records inside objects): rule id, batch, plan seq."""
+        from include.retention.airflow import sweep_tasks
+
+        return sweep_tasks.planned_batches(results)
+
+    @task(map_index_template="{{ batch_label }}")
+    def sweep_batch(rule_id: str, batch: int, plan: int) -> dict:
+        """One batch of objects of a sealed plan: deleted whole or rewritten, each with its ledger intent."""
+        from include.retention.airflow import sweep_tasks
+
+        context = get_current_context()
+        context["batch_label"] = f"{rule_id} #{batch}"
+        return sweep_tasks.sweep_batch(rule_id, batch, plan, dag_id=context["dag"].dag_id, run_id=context["run_id"])
+
+    @task(trigger_rule="all_done")
+    def finish_batches(results) -> list[dict]:
+        """A sealed plan whose batches are all done completes its rule (its sweep entry, the summed counts)."""
+        from include.retention.airflow import sweep_tasks
+
+        context = get_current_context()
+        return sweep_tasks.finish_sealed(results, dag_id=context["dag"].dag_id, run_id=context["run_id"])
+
     @task.short_circuit(trigger_rule="all_done", ignore_downstream_trigger_rules=False)
     def brake_tripped() -> list[str]:
         """The rules of this run whose safety brake tripped; nothing to approve skips the approval."""
@@ -82,10 +111,11 @@ def retention_sweep():
         return _apply(rule_id, brake_approved=True)
 
     @task(trigger_rule="all_done")
-    def summarize(results, approved, expected: list[str]) -> str:
+    def summarize(results, approved, finished, finished_approved, expected: list[str]) -> str:
         from include.retention.airflow import sweep_tasks
 
-        return sweep_tasks.summarize([*(results or []), *(approved or [])], expected)
+        return sweep_tasks.summarize([*(results or []), *(approved or []), *(finished or []),
+                                      *(finished_approved or [])], expected)
 
     @task
     def enforce_suppression() -> dict:
@@ -133,18 +163,28 @@ def retention_sweep():
 
     rules = plan_rules()
     results = apply_rule.expand(rule_id=rules)
+    swept = sweep_batch.expand_kwargs(planned_batches(results))  # records inside objects: one task per batch
+    finished = finish_batches(results)
+    swept >> finished
     tripped = brake_tripped()
     results >> tripped >> approve
     approved = apply_approved.expand(rule_id=tripped)
     approve >> approved
-    summarize(results, approved, rules)  # a leaf: a rule that did not complete fails the run
+    swept_approved = sweep_batch.override(task_id="sweep_approved_batch").expand_kwargs(
+        planned_batches.override(task_id="approved_batches")(approved))
+    finished_approved = finish_batches.override(task_id="finish_approved_batches")(approved)
+    swept_approved >> finished_approved
+    # a leaf: a rule that did not complete (its task, or a batch of its sealed plan, failed) fails the run
+    summarize(results, approved, finished, finished_approved, rules)
     suppressed = enforce_suppression()
     rules >> suppressed
     checked = check_erasures()  # after the suppression's removals: what is left is found again
     suppressed >> checked
     erasures_intact(checked)
-    [results, approved, suppressed, checked] >> anchor_ledger()  # also a leaf, after every entry of the run
-    [results, approved, suppressed] >> announce_changes()  # a leaf: downstream DAGs schedule on its events
+    # also a leaf, after every entry of the run
+    [results, approved, finished, finished_approved, suppressed, checked] >> anchor_ledger()
+    # a leaf: downstream DAGs schedule on its events
+    [results, approved, finished, finished_approved, suppressed] >> announce_changes()
 
 
 retention_sweep()

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     sweep_deadline_hours: float = _field(
         12.0, "alert when a `retention_sweep` run is not done this long after it was queued", DAGS, gt=0
     )
+    sweep_batch_objects: int = _field(
+        200, "objects per mapped task of a `retention_sweep` of records inside objects (a sealed plan's batch)",
+        DAGS, ge=1,
+    )
     recipient_confirm_hours: float = _field(
         72.0, "how long an erasure waits for recipients to confirm before it times out", DAGS, gt=0
     )

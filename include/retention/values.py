@@ -98,6 +98,7 @@ class Outcome(StrEnum):
     DRY_RUN = "dry_run"
     VERIFIED = "verified"  # a subject request's system checked
     COMPLETE = "complete"  # a sweep run finished every rule
+    PLANNED = "planned"  # a sweep's sealed plan, or one batch of it (records inside objects: one task per batch)
     BRAKE_TRIPPED = "brake_tripped"
     CONFLICT = "conflict"
     REJECTED = "rejected"

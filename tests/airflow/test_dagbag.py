@@ -32,7 +32,13 @@ def test_retention_sweep_shape():
     dag = load_dag("retention_sweep")
     assert set(dag.task_ids) == {"plan_rules", "apply_rule", "brake_tripped", "approve_brake", "apply_approved",
                                  "summarize", "enforce_suppression", "check_erasures", "erasures_intact",
-                                 "anchor_ledger", "announce_changes"}
+                                 "anchor_ledger", "announce_changes", "planned_batches", "sweep_batch",
+                                 "finish_batches", "approved_batches", "sweep_approved_batch",
+                                 "finish_approved_batches"}
+    # records inside objects: one mapped task per batch of a sealed plan, completed before the summary and anchor
+    assert {"finish_batches", "finish_approved_batches"} <= dag.get_task("summarize").upstream_task_ids
+    assert {"finish_batches", "finish_approved_batches"} <= dag.get_task("anchor_ledger").upstream_task_ids
+    assert dag.get_task("sweep_batch").downstream_task_ids == {"finish_batches"}
     # the check's entries are anchored with the run's; its verdict is a leaf, so a finding fails the run
     assert "check_erasures" in dag.get_task("anchor_ledger").upstream_task_ids
     assert dag.get_task("erasures_intact").downstream_task_ids == set()

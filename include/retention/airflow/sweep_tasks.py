@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from include.retention import record_batches
 from include.retention.connections import ConnInfo, open_ledger, policy_path
 from include.retention.errors import LedgerBroken, SafetyBrakeTripped
 from include.retention.ledger import RunRef, anchor_sinks
@@ -57,6 +58,12 @@ def apply_rule(rule_id: str, *, dry_run: bool, dag_id: str, run_id: str, brake_a
     runtime = Runtime(policy, airflow_resolver)
     try:
         store = runtime.store(rule_id.split(".")[0])
+        coll_ref, _coll, rule = policy.rule(rule_id)
+        if not dry_run and store.maps_batches(coll_ref.split(".", 1)[1], rule):
+            # records inside objects: a sealed plan, one mapped task per batch (include/retention/record_batches.py)
+            planned = record_batches.plan_rule(policy, rule_id, store, runtime.ledger(), RunRef(dag_id, run_id),
+                                               objects=settings().sweep_batch_objects, brake_approved=brake_approved)
+            return {**planned, "sealed": True}
         return run_rule(policy, rule_id, store, runtime.ledger(), RunRef(dag_id, run_id), dry_run=dry_run,
                         brake_approved=brake_approved)
     except SafetyBrakeTripped as exc:
@@ -64,6 +71,43 @@ def apply_rule(rule_id: str, *, dry_run: bool, dag_id: str, run_id: str, brake_a
         raise AirflowFailException(str(exc)) from None
     finally:
         runtime.close()
+
+
+def planned_batches(results: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The batches of the sealed plans among ``apply_rule``'s results, as mapped task arguments: rule id, batch
+    number and the plan's ledger seq (never a key: the keys stay sealed in the ledger)."""
+    return [{"rule_id": r["rule_id"], "batch": b, "plan": r["plan"]}
+            for r in results or [] if isinstance(r, dict) and r.get("sealed") for b in range(r["batches"])]
+
+
+def sweep_batch(rule_id: str, batch: int, plan: int, *, dag_id: str, run_id: str) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    policy = load_policy(policy_path())
+    runtime = Runtime(policy, airflow_resolver)
+    try:
+        return record_batches.run_batch(policy, rule_id, batch, plan, runtime.store(rule_id.split(".")[0]),
+                                        runtime.ledger(), RunRef(dag_id, run_id))
+    except record_batches.PlanOutdated as exc:
+        raise AirflowFailException(str(exc)) from None  # retrying cannot help
+    finally:
+        runtime.close()
+
+
+def finish_sealed(results: list[dict[str, Any]] | None, *, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The counts of every sealed plan whose batches are all done (its ``sweep / complete`` entry written); a rule
+    with a batch not done is left out (``summarize`` fails it)."""
+    sealed = [r for r in results or [] if isinstance(r, dict) and r.get("sealed")]
+    if not sealed:
+        return []
+    policy = load_policy(policy_path())
+    ledger = open_ledger(airflow_resolver)
+    try:
+        out = [record_batches.finish_rule(policy, r["rule_id"], r["plan"], ledger, RunRef(dag_id, run_id))
+               for r in sealed]
+    finally:
+        ledger.engine.dispose()
+    return [r for r in out if r is not None]
 
 
 def tripped_rules(dag_id: str, run_id: str) -> list[str]:
@@ -84,7 +128,7 @@ def tripped_rules(dag_id: str, run_id: str) -> list[str]:
 
 def summarize(results: list[dict[str, Any]], expected: list[str]) -> str:
     """Log the counts table; fail if a rule did not report (its task failed)."""
-    results = [r for r in results if isinstance(r, dict)]
+    results = [r for r in results if isinstance(r, dict) and not r.get("sealed")]  # a sealed plan: its finish counts
     done = {r["rule_id"] for r in results}
     missing = [r for r in expected if r not in done]
     table = summary_table(results, missing)

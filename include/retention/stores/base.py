@@ -275,6 +275,11 @@ class Store(abc.ABC):
         """Drop anything ``plan(..., for_act=True)`` kept for the act (called when the rule is done or stops)."""
         return None
 
+    def maps_batches(self, collection_name: str, rule: Rule) -> bool:
+        """Is ``rule`` swept as a sealed plan of items cut into batches, one task each (``plan_batches``,
+        ``planned_keys``, ``apply_batch``; include/retention/record_batches.py)? No by default: one task per rule."""
+        return False
+
     @abc.abstractmethod
     def apply_stage(
         self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from include.retention import keytemplate
-from include.retention.errors import SchemaMismatch, StoreUnavailable
+from include.retention.errors import RetentionError, SchemaMismatch, StoreUnavailable
 from include.retention.masking import keyed_digest
 from include.retention.policy import Collection, Policy, Reference, Rule, Stage
 from include.retention.stores.base import (
@@ -82,6 +82,7 @@ from include.retention.stores.s3_objects import (
 )
 from include.retention.stores.s3_orphans import Lookup, S3Owned
 from include.retention.stores.s3_record_store import S3RecordSubjects
+from include.retention.stores.s3_record_sweep import REWRITE_WALK
 from include.retention.stores.s3_records import RECORD_COLUMNS
 from include.retention.stores.s3_spool import Spool
 from include.retention.stores.s3_states import S3States
@@ -436,6 +437,8 @@ class S3Store(Store):
         """A delete batch whose run stopped before its outcome: the batch's objects (its keys, sealed in the intent)
         that still have a version are still there; the others went (S3 deletes object by object: a batch may
         have gone in part)."""
+        if intent["action"] == "delete" and reread.get("walk") == REWRITE_WALK:
+            return self.records.reconcile_rewrite(collection_name, rule, reread)
         if intent["action"] != "delete" or reread.get("walk") != "keys":
             return None
         bucket, keys = self.coll(collection_name).bucket, list(reread["keys"])
@@ -467,6 +470,44 @@ class S3Store(Store):
             spool.close()
             return None
         return spool
+
+    def maps_batches(self, collection_name: str, rule: Rule) -> bool:
+        """A rule counting from a record field is swept as a sealed plan cut into batches of objects, one mapped
+        task each (``include/retention/record_batches.py``)."""
+        return rule.start.basis == "record"
+
+    def plan_batches(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
+        """The plan of a record rule that keeps its due objects (``s3_spool``) for ``planned_keys``."""
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        self.release_plan()
+        spool = Spool(collection_name, rule, now)
+        try:
+            plan = self.records.plan_records(collection_name, rule, now, spool)
+        except BaseException:
+            spool.close()
+            raise
+        self._spool = spool
+        return plan
+
+    def planned_keys(self, collection_name: str, rule: Rule, now: dt.datetime, size: int) -> Iterator[list[str]]:
+        """The keys of the objects ``plan_batches`` found due, ``size`` at a time, in listing order (read once)."""
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        spool = self._take_spool(collection_name, rule, now)
+        if spool is None:
+            raise RetentionError(f"{self.ref(collection_name)}: no plan of this rule at this instant to cut into "
+                                 "batches")
+        try:
+            for page in spool.pages(size):
+                yield [obj.key for obj in page]
+        finally:
+            spool.close()
+
+    def apply_batch(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
+                    keys: list[str], record: Recorder) -> StageResult:
+        """One batch of a sealed plan: its objects, classified again at the plan's instant, deleted whole or
+        rewritten (``batch_size``: objects per DeleteObjects request)."""
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        return self.records.sweep_records(collection_name, rule, stage, now, batch_size, record, keys)
 
     def release_plan(self) -> None:
         if self._spool is not None:

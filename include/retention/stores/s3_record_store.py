@@ -24,46 +24,36 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from include.retention import keytemplate
 from include.retention.errors import RetentionError, StoreUnavailable
 from include.retention.identity import normalise
-from include.retention.policy import cutoff
 from include.retention.stores.base import (
     RESTRICTION,
     Claims,
-    Recorder,
-    RulePlan,
-    StageResult,
     Subject,
     SubjectOutcome,
-    begin_record,
     claimed_keys,
-    end_record,
     lock_reason_for,
     own_lock_reasons,
 )
 from include.retention.stores.s3_objects import LOCK_TAG, MAX_DELETE, S3Core, S3Object
 from include.retention.stores.s3_record_read import RECORD_BATCH, ObjectRecords, RecordsUnreadable, digest_of
+from include.retention.stores.s3_record_sweep import RecordSweeps
 from include.retention.stores.s3_records import (
-    EXPIRED,
     REWRITE_META,
     Corrector,
-    Expiry,
     Judge,
     RewriteNotVerified,
     Tally,
     identities,
     judge_version,
     key_digest,
-    partition_span,
-    record_time,
 )
 from include.retention.stores.s3_rewrite import Sink, expected_of, write_version
 from include.retention.stores.s3_subjects import lock_reason
 from include.retention.stores.s3_writes import Purger, Upload
 
 if TYPE_CHECKING:
-    from include.retention.policy import Collection, Rule, Stage
+    from include.retention.policy import Collection
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +70,7 @@ def _count_rewrite(outcome: SubjectOutcome, ref: str, tally: Tally, changed_as: 
         outcome.add(rid, ref, "objects_rewritten")  # the records went from inside this many objects
 
 
-class S3RecordSubjects:
+class S3RecordSubjects(RecordSweeps):
     """Subject operations on collections of records inside objects (``format``); a collection of plain objects goes
     to the store's ``subjects`` (a collaborator of ``S3Store``)."""
 
@@ -479,126 +469,3 @@ class S3RecordSubjects:
         for obj in self.record_objects(coll, claimed_keys(ref, claims)):
             self.erase_object(coll, ref, obj, corrector, own, now, outcome, dry_run, changed_as="rectified")
         return outcome
-
-    def record_edge(self, rule: Rule, now: dt.datetime) -> dt.datetime:
-        # Validation allows delete stages only, one per rule: its end of period.
-        return max(cutoff(now, stage, rule.start) for stage in rule.stages)
-
-    def record_walk(self, collection_name: str, rule: Rule, now: dt.datetime
-                     ) -> Iterator[tuple[S3Object, str]]:
-        """(object, state): out / kept (its partition starts after the edge, or nothing in it is expired) / held /
-        expired (its whole partition is past the period: it goes whole) / mixed (the records decide)."""
-        coll = self.store.coll(collection_name)
-        pattern = keytemplate.regex(coll.key_template) if coll.key_template else None
-        edge = self.record_edge(rule, now)
-        for page in self.store.objects(coll.bucket, self.store.prefix(coll)):
-            for obj in page:
-                match = pattern.fullmatch(obj.key) if pattern else None
-                if pattern is not None and match is None:
-                    yield obj, "out"
-                    continue
-                if not obj.version_id and not obj.live:
-                    yield obj, "kept"  # only delete markers: no records
-                    continue
-                span = partition_span(match)
-                if span is not None and span[0] >= edge:
-                    yield obj, "kept"  # partition pruning: no record of it can be expired
-                    continue
-                if self.store.states.held(coll.bucket, coll, obj, now):
-                    yield obj, "held"
-                    continue
-                expired = span is not None and span[1] <= edge and self.footer_agrees(coll, obj, rule, edge)
-                yield obj, ("expired" if expired else "mixed")
-
-    def footer_agrees(self, coll: Collection, obj: S3Object, rule: Rule, edge: dt.datetime) -> bool:
-        """Parquet: does the footer's statistics of the start field confirm every record is before ``edge``? Where
-        they do not (a late record in an old partition, or no statistics), the records are read instead of the
-        partition going whole. Other formats have no such index: the key's date decides."""
-        if coll.format != "parquet":
-            return True
-        reader = self.reader(coll, obj)
-        if reader is None:
-            return False
-        try:
-            meta = reader.parquet_file().metadata
-        except RecordsUnreadable as exc:
-            raise self.unreadable(coll, obj, exc) from None
-        names = reader.schema.names
-        if rule.start.name not in names:
-            return True  # no record carries a time: the key's date is all there is
-        column = names.index(rule.start.name)
-        for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(column).statistics
-            latest = record_time(stats.max) if stats is not None and stats.has_min_max else None
-            if latest is None or latest >= edge:
-                return False
-        return True
-
-    def expired_records(self, coll: Collection, obj: S3Object, expiry: Expiry) -> bool:
-        for vobj, _ in self.record_versions(coll, obj):
-            tally = self.judge(coll, vobj, expiry)
-            if tally is not None and tally.found:
-                return True
-        return False
-
-    def plan_records(self, collection_name: str, rule: Rule, now: dt.datetime) -> RulePlan:
-        """Objects of the collection, and those a sweep would delete whole or rewrite (records read where the key's
-        date does not decide)."""
-        coll = self.store.coll(collection_name)
-        expiry = Expiry(rule.start.name or "", self.record_edge(rule, now))
-        total = in_scope = held = due = 0
-        for obj, state in self.record_walk(collection_name, rule, now):
-            total += 1
-            if state == "out":
-                continue
-            in_scope += 1
-            held += state == "held"
-            if state == "expired" or (state == "mixed" and self.expired_records(coll, obj, expiry)):
-                due += 1
-        if expiry.undated:
-            log.warning("%s.%s: %d records carry no readable %s time and are kept", self.store.name, collection_name,
-                        expiry.undated, "start field")
-        return RulePlan(total=total, in_scope=in_scope, eligible={"delete": due}, held=held)
-
-    def sweep_records(self, collection_name: str, rule: Rule, stage: Stage, now: dt.datetime, batch_size: int,
-                      record: Recorder) -> StageResult:
-        """Expired partitions go whole (every version, in DeleteObjects batches); an object with some expired
-        records is rewritten without them and its older versions holding expired records go. Each batch / each
-        rewrite is announced in the ledger before and settled after (records removed in its details)."""
-        coll = self.store.coll(collection_name)
-        ref = self.store.ref(collection_name)
-        expiry = Expiry(rule.start.name or "", self.record_edge(rule, now))
-        result = StageResult(action="delete")
-        intent: list[Any] = [None]
-
-        def before_batch(keys: list[str]) -> None:
-            intent[0] = begin_record(record, "delete", len(keys), self.store.digest(keys))
-
-        def on_batch(keys: list[str], versions: int, errors: int) -> None:
-            result.batches += 1
-            result.changed += len(keys)
-            end_record(record, intent[0], "delete", len(keys), self.store.digest(keys),
-                       {"batch": result.batches, "versions": versions, "errors": errors, "partitions": len(keys)})
-
-        purger = Purger(self.store, coll.bucket, min(batch_size, MAX_DELETE), on_batch, before_batch)
-        for obj, state in self.record_walk(collection_name, rule, now):
-            if state == "expired":
-                self.store.writes.release_own_hold(coll.bucket, obj)
-                purger.add(obj)
-            elif state == "mixed" and self.expired_records(coll, obj, expiry):
-                token = begin_record(record, "delete", 1, self.store.digest([obj.key]))
-                outcome = SubjectOutcome()
-                self.erase_object(coll, ref, obj, expiry, set(), now, outcome, False)
-                counts = outcome.per_request.get(EXPIRED, {}).get(ref, {})
-                removed = counts.get("deleted", 0)
-                changed = 1 if removed or counts.get("versions_deleted") else 0
-                result.batches += 1
-                result.changed += changed
-                end_record(record, token, "delete", changed, self.store.digest([obj.key]),
-                           {"batch": result.batches, "records": removed, "rewritten": changed,
-                            "versions": counts.get("versions_deleted", 0),
-                            "kept": sum(n for k, n in counts.items() if k.startswith("exception:"))})
-        purger.flush()
-        log.info("%s.%s: %d objects deleted whole or rewritten without expired records", self.store.name,
-                 collection_name, result.changed)
-        return result

@@ -143,6 +143,9 @@ def child_raw(url: str, wanted: list[str]) -> dict[str, Any]:
 
 
 def child_product(url: str, wanted: list[str], profile: str | None, bucket: str = BUCKET) -> dict[str, Any]:
+    import pyarrow.compute  # noqa: F401 - imported before the clock starts, as the raw loop's are
+    import pyarrow.parquet  # noqa: F401
+
     from include.retention.policy import parse_policy
     from include.retention.requests.scanner import SubjectScanner
     from include.retention.runtime import ConnInfo

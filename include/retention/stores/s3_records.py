@@ -140,25 +140,47 @@ class Judge:
         return Verdict(rids, False, masks) if rids else None
 
 
+class Verdicts(list):  # type: ignore[type-arg]
+    """One verdict (or None) per record; ``rows``: the only indices that may hold a verdict (None: any)."""
+
+    rows: list[int] | None = None
+
+
+def claimed(judged: list[Verdict | None]) -> list[tuple[int, Verdict]]:
+    """(index, verdict) of the records a verdict claims, in order."""
+    rows = getattr(judged, "rows", None)
+    indices = range(len(judged)) if rows is None else rows
+    return [(i, v) for i in indices if (v := judged[i]) is not None]
+
+
 def verdicts(batch: Batch, decide: Decide) -> list[Verdict | None]:
     """One verdict per record of the batch. A judge whose verdict depends on its ``fields()`` only and is None
     unless one field's value alone claims the record (``memo``: ``Judge``, ``Corrector``) reads Parquet column by
     column: each distinct value of a field is judged once, and only the records holding a claimed value are
-    judged as records (no other record is made a Python object)."""
+    judged as records (no other record is made a Python object). The verdicts of a Parquet batch are kept with the
+    batch for the same judge (a rewrite and its ``Expected`` tap read the same batch)."""
     table = batch.table
     if table is None or batch.rows is not None or not getattr(decide, "memo", False):
         return [decide(record) if record is not None else None for record in batch.records]
+    if batch.judged is not None and batch.judged[0] is decide:
+        return batch.judged[1]
+    out = _column_verdicts(table, decide)
+    batch.judged = (decide, out)
+    return out
+
+
+def _column_verdicts(table: Any, decide: Any) -> list[Verdict | None]:
     import pyarrow as pa
 
     names = [name for name in decide.fields() if name in table.column_names]
     if not names:
         return [decide({})] * table.num_rows
-    rows = matching_rows(table, names, lambda name, value: decide({name: value}) is not None,
-                         decide.hits)  # type: ignore[attr-defined]
-    seen = decide.seen  # type: ignore[attr-defined]
+    rows = matching_rows(table, names, lambda name, value: decide({name: value}) is not None, decide.hits)
+    seen = decide.seen
     if rows is None:  # types read value by value
         rows = list(range(table.num_rows))
-    out: list[Verdict | None] = [None] * table.num_rows
+    out = Verdicts([None] * table.num_rows)
+    out.rows = rows
     if not rows:
         return out
     picked = table.select(names)
@@ -289,11 +311,10 @@ Decide = Callable[[Any], "Verdict | None"]
 
 def judge_version(reader: ObjectRecords, decide: Decide, columns: list[str] | None) -> Tally:
     tally = Tally()
-    for batch in reader.batches(columns):
+    for batch in reader.batches(columns, whole=bool(getattr(decide, "memo", False))):
         tally.records += batch.count()
-        for verdict in verdicts(batch, decide):
-            if verdict is not None:
-                tally.count(verdict)
+        for _, verdict in claimed(verdicts(batch, decide)):
+            tally.count(verdict)
     return tally
 
 

@@ -61,6 +61,15 @@ class LocalCopy:
 
     def close(self) -> None:
         self.dir.cleanup()
+        release_memory()
+
+
+def release_memory() -> None:
+    """Give the memory Arrow freed back to the system (its allocator keeps it otherwise: the peak then grows with the
+    row groups read before, not only with the largest)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _md5(data: bytes) -> Any:

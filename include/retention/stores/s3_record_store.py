@@ -265,8 +265,10 @@ class S3RecordSubjects:
     def erase_version(self, coll: Collection, ref: str, vobj: S3Object, current: bool, judge: Any, own: set[str],
                       now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str,
                       local: LocalCopy | None) -> bool:
-        """Judge one version; count it; rewrite it (the current one). Is it to be deleted as an older version?"""
-        tally = self.judge(coll, vobj, judge, local)
+        """Judge one version; count it; rewrite it (the current one). Is it to be deleted as an older version?
+        The current version (``local``) is judged by writing its rewrite (to disk, checked there): nothing is
+        uploaded unless it holds records to change and is not held."""
+        tally = self.write_checked(coll, vobj, judge, local) if local is not None else self.judge(coll, vobj, judge)
         if tally is None or not tally.found:
             return False
         reason = self.store.subjects.exception(coll, vobj, own, now)
@@ -280,7 +282,7 @@ class S3RecordSubjects:
         if current:
             _count_rewrite(outcome, ref, tally, changed_as)
             if local is not None:
-                self.rewrite(coll, vobj, judge, tally, now, local)
+                self.commit(coll, vobj, now, local)
         else:
             for rid in tally.per_request():
                 outcome.add(rid, ref, "versions_deleted")
@@ -289,15 +291,28 @@ class S3RecordSubjects:
     def before_old_versions_go(self, bucket: str, key: str) -> None:
         """Between a checked rewrite and the deletes of the versions it replaces (a seam tests interrupt)."""
 
-    def rewrite(self, coll: Collection, vobj: S3Object, judge: Any, expected: Tally, now: dt.datetime,
-                local: LocalCopy) -> None:
-        """Write ``vobj`` again without (or with masked) records ``judge`` claims; check it; make it current.
+    def write_checked(self, coll: Collection, vobj: S3Object, judge: Any, local: LocalCopy) -> Tally:
+        """Write the version again (from its local copy, to a local file) without (or with masked) the records
+        ``judge`` claims, and check the file (``check_rewrite``); what the writer did (its tally)."""
+        reader = ObjectRecords(self.store, coll, vobj, local.head, local=local.path)
+        meant = reader.tap = Expected(coll.format, judge, self.store.key)
+        try:
+            with open(local.output, "wb") as out:
+                written = write_version(reader, judge, Sink(out, reader.gzip), self.store.key)
+        except RecordsUnreadable as exc:
+            raise self.unreadable(coll, vobj, exc) from None
+        reader.tap = None
+        if written.found or meant.tally.found:
+            check_rewrite(self.store, coll, reader, written, meant, local.output)
+        return written
 
-        The rewrite is written from the local copy of the version to a local file and checked there (``check_rewrite``)
-        before anything is uploaded; the upload is then checked to hold exactly those bytes (``upload_checked``).
-        Versioned bucket: the new version goes on top of the key (the original stays below it until the caller
-        deletes it). Plain bucket: the new content goes to a temporary key and is copied over the original (which
-        stays whole until that copy), then the temporary key goes.
+    def commit(self, coll: Collection, vobj: S3Object, now: dt.datetime, local: LocalCopy) -> None:
+        """Make the checked rewrite (``local.output``) the current content of the key.
+
+        The upload is checked to hold exactly the checked bytes (``upload_checked``). Versioned bucket: the new
+        version goes on top of the key (the original stays below it until the caller deletes it). Plain bucket: the
+        new content goes to a temporary key and is copied over the original (which stays whole until that copy,
+        its ETag checked just before), then the temporary key goes.
         """
         bucket = coll.bucket
         head = local.head
@@ -311,15 +326,6 @@ class S3RecordSubjects:
         if tags:
             extra["Tagging"] = urlencode(tags)
         target = vobj.key if versioned else TEMP_PREFIX + key_digest(self.store.key, vobj.key)
-        reader = ObjectRecords(self.store, coll, vobj, head, local=local.path)
-        meant = reader.tap = Expected(coll.format, judge, self.store.key)
-        try:
-            with open(local.output, "wb") as out:
-                written = write_version(reader, judge, Sink(out, reader.gzip), self.store.key)
-        except RecordsUnreadable as exc:
-            raise self.unreadable(coll, vobj, exc) from None
-        reader.tap = None
-        check_rewrite(self.store, coll, reader, written, expected, meant, local.output)
         new_version, stored = upload_checked(self.store, bucket, target, extra, self.store.part_size, local.output)
         if not versioned:  # no versions here (a multipart upload may still be answered with version "null")
             new_version = None

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NORMALISED_CACHE = 100_000  # distinct identity values remembered per judge (values repeat across records)
+JUDGED_SLICE = 10_000  # distinct values made Python objects together
 REWRITE_META = "retention-rewritten"  # metadata of a rewritten object: when
 RECORD_COLUMNS = ["key", "version_id", "content"]  # per record in an access package (JSON of the record)
 
@@ -220,7 +221,8 @@ def matching_rows(table: Any, names: list[str], matches: Callable[[str, Any], bo
         known = state["known"]
         new = distinct if known is None else distinct.filter(pc.invert(pc.is_in(distinct, value_set=known)))
         if len(new):
-            claimed = [value for value in new.to_pylist() if matches(name, value)]
+            claimed = [value for start in range(0, len(new), JUDGED_SLICE)  # few Python objects at once
+                       for value in new.slice(start, JUDGED_SLICE).to_pylist() if matches(name, value)]
             if known is not None and len(known) + len(new) > NORMALISED_CACHE:
                 known = None  # forgotten (those that matched are kept): judged again when they recur
             state["known"] = new if known is None else pa.concat_arrays([known, new])

@@ -128,7 +128,6 @@ def _parquet_writer(reader: ObjectRecords, sink: Sink) -> Any:
 
 def _kept_table(batch: Batch, judged: list[Verdict | None], key: bytes) -> Any:
     """The batch's table without the dropped records and with the masked / corrected fields changed (Parquet)."""
-    import numpy as np
     import pyarrow as pa
 
     hits = claimed(judged)
@@ -148,11 +147,24 @@ def _kept_table(batch: Batch, judged: list[Verdict | None], key: bytes) -> Any:
                 raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
                                         f"({table.schema.field(idx).type})") from None
             table = table.set_column(idx, table.schema.field(idx), column)
+    return _without(table, dropped)
+
+
+def _without(table: Any, dropped: list[int]) -> Any:
+    """The table without the rows at ``dropped`` (ascending): slices of it between them, not a copy (memory stays one
+    row group however many records go)."""
+    import pyarrow as pa
+
     if not dropped:
         return table
-    keep = np.ones(len(judged), dtype=bool)
-    keep[dropped] = False
-    return table.filter(pa.array(keep, type=pa.bool_()))
+    pieces, start = [], 0
+    for i in dropped:
+        if i > start:
+            pieces.append(table.slice(start, i - start))
+        start = i + 1
+    if start < table.num_rows:
+        pieces.append(table.slice(start))
+    return pa.concat_tables(pieces) if pieces else table.slice(0, 0)
 
 
 def _parquet_batch(reader: ObjectRecords, batch: Batch, decide: Decide, sink: Sink, key: bytes, tally: Tally,
@@ -188,10 +200,15 @@ class Expected:
         self.fmt, self.decide, self.key = fmt, decide, key
         self.records = 0
         self.digest: Any = ColumnDigest() if fmt == "parquet" else hashlib.sha256()
+        self.tally = Tally()  # what its verdicts claim in the original (records, per request dropped / masked)
 
     def __call__(self, batch: Batch) -> None:
         if self.fmt == "parquet":
-            kept = _kept_table(batch, verdicts(batch, self.decide), self.key)
+            judged = verdicts(batch, self.decide)
+            self.tally.records += len(judged)
+            for _, verdict in claimed(judged):
+                self.tally.count(verdict)
+            kept = _kept_table(batch, judged, self.key)
             self.records += kept.num_rows
             self.digest.update_table(kept)
             return
@@ -199,6 +216,9 @@ class Expected:
             if record is None:
                 continue
             verdict = self.decide(record)
+            self.tally.records += 1
+            if verdict is not None:
+                self.tally.count(verdict)
             if verdict is not None and verdict.drop:
                 continue
             if verdict is not None:
@@ -207,15 +227,16 @@ class Expected:
             self.digest.update(canonical(record) + b"\n")
 
 
-def check_rewrite(store: S3Core, coll: Collection, reader: ObjectRecords, written: Tally, expected: Tally,
-                  meant: Expected, path: str) -> None:
+def check_rewrite(store: S3Core, coll: Collection, reader: ObjectRecords, written: Tally, meant: Expected,
+                  path: str) -> None:
     """Re-read the rewrite (the local file at ``path``, before it is uploaded) and compare it with what the original
-    says must remain (``meant``: records in order and content, masked ones as masked), with the writer's tally, with
-    the judge's pass over the original (``expected``) and with the original's schema / header."""
+    says must remain (``meant``: records in order and content, masked ones as masked, and what its verdicts
+    claimed), with the writer's tally and with the original's schema / header."""
     problems = []
+    expected = meant.tally
     if written.dropped != expected.dropped or written.masked != expected.masked or \
             written.records != expected.records:
-        problems.append("the original read differently the second time")
+        problems.append("the writer's count of records differs from the original's")
     again = ObjectRecords(store, coll, S3Object(reader.obj.key, reader.obj.last_modified), {}, gzip=reader.gzip,
                           local=path)
     try:

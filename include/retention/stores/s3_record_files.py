@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -76,43 +77,85 @@ def _md5(data: bytes) -> Any:
     return hashlib.md5(data, usedforsecurity=False)
 
 
+class _Window(io.RawIOBase):
+    """``length`` bytes of an open file from ``start``: what one request uploads, streamed from disk (botocore and
+    http.client read it in small blocks, and seek back to retry), never held in memory whole."""
+
+    def __init__(self, f: Any, start: int, length: int):
+        super().__init__()
+        self.f, self.start, self.length, self.pos = f, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.length + offset
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.length - self.pos)
+        if n <= 0:
+            return 0
+        self.f.seek(self.start + self.pos)
+        data = self.f.read(n)
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _md5_of(f: Any, start: int, length: int) -> bytes:
+    md5 = hashlib.md5(usedforsecurity=False)
+    f.seek(start)
+    left = length
+    while left > 0 and (chunk := f.read(min(CHUNK * 16, left))):
+        md5.update(chunk)
+        left -= len(chunk)
+    return md5.digest()
+
+
 def upload_checked(store: S3Core, bucket: str, key: str, extra: dict[str, Any], part_size: int, path: str
                    ) -> tuple[str | None, bool]:
-    """Upload the file at ``path`` to ``key`` (one PutObject, or a multipart upload of ``part_size`` parts read from
-    disk one at a time), every request with its Content-MD5 (S3 refuses a body that does not match it). Returns (the
-    new version id, are the stored bytes the file's): the ETag S3 answers equals the MD5 those bytes make (one MD5,
-    or the MD5 of the parts' MD5s and their count), or, where S3's ETag is no MD5 (SSE-KMS), the stored version read
+    """Upload the file at ``path`` to ``key`` (one PutObject, or a multipart upload of ``part_size`` parts), streamed
+    from disk, every request with its Content-MD5 (S3 refuses a body that does not match it). Returns (the new
+    version id, are the stored bytes the file's): the ETag S3 answers equals the MD5 those bytes make (one MD5, or
+    the MD5 of the parts' MD5s and their count), or, where S3's ETag is no MD5 (SSE-KMS), the stored version read
     back has the file's SHA-256."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         if size <= part_size:
-            data = f.read()
-            md5 = _md5(data)
-            resp = store.call("put_object", Bucket=bucket, Key=key, Body=data,
-                              ContentMD5=base64.b64encode(md5.digest()).decode(), **extra)
-            etag = md5.hexdigest()
+            md5 = _md5_of(f, 0, size)
+            resp = store.call("put_object", Bucket=bucket, Key=key, Body=_Window(f, 0, size), ContentLength=size,
+                              ContentMD5=base64.b64encode(md5).decode(), **extra)
+            etag = md5.hex()
         else:
-            resp, etag = _multipart(store, bucket, key, extra, part_size, f)
+            resp, etag = _multipart(store, bucket, key, extra, part_size, f, size)
     version = resp.get("VersionId")
     if (resp.get("ETag") or "").strip('"') == etag:
         return version, True
     return version, _same_bytes(store, bucket, key, version, path)
 
 
-def _multipart(store: S3Core, bucket: str, key: str, extra: dict[str, Any], part_size: int, f: Any
+def _multipart(store: S3Core, bucket: str, key: str, extra: dict[str, Any], part_size: int, f: Any, size: int
                ) -> tuple[dict[str, Any], str]:
     upload_id = store.call("create_multipart_upload", Bucket=bucket, Key=key, **extra)["UploadId"]
     parts: list[dict[str, Any]] = []
     digests: list[bytes] = []
     try:
-        while data := f.read(part_size):
-            md5 = _md5(data)
+        for start in range(0, size, part_size):
+            length = min(part_size, size - start)
+            md5 = _md5_of(f, start, length)
             number = len(parts) + 1
             resp = store.call("upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                              Body=data, ContentMD5=base64.b64encode(md5.digest()).decode())
-            del data
+                              Body=_Window(f, start, length), ContentLength=length,
+                              ContentMD5=base64.b64encode(md5).decode())
             parts.append({"ETag": resp["ETag"], "PartNumber": number})
-            digests.append(md5.digest())
+            digests.append(md5)
         resp = store.call("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
                           MultipartUpload={"Parts": parts})
     except BaseException:

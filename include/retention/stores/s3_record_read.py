@@ -2,8 +2,9 @@
 key ends ``.gz`` or the object's Content-Encoding says ``gzip`` (docs/adr/0021-records-inside-objects.md).
 
 Reading is streamed: lines in batches of ``RECORD_BATCH`` (CSV, JSON lines), one row group at a time (Parquet, read
-through ranged GETs of exactly one object version), so memory is bounded by a batch or a row group, never by the
-object. Kept CSV rows and JSON lines keep their bytes (``Batch.raws``), so a rewrite copies them exactly.
+through ranged GETs of exactly one object version, or from a local copy of it: ``local``), so memory is bounded by a
+batch or a row group, never by the object. Kept CSV rows and JSON lines keep their bytes (``Batch.raws``), so a
+rewrite copies them exactly.
 
 This module imports nothing from Airflow.
 """

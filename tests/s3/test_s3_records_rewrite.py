@@ -178,3 +178,23 @@ def test_memory_stays_bounded_by_a_row_group_not_the_object(s3, moto_url):
     small = _erase_in_a_fresh_process(s3, moto_url, 2)
     large = _erase_in_a_fresh_process(s3, moto_url, 12)
     assert large < 1.3 * small  # the object is six times larger
+
+
+def test_objects_carrying_different_identity_fields_are_judged_apart(s3, make_store):
+    """The person's address as an ``email`` in one object (the record goes) and, in the next object of the same
+    collection, only as a ``referrer`` (the field is masked, the record stays): a value judged in one field is
+    not taken for the other."""
+    def parquet(columns: dict) -> bytes:
+        buf = io.BytesIO()
+        pq.write_table(pa.table(columns), buf)
+        return buf.getvalue()
+
+    put(s3, PLAIN, KEYS[0], parquet({"email": [ZOE, "a@example.org"], "amount": [1, 2]}))
+    put(s3, PLAIN, KEYS[1], parquet({"referrer": [ZOE, ""], "amount": [3, 4]}))
+    store = make_store(policy_for(PLAIN))
+    outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert outcome.per_request["r1"]["objects.tables"] == {"deleted": 1, "masked": 1, "objects_rewritten": 2}
+    assert pq.read_table(io.BytesIO(body(s3, PLAIN, KEYS[0]))).to_pylist() == [{"email": "a@example.org",
+                                                                                  "amount": 2}]
+    assert pq.read_table(io.BytesIO(body(s3, PLAIN, KEYS[1]))).to_pylist() == [{"referrer": "erased", "amount": 3},
+                                                                                {"referrer": "", "amount": 4}]

@@ -187,14 +187,15 @@ def _column_verdicts(table: Any, decide: Any) -> list[Verdict | None]:
     picked = table.select(names)
     if len(rows) < table.num_rows:
         picked = picked.take(pa.array(rows, type=pa.int64()))
+    fields = tuple(names)  # part of the key: objects of one collection may carry different fields
     for i, values in zip(rows, zip(*(picked.column(name).to_pylist() for name in names), strict=True),
                          strict=True):
         try:
-            verdict = seen[values]
+            verdict = seen[fields, values]
         except KeyError:
             if len(seen) >= NORMALISED_CACHE:
                 seen.clear()
-            verdict = seen[values] = decide(dict(zip(names, values, strict=True)))
+            verdict = seen[fields, values] = decide(dict(zip(names, values, strict=True)))
         except TypeError:  # unhashable values (lists, maps): asked every time
             verdict = decide(dict(zip(names, values, strict=True)))
         out[i] = verdict
@@ -258,13 +259,14 @@ def identities(batch: Batch, fields: list[tuple[str, str]], seen: dict[Any, Any]
     if not names:
         yield from ({} for _ in range(batch.table.num_rows))
         return
+    present = tuple(names)  # part of the key: objects of one collection may carry different fields
     for values in zip(*(batch.table.column(name).to_pylist() for name in names), strict=True):
         try:
-            found = seen[values]
+            found = seen[present, values]
         except KeyError:
             if len(seen) >= NORMALISED_CACHE:
                 seen.clear()
-            found = seen[values] = _identities_of(dict(zip(names, values, strict=True)), fields)
+            found = seen[present, values] = _identities_of(dict(zip(names, values, strict=True)), fields)
         except TypeError:
             found = _identities_of(dict(zip(names, values, strict=True)), fields)
         yield found

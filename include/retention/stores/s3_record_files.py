@@ -17,6 +17,7 @@ import io
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -71,6 +72,17 @@ def release_memory() -> None:
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
+
+
+def carried_over(head: dict[str, Any], tags: dict[str, str], metadata: dict[str, str]) -> dict[str, Any]:
+    """What a rewrite of a version keeps of it (metadata, plus ``metadata``; content headers; ``tags``)."""
+    extra: dict[str, Any] = {"Metadata": {**head.get("Metadata", {}), **metadata}}
+    for name in ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl"):
+        if head.get(name):
+            extra[name] = head[name]
+    if tags:
+        extra["Tagging"] = urlencode(tags)
+    return extra
 
 
 def _md5(data: bytes) -> Any:

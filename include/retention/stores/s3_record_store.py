@@ -22,7 +22,6 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 from include.retention import keytemplate
 from include.retention.errors import RetentionError, StoreUnavailable
@@ -43,7 +42,7 @@ from include.retention.stores.base import (
     own_lock_reasons,
 )
 from include.retention.stores.s3_objects import LOCK_TAG, MAX_DELETE, S3Core, S3Object
-from include.retention.stores.s3_record_files import LocalCopy, upload_checked
+from include.retention.stores.s3_record_files import LocalCopy, carried_over, upload_checked
 from include.retention.stores.s3_record_read import RECORD_BATCH, ObjectRecords, RecordsUnreadable
 from include.retention.stores.s3_records import (
     EXPIRED,
@@ -120,9 +119,8 @@ class S3RecordSubjects:
         return RecordsUnreadable(f"{self.store.name}: an object of {coll.bucket} (key digest {digest}) cannot be read "
                                  f"as {coll.format}: {exc}; nothing of it was changed")
 
-    def judge(self, coll: Collection, vobj: S3Object, judge: Judge, local: LocalCopy | None = None) -> Tally | None:
-        reader = self.reader(coll, vobj) if local is None else ObjectRecords(self.store, coll, vobj, local.head,
-                                                                             local=local.path)
+    def judge(self, coll: Collection, vobj: S3Object, judge: Judge) -> Tally | None:
+        reader = self.reader(coll, vobj)
         if reader is None:
             return None
         try:
@@ -318,13 +316,7 @@ class S3RecordSubjects:
         head = local.head
         versioned = self.store.bucket_info(bucket).versioned
         tags = {k: v for k, v in (self.store.tags(bucket, vobj) or {}).items() if k != LOCK_TAG}  # own lock: lifted
-        extra: dict[str, Any] = {"Metadata": {**head.get("Metadata", {}),
-                                              REWRITE_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
-        for name in ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl"):
-            if head.get(name):
-                extra[name] = head[name]
-        if tags:
-            extra["Tagging"] = urlencode(tags)
+        extra = carried_over(head, tags, {REWRITE_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")})
         target = vobj.key if versioned else TEMP_PREFIX + key_digest(self.store.key, vobj.key)
         new_version, stored = upload_checked(self.store, bucket, target, extra, self.store.part_size, local.output)
         if not versioned:  # no versions here (a multipart upload may still be answered with version "null")

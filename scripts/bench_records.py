@@ -11,8 +11,9 @@ child reports (its ``VmHWM``):
 - **raw**: the loop a script would run: per object ``get_object``, per row group ``pc.is_in`` on the e-mail
   column and ``filter``, a ``ParquetWriter`` with the same codec, ``put_object``;
 - **product**: one erasure of the PEOPLE (``SubjectScanner.act(..., "erase")``: find by reading the e-mail
-  column of every object, then per object the judge, the rewrite through a multipart upload, the check
-  that re-reads the rewrite and the original, the copy over the original);
+  column of every object, then per object one download to disk, the rewrite from there to a local file,
+  judged and checked against ``Expected`` in the same pass, the check's re-read of that file, its upload
+  (ETag compared with the checked bytes' MD5), the copy over the original);
 - **baseline**: the same erasure of one of them from one object of 50 records in another bucket (the constant
   the RSS target allows: the interpreter, the modules the erasure loads, its clients).
 
@@ -143,6 +144,9 @@ def child_raw(url: str, wanted: list[str]) -> dict[str, Any]:
 
 
 def child_product(url: str, wanted: list[str], profile: str | None, bucket: str = BUCKET) -> dict[str, Any]:
+    import pyarrow.compute  # noqa: F401 - imported before the clock starts, as the raw loop's are
+    import pyarrow.parquet  # noqa: F401
+
     from include.retention.policy import parse_policy
     from include.retention.requests.scanner import SubjectScanner
     from include.retention.runtime import ConnInfo

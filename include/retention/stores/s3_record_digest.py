@@ -35,7 +35,9 @@ class ColumnDigest:
             kind = _stream_kind(column.type)
             entry = self.columns.setdefault(name, (str(column.type), [hashlib.sha256() for _ in range(3)]))
             streams = entry[1]
-            for chunk in column.chunks:
+            # many small chunks (a row group without a few records is slices of it): one column at a time, combined
+            chunks = [column.combine_chunks()] if column.num_chunks > 8 else column.chunks
+            for chunk in chunks:
                 if not len(chunk):
                     continue
                 if kind is None:  # the separator goes before every chunk but the column's first
@@ -67,8 +69,9 @@ def _stream_kind(column_type: Any) -> str | None:
     return None
 
 
-def _streams(chunk: Any, kind: str) -> tuple[bytes, bytes, bytes]:
-    """(validity, lengths, values) of one array as canonical bytes, whatever its offset and buffers."""
+def _streams(chunk: Any, kind: str) -> tuple[Any, Any, Any]:
+    """(validity, lengths, values) of one array as canonical bytes (buffers, not copied where they need no change),
+    whatever its offset and buffers."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -81,7 +84,7 @@ def _streams(chunk: Any, kind: str) -> tuple[bytes, bytes, bytes]:
         values = np.frombuffer(chunk.buffers()[1], dtype=f"<u{width}", count=chunk.offset + n)[chunk.offset:]
         if chunk.null_count:
             values = np.where(valid.astype(bool), values, 0).astype(f"<u{width}")
-        return valid.tobytes(), b"", values.tobytes()
+        return valid, b"", np.ascontiguousarray(values)
     if chunk.null_count:
         chunk = pc.fill_null(chunk, pa.scalar("" if pa.types.is_string(t) or pa.types.is_large_string(t) else b"",
                                               type=t))
@@ -89,4 +92,4 @@ def _streams(chunk: Any, kind: str) -> tuple[bytes, bytes, bytes]:
     offsets = np.frombuffer(buffers[1], dtype="<i4" if kind == "var32" else "<i8",
                             count=chunk.offset + n + 1)[chunk.offset:]
     data = memoryview(buffers[2])[int(offsets[0]):int(offsets[-1])] if buffers[2] is not None else b""
-    return valid.tobytes(), np.diff(offsets).tobytes(), bytes(data)
+    return valid, np.diff(offsets), data

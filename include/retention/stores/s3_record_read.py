@@ -2,8 +2,9 @@
 key ends ``.gz`` or the object's Content-Encoding says ``gzip`` (docs/adr/0021-records-inside-objects.md).
 
 Reading is streamed: lines in batches of ``RECORD_BATCH`` (CSV, JSON lines), one row group at a time (Parquet, read
-through ranged GETs of exactly one object version), so memory is bounded by a batch or a row group, never by the
-object. Kept CSV rows and JSON lines keep their bytes (``Batch.raws``), so a rewrite copies them exactly.
+through ranged GETs of exactly one object version, or from a local copy of it: ``local``), so memory is bounded by a
+batch or a row group, never by the object. Kept CSV rows and JSON lines keep their bytes (``Batch.raws``), so a
+rewrite copies them exactly.
 
 This module imports nothing from Airflow.
 """
@@ -15,7 +16,7 @@ import hashlib
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,12 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield bytes(carry)
 
 
+def _file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
 def line_ending(raw: bytes) -> str:
     return "\r\n" if raw.endswith(b"\r\n") else "\n" if raw.endswith(b"\n") else ""
 
@@ -98,6 +105,7 @@ class Batch:
     raws: list[bytes] | None = None
     table: Any = None
     last: bool = True  # Parquet: the last slice of its row group
+    judged: Any = None  # Parquet: (judge, its verdicts on this batch), see ``s3_records.verdicts``
 
     @property
     def records(self) -> list[Any]:
@@ -173,8 +181,10 @@ class ObjectRecords:
     """The records of one object version, read batch by batch."""
 
     def __init__(self, store: S3Core, coll: Collection, obj: S3Object, head: dict[str, Any],
-                 gzip: bool | None = None):
+                 gzip: bool | None = None, local: str | None = None):
         self.store, self.coll, self.obj, self.head = store, coll, obj, head
+        self.local = local  # a file holding exactly this version's bytes: read from there, not from S3
+        self.tap: Callable[[Batch], None] | None = None  # sees every batch read, before the reader's caller does
         self.fmt = coll.format
         # ``gzip``: as the original was (a rewrite's temporary key does not end in .gz)
         self.gzip = (is_gzip(obj.key, head) if gzip is None else gzip) and self.fmt != "parquet"
@@ -184,6 +194,9 @@ class ObjectRecords:
         self.compression = "snappy"
 
     def _chunks(self) -> Iterator[bytes]:
+        if self.local is not None:
+            yield from (_decompressed(_file_chunks(self.local)) if self.gzip else _file_chunks(self.local))
+            return
         source = self.obj.vid() or ({"IfMatch": self.head["ETag"]} if self.head.get("ETag") else {})
         body = self.store.call("get_object", Bucket=self.coll.bucket, Key=self.obj.key, **source)["Body"]
         try:
@@ -192,14 +205,15 @@ class ObjectRecords:
         finally:
             body.close()
 
-    def batches(self, columns: list[str] | None = None) -> Iterator[Batch]:
-        """Batches of records; ``columns`` (Parquet): read only these (those the object has)."""
-        if self.fmt == "parquet":
-            yield from self._parquet(columns)
-        elif self.fmt == "csv":
-            yield from self._csv()
-        else:
-            yield from self._jsonl()
+    def batches(self, columns: list[str] | None = None, whole: bool = False) -> Iterator[Batch]:
+        """Batches of records; ``columns`` (Parquet): read only these (those the object has); ``whole`` (Parquet):
+        a row group as one batch (for readers that never make all its records Python objects at once)."""
+        batches = (self._parquet(columns, whole) if self.fmt == "parquet" else
+                   self._csv() if self.fmt == "csv" else self._jsonl())
+        for batch in batches:
+            if self.tap is not None:
+                self.tap(batch)
+            yield batch
 
     def _jsonl(self) -> Iterator[Batch]:
         records: list[Any] = []
@@ -258,7 +272,9 @@ class ObjectRecords:
 
         size = int(self.head.get("ContentLength") or 0)
         try:
-            pf = pq.ParquetFile(RangeFile(self.store, self.coll.bucket, self.obj, size, self.head.get("ETag")))
+            source = self.local if self.local is not None else RangeFile(self.store, self.coll.bucket, self.obj, size,
+                                                                         self.head.get("ETag"))
+            pf = pq.ParquetFile(source)
         except StoreUnavailable:
             raise
         except Exception as exc:  # pyarrow's ArrowInvalid and friends
@@ -269,7 +285,7 @@ class ObjectRecords:
             self.compression = {"uncompressed": "none", "lz4_raw": "lz4"}.get(codec, codec)
         return pf
 
-    def _parquet(self, columns: list[str] | None) -> Iterator[Batch]:
+    def _parquet(self, columns: list[str] | None, whole: bool = False) -> Iterator[Batch]:
         pf = self.parquet_file()
         names = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
         if names == []:
@@ -286,6 +302,9 @@ class ObjectRecords:
                 raise RecordsUnreadable(f"Parquet row group {i} unreadable ({type(exc).__name__})") from None
             if not table.num_rows:
                 yield Batch([], table=table)
+            elif whole:
+                yield Batch(None, table=table)
+                continue
             for start in range(0, table.num_rows, PARQUET_SLICE):
                 part = table.slice(start, PARQUET_SLICE)
                 yield Batch(None, table=part, last=start + PARQUET_SLICE >= table.num_rows)
@@ -294,7 +313,7 @@ def digest_of(reader: ObjectRecords) -> tuple[int, Any]:
     """(records, digest over them in order) of a version, as ``write_version`` computes it for what it keeps."""
     if reader.fmt == "parquet":
         columns, n = ColumnDigest(), 0
-        for batch in reader.batches():
+        for batch in reader.batches(whole=True):
             n += batch.table.num_rows
             columns.update_table(batch.table)
         return n, columns

@@ -22,7 +22,6 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 from include.retention.errors import RetentionError, StoreUnavailable
 from include.retention.identity import normalise
@@ -36,7 +35,8 @@ from include.retention.stores.base import (
     own_lock_reasons,
 )
 from include.retention.stores.s3_objects import LOCK_TAG, MAX_DELETE, S3Core, S3Object
-from include.retention.stores.s3_record_read import RECORD_BATCH, ObjectRecords, RecordsUnreadable, digest_of
+from include.retention.stores.s3_record_files import LocalCopy, carried_over, upload_checked
+from include.retention.stores.s3_record_read import RECORD_BATCH, ObjectRecords, RecordsUnreadable
 from include.retention.stores.s3_record_sweep import RecordSweeps
 from include.retention.stores.s3_records import (
     REWRITE_META,
@@ -48,9 +48,9 @@ from include.retention.stores.s3_records import (
     judge_version,
     key_digest,
 )
-from include.retention.stores.s3_rewrite import Sink, expected_of, write_version
+from include.retention.stores.s3_rewrite import Expected, Sink, check_rewrite, write_version
 from include.retention.stores.s3_subjects import lock_reason
-from include.retention.stores.s3_writes import Purger, Upload
+from include.retention.stores.s3_writes import Purger
 
 if TYPE_CHECKING:
     from include.retention.policy import Collection
@@ -76,6 +76,19 @@ class S3RecordSubjects(RecordSweeps):
 
     def __init__(self, store: S3Core):
         self.store = store
+        self._memo: tuple[Any, ...] | None = None  # the last judge's (collection, subjects, values judged)
+
+    def judge_for(self, coll: Collection, subjects: list[Subject]) -> Judge:
+        """A judge of these subjects in this collection. It shares what the last judge of exactly the same subjects
+        and collection judged (each distinct value's verdict: a function of the subjects and the collection's
+        fields alone), so a request's find and its erase normalise each value once."""
+        judge = Judge(coll, subjects)
+        people = sorted((s.request_id, sorted(s.identities.items())) for s in subjects)
+        if self._memo is not None and self._memo[0] is coll and self._memo[1] == people:
+            judge.seen, judge.hits = self._memo[2], self._memo[3]
+        else:
+            self._memo = (coll, people, judge.seen, judge.hits)
+        return judge
 
     def record_versions(self, coll: Collection, obj: S3Object) -> list[tuple[S3Object, bool]]:
         """(one data version, is it the current one) of an object, newest first."""
@@ -126,7 +139,7 @@ class S3RecordSubjects(RecordSweeps):
         coll = self.store.coll(collection_name)
         if coll.format != "parquet":
             return self.scan(collection_name)
-        return self._scan_records(collection_name, Judge(coll, subjects))
+        return self._scan_records(collection_name, self.judge_for(coll, subjects))
 
     def _scan_records(self, collection_name: str, judge: Judge | None
                       ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
@@ -158,7 +171,7 @@ class S3RecordSubjects(RecordSweeps):
                      out: list[tuple[Any, dict[str, set[str]]]], seen: dict[Any, Any], judge: Judge | None
                      ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
         """Add each record's identities to ``out`` (under the object's key); yield ``out`` whenever it is full."""
-        for batch in reader.batches(columns):
+        for batch in reader.batches(columns, whole=judge is not None):
             for found in identities(batch, fields, seen, judge):
                 if found:
                     out.append((key, found))
@@ -175,7 +188,7 @@ class S3RecordSubjects(RecordSweeps):
         if subjects is None:
             raise RetentionError(f"{self.store.ref(collection_name)}: records are read for the subjects a find found "
                                  "them for; these claims carry none (nothing was read)")
-        judge = Judge(coll, subjects)
+        judge = self.judge_for(coll, subjects)
         batch: list[dict[str, Any]] = []
         for obj in self.record_objects(coll, sorted(claims)):
             for vobj, _ in self.record_versions(coll, obj):
@@ -203,7 +216,7 @@ class S3RecordSubjects(RecordSweeps):
         if coll.format is None:
             return self.store.subjects.erase(collection_name, claims, subjects, dry_run=dry_run)
         outcome = SubjectOutcome()
-        judge = Judge(coll, subjects)
+        judge = self.judge_for(coll, subjects)
         own = own_lock_reasons(subjects, self.store.key)
         now = dt.datetime.now(dt.UTC)
         for obj in self.record_objects(coll, claimed_keys(ref, claims)):
@@ -213,29 +226,17 @@ class S3RecordSubjects(RecordSweeps):
     def erase_object(self, coll: Collection, ref: str, obj: S3Object, judge: Any, own: set[str],
                      now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str = "masked") -> None:
         """Rewrite the current version as ``judge`` says (records dropped, fields masked or corrected: counted as
-        ``changed_as``), delete the older versions holding records it claims; held versions are exceptions."""
+        ``changed_as``), delete the older versions holding records it claims; held versions are exceptions. The
+        current version is downloaded once (to disk) and judged, rewritten and checked from there."""
         doomed: list[S3Object] = []
         for vobj, current in self.record_versions(coll, obj):
-            tally = self.judge(coll, vobj, judge)
-            if tally is None or not tally.found:
-                continue
-            reason = self.store.subjects.exception(coll, vobj, own, now)
-            if reason is not None:
-                for rid, n in tally.per_request().items():
-                    outcome.add(rid, ref, f"exception:{reason}", n)
-                continue
-            if lock_reason(self.store.tags(coll.bucket, vobj)) is not None:
-                for rid in tally.per_request():
-                    outcome.add(rid, ref, "lifted")
-            if current:
-                _count_rewrite(outcome, ref, tally, changed_as)
-                if not dry_run:
-                    self.rewrite(coll, vobj, judge, tally, now)
-            else:
-                for rid in tally.per_request():
-                    outcome.add(rid, ref, "versions_deleted")
-            if vobj.version_id:
-                doomed.append(vobj)
+            local = self.local_copy(coll, vobj) if current and not dry_run else None
+            try:
+                if self.erase_version(coll, ref, vobj, current, judge, own, now, outcome, dry_run, changed_as, local):
+                    doomed.append(vobj)
+            finally:
+                if local is not None:
+                    local.close()
         if dry_run or not doomed:
             return
         self.before_old_versions_go(coll.bucket, obj.key)
@@ -245,43 +246,75 @@ class S3RecordSubjects(RecordSweeps):
             purger.add_versions(obj.key, [vobj.version_id], counts=False)
         purger.flush()
 
+    def local_copy(self, coll: Collection, vobj: S3Object) -> LocalCopy | None:
+        head = self.store.head(coll.bucket, vobj)
+        return None if head is None else LocalCopy(self.store, coll.bucket, vobj, head)
+
+    def erase_version(self, coll: Collection, ref: str, vobj: S3Object, current: bool, judge: Any, own: set[str],
+                      now: dt.datetime, outcome: SubjectOutcome, dry_run: bool, changed_as: str,
+                      local: LocalCopy | None) -> bool:
+        """Judge one version; count it; rewrite it (the current one). Is it to be deleted as an older version?
+        The current version (``local``) is judged by writing its rewrite (to disk, checked there): nothing is
+        uploaded unless it holds records to change and is not held."""
+        tally = self.write_checked(coll, vobj, judge, local) if local is not None else self.judge(coll, vobj, judge)
+        if tally is None or not tally.found:
+            return False
+        reason = self.store.subjects.exception(coll, vobj, own, now)
+        if reason is not None:
+            for rid, n in tally.per_request().items():
+                outcome.add(rid, ref, f"exception:{reason}", n)
+            return False
+        if lock_reason(self.store.tags(coll.bucket, vobj)) is not None:
+            for rid in tally.per_request():
+                outcome.add(rid, ref, "lifted")
+        if current:
+            _count_rewrite(outcome, ref, tally, changed_as)
+            if local is not None:
+                self.commit(coll, vobj, now, local)
+        else:
+            for rid in tally.per_request():
+                outcome.add(rid, ref, "versions_deleted")
+        return bool(vobj.version_id)
+
     def before_old_versions_go(self, bucket: str, key: str) -> None:
         """Between a checked rewrite and the deletes of the versions it replaces (a seam tests interrupt)."""
 
-    def rewrite(self, coll: Collection, vobj: S3Object, judge: Any, expected: Tally, now: dt.datetime) -> None:
-        """Write ``vobj`` again without (or with masked) records ``judge`` claims; check it; make it current.
+    def write_checked(self, coll: Collection, vobj: S3Object, judge: Any, local: LocalCopy) -> Tally:
+        """Write the version again (from its local copy, to a local file) without (or with masked) the records
+        ``judge`` claims, and check the file (``check_rewrite``); what the writer did (its tally)."""
+        reader = ObjectRecords(self.store, coll, vobj, local.head, local=local.path)
+        meant = reader.tap = Expected(coll.format, judge, self.store.key)
+        try:
+            with open(local.output, "wb") as out:
+                written = write_version(reader, judge, Sink(out, reader.gzip), self.store.key)
+        except RecordsUnreadable as exc:
+            raise self.unreadable(coll, vobj, exc) from None
+        reader.tap = None
+        if written.found or meant.tally.found:
+            check_rewrite(self.store, coll, reader, written, meant, local.output)
+        return written
 
-        Versioned bucket: the new version goes on top of the key (the original stays below it until the caller
-        deletes it). Plain bucket: the new content goes to a temporary key, is checked there and copied over the
-        original (which stays whole until that copy), then the temporary key goes.
+    def commit(self, coll: Collection, vobj: S3Object, now: dt.datetime, local: LocalCopy) -> None:
+        """Make the checked rewrite (``local.output``) the current content of the key.
+
+        The upload is checked to hold exactly the checked bytes (``upload_checked``). Versioned bucket: the new
+        version goes on top of the key (the original stays below it until the caller deletes it). Plain bucket: the
+        new content goes to a temporary key and is copied over the original (which stays whole until that copy,
+        its ETag checked just before), then the temporary key goes.
         """
         bucket = coll.bucket
-        head = self.store.head(bucket, vobj) or {}
+        head = local.head
         versioned = self.store.bucket_info(bucket).versioned
         tags = {k: v for k, v in (self.store.tags(bucket, vobj) or {}).items() if k != LOCK_TAG}  # own lock: lifted
-        extra: dict[str, Any] = {"Metadata": {**head.get("Metadata", {}),
-                                              REWRITE_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")}}
-        for name in ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl"):
-            if head.get(name):
-                extra[name] = head[name]
-        if tags:
-            extra["Tagging"] = urlencode(tags)
+        extra = carried_over(head, tags, {REWRITE_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")})
         target = vobj.key if versioned else TEMP_PREFIX + key_digest(self.store.key, vobj.key)
-        reader = ObjectRecords(self.store, coll, vobj, head)
-        upload = Upload(self.store, bucket, target, extra, self.store.part_size)
+        new_version, stored = upload_checked(self.store, bucket, target, extra, self.store.part_size, local.output)
+        if not versioned:  # no versions here (a multipart upload may still be answered with version "null")
+            new_version = None
         try:
-            written = write_version(reader, judge, Sink(upload, reader.gzip), self.store.key)
-            new_version = upload.complete()
-            if not versioned:  # no versions here (a multipart upload may still be answered with version "null")
-                new_version = None
-        except RecordsUnreadable as exc:
-            upload.abort()
-            raise self.unreadable(coll, vobj, exc) from None
-        except BaseException:
-            upload.abort()
-            raise
-        try:
-            self.check_rewrite(coll, vobj, reader, judge, written, expected, target, new_version)
+            if not stored:
+                raise RewriteNotVerified(f"{self.store.name}: a rewrite uploaded to {bucket} is not stored as it was "
+                                         "checked; the original stays")
             if versioned:
                 self.check_nothing_between(coll, vobj, new_version)
         except BaseException:
@@ -298,42 +331,6 @@ class S3RecordSubjects(RecordSweeps):
                                 TaggingDirective="COPY")
             finally:  # the temporary key goes in any case (a process killed here leaves it for the next run)
                 self.undo(bucket, target, None)
-
-    def check_rewrite(self, coll: Collection, vobj: S3Object, reader: ObjectRecords, judge: Any, written: Tally,
-                      expected: Tally, target: str, new_version: str | None) -> None:
-        """Re-read what was written and compare it with what the original, judged again on its own, says must
-        remain (records in order and content, masked ones as masked) and with the original's schema."""
-        problems = []
-        if written.dropped != expected.dropped or written.masked != expected.masked or \
-                written.records != expected.records:
-            problems.append("the original read differently the second time")
-        new = S3Object(target, dt.datetime.now(dt.UTC), version_id=new_version)
-        new_head = self.store.head(coll.bucket, new)
-        if new_head is None:
-            raise RewriteNotVerified(f"{self.store.name}: a rewritten object of {coll.bucket} is not there to check")
-        again = ObjectRecords(self.store, coll, new, new_head, gzip=reader.gzip)
-        try:
-            count, digest = digest_of(again)
-        except RecordsUnreadable as exc:
-            raise RewriteNotVerified(f"{self.store.name}: a rewritten object of {coll.bucket} reads back unreadable "
-                                     f"({exc}); the original stays") from None
-        try:
-            meant, meant_digest = expected_of(ObjectRecords(self.store, coll, vobj, reader.head, gzip=reader.gzip),
-                                              judge, self.store.key)
-        except RecordsUnreadable as exc:
-            raise self.unreadable(coll, vobj, exc) from None
-        if count != meant or count != written.records - written.removed:
-            problems.append(f"{count} records read back, {meant} meant")
-        if digest.hexdigest() != meant_digest.hexdigest() or digest.hexdigest() != written.digest.hexdigest():
-            problems.append("the records read back differ from those meant to stay")
-        if coll.format == "parquet" and not again.schema.equals(reader.schema, check_metadata=True):
-            problems.append("the Parquet schema changed")
-        if coll.format == "csv" and again.header != reader.header and written.records - written.removed:
-            problems.append("the CSV header changed")
-        if problems:
-            raise RewriteNotVerified(f"{self.store.name}: a rewrite in {coll.bucket} (key digest "
-                                     f"{key_digest(self.store.key, vobj.key)}) did not check out: "
-                                     f"{'; '.join(problems)}; the original stays")
 
     def check_nothing_between(self, coll: Collection, vobj: S3Object, new_version: str | None) -> None:
         """The new version must sit right on the one it rewrote: a version written in between would be hidden by
@@ -357,7 +354,7 @@ class S3RecordSubjects(RecordSweeps):
         if coll.format is None:
             return self.store.subjects.restrict(collection_name, claims, subjects, dry_run=dry_run)
         outcome = SubjectOutcome()
-        judge = Judge(coll, subjects)
+        judge = self.judge_for(coll, subjects)
         by_rid = {s.request_id: s for s in subjects}
         now = dt.datetime.now(dt.UTC)
         for obj in self.record_objects(coll, claimed_keys(ref, claims)):
@@ -388,7 +385,7 @@ class S3RecordSubjects(RecordSweeps):
         coll = self.store.coll(collection_name)
         if coll.format is None:
             return self.store.subjects.remaining(collection_name, subjects, mode)
-        judge = Judge(coll, subjects)
+        judge = self.judge_for(coll, subjects)
         own = own_lock_reasons(subjects, self.store.key)
         now = dt.datetime.now(dt.UTC)
         left: dict[str, int] = {}

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NORMALISED_CACHE = 100_000  # distinct identity values remembered per judge (values repeat across records)
+JUDGED_SLICE = 10_000  # distinct values made Python objects together
 REWRITE_META = "retention-rewritten"  # metadata of a rewritten object: when
 RECORD_COLUMNS = ["key", "version_id", "content"]  # per record in an access package (JSON of the record)
 
@@ -140,38 +141,61 @@ class Judge:
         return Verdict(rids, False, masks) if rids else None
 
 
+class Verdicts(list):  # type: ignore[type-arg]
+    """One verdict (or None) per record; ``rows``: the only indices that may hold a verdict (None: any)."""
+
+    rows: list[int] | None = None
+
+
+def claimed(judged: list[Verdict | None]) -> list[tuple[int, Verdict]]:
+    """(index, verdict) of the records a verdict claims, in order."""
+    rows = getattr(judged, "rows", None)
+    indices = range(len(judged)) if rows is None else rows
+    return [(i, v) for i in indices if (v := judged[i]) is not None]
+
+
 def verdicts(batch: Batch, decide: Decide) -> list[Verdict | None]:
     """One verdict per record of the batch. A judge whose verdict depends on its ``fields()`` only and is None
     unless one field's value alone claims the record (``memo``: ``Judge``, ``Corrector``) reads Parquet column by
     column: each distinct value of a field is judged once, and only the records holding a claimed value are
-    judged as records (no other record is made a Python object)."""
+    judged as records (no other record is made a Python object). The verdicts of a Parquet batch are kept with the
+    batch for the same judge (a rewrite and its ``Expected`` tap read the same batch)."""
     table = batch.table
     if table is None or batch.rows is not None or not getattr(decide, "memo", False):
         return [decide(record) if record is not None else None for record in batch.records]
+    if batch.judged is not None and batch.judged[0] is decide:
+        return batch.judged[1]
+    out = _column_verdicts(table, decide)
+    batch.judged = (decide, out)
+    return out
+
+
+def _column_verdicts(table: Any, decide: Any) -> list[Verdict | None]:
     import pyarrow as pa
 
     names = [name for name in decide.fields() if name in table.column_names]
     if not names:
         return [decide({})] * table.num_rows
-    rows = matching_rows(table, names, lambda name, value: decide({name: value}) is not None,
-                         decide.hits)  # type: ignore[attr-defined]
-    seen = decide.seen  # type: ignore[attr-defined]
+    rows = matching_rows(table, names, lambda name, value: decide({name: value}) is not None, decide.hits)
+    seen = decide.seen
     if rows is None:  # types read value by value
         rows = list(range(table.num_rows))
-    out: list[Verdict | None] = [None] * table.num_rows
+    out = Verdicts([None] * table.num_rows)
+    out.rows = rows
     if not rows:
         return out
     picked = table.select(names)
     if len(rows) < table.num_rows:
         picked = picked.take(pa.array(rows, type=pa.int64()))
+    fields = tuple(names)  # part of the key: objects of one collection may carry different fields
     for i, values in zip(rows, zip(*(picked.column(name).to_pylist() for name in names), strict=True),
                          strict=True):
         try:
-            verdict = seen[values]
+            verdict = seen[fields, values]
         except KeyError:
             if len(seen) >= NORMALISED_CACHE:
                 seen.clear()
-            verdict = seen[values] = decide(dict(zip(names, values, strict=True)))
+            verdict = seen[fields, values] = decide(dict(zip(names, values, strict=True)))
         except TypeError:  # unhashable values (lists, maps): asked every time
             verdict = decide(dict(zip(names, values, strict=True)))
         out[i] = verdict
@@ -198,7 +222,8 @@ def matching_rows(table: Any, names: list[str], matches: Callable[[str, Any], bo
         known = state["known"]
         new = distinct if known is None else distinct.filter(pc.invert(pc.is_in(distinct, value_set=known)))
         if len(new):
-            claimed = [value for value in new.to_pylist() if matches(name, value)]
+            claimed = [value for start in range(0, len(new), JUDGED_SLICE)  # few Python objects at once
+                       for value in new.slice(start, JUDGED_SLICE).to_pylist() if matches(name, value)]
             if known is not None and len(known) + len(new) > NORMALISED_CACHE:
                 known = None  # forgotten (those that matched are kept): judged again when they recur
             state["known"] = new if known is None else pa.concat_arrays([known, new])
@@ -234,13 +259,14 @@ def identities(batch: Batch, fields: list[tuple[str, str]], seen: dict[Any, Any]
     if not names:
         yield from ({} for _ in range(batch.table.num_rows))
         return
+    present = tuple(names)  # part of the key: objects of one collection may carry different fields
     for values in zip(*(batch.table.column(name).to_pylist() for name in names), strict=True):
         try:
-            found = seen[values]
+            found = seen[present, values]
         except KeyError:
             if len(seen) >= NORMALISED_CACHE:
                 seen.clear()
-            found = seen[values] = _identities_of(dict(zip(names, values, strict=True)), fields)
+            found = seen[present, values] = _identities_of(dict(zip(names, values, strict=True)), fields)
         except TypeError:
             found = _identities_of(dict(zip(names, values, strict=True)), fields)
         yield found
@@ -289,11 +315,10 @@ Decide = Callable[[Any], "Verdict | None"]
 
 def judge_version(reader: ObjectRecords, decide: Decide, columns: list[str] | None) -> Tally:
     tally = Tally()
-    for batch in reader.batches(columns):
+    for batch in reader.batches(columns, whole=bool(getattr(decide, "memo", False))):
         tally.records += batch.count()
-        for verdict in verdicts(batch, decide):
-            if verdict is not None:
-                tally.count(verdict)
+        for _, verdict in claimed(verdicts(batch, decide)):
+            tally.count(verdict)
     return tally
 
 

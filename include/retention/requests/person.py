@@ -232,8 +232,8 @@ class _RowLink:
 
     def pairs(self, out: dict[Any, Any], in_values: dict[int, dict[tuple, set[Any]]], target_keys: set[Any]
               ) -> list[tuple[Record, Record]]:
-        if self.index in in_values:
-            targets = in_values[self.index]
+        if self.in_columns is not None:  # matched on the referenced columns: a NULL there matches nothing, and
+            targets = in_values.get(self.index, {})  # never falls back to the key (another row's key may equal it)
         else:
             targets = {tuple(_canon(v) for v in _key_tuple(k)): {k} for k in target_keys}
         return [((self.child, c_key), (self.target, t_key)) for c_key, value in out.items()

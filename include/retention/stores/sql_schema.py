@@ -86,6 +86,22 @@ def unique_on(t: sa.Table, cols: list[str], declared_key: list[str]) -> bool:
     return any(s and s <= wanted for s in sets)
 
 
+def key_problem(store: SqlCore, name: str) -> str | None:
+    """The problem of the collection's declared ``primary_key`` when the database does not make it unique (no
+    primary key, unique constraint or non-partial unique index it reports is covered by it), else None. Rows are
+    read, changed and deleted by their declared key: a key two rows share (``id`` of a table keyed by ``(tenant,
+    id)``) would take another tenant's row along with the person's, or hand it out in an access package."""
+    t, coll = store.table(name), store.coll(name)
+    cols = coll.key_columns()
+    if not all(c in t.c for c in cols) or unique_on(t, cols, []):
+        return None  # a missing column is the declared-columns check's to report
+    return (f"systems.{store.name}.collections.{name}.primary_key: column(s) {', '.join(cols)} of table {t.name} "
+            "are not unique there: neither the primary key nor a unique constraint or unique index the database "
+            "reports is covered by them; rows are read, changed and deleted by this key, so one row's erasure or "
+            "access would take every row holding the same key (declare all the columns of the table's key, e.g. "
+            "[tenant_id, id], or make them unique in the database)")
+
+
 def check_references(store: SqlCore, name: str) -> str | None:
     """References between tables of this database, as its catalogue reports them (ADR 0012):
 

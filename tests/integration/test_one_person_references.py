@@ -76,7 +76,8 @@ md = sa.MetaData()
 customers = sa.Table("ref_customers", md, sa.Column("tenant", sa.String(10), primary_key=True),
                      sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
                      sa.Column("email", sa.String(100)), sa.Column("member_no", sa.Integer),
-                     sa.UniqueConstraint("member_no"))  # what both references point at is unique (NULLs aside)
+                     sa.UniqueConstraint("member_no"),  # what both references point at is unique (NULLs aside)
+                     sa.UniqueConstraint("id"))  # the plain data map's primary key: id
 sms_optins = sa.Table("ref_sms_optins", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
                       sa.Column("tenant", sa.String(10)), sa.Column("member_no", sa.Integer),
                       sa.Column("phone", sa.String(40)))

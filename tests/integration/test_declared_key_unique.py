@@ -5,7 +5,8 @@ A multi-tenant table keyed by ``(tenant, id)`` in the database, declared ``prima
 two tenants' different people under ``id = 5``: an erasure of the one would delete the other (the delete is by
 key), an access package would hand out the other's row. ``SqlStore.check`` refuses such a key before anything is
 read or changed (as it refuses a reference to columns that are not unique, ADR 0012); a declared key the database
-makes unique (its primary key, a unique constraint, a unique index) is accepted.
+makes unique (its primary key, a unique constraint, a unique index) is accepted; on a view (no key reported) the rows
+are asked whether two share it.
 """
 
 from __future__ import annotations
@@ -98,4 +99,35 @@ def test_a_declared_key_the_database_makes_unique_is_accepted(db_url, declared, 
         assert rows(engine, t) == [("t2", 6, BOB)]
     finally:
         store.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_view_is_asked_whether_two_rows_share_the_key(db_url, shared):
+    """A view (or a table the database gives no key) reports no uniqueness: its rows are asked. Two rows sharing
+    the declared key refuse it before anything is changed; a key no two rows share is accepted."""
+    md = sa.MetaData()
+    t = table(md, "none")
+    engine = fresh_tables(db_url, md)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP VIEW IF EXISTS dk_view"))
+        conn.execute(t.insert(), [{"tenant": "t1", "id": 5, "email": ANN},
+                                  {"tenant": "t2", "id": 5 if shared else 6, "email": BOB}])
+        conn.execute(sa.text("CREATE VIEW dk_view AS SELECT tenant, id, email FROM dk_customers"))
+    policy = parse_policy(POLICY.replace("{KEY}", "id").replace("table: dk_customers", "table: dk_view"),
+                          source="tenants.yaml")
+    store = SqlStore("shop", policy, engine, mask_key=KEY)
+    try:
+        if shared:
+            with pytest.raises(PolicyError, match=r"primary_key: two rows of dk_view \(.*\) share a value of id"):
+                store.check("customers")
+        else:
+            store.check("customers")
+            claims = store.find("customers", [Subject("r", {"email": normalise("email", ANN)})])
+            assert list(claims) == [5]
+        assert rows(engine, t) == sorted([("t1", 5, ANN), ("t2", 5 if shared else 6, BOB)])
+    finally:
+        store.close()
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP VIEW dk_view"))
         engine.dispose()

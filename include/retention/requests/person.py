@@ -144,9 +144,20 @@ def resolve_many(policy: Policy, store_of: Callable[[str], Store], requests: dic
                         ids = requests[rid]
                         carried = frozenset(k for k, v in ids.items() if v in found.get(k, ()))
                         other = frozenset(k for k, v in ids.items() if found.get(k) and v not in found[k])
-                        matched[rid][(ref, key)] = (carried, other)
+                        _add_record(matched[rid], ref, key, (carried, other))
     edges = _joins(policy, store_of, matched)
     return {rid: _decide(ids, matched[rid], edges.get(rid, [])) for rid, ids in requests.items()}
+
+
+def _add_record(records: dict[Record, Any], ref: str, key: Any, seen: tuple[frozenset[str], frozenset[str]]) -> None:
+    """One found record. Records inside one object come under the object's key: a further one that carries or
+    contradicts other kinds is kept as a record of its own (the object's key and its number), so none hides
+    another (a later record of the person's never replaces an earlier one of somebody else's in the same export).
+    """
+    record, n = (ref, key), 0
+    while records.setdefault(record, seen) != seen:
+        n += 1
+        record = (ref, f"{key}\x00{n}" if isinstance(key, str) else (key, n))
 
 
 def _identity_systems(policy: Policy) -> list[str]:

@@ -41,10 +41,10 @@ def verify_modes() -> set[str]:
     """Request types that wait for a person to confirm the requester's identity (``none``: no type). A name that
     is no request type is refused (a typo must not switch a check off)."""
     raw = settings().verify_identity
-    if raw is None:
+    modes = {m.strip() for m in (raw or "").split(",") if m.strip()}
+    if not modes:  # unset, or nothing but blanks and commas: counts as unset (only ``none`` switches checks off)
         return set(DEFAULT_VERIFY)
-    modes = {m.strip() for m in raw.split(",") if m.strip()}
-    if modes <= {"none"}:
+    if modes == {"none"}:
         return set()
     unknown = sorted(modes - set(DEFAULT_VERIFY))
     if unknown:

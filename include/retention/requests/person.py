@@ -134,6 +134,7 @@ def resolve_many(policy: Policy, store_of: Callable[[str], Store], requests: dic
     matched: dict[str, dict[Record, tuple[frozenset[str], frozenset[str]]]] = {rid: {} for rid in requests}
     for system in _identity_systems(policy):
         store = store_of(system)
+        objects = isinstance(store, HoldsObjects)  # records inside an object share the object's key
         for name in store.subject_collections():
             ref = store.ref(name)
             for batch in store.candidates(name, wanted, owned_only=True):
@@ -144,9 +145,23 @@ def resolve_many(policy: Policy, store_of: Callable[[str], Store], requests: dic
                         ids = requests[rid]
                         carried = frozenset(k for k, v in ids.items() if v in found.get(k, ()))
                         other = frozenset(k for k, v in ids.items() if found.get(k) and v not in found[k])
-                        matched[rid][(ref, key)] = (carried, other)
+                        if objects:
+                            _add_record(matched[rid], ref, key, (carried, other))
+                        else:  # a row's key is its own: a later sight of it is the row as it is now
+                            matched[rid][(ref, key)] = (carried, other)
     edges = _joins(policy, store_of, matched)
     return {rid: _decide(ids, matched[rid], edges.get(rid, [])) for rid, ids in requests.items()}
+
+
+def _add_record(records: dict[Record, Any], ref: str, key: str, seen: tuple[frozenset[str], frozenset[str]]) -> None:
+    """One found record. Records inside one object come under the object's key: a further one that carries or
+    contradicts other kinds is kept as a record of its own (the object's key and its number), so none hides
+    another (a later record of the person's never replaces an earlier one of somebody else's in the same export).
+    """
+    record, n = (ref, key), 0
+    while records.setdefault(record, seen) != seen:
+        n += 1
+        record = (ref, f"{key}\x00{n}")
 
 
 def _identity_systems(policy: Policy) -> list[str]:
@@ -232,8 +247,8 @@ class _RowLink:
 
     def pairs(self, out: dict[Any, Any], in_values: dict[int, dict[tuple, set[Any]]], target_keys: set[Any]
               ) -> list[tuple[Record, Record]]:
-        if self.index in in_values:
-            targets = in_values[self.index]
+        if self.in_columns is not None:  # matched on the referenced columns: a NULL there matches nothing, and
+            targets = in_values.get(self.index, {})  # never falls back to the key (another row's key may equal it)
         else:
             targets = {tuple(_canon(v) for v in _key_tuple(k)): {k} for k in target_keys}
         return [((self.child, c_key), (self.target, t_key)) for c_key, value in out.items()

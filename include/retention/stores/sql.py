@@ -56,6 +56,7 @@ from include.retention.stores.sql_predicates import SqlPredicates, bind_time, st
 from include.retention.stores.sql_schema import (
     check_references,
     check_start,
+    key_problem,
     reflect_tables,
     serialize_sqlite_writers,
 )
@@ -169,7 +170,7 @@ class SqlStore(Store):
             problem = check_start(rule, t, f"{base}.rules[{r}].start")
             if problem:
                 raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
-        problem = check_references(self, collection_name)
+        problem = key_problem(self, collection_name) or check_references(self, collection_name)
         if problem:
             raise PolicyError(f"{self.policy.source or '<policy>'}: {problem}")
         self.subjects.check_index(collection_name)  # lookup: indexed (ADR 0022)

@@ -86,6 +86,46 @@ def unique_on(t: sa.Table, cols: list[str], declared_key: list[str]) -> bool:
     return any(s and s <= wanted for s in sets)
 
 
+def key_problem(store: SqlCore, name: str) -> str | None:
+    """The problem of the collection's declared ``primary_key`` when it is not unique in the database, else None.
+    Rows are read, changed and deleted by their declared key: a key two rows share (``id`` of a table keyed by
+    ``(tenant, id)``) would take another tenant's row along with the person's, or hand it out in an access package.
+
+    Where the catalogue reports a primary key, unique constraint or unique index, the declared key must cover one
+    of them. Where it reports none (a view, a table without keys), the rows are asked: no two may share the key
+    now (compared by the database, as its statements compare)."""
+    t, coll = store.table(name), store.coll(name)
+    cols = coll.key_columns()
+    if not all(c in t.c for c in cols) or unique_on(t, cols, []):
+        return None  # a missing column is the declared-columns check's to report
+    path = f"systems.{store.name}.collections.{name}.primary_key"
+    if not _reports_uniqueness(t):
+        if not _shared_key(store.engine, t, cols):
+            return None
+        return (f"{path}: two rows of {t.name} (which the database gives no primary key or unique constraint) share "
+                f"a value of {', '.join(cols)}; rows are read, changed and deleted by this key, so one row's erasure "
+                "or access would take the other along (declare the columns that identify one row)")
+    return (f"{path}: column(s) {', '.join(cols)} of table {t.name} are not unique there: neither the primary key "
+            "nor a unique constraint or unique index the database reports is covered by them; rows are read, "
+            "changed and deleted by this key, so one row's erasure or access would take every row holding the same "
+            "key (declare all the columns of the table's key, e.g. [tenant_id, id], or make them unique in the "
+            "database)")
+
+
+def _reports_uniqueness(t: sa.Table) -> bool:
+    return bool(t.primary_key.columns) or any(isinstance(c, sa.UniqueConstraint) for c in t.constraints) or any(
+        ix.unique for ix in t.indexes)
+
+
+def _shared_key(engine: sa.Engine, t: sa.Table, cols: list[str]) -> bool:
+    """Whether two rows of ``t`` hold the same (non-NULL) values in ``cols`` now."""
+    key = [t.c[c] for c in cols]
+    query = (sa.select(*key).where(*(c.is_not(None) for c in key)).group_by(*key)
+             .having(sa.func.count() > 1).limit(1))
+    with engine.connect() as conn:
+        return conn.execute(query).first() is not None
+
+
 def check_references(store: SqlCore, name: str) -> str | None:
     """References between tables of this database, as its catalogue reports them (ADR 0012):
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from include.retention.errors import RetentionError
 from include.retention.ledger import Ledger
-from include.retention.stores.base import DeferredOutcomes, begin_record, flush_record
+from include.retention.stores.base import DeferredOutcomes, begin_record, collection_recorder, flush_record
 from include.retention.stores.sql import make_engine
 from include.retention.sweep import LedgerRecorder
 from include.retention.values import (
@@ -143,3 +143,19 @@ def test_intents_go_through_the_protocol_and_outcomes_share_the_next_intent(ledg
         (Outcome.DONE, 1, second),
     ]
     assert ledger.open_intents() == [] and ledger.verify(record=False).ok
+
+
+def test_a_cascade_through_deferred_outcomes_gets_its_own_entries_without_attribute_forwarding(ledger, monkeypatch):
+    """``collection_recorder`` unwraps ``DeferredOutcomes`` itself: from Python 3.12 ``isinstance`` against a
+    runtime protocol does not see ``for_collection`` forwarded by ``__getattr__`` (simulated: forwarding off)."""
+    rec = LedgerRecorder(ledger, {"system": "crm", "collection": "crm.contacts"})
+    deferred = DeferredOutcomes(rec)
+
+    def no_forwarding(self, name):
+        raise AttributeError(name)
+
+    monkeypatch.setattr(DeferredOutcomes, "__getattr__", no_forwarding)
+    child = collection_recorder(deferred, "billing", "billing.invoices")
+    assert isinstance(child, LedgerRecorder) and child is not rec
+    assert collection_recorder(lambda *a, **k: None, "billing", "billing.invoices") is None
+    assert collection_recorder(DeferredOutcomes(lambda *a, **k: None), "billing", "billing.invoices") is None

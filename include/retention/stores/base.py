@@ -21,7 +21,14 @@ from include.retention.errors import RetentionError
 from include.retention.identity import normalise
 from include.retention.masking import keyed_digest, keys_of
 from include.retention.policy import Policy, Rule, Stage
-from include.retention.values import CollectionRef, FlushingRecorder, IntentRecorder, Recorder, SharingRecorder
+from include.retention.values import (
+    CascadeRecorder,
+    CollectionRef,
+    FlushingRecorder,
+    IntentRecorder,
+    Recorder,
+    SharingRecorder,
+)
 
 
 def begin_record(record: Recorder, action: str, planned: int, pk_digest: str,
@@ -89,6 +96,14 @@ class DeferredOutcomes:
         if name == "record":
             raise AttributeError(name)
         return getattr(self.record, name)
+
+
+def collection_recorder(record: Recorder | None, system: str, ref: str) -> Recorder | None:
+    """The recorder giving a cascade into ``system``'s collection ``ref`` its own entries, if ``record`` (or the
+    recorder a ``DeferredOutcomes`` wraps) has one. Unwrapped explicitly: from Python 3.12 ``isinstance`` against a
+    runtime protocol no longer sees attributes forwarded by ``__getattr__``."""
+    inner = record.record if isinstance(record, DeferredOutcomes) else record
+    return inner.for_collection(system, ref) if isinstance(inner, CascadeRecorder) else None
 
 
 def flush_record(record: Recorder) -> None:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from include.retention.errors import RetentionError
-from include.retention.stores.base import Recorder, begin_record, end_record
+from include.retention.stores.base import Recorder, begin_record, collection_recorder, end_record
 from include.retention.stores.sql_keys import chunks, key_in, key_of, value_of
-from include.retention.values import CascadeRecorder, CollectionRef
+from include.retention.values import CollectionRef
 
 if TYPE_CHECKING:
     from include.retention.policy import Reference
@@ -203,7 +203,7 @@ class SqlCascade:
         fks = self.store.source_cols(t, reference)
         guard = (self.store.predicates.not_held(name, t) if reference.on_delete == "delete"
                  else sa.and_(*(c.is_not(None) for c in fks)))
-        rec = record.for_collection(self.store.name, ref) if isinstance(record, CascadeRecorder) else None
+        rec = collection_recorder(record, self.store.name, ref)
         counts: dict[str, int] = {}
         left: set[Any] = set()
         outer, self.recording = self.recording, record  # a cascade further on records its own entries too

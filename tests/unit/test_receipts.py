@@ -215,3 +215,22 @@ systems:
     assert "- crm.contacts: email, phone (by index)" in text
     assert "- crm.social_messages: social_handle (read in full)" in text
     assert "lookup" not in build_receipt(REQUEST, {"crm": SYSTEMS["crm"]}, ["crm"], "d" * 64)["systems"]["crm"]
+
+
+def test_a_rectify_receipt_does_not_claim_a_kind_the_identity_check_dropped():
+    from include.retention.requests.receipts import with_request_type
+
+    req = {**REQUEST, "mode": "rectify"}
+    receipt = build_receipt(req, {"crm": SYSTEMS["crm"]}, ["crm"], "d" * 64)
+    receipt["identity_check"] = {"decision": "linked_only", "reason_recorded": True}
+    receipt["person"] = {"proven": "phone", "identities": {}, "counts": {}, "dropped": ["email"]}
+    details = {"new_values": {"email": "x", "phone": "y"}}
+    with_request_type(receipt, req, details)
+    assert receipt["rectified_kinds"] == ["phone"]
+    assert list(receipt["not_rectified"]) == ["email"]
+    text = render_markdown(receipt)
+    assert "- corrected: phone" in text and "- email: dropped at the identity check" in text
+    receipt = build_receipt(req, {"crm": SYSTEMS["crm"]}, ["crm"], "d" * 64)
+    receipt["identity_check"] = {"decision": "verified", "reason_recorded": False}
+    with_request_type(receipt, req, details)  # nothing dropped: both corrected, no not_rectified
+    assert receipt["rectified_kinds"] == ["email", "phone"] and "not_rectified" not in receipt

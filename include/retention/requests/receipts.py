@@ -296,7 +296,13 @@ def with_request_type(receipt: dict[str, Any], req: dict[str, Any], details: dic
         receipt["verification"] = ("dry run: counted, no package written" if req["dry_run"] else
                                    "every system searched; the package holds what was found")
     elif req["mode"] == "rectify":
-        receipt["rectified_kinds"] = sorted(details.get("new_values") or {})
+        # a kind the identity check dropped (linked only) was not the request's to correct: nothing of it changed
+        dropped = set(((receipt.get("person") or {}).get("dropped")) or [])
+        asked = sorted(details.get("new_values") or {})
+        receipt["rectified_kinds"] = [kind for kind in asked if kind not in dropped]
+        if dropped.intersection(asked):
+            receipt["not_rectified"] = {kind: "dropped at the identity check (it leads to another person): "
+                                              "not corrected" for kind in asked if kind in dropped}
         receipt["verification"] = ("dry run: nothing was changed" if req["dry_run"] else
                                    "every system re-scanned: no item carries the old value any more, except the "
                                    "exceptions listed (kept unchanged)")
@@ -310,6 +316,9 @@ def with_request_type(receipt: dict[str, Any], req: dict[str, Any], details: dic
 def _request_type_lines(receipt: dict[str, Any]) -> list[str]:
     """Access, rectify, withdraw: the identity check and the package (never the link)."""
     extra = [f"- identity check: {receipt['identity_check']['decision']}"]
+    if "rectified_kinds" in receipt:
+        extra.append(f"- corrected: {', '.join(receipt['rectified_kinds']) or 'nothing'}")
+        extra += [f"- {kind}: {why}" for kind, why in (receipt.get("not_rectified") or {}).items()]
     package = receipt.get("package") or {}
     if package:
         extra.append(f"- package: {package.get('key', '(not written)')}, {package.get('size')} bytes, "

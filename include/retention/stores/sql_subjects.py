@@ -136,24 +136,42 @@ class SqlSubjects:
         if not fields:
             yield from self._scan(collection_name, owned_only=owned_only)
             return
-        self.store.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
-        coll, t = self.store.coll(collection_name), self.store.table(collection_name)
-        keys = self.store.key_cols(collection_name, t)
-        n = len(keys)
-        cols = self._identity_cols(coll)
         wanted = index_subjects(subjects)
         digests: dict[str, list[str]] = {}
         for kind, column in fields:
             values = sorted(sql_index.identity_digest(kind, v) for v in wanted.get(kind, {}))
             digests.setdefault(sql_index.digest_column(column), []).extend(values)
-        for rows in sql_index.candidate_batches(self.store.engine, t, keys, digests, cols):
+        yield from self._indexed(collection_name, digests, nulls=True, owned_only=owned_only)
+
+    def index_candidates(self, collection_name: str, digests: dict[str, list[str]], *, undigested: bool = False
+                         ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """For a collection whose identity fields are all indexed: the rows whose digest column of kind ``k`` holds
+        one of ``digests[k]`` (index digests, ``identity.index_digest``; one query per 500), and with
+        ``undigested`` the rows not digested yet (NULL), each with its normalised identities as ``scan`` gives
+        them. What suppression enforcement reads instead of ``scan`` (ADR 0022)."""
+        fields = self.indexed_fields(collection_name)
+        if not fields:
+            raise RetentionError(f"{self.store.ref(collection_name)}: not every identity field is 'lookup: indexed'")
+        by_column: dict[str, list[str]] = {}
+        for kind, column in fields:
+            by_column.setdefault(sql_index.digest_column(column), []).extend(digests.get(kind, []))
+        yield from self._indexed(collection_name, by_column, nulls=undigested, owned_only=False)
+
+    def _indexed(self, collection_name: str, digests: dict[str, list[str]], *, nulls: bool, owned_only: bool
+                 ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Candidate rows through the digest columns (digest column -> wanted digests), judged as ``_scan`` does."""
+        self.store.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
+        coll, t = self.store.coll(collection_name), self.store.table(collection_name)
+        keys = self.store.key_cols(collection_name, t)
+        n = len(keys)
+        cols = self._identity_cols(coll)
+        fields = [(k, f) for k, f in coll.identity_fields() if not owned_only or f.erase == "row"]
+        for rows in sql_index.candidate_batches(self.store.engine, t, keys, digests, cols, nulls=nulls):
             batch = []
             for row in rows:
                 values = dict(zip(cols, row[n:], strict=True))
                 found: dict[str, set[str]] = {}
-                for kind, f in coll.identity_fields():
-                    if owned_only and f.erase != "row":
-                        continue
+                for kind, f in fields:
                     value = normalise(kind, values[f.column])
                     if value is not None:
                         found.setdefault(kind, set()).add(value)

@@ -89,10 +89,12 @@ class SuppressionList:
             return 0
         self.schema.ensure()
         now, added = utcnow(), 0
+        by_kind = {}  # read before the transaction (its own connection: a SQLite writer's BEGIN IMMEDIATE waits for it)
+        for kind in sorted({k for k, _, _ in every.values()}):
+            mine = {d: (cands, lookup) for d, (k, cands, lookup) in every.items() if k == kind}
+            by_kind[kind] = (mine, self.listed(kind, [c for cands, _ in mine.values() for c in cands]))
         with self.engine.begin() as conn:
-            for kind in {k for k, _, _ in every.values()}:
-                mine = {d: (cands, lookup) for d, (k, cands, lookup) in every.items() if k == kind}
-                have = self.listed(kind, [c for cands, _ in mine.values() for c in cands])
+            for kind, (mine, have) in by_kind.items():
                 new = [
                     {"digest": d, "kind": kind, "request_id": None, "added_at": now, "key_id": self.vault.kid,
                      "lookup_enc": lookup}
@@ -190,7 +192,7 @@ class SuppressionList:
         done = {"filled": 0, "left": 0}
         last = ""
         while True:
-            with self.engine.begin() as conn:
+            with self.engine.connect() as conn:  # read, then write (the write guarded: still without one)
                 rows = conn.execute(
                     sa.select(suppression.c.digest, suppression.c.kind, suppression.c.request_id)
                     .where(suppression.c.lookup_enc.is_(None), suppression.c.digest > last)
@@ -199,7 +201,8 @@ class SuppressionList:
                 if known:
                     known &= set(conn.execute(sa.select(requests.c.request_id)
                                               .where(requests.c.request_id.in_(sorted(known)))).scalars())
-                given = {rid: ids.normalised() for rid, ids in self._identities_many(sorted(known)).items()}
+            given = {rid: ids.normalised() for rid, ids in self._identities_many(sorted(known)).items()}
+            with self.engine.begin() as conn:
                 for entry in rows:
                     value = given.get(entry.request_id, {}).get(entry.kind)
                     if value is None or entry.digest not in self.vault.digests(entry.kind, value):

@@ -117,9 +117,9 @@ def _by_index(store: Store, registry: Registry, name: str, kinds: list[str], onl
         for page in registry.suppression.lookup_pages(kind, erasures_only=only_erasures):
             complete = complete and None not in page
             wanted = sorted({d for d in page if d})  # "" (no identity): no item is judged by it
-            if wanted:
-                yield from store.index_candidates(name, {kind: wanted})
-    yield from store.index_candidates(name, {}, undigested=True)
+            if wanted:  # read before anything is erased: the store's read connection is closed by then
+                yield from list(store.index_candidates(name, {kind: wanted}))
+    yield from list(store.index_candidates(name, {}, undigested=True))
     return complete
 
 

@@ -298,3 +298,27 @@ def test_key_rotation_keeps_the_index_digests_readable(engine, tmp_path, no_full
         assert enforce(scanner, registry, "twins", only_erasures=False) == removed
         assert rows(engine, tables["people"]) == rows(engine, tables["twins"])
     reg_engine.dispose()
+
+
+def test_cli_fills_the_entries_the_registry_can(tmp_path, monkeypatch, capsys):
+    """``index-identities --suppression-list``: the erasure's entry gets its index digest, the delete's is counted
+    as left; the output names nobody."""
+    import json
+
+    from include.retention import cli
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    old_registry(engine)
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_LEDGER", json.dumps({"conn_type": "sqlite",
+                                                                     "extra": {"sqlalchemy_url": url}}))
+    monkeypatch.setenv("RETENTION_HMAC_KEY", KEY.decode())
+    monkeypatch.delenv("RETENTION_HMAC_KEYS", raising=False)
+    assert cli.main(["index-identities", "--suppression-list"]) == 0
+    out = capsys.readouterr().out
+    assert "1 entr(y/ies) given their index digest" in out and "1 entr(y/ies) without one" in out
+    assert "zoe@" not in out.lower() and "gone@" not in out.lower()
+    registry = Registry(engine, KEY)
+    assert registry.suppression.without_lookup(["email"], erasures_only=True) == 0
+    assert registry.suppression.without_lookup(["email"]) == 1
+    engine.dispose()

@@ -258,8 +258,8 @@ def cmd_index_identities(args) -> int:
 
 
 def _backfill_suppression_lookups() -> int:
-    """``index-identities --suppression-list``: entries listed before they kept their index digest get it where the
-    registry still holds the value (an erasure's request); a delete's entry cannot (ADR 0022)."""
+    """``index-identities --suppression-list`` (ADR 0022): old entries get their index digest where the registry
+    still holds the value (an erasure's request); a delete's cannot."""
     from include.retention.registry import Registry
 
     ledger = _ledger()
@@ -267,10 +267,8 @@ def _backfill_suppression_lookups() -> int:
         done = Registry(ledger.engine, ledger.key).suppression.backfill_lookups()
     finally:
         ledger.engine.dispose()
-    print(f"suppression list: {done['filled']} entr(y/ies) given their index digest")
-    if done["left"]:
-        print(f"suppression list: {done['left']} entr(y/ies) without one (deletes, or erasures whose request is "
-              "gone: no value left to digest); enforcement of their kinds reads collections in full")
+    print(f"suppression list: {done['filled']} entr(y/ies) given their index digest, {done['left']} without one "
+          "(deletes, erasures whose request is gone: no value left); enforcement of their kinds reads in full")
     return 0
 
 

@@ -316,7 +316,7 @@ def test_cli_fills_the_entries_the_registry_can(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RETENTION_HMAC_KEYS", raising=False)
     assert cli.main(["index-identities", "--suppression-list"]) == 0
     out = capsys.readouterr().out
-    assert "1 entr(y/ies) given their index digest" in out and "1 entr(y/ies) without one" in out
+    assert "1 entr(y/ies) given their index digest, 1 without one" in out
     assert "zoe@" not in out.lower() and "gone@" not in out.lower()
     registry = Registry(engine, KEY)
     assert registry.suppression.without_lookup(["email"], erasures_only=True) == 0

@@ -220,6 +220,8 @@ def cmd_index_identities(args) -> int:
     from include.retention.stores.kinds import holds_rows
     from include.retention.stores.sql_index import ddl
 
+    if args.suppression_list:
+        return _backfill_suppression_lookups()
     policy = load_policy(args.policy or policy_path())
     targets = [(s_name, c_name, coll, fld.column) for s_name, system in policy.systems.items()
                if holds_rows(policy, s_name)
@@ -253,6 +255,21 @@ def cmd_index_identities(args) -> int:
     finally:
         for engine in engines.values():
             engine.dispose()
+
+
+def _backfill_suppression_lookups() -> int:
+    """``index-identities --suppression-list`` (ADR 0022): old entries get their index digest where the registry
+    still holds the value (an erasure's request); a delete's cannot."""
+    from include.retention.registry import Registry
+
+    ledger = _ledger()
+    try:
+        done = Registry(ledger.engine, ledger.key).suppression.backfill_lookups()
+    finally:
+        ledger.engine.dispose()
+    print(f"suppression list: {done['filled']} entr(y/ies) given their index digest, {done['left']} without one "
+          "(deletes, erasures whose request is gone: no value left); enforcement of their kinds reads in full")
+    return 0
 
 
 def cmd_concept(args) -> int:
@@ -536,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--ddl", action="store_true", help="print the DDL (the default)")
     mode.add_argument("--backfill", action="store_true", help="fill the digest columns that are NULL")
+    mode.add_argument("--suppression-list", action="store_true",
+                      help="give the suppression list's entries from before index digests theirs, where the registry "
+                           "still holds the value (suppression enforcement and replay then use the index)")
     p.set_defaults(func=cmd_index_identities)
     p = sub.add_parser("concept", help="the deletion concept (Markdown, CSV, HTML) with the ledger's evidence")
     p.add_argument("--out", metavar="DIR", help="write deletion-concept.md/.csv/.html here (default: Markdown on "

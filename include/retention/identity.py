@@ -8,6 +8,7 @@ this function; no database collation, ``lower()`` or ``trim()`` takes part in th
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 
@@ -73,6 +74,14 @@ def normalise(kind: str, value: object) -> str | None:
     else:
         raise IdentityError(f"unknown identity kind {kind!r}; known: {', '.join(IDENTITY_KINDS)}")
     return out or None
+
+
+def index_digest(kind: str, value: object) -> str:
+    """The unkeyed digest ``lookup: indexed`` compares (ADR 0022): SHA-256 (hex) of kind, NUL and the normalised
+    value, or ``""`` for a value that holds no identity. A store's ``<column>_ndigest`` holds it next to the value;
+    the suppression list holds it only encrypted (``lookup_enc``)."""
+    normal = normalise(kind, value)
+    return hashlib.sha256(f"{kind}\x00{normal}".encode()).hexdigest() if normal is not None else ""
 
 
 def validate(kind: str, value: object) -> str:

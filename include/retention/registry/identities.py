@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from include.retention.errors import RetentionError
-from include.retention.identity import IDENTITY_KINDS, IdentityError, normalise
+from include.retention.identity import IDENTITY_KINDS, IdentityError, index_digest, normalise
 from include.retention.identity import validate as validate_identity
 from include.retention.masking import current_kid, keyed_digest, keyed_digests, keys_of
 from include.retention.registry.schema import TEXT_LIMITS
@@ -105,11 +105,21 @@ class Vault:
             raise RetentionError("this registry view has no key: no digest can be computed")
         return keyed_digest(self.secret, normalise(kind, value) or "")
 
+    def lookup(self, kind: str, value: str) -> str:
+        """The encrypted index digest of a suppression entry (``lookup_enc``): ``index_digest`` of the same
+        normalised value the keyed ``digest`` is computed from, under the current key."""
+        return self.encrypt(index_digest(kind, value))
+
     def digests(self, kind: str, value: str) -> list[str]:
         """The digests under every active key, current first (what a lookup must try)."""
         if not self.secret:  # the same refusal as ``digest``
             raise RetentionError("this registry view has no key: no digest can be computed")
         return keyed_digests(self.secret, normalise(kind, value) or "")
+
+    @property
+    def active_kids(self) -> list[str]:
+        """The ids of the active keys (current first); empty for a view without keys."""
+        return list(self._fernets)
 
     def need_key(self) -> Fernet:
         if self._fernet is None:

@@ -23,7 +23,10 @@ class KeyRecords:
         """Re-encrypt every request (and its details) and re-digest its digest columns and its suppression entries under
         the current key, ``chunk`` rows per transaction (a crash leaves a consistent mix: run it again).
         Digests of deletes (no request: the address itself is gone) cannot be re-digested; they stay
-        under their key, counted in ``kept`` per key id: that key must stay active."""
+        under their key, counted in ``kept`` per key id: that key must stay active. An entry's encrypted index digest
+        (``lookup_enc``) goes with its digest: re-encrypted with a re-digested entry, left under the old key with a
+        kept one (retiring that key ends both together: nobody holding only the new key can test guesses against
+        an entry made under the old one)."""
         self.vault.need_key()
         self.schema.ensure()
         kid = self.vault.kid
@@ -96,6 +99,7 @@ class KeyRecords:
                     if entry.kind not in given:
                         continue
                     new = self.vault.digest(entry.kind, given[entry.kind])
+                    lookup = self.vault.lookup(entry.kind, given[entry.kind])  # re-encrypted with it (ADR 0022)
                     if conn.execute(sa.select(suppression.c.digest).where(suppression.c.digest == new)).first():
                         # already there under the current key (a delete since the key was added): keep that one
                         conn.execute(
@@ -103,13 +107,16 @@ class KeyRecords:
                             .where(suppression.c.digest == new, suppression.c.request_id.is_(None))
                             .values(request_id=entry.request_id)
                         )
+                        conn.execute(suppression.update()
+                                     .where(suppression.c.digest == new, suppression.c.lookup_enc.is_(None))
+                                     .values(lookup_enc=lookup))
                         conn.execute(suppression.delete().where(suppression.c.digest == entry.digest))
                         done["merged"] += 1
                     else:
                         conn.execute(
                             suppression.update()
                             .where(suppression.c.digest == entry.digest)
-                            .values(digest=new, key_id=kid)
+                            .values(digest=new, key_id=kid, lookup_enc=lookup)
                         )
                     done["suppression"] += 1
             if len(rows) < chunk:

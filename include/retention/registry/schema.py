@@ -85,6 +85,9 @@ suppression = sa.Table(
     sa.Column("request_id", sa.String(36)),
     sa.Column("added_at", sa.DateTime, nullable=False),
     sa.Column("key_id", sa.String(16)),  # the key of the digest; NULL: written before key ids (k0)
+    # the entry's index digest (``identity.index_digest``, what ``lookup: indexed`` columns hold), encrypted with the
+    # vault; NULL: listed before it was kept (ADR 0022: enforcement of that kind then reads collections in full)
+    sa.Column("lookup_enc", sa.Text),
 )
 
 
@@ -125,12 +128,14 @@ class Schema:
         self._ready = True
 
     def _add_missing_columns(self) -> None:
-        """Registries created before key ids lack ``key_id``: add it (NULL = the one key of then, k0)."""
+        """Registries created before key ids lack ``key_id`` (NULL = the one key of then, k0), those created before
+        the suppression list kept index digests lack ``lookup_enc`` (NULL = none kept): add them."""
         inspector = sa.inspect(self.engine)
-        for table in (requests, suppression):
-            if "key_id" not in {c["name"] for c in inspector.get_columns(table.name)}:
+        for table, column, sql_type in ((requests, "key_id", "VARCHAR(16)"), (suppression, "key_id", "VARCHAR(16)"),
+                                        (suppression, "lookup_enc", "TEXT")):
+            if column not in {c["name"] for c in inspector.get_columns(table.name)}:
                 with self.engine.begin() as conn:
-                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN key_id VARCHAR(16)")
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {sql_type}")
 
 
 def chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:

@@ -349,6 +349,17 @@ class Store(abc.ABC):
         every item."""
         return self.scan_owned(collection_name) if owned_only else self.scan(collection_name)
 
+    def indexed_fields(self, collection_name: str) -> list[tuple[str, str]]:
+        """(kind, column) of every identity field when all of them are found through an index (``lookup: indexed``,
+        ADR 0022); else [] (by default: no index)."""
+        return []
+
+    def index_candidates(self, collection_name: str, digests: dict[str, list[str]], *, undigested: bool = False
+                         ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """For a collection with ``indexed_fields``: as ``scan``, but only the items whose index digest of kind ``k``
+        (``identity.index_digest``) is one of ``digests[k]``, and with ``undigested`` the items not digested yet."""
+        raise NotImplementedError(f"{self.ref(collection_name)}: no index to look identities up in")
+
     def find(self, collection_name: str, subjects: list[Subject], *, exhaustive: bool = False) -> Claims:
         """The items of these subjects, each with the request ids that claim it. Found through ``candidates``
         (an index where the data map declares one); ``exhaustive``: through ``scan``, every item read."""

@@ -476,6 +476,10 @@ class SqlStore(Store):
     def indexed_fields(self, collection_name: str) -> list[tuple[str, str]]:
         return self.subjects.indexed_fields(collection_name)
 
+    def index_candidates(self, collection_name: str, digests: dict[str, list[str]], *, undigested: bool = False
+                         ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        return self.subjects.index_candidates(collection_name, digests, undigested=undigested)
+
     def backfill_index(self, collection_name: str) -> int:
         return self.subjects.backfill_index(collection_name)
 

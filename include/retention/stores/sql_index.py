@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from include.retention.identity import normalise
+from include.retention.identity import index_digest
 
 SUFFIX = "_ndigest"
 IN_BATCH = 500  # digests per candidate query (bounded IN lists)
@@ -119,16 +119,17 @@ def problems(engine: sa.Engine, t: sa.Table, column: str) -> list[str]:
 
 
 def candidate_batches(engine: sa.Engine, t: sa.Table, keys: list[sa.Column], digests: dict[str, list[str]],
-                      identity_cols: list[str]) -> Iterator[list[sa.Row]]:
+                      identity_cols: list[str], *, nulls: bool = True) -> Iterator[list[sa.Row]]:
     """Rows (keys, identity columns) that may carry one of ``digests`` (digest column -> wanted digests): the rows
     whose digest is one of them, one query per batch of at most ``IN_BATCH`` digests, then the rows whose digest is
-    NULL, one query per digest column (apart: MariaDB reads the whole table for ``IN (...) OR ... IS NULL``).
+    NULL, one query per digest column (apart: MariaDB reads the whole table for ``IN (...) OR ... IS NULL``; not with
+    ``nulls`` False).
     All on one connection (a person's lookup is a few queries: a checkout per query would double them). A row
     may come more than once."""
     cols = [*keys, *(t.c[c] for c in identity_cols)]
     queries = [(d, t.c[d].in_(values[i:i + IN_BATCH])) for d, values in digests.items()
                for i in range(0, len(values), IN_BATCH)]
-    queries += [(d, t.c[d].is_(None)) for d in digests]
+    queries += [(d, t.c[d].is_(None)) for d in digests] if nulls else []
     with engine.connect() as conn:
         for d, where in queries:
             query = sa.select(*cols).where(where)
@@ -171,7 +172,7 @@ def backfill(engine: sa.Engine, t: sa.Table, keys: list[sa.Column], fields: list
     return done
 
 
-def value_digest(kind: str, value: Any) -> str | None:
-    """The digest a backfill writes for ``value`` ("" for a value that holds no identity), for tests and checks."""
-    normal = normalise(kind, value)
-    return identity_digest(kind, normal) if normal is not None else ""
+def value_digest(kind: str, value: Any) -> str:
+    """The digest a backfill writes for ``value`` ("" for a value that holds no identity): ``identity.index_digest``
+    (the registry, a lower layer, computes the same for the suppression list)."""
+    return index_digest(kind, value)

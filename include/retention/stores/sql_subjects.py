@@ -82,16 +82,7 @@ class SqlSubjects:
                 rows = conn.execute(query).all()
             if not rows:
                 return
-            batch = []
-            for row in rows:
-                values = dict(zip(cols, row[n:], strict=True))
-                found: dict[str, set[str]] = {}
-                for kind, f in fields:
-                    value = normalise(kind, values[f.column])
-                    if value is not None:
-                        found.setdefault(kind, set()).add(value)
-                batch.append((key_of(row[:n]), found))
-            yield batch
+            yield [(key_of(row[:n]), _identities(fields, dict(zip(cols, row[n:], strict=True)))) for row in rows]
             last = tuple(rows[-1][:n])
             if len(rows) < SCAN_BATCH:
                 return
@@ -136,29 +127,33 @@ class SqlSubjects:
         if not fields:
             yield from self._scan(collection_name, owned_only=owned_only)
             return
+        wanted = index_subjects(subjects)
+        digests = {kind: sorted(sql_index.identity_digest(kind, v) for v in wanted.get(kind, {})) for kind, _ in fields}
+        yield from self._indexed(collection_name, fields, digests, nulls=True, owned_only=owned_only)
+
+    def index_candidates(self, collection_name: str, digests: dict[str, list[str]], *, undigested: bool = False
+                         ) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """As ``candidates``, for index digests (kind -> ``identity.index_digest`` values) rather than subjects; the
+        rows not digested yet only with ``undigested``. Suppression enforcement's read (ADR 0022)."""
+        fields = self.indexed_fields(collection_name)
+        if not fields:
+            raise RetentionError(f"{self.store.ref(collection_name)}: not every identity field is 'lookup: indexed'")
+        yield from self._indexed(collection_name, fields, digests, nulls=undigested, owned_only=False)
+
+    def _indexed(self, collection_name: str, fields: list[tuple[str, str]], digests: dict[str, list[str]], *,
+                 nulls: bool, owned_only: bool) -> Iterator[list[tuple[Any, dict[str, set[str]]]]]:
+        """Candidate rows through the digest columns (kind -> wanted digests), judged as ``_scan`` does."""
         self.store.check(collection_name)  # with ``check_index``: digest column, index and triggers are there
+        by_column: dict[str, list[str]] = {}
+        for kind, column in fields:
+            by_column.setdefault(sql_index.digest_column(column), []).extend(digests.get(kind, []))
         coll, t = self.store.coll(collection_name), self.store.table(collection_name)
         keys = self.store.key_cols(collection_name, t)
         n = len(keys)
         cols = self._identity_cols(coll)
-        wanted = index_subjects(subjects)
-        digests: dict[str, list[str]] = {}
-        for kind, column in fields:
-            values = sorted(sql_index.identity_digest(kind, v) for v in wanted.get(kind, {}))
-            digests.setdefault(sql_index.digest_column(column), []).extend(values)
-        for rows in sql_index.candidate_batches(self.store.engine, t, keys, digests, cols):
-            batch = []
-            for row in rows:
-                values = dict(zip(cols, row[n:], strict=True))
-                found: dict[str, set[str]] = {}
-                for kind, f in coll.identity_fields():
-                    if owned_only and f.erase != "row":
-                        continue
-                    value = normalise(kind, values[f.column])
-                    if value is not None:
-                        found.setdefault(kind, set()).add(value)
-                batch.append((key_of(row[:n]), found))
-            yield batch
+        judged = [(k, f) for k, f in coll.identity_fields() if not owned_only or f.erase == "row"]
+        for rows in sql_index.candidate_batches(self.store.engine, t, keys, by_column, cols, nulls=nulls):
+            yield [(key_of(row[:n]), _identities(judged, dict(zip(cols, row[n:], strict=True)))) for row in rows]
 
     @staticmethod
     def _row_claims(row: dict[str, Any], fields: list[tuple[str, IdentityField]],
@@ -596,3 +591,13 @@ class SqlSubjects:
                         for rid in whole:
                             outcome.add(rid, ref, what)
         return outcome
+
+
+def _identities(fields: list[tuple[str, IdentityField]], values: dict[str, Any]) -> dict[str, set[str]]:
+    """A row's normalised identities by kind (``values``: column -> value), as ``scan`` gives them."""
+    found: dict[str, set[str]] = {}
+    for kind, f in fields:
+        value = normalise(kind, values[f.column])
+        if value is not None:
+            found.setdefault(kind, set()).add(value)
+    return found

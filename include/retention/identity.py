@@ -28,6 +28,7 @@ PHONE_PATTERN = r"^\+?[0-9 ()./-]{6,32}$"
 _EMAIL = re.compile(EMAIL_PATTERN)
 _PHONE = re.compile(PHONE_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HANDLE_LEAD = re.compile(r"^[\s@]+")
 
 
 class IdentityError(RetentionError):
@@ -48,6 +49,10 @@ def normalise(kind: str, value: object) -> str | None:
     - phone: digits only (any script's decimal digits as 0-9), a leading ``+`` or ``00`` as ``+``.
     - customer_ref: NFC, surrounding white space removed, case kept.
     - social_handle: NFC, white space and leading ``@`` removed, lower-case.
+
+    Idempotent (``normalise(k, normalise(k, v)) == normalise(k, v)``): an index digest, a keyed digest and a
+    comparison all see the same form however often a value was normalised before (lower-casing can turn a
+    pair NFC did not compose into one it does, e.g. ``J`` + caron: NFC runs again after it).
     """
     if value is None:
         return None
@@ -58,7 +63,7 @@ def normalise(kind: str, value: object) -> str | None:
             return None
     text = _text(str(value))
     if kind == "email":
-        out = text.lower()
+        out = unicodedata.normalize("NFC", text.lower())  # NFC again: lower-casing can make a composable pair
     elif kind == "phone":
         digits = "".join(str(unicodedata.decimal(ch)) for ch in text if unicodedata.decimal(ch, None) is not None)
         if text.startswith("+"):
@@ -67,8 +72,8 @@ def normalise(kind: str, value: object) -> str | None:
             out = "+" + digits[2:]
         else:
             out = digits
-    elif kind == "social_handle":
-        out = text.lstrip("@").strip().lower()
+    elif kind == "social_handle":  # every leading @ and white space, in any mix ("@ @a" is "a")
+        out = unicodedata.normalize("NFC", _HANDLE_LEAD.sub("", text).strip().lower())
     elif kind == "customer_ref":
         out = text
     else:

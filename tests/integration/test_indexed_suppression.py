@@ -46,8 +46,8 @@ TABLES = ("people", "twins")
 
 
 def fixed(value: str) -> bool:
-    """``normalise`` is its own fixed point on ``value`` (true for all but a few combining sequences: see ADR 0022,
-    "What the index does not cover"; enforcement judges a second normalisation, the index the first)."""
+    """``normalise`` is its own fixed point on ``value``: always, since it runs NFC after lower-casing (ADR 0022,
+    "What the index does not cover"); kept as a guard of the generated values."""
     once = normalise("email", value)
     return once is None or normalise("email", once) == once
 

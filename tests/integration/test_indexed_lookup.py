@@ -142,6 +142,31 @@ def test_the_index_narrows_and_the_triggers_clear_stale_digests(engine):
     assert sorted(k for batch in store.candidates("people", zoe) for k, _ in batch) == [0, 1, 3]
 
 
+def test_rows_not_digested_yet_come_in_bounded_batches_while_the_caller_writes(engine, monkeypatch):
+    """Before a backfill every row is a candidate: they are read in batches of ``NULL_BATCH`` (streamed through a
+    server-side cursor on PostgreSQL and MariaDB), never the whole table at once, and a caller erasing between
+    batches (suppression enforcement does) neither waits on the read nor loses a row."""
+    monkeypatch.setattr(sql_index, "NULL_BATCH", 7)
+    t = make_table(engine)
+    values = [f"p{i}@example.org" for i in range(40)] + ["zoe@example.org", " ZOE@example.org", "zoë@example.org"]
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": i, "email": v, "note": "n"} for i, v in enumerate(values)])
+    store = SqlStore("crm", POLICY, engine, mask_key=KEY)
+    zoe = [Subject("r1", {"email": "zoe@example.org"})]
+    batches = [batch for batch in store.candidates("people", zoe)]
+    assert max(len(b) for b in batches) <= 7 and len(batches) >= 43 // 7
+    assert sorted(k for b in batches for k, _ in b) == list(range(43))  # nothing digested: every row, once
+    assert dict(store.find("people", zoe)) == {40: {"r1"}, 41: {"r1"}}
+    seen = []
+    for batch in store.index_candidates("people", {}, undigested=True):  # erase while the read is open
+        seen += [k for k, _ in batch]
+        with engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.id.in_([k for k, _ in batch if k % 2 == 0])))
+    assert sorted(seen) == list(range(43))
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(t.c.id)).scalars()) == [i for i in range(43) if i % 2]
+
+
 @pytest.mark.parametrize("skip, missing", [
     (("ADD COLUMN", "CREATE INDEX", "TRIGGER", "FUNCTION"), "column 'email_ndigest'"),
     (("CREATE INDEX",), "an index leading with 'email_ndigest'"),

@@ -119,7 +119,9 @@ def _by_index(store: Store, registry: Registry, name: str, kinds: list[str], onl
             wanted = sorted({d for d in page if d})  # "" (no identity): no item is judged by it
             if wanted:  # read before anything is erased: the store's read connection is closed by then
                 yield from list(store.index_candidates(name, {kind: wanted}))
-    yield from list(store.index_candidates(name, {}, undigested=True))
+    # streamed in bounded batches (they may be the whole table before a backfill); the store closes what a write
+    # between batches would wait for (SQLite's statement)
+    yield from store.index_candidates(name, {}, undigested=True)
     return complete
 
 

@@ -24,6 +24,7 @@ from include.retention.identity import index_digest
 SUFFIX = "_ndigest"
 IN_BATCH = 500  # digests per candidate query (bounded IN lists)
 BACKFILL_BATCH = 1000  # rows per backfill transaction
+NULL_BATCH = 5000  # rows not digested yet, per batch of a candidate read
 
 
 def digest_column(column: str) -> str:
@@ -121,23 +122,47 @@ def problems(engine: sa.Engine, t: sa.Table, column: str) -> list[str]:
 def candidate_batches(engine: sa.Engine, t: sa.Table, keys: list[sa.Column], digests: dict[str, list[str]],
                       identity_cols: list[str], *, nulls: bool = True) -> Iterator[list[sa.Row]]:
     """Rows (keys, identity columns) that may carry one of ``digests`` (digest column -> wanted digests): the rows
-    whose digest is one of them, one query per batch of at most ``IN_BATCH`` digests, then the rows whose digest is
-    NULL, one query per digest column (apart: MariaDB reads the whole table for ``IN (...) OR ... IS NULL``; not with
-    ``nulls`` False).
-    All on one connection (a person's lookup is a few queries: a checkout per query would double them). A row
-    may come more than once."""
+    whose digest is one of them, one query per batch of at most ``IN_BATCH`` digests (all on one connection: a
+    person's lookup is a few queries, a checkout per query would double them), then the rows whose digest is NULL,
+    one query per digest column (apart: MariaDB reads the whole table for ``IN (...) OR ... IS NULL``; not with
+    ``nulls`` False), in batches of ``NULL_BATCH`` (``undigested``). A row may come more than once."""
     cols = [*keys, *(t.c[c] for c in identity_cols)]
-    queries = [(d, t.c[d].in_(values[i:i + IN_BATCH])) for d, values in digests.items()
-               for i in range(0, len(values), IN_BATCH)]
-    queries += [(d, t.c[d].is_(None)) for d in digests] if nulls else []
+    queries = [_hinted(engine, t, d, sa.select(*cols).where(t.c[d].in_(values[i:i + IN_BATCH])))
+               for d, values in digests.items() for i in range(0, len(values), IN_BATCH)]
+    if queries:
+        with engine.connect() as conn:
+            for query in queries:
+                yield list(conn.execute(query))
+    for d in digests if nulls else []:
+        yield from undigested(engine, _hinted(engine, t, d, sa.select(*cols).where(t.c[d].is_(None))))
+
+
+def undigested(engine: sa.Engine, query: sa.Select) -> Iterator[list[sa.Row]]:
+    """The rows of ``query`` (the rows not digested yet: after the DDL before its backfill, after a bulk load, the
+    whole table) in batches of ``NULL_BATCH``, memory bounded by a batch: PostgreSQL and MariaDB stream them
+    through a server-side cursor (the caller may write between batches on other connections: reads take no
+    locks there). SQLite reads them first and closes the statement (an open statement would hold the file's
+    lock while the caller writes): there memory holds them all."""
     with engine.connect() as conn:
-        for d, where in queries:
-            query = sa.select(*cols).where(where)
-            index = index_on(t, d)
-            if index is not None:  # MariaDB's statistics count the NULLs of the DDL's time: it would read the table
-                hint = f"FORCE INDEX ({engine.dialect.identifier_preparer.quote(index)})"
-                query = query.with_hint(t, hint, "mysql").with_hint(t, hint, "mariadb")
-            yield list(conn.execute(query))
+        if engine.dialect.name == "sqlite":
+            rows = list(conn.execute(query))
+        else:
+            result = conn.execution_options(stream_results=True, max_row_buffer=NULL_BATCH).execute(query)
+            for part in result.partitions(NULL_BATCH):
+                yield list(part)
+            return
+    for i in range(0, len(rows), NULL_BATCH):
+        yield rows[i:i + NULL_BATCH]
+
+
+def _hinted(engine: sa.Engine, t: sa.Table, column: str, query: sa.Select) -> sa.Select:
+    """``query`` with MariaDB's ``FORCE INDEX`` on the digest column's index: its statistics count the NULLs of the
+    DDL's time and would read the table."""
+    index = index_on(t, column)
+    if index is None:
+        return query
+    hint = f"FORCE INDEX ({engine.dialect.identifier_preparer.quote(index)})"
+    return query.with_hint(t, hint, "mysql").with_hint(t, hint, "mariadb")
 
 
 def index_on(t: sa.Table, column: str) -> str | None:

@@ -48,3 +48,39 @@ def test_an_object_deleted_meanwhile_is_not_brought_back(s3, make_store, monkeyp
         s3.head_object(Bucket=VERSIONED, Key=theirs)
     assert not [v for v in versions(s3, VERSIONED) if v[0] == theirs and not v[2]]
 
+
+
+def test_a_json_line_naming_a_field_twice_is_never_passed_over(s3, make_store):
+    """``{"email": <the person>, "email": <somebody else>}``: json keeps the last value only, so the person's address
+    in the first would be neither found nor erased, and the request reported done with it left. Such a line makes
+    the object unreadable: nothing changed, the request stays open (as a CSV header naming a column twice)."""
+    from include.retention.stores.s3_record_read import RecordsUnreadable
+    from tests.s3.conftest import PLAIN
+    from tests.s3.records_util import ZOE
+
+    key = "events/dt=2026-05-01/part-1.jsonl"
+    data = (b'{"email": "other@example.org", "ts": "2026-05-01T00:00:00"}\n'
+            + f'{{"email": "{ZOE}", "email": "else@example.org", "ts": "2026-05-01T01:00:00"}}\n'.encode())
+    put(s3, PLAIN, key, data)
+    store = make_store(policy_for(PLAIN))
+    with pytest.raises(RecordsUnreadable, match="names a field twice"):
+        SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert body(s3, PLAIN, key) == data
+
+
+def test_a_parquet_writer_keeping_a_dropped_record_is_caught(s3, make_store, monkeypatch):
+    """The check of a Parquet rewrite computes what must remain apart from the writer's way of cutting rows out
+    (``_without``): a writer that keeps one dropped record is caught, nothing is uploaded, the original stays."""
+    from include.retention.stores import s3_rewrite
+    from include.retention.stores.s3_records import RewriteNotVerified
+    from tests.s3.conftest import PLAIN
+
+    fmt, gz, theirs, _ = COLLS["tables"]
+    original = encode(fmt, records(6, seed=1), gz)
+    put(s3, PLAIN, theirs, original)
+    real = s3_rewrite._without
+    monkeypatch.setattr(s3_rewrite, "_without", lambda table, dropped: real(table, dropped[1:]))
+    store = make_store(policy_for(PLAIN))
+    with pytest.raises(RewriteNotVerified, match="did not check out"):
+        SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert body(s3, PLAIN, theirs) == original

@@ -84,3 +84,34 @@ def test_a_parquet_writer_keeping_a_dropped_record_is_caught(s3, make_store, mon
     with pytest.raises(RewriteNotVerified, match="did not check out"):
         SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
     assert body(s3, PLAIN, theirs) == original
+
+
+def test_an_upload_that_cannot_be_read_back_is_undone(s3, make_store):
+    """SSE-KMS (an ETag that is no MD5): the stored version is read back to be compared. When that read fails, the
+    upload is not known to be stored as checked: it must go (it stayed as the current version, unverified, and the
+    next run would have taken it for the object and deleted the original below it)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from tests.s3.conftest import snapshot
+
+    fmt, gz, theirs, _ = COLLS["events"]
+    put(s3, VERSIONED, theirs, encode(fmt, records(6, seed=1), gz), ContentEncoding="gzip")
+    before = snapshot(s3, VERSIONED)
+    store = make_store(policy_for(VERSIONED))
+    uploaded = []
+
+    def kms_like(parsed, **_):
+        if "ETag" in parsed:
+            parsed["ETag"] = '"0123456789abcdef0123456789abcdef"'
+            uploaded.append(1)
+
+    def read_back_fails(params, **_):
+        if uploaded:
+            raise EndpointConnectionError(endpoint_url="moto")
+
+    store.client.meta.events.register("after-call.s3.PutObject", kms_like)
+    store.client.meta.events.register("before-call.s3.GetObject", read_back_fails)
+    with pytest.raises(StoreUnavailable):
+        SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert uploaded
+    assert snapshot(s3, VERSIONED) == before  # the unverified upload went; the original is current again

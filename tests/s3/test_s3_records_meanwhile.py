@@ -115,3 +115,23 @@ def test_an_upload_that_cannot_be_read_back_is_undone(s3, make_store):
         SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
     assert uploaded
     assert snapshot(s3, VERSIONED) == before  # the unverified upload went; the original is current again
+
+
+def test_a_masked_json_line_holding_a_lone_surrogate_escape_is_written(s3, make_store):
+    """A JSON line may escape a lone surrogate (``"\\ud800"``: valid JSON, no UTF-8 for it). A record whose field
+    is masked is written again: it must be written with that escape, not fail the request forever."""
+    from tests.s3.conftest import PLAIN
+    from tests.s3.records_util import ZOE
+
+    key = "events/dt=2026-05-01/part-2.jsonl"
+    keep = b'{"email": "other@example.org", "referrer": "", "note": "\\ud800"}\n'
+    data = keep + f'{{"email": "friend@example.org", "referrer": "{ZOE}", "note": "\\ud800x"}}\n'.encode()
+    put(s3, PLAIN, key, data)
+    store = make_store(policy_for(PLAIN))
+    outcome = SubjectScanner(store.policy, store).act([zoe()], "erase", dry_run=False)
+    assert outcome.per_request["r1"] == {"objects.events": {"masked": 1, "objects_rewritten": 1}}
+    stored = body(s3, PLAIN, key)
+    assert stored.startswith(keep)  # the other line byte for byte
+    import json
+    assert json.loads(stored.splitlines()[1]) == {"email": "friend@example.org", "referrer": "erased",
+                                                  "note": "\ud800x"}

@@ -112,7 +112,10 @@ def write_version(reader: ObjectRecords, decide: Decide, sink: Sink, key: bytes)
 
 def _encode(record: dict[str, Any], fmt: str, header: list[str] | None, ending: str) -> bytes:
     if fmt == "jsonl":
-        return (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
+        try:
+            return (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (valid as a JSON escape, not as UTF-8): escaped again
+            return (json.dumps(record) + ending).encode("utf-8")
     out = io.StringIO()
     csv.writer(out, lineterminator=ending).writerow([record[h] for h in header or []])
     return out.getvalue().encode("utf-8")

@@ -235,8 +235,10 @@ def test_s3_stopped_part_way_keeps_sql_committed_and_a_resumed_retry_converges(s
     # a retry that did not know the system was begun would take the rewritten object for somebody else's
     with pytest.raises(CorrectionRefused, match="objects.by_meta: 1"):
         Correction(policy, stores.__getitem__, ["objects"], subject, {"email": NEW}).check()
-    # resumed (its ledger intent is open): only what still carries the old value is corrected
-    retry = Correction(policy, stores.__getitem__, ["objects"], subject, {"email": NEW}, resumed={"objects"})
+    # resumed (its ledger intent is open, with the items the first attempt claimed): only what still carries the old
+    # value is corrected; what the first attempt claimed and already corrected is not taken for somebody else's
+    earlier = frozenset(c.claimed_digests("objects") or ())
+    retry = Correction(policy, stores.__getitem__, ["objects"], subject, {"email": NEW}, resumed={"objects": earlier})
     retry.check()
     heard = Heard()
     retry.run(heard, dry_run=False)

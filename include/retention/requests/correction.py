@@ -26,9 +26,11 @@ from typing import Any, Protocol
 
 from include.retention.errors import RetentionError
 from include.retention.identity import normalise
+from include.retention.masking import keyed_digest
 from include.retention.policy import Policy
 from include.retention.stores.base import Claims, RectifiesTogether, Store, Subject, SubjectOutcome
 
+MAX_CLAIMED = 1000  # item digests kept in a correction's intent (a ledger entry's details stay small)
 PROBE = "\x00new:"  # request id prefix of the pseudo-subjects carrying one new value each (no real id has a NUL)
 
 
@@ -88,9 +90,12 @@ class Correction:
     systems: list[str]
     subjects: list[Subject]
     new_values: dict[str, str]
-    # systems an earlier attempt may have changed in part (its ledger intent is open): a record there that carries
-    # the new value and no old one may be the person's own, already corrected, so it is not counted as somebody else's
-    resumed: set[str] = field(default_factory=set)
+    # systems an earlier attempt may have changed in part (its ledger intent is open), each with the digests of the
+    # items that attempt claimed (``claimed_digests``, kept in its intent): an item there that carries the new value
+    # and no old one is the person's own, already corrected, only if it is one of those; any other is somebody
+    # else's (the correction would merge two people) and refuses, as in a system not resumed
+    resumed: dict[str, frozenset[str]] = field(default_factory=dict)
+    key: bytes = b""  # the digests' key (the ledger's)
     # system -> collection -> the items the request claims there (filled by ``check``)
     claims: dict[str, dict[str, Claims]] = field(default_factory=dict)
 
@@ -118,7 +123,8 @@ class Correction:
                     own = [rid for rid in rids if not rid.startswith(PROBE)]
                     for rid in own:
                         mine.add(key, rid)
-                    if not own and system not in self.resumed:  # a new value and none of the request's identities
+                    # a new value and none of the request's identities: somebody else's, unless resumed and claimed
+                    if not own and self.item_digest(system, store.ref(name), key) not in self.resumed.get(system, ()):
                         for rid in rids:
                             kind = rid[len(PROBE):]
                             counts = taken.setdefault(kind, {})
@@ -134,6 +140,19 @@ class Correction:
                     for problem in self.store_of(system).rectify_problems(name, mine, self.subjects, self.new_values)]
         if problems:
             raise CorrectionRefused("rectify refused: " + "; ".join(problems) + "; nothing was changed")
+
+    def item_digest(self, system: str, ref: str, item: Any) -> str:
+        """A keyed digest of one item (an earlier attempt's claims are compared by it; never the key in clear)."""
+        return keyed_digest(self.key, f"{system}\x00{ref}\x00{item!r}")[:32]
+
+    def claimed_digests(self, system: str) -> list[str] | None:
+        """The digests of the items the request claims in ``system`` (after ``check``), for its intent; None when
+        there are more than ``MAX_CLAIMED`` (a resumed attempt then takes every item carrying the new value and no
+        old one for somebody else's: it refuses rather than risk merging two people)."""
+        store = self.store_of(system)
+        out = sorted({self.item_digest(system, store.ref(name), item)
+                      for name, mine in self.claims.get(system, {}).items() for item in mine})
+        return out if len(out) <= MAX_CLAIMED else None
 
     def apply(self, system: str, *, dry_run: bool) -> SubjectOutcome:
         """Correct the request's items in ``system`` (all its collections in one transaction where it has them)."""

@@ -5,13 +5,16 @@ registry and the ledger what happened (ADR 0008).
 The ledger, per system: an intent (``rectify`` / ``intent``, the items planned) before its first change, settled by
 ``done`` (the count changed) once its changes are committed, or by ``rolled_back`` (count 0, why) when none of them
 stays. An intent left open means the system may be changed in part (its commit failed, or S3 stopped part way): the
-next attempt reuses it, does not count the new value there as somebody else's (it may be the person's, already
-written) and settles it with what it changed. The registry: ``acting`` from the intent on, ``recorded`` after the
-commit and the re-scan, ``failed`` with the reason (a system and an error class and code, never a value).
+next attempt reuses it, does not count the new value there as somebody else's on an item the earlier attempt
+claimed (the intent keeps the claimed items' keyed digests: it may be the person's, already written; any other
+item carrying it refuses) and settles it with what it changed. The registry: ``acting`` from the intent on,
+``recorded`` after the commit and the re-scan, ``failed`` with the reason (a system and an error class and code, never
+a value).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -50,8 +53,10 @@ def checked(ctx: RequestContext, request_id: str, subjects: list[Subject], new_v
     request."""
     states = {} if dry_run else ctx.registry.systems.of(request_id)
     pending = [s for s in ctx.systems() if states.get(s, {}).get("status") != SystemStatus.RECORDED]
-    resumed = set() if dry_run else {s for s in pending if _open_intent(ctx, request_id, s) is not None}
-    correction = Correction(ctx.policy, ctx.runtime.store, pending, subjects, new_values, resumed=resumed)
+    resumed = {} if dry_run else {s: _claimed_before(ctx, request_id, s) for s in pending
+                                  if _open_intent(ctx, request_id, s) is not None}
+    correction = Correction(ctx.policy, ctx.runtime.store, pending, subjects, new_values, resumed=resumed,
+                            key=ctx.ledger.key)
     try:
         correction.check()
     except CorrectionRefused as exc:
@@ -65,6 +70,13 @@ def _open_intent(ctx: RequestContext, request_id: str, system: str) -> int | Non
     """The seq of an earlier attempt's intent in ``system`` that nothing settled (its changes may stay in part)."""
     found = ctx.ledger.open_intents(request_id=request_id, system=system, action=ACTION)
     return int(found[0]["seq"]) if found else None
+
+
+def _claimed_before(ctx: RequestContext, request_id: str, system: str) -> frozenset[str]:
+    """The digests of the items the attempt that left ``system``'s intent open claimed there (none known: empty)."""
+    found = ctx.ledger.open_intents(request_id=request_id, system=system, action=ACTION)
+    details = json.loads(found[0]["details"]) if found and found[0].get("details") else {}
+    return frozenset(details.get("items") or ())
 
 
 class Recorded:
@@ -89,7 +101,8 @@ class Recorded:
             self.resumed.add(system)
         else:
             seq = self.ctx.ledger.intend(action=ACTION, run=self.run, count=planned, **self._fields(system),
-                                         details={"planned": planned})
+                                         details={"planned": planned,
+                                                  "items": self.correction.claimed_digests(system)})
         self.intents[system] = seq
         self.ctx.registry.systems.set([self.request_id], system, SystemStatus.ACTING)
 

@@ -137,7 +137,7 @@ def upload_checked(store: S3Core, bucket: str, key: str, extra: dict[str, Any], 
     from disk, every request with its Content-MD5 (S3 refuses a body that does not match it). Returns (the new
     version id, are the stored bytes the file's): the ETag S3 answers equals the MD5 those bytes make (one MD5, or
     the MD5 of the parts' MD5s and their count), or, where S3's ETag is no MD5 (SSE-KMS), the stored version read
-    back has the file's SHA-256."""
+    back has the file's SHA-256 (a read back that fails: not stored as checked)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         if size <= part_size:
@@ -150,7 +150,10 @@ def upload_checked(store: S3Core, bucket: str, key: str, extra: dict[str, Any], 
     version = resp.get("VersionId")
     if (resp.get("ETag") or "").strip('"') == etag:
         return version, True
-    return version, _same_bytes(store, bucket, key, version, path)
+    try:
+        return version, _same_bytes(store, bucket, key, version, path)
+    except StoreUnavailable:  # not read back: not known to be stored as checked (the caller removes it)
+        return version, False
 
 
 def _multipart(store: S3Core, bucket: str, key: str, extra: dict[str, Any], part_size: int, f: Any, size: int

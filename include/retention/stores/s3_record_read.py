@@ -91,6 +91,25 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
+class _TwiceNamed(ValueError):
+    """A JSON object naming a field twice (json keeps the last value only: the first would never be judged)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _TwiceNamed
+    return out
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates)  # built once: json.loads with a hook builds one per call
+
+
+def json_record(text: bytes) -> Any:
+    """One JSON line (its encoding detected as ``json.loads`` does); a field named twice raises ``_TwiceNamed``."""
+    return _JSON.decode(text.decode(json.detect_encoding(text), "surrogatepass"))
+
+
 def line_ending(raw: bytes) -> str:
     return "\r\n" if raw.endswith(b"\r\n") else "\n" if raw.endswith(b"\n") else ""
 
@@ -224,7 +243,9 @@ class ObjectRecords:
                 record = None
             else:
                 try:
-                    record = json.loads(text)
+                    record = json_record(text)
+                except _TwiceNamed:
+                    raise RecordsUnreadable(f"line {number} names a field twice") from None
                 except (ValueError, UnicodeDecodeError):
                     raise RecordsUnreadable(f"line {number} is not JSON") from None
             records.append(record)

@@ -334,13 +334,16 @@ class S3RecordSubjects(RecordSweeps):
 
     def check_nothing_between(self, coll: Collection, vobj: S3Object, new_version: str | None) -> None:
         """The new version must sit right on the one it rewrote: a version written in between would be hidden by
-        ours (then ours goes, and the request stays open for the next run)."""
+        ours, and ours on a delete marker placed since the listing would bring a deleted object back (then ours
+        goes, and the request stays open for the next run). A delete marker the listing did not show counts as
+        placed in between wherever it is (a listing does not order delete markers among the versions)."""
         for page in self.store.objects(coll.bucket, vobj.key):
             for obj in page:
                 if obj.key != vobj.key or new_version not in obj.data_versions:
                     continue
                 below = obj.data_versions[obj.data_versions.index(new_version) + 1:]
-                if below[:1] == [vobj.version_id]:
+                markers = set(obj.versions) - set(obj.data_versions)
+                if below[:1] == [vobj.version_id] and markers <= set(vobj.versions):
                     return
         raise StoreUnavailable(f"{self.store.name}: an object of {coll.bucket} changed while it was rewritten; the "
                                "rewrite is undone and the object left for the next run")

@@ -1,7 +1,8 @@
 """Sweeps of records inside S3 objects by a record field (docs/adr/0021, "Sweeps"): a mixin of ``S3RecordSubjects``.
 
 Each object of the collection is classified at the sweep's instant: out of the key template, kept (its partition
-starts after the period's edge, or only delete markers), held, expired (its whole partition is past the period: it
+starts after the period's edge, or only delete markers), held (its current version, or for a partition to go whole
+any version), expired (its whole partition is past the period: it
 goes whole, every version) or mixed (its records decide: an object holding expired records is rewritten without
 them, its older versions holding expired records deleted). A sweep walks the whole collection (one task per rule),
 or only the objects of one batch of a sealed plan (``keys``: one mapped task per batch, ``include/retention/
@@ -66,7 +67,17 @@ class RecordSweeps:
         if self.store.states.held(coll.bucket, coll, obj, now):
             return "held"
         expired = span is not None and span[1] <= edge and self.footer_agrees(coll, obj, rule, edge)
+        if expired and self.older_held(coll, obj, now):
+            return "held"  # an expired partition goes whole, every version: a hold on any of them keeps it
         return "expired" if expired else "mixed"
+
+    def older_held(self, coll: Collection, obj: S3Object, now: dt.datetime) -> bool:
+        """Is an older data version of the object under a legal hold (a tag condition, or S3's own)? (A rewrite
+        judges each version itself; a partition deleted whole must ask before.)"""
+        if not self.store.bucket_info(coll.bucket).versioned:
+            return False
+        return any(self.store.states.held(coll.bucket, coll, S3Object(obj.key, obj.last_modified, version_id=vid),
+                                          now) for vid in obj.data_versions if vid != obj.version_id)
 
     def record_walk(self, collection_name: str, rule: Rule, now: dt.datetime, keys: list[str] | None = None
                     ) -> Iterator[tuple[S3Object, str]]:

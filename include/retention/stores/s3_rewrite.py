@@ -112,7 +112,10 @@ def write_version(reader: ObjectRecords, decide: Decide, sink: Sink, key: bytes)
 
 def _encode(record: dict[str, Any], fmt: str, header: list[str] | None, ending: str) -> bytes:
     if fmt == "jsonl":
-        return (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
+        try:
+            return (json.dumps(record, ensure_ascii=False) + ending).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (valid as a JSON escape, not as UTF-8): escaped again
+            return (json.dumps(record) + ending).encode("utf-8")
     out = io.StringIO()
     csv.writer(out, lineterminator=ending).writerow([record[h] for h in header or []])
     return out.getvalue().encode("utf-8")
@@ -128,10 +131,14 @@ def _parquet_writer(reader: ObjectRecords, sink: Sink) -> Any:
 
 def _kept_table(batch: Batch, judged: list[Verdict | None], key: bytes) -> Any:
     """The batch's table without the dropped records and with the masked / corrected fields changed (Parquet)."""
+    hits = claimed(judged)
+    return _without(_changed_table(batch, hits, key), [i for i, verdict in hits if verdict.drop])
+
+
+def _changed_table(batch: Batch, hits: list[tuple[int, Verdict]], key: bytes) -> Any:
+    """The batch's table with the masked / corrected fields of the records ``hits`` keeps changed (Parquet)."""
     import pyarrow as pa
 
-    hits = claimed(judged)
-    dropped = [i for i, verdict in hits if verdict.drop]
     changed = {i: verdict.changes(batch.record(i), key) for i, verdict in hits if not verdict.drop}
     table = batch.table
     if changed:
@@ -147,7 +154,7 @@ def _kept_table(batch: Batch, judged: list[Verdict | None], key: bytes) -> Any:
                 raise RecordsUnreadable(f"the new value does not fit Parquet column {name!r} "
                                         f"({table.schema.field(idx).type})") from None
             table = table.set_column(idx, table.schema.field(idx), column)
-    return _without(table, dropped)
+    return table
 
 
 def _without(table: Any, dropped: list[int]) -> Any:
@@ -204,11 +211,17 @@ class Expected:
 
     def __call__(self, batch: Batch) -> None:
         if self.fmt == "parquet":
+            import pyarrow as pa
+
             judged = verdicts(batch, self.decide)
             self.tally.records += len(judged)
-            for _, verdict in claimed(judged):
+            hits = claimed(judged)
+            for _, verdict in hits:
                 self.tally.count(verdict)
-            kept = _kept_table(batch, judged, self.key)
+            dropped = {i for i, verdict in hits if verdict.drop}
+            # a filter, not the writer's slices (``_without``): a fault there is caught by the check
+            kept = _changed_table(batch, hits, self.key).filter(
+                pa.array([i not in dropped for i in range(len(judged))], type=pa.bool_()))
             self.records += kept.num_rows
             self.digest.update_table(kept)
             return

@@ -135,3 +135,31 @@ def test_a_masked_json_line_holding_a_lone_surrogate_escape_is_written(s3, make_
     import json
     assert json.loads(stored.splitlines()[1]) == {"email": "friend@example.org", "referrer": "erased",
                                                   "note": "\ud800x"}
+
+
+def test_a_bucket_with_versioning_suspended_is_refused_before_anything_changes(s3, make_store):
+    """Versioning suspended: a PutObject replaces the null version in place, before any check could refuse the
+    rewrite (and undoing it would delete the object). The rewrite is refused, naming the bucket's state; every
+    version stays byte for byte and the request stays open (the error reaches the caller)."""
+    from include.retention.errors import RetentionError
+
+    bucket = "records-suspended"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    fmt, gz, key, _ = COLLS["events"]
+    older = encode(fmt, records(4, seed=2), gz)
+    put(s3, bucket, key, older, ContentEncoding="gzip")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    current = encode(fmt, records(6, seed=3), gz)
+    put(s3, bucket, key, current, ContentEncoding="gzip")  # the null version, on top of the enabled-era one
+    before = sorted((v[0], v[1], v[2]) for v in versions(s3, bucket))
+    store = make_store(policy_for(bucket))
+    # the claim as find makes it (moto answers 400 to reads of the null version, which real S3 serves)
+    from include.retention.stores.base import Claims
+
+    claims = Claims()
+    claims.add(key, zoe().request_id)
+    with pytest.raises(RetentionError, match="versioning is suspended"):
+        store.erase("events", claims, [zoe()], dry_run=False)
+    assert sorted((v[0], v[1], v[2]) for v in versions(s3, bucket)) == before
+    assert body(s3, bucket, key) == current

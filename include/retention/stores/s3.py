@@ -208,7 +208,8 @@ class S3Store(Store):
             except BotoCoreError as exc:
                 raise self.fail("GetObjectLockConfiguration", exc) from None
             # A suspended bucket still holds old versions: treat it as versioned.
-            self._buckets[bucket] = BucketInfo(versioned=status in ("Enabled", "Suspended"), object_lock=locked)
+            self._buckets[bucket] = BucketInfo(versioned=status in ("Enabled", "Suspended"), object_lock=locked,
+                                               suspended=status == "Suspended")
         return self._buckets[bucket]
 
     def check(self, collection_name: str) -> None:

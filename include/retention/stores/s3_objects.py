@@ -101,6 +101,7 @@ class Page(list):
 class BucketInfo:
     versioned: bool
     object_lock: bool
+    suspended: bool = False  # versioning suspended: a PutObject replaces the null version in place
 
 
 def _tag_text(value: Any) -> str:

@@ -228,6 +228,8 @@ class S3RecordSubjects(RecordSweeps):
         """Rewrite the current version as ``judge`` says (records dropped, fields masked or corrected: counted as
         ``changed_as``), delete the older versions holding records it claims; held versions are exceptions. The
         current version is downloaded once (to disk) and judged, rewritten and checked from there."""
+        if not dry_run:
+            self.refuse_suspended(coll.bucket)
         doomed: list[S3Object] = []
         for vobj, current in self.record_versions(coll, obj):
             local = self.local_copy(coll, vobj) if current and not dry_run else None
@@ -294,6 +296,14 @@ class S3RecordSubjects(RecordSweeps):
             check_rewrite(self.store, coll, reader, written, meant, local.output)
         return written
 
+    def refuse_suspended(self, bucket: str) -> None:
+        """Versioning suspended: a PutObject replaces the null version in place, before any check could refuse the
+        rewrite, and undoing it would delete the object: refused before anything is read or written."""
+        if self.store.bucket_info(bucket).suspended:
+            raise RetentionError(f"bucket {bucket}: versioning is suspended, so a rewrite cannot be written beside "
+                                 "the original and checked before it replaces it; nothing was changed (enable "
+                                 "versioning again, then retry)")
+
     def commit(self, coll: Collection, vobj: S3Object, now: dt.datetime, local: LocalCopy) -> None:
         """Make the checked rewrite (``local.output``) the current content of the key.
 
@@ -304,6 +314,7 @@ class S3RecordSubjects(RecordSweeps):
         """
         bucket = coll.bucket
         head = local.head
+        self.refuse_suspended(bucket)
         versioned = self.store.bucket_info(bucket).versioned
         tags = {k: v for k, v in (self.store.tags(bucket, vobj) or {}).items() if k != LOCK_TAG}  # own lock: lifted
         extra = carried_over(head, tags, {REWRITE_META: now.strftime("%Y-%m-%dT%H:%M:%SZ")})

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from include.retention.errors import StoreUnavailable
 from include.retention.stores.s3_objects import CHUNK
+from include.retention.stores.s3_record_read import SizedRaw
 
 if TYPE_CHECKING:
     from include.retention.stores.s3_objects import S3Core, S3Object
@@ -89,29 +89,16 @@ def _md5(data: bytes) -> Any:
     return hashlib.md5(data, usedforsecurity=False)
 
 
-class _Window(io.RawIOBase):
-    """``length`` bytes of an open file from ``start``: what one request uploads, streamed from disk (botocore and
+class _Window(SizedRaw):
+    """``size`` bytes of an open file from ``start``: what one request uploads, streamed from disk (botocore and
     http.client read it in small blocks, and seek back to retry), never held in memory whole."""
 
-    def __init__(self, f: Any, start: int, length: int):
-        super().__init__()
-        self.f, self.start, self.length, self.pos = f, start, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.length + offset
-        return self.pos
+    def __init__(self, f: Any, start: int, size: int):
+        super().__init__(size)
+        self.f, self.start = f, start
 
     def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self.length - self.pos)
+        n = min(len(buffer), self.size - self.pos)
         if n <= 0:
             return 0
         self.f.seek(self.start + self.pos)

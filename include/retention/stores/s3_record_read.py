@@ -160,13 +160,12 @@ class _Capture:
             raise RecordsUnreadable("a CSV line is not UTF-8") from None
 
 
-class RangeFile(io.RawIOBase):
-    """One object version, read by ranged GETs (what pyarrow seeks in a Parquet file)."""
+class SizedRaw(io.RawIOBase):
+    """A readable, seekable raw stream of ``size`` bytes; subclasses read at ``pos`` (``readinto``)."""
 
-    def __init__(self, store: S3Core, bucket: str, obj: S3Object, size: int, etag: str | None):
+    def __init__(self, size: int):
         super().__init__()
-        self.store, self.bucket, self.obj, self.size, self.pos = store, bucket, obj, size, 0
-        self.source = {"VersionId": obj.version_id} if obj.version_id else ({"IfMatch": etag} if etag else {})
+        self.size, self.pos = size, 0
 
     def readable(self) -> bool:
         return True
@@ -180,6 +179,15 @@ class RangeFile(io.RawIOBase):
     def seek(self, offset: int, whence: int = 0) -> int:
         self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
         return self.pos
+
+
+class RangeFile(SizedRaw):
+    """One object version, read by ranged GETs (what pyarrow seeks in a Parquet file)."""
+
+    def __init__(self, store: S3Core, bucket: str, obj: S3Object, size: int, etag: str | None):
+        super().__init__(size)
+        self.store, self.bucket, self.obj = store, bucket, obj
+        self.source = {"VersionId": obj.version_id} if obj.version_id else ({"IfMatch": etag} if etag else {})
 
     def readinto(self, buffer: Any) -> int:
         n = min(len(buffer), self.size - self.pos)

@@ -34,8 +34,8 @@ from include.retention.intents import RunLease, reconcile_open_intents, seal, un
 from include.retention.ledger import Ledger, RunRef
 from include.retention.policy import Policy
 from include.retention.progress import SweepProgressLog
-from include.retention.stores.base import PAST_TENSE, Store
-from include.retention.sweep import MAX_SEALED, LedgerRecorder, _details, brake
+from include.retention.stores.base import Store
+from include.retention.sweep import MAX_SEALED, LedgerRecorder, _details, plan_counts, stop_at_brake
 from include.retention.values import CollectionRef, Outcome
 
 log = logging.getLogger(__name__)
@@ -92,19 +92,8 @@ def plan_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: R
             if settled:
                 log.info("%s: settled %d intent(s) a stopped run left open", rule_id, len(settled))
             plan = store.plan_batches(coll_name, rule, now)
-        counts: dict[str, Any] = {
-            "rule_id": rule_id, "system": common["system"], "collection": coll_ref, "dry_run": False,
-            "total": plan.total, "in_scope": plan.in_scope, "held": plan.held, "kept": plan.kept,
-            "locked": 0, "anonymized": 0, "deleted": 0, "cascaded": {},
-            "would": {PAST_TENSE[a]: n for a, n in plan.eligible.items()},
-        }
-        limit = policy.max_fraction(rule)
-        tripped = brake(rule_id, plan, limit)
-        if tripped is not None and not brake_approved:
-            ledger.append(action="sweep", outcome=Outcome.BRAKE_TRIPPED, count=plan.affected,
-                          details={"total": plan.total, "max_fraction": limit, "would": counts["would"],
-                                   "cascaded": {}}, **common)
-            raise tripped
+        counts = plan_counts(plan, common, coll_ref, False)
+        stop_at_brake(policy, rule, plan, ledger, common, counts, brake_approved)
         size = batch_objects(plan.affected, objects)
         first, batches = None, 0
         for keys in store.planned_keys(coll_name, rule, now, size):

@@ -63,26 +63,37 @@ def _run_rule(policy: Policy, rule_id: str, store: Store, ledger: Ledger, run: R
         return _run(policy, rule_id, store, ledger, common, now, dry_run, brake_approved, lease.token)
 
 
-def _run(policy: Policy, rule_id: str, store: Store, ledger: Ledger, common: dict[str, Any], now: dt.datetime,
-         dry_run: bool, brake_approved: bool, owner: str | None) -> dict[str, Any]:
-    coll_ref, _coll, rule = policy.rule(rule_id)
-    system, coll_name = common["system"], CollectionRef.parse(coll_ref).collection
-    if not dry_run:  # e.g. the orphan marker an 'orphaned' start counts from (a dry run changes nothing)
-        store.prepare_rule(coll_name, rule, now, policy.batch_size(rule), LedgerRecorder(ledger, common, owner))
-    plan = store.plan(coll_name, rule, now, for_act=not dry_run)
-    counts: dict[str, Any] = {
-        "rule_id": rule_id, "system": system, "collection": coll_ref, "dry_run": dry_run,
+def plan_counts(plan: Any, common: dict[str, Any], coll_ref: str, dry_run: bool) -> dict[str, Any]:
+    """A rule's counts before it acts: the plan's totals, nothing done yet, what it would do."""
+    return {
+        "rule_id": common["rule_id"], "system": common["system"], "collection": coll_ref, "dry_run": dry_run,
         "total": plan.total, "in_scope": plan.in_scope, "held": plan.held, "kept": plan.kept,
         "locked": 0, "anonymized": 0, "deleted": 0, "cascaded": {},
         "would": {PAST_TENSE[a]: n for a, n in plan.eligible.items()},
     }
+
+
+def stop_at_brake(policy: Policy, rule: Any, plan: Any, ledger: Ledger, common: dict[str, Any],
+                  counts: dict[str, Any], approved: bool) -> None:
+    """Raise the safety brake (recorded in the ledger) when the plan exceeds the rule's share, unless approved."""
     limit = policy.max_fraction(rule)
-    tripped = brake(rule_id, plan, limit)
-    if tripped is not None and not brake_approved:
+    tripped = brake(common["rule_id"], plan, limit)
+    if tripped is not None and not approved:
         ledger.append(action="sweep", outcome=Outcome.BRAKE_TRIPPED, count=plan.affected,
                       details={"total": plan.total, "max_fraction": limit, "would": counts["would"],
-                               "cascaded": {k: n for k, (n, _) in plan.cascaded.items()}}, **common)
+                               "cascaded": {k: n for k, (n, _) in (plan.cascaded or {}).items()}}, **common)
         raise tripped
+
+
+def _run(policy: Policy, rule_id: str, store: Store, ledger: Ledger, common: dict[str, Any], now: dt.datetime,
+         dry_run: bool, brake_approved: bool, owner: str | None) -> dict[str, Any]:
+    coll_ref, _coll, rule = policy.rule(rule_id)
+    coll_name = CollectionRef.parse(coll_ref).collection
+    if not dry_run:  # e.g. the orphan marker an 'orphaned' start counts from (a dry run changes nothing)
+        store.prepare_rule(coll_name, rule, now, policy.batch_size(rule), LedgerRecorder(ledger, common, owner))
+    plan = store.plan(coll_name, rule, now, for_act=not dry_run)
+    counts = plan_counts(plan, common, coll_ref, dry_run)
+    stop_at_brake(policy, rule, plan, ledger, common, counts, brake_approved)
 
     if dry_run:
         counts.update(counts["would"])

@@ -53,8 +53,8 @@ def checked(ctx: RequestContext, request_id: str, subjects: list[Subject], new_v
     request."""
     states = {} if dry_run else ctx.registry.systems.of(request_id)
     pending = [s for s in ctx.systems() if states.get(s, {}).get("status") != SystemStatus.RECORDED]
-    resumed = {} if dry_run else {s: _claimed_before(ctx, request_id, s) for s in pending
-                                  if _open_intent(ctx, request_id, s) is not None}
+    earlier = {} if dry_run else {s: _claimed_before(ctx, request_id, s) for s in pending}
+    resumed = {s: claimed for s, claimed in earlier.items() if claimed is not None}
     correction = Correction(ctx.policy, ctx.runtime.store, pending, subjects, new_values, resumed=resumed,
                             key=ctx.ledger.key)
     try:
@@ -72,9 +72,12 @@ def _open_intent(ctx: RequestContext, request_id: str, system: str) -> int | Non
     return int(found[0]["seq"]) if found else None
 
 
-def _claimed_before(ctx: RequestContext, request_id: str, system: str) -> frozenset[str]:
-    """The digests of the items the attempt that left ``system``'s intent open claimed there (none known: empty)."""
+def _claimed_before(ctx: RequestContext, request_id: str, system: str) -> frozenset[str] | None:
+    """The digests of the items the attempt that left ``system``'s intent open claimed there (none known: empty);
+    None when no intent is open there (nothing to resume)."""
     found = ctx.ledger.open_intents(request_id=request_id, system=system, action=ACTION)
+    if not found:
+        return None
     details = json.loads(found[0]["details"]) if found and found[0].get("details") else {}
     return frozenset(details.get("items") or ())
 
